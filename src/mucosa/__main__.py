@@ -1,0 +1,3 @@
+from mucosa.cli import main
+
+raise SystemExit(main())
