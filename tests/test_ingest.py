@@ -1,0 +1,109 @@
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mucosa.cli import main
+from mucosa.errors import ManifestError
+from mucosa.ingest import check_cohort, index_csv, index_directory, parse_label_map
+from mucosa.manifest import load_manifest, write_manifest
+from test_frames import write_video
+
+
+def image(path, value=100, shape=(8, 8)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(shape, value, np.uint8)).save(path)
+
+
+def test_label_patient_image_layout_with_regions(tmp_path):
+    image(tmp_path / "active" / "P1" / "rectum" / "1.png")
+    image(tmp_path / "active" / "P1" / "terminal_ileum" / "2.png")
+    image(tmp_path / "control" / "P2" / "3.png")
+    records = index_directory(tmp_path)
+    assert [(r.label, r.patient, r.region) for r in records] == [
+        ("active", "P1", "rectum"), ("active", "P1", "terminal ileum"), ("control", "P2", "")]
+
+
+def test_label_video_layout_is_one_case_per_video(tmp_path):
+    (tmp_path / "gbm").mkdir()
+    (tmp_path / "men").mkdir()
+    write_video(tmp_path / "gbm" / "gbm-01.avi", n=5)
+    write_video(tmp_path / "men" / "men-01.avi", n=5)
+    records = index_directory(tmp_path)
+    assert [(r.label, r.patient) for r in records] == [("gbm", "gbm-01"), ("men", "men-01")]
+
+
+def test_loose_images_in_a_label_folder_are_refused(tmp_path):
+    image(tmp_path / "active" / "1.png")
+    with pytest.raises(ManifestError, match="patient is unknown"):
+        index_directory(tmp_path)
+    with pytest.raises(ManifestError, match="not a folder"):
+        index_directory(tmp_path / "nothing")
+
+
+def test_csv_with_other_columns_windows_paths_and_stray_prefix(tmp_path):
+    image(tmp_path / "C_00" / "a.jpg")
+    image(tmp_path / "AIA_00" / "b.jpg")
+    table = tmp_path / "info.csv"
+    table.write_text(",dataset,sample_path,animal_tag,label\n"
+                     "0,AIA,data\\AIA\\C_00\\a.jpg,C_00,0\n1,AIA,data\\AIA\\AIA_00\\b.jpg,AIA_00,1\n")
+    records = index_csv(table, "sample_path", "label", "animal_tag", label_map=parse_label_map("0=control,1=AIA"))
+    assert [(r.path.name, r.label, r.patient) for r in records] == [("a.jpg", "control", "C_00"),
+                                                                   ("b.jpg", "AIA", "AIA_00")]
+    with pytest.raises(ManifestError, match="no column.*animal.*its columns are"):
+        index_csv(table, "sample_path", "label", "animal")
+    table.write_text("sample_path,label,animal_tag\ndata\\AIA\\C_00\\zzz.jpg,0,C_00\n")
+    with pytest.raises(ManifestError, match=r"row 2: file not found: data\\AIA\\C_00\\zzz.jpg"):
+        index_csv(table, "sample_path", "label", "animal_tag")
+    with pytest.raises(ManifestError, match="label map"):
+        parse_label_map("0:control")
+
+
+def test_check_counts_frames_patients_regions_and_unreadable(tmp_path):
+    image(tmp_path / "d" / "a.png", shape=(10, 12))
+    image(tmp_path / "d" / "b.png", shape=(10, 12))
+    (tmp_path / "d" / "bad.png").write_bytes(b"garbage")
+    write_video(tmp_path / "d" / "v.avi", n=12)
+    (tmp_path / "m.csv").write_text("path,label,patient,region,frames\n"
+                                    "d/a.png,active,P1,rectum,\nd/b.png,control,P2,rectum,\n"
+                                    "d/bad.png,control,P3,,\nd/v.avi,active,P4,left colon,every:3\n")
+    cohort = load_manifest(tmp_path / "m.csv")
+    summary = check_cohort(cohort)
+    assert summary.frames_per_label == Counter({"active": 1 + 4, "control": 1})
+    assert {k: len(v) for k, v in summary.patients_per_label.items()} == {"active": 2, "control": 1}
+    assert summary.frames_per_region == Counter({"rectum": 2, "left colon": 4})
+    assert summary.sizes[(12, 10)] == 2 and summary.sizes[(64, 48)] == 1
+    assert len(summary.unreadable) == 1 and "row 4" in summary.unreadable[0] and "bad.png" in summary.unreadable[0]
+    text = summary.format(cohort)
+    assert "unreadable files: 1" in text and "active" in text
+
+
+def test_cli_index_and_check(tmp_path, capsys):
+    image(tmp_path / "data" / "active" / "P1" / "1.png")
+    image(tmp_path / "data" / "control" / "P2" / "2.png")
+    assert main(["index", str(tmp_path / "data"), "-o", str(tmp_path / "out" / "m.csv")]) == 0
+    assert main(["check", str(tmp_path / "out" / "m.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "indexed 2 files of 2 patients" in out and "(positive: active)" in out
+    assert main(["check", str(tmp_path / "missing.csv")]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_index_real_pcle_brain(pcle_brain, tmp_path):
+    records = index_directory(pcle_brain)
+    assert len(records) == 20 and {r.label for r in records} == {"glioblastoma", "meningioma"}
+    assert len({r.patient for r in records}) == 20 and all(r.is_video for r in records)
+    cohort = load_manifest(write_manifest(records, tmp_path / "brain.csv"))
+    assert Counter(r.label for r in cohort.records) == Counter(glioblastoma=9, meningioma=11)
+
+
+def test_index_real_egcz_csv(egcz, tmp_path):
+    records = index_csv(egcz / "data_info.csv", "sample_path", "label", "animal_tag",
+                        label_map={"0": "control", "1": "AIA"})
+    assert len(records) == 418 and len({r.patient for r in records}) == 12
+    assert Counter(r.label for r in records) == Counter(control=208, AIA=210)
+    # every animal's images lie in the animal's folder
+    assert all(r.path.parent.name == r.patient for r in records)
+    cohort = load_manifest(write_manifest(records, tmp_path / "egcz.csv"))
+    assert cohort.positive == "AIA"
