@@ -44,13 +44,14 @@ def test_layout_manifest_and_progress(tmp_path: Path) -> None:
     for r in rows:
         pid, region = r["patient"], r["region"]
         assert region in REGIONS
-        m = re.fullmatch(r"images/(P\d\d)/(P\d\d)_([a-z-]+)_(\d{3})\.png", r["path"])
-        assert m and m.group(1) == m.group(2) == pid and m.group(3) == region.replace(" ", "-")
+        m = re.fullmatch(r"images/(active|control)/(P\d\d)/(P\d\d)_([a-z-]+)_(\d{3})\.png", r["path"])
+        assert m and m.group(1) == r["label"]
+        assert m.group(2) == m.group(3) == pid and m.group(4) == region.replace(" ", "-")
         assert _load(root / r["path"]).shape == (64, 64)
         assert (r["label"], r["group"]) in {("active", "active CD"), ("control", "mucosal healing"),
                                             ("control", "normal")}
         if r["label"] == "active":
-            assert r["mask"] == r["path"].replace("images/", "masks/", 1)
+            assert r["mask"] == f"masks/{pid}/{Path(r['path']).name}"
             mask = _load(root / r["mask"])
             assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
         else:

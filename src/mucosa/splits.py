@@ -39,7 +39,12 @@ class SplitResult:
 
 
 def holdout_patients(labels: np.ndarray, patients: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of the units whose patient is held out; stratified by label, grouped by patient."""
+    """Boolean mask of the units whose patient is held out; stratified by label, grouped by patient.
+
+    Of the StratifiedGroupKFold folds, the first that leaves every class on both sides is taken; failing
+    that, one that leaves every class in the remaining (training) part (small cohorts can make the first
+    fold single-class).
+    """
     from sklearn.model_selection import StratifiedGroupKFold
 
     if not 0.0 < fraction < 1.0:
@@ -50,8 +55,15 @@ def holdout_patients(labels: np.ndarray, patients: np.ndarray, fraction: float, 
         n_splits = n_patients
     if n_patients < 2:
         raise ConfigError(f"a patient-grouped split needs at least 2 patients; the cohort has {n_patients}")
-    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    _, held = next(folds.split(np.zeros(len(labels)), labels, patients))
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    classes = set(labels.tolist())
+    best, held = (-1, -1), None
+    for _, fold in splitter.split(np.zeros(len(labels)), labels, patients):
+        rest = np.ones(len(labels), dtype=bool)
+        rest[fold] = False
+        score = (set(labels[rest].tolist()) == classes, set(labels[fold].tolist()) == classes)
+        if score > best:
+            best, held = score, fold
     mask = np.zeros(len(labels), dtype=bool)
     mask[held] = True
     return mask

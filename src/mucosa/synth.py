@@ -60,8 +60,8 @@ def draw_patient_style(rng: np.random.Generator, group: str) -> PatientStyle:
         gain=float(np.exp(rng.uniform(np.log(0.6), np.log(1.45)))),
         offset=float(rng.uniform(-0.04, 0.08)),
         gamma=float(rng.uniform(0.75, 1.35)),
-        photons=float(np.exp(rng.uniform(np.log(20.0), np.log(250.0)))),
-        read_noise=float(rng.uniform(0.005, 0.04)),
+        photons=float(np.exp(rng.uniform(np.log(150.0), np.log(1500.0)))),
+        read_noise=float(rng.uniform(0.003, 0.02)),
         crypt_spacing=float(rng.uniform(0.12, 0.19)),
         blur=float(rng.uniform(0.6, 1.8)),
         vessel_width=float(rng.uniform(0.8, 1.4)),
@@ -433,12 +433,13 @@ def synthesize_cohort(
                 if overlay:
                     img8, mask8 = _overlay(img8, mask8)
                 name = f"{pid}_{region.replace(' ', '-')}_{n:03d}.png"
-                _save_png(out / "images" / pid / name, img8)
+                # images/<label>/<patient>/...: the layout `mucosa index` reads
+                _save_png(out / "images" / label / pid / name, img8)
                 mask_rel = ""
                 if mask8 is not None:
                     mask_rel = f"masks/{pid}/{name}"
                     _save_png(out / mask_rel, mask8)
-                row = {"path": f"images/{pid}/{name}", "label": label, "patient": pid, "region": region}
+                row = {"path": f"images/{label}/{pid}/{name}", "label": label, "patient": pid, "region": region}
                 rows.append(row | {"group": group, "mask": mask_rel})
                 if progress is not None:
                     progress(len(rows), total)
@@ -474,7 +475,7 @@ dilated tortuous vessels, diffuse bright fluorescein leakage and small bright in
 {LESION_FREE_FRACTION:.0%} of their frames have no lesion (empty mask) to mimic per-patient labels. Each
 patient has its own gain, contrast, noise, crypt scale and blur. Regions are metadata only.
 
-Layout: images/<patient>/<patient>_<region>_<NNN>.png, masks/<patient>/<same name>.png (lesion mask,
+Layout: images/<label>/<patient>/<patient>_<region>_<NNN>.png, masks/<patient>/<same name>.png (lesion mask,
 0/255, active patients only), manifest.csv (path,label,patient,region,group,mask; paths relative to it).
 """
     (out / "README.txt").write_text(text, encoding="utf-8")

@@ -1,0 +1,178 @@
+"""A cohort as a table of preprocessed frames, and the PyTorch dataset, augmentation and sampler over it.
+
+:func:`assemble` prepares (or reads from the cache) every manifest row and applies the quality gate;
+training, evaluation and prediction all iterate over the resulting :class:`FrameTable`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mucosa.frames import MucosaWarning
+from mucosa.manifest import Cohort, Record
+from mucosa.prepare import FrameCache, PreparedFrames, Preprocessing
+
+
+@dataclass
+class FrameTable:
+    """Kept frames of a cohort (after the quality gate), each pointing into its row's cached frames."""
+
+    cohort: Cohort
+    prep: Preprocessing
+    sources: list[PreparedFrames]  # one per cohort record
+    row: np.ndarray       # (N,) index into cohort.records
+    position: np.ndarray  # (N,) index into sources[row].frames
+    dropped: Counter = field(default_factory=Counter)  # frames dropped by the quality gate, per label
+    corrupt: int = 0
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def record(self, i: int) -> Record:
+        return self.cohort.records[self.row[i]]
+
+    def frame(self, i: int) -> np.ndarray:
+        """uint8 (S, S) frame ``i``."""
+        return np.asarray(self.sources[self.row[i]].frames[self.position[i]])
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(N,) class index of every frame."""
+        index = {c: k for k, c in enumerate(self.cohort.classes)}
+        per_record = np.array([index.get(r.label, -1) for r in self.cohort.records], dtype=np.int64)
+        return per_record[self.row] if len(self.row) else np.zeros(0, np.int64)
+
+    @property
+    def patients(self) -> np.ndarray:
+        return np.array([self.cohort.records[r].patient for r in self.row], dtype=object)
+
+    @property
+    def frame_index(self) -> np.ndarray:
+        """(N,) frame number in the source video (0 for images)."""
+        return np.array([self.sources[r].indices[p] for r, p in zip(self.row, self.position)], np.int64)
+
+    @property
+    def quality(self) -> np.ndarray:
+        return np.array([self.sources[r].quality[p] for r, p in zip(self.row, self.position)], np.float32)
+
+    def summary(self) -> str:
+        kept = Counter(self.cohort.records[r].label for r in self.row)
+        lines = [f"frames at {self.prep.size}x{self.prep.size}, quality threshold "
+                 f"{self.prep.quality_threshold:g}:"]
+        for label in self.cohort.classes:
+            lines.append(f"  {label:<20} kept {kept[label]:>7}   dropped as uninformative {self.dropped[label]:>6}")
+        total = sum(self.dropped.values())
+        lines.append(f"  dropped {total} of {total + len(self)} frames by the quality gate"
+                     + (f"; {self.corrupt} corrupt video packets skipped" if self.corrupt else ""))
+        return "\n".join(lines)
+
+
+def assemble(cohort: Cohort, prep: Preprocessing, cache: FrameCache | None = None,
+             progress: bool = False) -> FrameTable:
+    """Prepare (or read from the cache) every row of the cohort and apply the quality gate."""
+    cache = cache or FrameCache()
+    sources, rows, positions, dropped, corrupt = [], [], [], Counter(), 0
+    from tqdm import tqdm
+
+    for i, record in enumerate(tqdm(cohort.records, desc="preparing frames", unit="file", disable=not progress,
+                                    leave=False)):
+        prepared = cache.get(record, prep)
+        keep = prepared.keep(prep.quality_threshold)
+        sources.append(prepared)
+        rows.append(np.full(len(keep), i, np.int64))
+        positions.append(keep)
+        dropped[record.label] += len(prepared.indices) - len(keep)
+        corrupt += prepared.corrupt
+    total = sum(dropped.values()) + sum(len(r) for r in rows)
+    if total and sum(dropped.values()) > 0.25 * total:
+        warnings.warn(f"the quality gate (threshold {prep.quality_threshold:g}) dropped {sum(dropped.values())} "
+                      f"of {total} frames; if those frames show tissue, lower the quality threshold "
+                      "(--quality, or preprocessing.quality_threshold in the config)", MucosaWarning, stacklevel=2)
+    row = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    position = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+    return FrameTable(cohort, prep, sources, row, position, dropped, corrupt)
+
+
+# --------------------------------------------------------------------------------------------------
+# PyTorch side
+# --------------------------------------------------------------------------------------------------
+
+
+def make_augmentation(config, size: int, seed: int = 0):
+    """MONAI random affine (rotation, translation, shear, zoom, as the paper lists) and random flips.
+
+    Args:
+        config: an ``AugmentationConfig``.
+        size: side of the frames (translation is a share of it).
+        seed: seeds the transforms' random state (data-loading workers reseed it, see ``worker_init``).
+    """
+    import math
+
+    from monai.transforms import Compose, RandAffine, RandFlip
+
+    steps = []
+    if config.probability > 0:
+        steps.append(RandAffine(
+            prob=config.probability, rotate_range=math.radians(config.rotate),
+            shear_range=(config.shear, config.shear), translate_range=(config.translate * size, config.translate * size), scale_range=(config.zoom, config.zoom),
+            padding_mode="reflection", mode="bilinear", cache_grid=False))
+    if config.flip:
+        steps += [RandFlip(prob=0.5, spatial_axis=0), RandFlip(prob=0.5, spatial_axis=1)]
+    transform = Compose(steps)
+    transform.set_random_state(seed=seed)
+    return transform
+
+
+class FrameDataset:
+    """Frames of a FrameTable as ``(image (1, S, S) float in [0, 1], class index, table position)``."""
+
+    def __init__(self, table: FrameTable, positions: np.ndarray, augment=None) -> None:
+        self.table, self.positions, self.augment = table, np.asarray(positions, np.int64), augment
+        self.labels = table.labels[self.positions] if len(self.positions) else np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        position = int(self.positions[i])
+        image = torch.from_numpy(self.table.frame(position).astype(np.float32) / 255.0)[None]  # (1, S, S)
+        if self.augment is not None:
+            image = torch.as_tensor(self.augment(image)).float().clamp_(0.0, 1.0)
+        return image, int(self.labels[i]), position
+
+
+def worker_init(worker_id: int) -> None:
+    """Give every data-loading worker its own augmentation random stream."""
+    from monai.data.utils import worker_init_fn
+
+    worker_init_fn(worker_id)
+
+
+class CaseSampler:
+    """Each epoch, at most ``per_case`` random frames of every case (a video or a patient's image set).
+
+    Consecutive pCLE frames are highly correlated: sampling a few per case and epoch lets every case count
+    and keeps epochs short, while over many epochs all frames are seen.
+    """
+
+    def __init__(self, cases: np.ndarray, per_case: int, seed: int = 0) -> None:
+        self.groups = [np.flatnonzero(cases == c) for c in dict.fromkeys(cases.tolist())]
+        self.per_case, self.seed, self.epoch = per_case, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return sum(min(len(g), self.per_case) for g in self.groups)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        chosen = np.concatenate([rng.choice(g, min(len(g), self.per_case), replace=False) for g in self.groups])
+        self.epoch += 1
+        return iter(rng.permutation(chosen).tolist())

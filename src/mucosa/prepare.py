@@ -1,0 +1,244 @@
+"""From a manifest row to model-ready frames: decode, crop the field of view, resize, score quality, cache.
+
+The result of one row is cached on disk as uint8 frames (N, S, S) keyed by the file's content and the
+preprocessing parameters, so epochs and reruns never decode a video twice, and frames are read back as a
+memory map (a 100,000-frame cohort does not need to fit in RAM). The quality threshold is not part of the
+key: the score of every frame is stored, and frames are dropped when the cohort is assembled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import BinaryIO
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mucosa import preprocess
+from mucosa.errors import ConfigError
+from mucosa.frames import CHANNELS, DecodeReport, iter_video_frames, read_image
+from mucosa.manifest import Record
+
+CACHE_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How frames are turned into model input; stored in every checkpoint.
+
+    Attributes:
+        size: side of the square model input (paper: 300).
+        crop: ``auto`` (detect the circular pCLE / rectangular eCLE field of view), ``none`` (whole
+            frame) or a fixed box ``[x0, y0, x1, y1]``.
+        channel: ``auto``, ``luminance``, ``red``, ``green`` or ``blue`` (see ``frames.to_gray``).
+        quality_threshold: frames scoring below are dropped as uninformative (0 keeps all).
+        fov_frames: frames of a video looked at together to find its field of view.
+    """
+
+    size: int = 300
+    crop: str | tuple[int, int, int, int] = "auto"
+    channel: str = "auto"
+    quality_threshold: float = preprocess.DEFAULT_QUALITY_THRESHOLD
+    fov_frames: int = 32
+
+    def __post_init__(self) -> None:
+        if isinstance(self.crop, list):
+            object.__setattr__(self, "crop", tuple(int(v) for v in self.crop))
+        if not (self.crop in ("auto", "none") or (isinstance(self.crop, tuple) and len(self.crop) == 4)):
+            raise ConfigError(f"crop {self.crop!r} must be 'auto', 'none' or a box [x0, y0, x1, y1]")
+        if self.channel not in CHANNELS:
+            raise ConfigError(f"channel {self.channel!r} is not one of {', '.join(CHANNELS)}")
+        if not 0.0 <= self.quality_threshold <= 1.0:
+            raise ConfigError(f"quality_threshold {self.quality_threshold} must be in [0, 1]")
+        if self.size < 8 or self.fov_frames < 1:
+            raise ConfigError(f"size {self.size} must be >= 8 and fov_frames {self.fov_frames} >= 1")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["crop"] = list(self.crop) if isinstance(self.crop, tuple) else self.crop
+        return data
+
+    def cache_key(self) -> dict:
+        data = self.to_dict()
+        data.pop("quality_threshold")
+        return data
+
+
+class FramePreparer:
+    """Crop, resize and score frames of one source, once its field of view is known.
+
+    Used for cohort preparation and, frame by frame, for live streams.
+    """
+
+    def __init__(self, prep: Preprocessing, still: bool = False) -> None:
+        self.prep = prep
+        self.fov: preprocess.FieldOfView | None = None
+        # still images are judged on brightness, saturation and contrast only (see STILL_COMPONENTS)
+        self.components = preprocess.STILL_COMPONENTS if still else None
+
+    def locate(self, frames: np.ndarray) -> preprocess.FieldOfView:
+        """Fix the field of view from one frame (H, W) or several (N, H, W) of the same source."""
+        shape = frames.shape[-2:]
+        if self.prep.crop == "auto":
+            self.fov = preprocess.detect_field_of_view(frames)
+        elif self.prep.crop == "none":
+            self.fov = preprocess.FieldOfView("full", (0, 0, shape[1], shape[0]))
+        else:
+            self.fov = preprocess.fixed_field_of_view(self.prep.crop, shape)
+        return self.fov
+
+    def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
+        """One frame (H, W) float → (model frame uint8 (S, S), quality score)."""
+        if self.fov is None:
+            self.locate(frame)
+        cropped = preprocess.crop(frame, self.fov)  # (h, w)
+        quality = preprocess.quality_score(cropped, self.components)
+        return preprocess.to_uint8(preprocess.resize(cropped, self.prep.size)), quality
+
+
+class PreparedFrames:
+    """Preprocessed frames of one manifest row.
+
+    Attributes:
+        indices: (N,) frame index in the source (0 for an image).
+        quality: (N,) float32 quality scores in [0, 1].
+        fov: the field of view used (``FieldOfView`` as a dict).
+        corrupt: damaged video packets skipped while decoding.
+    """
+
+    def __init__(self, indices: np.ndarray, quality: np.ndarray, fov: dict, corrupt: int = 0,
+                 frames: np.ndarray | None = None, path: Path | None = None, size: int = 0) -> None:
+        self.indices, self.quality, self.fov, self.corrupt = indices, quality, fov, corrupt
+        self.path, self.size, self._frames = path, size, frames
+
+    @property
+    def frames(self) -> np.ndarray:
+        """(N, S, S) uint8; a read-only memory map of the cache file, opened on first use."""
+        if self._frames is None:
+            count = len(self.indices)
+            self._frames = (np.memmap(self.path, dtype=np.uint8, mode="r", shape=(count, self.size, self.size))
+                            if count else np.zeros((0, self.size, self.size), np.uint8))
+        return self._frames
+
+    def __getstate__(self) -> dict:
+        # Data-loading workers reopen the memory map instead of receiving a copy of the frames.
+        state = self.__dict__.copy()
+        if self.path is not None:
+            state["_frames"] = None
+        return state
+
+    def keep(self, threshold: float) -> np.ndarray:
+        """Positions (into ``indices``/``frames``) of the frames that pass the quality gate."""
+        return np.flatnonzero(self.quality >= threshold)
+
+
+def _buffered_fov(preparer: FramePreparer, decoded: Iterator[tuple[int, np.ndarray]]
+                  ) -> Iterator[tuple[int, np.ndarray]]:
+    """Look at the first frames of a video to fix its field of view, then yield all frames."""
+    head = []
+    for item in decoded:
+        head.append(item)
+        if len(head) == preparer.prep.fov_frames:
+            break
+    if head:
+        preparer.locate(np.stack([frame for _, frame in head]))
+    yield from head
+    yield from decoded
+
+
+def prepare_source(record: Record, prep: Preprocessing, sink: BinaryIO | None = None) -> PreparedFrames:
+    """Decode and preprocess one row; frames are written to ``sink`` (a binary file) when given."""
+    preparer = FramePreparer(prep, still=not record.is_video)
+    report = DecodeReport()
+    if record.is_video:
+        decoded = _buffered_fov(preparer, iter_video_frames(record.path, record.frames, prep.channel, report))
+    else:
+        decoded = iter([(0, read_image(record.path, prep.channel))])
+    indices, quality, kept = [], [], []
+    for index, frame in decoded:
+        model_frame, score = preparer(frame)
+        indices.append(index)
+        quality.append(score)
+        if sink is not None:
+            sink.write(model_frame.tobytes())
+        else:
+            kept.append(model_frame)
+    frames = np.stack(kept) if kept else np.zeros((0, prep.size, prep.size), np.uint8)
+    fov = asdict(preparer.fov) if preparer.fov is not None else {}
+    return PreparedFrames(np.asarray(indices, np.int64), np.asarray(quality, np.float32), fov, report.corrupt,
+                          frames=frames, size=prep.size)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MUCOSA_CACHE") or Path.home() / ".cache" / "mucosa")
+
+
+class FrameCache:
+    """Preprocessed frames on disk, keyed by file content and preprocessing parameters."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root else default_cache_dir()
+        self.hits = 0
+        self.misses = 0
+        self._hashes: dict[tuple, str] = {}
+
+    def content_hash(self, path: Path) -> str:
+        stat = path.stat()
+        memo = (str(path), stat.st_size, stat.st_mtime_ns)
+        if memo not in self._hashes:
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            self._hashes[memo] = digest.hexdigest()
+        return self._hashes[memo]
+
+    def key(self, record: Record, prep: Preprocessing) -> str:
+        parts = {"v": CACHE_VERSION, "content": self.content_hash(record.path), "frames": str(record.frames),
+                 "video": record.is_video, "prep": prep.cache_key()}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:40]
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        folder = self.root / key[:2]
+        return folder / f"{key}.u8", folder / f"{key}.json"
+
+    def get(self, record: Record, prep: Preprocessing) -> PreparedFrames:
+        """Cached frames of a row, preparing (and storing) them on a miss."""
+        key = self.key(record, prep)
+        data_path, meta_path = self._paths(key)
+        if meta_path.is_file() and data_path.is_file():
+            self.hits += 1
+            return self._load(data_path, meta_path, prep.size)
+        self.misses += 1
+        data_path.parent.mkdir(parents=True, exist_ok=True)
+        # Frames stream to a temporary file that is renamed only when complete; the metadata, written
+        # last and also atomically, marks the entry valid. A killed run never leaves a half entry.
+        with tempfile.NamedTemporaryFile(dir=data_path.parent, suffix=".tmp", delete=False) as sink:
+            try:
+                prepared = prepare_source(record, prep, sink)
+            except BaseException:
+                os.unlink(sink.name)
+                raise
+        os.replace(sink.name, data_path)
+        meta = {"source": str(record.path), "indices": prepared.indices.tolist(),
+                "quality": prepared.quality.tolist(), "fov": prepared.fov, "corrupt": prepared.corrupt,
+                "size": prep.size}
+        _atomic_write_text(meta_path, json.dumps(meta))
+        return self._load(data_path, meta_path, prep.size)
+
+    @staticmethod
+    def _load(data_path: Path, meta_path: Path, size: int) -> PreparedFrames:
+        meta = json.loads(meta_path.read_text())
+        return PreparedFrames(np.asarray(meta["indices"], np.int64), np.asarray(meta["quality"], np.float32),
+                              meta["fov"], meta.get("corrupt", 0), path=data_path, size=size)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+        handle.write(text)
+    os.replace(handle.name, path)

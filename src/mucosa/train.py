@@ -1,0 +1,307 @@
+"""Training on PyTorch Lightning: the flow is :func:`train` → ``plan_run`` → ``fit``.
+
+A run folder holds ``config.yaml`` (the resolved configuration), ``split.csv`` (the manifest with the
+split used), ``run.json`` (inputs), ``epochs.csv`` (one row per epoch), ``best.ckpt`` (best validation
+ROC AUC) and ``last.ckpt`` (end of the latest finished epoch, for ``--resume``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from mucosa.checkpoint import AtomicCheckpointIO, describe, read_checkpoint_file
+from mucosa.config import RunConfig, load_config
+from mucosa.data import CaseSampler, FrameDataset, FrameTable, assemble, make_augmentation, worker_init
+from mucosa.errors import ConfigError
+from mucosa.manifest import Cohort, load_manifest
+from mucosa.model import create_model
+from mucosa.prepare import FrameCache
+from mucosa.splits import split_cohort
+
+
+class Classifier(L.LightningModule):
+    """The model, its loss and validation metrics (ROC AUC, accuracy, loss)."""
+
+    def __init__(self, config: RunConfig, classes: list[str], class_counts: list[int], description: dict,
+                 record_samples: bool = False) -> None:
+        super().__init__()
+        import torchmetrics
+
+        self.config, self.classes, self.description = config, classes, description
+        self.model = create_model(config.model)
+        if config.training.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        counts = torch.tensor(class_counts, dtype=torch.float32).clamp(min=1)
+        weights = counts.sum() / (len(counts) * counts) if config.training.class_weights else torch.ones_like(counts)
+        self.register_buffer("class_weights", weights, persistent=False)
+        binary = len(classes) == 2
+        task = {"task": "binary"} if binary else {"task": "multiclass", "num_classes": len(classes)}
+        self.val_auc = torchmetrics.AUROC(**task)
+        self.val_acc = torchmetrics.Accuracy(**task, **({} if binary else {"average": "micro"}))
+        self.record_samples, self.seen = record_samples, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.training.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if len(self.classes) == 2:  # one logit: BCE, with the positive class weighted against the negative
+            pos_weight = self.class_weights[1] / self.class_weights[0]
+            return F.binary_cross_entropy_with_logits(logits[:, 0], y.float(), pos_weight=pos_weight)
+        return F.cross_entropy(logits, y, weight=self.class_weights)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B,) positive-class probability for two classes, (B, K) softmax otherwise."""
+        return torch.sigmoid(logits[:, 0]) if len(self.classes) == 2 else logits.softmax(-1)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y, position = batch
+        loss = self.loss(self(x), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
+        if self.record_samples:
+            self.seen += position.tolist()
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y, _ = batch
+        logits = self(x)
+        probs = self.probabilities(logits)
+        self.val_auc.update(probs, y)
+        self.val_acc.update(probs, y)
+        self.log("val_loss", self.loss(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val_auc", self.val_auc.compute(), prog_bar=True, sync_dist=False)
+        self.log("val_acc", self.val_acc.compute(), prog_bar=True, sync_dist=False)
+        self.val_auc.reset()
+        self.val_acc.reset()
+
+    def configure_optimizers(self):
+        t = self.config.training
+        return torch.optim.Adam(self.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mucosa"] = self.description
+
+    def on_train_end(self) -> None:
+        if self.record_samples:
+            out = Path(self.trainer.default_root_dir) / f"samples-rank{self.global_rank}.json"
+            out.write_text(json.dumps(self.seen))
+
+
+class EpochLog(L.Callback):
+    """One row per finished epoch in ``epochs.csv`` (rank 0), appended across resumes."""
+
+    COLUMNS = ("epoch", "train_loss", "val_loss", "val_auc", "val_acc", "seconds")
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.start = path, time.time()
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self.start = time.time()
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if trainer.global_rank != 0 or trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        row = {"epoch": trainer.current_epoch + 1, "seconds": f"{time.time() - self.start:.1f}"}
+        row.update({k: f"{float(metrics[k]):.6f}" for k in self.COLUMNS[1:5] if k in metrics})
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, self.COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+@dataclass
+class RunPlan:
+    """Everything a run needs, checked before any training work starts."""
+
+    config: RunConfig
+    cohort: Cohort  # with the split column
+    table: FrameTable
+    parts: dict[str, np.ndarray]  # "train"/"val" → table positions
+    out: Path
+
+
+def _check_parts(cohort: Cohort, sides: tuple[str, ...]) -> None:
+    for side in sides:
+        labels = {r.label for r in cohort.records if r.split == side}
+        if not labels:
+            raise ConfigError(f"the {side} part of the split is empty: check the split settings "
+                              f"(mode, test, val) against the cohort's {len(cohort.patients)} patients")
+        missing = [c for c in cohort.classes if c not in labels]
+        if side == "train" and missing:
+            raise ConfigError(f"class(es) {', '.join(missing)} have no images in the training part; every class "
+                              "needs training patients (use a stratified split or add patients)")
+
+
+def plan_run(manifest: str | Path, config: RunConfig, out: Path, cache: FrameCache | None = None,
+             presplit: bool = False) -> RunPlan:
+    """Validate inputs, split the cohort and prepare frames; raises a clear error before any training.
+
+    Args:
+        presplit: take the manifest's split column as it is (a resumed run's ``split.csv``).
+    """
+    create_model(config.model)  # size and kind problems surface here, naming the minimum size
+    cohort = load_manifest(manifest)
+    if len(cohort.classes) < 2:
+        raise ConfigError(f"{manifest}: training needs at least two labels; found {cohort.classes}")
+    s = config.split
+    mode = "manifest" if presplit else s.mode
+    result = split_cohort(cohort, mode, test=s.test, val=s.val, k=s.k, fold=s.fold, seed=s.seed)
+    print(result.report)
+    split = result.cohort
+    _check_parts(split, ("train", "val") if s.val > 0 else ("train",))
+    table = assemble(Cohort([r for r in split.records if r.split in ("train", "val")], split.classes,
+                            split.source), config.preprocessing, cache, progress=True)
+    print(table.summary())
+    sides = np.array([table.cohort.records[r].split for r in table.row])
+    parts = {side: np.flatnonzero(sides == side) for side in ("train", "val")}
+    train_labels = set(table.labels[parts["train"]].tolist())
+    if len(train_labels) < len(split.classes):
+        raise ConfigError("after the quality gate a class has no training frames; lower quality_threshold")
+    return RunPlan(config, split, table, parts, out)
+
+
+def _loaders(plan: RunPlan) -> tuple[DataLoader, DataLoader | None]:
+    t, table = plan.config.training, plan.table
+    augment = make_augmentation(plan.config.augmentation, plan.config.model.size, t.seed)
+    train_set = FrameDataset(table, plan.parts["train"], augment)
+    sampler = None
+    if t.frames_per_case > 0:
+        cases = np.array([str(table.cohort.records[r].path) + table.cohort.records[r].patient
+                          for r in table.row[plan.parts["train"]]])
+        sampler = CaseSampler(cases, t.frames_per_case, t.seed)
+    common = {"batch_size": t.batch_size, "num_workers": t.workers, "persistent_workers": t.workers > 0,
+              "worker_init_fn": worker_init if t.workers else None}
+    train = DataLoader(train_set, shuffle=sampler is None, sampler=sampler, **common)
+    val = (DataLoader(FrameDataset(table, plan.parts["val"]), shuffle=False, **common)
+           if len(plan.parts["val"]) else None)
+    return train, val
+
+
+def _description(plan: RunPlan) -> dict:
+    patients = {side: sorted({r.patient for r in plan.cohort.records if r.split == side})
+                for side in ("train", "val", "test")}
+    s = plan.config.split
+    split = {"mode": s.mode, "seed": s.seed, "test": s.test, "val": s.val, "k": s.k, "fold": s.fold,
+             "manifest": str(plan.cohort.source), "patients": patients}
+    return describe(plan.config.model, plan.cohort.classes, plan.config.preprocessing, plan.config.to_dict(),
+                    split)
+
+
+def _trainer(plan: RunPlan, has_val: bool) -> L.Trainer:
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    t = plan.config.training
+    monitor = {"monitor": "val_auc", "mode": "max"}
+    # Two checkpoints: "best" by validation AUC and "last" after every epoch (for --resume). Lightning's own
+    # save_last only writes when the best one changed, which would lose epochs on a kill.
+    # Without validation data "best" is the last epoch's checkpoint, copied when training ends.
+    callbacks = [ModelCheckpoint(dirpath=plan.out, filename="last", save_top_k=1, enable_version_counter=False),
+                 EpochLog(plan.out / "epochs.csv")]
+    if has_val:
+        callbacks.append(ModelCheckpoint(dirpath=plan.out, filename="best", save_top_k=1,
+                                         enable_version_counter=False, **monitor))
+    if t.early_stopping and has_val:
+        callbacks.append(EarlyStopping(monitor="val_auc", mode="max", patience=t.early_stopping))
+    return L.Trainer(default_root_dir=plan.out, max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices,
+                     num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision, callbacks=callbacks,
+                     logger=False, plugins=[AtomicCheckpointIO()], enable_model_summary=False,
+                     num_sanity_val_steps=0, log_every_n_steps=10)
+
+
+def _quiet_lightning() -> None:
+    """Hide Lightning's advertising tips and warnings that say nothing about the user's run."""
+    import logging
+    import warnings
+
+    class NoTips(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "Tip:" not in record.getMessage()
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(NoTips())
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+
+
+def fit(plan: RunPlan, resume: Path | None = None, init_from: Path | None = None,
+        record_samples: bool = False) -> Path:
+    """Train (or continue) and return the path of the best checkpoint."""
+    t = plan.config.training
+    _quiet_lightning()
+    L.seed_everything(t.seed, workers=True, verbose=False)
+    if t.threads > 0:
+        torch.set_num_threads(t.threads)
+    train_loader, val_loader = _loaders(plan)
+    counts = np.bincount(plan.table.labels[plan.parts["train"]], minlength=len(plan.cohort.classes))
+    module = Classifier(plan.config, plan.cohort.classes, counts.tolist(), _description(plan), record_samples)
+    if init_from is not None:
+        initialise_from(module.model, init_from)
+    trainer = _trainer(plan, val_loader is not None)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
+    best = plan.out / "best.ckpt"
+    if val_loader is None and trainer.is_global_zero:
+        import shutil
+
+        shutil.copyfile(plan.out / "last.ckpt", plan.out / ".best.ckpt.tmp")
+        os.replace(plan.out / ".best.ckpt.tmp", best)
+    return best
+
+
+def initialise_from(model: torch.nn.Module, checkpoint: Path) -> list[str]:
+    """Copy weights of matching name and shape from another checkpoint; say which were re-initialised."""
+    source = {k.removeprefix("model."): v for k, v in read_checkpoint_file(checkpoint)["state_dict"].items()
+              if k.startswith("model.")}
+    target = model.state_dict()
+    fresh = [k for k in target if k not in source or source[k].shape != target[k].shape]
+    model.load_state_dict({**target, **{k: v for k, v in source.items() if k in target and k not in fresh}})
+    if fresh:
+        layers = sorted({k.rsplit(".", 1)[0] for k in fresh})
+        print(f"init-from {checkpoint}: layer(s) {', '.join(layers)} do not match this model "
+              "(different classes or input size) and were re-initialised")
+    return fresh
+
+
+def train(manifest: str | Path, config: RunConfig, out: str | Path, init_from: str | Path | None = None,
+          cache: FrameCache | None = None, record_samples: bool = False) -> Path:
+    """Split, prepare and train; returns the best checkpoint's path."""
+    out = Path(out)
+    if (out / "last.ckpt").exists():
+        raise ConfigError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
+    plan = plan_run(manifest, config, out, cache)
+    out.mkdir(parents=True, exist_ok=True)
+    config.save(out / "config.yaml")
+    plan.cohort.to_csv(out / "split.csv")
+    (out / "run.json").write_text(json.dumps({"manifest": str(Path(manifest).resolve()),
+                                              "init_from": str(init_from) if init_from else None}, indent=1))
+    return fit(plan, init_from=Path(init_from) if init_from else None, record_samples=record_samples)
+
+
+def resume(run: str | Path, cache: FrameCache | None = None) -> Path:
+    """Continue an interrupted run from its ``last.ckpt`` (the split is read back from ``split.csv``)."""
+    run = Path(run)
+    last = run / "last.ckpt"
+    if not (run / "config.yaml").is_file() or not last.is_file():
+        raise ConfigError(f"{run}: nothing to resume (needs config.yaml and last.ckpt from a run that finished "
+                          "at least one epoch)")
+    config = load_config(run / "config.yaml")
+    plan = plan_run(run / "split.csv", config, run, cache, presplit=True)
+    epoch = read_checkpoint_file(last).get("epoch", -1) + 1
+    print(f"resuming {run} after epoch {epoch} of {config.training.epochs}")
+    return fit(plan, resume=last)

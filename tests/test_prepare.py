@@ -1,0 +1,136 @@
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mucosa.cli import main
+from mucosa.data import CaseSampler, FrameDataset, assemble
+from mucosa.errors import ConfigError
+from mucosa.manifest import Cohort, Record, load_manifest
+from mucosa.prepare import FrameCache, Preprocessing
+from test_frames import write_video
+
+
+def textured(size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    base = np.kron(rng.random((size // 8, size // 8)), np.ones((8, 8)))
+    return (0.2 + 0.6 * base).astype(np.float32)
+
+
+@pytest.fixture
+def small_cohort(tmp_path):
+    records = []
+    for i, label in enumerate(["active", "control", "active", "control"]):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray((textured(seed=i) * 255).astype(np.uint8)).save(path)
+        records.append(Record(path.resolve(), label, f"P{i}"))
+    write_video(tmp_path / "v.avi", n=12)
+    records.append(Record((tmp_path / "v.avi").resolve(), "active", "P9"))
+    return Cohort(records, ["control", "active"])
+
+
+def test_cache_hit_on_second_read_returns_same_frames(small_cohort, tmp_path):
+    cache = FrameCache(tmp_path / "cache")
+    prep = Preprocessing(size=32, crop="none", quality_threshold=0.0)
+    first = assemble(small_cohort, prep, cache)
+    assert (cache.misses, cache.hits) == (5, 0)
+    again = assemble(small_cohort, prep, FrameCache(tmp_path / "cache"))  # a new process would see this
+    assert len(again) == len(first) == 4 + 12
+    for i in range(len(first)):
+        assert np.array_equal(first.frame(i), again.frame(i))
+    assert isinstance(again.sources[4].frames, np.memmap)  # read back lazily, not into RAM
+    cache2 = FrameCache(tmp_path / "cache")
+    assemble(small_cohort, prep, cache2)
+    assert (cache2.misses, cache2.hits) == (0, 5)
+    # a different preprocessing is another key; the quality threshold is not (scores are stored)
+    assemble(small_cohort, Preprocessing(size=16, crop="none"), cache2)
+    assert cache2.misses == 5
+    assemble(small_cohort, Preprocessing(size=32, crop="none", quality_threshold=0.9), cache2)
+    assert cache2.misses == 5
+
+
+def test_changed_file_content_misses_the_cache(small_cohort, tmp_path):
+    cache = FrameCache(tmp_path / "cache")
+    prep = Preprocessing(size=32, crop="none", quality_threshold=0.0)
+    assemble(small_cohort, prep, cache)
+    path = small_cohort.records[0].path
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(path)
+    cache = FrameCache(tmp_path / "cache")
+    table = assemble(small_cohort, prep, cache)
+    assert cache.misses == 1 and table.frame(0).max() == 0
+
+
+def test_quality_gate_drops_and_counts_black_frames(tmp_path):
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "black.png")
+    Image.fromarray((textured() * 255).astype(np.uint8)).save(tmp_path / "tissue.png")
+    cohort = Cohort([Record((tmp_path / "black.png").resolve(), "active", "A"),
+                     Record((tmp_path / "tissue.png").resolve(), "control", "B")], ["control", "active"])
+    table = assemble(cohort, Preprocessing(size=32, crop="none", quality_threshold=0.3), FrameCache(tmp_path / "c"))
+    assert len(table) == 1 and table.record(0).patient == "B"
+    assert table.dropped["active"] == 1
+    assert "dropped 1 of 2 frames" in table.summary()
+
+
+def test_frame_dataset_and_memmap_pickling(small_cohort, tmp_path):
+    table = assemble(small_cohort, Preprocessing(size=32, crop="none", quality_threshold=0.0),
+                     FrameCache(tmp_path / "cache"))
+    dataset = FrameDataset(table, np.arange(len(table)))
+    image, label, position = dataset[5]
+    assert tuple(image.shape) == (1, 32, 32) and 0.0 <= float(image.min()) <= float(image.max()) <= 1.0
+    assert label == 1 and position == 5
+    clone = pickle.loads(pickle.dumps(dataset))  # what a data-loading worker receives
+    assert clone.table.sources[4]._frames is None  # the memmap is reopened, not copied
+    assert np.array_equal(clone[7][0].numpy(), dataset[7][0].numpy())
+
+
+def test_case_sampler_limits_frames_per_case_and_varies_by_epoch():
+    cases = np.array(["a"] * 10 + ["b"] * 3 + ["c"] * 6)
+    sampler = CaseSampler(cases, per_case=4, seed=0)
+    first = list(sampler)
+    assert len(first) == len(sampler) == 4 + 3 + 4
+    counts = {c: sum(cases[i] == c for i in first) for c in "abc"}
+    assert counts == {"a": 4, "b": 3, "c": 4} and len(set(first)) == len(first)
+    sampler.set_epoch(5)
+    assert list(sampler) != first
+
+
+def test_bad_preprocessing_values():
+    with pytest.raises(ConfigError, match="crop"):
+        Preprocessing(crop="circle")
+    with pytest.raises(ConfigError, match="channel 'pink'"):
+        Preprocessing(channel="pink")
+    with pytest.raises(ConfigError, match="quality_threshold"):
+        Preprocessing(quality_threshold=2)
+
+
+def test_cli_synth_and_prepare(tmp_path, capsys):
+    assert main(["synth", str(tmp_path / "syn"), "--patients", "3", "--per-patient", "2", "--size", "48"]) == 0
+    manifest = tmp_path / "syn" / "manifest.csv"
+    assert len(load_manifest(manifest).records) == 6
+    assert main(["prepare", str(manifest), "--size", "32", "--cache", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert "synthetic cohort" in out and "quality gate" in out and "0 rows reused, 6 prepared" in out
+
+
+def test_noise_is_dropped_from_videos_but_still_images_are_judged_on_exposure(tmp_path):
+    import av
+
+    rng = np.random.default_rng(0)
+    noise = (rng.random((64, 64)) * 200 + 30).astype(np.uint8)  # bright, contrasted, no structure
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    with av.open(str(tmp_path / "noise.avi"), "w", format="avi") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        stream.options = {"qscale": "1"}
+        for _ in range(4):
+            frame = av.VideoFrame.from_ndarray(np.stack([noise] * 3, -1), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    cohort = Cohort([Record((tmp_path / "noise.png").resolve(), "active", "A"),
+                     Record((tmp_path / "noise.avi").resolve(), "control", "B")], ["control", "active"])
+    with pytest.warns(UserWarning, match="quality gate .* dropped 4 of 5 frames"):
+        table = assemble(cohort, Preprocessing(size=32, crop="none", quality_threshold=0.5),
+                         FrameCache(tmp_path / "c"))
+    assert len(table) == 1 and table.record(0).patient == "A"
+    assert table.dropped == {"control": 4, "active": 0}

@@ -1,0 +1,209 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from mucosa.checkpoint import atomic_torch_save, load_checkpoint
+from mucosa.config import config_from_dict, load_config
+from mucosa.errors import ConfigError
+from mucosa.manifest import load_manifest
+from mucosa.model import ModelConfig, create_model
+from mucosa.prepare import FrameCache
+from mucosa.synth import synthesize_cohort
+from mucosa.train import Classifier, _loaders, initialise_from, plan_run, train
+
+QUICK = {"model": {"size": 32}, "preprocessing": {"quality_threshold": 0.0},
+         "split": {"mode": "patient", "test": 0.25, "val": 0.25},
+         "training": {"epochs": 1, "batch_size": 8, "threads": 1},
+         "augmentation": {"probability": 0.0, "flip": False}}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cohort")
+    return synthesize_cohort(out, patients=8, per_patient=6, size=40, seed=3)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return FrameCache(tmp_path / "cache")
+
+
+def quick(**changes):
+    data = json.loads(json.dumps(QUICK))
+    for section, values in changes.items():
+        data.setdefault(section, {}).update(values)
+    return config_from_dict(data)
+
+
+def mucosa(*args, **kwargs):
+    env = {**os.environ, "MUCOSA_CACHE": str(kwargs.pop("cache"))}
+    return subprocess.Popen([sys.executable, "-m", "mucosa", *map(str, args)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+
+
+def mean_loss(module, loader):
+    module.eval()
+    with torch.no_grad():
+        losses = [module.loss(module(x), y).item() * len(y) for x, y, _ in loader]
+    return sum(losses) / len(loader.dataset)
+
+
+def test_one_epoch_lowers_the_loss_and_checkpoint_round_trips(cohort, cache, tmp_path):
+    config = quick(training={"epochs": 3, "lr": 3e-3})
+    plan = plan_run(cohort, config, tmp_path / "run", cache)
+    train_loader, _ = _loaders(plan)
+    L.seed_everything(0)
+    module = Classifier(config, plan.cohort.classes, [1, 1], {"format": "test"})
+    before = mean_loss(module, train_loader)
+    from mucosa.checkpoint import AtomicCheckpointIO
+
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        plugins=[AtomicCheckpointIO()], enable_model_summary=False)
+    module.train()
+    trainer.fit(module, train_loader)
+    after = mean_loss(module, train_loader)
+    assert after < before - 0.005, (before, after)
+
+    # round trip through a self-describing checkpoint rebuilds the same network
+    from mucosa.checkpoint import describe
+
+    module.description = describe(config.model, plan.cohort.classes, config.preprocessing, config.to_dict(), {})
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = load_checkpoint(tmp_path / "m.ckpt")
+    x = torch.rand(4, 1, 32, 32).contiguous(memory_format=torch.channels_last)
+    module.eval()
+    with torch.no_grad():  # same weights, same memory format: bit-identical outputs
+        assert torch.equal(loaded.model.to(memory_format=torch.channels_last)(x), module.model(x))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(),
+                                                 module.model.state_dict().values()))
+    assert loaded.classes == ["control", "active"] and loaded.preprocessing.size == 32
+
+
+def test_train_writes_a_self_describing_run(cohort, cache, tmp_path):
+    best = train(cohort, quick(), tmp_path / "run", cache=cache)
+    run = tmp_path / "run"
+    assert best == run / "best.ckpt" and best.is_file() and (run / "last.ckpt").is_file()
+    assert load_config(run / "config.yaml").model.size == 32
+    rows = (run / "epochs.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,train_loss,val_loss,val_auc") and len(rows) == 2
+    loaded = load_checkpoint(best)
+    split = loaded.info["split"]
+    assert split["mode"] == "patient" and split["seed"] == 0
+    assert not set(split["patients"]["train"]) & set(split["patients"]["test"])
+    assert loaded.info["config"]["training"]["batch_size"] == 8
+    assert loaded.info["preprocessing"]["quality_threshold"] == 0.0
+    written = load_manifest(run / "split.csv")
+    assert {r.patient for r in written.records if r.split == "train"} == set(split["patients"]["train"])
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(cohort, quick(), run, cache=cache)
+
+
+def test_bad_inputs_fail_before_any_work(cohort, cache, tmp_path):
+    with pytest.raises(ConfigError, match="minimum is 16x16"):
+        train(cohort, quick(model={"size": 12}), tmp_path / "a", cache=cache)
+    rows = load_manifest(cohort).records
+    lines = ["path,label,patient,split"] + [f"{r.path},{r.label},{r.patient},test" for r in rows]
+    (tmp_path / "all-test.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="the train part of the split is empty"):
+        train(tmp_path / "all-test.csv", quick(split={"mode": "manifest", "val": 0}), tmp_path / "b", cache=cache)
+    lines = ["path,label,patient,split"] + [
+        f"{r.path},{r.label},{r.patient},{'train' if r.label == 'active' else 'test'}" for r in rows]
+    (tmp_path / "one-class.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="class\\(es\\) control have no images in the training part"):
+        train(tmp_path / "one-class.csv", quick(split={"mode": "manifest", "val": 0}), tmp_path / "c", cache=cache)
+    assert not any((tmp_path / name).exists() for name in "abc")
+    assert cache.misses == 0  # nothing was decoded
+
+
+def test_config_errors_name_the_file_and_key(tmp_path):
+    (tmp_path / "c.yaml").write_text("training:\n  epoks: 3\n")
+    with pytest.raises(ConfigError, match=r"c.yaml \[training\]: unknown setting\(s\) epoks"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("modle: {}\n")
+    with pytest.raises(ConfigError, match="unknown section"):
+        load_config(tmp_path / "d.yaml")
+    for name in ("paper", "cpu-quick"):
+        config = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+        assert config.preprocessing.size == config.model.size
+    assert load_config(Path(__file__).parents[1] / "configs" / "paper.yaml").training.epochs == 200
+
+
+def test_init_from_reinitialises_mismatched_head(cohort, cache, tmp_path, capsys):
+    best = train(cohort, quick(), tmp_path / "run", cache=cache)
+    three = create_model(ModelConfig(size=32, num_classes=3))
+    fresh = initialise_from(three, best)
+    assert {k.split(".")[0] for k in fresh} == {"fc3"}
+    source = load_checkpoint(best).model
+    assert torch.equal(three.conv1.weight, source.conv1.weight)
+    assert "fc3 do not match this model" in capsys.readouterr().out
+
+
+def test_atomic_save_never_leaves_a_torn_file(tmp_path, monkeypatch):
+    target = tmp_path / "last.ckpt"
+    atomic_torch_save({"state_dict": {"w": torch.ones(3)}}, target)
+
+    def explode(obj, handle, *args, **kwargs):
+        handle.write(b"partial bytes")
+        raise KeyboardInterrupt  # like a kill in the middle of writing
+
+    monkeypatch.setattr(torch, "save", explode)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"state_dict": {"w": torch.zeros(3)}}, target)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(target, weights_only=True)["state_dict"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def _epochs_logged(run: Path) -> list[int]:
+    path = run / "epochs.csv"
+    return [int(line.split(",")[0]) for line in path.read_text().splitlines()[1:]] if path.exists() else []
+
+
+def test_resume_after_sigkill_mid_epoch(tmp_path):
+    cohort = synthesize_cohort(tmp_path / "c", patients=8, per_patient=30, size=48, seed=1)
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    args = ["train", "--manifest", cohort, "--size", "48", "--epochs", "4", "--batch-size", "4", "--quality", "0",
+            "--threads", "1", "--out", run]
+    process = mucosa(*args, cache=cache)
+    deadline = time.time() + 240
+    while not _epochs_logged(run) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, process.stdout.read()
+    time.sleep(0.5)  # into the second epoch
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = torch.load(run / "last.ckpt", weights_only=True)["epoch"] + 1
+    assert 1 <= done_before < 4
+    resumed = mucosa("train", "--resume", run, cache=cache)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert f"resuming {run} after epoch {done_before} of 4" in output
+    assert torch.load(run / "last.ckpt", weights_only=True)["epoch"] == 3
+    logged = _epochs_logged(run)
+    assert logged[-1] == 4 and sorted(set(logged)) == [1, 2, 3, 4]
+    assert not [p for p in run.iterdir() if p.suffix == ".tmp"]
+
+
+def test_ddp_two_cpu_processes_see_disjoint_data(tmp_path):
+    cohort = synthesize_cohort(tmp_path / "c", patients=4, per_patient=6, size=32, seed=2)  # 24 frames: even
+    run = tmp_path / "run"
+    process = mucosa("train", "--manifest", cohort, "--size", "32", "--epochs", "1", "--batch-size", "4",
+                     "--split", "none", "--val", "0", "--quality", "0", "--accelerator", "cpu", "--devices", "2",
+                     "--strategy", "ddp", "--threads", "1", "--record-samples", "--out", run, cache=tmp_path / "cache")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    seen = [json.loads((run / f"samples-rank{r}.json").read_text()) for r in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) == 12
+    assert not set(seen[0]) & set(seen[1]) and set(seen[0]) | set(seen[1]) == set(range(24))
+    checkpoints = sorted(p.name for p in run.glob("*.ckpt"))
+    assert checkpoints == ["best.ckpt", "last.ckpt"]
+    assert np.isfinite(float((run / "epochs.csv").read_text().splitlines()[1].split(",")[1]))
