@@ -148,6 +148,37 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"best checkpoint: {best}")
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from mucosa.evaluate import evaluate
+    from mucosa.prepare import FrameCache
+    from mucosa.report import fmt
+
+    result = evaluate(args.checkpoint, args.manifest, args.out, split=args.split, threshold=args.threshold,
+                      aggregation=args.aggregate, n_boot=args.bootstrap, seed=args.seed,
+                      pseudonymise=args.pseudonymise, pseudonym_key=args.pseudonym_key, cache=FrameCache(args.cache))
+    p, i = result["patient"], result["image"]
+    print(f"patients ({result['counts']['patients']}): accuracy {fmt(p['accuracy'])}"
+          + (f", ROC AUC {fmt(p.get('roc_auc'))}" if "roc_auc" in p else ""))
+    print(f"frames ({result['counts']['frames']}): accuracy {fmt(i['accuracy'])}, ROC AUC {fmt(i.get('roc_auc'))}")
+    print(f"report: {Path(args.out) / 'report.html'}")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from mucosa.compare import compare, table_rows, load_evaluation
+
+    summary = compare(args.runs, args.out, n_boot=args.bootstrap, seed=args.seed)
+    for row in table_rows([load_evaluation(f) for f in args.runs]):
+        print("  " + " | ".join(row))
+    print(f"{len(summary['paired_tests'])} paired test(s); report: {Path(args.out) / 'comparison.html'}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from mucosa.demo import run_demo
+
+    report = run_demo(args.out, quick=args.quick, config=args.config, seed=args.seed)
+    print(f"demo report (synthetic data): {report}")
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", type=Path, help="cohort manifest CSV")
     p.add_argument("--config", type=Path, help="YAML config, e.g. configs/paper.yaml or configs/cpu-quick.yaml")
@@ -239,6 +270,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=300)
     p.add_argument("--classes", type=int, default=2)
     p.set_defaults(func=cmd_model_summary)
+
+    p = sub.add_parser("evaluate", help="metrics with patient-bootstrap CIs, patient verdicts, report")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--split", default="auto", choices=["auto", "test", "val", "all"],
+                   help="auto: the manifest's test rows, else the checkpoint's test patients, else all rows")
+    p.add_argument("--threshold", default="0.5",
+                   help="a number, youden, sensitivity=0.95 or specificity=0.9 (rules use the validation part)")
+    p.add_argument("--aggregate", default="mean", choices=["mean", "share"],
+                   help="patient score: mean frame probability, or share of frames called inflamed")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the CIs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pseudonymise", action="store_true", help="replace patient ids and paths by keyed hashes")
+    p.add_argument("--pseudonym-key", default=None, help="key of the hash (default: random, not stored)")
+    p.add_argument("--cache", type=Path, default=None)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="Table III and Fig. 4 for evaluated runs, with paired AUC tests")
+    p.add_argument("runs", nargs="+", type=Path, help="evaluation folders (or run folders with evaluation/)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--bootstrap", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("demo", help="synthetic cohort -> 4 trainings -> evaluation -> comparison report")
+    p.add_argument("--out", type=Path, default=Path("mucosa-demo"))
+    p.add_argument("--quick", action="store_true", help="a seconds-long variant (tests)")
+    p.add_argument("--config", type=Path, default=Path("configs/cpu-quick.yaml"))
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a model on a cohort (PyTorch Lightning)")
     _add_train_options(p)

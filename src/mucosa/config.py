@@ -94,6 +94,7 @@ class RunConfig:
         return path
 
 
+BUILTIN = Path(__file__).parent / "configs"
 _SECTIONS = {"model": ModelConfig, "preprocessing": Preprocessing, "split": SplitConfig,
              "training": TrainingConfig, "augmentation": AugmentationConfig}
 
@@ -125,12 +126,15 @@ def config_from_dict(data: dict | None, where: str = "config") -> RunConfig:
 
 
 def load_config(path: str | Path | None) -> RunConfig:
-    """Read a YAML config (``None`` gives the defaults)."""
+    """Read a YAML config (``None`` gives the defaults; ``configs/NAME.yaml`` also finds the shipped ones)."""
     if path is None:
         return RunConfig()
     path = Path(path)
+    if not path.is_file() and (BUILTIN / f"{path.stem}.yaml").is_file() and path.parent == Path("configs"):
+        path = BUILTIN / f"{path.stem}.yaml"  # configs/NAME.yaml from any folder: the copy shipped with mucosa
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: config file not found (shipped configs: "
+                          f"{', '.join('configs/' + p.name for p in sorted(BUILTIN.glob('*.yaml')))})")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:

@@ -111,15 +111,16 @@ def order_classes(labels: list[str] | set[str], positive: str | None = None) -> 
 
 
 def load_manifest(path: str | Path, classes: list[str] | None = None, positive: str | None = None,
-                  check_files: bool = True) -> Cohort:
+                  check_files: bool = True, require_all: bool = True) -> Cohort:
     """Read and validate a manifest; every problem is reported at once with its row.
 
     Args:
         path: the CSV.
         classes: expected class names (e.g. from a checkpoint): other labels are errors, and with
-            ``check_files`` a class without images is an error too.
+            ``require_all`` a class without images is an error too.
         positive: the positive class for binary tasks (see :func:`order_classes`).
         check_files: report missing files (they are always resolved relative to the CSV).
+        require_all: with ``classes``, every class must have images (off to evaluate a one-class cohort).
 
     Raises:
         ManifestError: naming the file, the row and the problem for each error found.
@@ -138,7 +139,7 @@ def load_manifest(path: str | Path, classes: list[str] | None = None, positive: 
     records, errors = _parse_rows(rows, path, set(classes) if classes else None, check_files)
     if not records and not errors:
         errors.append(f"{path}: the manifest has no rows")
-    if classes and check_files:
+    if classes and require_all:
         present = {r.label for r in records}
         errors += [f"{path}: class {c!r} has no images" for c in classes if c not in present]
     if errors:

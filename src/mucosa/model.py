@@ -46,7 +46,14 @@ so Keras defaults are taken whenever nothing else is stated):
   each step. The LSTM returns its last hidden state (Keras ``return_sequences=False``).
 - The last layer outputs logits; the sigmoid (one output for two classes) or softmax (``num_classes > 2``)
   is applied by the loss and at prediction, not inside the model.
-- BatchNorm uses Keras' eps=1e-3 and moving-average momentum 0.99 (PyTorch ``momentum=0.01``).
+- BatchNorm uses Keras' eps=1e-3. Its running statistics update with ``bn_momentum`` (PyTorch convention):
+  0.1 by default, because Keras' 0.99 (``bn_momentum=0.01``, set in configs/paper.yaml) leaves the running
+  statistics near their initial values after the few hundred steps of a short run, and evaluation-mode
+  outputs are then wrong; over the paper's 200 epochs of 318 steps either converges.
+- Input: ``input_norm="image"`` (default) standardises each image to zero mean and unit variance inside
+  the model, so predictions do not depend on the laser power and detector gain of an examination (and
+  export, predict and stream get it for free); ``"none"`` feeds the [0, 1] pixels as the paper's Keras
+  pipeline presumably did (configs/paper.yaml).
 - Initialisation: ``init="keras"`` (default) reproduces Keras' defaults: glorot_uniform kernels, zero
   biases, orthogonal LSTM recurrent kernel and forget-gate bias 1 (``unit_forget_bias``); ``init="torch"``
   keeps PyTorch's defaults (kaiming-uniform).
@@ -85,6 +92,8 @@ class ModelConfig:
     lstm_units: int = 100
     in_channels: int = 1  # grayscale CLE frames
     init: str = "keras"  # "keras" (glorot_uniform etc.) or "torch" (PyTorch defaults)
+    bn_momentum: float = 0.1  # PyTorch convention; Keras' default 0.99 is 0.01 here (configs/paper.yaml)
+    input_norm: str = "image"  # "image": standardise each image (gain/offset invariant); "none": as given
 
     @property
     def num_outputs(self) -> int:
@@ -166,6 +175,8 @@ def _check_config(config: ModelConfig, kind: str) -> None:
         )
     if config.init not in INITS:
         raise ConfigError(f"unknown init {config.init!r}; expected one of {', '.join(INITS)}")
+    if config.input_norm not in ("image", "none"):
+        raise ConfigError(f"unknown input_norm {config.input_norm!r}; expected 'image' or 'none'")
 
 
 def _keras_init(model: nn.Module) -> None:
@@ -205,12 +216,12 @@ class _ConvNet(nn.Module):
         self.conv1 = Conv2dReLU(c, 32, 3)
         self.conv2 = Conv2dReLU(32, 32, 3)
         self.pool1 = nn.MaxPool2d(2)
-        self.bn1 = nn.BatchNorm2d(32, eps=1e-3, momentum=0.01)  # Keras eps / momentum 0.99
+        self.bn1 = nn.BatchNorm2d(32, eps=1e-3, momentum=config.bn_momentum)  # Keras eps
         self.drop1 = nn.Dropout(config.conv_dropout)
         self.conv3 = Conv2dReLU(32, 64, 3)
         self.conv4 = Conv2dReLU(64, 128, 3)
         self.pool2 = nn.MaxPool2d(2)
-        self.bn2 = nn.BatchNorm2d(128, eps=1e-3, momentum=0.01)
+        self.bn2 = nn.BatchNorm2d(128, eps=1e-3, momentum=config.bn_momentum)
         self.drop2 = nn.Dropout(config.conv_dropout)
 
     def _finish_init(self) -> None:
@@ -233,6 +244,10 @@ class _ConvNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C_in, S, S) -> feature map (B, 128, H', W') after the second dropout."""
         self._check_input(x)
+        if self.config.input_norm == "image":  # laser power and detector gain vary between patients
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            std = x.std(dim=(1, 2, 3), keepdim=True)
+            x = (x - mean) / (std + 1e-3)
         x = self.conv1(x)  # (B, 32, S-2, S-2)
         x = self.conv2(x)  # (B, 32, S-4, S-4)
         x = self.pool1(x)  # (B, 32, (S-4)//2, ...)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from mucosa.checkpoint import AtomicCheckpointIO, describe, read_checkpoint_file
-from mucosa.config import RunConfig, load_config
+from mucosa.config import RunConfig, load_config, override
 from mucosa.data import CaseSampler, FrameDataset, FrameTable, assemble, make_augmentation, worker_init
 from mucosa.errors import ConfigError
 from mucosa.manifest import Cohort, load_manifest
@@ -160,6 +160,7 @@ def plan_run(manifest: str | Path, config: RunConfig, out: Path, cache: FrameCac
     cohort = load_manifest(manifest)
     if len(cohort.classes) < 2:
         raise ConfigError(f"{manifest}: training needs at least two labels; found {cohort.classes}")
+    config = override(config, "model", num_classes=len(cohort.classes))  # 3+ labels: a softmax head
     s = config.split
     mode = "manifest" if presplit else s.mode
     result = split_cohort(cohort, mode, test=s.test, val=s.val, k=s.k, fold=s.fold, seed=s.seed)
@@ -286,7 +287,7 @@ def train(manifest: str | Path, config: RunConfig, out: str | Path, init_from: s
         raise ConfigError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
     plan = plan_run(manifest, config, out, cache)
     out.mkdir(parents=True, exist_ok=True)
-    config.save(out / "config.yaml")
+    plan.config.save(out / "config.yaml")
     plan.cohort.to_csv(out / "split.csv")
     (out / "run.json").write_text(json.dumps({"manifest": str(Path(manifest).resolve()),
                                               "init_from": str(init_from) if init_from else None}, indent=1))

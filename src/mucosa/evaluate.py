@@ -1,0 +1,289 @@
+"""Evaluation of a checkpoint on a cohort: image-, patient- and region-level metrics with patient-bootstrap
+confidence intervals, a threshold chosen on validation data only, calibration, and the files of a report.
+
+The flow is :func:`evaluate` → ``select_parts`` → ``score`` (predict) → ``summarise`` (metrics) →
+``report.write_report`` (files).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import json
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from mucosa import metrics
+from mucosa.checkpoint import LoadedCheckpoint, load_checkpoint
+from mucosa.data import assemble
+from mucosa.errors import ConfigError
+from mucosa.frames import MucosaWarning
+from mucosa.infer import predict_table
+from mucosa.manifest import _POSITIVE_WORDS, Cohort, load_manifest
+from mucosa.prepare import FrameCache
+
+SPLITS = ("auto", "test", "val", "all")
+
+
+@dataclass
+class Scored:
+    """Predictions for the frames of one part of a cohort."""
+
+    rows: list[dict]          # one per frame: path, frame, patient, region, label, quality
+    y_true: np.ndarray        # (N,) class index
+    y_score: np.ndarray       # (N,) positive probability, or (N, K)
+    patients: np.ndarray      # (N,) patient id
+    regions: np.ndarray       # (N,) "patient|region"
+
+
+def verdict_names(classes: list[str]) -> list[str]:
+    """What a verdict says for each class: the clinical words when the labels are inflammation vs not."""
+    if len(classes) == 2 and classes[1].strip().lower() in _POSITIVE_WORDS:
+        return ["mucosal healing", "active inflammation"]
+    return list(classes)
+
+
+def select_parts(cohort: Cohort, info: dict, split: str) -> tuple[Cohort, Cohort | None, str]:
+    """The part to evaluate and the validation part (for threshold rules), with a sentence saying why.
+
+    ``auto``: the manifest's split column if it has one, else the test patients the checkpoint recorded
+    when they are in this cohort, else every row (an unseen cohort).
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"--split {split!r} is not one of {', '.join(SPLITS)}")
+    records = cohort.records
+    recorded = info.get("split", {}).get("patients", {})
+    trained = set(recorded.get("train", []))
+    sides = {r.split for r in records if r.split}
+    if split == "all":
+        part, val, why = records, [], "all rows of the manifest"
+    elif sides and split in ("auto", "test", "val"):
+        side = "test" if split == "auto" else split
+        part = [r for r in records if r.split == side]
+        val = [r for r in records if r.split == "val"]
+        why = f"rows whose split column is '{side}'"
+    elif split in ("auto", "test", "val") and set(recorded.get(split if split != "auto" else "test", [])) & {
+            r.patient for r in records}:
+        side = "test" if split == "auto" else split
+        part = [r for r in records if r.patient in set(recorded[side])]
+        val = [r for r in records if r.patient in set(recorded.get("val", []))]
+        why = f"the {len({r.patient for r in part})} {side} patients recorded in the checkpoint"
+    elif split == "auto":
+        part, val, why = records, [], "all rows (none of these patients were used in training)"
+    else:
+        raise ConfigError(f"--split {split}: the manifest has no split column and the checkpoint records no "
+                          f"{split} patients that are in it")
+    if not part:
+        raise ConfigError(f"nothing to evaluate: {why} selects no rows")
+    leaked = sorted({r.patient for r in part} & trained)
+    if leaked:
+        warnings.warn(f"{len(leaked)} evaluated patient(s) were used to train this model ({', '.join(leaked[:8])}"
+                      f"{', ...' if len(leaked) > 8 else ''}): figures will overstate performance on new patients",
+                      MucosaWarning, stacklevel=2)
+    subset = Cohort(part, cohort.classes, cohort.source)
+    return subset, (Cohort(val, cohort.classes, cohort.source) if val else None), why
+
+
+def score(checkpoint: LoadedCheckpoint, cohort: Cohort, cache: FrameCache | None = None) -> Scored:
+    """Preprocess as the checkpoint says, predict every kept frame."""
+    table = assemble(cohort, checkpoint.preprocessing, cache, progress=True)
+    probs = predict_table(checkpoint, table)
+    frame_index, quality = table.frame_index, table.quality
+    rows, regions = [], []
+    for i in range(len(table)):
+        r = table.record(i)
+        rows.append({"path": str(r.path), "frame": int(frame_index[i]), "patient": r.patient, "region": r.region,
+                     "label": r.label, "quality": round(float(quality[i]), 4)})
+        regions.append(f"{r.patient}|{r.region}")
+    y_true = np.array([checkpoint.classes.index(row["label"]) for row in rows], np.int64)
+    patients = np.array([row["patient"] for row in rows], dtype=object)
+    return Scored(rows, y_true, probs, patients, np.array(regions, dtype=object))
+
+
+def resolve_threshold(rule: str, val: Scored | None, binary: bool) -> dict:
+    """The decision threshold and how it was chosen (never on the evaluated part)."""
+    if not binary:
+        return {"rule": "argmax", "value": None, "chosen_on": None}
+    try:
+        return {"rule": "fixed", "value": float(rule), "chosen_on": None}
+    except ValueError:
+        pass
+    if val is None or len(val.y_true) == 0:
+        raise ConfigError(f"threshold rule {rule!r} is chosen on a validation part, but none was found (give a "
+                          "manifest with split=val rows, or a checkpoint that recorded validation patients)")
+    value = metrics.choose_threshold(val.y_true, val.y_score, rule)
+    return {"rule": rule, "value": float(value), "chosen_on": f"validation ({len(val.y_true)} frames)"}
+
+
+def _with_ci(point: dict, ci: dict) -> dict:
+    return {k: {"value": _finite(v), "ci": [_finite(x) for x in ci.get(k, (np.nan, np.nan))]}
+            for k, v in point.items() if not k.startswith(("tp", "fp", "tn", "fn"))}
+
+
+def _finite(value) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _level_metrics(y_true, y_score, groups, threshold: float | None, n_boot: int, seed: int) -> dict:
+    if threshold is None:
+        fn = metrics.multiclass_metrics
+    else:
+        def fn(t, s):
+            return metrics.binary_metrics(t, s, threshold)
+    point = fn(y_true, y_score)
+    ci = metrics.bootstrap_ci(fn, y_true, y_score, groups, n_boot=n_boot, seed=seed)
+    return _with_ci(point, ci)
+
+
+def aggregate(scored: Scored, keys: np.ndarray, rule: str, threshold: float | None) -> list[dict]:
+    """Per patient (or region) rows: frames, mean probability, share called positive, score, true label."""
+    if threshold is None:  # multi-class: mean probability per class, verdict by argmax
+        rows = []
+        for key in sorted(set(keys)):
+            members = keys == key
+            mean = scored.y_score[members].mean(0)
+            labels = np.bincount(scored.y_true[members], minlength=mean.shape[0])
+            rows.append({"patient": key, "n_frames": int(members.sum()), "score": mean.tolist(),
+                         "true": int(labels.argmax()), "predicted": int(mean.argmax())})
+        return rows
+    rows = metrics.aggregate_patients(keys, scored.y_score, scored.y_true, rule=rule, threshold=threshold)
+    cut = patient_threshold(rule, threshold)
+    return [{**r, "true": r["label"], "predicted": int(r["score"] >= cut)} for r in rows]
+
+
+def patient_threshold(rule: str, threshold: float) -> float:
+    """A patient is called positive when its mean probability reaches the frame threshold, or (rule
+    ``share``) when at least half of its frames are called positive."""
+    return threshold if rule == "mean" else 0.5
+
+
+def summarise(scored: Scored, classes: list[str], threshold: dict, rule: str, n_boot: int,
+              seed: int) -> tuple[dict, list[dict], list[dict]]:
+    """All numbers of metrics.json; patient level first, as that is the clinical question."""
+    value = threshold["value"]
+    patients = aggregate(scored, scored.patients, rule, value)
+    regions = aggregate(scored, scored.regions, rule, value)
+    p_true = np.array([p["true"] for p in patients])
+    p_score = np.array([p["score"] for p in patients], dtype=np.float64)
+    cut = patient_threshold(rule, value) if value is not None else None
+    result = {
+        "classes": classes, "positive": classes[1] if value is not None else None,
+        "verdicts": verdict_names(classes), "aggregation": rule,
+        "patient": _level_metrics(p_true, p_score, np.arange(len(p_true)), cut, n_boot, seed),
+        "image": _level_metrics(scored.y_true, scored.y_score, scored.patients, value, n_boot, seed),
+        "threshold": {**threshold, "patient_threshold": cut},
+        "counts": {"frames": int(len(scored.y_true)), "patients": len(patients), "regions": len(regions),
+                   "bootstrap": n_boot, "seed": seed},
+    }
+    if value is not None:
+        result["calibration"] = _json_safe(metrics.calibration(scored.y_true, scored.y_score))
+    return result, patients, regions
+
+
+def _json_safe(data: dict) -> dict:
+    def clean(v):
+        if isinstance(v, np.ndarray):
+            return [clean(x) for x in v.tolist()]
+        if isinstance(v, float):
+            return v if np.isfinite(v) else None
+        return v
+
+    return {k: clean(v) for k, v in data.items()}
+
+
+def pseudonymiser(key: str | None):
+    """A keyed hash (HMAC-SHA256) of identifiers; a random key when none is given (then irreversible)."""
+    import secrets
+
+    secret = (key or secrets.token_hex(16)).encode()
+
+    def pseudonym(text: str) -> str:
+        return "ID-" + hmac.new(secret, str(text).encode(), hashlib.sha256).hexdigest()[:10]
+
+    return pseudonym
+
+
+def _pseudonymise(scored: Scored, key: str | None) -> Scored:
+    name = pseudonymiser(key)
+    rows = [{**r, "patient": name(r["patient"]), "path": name(r["path"])} for r in scored.rows]
+    regions = np.array([f"{name(k.split('|', 1)[0])}|{k.split('|', 1)[1]}" for k in scored.regions], dtype=object)
+    return replace(scored, rows=rows, patients=np.array([r["patient"] for r in rows], dtype=object),
+                   regions=regions)
+
+
+def write_predictions(path: Path, scored: Scored, classes: list[str], threshold: dict) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        binary = scored.y_score.ndim == 1
+        probability = ["probability"] if binary else [f"probability_{c}" for c in classes]
+        writer.writerow(["path", "frame", "patient", "region", "label", "quality", *probability, "prediction"])
+        for row, s in zip(scored.rows, scored.y_score):
+            predicted = int(s >= threshold["value"]) if binary else int(np.argmax(s))
+            values = [f"{float(s):.6f}"] if binary else [f"{v:.6f}" for v in s]
+            writer.writerow([row["path"], row["frame"], row["patient"], row["region"], row["label"], row["quality"],
+                             *values, classes[predicted]])
+
+
+def write_groups(path: Path, rows: list[dict], classes: list[str], key: str) -> None:
+    verdicts = verdict_names(classes)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        binary = rows and not isinstance(rows[0]["score"], list)
+        extra = ["mean_probability", "share_positive"] if binary else []
+        writer.writerow([key, *(["region"] if key == "patient" and "|" in str(rows[0]["patient"]) else []),
+                         "n_frames", *extra, "score", "label", "verdict", "correct"])
+        for r in rows:
+            ident = str(r["patient"]).split("|", 1) if "|" in str(r["patient"]) else [r["patient"]]
+            score_text = f"{r['score']:.4f}" if binary else " ".join(f"{v:.4f}" for v in r["score"])
+            writer.writerow([*ident, r["n_frames"],
+                             *([f"{r['mean_probability']:.4f}", f"{r['positive_share']:.4f}"] if binary else []),
+                             score_text, classes[r["true"]], verdicts[r["predicted"]],
+                             int(r["true"] == r["predicted"])])
+
+
+def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path, split: str = "auto",
+             threshold: str = "0.5", aggregation: str = "mean", n_boot: int = 1000, seed: int = 0,
+             pseudonymise: bool = False, pseudonym_key: str | None = None, cache: FrameCache | None = None) -> dict:
+    """Evaluate and write metrics.json, predictions.csv, patients.csv, regions.csv, figures and reports."""
+    from mucosa.report import write_report
+
+    if aggregation not in ("mean", "share"):
+        raise ConfigError(f"aggregation {aggregation!r} must be 'mean' or 'share'")
+    loaded = load_checkpoint(checkpoint)
+    cohort = load_manifest(manifest, classes=loaded.classes, require_all=False)
+    part, val_part, why = select_parts(cohort, loaded.info, split)
+    print(f"evaluating {len(part.records)} rows: {why}")
+    binary = len(loaded.classes) == 2
+    needs_val = binary and not _is_number(threshold)
+    val = score(loaded, val_part, cache) if needs_val and val_part is not None else None
+    chosen = resolve_threshold(threshold, val, binary)
+    scored = score(loaded, part, cache)
+    if len(scored.y_true) == 0:
+        raise ConfigError("every frame of the evaluated part was dropped by the quality gate")
+    if pseudonymise:
+        scored = _pseudonymise(scored, pseudonym_key)
+    result, patients, regions = summarise(scored, loaded.classes, chosen, aggregation, n_boot, seed)
+    result.update({"checkpoint": str(Path(checkpoint).resolve()), "manifest": str(Path(manifest).resolve()),
+                   "evaluated": why, "model": loaded.model_config.kind, "size": loaded.model_config.size,
+                   "pseudonymised": pseudonymise})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=1))
+    write_predictions(out / "predictions.csv", scored, loaded.classes, chosen)
+    write_groups(out / "patients.csv", patients, loaded.classes, "patient")
+    write_groups(out / "regions.csv", regions, loaded.classes, "patient")
+    write_report(out, result, scored, patients)
+    return result
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False

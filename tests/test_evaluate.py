@@ -1,0 +1,168 @@
+import base64
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+
+from mucosa.cli import main
+from mucosa.compare import compare
+from mucosa.config import config_from_dict
+from mucosa.errors import ConfigError
+from mucosa.evaluate import evaluate
+from mucosa.manifest import load_manifest, write_manifest
+from mucosa.prepare import FrameCache
+from mucosa.report import fmt
+from mucosa.synth import synthesize_cohort
+from mucosa.train import train
+
+QUICK = {"model": {"size": 32}, "preprocessing": {"quality_threshold": 0.0},
+         "split": {"mode": "patient", "test": 0.3, "val": 0.3, "seed": 1},
+         "training": {"epochs": 2, "batch_size": 8, "threads": 1}}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny CNN-LSTM trained on 10 synthetic patients; returns (run folder, cache)."""
+    root = tmp_path_factory.mktemp("eval")
+    manifest = synthesize_cohort(root / "cohort", patients=10, per_patient=6, size=40, seed=5)
+    cache = FrameCache(root / "cache")
+    train(manifest, config_from_dict(QUICK), root / "run", cache=cache)
+    return root / "run", cache
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_evaluate_writes_every_output_and_uses_the_recorded_test_patients(trained, tmp_path):
+    run, cache = trained
+    result = evaluate(run / "best.ckpt", run / "split.csv", tmp_path / "ev", n_boot=100, cache=cache)
+    split = load_manifest(run / "split.csv")
+    test_patients = {r.patient for r in split.records if r.split == "test"}
+    predictions = read_csv(tmp_path / "ev" / "predictions.csv")
+    assert {r["patient"] for r in predictions} == test_patients
+    assert len(predictions) == sum(1 for r in split.records if r.split == "test")
+    patients = read_csv(tmp_path / "ev" / "patients.csv")
+    assert {p["patient"] for p in patients} == test_patients
+    for p in patients:  # the patient score is the mean of its frames' probabilities
+        mine = [float(r["probability"]) for r in predictions if r["patient"] == p["patient"]]
+        assert float(p["score"]) == pytest.approx(np.mean(mine), abs=1e-4)
+        assert p["verdict"] in ("active inflammation", "mucosal healing")
+    stored = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert stored == json.loads(json.dumps(result))
+    assert set(stored) >= {"image", "patient", "threshold", "calibration"}
+    assert list(stored)[:8].index("patient") < list(stored)[:8].index("image")  # the clinical question first
+    for level in ("image", "patient"):
+        assert {"accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc", "pr_auc"} <= set(stored[level])
+    accuracy = np.mean([r["prediction"] == r["label"] for r in predictions])
+    assert stored["image"]["accuracy"]["value"] == pytest.approx(accuracy)
+    for name in ("roc.png", "pr.png", "confusion.png", "reliability.png", "patients.png", "regions.csv"):
+        assert (tmp_path / "ev" / name).is_file(), name
+
+
+def test_report_embeds_every_figure_and_matches_metrics_json(trained, tmp_path):
+    run, cache = trained
+    evaluate(run / "best.ckpt", run / "split.csv", tmp_path / "ev", n_boot=50, cache=cache)
+    page = (tmp_path / "ev" / "report.html").read_text()
+    stored = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    for figure in sorted((tmp_path / "ev").glob("*.png")):
+        encoded = base64.b64encode(figure.read_bytes()).decode()
+        assert encoded in page, figure.name
+    markdown = (tmp_path / "ev" / "report.md").read_text()
+    for level in ("patient", "image"):
+        for entry in stored[level].values():
+            assert fmt(entry) in page and fmt(entry) in markdown
+    assert page.index("Patient-level verdict") < page.index("Image level")
+
+
+def test_threshold_is_chosen_on_validation_only(trained, tmp_path):
+    run, cache = trained
+    first = evaluate(run / "best.ckpt", run / "split.csv", tmp_path / "a", threshold="youden", n_boot=20,
+                     cache=cache)
+    assert first["threshold"]["rule"] == "youden" and "validation" in first["threshold"]["chosen_on"]
+    # shuffle the labels of the test rows: the chosen threshold must not move
+    cohort = load_manifest(run / "split.csv")
+    rng = np.random.default_rng(0)
+    test_rows = [i for i, r in enumerate(cohort.records) if r.split == "test"]
+    labels = [cohort.records[i].label for i in test_rows]
+    from dataclasses import replace
+
+    records = list(cohort.records)
+    for i, label in zip(test_rows, rng.permutation(labels)):
+        records[i] = replace(records[i], label=str(label))
+    shuffled = write_manifest(records, tmp_path / "shuffled.csv")
+    second = evaluate(run / "best.ckpt", shuffled, tmp_path / "b", threshold="youden", n_boot=20, cache=cache)
+    assert second["threshold"]["value"] == first["threshold"]["value"]
+    with pytest.raises(ConfigError, match="needs .*validation|validation part"):
+        evaluate(run / "best.ckpt", run / "split.csv", tmp_path / "c", split="all", threshold="youden",
+                 n_boot=20, cache=cache)
+
+
+def test_bootstrap_is_reproducible_and_contains_the_estimate(trained, tmp_path):
+    run, cache = trained
+    a = evaluate(run / "best.ckpt", run / "split.csv", tmp_path / "a", n_boot=80, seed=3, cache=cache)
+    b = evaluate(run / "best.ckpt", run / "split.csv", tmp_path / "b", n_boot=80, seed=3, cache=cache)
+    assert a["image"] == b["image"]
+    for entry in a["image"].values():
+        if entry["value"] is not None and entry["ci"][0] is not None:
+            assert entry["ci"][0] - 1e-9 <= entry["value"] <= entry["ci"][1] + 1e-9
+
+
+def test_pseudonymised_outputs_hold_no_patient_id(trained, tmp_path):
+    run, cache = trained
+    evaluate(run / "best.ckpt", run / "split.csv", tmp_path / "ev", n_boot=20, pseudonymise=True,
+             pseudonym_key="k", cache=cache)
+    text = "".join(p.read_text(errors="ignore") for p in (tmp_path / "ev").iterdir() if p.suffix in (".csv", ".md", ".html"))
+    assert not re.search(r"\bP\d\d\b", text)
+    ids = {r["patient"] for r in read_csv(tmp_path / "ev" / "patients.csv")}
+    assert all(i.startswith("ID-") for i in ids)
+    evaluate(run / "best.ckpt", run / "split.csv", tmp_path / "ev2", n_boot=20, pseudonymise=True,
+             pseudonym_key="k", cache=cache)
+    assert ids == {r["patient"] for r in read_csv(tmp_path / "ev2" / "patients.csv")}  # keyed: stable
+
+
+def test_three_classes_end_to_end(tmp_path):
+    manifest = synthesize_cohort(tmp_path / "c", patients=9, per_patient=4, size=40, seed=2)
+    cohort = load_manifest(manifest)
+    from dataclasses import replace
+
+    three = [replace(r, label={"active CD": "active", "mucosal healing": "healing", "normal": "normal"}[r.group])
+             for r in cohort.records]
+    if len({r.label for r in three}) < 3:
+        pytest.skip("seed gave fewer than three groups")
+    path = write_manifest(three, tmp_path / "three.csv")
+    config = config_from_dict({**QUICK, "split": {"mode": "none", "val": 0.0}, "training": {"epochs": 1, "batch_size": 8}})
+    best = train(path, config, tmp_path / "run", cache=FrameCache(tmp_path / "cache"))
+    result = evaluate(best, path, tmp_path / "ev", split="all", n_boot=20, cache=FrameCache(tmp_path / "cache"))
+    assert result["classes"] == ["active", "healing", "normal"] and result["threshold"]["rule"] == "argmax"
+    assert {"accuracy", "roc_auc", "roc_auc[0]", "roc_auc[2]"} <= set(result["image"])
+    header = read_csv(tmp_path / "ev" / "predictions.csv")[0].keys()
+    assert {"probability_active", "probability_healing", "probability_normal"} <= set(header)
+    assert (tmp_path / "ev" / "report.html").is_file()
+
+
+def test_compare_builds_table_iii_and_paired_test(trained, tmp_path, capsys):
+    run, cache = trained
+    evaluate(run / "best.ckpt", run / "split.csv", tmp_path / "a", n_boot=20, cache=cache)
+    evaluate(run / "best.ckpt", run / "split.csv", tmp_path / "b", n_boot=20, threshold="0.3", cache=cache)
+    summary = compare([tmp_path / "a", tmp_path / "b"], tmp_path / "cmp", n_boot=50)
+    test = summary["paired_tests"][0]
+    assert test["paired"] and test["diff"] == pytest.approx(0.0)  # same model on the same frames
+    rows = read_csv(tmp_path / "cmp" / "table.csv")
+    assert [r["run"] for r in rows] == ["a", "b"]
+    assert rows[0]["ROC AUC"] == rows[1]["ROC AUC"] and rows[0]["Accuracy"] != "n/a"
+    for name in ("compare_roc.png", "compare_pr.png", "comparison.html", "comparison.md"):
+        assert (tmp_path / "cmp" / name).is_file()
+
+
+def test_demo_quick_runs_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "SYNTHETIC" in out and "comparison.html" in out
+    rows = read_csv(tmp_path / "demo" / "report" / "table.csv")
+    assert [r["run"] for r in rows] == ["cnn-lstm_within-patient", "cnn_within-patient", "cnn-lstm_patient",
+                                        "cnn_patient"]
+    assert "synthetic" in (tmp_path / "demo" / "report" / "comparison.md").read_text().lower()
