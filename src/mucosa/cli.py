@@ -129,6 +129,7 @@ def _run_config(args: argparse.Namespace):
                       seed=args.seed, threads=args.threads, workers=args.workers, accelerator=args.accelerator,
                       devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy,
                       early_stopping=args.early_stopping, frames_per_case=args.frames_per_case,
+                      precision=args.precision,
                       class_weights=True if args.class_weights else None)
     return config
 
@@ -209,6 +210,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--devices", type=lambda v: v if v == "auto" else int(v))
     g.add_argument("--num-nodes", type=int)
     g.add_argument("--strategy", help="e.g. ddp")
+    g.add_argument("--precision", help="Lightning precision, e.g. 32-true or bf16-mixed")
     p.add_argument("--cache", type=Path, default=None, help="preprocessing cache folder")
     p.add_argument("--record-samples", action="store_true", help=argparse.SUPPRESS)
 

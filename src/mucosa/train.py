@@ -120,7 +120,7 @@ class EpochLog(L.Callback):
         row.update({k: f"{float(metrics[k]):.6f}" for k in self.COLUMNS[1:5] if k in metrics})
         new = not self.path.exists()
         with open(self.path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, self.COLUMNS)
+            writer = csv.DictWriter(handle, self.COLUMNS, lineterminator="\n")
             if new:
                 writer.writeheader()
             writer.writerow(row)
