@@ -107,3 +107,12 @@ def test_index_real_egcz_csv(egcz, tmp_path):
     assert all(r.path.parent.name == r.patient for r in records)
     cohort = load_manifest(write_manifest(records, tmp_path / "egcz.csv"))
     assert cohort.positive == "AIA"
+
+
+def test_index_reads_the_synthetic_cohort_layout(tmp_path):
+    from mucosa.synth import synthesize_cohort
+
+    manifest = synthesize_cohort(tmp_path / "syn", patients=3, per_patient=2, size=32, seed=0)
+    written = {(r.path, r.label, r.patient) for r in load_manifest(manifest).records}
+    indexed = {(r.path, r.label, r.patient) for r in index_directory(tmp_path / "syn" / "images")}
+    assert indexed == written
