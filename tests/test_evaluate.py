@@ -154,6 +154,13 @@ def test_compare_builds_table_iii_and_paired_test(trained, tmp_path, capsys):
     rows = read_csv(tmp_path / "cmp" / "table.csv")
     assert [r["run"] for r in rows] == ["a", "b"]
     assert rows[0]["ROC AUC"] == rows[1]["ROC AUC"] and rows[0]["Accuracy"] != "n/a"
+    from sklearn.metrics import roc_auc_score
+
+    from mucosa.compare import load_evaluation
+
+    loaded = load_evaluation(tmp_path / "a")  # predictions.csv keeps the probabilities exactly
+    stored = json.loads((tmp_path / "a" / "metrics.json").read_text())["image"]["roc_auc"]["value"]
+    assert roc_auc_score(loaded.y_true, loaded.y_score) == pytest.approx(stored, abs=1e-12)
     for name in ("compare_roc.png", "compare_pr.png", "comparison.html", "comparison.md"):
         assert (tmp_path / "cmp" / name).is_file()
 

@@ -224,7 +224,7 @@ def write_predictions(path: Path, scored: Scored, classes: list[str], threshold:
         writer.writerow(["path", "frame", "patient", "region", "label", "quality", *probability, "prediction"])
         for row, s in zip(scored.rows, scored.y_score):
             predicted = int(s >= threshold["value"]) if binary else int(np.argmax(s))
-            values = [f"{float(s):.6f}"] if binary else [f"{v:.6f}" for v in s]
+            values = [f"{float(s):.9g}"] if binary else [f"{v:.9g}" for v in s]  # float32 round trip
             writer.writerow([row["path"], row["frame"], row["patient"], row["region"], row["label"], row["quality"],
                              *values, classes[predicted]])
 
