@@ -68,7 +68,9 @@ def test_report_embeds_every_figure_and_matches_metrics_json(trained, tmp_path):
     evaluate(run / "best.ckpt", run / "split.csv", tmp_path / "ev", n_boot=50, cache=cache)
     page = (tmp_path / "ev" / "report.html").read_text()
     stored = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    for figure in sorted((tmp_path / "ev").glob("*.png")):
+    gallery = sorted((tmp_path / "ev" / "gallery").glob("*.png"))
+    assert gallery and "Gallery" in page  # Grad-CAM of true/false positives/negatives
+    for figure in sorted((tmp_path / "ev").rglob("*.png")):
         encoded = base64.b64encode(figure.read_bytes()).decode()
         assert encoded in page, figure.name
     markdown = (tmp_path / "ev" / "report.md").read_text()

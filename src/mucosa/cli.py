@@ -180,6 +180,46 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"demo report (synthetic data): {report}")
 
 
+def cmd_predict(args: argparse.Namespace) -> None:
+    from mucosa.predict import format_cases, predict
+    from mucosa.prepare import FrameCache
+
+    def progress(done: int, total: int, path) -> None:
+        print(f"\rpredicting: {done}/{total} files", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+    result = predict(args.checkpoint, args.paths, args.out, runtime=args.runtime, threshold=args.threshold,
+                     cache=FrameCache(args.cache) if args.cache else None, threads=args.threads, progress=progress)
+    print(format_cases(result))
+    print(f"per frame: {args.out / 'predictions.csv'}; per file: files.csv; per case: cases.csv")
+
+
+def cmd_stream(args: argparse.Namespace) -> None:
+    from mucosa.stream import run
+
+    summary = run(args.checkpoint, args.video, runtime=args.runtime, window=args.window, realtime=args.realtime,
+                  timeline=args.timeline, annotate=args.annotate, threshold=args.threshold,
+                  gradcam=not args.no_gradcam, threads=args.threads)
+    print(summary.format())
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from mucosa.export import export
+    from mucosa.prepare import FrameCache
+
+    report = export(args.checkpoint, args.out, int8=args.int8, manifest=args.manifest, cache=FrameCache(args.cache))
+    print(report.format())
+
+
+def cmd_explain(args: argparse.Namespace) -> None:
+    from mucosa.explain import explain_paths
+
+    results = explain_paths(args.checkpoint, args.inputs, args.out, frames=args.frames, top=args.top)
+    for r in results:
+        where = str(r.input) + ("" if r.frame is None else f" frame {r.frame}")
+        print(f"{where}: {r.predicted} ({len(r.files)} figures)")
+    print(f"explained {len(results)} frame(s); index: {Path(args.out) / 'explain.csv'}")
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", type=Path, help="cohort manifest CSV")
     p.add_argument("--config", type=Path, help="YAML config, e.g. configs/paper.yaml or configs/cpu-quick.yaml")
@@ -303,6 +343,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=Path("configs/cpu-quick.yaml"))
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("predict", help="predict images, folders, videos or a manifest: per frame, file and case")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image, video, folder or manifest CSV")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint, or an .onnx model from export")
+    p.add_argument("--out", type=Path, default=Path("mucosa-predictions"), help="output folder")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="onnx with a checkpoint exports it on the fly (an .onnx file always uses onnx)")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability from which a case is positive")
+    p.add_argument("--cache", type=Path, default=None, help="reuse and fill this preprocessing cache")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("stream", help="run a video frame by frame: live status, timeline, annotated video")
+    p.add_argument("video", type=Path)
+    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint, or an .onnx model from export")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--realtime", action="store_true", help="pace at the video's frame rate (default: as fast "
+                   "as possible)")
+    p.add_argument("--window", type=int, default=16, help="informative frames in the moving mean (default 16)")
+    p.add_argument("--timeline", type=Path, help="CSV with one row per frame")
+    p.add_argument("--annotate", type=Path, metavar="OUT_MP4", help="write the video with the verdict burned in")
+    p.add_argument("--no-gradcam", action="store_true", help="no Grad-CAM overlay in the annotated video")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--threads", type=int, default=None,
+                   help="inference threads (default: all cores but one, which decodes the next frames)")
+    p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (parity-checked; int8 optional)")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", type=Path, default=None, help="default: the checkpoint's name with .onnx")
+    p.add_argument("--int8", action="store_true", help="static int8 quantization calibrated on --manifest")
+    p.add_argument("--manifest", type=Path, help="frames for int8 calibration, agreement and AUC change")
+    p.add_argument("--cache", type=Path, default=None)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("explain", help="feature maps (the paper's Fig. 3) and Grad-CAM for images or video frames")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_VIDEO")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="folder for the PNGs and explain.csv")
+    p.add_argument("--frames", default=None,
+                   help="video frames to explain: every:K, A-B, A-B:K or K (default: the --top most confident)")
+    p.add_argument("--top", type=int, default=None,
+                   help="per video, explain the N most confident (of the --frames) frames (default 4 without --frames)")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("train", help="train a model on a cohort (PyTorch Lightning)")
     _add_train_options(p)

@@ -39,6 +39,8 @@ class FrameTable:
         """uint8 (S, S) frame ``i``."""
         return np.asarray(self.sources[self.row[i]].frames[self.position[i]])
 
+    __getitem__ = frame  # a FrameTable reads like a lazy (N, S, S) array of its frames
+
     @property
     def labels(self) -> np.ndarray:
         """(N,) class index of every frame."""

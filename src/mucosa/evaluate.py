@@ -19,7 +19,7 @@ import numpy as np
 
 from mucosa import metrics
 from mucosa.checkpoint import LoadedCheckpoint, load_checkpoint
-from mucosa.data import assemble
+from mucosa.data import FrameTable, assemble
 from mucosa.errors import ConfigError
 from mucosa.frames import MucosaWarning
 from mucosa.infer import predict_table
@@ -38,6 +38,7 @@ class Scored:
     y_score: np.ndarray       # (N,) positive probability, or (N, K)
     patients: np.ndarray      # (N,) patient id
     regions: np.ndarray       # (N,) "patient|region"
+    frames: FrameTable        # the preprocessed frames, in the same order
 
 
 def verdict_names(classes: list[str]) -> list[str]:
@@ -101,7 +102,7 @@ def score(checkpoint: LoadedCheckpoint, cohort: Cohort, cache: FrameCache | None
         regions.append(f"{r.patient}|{r.region}")
     y_true = np.array([checkpoint.classes.index(row["label"]) for row in rows], np.int64)
     patients = np.array([row["patient"] for row in rows], dtype=object)
-    return Scored(rows, y_true, probs, patients, np.array(regions, dtype=object))
+    return Scored(rows, y_true, probs, patients, np.array(regions, dtype=object), table)
 
 
 def resolve_threshold(rule: str, val: Scored | None, binary: bool) -> dict:
@@ -248,8 +249,14 @@ def write_groups(path: Path, rows: list[dict], classes: list[str], key: str) -> 
 
 def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path, split: str = "auto",
              threshold: str = "0.5", aggregation: str = "mean", n_boot: int = 1000, seed: int = 0,
-             pseudonymise: bool = False, pseudonym_key: str | None = None, cache: FrameCache | None = None) -> dict:
-    """Evaluate and write metrics.json, predictions.csv, patients.csv, regions.csv, figures and reports."""
+             pseudonymise: bool = False, pseudonym_key: str | None = None, cache: FrameCache | None = None,
+             gallery_size: int = 3) -> dict:
+    """Evaluate and write metrics.json, predictions.csv, patients.csv, regions.csv, figures and reports.
+
+    The report's gallery shows Grad-CAM of the ``gallery_size`` most confident true/false positives and
+    negatives (0 = no gallery).
+    """
+    from mucosa.explain import gallery
     from mucosa.report import write_report
 
     if aggregation not in ("mean", "share"):
@@ -277,7 +284,9 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path, spli
     write_predictions(out / "predictions.csv", scored, loaded.classes, chosen)
     write_groups(out / "patients.csv", patients, loaded.classes, "patient")
     write_groups(out / "regions.csv", regions, loaded.classes, "patient")
-    write_report(out, result, scored, patients)
+    shots = gallery(loaded, scored.frames, scored.y_true, scored.y_score, chosen["value"], out / "gallery",
+                    per_group=gallery_size) if gallery_size else []
+    write_report(out, result, scored, patients, shots)
     return result
 
 

@@ -191,8 +191,18 @@ def _preamble(result: dict) -> list[str]:
             f"({result['counts']['bootstrap']} replicates, seed {result['counts']['seed']})"]
 
 
-def write_report(out: Path, result: dict, scored, patients: list[dict]) -> tuple[Path, Path]:
-    """Figures, ``report.html`` (figures embedded) and ``report.md`` (figures linked)."""
+def _embed(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}"></figure>'
+
+
+def write_report(out: Path, result: dict, scored, patients: list[dict],
+                 gallery: list[tuple[str, Path]] = ()) -> tuple[Path, Path]:
+    """Figures, ``report.html`` (figures embedded) and ``report.md`` (figures linked).
+
+    Args:
+        gallery: (group, PNG) pairs of Grad-CAM overlays (true/false positives/negatives) to show.
+    """
     figures = make_figures(out, result, scored, patients)
     sections = _sections(result, patients)
     title = "mucosa evaluation"
@@ -204,9 +214,18 @@ def write_report(out: Path, result: dict, scored, patients: list[dict]) -> tuple
     parts.append("<h2>Figures</h2>")
     md += ["## Figures", ""]
     for figure in figures:
-        data = base64.b64encode(figure.read_bytes()).decode()
-        parts.append(f'<figure><img alt="{figure.stem}" src="data:image/png;base64,{data}"></figure>')
+        parts.append(_embed(figure))
         md.append(f"![{figure.stem}]({figure.name})")
+    if gallery:
+        parts.append("<h2>Gallery: where the model looked (Grad-CAM at conv4)</h2>")
+        md += ["", "## Gallery: where the model looked (Grad-CAM at conv4)", ""]
+        for group in dict.fromkeys(g for g, _ in gallery):
+            parts.append(f"<h3>{html.escape(group)}</h3>")
+            md.append(f"### {group}\n")
+            for g, path in gallery:
+                if g == group:
+                    parts.append(_embed(path))
+                    md.append(f"![{path.stem}]({path.relative_to(out).as_posix()})")
     style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:.2em .6em}figure{display:inline-block;margin:.5em}")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>" \
