@@ -1,0 +1,367 @@
+"""ONNX export of a checkpoint (fp32, or int8 with calibration), its parity check, and the ONNX predictor.
+
+The exported graph takes ``image``: float32 (B, 1, S, S), a preprocessed gray frame in [0, 1] (dynamic
+batch B), and returns ``logits`` (B, num_outputs) and ``probabilities`` ((B,) positive-class probability
+for a binary model, (B, K) otherwise). Batch norms are folded first (``infer.fold_batchnorm``); the
+model's per-image standardisation is inside the graph. Everything needed to preprocess frames as in
+training is stored in the model's ``metadata_props`` (see :func:`metadata`), so ``mucosa predict`` and
+``mucosa stream`` run from the ``.onnx`` file alone.
+
+int8 models are quantized statically (QDQ, per-channel int8 weights, uint8 activations: the fast path of
+ONNX Runtime's CPU kernels) with calibration frames from a manifest; Conv1, with a single input channel,
+and the LSTM stay in float. Quantization changes predictions a little, so an int8 export always measures
+it: share of frames with the same verdict and the ROC AUC change against the float model, on the part of
+the manifest that ``evaluate`` would use.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mucosa import __version__
+from mucosa.checkpoint import LoadedCheckpoint, load_checkpoint
+from mucosa.errors import ConfigError, MucosaError
+from mucosa.infer import fold_batchnorm, probabilities
+from mucosa.prepare import FrameCache, Preprocessing
+
+FORMAT = "mucosa-onnx"
+OPSET = 17
+PARITY_TOLERANCE = 1e-4
+PARITY_BATCHES = (1, 16)
+INSTALL_HINT = "install it with `pip install onnxruntime` (and `pip install onnx` for export)"
+
+
+class ExportError(MucosaError):
+    """An export failed its check, or an ONNX file is not one mucosa wrote."""
+
+
+def import_onnxruntime():
+    """``onnxruntime``, or a MucosaError saying how to install it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MucosaError(f"the ONNX runtime is not installed: {INSTALL_HINT}") from None
+    return onnxruntime
+
+
+def _import_onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise MucosaError(f"the onnx package is not installed: {INSTALL_HINT}") from None
+    return onnx
+
+
+class _Deployed(torch.nn.Module):
+    """The folded model with both outputs of the exported graph."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = fold_batchnorm(model)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(image)
+        return logits, probabilities(logits)
+
+
+def metadata(checkpoint: LoadedCheckpoint, quantization: str = "none") -> dict[str, str]:
+    """The ``metadata_props`` of an exported model: preprocessing, classes and provenance, as strings."""
+    prep = checkpoint.preprocessing
+    return {
+        "format": FORMAT, "mucosa_version": __version__, "classes": json.dumps(checkpoint.classes),
+        "size": str(prep.size), "crop": json.dumps(prep.to_dict()["crop"]), "channel": prep.channel,
+        "quality_threshold": repr(prep.quality_threshold), "fov_frames": str(prep.fov_frames),
+        "preprocessing": json.dumps(prep.to_dict()), "model": json.dumps(asdict(checkpoint.model_config)),
+        "quantization": quantization, "checkpoint": checkpoint.path.name,
+        "input": "image: float32 (batch, 1, size, size), preprocessed gray frame in [0, 1]",
+        "outputs": "logits (batch, outputs); probabilities: (batch,) positive class for 2 classes, else "
+                   "(batch, classes)",
+    }
+
+
+def _with_metadata(model_bytes: bytes, meta: dict[str, str]) -> bytes:
+    onnx = _import_onnx()
+    proto = onnx.load_from_string(model_bytes)
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = "mucosa CLE classifier (see metadata_props for the preprocessing)"
+    return proto.SerializeToString()
+
+
+def to_onnx(checkpoint: LoadedCheckpoint) -> bytes:
+    """The fp32 ONNX model (bytes) of a checkpoint, with dynamic batch size and metadata."""
+    _import_onnx()
+    size = checkpoint.preprocessing.size
+    dummy = torch.rand(1, 1, size, size)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # the model's input-shape check is a Python branch, fixed at export
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Deployed(checkpoint.model), (dummy,), buffer, dynamo=False, opset_version=OPSET,
+                          input_names=["image"], output_names=["logits", "probabilities"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"},
+                                        "probabilities": {0: "batch"}})
+    return _with_metadata(buffer.getvalue(), metadata(checkpoint))
+
+
+def _session(model: bytes | Path, threads: int | None = None):
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or 0  # 0: one per physical core
+    options.log_severity_level = 3  # errors only: the NCHWc layout warning is about saving, which we do not
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types for a bad file
+        name = "model" if isinstance(model, bytes) else model
+        raise ExportError(f"{name}: not a loadable ONNX model ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0][:200]})") from None
+
+
+def parity(checkpoint: LoadedCheckpoint, model: bytes | Path, batches: tuple[int, ...] = PARITY_BATCHES,
+           seed: int = 0) -> dict[int, float]:
+    """Largest |logit difference| between ONNX Runtime and the checkpoint's PyTorch model, per batch size.
+
+    Inputs are random uint8 frames scaled to [0, 1], as predict feeds them.
+    """
+    session = _session(model)
+    size = checkpoint.preprocessing.size
+    rng = np.random.default_rng(seed)
+    result = {}
+    checkpoint.model.eval()
+    for batch in batches:
+        x = rng.integers(0, 256, (batch, 1, size, size)).astype(np.float32) / 255.0
+        with torch.inference_mode():
+            expected = checkpoint.model(torch.from_numpy(x)).numpy()
+        got = session.run(["logits"], {"image": x})[0]
+        result[batch] = float(np.abs(got - expected).max())
+    return result
+
+
+def to_checked_onnx(checkpoint: LoadedCheckpoint) -> bytes:
+    """:func:`to_onnx`, checked against PyTorch at batch 2 (``--runtime onnx`` with a checkpoint)."""
+    model = to_onnx(checkpoint)
+    _check_parity(parity(checkpoint, model, batches=(2,)), checkpoint.path)
+    return model
+
+
+def _check_parity(diffs: dict[int, float], source: Path) -> None:
+    worst = max(diffs.values())
+    if not worst < PARITY_TOLERANCE:
+        raise ExportError(f"{source}: the ONNX model differs from PyTorch by {worst:.2e} (max |logit "
+                          f"difference|, tolerance {PARITY_TOLERANCE:g}); not writing it")
+
+
+# --------------------------------------------------------------------------------------------------
+# int8
+# --------------------------------------------------------------------------------------------------
+
+
+def _evenly(count: int, most: int) -> np.ndarray:
+    return np.unique(np.linspace(0, count - 1, min(count, most)).round().astype(np.int64)) if count else \
+        np.zeros(0, np.int64)
+
+
+@dataclass
+class ManifestFrames:
+    """Frames of a manifest for int8 calibration and for measuring what quantization changes."""
+
+    calibration: np.ndarray  # (C, S, S) uint8
+    frames: np.ndarray       # (N, S, S) uint8, evaluated
+    labels: np.ndarray       # (N,) class index
+    why: str
+
+
+def manifest_frames(checkpoint: LoadedCheckpoint, manifest: str | Path, cache: FrameCache | None = None,
+                    calibration: int = 64, most: int = 2000) -> ManifestFrames:
+    """Evaluated frames (the part ``evaluate`` picks, at most ``most``, evenly spread) and calibration frames
+    (from the other rows when there are any, else from the same part)."""
+    from mucosa.data import assemble
+    from mucosa.evaluate import select_parts
+    from mucosa.manifest import Cohort, load_manifest
+
+    cohort = load_manifest(manifest, classes=checkpoint.classes, require_all=False)
+    part, _, why = select_parts(cohort, checkpoint.info, "auto")
+    chosen = set(part.records)
+    rest = Cohort([r for r in cohort.records if r not in chosen], cohort.classes, cohort.source)
+    table = assemble(part, checkpoint.preprocessing, cache)
+    if len(table) == 0:
+        raise ConfigError(f"{manifest}: every frame of {why} was dropped by the quality gate")
+    pick = _evenly(len(table), most)
+    frames = np.stack([table.frame(i) for i in pick])
+    source = assemble(rest, checkpoint.preprocessing, cache) if rest.records else table
+    if len(source) == 0:
+        source = table
+    calib = np.stack([source.frame(i) for i in _evenly(len(source), calibration)])
+    return ManifestFrames(calib, frames, table.labels[pick], why)
+
+
+def quantize_int8(model: bytes, calibration: np.ndarray) -> bytes:
+    """Static int8 quantization (QDQ, per-channel weights) of an fp32 mucosa ONNX model."""
+    import_onnxruntime()
+    onnx = _import_onnx()
+    import onnxruntime.quantization as quantization
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    frames = [(calibration[i:i + 8].astype(np.float32) / 255.0)[:, None] for i in range(0, len(calibration), 8)]
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(frames)
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"image": batch}
+
+    with tempfile.TemporaryDirectory(prefix="mucosa-int8-") as tmp:
+        fp32, pre, out = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
+        fp32.write_bytes(model)
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        names = [n.name for n in onnx.load(str(pre)).graph.node]
+        first = [n for n in names if "/conv1/" in n]  # one input channel: int8 gains nothing, costs accuracy
+        quantization.quantize_static(
+            str(pre), str(out), Reader(), quant_format=quantization.QuantFormat.QDQ, per_channel=True,
+            activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
+            op_types_to_quantize=["Conv", "Relu", "MaxPool", "MatMul"], nodes_to_exclude=first)
+        return out.read_bytes()
+
+
+def _verdicts(probs: np.ndarray) -> np.ndarray:
+    return (probs >= 0.5).astype(np.int64) if probs.ndim == 1 else probs.argmax(1)
+
+
+def _auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
+    from mucosa import metrics
+
+    values = metrics.binary_metrics(labels, probs) if probs.ndim == 1 else metrics.multiclass_metrics(labels, probs)
+    return values["roc_auc"] if np.isfinite(values["roc_auc"]) else None
+
+
+def compare_int8(fp32: bytes, int8: bytes, data: ManifestFrames) -> dict:
+    """What quantization changes on the evaluated frames: verdict agreement, AUC, probability shift."""
+    a, b = OnnxPredictor(fp32)(data.frames), OnnxPredictor(int8)(data.frames)
+    auc_a, auc_b = _auc(data.labels, a), _auc(data.labels, b)
+    return {"frames": int(len(a)), "evaluated": data.why, "calibration_frames": int(len(data.calibration)),
+            "agreement": float(np.mean(_verdicts(a) == _verdicts(b))),
+            "max_probability_change": float(np.abs(a - b).max()),
+            "mean_probability_change": float(np.abs(a - b).mean()),
+            "auc_fp32": auc_a, "auc_int8": auc_b,
+            "auc_change": None if auc_a is None or auc_b is None else auc_b - auc_a}
+
+
+@dataclass
+class ExportReport:
+    """What ``export`` wrote and measured."""
+
+    path: Path
+    parity: dict[int, float]
+    int8: dict | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def format(self) -> str:
+        lines = [f"ONNX model -> {self.path}"]
+        lines += [f"parity with PyTorch (fp32 graph), batch {b}: max |logit difference| {d:.2e}"
+                  for b, d in self.parity.items()]
+        if self.int8:
+            q = self.int8
+            lines.append(f"int8 vs fp32 on {q['frames']} frames ({q['evaluated']}): same verdict for "
+                         f"{100 * q['agreement']:.2f}%, probability change max {q['max_probability_change']:.4f}"
+                         f" mean {q['mean_probability_change']:.4f}")
+            if q["auc_change"] is not None:
+                lines.append(f"ROC AUC fp32 {q['auc_fp32']:.4f} -> int8 {q['auc_int8']:.4f} "
+                             f"(change {q['auc_change']:+.4f})")
+            else:
+                lines.append("ROC AUC change: not defined (the evaluated frames hold one class)")
+        return "\n".join(lines)
+
+
+def export(checkpoint: str | Path, out: str | Path | None = None, int8: bool = False,
+           manifest: str | Path | None = None, cache: FrameCache | None = None) -> ExportReport:
+    """Export a checkpoint to ONNX (``mucosa export``), checking parity with PyTorch at batch 1 and 16.
+
+    Args:
+        checkpoint: a mucosa checkpoint.
+        out: the ``.onnx`` file (default: beside the checkpoint, ``-int8`` added for int8).
+        int8: quantize (needs ``manifest`` for calibration frames and the agreement / AUC report).
+        manifest: a cohort manifest with the checkpoint's classes.
+        cache: preprocessing cache for the manifest's frames.
+
+    Raises:
+        ExportError: parity above tolerance. ConfigError: ``int8`` without a manifest.
+    """
+    loaded = load_checkpoint(checkpoint)
+    if int8 and manifest is None:
+        raise ConfigError("--int8 needs --manifest: quantization is calibrated on its frames, and the share "
+                          "of unchanged verdicts and the AUC change are measured on them before the model is "
+                          "written")
+    out = Path(out) if out else Path(checkpoint).with_name(Path(checkpoint).stem + ("-int8" if int8 else "")
+                                                           + ".onnx")
+    model = to_onnx(loaded)
+    diffs = parity(loaded, model)
+    _check_parity(diffs, Path(checkpoint))
+    report = ExportReport(out, diffs)
+    if int8:
+        data = manifest_frames(loaded, manifest, cache)
+        quantized = quantize_int8(model, data.calibration)
+        report.int8 = compare_int8(model, quantized, data)
+        meta = metadata(loaded, f"int8 static QDQ, calibrated on {len(data.calibration)} frames of "
+                                f"{Path(manifest).name}; verdict agreement {report.int8['agreement']:.4f}")
+        model = _with_metadata(quantized, meta)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_bytes(model)
+    tmp.replace(out)
+    report.metadata = OnnxPredictor(out).metadata
+    return report
+
+
+# --------------------------------------------------------------------------------------------------
+# Running an exported model
+# --------------------------------------------------------------------------------------------------
+
+
+class OnnxPredictor:
+    """Probabilities from an ONNX model written by mucosa, with its preprocessing read from the file.
+
+    Attributes:
+        classes, preprocessing: from the model's metadata.
+        checkpoint: the PyTorch checkpoint when the model was exported on the fly (for Grad-CAM), else None.
+    """
+
+    runtime = "onnx"
+
+    def __init__(self, model: bytes | str | Path, batch_size: int = 16,
+                 checkpoint: LoadedCheckpoint | None = None, threads: int | None = None) -> None:
+        if not isinstance(model, bytes):
+            model = Path(model)
+            if not model.is_file():
+                raise ExportError(f"{model}: ONNX model not found")
+        self.session = _session(model, threads)
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        name = "model" if isinstance(model, bytes) else model
+        if self.metadata.get("format") != FORMAT:
+            raise ExportError(f"{name}: not an ONNX model written by `mucosa export` (no mucosa metadata)")
+        self.classes = json.loads(self.metadata["classes"])
+        self.preprocessing = Preprocessing(**json.loads(self.metadata["preprocessing"]))
+        self.batch_size = batch_size
+        self.checkpoint = checkpoint
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 frames (N, S, S) → (N,) positive probability, or (N, K)."""
+        out = []
+        for start in range(0, len(frames), self.batch_size):
+            x = np.asarray(frames[start:start + self.batch_size], dtype=np.float32)[:, None] / 255.0
+            out.append(self.session.run(["probabilities"], {"image": x})[0])
+        if out:
+            return np.concatenate(out)
+        k = len(self.classes)
+        return np.zeros((0,) if k == 2 else (0, k), np.float32)

@@ -1,0 +1,474 @@
+"""Live inference on a video (``mucosa stream``): frames are processed one by one as they arrive.
+
+Per frame: decode → field-of-view crop → quality gate → inference → temporal smoothing → running verdict.
+
+- Field of view: the first ``fov_frames`` frames (the checkpoint's preprocessing, 32 by default, as in
+  training) are buffered and the field is fixed from them, exactly as ``prepare_source`` does for
+  ``evaluate``; if all of them are dark (the probe not yet on tissue), it is located again from the next
+  frames, and so on until a lit frame has been seen.
+- Quality gate: a frame below the model's quality threshold is skipped (counted, no probability).
+- Smoothing: ``smoothed`` is the mean probability of the last ``window`` informative frames (what is under
+  the probe now); the case verdict is the mean of *all* informative frames so far against the threshold,
+  ``predict``'s and ``evaluate``'s rule, so the final verdict is the one ``predict`` gives for the file.
+- A corrupt packet in the middle of the video is skipped and counted (``frames.iter_video_frames``).
+
+Decoding and preprocessing run in a background thread, inference in the calling one, so the two overlap
+(PyAV, NumPy, Pillow and both runtimes release the GIL). ``realtime`` paces frames at the source frame
+rate, as a live probe would deliver them; by default frames are read as fast as they can be processed.
+Frames are never dropped: when processing is slower than the source, latency grows (the status line
+shows it).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from mucosa.evaluate import verdict_names
+from mucosa.frames import DecodeReport, iter_video_frames, video_info
+from mucosa.predict import NO_VERDICT
+from mucosa.prepare import FramePreparer
+
+STAGES = ("decode", "prepare", "infer", "smooth")
+_DARK_LEVEL = 0.1   # a pixel brighter than this is lit
+_DARK_SHARE = 0.03  # a frame with less lit than this is dark (burned-in overlays alone are about 1%)
+
+
+@dataclass
+class FrameResult:
+    """One row of the timeline."""
+
+    index: int
+    time: float                  # seconds from the start of the video
+    quality: float
+    skipped: bool                # below the quality threshold: no probability
+    probability: object          # float (binary) or (K,) array; None when skipped
+    smoothed: object             # mean over the window of informative frames; None before the first
+    case_probability: object     # mean over all informative frames so far
+    verdict: str
+    latency_ms: float            # from arrival (decoded, or due in real time) to result
+
+
+class Smoother:
+    """Moving mean of the last ``window`` informative probabilities, and the running case mean and verdict."""
+
+    def __init__(self, classes: list[str], window: int = 16, threshold: float = 0.5) -> None:
+        if window < 1:
+            from mucosa.errors import ConfigError
+
+            raise ConfigError(f"window {window} must be at least 1 frame")
+        self.classes, self.threshold = classes, threshold
+        self.recent: deque = deque(maxlen=window)
+        self.total = 0.0
+        self.count = 0
+
+    def update(self, probability) -> None:
+        self.recent.append(probability)
+        self.total = self.total + np.asarray(probability, np.float64)
+        self.count += 1
+
+    @property
+    def smoothed(self):
+        return np.mean(np.asarray(self.recent), axis=0) if self.recent else None
+
+    @property
+    def case_probability(self):
+        return self.total / self.count if self.count else None
+
+    @property
+    def verdict(self) -> str:
+        mean = self.case_probability
+        if mean is None:
+            return NO_VERDICT
+        names = verdict_names(self.classes)
+        return names[int(mean >= self.threshold)] if np.ndim(mean) == 0 else names[int(np.argmax(mean))]
+
+
+@dataclass
+class StreamSummary:
+    """What a stream run did: counts, speed, latency, time per stage and the final verdict."""
+
+    source: Path
+    runtime: str
+    frames: int = 0
+    used: int = 0
+    corrupt: int = 0
+    seconds: float = 0.0
+    latency_ms: list = field(default_factory=list)
+    stage_seconds: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    verdict: str = NO_VERDICT
+    case_probability: object = None
+    fov: object = None  # the field of view used (``preprocess.FieldOfView``)
+    buffered: int = 0   # first frames held back to find the field of view (their latency includes the wait)
+
+    @property
+    def skipped(self) -> int:
+        return self.frames - self.used
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def stage_ms(self) -> dict[str, float]:
+        """Mean milliseconds per frame spent in each stage (decode and prepare overlap inference)."""
+        return {k: 1000 * v / max(self.frames, 1) for k, v in self.stage_seconds.items()}
+
+    def format(self) -> str:
+        steady = self.latency_ms[self.buffered:] if len(self.latency_ms) > self.buffered else self.latency_ms
+        latency = np.asarray(steady) if steady else np.zeros(1)
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in self.stage_ms().items())
+        score = "" if self.case_probability is None else (
+            f" (mean probability {float(self.case_probability):.3f})" if np.ndim(self.case_probability) == 0
+            else "")
+        return (f"{self.source}: {self.frames} frames in {self.seconds:.1f} s = {self.fps:.1f} fps ({self.runtime}); "
+                f"{self.used} used, {self.skipped} skipped by the quality gate, {self.corrupt} corrupt packets "
+                f"skipped\nlatency ms after the first {self.buffered} frames (held to find the field of view): "
+                f"median {np.median(latency):.1f}, 95th percentile {np.percentile(latency, 95):.1f}\n"
+                f"ms per frame by stage: {stages}\n"
+                f"verdict: {self.verdict}{score}")
+
+
+def _is_dark(frame: np.ndarray) -> bool:
+    return float(np.mean(frame[::4, ::4] > _DARK_LEVEL)) < _DARK_SHARE
+
+
+def _with_field_of_view(items: Iterator[tuple], preparer: FramePreparer, count: int) -> Iterator[tuple]:
+    """Buffer ``count`` frames, fix the field of view from them, yield them; again while all were dark."""
+    while True:
+        head = []
+        for item in items:
+            head.append(item)
+            if len(head) == count:
+                break
+        if not head:
+            return
+        preparer.locate(np.stack([item[1] for item in head]))
+        yield from head
+        if not all(_is_dark(item[1]) for item in head):
+            break
+    yield from items
+
+
+class _Producer(threading.Thread):
+    """Decode, crop and score frames in the background; items go to a small queue, then ``None``."""
+
+    def __init__(self, path: Path, preparer: FramePreparer, fps: float, realtime: bool, buffered: int,
+                 report: DecodeReport, stage_seconds: dict) -> None:
+        super().__init__(daemon=True, name="mucosa-decode")
+        self.path, self.preparer, self.fps, self.realtime = path, preparer, fps, realtime
+        self.buffered = buffered  # frames looked at together to find the field of view
+        self.report, self.stage_seconds = report, stage_seconds
+        self.items: queue.Queue = queue.Queue(maxsize=2)  # enough to overlap; more only adds latency
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+
+    def _decoded(self) -> Iterator[tuple[int, np.ndarray, float]]:
+        frames = iter_video_frames(self.path, None, self.preparer.prep.channel, self.report)
+        start = time.perf_counter()
+        while True:
+            tic = time.perf_counter()
+            item = next(frames, None)
+            self.stage_seconds["decode"] += time.perf_counter() - tic
+            if item is None:
+                return
+            index, frame = item
+            arrival = time.perf_counter()
+            if self.realtime and self.fps > 0:
+                due = start + index / self.fps
+                if due > arrival:
+                    time.sleep(due - arrival)
+                arrival = max(arrival, due)
+            yield index, frame, arrival
+
+    def run(self) -> None:
+        try:
+            for index, frame, arrival in _with_field_of_view(self._decoded(), self.preparer, self.buffered):
+                if self.stop.is_set():
+                    return
+                tic = time.perf_counter()
+                model_frame, quality = self.preparer(frame)
+                self.stage_seconds["prepare"] += time.perf_counter() - tic
+                self.items.put((index, frame, model_frame, quality, arrival))
+        except BaseException as error:  # handed to the consuming thread, which raises it
+            self.error = error
+        finally:
+            self.items.put(None)
+
+    def __iter__(self):
+        while (item := self.items.get()) is not None:
+            yield item
+        if self.error is not None:
+            raise self.error
+
+
+def _columns(name: str, classes: list[str]) -> list[str]:
+    if len(classes) == 2:
+        return [name]
+    return [f"{name}_{c}" for c in classes]
+
+
+def _values(value, classes: list[str]) -> list[str]:
+    width = 1 if len(classes) == 2 else len(classes)
+    if value is None:
+        return [""] * width
+    return [f"{float(value):.9g}"] if np.ndim(value) == 0 else [f"{float(v):.9g}" for v in value]
+
+
+class Timeline:
+    """The per-frame CSV: frame, time, quality, skipped, probability, smoothed, case_probability, verdict,
+    latency_ms (per-class columns for more than two classes)."""
+
+    def __init__(self, path: Path, classes: list[str]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.classes = classes
+        self.handle = open(path, "w", newline="")
+        self.writer = csv.writer(self.handle)
+        self.writer.writerow(["frame", "time", "quality", "skipped", *_columns("probability", classes),
+                              *_columns("smoothed", classes), *_columns("case_probability", classes),
+                              "verdict", "latency_ms"])
+
+    def write(self, r: FrameResult) -> None:
+        self.writer.writerow([r.index, f"{r.time:.3f}", f"{r.quality:.4f}", int(r.skipped),
+                              *_values(r.probability, self.classes), *_values(r.smoothed, self.classes),
+                              *_values(r.case_probability, self.classes), r.verdict, f"{r.latency_ms:.2f}"])
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class StatusLine:
+    """The live status line, rewritten in place on a terminal (at most ten times a second)."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self.stream = stream if stream is not None and stream.isatty() else None
+        self.last = 0.0
+
+    def show(self, r: FrameResult, fps: float, force: bool = False) -> None:
+        now = time.perf_counter()
+        if self.stream is None or (now - self.last < 0.1 and not force):
+            return
+        self.last = now
+        p = "skipped" if r.skipped else f"p {_short(r.probability)}"
+        line = (f"frame {r.index:>6} | {fps:5.1f} fps | latency {r.latency_ms:6.1f} ms | {p} | smoothed "
+                f"{_short(r.smoothed)} | {r.verdict}")
+        self.stream.write("\r" + line + "\x1b[K")
+        self.stream.flush()
+
+    def end(self) -> None:
+        if self.stream is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _short(value) -> str:
+    if value is None:
+        return "-"
+    return f"{float(value):.3f}" if np.ndim(value) == 0 else "/".join(f"{float(v):.2f}" for v in value)
+
+
+class Annotator:
+    """An MP4 of the source frames with the field of view, probabilities, verdict and Grad-CAM burned in.
+
+    Grad-CAM (``mucosa.explain.grad_cam``) is drawn over the crop of informative frames when that module
+    exists and the PyTorch model is at hand (a checkpoint, not an ``.onnx`` file); otherwise it is left out.
+    It costs a backward pass per frame.
+    """
+
+    def __init__(self, path: Path, predictor, fps: float, gradcam: bool = True) -> None:
+        self.path, self.fps, self.classes = path, fps or 25.0, predictor.classes
+        self.cam = _grad_cam_function(predictor) if gradcam else None
+        self.container = self.stream = None
+        self.font = None
+
+    def _open(self, height: int, width: int) -> None:
+        import av
+        from fractions import Fraction
+        from PIL import ImageFont
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.container = av.open(str(self.path), "w", format="mp4")
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+        self.stream = self.container.add_stream(codec, rate=Fraction(self.fps).limit_denominator(1001))
+        self.stream.width, self.stream.height = width // 2 * 2, height // 2 * 2  # yuv420p needs even sides
+        self.stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            self.stream.options = {"preset": "veryfast", "crf": "20"}
+        try:
+            self.font = ImageFont.load_default(size=max(11, height // 32))
+        except TypeError:  # Pillow < 10.1
+            self.font = ImageFont.load_default()
+
+    def write(self, frame: np.ndarray, model_frame: np.ndarray, fov, result: FrameResult) -> None:
+        """Add one source frame (H, W) in [0, 1] with its result."""
+        import av
+        from PIL import Image, ImageDraw
+
+        if self.container is None:
+            self._open(*frame.shape)
+        rgb = np.repeat(np.round(frame * 255).astype(np.uint8)[..., None], 3, axis=2)  # (H, W, 3)
+        x0, y0, x1, y1 = fov.box
+        if self.cam is not None and not result.skipped:
+            heat = self._heat(model_frame, (x1 - x0, y1 - y0))  # (h, w) in [0, 1] or None
+            if heat is not None:
+                alpha = 0.45 * heat[..., None]
+                crop = rgb[y0:y1, x0:x1].astype(np.float32)
+                rgb[y0:y1, x0:x1] = np.round(crop * (1 - alpha) + np.array([255, 60, 0]) * alpha).astype(np.uint8)
+        image = Image.fromarray(rgb)
+        draw = ImageDraw.Draw(image)
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(0, 190, 255))
+        probability = "skipped (quality {:.2f})".format(result.quality) if result.skipped else \
+            f"p {_short(result.probability)}  smoothed {_short(result.smoothed)}"
+        names = verdict_names(self.classes)
+        colour = (200, 200, 200) if result.verdict not in names else \
+            ((235, 70, 60) if len(names) == 2 and result.verdict == names[1] else (70, 210, 100))
+        lines = [(f"frame {result.index}  t {result.time:.2f} s  {probability}", (255, 255, 0)),
+                 (f"case: {result.verdict}  ({_short(result.case_probability)})", colour)]
+        step = self.font.getbbox("Ag")[3] + 4
+        width = max(draw.textlength(text, font=self.font) for text, _ in lines)
+        draw.rectangle((4, 4, 12 + width, 8 + step * len(lines)), fill=(0, 0, 0))
+        for k, (text, fill) in enumerate(lines):
+            draw.text((8, 6 + k * step), text, fill=fill, font=self.font)
+        out = av.VideoFrame.from_ndarray(np.asarray(image)[:self.stream.height, :self.stream.width], format="rgb24")
+        for packet in self.stream.encode(out):
+            self.container.mux(packet)
+
+    def _heat(self, model_frame: np.ndarray, size: tuple[int, int]) -> np.ndarray | None:
+        from PIL import Image
+
+        try:
+            cam = np.asarray(self.cam(model_frame), np.float32)  # (S, S) in [0, 1]
+        except Exception as error:  # an optional overlay must never stop the stream
+            import warnings
+
+            warnings.warn(f"Grad-CAM overlay disabled: {type(error).__name__}: {error}", stacklevel=2)
+            self.cam = None
+            return None
+        return np.asarray(Image.fromarray(cam, mode="F").resize(size, Image.Resampling.BILINEAR)).clip(0, 1)
+
+    def close(self) -> None:
+        if self.container is not None:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+            self.container.close()
+
+
+def _grad_cam_function(predictor):
+    """``frame -> heat map`` from ``mucosa.explain.grad_cam`` and the PyTorch model, or None."""
+    try:
+        from mucosa.explain import grad_cam
+    except ImportError:
+        return None
+    checkpoint = getattr(predictor, "checkpoint", None)
+    if checkpoint is None:
+        return None
+    return lambda frame: grad_cam(checkpoint.model, frame)
+
+
+def stream(predictor, source: str | Path, window: int = 16, realtime: bool = False,
+           timeline: str | Path | None = None, annotate: str | Path | None = None, status: TextIO | None = None,
+           threshold: float = 0.5, gradcam: bool = True) -> StreamSummary:
+    """Run a video through the model frame by frame (``mucosa stream``).
+
+    Args:
+        predictor: ``infer.TorchPredictor`` or ``export.OnnxPredictor`` (see ``infer.open_predictor``).
+        source: a video file.
+        window: informative frames averaged into ``smoothed``.
+        realtime: pace at the source frame rate instead of as fast as possible.
+        timeline: CSV to write, one row per decoded frame.
+        annotate: MP4 to write with the field of view, probabilities and verdict (and Grad-CAM) burned in.
+        status: where the live status line goes (only shown on a terminal), e.g. ``sys.stderr``.
+        threshold: decision threshold of a binary model.
+        gradcam: overlay Grad-CAM in the annotated video when ``mucosa.explain`` and the PyTorch model
+            are available.
+    """
+    from mucosa.errors import UnreadableFileError
+    from mucosa.frames import is_video
+
+    source = Path(source)
+    if not source.is_file():
+        raise UnreadableFileError(f"{source}: file not found")
+    if not is_video(source):
+        raise UnreadableFileError(f"{source}: not a video file type (stream reads videos; use predict for images)")
+    info = video_info(source)
+    classes = predictor.classes
+    preparer = FramePreparer(predictor.preprocessing)
+    smoother = Smoother(classes, window, threshold)
+    report = DecodeReport()
+    prep = predictor.preprocessing
+    summary = StreamSummary(source, predictor.runtime, buffered=prep.fov_frames if prep.crop == "auto" else 1)
+    writer = Timeline(Path(timeline), classes) if timeline else None
+    video = Annotator(Path(annotate), predictor, info.fps, gradcam) if annotate else None
+    line = StatusLine(status)
+    producer = _Producer(source, preparer, info.fps, realtime, summary.buffered, report, summary.stage_seconds)
+    start = time.perf_counter()
+    producer.start()
+    try:
+        for index, frame, model_frame, quality, arrival in producer:
+            skipped = quality < prep.quality_threshold
+            probability = None
+            if not skipped:
+                tic = time.perf_counter()
+                probability = predictor(model_frame[None])[0]
+                toc = time.perf_counter()
+                smoother.update(probability)
+                summary.stage_seconds["infer"] += toc - tic
+                summary.stage_seconds["smooth"] += time.perf_counter() - toc
+                summary.used += 1
+            result = FrameResult(index, index / info.fps if info.fps else 0.0, float(quality), skipped, probability,
+                                 smoother.smoothed, smoother.case_probability, smoother.verdict,
+                                 1000 * (time.perf_counter() - arrival))
+            summary.frames += 1
+            summary.latency_ms.append(result.latency_ms)
+            if writer is not None:
+                writer.write(result)
+            if video is not None:
+                video.write(frame, model_frame, preparer.fov, result)
+            line.show(result, summary.frames / (time.perf_counter() - start))
+    finally:
+        producer.stop.set()
+        while producer.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                producer.items.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        if writer is not None:
+            writer.close()
+        if video is not None:
+            video.close()
+        line.end()
+    summary.seconds = time.perf_counter() - start
+    summary.corrupt = report.corrupt
+    summary.verdict, summary.case_probability = smoother.verdict, smoother.case_probability
+    summary.fov = preparer.fov
+    return summary
+
+
+def default_threads() -> int:
+    """Inference threads for streaming: all cores but one, which decodes and preprocesses the next frames."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
+def run(checkpoint: str | Path, source: str | Path, runtime: str = "torch", threads: int | None = None,
+        **options) -> StreamSummary:
+    """Open the checkpoint (or ``.onnx`` model) and :func:`stream` the video; status on stderr.
+
+    Args:
+        threads: inference threads (default :func:`default_threads`).
+        options: as for :func:`stream`.
+    """
+    from mucosa.infer import open_predictor
+
+    predictor = open_predictor(checkpoint, runtime, batch_size=1, threads=threads or default_threads())
+    options.setdefault("status", sys.stderr)
+    return stream(predictor, source, **options)

@@ -1,0 +1,202 @@
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mucosa.checkpoint import atomic_torch_save, load_checkpoint, read_checkpoint_file
+from mucosa.cli import main
+from mucosa.config import config_from_dict
+from mucosa.errors import MucosaError
+from mucosa.evaluate import score
+from mucosa.frames import iter_video_frames
+from mucosa.manifest import Record, load_manifest, write_manifest
+from mucosa.predict import NO_VERDICT, collect_sources, predict
+from mucosa.prepare import FrameCache
+from mucosa.synth import synthesize_cohort
+from mucosa.train import train
+
+QUICK = {"model": {"size": 32}, "preprocessing": {"quality_threshold": 0.0},
+         "split": {"mode": "patient", "test": 0.3, "val": 0.3, "seed": 1},
+         "training": {"epochs": 2, "batch_size": 8, "threads": 1}}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny CNN-LSTM trained on 8 synthetic patients; returns (run folder, cohort folder, cache)."""
+    root = tmp_path_factory.mktemp("predict")
+    manifest = synthesize_cohort(root / "cohort", patients=8, per_patient=4, size=40, seed=3)
+    cache = FrameCache(root / "cache")
+    train(manifest, config_from_dict(QUICK), root / "run", cache=cache)
+    return root / "run", root / "cohort", cache
+
+
+@pytest.fixture(scope="module")
+def gated(trained, tmp_path_factory):
+    """The same model with the default quality gate (0.5) written into its checkpoint."""
+    run, _, _ = trained
+    data = read_checkpoint_file(run / "best.ckpt")
+    data["mucosa"]["preprocessing"]["quality_threshold"] = 0.5
+    path = tmp_path_factory.mktemp("gated") / "gated.ckpt"
+    atomic_torch_save(data, path)
+    return path
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def by_frame(rows):
+    return {(str(Path(r["path"]).resolve()), int(r["frame"])): r for r in rows}
+
+
+def test_manifest_predictions_agree_with_evaluate_scores(trained, tmp_path):
+    run, _, cache = trained
+    result = predict(run / "best.ckpt", [run / "split.csv"], tmp_path / "p")
+    cohort = load_manifest(run / "split.csv")
+    scored = score(load_checkpoint(run / "best.ckpt"), cohort, cache)
+    mine = by_frame(read_csv(tmp_path / "p" / "predictions.csv"))
+    assert len(mine) == len(scored.rows) == len(cohort.records)
+    for row, p in zip(scored.rows, scored.y_score):
+        got = mine[(str(Path(row["path"]).resolve()), row["frame"])]
+        assert float(got["probability"]) == pytest.approx(float(p), abs=1e-5)
+        assert got["case"] == row["patient"]
+        assert got["label"] == cohort.classes[int(p >= 0.5)]
+    cases = read_csv(tmp_path / "p" / "cases.csv")
+    assert {c["case"] for c in cases} == set(cohort.patients)
+    for case in cases:  # a case is the mean of its frames, called at 0.5
+        probs = [float(r["probability"]) for r in mine.values() if r["case"] == case["case"]]
+        assert float(case["mean_probability"]) == pytest.approx(np.mean(probs), abs=1e-5)
+        assert case["verdict"] == ("active inflammation" if np.mean(probs) >= 0.5 else "mucosal healing")
+    assert [c.case for c in result.cases] == [c["case"] for c in cases]
+
+
+def test_folder_is_one_case_and_a_single_image_its_own(trained, tmp_path):
+    run, cohort, _ = trained
+    folder = next(p for p in sorted((cohort / "images").glob("*/*")) if p.is_dir())
+    images = sorted(folder.glob("*.png"))
+    predict(run / "best.ckpt", [folder, images[0]], tmp_path / "p")
+    files = read_csv(tmp_path / "p" / "files.csv")
+    assert len(files) == len(images) + 1
+    cases = {c["case"]: c for c in read_csv(tmp_path / "p" / "cases.csv")}
+    assert set(cases) == {str(folder), str(images[0])}
+    assert int(cases[str(folder)]["files"]) == len(images)
+    single = [f for f in files if f["case"] == str(images[0])][0]
+    same = [f for f in files if f["case"] == str(folder) and f["path"] == str(images[0])][0]
+    assert single["mean_probability"] == same["mean_probability"]  # same image, same answer
+    predict(run / "best.ckpt", [run / "split.csv"], tmp_path / "m")
+    from_manifest = by_frame(read_csv(tmp_path / "m" / "predictions.csv"))
+    for row in read_csv(tmp_path / "p" / "predictions.csv"):
+        assert row["probability"] == from_manifest[(str(Path(row["path"]).resolve()), 0)]["probability"]
+
+
+def _clip(path: Path, frames: list[np.ndarray], rate: int = 24) -> None:
+    """A lossless gray AVI (FFV1) of float frames (H, W) in [0, 1]."""
+    import av
+
+    with av.open(str(path), "w", format="avi") as container:
+        stream = container.add_stream("ffv1", rate=rate)
+        stream.height, stream.width = frames[0].shape
+        stream.pix_fmt = "gray"
+        for frame in frames:
+            image = av.VideoFrame.from_ndarray(np.round(frame * 255).astype(np.uint8), format="gray")
+            container.mux(stream.encode(image))
+        container.mux(stream.encode())
+
+
+@pytest.mark.realdata
+def test_video_black_frame_is_reported_unused_and_the_rest_agrees_with_evaluate(gated, pcle_brain, tmp_path):
+    frames = [f for _, f in iter_video_frames(pcle_brain / "glioblastoma" / "gbm-01.mpg", "0-23")]
+    frames[12] = np.zeros_like(frames[12])
+    video = tmp_path / "clip.avi"
+    _clip(video, frames)
+    result = predict(gated, [video], tmp_path / "p")
+    rows = read_csv(tmp_path / "p" / "predictions.csv")
+    assert [int(r["frame"]) for r in rows] == list(range(24))
+    black = rows[12]
+    assert black["used"] == "0" and black["probability"] == "" and float(black["quality"]) < 0.5
+    assert all(r["used"] == "1" for i, r in enumerate(rows) if i != 12)
+    assert result.files[0].used == 23 and result.files[0].skipped == 1
+    manifest = write_manifest([Record(video, "control", "clip")], tmp_path / "clip.csv")
+    scored = score(load_checkpoint(gated), load_manifest(manifest), FrameCache(tmp_path / "cache"))
+    assert [r["frame"] for r in scored.rows] == [i for i in range(24) if i != 12]  # evaluate drops it
+    for row, p in zip(scored.rows, scored.y_score):
+        assert float(rows[row["frame"]]["probability"]) == pytest.approx(float(p), abs=1e-5)
+    case = read_csv(tmp_path / "p" / "cases.csv")[0]
+    assert (case["frames"], case["used"], case["skipped_quality"]) == ("24", "23", "1")
+    assert float(case["mean_probability"]) == pytest.approx(np.mean(scored.y_score), abs=1e-5)
+
+
+def test_a_case_without_informative_frames_gets_no_verdict(gated, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "dark"
+    folder.mkdir()
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(folder / "black.png")
+    result = predict(gated, [folder], tmp_path / "p")
+    assert result.verdict(result.cases[0]) == NO_VERDICT
+    case = read_csv(tmp_path / "p" / "cases.csv")[0]
+    assert (case["used"], case["mean_probability"], case["verdict"]) == ("0", "", NO_VERDICT)
+
+
+def test_onnx_runtime_gives_the_same_predictions(trained, tmp_path):
+    run, cohort, _ = trained
+    predict(run / "best.ckpt", [run / "split.csv"], tmp_path / "t")
+    predict(run / "best.ckpt", [run / "split.csv"], tmp_path / "o", runtime="onnx")
+    torch_rows, onnx_rows = read_csv(tmp_path / "t" / "predictions.csv"), read_csv(tmp_path / "o" / "predictions.csv")
+    assert len(torch_rows) == len(onnx_rows)
+    for a, b in zip(torch_rows, onnx_rows):
+        assert a["path"] == b["path"]
+        assert float(a["probability"]) == pytest.approx(float(b["probability"]), abs=1e-5)
+
+
+def test_cli_predict_and_clear_errors(trained, tmp_path, capsys):
+    run, cohort, _ = trained
+    assert main(["predict", "--checkpoint", str(run / "best.ckpt"), str(run / "split.csv"),
+                 "--out", str(tmp_path / "p")]) == 0
+    out = capsys.readouterr().out
+    assert "frames used" in out and (tmp_path / "p" / "cases.csv").is_file()
+    bad = tmp_path / "notes.ckpt"
+    bad.write_text("not a checkpoint")
+    assert main(["predict", "--checkpoint", str(bad), str(run / "split.csv"), "--out", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err
+    assert "notes.ckpt" in err and "checkpoint" in err and "Traceback" not in err
+    with pytest.raises(MucosaError, match="nowhere: not found"):
+        collect_sources([tmp_path / "nowhere"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MucosaError, match="no images or videos"):
+        collect_sources([tmp_path / "empty"])
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(MucosaError, match="not an image, a video"):
+        collect_sources([tmp_path / "notes.txt"])
+
+
+def test_three_classes_give_one_column_per_class_and_argmax_verdicts(tmp_path):
+    import torch
+    from PIL import Image
+
+    from mucosa.checkpoint import describe
+    from mucosa.model import ModelConfig, create_model
+    from mucosa.prepare import Preprocessing
+
+    torch.manual_seed(0)
+    config = ModelConfig(size=32, num_classes=3)
+    model = create_model(config)
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    prep = Preprocessing(size=32, crop="none", quality_threshold=0.0)
+    atomic_torch_save({"state_dict": state, "mucosa": describe(config, ["a", "b", "c"], prep, {}, {})},
+                      tmp_path / "three.ckpt")
+    folder = tmp_path / "case"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(folder / f"{i}.png")
+    result = predict(tmp_path / "three.ckpt", [folder], tmp_path / "p")
+    rows = read_csv(tmp_path / "p" / "predictions.csv")
+    probs = np.array([[float(r[f"probability_{c}"]) for c in "abc"] for r in rows])
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    assert [r["label"] for r in rows] == ["abc"[k] for k in probs.argmax(1)]
+    case = read_csv(tmp_path / "p" / "cases.csv")[0]
+    assert case["verdict"] == "abc"[int(probs.mean(0).argmax())] == result.verdict(result.cases[0])
+    assert float(case["mean_probability_b"]) == pytest.approx(probs[:, 1].mean(), abs=1e-5)

@@ -1,0 +1,198 @@
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mucosa.cli import main
+from mucosa.checkpoint import load_checkpoint
+from mucosa.config import config_from_dict
+from mucosa.frames import iter_video_frames, video_info
+from mucosa.infer import TorchPredictor
+from mucosa.predict import NO_VERDICT, predict
+from mucosa.prepare import FrameCache
+from mucosa.stream import Smoother, stream
+from mucosa.synth import synthesize_cohort
+from mucosa.train import train
+
+QUICK = {"model": {"size": 32}, "preprocessing": {"fov_frames": 8},
+         "split": {"mode": "patient", "test": 0.3, "val": 0.0, "seed": 1},
+         "training": {"epochs": 1, "batch_size": 8, "threads": 1}}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny CNN-LSTM (32x32, quality gate 0.5, field of view from 8 frames) trained on synthetic images."""
+    root = tmp_path_factory.mktemp("stream")
+    manifest = synthesize_cohort(root / "cohort", patients=6, per_patient=4, size=40, seed=2)
+    return train(manifest, config_from_dict(QUICK), root / "run", cache=FrameCache(root / "cache"))
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint):
+    return TorchPredictor(load_checkpoint(checkpoint))
+
+
+@pytest.fixture(scope="module")
+def brain_frames(pcle_brain):
+    """The first 30 frames of a real pCLE video, gray (336, 464) in [0, 1]; all pass the quality gate."""
+    return [f for _, f in iter_video_frames(pcle_brain / "glioblastoma" / "gbm-01.mpg", "0-29")]
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_clip(path: Path, frames: list[np.ndarray], codec: str = "ffv1", rate: int = 24,
+               garbage_at: int | None = None) -> None:
+    """An AVI of float frames (H, W); FFV1 gray is lossless. ``garbage_at``: that frame's packet is junk."""
+    import av
+
+    with av.open(str(path), "w", format="avi") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.height, stream.width = frames[0].shape
+        stream.pix_fmt = "gray" if codec == "ffv1" else "yuvj420p"
+        for i, frame in enumerate(frames):
+            image = av.VideoFrame.from_ndarray(np.round(frame * 255).astype(np.uint8), format="gray")
+            for packet in stream.encode(image):
+                if i == garbage_at:
+                    junk = av.Packet(b"\x12\x34 not a frame " * 16)
+                    junk.pts, junk.dts, junk.time_base, junk.stream = packet.pts, packet.dts, packet.time_base, stream
+                    packet = junk
+                container.mux(packet)
+        container.mux(stream.encode())
+
+
+@pytest.mark.realdata
+def test_real_clip_gives_one_row_per_frame_equal_to_predict(checkpoint, predictor, pcle_colon_video, tmp_path):
+    summary = stream(predictor, pcle_colon_video, window=5, timeline=tmp_path / "t.csv")
+    rows = read_csv(tmp_path / "t.csv")
+    frames = video_info(pcle_colon_video).frames
+    assert [int(r["frame"]) for r in rows] == list(range(frames)) and summary.frames == frames
+    assert all(r["verdict"] for r in rows) and summary.verdict != NO_VERDICT
+    assert summary.used + summary.skipped == frames and summary.fps > 0
+    # same field of view, same frames, same model as predict (and so as evaluate)
+    predicted = predict(checkpoint, [pcle_colon_video], tmp_path / "p")
+    reference = read_csv(tmp_path / "p" / "predictions.csv")
+    for mine, theirs in zip(rows, reference):
+        assert mine["skipped"] == ("0" if theirs["used"] == "1" else "1")
+        if theirs["used"] == "1":
+            assert float(mine["probability"]) == pytest.approx(float(theirs["probability"]), abs=1e-5)
+    assert summary.verdict == predicted.verdict(predicted.cases[0])
+    # smoothed = mean of the last 5 informative probabilities; the case mean covers all of them
+    used = [float(r["probability"]) for r in rows if r["skipped"] == "0"]
+    informative = [r for r in rows if r["skipped"] == "0"]
+    for k, row in enumerate(informative):
+        assert float(row["smoothed"]) == pytest.approx(np.mean(used[max(0, k - 4):k + 1]), abs=1e-5)
+        assert float(row["case_probability"]) == pytest.approx(np.mean(used[:k + 1]), abs=1e-5)
+    assert set(summary.stage_ms()) == {"decode", "prepare", "infer", "smooth"}
+
+
+@pytest.mark.realdata
+def test_black_frame_in_a_clip_is_skipped_and_counted(predictor, brain_frames, tmp_path):
+    frames = list(brain_frames[:20])
+    frames[10] = np.zeros_like(frames[10])
+    write_clip(tmp_path / "clip.avi", frames)
+    summary = stream(predictor, tmp_path / "clip.avi", timeline=tmp_path / "t.csv")
+    rows = read_csv(tmp_path / "t.csv")
+    assert len(rows) == 20
+    assert [i for i, r in enumerate(rows) if r["skipped"] == "1"] == [10]
+    assert rows[10]["probability"] == "" and float(rows[10]["quality"]) < 0.5
+    assert rows[10]["smoothed"] == rows[9]["smoothed"]  # a skipped frame does not move the smoothing
+    assert (summary.used, summary.skipped) == (19, 1)
+
+
+@pytest.mark.realdata
+def test_corrupt_frame_mid_video_is_skipped_and_counted(predictor, brain_frames, tmp_path):
+    write_clip(tmp_path / "bad.avi", brain_frames[:16], codec="mjpeg", garbage_at=8)
+    with pytest.warns(UserWarning, match="corrupt"):
+        summary = stream(predictor, tmp_path / "bad.avi", timeline=tmp_path / "t.csv")
+    assert summary.corrupt == 1
+    assert summary.frames == len(read_csv(tmp_path / "t.csv")) == 15
+    assert summary.verdict != NO_VERDICT
+
+
+@pytest.mark.realdata
+def test_field_of_view_is_found_again_after_a_dark_start(predictor, brain_frames, tmp_path):
+    dark = [np.zeros_like(brain_frames[0])] * 12  # more than the checkpoint's 8 field-of-view frames
+    write_clip(tmp_path / "late.avi", dark + list(brain_frames[:12]))
+    summary = stream(predictor, tmp_path / "late.avi", timeline=tmp_path / "t.csv")
+    assert summary.fov.kind == "circle"
+    rows = read_csv(tmp_path / "t.csv")
+    assert all(r["skipped"] == "1" for r in rows[:12]) and all(r["skipped"] == "0" for r in rows[12:])
+    assert rows[11]["verdict"] == NO_VERDICT and rows[12]["verdict"] != NO_VERDICT
+
+
+@pytest.mark.realdata
+def test_annotated_video_and_realtime_pacing(predictor, brain_frames, tmp_path):
+    import av
+
+    write_clip(tmp_path / "clip.avi", brain_frames[:12], rate=24)
+    start = time.perf_counter()
+    summary = stream(predictor, tmp_path / "clip.avi", realtime=True, annotate=tmp_path / "out.mp4")
+    assert time.perf_counter() - start >= 11 / 24  # paced at the source rate
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(decoded) == summary.frames == 12
+    assert decoded[0].shape[:2] == (336, 464)
+    source = np.round(brain_frames[5] * 255)
+    assert np.abs(decoded[5][..., 1].astype(float) - source).mean() > 1  # something is burned in
+
+
+def test_smoother_window_and_case_mean():
+    smoother = Smoother(["control", "active"], window=2)
+    assert smoother.verdict == NO_VERDICT and smoother.smoothed is None
+    for p in (0.9, 0.1, 0.3):
+        smoother.update(np.float32(p))
+    assert smoother.smoothed == pytest.approx(0.2)
+    assert smoother.case_probability == pytest.approx(13 / 30)
+    assert smoother.verdict == "mucosal healing"
+    multi = Smoother(["a", "b", "c"], window=3)
+    multi.update(np.array([0.2, 0.5, 0.3]))
+    assert multi.verdict == "b"
+
+
+def test_cli_stream_and_clear_errors(checkpoint, tmp_path, capsys):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    frames = [np.clip(ndimage.gaussian_filter(rng.random((64, 64)), 1.5) * 4 - 1.5, 0, 1) for _ in range(10)]
+    write_clip(tmp_path / "clip.avi", frames)
+    assert main(["stream", str(tmp_path / "clip.avi"), "--checkpoint", str(checkpoint), "--window", "3",
+                 "--timeline", str(tmp_path / "t.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "10 frames" in out and "verdict:" in out
+    assert len(read_csv(tmp_path / "t.csv")) == 10
+    bad = tmp_path / "weights.ckpt"
+    bad.write_bytes(b"\x00" * 64)
+    assert main(["stream", str(tmp_path / "clip.avi"), "--checkpoint", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "weights.ckpt" in err and "Traceback" not in err
+    (tmp_path / "image.png").write_bytes(b"")
+    assert main(["stream", str(tmp_path / "image.png"), "--checkpoint", str(checkpoint)]) == 2
+    assert "not a video" in capsys.readouterr().err
+    assert main(["stream", str(tmp_path / "clip.avi"), "--checkpoint", str(checkpoint), "--window", "0"]) == 2
+    assert "window" in capsys.readouterr().err
+
+
+def test_three_class_timeline_has_a_column_per_class(tmp_path):
+    import torch
+
+    from mucosa.checkpoint import LoadedCheckpoint
+    from mucosa.model import ModelConfig, create_model
+    from mucosa.prepare import Preprocessing
+
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(size=32, num_classes=3)).eval()
+    loaded = LoadedCheckpoint(model, model.config, ["a", "b", "c"],
+                              Preprocessing(size=32, crop="none", quality_threshold=0.0), {}, tmp_path / "x.ckpt")
+    rng = np.random.default_rng(1)
+    write_clip(tmp_path / "clip.avi", [rng.random((48, 64)) for _ in range(6)])
+    summary = stream(TorchPredictor(loaded), tmp_path / "clip.avi", window=2, timeline=tmp_path / "t.csv")
+    rows = read_csv(tmp_path / "t.csv")
+    probs = np.array([[float(r[f"probability_{c}"]) for c in "abc"] for r in rows])
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    np.testing.assert_allclose([float(rows[-1][f"smoothed_{c}"]) for c in "abc"], probs[-2:].mean(0), atol=1e-5)
+    assert summary.verdict == rows[-1]["verdict"] == "abc"[int(probs.mean(0).argmax())]
