@@ -13,7 +13,7 @@ import numpy as np
 
 from mucosa import metrics
 from mucosa.errors import ConfigError
-from mucosa.report import _html_table, _md_table, _pyplot, _save, fmt
+from mucosa.report import _html_table, _md_table, fmt, plot_curves
 
 TABLE_METRICS = (("accuracy", "Accuracy"), ("roc_auc", "ROC AUC"), ("pr_auc", "PR AUC"),
                  ("specificity", "Sp"), ("sensitivity", "Se"))
@@ -90,29 +90,8 @@ def _json_number(value):
 
 def plot_overlay(evaluations: list[Evaluation], out: Path) -> list[Path]:
     """Fig. 4: ROC (A) and precision–recall (B) curves of all runs overlaid."""
-    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
-
-    plt = _pyplot()
-    paths = []
-    for kind in ("roc", "pr"):
-        fig, ax = plt.subplots(figsize=(5, 4.6))
-        for e in evaluations:
-            if len(set(e.y_true.tolist())) < 2:
-                continue
-            if kind == "roc":
-                fpr, tpr, _ = roc_curve(e.y_true, e.y_score)
-                ax.plot(fpr, tpr, label=f"{e.name} (AUC {roc_auc_score(e.y_true, e.y_score):.3f})")
-            else:
-                precision, recall, _ = precision_recall_curve(e.y_true, e.y_score)
-                ax.plot(recall, precision, label=f"{e.name} (AP {average_precision_score(e.y_true, e.y_score):.3f})")
-        if kind == "roc":
-            ax.plot([0, 1], [0, 1], ls=":", c="grey")
-            ax.set(xlabel="1 − specificity", ylabel="sensitivity", title="Fig. 4A — ROC curves (frames)")
-        else:
-            ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title="Fig. 4B — precision–recall")
-        ax.legend(fontsize=7, loc="lower right" if kind == "roc" else "lower left")
-        paths.append(_save(fig, out / f"compare_{kind}.png"))
-    return paths
+    return plot_curves([(e.name, e.y_true, e.y_score) for e in evaluations], out, prefix="compare_",
+                       titles=("Fig. 4A — ROC curves (frames)", "Fig. 4B — precision–recall"), size=(5, 4.6))
 
 
 def _test_line(t: dict) -> str:

@@ -51,15 +51,19 @@ def _curves(y_true: np.ndarray, y_score: np.ndarray, classes: list[str]):
     return [(c, (y_true == k).astype(int), y_score[:, k]) for k, c in enumerate(classes)]
 
 
-def plot_roc_pr(y_true, y_score, classes, out: Path) -> list[Path]:
+def plot_curves(curves: list[tuple[str, np.ndarray, np.ndarray]], out: Path, prefix: str = "",
+                titles: tuple[str, str] = ("ROC curve (frames)", "Precision–recall (frames)"),
+                size: tuple[float, float] = (4.5, 4.2)) -> list[Path]:
+    """ROC and precision–recall figures of (label, y 0/1, score) curves; writes ``{prefix}roc.png`` and
+    ``{prefix}pr.png``."""
     from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
     plt = _pyplot()
     paths = []
-    for kind in ("roc", "pr"):
-        fig, ax = plt.subplots(figsize=(4.5, 4.2))
-        for name, y, s in _curves(y_true, y_score, classes):
-            if len(set(y.tolist())) < 2:
+    for kind, title in zip(("roc", "pr"), titles):
+        fig, ax = plt.subplots(figsize=size)
+        for name, y, s in curves:
+            if len(set(np.asarray(y).tolist())) < 2:
                 continue
             if kind == "roc":
                 fpr, tpr, _ = roc_curve(y, s)
@@ -69,12 +73,17 @@ def plot_roc_pr(y_true, y_score, classes, out: Path) -> list[Path]:
                 ax.plot(recall, precision, label=f"{name} (AP {average_precision_score(y, s):.3f})")
         if kind == "roc":
             ax.plot([0, 1], [0, 1], ls=":", c="grey")
-            ax.set(xlabel="1 − specificity", ylabel="sensitivity", title="ROC curve (frames)")
+            ax.set(xlabel="1 − specificity", ylabel="sensitivity", title=title)
         else:
-            ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title="Precision–recall (frames)")
-        ax.legend(loc="lower right" if kind == "roc" else "lower left", fontsize=8)
-        paths.append(_save(fig, out / f"{kind}.png"))
+            ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title=title)
+        ax.legend(loc="lower right" if kind == "roc" else "lower left", fontsize=7)
+        paths.append(_save(fig, out / f"{prefix}{kind}.png"))
     return paths
+
+
+def plot_roc_pr(y_true, y_score, classes, out: Path) -> list[Path]:
+    """``roc.png`` and ``pr.png`` of one evaluation (one-vs-rest curves for 3+ classes)."""
+    return plot_curves(_curves(y_true, y_score, classes), out)
 
 
 def plot_confusion(matrix: np.ndarray, classes: list[str], out: Path, title: str) -> Path:
