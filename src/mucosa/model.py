@@ -70,6 +70,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -113,6 +114,45 @@ class LinearReLU(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(super().forward(x), inplace=True)
+
+
+class _MaskedScale(torch.autograd.Function):
+    """``x * keep * scale`` with the boolean mask saved (1 byte per element) for the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return (x * keep).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (keep,) = ctx.saved_tensors
+        return (grad * keep).mul_(ctx.scale), None, None
+
+
+class FastDropout(nn.Dropout):
+    """``nn.Dropout`` whose training mask is drawn faster on CPU (about 3x for the conv-block dropouts).
+
+    PyTorch's CPU ``bernoulli_`` draws one Mersenne-Twister number per element on one thread (its vectorised
+    MKL path is taken only on Intel CPUs), which made dropout ~10% of a 300x300 training step on AMD. Here the
+    mask comes from NumPy's PCG64 as 16-bit uniforms, seeded from the torch generator (so ``torch.manual_seed``
+    / ``seed_everything`` still make runs repeatable), and is laid out like ``x`` (channels_last stays free).
+    The drop probability is ``p`` rounded to a multiple of 1/65536 (exact for 0.25 and 0.5) and kept values
+    are scaled by 1 / (1 - that probability), so the layer stays unbiased. Other devices, ``inplace=True`` and
+    inputs neither contiguous nor channels_last use ``nn.Dropout`` itself; evaluation mode is the identity as usual.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        drop = round(self.p * 65536)  # dropped share of the 65536 16-bit values
+        dense = x.is_contiguous() or (x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last))
+        if not self.training or not 0 < drop < 65536 or self.inplace or x.device.type != "cpu" or not dense:
+            return super().forward(x)
+        seed = int(torch.randint(0, 2**62, ()))
+        bits = np.random.Generator(np.random.PCG64(seed)).integers(0, 65536, x.numel(), dtype=np.uint16)
+        # Viewed as int16 the values stay uniform (over -32768..32767): exactly 65536 - drop are >= drop - 32768.
+        keep = torch.from_numpy(bits.view(np.int16)).as_strided(x.shape, x.stride()) >= drop - 32768
+        return _MaskedScale.apply(x, keep, 65536 / (65536 - drop))
 
 
 class RowSequence(nn.Module):
@@ -217,12 +257,12 @@ class _ConvNet(nn.Module):
         self.conv2 = Conv2dReLU(32, 32, 3)
         self.pool1 = nn.MaxPool2d(2)
         self.bn1 = nn.BatchNorm2d(32, eps=1e-3, momentum=config.bn_momentum)  # Keras eps
-        self.drop1 = nn.Dropout(config.conv_dropout)
+        self.drop1 = FastDropout(config.conv_dropout)
         self.conv3 = Conv2dReLU(32, 64, 3)
         self.conv4 = Conv2dReLU(64, 128, 3)
         self.pool2 = nn.MaxPool2d(2)
         self.bn2 = nn.BatchNorm2d(128, eps=1e-3, momentum=config.bn_momentum)
-        self.drop2 = nn.Dropout(config.conv_dropout)
+        self.drop2 = FastDropout(config.conv_dropout)
 
     def _finish_init(self) -> None:
         if self.config.init == "keras":
@@ -275,10 +315,10 @@ class CNNLSTM(_ConvNet):
         cfg = self.config
         self.rows = RowSequence()
         self.fc1 = LinearReLU(self.feature_side * self.feature_channels, 128)
-        self.drop3 = nn.Dropout(cfg.dense_dropout)
+        self.drop3 = FastDropout(cfg.dense_dropout)
         self.lstm = LastHiddenLSTM(128, cfg.lstm_units, batch_first=True)
         self.fc2 = LinearReLU(cfg.lstm_units, 50)
-        self.drop4 = nn.Dropout(cfg.dense_dropout)
+        self.drop4 = FastDropout(cfg.dense_dropout)
         self.fc3 = nn.Linear(50, cfg.num_outputs)
         self._finish_init()
 
@@ -301,9 +341,9 @@ class CNN(_ConvNet):
         cfg = self.config
         self.flatten = FlattenHWC()
         self.fc1 = LinearReLU(self.feature_side**2 * self.feature_channels, 128)
-        self.drop3 = nn.Dropout(cfg.dense_dropout)
+        self.drop3 = FastDropout(cfg.dense_dropout)
         self.fc2 = LinearReLU(128, 50)
-        self.drop4 = nn.Dropout(cfg.dense_dropout)
+        self.drop4 = FastDropout(cfg.dense_dropout)
         self.fc3 = nn.Linear(50, cfg.num_outputs)
         self._finish_init()
 
