@@ -256,3 +256,21 @@ def test_init_options() -> None:
     torch.testing.assert_close(w_hh.T @ w_hh, torch.eye(h), atol=1e-4, rtol=0)
     torch_init = create_model(ModelConfig(size=32, init="torch"))
     assert torch.count_nonzero(torch_init.conv1.bias) > 0  # PyTorch's default uniform bias
+
+
+def test_fast_dropout_keeps_rate_scale_seed_and_eval_identity():
+    from mucosa.model import FastDropout
+
+    layer = FastDropout(0.25)
+    x = torch.ones(8, 16, 32, 32, requires_grad=True)
+    torch.manual_seed(0)
+    y = layer(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.01
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 4 / 3))  # unbiased: kept values x 1/(1-p)
+    y.sum().backward()
+    assert torch.equal(x.grad, (y != 0).float() * (4 / 3))
+    torch.manual_seed(0)
+    assert torch.equal(layer(x.detach()), y.detach())  # repeatable under torch.manual_seed
+    layer.eval()
+    assert torch.equal(layer(x.detach()), x.detach())

@@ -144,9 +144,11 @@ class FastDropout(nn.Dropout):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.inplace or x.device.type != "cpu":
+            return super().forward(x)
         drop = round(self.p * 65536)  # dropped share of the 65536 16-bit values
         dense = x.is_contiguous() or (x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last))
-        if not self.training or not 0 < drop < 65536 or self.inplace or x.device.type != "cpu" or not dense:
+        if not 0 < drop < 65536 or not dense:
             return super().forward(x)
         seed = int(torch.randint(0, 2**62, ()))
         bits = np.random.Generator(np.random.PCG64(seed)).integers(0, 65536, x.numel(), dtype=np.uint16)

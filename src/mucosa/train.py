@@ -102,12 +102,13 @@ class Classifier(L.LightningModule):
 
     @staticmethod
     def _keep_freed_memory(keep: bool) -> bool:
-        """Make glibc's malloc keep and reuse freed memory (``keep``) or go back to its defaults.
+        """Make glibc's malloc keep and reuse freed memory (``keep``), or go back to its default limits.
 
         By default glibc serves every block over 128 KiB with a fresh ``mmap`` and unmaps it on free, so each
-        training step page-faults its ~2 GB of activations back in, which cost a third of a 300x300 step on
-        the 2-core VM (docs/performance.md). Keeping them in the heap (no mmap, trim only above 2 GiB) makes
-        the memory-bound ops 3-5x faster. Returns whether the settings took (glibc on Linux only).
+        training step page-faults its ~2 GB of activations back in: over a third of a 300x300 fp32 step on
+        the 2-core VM (5.5 -> 8.7 images/s, docs/performance.md). Keeping them in the heap (no mmap, trim
+        only above 2 GiB) costs peak memory (1.6 -> 2.0-2.5 GB there). Returns whether the settings took
+        (glibc on Linux only).
         """
         import ctypes
         import platform
