@@ -41,7 +41,7 @@ from mucosa.errors import ConfigError, UnreadableFileError
 from mucosa.frames import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, FrameSelection, is_image, is_video, iter_video_frames,
                            read_image)
 from mucosa.infer import predict_frames
-from mucosa.prepare import FramePreparer, _buffered_fov
+from mucosa.prepare import FramePreparer, buffered_field_of_view
 
 GRAD_CAM_LAYER = "conv4"
 DEFAULT_TOP = 4  # frames explained per video when neither --frames nor --top is given
@@ -333,7 +333,7 @@ def _video_frames(path: Path, checkpoint: LoadedCheckpoint, selection: FrameSele
                   ) -> Iterator[tuple[int, np.ndarray, float]]:
     """(index, uint8 (S, S), quality) of the selected frames, the field of view fixed as prepare.py does."""
     preparer = FramePreparer(checkpoint.preprocessing)
-    decoded = _buffered_fov(preparer, iter_video_frames(path, selection, checkpoint.preprocessing.channel))
+    decoded = buffered_field_of_view(preparer, iter_video_frames(path, selection, checkpoint.preprocessing.channel))
     for index, frame in decoded:
         model_frame, quality = preparer(frame)
         yield index, model_frame, quality

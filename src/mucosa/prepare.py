@@ -24,7 +24,7 @@ from mucosa.errors import ConfigError
 from mucosa.frames import CHANNELS, DecodeReport, iter_video_frames, read_image
 from mucosa.manifest import Record
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: a video starting with dark frames re-locates its field of view
 
 
 @dataclass(frozen=True)
@@ -137,18 +137,38 @@ class PreparedFrames:
         return np.flatnonzero(self.quality >= threshold)
 
 
-def _buffered_fov(preparer: FramePreparer, decoded: Iterator[tuple[int, np.ndarray]]
-                  ) -> Iterator[tuple[int, np.ndarray]]:
-    """Look at the first frames of a video to fix its field of view, then yield all frames."""
-    head = []
-    for item in decoded:
-        head.append(item)
-        if len(head) == preparer.prep.fov_frames:
+_DARK_LEVEL = 0.1   # a pixel brighter than this is lit
+_DARK_SHARE = 0.03  # a frame with less lit than this is dark (burned-in overlays alone are about 1%)
+
+
+def is_dark(frame: np.ndarray) -> bool:
+    """A frame with (almost) nothing lit: the probe is not on tissue yet."""
+    return float(np.mean(frame[::4, ::4] > _DARK_LEVEL)) < _DARK_SHARE
+
+
+def buffered_field_of_view(preparer: FramePreparer, items: Iterator[tuple], count: int | None = None
+                           ) -> Iterator[tuple]:
+    """Fix a video's field of view from its first frames, then yield every item unchanged.
+
+    ``items`` are tuples whose second element is the frame (``(index, frame, ...)``). The first ``count``
+    (default ``fov_frames``) are held back and the field is located from them; if all of them are dark, it
+    is located again from the next ``count``, until a lit frame has been seen. Cohort preparation, explain
+    and stream all use this, so they crop a video the same way.
+    """
+    count = count or preparer.prep.fov_frames
+    while True:
+        head = []
+        for item in items:
+            head.append(item)
+            if len(head) == count:
+                break
+        if not head:
+            return
+        preparer.locate(np.stack([item[1] for item in head]))
+        yield from head
+        if not all(is_dark(item[1]) for item in head):
             break
-    if head:
-        preparer.locate(np.stack([frame for _, frame in head]))
-    yield from head
-    yield from decoded
+    yield from items
 
 
 def prepare_source(record: Record, prep: Preprocessing, sink: BinaryIO | None = None) -> PreparedFrames:
@@ -156,7 +176,7 @@ def prepare_source(record: Record, prep: Preprocessing, sink: BinaryIO | None = 
     preparer = FramePreparer(prep, still=not record.is_video)
     report = DecodeReport()
     if record.is_video:
-        decoded = _buffered_fov(preparer, iter_video_frames(record.path, record.frames, prep.channel, report))
+        decoded = buffered_field_of_view(preparer, iter_video_frames(record.path, record.frames, prep.channel, report))
     else:
         decoded = iter([(0, read_image(record.path, prep.channel))])
     indices, quality, kept = [], [], []

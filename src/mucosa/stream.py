@@ -3,9 +3,9 @@
 Per frame: decode → field-of-view crop → quality gate → inference → temporal smoothing → running verdict.
 
 - Field of view: the first ``fov_frames`` frames (the checkpoint's preprocessing, 32 by default, as in
-  training) are buffered and the field is fixed from them, exactly as ``prepare_source`` does for
-  ``evaluate``; if all of them are dark (the probe not yet on tissue), it is located again from the next
-  frames, and so on until a lit frame has been seen.
+  training) are buffered and the field is fixed from them by ``prepare.buffered_field_of_view``, the
+  function cohort preparation uses for ``evaluate``; if all of them are dark (the probe not yet on
+  tissue), it is located again from the next frames, until a lit frame has been seen.
 - Quality gate: a frame below the model's quality threshold is skipped (counted, no probability).
 - Smoothing: ``smoothed`` is the mean probability of the last ``window`` informative frames (what is under
   the probe now); the case verdict is the mean of *all* informative frames so far against the threshold,
@@ -38,11 +38,9 @@ import numpy as np
 from mucosa.evaluate import verdict_names
 from mucosa.frames import DecodeReport, iter_video_frames, video_info
 from mucosa.predict import NO_VERDICT
-from mucosa.prepare import FramePreparer
+from mucosa.prepare import FramePreparer, buffered_field_of_view
 
 STAGES = ("decode", "prepare", "infer", "smooth")
-_DARK_LEVEL = 0.1   # a pixel brighter than this is lit
-_DARK_SHARE = 0.03  # a frame with less lit than this is dark (burned-in overlays alone are about 1%)
 
 
 @dataclass
@@ -139,27 +137,6 @@ class StreamSummary:
                 f"verdict: {self.verdict}{score}")
 
 
-def _is_dark(frame: np.ndarray) -> bool:
-    return float(np.mean(frame[::4, ::4] > _DARK_LEVEL)) < _DARK_SHARE
-
-
-def _with_field_of_view(items: Iterator[tuple], preparer: FramePreparer, count: int) -> Iterator[tuple]:
-    """Buffer ``count`` frames, fix the field of view from them, yield them; again while all were dark."""
-    while True:
-        head = []
-        for item in items:
-            head.append(item)
-            if len(head) == count:
-                break
-        if not head:
-            return
-        preparer.locate(np.stack([item[1] for item in head]))
-        yield from head
-        if not all(_is_dark(item[1]) for item in head):
-            break
-    yield from items
-
-
 class _Producer(threading.Thread):
     """Decode, crop and score frames in the background; items go to a small queue, then ``None``."""
 
@@ -193,7 +170,7 @@ class _Producer(threading.Thread):
 
     def run(self) -> None:
         try:
-            for index, frame, arrival in _with_field_of_view(self._decoded(), self.preparer, self.buffered):
+            for index, frame, arrival in buffered_field_of_view(self.preparer, self._decoded(), self.buffered):
                 if self.stop.is_set():
                     return
                 tic = time.perf_counter()
