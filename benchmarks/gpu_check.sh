@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# GPU check of `mucosa train` (run from the repository root on a machine with one CUDA GPU, PyTorch and
+# Lightning installed; monai is installed from wheels in .whl/ when the machine has no package index).
+# Trains the paper's config at 300x300 on a synthetic cohort in fp32 and bf16-mixed, evaluates, and times a
+# bare training step at batch 16 and 64. Used once in session 1 on an H100 (about 1,900 images/s at 16).
+if ls .whl/*.whl >/dev/null 2>&1; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1; fi
+export PYTHONPATH=/tmp/site:$PWD/src
+export PYTHONUNBUFFERED=1 MUCOSA_CACHE=/tmp/cache
+nvidia-smi --query-gpu=name,memory.total --format=csv
+python3 -c "import torch, lightning, monai; print(torch.__version__, lightning.__version__, monai.__version__, torch.cuda.is_available())"
+python3 -m mucosa synth /tmp/syn --patients 12 --per-patient 40 --size 300 --seed 0 | tail -1
+# the paper's settings at 300x300 on one GPU, 3 epochs; then bf16 mixed precision
+python3 -m mucosa train --manifest /tmp/syn/manifest.csv --config configs/paper.yaml --epochs 3 --accelerator gpu --devices 1 --workers 4 --out /tmp/run-gpu 2>&1 | grep -v "it/s" | tail -15
+cat /tmp/run-gpu/epochs.csv
+python3 -m mucosa train --manifest /tmp/syn/manifest.csv --config configs/paper.yaml --epochs 3 --accelerator gpu --devices 1 --workers 4 --precision bf16-mixed --out /tmp/run-bf16 2>&1 | grep -v "it/s" | tail -4
+cat /tmp/run-bf16/epochs.csv
+python3 -m mucosa evaluate --checkpoint /tmp/run-gpu/best.ckpt --manifest /tmp/syn/manifest.csv --out /tmp/ev --bootstrap 200 2>&1 | tail -3
+[ -n "${OUT:-}" ] && cp /tmp/run-gpu/epochs.csv /tmp/ev/metrics.json "$OUT"/
+python3 - <<'PY'
+import time, torch
+from mucosa.model import ModelConfig, create_model
+m = create_model(ModelConfig(size=300)).cuda().to(memory_format=torch.channels_last)
+opt = torch.optim.Adam(m.parameters(), 1e-3)
+for bs in (16, 64):
+    x = torch.rand(bs, 1, 300, 300, device="cuda").contiguous(memory_format=torch.channels_last); y = torch.rand(bs, device="cuda").round()
+    for i in range(25):
+        if i == 5: torch.cuda.synchronize(); t = time.time()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(m(x)[:, 0], y); opt.zero_grad(); loss.backward(); opt.step()
+    torch.cuda.synchronize(); print(f"GPU train step, batch {bs}: {20 * bs / (time.time() - t):.0f} images/s")
+PY
