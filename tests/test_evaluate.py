@@ -61,6 +61,14 @@ def test_evaluate_writes_every_output_and_uses_the_recorded_test_patients(traine
     assert stored["image"]["accuracy"]["value"] == pytest.approx(accuracy)
     for name in ("roc.png", "pr.png", "confusion.png", "reliability.png", "patients.png", "regions.csv"):
         assert (tmp_path / "ev" / name).is_file(), name
+    files = read_csv(tmp_path / "ev" / "files.csv")  # one row per image, its frames' mean probability
+    assert sorted(f["file"] for f in files) == sorted({r["path"] for r in predictions})
+    for f in files:
+        mine = [float(r["probability"]) for r in predictions if r["path"] == f["file"]]
+        assert (int(f["n_frames"]), float(f["score"])) == (len(mine), pytest.approx(np.mean(mine), abs=1e-4))
+    assert stored["counts"]["files"] == len(files)
+    file_accuracy = np.mean([f["correct"] == "1" for f in files])
+    assert stored["file"]["accuracy"]["value"] == pytest.approx(file_accuracy)
 
 
 def test_report_embeds_every_figure_and_matches_metrics_json(trained, tmp_path):

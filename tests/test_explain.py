@@ -247,3 +247,18 @@ def test_non_image_inputs_are_clear_errors(trained, tmp_path, capsys):
     assert main(["explain", str(broken), "--checkpoint", str(trained), "--out", str(tmp_path / "o"),
                  "--frames", "bad"]) == 2
     assert "--frames" in capsys.readouterr().err
+
+
+def test_a_tiled_model_explains_the_most_confident_tiles_of_an_image(trained, tmp_path):
+    from dataclasses import replace
+
+    loaded = load_checkpoint(trained)
+    tiled = replace(loaded, preprocessing=replace(loaded.preprocessing, crop="none", tile=20))
+    image = (np.random.default_rng(1).random((40, 60)) * 255).astype(np.uint8)  # 2 x 3 tiles of 20 px
+    Image.fromarray(image).save(tmp_path / "cells.png")
+    results = explain.explain_paths(tiled, [tmp_path / "cells.png"], tmp_path / "out", top=2)
+    parts = FramePreparer(tiled.preprocessing, still=True).still(read_image(tmp_path / "cells.png"))
+    p = predict_frames(tiled.model, np.stack([frame for frame, _ in parts]))
+    confident = np.argsort(-np.maximum(p, 1 - p), kind="stable")[:2]
+    assert sorted(r.frame for r in results) == sorted(confident.tolist())
+    assert all((tmp_path / "out" / f"cells_t{r.frame:04d}_gradcam.png").is_file() for r in results)

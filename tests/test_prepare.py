@@ -95,6 +95,21 @@ def test_case_sampler_limits_frames_per_case_and_varies_by_epoch():
     assert list(sampler) != first
 
 
+def test_still_image_in_tiles_is_one_frame_per_tile(tmp_path):
+    image = (np.random.default_rng(0).random((96, 128)) * 255).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "cells.png")
+    cohort = Cohort([Record((tmp_path / "cells.png").resolve(), "active", "A1")], ["control", "active"])
+    cache = FrameCache(tmp_path / "cache")
+    tiled = assemble(cohort, Preprocessing(size=16, crop="none", quality_threshold=0.0, tile=32), cache)
+    whole = assemble(cohort, Preprocessing(size=16, crop="none", quality_threshold=0.0), cache)
+    assert (len(tiled), len(whole), cache.misses) == (12, 1, 2)  # 3 x 4 tiles; tile is part of the cache key
+    np.testing.assert_array_equal(tiled.frame_index, np.arange(12))
+    from mucosa import preprocess
+
+    corner = preprocess.to_uint8(preprocess.resize(image[32:64, 96:128].astype(np.float32) / 255, 16))
+    np.testing.assert_array_equal(tiled.frame(7), corner)  # tile 7: second row, fourth column
+
+
 def test_bad_preprocessing_values():
     with pytest.raises(ConfigError, match="crop"):
         Preprocessing(crop="circle")
@@ -102,6 +117,8 @@ def test_bad_preprocessing_values():
         Preprocessing(channel="pink")
     with pytest.raises(ConfigError, match="quality_threshold"):
         Preprocessing(quality_threshold=2)
+    with pytest.raises(ConfigError, match="tile 4 must be 0"):
+        Preprocessing(tile=4)
 
 
 def test_cli_synth_and_prepare(tmp_path, capsys):

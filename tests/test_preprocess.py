@@ -19,6 +19,7 @@ from mucosa.preprocess import (
     quality_components,
     quality_score,
     resize,
+    tiles,
     to_float,
     to_uint8,
 )
@@ -253,6 +254,15 @@ def test_resize_averages_areas_when_shrinking_and_interpolates_when_enlarging():
     step[:, 4:] = 1.0
     row = resize(step, 32)[0]
     assert np.all(np.diff(row) >= 0) and np.sum((row > 0.05) & (row < 0.95)) >= 2  # a ramp, not a jump
+
+
+def test_tiles_cover_a_centred_grid_row_by_row():
+    field = np.arange(70 * 100, dtype=np.float32).reshape(70, 100)
+    parts = tiles(field, 32)  # 2 rows x 3 columns; 6 px left over vertically, 4 horizontally
+    assert len(parts) == 6 and all(t.shape == (32, 32) for t in parts)
+    np.testing.assert_array_equal(parts[0], field[3:35, 2:34])
+    np.testing.assert_array_equal(parts[5], field[35:67, 66:98])
+    assert tiles(field, 80)[0] is field  # smaller than a tile: the field itself
 
 
 def test_uint8_round_trip():

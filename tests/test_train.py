@@ -64,7 +64,7 @@ def test_one_epoch_lowers_the_loss_and_checkpoint_round_trips(cohort, cache, tmp
     L.seed_everything(0)
     module = Classifier(config, plan.cohort.classes, [1, 1], {"format": "test"})
     before = mean_loss(module, train_loader)
-    from mucosa.checkpoint import AtomicCheckpointIO
+    from mucosa.train import AtomicCheckpointIO
 
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         plugins=[AtomicCheckpointIO()], enable_model_summary=False)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.plugins import CheckpointIO
 
 from mucosa import __version__
 from mucosa.errors import MucosaError
@@ -50,19 +49,6 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
         raise
-
-
-class AtomicCheckpointIO(CheckpointIO):
-    """Lightning checkpoint I/O with atomic local writes and ``weights_only=True`` loading."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        atomic_torch_save(checkpoint, path)
-
-    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
-        return read_checkpoint_file(path, map_location or "cpu")
-
-    def remove_checkpoint(self, path) -> None:
-        Path(path).unlink(missing_ok=True)
 
 
 def describe(model_config: ModelConfig, classes: list[str], prep: Preprocessing, run_config: dict,

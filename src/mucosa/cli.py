@@ -156,7 +156,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     result = evaluate(args.checkpoint, args.manifest, args.out, split=args.split, threshold=args.threshold,
                       aggregation=args.aggregate, n_boot=args.bootstrap, seed=args.seed,
-                      pseudonymise=args.pseudonymise, pseudonym_key=args.pseudonym_key, cache=FrameCache(args.cache))
+                      pseudonymise=args.pseudonymise, pseudonym_key=args.pseudonym_key, cache=FrameCache(args.cache),
+                      gallery_size=args.gallery)
     p, i = result["patient"], result["image"]
     print(f"patients ({result['counts']['patients']}): accuracy {fmt(p['accuracy'])}"
           + (f", ROC AUC {fmt(p.get('roc_auc'))}" if "roc_auc" in p else ""))
@@ -327,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pseudonymise", action="store_true", help="replace patient ids and paths by keyed hashes")
     p.add_argument("--pseudonym-key", default=None, help="key of the hash (default: random, not stored)")
+    p.add_argument("--gallery", type=int, default=3,
+                   help="Grad-CAM examples per group (true/false positives/negatives) in the report; 0 = none")
     p.add_argument("--cache", type=Path, default=None)
     p.set_defaults(func=cmd_evaluate)
 

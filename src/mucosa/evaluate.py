@@ -164,11 +164,18 @@ def patient_threshold(rule: str, threshold: float) -> float:
 
 
 def summarise(scored: Scored, classes: list[str], threshold: dict, rule: str, n_boot: int,
-              seed: int) -> tuple[dict, list[dict], list[dict]]:
-    """All numbers of metrics.json; patient level first, as that is the clinical question."""
+              seed: int) -> tuple[dict, list[dict], list[dict], list[dict]]:
+    """All numbers of metrics.json; patient level first, as that is the clinical question.
+
+    Levels: ``patient``; ``file`` (an image or video: its frames, or an image's tiles, aggregated like a
+    patient's; CIs clustered by patient); ``image`` (every frame or tile). Also returns the patient,
+    region and file rows.
+    """
     value = threshold["value"]
     patients = aggregate(scored, scored.patients, rule, value)
     regions = aggregate(scored, scored.regions, rule, value)
+    files = aggregate(scored, np.array([r["path"] for r in scored.rows], dtype=object), rule, value)
+    owner = {r["path"]: r["patient"] for r in scored.rows}
     p_true = np.array([p["true"] for p in patients])
     p_score = np.array([p["score"] for p in patients], dtype=np.float64)
     cut = patient_threshold(rule, value) if value is not None else None
@@ -176,14 +183,17 @@ def summarise(scored: Scored, classes: list[str], threshold: dict, rule: str, n_
         "classes": classes, "positive": classes[1] if value is not None else None,
         "verdicts": verdict_names(classes), "aggregation": rule,
         "patient": _level_metrics(p_true, p_score, np.arange(len(p_true)), cut, n_boot, seed),
+        "file": _level_metrics(np.array([f["true"] for f in files]), np.array([f["score"] for f in files]),
+                               np.array([owner[f["patient"]] for f in files], dtype=object), cut, n_boot, seed),
         "image": _level_metrics(scored.y_true, scored.y_score, scored.patients, value, n_boot, seed),
         "threshold": {**threshold, "patient_threshold": cut},
         "counts": {"frames": int(len(scored.y_true)), "patients": len(patients), "regions": len(regions),
+                   "files": len(files),
                    "bootstrap": n_boot, "seed": seed},
     }
     if value is not None:
         result["calibration"] = _json_safe(metrics.calibration(scored.y_true, scored.y_score))
-    return result, patients, regions
+    return result, patients, regions, files
 
 
 def _json_safe(data: dict) -> dict:
@@ -251,7 +261,8 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path, spli
              threshold: str = "0.5", aggregation: str = "mean", n_boot: int = 1000, seed: int = 0,
              pseudonymise: bool = False, pseudonym_key: str | None = None, cache: FrameCache | None = None,
              gallery_size: int = 3) -> dict:
-    """Evaluate and write metrics.json, predictions.csv, patients.csv, regions.csv, figures and reports.
+    """Evaluate and write metrics.json, predictions.csv, patients.csv, regions.csv, files.csv, figures and
+    reports.
 
     The report's gallery shows Grad-CAM of the ``gallery_size`` most confident true/false positives and
     negatives (0 = no gallery).
@@ -274,7 +285,7 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path, spli
         raise ConfigError("every frame of the evaluated part was dropped by the quality gate")
     if pseudonymise:
         scored = _pseudonymise(scored, pseudonym_key)
-    result, patients, regions = summarise(scored, loaded.classes, chosen, aggregation, n_boot, seed)
+    result, patients, regions, files = summarise(scored, loaded.classes, chosen, aggregation, n_boot, seed)
     result.update({"checkpoint": str(Path(checkpoint).resolve()), "manifest": str(Path(manifest).resolve()),
                    "evaluated": why, "model": loaded.model_config.kind, "size": loaded.model_config.size,
                    "pseudonymised": pseudonymise})
@@ -284,6 +295,7 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path, spli
     write_predictions(out / "predictions.csv", scored, loaded.classes, chosen)
     write_groups(out / "patients.csv", patients, loaded.classes, "patient")
     write_groups(out / "regions.csv", regions, loaded.classes, "patient")
+    write_groups(out / "files.csv", files, loaded.classes, "file")
     shots = gallery(loaded, scored.frames, scored.y_true, scored.y_score, chosen["value"], out / "gallery",
                     per_group=gallery_size) if gallery_size else []
     write_report(out, result, scored, patients, shots)

@@ -274,7 +274,7 @@ class ExplainedFrame:
     """One explained frame: where it came from, what the model said, and the figures written."""
 
     input: Path
-    frame: int | None  # video frame index, None for an image
+    frame: int | None  # video frame or image tile index, None for a whole image
     quality: float
     probabilities: np.ndarray  # (K,) per class (binary: [1 - p, p])
     predicted: str
@@ -404,14 +404,17 @@ def explain_paths(checkpoint: str | Path | LoadedCheckpoint, paths: Sequence[str
             chosen: Iterable[tuple[int, np.ndarray, float]] = _video_frames(path, loaded, selection)
             if top is not None:
                 chosen = most_confident(loaded, chosen, top)
-        else:
+        else:  # the whole image, or each of its tiles (preprocessing.tile)
             preparer = FramePreparer(loaded.preprocessing, still=True)
-            frame, quality = preparer(read_image(path, loaded.preprocessing.channel))
-            chosen = [(None, frame, quality)]
+            parts = preparer.still(read_image(path, loaded.preprocessing.channel))
+            chosen = [(None if len(parts) == 1 else k, *part) for k, part in enumerate(parts)]
+            if top is not None and len(parts) > 1:
+                chosen = most_confident(loaded, chosen, top)
         count = 0
+        unit = "frame" if is_video(path) else "tile"
         for index, frame, quality in chosen:
-            name = stem if index is None else f"{stem}_f{index:04d}"
-            label = path.name if index is None else f"{path.name} frame {index}"
+            name = stem if index is None else f"{stem}_{unit[0]}{index:04d}"
+            label = path.name if index is None else f"{path.name} {unit} {index}"
             probs, files = explain_frame(loaded, frame, out, name, title_prefix=f"{label}: ")
             results.append(ExplainedFrame(path, index, float(quality), probs, loaded.classes[_predicted(probs)],
                                           files))

@@ -38,6 +38,9 @@ class Preprocessing:
         channel: ``auto``, ``luminance``, ``red``, ``green`` or ``blue`` (see ``frames.to_gray``).
         quality_threshold: frames scoring below are dropped as uninformative (0 keeps all).
         fov_frames: frames of a video looked at together to find its field of view.
+        tile: cut the field of view of a still image into tiles of this side (source pixels), each
+            resized to ``size`` and treated as one frame (numbered row by row); 0 = the whole image.
+            Videos are never tiled.
     """
 
     size: int = 300
@@ -45,6 +48,7 @@ class Preprocessing:
     channel: str = "auto"
     quality_threshold: float = preprocess.DEFAULT_QUALITY_THRESHOLD
     fov_frames: int = 32
+    tile: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.crop, list):
@@ -57,6 +61,8 @@ class Preprocessing:
             raise ConfigError(f"quality_threshold {self.quality_threshold} must be in [0, 1]")
         if self.size < 8 or self.fov_frames < 1:
             raise ConfigError(f"size {self.size} must be >= 8 and fov_frames {self.fov_frames} >= 1")
+        if self.tile and self.tile < 8:
+            raise ConfigError(f"tile {self.tile} must be 0 (whole image) or a side of at least 8 pixels")
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -92,11 +98,20 @@ class FramePreparer:
             self.fov = preprocess.fixed_field_of_view(self.prep.crop, shape)
         return self.fov
 
+    def still(self, image: np.ndarray) -> list[tuple[np.ndarray, float]]:
+        """A still image (H, W) → its model frames with quality scores: the field of view whole, or in
+        tiles when ``tile`` is set (row by row)."""
+        field = preprocess.crop(image, self.locate(image))
+        parts = preprocess.tiles(field, self.prep.tile) if self.prep.tile else [field]
+        return [self._finish(part) for part in parts]
+
     def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
         """One frame (H, W) float → (model frame uint8 (S, S), quality score)."""
         if self.fov is None:
             self.locate(frame)
-        cropped = preprocess.crop(frame, self.fov)  # (h, w)
+        return self._finish(preprocess.crop(frame, self.fov))  # (h, w)
+
+    def _finish(self, cropped: np.ndarray) -> tuple[np.ndarray, float]:
         quality = preprocess.quality_score(cropped, self.components)
         return preprocess.to_uint8(preprocess.resize(cropped, self.prep.size)), quality
 
@@ -177,11 +192,11 @@ def prepare_source(record: Record, prep: Preprocessing, sink: BinaryIO | None = 
     report = DecodeReport()
     if record.is_video:
         decoded = buffered_field_of_view(preparer, iter_video_frames(record.path, record.frames, prep.channel, report))
-    else:
-        decoded = iter([(0, read_image(record.path, prep.channel))])
+        results = ((index, *preparer(frame)) for index, frame in decoded)
+    else:  # one frame, or one per tile
+        results = ((index, *pair) for index, pair in enumerate(preparer.still(read_image(record.path, prep.channel))))
     indices, quality, kept = [], [], []
-    for index, frame in decoded:
-        model_frame, score = preparer(frame)
+    for index, model_frame, score in results:
         indices.append(index)
         quality.append(score)
         if sink is not None:

@@ -125,6 +125,21 @@ def crop(frame: np.ndarray, fov: FieldOfView) -> np.ndarray:
     return frame[y0:y1, x0:x1]
 
 
+def tiles(field: np.ndarray, side: int) -> list[np.ndarray]:
+    """Non-overlapping ``side``-pixel tiles (views) of a field (h, w), row by row, the grid centred.
+
+    Microscopy images whose cells are small next to the frame keep their detail this way instead of
+    being downsampled whole. A field smaller than ``side`` in either direction is one tile: itself.
+    """
+    height, width = field.shape[:2]
+    rows, cols = height // side, width // side
+    if rows == 0 or cols == 0:
+        return [field]
+    top, left = (height - rows * side) // 2, (width - cols * side) // 2
+    return [field[top + r * side: top + (r + 1) * side, left + c * side: left + (c + 1) * side]
+            for r in range(rows) for c in range(cols)]
+
+
 def _as_stack(frames: np.ndarray) -> np.ndarray:
     frames = np.asarray(frames)
     if frames.ndim == 2:

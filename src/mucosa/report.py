@@ -183,9 +183,14 @@ def _sections(result: dict, patients: list[dict]) -> list[tuple[str, list[str], 
                      "yes" if p["true"] == p["predicted"] else "NO"] for p in patients]
     level = [[name, value] for name, value in metric_rows(result["patient"])]
     image = [[name, value] for name, value in metric_rows(result["image"])]
-    return [("Patient-level verdict", ["metric", "value (95% CI)"], level),
-            ("Patients", ["patient", "frames", "score", "histology", "verdict", "correct"], patient_rows),
-            ("Image level", ["metric", "value (95% CI)"], image)]
+    sections = [("Patient-level verdict", ["metric", "value (95% CI)"], level),
+                ("Patients", ["patient", "frames", "score", "histology", "verdict", "correct"], patient_rows)]
+    counts = result["counts"]
+    if "file" in result and counts.get("files", counts["frames"]) != counts["frames"]:  # videos or tiled images
+        files = [[name, value] for name, value in metric_rows(result["file"])]
+        sections.append((f"File level ({counts['files']} images or videos, each a verdict on its frames)",
+                         ["metric", "value (95% CI)"], files))
+    return sections + [("Image level", ["metric", "value (95% CI)"], image)]
 
 
 def _preamble(result: dict) -> list[str]:

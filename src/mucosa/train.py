@@ -18,9 +18,10 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.fabric.plugins import CheckpointIO
 from torch.utils.data import DataLoader
 
-from mucosa.checkpoint import AtomicCheckpointIO, describe, read_checkpoint_file
+from mucosa.checkpoint import atomic_torch_save, describe, read_checkpoint_file
 from mucosa.config import RunConfig, load_config, override
 from mucosa.data import CaseSampler, FrameDataset, FrameTable, assemble, make_augmentation, worker_init
 from mucosa.errors import ConfigError
@@ -132,6 +133,19 @@ class Classifier(L.LightningModule):
         if self.record_samples:
             out = Path(self.trainer.default_root_dir) / f"samples-rank{self.global_rank}.json"
             out.write_text(json.dumps(self.seen))
+
+
+class AtomicCheckpointIO(CheckpointIO):
+    """Lightning checkpoint I/O with atomic local writes (``checkpoint.atomic_torch_save``) and ``weights_only=True`` loading."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        return read_checkpoint_file(path, map_location or "cpu")
+
+    def remove_checkpoint(self, path) -> None:
+        Path(path).unlink(missing_ok=True)
 
 
 class EpochLog(L.Callback):

@@ -1,0 +1,303 @@
+"""Every figure of docs/results.md, from mucosa's own commands on the real data in ``../shared/data``.
+
+Each run is ``mucosa train`` then ``mucosa evaluate --threshold youden`` (threshold chosen on the run's
+grouped validation part) on the held-out cases; this script only loops over folds, seeds and settings
+and pools the held-out predictions. Finished runs are skipped, so a killed sweep continues where it
+stopped; delete a run folder to redo it.
+
+    python benchmarks/real_data.py run pcle   [--out runs/real] [--seeds 0 1] [--only grouped within]
+    python benchmarks/real_data.py run egcz   [--out runs/real] [--threads 1]
+    python benchmarks/real_data.py summary    [--out runs/real] [--markdown]
+
+Experiments (``--only`` picks some):
+
+pcle (pCLE brain videos, a video is a case; configs/pcle.yaml):
+  grouped       5-fold video-grouped cross-validation, CNN-LSTM and CNN, every seed
+  within        the paper's within-patient split (80/20 of every video's frames), for contrast (first seed)
+  no-augmentation, all-frames, no-crop, no-quality, last-epoch
+                ablations of the CNN-LSTM under grouped CV (first seed): no augmentation; every frame of
+                every video in one epoch (about as many frames as 12 epochs of 64 frames a video); the
+                field-of-view crop off; the quality gate off; the grouped runs' last epoch instead of the
+                epoch of best validation AUC (evaluation only)
+egcz (EGC-Z AIA microscopy, an animal is a case; configs/microscopy.yaml):
+  lopo          leave one animal out (12 folds), CNN-LSTM, then CNN (after the ablation)
+  whole-image   the CNN-LSTM with the whole image downsampled instead of 256-pixel tiles
+
+The summary pools each experiment's held-out predictions over its folds: frame-level ROC AUC and PR AUC
+of the pooled probabilities, accuracy / sensitivity / specificity of the per-fold thresholded calls, all
+with case-clustered bootstrap CIs (mucosa.metrics.bootstrap_ci), the case-level (video / animal)
+accuracy with an exact binomial CI, and the spread of the per-fold ROC AUC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+@dataclass
+class Experiment:
+    """One setting evaluated over all folds of a cohort."""
+
+    cohort: str                 # pcle | egcz
+    name: str
+    config: str
+    models: tuple[str, ...]
+    split: list[str]            # mucosa train split options, without --fold
+    folds: int
+    extra: list[str] = field(default_factory=list)  # further mucosa train options
+    all_seeds: bool = False     # run for every --seeds value (else the first only)
+    main: bool = True           # main experiments run first, ablations after
+    last_of: str = ""           # evaluate the last epoch's checkpoint of this experiment's runs (no training)
+    fold_option: str = "--fold"
+
+
+PCLE_GROUPED = ["--split", "kfold", "--k", "5"]
+EXPERIMENTS = [
+    Experiment("pcle", "grouped", "configs/pcle.yaml", ("cnn-lstm", "cnn"), PCLE_GROUPED, 5, all_seeds=True),
+    Experiment("pcle", "within", "configs/pcle.yaml", ("cnn-lstm", "cnn"),
+               ["--split", "within-patient", "--test", "0.2"], 1),
+    Experiment("pcle", "no-augmentation", "benchmarks/configs/pcle-no-augmentation.yaml", ("cnn-lstm",),
+               PCLE_GROUPED, 5, main=False),
+    Experiment("pcle", "all-frames", "configs/pcle.yaml", ("cnn-lstm",), PCLE_GROUPED, 5,
+               ["--frames-per-case", "0", "--epochs", "1"], main=False),
+    Experiment("pcle", "no-crop", "benchmarks/configs/pcle-no-crop.yaml", ("cnn-lstm",), PCLE_GROUPED, 5,
+               main=False),
+    Experiment("pcle", "no-quality", "configs/pcle.yaml", ("cnn-lstm",), PCLE_GROUPED, 5, ["--quality", "0"],
+               main=False),
+    Experiment("pcle", "last-epoch", "configs/pcle.yaml", ("cnn-lstm",), PCLE_GROUPED, 5, main=False,
+               last_of="grouped"),
+    Experiment("egcz", "lopo", "configs/microscopy.yaml", ("cnn-lstm",), ["--split", "lopo"], 12),
+    Experiment("egcz", "whole-image", "benchmarks/configs/microscopy-whole-image.yaml", ("cnn-lstm",),
+               ["--split", "lopo"], 12, main=False),
+    Experiment("egcz", "lopo", "configs/microscopy.yaml", ("cnn",), ["--split", "lopo"], 12, main=False),
+]
+
+
+def mucosa(*args: str, log: Path) -> None:
+    """Run one mucosa command; its output goes to ``log``; a failure stops the sweep with the log's tail."""
+    command = [sys.executable, "-m", "mucosa", *args]
+    with open(log, "a") as handle:
+        handle.write("$ mucosa " + " ".join(args) + "\n")
+        handle.flush()
+        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+    if done.returncode:
+        tail = log.read_text(errors="replace").replace("\r", "\n").splitlines()[-15:]
+        sys.exit(f"failed ({done.returncode}): mucosa {' '.join(args)}\n" + "\n".join(tail))
+
+
+def manifest(cohort: str, out: Path, data: Path) -> Path:
+    """Index the real data set with ``mucosa index`` (once)."""
+    path = out / f"{cohort}.csv"
+    if path.is_file():
+        return path
+    out.mkdir(parents=True, exist_ok=True)
+    if cohort == "pcle":
+        mucosa("index", str(data / "pcle-brain"), "-o", str(path), log=out / "index.log")
+    else:
+        mucosa("index", str(data / "egcz-aia" / "data_info.csv"), "--path-col", "sample_path", "--label-col",
+               "label", "--patient-col", "animal_tag", "--label-map", "0=control,1=arthritis", "-o", str(path),
+               log=out / "index.log")
+    return path
+
+
+def run_one(exp: Experiment, model: str, seed: int, fold: int, cohort_csv: Path, out: Path, threads: int
+            ) -> Path | None:
+    """Train and evaluate one fold; returns the evaluation folder (skipped when it is already there)."""
+    run = out / exp.cohort / exp.name / model / f"seed{seed}" / f"fold{fold}"
+    evaluation = run / "eval"
+    if (evaluation / "metrics.json").is_file():
+        return evaluation
+    if exp.last_of:
+        return evaluate_last(exp, model, seed, fold, out)
+    if run.exists():
+        shutil.rmtree(run)  # an unfinished run: start it again
+    run.parent.mkdir(parents=True, exist_ok=True)
+    log = run.parent / f"fold{fold}.log"
+    log.unlink(missing_ok=True)
+    start = time.time()
+    fold_args = [exp.fold_option, str(fold)] if exp.folds > 1 else []
+    mucosa("train", "--manifest", str(cohort_csv), "--config", exp.config, "--model", model, *exp.split,
+           *fold_args, "--split-seed", str(seed), "--seed", str(seed), *exp.extra, "--threads", str(threads), "--out", str(run), log=log)
+    mucosa("evaluate", "--checkpoint", str(run / "best.ckpt"), "--manifest", str(run / "split.csv"),
+           "--threshold", "youden", "--bootstrap", "100", "--gallery", "0", "--out", str(evaluation), log=log)
+    print(f"  {exp.name} {model} seed {seed} fold {fold}: {time.time() - start:.0f} s", flush=True)
+    return evaluation
+
+
+def evaluate_last(exp: Experiment, model: str, seed: int, fold: int, out: Path) -> Path | None:
+    """Evaluate the last epoch instead of the best validation epoch of an existing run (None: not there yet)."""
+    trained = out / exp.cohort / exp.last_of / model / f"seed{seed}" / f"fold{fold}"
+    if not (trained / "eval" / "metrics.json").is_file():
+        print(f"  {exp.name}: skipped, {trained} is not finished", flush=True)
+        return None
+    evaluation = out / exp.cohort / exp.name / model / f"seed{seed}" / f"fold{fold}" / "eval"
+    evaluation.parent.mkdir(parents=True, exist_ok=True)
+    mucosa("evaluate", "--checkpoint", str(trained / "last.ckpt"), "--manifest", str(trained / "split.csv"),
+           "--threshold", "youden", "--bootstrap", "100", "--gallery", "0", "--out", str(evaluation),
+           log=evaluation.parent.parent / f"fold{fold}.log")
+    return evaluation
+
+
+def run(cohort: str, out: Path, data: Path, seeds: list[int], only: list[str] | None, threads: int) -> None:
+    """Main experiments at the first seed, then at the other seeds, then the ablations (first seed)."""
+    cohort_csv = manifest(cohort, out, data)
+    chosen = [e for e in EXPERIMENTS if e.cohort == cohort and (not only or e.name in only)]
+    order = [(e, seeds[0]) for e in chosen if e.main]
+    order += [(e, s) for s in seeds[1:] for e in chosen if e.all_seeds]
+    order += [(e, seeds[0]) for e in chosen if not e.main]
+    for exp, seed in order:
+        for model in exp.models:
+            for fold in range(exp.folds):
+                run_one(exp, model, seed, fold, cohort_csv, out, threads)
+
+
+# ----------------------------------------------------------------------------------------------- summary
+
+
+def _read_fold(evaluation: Path) -> dict:
+    def rows(name: str) -> list[dict]:
+        with open(evaluation / name) as handle:
+            return list(csv.DictReader(handle))
+
+    return {"frames": rows("predictions.csv"), "files": rows("files.csv"), "cases": rows("patients.csv"),
+            "metrics": json.loads((evaluation / "metrics.json").read_text())}
+
+
+def _with_ci(metric_fn, y: np.ndarray, score: np.ndarray, groups: np.ndarray, n_boot: int) -> dict:
+    from mucosa.metrics import bootstrap_ci
+
+    point, ci = metric_fn(y, score), bootstrap_ci(metric_fn, y, score, groups, n_boot=n_boot, seed=0)
+    return {k: (float(v), tuple(float(x) for x in ci[k])) for k, v in point.items()}
+
+
+def pooled(folds: list[dict], n_boot: int = 1000) -> dict:
+    """Pooled held-out metrics with case-clustered CIs, and the per-fold spread.
+
+    Frame ROC/PR AUC come from the pooled probabilities; accuracy, sensitivity and specificity from each
+    fold's own calls (its threshold was chosen on its validation part); ``accuracy_at_0.5`` is the frame
+    accuracy had the threshold been fixed at 0.5 instead. Files (images) and cases use each fold's verdicts.
+    """
+    from scipy.stats import binomtest
+
+    from mucosa.metrics import binary_metrics
+
+    positive = folds[0]["metrics"]["positive"]
+    frames = [f for fold in folds for f in fold["frames"]]
+    y = np.array([f["label"] == positive for f in frames], dtype=np.int64)
+    score = np.array([float(f["probability"]) for f in frames])
+    called = np.array([f["prediction"] == positive for f in frames], dtype=np.float64)
+    cases = np.array([f["patient"] for f in frames], dtype=object)
+    result = _with_ci(lambda t, s: {k: binary_metrics(t, s)[k] for k in ("roc_auc", "pr_auc")}, y, score, cases,
+                      n_boot)
+    result.update(_with_ci(lambda t, s: {k: binary_metrics(t, s, 0.5)[k] for k in
+                                         ("accuracy", "sensitivity", "specificity")}, y, called, cases, n_boot))
+    result["accuracy_at_0.5"] = float(np.mean((score >= 0.5) == y))
+    owner = {f["path"]: f["patient"] for f in frames}
+    files = [f for fold in folds for f in fold["files"]]
+    file_correct = np.array([float(f["correct"]) for f in files])
+    file_ci = _with_ci(lambda t, s: {"accuracy": float(np.mean(s))}, np.zeros(len(files), np.int64),
+                       file_correct, np.array([owner[f["file"]] for f in files], dtype=object), n_boot)
+    case_rows = [c for fold in folds for c in fold["cases"]]
+    correct = sum(int(c["correct"]) for c in case_rows)
+    case_ci = binomtest(correct, len(case_rows)).proportion_ci(method="exact")
+    fold_auc = [a for a in (fold["metrics"]["image"]["roc_auc"]["value"] for fold in folds) if a is not None]
+    return {"frames": len(y), **result, "files": len(files), "file_correct": int(file_correct.sum()),
+            "file_accuracy": file_ci["accuracy"], "cases": len(case_rows), "case_correct": correct,
+            "case_accuracy": (correct / len(case_rows), (float(case_ci.low), float(case_ci.high))),
+            "fold_auc": (float(np.mean(fold_auc)), float(np.std(fold_auc)), float(np.min(fold_auc)),
+                         float(np.max(fold_auc))) if fold_auc else None}
+
+
+def collect(out: Path) -> list[dict]:
+    """One row per experiment, model and seed whose folds are all finished."""
+    rows, seen = [], set()
+    for exp in EXPERIMENTS:
+        for model in exp.models:
+            if (exp.cohort, exp.name, model) in seen:
+                continue
+            seen.add((exp.cohort, exp.name, model))
+            for seed_dir in sorted((out / exp.cohort / exp.name / model).glob("seed*")):
+                evaluations = [seed_dir / f"fold{k}" / "eval" for k in range(exp.folds)]
+                done = [e for e in evaluations if (e / "metrics.json").is_file()]
+                if not done:
+                    continue
+                result = pooled([_read_fold(e) for e in done])
+                rows.append({"cohort": exp.cohort, "experiment": exp.name, "model": model,
+                             "seed": int(seed_dir.name.removeprefix("seed")),
+                             "folds": f"{len(done)}/{exp.folds}", **result})
+    return rows
+
+
+def _fmt(pair) -> str:
+    value, (low, high) = pair
+    return f"{value:.3f} ({low:.3f}–{high:.3f})"
+
+
+def markdown(rows: list[dict]) -> str:
+    """One table per cohort; a row per experiment, model and seed."""
+    tables = []
+    for cohort, unit in (("pcle", "videos"), ("egcz", "animals")):
+        mine = [r for r in rows if r["cohort"] == cohort]
+        if not mine:
+            continue
+        images = cohort == "egcz"
+        head = (["experiment", "model", "seed", "folds", "frames" if not images else "tiles", "ROC AUC", "PR AUC",
+                 "accuracy", "sensitivity", "specificity", "accuracy at 0.5"]
+                + (["images correct", "image accuracy"] if images else [])
+                + [f"{unit} correct", f"{unit[:-1]} accuracy", "per-fold ROC AUC mean ± sd (min–max)"])
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in mine:
+            spread = "n/a (one class per fold)" if r["fold_auc"] is None else \
+                "{:.3f} ± {:.3f} ({:.3f}–{:.3f})".format(*r["fold_auc"])
+            cells = ([r["experiment"], r["model"], str(r["seed"]), r["folds"], str(r["frames"]), _fmt(r["roc_auc"]),
+                      _fmt(r["pr_auc"]), _fmt(r["accuracy"]), _fmt(r["sensitivity"]), _fmt(r["specificity"]),
+                      f"{r['accuracy_at_0.5']:.3f}"]
+                     + ([f"{r['file_correct']}/{r['files']}", _fmt(r["file_accuracy"])] if images else [])
+                     + [f"{r['case_correct']}/{r['cases']}", _fmt(r["case_accuracy"]), spread])
+            lines.append("| " + " | ".join(cells) + " |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    go = sub.add_parser("run")
+    go.add_argument("cohort", choices=("pcle", "egcz"))
+    go.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    go.add_argument("--only", nargs="+", choices=sorted({e.name for e in EXPERIMENTS}))
+    go.add_argument("--data", type=Path, default=DATA)
+    go.add_argument("--threads", type=int, default=0, help="torch threads of each training (0 = all cores); "
+                    "two sweeps side by side on 2 cores: 1 each")
+    summary = sub.add_parser("summary")
+    summary.add_argument("--markdown", action="store_true")
+    for p in (go, summary):
+        p.add_argument("--out", type=Path, default=ROOT / "runs" / "real")
+    args = parser.parse_args()
+    if args.command == "run":
+        if not args.data.is_dir():
+            sys.exit(f"{args.data}: real data folder not found (see its README in shared/data)")
+        run(args.cohort, args.out.resolve(), args.data.resolve(), args.seeds, args.only, args.threads)
+    rows = collect(args.out.resolve())
+    if getattr(args, "markdown", False):
+        print(markdown(rows))
+    else:
+        for r in rows:
+            print(json.dumps(r, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The whole pipeline on real frames, small enough for CI: index → split → train → evaluate → report.
+
+pCLE brain videos (a video is a case) with configs/pcle.yaml, and EGC-Z microscopy (an animal is a case)
+with configs/microscopy.yaml (256-pixel tiles); tiny input, one epoch. Checks that every step runs on real
+data, the metrics are finite and no case is on both sides. The accuracy figures are in docs/results.md
+(benchmarks/real_data.py).
+"""
+
+import csv
+import json
+import math
+from dataclasses import replace
+
+import pytest
+
+from mucosa.cli import main
+from mucosa.frames import FrameSelection
+from mucosa.manifest import load_manifest, write_manifest
+
+TINY = ["--size", "32", "--epochs", "1", "--threads", "1", "--batch-size", "8"]
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def sides(split_csv):
+    parts = {}
+    for row in read_csv(split_csv):
+        parts.setdefault(row["split"], set()).add(row["patient"])
+    return parts
+
+
+def assert_finite_report(out, n_cases, both_classes=True):
+    result = json.loads((out / "metrics.json").read_text())
+    for level in ("image", "file", "patient"):
+        assert math.isfinite(result[level]["accuracy"]["value"]), level
+    auc = result["image"]["roc_auc"]["value"]
+    assert math.isfinite(auc) if both_classes else auc is None  # one animal: one class, no ROC curve
+    assert result["counts"]["patients"] == n_cases
+    assert (out / "report.html").stat().st_size > 10_000
+    return result
+
+
+@pytest.fixture(scope="module")
+def brain_manifest(pcle_brain, tmp_path_factory):
+    """Six real videos (3 per class), 10 frames each from their first 100."""
+    root = tmp_path_factory.mktemp("brain")
+    assert main(["index", str(pcle_brain), "-o", str(root / "all.csv")]) == 0
+    records = load_manifest(root / "all.csv").records
+    chosen = [r for r in records if r.patient in ("gbm-01", "gbm-02", "gbm-03", "men-01", "men-02", "men-03")]
+    chosen = [replace(r, frames=FrameSelection.parse("0-99:10")) for r in chosen]
+    write_manifest(chosen, root / "six.csv")
+    return root / "six.csv"
+
+
+def test_pcle_videos_grouped_fold_end_to_end(brain_manifest, tmp_path):
+    run, out, cache = tmp_path / "run", tmp_path / "eval", str(tmp_path / "cache")
+    assert main(["train", "--manifest", str(brain_manifest), "--config", "configs/pcle.yaml", *TINY,
+                 "--split", "kfold", "--k", "3", "--fold", "0", "--val", "0.5", "--out", str(run),
+                 "--cache", cache]) == 0
+    parts = sides(run / "split.csv")
+    assert set(parts) == {"train", "val", "test"}
+    assert not (parts["train"] & parts["test"] or parts["val"] & parts["test"] or parts["train"] & parts["val"])
+    assert main(["evaluate", "--checkpoint", str(run / "best.ckpt"), "--manifest", str(run / "split.csv"),
+                 "--threshold", "youden", "--bootstrap", "50", "--gallery", "1", "--out", str(out),
+                 "--cache", cache]) == 0
+    result = assert_finite_report(out, len(parts["test"]))
+    assert result["threshold"]["chosen_on"].startswith("validation")
+    assert {r["patient"] for r in read_csv(out / "predictions.csv")} == parts["test"]
+
+
+def test_pcle_train_on_every_case_then_check_an_unseen_cohort(brain_manifest, tmp_path):
+    """The user's flow: --split none (validation carved from the cases, grouped), then another cohort."""
+    records = load_manifest(brain_manifest).records
+    seen = [r for r in records if not r.patient.endswith("03")]
+    write_manifest(seen, tmp_path / "seen.csv")
+    write_manifest([r for r in records if r.patient.endswith("03")], tmp_path / "other.csv")
+    run, out, cache = tmp_path / "run", tmp_path / "eval", str(tmp_path / "cache")
+    assert main(["train", "--manifest", str(tmp_path / "seen.csv"), "--config", "configs/pcle.yaml", *TINY,
+                 "--split", "none", "--val", "0.5", "--out", str(run), "--cache", cache]) == 0
+    parts = sides(run / "split.csv")
+    assert set(parts) == {"train", "val"} and not parts["train"] & parts["val"]
+    assert main(["evaluate", "--checkpoint", str(run / "best.ckpt"), "--manifest", str(tmp_path / "other.csv"),
+                 "--bootstrap", "50", "--gallery", "0", "--out", str(out), "--cache", cache]) == 0
+    assert_finite_report(out, 2)
+    assert {r["patient"] for r in read_csv(out / "predictions.csv")} == {"gbm-03", "men-03"}
+
+
+def test_microscopy_tiles_leave_one_animal_out_end_to_end(egcz, tmp_path):
+    assert main(["index", str(egcz / "data_info.csv"), "--path-col", "sample_path", "--label-col", "label",
+                 "--patient-col", "animal_tag", "--label-map", "0=control,1=arthritis",
+                 "-o", str(tmp_path / "all.csv")]) == 0
+    records = load_manifest(tmp_path / "all.csv").records
+    animals = ("C_00", "C_01", "AIA_00", "AIA_01")
+    chosen = [r for a in animals for r in [r for r in records if r.patient == a][:2]]  # 2 images an animal
+    write_manifest(chosen, tmp_path / "eight.csv")
+    run, out, cache = tmp_path / "run", tmp_path / "eval", str(tmp_path / "cache")
+    assert main(["train", "--manifest", str(tmp_path / "eight.csv"), "--config", "configs/microscopy.yaml",
+                 *TINY, "--split", "lopo", "--fold", "0", "--val", "0.34", "--out", str(run),
+                 "--cache", cache]) == 0
+    parts = sides(run / "split.csv")
+    assert parts["test"] == {"AIA_00"} and not (parts["train"] | parts["val"]) & parts["test"]
+    assert main(["evaluate", "--checkpoint", str(run / "best.ckpt"), "--manifest", str(run / "split.csv"),
+                 "--bootstrap", "50", "--gallery", "1", "--out", str(out), "--cache", cache]) == 0
+    result = assert_finite_report(out, 1, both_classes=False)
+    files = read_csv(out / "files.csv")
+    assert len(files) == 2 and all(f["n_frames"] == "12" for f in files)  # 1024x768 in 256-pixel tiles
+    assert result["counts"]["frames"] == 24
+    assert "File level (2 images or videos" in (out / "report.html").read_text()
+
+
+def test_benchmark_pools_held_out_folds_like_scikit_learn():
+    """benchmarks/real_data.py pools the folds' predictions: AUC of the pooled probabilities, accuracy of
+    each fold's own calls, case accuracy over every held-out case."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "real_data.py"
+    spec = importlib.util.spec_from_file_location("real_data", path)
+    real_data = importlib.util.module_from_spec(spec)
+    sys.modules["real_data"] = real_data  # its dataclasses look their module up
+    spec.loader.exec_module(real_data)
+    rng = np.random.default_rng(0)
+    folds, truth, scores, calls = [], [], [], []
+    for k, threshold in enumerate((0.3, 0.7)):
+        frames, files = [], []
+        for case in range(4):
+            label = case % 2
+            p = np.clip(rng.normal(0.35 + 0.3 * label, 0.2, 10), 0, 1)
+            name = f"f{k}c{case}"
+            frames += [{"path": name, "patient": name, "label": ["no", "yes"][label], "probability": str(v),
+                        "prediction": ["no", "yes"][int(v >= threshold)]} for v in p]
+            files.append({"file": name, "correct": str(int((p.mean() >= threshold) == label))})
+            truth += [label] * 10
+            scores += p.tolist()
+            calls += (p >= threshold).astype(int).tolist()
+        metrics = {"positive": "yes", "image": {"roc_auc": {"value": 0.5}}}
+        folds.append({"frames": frames, "files": files, "cases": [{"correct": f["correct"]} for f in files],
+                      "metrics": metrics})
+    result = real_data.pooled(folds, n_boot=50)
+    assert result["roc_auc"][0] == pytest.approx(roc_auc_score(truth, scores))
+    assert result["accuracy"][0] == pytest.approx(accuracy_score(truth, calls))
+    assert result["accuracy_at_0.5"] == pytest.approx(accuracy_score(truth, np.array(scores) >= 0.5))
+    assert result["roc_auc"][1][0] <= result["roc_auc"][0] <= result["roc_auc"][1][1]
+    correct = sum(int(f["correct"]) for fold in folds for f in fold["files"])
+    assert (result["cases"], result["case_correct"], result["file_correct"]) == (8, correct, correct)
