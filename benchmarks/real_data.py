@@ -3,9 +3,10 @@
 Each run is ``mucosa train`` then ``mucosa evaluate --threshold youden`` (threshold chosen on the run's
 grouped validation part) on the held-out cases; this script only loops over folds, seeds and settings
 and pools the held-out predictions. Finished runs are skipped, so a killed sweep continues where it
-stopped; delete a run folder to redo it.
+stopped; delete a run folder to redo it. Sweeps started side by side (``--threads 1`` each on a 2-core
+machine) share the runs: a run being trained by a live process is skipped by the others.
 
-    python benchmarks/real_data.py run pcle   [--out runs/real] [--seeds 0 1] [--only grouped within]
+    python benchmarks/real_data.py run pcle   [--out runs/real] [--seeds 0 1] [--only grouped within] [--threads 1]
     python benchmarks/real_data.py run egcz   [--out runs/real] [--threads 1]
     python benchmarks/real_data.py summary    [--out runs/real] [--markdown]
 
@@ -14,14 +15,16 @@ Experiments (``--only`` picks some):
 pcle (pCLE brain videos, a video is a case; configs/pcle.yaml):
   grouped       5-fold video-grouped cross-validation, CNN-LSTM and CNN, every seed
   within        the paper's within-patient split (80/20 of every video's frames), for contrast (first seed)
-  no-augmentation, all-frames, no-crop, no-quality, last-epoch
+  no-augmentation, all-frames, no-crop, disc, no-quality, last-epoch
                 ablations of the CNN-LSTM under grouped CV (first seed): no augmentation; every frame of
                 every video in one epoch (about as many frames as 12 epochs of 64 frames a video); the
-                field-of-view crop off; the quality gate off; the grouped runs' last epoch instead of the
+                field-of-view crop off (whole frame with overlays); the whole circular field kept, black
+                outside it (``crop: disc``); the quality gate off; the grouped runs' last epoch instead of the
                 epoch of best validation AUC (evaluation only)
 egcz (EGC-Z AIA microscopy, an animal is a case; configs/microscopy.yaml):
   lopo          leave one animal out (12 folds), CNN-LSTM, then CNN (after the ablation)
   whole-image   the CNN-LSTM with the whole image downsampled instead of 256-pixel tiles
+  whole-image-long  the same trained up to 40 epochs (early stopping after 10 without progress)
 
 The summary pools each experiment's held-out predictions over its folds: frame-level ROC AUC and PR AUC
 of the pooled probabilities, accuracy / sensitivity / specificity of the per-fold thresholded calls, all
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -61,26 +65,29 @@ class Experiment:
     all_seeds: bool = False     # run for every --seeds value (else the first only)
     main: bool = True           # main experiments run first, ablations after
     last_of: str = ""           # evaluate the last epoch's checkpoint of this experiment's runs (no training)
-    fold_option: str = "--fold"
 
 
 PCLE_GROUPED = ["--split", "kfold", "--k", "5"]
+SQUARE = "benchmarks/configs/pcle-square.yaml"  # configs/pcle.yaml before crop: disc
 EXPERIMENTS = [
-    Experiment("pcle", "grouped", "configs/pcle.yaml", ("cnn-lstm", "cnn"), PCLE_GROUPED, 5, all_seeds=True),
-    Experiment("pcle", "within", "configs/pcle.yaml", ("cnn-lstm", "cnn"),
+    Experiment("pcle", "grouped", SQUARE, ("cnn-lstm", "cnn"), PCLE_GROUPED, 5, all_seeds=True),
+    Experiment("pcle", "within", SQUARE, ("cnn-lstm", "cnn"),
                ["--split", "within-patient", "--test", "0.2"], 1),
     Experiment("pcle", "no-augmentation", "benchmarks/configs/pcle-no-augmentation.yaml", ("cnn-lstm",),
                PCLE_GROUPED, 5, main=False),
-    Experiment("pcle", "all-frames", "configs/pcle.yaml", ("cnn-lstm",), PCLE_GROUPED, 5,
+    Experiment("pcle", "all-frames", SQUARE, ("cnn-lstm",), PCLE_GROUPED, 5,
                ["--frames-per-case", "0", "--epochs", "1"], main=False),
     Experiment("pcle", "no-crop", "benchmarks/configs/pcle-no-crop.yaml", ("cnn-lstm",), PCLE_GROUPED, 5,
                main=False),
-    Experiment("pcle", "no-quality", "configs/pcle.yaml", ("cnn-lstm",), PCLE_GROUPED, 5, ["--quality", "0"],
+    Experiment("pcle", "disc", "configs/pcle.yaml", ("cnn-lstm",), PCLE_GROUPED, 5, all_seeds=True, main=False),
+    Experiment("pcle", "no-quality", SQUARE, ("cnn-lstm",), PCLE_GROUPED, 5, ["--quality", "0"],
                main=False),
-    Experiment("pcle", "last-epoch", "configs/pcle.yaml", ("cnn-lstm",), PCLE_GROUPED, 5, main=False,
+    Experiment("pcle", "last-epoch", SQUARE, ("cnn-lstm",), PCLE_GROUPED, 5, main=False,
                last_of="grouped"),
     Experiment("egcz", "lopo", "configs/microscopy.yaml", ("cnn-lstm",), ["--split", "lopo"], 12),
     Experiment("egcz", "whole-image", "benchmarks/configs/microscopy-whole-image.yaml", ("cnn-lstm",),
+               ["--split", "lopo"], 12, main=False),
+    Experiment("egcz", "whole-image-long", "benchmarks/configs/microscopy-whole-image-long.yaml", ("cnn-lstm",),
                ["--split", "lopo"], 12, main=False),
     Experiment("egcz", "lopo", "configs/microscopy.yaml", ("cnn",), ["--split", "lopo"], 12, main=False),
 ]
@@ -122,19 +129,42 @@ def run_one(exp: Experiment, model: str, seed: int, fold: int, cohort_csv: Path,
         return evaluation
     if exp.last_of:
         return evaluate_last(exp, model, seed, fold, out)
-    if run.exists():
-        shutil.rmtree(run)  # an unfinished run: start it again
     run.parent.mkdir(parents=True, exist_ok=True)
-    log = run.parent / f"fold{fold}.log"
-    log.unlink(missing_ok=True)
-    start = time.time()
-    fold_args = [exp.fold_option, str(fold)] if exp.folds > 1 else []
-    mucosa("train", "--manifest", str(cohort_csv), "--config", exp.config, "--model", model, *exp.split,
-           *fold_args, "--split-seed", str(seed), "--seed", str(seed), *exp.extra, "--threads", str(threads), "--out", str(run), log=log)
-    mucosa("evaluate", "--checkpoint", str(run / "best.ckpt"), "--manifest", str(run / "split.csv"),
-           "--threshold", "youden", "--bootstrap", "100", "--gallery", "0", "--out", str(evaluation), log=log)
+    claim = run.parent / f"fold{fold}.claim"
+    if not _claim(claim):
+        return None  # another sweep is running it
+    try:
+        if run.exists():
+            shutil.rmtree(run)  # an unfinished run: start it again
+        log = run.parent / f"fold{fold}.log"
+        log.unlink(missing_ok=True)
+        start = time.time()
+        fold_args = ["--fold", str(fold)] if exp.folds > 1 else []
+        mucosa("train", "--manifest", str(cohort_csv), "--config", exp.config, "--model", model, *exp.split,
+               *fold_args, "--split-seed", str(seed), "--seed", str(seed), *exp.extra, "--threads", str(threads),
+               "--out", str(run), log=log)
+        mucosa("evaluate", "--checkpoint", str(run / "best.ckpt"), "--manifest", str(run / "split.csv"),
+               "--threshold", "youden", "--bootstrap", "100", "--gallery", "0", "--out", str(evaluation), log=log)
+    finally:
+        claim.unlink(missing_ok=True)
     print(f"  {exp.name} {model} seed {seed} fold {fold}: {time.time() - start:.0f} s", flush=True)
     return evaluation
+
+
+def _claim(path: Path) -> bool:
+    """Mark a run as taken by this process, so that sweeps started side by side share the work."""
+    try:
+        owner = int(path.read_text() or 0)
+        os.kill(owner, 0)
+        return False  # its process is alive
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        path.unlink(missing_ok=True)  # stale: its process is gone
+    try:
+        with open(path, "x") as handle:
+            handle.write(str(os.getpid()))
+        return True
+    except FileExistsError:
+        return False
 
 
 def evaluate_last(exp: Experiment, model: str, seed: int, fold: int, out: Path) -> Path | None:
@@ -183,28 +213,45 @@ def _with_ci(metric_fn, y: np.ndarray, score: np.ndarray, groups: np.ndarray, n_
     return {k: (float(v), tuple(float(x) for x in ci[k])) for k, v in point.items()}
 
 
+def _ranking(y: np.ndarray, score: np.ndarray) -> dict:
+    """ROC AUC and PR AUC (average precision), as ``mucosa.metrics.binary_metrics`` defines them."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    if len(set(y.tolist())) < 2:
+        return {"roc_auc": float("nan"), "pr_auc": float("nan")}
+    return {"roc_auc": roc_auc_score(y, score), "pr_auc": average_precision_score(y, score)}
+
+
+def _calls(y: np.ndarray, called: np.ndarray) -> dict:
+    """Accuracy, sensitivity and specificity of 0/1 calls (nan where a class is absent)."""
+    def mean(values: np.ndarray) -> float:
+        return float(values.mean()) if len(values) else float("nan")
+
+    return {"accuracy": mean(called == y), "sensitivity": mean(called[y == 1]),
+            "specificity": mean(1 - called[y == 0])}
+
+
 def pooled(folds: list[dict], n_boot: int = 1000) -> dict:
     """Pooled held-out metrics with case-clustered CIs, and the per-fold spread.
 
     Frame ROC/PR AUC come from the pooled probabilities; accuracy, sensitivity and specificity from each
     fold's own calls (its threshold was chosen on its validation part); ``accuracy_at_0.5`` is the frame
-    accuracy had the threshold been fixed at 0.5 instead. Files (images) and cases use each fold's verdicts.
+    accuracy had the threshold been fixed at 0.5 instead (``case_correct_at_0.5`` likewise for the cases'
+    mean probabilities). Files (images) and cases use each fold's verdicts.
     """
     from scipy.stats import binomtest
-
-    from mucosa.metrics import binary_metrics
 
     positive = folds[0]["metrics"]["positive"]
     frames = [f for fold in folds for f in fold["frames"]]
     y = np.array([f["label"] == positive for f in frames], dtype=np.int64)
     score = np.array([float(f["probability"]) for f in frames])
-    called = np.array([f["prediction"] == positive for f in frames], dtype=np.float64)
+    called = np.array([f["prediction"] == positive for f in frames], dtype=np.int64)
     cases = np.array([f["patient"] for f in frames], dtype=object)
-    result = _with_ci(lambda t, s: {k: binary_metrics(t, s)[k] for k in ("roc_auc", "pr_auc")}, y, score, cases,
-                      n_boot)
-    result.update(_with_ci(lambda t, s: {k: binary_metrics(t, s, 0.5)[k] for k in
-                                         ("accuracy", "sensitivity", "specificity")}, y, called, cases, n_boot))
+    result = _with_ci(_ranking, y, score, cases, n_boot)
+    result.update(_with_ci(_calls, y, called, cases, n_boot))
     result["accuracy_at_0.5"] = float(np.mean((score >= 0.5) == y))
+    case_calls = [(score[cases == c].mean() >= 0.5) == y[cases == c][0] for c in sorted(set(cases))]
+    result["case_correct_at_0.5"] = int(np.sum(case_calls))
     owner = {f["path"]: f["patient"] for f in frames}
     files = [f for fold in folds for f in fold["files"]]
     file_correct = np.array([float(f["correct"]) for f in files])
@@ -221,6 +268,18 @@ def pooled(folds: list[dict], n_boot: int = 1000) -> dict:
                          float(np.max(fold_auc))) if fold_auc else None}
 
 
+def _pooled_cached(path: Path, evaluations: list[Path]) -> dict:
+    """``pooled`` of these folds, remembered in ``path`` until a fold's metrics change (bootstraps are slow)."""
+    stamp = [[str(e), (e / "metrics.json").stat().st_mtime_ns] for e in evaluations]
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached["folds"] == stamp:
+            return cached["result"]
+    result = json.loads(json.dumps(pooled([_read_fold(e) for e in evaluations]), default=float))
+    path.write_text(json.dumps({"folds": stamp, "result": result}))
+    return result
+
+
 def collect(out: Path) -> list[dict]:
     """One row per experiment, model and seed whose folds are all finished."""
     rows, seen = [], set()
@@ -234,7 +293,7 @@ def collect(out: Path) -> list[dict]:
                 done = [e for e in evaluations if (e / "metrics.json").is_file()]
                 if not done:
                     continue
-                result = pooled([_read_fold(e) for e in done])
+                result = _pooled_cached(seed_dir / "pooled.json", done)
                 rows.append({"cohort": exp.cohort, "experiment": exp.name, "model": model,
                              "seed": int(seed_dir.name.removeprefix("seed")),
                              "folds": f"{len(done)}/{exp.folds}", **result})
@@ -257,7 +316,8 @@ def markdown(rows: list[dict]) -> str:
         head = (["experiment", "model", "seed", "folds", "frames" if not images else "tiles", "ROC AUC", "PR AUC",
                  "accuracy", "sensitivity", "specificity", "accuracy at 0.5"]
                 + (["images correct", "image accuracy"] if images else [])
-                + [f"{unit} correct", f"{unit[:-1]} accuracy", "per-fold ROC AUC mean ± sd (min–max)"])
+                + [f"{unit} correct", f"{unit[:-1]} accuracy", f"{unit} correct at 0.5",
+                   "per-fold ROC AUC mean ± sd (min–max)"])
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in mine:
             spread = "n/a (one class per fold)" if r["fold_auc"] is None else \
@@ -266,7 +326,8 @@ def markdown(rows: list[dict]) -> str:
                       _fmt(r["pr_auc"]), _fmt(r["accuracy"]), _fmt(r["sensitivity"]), _fmt(r["specificity"]),
                       f"{r['accuracy_at_0.5']:.3f}"]
                      + ([f"{r['file_correct']}/{r['files']}", _fmt(r["file_accuracy"])] if images else [])
-                     + [f"{r['case_correct']}/{r['cases']}", _fmt(r["case_accuracy"]), spread])
+                     + [f"{r['case_correct']}/{r['cases']}", _fmt(r["case_accuracy"]),
+                        f"{r['case_correct_at_0.5']}/{r['cases']}", spread])
             lines.append("| " + " | ".join(cells) + " |")
         tables.append("\n".join(lines))
     return "\n\n".join(tables)
@@ -291,6 +352,8 @@ def main() -> None:
         if not args.data.is_dir():
             sys.exit(f"{args.data}: real data folder not found (see its README in shared/data)")
         run(args.cohort, args.out.resolve(), args.data.resolve(), args.seeds, args.only, args.threads)
+        print("done; tables: python benchmarks/real_data.py summary --markdown")
+        return
     rows = collect(args.out.resolve())
     if getattr(args, "markdown", False):
         print(markdown(rows))

@@ -22,6 +22,7 @@ from mucosa.preprocess import (
     tiles,
     to_float,
     to_uint8,
+    whole_disc,
 )
 
 # Uninformative frames of the pCLE brain videos (name: frame indices, counted from 0 in decode order).
@@ -138,6 +139,22 @@ def test_circle_found_and_square_inside_it_without_overlays():
     assert not overlays[y0:y1, x0:x1].any()
     # The overlays, even one touching the field, change nothing: the same field without them.
     assert detect_field_of_view(_circle_frame(center=center, radius=radius, overlays=False)) == fov
+
+
+def test_disc_keeps_the_whole_circle_and_blacks_out_the_overlays():
+    center, radius = (160.0, 112.0), 100.0
+    frame = _circle_frame(center=center, radius=radius)
+    disc = whole_disc(detect_field_of_view(frame), frame.shape)
+    x0, y0, x1, y1 = disc.box
+    assert disc.kind == "disc" and x1 - x0 >= 0.95 * 2 * radius and (y0, y1) == (max(0, y0), min(240, y1))
+    frame[y0 + 1: y0 + 6, x0 + 1: x0 + 6] = 1.0  # a bright overlay in the box's corner, outside the circle
+    part = crop(frame, disc)
+    inside = _disc(frame.shape, center, disc.radius - 1)[y0:y1, x0:x1]
+    outside = ~_disc(frame.shape, center, disc.radius + 1)[y0:y1, x0:x1]
+    np.testing.assert_array_equal(part[inside], frame[y0:y1, x0:x1][inside])  # the field untouched
+    assert not part[outside].any() and frame[y0:y1, x0:x1][outside].any()
+    rectangle = FieldOfView("rectangle", (10, 10, 50, 50))
+    assert whole_disc(rectangle, frame.shape) is rectangle  # only circles are discs
 
 
 def test_circle_with_tissue_dark_near_the_rim():

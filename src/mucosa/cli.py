@@ -19,7 +19,8 @@ def _add_prep_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("preprocessing")
     group.add_argument("--size", type=int, default=300, help="model input side in pixels (default 300)")
     group.add_argument("--crop", default="auto",
-                       help="auto (detect the field of view), none, or a box x0,y0,x1,y1")
+                       help="auto (detect the field of view, largest square inside it), disc (a circular "
+                       "field kept whole, black outside), none, or a box x0,y0,x1,y1")
     group.add_argument("--channel", default="auto", help="auto, luminance, red, green or blue")
     group.add_argument("--quality", type=float, default=None,
                        help="drop frames whose quality score is below this (0 keeps all)")
@@ -32,11 +33,11 @@ def _prep_from_args(args: argparse.Namespace):
     from mucosa.prepare import Preprocessing
 
     crop = args.crop
-    if crop not in ("auto", "none"):
+    if crop not in ("auto", "disc", "none"):
         try:
             crop = tuple(int(v) for v in crop.split(","))
         except ValueError:
-            raise ConfigError(f"--crop {args.crop!r} must be auto, none or x0,y0,x1,y1") from None
+            raise ConfigError(f"--crop {args.crop!r} must be auto, disc, none or x0,y0,x1,y1") from None
     extra = {} if args.quality is None else {"quality_threshold": args.quality}
     return Preprocessing(size=args.size, crop=crop, channel=args.channel, **extra)
 

@@ -33,7 +33,9 @@ class Preprocessing:
 
     Attributes:
         size: side of the square model input (paper: 300).
-        crop: ``auto`` (detect the circular pCLE / rectangular eCLE field of view), ``none`` (whole
+        crop: ``auto`` (detect the circular pCLE / rectangular eCLE field of view and take the largest
+            square inside it), ``disc`` (the same detection, but a circular field is kept whole, black
+            outside the circle; rectangles as ``auto``), ``none`` (whole
             frame) or a fixed box ``[x0, y0, x1, y1]``.
         channel: ``auto``, ``luminance``, ``red``, ``green`` or ``blue`` (see ``frames.to_gray``).
         quality_threshold: frames scoring below are dropped as uninformative (0 keeps all).
@@ -53,8 +55,8 @@ class Preprocessing:
     def __post_init__(self) -> None:
         if isinstance(self.crop, list):
             object.__setattr__(self, "crop", tuple(int(v) for v in self.crop))
-        if not (self.crop in ("auto", "none") or (isinstance(self.crop, tuple) and len(self.crop) == 4)):
-            raise ConfigError(f"crop {self.crop!r} must be 'auto', 'none' or a box [x0, y0, x1, y1]")
+        if not (self.crop in ("auto", "disc", "none") or (isinstance(self.crop, tuple) and len(self.crop) == 4)):
+            raise ConfigError(f"crop {self.crop!r} must be 'auto', 'disc', 'none' or a box [x0, y0, x1, y1]")
         if self.channel not in CHANNELS:
             raise ConfigError(f"channel {self.channel!r} is not one of {', '.join(CHANNELS)}")
         if not 0.0 <= self.quality_threshold <= 1.0:
@@ -90,8 +92,10 @@ class FramePreparer:
     def locate(self, frames: np.ndarray) -> preprocess.FieldOfView:
         """Fix the field of view from one frame (H, W) or several (N, H, W) of the same source."""
         shape = frames.shape[-2:]
-        if self.prep.crop == "auto":
+        if self.prep.crop in ("auto", "disc"):
             self.fov = preprocess.detect_field_of_view(frames)
+            if self.prep.crop == "disc":
+                self.fov = preprocess.whole_disc(self.fov, shape)
         elif self.prep.crop == "none":
             self.fov = preprocess.FieldOfView("full", (0, 0, shape[1], shape[0]))
         else:

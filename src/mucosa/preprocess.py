@@ -41,7 +41,8 @@ class FieldOfView:
     """Where the tissue image lies in a frame, and the square crop to take from it.
 
     Attributes:
-        kind: ``circle``, ``rectangle``, ``full`` (nothing to strip) or ``box`` (fixed from config).
+        kind: ``circle``, ``rectangle``, ``full`` (nothing to strip), ``box`` (fixed from config) or ``disc``
+            (a circular field kept whole: its bounding box, black outside the circle).
         box: (x0, y0, x1, y1), end-exclusive pixel bounds of the crop (square when detected or fixed).
         center: (x, y) of a circular field, in pixels.
         radius: of a circular field, in pixels.
@@ -115,14 +116,33 @@ def fixed_field_of_view(box: tuple[int, int, int, int] | list[int], shape: tuple
     return FieldOfView("box", (x0, y0, x1, y1))
 
 
+def whole_disc(fov: FieldOfView, shape: tuple[int, int]) -> FieldOfView:
+    """A circular field kept whole (kind ``disc``): the circle's bounding box, clipped to the frame (H, W);
+    ``crop`` blacks out what lies outside the circle (overlays included). Other fields are returned as
+    they are."""
+    if fov.kind != "circle":
+        return fov
+    (cx, cy), radius = fov.center, fov.radius * (1 - _MARGIN) - 1.0
+    height, width = shape
+    box = (max(0, int(math.floor(cx - radius))), max(0, int(math.floor(cy - radius))),
+           min(width, int(math.ceil(cx + radius))), min(height, int(math.ceil(cy + radius))))
+    return FieldOfView("disc", box, fov.center, radius)
+
+
 def crop(frame: np.ndarray, fov: FieldOfView) -> np.ndarray:
-    """The part (h, w) of a frame (H, W) inside ``fov.box`` (a view, not a copy)."""
+    """The part (h, w) of a frame (H, W) inside ``fov.box`` (a view, not a copy; for a ``disc`` a copy
+    with everything outside the circle set to 0)."""
     x0, y0, x1, y1 = fov.box
     height, width = frame.shape[:2]
     if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
         raise ConfigError(f"field-of-view box [{x0}, {y0}, {x1}, {y1}] does not fit a frame of "
                           f"{width}x{height} (width x height); frames of one source must share a size")
-    return frame[y0:y1, x0:x1]
+    part = frame[y0:y1, x0:x1]
+    if fov.kind == "disc":
+        (cx, cy), radius = fov.center, fov.radius
+        ys, xs = np.ogrid[y0:y1, x0:x1]
+        part = np.where((xs + 0.5 - cx) ** 2 + (ys + 0.5 - cy) ** 2 <= radius * radius, part, 0).astype(frame.dtype)
+    return part
 
 
 def tiles(field: np.ndarray, side: int) -> list[np.ndarray]:
