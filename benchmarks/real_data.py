@@ -313,7 +313,7 @@ def markdown(rows: list[dict]) -> str:
         if not mine:
             continue
         images = cohort == "egcz"
-        head = (["experiment", "model", "seed", "folds", "frames" if not images else "tiles", "ROC AUC", "PR AUC",
+        head = (["experiment", "model", "seed", "folds", "frames", "ROC AUC", "PR AUC",
                  "accuracy", "sensitivity", "specificity", "accuracy at 0.5"]
                 + (["images correct", "image accuracy"] if images else [])
                 + [f"{unit} correct", f"{unit[:-1]} accuracy", f"{unit} correct at 0.5",

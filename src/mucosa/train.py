@@ -13,6 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -136,7 +137,8 @@ class Classifier(L.LightningModule):
 
 
 class AtomicCheckpointIO(CheckpointIO):
-    """Lightning checkpoint I/O with atomic local writes (``checkpoint.atomic_torch_save``) and ``weights_only=True`` loading."""
+    """Lightning checkpoint I/O: atomic local writes (``checkpoint.atomic_torch_save``), ``weights_only=True``
+    loading."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         atomic_torch_save(checkpoint, path)
