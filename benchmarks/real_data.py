@@ -143,12 +143,17 @@ def run_one(exp: Experiment, model: str, seed: int, fold: int, cohort_csv: Path,
         mucosa("train", "--manifest", str(cohort_csv), "--config", exp.config, "--model", model, *exp.split,
                *fold_args, "--split-seed", str(seed), "--seed", str(seed), *exp.extra, "--threads", str(threads),
                "--out", str(run), log=log)
-        mucosa("evaluate", "--checkpoint", str(run / "best.ckpt"), "--manifest", str(run / "split.csv"),
-               "--threshold", "youden", "--bootstrap", "100", "--gallery", "0", "--out", str(evaluation), log=log)
+        evaluate(run, "best.ckpt", evaluation, log)
     finally:
         claim.unlink(missing_ok=True)
     print(f"  {exp.name} {model} seed {seed} fold {fold}: {time.time() - start:.0f} s", flush=True)
     return evaluation
+
+
+def evaluate(run: Path, checkpoint: str, evaluation: Path, log: Path) -> None:
+    """``mucosa evaluate`` of one of a run's checkpoints on its held-out part (threshold from validation)."""
+    mucosa("evaluate", "--checkpoint", str(run / checkpoint), "--manifest", str(run / "split.csv"),
+           "--threshold", "youden", "--bootstrap", "100", "--gallery", "0", "--out", str(evaluation), log=log)
 
 
 def _claim(path: Path) -> bool:
@@ -175,9 +180,7 @@ def evaluate_last(exp: Experiment, model: str, seed: int, fold: int, out: Path) 
         return None
     evaluation = out / exp.cohort / exp.name / model / f"seed{seed}" / f"fold{fold}" / "eval"
     evaluation.parent.mkdir(parents=True, exist_ok=True)
-    mucosa("evaluate", "--checkpoint", str(trained / "last.ckpt"), "--manifest", str(trained / "split.csv"),
-           "--threshold", "youden", "--bootstrap", "100", "--gallery", "0", "--out", str(evaluation),
-           log=evaluation.parent.parent / f"fold{fold}.log")
+    evaluate(trained, "last.ckpt", evaluation, evaluation.parent.parent / f"fold{fold}.log")
     return evaluation
 
 

@@ -139,10 +139,19 @@ def crop(frame: np.ndarray, fov: FieldOfView) -> np.ndarray:
                           f"{width}x{height} (width x height); frames of one source must share a size")
     part = frame[y0:y1, x0:x1]
     if fov.kind == "disc":
-        (cx, cy), radius = fov.center, fov.radius
-        ys, xs = np.ogrid[y0:y1, x0:x1]
-        part = np.where((xs + 0.5 - cx) ** 2 + (ys + 0.5 - cy) ** 2 <= radius * radius, part, 0).astype(frame.dtype)
+        part = np.where(_disc_mask(tuple(fov.box), tuple(fov.center), fov.radius), part, 0).astype(frame.dtype)
     return part
+
+
+@functools.lru_cache(maxsize=8)
+def _disc_mask(box: tuple[int, int, int, int], center: tuple[float, float], radius: float) -> np.ndarray:
+    """(h, w) bool, True inside the circle; computed once per field, not per frame (streams call crop for
+    every frame)."""
+    x0, y0, x1, y1 = box
+    ys, xs = np.ogrid[y0:y1, x0:x1]
+    mask = (xs + 0.5 - center[0]) ** 2 + (ys + 0.5 - center[1]) ** 2 <= radius * radius
+    mask.flags.writeable = False
+    return mask
 
 
 def tiles(field: np.ndarray, side: int) -> list[np.ndarray]:
