@@ -110,7 +110,10 @@ def test_corrupt_frame_mid_video_is_skipped_and_counted(predictor, brain_frames,
     with pytest.warns(UserWarning, match="corrupt"):
         summary = stream(predictor, tmp_path / "bad.avi", timeline=tmp_path / "t.csv")
     assert summary.corrupt == 1
-    assert summary.frames == len(read_csv(tmp_path / "t.csv")) == 15
+    rows = read_csv(tmp_path / "t.csv")
+    assert summary.frames == len(rows) == 15
+    # frames after the lost one keep their place in the video: 9 is frame 9, not 8
+    assert [int(r["frame"]) for r in rows] == [*range(8), *range(9, 16)]
     assert summary.verdict != NO_VERDICT
 
 

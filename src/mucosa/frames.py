@@ -256,7 +256,9 @@ def iter_video_frames(path: str | Path, frames: FrameSelection | str | None = No
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     expected = int(stream.frames or 0)
+    start, rate = stream.start_time or 0, stream.average_rate
     index = -1
+    resync = False  # a packet was skipped: number the next frame by its timestamp, not by counting
     finished = False  # the demuxer ran to the end (not stopped early by the caller or the selection)
     try:
         packets = container.demux(stream)
@@ -272,9 +274,12 @@ def iter_video_frames(path: str | Path, frames: FrameSelection | str | None = No
                 decoded = packet.decode()
             except av.error.FFmpegError:
                 report.corrupt += 1
+                resync = True
                 continue
             for frame in decoded:
-                index += 1
+                # after a skipped packet the frame's timestamp says which frame of the video this is
+                index = max(index + 1, _frame_number(frame, start, rate)) if resync else index + 1
+                resync = False
                 if selection.stop is not None and index > selection.stop:
                     return
                 if index in selection:
@@ -290,6 +295,13 @@ def iter_video_frames(path: str | Path, frames: FrameSelection | str | None = No
                           + (f" of {expected} announced" if expected else "")
                           + (f", {report.corrupt} corrupt packets skipped" if report.corrupt else "")
                           + "; using the frames that could be read", MucosaWarning, stacklevel=2)
+
+
+def _frame_number(frame, start: int, rate) -> int:
+    """The frame's position in the video from its timestamp (-1 when the video has no usable timing)."""
+    if frame.pts is None or frame.time_base is None or not rate:
+        return -1
+    return int(round(float((frame.pts - start) * frame.time_base * rate)))
 
 
 def _video_frame_to_gray(frame, channel: str) -> np.ndarray:
