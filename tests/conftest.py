@@ -1,6 +1,7 @@
-"""Shared fixtures: the real data folder, forced on in CI with MUCOSA_REQUIRE_REAL_DATA=1."""
+"""Shared fixtures: the real data folder (forced on in CI with MUCOSA_REQUIRE_REAL_DATA=1), tiny trained models."""
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,31 @@ def pcle_colon_video(real_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def egcz(real_data: Path) -> Path:
     return real_data / "egcz-aia"
+
+
+@dataclass
+class TinyRun:
+    """A tiny model trained on a synthetic cohort."""
+
+    run: Path     # the run folder (config.yaml, split.csv, best.ckpt...)
+    best: Path    # its best checkpoint
+    cohort: Path  # the synthetic cohort's folder
+    cache: object  # the FrameCache it was prepared with
+
+
+@pytest.fixture(scope="session")
+def train_tiny(tmp_path_factory):
+    """Train a tiny model on synthetic patients (40x40 images): ``train_tiny(name, config, patients, ...)``."""
+    def make(name: str, config: dict, patients: int, per_patient: int, seed: int) -> TinyRun:
+        from mucosa.config import config_from_dict
+        from mucosa.prepare import FrameCache
+        from mucosa.synth import synthesize_cohort
+        from mucosa.train import train
+
+        root = tmp_path_factory.mktemp(name)
+        manifest = synthesize_cohort(root / "cohort", patients=patients, per_patient=per_patient, size=40, seed=seed)
+        cache = FrameCache(root / "cache")
+        best = train(manifest, config_from_dict(config), root / "run", cache=cache)
+        return TinyRun(root / "run", Path(best), root / "cohort", cache)
+
+    return make

@@ -23,13 +23,10 @@ QUICK = {"model": {"size": 32}, "preprocessing": {"quality_threshold": 0.0},
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(train_tiny):
     """A tiny CNN-LSTM trained on 10 synthetic patients; returns (run folder, cache)."""
-    root = tmp_path_factory.mktemp("eval")
-    manifest = synthesize_cohort(root / "cohort", patients=10, per_patient=6, size=40, seed=5)
-    cache = FrameCache(root / "cache")
-    train(manifest, config_from_dict(QUICK), root / "run", cache=cache)
-    return root / "run", cache
+    tiny = train_tiny("eval", QUICK, patients=10, per_patient=6, seed=5)
+    return tiny.run, tiny.cache
 
 
 def read_csv(path):

@@ -7,15 +7,11 @@ import torch
 from mucosa import __version__
 from mucosa.checkpoint import CheckpointFileError, atomic_torch_save, load_checkpoint, read_checkpoint_file
 from mucosa.cli import main
-from mucosa.config import config_from_dict
 from mucosa.errors import ConfigError, MucosaError
 from mucosa.export import ExportError, OnnxPredictor, export
 from mucosa.infer import TorchPredictor, fold_batchnorm, predict_frames
 from mucosa.model import ModelConfig, create_model
 from mucosa.predict import predict
-from mucosa.prepare import FrameCache
-from mucosa.synth import synthesize_cohort
-from mucosa.train import train
 
 QUICK = {"model": {"size": 40}, "preprocessing": {"quality_threshold": 0.0, "crop": "none", "channel": "luminance"},
          "split": {"mode": "patient", "test": 0.4, "val": 0.0, "seed": 1},
@@ -23,13 +19,10 @@ QUICK = {"model": {"size": 40}, "preprocessing": {"quality_threshold": 0.0, "cro
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(train_tiny):
     """A tiny CNN-LSTM (40x40) trained on 8 synthetic patients; returns (checkpoint, split manifest, cache)."""
-    root = tmp_path_factory.mktemp("export")
-    manifest = synthesize_cohort(root / "cohort", patients=8, per_patient=5, size=40, seed=4)
-    cache = FrameCache(root / "cache")
-    best = train(manifest, config_from_dict(QUICK), root / "run", cache=cache)
-    return best, root / "run" / "split.csv", cache
+    tiny = train_tiny("export", QUICK, patients=8, per_patient=5, seed=4)
+    return tiny.best, tiny.run / "split.csv", tiny.cache
 
 
 def frames(n: int, size: int = 40, seed: int = 0) -> np.ndarray:

@@ -6,15 +6,12 @@ import pytest
 
 from mucosa.checkpoint import atomic_torch_save, load_checkpoint, read_checkpoint_file
 from mucosa.cli import main
-from mucosa.config import config_from_dict
 from mucosa.errors import MucosaError
 from mucosa.evaluate import score
 from mucosa.frames import iter_video_frames
 from mucosa.manifest import Record, load_manifest, write_manifest
 from mucosa.predict import NO_VERDICT, collect_sources, predict
 from mucosa.prepare import FrameCache
-from mucosa.synth import synthesize_cohort
-from mucosa.train import train
 
 QUICK = {"model": {"size": 32}, "preprocessing": {"quality_threshold": 0.0},
          "split": {"mode": "patient", "test": 0.3, "val": 0.3, "seed": 1},
@@ -22,13 +19,10 @@ QUICK = {"model": {"size": 32}, "preprocessing": {"quality_threshold": 0.0},
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(train_tiny):
     """A tiny CNN-LSTM trained on 8 synthetic patients; returns (run folder, cohort folder, cache)."""
-    root = tmp_path_factory.mktemp("predict")
-    manifest = synthesize_cohort(root / "cohort", patients=8, per_patient=4, size=40, seed=3)
-    cache = FrameCache(root / "cache")
-    train(manifest, config_from_dict(QUICK), root / "run", cache=cache)
-    return root / "run", root / "cohort", cache
+    tiny = train_tiny("predict", QUICK, patients=8, per_patient=4, seed=3)
+    return tiny.run, tiny.cohort, tiny.cache
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,10 @@ import pytest
 
 from mucosa.cli import main
 from mucosa.checkpoint import load_checkpoint
-from mucosa.config import config_from_dict
 from mucosa.frames import iter_video_frames, video_info
 from mucosa.infer import TorchPredictor
 from mucosa.predict import NO_VERDICT, predict
-from mucosa.prepare import FrameCache
 from mucosa.stream import Smoother, stream
-from mucosa.synth import synthesize_cohort
-from mucosa.train import train
 
 QUICK = {"model": {"size": 32}, "preprocessing": {"fov_frames": 8},
          "split": {"mode": "patient", "test": 0.3, "val": 0.0, "seed": 1},
@@ -22,11 +18,9 @@ QUICK = {"model": {"size": 32}, "preprocessing": {"fov_frames": 8},
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(train_tiny):
     """A tiny CNN-LSTM (32x32, quality gate 0.5, field of view from 8 frames) trained on synthetic images."""
-    root = tmp_path_factory.mktemp("stream")
-    manifest = synthesize_cohort(root / "cohort", patients=6, per_patient=4, size=40, seed=2)
-    return train(manifest, config_from_dict(QUICK), root / "run", cache=FrameCache(root / "cache"))
+    return train_tiny("stream", QUICK, patients=6, per_patient=4, seed=2).best
 
 
 @pytest.fixture(scope="module")
