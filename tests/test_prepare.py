@@ -110,6 +110,41 @@ def test_still_image_in_tiles_is_one_frame_per_tile(tmp_path):
     np.testing.assert_array_equal(tiled.frame(7), corner)  # tile 7: second row, fourth column
 
 
+def test_stretch_evens_out_gain_between_images_and_keeps_tiles_of_one_image_alike(tmp_path):
+    base = textured(size=64, seed=3)                    # in [0.2, 0.8]
+    dim, bright = 0.05 + 0.25 * base, 0.1 + base        # the same tissue at two gains and backgrounds
+    records = []
+    for name, image in (("dim", dim), ("bright", bright)):
+        Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)).save(tmp_path / f"{name}.png")
+        records.append(Record((tmp_path / f"{name}.png").resolve(), "active", name))
+    cohort = Cohort(records, ["control", "active"])
+    cache = FrameCache(tmp_path / "cache")
+    raw = assemble(cohort, Preprocessing(size=64, crop="none", quality_threshold=0.0), cache)
+    even = assemble(cohort, Preprocessing(size=64, crop="none", quality_threshold=0.0, normalize="stretch"), cache)
+    assert cache.misses == 4  # normalize is part of the cache key
+    gap = lambda frames: np.abs(frames.frame(0).astype(int) - frames.frame(1).astype(int)).mean()
+    assert gap(raw) > 60 and gap(even) < 3
+    assert even.frame(0).min() == 0 and even.frame(0).max() == 255
+    np.testing.assert_array_equal(raw.quality, even.quality)  # the gate judges recorded intensities
+    # tiles share their image's levels: a tile's darkest pixel is not stretched to black on its own
+    tiled = assemble(Cohort(records[:1], ["control", "active"]),
+                     Preprocessing(size=32, crop="none", quality_threshold=0.0, tile=32, normalize="stretch"), cache)
+    from mucosa import preprocess
+
+    levels = preprocess.stretch_levels(np.asarray(Image.open(tmp_path / "dim.png"), np.float32) / 255)
+    expected = preprocess.to_uint8(preprocess.stretch(np.asarray(Image.open(tmp_path / "dim.png"),
+                                                                 np.float32)[32:, :32] / 255, levels))
+    np.testing.assert_array_equal(tiled.frame(2), expected)  # tile 2: second row, first column
+
+
+def test_stretch_leaves_a_blank_field_alone():
+    from mucosa import preprocess
+
+    blank = np.full((16, 16), 0.01, np.float32)
+    assert preprocess.stretch_levels(blank) == (0.0, 1.0)
+    np.testing.assert_array_equal(preprocess.stretch(blank, (0.0, 1.0)), blank)
+
+
 def test_bad_preprocessing_values():
     with pytest.raises(ConfigError, match="crop"):
         Preprocessing(crop="circle")
@@ -119,6 +154,8 @@ def test_bad_preprocessing_values():
         Preprocessing(quality_threshold=2)
     with pytest.raises(ConfigError, match="tile 4 must be 0"):
         Preprocessing(tile=4)
+    with pytest.raises(ConfigError, match="normalize 'zscore' must be one of none, stretch"):
+        Preprocessing(normalize="zscore")
 
 
 def test_cli_synth_and_prepare(tmp_path, capsys):
@@ -128,6 +165,11 @@ def test_cli_synth_and_prepare(tmp_path, capsys):
     assert main(["prepare", str(manifest), "--size", "32", "--cache", str(tmp_path / "cache")]) == 0
     out = capsys.readouterr().out
     assert "synthetic cohort" in out and "quality gate" in out and "0 rows reused, 6 prepared" in out
+    assert main(["prepare", str(manifest), "--size", "32", "--cache", str(tmp_path / "cache"),
+                 "--normalize", "stretch", "--tile", "24"]) == 0
+    assert "0 rows reused, 6 prepared" in capsys.readouterr().out  # other settings, other cache entries
+    assert main(["prepare", str(manifest), "--normalize", "zscore"]) == 2
+    assert "normalize 'zscore' must be one of none, stretch" in capsys.readouterr().err
 
 
 def test_noise_is_dropped_from_videos_but_still_images_are_judged_on_exposure(tmp_path):

@@ -22,6 +22,11 @@ def _add_prep_options(parser: argparse.ArgumentParser) -> None:
                        help="auto (detect the field of view, largest square inside it), disc (a circular "
                        "field kept whole, black outside), none, or a box x0,y0,x1,y1")
     group.add_argument("--channel", default="auto", help="auto, luminance, red, green or blue")
+    group.add_argument("--tile", type=int, default=0,
+                       help="cut still images into tiles of this side (source pixels); 0 = whole image")
+    group.add_argument("--normalize", default="none",
+                       help="none, or stretch (map each image's or frame's 1st-99.5th intensity percentiles "
+                       "to black-white)")
     group.add_argument("--quality", type=float, default=None,
                        help="drop frames whose quality score is below this (0 keeps all)")
     group.add_argument("--cache", type=Path, default=None, help="preprocessing cache folder "
@@ -39,7 +44,8 @@ def _prep_from_args(args: argparse.Namespace):
         except ValueError:
             raise ConfigError(f"--crop {args.crop!r} must be auto, disc, none or x0,y0,x1,y1") from None
     extra = {} if args.quality is None else {"quality_threshold": args.quality}
-    return Preprocessing(size=args.size, crop=crop, channel=args.channel, **extra)
+    return Preprocessing(size=args.size, crop=crop, channel=args.channel, tile=args.tile,
+                         normalize=args.normalize, **extra)
 
 
 def cmd_synth(args: argparse.Namespace) -> None:

@@ -24,6 +24,7 @@ from mucosa.errors import ConfigError
 from mucosa.frames import CHANNELS, DecodeReport, iter_video_frames, read_image
 from mucosa.manifest import Record
 
+NORMALIZE = ("none", "stretch")
 CACHE_VERSION = 3  # 3: a video starting with dark frames re-locates its field of view
 
 
@@ -43,6 +44,10 @@ class Preprocessing:
         tile: cut the field of view of a still image into tiles of this side (source pixels), each
             resized to ``size`` and treated as one frame (numbered row by row); 0 = the whole image.
             Videos are never tiled.
+        normalize: ``none`` (intensities as recorded) or ``stretch``: the 1st and 99.5th intensity
+            percentiles of a still image's field of view (before tiling) or of each video frame are
+            mapped to black and white, evening out gain and background between animals or sessions.
+            The quality gate still judges the recorded intensities.
     """
 
     size: int = 300
@@ -51,6 +56,7 @@ class Preprocessing:
     quality_threshold: float = preprocess.DEFAULT_QUALITY_THRESHOLD
     fov_frames: int = 32
     tile: int = 0
+    normalize: str = "none"
 
     def __post_init__(self) -> None:
         if isinstance(self.crop, list):
@@ -65,6 +71,8 @@ class Preprocessing:
             raise ConfigError(f"size {self.size} must be >= 8 and fov_frames {self.fov_frames} >= 1")
         if self.tile and self.tile < 8:
             raise ConfigError(f"tile {self.tile} must be 0 (whole image) or a side of at least 8 pixels")
+        if self.normalize not in NORMALIZE:
+            raise ConfigError(f"normalize {self.normalize!r} must be one of {', '.join(NORMALIZE)}")
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -74,6 +82,8 @@ class Preprocessing:
     def cache_key(self) -> dict:
         data = self.to_dict()
         data.pop("quality_threshold")
+        if data["normalize"] == "none":
+            data.pop("normalize")  # caches made before the option existed stay valid
         return data
 
 
@@ -106,17 +116,24 @@ class FramePreparer:
         """A still image (H, W) → its model frames with quality scores: the field of view whole, or in
         tiles when ``tile`` is set (row by row)."""
         field = preprocess.crop(image, self.locate(image))
+        levels = self._levels(field)  # of the whole field: tiles of one image are stretched alike
         parts = preprocess.tiles(field, self.prep.tile) if self.prep.tile else [field]
-        return [self._finish(part) for part in parts]
+        return [self._finish(part, levels) for part in parts]
 
     def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
         """One frame (H, W) float → (model frame uint8 (S, S), quality score)."""
         if self.fov is None:
             self.locate(frame)
-        return self._finish(preprocess.crop(frame, self.fov))  # (h, w)
+        cropped = preprocess.crop(frame, self.fov)  # (h, w)
+        return self._finish(cropped, self._levels(cropped))
 
-    def _finish(self, cropped: np.ndarray) -> tuple[np.ndarray, float]:
-        quality = preprocess.quality_score(cropped, self.components)
+    def _levels(self, field: np.ndarray) -> tuple[float, float] | None:
+        return preprocess.stretch_levels(field) if self.prep.normalize == "stretch" else None
+
+    def _finish(self, cropped: np.ndarray, levels: tuple[float, float] | None) -> tuple[np.ndarray, float]:
+        quality = preprocess.quality_score(cropped, self.components)  # on the recorded intensities
+        if levels is not None:
+            cropped = preprocess.stretch(cropped, levels)
         return preprocess.to_uint8(preprocess.resize(cropped, self.prep.size)), quality
 
 

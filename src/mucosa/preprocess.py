@@ -336,6 +336,26 @@ def resize(frame: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(out, dtype=np.float32)
 
 
+_STRETCH = (1.0, 99.5)  # percentiles mapped to 0 and 1 by ``stretch_levels``
+_MIN_RANGE = 0.02      # a field with less contrast than this is left as it is (blank, not tissue)
+
+
+def stretch_levels(field: np.ndarray) -> tuple[float, float]:
+    """Intensity levels (low, high) that ``stretch`` maps to 0 and 1: the 1st and 99.5th percentiles.
+
+    Evens out gain, exposure and background differences between animals, stains and sessions; a
+    field without contrast (blank) gets (0, 1), which leaves it unchanged.
+    """
+    low, high = (float(v) for v in np.percentile(np.asarray(field)[::2, ::2], _STRETCH))
+    return (low, high) if high - low >= _MIN_RANGE else (0.0, 1.0)
+
+
+def stretch(frame: np.ndarray, levels: tuple[float, float]) -> np.ndarray:
+    """Frame (h, w) in [0, 1] → float32 with ``levels`` mapped to 0 and 1, clipped to [0, 1]."""
+    low, high = levels
+    return np.clip((np.asarray(frame, dtype=np.float32) - low) / (high - low), 0.0, 1.0)
+
+
 def to_uint8(frame: np.ndarray) -> np.ndarray:
     """Float frame in [0, 1] → uint8 in [0, 255] (rounded, values outside [0, 1] clipped)."""
     return np.round(np.clip(np.asarray(frame, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
