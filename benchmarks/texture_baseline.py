@@ -7,6 +7,11 @@ measures the texture half on its own, with the same protocol and the same kind o
 called by its probability against 0.5; an animal by its images' mean probability.
 
     python benchmarks/texture_baseline.py [--data ../shared/data] [--out runs/real/texture]
+        [--fuse runs/real/egcz/lopo/cnn-lstm/seed0 ...]
+
+``--fuse`` adds late fusion, as the published method does: each image's texture probability averaged
+with its held-out probability from a finished ``real_data.py`` EGC-Z run (the mean over its tiles, from
+every fold's ``eval/files.csv``).
 
 Features are cached in ``OUT/features.npz`` (about 6 minutes to compute on one core).
 """
@@ -92,6 +97,21 @@ def leave_one_animal_out(clf, X: np.ndarray, y: np.ndarray, animal: np.ndarray) 
     return score
 
 
+def cnn_probabilities(run: Path, paths: list[str]) -> np.ndarray:
+    """Held-out image probabilities of a leave-one-animal-out CNN run (all folds), in ``paths`` order."""
+    import csv
+
+    found = {}
+    for files in sorted(run.glob("fold*/eval/files.csv")):
+        with open(files, newline="") as handle:
+            found.update({Path(r["file"]).resolve(): float(r["mean_probability"]) for r in csv.DictReader(handle)})
+    missing = [p for p in paths if Path(p).resolve() not in found]
+    if missing:
+        raise SystemExit(f"{run}: no held-out probability for {len(missing)} images (e.g. {missing[0]}); "
+                         "is every fold finished?")
+    return np.array([found[Path(p).resolve()] for p in paths])
+
+
 def summarize(y: np.ndarray, score: np.ndarray, animal: np.ndarray, n_boot: int = 1000) -> dict:
     """Image ROC AUC and accuracy at 0.5 with animal-clustered bootstrap CIs; animal verdicts by mean score."""
     from scipy.stats import binomtest
@@ -119,10 +139,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "real" / "texture")
+    parser.add_argument("--fuse", type=Path, nargs="*", default=[], help="CNN run folders (model/seedN)")
     args = parser.parse_args()
-    X, y, animal, _ = load_features(args.data, args.out / "features.npz")
-    results = {name: summarize(y, leave_one_animal_out(clf, X, y, animal), animal)
-               for name, clf in classifiers().items()}
+    X, y, animal, paths = load_features(args.data, args.out / "features.npz")
+    texture = {name: leave_one_animal_out(clf, X, y, animal) for name, clf in classifiers().items()}
+    scores = dict(texture)
+    for run in args.fuse:
+        cnn = scores[str(run)] = cnn_probabilities(run, paths)
+        scores.update({f"{name} + {run}": (score + cnn) / 2 for name, score in texture.items()})
+    results = {name: summarize(y, score, animal) for name, score in scores.items()}
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     for name, r in results.items():
         print(f"{name}: image ROC AUC {r['roc_auc'][0]:.3f} ({r['roc_auc'][1][0]:.3f}-{r['roc_auc'][1][1]:.3f}), "

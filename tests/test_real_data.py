@@ -111,21 +111,26 @@ def test_microscopy_tiles_leave_one_animal_out_end_to_end(egcz, tmp_path):
     assert "File level (2 images or videos" in (out / "report.html").read_text()
 
 
-def test_benchmark_pools_held_out_folds_like_scikit_learn():
-    """benchmarks/real_data.py pools the folds' predictions: AUC of the pooled probabilities, accuracy of
-    each fold's own calls, case accuracy over every held-out case."""
+def benchmark(name: str):
+    """A module of benchmarks/ (they are scripts, not part of the package)."""
     import importlib.util
     import sys
     from pathlib import Path
 
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_pools_held_out_folds_like_scikit_learn():
+    """benchmarks/real_data.py pools the folds' predictions: AUC of the pooled probabilities, accuracy of
+    each fold's own calls, case accuracy over every held-out case."""
     import numpy as np
     from sklearn.metrics import accuracy_score, roc_auc_score
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "real_data.py"
-    spec = importlib.util.spec_from_file_location("real_data", path)
-    real_data = importlib.util.module_from_spec(spec)
-    sys.modules["real_data"] = real_data  # its dataclasses look their module up
-    spec.loader.exec_module(real_data)
+    real_data = benchmark("real_data")
     rng = np.random.default_rng(0)
     folds, truth, scores, calls = [], [], [], []
     for k, threshold in enumerate((0.3, 0.7)):
@@ -150,3 +155,21 @@ def test_benchmark_pools_held_out_folds_like_scikit_learn():
     assert result["roc_auc"][1][0] <= result["roc_auc"][0] <= result["roc_auc"][1][1]
     correct = sum(int(f["correct"]) for fold in folds for f in fold["files"])
     assert (result["cases"], result["case_correct"], result["file_correct"]) == (8, correct, correct)
+
+
+def test_texture_baseline_lbp_codes():
+    """benchmarks/texture_baseline.py: uniform LBP codes count the neighbours at least as bright as the
+    centre; a histogram sums to one and does not change when the image is turned by 90 degrees."""
+    import numpy as np
+
+    texture = benchmark("texture_baseline")
+    flat = np.full((9, 9), 0.5)
+    np.testing.assert_array_equal(texture.lbp_histogram(flat, 8, 1), np.eye(10)[8])  # every neighbour >= centre
+    spot = np.zeros((9, 9))
+    spot[4, 4] = 1.0  # the centre pixel brighter than all its neighbours: code 0
+    assert texture.lbp_histogram(spot, 8, 1)[0] == 1 / 49
+    image = np.random.default_rng(0).random((40, 40))
+    hist = texture.lbp_histogram(image, 8, 1)
+    assert hist.shape == (10,) and hist.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(texture.lbp_histogram(np.rot90(image), 8, 1), hist)
+    assert texture.texture_features(image).shape == (sum(p + 2 for p, _ in texture.SCALES),)
