@@ -25,12 +25,13 @@ pcle (pCLE brain videos, a video is a case; configs/pcle.yaml):
   disc-300      configs/pcle.yaml at the paper's 300x300, CNN-LSTM and CNN, every seed; only when named
                 (``--only disc-300``): hours a fold on a CPU, minutes on a GPU
 egcz (EGC-Z AIA microscopy, an animal is a case; configs/microscopy.yaml):
-  lopo          leave one animal out (12 folds), CNN-LSTM, then CNN (after the ablation)
-  whole-image   the CNN-LSTM with the whole image downsampled instead of 256-pixel tiles
+  lopo          leave one animal out (12 folds), CNN-LSTM, 256-pixel tiles each standardised on its own
+                (configs/microscopy.yaml before the next row)
+  stretch       configs/microscopy.yaml: brightness evened out per image, not per tile (intensities
+                stretched before tiling, ``preprocessing.normalize: stretch``; the model's per-frame
+                standardisation off, ``model.input_norm: none``); CNN-LSTM then CNN, every seed
+  whole-image   ablation of lopo: the whole image downsampled instead of 256-pixel tiles
   whole-image-long  the same trained up to 40 epochs (early stopping after 10 without progress)
-  stretch       the tiled CNN-LSTM with brightness evened out per image, not per tile: intensities
-                stretched before tiling (``preprocessing.normalize: stretch``), the model's per-frame
-                standardisation off (``model.input_norm: none``)
 
 The summary pools each experiment's held-out predictions over its folds: frame-level ROC AUC and PR AUC
 of the pooled probabilities, accuracy / sensitivity / specificity of the per-fold thresholded calls, all
@@ -76,6 +77,7 @@ class Experiment:
 
 PCLE_GROUPED = ["--split", "kfold", "--k", "5"]
 SQUARE = "benchmarks/configs/pcle-square.yaml"  # configs/pcle.yaml before crop: disc
+TILES = "benchmarks/configs/microscopy-tiles.yaml"  # configs/microscopy.yaml before normalize: stretch
 EXPERIMENTS = [
     Experiment("pcle", "grouped", SQUARE, ("cnn-lstm", "cnn"), PCLE_GROUPED, 5, all_seeds=True),
     Experiment("pcle", "within", SQUARE, ("cnn-lstm", "cnn"),
@@ -96,14 +98,13 @@ EXPERIMENTS = [
                main=False),
     Experiment("pcle", "last-epoch", SQUARE, ("cnn-lstm",), PCLE_GROUPED, 5, main=False,
                last_of="grouped"),
-    Experiment("egcz", "lopo", "configs/microscopy.yaml", ("cnn-lstm",), ["--split", "lopo"], 12),
+    Experiment("egcz", "lopo", TILES, ("cnn-lstm",), ["--split", "lopo"], 12),
+    Experiment("egcz", "stretch", "configs/microscopy.yaml", ("cnn-lstm", "cnn"), ["--split", "lopo"], 12,
+               all_seeds=True),
     Experiment("egcz", "whole-image", "benchmarks/configs/microscopy-whole-image.yaml", ("cnn-lstm",),
                ["--split", "lopo"], 12, main=False),
     Experiment("egcz", "whole-image-long", "benchmarks/configs/microscopy-whole-image-long.yaml", ("cnn-lstm",),
                ["--split", "lopo"], 12, main=False),
-    Experiment("egcz", "stretch", "benchmarks/configs/microscopy-stretch.yaml", ("cnn-lstm",),
-               ["--split", "lopo"], 12, main=False),
-    Experiment("egcz", "lopo", "configs/microscopy.yaml", ("cnn",), ["--split", "lopo"], 12, main=False),
 ]
 
 
@@ -272,6 +273,8 @@ def pooled(folds: list[dict], n_boot: int = 1000) -> dict:
     owner = {f["path"]: f["patient"] for f in frames}
     files = [f for fold in folds for f in fold["files"]]
     file_correct = np.array([float(f["correct"]) for f in files])
+    file_truth = {f["path"]: f["label"] == positive for f in frames}
+    file_correct_at_half = sum((float(f["mean_probability"]) >= 0.5) == file_truth[f["file"]] for f in files)
     file_ci = _with_ci(lambda t, s: {"accuracy": float(np.mean(s))}, np.zeros(len(files), np.int64),
                        file_correct, np.array([owner[f["file"]] for f in files], dtype=object), n_boot)
     case_rows = [c for fold in folds for c in fold["cases"]]
@@ -279,10 +282,14 @@ def pooled(folds: list[dict], n_boot: int = 1000) -> dict:
     case_ci = binomtest(correct, len(case_rows)).proportion_ci(method="exact")
     fold_auc = [a for a in (fold["metrics"]["image"]["roc_auc"]["value"] for fold in folds) if a is not None]
     return {"frames": len(y), **result, "files": len(files), "file_correct": int(file_correct.sum()),
-            "file_accuracy": file_ci["accuracy"], "cases": len(case_rows), "case_correct": correct,
+            "file_accuracy": file_ci["accuracy"], "file_correct_at_0.5": int(file_correct_at_half),
+            "cases": len(case_rows), "case_correct": correct,
             "case_accuracy": (correct / len(case_rows), (float(case_ci.low), float(case_ci.high))),
             "fold_auc": (float(np.mean(fold_auc)), float(np.std(fold_auc)), float(np.min(fold_auc)),
                          float(np.max(fold_auc))) if fold_auc else None}
+
+
+POOLED_VERSION = 2  # 2: images correct at 0.5
 
 
 def _pooled_cached(path: Path, evaluations: list[Path]) -> dict:
@@ -290,10 +297,10 @@ def _pooled_cached(path: Path, evaluations: list[Path]) -> dict:
     stamp = [[str(e), (e / "metrics.json").stat().st_mtime_ns] for e in evaluations]
     if path.is_file():
         cached = json.loads(path.read_text())
-        if cached["folds"] == stamp:
+        if cached["folds"] == stamp and cached.get("version") == POOLED_VERSION:
             return cached["result"]
     result = json.loads(json.dumps(pooled([_read_fold(e) for e in evaluations]), default=float))
-    path.write_text(json.dumps({"folds": stamp, "result": result}))
+    path.write_text(json.dumps({"folds": stamp, "version": POOLED_VERSION, "result": result}))
     return result
 
 
@@ -332,7 +339,7 @@ def markdown(rows: list[dict]) -> str:
         images = cohort == "egcz"
         head = (["experiment", "model", "seed", "folds", "frames", "ROC AUC", "PR AUC",
                  "accuracy", "sensitivity", "specificity", "accuracy at 0.5"]
-                + (["images correct", "image accuracy"] if images else [])
+                + (["images correct", "image accuracy", "images correct at 0.5"] if images else [])
                 + [f"{unit} correct", f"{unit[:-1]} accuracy", f"{unit} correct at 0.5",
                    "per-fold ROC AUC mean ± sd (min–max)"])
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -342,7 +349,8 @@ def markdown(rows: list[dict]) -> str:
             cells = ([r["experiment"], r["model"], str(r["seed"]), r["folds"], str(r["frames"]), _fmt(r["roc_auc"]),
                       _fmt(r["pr_auc"]), _fmt(r["accuracy"]), _fmt(r["sensitivity"]), _fmt(r["specificity"]),
                       f"{r['accuracy_at_0.5']:.3f}"]
-                     + ([f"{r['file_correct']}/{r['files']}", _fmt(r["file_accuracy"])] if images else [])
+                     + ([f"{r['file_correct']}/{r['files']}", _fmt(r["file_accuracy"]),
+                         f"{r['file_correct_at_0.5']}/{r['files']}"] if images else [])
                      + [f"{r['case_correct']}/{r['cases']}", _fmt(r["case_accuracy"]),
                         f"{r['case_correct_at_0.5']}/{r['cases']}", spread])
             lines.append("| " + " | ".join(cells) + " |")

@@ -1,7 +1,7 @@
 """The whole pipeline on real frames, small enough for CI: index → split → train → evaluate → report.
 
 pCLE brain videos (a video is a case) with configs/pcle.yaml, and EGC-Z microscopy (an animal is a case)
-with configs/microscopy.yaml (256-pixel tiles); tiny input, one epoch. Checks that every step runs on real
+with configs/microscopy.yaml (256-pixel tiles, brightness stretched per image); tiny input, one epoch. Checks that every step runs on real
 data, the metrics are finite and no case is on both sides. The accuracy figures are in docs/results.md
 (benchmarks/real_data.py).
 """
@@ -102,6 +102,10 @@ def test_microscopy_tiles_leave_one_animal_out_end_to_end(egcz, tmp_path):
                  "--cache", cache]) == 0
     parts = sides(run / "split.csv")
     assert parts["test"] == {"AIA_00"} and not (parts["train"] | parts["val"]) & parts["test"]
+    from mucosa.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(run / "best.ckpt")  # evaluate rebuilds the preprocessing from the checkpoint
+    assert (loaded.preprocessing.normalize, loaded.model.config.input_norm) == ("stretch", "none")
     assert main(["evaluate", "--checkpoint", str(run / "best.ckpt"), "--manifest", str(run / "split.csv"),
                  "--bootstrap", "50", "--gallery", "1", "--out", str(out), "--cache", cache]) == 0
     result = assert_finite_report(out, 1, both_classes=False)
@@ -132,7 +136,7 @@ def test_benchmark_pools_held_out_folds_like_scikit_learn():
 
     real_data = benchmark("real_data")
     rng = np.random.default_rng(0)
-    folds, truth, scores, calls = [], [], [], []
+    folds, truth, scores, calls, file_truth, file_means = [], [], [], [], [], []
     for k, threshold in enumerate((0.3, 0.7)):
         frames, files = [], []
         for case in range(4):
@@ -141,7 +145,10 @@ def test_benchmark_pools_held_out_folds_like_scikit_learn():
             name = f"f{k}c{case}"
             frames += [{"path": name, "patient": name, "label": ["no", "yes"][label], "probability": str(v),
                         "prediction": ["no", "yes"][int(v >= threshold)]} for v in p]
-            files.append({"file": name, "correct": str(int((p.mean() >= threshold) == label))})
+            files.append({"file": name, "correct": str(int((p.mean() >= threshold) == label)),
+                          "mean_probability": str(p.mean())})
+            file_truth.append(label)
+            file_means.append(p.mean())
             truth += [label] * 10
             scores += p.tolist()
             calls += (p >= threshold).astype(int).tolist()
@@ -155,6 +162,7 @@ def test_benchmark_pools_held_out_folds_like_scikit_learn():
     assert result["roc_auc"][1][0] <= result["roc_auc"][0] <= result["roc_auc"][1][1]
     correct = sum(int(f["correct"]) for fold in folds for f in fold["files"])
     assert (result["cases"], result["case_correct"], result["file_correct"]) == (8, correct, correct)
+    assert result["file_correct_at_0.5"] == accuracy_score(file_truth, np.array(file_means) >= 0.5, normalize=False)
 
 
 def test_texture_baseline_lbp_codes():
