@@ -23,7 +23,7 @@ pcle (pCLE brain videos, a video is a case; configs/pcle.yaml):
                 epoch of best validation AUC (evaluation only)
   disc-128      configs/pcle.yaml at 128x128 instead of 64x64 (first seed)
   disc-300      configs/pcle.yaml at the paper's 300x300, CNN-LSTM and CNN, every seed; only when named
-                (``--only disc-300``): hours a fold on a CPU, minutes on a GPU
+                (``--only disc-300``): about half an hour a fold on the 2-core CPU, minutes on a GPU
 egcz (EGC-Z AIA microscopy, an animal is a case; configs/microscopy.yaml):
   lopo          leave one animal out (12 folds), CNN-LSTM, 256-pixel tiles each standardised on its own
                 (configs/microscopy.yaml before the next row)
@@ -91,7 +91,7 @@ EXPERIMENTS = [
     Experiment("pcle", "disc", "configs/pcle.yaml", ("cnn-lstm",), PCLE_GROUPED, 5, all_seeds=True, main=False),
     Experiment("pcle", "disc-128", "configs/pcle.yaml", ("cnn-lstm",), PCLE_GROUPED, 5, ["--size", "128"],
                main=False),
-    # the paper's input size: ~9 s per batch of 32 on the 2-core CPU (8+ hours a fold set); run on a GPU
+    # the paper's input size: ~9 images/s on the 2-core CPU, 2-3 hours a model and seed (docs/results.md)
     Experiment("pcle", "disc-300", "configs/pcle.yaml", ("cnn-lstm", "cnn"), PCLE_GROUPED, 5, ["--size", "300"],
                all_seeds=True, main=False, named_only=True),
     Experiment("pcle", "no-quality", SQUARE, ("cnn-lstm",), PCLE_GROUPED, 5, ["--quality", "0"],
