@@ -18,7 +18,7 @@ python3 -m mucosa evaluate --checkpoint /tmp/run-gpu/best.ckpt --manifest /tmp/s
 [ -n "${OUT:-}" ] && cp /tmp/run-gpu/epochs.csv /tmp/ev/metrics.json "$OUT"/
 python3 - <<'PY'
 import time, torch
-from mucosa.model import ModelConfig, create_model
+from mucosa.models.networks import ModelConfig, create_model
 m = create_model(ModelConfig(size=300)).cuda().to(memory_format=torch.channels_last)
 opt = torch.optim.Adam(m.parameters(), 1e-3)
 for bs in (16, 64):

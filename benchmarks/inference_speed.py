@@ -35,12 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mucosa.checkpoint import LoadedCheckpoint
-from mucosa.export import OnnxPredictor, quantize_int8, to_onnx
-from mucosa.infer import TorchPredictor
-from mucosa.model import ModelConfig, create_model, feature_size
-from mucosa.prepare import Preprocessing
-from mucosa.stream import default_threads, stream
+from mucosa.data.preparation import Preprocessing
+from mucosa.inference.onnx import OnnxPredictor, quantize_int8, to_onnx
+from mucosa.inference.predictors import TorchPredictor
+from mucosa.inference.stream import default_threads, stream
+from mucosa.models.checkpoint import LoadedCheckpoint
+from mucosa.models.networks import ModelConfig, create_model, feature_size
 
 VIDEO = Path(__file__).resolve().parents[2] / "shared" / "data" / "pcle-colon" / "s01v01.mpeg"
 

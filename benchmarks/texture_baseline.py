@@ -59,10 +59,12 @@ def load_features(data: Path, cache: Path) -> tuple[np.ndarray, np.ndarray, np.n
     if cache.is_file():
         saved = np.load(cache, allow_pickle=False)
         return saved["X"], saved["y"], saved["animal"], saved["path"].tolist()
-    from real_data import manifest  # the cohort manifest of the CNN runs, made with ``mucosa index``
+    from real_data import (
+        manifest,  # the cohort manifest of the CNN runs, made with ``mucosa index``
+    )
 
-    from mucosa.frames import read_image
-    from mucosa.manifest import load_manifest
+    from mucosa.data.manifest import load_manifest
+    from mucosa.data.readers import read_image
 
     records = load_manifest(manifest("egcz", cache.parent.parent, data)).records
     X = np.stack([texture_features(read_image(r.path, "red")) for r in records])

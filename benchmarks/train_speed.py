@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mucosa.model import ModelConfig, create_model, feature_size
+from mucosa.models.networks import ModelConfig, create_model, feature_size
 
 KERAS_IMAGES_PER_S = 8.5  # Keras on TensorFlow, 300x300, batch 16, this machine (issue)
 MAX_OTHER_LOAD = 0.25  # cores used by other processes above which a step is repeated
@@ -165,9 +165,9 @@ def measure_eager(spec: dict) -> dict:
 def measure_mucosa(spec: dict) -> dict:
     import lightning as L
 
-    from mucosa.config import config_from_dict
-    from mucosa.model import FastDropout
-    from mucosa.train import Classifier, _quiet_lightning
+    from mucosa.models.config import config_from_dict
+    from mucosa.models.networks import FastDropout
+    from mucosa.models.training import Classifier, _quiet_lightning
 
     size, batch, steps, warmup, ablate = spec["size"], spec["batch"], spec["steps"], spec["warmup"], spec["ablate"]
     _quiet_lightning()
@@ -254,7 +254,7 @@ def _loss_and_grads(size: int, batch: int, dtype: torch.dtype, bf16: bool = Fals
 
 def check(size: int = 64, batch: int = 4) -> list[tuple[str, str, str]]:
     """(name, "ok" / "FAIL" / "info", detail): does mucosa's step compute what the eager network does?"""
-    from mucosa.model import FastDropout
+    from mucosa.models.networks import FastDropout
 
     def rel(a: torch.Tensor, b: torch.Tensor) -> float:
         return ((a - b).norm() / b.norm()).item()

@@ -53,10 +53,10 @@ class TinyRun:
 def train_tiny(tmp_path_factory):
     """Train a tiny model on synthetic patients (40x40 images): ``train_tiny(name, config, patients, ...)``."""
     def make(name: str, config: dict, patients: int, per_patient: int, seed: int) -> TinyRun:
-        from mucosa.config import config_from_dict
-        from mucosa.prepare import FrameCache
-        from mucosa.synth import synthesize_cohort
-        from mucosa.train import train
+        from mucosa.data.cache import FrameCache
+        from mucosa.data.synth import synthesize_cohort
+        from mucosa.models.config import config_from_dict
+        from mucosa.models.training import train
 
         root = tmp_path_factory.mktemp(name)
         manifest = synthesize_cohort(root / "cohort", patients=patients, per_patient=per_patient, size=40, seed=seed)

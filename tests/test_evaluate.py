@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 
 from mucosa.cli import main
-from mucosa.compare import compare
-from mucosa.config import config_from_dict
+from mucosa.data.cache import FrameCache
+from mucosa.data.manifest import load_manifest, write_manifest
+from mucosa.data.synth import synthesize_cohort
 from mucosa.errors import ConfigError
-from mucosa.evaluate import evaluate
-from mucosa.manifest import load_manifest, write_manifest
-from mucosa.prepare import FrameCache
-from mucosa.report import fmt
-from mucosa.synth import synthesize_cohort
-from mucosa.train import train
+from mucosa.evaluation.compare import compare
+from mucosa.evaluation.evaluate import evaluate
+from mucosa.evaluation.report import fmt
+from mucosa.models.config import config_from_dict
+from mucosa.models.training import train
 
 QUICK = {"model": {"size": 32}, "preprocessing": {"quality_threshold": 0.0},
          "split": {"mode": "patient", "test": 0.3, "val": 0.3, "seed": 1},
@@ -165,7 +165,7 @@ def test_compare_builds_table_iii_and_paired_test(trained, tmp_path, capsys):
     assert rows[0]["ROC AUC"] == rows[1]["ROC AUC"] and rows[0]["Accuracy"] != "n/a"
     from sklearn.metrics import roc_auc_score
 
-    from mucosa.compare import load_evaluation
+    from mucosa.evaluation.compare import load_evaluation
 
     loaded = load_evaluation(tmp_path / "a")  # predictions.csv keeps the probabilities exactly
     stored = json.loads((tmp_path / "a" / "metrics.json").read_text())["image"]["roc_auc"]["value"]

@@ -1,5 +1,5 @@
-import csv
 import copy
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -8,17 +8,18 @@ import torch
 from PIL import Image
 from scipy import ndimage as ndi
 
-from mucosa import explain
-from mucosa.checkpoint import load_checkpoint
 from mucosa.cli import main
-from mucosa.config import config_from_dict
+from mucosa.data.cache import FrameCache
+from mucosa.data.preparation import FramePreparer, prepare_file
+from mucosa.data.readers import read_image
+from mucosa.data.synth import synthesize_cohort
 from mucosa.errors import ConfigError, UnreadableFileError
-from mucosa.frames import read_image
-from mucosa.infer import predict_frames
-from mucosa.manifest import Record
-from mucosa.model import ModelConfig, create_model
-from mucosa.prepare import FrameCache, FramePreparer, prepare_source
-from mucosa.synth import synthesize_cohort
+from mucosa.evaluation import explain
+from mucosa.inference import saliency
+from mucosa.inference.predictors import predict_frames
+from mucosa.models.checkpoint import load_checkpoint
+from mucosa.models.config import config_from_dict
+from mucosa.models.networks import ModelConfig, create_model
 
 SIZE = 48
 # A model that learns the synthetic lesions in seconds on one busy core: crop "none" keeps the frames (and
@@ -35,7 +36,7 @@ TRAINING = {"model": {"kind": "cnn-lstm", "size": SIZE},
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """Best checkpoint of a cnn-lstm trained on 12 synthetic patients x 12 frames (seconds on one core)."""
-    from mucosa.train import train
+    from mucosa.models.training import train
 
     root = tmp_path_factory.mktemp("explain")
     manifest = synthesize_cohort(root / "train", patients=12, per_patient=12, size=SIZE, seed=1)
@@ -67,7 +68,7 @@ def test_grad_cam_points_at_the_lesions(trained, held_out):
         if not mask.any():  # an active patient's lesion-free frame
             continue
         image, _ = FramePreparer(checkpoint.preprocessing, still=True)(read_image(held_out.parent / row["path"]))
-        cams.append(explain.grad_cam(checkpoint.model, image, target=1))  # evidence for "active"
+        cams.append(saliency.grad_cam(checkpoint.model, image, target=1))  # evidence for "active"
         masks.append(mask)
         probs.append(predict_frames(checkpoint.model, image[None])[0])
     assert len(cams) >= 20
@@ -92,7 +93,7 @@ def test_grad_cam_points_at_the_lesions(trained, held_out):
 
 def test_feature_maps_have_every_layer_and_one_tile_per_channel(tmp_path):
     model = untrained("cnn-lstm", 2)
-    maps = explain.feature_maps(model, frame())
+    maps = saliency.feature_maps(model, frame())
     expected = {"conv1": (32, 46, 46), "conv2": (32, 44, 44), "pool1": (32, 22, 22), "conv3": (64, 20, 20),
                 "conv4": (128, 18, 18), "pool2": (128, 9, 9)}
     assert {k: v.shape for k, v in maps.items()} == expected
@@ -130,7 +131,7 @@ def test_grad_cam_works_for_both_heads_and_matches_monai(kind, classes):
     model = untrained(kind, classes, seed=1)
     image = frame(1).astype(np.float32) / 255  # float input works as uint8 does
     for target in [None, *range(classes)]:
-        cam = explain.grad_cam(model, image, target)
+        cam = saliency.grad_cam(model, image, target)
         assert cam.shape == (SIZE, SIZE) and cam.dtype == np.float32 and np.isfinite(cam).all()
         assert cam.min() >= 0 and cam.max() in (0.0, 1.0)
     assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
@@ -147,21 +148,21 @@ def test_grad_cam_works_for_both_heads_and_matches_monai(kind, classes):
 
     reference = GradCAM(Scores(copy.deepcopy(model)), target_layers="inner.conv4")  # hooks stay on the copy
     x = torch.from_numpy(image)[None, None]
-    offset, stride = explain.layer_geometry(model, "conv4")
+    offset, stride = saliency.layer_geometry(model, "conv4")
     assert (offset, stride) == (6.5, 2)
     for target in range(classes):
         raw = reference.compute_map(x, class_idx=target)[0, 0].detach().numpy()
-        expected = explain.upsample(raw, SIZE, offset, stride)
+        expected = saliency.upsample(raw, SIZE, offset, stride)
         expected = expected / expected.max() if expected.max() > 0 else expected
-        np.testing.assert_allclose(explain.grad_cam(model, image, target), expected, atol=1e-5)
+        np.testing.assert_allclose(saliency.grad_cam(model, image, target), expected, atol=1e-5)
 
     logits = model(x)
     called = int(logits[0, 0] >= 0) if classes == 2 else int(logits[0].argmax())
-    np.testing.assert_array_equal(explain.grad_cam(model, image), explain.grad_cam(model, image, called))
+    np.testing.assert_array_equal(saliency.grad_cam(model, image), saliency.grad_cam(model, image, called))
     with pytest.raises(ConfigError, match="out of range"):
-        explain.grad_cam(model, image, classes)
+        saliency.grad_cam(model, image, classes)
     with pytest.raises(ConfigError, match="48x48"):
-        explain.grad_cam(model, np.zeros((40, 40), np.uint8))
+        saliency.grad_cam(model, np.zeros((40, 40), np.uint8))
 
 
 def test_gallery_picks_the_most_confident_of_each_group(trained, tmp_path):
@@ -212,7 +213,7 @@ def test_cli_explains_an_image_and_a_video(trained, held_out, tmp_path, capsys):
     assert picked == sorted(picked) and len(set(picked)) == 2 and max(picked) < 6
     # --top keeps the two most confident frames of the six, prepared as `mucosa prepare` would
     checkpoint = load_checkpoint(trained)
-    prepared = prepare_source(Record(video, "control", "P"), checkpoint.preprocessing)
+    prepared = prepare_file(video, checkpoint.preprocessing)
     assert prepared.indices.tolist() == list(range(6))
     p = predict_frames(checkpoint.model, prepared.frames)
     confidence = np.maximum(p, 1 - p)

@@ -5,13 +5,18 @@ import pytest
 import torch
 
 from mucosa import __version__
-from mucosa.checkpoint import CheckpointFileError, atomic_torch_save, load_checkpoint, read_checkpoint_file
 from mucosa.cli import main
 from mucosa.errors import ConfigError, MucosaError
-from mucosa.export import ExportError, OnnxPredictor, export
-from mucosa.infer import TorchPredictor, fold_batchnorm, predict_frames
-from mucosa.model import ModelConfig, create_model
-from mucosa.predict import predict
+from mucosa.inference.onnx import ExportError, OnnxPredictor, export
+from mucosa.inference.predict import predict
+from mucosa.inference.predictors import TorchPredictor, fold_batchnorm, predict_frames
+from mucosa.models.checkpoint import (
+    CheckpointFileError,
+    atomic_torch_save,
+    load_checkpoint,
+    read_checkpoint_file,
+)
+from mucosa.models.networks import ModelConfig, create_model
 
 QUICK = {"model": {"size": 40}, "preprocessing": {"quality_threshold": 0.0, "crop": "none", "channel": "luminance"},
          "split": {"mode": "patient", "test": 0.4, "val": 0.0, "seed": 1},
@@ -79,7 +84,7 @@ def test_int8_export_reports_agreement_and_auc_change(trained, tmp_path, capsys)
     checkpoint, manifest, cache = trained
     report = export(checkpoint, tmp_path / "q.onnx", int8=True, manifest=manifest, cache=cache)
     q = report.int8
-    from mucosa.manifest import load_manifest
+    from mucosa.data.manifest import load_manifest
 
     test_rows = [r for r in load_manifest(manifest).records if r.split == "test"]
     assert q["frames"] == len(test_rows) and "test" in q["evaluated"]  # the part evaluate would use
@@ -100,7 +105,7 @@ def test_int8_export_reports_agreement_and_auc_change(trained, tmp_path, capsys)
 
 def test_failed_parity_writes_nothing(trained, tmp_path, monkeypatch):
     checkpoint, _, _ = trained
-    monkeypatch.setattr("mucosa.export.PARITY_TOLERANCE", 0.0)
+    monkeypatch.setattr("mucosa.inference.onnx.PARITY_TOLERANCE", 0.0)
     with pytest.raises(ExportError, match="differs from PyTorch"):
         export(checkpoint, tmp_path / "m.onnx")
     assert not list(tmp_path.iterdir())

@@ -6,9 +6,15 @@ import pytest
 import tifffile
 from PIL import Image
 
-from mucosa.errors import ConfigError, UnreadableFileError
-from mucosa.frames import (FrameSelection, MucosaWarning, iter_video_frames, read_frames, read_image,
-                           runs_to_selections, to_gray, video_info)
+from mucosa.data.readers import (
+    FrameSelection,
+    iter_video_frames,
+    read_image,
+    runs_to_selections,
+    to_gray,
+    video_info,
+)
+from mucosa.errors import ConfigError, MucosaWarning, UnreadableFileError
 
 
 def write_video(path: Path, n: int = 30, size=(64, 48), fmt: str = "avi", codec: str = "mpeg4",
@@ -127,7 +133,7 @@ def test_video_decoding_and_sampling(tmp_path):
     for index, frame in got:
         assert frame.shape == (48, 64) and frame.dtype == np.float32
         assert frame.mean() == pytest.approx(levels[index], abs=0.03)
-    assert [i for i, _ in read_frames(tmp_path / "v.avi", "3-5")] == [3, 4, 5]
+    assert [i for i, _ in iter_video_frames(tmp_path / "v.avi", "3-5")] == [3, 4, 5]
 
 
 def test_truncated_video_yields_its_frames_and_warns(tmp_path):

@@ -3,12 +3,12 @@ from collections import Counter
 import numpy as np
 import pytest
 from PIL import Image
+from test_frames import write_video
 
 from mucosa.cli import main
+from mucosa.data.ingest import check_cohort, index_csv, index_directory, parse_label_map
+from mucosa.data.manifest import load_manifest, write_manifest
 from mucosa.errors import ManifestError
-from mucosa.ingest import check_cohort, index_csv, index_directory, parse_label_map
-from mucosa.manifest import load_manifest, write_manifest
-from test_frames import write_video
 
 
 def image(path, value=100, shape=(8, 8)):
@@ -110,7 +110,7 @@ def test_index_real_egcz_csv(egcz, tmp_path):
 
 
 def test_index_reads_the_synthetic_cohort_layout(tmp_path):
-    from mucosa.synth import synthesize_cohort
+    from mucosa.data.synth import synthesize_cohort
 
     manifest = synthesize_cohort(tmp_path / "syn", patients=3, per_patient=2, size=32, seed=0)
     written = {(r.path, r.label, r.patient) for r in load_manifest(manifest).records}

@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mucosa.errors import ManifestError
-from mucosa.frames import MucosaWarning
-from mucosa.manifest import load_manifest, order_classes
+from mucosa.data.manifest import load_manifest, order_classes
+from mucosa.errors import ManifestError, MucosaWarning
 
 
 def make_images(folder, names):

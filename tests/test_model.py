@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from mucosa.errors import ConfigError
-from mucosa.model import CNN, CNNLSTM, ModelConfig, create_model, min_input_size, summarize
+from mucosa.models.networks import (
+    CNN,
+    CNNLSTM,
+    ModelConfig,
+    create_model,
+    min_input_size,
+    summarize,
+)
 
 
 def conv(k: int, cin: int, cout: int) -> int:
@@ -259,7 +266,7 @@ def test_init_options() -> None:
 
 
 def test_fast_dropout_keeps_rate_scale_seed_and_eval_identity():
-    from mucosa.model import FastDropout
+    from mucosa.models.networks import FastDropout
 
     layer = FastDropout(0.25)
     x = torch.ones(8, 16, 32, 32, requires_grad=True)

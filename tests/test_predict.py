@@ -4,14 +4,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mucosa.checkpoint import atomic_torch_save, load_checkpoint, read_checkpoint_file
 from mucosa.cli import main
+from mucosa.data.cache import FrameCache
+from mucosa.data.manifest import Record, load_manifest, write_manifest
+from mucosa.data.readers import iter_video_frames
 from mucosa.errors import MucosaError
-from mucosa.evaluate import score
-from mucosa.frames import iter_video_frames
-from mucosa.manifest import Record, load_manifest, write_manifest
-from mucosa.predict import NO_VERDICT, collect_sources, predict
-from mucosa.prepare import FrameCache
+from mucosa.evaluation.evaluate import score
+from mucosa.inference.verdict import NO_VERDICT
+from mucosa.inference.predict import collect_sources, predict
+from mucosa.models.checkpoint import (
+    atomic_torch_save,
+    load_checkpoint,
+    read_checkpoint_file,
+)
 
 QUICK = {"model": {"size": 32}, "preprocessing": {"quality_threshold": 0.0},
          "split": {"mode": "patient", "test": 0.3, "val": 0.3, "seed": 1},
@@ -170,9 +175,9 @@ def test_three_classes_give_one_column_per_class_and_argmax_verdicts(tmp_path):
     import torch
     from PIL import Image
 
-    from mucosa.checkpoint import describe
-    from mucosa.model import ModelConfig, create_model
-    from mucosa.prepare import Preprocessing
+    from mucosa.data.preparation import Preprocessing
+    from mucosa.models.checkpoint import describe
+    from mucosa.models.networks import ModelConfig, create_model
 
     torch.manual_seed(0)
     config = ModelConfig(size=32, num_classes=3)

@@ -3,13 +3,15 @@ import pickle
 import numpy as np
 import pytest
 from PIL import Image
+from test_frames import write_video
 
 from mucosa.cli import main
-from mucosa.data import CaseSampler, FrameDataset, assemble
+from mucosa.data.cache import FrameCache
+from mucosa.data.manifest import Cohort, Record, load_manifest
+from mucosa.data.preparation import Preprocessing
+from mucosa.data.table import assemble
 from mucosa.errors import ConfigError
-from mucosa.manifest import Cohort, Record, load_manifest
-from mucosa.prepare import FrameCache, Preprocessing
-from test_frames import write_video
+from mucosa.models.dataset import CaseSampler, FrameDataset
 
 
 def textured(size=64, seed=0):
@@ -104,7 +106,7 @@ def test_still_image_in_tiles_is_one_frame_per_tile(tmp_path):
     whole = assemble(cohort, Preprocessing(size=16, crop="none", quality_threshold=0.0), cache)
     assert (len(tiled), len(whole), cache.misses) == (12, 1, 2)  # 3 x 4 tiles; tile is part of the cache key
     np.testing.assert_array_equal(tiled.frame_index, np.arange(12))
-    from mucosa import preprocess
+    from mucosa.data import fov as preprocess
 
     corner = preprocess.to_uint8(preprocess.resize(image[32:64, 96:128].astype(np.float32) / 255, 16))
     np.testing.assert_array_equal(tiled.frame(7), corner)  # tile 7: second row, fourth column
@@ -129,7 +131,7 @@ def test_stretch_evens_out_gain_between_images_and_keeps_tiles_of_one_image_alik
     # tiles share their image's levels: a tile's darkest pixel is not stretched to black on its own
     tiled = assemble(Cohort(records[:1], ["control", "active"]),
                      Preprocessing(size=32, crop="none", quality_threshold=0.0, tile=32, normalize="stretch"), cache)
-    from mucosa import preprocess
+    from mucosa.data import fov as preprocess
 
     levels = preprocess.stretch_levels(np.asarray(Image.open(tmp_path / "dim.png"), np.float32) / 255)
     expected = preprocess.to_uint8(preprocess.stretch(np.asarray(Image.open(tmp_path / "dim.png"),
@@ -138,7 +140,7 @@ def test_stretch_evens_out_gain_between_images_and_keeps_tiles_of_one_image_alik
 
 
 def test_stretch_leaves_a_blank_field_alone():
-    from mucosa import preprocess
+    from mucosa.data import fov as preprocess
 
     blank = np.full((16, 16), 0.01, np.float32)
     assert preprocess.stretch_levels(blank) == (0.0, 1.0)

@@ -9,21 +9,19 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from mucosa.errors import ConfigError
-from mucosa.preprocess import (
-    DEFAULT_QUALITY_THRESHOLD,
+from mucosa.data.fov import (
     FieldOfView,
     crop,
     detect_field_of_view,
     fixed_field_of_view,
-    quality_components,
-    quality_score,
     resize,
     tiles,
     to_float,
     to_uint8,
     whole_disc,
 )
+from mucosa.data.quality import DEFAULT_QUALITY_THRESHOLD, quality_components, quality_score
+from mucosa.errors import ConfigError
 
 # Uninformative frames of the pCLE brain videos (name: frame indices, counted from 0 in decode order).
 # Found by scanning every frame of all 20 videos (13,840) at the quality code's working resolution

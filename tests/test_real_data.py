@@ -14,8 +14,8 @@ from dataclasses import replace
 import pytest
 
 from mucosa.cli import main
-from mucosa.frames import FrameSelection
-from mucosa.manifest import load_manifest, write_manifest
+from mucosa.data.manifest import load_manifest, write_manifest
+from mucosa.data.readers import FrameSelection
 
 TINY = ["--size", "32", "--epochs", "1", "--threads", "1", "--batch-size", "8"]
 
@@ -102,7 +102,7 @@ def test_microscopy_tiles_leave_one_animal_out_end_to_end(egcz, tmp_path):
                  "--cache", cache]) == 0
     parts = sides(run / "split.csv")
     assert parts["test"] == {"AIA_00"} and not (parts["train"] | parts["val"]) & parts["test"]
-    from mucosa.checkpoint import load_checkpoint
+    from mucosa.models.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(run / "best.ckpt")  # evaluate rebuilds the preprocessing from the checkpoint
     assert (loaded.preprocessing.normalize, loaded.model.config.input_norm) == ("stretch", "none")

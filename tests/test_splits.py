@@ -2,12 +2,12 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from test_frames import write_video
 
 from mucosa.cli import main
+from mucosa.data.manifest import Cohort, Record, load_manifest
+from mucosa.data.splits import assign, leaked_patients, patient_folds, split_cohort
 from mucosa.errors import ConfigError
-from mucosa.manifest import Cohort, Record, load_manifest
-from mucosa.splits import assign, leaked_patients, patient_folds, split_cohort
-from test_frames import write_video
 
 
 def units(n_patients=20, per_patient=30, seed=0):

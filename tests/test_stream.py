@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from mucosa.cli import main
-from mucosa.checkpoint import load_checkpoint
-from mucosa.frames import iter_video_frames, video_info
-from mucosa.infer import TorchPredictor
-from mucosa.predict import NO_VERDICT, predict
-from mucosa.stream import Smoother, stream
+from mucosa.data.readers import iter_video_frames, video_info
+from mucosa.inference.verdict import NO_VERDICT
+from mucosa.inference.predict import predict
+from mucosa.inference.predictors import TorchPredictor
+from mucosa.inference.stream import Smoother, stream
+from mucosa.models.checkpoint import load_checkpoint
 
 QUICK = {"model": {"size": 32}, "preprocessing": {"fov_frames": 8},
          "split": {"mode": "patient", "test": 0.3, "val": 0.0, "seed": 1},
@@ -177,9 +178,9 @@ def test_cli_stream_and_clear_errors(checkpoint, tmp_path, capsys):
 def test_three_class_timeline_has_a_column_per_class(tmp_path):
     import torch
 
-    from mucosa.checkpoint import LoadedCheckpoint
-    from mucosa.model import ModelConfig, create_model
-    from mucosa.prepare import Preprocessing
+    from mucosa.data.preparation import Preprocessing
+    from mucosa.models.checkpoint import LoadedCheckpoint
+    from mucosa.models.networks import ModelConfig, create_model
 
     torch.manual_seed(0)
     model = create_model(ModelConfig(size=32, num_classes=3)).eval()

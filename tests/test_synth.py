@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mucosa.data.synth import (
+    REGIONS,
+    draw_patient_style,
+    synthesize_cohort,
+    synthesize_frame,
+)
 from mucosa.errors import ConfigError
-from mucosa.synth import REGIONS, draw_patient_style, synthesize_cohort, synthesize_frame
 
 HEADER = ["path", "label", "patient", "region", "group", "mask"]
 

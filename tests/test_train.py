@@ -11,14 +11,20 @@ import numpy as np
 import pytest
 import torch
 
-from mucosa.checkpoint import atomic_torch_save, load_checkpoint
-from mucosa.config import config_from_dict, load_config
+from mucosa.data.cache import FrameCache
+from mucosa.data.manifest import load_manifest
+from mucosa.data.synth import synthesize_cohort
 from mucosa.errors import ConfigError
-from mucosa.manifest import load_manifest
-from mucosa.model import ModelConfig, create_model
-from mucosa.prepare import FrameCache
-from mucosa.synth import synthesize_cohort
-from mucosa.train import Classifier, _loaders, initialise_from, plan_run, train
+from mucosa.models.checkpoint import atomic_torch_save, load_checkpoint
+from mucosa.models.config import config_from_dict, load_config
+from mucosa.models.networks import ModelConfig, create_model
+from mucosa.models.training import (
+    Classifier,
+    _loaders,
+    initialise_from,
+    plan_run,
+    train,
+)
 
 QUICK = {"model": {"size": 32}, "preprocessing": {"quality_threshold": 0.0},
          "split": {"mode": "patient", "test": 0.25, "val": 0.25},
@@ -64,7 +70,7 @@ def test_one_epoch_lowers_the_loss_and_checkpoint_round_trips(cohort, cache, tmp
     L.seed_everything(0)
     module = Classifier(config, plan.cohort.classes, [1, 1], {"format": "test"})
     before = mean_loss(module, train_loader)
-    from mucosa.train import AtomicCheckpointIO
+    from mucosa.models.training import AtomicCheckpointIO
 
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         plugins=[AtomicCheckpointIO()], enable_model_summary=False)
@@ -74,7 +80,7 @@ def test_one_epoch_lowers_the_loss_and_checkpoint_round_trips(cohort, cache, tmp
     assert after < before - 0.005, (before, after)
 
     # round trip through a self-describing checkpoint rebuilds the same network
-    from mucosa.checkpoint import describe
+    from mucosa.models.checkpoint import describe
 
     module.description = describe(config.model, plan.cohort.classes, config.preprocessing, config.to_dict(), {})
     trainer.save_checkpoint(tmp_path / "m.ckpt")

@@ -1,3 +1,3 @@
 """mucosa: computer-aided confirmation of mucosal healing from confocal laser endomicroscopy."""
 
-__version__ = "0.1.0"
+from mucosa._version import __version__

@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from mucosa import __version__
+from mucosa._version import __version__
 from mucosa.errors import MucosaError
 
 
@@ -34,8 +34,8 @@ def _add_prep_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _prep_from_args(args: argparse.Namespace):
+    from mucosa.data.preparation import Preprocessing
     from mucosa.errors import ConfigError
-    from mucosa.prepare import Preprocessing
 
     crop = args.crop
     if crop not in ("auto", "disc", "none"):
@@ -49,7 +49,7 @@ def _prep_from_args(args: argparse.Namespace):
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from mucosa.synth import synthesize_cohort
+    from mucosa.data.synth import synthesize_cohort
 
     def progress(done: int, total: int) -> None:
         if done == total or done % max(1, total // 20) == 0:
@@ -61,8 +61,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> None:
-    from mucosa.ingest import index_csv, index_directory, parse_label_map
-    from mucosa.manifest import write_manifest
+    from mucosa.data.ingest import index_csv, index_directory, parse_label_map
+    from mucosa.data.manifest import write_manifest
 
     source = Path(args.source)
     if source.is_file():
@@ -82,8 +82,8 @@ def cmd_index(args: argparse.Namespace) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from mucosa.ingest import check_cohort
-    from mucosa.manifest import load_manifest
+    from mucosa.data.ingest import check_cohort
+    from mucosa.data.manifest import load_manifest
 
     cohort = load_manifest(args.manifest, positive=args.positive)
     summary = check_cohort(cohort)
@@ -92,8 +92,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> None:
-    from mucosa.manifest import load_manifest
-    from mucosa.splits import split_cohort
+    from mucosa.data.manifest import load_manifest
+    from mucosa.data.splits import split_cohort
 
     cohort = load_manifest(args.manifest, positive=args.positive)
     result = split_cohort(cohort, args.mode, test=args.test, val=args.val, k=args.k, fold=args.fold,
@@ -104,9 +104,9 @@ def cmd_split(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from mucosa.data import assemble
-    from mucosa.manifest import load_manifest
-    from mucosa.prepare import FrameCache
+    from mucosa.data.cache import FrameCache
+    from mucosa.data.manifest import load_manifest
+    from mucosa.data.table import assemble
 
     cohort = load_manifest(args.manifest, positive=args.positive)
     prep = _prep_from_args(args)
@@ -117,7 +117,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_model_summary(args: argparse.Namespace) -> None:
-    from mucosa.model import ModelConfig, create_model, summarize
+    from mucosa.models.networks import ModelConfig, create_model, summarize
 
     config = ModelConfig(kind=args.model, size=args.size, num_classes=args.classes)
     print(f"{args.model} at {args.size}x{args.size}, {args.classes} classes")
@@ -125,7 +125,7 @@ def cmd_model_summary(args: argparse.Namespace) -> None:
 
 
 def _run_config(args: argparse.Namespace):
-    from mucosa.config import load_config, override
+    from mucosa.models.config import load_config, override
 
     config = load_config(args.config)
     config = override(config, "model", kind=args.model, size=args.size)
@@ -142,9 +142,9 @@ def _run_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from mucosa.data.cache import FrameCache
     from mucosa.errors import ConfigError
-    from mucosa.prepare import FrameCache
-    from mucosa.train import resume, train
+    from mucosa.models.training import resume, train
 
     cache = FrameCache(args.cache)
     if args.resume:
@@ -157,9 +157,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from mucosa.evaluate import evaluate
-    from mucosa.prepare import FrameCache
-    from mucosa.report import fmt
+    from mucosa.data.cache import FrameCache
+    from mucosa.evaluation.evaluate import evaluate
+    from mucosa.evaluation.report import fmt
 
     result = evaluate(args.checkpoint, args.manifest, args.out, split=args.split, threshold=args.threshold,
                       aggregation=args.aggregate, n_boot=args.bootstrap, seed=args.seed,
@@ -173,7 +173,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from mucosa.compare import compare, table_rows, load_evaluation
+    from mucosa.evaluation.compare import compare, load_evaluation, table_rows
 
     summary = compare(args.runs, args.out, n_boot=args.bootstrap, seed=args.seed)
     for row in table_rows([load_evaluation(f) for f in args.runs]):
@@ -189,8 +189,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from mucosa.predict import format_cases, predict
-    from mucosa.prepare import FrameCache
+    from mucosa.data.cache import FrameCache
+    from mucosa.inference.predict import format_cases, predict
 
     def progress(done: int, total: int, path) -> None:
         print(f"\rpredicting: {done}/{total} files", end="\n" if done == total else "", file=sys.stderr, flush=True)
@@ -202,7 +202,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_stream(args: argparse.Namespace) -> None:
-    from mucosa.stream import run
+    from mucosa.inference.stream import run
 
     summary = run(args.checkpoint, args.video, runtime=args.runtime, window=args.window, realtime=args.realtime,
                   timeline=args.timeline, annotate=args.annotate, threshold=args.threshold,
@@ -211,15 +211,15 @@ def cmd_stream(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from mucosa.export import export
-    from mucosa.prepare import FrameCache
+    from mucosa.data.cache import FrameCache
+    from mucosa.inference.onnx import export
 
     report = export(args.checkpoint, args.out, int8=args.int8, manifest=args.manifest, cache=FrameCache(args.cache))
     print(report.format())
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
-    from mucosa.explain import explain_paths
+    from mucosa.evaluation.explain import explain_paths
 
     results = explain_paths(args.checkpoint, args.inputs, args.out, frames=args.frames, top=args.top)
     for r in results:

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mucosa.config import RunConfig, load_config, override
+from mucosa.models.config import RunConfig, load_config, override
 
 RUNS = (("cnn-lstm", "within-patient"), ("cnn", "within-patient"), ("cnn-lstm", "patient"), ("cnn", "patient"))
 
@@ -48,11 +48,11 @@ def run_config(base: RunConfig, model: str, split: str, size: DemoSize) -> RunCo
 def run_demo(out: str | Path = "mucosa-demo", quick: bool = False, config: str | Path = "configs/cpu-quick.yaml",
              seed: int = 0) -> Path:
     """Run everything into ``out`` and return the comparison report's path."""
-    from mucosa.compare import compare
-    from mucosa.evaluate import evaluate
-    from mucosa.prepare import FrameCache
-    from mucosa.synth import synthesize_cohort
-    from mucosa.train import train
+    from mucosa.data.cache import FrameCache
+    from mucosa.data.synth import synthesize_cohort
+    from mucosa.evaluation.compare import compare
+    from mucosa.evaluation.evaluate import evaluate
+    from mucosa.models.training import train
 
     size = QUICK if quick else FULL
     out, start = Path(out), time.time()

@@ -15,3 +15,11 @@ class UnreadableFileError(MucosaError):
 
 class ConfigError(MucosaError):
     """A configuration value or command-line option is invalid."""
+
+
+class MucosaWarning(UserWarning):
+    """Something the user should know (leakage, dropped frames, damaged video); printed as one line."""
+
+
+class ModelOutputError(MucosaError):
+    """The model produced numbers that cannot support a verdict (NaN or infinite probabilities)."""

@@ -17,14 +17,15 @@ grouped otherwise), never out of the test part.
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from mucosa.errors import ConfigError
-from mucosa.frames import runs_to_selections, video_info
-from mucosa.manifest import Cohort, Record
+from mucosa.data.manifest import Cohort, Record
+from mucosa.data.readers import runs_to_selections, video_info
+from mucosa.errors import ConfigError, MucosaWarning
 
 MODES = ("within-patient", "patient", "kfold", "lopo", "none", "manifest")
 
@@ -228,3 +229,47 @@ def describe(cohort: Cohort, mode: str, leaked: list[str]) -> str:
     else:
         lines.append("  leakage: none (no patient on more than one side)")
     return "\n".join(lines)
+
+
+SELECTIONS = ("auto", "test", "val", "all")
+
+
+def select_parts(cohort: Cohort, info: dict, split: str) -> tuple[Cohort, Cohort | None, str]:
+    """The part to evaluate and the validation part (for threshold rules), with a sentence saying why.
+
+    ``auto``: the manifest's split column if it has one, else the test patients the checkpoint recorded
+    when they are in this cohort, else every row (an unseen cohort).
+    """
+    if split not in SELECTIONS:
+        raise ConfigError(f"--split {split!r} is not one of {', '.join(SELECTIONS)}")
+    records = cohort.records
+    recorded = info.get("split", {}).get("patients", {})
+    trained = set(recorded.get("train", []))
+    sides = {r.split for r in records if r.split}
+    if split == "all":
+        part, val, why = records, [], "all rows of the manifest"
+    elif sides and split in ("auto", "test", "val"):
+        side = "test" if split == "auto" else split
+        part = [r for r in records if r.split == side]
+        val = [r for r in records if r.split == "val"]
+        why = f"rows whose split column is '{side}'"
+    elif split in ("auto", "test", "val") and set(recorded.get(split if split != "auto" else "test", [])) & {
+            r.patient for r in records}:
+        side = "test" if split == "auto" else split
+        part = [r for r in records if r.patient in set(recorded[side])]
+        val = [r for r in records if r.patient in set(recorded.get("val", []))]
+        why = f"the {len({r.patient for r in part})} {side} patients recorded in the checkpoint"
+    elif split == "auto":
+        part, val, why = records, [], "all rows (none of these patients were used in training)"
+    else:
+        raise ConfigError(f"--split {split}: the manifest has no split column and the checkpoint records no "
+                          f"{split} patients that are in it")
+    if not part:
+        raise ConfigError(f"nothing to evaluate: {why} selects no rows")
+    leaked = sorted({r.patient for r in part} & trained)
+    if leaked:
+        warnings.warn(f"{len(leaked)} evaluated patient(s) were used to train this model ({', '.join(leaked[:8])}"
+                      f"{', ...' if len(leaked) > 8 else ''}): figures will overstate performance on new patients",
+                      MucosaWarning, stacklevel=2)
+    subset = Cohort(part, cohort.classes, cohort.source)
+    return subset, (Cohort(val, cohort.classes, cohort.source) if val else None), why

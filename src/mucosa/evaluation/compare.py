@@ -13,7 +13,7 @@ import numpy as np
 
 from mucosa import metrics
 from mucosa.errors import ConfigError
-from mucosa.report import _html_table, _md_table, fmt, plot_curves
+from mucosa.evaluation.report import _html_table, _md_table, fmt, plot_curves
 
 TABLE_METRICS = (("accuracy", "Accuracy"), ("roc_auc", "ROC AUC"), ("pr_auc", "PR AUC"),
                  ("specificity", "Sp"), ("sensitivity", "Se"))

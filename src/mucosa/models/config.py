@@ -19,14 +19,14 @@ from typing import Any
 
 import yaml
 
+from mucosa.data.preparation import Preprocessing
 from mucosa.errors import ConfigError
-from mucosa.model import ModelConfig
-from mucosa.prepare import Preprocessing
+from mucosa.models.networks import ModelConfig
 
 
 @dataclass
 class SplitConfig:
-    """How the cohort is divided (see ``mucosa.splits``); ``val`` is a share of the training part."""
+    """How the cohort is divided (see ``mucosa.data.splits``); ``val`` is a share of the training part."""
 
     mode: str = "patient"
     test: float = 0.2

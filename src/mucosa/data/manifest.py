@@ -22,15 +22,15 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from mucosa.errors import ManifestError
-from mucosa.frames import FrameSelection, MucosaWarning, is_image, is_video
+from mucosa.data.readers import FrameSelection, is_image, is_video
+from mucosa.errors import ManifestError, MucosaWarning
 
 REQUIRED = ("path", "label", "patient")
 OPTIONAL = ("region", "group", "frames", "split")
 SPLITS = ("train", "val", "test")
 REGIONS = ("rectum", "left colon", "transverse colon", "right colon", "terminal ileum")
 # Labels read as "inflammation present" when the user does not name the positive class.
-_POSITIVE_WORDS = ("active", "active cd", "inflamed", "inflammation", "disease", "pathologic", "abnormal",
+POSITIVE_WORDS = ("active", "active cd", "inflamed", "inflammation", "disease", "pathologic", "abnormal",
                    "cd", "positive", "1")
 _NEGATIVE_WORDS = ("control", "normal", "healthy", "healed", "healing", "mucosal healing", "remission",
                    "inactive", "negative", "benign", "0")
@@ -97,7 +97,7 @@ def order_classes(labels: list[str] | set[str], positive: str | None = None) -> 
         return names
     if positive is None:
         words = [n.strip().lower() for n in names]
-        positives = [n for n, w in zip(names, words) if w in _POSITIVE_WORDS]
+        positives = [n for n, w in zip(names, words) if w in POSITIVE_WORDS]
         negatives = [n for n, w in zip(names, words) if w in _NEGATIVE_WORDS]
         if len(positives) == 1:
             positive = positives[0]

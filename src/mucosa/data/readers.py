@@ -16,16 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mucosa.errors import ConfigError, UnreadableFileError
+from mucosa.errors import ConfigError, MucosaWarning, UnreadableFileError
 
 IMAGE_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"})
 VIDEO_SUFFIXES = frozenset({".mpg", ".mpeg", ".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm"})
 CHANNELS = ("auto", "luminance", "red", "green", "blue")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-class MucosaWarning(UserWarning):
-    """Something the user should know about their data, that does not stop the work."""
 
 
 def is_image(path: Path) -> bool:
@@ -309,13 +305,3 @@ def _video_frame_to_gray(frame, channel: str) -> np.ndarray:
         # Y plane, converted to full range by libswscale: the gray of an R=G=B video, the luma otherwise
         return frame.to_ndarray(format="gray").astype(np.float32) / 255.0
     return to_gray(frame.to_ndarray(format="rgb24"), channel)
-
-
-def read_frames(path: str | Path, frames: FrameSelection | str | None = None,
-                channel: str = "auto") -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(frame_index, frame)`` for an image (index 0) or the selected frames of a video."""
-    path = Path(path)
-    if is_video(path):
-        yield from iter_video_frames(path, frames, channel)
-    else:
-        yield 0, read_image(path, channel)

@@ -26,11 +26,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mucosa import __version__
-from mucosa.checkpoint import LoadedCheckpoint, load_checkpoint
+from mucosa import atomic, metrics
+from mucosa._version import __version__
+from mucosa.data.cache import FrameCache
+from mucosa.data.manifest import Cohort, load_manifest
+from mucosa.data.preparation import Preprocessing
+from mucosa.data.splits import select_parts
+from mucosa.data.table import assemble
 from mucosa.errors import ConfigError, MucosaError
-from mucosa.infer import fold_batchnorm, probabilities
-from mucosa.prepare import FrameCache, Preprocessing
+from mucosa.inference import verdict as verdicts
+from mucosa.inference.predictors import fold_batchnorm, probabilities
+from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint
 
 FORMAT = "mucosa-onnx"
 OPSET = 17
@@ -185,10 +191,6 @@ def manifest_frames(checkpoint: LoadedCheckpoint, manifest: str | Path, cache: F
                     calibration: int = 64, most: int = 2000) -> ManifestFrames:
     """Evaluated frames (the part ``evaluate`` picks, at most ``most``, evenly spread) and calibration frames
     (from the other rows when there are any, else from the same part)."""
-    from mucosa.data import assemble
-    from mucosa.evaluate import select_parts
-    from mucosa.manifest import Cohort, load_manifest
-
     cohort = load_manifest(manifest, classes=checkpoint.classes, require_all=False)
     part, _, why = select_parts(cohort, checkpoint.info, "auto")
     chosen = set(part.records)
@@ -235,13 +237,7 @@ def quantize_int8(model: bytes, calibration: np.ndarray) -> bytes:
         return out.read_bytes()
 
 
-def _verdicts(probs: np.ndarray) -> np.ndarray:
-    return (probs >= 0.5).astype(np.int64) if probs.ndim == 1 else probs.argmax(1)
-
-
 def _auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
-    from mucosa import metrics
-
     values = metrics.binary_metrics(labels, probs) if probs.ndim == 1 else metrics.multiclass_metrics(labels, probs)
     return values["roc_auc"] if np.isfinite(values["roc_auc"]) else None
 
@@ -251,7 +247,7 @@ def compare_int8(fp32: bytes, int8: bytes, data: ManifestFrames) -> dict:
     a, b = OnnxPredictor(fp32)(data.frames), OnnxPredictor(int8)(data.frames)
     auc_a, auc_b = _auc(data.labels, a), _auc(data.labels, b)
     return {"frames": int(len(a)), "evaluated": data.why, "calibration_frames": int(len(data.calibration)),
-            "agreement": float(np.mean(_verdicts(a) == _verdicts(b))),
+            "agreement": float(np.mean(verdicts.calls(a) == verdicts.calls(b))),
             "max_probability_change": float(np.abs(a - b).max()),
             "mean_probability_change": float(np.abs(a - b).mean()),
             "auc_fp32": auc_a, "auc_int8": auc_b,
@@ -316,10 +312,7 @@ def export(checkpoint: str | Path, out: str | Path | None = None, int8: bool = F
         meta = metadata(loaded, f"int8 static QDQ, calibrated on {len(data.calibration)} frames of "
                                 f"{Path(manifest).name}; verdict agreement {report.int8['agreement']:.4f}")
         model = _with_metadata(quantized, meta)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(model)
-    tmp.replace(out)
+    atomic.write_bytes(out, model)
     report.metadata = OnnxPredictor(out).metadata
     return report
 

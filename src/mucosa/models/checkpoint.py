@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from mucosa import __version__
+from mucosa._version import __version__
+from mucosa.data.preparation import Preprocessing
 from mucosa.errors import MucosaError
-from mucosa.model import ModelConfig, create_model
-from mucosa.prepare import Preprocessing
+from mucosa.models.networks import ModelConfig, create_model
 
 FORMAT = "mucosa-checkpoint"
 FORMAT_VERSION = 1

@@ -11,22 +11,22 @@ import csv
 import hashlib
 import hmac
 import json
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from mucosa import metrics
-from mucosa.checkpoint import LoadedCheckpoint, load_checkpoint
-from mucosa.data import FrameTable, assemble
+from mucosa.data.cache import FrameCache
+from mucosa.data.manifest import Cohort, load_manifest
+from mucosa.data.splits import select_parts
+from mucosa.data.table import FrameTable, assemble
+from mucosa.evaluation.explain import gallery
+from mucosa.evaluation.report import write_report
 from mucosa.errors import ConfigError
-from mucosa.frames import MucosaWarning
-from mucosa.infer import predict_table
-from mucosa.manifest import _POSITIVE_WORDS, Cohort, load_manifest
-from mucosa.prepare import FrameCache
-
-SPLITS = ("auto", "test", "val", "all")
+from mucosa.inference import verdict as verdicts
+from mucosa.inference.predictors import predict_table
+from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint
 
 
 @dataclass
@@ -39,54 +39,6 @@ class Scored:
     patients: np.ndarray      # (N,) patient id
     regions: np.ndarray       # (N,) "patient|region"
     frames: FrameTable        # the preprocessed frames, in the same order
-
-
-def verdict_names(classes: list[str]) -> list[str]:
-    """What a verdict says for each class: the clinical words when the labels are inflammation vs not."""
-    if len(classes) == 2 and classes[1].strip().lower() in _POSITIVE_WORDS:
-        return ["mucosal healing", "active inflammation"]
-    return list(classes)
-
-
-def select_parts(cohort: Cohort, info: dict, split: str) -> tuple[Cohort, Cohort | None, str]:
-    """The part to evaluate and the validation part (for threshold rules), with a sentence saying why.
-
-    ``auto``: the manifest's split column if it has one, else the test patients the checkpoint recorded
-    when they are in this cohort, else every row (an unseen cohort).
-    """
-    if split not in SPLITS:
-        raise ConfigError(f"--split {split!r} is not one of {', '.join(SPLITS)}")
-    records = cohort.records
-    recorded = info.get("split", {}).get("patients", {})
-    trained = set(recorded.get("train", []))
-    sides = {r.split for r in records if r.split}
-    if split == "all":
-        part, val, why = records, [], "all rows of the manifest"
-    elif sides and split in ("auto", "test", "val"):
-        side = "test" if split == "auto" else split
-        part = [r for r in records if r.split == side]
-        val = [r for r in records if r.split == "val"]
-        why = f"rows whose split column is '{side}'"
-    elif split in ("auto", "test", "val") and set(recorded.get(split if split != "auto" else "test", [])) & {
-            r.patient for r in records}:
-        side = "test" if split == "auto" else split
-        part = [r for r in records if r.patient in set(recorded[side])]
-        val = [r for r in records if r.patient in set(recorded.get("val", []))]
-        why = f"the {len({r.patient for r in part})} {side} patients recorded in the checkpoint"
-    elif split == "auto":
-        part, val, why = records, [], "all rows (none of these patients were used in training)"
-    else:
-        raise ConfigError(f"--split {split}: the manifest has no split column and the checkpoint records no "
-                          f"{split} patients that are in it")
-    if not part:
-        raise ConfigError(f"nothing to evaluate: {why} selects no rows")
-    leaked = sorted({r.patient for r in part} & trained)
-    if leaked:
-        warnings.warn(f"{len(leaked)} evaluated patient(s) were used to train this model ({', '.join(leaked[:8])}"
-                      f"{', ...' if len(leaked) > 8 else ''}): figures will overstate performance on new patients",
-                      MucosaWarning, stacklevel=2)
-    subset = Cohort(part, cohort.classes, cohort.source)
-    return subset, (Cohort(val, cohort.classes, cohort.source) if val else None), why
 
 
 def score(checkpoint: LoadedCheckpoint, cohort: Cohort, cache: FrameCache | None = None) -> Scored:
@@ -154,7 +106,7 @@ def aggregate(scored: Scored, keys: np.ndarray, rule: str, threshold: float | No
         return rows
     rows = metrics.aggregate_patients(keys, scored.y_score, scored.y_true, rule=rule, threshold=threshold)
     cut = patient_threshold(rule, threshold)
-    return [{**r, "true": r["label"], "predicted": int(r["score"] >= cut)} for r in rows]
+    return [{**r, "true": r["label"], "predicted": verdicts.call(r["score"], cut)} for r in rows]
 
 
 def patient_threshold(rule: str, threshold: float) -> float:
@@ -181,7 +133,7 @@ def summarise(scored: Scored, classes: list[str], threshold: dict, rule: str, n_
     cut = patient_threshold(rule, value) if value is not None else None
     result = {
         "classes": classes, "positive": classes[1] if value is not None else None,
-        "verdicts": verdict_names(classes), "aggregation": rule,
+        "verdicts": verdicts.verdict_names(classes), "aggregation": rule,
         "patient": _level_metrics(p_true, p_score, np.arange(len(p_true)), cut, n_boot, seed),
         "file": _level_metrics(np.array([f["true"] for f in files]), np.array([f["score"] for f in files]),
                                np.array([owner[f["patient"]] for f in files], dtype=object), cut, n_boot, seed),
@@ -234,14 +186,14 @@ def write_predictions(path: Path, scored: Scored, classes: list[str], threshold:
         probability = ["probability"] if binary else [f"probability_{c}" for c in classes]
         writer.writerow(["path", "frame", "patient", "region", "label", "quality", *probability, "prediction"])
         for row, s in zip(scored.rows, scored.y_score):
-            predicted = int(s >= threshold["value"]) if binary else int(np.argmax(s))
+            predicted = verdicts.call(s, threshold["value"])
             values = [f"{float(s):.9g}"] if binary else [f"{v:.9g}" for v in s]  # float32 round trip
             writer.writerow([row["path"], row["frame"], row["patient"], row["region"], row["label"], row["quality"],
                              *values, classes[predicted]])
 
 
 def write_groups(path: Path, rows: list[dict], classes: list[str], key: str) -> None:
-    verdicts = verdict_names(classes)
+    names = verdicts.verdict_names(classes)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         binary = rows and not isinstance(rows[0]["score"], list)
@@ -253,7 +205,7 @@ def write_groups(path: Path, rows: list[dict], classes: list[str], key: str) -> 
             score_text = f"{r['score']:.4f}" if binary else " ".join(f"{v:.4f}" for v in r["score"])
             writer.writerow([*ident, r["n_frames"],
                              *([f"{r['mean_probability']:.4f}", f"{r['positive_share']:.4f}"] if binary else []),
-                             score_text, classes[r["true"]], verdicts[r["predicted"]],
+                             score_text, classes[r["true"]], names[r["predicted"]],
                              int(r["true"] == r["predicted"])])
 
 
@@ -267,9 +219,6 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path, spli
     The report's gallery shows Grad-CAM of the ``gallery_size`` most confident true/false positives and
     negatives (0 = no gallery).
     """
-    from mucosa.explain import gallery
-    from mucosa.report import write_report
-
     if aggregation not in ("mean", "share"):
         raise ConfigError(f"aggregation {aggregation!r} must be 'mean' or 'share'")
     loaded = load_checkpoint(checkpoint)

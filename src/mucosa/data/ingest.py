@@ -17,9 +17,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 
+from mucosa.data.manifest import REGIONS, Cohort, Record
+from mucosa.data.readers import is_image, is_video, read_image, video_info
 from mucosa.errors import ManifestError, UnreadableFileError
-from mucosa.frames import is_image, is_video, read_image, video_info
-from mucosa.manifest import REGIONS, Cohort, Record
 
 _MAX_LISTED = 20
 

@@ -1,7 +1,7 @@
 """Predictions for new images and videos (``mucosa predict``): per frame, per file and per case.
 
 Inputs are image files, video files, folders (searched recursively) or a manifest CSV. Every source is
-preprocessed exactly as for training and ``evaluate`` (``prepare.prepare_source``, or the frame cache with
+preprocessed exactly as for training and ``evaluate`` (``data.preparation.iter_frames``, or the frame cache with
 the same key), with the preprocessing read from the checkpoint or the ONNX model.
 
 The quality gate: frames scoring below the model's quality threshold are listed in ``predictions.csv``
@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mucosa.data.cache import FrameCache
+from mucosa.data.manifest import load_manifest
+from mucosa.data.preparation import PreparedFrames, prepare_file
+from mucosa.data.readers import FrameSelection, is_image, is_video
 from mucosa.errors import MucosaError, UnreadableFileError
-from mucosa.evaluate import verdict_names
-from mucosa.frames import FrameSelection, is_image, is_video
-from mucosa.manifest import Record, load_manifest
-from mucosa.prepare import FrameCache, PreparedFrames, prepare_source
-
-NO_VERDICT = "no informative frames"
+from mucosa.inference import verdict as verdicts
+from mucosa.inference.runtime import open_predictor
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class Summary:
         return self.frames - self.used
 
     def mean(self) -> np.ndarray | None:
-        return np.mean(np.asarray(self.scores), axis=0) if self.scores else None
+        return verdicts.mean_score(self.scores)
 
 
 @dataclass
@@ -103,19 +103,12 @@ class PredictResult:
     out: Path
 
     def verdict(self, summary: Summary) -> str:
-        return _verdict(summary.mean(), self.classes, self.threshold)
-
-
-def _verdict(mean: np.ndarray | None, classes: list[str], threshold: float) -> str:
-    if mean is None:
-        return NO_VERDICT
-    names = verdict_names(classes)
-    return names[int(mean >= threshold)] if np.ndim(mean) == 0 else names[int(np.argmax(mean))]
+        return verdicts.verdict(summary.mean(), self.classes, self.threshold)
 
 
 def _prepared(source: Source, prep, cache: FrameCache | None) -> PreparedFrames:
-    record = Record(source.path.resolve(), "", source.case, frames=source.frames)
-    return cache.get(record, prep) if cache is not None else prepare_source(record, prep)
+    path = source.path.resolve()
+    return cache.get(path, prep, source.frames) if cache is not None else prepare_file(path, prep, source.frames)
 
 
 def _probability_header(classes: list[str]) -> list[str]:
@@ -160,7 +153,7 @@ def predict_sources(predictor, sources: list[Source], out: str | Path, threshold
                     writer.writerow([source.path, source.case, int(index), f"{quality:.4f}", 0,
                                      *[""] * len(header), ""])
                     continue
-                label = classes[int(p >= threshold)] if np.ndim(p) == 0 else classes[int(np.argmax(p))]
+                label = classes[verdicts.call(p, threshold)]
                 writer.writerow([source.path, source.case, int(index), f"{quality:.4f}", 1,
                                  *_probability_text(p), label])
             files.append(summary)
@@ -195,8 +188,6 @@ def predict(checkpoint: str | Path, paths: list[str | Path], out: str | Path, ru
             threshold: float = 0.5, cache: FrameCache | None = None, batch_size: int = 16,
             threads: int | None = None, progress=None) -> PredictResult:
     """``mucosa predict``: open the checkpoint (or ``.onnx`` model) and predict the given paths."""
-    from mucosa.infer import open_predictor
-
     sources = collect_sources(paths)
     predictor = open_predictor(checkpoint, runtime, batch_size, threads)
     return predict_sources(predictor, sources, out, threshold, cache, progress)

@@ -56,7 +56,12 @@ def plot_curves(curves: list[tuple[str, np.ndarray, np.ndarray]], out: Path, pre
                 size: tuple[float, float] = (4.5, 4.2)) -> list[Path]:
     """ROC and precision–recall figures of (label, y 0/1, score) curves; writes ``{prefix}roc.png`` and
     ``{prefix}pr.png``."""
-    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+    from sklearn.metrics import (
+        average_precision_score,
+        precision_recall_curve,
+        roc_auc_score,
+        roc_curve,
+    )
 
     plt = _pyplot()
     paths = []

@@ -1,31 +1,42 @@
-"""From a manifest row to model-ready frames: decode, crop the field of view, resize, score quality, cache.
+"""From an image or video file to model-ready frames: the one frame iterator of mucosa.
 
-The result of one row is cached on disk as uint8 frames (N, S, S) keyed by the file's content and the
-preprocessing parameters, so epochs and reruns never decode a video twice, and frames are read back as a
-memory map (a 100,000-frame cohort does not need to fit in RAM). The quality threshold is not part of the
-key: the score of every frame is stored, and frames are dropped when the cohort is assembled.
+:func:`iter_frames` is decode → field of view → prepare (crop, brightness, resize) → quality score, for
+one file. Cohort preparation (the cache behind training and ``evaluate``), ``predict``, ``stream``,
+``explain`` and the service all read frames through it, so a frame is prepared the same way everywhere;
+the quality gate is :meth:`Preprocessing.passes`.
+
+Example:
+    >>> import numpy as np, tempfile, pathlib
+    >>> from PIL import Image
+    >>> from mucosa.data.preparation import Preprocessing, iter_frames
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "frame.png"
+    >>> Image.fromarray((np.random.default_rng(0).random((80, 80)) * 255).astype(np.uint8)).save(path)
+    >>> [(f.index, f.image.shape) for f in iter_frames(path, Preprocessing(size=32))]
+    [(0, (32, 32))]
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
-from collections.abc import Iterator
-from typing import BinaryIO
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from mucosa import preprocess
+from mucosa.data import fov as preprocess
+from mucosa.data import quality
+from mucosa.data.readers import (
+    CHANNELS,
+    DecodeReport,
+    FrameSelection,
+    is_video,
+    iter_video_frames,
+    read_image,
+)
 from mucosa.errors import ConfigError
-from mucosa.frames import CHANNELS, DecodeReport, iter_video_frames, read_image
-from mucosa.manifest import Record
 
 NORMALIZE = ("none", "stretch")
-CACHE_VERSION = 3  # 3: a video starting with dark frames re-locates its field of view
 
 
 @dataclass(frozen=True)
@@ -53,7 +64,7 @@ class Preprocessing:
     size: int = 300
     crop: str | tuple[int, int, int, int] = "auto"
     channel: str = "auto"
-    quality_threshold: float = preprocess.DEFAULT_QUALITY_THRESHOLD
+    quality_threshold: float = quality.DEFAULT_QUALITY_THRESHOLD
     fov_frames: int = 32
     tile: int = 0
     normalize: str = "none"
@@ -79,6 +90,10 @@ class Preprocessing:
         data["crop"] = list(self.crop) if isinstance(self.crop, tuple) else self.crop
         return data
 
+    def passes(self, score):
+        """The quality gate: whether a frame (or an array of frames) with this quality score is used."""
+        return quality.passes(score, self.quality_threshold)
+
     def cache_key(self) -> dict:
         data = self.to_dict()
         data.pop("quality_threshold")
@@ -97,7 +112,7 @@ class FramePreparer:
         self.prep = prep
         self.fov: preprocess.FieldOfView | None = None
         # still images are judged on brightness, saturation and contrast only (see STILL_COMPONENTS)
-        self.components = preprocess.STILL_COMPONENTS if still else None
+        self.components = quality.STILL_COMPONENTS if still else None
 
     def locate(self, frames: np.ndarray) -> preprocess.FieldOfView:
         """Fix the field of view from one frame (H, W) or several (N, H, W) of the same source."""
@@ -131,10 +146,10 @@ class FramePreparer:
         return preprocess.stretch_levels(field) if self.prep.normalize == "stretch" else None
 
     def _finish(self, cropped: np.ndarray, levels: tuple[float, float] | None) -> tuple[np.ndarray, float]:
-        quality = preprocess.quality_score(cropped, self.components)  # on the recorded intensities
+        score = quality.quality_score(cropped, self.components)  # on the recorded intensities
         if levels is not None:
             cropped = preprocess.stretch(cropped, levels)
-        return preprocess.to_uint8(preprocess.resize(cropped, self.prep.size)), quality
+        return preprocess.to_uint8(preprocess.resize(cropped, self.prep.size)), score
 
 
 class PreparedFrames:
@@ -170,7 +185,7 @@ class PreparedFrames:
 
     def keep(self, threshold: float) -> np.ndarray:
         """Positions (into ``indices``/``frames``) of the frames that pass the quality gate."""
-        return np.flatnonzero(self.quality >= threshold)
+        return np.flatnonzero(quality.passes(self.quality, threshold))
 
 
 _DARK_LEVEL = 0.1   # a pixel brighter than this is lit
@@ -182,16 +197,20 @@ def is_dark(frame: np.ndarray) -> bool:
     return float(np.mean(frame[::4, ::4] > _DARK_LEVEL)) < _DARK_SHARE
 
 
+def fov_buffer(prep: Preprocessing) -> int:
+    """Frames of a video held back to locate its field of view (one when the crop is fixed)."""
+    return prep.fov_frames if prep.crop in ("auto", "disc") else 1
+
+
 def buffered_field_of_view(preparer: FramePreparer, items: Iterator[tuple], count: int | None = None
                            ) -> Iterator[tuple]:
     """Fix a video's field of view from its first frames, then yield every item unchanged.
 
     ``items`` are tuples whose second element is the frame (``(index, frame, ...)``). The first ``count``
     (default ``fov_frames``) are held back and the field is located from them; if all of them are dark, it
-    is located again from the next ``count``, until a lit frame has been seen. Cohort preparation, explain
-    and stream all use this, so they crop a video the same way.
+    is located again from the next ``count``, until a lit frame has been seen. Used by :func:`iter_frames`.
     """
-    count = count or preparer.prep.fov_frames
+    count = count or fov_buffer(preparer.prep)
     while True:
         head = []
         for item in items:
@@ -207,94 +226,71 @@ def buffered_field_of_view(preparer: FramePreparer, items: Iterator[tuple], coun
     yield from items
 
 
-def prepare_source(record: Record, prep: Preprocessing, sink: BinaryIO | None = None) -> PreparedFrames:
-    """Decode and preprocess one row; frames are written to ``sink`` (a binary file) when given."""
-    preparer = FramePreparer(prep, still=not record.is_video)
+@dataclass(frozen=True)
+class Frame:
+    """One prepared frame of a file.
+
+    Attributes:
+        index: frame number in the video; for a still image 0, or the tile number (row by row).
+        image: uint8 (S, S), the model's input.
+        quality: quality score in [0, 1] (see :meth:`Preprocessing.passes`).
+        fov: the field of view it was cropped from.
+        source: the decoded frame (H, W) float in [0, 1] (a video frame, or the whole still image).
+    """
+
+    index: int
+    image: np.ndarray
+    quality: float
+    fov: preprocess.FieldOfView
+    source: np.ndarray
+
+
+Decoded = Iterator[tuple[int, np.ndarray]]
+
+
+def iter_frames(path: str | Path, prep: Preprocessing, selection: FrameSelection | str | None = None,
+                report: DecodeReport | None = None, wrap: Callable[[Decoded], Iterator[tuple]] | None = None
+                ) -> Iterator[Frame]:
+    """Decode, locate the field of view, prepare and score every selected frame of one file.
+
+    Args:
+        path: an image (one frame, or one per tile with ``prep.tile``) or a video.
+        prep: how frames are prepared (a checkpoint's, or a config's).
+        selection: video frames to read (``every:K``, ``A-B``...); default all.
+        report: filled with the video's decoding problems (damaged packets, missing frames).
+        wrap: applied to a video's decoded ``(index, frame, ...)`` items before preparation (``stream``
+            paces and times them); extra tuple members are ignored here.
+
+    Raises:
+        UnreadableFileError: the file cannot be decoded.
+    """
+    path = Path(path)
+    if not is_video(path):
+        preparer = FramePreparer(prep, still=True)
+        image = read_image(path, prep.channel)
+        for index, (model_frame, score) in enumerate(preparer.still(image)):
+            yield Frame(index, model_frame, score, preparer.fov, image)
+        return
+    preparer = FramePreparer(prep)
+    decoded = iter_video_frames(path, selection, prep.channel, report)
+    for item in buffered_field_of_view(preparer, wrap(decoded) if wrap else decoded):
+        model_frame, score = preparer(item[1])
+        yield Frame(item[0], model_frame, score, preparer.fov, item[1])
+
+
+def prepare_file(path: str | Path, prep: Preprocessing, selection: FrameSelection | str | None = None,
+                 sink: BinaryIO | None = None) -> PreparedFrames:
+    """All frames of one file, prepared; frames are written to ``sink`` (a binary file) when given."""
     report = DecodeReport()
-    if record.is_video:
-        decoded = buffered_field_of_view(preparer, iter_video_frames(record.path, record.frames, prep.channel, report))
-        results = ((index, *preparer(frame)) for index, frame in decoded)
-    else:  # one frame, or one per tile
-        results = ((index, *pair) for index, pair in enumerate(preparer.still(read_image(record.path, prep.channel))))
-    indices, quality, kept = [], [], []
-    for index, model_frame, score in results:
-        indices.append(index)
-        quality.append(score)
+    indices, scores, kept, fov = [], [], [], None
+    for frame in iter_frames(path, prep, selection, report):
+        indices.append(frame.index)
+        scores.append(frame.quality)
+        fov = frame.fov
         if sink is not None:
-            sink.write(model_frame.tobytes())
+            sink.write(frame.image.tobytes())
         else:
-            kept.append(model_frame)
+            kept.append(frame.image)
     frames = np.stack(kept) if kept else np.zeros((0, prep.size, prep.size), np.uint8)
-    fov = asdict(preparer.fov) if preparer.fov is not None else {}
-    return PreparedFrames(np.asarray(indices, np.int64), np.asarray(quality, np.float32), fov, report.corrupt,
-                          frames=frames, size=prep.size)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("MUCOSA_CACHE") or Path.home() / ".cache" / "mucosa")
-
-
-class FrameCache:
-    """Preprocessed frames on disk, keyed by file content and preprocessing parameters."""
-
-    def __init__(self, root: str | Path | None = None) -> None:
-        self.root = Path(root) if root else default_cache_dir()
-        self.hits = 0
-        self.misses = 0
-        self._hashes: dict[tuple, str] = {}
-
-    def content_hash(self, path: Path) -> str:
-        stat = path.stat()
-        memo = (str(path), stat.st_size, stat.st_mtime_ns)
-        if memo not in self._hashes:
-            digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            self._hashes[memo] = digest.hexdigest()
-        return self._hashes[memo]
-
-    def key(self, record: Record, prep: Preprocessing) -> str:
-        parts = {"v": CACHE_VERSION, "content": self.content_hash(record.path), "frames": str(record.frames),
-                 "video": record.is_video, "prep": prep.cache_key()}
-        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:40]
-
-    def _paths(self, key: str) -> tuple[Path, Path]:
-        folder = self.root / key[:2]
-        return folder / f"{key}.u8", folder / f"{key}.json"
-
-    def get(self, record: Record, prep: Preprocessing) -> PreparedFrames:
-        """Cached frames of a row, preparing (and storing) them on a miss."""
-        key = self.key(record, prep)
-        data_path, meta_path = self._paths(key)
-        if meta_path.is_file() and data_path.is_file():
-            self.hits += 1
-            return self._load(data_path, meta_path, prep.size)
-        self.misses += 1
-        data_path.parent.mkdir(parents=True, exist_ok=True)
-        # Frames stream to a temporary file that is renamed only when complete; the metadata, written
-        # last and also atomically, marks the entry valid. A killed run never leaves a half entry.
-        with tempfile.NamedTemporaryFile(dir=data_path.parent, suffix=".tmp", delete=False) as sink:
-            try:
-                prepared = prepare_source(record, prep, sink)
-            except BaseException:
-                os.unlink(sink.name)
-                raise
-        os.replace(sink.name, data_path)
-        meta = {"source": str(record.path), "indices": prepared.indices.tolist(),
-                "quality": prepared.quality.tolist(), "fov": prepared.fov, "corrupt": prepared.corrupt,
-                "size": prep.size}
-        _atomic_write_text(meta_path, json.dumps(meta))
-        return self._load(data_path, meta_path, prep.size)
-
-    @staticmethod
-    def _load(data_path: Path, meta_path: Path, size: int) -> PreparedFrames:
-        meta = json.loads(meta_path.read_text())
-        return PreparedFrames(np.asarray(meta["indices"], np.int64), np.asarray(meta["quality"], np.float32),
-                              meta["fov"], meta.get("corrupt", 0), path=data_path, size=size)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
+    return PreparedFrames(np.asarray(indices, np.int64), np.asarray(scores, np.float32),
+                          asdict(fov) if fov is not None else {}, report.corrupt, frames=frames, size=prep.size)

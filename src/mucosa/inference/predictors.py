@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mucosa.checkpoint import LoadedCheckpoint
-from mucosa.data import FrameTable
+from mucosa.data.table import FrameTable
+from mucosa.models.checkpoint import LoadedCheckpoint
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -97,36 +97,3 @@ class TorchPredictor:
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """uint8 frames (N, S, S) → (N,) positive probability, or (N, K)."""
         return predict_frames(self.model, frames, self.batch_size)
-
-
-def open_predictor(path, runtime: str = "torch", batch_size: int = 16, threads: int | None = None):
-    """A predictor (``TorchPredictor`` or ``export.OnnxPredictor``) for a checkpoint or an ``.onnx`` file.
-
-    Args:
-        path: a mucosa checkpoint, or an ONNX model written by ``mucosa export`` (then the runtime is ONNX).
-        runtime: ``torch`` or ``onnx``; ``onnx`` with a checkpoint exports it (in memory) first.
-        batch_size: frames per forward pass.
-        threads: intra-op threads of the runtime (default: PyTorch's or ONNX Runtime's own, all cores).
-
-    Raises:
-        ConfigError: unknown runtime. CheckpointFileError: not a checkpoint. MucosaError: no onnxruntime.
-    """
-    from pathlib import Path
-
-    from mucosa.checkpoint import load_checkpoint
-    from mucosa.errors import ConfigError
-
-    if runtime not in ("torch", "onnx"):
-        raise ConfigError(f"runtime {runtime!r} must be 'torch' or 'onnx'")
-    path = Path(path)
-    if path.suffix.lower() == ".onnx":
-        from mucosa.export import OnnxPredictor
-
-        return OnnxPredictor(path, batch_size=batch_size, threads=threads)
-    checkpoint = load_checkpoint(path)
-    if runtime == "torch":
-        return TorchPredictor(checkpoint, batch_size, threads)
-    from mucosa.export import OnnxPredictor, to_checked_onnx
-
-    return OnnxPredictor(to_checked_onnx(checkpoint), batch_size=batch_size, checkpoint=checkpoint,
-                         threads=threads)

@@ -3,8 +3,8 @@
 Per frame: decode → field-of-view crop → quality gate → inference → temporal smoothing → running verdict.
 
 - Field of view: the first ``fov_frames`` frames (the checkpoint's preprocessing, 32 by default, as in
-  training) are buffered and the field is fixed from them by ``prepare.buffered_field_of_view``, the
-  function cohort preparation uses for ``evaluate``; if all of them are dark (the probe not yet on
+  training) are buffered and the field is fixed from them by ``data.preparation.iter_frames``, the
+  frame iterator cohort preparation uses for ``evaluate``; if all of them are dark (the probe not yet on
   tissue), it is located again from the next frames, until a lit frame has been seen.
 - Quality gate: a frame below the model's quality threshold is skipped (counted, no probability).
 - Smoothing: ``smoothed`` is the mean probability of the last ``window`` informative frames (what is under
@@ -35,10 +35,12 @@ from typing import TextIO
 
 import numpy as np
 
-from mucosa.evaluate import verdict_names
-from mucosa.frames import DecodeReport, iter_video_frames, video_info
-from mucosa.predict import NO_VERDICT
-from mucosa.prepare import FramePreparer, buffered_field_of_view
+from mucosa.data.preparation import Preprocessing, fov_buffer, iter_frames
+from mucosa.data.readers import DecodeReport, is_video, video_info
+from mucosa.errors import ConfigError, UnreadableFileError
+from mucosa.inference import verdict as verdicts
+from mucosa.inference.runtime import open_predictor
+from mucosa.inference.saliency import grad_cam
 
 STAGES = ("decode", "prepare", "infer", "smooth")
 
@@ -63,10 +65,8 @@ class Smoother:
 
     def __init__(self, classes: list[str], window: int = 16, threshold: float = 0.5) -> None:
         if window < 1:
-            from mucosa.errors import ConfigError
-
             raise ConfigError(f"window {window} must be at least 1 frame")
-        self.classes, self.threshold = classes, threshold
+        self.classes, self.threshold = classes, verdicts.check_threshold(threshold)
         self.recent: deque = deque(maxlen=window)
         self.total = 0.0
         self.count = 0
@@ -86,11 +86,7 @@ class Smoother:
 
     @property
     def verdict(self) -> str:
-        mean = self.case_probability
-        if mean is None:
-            return NO_VERDICT
-        names = verdict_names(self.classes)
-        return names[int(mean >= self.threshold)] if np.ndim(mean) == 0 else names[int(np.argmax(mean))]
+        return verdicts.verdict(self.case_probability, self.classes, self.threshold)
 
 
 @dataclass
@@ -105,7 +101,7 @@ class StreamSummary:
     seconds: float = 0.0
     latency_ms: list = field(default_factory=list)
     stage_seconds: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
-    verdict: str = NO_VERDICT
+    verdict: str = verdicts.NO_VERDICT
     case_probability: object = None
     fov: object = None  # the field of view used (``preprocess.FieldOfView``)
     buffered: int = 0   # first frames held back to find the field of view (their latency includes the wait)
@@ -138,20 +134,21 @@ class StreamSummary:
 
 
 class _Producer(threading.Thread):
-    """Decode, crop and score frames in the background; items go to a small queue, then ``None``."""
+    """Decode, crop and score frames in the background (``iter_frames``); items go to a small queue, then
+    ``None``."""
 
-    def __init__(self, path: Path, preparer: FramePreparer, fps: float, realtime: bool, buffered: int,
-                 report: DecodeReport, stage_seconds: dict) -> None:
+    def __init__(self, path: Path, prep: Preprocessing, fps: float, realtime: bool, report: DecodeReport,
+                 stage_seconds: dict) -> None:
         super().__init__(daemon=True, name="mucosa-decode")
-        self.path, self.preparer, self.fps, self.realtime = path, preparer, fps, realtime
-        self.buffered = buffered  # frames looked at together to find the field of view
+        self.path, self.prep, self.fps, self.realtime = path, prep, fps, realtime
         self.report, self.stage_seconds = report, stage_seconds
         self.items: queue.Queue = queue.Queue(maxsize=2)  # enough to overlap; more only adds latency
         self.error: BaseException | None = None
         self.stop = threading.Event()
+        self.arrival: dict[int, float] = {}  # frame index -> when it was decoded (or due in real time)
+        self.waited = 0.0  # seconds spent decoding or pacing, not preparing
 
-    def _decoded(self) -> Iterator[tuple[int, np.ndarray, float]]:
-        frames = iter_video_frames(self.path, None, self.preparer.prep.channel, self.report)
+    def _paced(self, frames: Iterator[tuple[int, np.ndarray]]) -> Iterator[tuple[int, np.ndarray]]:
         start = time.perf_counter()
         while True:
             tic = time.perf_counter()
@@ -166,17 +163,20 @@ class _Producer(threading.Thread):
                 if due > arrival:
                     time.sleep(due - arrival)
                 arrival = max(arrival, due)
-            yield index, frame, arrival
+            self.arrival[index] = arrival
+            self.waited += time.perf_counter() - tic
+            yield index, frame
 
     def run(self) -> None:
         try:
-            for index, frame, arrival in buffered_field_of_view(self.preparer, self._decoded(), self.buffered):
-                if self.stop.is_set():
+            frames = iter_frames(self.path, self.prep, report=self.report, wrap=self._paced)
+            while not self.stop.is_set():
+                tic, waited = time.perf_counter(), self.waited
+                frame = next(frames, None)
+                if frame is None:
                     return
-                tic = time.perf_counter()
-                model_frame, quality = self.preparer(frame)
-                self.stage_seconds["prepare"] += time.perf_counter() - tic
-                self.items.put((index, frame, model_frame, quality, arrival))
+                self.stage_seconds["prepare"] += time.perf_counter() - tic - (self.waited - waited)
+                self.items.put((frame, self.arrival.pop(frame.index)))
         except BaseException as error:  # handed to the consuming thread, which raises it
             self.error = error
         finally:
@@ -269,8 +269,9 @@ class Annotator:
         self.font = None
 
     def _open(self, height: int, width: int) -> None:
-        import av
         from fractions import Fraction
+
+        import av
         from PIL import ImageFont
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -306,7 +307,7 @@ class Annotator:
         draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(0, 190, 255))
         probability = "skipped (quality {:.2f})".format(result.quality) if result.skipped else \
             f"p {_short(result.probability)}  smoothed {_short(result.smoothed)}"
-        names = verdict_names(self.classes)
+        names = verdicts.verdict_names(self.classes)
         colour = (200, 200, 200) if result.verdict not in names else \
             ((235, 70, 60) if len(names) == 2 and result.verdict == names[1] else (70, 210, 100))
         lines = [(f"frame {result.index}  t {result.time:.2f} s  {probability}", (255, 255, 0)),
@@ -341,11 +342,7 @@ class Annotator:
 
 
 def _grad_cam_function(predictor):
-    """``frame -> heat map`` from ``mucosa.explain.grad_cam`` and the PyTorch model, or None."""
-    try:
-        from mucosa.explain import grad_cam
-    except ImportError:
-        return None
+    """``frame -> heat map`` from ``saliency.grad_cam`` and the PyTorch model, or None."""
     checkpoint = getattr(predictor, "checkpoint", None)
     if checkpoint is None:
         return None
@@ -366,12 +363,9 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
         annotate: MP4 to write with the field of view, probabilities and verdict (and Grad-CAM) burned in.
         status: where the live status line goes (only shown on a terminal), e.g. ``sys.stderr``.
         threshold: decision threshold of a binary model.
-        gradcam: overlay Grad-CAM in the annotated video when ``mucosa.explain`` and the PyTorch model
+        gradcam: overlay Grad-CAM in the annotated video when ``mucosa.evaluation.explain`` and the PyTorch model
             are available.
     """
-    from mucosa.errors import UnreadableFileError
-    from mucosa.frames import is_video
-
     source = Path(source)
     if not source.is_file():
         raise UnreadableFileError(f"{source}: file not found")
@@ -379,24 +373,25 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
         raise UnreadableFileError(f"{source}: not a video file type (stream reads videos; use predict for images)")
     info = video_info(source)
     classes = predictor.classes
-    preparer = FramePreparer(predictor.preprocessing)
     smoother = Smoother(classes, window, threshold)
     report = DecodeReport()
     prep = predictor.preprocessing
-    summary = StreamSummary(source, predictor.runtime, buffered=prep.fov_frames if prep.crop == "auto" else 1)
+    summary = StreamSummary(source, predictor.runtime, buffered=fov_buffer(prep))
     writer = Timeline(Path(timeline), classes) if timeline else None
     video = Annotator(Path(annotate), predictor, info.fps, gradcam) if annotate else None
     line = StatusLine(status)
-    producer = _Producer(source, preparer, info.fps, realtime, summary.buffered, report, summary.stage_seconds)
+    producer = _Producer(source, prep, info.fps, realtime, report, summary.stage_seconds)
+    fov = None
     start = time.perf_counter()
     producer.start()
     try:
-        for index, frame, model_frame, quality, arrival in producer:
-            skipped = quality < prep.quality_threshold
+        for frame, arrival in producer:
+            index, quality, fov = frame.index, frame.quality, frame.fov
+            skipped = not prep.passes(quality)
             probability = None
             if not skipped:
                 tic = time.perf_counter()
-                probability = predictor(model_frame[None])[0]
+                probability = predictor(frame.image[None])[0]
                 toc = time.perf_counter()
                 smoother.update(probability)
                 summary.stage_seconds["infer"] += toc - tic
@@ -410,7 +405,7 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
             if writer is not None:
                 writer.write(result)
             if video is not None:
-                video.write(frame, model_frame, preparer.fov, result)
+                video.write(frame.source, frame.image, frame.fov, result)
             line.show(result, summary.frames / (time.perf_counter() - start))
     finally:
         producer.stop.set()
@@ -427,7 +422,7 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
     summary.seconds = time.perf_counter() - start
     summary.corrupt = report.corrupt
     summary.verdict, summary.case_probability = smoother.verdict, smoother.case_probability
-    summary.fov = preparer.fov
+    summary.fov = fov
     return summary
 
 
@@ -444,8 +439,6 @@ def run(checkpoint: str | Path, source: str | Path, runtime: str = "torch", thre
         threads: inference threads (default :func:`default_threads`).
         options: as for :func:`stream`.
     """
-    from mucosa.infer import open_predictor
-
     predictor = open_predictor(checkpoint, runtime, batch_size=1, threads=threads or default_threads())
     options.setdefault("status", sys.stderr)
     return stream(predictor, source, **options)

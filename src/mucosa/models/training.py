@@ -22,14 +22,20 @@ import torch.nn.functional as F
 from lightning.fabric.plugins import CheckpointIO
 from torch.utils.data import DataLoader
 
-from mucosa.checkpoint import atomic_torch_save, describe, read_checkpoint_file
-from mucosa.config import RunConfig, load_config, override
-from mucosa.data import CaseSampler, FrameDataset, FrameTable, assemble, make_augmentation, worker_init
+from mucosa.data.cache import FrameCache
+from mucosa.data.manifest import Cohort, load_manifest
+from mucosa.data.splits import split_cohort
+from mucosa.data.table import FrameTable, assemble
 from mucosa.errors import ConfigError
-from mucosa.manifest import Cohort, load_manifest
-from mucosa.model import create_model
-from mucosa.prepare import FrameCache
-from mucosa.splits import split_cohort
+from mucosa.models.checkpoint import atomic_torch_save, describe, read_checkpoint_file
+from mucosa.models.config import RunConfig, load_config, override
+from mucosa.models.dataset import (
+    CaseSampler,
+    FrameDataset,
+    make_augmentation,
+    worker_init,
+)
+from mucosa.models.networks import create_model
 
 
 class Classifier(L.LightningModule):

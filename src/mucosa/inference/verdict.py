@@ -1,0 +1,84 @@
+"""The verdict: the one rule that turns a model's probabilities into a call, for a frame, a file or a case.
+
+- Two classes (one logit): the positive class (the inflammation class for the paper's labels) is called
+  when its probability reaches the threshold, a number in [0, 1] (0.5 by default).
+- Three or more classes: the class of highest probability.
+- A file's or a case's score is the mean probability of its frames that passed the quality gate; with
+  none, there is no verdict (:data:`NO_VERDICT`).
+- A probability that is not finite (a diverged model) never becomes a verdict: it raises
+  :class:`~mucosa.errors.ModelOutputError`.
+
+Example:
+    >>> from mucosa.inference.verdict import verdict
+    >>> verdict(0.8, ["control", "active"])
+    'active inflammation'
+    >>> verdict(None, ["control", "active"])
+    'no informative frames'
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mucosa.data.manifest import POSITIVE_WORDS
+from mucosa.errors import ConfigError, ModelOutputError
+
+__all__ = ["NO_VERDICT", "verdict_names", "check_threshold", "call", "calls", "mean_score", "verdict"]
+
+NO_VERDICT = "no informative frames"
+
+
+def verdict_names(classes: list[str]) -> list[str]:
+    """What a verdict says for each class: the clinical words when the labels are inflammation vs not."""
+    if len(classes) == 2 and classes[1].strip().lower() in POSITIVE_WORDS:
+        return ["mucosal healing", "active inflammation"]
+    return list(classes)
+
+
+def check_threshold(value: float | str, name: str = "threshold") -> float:
+    """A decision threshold as a float in [0, 1]; anything else (2, -1, NaN, text) is a ConfigError."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} {value!r} must be a number in [0, 1]") from None
+    if not (math.isfinite(number) and 0.0 <= number <= 1.0):
+        raise ConfigError(f"{name} {value!r} must be a number in [0, 1]")
+    return number
+
+
+def calls(scores: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Class index called for each score: (N,) positive probabilities, or (N, K) class probabilities.
+
+    Raises:
+        ModelOutputError: a score is NaN or infinite.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if not np.all(np.isfinite(scores)):
+        bad = int(np.sum(~np.isfinite(scores).reshape(len(scores), -1).all(1))) if scores.ndim else 1
+        raise ModelOutputError(f"the model gave {bad} non-finite probabilit{'y' if bad == 1 else 'ies'} (NaN or "
+                               "infinite): its weights are broken or it diverged in training; no verdict is given")
+    if scores.ndim <= 1:
+        return (scores >= threshold).astype(np.int64)
+    return scores.argmax(-1).astype(np.int64)
+
+
+def call(score, threshold: float = 0.5) -> int:
+    """Class index called for one score: a positive probability, or (K,) class probabilities."""
+    score = np.asarray(score, dtype=np.float64)
+    return int(calls(score[None], threshold)[0])
+
+
+def mean_score(probabilities) -> np.ndarray | None:
+    """A file's or case's score: the mean of its used frames' probabilities (None when there are none)."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    return probabilities.mean(0) if len(probabilities) else None
+
+
+def verdict(score, classes: list[str], threshold: float = 0.5) -> str:
+    """The words of the call for a score (:func:`mean_score` of a file or case); ``None`` gives
+    :data:`NO_VERDICT`."""
+    if score is None:
+        return NO_VERDICT
+    return verdict_names(classes)[call(score, threshold)]
