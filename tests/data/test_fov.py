@@ -20,7 +20,11 @@ from mucosa.data.fov import (
     to_uint8,
     whole_disc,
 )
-from mucosa.data.quality import DEFAULT_QUALITY_THRESHOLD, quality_components, quality_score
+from mucosa.data.quality import (
+    DEFAULT_QUALITY_THRESHOLD,
+    quality_components,
+    quality_score,
+)
 from mucosa.errors import ConfigError
 
 # Uninformative frames of the pCLE brain videos (name: frame indices, counted from 0 in decode order).

@@ -138,9 +138,9 @@ def test_config_errors_name_the_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match="unknown section"):
         load_config(tmp_path / "d.yaml")
     for name in ("paper", "cpu-quick"):
-        config = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+        config = load_config(Path(__file__).parents[2] / "configs" / f"{name}.yaml")
         assert config.preprocessing.size == config.model.size
-    assert load_config(Path(__file__).parents[1] / "configs" / "paper.yaml").training.epochs == 200
+    assert load_config(Path(__file__).parents[2] / "configs" / "paper.yaml").training.epochs == 200
 
 
 def test_init_from_reinitialises_mismatched_head(cohort, cache, tmp_path, capsys):

@@ -2,7 +2,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from test_frames import write_video
+from media import write_video
 
 from mucosa.cli import main
 from mucosa.data.manifest import Cohort, Record, load_manifest

@@ -2,8 +2,8 @@ import pickle
 
 import numpy as np
 import pytest
+from media import write_video
 from PIL import Image
-from test_frames import write_video
 
 from mucosa.cli import main
 from mucosa.data.cache import FrameCache

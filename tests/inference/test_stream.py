@@ -7,10 +7,10 @@ import pytest
 
 from mucosa.cli import main
 from mucosa.data.readers import iter_video_frames, video_info
-from mucosa.inference.verdict import NO_VERDICT
 from mucosa.inference.predict import predict
 from mucosa.inference.predictors import TorchPredictor
 from mucosa.inference.stream import Smoother, stream
+from mucosa.inference.verdict import NO_VERDICT
 from mucosa.models.checkpoint import load_checkpoint
 
 QUICK = {"model": {"size": 32}, "preprocessing": {"fov_frames": 8},

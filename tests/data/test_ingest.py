@@ -2,8 +2,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from media import write_video
 from PIL import Image
-from test_frames import write_video
 
 from mucosa.cli import main
 from mucosa.data.ingest import check_cohort, index_csv, index_directory, parse_label_map

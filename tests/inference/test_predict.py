@@ -10,8 +10,8 @@ from mucosa.data.manifest import Record, load_manifest, write_manifest
 from mucosa.data.readers import iter_video_frames
 from mucosa.errors import MucosaError
 from mucosa.evaluation.evaluate import score
-from mucosa.inference.verdict import NO_VERDICT
 from mucosa.inference.predict import collect_sources, predict
+from mucosa.inference.verdict import NO_VERDICT
 from mucosa.models.checkpoint import (
     atomic_torch_save,
     load_checkpoint,

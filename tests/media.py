@@ -1,0 +1,21 @@
+"""Small media files written by tests (importable from every test folder: pytest's pythonpath)."""
+
+from pathlib import Path
+
+import numpy as np
+
+
+def write_video(path: Path, n: int = 30, size=(64, 48), fmt: str = "avi", codec: str = "mpeg4",
+                rate: int = 25) -> np.ndarray:
+    """Write a video whose frame i is uniformly gray at level 8*i; returns those levels."""
+    import av
+
+    levels = (np.arange(n) * 8) % 256
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for level in levels:
+            rgb = np.full((size[1], size[0], 3), level, np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode())
+    return levels / 255.0
