@@ -1,3 +1,6 @@
+"""``python -m mucosa``: the ``mucosa`` command."""
+
 from mucosa.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())

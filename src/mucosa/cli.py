@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -405,9 +406,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Console(logging.StreamHandler):
+    """The library's INFO messages (``logging``) on the current standard output, as plain lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.setStream(sys.stdout)
+        super().emit(record)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
+    console, library = _Console(), logging.getLogger("mucosa")
+    console.setFormatter(logging.Formatter("%(message)s"))
+    library.addHandler(console)
+    library.setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)
     except MucosaError as error:
@@ -416,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        library.removeHandler(console)
 
 
 if __name__ == "__main__":

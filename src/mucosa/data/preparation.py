@@ -30,6 +30,7 @@ from mucosa.data.readers import (
     CHANNELS,
     DecodeReport,
     FrameSelection,
+    array_frames,
     is_video,
     iter_video_frames,
     read_image,
@@ -248,13 +249,15 @@ class Frame:
 Decoded = Iterator[tuple[int, np.ndarray]]
 
 
-def iter_frames(path: str | Path, prep: Preprocessing, selection: FrameSelection | str | None = None,
+def iter_frames(source: str | Path | np.ndarray, prep: Preprocessing, selection: FrameSelection | str | None = None,
                 report: DecodeReport | None = None, wrap: Callable[[Decoded], Iterator[tuple]] | None = None
                 ) -> Iterator[Frame]:
-    """Decode, locate the field of view, prepare and score every selected frame of one file.
+    """Decode, locate the field of view, prepare and score every selected frame of one source.
 
     Args:
-        path: an image (one frame, or one per tile with ``prep.tile``) or a video.
+        source: an image file (one frame, or one per tile with ``prep.tile``), a video file, or an array:
+            (H, W) or (H, W, C) is a still image, (N, H, W) the frames of one video (see
+            ``readers.array_frames``).
         prep: how frames are prepared (a checkpoint's, or a config's).
         selection: video frames to read (``every:K``, ``A-B``...); default all.
         report: filled with the video's decoding problems (damaged packets, missing frames).
@@ -264,18 +267,28 @@ def iter_frames(path: str | Path, prep: Preprocessing, selection: FrameSelection
     Raises:
         UnreadableFileError: the file cannot be decoded.
     """
-    path = Path(path)
-    if not is_video(path):
-        preparer = FramePreparer(prep, still=True)
-        image = read_image(path, prep.channel)
-        for index, (model_frame, score) in enumerate(preparer.still(image)):
-            yield Frame(index, model_frame, score, preparer.fov, image)
+    if isinstance(source, np.ndarray):
+        still, frames = array_frames(source, prep.channel)
+        if still:
+            yield from _still_frames(frames[0], prep)
+            return
+        chosen = selection if isinstance(selection, FrameSelection) else FrameSelection.parse(selection)
+        decoded: Decoded = ((i, f) for i, f in enumerate(frames) if i in chosen)
+    elif not is_video(source):
+        yield from _still_frames(read_image(source, prep.channel), prep)
         return
+    else:
+        decoded = iter_video_frames(source, selection, prep.channel, report)
     preparer = FramePreparer(prep)
-    decoded = iter_video_frames(path, selection, prep.channel, report)
     for item in buffered_field_of_view(preparer, wrap(decoded) if wrap else decoded):
         model_frame, score = preparer(item[1])
         yield Frame(item[0], model_frame, score, preparer.fov, item[1])
+
+
+def _still_frames(image: np.ndarray, prep: Preprocessing) -> Iterator[Frame]:
+    preparer = FramePreparer(prep, still=True)
+    for index, (model_frame, score) in enumerate(preparer.still(image)):
+        yield Frame(index, model_frame, score, preparer.fov, image)
 
 
 def prepare_file(path: str | Path, prep: Preprocessing, selection: FrameSelection | str | None = None,

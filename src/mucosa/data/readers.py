@@ -134,6 +134,25 @@ def to_gray(array: np.ndarray, channel: str = "auto", source: str | Path = "imag
     return scaled
 
 
+def array_frames(array: np.ndarray, channel: str = "auto") -> tuple[bool, list[np.ndarray]]:
+    """An in-memory image or stack of frames, of any integer or float dtype, as gray float32 frames.
+
+    Args:
+        array: (H, W) or (H, W, 1|3|4): one still image; (N, H, W): N frames of one video or case,
+            scaled together (one intensity range for the stack).
+
+    Returns:
+        ``(still, frames)``: whether it is one still image, and the (H, W) frames in [0, 1].
+    """
+    array = np.asarray(array)
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4)):
+        return True, [to_gray(array, channel, "array")]
+    if array.ndim != 3:
+        raise UnreadableFileError(f"array: shape {array.shape}; expected (H, W), (H, W, C) or (N, H, W)")
+    stack = _scale_to_unit(array, "array")
+    return False, [np.ascontiguousarray(frame) for frame in stack]
+
+
 def _scale_to_unit(array: np.ndarray, source: str | Path) -> np.ndarray:
     if array.dtype == bool:
         return array.astype(np.float32)

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import hmac
 import json
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,12 +22,14 @@ from mucosa.data.cache import FrameCache
 from mucosa.data.manifest import Cohort, load_manifest
 from mucosa.data.splits import select_parts
 from mucosa.data.table import FrameTable, assemble
+from mucosa.errors import ConfigError
 from mucosa.evaluation.explain import gallery
 from mucosa.evaluation.report import write_report
-from mucosa.errors import ConfigError
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.predictors import predict_table
 from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -224,7 +227,7 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path, spli
     loaded = load_checkpoint(checkpoint)
     cohort = load_manifest(manifest, classes=loaded.classes, require_all=False)
     part, val_part, why = select_parts(cohort, loaded.info, split)
-    print(f"evaluating {len(part.records)} rows: {why}")
+    log.info(f"evaluating {len(part.records)} rows: {why}")
     binary = len(loaded.classes) == 2
     needs_val = binary and not _is_number(threshold)
     val = score(loaded, val_part, cache) if needs_val and val_part is not None else None

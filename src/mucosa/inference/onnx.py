@@ -35,7 +35,7 @@ from mucosa.data.splits import select_parts
 from mucosa.data.table import assemble
 from mucosa.errors import ConfigError, MucosaError
 from mucosa.inference import verdict as verdicts
-from mucosa.inference.predictors import fold_batchnorm, probabilities
+from mucosa.inference.predictors import fold_batchnorm, probabilities, resolve_device
 from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint
 
 FORMAT = "mucosa-onnx"
@@ -119,14 +119,22 @@ def to_onnx(checkpoint: LoadedCheckpoint) -> bytes:
     return _with_metadata(buffer.getvalue(), metadata(checkpoint))
 
 
-def _session(model: bytes | Path, threads: int | None = None):
+def providers(device: str | torch.device = "cpu") -> list[str]:
+    """ONNX Runtime execution providers for a device: CUDA first where it is installed and asked for."""
+    ort = import_onnxruntime()
+    if resolve_device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _session(model: bytes | Path, threads: int | None = None, device: str | torch.device = "cpu"):
     ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or 0  # 0: one per physical core
     options.log_severity_level = 3  # errors only: the NCHWc layout warning is about saving, which we do not
     source = model if isinstance(model, bytes) else str(model)
     try:
-        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, options, providers=providers(device))
     except Exception as error:  # onnxruntime raises its own exception types for a bad file
         name = "model" if isinstance(model, bytes) else model
         raise ExportError(f"{name}: not a loadable ONNX model ({type(error).__name__}: "
@@ -333,12 +341,14 @@ class OnnxPredictor:
     runtime = "onnx"
 
     def __init__(self, model: bytes | str | Path, batch_size: int = 16,
-                 checkpoint: LoadedCheckpoint | None = None, threads: int | None = None) -> None:
+                 checkpoint: LoadedCheckpoint | None = None, threads: int | None = None,
+                 device: str | torch.device = "cpu") -> None:
         if not isinstance(model, bytes):
             model = Path(model)
             if not model.is_file():
                 raise ExportError(f"{model}: ONNX model not found")
-        self.session = _session(model, threads)
+        self.session = _session(model, threads, device)
+        self.device = resolve_device(device)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         name = "model" if isinstance(model, bytes) else model
         if self.metadata.get("format") != FORMAT:

@@ -1,4 +1,16 @@
-"""Running a trained model on prepared frames: one code path for evaluate, predict and the report."""
+"""Running a trained model on prepared frames, on any device: one code path for evaluate, predict, stream
+and the Python API.
+
+Example:
+    >>> import numpy as np
+    >>> from mucosa.inference.predictors import predict_frames, resolve_device
+    >>> from mucosa.models.networks import ModelConfig, create_model
+    >>> model = create_model(ModelConfig(kind="cnn", size=40))
+    >>> predict_frames(model, np.zeros((3, 40, 40), np.uint8)).shape
+    (3,)
+    >>> resolve_device("cpu")
+    device(type='cpu')
+"""
 
 from __future__ import annotations
 
@@ -6,7 +18,38 @@ import numpy as np
 import torch
 
 from mucosa.data.table import FrameTable
+from mucosa.errors import ConfigError
 from mucosa.models.checkpoint import LoadedCheckpoint
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` (the first CUDA GPU when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises:
+        ConfigError: an unknown name, or a CUDA device that this machine does not have.
+    """
+    if isinstance(device, torch.device):
+        return device
+    name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {device!r} must be auto, cpu, cuda or cuda:N") from None
+    if chosen.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device!r} must be auto, cpu, cuda or cuda:N")
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (chosen.index or 0) >= count:
+            raise ConfigError(f"device {device!r}: this machine has {count} CUDA device(s)"
+                              + ("" if count else " (PyTorch sees no GPU); use --device cpu or auto"))
+    return chosen
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device a model's weights are on."""
+    return next(model.parameters()).device
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -18,11 +61,12 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
 def predict_frames(model: torch.nn.Module, frames: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Probabilities for uint8 frames (N, S, S): (N,) for a binary model, (N, K) otherwise."""
     model.eval()
+    device = model_device(model)
     out = []
     for start in range(0, len(frames), batch_size):
         batch = torch.from_numpy(np.ascontiguousarray(frames[start:start + batch_size], dtype=np.float32) / 255.0)
-        x = batch[:, None].contiguous(memory_format=torch.channels_last)  # (B, 1, S, S)
-        out.append(probabilities(model(x)).float().numpy())
+        x = batch[:, None].to(device).contiguous(memory_format=torch.channels_last)  # (B, 1, S, S)
+        out.append(probabilities(model(x)).float().cpu().numpy())
     if out:
         return np.concatenate(out)
     classes = getattr(model, "num_outputs", 1)
@@ -85,14 +129,16 @@ class TorchPredictor:
 
     runtime = "torch"
 
-    def __init__(self, checkpoint: LoadedCheckpoint, batch_size: int = 16, threads: int | None = None) -> None:
+    def __init__(self, checkpoint: LoadedCheckpoint, batch_size: int = 16, threads: int | None = None,
+                 device: str | torch.device = "auto") -> None:
         if threads:
             torch.set_num_threads(threads)  # process-wide, as PyTorch has one intra-op pool
+        self.device = resolve_device(device)
         self.checkpoint = checkpoint
         self.classes = checkpoint.classes
         self.preprocessing = checkpoint.preprocessing
         self.batch_size = batch_size
-        self.model = fold_batchnorm(checkpoint.model).to(memory_format=torch.channels_last)
+        self.model = fold_batchnorm(checkpoint.model).to(self.device, memory_format=torch.channels_last)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """uint8 frames (N, S, S) → (N,) positive probability, or (N, K)."""

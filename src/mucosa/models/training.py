@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from mucosa.models.dataset import (
     worker_init,
 )
 from mucosa.models.networks import create_model
+
+log = logging.getLogger(__name__)
 
 
 class Classifier(L.LightningModule):
@@ -205,7 +208,7 @@ def _check_parts(cohort: Cohort, sides: tuple[str, ...]) -> None:
 
 
 def plan_run(manifest: str | Path, config: RunConfig, out: Path, cache: FrameCache | None = None,
-             presplit: bool = False) -> RunPlan:
+             presplit: bool = False, progress: bool = True) -> RunPlan:
     """Validate inputs, split the cohort and prepare frames; raises a clear error before any training.
 
     Args:
@@ -219,12 +222,12 @@ def plan_run(manifest: str | Path, config: RunConfig, out: Path, cache: FrameCac
     s = config.split
     mode = "manifest" if presplit else s.mode
     result = split_cohort(cohort, mode, test=s.test, val=s.val, k=s.k, fold=s.fold, seed=s.seed)
-    print(result.report)
+    log.info(result.report)
     split = result.cohort
     _check_parts(split, ("train", "val") if s.val > 0 else ("train",))
     table = assemble(Cohort([r for r in split.records if r.split in ("train", "val")], split.classes,
-                            split.source), config.preprocessing, cache, progress=True)
-    print(table.summary())
+                            split.source), config.preprocessing, cache, progress=progress)
+    log.info(table.summary())
     sides = np.array([table.cohort.records[r].split for r in table.row])
     parts = {side: np.flatnonzero(sides == side) for side in ("train", "val")}
     train_labels = set(table.labels[parts["train"]].tolist())
@@ -260,7 +263,7 @@ def _description(plan: RunPlan) -> dict:
                     split)
 
 
-def _trainer(plan: RunPlan, has_val: bool) -> L.Trainer:
+def _trainer(plan: RunPlan, has_val: bool, progress: bool = True) -> L.Trainer:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     t = plan.config.training
@@ -278,7 +281,7 @@ def _trainer(plan: RunPlan, has_val: bool) -> L.Trainer:
     return L.Trainer(default_root_dir=plan.out, max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices,
                      num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision, callbacks=callbacks,
                      logger=False, plugins=[AtomicCheckpointIO()], enable_model_summary=False,
-                     num_sanity_val_steps=0, log_every_n_steps=10)
+                     num_sanity_val_steps=0, log_every_n_steps=10, enable_progress_bar=progress)
 
 
 def _quiet_lightning() -> None:
@@ -297,7 +300,7 @@ def _quiet_lightning() -> None:
 
 
 def fit(plan: RunPlan, resume: Path | None = None, init_from: Path | None = None,
-        record_samples: bool = False) -> Path:
+        record_samples: bool = False, progress: bool = True) -> Path:
     """Train (or continue) and return the path of the best checkpoint."""
     t = plan.config.training
     _quiet_lightning()
@@ -309,7 +312,7 @@ def fit(plan: RunPlan, resume: Path | None = None, init_from: Path | None = None
     module = Classifier(plan.config, plan.cohort.classes, counts.tolist(), _description(plan), record_samples)
     if init_from is not None:
         initialise_from(module.model, init_from)
-    trainer = _trainer(plan, val_loader is not None)
+    trainer = _trainer(plan, val_loader is not None, progress)
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
     best = plan.out / "best.ckpt"
     if val_loader is None and trainer.is_global_zero:
@@ -329,24 +332,26 @@ def initialise_from(model: torch.nn.Module, checkpoint: Path) -> list[str]:
     model.load_state_dict({**target, **{k: v for k, v in source.items() if k in target and k not in fresh}})
     if fresh:
         layers = sorted({k.rsplit(".", 1)[0] for k in fresh})
-        print(f"init-from {checkpoint}: layer(s) {', '.join(layers)} do not match this model "
+        log.info(f"init-from {checkpoint}: layer(s) {', '.join(layers)} do not match this model "
               "(different classes or input size) and were re-initialised")
     return fresh
 
 
 def train(manifest: str | Path, config: RunConfig, out: str | Path, init_from: str | Path | None = None,
-          cache: FrameCache | None = None, record_samples: bool = False) -> Path:
-    """Split, prepare and train; returns the best checkpoint's path."""
+          cache: FrameCache | None = None, record_samples: bool = False, progress: bool = True) -> Path:
+    """Split, prepare and train (``progress``: show Lightning's progress bar); returns the best checkpoint's
+    path."""
     out = Path(out)
     if (out / "last.ckpt").exists():
         raise ConfigError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
-    plan = plan_run(manifest, config, out, cache)
+    plan = plan_run(manifest, config, out, cache, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     plan.config.save(out / "config.yaml")
     plan.cohort.to_csv(out / "split.csv")
     (out / "run.json").write_text(json.dumps({"manifest": str(Path(manifest).resolve()),
                                               "init_from": str(init_from) if init_from else None}, indent=1))
-    return fit(plan, init_from=Path(init_from) if init_from else None, record_samples=record_samples)
+    return fit(plan, init_from=Path(init_from) if init_from else None, record_samples=record_samples,
+               progress=progress)
 
 
 def resume(run: str | Path, cache: FrameCache | None = None) -> Path:
@@ -359,5 +364,5 @@ def resume(run: str | Path, cache: FrameCache | None = None) -> Path:
     config = load_config(run / "config.yaml")
     plan = plan_run(run / "split.csv", config, run, cache, presplit=True)
     epoch = read_checkpoint_file(last).get("epoch", -1) + 1
-    print(f"resuming {run} after epoch {epoch} of {config.training.epochs}")
+    log.info(f"resuming {run} after epoch {epoch} of {config.training.epochs}")
     return fit(plan, resume=last)

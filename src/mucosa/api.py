@@ -1,0 +1,98 @@
+"""The notebook surface of mucosa: train a model, load one, predict, evaluate — results as objects.
+
+Everything here is re-exported by ``import mucosa``; files are written only where ``out`` is given.
+
+Example (synthetic data, a few seconds):
+    >>> import tempfile, mucosa
+    >>> from mucosa.data.synth import synthesize_cohort
+    >>> folder = tempfile.mkdtemp()
+    >>> manifest = synthesize_cohort(folder + "/cohort", patients=6, per_patient=6, size=40, seed=0)
+    >>> result = mucosa.train(manifest, {"model": {"size": 40}, "training": {"epochs": 1},
+    ...                                  "split": {"mode": "none"}}, cache_dir=folder + "/cache", progress=False)
+    >>> result.classifier.classes
+    ['control', 'active']
+    >>> prediction = result.classifier.predict(folder + "/cohort/images/active/P01")
+    >>> prediction.cases[0].verdict in ("active inflammation", "mucosal healing")
+    True
+"""
+
+from __future__ import annotations
+
+import csv
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mucosa.data.cache import FrameCache
+from mucosa.inference.classifier import Classifier, load
+from mucosa.models.config import RunConfig, config_from_dict, load_config
+from mucosa.models.training import train as _train
+
+__all__ = ["TrainingResult", "train"]
+
+
+@dataclass
+class TrainingResult:
+    """What :func:`train` produced.
+
+    Attributes:
+        classifier: the best model (by validation ROC AUC), ready to predict.
+        history: one dict per epoch (train and validation loss, validation AUC and accuracy).
+        checkpoint: ``out/best.ckpt`` when ``out`` was given, else None (the model lives in memory only).
+        out: the run folder, or None.
+    """
+
+    classifier: Classifier
+    history: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint: Path | None = None
+    out: Path | None = None
+
+
+def _config(config: RunConfig | str | Path | dict | None) -> RunConfig:
+    if isinstance(config, RunConfig):
+        return config
+    if isinstance(config, dict):
+        return config_from_dict(config, "config")
+    return load_config(config)
+
+
+def _history(run: Path) -> list[dict[str, Any]]:
+    """Per-epoch metrics of a run folder (the training logger's CSV), numbers as floats."""
+    found = sorted(run.rglob("metrics.csv")) or sorted(run.glob("epochs.csv"))
+    if not found:
+        return []
+    rows: dict[int, dict[str, Any]] = {}
+    with found[-1].open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            epoch = int(float(row.get("epoch") or 0))
+            merged = rows.setdefault(epoch, {"epoch": epoch})
+            merged.update({k: float(v) for k, v in row.items() if v not in ("", None) and k not in ("epoch", "step")})
+    return [rows[e] for e in sorted(rows)]
+
+
+def train(manifest: str | Path, config: RunConfig | str | Path | dict | None = None, out: str | Path | None = None,
+          init_from: str | Path | None = None, cache_dir: str | Path | None = None, device: str = "auto",
+          runtime: str = "auto", progress: bool = True) -> TrainingResult:
+    """Train a model on a cohort manifest and return it, ready to predict.
+
+    Args:
+        manifest: the cohort CSV (``mucosa index`` writes one).
+        config: a config file (``configs/pcle.yaml``), a nested dict of settings, a ``RunConfig``, or None
+            for the defaults (the paper's).
+        out: the run folder (config.yaml, split.csv, logs, best.ckpt, last.ckpt); None trains in a
+            temporary folder that is removed afterwards.
+        init_from: a checkpoint whose matching weights start the model.
+        cache_dir: the preprocessing cache (default ``~/.cache/mucosa``).
+        device, runtime: for the returned classifier (see :func:`mucosa.load`).
+        progress: show progress bars.
+    """
+    run_config = _config(config)
+    cache = FrameCache(cache_dir)
+    with tempfile.TemporaryDirectory(prefix="mucosa-train-") as scratch:
+        folder = Path(out) if out is not None else Path(scratch) / "run"
+        best = _train(manifest, run_config, folder, init_from=init_from, cache=cache, progress=progress)
+        classifier = load(best, device=device, runtime=runtime)  # weights in memory: outlives the folder
+        return TrainingResult(classifier, _history(folder), Path(best) if out is not None else None,
+                              folder if out is not None else None)
+

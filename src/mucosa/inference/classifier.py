@@ -1,0 +1,233 @@
+"""The Python API of a trained model: ``mucosa.load`` → :class:`Classifier` → :class:`Prediction`.
+
+A classifier wraps a checkpoint (or an ``.onnx`` model written by ``mucosa export``) with its
+preprocessing, so a notebook gets the same frames, quality gate and verdicts as ``mucosa predict``:
+
+    >>> import numpy as np, mucosa
+    >>> classifier = mucosa.load(checkpoint_path)                    # doctest: +SKIP
+    >>> prediction = classifier.predict(np.random.rand(8, 96, 96))   # doctest: +SKIP
+    >>> prediction.verdict, prediction.probabilities.shape           # doctest: +SKIP
+    ('mucosal healing', (8,))
+
+``predict`` takes a NumPy array ((H, W) or (H, W, C): one image; (N, H, W): the frames of one case, any
+dtype), a path (image, video, folder or manifest CSV), or a list of paths; see :meth:`Classifier.predict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mucosa.data.cache import FrameCache
+from mucosa.data.preparation import Frame, iter_frames
+from mucosa.data.readers import FrameSelection
+from mucosa.errors import ConfigError
+from mucosa.inference import verdict as verdicts
+from mucosa.inference.predict import collect_sources
+from mucosa.inference.runtime import open_predictor
+from mucosa.inference.saliency import grad_cam
+
+__all__ = ["Classifier", "Prediction", "CaseVerdict", "load"]
+
+
+@dataclass(frozen=True)
+class CaseVerdict:
+    """The verdict of one case (a patient, a video or an image set): the mean probability of its used
+    frames against the threshold (``mucosa.inference.verdict``)."""
+
+    case: str
+    verdict: str
+    score: float | np.ndarray | None  # mean positive probability (binary) or (K,) class means; None: no frame
+    frames: int                       # frames read
+    used: int                         # frames that passed the quality gate
+
+
+@dataclass
+class Prediction:
+    """Per-frame probabilities and per-case verdicts, as plain NumPy arrays and Python objects.
+
+    Attributes:
+        classes: the model's classes (the positive one last for two classes).
+        threshold: the decision threshold of a binary model.
+        source: (N,) the file of each frame (``"array"`` for an array).
+        case: (N,) the case of each frame.
+        frame: (N,) frame number in its video, or tile number of its image.
+        quality: (N,) quality score in [0, 1].
+        used: (N,) whether the frame passed the quality gate.
+        probabilities: (N,) positive-class probability, or (N, K); NaN for frames not used.
+        cases: one :class:`CaseVerdict` per case, in order of appearance.
+    """
+
+    classes: list[str]
+    threshold: float
+    source: np.ndarray
+    case: np.ndarray
+    frame: np.ndarray
+    quality: np.ndarray
+    used: np.ndarray
+    probabilities: np.ndarray
+    cases: list[CaseVerdict] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        """The verdict when there is one case (an array, one file); raises ValueError otherwise."""
+        if len(self.cases) != 1:
+            raise ValueError(f"{len(self.cases)} cases: read .cases for each one's verdict")
+        return self.cases[0].verdict
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
+class Classifier:
+    """A trained model with its preprocessing, on a device and runtime; built by :func:`load`.
+
+    Attributes:
+        classes: class names (binary: negative first, the positive class last).
+        preprocessing: how raw frames become model input (from the checkpoint).
+        runtime: ``torch`` or ``onnx``.
+        device: the ``torch.device`` inference runs on.
+        threshold: decision threshold for binary verdicts.
+    """
+
+    def __init__(self, predictor, threshold: float = 0.5, cache: FrameCache | None = None) -> None:
+        self._predictor = predictor
+        self.classes: list[str] = list(predictor.classes)
+        self.preprocessing = predictor.preprocessing
+        self.runtime: str = predictor.runtime
+        self.device = predictor.device
+        self.threshold = verdicts.check_threshold(threshold)
+        self.cache = cache
+
+    def __repr__(self) -> str:
+        return (f"Classifier(classes={self.classes}, size={self.preprocessing.size}, runtime={self.runtime!r}, "
+                f"device={str(self.device)!r})")
+
+    @property
+    def checkpoint(self):
+        """The loaded PyTorch checkpoint (None for an ``.onnx`` file)."""
+        return getattr(self._predictor, "checkpoint", None)
+
+    def probabilities(self, frames: np.ndarray) -> np.ndarray:
+        """Probabilities for prepared uint8 frames (N, S, S): (N,) positive class, or (N, K)."""
+        return self._predictor(np.asarray(frames, np.uint8))
+
+    def frames(self, x: str | Path | np.ndarray, selection: str | None = None) -> Iterator[Frame]:
+        """The prepared frames of one image, video or array (``data.preparation.iter_frames``)."""
+        return iter_frames(x, self.preprocessing, selection)
+
+    def predict(self, x: str | Path | np.ndarray | Sequence[str | Path], case: str | None = None) -> Prediction:
+        """Probabilities for every frame and a verdict for every case.
+
+        Args:
+            x: an array ((H, W) or (H, W, C): one image; (N, H, W): the frames of one case; any dtype,
+               integers scaled by their type's maximum, floats by their maximum when above 1), an image,
+               a video, a folder (searched recursively: the images of one folder form a case, each video
+               is a case) or a manifest CSV (cases are its patients), or a list of these.
+            case: the case name of an array (default ``"array"``).
+
+        Raises:
+            UnreadableFileError, MucosaError: a path that cannot be read; ModelOutputError: the model
+            gave a non-finite probability.
+        """
+        if isinstance(x, np.ndarray):
+            items = [("array", case or "array", iter_frames(x, self.preprocessing))]
+        else:
+            paths = [x] if isinstance(x, (str, Path)) else list(x)
+            items = [(str(s.path), s.case, self._source_frames(s.path, s.frames))
+                     for s in collect_sources(paths)]
+        return self._predict(items)
+
+    def _source_frames(self, path: Path, selection: FrameSelection) -> Iterator[tuple[int, np.ndarray, float]]:
+        if self.cache is None:
+            return ((f.index, f.image, f.quality) for f in iter_frames(path, self.preprocessing, selection))
+        prepared = self.cache.get(path.resolve(), self.preprocessing, selection)
+        return ((int(i), np.asarray(prepared.frames[k]), float(q))
+                for k, (i, q) in enumerate(zip(prepared.indices, prepared.quality)))
+
+    def _predict(self, items) -> Prediction:
+        columns: dict[str, list] = {"source": [], "case": [], "frame": [], "quality": [], "probabilities": []}
+        per_case: dict[str, list] = {}
+        for source, case, frames in items:
+            probs = self._score(frames, columns, source, case)
+            scores, count = per_case.setdefault(case, [[], 0])
+            per_case[case][1] = count + len(probs)
+            scores += [p for p in probs if not np.any(np.isnan(p))]
+        cases = []
+        for name, (scores, count) in per_case.items():
+            score = verdicts.mean_score(scores)
+            cases.append(CaseVerdict(name, verdicts.verdict(score, self.classes, self.threshold),
+                                     None if score is None else (float(score) if np.ndim(score) == 0 else score),
+                                     count, len(scores)))
+        width = () if len(self.classes) == 2 else (len(self.classes),)
+        probabilities = (np.asarray(columns["probabilities"], np.float32) if columns["probabilities"]
+                         else np.zeros((0, *width), np.float32))
+        quality = np.asarray(columns["quality"], np.float32)
+        return Prediction(self.classes, self.threshold, np.asarray(columns["source"], dtype=object),
+                          np.asarray(columns["case"], dtype=object), np.asarray(columns["frame"], np.int64),
+                          quality, self.preprocessing.passes(quality), probabilities, cases)
+
+    def _score(self, frames, columns: dict[str, list], source: str, case: str) -> list:
+        """Append one source's frames to ``columns``; returns their probabilities (NaN where dropped)."""
+        held = [(f.index, f.image, f.quality) if isinstance(f, Frame) else f for f in frames]
+        used = [k for k, (_, _, q) in enumerate(held) if self.preprocessing.passes(q)]
+        probs = self.probabilities(np.stack([held[k][1] for k in used])) if used else None
+        width = () if len(self.classes) == 2 else (len(self.classes),)
+        out = [np.full(width, np.nan, np.float32) for _ in held]
+        for k, p in zip(used, probs if probs is not None else []):
+            out[k] = p
+        verdicts.calls(np.asarray([out[k] for k in used]).reshape(len(used), *width))  # refuse non-finite
+        for (index, _, quality), p in zip(held, out):
+            columns["source"].append(source)
+            columns["case"].append(case)
+            columns["frame"].append(index)
+            columns["quality"].append(quality)
+            columns["probabilities"].append(p)
+        return out
+
+    def grad_cam(self, frame: np.ndarray, target: int | None = None) -> np.ndarray:
+        """Grad-CAM (S, S) in [0, 1] of a prepared uint8 frame (``saliency.grad_cam``); needs the PyTorch
+        model (a checkpoint, not an ``.onnx`` file)."""
+        if self.checkpoint is None:
+            raise ConfigError("Grad-CAM needs the PyTorch model: load a checkpoint, not an .onnx file")
+        return grad_cam(self.checkpoint.model, frame, target)
+
+    def card(self) -> dict:
+        """The model card: classes, input size, preprocessing, model, training cohort counts (no ids)."""
+        prep = self.preprocessing
+        card = {"classes": self.classes, "verdicts": verdicts.verdict_names(self.classes),
+                "input_size": prep.size, "preprocessing": prep.to_dict(), "runtime": self.runtime,
+                "device": str(self.device), "threshold": self.threshold}
+        checkpoint = self.checkpoint
+        if checkpoint is not None:
+            info = checkpoint.info
+            split = info.get("split", {})
+            card["model"] = {"kind": checkpoint.model_config.kind, "file": checkpoint.path.name}
+            card["training_cohort"] = {side: len(ids) for side, ids in split.get("patients", {}).items()}
+            card["split"] = {k: v for k, v in split.items() if k in ("mode", "seed", "test", "val", "k", "fold")}
+            card["validation"] = info.get("validation", {})
+            card["mucosa_version"] = info.get("mucosa_version")
+        return card
+
+
+def load(checkpoint: str | Path, device: str = "auto", runtime: str = "auto", threshold: float = 0.5,
+         batch_size: int = 16, threads: int | None = None, cache: FrameCache | None = None) -> Classifier:
+    """Load a trained model for prediction.
+
+    Args:
+        checkpoint: a mucosa checkpoint (``best.ckpt``), or an ``.onnx`` file from ``mucosa export``.
+        device: ``auto`` (a CUDA GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``.
+        runtime: ``auto`` (ONNX Runtime on the CPU, PyTorch on a GPU), ``torch`` or ``onnx``.
+        threshold: decision threshold of a binary model, in [0, 1].
+        batch_size: frames per forward pass.
+        threads: intra-op threads (default: all cores).
+        cache: a preprocessing cache for files (default: prepare in memory).
+
+    Raises:
+        CheckpointFileError: not a mucosa checkpoint. ConfigError: bad device, runtime or threshold.
+    """
+    predictor = open_predictor(checkpoint, runtime, batch_size, threads, device)
+    return Classifier(predictor, threshold, cache)
