@@ -1,0 +1,126 @@
+"""The Python API: mucosa.load → Classifier.predict → Prediction, and mucosa.train."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+import mucosa
+from mucosa.cli import main
+from mucosa.errors import ConfigError, ModelOutputError
+from mucosa.inference.predictors import resolve_device
+from mucosa.inference.verdict import NO_VERDICT
+from mucosa.models.checkpoint import atomic_torch_save, read_checkpoint_file
+
+QUICK = {"model": {"size": 32}, "split": {"mode": "patient", "test": 0.3, "val": 0.3, "seed": 1},
+         "training": {"epochs": 2, "batch_size": 8, "threads": 1}}
+
+
+@pytest.fixture(scope="module")
+def tiny(train_tiny):
+    return train_tiny("classifier", QUICK, patients=8, per_patient=4, seed=3)
+
+
+def test_predict_on_files_matches_the_predict_command(tiny, tmp_path):
+    folder = next((tiny.cohort / "images" / "active").iterdir())
+    assert main(["predict", str(folder), "--checkpoint", str(tiny.best), "--out", str(tmp_path / "p")]) == 0
+    with open(tmp_path / "p" / "predictions.csv", newline="") as handle:
+        expected = {row["path"]: float(row["probability"]) for row in csv.DictReader(handle) if row["used"] == "1"}
+    prediction = mucosa.load(tiny.best, runtime="torch").predict(folder)
+    assert len(prediction.cases) == 1 and prediction.cases[0].used == len(expected) > 0
+    got = {src: p for src, p, used in zip(prediction.source, prediction.probabilities, prediction.used) if used}
+    assert got.keys() == expected.keys()
+    np.testing.assert_allclose([got[k] for k in expected], list(expected.values()), atol=1e-5)
+    score = np.mean(list(expected.values()))
+    assert prediction.cases[0].score == pytest.approx(score, abs=1e-5)
+    names = ["mucosal healing", "active inflammation"]
+    assert prediction.verdict == names[int(score >= 0.5)]
+
+
+def test_arrays_of_any_dtype_give_the_same_probabilities(tiny):
+    classifier = mucosa.load(tiny.best, runtime="torch")
+    image = next((tiny.cohort / "images").rglob("*.png"))
+    from PIL import Image
+
+    gray = np.asarray(Image.open(image).convert("L"))
+    as_uint8 = classifier.predict(gray)
+    as_uint16 = classifier.predict(gray.astype(np.uint16) * 257)
+    as_float = classifier.predict(gray.astype(np.float32) / 255)
+    from_file = classifier.predict(image)
+    for other in (as_uint16, as_float, from_file):
+        np.testing.assert_allclose(other.probabilities, as_uint8.probabilities, atol=1e-4)
+    assert len(as_uint8) == 1 and as_uint8.case.tolist() == ["array"]
+
+
+def test_a_stack_is_one_case_and_blank_frames_get_no_probability(tiny):
+    classifier = mucosa.load(tiny.best, runtime="torch")
+    images = sorted((tiny.cohort / "images").rglob("*.png"))[:3]
+    from PIL import Image
+
+    stack = np.stack([np.asarray(Image.open(p).convert("L")) for p in images] + [np.zeros((40, 40), np.uint8)])
+    prediction = classifier.predict(stack, case="exam-1")
+    assert prediction.frame.tolist() == [0, 1, 2, 3] and [c.case for c in prediction.cases] == ["exam-1"]
+    assert prediction.used.tolist()[3] is False and np.isnan(prediction.probabilities[3])
+    assert prediction.cases[0].used == int(prediction.used.sum()) and prediction.cases[0].frames == 4
+    blank = classifier.predict(np.zeros((6, 40, 40), np.uint8))
+    assert blank.verdict == NO_VERDICT and blank.cases[0].score is None
+
+
+def test_runtime_auto_on_the_cpu_is_onnx_and_agrees_with_torch(tiny):
+    image = next((tiny.cohort / "images").rglob("*.png"))
+    auto = mucosa.load(tiny.best)
+    torch_ = mucosa.load(tiny.best, runtime="torch")
+    assert (auto.runtime, str(auto.device)) == ("onnx", "cpu") and torch_.runtime == "torch"
+    np.testing.assert_allclose(auto.predict(image).probabilities, torch_.predict(image).probabilities, atol=1e-4)
+
+
+def test_bad_device_runtime_and_threshold_are_clear_errors(tiny):
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA"):
+            mucosa.load(tiny.best, device="cuda")
+    with pytest.raises(ConfigError, match="device"):
+        resolve_device("tpu")
+    with pytest.raises(ConfigError, match="runtime"):
+        mucosa.load(tiny.best, runtime="tensorflow")
+    for bad in (2, -1, float("nan")):
+        with pytest.raises(ConfigError, match="threshold"):
+            mucosa.load(tiny.best, threshold=bad)
+
+
+def test_a_model_with_broken_weights_gives_no_verdict(tiny, tmp_path):
+    data = read_checkpoint_file(tiny.best)
+    data["state_dict"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                          for k, v in data["state_dict"].items()}
+    broken = tmp_path / "broken.ckpt"
+    atomic_torch_save(data, broken)
+    image = next((tiny.cohort / "images").rglob("*.png"))
+    try:
+        classifier = mucosa.load(broken, runtime="torch")
+    except mucosa.MucosaError:
+        return  # refused at load: also no verdict
+    with pytest.raises(ModelOutputError, match="non-finite"):
+        classifier.predict(image)
+
+
+def test_model_card_counts_the_training_cohort_without_ids(tiny):
+    card = mucosa.load(tiny.best, runtime="torch").card()
+    assert card["classes"] == ["control", "active"] and card["input_size"] == 32
+    assert sum(card["training_cohort"].values()) == 8 and card["training_cohort"]["test"] >= 1
+    assert "P0" not in repr(card)  # the synthetic ids are P01..P08
+
+
+def test_train_without_out_writes_nothing_and_returns_a_classifier(tmp_path, monkeypatch):
+    from mucosa.data.synth import synthesize_cohort
+
+    manifest = synthesize_cohort(tmp_path / "cohort", patients=6, per_patient=4, size=40, seed=0)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = mucosa.train(manifest, {"model": {"size": 32}, "training": {"epochs": 2, "threads": 1},
+                                     "split": {"mode": "none"}}, cache_dir=tmp_path / "cache", progress=False)
+    assert result.checkpoint is None and result.out is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before + ["cache"])
+    epochs = [row["epoch"] for row in result.history]
+    assert len(epochs) == 2 and epochs[1] == epochs[0] + 1
+    assert all(np.isfinite(row["train_loss"]) for row in result.history)
+    assert result.classifier.predict(tmp_path / "cohort" / "images").cases
