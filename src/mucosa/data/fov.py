@@ -359,10 +359,3 @@ def to_uint8(frame: np.ndarray) -> np.ndarray:
     """Float frame in [0, 1] → uint8 in [0, 255] (rounded, values outside [0, 1] clipped)."""
     return np.round(np.clip(np.asarray(frame, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
 
-
-def to_float(frame_u8: np.ndarray) -> np.ndarray:
-    """uint8 frame → float32 in [0, 1]."""
-    frame_u8 = np.asarray(frame_u8)
-    if frame_u8.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 frame, got {frame_u8.dtype}")
-    return frame_u8.astype(np.float32) / 255.0
