@@ -88,7 +88,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     cohort = load_manifest(args.manifest, positive=args.positive)
     summary = check_cohort(cohort)
     print(summary.format(cohort))
-    return 1 if summary.unreadable else 0
+    return 0 if summary.ok else 1
 
 
 def cmd_split(args: argparse.Namespace) -> None:
