@@ -1,3 +1,4 @@
+import itertools
 import warnings
 
 import numpy as np
@@ -297,7 +298,7 @@ def test_mpeg_corrupted_in_the_middle_keeps_the_true_frame_times(pcle_original, 
                       r"expected; .*gap of \d\.\d\d s \(\d+ frames\) before frame \d+"):
         got = dict(iter_video_frames(tmp_path / "mid.mpg", report=report))
     indices = sorted(got)
-    jumps = [(a, b) for a, b in zip(indices, indices[1:]) if b != a + 1]
+    jumps = [(a, b) for a, b in itertools.pairwise(indices) if b != a + 1]
     assert len(jumps) == 1 and jumps[0][1] - jumps[0][0] > 10  # the lost second is a hole in the numbering
     assert [g.frame for g in report.gaps] == [jumps[0][1]] and report.gaps[0].seconds > 0.4
     assert indices[-1] == max(original)  # later frames are not stamped early

@@ -231,8 +231,10 @@ def refuse_suspicious_classes(cohort: Cohort) -> None:
     suspects = suspicious_classes(cohort.records)
     if suspects:
         listed = "; ".join(s.describe() for s in suspects)
+        others = [c for c in cohort.classes if c not in {s.label for s in suspects}]
+        example = ",".join(others if len(others) >= 2 else cohort.classes)
         raise ConfigError(f"{cohort.source}: {listed}. A typo in a label makes a class of its own: fix the labels, "
-                          f"or name the classes to train on with --classes (e.g. --classes {','.join(cohort.classes)})")
+                          f"or name the classes to train on with --classes (e.g. --classes {example})")
 
 
 def _folded(label: str) -> str:

@@ -192,8 +192,7 @@ def _divisor(array: np.ndarray, source: str | Path) -> float:
     if bad:
         warnings.warn(f"{source}: {bad} pixel value(s) are NaN or infinite; treated as missing (black), the image "
                       "is scaled on its finite values", MucosaWarning, stacklevel=4)
-    peak = float(array[finite].max()) if array.size else 0.0
-    return peak if peak > 1.0 else 1.0
+    return max(1.0, float(np.max(array, where=finite, initial=-np.inf)))
 
 
 def _finite(array: np.ndarray) -> np.ndarray:
@@ -297,7 +296,7 @@ class VideoInfo:
     height: int
 
 
-def _open_video(path: Path, max_pixels: int | None = None):
+def _open_video(path: Path):
     """Open a video with PyAV; refuses files without a video stream and frames too small or too large."""
     import av
 
@@ -313,7 +312,7 @@ def _open_video(path: Path, max_pixels: int | None = None):
     codec = container.streams.video[0].codec_context
     if codec.width and codec.height:
         try:
-            check_frame_size(path, codec.width, codec.height, max_pixels, what="video frame")
+            check_frame_size(path, codec.width, codec.height, what="video frame")
         except UnreadableFileError:
             container.close()
             raise
@@ -524,7 +523,7 @@ def _expected_frames(container, stream) -> tuple[int, bool]:
         seconds = container.duration / 1_000_000  # AV_TIME_BASE
     else:
         return 0, False
-    return (int(round(seconds * float(rate))), True) if rate and seconds > 0 else (0, False)
+    return (round(seconds * float(rate)), True) if rate and seconds > 0 else (0, False)
 
 
 def _check_end(report: DecodeReport) -> None:
