@@ -254,7 +254,7 @@ def read_table(path: str | Path) -> tuple[list[str], list[tuple[int, dict[str, s
 
     Returns:
         ``(header, [(line, {column: value})], problems)``: ``line`` is the row's line in the file (header = 1);
-        a row with more fields than the header is not returned but listed in ``problems``.
+        a row with more (non-empty) fields than the header is not returned but listed in ``problems``.
 
     Raises:
         ManifestError: the file cannot be decoded, holds NUL characters, or a field is over the CSV module's
@@ -278,11 +278,11 @@ def read_table(path: str | Path) -> tuple[list[str], list[tuple[int, dict[str, s
             continue
         if not any(value.strip() for value in fields):
             continue
-        if len(fields) > len(header):
+        if any(value.strip() for value in fields[len(header):]):  # empty trailing fields are harmless
             problems.append(f"{path.name} row {reader.line_num}: {len(fields)} fields but the header has "
                             f"{len(header)} columns (a comma inside a value? put the value in double quotes)")
             continue
-        values = [value.strip() for value in fields] + [""] * (len(header) - len(fields))
+        values = [value.strip() for value in fields[: len(header)]] + [""] * (len(header) - len(fields))
         rows.append((reader.line_num, dict(zip(header, values))))
     return header or [], rows, problems
 
