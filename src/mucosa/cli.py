@@ -89,7 +89,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     cohort = load_manifest(args.manifest, positive=args.positive)
     summary = check_cohort(cohort)
     print(summary.format(cohort))
-    return 1 if summary.unreadable else 0
+    return 0 if summary.ok else 1
 
 
 def cmd_split(args: argparse.Namespace) -> None:
@@ -144,6 +144,7 @@ def _run_config(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> None:
     from mucosa.data.cache import FrameCache
+    from mucosa.data.ingest import parse_classes
     from mucosa.errors import ConfigError
     from mucosa.models.training import resume, train
 
@@ -153,7 +154,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         if not args.manifest or not args.out:
             raise ConfigError("mucosa train needs --manifest and --out (or --resume RUN_DIR)")
-        best = train(args.manifest, _run_config(args), args.out, args.init_from, cache, args.record_samples)
+        classes = parse_classes(args.classes) if args.classes else None
+        best = train(args.manifest, _run_config(args), args.out, args.init_from, cache, args.record_samples, classes)
     print(f"best checkpoint: {best}")
 
 
@@ -235,6 +237,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="run folder to create")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--init-from", type=Path, help="start from another checkpoint's weights (fine-tuning)")
+    p.add_argument("--classes", help="train on these labels only, in this order, e.g. control,active (the last of "
+                   "two is the positive class); also accepts classes that look like typos or are nearly empty")
     p.add_argument("--model", choices=["cnn-lstm", "cnn"])
     p.add_argument("--size", type=int, help="input side in pixels")
     p.add_argument("--quality", type=float, help="quality threshold: frames scoring below are dropped")

@@ -1,4 +1,5 @@
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -6,9 +7,18 @@ from media import write_video
 from PIL import Image
 
 from mucosa.cli import main
-from mucosa.data.ingest import check_cohort, index_csv, index_directory, parse_label_map
-from mucosa.data.manifest import load_manifest, write_manifest
-from mucosa.errors import ManifestError
+from mucosa.data.ingest import (
+    check_cohort,
+    index_csv,
+    index_directory,
+    parse_classes,
+    parse_label_map,
+    refuse_suspicious_classes,
+    restrict_classes,
+    suspicious_classes,
+)
+from mucosa.data.manifest import Cohort, Record, load_manifest, write_manifest
+from mucosa.errors import ConfigError, ManifestError, MucosaWarning
 
 
 def image(path, value=100, shape=(8, 8)):
@@ -116,3 +126,99 @@ def test_index_reads_the_synthetic_cohort_layout(tmp_path):
     written = {(r.path, r.label, r.patient) for r in load_manifest(manifest).records}
     indexed = {(r.path, r.label, r.patient) for r in index_directory(tmp_path / "syn" / "images")}
     assert indexed == written
+
+
+# --- suspicious classes, restricting classes, what check flags ------------------------------------------------
+
+
+def rows_of(labels):
+    """Records with these labels, one image and patient each (check_cohort is not called on them)."""
+    return [Record(Path(f"/x/{i}.png"), label, f"P{i}") for i, label in enumerate(labels)]
+
+
+def test_a_one_row_typo_is_a_suspect_class():
+    suspects = suspicious_classes(rows_of(["active"] * 32 + ["activ"] + ["control"] * 15))
+    assert [(s.label, s.rows, s.resembles) for s in suspects] == [("activ", 1, "active")]
+    assert suspects[0].describe() == ("class 'activ' has 1 of 48 rows (very few rows; it resembles 'active')")
+
+
+@pytest.mark.parametrize("labels, suspect, like", [
+    (["active"] * 20 + ["Active"] * 6 + ["control"] * 20, "Active", "active"),   # case only, not even rare
+    (["control"] * 40 + ["mucosal healing"] * 30 + ["mucosal-healing"] * 30, "mucosal-healing", "mucosal healing"),
+    (["active"] * 200 + ["activve"] * 8 + ["control"] * 200, "activve", "active"),  # 8 rows, but 25x fewer
+    (["active"] * 30 + ["control"] * 30 + ["ulcer"] * 2, "ulcer", None),            # a real but tiny class
+    (["active"] * 30 + ["contr\tol"] * 30, "contr\tol", None)])
+def test_suspects_case_variants_rare_classes_and_typos(labels, suspect, like):
+    suspects = suspicious_classes(rows_of(labels))
+    assert [(s.label, s.resembles) for s in suspects] == [(suspect, like)]
+
+
+@pytest.mark.parametrize("labels", [
+    ["gbm"] * 2 + ["men"] * 2,                       # four single-video cases: small, not suspicious
+    ["active"] * 150 + ["inactive"] * 120,          # two edits apart, but both real classes
+    ["0"] * 10 + ["1"] * 9, ["AIA"] * 208 + ["control"] * 210, ["CD"] * 30 + ["UC"] * 25 + ["control"] * 12])
+def test_ordinary_cohorts_have_no_suspects(labels):
+    assert suspicious_classes(rows_of(labels)) == []
+
+
+def test_refusal_names_the_class_its_rows_and_its_twin(tmp_path):
+    cohort = Cohort(rows_of(["active"] * 20 + ["activ"] + ["control"] * 10), ["activ", "control", "active"],
+                    tmp_path / "m.csv")
+    with pytest.raises(ConfigError, match=r"m.csv: class 'activ' has 1 of 31 rows \(very few rows; it resembles "
+                       r"'active'\).*--classes control,active\)$"):
+        refuse_suspicious_classes(cohort)
+    with pytest.warns(MucosaWarning, match="left out"):
+        restricted = restrict_classes(cohort, ["control", "active"])
+    refuse_suspicious_classes(restricted)  # no error once restricted
+
+
+def test_restrict_classes_keeps_order_and_counts_what_it_leaves_out(tmp_path):
+    cohort = Cohort(rows_of(["active"] * 4 + ["activ"] + ["control"] * 3), ["activ", "control", "active"],
+                    tmp_path / "m.csv")
+    with pytest.warns(MucosaWarning, match=r"1 row\(s\) whose label is not in --classes are left out \('activ' 1\)"):
+        kept = restrict_classes(cohort, ["active", "control"])
+    assert kept.classes == ["active", "control"] and kept.positive == "control" and len(kept.records) == 7
+    with pytest.raises(ConfigError, match=r"'healed' named in --classes have no rows; .*'active' \(4\)"):
+        restrict_classes(cohort, ["active", "healed"])
+    assert parse_classes(" control, active,control ") == ["control", "active"]
+    with pytest.raises(ConfigError, match="at least two classes"):
+        parse_classes("active")
+
+
+def test_check_lists_typos_tiny_files_and_damaged_videos(tmp_path, capsys):
+    for i in range(8):
+        image(tmp_path / "d" / f"a{i}.png")
+        image(tmp_path / "d" / f"c{i}.png")
+    image(tmp_path / "d" / "dot.png", shape=(1, 1))
+    write_video(tmp_path / "d" / "tiny.avi", n=5, size=(4, 4))
+    write_video(tmp_path / "d" / "v.avi", n=40)
+    data = (tmp_path / "d" / "v.avi").read_bytes()
+    (tmp_path / "d" / "cut.avi").write_bytes(data[: len(data) * 2 // 3])
+    rows = [f"d/a{i}.png,active,A{i}" for i in range(8)] + [f"d/c{i}.png,control,C{i}" for i in range(8)]
+    rows += ["d/dot.png,activ,A0", "d/tiny.avi,control,C9", "d/cut.avi,active,A9"]
+    (tmp_path / "m.csv").write_text("path,label,patient\n" + "\n".join(rows) + "\n")
+    with pytest.warns(MucosaWarning, match=r"A0: activ, active"):
+        cohort = load_manifest(tmp_path / "m.csv")
+    summary = check_cohort(cohort)
+    assert len(summary.unreadable) == 2 and not summary.ok
+    assert "row 18:" in summary.unreadable[0] and "dot.png: image is 1x1 pixels" in summary.unreadable[0]
+    assert "row 19:" in summary.unreadable[1] and "tiny.avi: video frame is 4x4 pixels" in summary.unreadable[1]
+    assert summary.problems[0].startswith("class 'activ' has 1 of 19 rows")
+    assert "row 20:" in summary.problems[1] and "cut.avi: video is damaged" in summary.problems[1]
+    assert main(["check", str(tmp_path / "m.csv")]) == 1
+    out = capsys.readouterr().out
+    assert "unreadable files: 2" in out and "problems: 2" in out
+
+
+def test_index_csv_reads_legacy_encodings_and_reports_absurd_paths(tmp_path):
+    image(tmp_path / "C_00" / "é.jpg")
+    (tmp_path / "info.csv").write_bytes("sample_path,label,animal_tag\nC_00\\é.jpg,0,C_00\n".encode("cp1252"))
+    with pytest.warns(MucosaWarning, match="read as Windows-1252"):
+        records = index_csv(tmp_path / "info.csv", "sample_path", "label", "animal_tag")
+    assert records[0].path.name == "é.jpg"
+    (tmp_path / "info.csv").write_text("sample_path,label,animal_tag\n" + "x/" * 2600 + "a.jpg,0,C_00\n"
+                                       "C_00/é.jpg,0,C_00,extra\n")
+    with pytest.raises(ManifestError) as info:
+        index_csv(tmp_path / "info.csv", "sample_path", "label", "animal_tag")
+    assert "row 2: path of 5205 characters" in str(info.value)
+    assert "row 3: 4 fields but the header has 3 columns" in str(info.value)

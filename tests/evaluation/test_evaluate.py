@@ -144,7 +144,8 @@ def test_three_classes_end_to_end(tmp_path):
         pytest.skip("seed gave fewer than three groups")
     path = write_manifest(three, tmp_path / "three.csv")
     config = config_from_dict({**QUICK, "split": {"mode": "none", "val": 0.0}, "training": {"epochs": 1, "batch_size": 8}})
-    best = train(path, config, tmp_path / "run", cache=FrameCache(tmp_path / "cache"))
+    best = train(path, config, tmp_path / "run", cache=FrameCache(tmp_path / "cache"),
+                 classes=["active", "healing", "normal"])  # "normal" has a few rows: named, so accepted
     result = evaluate(best, path, tmp_path / "ev", split="all", n_boot=20, cache=FrameCache(tmp_path / "cache"))
     assert result["classes"] == ["active", "healing", "normal"] and result["threshold"]["rule"] == "argmax"
     assert {"accuracy", "roc_auc", "roc_auc[0]", "roc_auc[2]"} <= set(result["image"])

@@ -130,6 +130,27 @@ def test_bad_inputs_fail_before_any_work(cohort, cache, tmp_path):
     assert cache.misses == 0  # nothing was decoded
 
 
+def test_a_label_typo_stops_training_unless_the_classes_are_named(cohort, cache, tmp_path, capsys):
+    from mucosa.cli import main
+    from mucosa.errors import MucosaWarning
+
+    rows = load_manifest(cohort).records
+    typo = next(i for i, r in enumerate(rows) if r.label == "active")
+    lines = ["path,label,patient"] + [f"{r.path},{'activ' if i == typo else r.label},{r.patient}"
+                                      for i, r in enumerate(rows)]
+    (tmp_path / "typo.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=r"class 'activ' has 1 of 48 rows \(very few rows; it resembles 'active'\)"):
+        plan_run(tmp_path / "typo.csv", quick(), tmp_path / "run", cache)
+    assert cache.misses == 0  # refused before any frame was prepared
+    assert main(["train", "--manifest", str(tmp_path / "typo.csv"), "--out", str(tmp_path / "cli"),
+                 "--cache", str(tmp_path / "cache")]) == 2
+    assert "error:" in capsys.readouterr().err and not (tmp_path / "cli").exists()
+    with pytest.warns(MucosaWarning, match=r"1 row\(s\) whose label is not in --classes are left out"):
+        plan = plan_run(tmp_path / "typo.csv", quick(), tmp_path / "run", cache, classes=["control", "active"])
+    assert plan.cohort.classes == ["control", "active"] and plan.config.model.num_classes == 2
+    assert "activ" not in {r.label for r in plan.cohort.records} and len(plan.cohort.records) == 47
+
+
 def test_config_errors_name_the_file_and_key(tmp_path):
     (tmp_path / "c.yaml").write_text("training:\n  epoks: 3\n")
     with pytest.raises(ConfigError, match=r"c.yaml \[training\]: unknown setting\(s\) epoks"):

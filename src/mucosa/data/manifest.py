@@ -16,7 +16,10 @@ Other columns (e.g. ``mask``, ``fold``) are kept as they are.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
+import unicodedata
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
@@ -35,6 +38,9 @@ POSITIVE_WORDS = ("active", "active cd", "inflamed", "inflammation", "disease", 
 _NEGATIVE_WORDS = ("control", "normal", "healthy", "healed", "healing", "mucosal healing", "remission",
                    "inactive", "negative", "benign", "0")
 _MAX_LISTED = 20
+MAX_PATH_CHARS = 4096  # longest path a manifest row may give (Linux PATH_MAX)
+MAX_NAME_CHARS = 255   # longest folder or file name in it (NAME_MAX)
+_MAX_MANIFEST_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -128,15 +134,13 @@ def load_manifest(path: str | Path, classes: list[str] | None = None, positive: 
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = [h.strip() for h in reader.fieldnames or []]
-        missing = [c for c in REQUIRED if c not in header]
-        if missing:
-            raise ManifestError(f"{path}: missing column(s) {', '.join(missing)}; the header is "
-                                f"{','.join(header) or '(empty)'} and must include {','.join(REQUIRED)}")
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
-    records, errors = _parse_rows(rows, path, set(classes) if classes else None, check_files)
+    header, rows, errors = read_table(path)
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise ManifestError(f"{path}: missing column(s) {', '.join(missing)}; the header is "
+                            f"{clip(','.join(header), 200) or '(empty)'} and must include {','.join(REQUIRED)}")
+    records, row_errors = _parse_rows(rows, path, set(classes) if classes else None, check_files)
+    errors = sorted(errors + row_errors, key=_row_of)
     if not records and not errors:
         errors.append(f"{path}: the manifest has no rows")
     if classes and require_all:
@@ -147,14 +151,15 @@ def load_manifest(path: str | Path, classes: list[str] | None = None, positive: 
         more = f"\n  ... and {len(errors) - _MAX_LISTED} more" if len(errors) > _MAX_LISTED else ""
         raise ManifestError(f"{path}: {len(errors)} problem(s) in the manifest:\n  {shown}{more}")
     _warn_mixed_patients(records, path)
+    _warn_patient_ids(records, path)
     names = list(classes) if classes else order_classes({r.label for r in records}, positive)
     return Cohort(records, names, path)
 
 
-def _parse_rows(rows: list[dict[str, str]], path: Path, classes: set[str] | None,
+def _parse_rows(rows: list[tuple[int, dict[str, str]]], path: Path, classes: set[str] | None,
                 check_files: bool) -> tuple[list[Record], list[str]]:
     records, errors, seen = [], [], {}
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         where = f"{path.name} row {line}"
         rel = row.get("path", "").replace("\\", "/")
         problems = []
@@ -163,26 +168,26 @@ def _parse_rows(rows: list[dict[str, str]], path: Path, classes: set[str] | None
         if not row.get("label"):
             problems.append("empty label")
         elif classes is not None and row["label"] not in classes:
-            problems.append(f"unknown label {row['label']!r} (expected one of {sorted(classes)})")
+            problems.append(f"unknown label {clip(row['label'])!r} (expected one of {sorted(classes)})")
         if not row.get("patient"):
             problems.append("empty patient")
         if row.get("split") and row["split"] not in SPLITS:
-            problems.append(f"split {row['split']!r} is not one of {', '.join(SPLITS)} or empty")
-        target = (path.parent / rel).resolve() if rel else None
-        if target is not None and check_files and not target.is_file():
-            problems.append(f"file not found: {rel}")
+            problems.append(f"split {clip(row['split'])!r} is not one of {', '.join(SPLITS)} or empty")
+        target, problem = locate(rel, path.parent, check_files) if rel else (None, None)
+        if problem:
+            problems.append(problem)
         if target is not None and not (is_image(target) or is_video(target)):
-            problems.append(f"{rel}: not an image or video file type")
+            problems.append(f"{clip(rel)}: not an image or video file type")
         try:
             frames = FrameSelection.parse(row.get("frames"))
         except ValueError as error:
-            problems.append(str(error))
+            problems.append(clip(str(error), 200))
             frames = FrameSelection()
         if target is not None and not frames.is_all and not is_video(target):
-            problems.append(f"frames {row['frames']!r} given for an image (only videos have frames)")
+            problems.append(f"frames {clip(row['frames'])!r} given for an image (only videos have frames)")
         key = (target, frames)
         if target is not None and key in seen:
-            problems.append(f"duplicate of row {seen[key]} ({rel}, frames {frames})")
+            problems.append(f"duplicate of row {seen[key]} ({clip(rel)}, frames {frames})")
         seen.setdefault(key, line)
         if problems:
             errors += [f"{where}: {p}" for p in problems]
@@ -191,6 +196,150 @@ def _parse_rows(rows: list[dict[str, str]], path: Path, classes: set[str] | None
         records.append(Record(target, row["label"], row["patient"], row.get("region", ""),
                               row.get("group", ""), frames, row.get("split", ""), line, extra))
     return records, errors
+
+
+def locate(rel: str, base: Path, check_file: bool = True) -> tuple[Path | None, str | None]:
+    """``(absolute path, None)`` for a manifest path relative to ``base``, or ``(None, problem)``.
+
+    A path longer than 4096 characters, a name longer than 255, control characters or a path the system
+    refuses are problems, not exceptions; with ``check_file`` a missing file is one too.
+    """
+    longest = max((len(part) for part in rel.split("/")), default=0)
+    if len(rel) > MAX_PATH_CHARS:
+        return None, f"path is {len(rel)} characters long (at most {MAX_PATH_CHARS}): {clip(rel)}"
+    if longest > MAX_NAME_CHARS:
+        return None, f"a folder or file name in the path is {longest} characters long (at most {MAX_NAME_CHARS})"
+    if has_control(rel):
+        return None, f"path {clip(rel)!r} holds control characters"
+    try:
+        target = (base / rel).resolve()
+        if check_file and not target.is_file():
+            return None, f"file not found: {clip(rel)}"
+    except (OSError, ValueError) as error:
+        return None, f"path {clip(rel)!r} cannot be used ({getattr(error, 'strerror', None) or error})"
+    return target, None
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters for an error message."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def has_control(text: str) -> bool:
+    return any(unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
+
+
+def _row_of(message: str) -> int:
+    """The row number in a 'NAME row N: ...' message, for sorting problems by row."""
+    head = message.split(": ", 1)[0]
+    tail = head.rsplit(" row ", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading a CSV: any common encoding, clear errors for malformed rows
+# --------------------------------------------------------------------------------------------------
+
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32", "UTF-32"), (codecs.BOM_UTF32_BE, "utf-32", "UTF-32"),
+         (codecs.BOM_UTF8, "utf-8-sig", "UTF-8"), (codecs.BOM_UTF16_LE, "utf-16", "UTF-16"),
+         (codecs.BOM_UTF16_BE, "utf-16", "UTF-16"))
+
+
+def read_table(path: str | Path) -> tuple[list[str], list[tuple[int, dict[str, str]]], list[str]]:
+    """Header, rows and row problems of a CSV, read whatever its encoding.
+
+    UTF-8 (with or without BOM), UTF-16 and UTF-32 (BOM, or UTF-16 recognised by its zero bytes) are read
+    as such; other bytes are read as Windows-1252 (or Latin-1) with a ``MucosaWarning``. Values and
+    column names are stripped; blank lines are skipped; a short row is filled with empty values.
+
+    Returns:
+        ``(header, [(line, {column: value})], problems)``: ``line`` is the row's line in the file (header = 1);
+        a row with more (non-empty) fields than the header is not returned but listed in ``problems``.
+
+    Raises:
+        ManifestError: the file cannot be decoded, holds NUL characters, or a field is over the CSV module's
+            size limit (128 KiB): one line naming the file and row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: file not found")
+    reader = csv.reader(io.StringIO(_decode(path), newline=""))
+    rows, problems, header = [], [], None
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:
+            raise ManifestError(f"{path} row {reader.line_num}: {_csv_problem(error)}") from None
+        if header is None:
+            header = [name.strip() for name in fields]
+            _check_header(path, header)
+            continue
+        if not any(value.strip() for value in fields):
+            continue
+        if any(value.strip() for value in fields[len(header):]):  # empty trailing fields are harmless
+            problems.append(f"{path.name} row {reader.line_num}: {len(fields)} fields but the header has "
+                            f"{len(header)} columns (a comma inside a value? put the value in double quotes)")
+            continue
+        values = [value.strip() for value in fields[: len(header)]] + [""] * (len(header) - len(fields))
+        rows.append((reader.line_num, dict(zip(header, values))))
+    return header or [], rows, problems
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+    doubled = sorted(name for name, n in Counter(h for h in header if h).items() if n > 1)
+    if doubled:
+        raise ManifestError(f"{path}: column(s) {', '.join(clip(d) for d in doubled)} appear more than once in "
+                            "the header")
+
+
+def _csv_problem(error: csv.Error) -> str:
+    if "field larger than field limit" in str(error):
+        return (f"a field is longer than {csv.field_size_limit()} characters (a missing closing quote, or not "
+                "a manifest?)")
+    return f"not a readable CSV row ({error})"
+
+
+def _decode(path: Path) -> str:
+    """The file's text: by its byte-order mark, as UTF-16 when it looks like it, as UTF-8, else Windows-1252."""
+    size = path.stat().st_size
+    if size > _MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{path}: {size / 2**20:.0f} MiB is too large for a manifest (is it a CSV?)")
+    data = path.read_bytes()
+    for bom, codec, name in _BOMS:
+        if data.startswith(bom):
+            return _checked(path, _strict(path, data, codec, name))
+    sample = data[:4096]
+    if sample.count(0) > len(sample) // 4:  # text with every other byte zero: UTF-16 without a BOM
+        codec = "utf-16-le" if sample[1::2].count(0) > sample[0::2].count(0) else "utf-16-be"
+        return _checked(path, _strict(path, data, codec, "UTF-16"))
+    try:
+        return _checked(path, data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        try:
+            text, name = data.decode("cp1252"), "Windows-1252"
+        except UnicodeDecodeError:
+            text, name = data.decode("latin-1"), "Latin-1"
+        warnings.warn(f"{path}: not UTF-8 (first odd byte on line {line}); read as {name}: check accented names, "
+                      "and save the manifest as UTF-8", MucosaWarning, stacklevel=4)
+        return _checked(path, text)
+
+
+def _strict(path: Path, data: bytes, codec: str, name: str) -> str:
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError as error:
+        raise ManifestError(f"{path}: looks like {name} but byte {error.start} is not valid {name}; save the "
+                            "manifest again as UTF-8") from None
+
+
+def _checked(path: Path, text: str) -> str:
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise ManifestError(f"{path} row {line}: holds NUL characters (a binary file, not a CSV?)")
+    return text
 
 
 def _warn_mixed_patients(records: list[Record], path: Path) -> None:
@@ -204,6 +353,24 @@ def _warn_mixed_patients(records: list[Record], path: Path) -> None:
                       "real (an inflamed and a healed region), but check the labels; grouped splits keep "
                       "each patient on one side and stratify by the patient's majority label.",
                       MucosaWarning, stacklevel=3)
+
+
+def _warn_patient_ids(records: list[Record], path: Path) -> None:
+    """Warn about patient ids that differ only in case (``p01``/``P01``) or hold control characters."""
+    spellings = defaultdict(set)
+    for r in records:
+        spellings[r.patient.casefold()].add(r.patient)
+    variants = sorted(sorted(v) for v in spellings.values() if len(v) > 1)
+    if variants:
+        listed = "; ".join("/".join(v) for v in variants[:_MAX_LISTED])
+        warnings.warn(f"{path}: {len(variants)} patient id(s) differ only in case ({listed}): they count as different "
+                      "patients, so a grouped split may put one patient on two sides; write each id one way",
+                      MucosaWarning, stacklevel=3)
+    odd = sorted({r.patient for r in records if has_control(r.patient)})
+    if odd:
+        listed = ", ".join(repr(clip(p, 40)) for p in odd[:_MAX_LISTED])
+        warnings.warn(f"{path}: {len(odd)} patient id(s) hold control characters ({listed}), invisible in most "
+                      "viewers: check that they name the patients you mean", MucosaWarning, stacklevel=3)
 
 
 def write_manifest(records: list[Record], path: str | Path) -> Path:

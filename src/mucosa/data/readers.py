@@ -8,15 +8,16 @@ one frame at a time, so a long recording never sits in memory.
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mucosa.errors import ConfigError, MucosaWarning, UnreadableFileError
+from mucosa.errors import ConfigError, MucosaError, MucosaWarning, UnreadableFileError
 
 IMAGE_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"})
 VIDEO_SUFFIXES = frozenset({".mpg", ".mpeg", ".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm"})
@@ -105,33 +106,72 @@ def runs_to_selections(indices: list[int], step: int = 1) -> list[FrameSelection
 # Images
 # --------------------------------------------------------------------------------------------------
 
+MIN_SIDE = 8  # smaller images and video frames carry too little for the field of view and the model
+MAX_PIXELS = 250_000_000  # default limit of an image's width x height, checked before decoding
+_MAX_PIXELS_ENV = "MUCOSA_MAX_PIXELS"
+
+
+def default_max_pixels() -> int:
+    """The pixel limit: ``$MUCOSA_MAX_PIXELS`` when set, else :data:`MAX_PIXELS` (250 megapixels)."""
+    text = os.environ.get(_MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return MAX_PIXELS
+    if not text.isdigit() or int(text) < MIN_SIDE * MIN_SIDE:
+        raise ConfigError(f"{_MAX_PIXELS_ENV}={text!r} must be a whole number of pixels (at least "
+                          f"{MIN_SIDE * MIN_SIDE})")
+    return int(text)
+
+
+def check_frame_size(source: str | Path, width: int, height: int, max_pixels: int | None = None,
+                     what: str = "image") -> None:
+    """Refuse an image (or video frame) size that is too small to use or too large to decode safely.
+
+    Raises:
+        UnreadableFileError: naming the file and its size.
+    """
+    limit = default_max_pixels() if max_pixels is None else max_pixels
+    if width < MIN_SIDE or height < MIN_SIDE:
+        raise UnreadableFileError(f"{source}: {what} is {width}x{height} pixels; mucosa needs at least "
+                                  f"{MIN_SIDE}x{MIN_SIDE}")
+    if width * height > limit:
+        raise UnreadableFileError(
+            f"{source}: {what} is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels), more than the "
+            f"limit of {limit / 1e6:g} megapixels; not decoded (raise it with {_MAX_PIXELS_ENV} if the file is "
+            "genuine)")
+
 
 def to_gray(array: np.ndarray, channel: str = "auto", source: str | Path = "image") -> np.ndarray:
     """Convert an image array of any integer or float dtype to gray float32 (H, W) in [0, 1].
+
+    Integers are divided by their type's maximum; floats by their largest finite value when it exceeds 1.
+    NaN and infinite pixels count as missing: they become 0 (black) and a ``MucosaWarning`` names the file.
+    The channel is chosen before the conversion to float, so a colour image is never held as float RGB.
 
     Args:
         array: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) (alpha is dropped).
         channel: ``auto`` (gray if the colour channels are equal, else luminance), ``luminance``,
             ``red``, ``green`` or ``blue``.
-        source: named in error messages.
+        source: named in error messages and warnings.
     """
     if channel not in CHANNELS:
         raise ConfigError(f"channel {channel!r} is not one of {', '.join(CHANNELS)}")
-    scaled = _scale_to_unit(np.asarray(array), source)
-    if scaled.ndim == 3 and scaled.shape[2] in (1, 3, 4):
-        if scaled.shape[2] == 1:
-            return np.ascontiguousarray(scaled[..., 0])
-        rgb = scaled[..., :3]
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[2] in (1, 3, 4):
+        divisor = _divisor(array, source)
+        if array.shape[2] == 1:
+            return _scaled(array[..., 0], divisor)
+        rgb = array[..., :3]
         if channel in ("red", "green", "blue"):
-            return np.ascontiguousarray(rgb[..., ("red", "green", "blue").index(channel)])
-        if channel == "auto" and _channels_equal(rgb):
-            return np.ascontiguousarray(rgb[..., 0])
-        return np.clip(rgb @ _LUMA, 0.0, 1.0).astype(np.float32)
-    if scaled.ndim != 2:
+            return _scaled(rgb[..., ("red", "green", "blue").index(channel)], divisor)
+        if channel == "auto" and _channels_equal(rgb, divisor):
+            return _scaled(rgb[..., 0], divisor)
+        gray = sum(_finite(rgb[..., i]) * float(weight) for i, weight in enumerate(_LUMA))
+        return np.clip(gray / divisor, 0.0, 1.0).astype(np.float32)
+    if array.ndim != 2:
         raise UnreadableFileError(
             f"{source}: image has shape {array.shape}; expected one 2-D gray or RGB image "
             "(multi-page stacks are not supported: write one image per file)")
-    return scaled
+    return _scaled(array, _divisor(array, source))
 
 
 def array_frames(array: np.ndarray, channel: str = "auto") -> tuple[bool, list[np.ndarray]]:
@@ -149,49 +189,117 @@ def array_frames(array: np.ndarray, channel: str = "auto") -> tuple[bool, list[n
         return True, [to_gray(array, channel, "array")]
     if array.ndim != 3:
         raise UnreadableFileError(f"array: shape {array.shape}; expected (H, W), (H, W, C) or (N, H, W)")
-    stack = _scale_to_unit(array, "array")
+    stack = _scaled(array, _divisor(array, "array"))
     return False, [np.ascontiguousarray(frame) for frame in stack]
 
 
-def _scale_to_unit(array: np.ndarray, source: str | Path) -> np.ndarray:
+def _divisor(array: np.ndarray, source: str | Path) -> float:
+    """What maps the array's values to [0, 1]: the type's maximum, or the peak finite value of a float image.
+
+    Warns (once per call) when a float image holds NaN or infinite values.
+    """
     if array.dtype == bool:
-        return array.astype(np.float32)
+        return 1.0
     if np.issubdtype(array.dtype, np.integer):
-        return (array.astype(np.float32) / float(np.iinfo(array.dtype).max)).clip(0.0, 1.0)
+        return float(np.iinfo(array.dtype).max)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise UnreadableFileError(f"{source}: unsupported pixel type {array.dtype}")
+    finite = np.isfinite(array)
+    bad = int(finite.size - np.count_nonzero(finite))
+    if bad == finite.size:
+        raise UnreadableFileError(f"{source}: no pixel has a finite value (all NaN or infinite)")
+    if bad:
+        warnings.warn(f"{source}: {bad} pixel value(s) are NaN or infinite; treated as missing (black), the image "
+                      "is scaled on its finite values", MucosaWarning, stacklevel=4)
+    return max(1.0, float(np.max(array, where=finite, initial=-np.inf)))
+
+
+def _finite(array: np.ndarray) -> np.ndarray:
+    """float32 copy with NaN and infinities set to 0."""
+    out = array.astype(np.float32)
     if np.issubdtype(array.dtype, np.floating):
-        out = np.nan_to_num(array.astype(np.float32))
-        peak = float(out.max()) if out.size else 0.0
-        return (out / peak if peak > 1.0 else out).clip(0.0, 1.0)
-    raise UnreadableFileError(f"{source}: unsupported pixel type {array.dtype}")
+        out[~np.isfinite(out)] = 0.0
+    return out
 
 
-def _channels_equal(rgb: np.ndarray, tolerance: float = 2.5 / 255) -> bool:
-    sample = rgb[::4, ::4]
-    return bool(np.abs(sample - sample[..., :1]).max() <= tolerance)
+def _scaled(array: np.ndarray, divisor: float) -> np.ndarray:
+    out = _finite(array)
+    if divisor != 1.0:
+        out /= divisor
+    return np.ascontiguousarray(out.clip(0.0, 1.0))
 
 
-def read_image(path: str | Path, channel: str = "auto") -> np.ndarray:
-    """Read PNG, TIFF (8/16-bit or float), JPEG or BMP as gray float32 (H, W) in [0, 1]."""
+def _channels_equal(rgb: np.ndarray, divisor: float = 1.0, tolerance: float = 2.5 / 255) -> bool:
+    sample = _finite(rgb[::4, ::4])
+    return bool(np.abs(sample - sample[..., :1]).max() <= tolerance * divisor)
+
+
+def read_image(path: str | Path, channel: str = "auto", max_pixels: int | None = None) -> np.ndarray:
+    """Read PNG, TIFF (8/16-bit or float), JPEG or BMP as gray float32 (H, W) in [0, 1].
+
+    The size is checked from the file's header before any pixel is decoded (see :func:`check_frame_size`).
+    A TIFF must hold one image: reduced-resolution pages (thumbnails, pyramid levels) are ignored, but a file
+    with several full-resolution pages (a stack, or pages of different sizes) is refused with an
+    UnreadableFileError naming the page count, rather than silently reading page 1.
+
+    Args:
+        max_pixels: refuse images with more pixels (default :func:`default_max_pixels`).
+
+    Raises:
+        UnreadableFileError: missing, undecodable, too small, too large or multi-page, naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise UnreadableFileError(f"{path}: file not found")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            array = tifffile.imread(path)
+            array = _read_tiff(path, max_pixels)
         else:
-            from PIL import Image
-
-            with Image.open(path) as image:
-                if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
-                    image = image.convert("RGB")
-                elif image.mode == "LA":
-                    image = image.convert("L")
-                array = np.asarray(image)
+            array = _read_with_pillow(path, max_pixels)
+    except MucosaError:
+        raise
     except Exception as error:  # Pillow and tifffile raise many types for a broken file
         raise UnreadableFileError(f"{path}: cannot read image ({type(error).__name__}: {error})") from None
     return to_gray(array, channel, path)
+
+
+def _read_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        pages = [page for page in tif.pages if not getattr(page, "is_reduced", False)]
+        if not pages:
+            raise UnreadableFileError(f"{path}: the TIFF holds no image")
+        if len(pages) > 1:
+            sizes = sorted({f"{p.imagewidth}x{p.imagelength}" for p in pages})
+            raise UnreadableFileError(
+                f"{path}: multi-page TIFF ({len(pages)} pages, {', '.join(sizes[:4])}"
+                f"{', ...' if len(sizes) > 4 else ''}); mucosa reads one image per file: save each page as its "
+                "own file")
+        page = pages[0]
+        check_frame_size(path, page.imagewidth, page.imagelength, max_pixels)
+        array = page.asarray()
+        if page.axes.startswith("S") and array.ndim == 3:  # planar RGB: channels first
+            array = np.moveaxis(array, 0, -1)
+        return array
+
+
+def _read_with_pillow(path: Path, max_pixels: int | None) -> np.ndarray:
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
+        try:
+            opened = Image.open(path)  # reads the header only
+        except Image.DecompressionBombError as error:
+            raise UnreadableFileError(f"{path}: image too large to decode safely ({error})") from None
+        with opened as image:
+            check_frame_size(path, *image.size, max_pixels)
+            if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+                image = image.convert("RGB")
+            elif image.mode == "LA":
+                image = image.convert("L")
+            return np.asarray(image)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -208,6 +316,7 @@ class VideoInfo:
 
 
 def _open_video(path: Path):
+    """Open a video with PyAV; refuses files without a video stream and frames too small or too large."""
     import av
 
     if not path.is_file():
@@ -219,11 +328,22 @@ def _open_video(path: Path):
     if not container.streams.video:
         container.close()
         raise UnreadableFileError(f"{path}: no video stream (file truncated or not a video)")
+    codec = container.streams.video[0].codec_context
+    if codec.width and codec.height:
+        try:
+            check_frame_size(path, codec.width, codec.height, what="video frame")
+        except UnreadableFileError:
+            container.close()
+            raise
     return container
 
 
 def video_info(path: str | Path) -> VideoInfo:
-    """Frame count, frame rate and size of a video, without decoding it."""
+    """Frame count, frame rate and size of a video, without decoding it.
+
+    Raises:
+        UnreadableFileError: not a video, or frames smaller than 8x8 (see :func:`check_frame_size`).
+    """
     path = Path(path)
     container = _open_video(path)
     try:
@@ -239,77 +359,201 @@ def video_info(path: str | Path) -> VideoInfo:
         container.close()
 
 
+_GAP_FRAMES = 2  # a jump of this many missing frames or more in the timestamps is a gap (damage)
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Frames missing between two decoded frames, found from their timestamps."""
+
+    frame: int      # index (by timestamp) of the first frame after the gap
+    missing: int    # frames missing before it
+    seconds: float  # time missing
+
+
 @dataclass
 class DecodeReport:
-    """What happened while decoding one video: frames read, corrupt packets skipped, early end."""
+    """What happened while decoding one video; filled in by :func:`iter_video_frames`.
+
+    Attributes:
+        decoded: frames decoded cleanly (selected or not); damaged frames are not counted.
+        errors: decode errors: packets the decoder refused plus frames it flagged as damaged (errors
+            concealed); both are skipped.
+        expected: frames the video should have: announced by the container, or (``estimated``) its
+            duration times its frame rate; 0 when unknown.
+        estimated: ``expected`` is an estimate from the duration, not a count.
+        gaps: jumps in the frame timestamps (lost data); the frames after a gap keep their true index.
+        truncated: the file ends early (the demuxer failed, or fewer frames than expected).
+        last: index of the last frame decoded (by timestamp), -1 before the first.
+    """
 
     decoded: int = 0
-    corrupt: int = 0
+    errors: int = 0
+    expected: int = 0
+    estimated: bool = False
+    gaps: list[Gap] = field(default_factory=list)
     truncated: bool = False
+    last: int = -1
+
+    @property
+    def corrupt(self) -> int:
+        """Damage events (decode errors, gaps, an early end): 0 for an intact video."""
+        return self.errors + len(self.gaps) + int(self.truncated)
+
+    @property
+    def damaged(self) -> bool:
+        return self.corrupt > 0
+
+    @property
+    def missing(self) -> int:
+        """Frames missing from what the video should hold (lost in gaps or at a cut end), at least 0."""
+        lost = sum(g.missing for g in self.gaps)
+        return max(lost, self.expected - self.decoded if self.expected else 0)
+
+    def describe(self) -> str:
+        """One sentence: '476 frames decoded of about 500 expected; 1 damaged frame or packet skipped; ...'."""
+        shown = self.expected and not (self.estimated and self.expected - self.decoded <= _tolerance(self))
+        parts = [f"{self.decoded} frames decoded"
+                 + (f" of {'about ' if self.estimated else ''}{self.expected} "
+                    f"{'expected' if self.estimated else 'announced'}" if shown else "")]
+        if self.errors:
+            parts.append(f"{self.errors} decode error(s) (corrupt packets or damaged frames, skipped)")
+        parts += [f"gap of {g.seconds:.2f} s ({g.missing} frames) before frame {g.frame}" for g in self.gaps[:3]]
+        if len(self.gaps) > 3:
+            parts.append(f"{len(self.gaps) - 3} more gaps")
+        if self.truncated:
+            parts.append("the file ends early (cut short?)")
+        return "; ".join(parts)
 
 
 def iter_video_frames(path: str | Path, frames: FrameSelection | str | None = None, channel: str = "auto",
                       report: DecodeReport | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Decode a video lazily and yield ``(frame_index, frame)`` for the selected frames.
 
-    A corrupt packet in the middle is skipped and counted; a truncated file yields the frames it has and
-    warns (``MucosaWarning``) instead of failing.
+    Frames are numbered by their timestamps (``(pts - start) x frame rate``; by counting when the video has
+    no usable timing), so after lost data the later frames keep their true index and time. Damage is
+    detected and reported, never fatal: packets the decoder refuses and frames it flags as damaged are
+    skipped and counted, jumps in the timestamps are gaps, and a file that ends early (demuxer error, or
+    fewer frames than announced or than its duration implies) is truncated. A damaged video warns once
+    (``MucosaWarning``): "video is damaged — N frames decoded of about M expected; K decode errors; gap of T s
+    before frame F". A video from which no frame at all can be decoded is an UnreadableFileError.
 
     Args:
         frames: a FrameSelection or its text form (``all``, ``every:K``, ``A-B``...).
         channel: as in :func:`to_gray`.
-        report: filled in while decoding, for callers that count skipped frames.
+        report: filled in while decoding (see :class:`DecodeReport`).
     """
-    import av
-
     path = Path(path)
     selection = frames if isinstance(frames, FrameSelection) else FrameSelection.parse(frames)
     if channel not in CHANNELS:
         raise ConfigError(f"channel {channel!r} is not one of {', '.join(CHANNELS)}")
     report = report if report is not None else DecodeReport()
     container = _open_video(path)
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    expected = int(stream.frames or 0)
-    start, rate = stream.start_time or 0, stream.average_rate
-    index = -1
-    resync = False  # a packet was skipped: number the next frame by its timestamp, not by counting
     finished = False  # the demuxer ran to the end (not stopped early by the caller or the selection)
     try:
-        packets = container.demux(stream)
-        while True:
-            try:
-                packet = next(packets)
-            except StopIteration:
-                break
-            except av.error.FFmpegError:  # the container itself ends in garbage: stop here
-                report.truncated = True
-                break
-            try:
-                decoded = packet.decode()
-            except av.error.FFmpegError:
-                report.corrupt += 1
-                resync = True
-                continue
-            for frame in decoded:
-                # after a skipped packet the frame's timestamp says which frame of the video this is
-                index = max(index + 1, _frame_number(frame, start, rate)) if resync else index + 1
-                resync = False
-                if selection.stop is not None and index > selection.stop:
-                    return
-                if index in selection:
-                    report.decoded += 1
-                    yield index, _video_frame_to_gray(frame, channel)
+        for index, frame in _numbered_frames(container, report):
+            if selection.stop is not None and index > selection.stop:
+                return
+            if index in selection:
+                yield index, _video_frame_to_gray(frame, channel)
         finished = True
     finally:
         container.close()
-        if finished and expected and index + 1 < expected:
+        if report.damaged and not (finished and report.decoded == 0):
+            warnings.warn(f"{path}: video is damaged — {report.describe()}; using the frames that could be read",
+                          MucosaWarning, stacklevel=2)
+    if report.decoded == 0:
+        raise UnreadableFileError(f"{path}: no frame of the video could be decoded ({report.describe()})")
+
+
+def scan_video(path: str | Path) -> DecodeReport:
+    """Decode every frame of a video (without converting it) and report damage, without warning.
+
+    Raises:
+        UnreadableFileError: not a video, or frames smaller than 8x8.
+    """
+    report = DecodeReport()
+    container = _open_video(Path(path))
+    try:
+        for _ in _numbered_frames(container, report):
+            pass
+    finally:
+        container.close()
+    return report
+
+
+def _numbered_frames(container, report: DecodeReport) -> Iterator[tuple[int, object]]:
+    """``(index, av.VideoFrame)`` of every frame decoded, numbered by timestamp; fills ``report``."""
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    report.expected, report.estimated = _expected_frames(container, stream)
+    start, rate = stream.start_time or 0, stream.average_rate
+    for frame in _decoded_frames(container, stream, report):
+        yield _place(report, _frame_number(frame, start, rate), rate), frame
+    _check_end(report)
+
+
+def _decoded_frames(container, stream, report: DecodeReport) -> Iterator:
+    """Frames as the decoder delivers them; refused packets, damaged frames and a broken end are counted."""
+    import av
+
+    packets, trailing = container.demux(stream), 0  # errors since the last good frame
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            report.truncated = report.truncated or trailing > 0  # ends in damage: cut short
+            return
+        except av.error.FFmpegError:  # the container itself ends in garbage: stop here
             report.truncated = True
-        if report.truncated or report.corrupt:
-            warnings.warn(f"{path}: video is damaged — {index + 1} frames decoded"
-                          + (f" of {expected} announced" if expected else "")
-                          + (f", {report.corrupt} corrupt packets skipped" if report.corrupt else "")
-                          + "; using the frames that could be read", MucosaWarning, stacklevel=2)
+            return
+        try:
+            decoded = packet.decode()
+        except av.error.FFmpegError:
+            report.errors, trailing = report.errors + 1, trailing + 1
+            continue
+        for frame in decoded:
+            if frame.is_corrupt:  # decoded with errors concealed (e.g. the cut end of an MPEG-1 file)
+                report.errors, trailing = report.errors + 1, trailing + 1
+                continue
+            trailing = 0
+            yield frame
+
+
+def _place(report: DecodeReport, stamped: int, rate) -> int:
+    """The index of the next decoded frame: its timestamp's, never before the previous frame's + 1."""
+    index = report.last + 1 if stamped < 0 else max(report.last + 1, stamped)
+    missing = index - (report.last + 1)
+    if missing >= _GAP_FRAMES:
+        report.gaps.append(Gap(index, missing, round(missing / float(rate), 3) if rate else 0.0))
+    report.last = index
+    report.decoded += 1
+    return index
+
+
+def _expected_frames(container, stream) -> tuple[int, bool]:
+    """(frames the video should hold, whether that is an estimate from its duration); (0, False) if unknown."""
+    if stream.frames and stream.frames > 0:
+        return int(stream.frames), False
+    rate = stream.average_rate
+    if stream.duration and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration:
+        seconds = container.duration / 1_000_000  # AV_TIME_BASE
+    else:
+        return 0, False
+    return (round(seconds * float(rate)), True) if rate and seconds > 0 else (0, False)
+
+
+def _check_end(report: DecodeReport) -> None:
+    """After the last packet: fewer frames than the video should hold means it was cut short."""
+    if report.expected and report.last + 1 < report.expected - _tolerance(report):
+        report.truncated = True
+
+
+def _tolerance(report: DecodeReport) -> int:
+    """Frames an estimate from the duration may be off by (none for a count the container announces)."""
+    return max(3, round(0.02 * report.expected)) if report.estimated else 0
 
 
 def _frame_number(frame, start: int, rate) -> int:

@@ -24,6 +24,7 @@ from lightning.fabric.plugins import CheckpointIO
 from torch.utils.data import DataLoader
 
 from mucosa.data.cache import FrameCache
+from mucosa.data.ingest import refuse_suspicious_classes, restrict_classes
 from mucosa.data.manifest import Cohort, load_manifest
 from mucosa.data.splits import split_cohort
 from mucosa.data.table import FrameTable, assemble
@@ -208,14 +209,20 @@ def _check_parts(cohort: Cohort, sides: tuple[str, ...]) -> None:
 
 
 def plan_run(manifest: str | Path, config: RunConfig, out: Path, cache: FrameCache | None = None,
-             presplit: bool = False, progress: bool = True) -> RunPlan:
+             presplit: bool = False, classes: list[str] | None = None, progress: bool = True) -> RunPlan:
     """Validate inputs, split the cohort and prepare frames; raises a clear error before any training.
 
     Args:
         presplit: take the manifest's split column as it is (a resumed run's ``split.csv``).
+        classes: train on these classes only, in this order (the last of two is the positive class);
+            without them, labels that look like typos or near-empty classes are a ConfigError.
     """
     create_model(config.model)  # size and kind problems surface here, naming the minimum size
     cohort = load_manifest(manifest)
+    if classes:
+        cohort = restrict_classes(cohort, classes)
+    elif not presplit:
+        refuse_suspicious_classes(cohort)
     if len(cohort.classes) < 2:
         raise ConfigError(f"{manifest}: training needs at least two labels; found {cohort.classes}")
     config = override(config, "model", num_classes=len(cohort.classes))  # 3+ labels: a softmax head
@@ -338,13 +345,14 @@ def initialise_from(model: torch.nn.Module, checkpoint: Path) -> list[str]:
 
 
 def train(manifest: str | Path, config: RunConfig, out: str | Path, init_from: str | Path | None = None,
-          cache: FrameCache | None = None, record_samples: bool = False, progress: bool = True) -> Path:
-    """Split, prepare and train (``progress``: show Lightning's progress bar); returns the best checkpoint's
-    path."""
+          cache: FrameCache | None = None, record_samples: bool = False, classes: list[str] | None = None,
+          progress: bool = True) -> Path:
+    """Split, prepare and train (``classes``: the classes to use, in order; ``progress``: show progress
+    bars); returns the best checkpoint's path."""
     out = Path(out)
     if (out / "last.ckpt").exists():
         raise ConfigError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
-    plan = plan_run(manifest, config, out, cache, progress=progress)
+    plan = plan_run(manifest, config, out, cache, classes=classes, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     plan.config.save(out / "config.yaml")
     plan.cohort.to_csv(out / "split.csv")
