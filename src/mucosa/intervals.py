@@ -132,7 +132,8 @@ def bootstrap_intervals(metric_fn: Callable[..., dict], y_true, y_score, groups,
         tolerance = 1e-9 * max(1.0, abs(high))  # replicates equal but for rounding count as equal
         if high - low <= tolerance:
             share = "all" if np.ptp(column) <= tolerance else f"at least {1 - alpha:.0%} of the"
-            out[name] = Interval(None, None, BOOTSTRAP, f"{share} {column.size} resamples of patients gave "
+            where = "" if column.size == len(replicates) else " where it is defined"
+            out[name] = Interval(None, None, BOOTSTRAP, f"{share} {column.size} resamples of patients{where} gave "
                                                         f"{low:.3f}, so the bootstrap cannot show the uncertainty")
         else:
             out[name] = Interval(low, high, BOOTSTRAP)
