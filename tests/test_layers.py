@@ -12,7 +12,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mucosa"
 
 LAYERS = [  # lowest first
-    ("ground", ("mucosa._version", "mucosa.errors", "mucosa.atomic", "mucosa.metrics", "mucosa.tables")),
+    ("ground", ("mucosa._version", "mucosa.errors", "mucosa.atomic", "mucosa.metrics", "mucosa.tables",
+                "mucosa.intervals")),
     ("data", ("mucosa.data",)),
     ("models", ("mucosa.models",)),
     ("inference", ("mucosa.inference",)),

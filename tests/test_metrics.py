@@ -15,6 +15,7 @@ from sklearn.metrics import (
 )
 
 from mucosa.errors import ConfigError
+from mucosa.intervals import bootstrap_intervals, clopper_pearson, metric_entries, proportion_counts
 from mucosa.metrics import (
     aggregate_patients,
     binary_metrics,
@@ -253,3 +254,84 @@ def test_too_few_patients_per_label_gives_no_interval_rather_than_a_false_one():
     groups[0] = "d"  # a second control patient: intervals exist again
     ci = bootstrap_ci(binary_metrics, y, s, groups, n_boot=50)
     assert np.isfinite(ci["accuracy"][0])
+
+
+# ------------------------------------------------------------------------------------------------ intervals
+
+@pytest.mark.parametrize("k, n", [(12, 12), (0, 12), (10, 12), (1, 2), (37, 80), (0, 1)])
+def test_clopper_pearson_is_scipys_exact_binomial_interval(k, n):
+    from scipy.stats import binomtest
+
+    exact = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    low, high = clopper_pearson(k, n)
+    assert (low, high) == (pytest.approx(exact.low, abs=1e-12), pytest.approx(exact.high, abs=1e-12))
+    assert low < high and low <= k / n <= high
+
+
+def test_twelve_of_twelve_is_not_certainty():
+    low, high = clopper_pearson(12, 12)
+    assert low == pytest.approx(0.7354, abs=1e-4) and high == 1.0
+    assert np.isnan(clopper_pearson(0, 0)[0])
+    with pytest.raises(ConfigError):
+        clopper_pearson(13, 12)
+
+
+def test_proportion_counts_reproduce_the_point_metrics():
+    y, s = binary_data()
+    point = binary_metrics(y, s, threshold=0.4)
+    counts = proportion_counts(y, (s >= 0.4).astype(int))
+    assert set(counts) == {"accuracy", "sensitivity", "specificity", "ppv", "npv"}
+    for name, (k, n) in counts.items():
+        assert k / n == pytest.approx(point[name]), name
+    y3, s3 = multiclass_data()
+    counts3 = proportion_counts(y3, s3.argmax(1), n_classes=3)
+    point3 = multiclass_metrics(y3, s3)
+    for name in ("accuracy", "sensitivity[1]", "specificity[2]"):
+        assert counts3[name][0] / counts3[name][1] == pytest.approx(point3[name]), name
+
+
+def every_patient_right(n_patients=12, per_patient=5):
+    """Each patient's frames all called right: a patient bootstrap of accuracy sees no variation."""
+    y = np.repeat(np.arange(n_patients) % 2, per_patient)
+    rng = np.random.default_rng(0)
+    s = np.where(y == 1, rng.uniform(0.6, 1.0, y.size), rng.uniform(0.0, 0.4, y.size))
+    return y, s, np.repeat([f"P{i:02d}" for i in range(n_patients)], per_patient)
+
+
+def test_patient_level_proportions_get_exact_intervals_and_degenerate_bootstraps_none():
+    y, s, groups = every_patient_right()
+    patient_y = y[::5]
+    patient_s = np.array([s[groups == g].mean() for g in dict.fromkeys(groups)])
+    entries = metric_entries(lambda t, p: binary_metrics(t, p, 0.5), patient_y, patient_s,
+                             (patient_s >= 0.5).astype(int), np.arange(12), exact=True, n_boot=200)
+    accuracy = entries["accuracy"]
+    assert accuracy["value"] == 1.0 and accuracy["ci_method"] == "clopper-pearson" and accuracy["count"] == [12, 12]
+    assert accuracy["ci"] == [pytest.approx(0.7354, abs=1e-4), 1.0]
+    assert entries["sensitivity"]["count"] == [6, 6] and entries["npv"]["count"] == [6, 6]
+    auc = entries["roc_auc"]  # every resample separates the classes perfectly: no interval, and why
+    assert auc["value"] == 1.0 and auc["ci"] is None and auc["ci_method"] == "bootstrap-patients"
+    assert "all 200 resamples" in auc["ci_note"]
+    assert not any(k in entries for k in ("tp", "fp", "tn", "fn"))
+
+
+def test_frame_level_bootstrap_never_gives_a_zero_width_interval():
+    y, s, groups = every_patient_right()
+    fn = lambda t, p: binary_metrics(t, p, 0.5)  # noqa: E731
+    raw = bootstrap_ci(fn, y, s, groups, n_boot=100)
+    assert raw["accuracy"] == (1.0, 1.0)  # what a plain percentile bootstrap would print
+    intervals = bootstrap_intervals(fn, y, s, groups, n_boot=100)
+    assert intervals["accuracy"].low is None and "resamples of patients gave 1.000" in intervals["accuracy"].note
+    entries = metric_entries(fn, y, s, (s >= 0.5).astype(int), groups, exact=False, n_boot=100)
+    assert all(e["ci_method"] == "bootstrap-patients" for e in entries.values())
+    assert all(e["ci"] is None or e["ci"][0] < e["ci"][1] for e in entries.values())
+    y2, s2, g2 = clustered()  # real variation: real intervals
+    varied = bootstrap_intervals(fn, y2, s2, g2, n_boot=100)
+    assert varied["roc_auc"].low < varied["roc_auc"].high and varied["roc_auc"].note is None
+
+
+def test_one_patient_of_a_label_gives_no_interval_and_says_so():
+    y = np.array([0, 0, 1, 1, 1, 1])
+    s = np.array([0.1, 0.3, 0.8, 0.6, 0.9, 0.7])
+    groups = np.array(["c", "c", "a", "a", "b", "b"])
+    intervals = bootstrap_intervals(binary_metrics, y, s, groups, n_boot=20)
+    assert all(i.low is None and "fewer than 2 patients" in i.note for i in intervals.values())

@@ -228,28 +228,11 @@ def bootstrap_ci(metric_fn: Callable[..., dict], y_true, y_score, groups, n_boot
         ``{metric: (low, high)}``; (nan, nan) where every replicate was nan, or for every metric when a
         label has fewer than ``MIN_PATIENTS_PER_STRATUM`` patients.
     """
-    y = np.asarray(y_true)
-    s = np.asarray(y_score)
-    if y.ndim != 1 or y.size == 0 or s.shape[:1] != y.shape:
-        raise ConfigError(f"y_true (N,) and y_score (N, ...) must have the same non-empty N; "
-                          f"got {y.shape} and {s.shape}")
-    g = _groups(groups, len(y))
     if not 0.0 < alpha < 1.0:
         raise ConfigError(f"alpha must be between 0 and 1; got {alpha}")
-    if int(n_boot) < 1:
-        raise ConfigError(f"n_boot must be at least 1; got {n_boot}")
-    names = [k for k, v in metric_fn(y, s).items() if np.ndim(v) == 0]
-    draw = _patient_resampler(y, g, seed)
-    if draw is None:
+    names, replicates = bootstrap_replicates(metric_fn, y_true, y_score, groups, n_boot, seed)
+    if replicates is None:
         return {name: (float("nan"), float("nan")) for name in names}
-    replicates = np.full((int(n_boot), len(names)), np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UndefinedMetricWarning)
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for b in range(int(n_boot)):
-            idx = draw()
-            values = metric_fn(y[idx], s[idx])
-            replicates[b] = [float(values.get(name, np.nan)) for name in names]
     out = {}
     for j, name in enumerate(names):
         column = replicates[:, j][np.isfinite(replicates[:, j])]
@@ -259,6 +242,36 @@ def bootstrap_ci(metric_fn: Callable[..., dict], y_true, y_score, groups, n_boot
             low, high = np.quantile(column, [alpha / 2, 1 - alpha / 2])
             out[name] = (float(low), float(high))
     return out
+
+
+def bootstrap_replicates(metric_fn: Callable[..., dict], y_true, y_score, groups, n_boot: int = 1000,
+                         seed: int = 0) -> tuple[list[str], np.ndarray | None]:
+    """The metric names of ``metric_fn`` and their values on ``n_boot`` patient-bootstrap replicates.
+
+    Resampling as in :func:`bootstrap_ci`. Returns ``(names, replicates)`` with replicates of shape
+    (n_boot, len(names)), nan where a metric is undefined on a replicate; ``replicates`` is None when a label
+    has fewer than ``MIN_PATIENTS_PER_STRATUM`` patients (no replicate could show between-patient variation).
+    """
+    y, s = np.asarray(y_true), np.asarray(y_score)
+    if y.ndim != 1 or y.size == 0 or s.shape[:1] != y.shape:
+        raise ConfigError(f"y_true (N,) and y_score (N, ...) must have the same non-empty N; "
+                          f"got {y.shape} and {s.shape}")
+    g = _groups(groups, len(y))
+    if int(n_boot) < 1:
+        raise ConfigError(f"n_boot must be at least 1; got {n_boot}")
+    names = [k for k, v in metric_fn(y, s).items() if np.ndim(v) == 0]
+    draw = _patient_resampler(y, g, seed)
+    if draw is None:
+        return names, None
+    replicates = np.full((int(n_boot), len(names)), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for b in range(int(n_boot)):
+            idx = draw()
+            values = metric_fn(y[idx], s[idx])
+            replicates[b] = [float(values.get(name, np.nan)) for name in names]
+    return names, replicates
 
 
 def paired_bootstrap_auc(y_true, score_a, score_b, groups, n_boot: int = 2000, seed: int = 0,

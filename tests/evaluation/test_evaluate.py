@@ -1,5 +1,6 @@
 import base64
 import csv
+import html
 import json
 import re
 
@@ -13,7 +14,7 @@ from mucosa.data.synth import synthesize_cohort
 from mucosa.errors import ConfigError
 from mucosa.evaluation.compare import compare
 from mucosa.evaluation.evaluate import evaluate
-from mucosa.evaluation.report import fmt
+from mucosa.evaluation.report import fmt, interval_kind, md_escape
 from mucosa.models.config import config_from_dict
 from mucosa.models.training import train
 
@@ -80,8 +81,11 @@ def test_report_embeds_every_figure_and_matches_metrics_json(trained, tmp_path):
         assert encoded in page, figure.name
     markdown = (tmp_path / "ev" / "report.md").read_text()
     for level in ("patient", "image"):
-        for entry in stored[level].values():
+        for entry in stored[level].values():  # each figure with the kind of its interval, or why it has none
             assert fmt(entry) in page and fmt(entry) in markdown
+            kind = interval_kind(entry)
+            assert html.escape(kind, quote=False) in page and md_escape(kind) in markdown
+            assert kind.startswith("n/a: ") == (entry["ci"] is None)
     assert page.index("Patient-level verdict") < page.index("Image level")
 
 
@@ -113,9 +117,13 @@ def test_bootstrap_is_reproducible_and_contains_the_estimate(trained, tmp_path):
     a = evaluate(run / "best.ckpt", run / "split.csv", tmp_path / "a", n_boot=80, seed=3, cache=cache)
     b = evaluate(run / "best.ckpt", run / "split.csv", tmp_path / "b", n_boot=80, seed=3, cache=cache)
     assert a["image"] == b["image"]
-    for entry in a["image"].values():
-        if entry["value"] is not None and entry["ci"][0] is not None:
-            assert entry["ci"][0] - 1e-9 <= entry["value"] <= entry["ci"][1] + 1e-9
+    for level in ("patient", "file", "image"):
+        for entry in a[level].values():
+            if entry["ci"] is not None:
+                assert entry["ci"][0] - 1e-9 <= entry["value"] <= entry["ci"][1] + 1e-9
+                assert entry["ci"][0] < entry["ci"][1]  # never a zero-width interval
+            else:
+                assert entry["ci_note"]
 
 
 def test_pseudonymised_outputs_hold_no_patient_id(trained, tmp_path):

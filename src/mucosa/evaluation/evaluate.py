@@ -7,9 +7,6 @@ The flow is :func:`evaluate` → ``select_parts`` → ``score`` (predict) → ``
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import hmac
 import json
 import logging
 from dataclasses import dataclass, replace
@@ -17,17 +14,25 @@ from pathlib import Path
 
 import numpy as np
 
-from mucosa import metrics
+from mucosa import intervals, metrics
+from mucosa.atomic import OutputSet
 from mucosa.data.cache import FrameCache
 from mucosa.data.manifest import Cohort, load_manifest
 from mucosa.data.splits import select_parts
 from mucosa.data.table import FrameTable, assemble
 from mucosa.errors import ConfigError
 from mucosa.evaluation.explain import gallery
+from mucosa.evaluation.privacy import Redactor, pseudonymiser
 from mucosa.evaluation.report import write_report
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.predictors import predict_table
 from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint
+from mucosa.tables import write_csv
+
+OUTPUTS = ("metrics.json", "predictions.csv", "patients.csv", "regions.csv", "files.csv", "roc.png", "pr.png",
+           "confusion.png", "reliability.png", "patients.png", "gallery", "report.html", "report.md")
+"""Everything :func:`evaluate` writes: a rerun into the same folder replaces the whole set."""
+REGION_SEPARATOR = "\x1f"  # between patient and region in a region key (a character no id or region holds)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +45,7 @@ class Scored:
     y_true: np.ndarray        # (N,) class index
     y_score: np.ndarray       # (N,) positive probability, or (N, K)
     patients: np.ndarray      # (N,) patient id
-    regions: np.ndarray       # (N,) "patient|region"
+    regions: np.ndarray       # (N,) patient + REGION_SEPARATOR + region
     frames: FrameTable        # the preprocessed frames, in the same order
 
 
@@ -54,7 +59,7 @@ def score(checkpoint: LoadedCheckpoint, cohort: Cohort, cache: FrameCache | None
         r = table.record(i)
         rows.append({"path": str(r.path), "frame": int(frame_index[i]), "patient": r.patient, "region": r.region,
                      "label": r.label, "quality": round(float(quality[i]), 4)})
-        regions.append(f"{r.patient}|{r.region}")
+        regions.append(f"{r.patient}{REGION_SEPARATOR}{r.region}")
     y_true = np.array([checkpoint.classes.index(row["label"]) for row in rows], np.int64)
     patients = np.array([row["patient"] for row in rows], dtype=object)
     return Scored(rows, y_true, probs, patients, np.array(regions, dtype=object), table)
@@ -75,25 +80,17 @@ def resolve_threshold(rule: str, val: Scored | None, binary: bool) -> dict:
     return {"rule": rule, "value": float(value), "chosen_on": f"validation ({len(val.y_true)} frames)"}
 
 
-def _with_ci(point: dict, ci: dict) -> dict:
-    return {k: {"value": _finite(v), "ci": [_finite(x) for x in ci.get(k, (np.nan, np.nan))]}
-            for k, v in point.items() if not k.startswith(("tp", "fp", "tn", "fn"))}
-
-
-def _finite(value) -> float | None:
-    value = float(value)
-    return value if np.isfinite(value) else None
-
-
-def _level_metrics(y_true, y_score, groups, threshold: float | None, n_boot: int, seed: int) -> dict:
+def _level_metrics(y_true, y_score, groups, threshold: float | None, n_boot: int, seed: int,
+                   exact: bool) -> dict:
+    """Entries ``{"value", "ci", "ci_method", ...}`` of one level; ``exact``: its units are independent
+    (patients, files), so its proportions carry exact binomial intervals (see :mod:`mucosa.intervals`)."""
     if threshold is None:
         fn = metrics.multiclass_metrics
     else:
         def fn(t, s):
             return metrics.binary_metrics(t, s, threshold)
-    point = fn(y_true, y_score)
-    ci = metrics.bootstrap_ci(fn, y_true, y_score, groups, n_boot=n_boot, seed=seed)
-    return _with_ci(point, ci)
+    called = verdicts.calls(y_score, 0.5 if threshold is None else threshold)
+    return intervals.metric_entries(fn, y_true, y_score, called, groups, exact, n_boot=n_boot, seed=seed)
 
 
 def aggregate(scored: Scored, keys: np.ndarray, rule: str, threshold: float | None) -> list[dict]:
@@ -137,10 +134,11 @@ def summarise(scored: Scored, classes: list[str], threshold: dict, rule: str, n_
     result = {
         "classes": classes, "positive": classes[1] if value is not None else None,
         "verdicts": verdicts.verdict_names(classes), "aggregation": rule,
-        "patient": _level_metrics(p_true, p_score, np.arange(len(p_true)), cut, n_boot, seed),
+        "patient": _level_metrics(p_true, p_score, np.arange(len(p_true)), cut, n_boot, seed, exact=True),
         "file": _level_metrics(np.array([f["true"] for f in files]), np.array([f["score"] for f in files]),
-                               np.array([owner[f["patient"]] for f in files], dtype=object), cut, n_boot, seed),
-        "image": _level_metrics(scored.y_true, scored.y_score, scored.patients, value, n_boot, seed),
+                               np.array([owner[f["patient"]] for f in files], dtype=object), cut, n_boot, seed,
+                               exact=True),
+        "image": _level_metrics(scored.y_true, scored.y_score, scored.patients, value, n_boot, seed, exact=False),
         "threshold": {**threshold, "patient_threshold": cut},
         "counts": {"frames": int(len(scored.y_true)), "patients": len(patients), "regions": len(regions),
                    "files": len(files),
@@ -162,54 +160,39 @@ def _json_safe(data: dict) -> dict:
     return {k: clean(v) for k, v in data.items()}
 
 
-def pseudonymiser(key: str | None):
-    """A keyed hash (HMAC-SHA256) of identifiers; a random key when none is given (then irreversible)."""
-    import secrets
-
-    secret = (key or secrets.token_hex(16)).encode()
-
-    def pseudonym(text: str) -> str:
-        return "ID-" + hmac.new(secret, str(text).encode(), hashlib.sha256).hexdigest()[:10]
-
-    return pseudonym
-
-
-def _pseudonymise(scored: Scored, key: str | None) -> Scored:
-    name = pseudonymiser(key)
+def _pseudonymise(scored: Scored, name) -> Scored:
     rows = [{**r, "patient": name(r["patient"]), "path": name(r["path"])} for r in scored.rows]
-    regions = np.array([f"{name(k.split('|', 1)[0])}|{k.split('|', 1)[1]}" for k in scored.regions], dtype=object)
+    regions = [k.split(REGION_SEPARATOR, 1) for k in scored.regions]
+    regions = np.array([f"{name(p)}{REGION_SEPARATOR}{region}" for p, region in regions], dtype=object)
     return replace(scored, rows=rows, patients=np.array([r["patient"] for r in rows], dtype=object),
                    regions=regions)
 
 
 def write_predictions(path: Path, scored: Scored, classes: list[str], threshold: dict) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        binary = scored.y_score.ndim == 1
-        probability = ["probability"] if binary else [f"probability_{c}" for c in classes]
-        writer.writerow(["path", "frame", "patient", "region", "label", "quality", *probability, "prediction"])
-        for row, s in zip(scored.rows, scored.y_score):
-            predicted = verdicts.call(s, threshold["value"])
-            values = [f"{float(s):.9g}"] if binary else [f"{v:.9g}" for v in s]  # float32 round trip
-            writer.writerow([row["path"], row["frame"], row["patient"], row["region"], row["label"], row["quality"],
-                             *values, classes[predicted]])
+    """One row per frame: where it came from, its probability (float32 round trip) and the call."""
+    binary = scored.y_score.ndim == 1
+    probability = ["probability"] if binary else [f"probability_{c}" for c in classes]
+    called = verdicts.calls(scored.y_score, 0.5 if threshold["value"] is None else threshold["value"])
+    rows = ([row["path"], row["frame"], row["patient"], row["region"], row["label"], row["quality"],
+             *([f"{float(s):.9g}"] if binary else [f"{v:.9g}" for v in s]), classes[c]]
+            for row, s, c in zip(scored.rows, scored.y_score, called))
+    write_csv(path, ["path", "frame", "patient", "region", "label", "quality", *probability, "prediction"], rows)
 
 
-def write_groups(path: Path, rows: list[dict], classes: list[str], key: str) -> None:
+def write_groups(path: Path, rows: list[dict], classes: list[str], key: str, regions: bool = False) -> None:
+    """One row per patient (``regions``: per patient and region) or per file, with its verdict."""
     names = verdicts.verdict_names(classes)
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        binary = rows and not isinstance(rows[0]["score"], list)
-        extra = ["mean_probability", "share_positive"] if binary else []
-        writer.writerow([key, *(["region"] if key == "patient" and "|" in str(rows[0]["patient"]) else []),
-                         "n_frames", *extra, "score", "label", "verdict", "correct"])
-        for r in rows:
-            ident = str(r["patient"]).split("|", 1) if "|" in str(r["patient"]) else [r["patient"]]
-            score_text = f"{r['score']:.4f}" if binary else " ".join(f"{v:.4f}" for v in r["score"])
-            writer.writerow([*ident, r["n_frames"],
-                             *([f"{r['mean_probability']:.4f}", f"{r['positive_share']:.4f}"] if binary else []),
-                             score_text, classes[r["true"]], names[r["predicted"]],
-                             int(r["true"] == r["predicted"])])
+    binary = bool(rows) and not isinstance(rows[0]["score"], list)
+    extra = ["mean_probability", "share_positive"] if binary else []
+    table = []
+    for r in rows:
+        ident = str(r["patient"]).split(REGION_SEPARATOR, 1) if regions else [r["patient"]]
+        score_text = f"{r['score']:.4f}" if binary else " ".join(f"{v:.4f}" for v in r["score"])
+        table.append([*ident, r["n_frames"],
+                      *([f"{r['mean_probability']:.4f}", f"{r['positive_share']:.4f}"] if binary else []),
+                      score_text, classes[r["true"]], names[r["predicted"]], int(r["true"] == r["predicted"])])
+    header = [key, *(["region"] if regions else []), "n_frames", *extra, "score", "label", "verdict", "correct"]
+    write_csv(path, header, table)
 
 
 def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path, split: str = "auto",
@@ -217,17 +200,34 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path, spli
              pseudonymise: bool = False, pseudonym_key: str | None = None, cache: FrameCache | None = None,
              gallery_size: int = 3) -> dict:
     """Evaluate and write metrics.json, predictions.csv, patients.csv, regions.csv, files.csv, figures and
-    reports.
+    reports, as one set (:data:`OUTPUTS`): an earlier result in ``out`` is replaced whole or not at all.
 
     The report's gallery shows Grad-CAM of the ``gallery_size`` most confident true/false positives and
-    negatives (0 = no gallery).
+    negatives (0 = no gallery). ``pseudonymise``: patient ids and paths (of the checkpoint, the manifest and
+    every file) are replaced by keyed hashes in every output, and no warning or error shows the originals.
     """
     if aggregation not in ("mean", "share"):
         raise ConfigError(f"aggregation {aggregation!r} must be 'mean' or 'share'")
+    redact = Redactor(pseudonymiser(pseudonym_key)) if pseudonymise else None
+    if redact is None:
+        return _evaluate(checkpoint, manifest, out, split, threshold, aggregation, n_boot, seed, None, cache,
+                         gallery_size)
+    redact.learn_paths(checkpoint, manifest)
+    with redact.console():
+        return _evaluate(checkpoint, manifest, out, split, threshold, aggregation, n_boot, seed, redact, cache,
+                         gallery_size)
+
+
+def _evaluate(checkpoint, manifest, out, split, threshold, aggregation, n_boot, seed, redact: Redactor | None,
+              cache, gallery_size) -> dict:
     loaded = load_checkpoint(checkpoint)
     cohort = load_manifest(manifest, classes=loaded.classes, require_all=False)
+    if redact is not None:
+        recorded = loaded.info.get("split", {}).get("patients", {})
+        redact.learn(*(r.patient for r in cohort.records), *(p for ids in recorded.values() for p in ids))
+        redact.learn_paths(*(r.path for r in cohort.records))
     part, val_part, why = select_parts(cohort, loaded.info, split)
-    log.info(f"evaluating {len(part.records)} rows: {why}")
+    log.info(f"evaluating {len(part.records)} rows: {why if redact is None else redact(why)}")
     binary = len(loaded.classes) == 2
     needs_val = binary and not _is_number(threshold)
     val = score(loaded, val_part, cache) if needs_val and val_part is not None else None
@@ -235,22 +235,23 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path, spli
     scored = score(loaded, part, cache)
     if len(scored.y_true) == 0:
         raise ConfigError("every frame of the evaluated part was dropped by the quality gate")
-    if pseudonymise:
-        scored = _pseudonymise(scored, pseudonym_key)
+    where = {"checkpoint": str(Path(checkpoint).resolve()), "manifest": str(Path(manifest).resolve())}
+    if redact is not None:
+        scored = _pseudonymise(scored, redact.name)
+        where = {k: redact.name(v) for k, v in where.items()}
     result, patients, regions, files = summarise(scored, loaded.classes, chosen, aggregation, n_boot, seed)
-    result.update({"checkpoint": str(Path(checkpoint).resolve()), "manifest": str(Path(manifest).resolve()),
-                   "evaluated": why, "model": loaded.model_config.kind, "size": loaded.model_config.size,
-                   "pseudonymised": pseudonymise})
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result, indent=1))
-    write_predictions(out / "predictions.csv", scored, loaded.classes, chosen)
-    write_groups(out / "patients.csv", patients, loaded.classes, "patient")
-    write_groups(out / "regions.csv", regions, loaded.classes, "patient")
-    write_groups(out / "files.csv", files, loaded.classes, "file")
-    shots = gallery(loaded, scored.frames, scored.y_true, scored.y_score, chosen["value"], out / "gallery",
-                    per_group=gallery_size) if gallery_size else []
-    write_report(out, result, scored, patients, shots)
+    result.update({**where, "evaluated": why, "model": loaded.model_config.kind, "size": loaded.model_config.size,
+                   "pseudonymised": redact is not None})
+    with OutputSet(out, OUTPUTS) as staged:
+        folder = staged.staging
+        (folder / "metrics.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+        write_predictions(folder / "predictions.csv", scored, loaded.classes, chosen)
+        write_groups(folder / "patients.csv", patients, loaded.classes, "patient")
+        write_groups(folder / "regions.csv", regions, loaded.classes, "patient", regions=True)
+        write_groups(folder / "files.csv", files, loaded.classes, "file")
+        shots = gallery(loaded, scored.frames, scored.y_true, scored.y_score, chosen["value"], folder / "gallery",
+                        per_group=gallery_size) if gallery_size else []
+        write_report(folder, result, scored, patients, shots)
     return result
 
 
