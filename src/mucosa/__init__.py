@@ -19,17 +19,18 @@ from typing import TYPE_CHECKING
 from mucosa._version import __version__
 from mucosa.errors import MucosaError
 
-__all__ = ["__version__", "load", "train", "Classifier", "Prediction", "CaseVerdict", "TrainingResult",
-           "MucosaError"]
+__all__ = ["__version__", "load", "train", "evaluate", "Classifier", "Prediction", "CaseVerdict",
+           "TrainingResult", "EvaluationResult", "MucosaError"]
 
 _LAZY = {
     "load": "mucosa.inference.classifier", "Classifier": "mucosa.inference.classifier",
     "Prediction": "mucosa.inference.classifier", "CaseVerdict": "mucosa.inference.classifier",
     "train": "mucosa.api", "TrainingResult": "mucosa.api",
+    "evaluate": "mucosa.api", "EvaluationResult": "mucosa.api",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from mucosa.api import TrainingResult, train
+    from mucosa.api import EvaluationResult, TrainingResult, evaluate, train
     from mucosa.inference.classifier import CaseVerdict, Classifier, Prediction, load
 
 

@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from mucosa.data.cache import FrameCache
+from mucosa.evaluation.evaluate import EvaluationResult
+from mucosa.evaluation.evaluate import evaluate as _evaluate
 from mucosa.inference.classifier import Classifier, load
 from mucosa.models.config import RunConfig, config_from_dict, load_config
 from mucosa.models.training import train as _train
 
-__all__ = ["TrainingResult", "train"]
+__all__ = ["TrainingResult", "train", "EvaluationResult", "evaluate"]
 
 
 @dataclass
@@ -96,3 +98,28 @@ def train(manifest: str | Path, config: RunConfig | str | Path | dict | None = N
         return TrainingResult(classifier, _history(folder), Path(best) if out is not None else None,
                               folder if out is not None else None)
 
+
+
+def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path | None = None, split: str = "auto",
+             threshold: str | float = 0.5, aggregation: str = "mean", n_boot: int = 1000, seed: int = 0,
+             cache_dir: str | Path | None = None, device: str = "auto", **options: Any) -> EvaluationResult:
+    """Evaluate a checkpoint on a cohort: patient, file and image metrics with intervals.
+
+    Args:
+        checkpoint: a mucosa checkpoint.
+        manifest: the cohort CSV; ``split="auto"`` evaluates its test rows, or the test patients the
+            checkpoint recorded, or every row of a cohort the model never saw.
+        out: a folder for metrics.json, the CSVs, figures and the HTML/Markdown report; None writes nothing.
+        threshold: a number in [0, 1], or a rule chosen on the validation patients (``youden``,
+            ``sensitivity=0.95``).
+        aggregation: a patient's score: ``mean`` probability, or ``share`` of frames called positive.
+        n_boot, seed: the patient bootstrap behind the intervals.
+        cache_dir: the preprocessing cache.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        options: ``pseudonymise``, ``pseudonym_key``, ``gallery_size`` (see ``mucosa evaluate``).
+
+    Returns:
+        an :class:`EvaluationResult`; ``result["patient"]["accuracy"]["value"]`` is the patient accuracy.
+    """
+    return _evaluate(checkpoint, manifest, out, split=split, threshold=str(threshold), aggregation=aggregation,
+                     n_boot=n_boot, seed=seed, cache=FrameCache(cache_dir), device=device, **options)

@@ -50,7 +50,7 @@ def test_evaluate_writes_every_output_and_uses_the_recorded_test_patients(traine
         assert float(p["score"]) == pytest.approx(np.mean(mine), abs=1e-4)
         assert p["verdict"] in ("active inflammation", "mucosal healing")
     stored = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    assert stored == json.loads(json.dumps(result))
+    assert stored == json.loads(json.dumps(result.metrics))
     assert set(stored) >= {"image", "patient", "threshold", "calibration"}
     assert list(stored)[:8].index("patient") < list(stored)[:8].index("image")  # the clinical question first
     for level in ("image", "patient"):

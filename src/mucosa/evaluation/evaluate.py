@@ -25,7 +25,7 @@ from mucosa.evaluation.explain import gallery
 from mucosa.evaluation.privacy import Redactor, pseudonymiser
 from mucosa.evaluation.report import write_report
 from mucosa.inference import verdict as verdicts
-from mucosa.inference.predictors import predict_table
+from mucosa.inference.predictors import predict_table, resolve_device
 from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint
 from mucosa.tables import write_csv
 
@@ -69,10 +69,8 @@ def resolve_threshold(rule: str, val: Scored | None, binary: bool) -> dict:
     """The decision threshold and how it was chosen (never on the evaluated part)."""
     if not binary:
         return {"rule": "argmax", "value": None, "chosen_on": None}
-    try:
-        return {"rule": "fixed", "value": float(rule), "chosen_on": None}
-    except ValueError:
-        pass
+    if _is_number(rule):
+        return {"rule": "fixed", "value": verdicts.check_threshold(rule, "--threshold"), "chosen_on": None}
     if val is None or len(val.y_true) == 0:
         raise ConfigError(f"threshold rule {rule!r} is chosen on a validation part, but none was found (give a "
                           "manifest with split=val rows, or a checkpoint that recorded validation patients)")
@@ -195,32 +193,58 @@ def write_groups(path: Path, rows: list[dict], classes: list[str], key: str, reg
     write_csv(path, header, table)
 
 
-def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path, split: str = "auto",
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate` found; ``result["patient"]`` reads ``result.metrics["patient"]``.
+
+    Attributes:
+        metrics: everything of ``metrics.json``: per level (``patient``, ``file``, ``image``) each figure's
+            ``value``, ``ci`` and ``ci_method``; the threshold and how it was chosen; counts.
+        patients, regions, files: one dict per patient, region or file (frames, score, true and called class).
+        frames: one dict per evaluated frame (path, frame, patient, region, label, quality, probability).
+        out: the folder written, or None.
+    """
+
+    metrics: dict
+    patients: list[dict]
+    regions: list[dict]
+    files: list[dict]
+    frames: list[dict]
+    out: Path | None = None
+
+    def __getitem__(self, key: str):
+        return self.metrics[key]
+
+
+def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path | None = None, split: str = "auto",
              threshold: str = "0.5", aggregation: str = "mean", n_boot: int = 1000, seed: int = 0,
              pseudonymise: bool = False, pseudonym_key: str | None = None, cache: FrameCache | None = None,
-             gallery_size: int = 3) -> dict:
-    """Evaluate and write metrics.json, predictions.csv, patients.csv, regions.csv, files.csv, figures and
-    reports, as one set (:data:`OUTPUTS`): an earlier result in ``out`` is replaced whole or not at all.
+             gallery_size: int = 3, device: str = "auto") -> EvaluationResult:
+    """Evaluate a checkpoint on a cohort; with ``out``, write metrics.json, predictions.csv, patients.csv,
+    regions.csv, files.csv, figures and reports, as one set (:data:`OUTPUTS`): an earlier result in ``out``
+    is replaced whole or not at all. Without ``out`` nothing is written (but the preprocessing cache).
 
     The report's gallery shows Grad-CAM of the ``gallery_size`` most confident true/false positives and
     negatives (0 = no gallery). ``pseudonymise``: patient ids and paths (of the checkpoint, the manifest and
     every file) are replaced by keyed hashes in every output, and no warning or error shows the originals.
+    ``device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     """
     if aggregation not in ("mean", "share"):
         raise ConfigError(f"aggregation {aggregation!r} must be 'mean' or 'share'")
     redact = Redactor(pseudonymiser(pseudonym_key)) if pseudonymise else None
     if redact is None:
         return _evaluate(checkpoint, manifest, out, split, threshold, aggregation, n_boot, seed, None, cache,
-                         gallery_size)
+                         gallery_size, device)
     redact.learn_paths(checkpoint, manifest)
     with redact.console():
         return _evaluate(checkpoint, manifest, out, split, threshold, aggregation, n_boot, seed, redact, cache,
-                         gallery_size)
+                         gallery_size, device)
 
 
 def _evaluate(checkpoint, manifest, out, split, threshold, aggregation, n_boot, seed, redact: Redactor | None,
-              cache, gallery_size) -> dict:
+              cache, gallery_size, device) -> EvaluationResult:
     loaded = load_checkpoint(checkpoint)
+    loaded.model.to(resolve_device(device))
     cohort = load_manifest(manifest, classes=loaded.classes, require_all=False)
     if redact is not None:
         recorded = loaded.info.get("split", {}).get("patients", {})
@@ -242,6 +266,10 @@ def _evaluate(checkpoint, manifest, out, split, threshold, aggregation, n_boot, 
     result, patients, regions, files = summarise(scored, loaded.classes, chosen, aggregation, n_boot, seed)
     result.update({**where, "evaluated": why, "model": loaded.model_config.kind, "size": loaded.model_config.size,
                    "pseudonymised": redact is not None})
+    frames = [{**row, "probability": s.tolist() if np.ndim(s) else float(s)}
+              for row, s in zip(scored.rows, scored.y_score)]
+    if out is None:
+        return EvaluationResult(result, patients, regions, files, frames)
     with OutputSet(out, OUTPUTS) as staged:
         folder = staged.staging
         (folder / "metrics.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
@@ -252,7 +280,7 @@ def _evaluate(checkpoint, manifest, out, split, threshold, aggregation, n_boot, 
         shots = gallery(loaded, scored.frames, scored.y_true, scored.y_score, chosen["value"], folder / "gallery",
                         per_group=gallery_size) if gallery_size else []
         write_report(folder, result, scored, patients, shots)
-    return result
+    return EvaluationResult(result, patients, regions, files, frames, Path(out))
 
 
 def _is_number(text: str) -> bool:

@@ -1,0 +1,37 @@
+"""mucosa.evaluate: results as an object; files only with out."""
+
+import json
+
+import pytest
+
+import mucosa
+
+QUICK = {"model": {"size": 32}, "split": {"mode": "patient", "test": 0.3, "val": 0.3, "seed": 1},
+         "training": {"epochs": 2, "batch_size": 8, "threads": 1}}
+
+
+@pytest.fixture(scope="module")
+def tiny(train_tiny):
+    return train_tiny("api", QUICK, patients=8, per_patient=4, seed=3)
+
+
+def test_evaluate_without_out_writes_nothing_and_matches_the_files(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cache = tiny.cache.root
+    in_memory = mucosa.evaluate(tiny.best, tiny.run / "split.csv", n_boot=50, cache_dir=cache)
+    assert list(tmp_path.iterdir()) == [] and in_memory.out is None
+    written = mucosa.evaluate(tiny.best, tiny.run / "split.csv", out=tmp_path / "ev", n_boot=50, cache_dir=cache)
+    on_disk = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert written.out == tmp_path / "ev"
+    for level in ("patient", "image"):
+        assert in_memory[level]["accuracy"]["value"] == on_disk[level]["accuracy"]["value"]
+        assert in_memory[level]["accuracy"]["ci"] == on_disk[level]["accuracy"]["ci"]
+    assert len(in_memory.patients) == on_disk["counts"]["patients"] == len(written.patients)
+    assert len(in_memory.frames) == on_disk["counts"]["frames"]
+    assert all(0.0 <= f["probability"] <= 1.0 for f in in_memory.frames)
+
+
+def test_evaluate_refuses_an_out_of_range_threshold(tiny):
+    for bad in ("2", "-1", "nan", "5"):
+        with pytest.raises(mucosa.MucosaError, match="threshold"):
+            mucosa.evaluate(tiny.best, tiny.run / "split.csv", threshold=bad, n_boot=10, cache_dir=tiny.cache.root)
