@@ -305,9 +305,9 @@ class OutputSet:
     each staged file replaces its namesake in ``out``, and the files of an earlier run of the same command
     that this run did not write are removed: ``names`` lists them, as names or glob patterns
     (``"*_gradcam.png"``). So ``out`` never mixes two runs, and files of other commands or of the user in
-    ``out`` are left alone. On an error nothing in ``out`` changes and the staging folder is removed.
-    ``out`` is checked first (:func:`check_writable_folder`); staging folders left by killed runs are
-    removed when older than :data:`STALE_SECONDS`.
+    ``out`` are left alone. On an error nothing in ``out`` changes and the staging folder is removed
+    (``out`` too, when this run made it). ``out`` is checked first (:func:`check_writable_folder`);
+    staging folders left by killed runs are removed when older than :data:`STALE_SECONDS`.
 
     For a command that writes a report (``evaluate``, ``compare``)::
 
@@ -333,6 +333,7 @@ class OutputSet:
         self.names = names  # outputs this command may have written before (removed when not rewritten)
         self.what = what
         self.staging: Path = self.out
+        self._created = False
 
     def path(self, name: str) -> Path:
         """Where to write the output ``name`` (a file name, or a relative path whose folders are created)."""
@@ -343,6 +344,7 @@ class OutputSet:
     def __enter__(self) -> OutputSet:
         check_writable_folder(self.out, self.what)
         try:
+            self._created = not self.out.exists()
             self.out.mkdir(parents=True, exist_ok=True)
             remove_stale(self.out, (self.STAGING_PREFIX + "*",))
             self.staging = Path(tempfile.mkdtemp(prefix=self.STAGING_PREFIX, dir=self.out))
@@ -358,6 +360,9 @@ class OutputSet:
                 raise write_error(error, self._target(error.filename)) from None
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
+            if kind is not None and self._created:
+                with contextlib.suppress(OSError):  # made for this run, which wrote nothing: leave no trace
+                    self.out.rmdir()
 
     def _staged(self, filename) -> bool:
         """Whether an OSError's file is a staged output (or unnamed, as for a failed ``write``)."""
