@@ -240,7 +240,7 @@ def test_an_unreadable_file_is_reported_and_the_rest_predicted(trained, tmp_path
 
 
 def test_outputs_replace_an_earlier_result_whole_or_not_at_all(trained, tmp_path, monkeypatch):
-    from mucosa.errors import ModelOutputError
+    from mucosa.errors import ModelOutputError, MucosaWarning
     from mucosa.inference import predict as predict_module
 
     run, cohort, _ = trained
@@ -264,7 +264,7 @@ def test_outputs_replace_an_earlier_result_whole_or_not_at_all(trained, tmp_path
     assert _outputs(out) == earlier and len(calls) == 2  # it failed midway, and nothing changed
     monkeypatch.undo()
 
-    with pytest.raises(MucosaError, match="none of the 1 file"):
+    with pytest.warns(MucosaWarning, match="b_broken.png"), pytest.raises(MucosaError, match="none of the 1 file"):
         predict(run / "best.ckpt", [broken], out)
     assert _outputs(out) == earlier
 
