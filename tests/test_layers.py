@@ -18,7 +18,8 @@ LAYERS = [  # lowest first
     ("models", ("mucosa.models",)),
     ("inference", ("mucosa.inference",)),
     ("evaluation", ("mucosa.evaluation",)),
-    ("top", ("mucosa", "mucosa.api", "mucosa.cli", "mucosa.demo", "mucosa.__main__", "mucosa.service")),
+    ("top", ("mucosa", "mucosa.api", "mucosa.cli", "mucosa.cli_checks", "mucosa.demo", "mucosa.__main__",
+             "mucosa.service")),
 ]
 
 
@@ -32,7 +33,8 @@ def layer_of(module: str) -> int:
     best, rank = -1, None
     for index, (_, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+            inside = module == prefix or (prefix != "mucosa" and module.startswith(prefix + "."))
+            if inside and len(prefix) > best:
                 best, rank = len(prefix), index
     if rank is None:
         raise AssertionError(f"{module} has no layer: add it to LAYERS in tests/test_layers.py")

@@ -4,31 +4,34 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
 
+from mucosa import cli_checks as checks
 from mucosa._version import __version__
-from mucosa.errors import MucosaError
+from mucosa.atomic import OutputError, check_writable_file, check_writable_folder
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    clear = "\r\x1b[K" if sys.stderr.isatty() else ""  # over a progress line, which is drawn again
+    print(f"{clear}warning: {message}", file=sys.stderr)
 
 
 def _add_prep_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("preprocessing")
-    group.add_argument("--size", type=int, default=300, help="model input side in pixels (default 300)")
+    group.add_argument("--size", type=checks.integer(8), default=300, help="model input side in pixels (default 300)")
     group.add_argument("--crop", default="auto",
                        help="auto (detect the field of view, largest square inside it), disc (a circular "
                        "field kept whole, black outside), none, or a box x0,y0,x1,y1")
     group.add_argument("--channel", default="auto", help="auto, luminance, red, green or blue")
-    group.add_argument("--tile", type=int, default=0,
+    group.add_argument("--tile", type=checks.integer(0), default=0,
                        help="cut still images into tiles of this side (source pixels); 0 = whole image")
     group.add_argument("--normalize", default="none",
                        help="none, or stretch (map each image's or frame's 1st-99.5th intensity percentiles "
                        "to black-white)")
-    group.add_argument("--quality", type=float, default=None,
+    group.add_argument("--quality", type=checks.number(0, 1), default=None,
                        help="drop frames whose quality score is below this (0 keeps all)")
     group.add_argument("--cache", type=Path, default=None, help="preprocessing cache folder "
                        "(default $MUCOSA_CACHE or ~/.cache/mucosa)")
@@ -56,8 +59,10 @@ def cmd_synth(args: argparse.Namespace) -> None:
         if done == total or done % max(1, total // 20) == 0:
             print(f"\rsynthesising images: {done}/{total}", end="\n" if done == total else "", flush=True)
 
+    check_writable_folder(args.out, "cohort folder")
     manifest = synthesize_cohort(args.out, patients=args.patients, per_patient=args.per_patient,
-                                 size=args.size, seed=args.seed, overlay=args.overlay, progress=progress)
+                                 size=args.size, seed=args.seed, overlay=args.overlay, progress=progress,
+                                 overwrite=args.force)
     print(f"synthetic cohort (not real patients) written; manifest: {manifest}")
 
 
@@ -66,6 +71,9 @@ def cmd_index(args: argparse.Namespace) -> None:
     from mucosa.data.manifest import write_manifest
 
     source = Path(args.source)
+    check_writable_file(args.output, "manifest")
+    if source.is_file() and source.resolve() == args.output.resolve():
+        raise OutputError(f"-o {args.output} would overwrite the table being indexed; choose another file")
     if source.is_file():
         records = index_csv(source, args.path_col, args.label_col, args.patient_col, args.region_col,
                             args.root, parse_label_map(args.label_map))
@@ -96,6 +104,7 @@ def cmd_split(args: argparse.Namespace) -> None:
     from mucosa.data.manifest import load_manifest
     from mucosa.data.splits import split_cohort
 
+    check_writable_file(args.output, "manifest")
     cohort = load_manifest(args.manifest, positive=args.positive)
     result = split_cohort(cohort, args.mode, test=args.test, val=args.val, k=args.k, fold=args.fold,
                           seed=args.seed)
@@ -105,16 +114,16 @@ def cmd_split(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from mucosa.data.cache import FrameCache
     from mucosa.data.manifest import load_manifest
     from mucosa.data.table import assemble
 
+    cache = _cache(args.cache)
     cohort = load_manifest(args.manifest, positive=args.positive)
     prep = _prep_from_args(args)
-    cache = FrameCache(args.cache)
     frames = assemble(cohort, prep, cache, progress=True)
     print(frames.summary())
-    print(f"cache {cache.root}: {cache.hits} rows reused, {cache.misses} prepared")
+    rebuilt = f" ({cache.rebuilt} damaged entries rebuilt)" if cache.rebuilt else ""
+    print(f"cache {cache.root}: {cache.hits} rows reused, {cache.misses} prepared{rebuilt}")
 
 
 def cmd_model_summary(args: argparse.Namespace) -> None:
@@ -143,30 +152,33 @@ def _run_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from mucosa.data.cache import FrameCache
     from mucosa.data.ingest import parse_classes
     from mucosa.errors import ConfigError
     from mucosa.models.training import resume, train
 
-    cache = FrameCache(args.cache)
     if args.resume:
+        check_writable_folder(args.resume, "run folder")
+        cache = _cache(args.cache)
         best = resume(args.resume, cache)
     else:
         if not args.manifest or not args.out:
             raise ConfigError("mucosa train needs --manifest and --out (or --resume RUN_DIR)")
         classes = parse_classes(args.classes) if args.classes else None
+        check_writable_folder(args.out, "run folder")
+        cache = _cache(args.cache)
         best = train(args.manifest, _run_config(args), args.out, args.init_from, cache, args.record_samples, classes)
     print(f"best checkpoint: {best}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from mucosa.data.cache import FrameCache
     from mucosa.evaluation.evaluate import evaluate
     from mucosa.evaluation.report import fmt
 
+    check_writable_folder(args.out)
+    cache = _cache(args.cache)
     result = evaluate(args.checkpoint, args.manifest, args.out, split=args.split, threshold=args.threshold,
                       aggregation=args.aggregate, n_boot=args.bootstrap, seed=args.seed,
-                      pseudonymise=args.pseudonymise, pseudonym_key=args.pseudonym_key, cache=FrameCache(args.cache),
+                      pseudonymise=args.pseudonymise, pseudonym_key=args.pseudonym_key, cache=cache,
                       gallery_size=args.gallery)
     p, i = result["patient"], result["image"]
     print(f"patients ({result['counts']['patients']}): accuracy {fmt(p['accuracy'])}"
@@ -178,6 +190,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from mucosa.evaluation.compare import compare, load_evaluation, table_rows
 
+    check_writable_folder(args.out)
     summary = compare(args.runs, args.out, n_boot=args.bootstrap, seed=args.seed)
     for row in table_rows([load_evaluation(f) for f in args.runs]):
         print("  " + " | ".join(row))
@@ -187,26 +200,36 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from mucosa.demo import run_demo
 
+    check_writable_folder(args.out, "demo folder")
     report = run_demo(args.out, quick=args.quick, config=args.config, seed=args.seed)
     print(f"demo report (synthetic data): {report}")
 
 
-def cmd_predict(args: argparse.Namespace) -> None:
-    from mucosa.data.cache import FrameCache
+def cmd_predict(args: argparse.Namespace) -> int:
     from mucosa.inference.predict import format_cases, predict
 
     def progress(done: int, total: int, path) -> None:
-        print(f"\rpredicting: {done}/{total} files", end="\n" if done == total else "", file=sys.stderr, flush=True)
+        if sys.stderr.isatty():  # a line drawn in place; in a log it would run into the warnings
+            print(f"\rpredicting: {done}/{total} files", end="\n" if done == total else "", file=sys.stderr,
+                  flush=True)
 
+    check_writable_folder(args.out)
+    cache = _cache(args.cache) if args.cache else None
     result = predict(args.checkpoint, args.paths, args.out, runtime=args.runtime, threshold=args.threshold,
-                     cache=FrameCache(args.cache) if args.cache else None, threads=args.threads, progress=progress)
+                     cache=cache, threads=args.threads, progress=progress)
     print(format_cases(result))
     print(f"per frame: {args.out / 'predictions.csv'}; per file: files.csv; per case: cases.csv")
+    if result.unreadable:
+        print(f"{len(result.unreadable)} of {result.total} files unreadable (left out of the outputs; named "
+              "above)", file=sys.stderr)
+        return checks.EXIT_PARTIAL
+    return checks.EXIT_OK
 
 
 def cmd_stream(args: argparse.Namespace) -> None:
-    from mucosa.inference.stream import run
+    from mucosa.inference.stream import check_outputs, run
 
+    check_outputs(args.video, args.timeline, args.annotate)
     summary = run(args.checkpoint, args.video, runtime=args.runtime, window=args.window, realtime=args.realtime,
                   timeline=args.timeline, annotate=args.annotate, threshold=args.threshold,
                   gradcam=not args.no_gradcam, threads=args.threads)
@@ -214,21 +237,31 @@ def cmd_stream(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from mucosa.data.cache import FrameCache
     from mucosa.inference.onnx import export
 
-    report = export(args.checkpoint, args.out, int8=args.int8, manifest=args.manifest, cache=FrameCache(args.cache))
+    cache = _cache(args.cache) if args.manifest else None
+    report = export(args.checkpoint, args.out, int8=args.int8, manifest=args.manifest, cache=cache)
     print(report.format())
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
     from mucosa.evaluation.explain import explain_paths
 
+    check_writable_folder(args.out)
     results = explain_paths(args.checkpoint, args.inputs, args.out, frames=args.frames, top=args.top)
     for r in results:
         where = str(r.input) + ("" if r.frame is None else f" frame {r.frame}")
         print(f"{where}: {r.predicted} ({len(r.files)} figures)")
     print(f"explained {len(results)} frame(s); index: {Path(args.out) / 'explain.csv'}")
+
+
+def _cache(folder: Path | None):
+    """The preprocessing cache, its folder checked before the work."""
+    from mucosa.data.cache import FrameCache
+
+    cache = FrameCache(folder)
+    check_writable_folder(cache.root, "cache folder")
+    return cache
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -240,28 +273,29 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", help="train on these labels only, in this order, e.g. control,active (the last of "
                    "two is the positive class); also accepts classes that look like typos or are nearly empty")
     p.add_argument("--model", choices=["cnn-lstm", "cnn"])
-    p.add_argument("--size", type=int, help="input side in pixels")
-    p.add_argument("--quality", type=float, help="quality threshold: frames scoring below are dropped")
+    p.add_argument("--size", type=checks.integer(8), help="input side in pixels")
+    p.add_argument("--quality", type=checks.number(0, 1), help="quality threshold: frames scoring below are dropped")
     g = p.add_argument_group("split (overrides the config's split section)")
     g.add_argument("--split", choices=["within-patient", "patient", "kfold", "lopo", "none", "manifest"])
-    g.add_argument("--test", type=float)
-    g.add_argument("--val", type=float, help="share of the training part used for validation")
-    g.add_argument("--k", type=int)
-    g.add_argument("--fold", type=int)
-    g.add_argument("--split-seed", type=int)
+    g.add_argument("--test", type=checks.number(0, 1))
+    g.add_argument("--val", type=checks.number(0, 1), help="share of the training part used for validation")
+    g.add_argument("--k", type=checks.integer(2))
+    g.add_argument("--fold", type=checks.integer(0))
+    g.add_argument("--split-seed", type=checks.integer(0))
     g = p.add_argument_group("training (overrides the config's training section)")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--threads", type=int, help="torch threads (0 = all cores)")
-    g.add_argument("--workers", type=int, help="data-loading processes")
+    g.add_argument("--epochs", type=checks.integer(1))
+    g.add_argument("--batch-size", type=checks.integer(1))
+    g.add_argument("--lr", type=checks.number(0, low_open=True))
+    g.add_argument("--seed", type=checks.integer(0))
+    g.add_argument("--threads", type=checks.integer(0), help="torch threads (0 = all cores)")
+    g.add_argument("--workers", type=checks.integer(0), help="data-loading processes")
     g.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
-    g.add_argument("--early-stopping", type=int, metavar="PATIENCE")
-    g.add_argument("--frames-per-case", type=int, help="at most this many frames of a case per epoch")
+    g.add_argument("--early-stopping", type=checks.integer(0), metavar="PATIENCE", help="0 = off")
+    g.add_argument("--frames-per-case", type=checks.integer(0),
+                   help="at most this many frames of a case per epoch (0 = all)")
     g.add_argument("--accelerator", help="cpu, gpu or auto")
-    g.add_argument("--devices", type=lambda v: v if v == "auto" else int(v))
-    g.add_argument("--num-nodes", type=int)
+    g.add_argument("--devices", type=checks.devices)
+    g.add_argument("--num-nodes", type=checks.integer(1))
     g.add_argument("--strategy", help="e.g. ddp")
     g.add_argument("--precision", help="Lightning precision, e.g. 32-true or bf16-mixed")
     p.add_argument("--cache", type=Path, default=None, help="preprocessing cache folder")
@@ -273,16 +307,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mucosa", description="Computer-aided confirmation of mucosal healing from confocal laser "
         "endomicroscopy (CLE).")
     parser.add_argument("--version", action="version", version=f"mucosa {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an internal error (also MUCOSA_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("synth", help="write a synthetic CLE cohort (for demos and tests)")
     p.add_argument("out", type=Path)
-    p.add_argument("--patients", type=int, default=12)
-    p.add_argument("--per-patient", type=int, default=40)
-    p.add_argument("--size", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patients", type=checks.integer(2), default=12)
+    p.add_argument("--per-patient", type=checks.integer(1), default=40)
+    p.add_argument("--size", type=checks.integer(32), default=300)
+    p.add_argument("--seed", type=checks.integer(0), default=0)
     p.add_argument("--overlay", action="store_true",
                    help="put each image in a circular pCLE-like field with a logo and scale bar")
+    p.add_argument("--force", action="store_true", help="overwrite a cohort already in OUT (its manifest.csv)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("index", help="build a manifest from a folder layout or an existing CSV")
@@ -305,11 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", type=Path)
     p.add_argument("--mode", default="patient",
                    choices=["within-patient", "patient", "kfold", "lopo", "none", "manifest"])
-    p.add_argument("--test", type=float, default=0.2, help="test fraction (patient, within-patient)")
-    p.add_argument("--val", type=float, default=0.0, help="fraction of training carved out for validation")
-    p.add_argument("--k", type=int, default=5, help="folds for kfold")
-    p.add_argument("--fold", type=int, default=0, help="test fold (kfold) or patient index (lopo)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test", type=checks.number(0, 1), default=0.2, help="test fraction (patient, within-patient)")
+    p.add_argument("--val", type=checks.number(0, 1), default=0.0,
+                   help="fraction of training carved out for validation")
+    p.add_argument("--k", type=checks.integer(2), default=5, help="folds for kfold")
+    p.add_argument("--fold", type=checks.integer(0), default=0, help="test fold (kfold) or patient index (lopo)")
+    p.add_argument("--seed", type=checks.integer(0), default=0)
     p.add_argument("--positive", default=None)
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(func=cmd_split)
@@ -322,8 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("model-summary", help="print a model's layer table with shapes and parameter counts")
     p.add_argument("--model", choices=["cnn-lstm", "cnn"], default="cnn-lstm")
-    p.add_argument("--size", type=int, default=300)
-    p.add_argument("--classes", type=int, default=2)
+    p.add_argument("--size", type=checks.integer(8), default=300)
+    p.add_argument("--classes", type=checks.integer(2), default=2)
     p.set_defaults(func=cmd_model_summary)
 
     p = sub.add_parser("evaluate", help="metrics with patient-bootstrap CIs, patient verdicts, report")
@@ -332,15 +370,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--split", default="auto", choices=["auto", "test", "val", "all"],
                    help="auto: the manifest's test rows, else the checkpoint's test patients, else all rows")
-    p.add_argument("--threshold", default="0.5",
-                   help="a number, youden, sensitivity=0.95 or specificity=0.9 (rules use the validation part)")
+    p.add_argument("--threshold", default="0.5", type=checks.threshold_rule,
+                   help="a number in [0, 1], youden, sensitivity=0.95 or specificity=0.9 (rules use the validation "
+                   "part)")
     p.add_argument("--aggregate", default="mean", choices=["mean", "share"],
                    help="patient score: mean frame probability, or share of frames called inflamed")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the CIs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=checks.integer(1), default=1000, help="bootstrap replicates for the CIs")
+    p.add_argument("--seed", type=checks.integer(0), default=0)
     p.add_argument("--pseudonymise", action="store_true", help="replace patient ids and paths by keyed hashes")
     p.add_argument("--pseudonym-key", default=None, help="key of the hash (default: random, not stored)")
-    p.add_argument("--gallery", type=int, default=3,
+    p.add_argument("--gallery", type=checks.integer(0), default=3,
                    help="Grad-CAM examples per group (true/false positives/negatives) in the report; 0 = none")
     p.add_argument("--cache", type=Path, default=None)
     p.set_defaults(func=cmd_evaluate)
@@ -348,15 +387,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="Table III and Fig. 4 for evaluated runs, with paired AUC tests")
     p.add_argument("runs", nargs="+", type=Path, help="evaluation folders (or run folders with evaluation/)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--bootstrap", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=checks.integer(1), default=2000)
+    p.add_argument("--seed", type=checks.integer(0), default=0)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="synthetic cohort -> 4 trainings -> evaluation -> comparison report")
     p.add_argument("--out", type=Path, default=Path("mucosa-demo"))
     p.add_argument("--quick", action="store_true", help="a seconds-long variant (tests)")
     p.add_argument("--config", type=Path, default=Path("configs/cpu-quick.yaml"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=checks.integer(0), default=0)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("predict", help="predict images, folders, videos or a manifest: per frame, file and case")
@@ -365,9 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("mucosa-predictions"), help="output folder")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
                    help="onnx with a checkpoint exports it on the fly (an .onnx file always uses onnx)")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability from which a case is positive")
+    p.add_argument("--threshold", type=checks.threshold, default=0.5,
+                   help="probability in [0, 1] from which a case is positive")
     p.add_argument("--cache", type=Path, default=None, help="reuse and fill this preprocessing cache")
-    p.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
+    p.add_argument("--threads", type=checks.integer(1), default=None, help="inference threads (default: all cores)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("stream", help="run a video frame by frame: live status, timeline, annotated video")
@@ -376,12 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
     p.add_argument("--realtime", action="store_true", help="pace at the video's frame rate (default: as fast "
                    "as possible)")
-    p.add_argument("--window", type=int, default=16, help="informative frames in the moving mean (default 16)")
+    p.add_argument("--window", type=checks.integer(1), default=16,
+                   help="informative frames in the moving mean (default 16)")
     p.add_argument("--timeline", type=Path, help="CSV with one row per frame")
     p.add_argument("--annotate", type=Path, metavar="OUT_MP4", help="write the video with the verdict burned in")
     p.add_argument("--no-gradcam", action="store_true", help="no Grad-CAM overlay in the annotated video")
-    p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threshold", type=checks.threshold, default=0.5, help="probability in [0, 1]")
+    p.add_argument("--threads", type=checks.integer(1), default=None,
                    help="inference threads (default: all cores but one, which decodes the next frames)")
     p.set_defaults(func=cmd_stream)
 
@@ -400,13 +441,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the PNGs and explain.csv")
     p.add_argument("--frames", default=None,
                    help="video frames to explain: every:K, A-B, A-B:K or K (default: the --top most confident)")
-    p.add_argument("--top", type=int, default=None,
+    p.add_argument("--top", type=checks.integer(1), default=None,
                    help="per video, explain the N most confident (of the --frames) frames (default 4 without --frames)")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("train", help="train a model on a cohort (PyTorch Lightning)")
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
+    for command in sub.choices.values():  # also accepted after the command's name
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -419,20 +462,19 @@ class _Console(logging.StreamHandler):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run ``mucosa`` with ``argv``; returns the exit status (``cli_checks`` lists them), never raises."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, --version, or a usage error already printed by argparse
+        return stop.code if isinstance(stop.code, int) else checks.EXIT_REFUSED
+    debug = args.debug or os.environ.get("MUCOSA_DEBUG") == "1"
     warnings.showwarning = _show_warning
     console, library = _Console(), logging.getLogger("mucosa")
     console.setFormatter(logging.Formatter("%(message)s"))
     library.addHandler(console)
     library.setLevel(logging.INFO)
     try:
-        return int(args.func(args) or 0)
-    except MucosaError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return checks.run(lambda: args.func(args), debug)
     finally:
         library.removeHandler(console)
 

@@ -60,7 +60,7 @@ def run_demo(out: str | Path = "mucosa-demo", quick: bool = False, config: str |
     cache = FrameCache(out / "cache")
     _stage(f"synthesising {size.patients} patients x {size.per_patient} images (SYNTHETIC data)", start)
     manifest = synthesize_cohort(out / "cohort", patients=size.patients, per_patient=size.per_patient,
-                                 size=size.image_size, seed=seed)
+                                 size=size.image_size, seed=seed, overwrite=True)
     folders = []
     for model, split in RUNS:
         name = f"{model}_{split}"

@@ -199,3 +199,98 @@ def test_three_classes_give_one_column_per_class_and_argmax_verdicts(tmp_path):
     case = read_csv(tmp_path / "p" / "cases.csv")[0]
     assert case["verdict"] == "abc"[int(probs.mean(0).argmax())] == result.verdict(result.cases[0])
     assert float(case["mean_probability_b"]) == pytest.approx(probs[:, 1].mean(), abs=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Unreadable files, and outputs written as one set
+# --------------------------------------------------------------------------------------------------
+
+
+def _case_with_a_broken_file(cohort: Path, folder: Path) -> tuple[list[Path], Path]:
+    """Three good images of one patient and a broken PNG between them (in name order) in ``folder``."""
+    import shutil
+
+    images = sorted(p for p in (cohort / "images").rglob("*.png"))[:3]
+    folder.mkdir(parents=True)
+    good = [Path(shutil.copy(p, folder / f"{k}_{p.name}")) for k, p in zip("ace", images)]
+    broken = folder / "b_broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"truncated in transfer")
+    return good, broken
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def test_an_unreadable_file_is_reported_and_the_rest_predicted(trained, tmp_path, capsys):
+    run, cohort, _ = trained
+    good, broken = _case_with_a_broken_file(cohort, tmp_path / "case")
+    out = tmp_path / "p"
+    assert main(["predict", "--checkpoint", str(run / "best.ckpt"), str(tmp_path / "case"), "--out", str(out)]) == 3
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    lines = captured.err.splitlines()
+    assert [line for line in lines if "b_broken.png" in line and line.startswith("warning:")] != []
+    assert "1 of 4 files unreadable" in captured.err
+    assert not any(line.startswith("error:") for line in lines)
+    assert [r["path"] for r in read_csv(out / "files.csv")] == [str(p) for p in good]  # only the files read
+    assert [r["path"] for r in read_csv(out / "predictions.csv")] == [str(p) for p in good]
+    (case,) = read_csv(out / "cases.csv")
+    assert (case["files"], case["frames"]) == ("3", "3")
+
+
+def test_outputs_replace_an_earlier_result_whole_or_not_at_all(trained, tmp_path, monkeypatch):
+    from mucosa.errors import ModelOutputError, MucosaWarning
+    from mucosa.inference import predict as predict_module
+
+    run, cohort, _ = trained
+    good, broken = _case_with_a_broken_file(cohort, tmp_path / "case")
+    out = tmp_path / "p"
+    predict(run / "best.ckpt", [run / "split.csv"], out)  # an earlier, complete result
+    earlier = _outputs(out)
+    assert sorted(earlier) == ["cases.csv", "files.csv", "predictions.csv"]
+
+    original, calls = predict_module._predict_file, []
+
+    def breaks_on_the_second_file(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ModelOutputError("the model gave NaN")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "_predict_file", breaks_on_the_second_file)
+    with pytest.raises(ModelOutputError):
+        predict(run / "best.ckpt", good, out)
+    assert _outputs(out) == earlier and len(calls) == 2  # it failed midway, and nothing changed
+    monkeypatch.undo()
+
+    with pytest.warns(MucosaWarning, match="b_broken.png"), pytest.raises(MucosaError, match="none of the 1 file"):
+        predict(run / "best.ckpt", [broken], out)
+    assert _outputs(out) == earlier
+
+    predict(run / "best.ckpt", [good[0]], out)  # a new result replaces all three files
+    assert sorted(_outputs(out)) == sorted(earlier)
+    for name, key in (("predictions.csv", "path"), ("files.csv", "path"), ("cases.csv", "case")):
+        assert [r[key] for r in read_csv(out / name)] == [str(good[0])]
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_earlier_result(trained, tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    from mucosa.inference import predict as predict_module
+
+    run, cohort, _ = trained
+    out = tmp_path / "p"
+    predict(run / "best.ckpt", [run / "split.csv"], out)
+    earlier = _outputs(out)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # a write() on a full disk names no file
+
+    monkeypatch.setattr(predict_module, "_write_summaries", full)
+    assert main(["predict", "--checkpoint", str(run / "best.ckpt"), str(run / "split.csv"), "--out", str(out)]) == 74
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "error" in line] == [
+        f"error: cannot write {out}: No space left on device"]
+    assert _outputs(out) == earlier

@@ -194,3 +194,68 @@ def test_three_class_timeline_has_a_column_per_class(tmp_path):
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
     np.testing.assert_allclose([float(rows[-1][f"smoothed_{c}"]) for c in "abc"], probs[-2:].mean(0), atol=1e-5)
     assert summary.verdict == rows[-1]["verdict"] == "abc"[int(probs.mean(0).argmax())]
+
+
+def _untrained_three_class(tmp_path):
+    import torch
+
+    from mucosa.data.preparation import Preprocessing
+    from mucosa.models.checkpoint import LoadedCheckpoint
+    from mucosa.models.networks import ModelConfig, create_model
+
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(size=32, num_classes=3)).eval()
+    return LoadedCheckpoint(model, model.config, ["a", "b", "c"],
+                            Preprocessing(size=32, crop="none", quality_threshold=0.0), {}, tmp_path / "x.ckpt")
+
+
+class _BreaksAfter:
+    """A predictor that fails at its ``n``-th frame, as a model giving NaN would."""
+
+    def __init__(self, predictor, n: int) -> None:
+        self.predictor, self.n, self.calls = predictor, n, 0
+
+    def __getattr__(self, name):
+        return getattr(self.predictor, name)
+
+    def __call__(self, frames):
+        from mucosa.errors import ModelOutputError
+
+        self.calls += 1
+        if self.calls == self.n:
+            raise ModelOutputError("the model gave NaN")
+        return self.predictor(frames)
+
+
+def test_a_stream_that_fails_leaves_the_earlier_timeline_and_video_whole(tmp_path):
+    from mucosa.errors import ModelOutputError
+
+    predictor = TorchPredictor(_untrained_three_class(tmp_path))
+    rng = np.random.default_rng(1)
+    write_clip(tmp_path / "clip.avi", [rng.random((48, 64)) for _ in range(8)])
+    timeline, video = tmp_path / "out" / "t.csv", tmp_path / "out" / "a.mp4"
+    stream(predictor, tmp_path / "clip.avi", timeline=timeline, annotate=video, gradcam=False)
+    earlier = timeline.read_bytes(), video.read_bytes()
+    assert len(read_csv(timeline)) == 8
+    with pytest.raises(ModelOutputError):
+        stream(_BreaksAfter(predictor, 5), tmp_path / "clip.avi", timeline=timeline, annotate=video, gradcam=False)
+    assert (timeline.read_bytes(), video.read_bytes()) == earlier
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.mp4", "t.csv"]  # no temporary files
+
+
+def test_stream_outputs_are_checked_before_the_first_frame(checkpoint, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    write_clip(tmp_path / "clip.avi", [rng.random((48, 64)) for _ in range(4)])
+    (tmp_path / "folder").mkdir()
+    clip = str(tmp_path / "clip.avi")
+    for option, path, message in (("--timeline", tmp_path / "folder", "is a folder, not a file"),
+                                  ("--annotate", tmp_path / "folder", "is a folder, not a file"),
+                                  ("--timeline", tmp_path / "clip.avi", "would overwrite the video"),
+                                  ("--threshold", "1.5", "must be a number in [0, 1]"),
+                                  ("--threads", "-2", "must be at least 1")):
+        assert main(["stream", clip, "--checkpoint", str(checkpoint), option, str(path)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+        assert len([line for line in err.splitlines() if "error:" in line]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.avi", "folder"]
+    assert list((tmp_path / "folder").iterdir()) == []

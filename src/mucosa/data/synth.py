@@ -389,11 +389,13 @@ def synthesize_cohort(
     seed: int = 0,
     overlay: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a synthetic cohort to `out` and return the path of its manifest CSV.
 
     Args:
-        out: Output folder (created; files of the same names are overwritten).
+        out: Output folder (created). A folder that already holds a cohort (``manifest.csv``) is refused
+            unless ``overwrite``.
         patients: Number of patients, P01..PNN (at least 2).
         per_patient: Images per patient (at least 1).
         size: Side of each frame in pixels (at least 32).
@@ -401,9 +403,11 @@ def synthesize_cohort(
         overlay: Put each frame in a 1.25x black canvas as a circular field of view with a burned-in
             logo and scale bar, like a Cellvizio export (masks get the same geometry).
         progress: Called as ``progress(done, total)`` after each image.
+        overwrite: Write into a folder that already holds a cohort, replacing files of the same names.
 
     Raises:
-        ConfigError: An argument is out of range, or `out` is an existing file.
+        ConfigError: An argument is out of range, `out` is an existing file, or it holds a cohort already
+            (without ``overwrite``).
     """
     patients = _index(patients, "patients", 2)
     per_patient = _index(per_patient, "per_patient", 1)
@@ -412,6 +416,9 @@ def synthesize_cohort(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output folder {out} exists and is not a folder")
+    if (out / "manifest.csv").exists() and not overwrite:
+        raise ConfigError(f"{out} already holds a cohort ({out / 'manifest.csv'}); choose another folder, or "
+                          "overwrite it with --force")
     out.mkdir(parents=True, exist_ok=True)
 
     groups = _assign_groups(patients, seed)

@@ -33,6 +33,7 @@ from mucosa.inference.saliency import GRAD_CAM_LAYER, feature_maps, grad_cam
 from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint
 
 DEFAULT_TOP = 4  # frames explained per video when neither --frames nor --top is given
+OUTPUTS = ("explain.csv", "*_features_*.png", "*_gradcam.png")  # what an earlier explain run left in --out
 _MIN_TILE = 32  # feature-map tiles are enlarged to at least this many pixels per side...
 _MAX_TILE = 100  # ...and shrunk (area average) to at most this many (a 300 px conv1 grid stays ~600 px wide)
 _GAP = 2  # white pixels between tiles
@@ -261,14 +262,16 @@ def explain_paths(checkpoint: str | Path | LoadedCheckpoint, paths: Sequence[str
     Args:
         checkpoint: a checkpoint file (or one already loaded); its preprocessing is applied to every input.
         paths: images (each explained) and videos.
-        out: folder for ``<stem>[_fNNNN]_features_<layer>.png``, ``<stem>[_fNNNN]_gradcam.png``, explain.csv.
+        out: folder for ``<stem>[_fNNNN]_features_<layer>.png``, ``<stem>[_fNNNN]_gradcam.png``, explain.csv,
+            written as one set (``atomic.OutputSet``): the index and figures of an earlier explain run there
+            are replaced whole, or not at all when this run fails.
         frames: video frames to consider (``every:K``, ``A-B``...; default all).
         top: per video, explain only the ``top`` most confident of those frames (default
             ``DEFAULT_TOP`` when ``frames`` is not given, else every selected frame).
 
     Raises:
         UnreadableFileError: an input is not an image or video, is missing or cannot be decoded.
-        ConfigError: a bad ``frames`` or ``top``.
+        ConfigError: a bad ``frames`` or ``top``. OutputError: ``out`` cannot be written.
     """
     paths = [Path(p) for p in paths]
     _check_inputs(paths)
@@ -280,14 +283,16 @@ def explain_paths(checkpoint: str | Path | LoadedCheckpoint, paths: Sequence[str
         raise ConfigError(f"--top must be at least 1, got {top}")
     if top is None and frames is None:
         top = DEFAULT_TOP
+    out = atomic.check_writable_folder(out)
     loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     results: list[ExplainedFrame] = []
     stems: set[str] = set()
-    for path in paths:
-        results += _explain_file(loaded, path, _unique_stem(path, stems), out, selection, top)
-    _write_index(results, loaded.classes, out / "explain.csv")
+    with atomic.OutputSet(out, OUTPUTS) as staged:
+        for path in paths:
+            results += _explain_file(loaded, path, _unique_stem(path, stems), staged.staging, selection, top)
+        _write_index(results, loaded.classes, staged.path("explain.csv"))
+    for result in results:  # where the figures are now
+        result.files = [out / f.name for f in result.files]
     return results
 
 

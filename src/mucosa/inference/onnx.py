@@ -300,15 +300,19 @@ def export(checkpoint: str | Path, out: str | Path | None = None, int8: bool = F
         cache: preprocessing cache for the manifest's frames.
 
     Raises:
-        ExportError: parity above tolerance. ConfigError: ``int8`` without a manifest.
+        ExportError: parity above tolerance. ConfigError: ``int8`` without a manifest. OutputError: ``out``
+            cannot be written (checked first) or is the checkpoint itself.
     """
-    loaded = load_checkpoint(checkpoint)
     if int8 and manifest is None:
         raise ConfigError("--int8 needs --manifest: quantization is calibrated on its frames, and the share "
                           "of unchanged verdicts and the AUC change are measured on them before the model is "
                           "written")
     out = Path(out) if out else Path(checkpoint).with_name(Path(checkpoint).stem + ("-int8" if int8 else "")
                                                            + ".onnx")
+    atomic.check_writable_file(out, "ONNX model")
+    if out.resolve() == Path(checkpoint).resolve():
+        raise atomic.OutputError(f"--out {out} would overwrite the checkpoint being exported")
+    loaded = load_checkpoint(checkpoint)
     model = to_onnx(loaded)
     diffs = parity(loaded, model)
     _check_parity(diffs, Path(checkpoint))

@@ -12,23 +12,32 @@ which drops them. A case's verdict is the mean probability of its used frames ag
 Cases: a manifest's ``patient``; for a folder, the images of one sub-folder form one case (one
 examination's frames) and every video is a case of its own; a file named on the command line is its own
 case.
+
+A file that cannot be read is reported (one warning naming it) and left out of every output, and the
+others are predicted; :attr:`PredictResult.unreadable` lists it (the CLI then exits with status 3). The three
+files are written as one set (``atomic.OutputSet``): an earlier result in the folder is replaced whole, or,
+when the run fails, not at all.
 """
 
 from __future__ import annotations
 
 import csv
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from mucosa import atomic
 from mucosa.data.cache import FrameCache
 from mucosa.data.manifest import load_manifest
 from mucosa.data.preparation import PreparedFrames, prepare_file
 from mucosa.data.readers import FrameSelection, is_image, is_video
-from mucosa.errors import MucosaError, UnreadableFileError
+from mucosa.errors import MucosaError, MucosaWarning, UnreadableFileError
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.runtime import open_predictor
+
+OUTPUTS = ("predictions.csv", "files.csv", "cases.csv")
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,12 @@ class PredictResult:
     files: list[Summary]
     cases: list[Summary]
     out: Path
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)  # (file, why), left out of the outputs
+
+    @property
+    def total(self) -> int:
+        """Files given: read and unreadable."""
+        return len(self.files) + len(self.unreadable)
 
     def verdict(self, summary: Summary) -> str:
         return verdicts.verdict(summary.mean(), self.classes, self.threshold)
@@ -120,9 +135,20 @@ def _probability_text(p) -> list[str]:
     return [f"{float(p):.9g}"] if np.ndim(p) == 0 else [f"{float(v):.9g}" for v in p]
 
 
+def _unreadable_reason(error: Exception, source: Source) -> str:
+    """One line naming the file and why it cannot be read."""
+    if isinstance(error, OSError):
+        return f"{error.filename or source.path}: cannot read ({error.strerror or error})"
+    return str(error)
+
+
 def predict_sources(predictor, sources: list[Source], out: str | Path, threshold: float = 0.5,
                     cache: FrameCache | None = None, progress=None) -> PredictResult:
     """Predict every frame of every source; write ``predictions.csv``, ``files.csv`` and ``cases.csv``.
+
+    A source that cannot be read is warned about (:class:`MucosaWarning`), listed in the result's
+    ``unreadable`` and left out; the others are predicted. The files replace an earlier result in ``out``
+    as one set.
 
     Args:
         predictor: ``infer.TorchPredictor`` or ``export.OnnxPredictor`` (see ``infer.open_predictor``).
@@ -131,43 +157,64 @@ def predict_sources(predictor, sources: list[Source], out: str | Path, threshold
         threshold: a binary case (and frame) is called positive when its probability reaches this.
         cache: reuse and fill the preprocessing cache (as ``evaluate`` does); default: prepare in memory.
         progress: called with (done, total, path) after each source.
+
+    Raises:
+        MucosaError: no source could be read (nothing is written).
+        OutputError: ``out`` cannot be written.
     """
-    classes, prep = predictor.classes, predictor.preprocessing
-    header = _probability_header(classes)
+    threshold = verdicts.check_threshold(threshold)
+    header = _probability_header(predictor.classes)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    files, cases = [], {}
-    with open(out / "predictions.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "case", "frame", "quality", "used", *header, "label"])
-        for done, source in enumerate(sources, start=1):
-            prepared = _prepared(source, prep, cache)
-            keep = prepared.keep(prep.quality_threshold)
-            probs = predictor(np.asarray(prepared.frames[keep])) if len(keep) else None
-            by_position = dict(zip(keep.tolist(), probs if probs is not None else []))
-            summary = Summary(str(source.path), source.case, 1, len(prepared.indices), len(keep),
-                              prepared.corrupt, list(probs) if probs is not None else [])
-            for position, (index, quality) in enumerate(zip(prepared.indices, prepared.quality)):
-                p = by_position.get(position)
-                if p is None:  # below the quality gate: listed, not predicted
-                    writer.writerow([source.path, source.case, int(index), f"{quality:.4f}", 0,
-                                     *[""] * len(header), ""])
-                    continue
-                label = classes[verdicts.call(p, threshold)]
-                writer.writerow([source.path, source.case, int(index), f"{quality:.4f}", 1,
-                                 *_probability_text(p), label])
-            files.append(summary)
-            case = cases.setdefault(source.case, Summary(source.case, source.case))
-            case.files += 1
-            case.frames, case.used, case.corrupt = (case.frames + summary.frames, case.used + summary.used,
-                                                    case.corrupt + summary.corrupt)
-            case.scores += summary.scores
-            if progress is not None:
-                progress(done, len(sources), source.path)
-    result = PredictResult(classes, threshold, files, list(cases.values()), out)
-    _write_summaries(out / "files.csv", result.files, result, "path")
-    _write_summaries(out / "cases.csv", result.cases, result, "case")
+    result = PredictResult(predictor.classes, threshold, [], [], out)
+    cases: dict[str, Summary] = {}
+    with atomic.OutputSet(out, OUTPUTS) as staged:
+        with open(staged.path("predictions.csv"), "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "case", "frame", "quality", "used", *header, "label"])
+            for done, source in enumerate(sources, start=1):
+                try:
+                    prepared = _prepared(source, predictor.preprocessing, cache)
+                except (UnreadableFileError, OSError) as error:
+                    reason = _unreadable_reason(error, source)
+                    warnings.warn(f"{reason}; left out", MucosaWarning, stacklevel=2)
+                    result.unreadable.append((source.path, reason))
+                else:
+                    summary = _predict_file(predictor, source, prepared, writer, threshold)
+                    result.files.append(summary)
+                    _add_to_case(cases.setdefault(source.case, Summary(source.case, source.case)), summary)
+                if progress is not None:
+                    progress(done, len(sources), source.path)
+        if not result.files:
+            raise MucosaError(f"none of the {len(sources)} file(s) could be read; nothing written to {out}")
+        result.cases = list(cases.values())
+        _write_summaries(staged.path("files.csv"), result.files, result, "path")
+        _write_summaries(staged.path("cases.csv"), result.cases, result, "case")
     return result
+
+
+def _predict_file(predictor, source: Source, prepared: PreparedFrames, writer, threshold: float) -> Summary:
+    """Predict one file's frames, write its rows of ``predictions.csv``, and return its summary."""
+    classes, prep = predictor.classes, predictor.preprocessing
+    width = len(_probability_header(classes))
+    keep = prepared.keep(prep.quality_threshold)
+    probs = predictor(np.asarray(prepared.frames[keep])) if len(keep) else None
+    by_position = dict(zip(keep.tolist(), probs if probs is not None else []))
+    for position, (index, quality) in enumerate(zip(prepared.indices, prepared.quality)):
+        p = by_position.get(position)
+        if p is None:  # below the quality gate: listed, not predicted
+            writer.writerow([source.path, source.case, int(index), f"{quality:.4f}", 0, *[""] * width, ""])
+            continue
+        label = classes[verdicts.call(p, threshold)]
+        writer.writerow([source.path, source.case, int(index), f"{quality:.4f}", 1, *_probability_text(p), label])
+    return Summary(str(source.path), source.case, 1, len(prepared.indices), len(keep), prepared.corrupt,
+                   list(probs) if probs is not None else [])
+
+
+def _add_to_case(case: Summary, summary: Summary) -> None:
+    case.files += 1
+    case.frames, case.used, case.corrupt = (case.frames + summary.frames, case.used + summary.used,
+                                            case.corrupt + summary.corrupt)
+    case.scores += summary.scores
 
 
 def _write_summaries(path: Path, rows: list[Summary], result: PredictResult, key: str) -> None:
@@ -188,6 +235,8 @@ def predict(checkpoint: str | Path, paths: list[str | Path], out: str | Path, ru
             threshold: float = 0.5, cache: FrameCache | None = None, batch_size: int = 16,
             threads: int | None = None, progress=None) -> PredictResult:
     """``mucosa predict``: open the checkpoint (or ``.onnx`` model) and predict the given paths."""
+    threshold = verdicts.check_threshold(threshold)
+    atomic.check_writable_folder(out)
     sources = collect_sources(paths)
     predictor = open_predictor(checkpoint, runtime, batch_size, threads)
     return predict_sources(predictor, sources, out, threshold, cache, progress)

