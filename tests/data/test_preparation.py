@@ -171,7 +171,7 @@ def test_cli_synth_and_prepare(tmp_path, capsys):
                  "--normalize", "stretch", "--tile", "24"]) == 0
     assert "0 rows reused, 6 prepared" in capsys.readouterr().out  # other settings, other cache entries
     assert main(["prepare", str(manifest), "--normalize", "zscore"]) == 2
-    assert "normalize 'zscore' must be one of none, stretch" in capsys.readouterr().err
+    assert "normalize: expected one of none, stretch, got 'zscore'" in capsys.readouterr().err
 
 
 def test_noise_is_dropped_from_videos_but_still_images_are_judged_on_exposure(tmp_path):
