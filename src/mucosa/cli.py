@@ -139,9 +139,9 @@ _SHORTCUTS = {"--model": ("model.kind", "model"), "--size": ("model.size", "size
               "--precision": ("training.precision", "precision"), "--logger": ("training.logger", "logger")}
 
 
-def _run_config(args: argparse.Namespace):
-    """The config file, then the shortcut flags, then every ``--set KEY=VALUE``, checked together."""
-    from mucosa.models.config import apply_settings, load_config, parse_setting
+def _cli_settings(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Settings from the shortcut flags, then every ``--set KEY=VALUE``; and the flag that gave each."""
+    from mucosa.models.config import parse_setting
 
     settings, labels = {}, {}
     for flag, (key, name) in _SHORTCUTS.items():
@@ -152,17 +152,29 @@ def _run_config(args: argparse.Namespace):
     for text in args.set or []:
         key, value = parse_setting(text)
         settings[key], labels[key] = value, f"--set {key}"
+    return settings, labels
+
+
+def _run_config(args: argparse.Namespace):
+    """The config file, then the shortcut flags, then every ``--set KEY=VALUE``, checked together."""
+    from mucosa.models.config import apply_settings, load_config
+
+    settings, labels = _cli_settings(args)
     return apply_settings(load_config(args.config), settings, "command line", labels)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from mucosa.data.cache import FrameCache
     from mucosa.errors import ConfigError
+    from mucosa.models.config import load_config
     from mucosa.models.training import resume, train
 
+    if args.resume:
+        given = list(_cli_settings(args)[1].values()) + ["--config"] * bool(args.config)
+        if given:
+            raise ConfigError(f"--resume continues {args.resume} with its own config.yaml; {', '.join(given)} "
+                              "would not apply (edit that file to change a setting)")
     if args.print_config:
-        from mucosa.models.config import load_config
-
         config = load_config(args.resume / "config.yaml") if args.resume else _run_config(args)
         print(config.to_yaml(), end="")
         return

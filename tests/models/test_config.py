@@ -92,7 +92,8 @@ def test_saved_config_reads_back_equal(tmp_path):
 
 def test_preprocessing_stays_frozen_hashable_and_checked():
     prep = Preprocessing(size=32, crop=[1, 2, 30, 31])
-    assert prep == Preprocessing(size=32, crop=(1, 2, 30, 31)) and len({prep, Preprocessing(size=32, crop=(1, 2, 30, 31))}) == 1
+    same = Preprocessing(size=32, crop=(1, 2, 30, 31))
+    assert prep == same and len({prep, same}) == 1
     # the cache key (which names cached frames on disk) keeps its keys and plain values
     assert Preprocessing().cache_key() == {"size": 300, "crop": "auto", "channel": "auto", "fov_frames": 32, "tile": 0}
     assert prep.to_dict()["crop"] == [1, 2, 30, 31]
@@ -101,7 +102,7 @@ def test_preprocessing_stays_frozen_hashable_and_checked():
         prep.replace(tile=4)
     with pytest.raises(ConfigError, match="preprocessing.size: cannot be changed"):
         prep.size = 64
-    with pytest.raises(ConfigError, match=r"preprocessing.crop: expected auto, disc, none or a box .*got \[5, 5, 2, 9\]"):
+    with pytest.raises(ConfigError, match=r"preprocessing.crop: expected auto, disc, none or a box .*\[5, 5, 2, 9\]"):
         Preprocessing(crop=[5, 5, 2, 9])
 
 
@@ -161,3 +162,12 @@ def test_bad_command_line_values_exit_2_before_any_work(tmp_path, capsys, args, 
     code, _, err = run_cli(capsys, "--manifest", tmp_path / "missing.csv", "--out", out, *args)
     assert code == 2 and message in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_resume_refuses_settings_it_would_not_apply(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "--resume", tmp_path / "run", "--lr", "0.1", "--set", "training.epochs=9")
+    assert code == 2 and "--lr, --set training.epochs would not apply" in err
+    (tmp_path / "run").mkdir()
+    RunConfig().save(tmp_path / "run" / "config.yaml")
+    code, out, _ = run_cli(capsys, "--resume", tmp_path / "run", "--print-config")
+    assert code == 0 and config_from_dict(yaml.safe_load(out)) == RunConfig()

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.fabric.plugins import CheckpointIO
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader
 
 from mucosa.data.cache import FrameCache
@@ -251,6 +252,36 @@ def _check_parts(cohort: Cohort, val: bool) -> None:
             _check_validation(cohort.classes, labels, "images or videos")
 
 
+def _trainer_error(error: Exception, config: RunConfig) -> ConfigError:
+    t = config.training
+    lines = str(error).strip().splitlines()
+    return ConfigError(f"training settings accelerator {t.accelerator}, devices {t.devices}, num_nodes {t.num_nodes}, "
+                       f"strategy {t.strategy}, precision {t.precision}: Lightning cannot use them here "
+                       f"({lines[0][:300] if lines else type(error).__name__})")
+
+
+_TRAINER_ERRORS = (MisconfigurationException, ValueError, TypeError, ImportError, RuntimeError)
+
+
+def check_hardware_settings(config: RunConfig) -> None:
+    """Raise ConfigError, before any work, when Lightning cannot run with these accelerator, devices,
+    strategy and precision settings on this machine (no GPU, strategy package missing...)."""
+    import logging
+
+    t = config.training
+    quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        L.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+                  precision=t.precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False)
+    except _TRAINER_ERRORS as error:
+        raise _trainer_error(error, config) from None
+    finally:
+        quiet.setLevel(level)
+
+
 def plan_run(manifest: str | Path, config: RunConfig, out: Path, cache: FrameCache | None = None,
              presplit: bool = False) -> RunPlan:
     """Validate inputs, split the cohort and prepare frames; raises a clear error before any training.
@@ -260,6 +291,7 @@ def plan_run(manifest: str | Path, config: RunConfig, out: Path, cache: FrameCac
     """
     create_model(config.model)  # size and kind problems surface here, naming the minimum size
     require_logger(config.training.logger)
+    check_hardware_settings(config)
     cohort = load_manifest(manifest)
     if len(cohort.classes) < 2:
         raise ConfigError(f"{manifest}: training needs at least two labels; found {cohort.classes}")
