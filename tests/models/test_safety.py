@@ -95,7 +95,7 @@ def test_an_undefined_validation_score_never_chooses_a_checkpoint(tmp_path):
 
 # --- damaged checkpoints --------------------------------------------------------------------------------------
 
-def test_a_checkpoint_with_nan_weights_is_refused(trained, tmp_path, capsys):
+def test_a_checkpoint_with_nan_weights_is_refused(trained, cohort, cache, tmp_path, capsys):
     def poison(data):
         data["state_dict"]["model.conv1.weight"].fill_(float("nan"))
 
@@ -104,6 +104,9 @@ def test_a_checkpoint_with_nan_weights_is_refused(trained, tmp_path, capsys):
         load_checkpoint(bad)
     with pytest.raises(CheckpointFileError, match="NaN or infinite"):
         initialise_from(load_checkpoint(trained / "best.ckpt").model, bad)
+    with pytest.raises(CheckpointFileError, match="nan.ckpt: the weights hold NaN"):  # --init-from, before any work
+        train(cohort, quick(), tmp_path / "run", init_from=bad, cache=cache)
+    assert cache.misses == 0 and not (tmp_path / "run").exists()
     image = tmp_path / "frame.png"
     Image.fromarray((np.random.default_rng(0).random((40, 40)) * 255).astype(np.uint8)).save(image)
     code = main(["predict", "--checkpoint", str(bad), str(image), "--out", str(tmp_path / "pred")])

@@ -161,11 +161,12 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedCheckp
                                   f"names {len(classes)} ({', '.join(classes)})")
     prep = _settings_from(Preprocessing, info, "preprocessing", path)
     model = create_model(model_config)
-    state = {k.removeprefix("model."): v for k, v in data["state_dict"].items() if k.startswith("model.")}
+    state = {k.removeprefix("model."): v for k, v in data["state_dict"].items()
+             if isinstance(k, str) and k.startswith("model.")}
     refuse_non_finite(state, path)
     try:
         model.load_state_dict(state)
-    except RuntimeError as error:
+    except (RuntimeError, TypeError, ValueError, AttributeError) as error:
         raise CheckpointFileError(f"{path}: weights do not fit the described model ({str(error)[:300]})") from None
     model.eval()
     return LoadedCheckpoint(model, model_config, classes, prep, info, path)

@@ -410,11 +410,19 @@ def fit(plan: RunPlan, resume: Path | None = None, init_from: Path | None = None
     return best
 
 
+def _weights_of(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    """The model weights of a checkpoint file, refused when any is NaN or infinite."""
+    source = {k.removeprefix("model."): v for k, v in read_checkpoint_file(checkpoint)["state_dict"].items()
+              if isinstance(k, str) and k.startswith("model.") and isinstance(v, torch.Tensor)}
+    if not source:
+        raise CheckpointFileError(f"{checkpoint}: holds no model weights")
+    refuse_non_finite(source, Path(checkpoint))
+    return source
+
+
 def initialise_from(model: torch.nn.Module, checkpoint: Path) -> list[str]:
     """Copy weights of matching name and shape from another checkpoint; say which were re-initialised."""
-    source = {k.removeprefix("model."): v for k, v in read_checkpoint_file(checkpoint)["state_dict"].items()
-              if k.startswith("model.")}
-    refuse_non_finite(source, Path(checkpoint))
+    source = _weights_of(checkpoint)
     target = model.state_dict()
     fresh = [k for k in target if k not in source or source[k].shape != target[k].shape]
     model.load_state_dict({**target, **{k: v for k, v in source.items() if k in target and k not in fresh}})
@@ -431,6 +439,8 @@ def train(manifest: str | Path, config: RunConfig, out: str | Path, init_from: s
     out = Path(out)
     if (out / "last.ckpt").exists():
         raise ConfigError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
+    if init_from is not None:
+        _weights_of(init_from)  # a damaged or diverged checkpoint is refused before any work
     plan = plan_run(manifest, config, out, cache)
     out.mkdir(parents=True, exist_ok=True)
     plan.config.save(out / "config.yaml")
@@ -451,7 +461,9 @@ def resume(run: str | Path, cache: FrameCache | None = None) -> Path:
     state = read_checkpoint_file(last)
     refuse_non_finite(state["state_dict"], last)
     plan = plan_run(run / "split.csv", config, run, cache, presplit=True)
-    epoch = state.get("epoch", -1)
+    epoch = state.get("epoch")
     del state
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise CheckpointFileError(f"{last}: not a checkpoint written at the end of an epoch (epoch {epoch!r:.40})")
     print(f"resuming {run} after epoch {epoch + 1} of {config.training.epochs}")
     return fit(plan, resume=last, resumed_epoch=epoch)
