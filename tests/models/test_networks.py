@@ -1,6 +1,5 @@
 """Tests for the CNN-LSTM and CNN models: shapes, parameter counts, interface, errors, memory format."""
 
-
 import pytest
 import torch
 
