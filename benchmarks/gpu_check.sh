@@ -11,11 +11,11 @@ python3 -c "import torch, lightning, monai; print(torch.__version__, lightning._
 python3 -m mucosa synth /tmp/syn --patients 12 --per-patient 40 --size 300 --seed 0 | tail -1
 # the paper's settings at 300x300 on one GPU, 3 epochs; then bf16 mixed precision
 python3 -m mucosa train --manifest /tmp/syn/manifest.csv --config configs/paper.yaml --epochs 3 --accelerator gpu --devices 1 --workers 4 --out /tmp/run-gpu 2>&1 | grep -v "it/s" | tail -15
-cat /tmp/run-gpu/epochs.csv
+cat /tmp/run-gpu/metrics.csv
 python3 -m mucosa train --manifest /tmp/syn/manifest.csv --config configs/paper.yaml --epochs 3 --accelerator gpu --devices 1 --workers 4 --precision bf16-mixed --out /tmp/run-bf16 2>&1 | grep -v "it/s" | tail -4
-cat /tmp/run-bf16/epochs.csv
+cat /tmp/run-bf16/metrics.csv
 python3 -m mucosa evaluate --checkpoint /tmp/run-gpu/best.ckpt --manifest /tmp/syn/manifest.csv --out /tmp/ev --bootstrap 200 2>&1 | tail -3
-[ -n "${OUT:-}" ] && cp /tmp/run-gpu/epochs.csv /tmp/ev/metrics.json "$OUT"/
+[ -n "${OUT:-}" ] && cp /tmp/run-gpu/metrics.csv /tmp/ev/metrics.json "$OUT"/
 python3 - <<'PY'
 import time, torch
 from mucosa.models.networks import ModelConfig, create_model

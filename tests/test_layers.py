@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mucosa"
 
 LAYERS = [  # lowest first
     ("ground", ("mucosa._version", "mucosa.errors", "mucosa.atomic", "mucosa.metrics", "mucosa.tables",
-                "mucosa.intervals")),
+                "mucosa.intervals", "mucosa.settings")),
     ("data", ("mucosa.data",)),
     ("models", ("mucosa.models",)),
     ("inference", ("mucosa.inference",)),

@@ -98,7 +98,7 @@ def test_microscopy_tiles_leave_one_animal_out_end_to_end(egcz, tmp_path):
     write_manifest(chosen, tmp_path / "eight.csv")
     run, out, cache = tmp_path / "run", tmp_path / "eval", str(tmp_path / "cache")
     assert main(["train", "--manifest", str(tmp_path / "eight.csv"), "--config", "configs/microscopy.yaml",
-                 *TINY, "--split", "lopo", "--fold", "0", "--val", "0.34", "--out", str(run),
+                 *TINY, "--split", "lopo", "--fold", "0", "--val", "0.5", "--out", str(run),
                  "--cache", cache]) == 0
     parts = sides(run / "split.csv")
     assert parts["test"] == {"AIA_00"} and not (parts["train"] | parts["val"]) & parts["test"]

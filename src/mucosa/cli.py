@@ -134,28 +134,60 @@ def cmd_model_summary(args: argparse.Namespace) -> None:
     print(summarize(create_model(config), args.size))
 
 
-def _run_config(args: argparse.Namespace):
-    from mucosa.models.config import load_config, override
+# shortcut flag -> (its setting, its argparse name)
+_SHORTCUTS = {"--model": ("model.kind", "model"), "--size": ("model.size", "size"),
+              "--quality": ("preprocessing.quality_threshold", "quality"), "--split": ("split.mode", "split"),
+              "--test": ("split.test", "test"), "--val": ("split.val", "val"), "--k": ("split.k", "k"),
+              "--fold": ("split.fold", "fold"), "--split-seed": ("split.seed", "split_seed"),
+              "--epochs": ("training.epochs", "epochs"), "--batch-size": ("training.batch_size", "batch_size"),
+              "--lr": ("training.lr", "lr"), "--seed": ("training.seed", "seed"),
+              "--threads": ("training.threads", "threads"), "--workers": ("training.workers", "workers"),
+              "--accelerator": ("training.accelerator", "accelerator"), "--devices": ("training.devices", "devices"),
+              "--num-nodes": ("training.num_nodes", "num_nodes"), "--strategy": ("training.strategy", "strategy"),
+              "--early-stopping": ("training.early_stopping", "early_stopping"),
+              "--frames-per-case": ("training.frames_per_case", "frames_per_case"),
+              "--precision": ("training.precision", "precision"), "--logger": ("training.logger", "logger")}
 
-    config = load_config(args.config)
-    config = override(config, "model", kind=args.model, size=args.size)
-    config = override(config, "preprocessing", quality_threshold=args.quality)
-    config = override(config, "split", mode=args.split, test=args.test, val=args.val, k=args.k, fold=args.fold,
-                      seed=args.split_seed)
-    config = override(config, "training", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      seed=args.seed, threads=args.threads, workers=args.workers, accelerator=args.accelerator,
-                      devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy,
-                      early_stopping=args.early_stopping, frames_per_case=args.frames_per_case,
-                      precision=args.precision,
-                      class_weights=True if args.class_weights else None)
-    return config
+
+def _cli_settings(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Settings from the shortcut flags, then every ``--set KEY=VALUE``; and the flag that gave each."""
+    from mucosa.models.config import parse_setting
+
+    settings, labels = {}, {}
+    for flag, (key, name) in _SHORTCUTS.items():
+        if getattr(args, name) is not None:
+            settings[key], labels[key] = getattr(args, name), flag
+    if args.class_weights:
+        settings["training.class_weights"], labels["training.class_weights"] = True, "--class-weights"
+    for text in args.set or []:
+        key, value = parse_setting(text)
+        settings[key], labels[key] = value, f"--set {key}"
+    return settings, labels
+
+
+def _run_config(args: argparse.Namespace):
+    """The config file, then the shortcut flags, then every ``--set KEY=VALUE``, checked together."""
+    from mucosa.models.config import apply_settings, load_config
+
+    settings, labels = _cli_settings(args)
+    return apply_settings(load_config(args.config), settings, "command line", labels)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from mucosa.data.ingest import parse_classes
     from mucosa.errors import ConfigError
+    from mucosa.models.config import load_config
     from mucosa.models.training import resume, train
 
+    if args.resume:
+        given = list(_cli_settings(args)[1].values()) + ["--config"] * bool(args.config)
+        if given:
+            raise ConfigError(f"--resume continues {args.resume} with its own config.yaml; {', '.join(given)} "
+                              "would not apply (edit that file to change a setting)")
+    if args.print_config:
+        config = load_config(args.resume / "config.yaml") if args.resume else _run_config(args)
+        print(config.to_yaml(), end="")
+        return
     if args.resume:
         check_writable_folder(args.resume, "run folder")
         cache = _cache(args.cache)
@@ -294,12 +326,19 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--frames-per-case", type=checks.integer(0),
                    help="at most this many frames of a case per epoch (0 = all)")
     g.add_argument("--accelerator", help="cpu, gpu or auto")
-    g.add_argument("--devices", type=checks.devices)
+    g.add_argument("--devices", type=checks.devices, help="device count, -1 (all), auto or ids such as 0,1")
     g.add_argument("--num-nodes", type=checks.integer(1))
     g.add_argument("--strategy", help="e.g. ddp")
     g.add_argument("--precision", help="Lightning precision, e.g. 32-true or bf16-mixed")
     p.add_argument("--cache", type=Path, default=None, help="preprocessing cache folder")
     p.add_argument("--record-samples", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--logger", choices=["csv", "tensorboard", "mlflow"],
+                   help="experiment log besides metrics.csv in the run folder (tensorboard and mlflow are optional "
+                   "extras: pip install 'mucosa[tensorboard]')")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="set any config value, e.g. --set training.lr=3e-4 (repeatable; the value is read as YAML)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (file, flags and --set) and exit")
 
 
 def build_parser() -> argparse.ArgumentParser:

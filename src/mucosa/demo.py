@@ -27,6 +27,7 @@ class DemoSize:
     model_size: int | None
     n_boot: int
     threshold: str  # "youden": chosen on each run's validation part
+    val: float = 0.25  # share of the training part for validation; it must hold patients of both classes
 
 
 FULL = DemoSize(patients=24, per_patient=24, image_size=128, epochs=None, model_size=None, n_boot=1000,
@@ -41,7 +42,7 @@ def _stage(message: str, start: float) -> None:
 
 def run_config(base: RunConfig, model: str, split: str, size: DemoSize) -> RunConfig:
     config = override(base, "model", kind=model, size=size.model_size)
-    config = override(config, "split", mode=split, test=0.3, val=0.25)
+    config = override(config, "split", mode=split, test=0.3, val=size.val)
     return override(config, "training", epochs=size.epochs)
 
 

@@ -150,13 +150,13 @@ def test_stretch_leaves_a_blank_field_alone():
 def test_bad_preprocessing_values():
     with pytest.raises(ConfigError, match="crop"):
         Preprocessing(crop="circle")
-    with pytest.raises(ConfigError, match="channel 'pink'"):
+    with pytest.raises(ConfigError, match="preprocessing.channel: expected one of .*, got 'pink'"):
         Preprocessing(channel="pink")
     with pytest.raises(ConfigError, match="quality_threshold"):
         Preprocessing(quality_threshold=2)
-    with pytest.raises(ConfigError, match="tile 4 must be 0"):
+    with pytest.raises(ConfigError, match="preprocessing.tile: must be 0 .*, got 4"):
         Preprocessing(tile=4)
-    with pytest.raises(ConfigError, match="normalize 'zscore' must be one of none, stretch"):
+    with pytest.raises(ConfigError, match="preprocessing.normalize: expected one of none, stretch, got 'zscore'"):
         Preprocessing(normalize="zscore")
 
 
@@ -171,7 +171,7 @@ def test_cli_synth_and_prepare(tmp_path, capsys):
                  "--normalize", "stretch", "--tile", "24"]) == 0
     assert "0 rows reused, 6 prepared" in capsys.readouterr().out  # other settings, other cache entries
     assert main(["prepare", str(manifest), "--normalize", "zscore"]) == 2
-    assert "normalize 'zscore' must be one of none, stretch" in capsys.readouterr().err
+    assert "normalize: expected one of none, stretch, got 'zscore'" in capsys.readouterr().err
 
 
 def test_noise_is_dropped_from_videos_but_still_images_are_judged_on_exposure(tmp_path):

@@ -254,7 +254,7 @@ def test_a_tiled_model_explains_the_most_confident_tiles_of_an_image(trained, tm
     from dataclasses import replace
 
     loaded = load_checkpoint(trained)
-    tiled = replace(loaded, preprocessing=replace(loaded.preprocessing, crop="none", tile=20))
+    tiled = replace(loaded, preprocessing=loaded.preprocessing.replace(crop="none", tile=20))
     image = (np.random.default_rng(1).random((40, 60)) * 255).astype(np.uint8)  # 2 x 3 tiles of 20 px
     Image.fromarray(image).save(tmp_path / "cells.png")
     results = explain.explain_paths(tiled, [tmp_path / "cells.png"], tmp_path / "out", top=2)

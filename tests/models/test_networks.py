@@ -1,7 +1,5 @@
 """Tests for the CNN-LSTM and CNN models: shapes, parameter counts, interface, errors, memory format."""
 
-from dataclasses import asdict
-
 import pytest
 import torch
 
@@ -110,7 +108,7 @@ def test_three_class_head(kind: str) -> None:
 def test_binary_head_has_one_output_and_config_is_plain() -> None:
     config = ModelConfig(num_classes=2, lstm_units=20, size=48)
     assert config.num_outputs == 1
-    assert asdict(config)["lstm_units"] == 20
+    assert config.to_dict()["lstm_units"] == 20
     model = create_model(config)
     assert n_params(model) == expected_params("cnn-lstm", 48, lstm_units=20)
 

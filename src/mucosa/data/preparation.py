@@ -20,9 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Annotated, Any, BinaryIO, ClassVar, Literal
 
 import numpy as np
+from pydantic import BeforeValidator, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from mucosa.data import fov as preprocess
 from mucosa.data import quality
@@ -35,13 +37,31 @@ from mucosa.data.readers import (
     iter_video_frames,
     read_image,
 )
-from mucosa.errors import ConfigError
+from mucosa.settings import Float, Int, Settings, closest, whole_number
 
 NORMALIZE = ("none", "stretch")
+CROPS = ("auto", "disc", "none")
 
 
-@dataclass(frozen=True)
-class Preprocessing:
+def _crop(value: Any) -> Any:
+    """``auto``, ``disc``, ``none`` or a box ``[x0, y0, x1, y1]`` of whole pixels with x0 < x1, y0 < y1."""
+    if isinstance(value, str):
+        if value not in CROPS:
+            guess = closest(value, list(CROPS))
+            raise PydanticCustomError("mucosa", "expected auto, disc, none or a box [x0, y0, x1, y1], got {got}"
+                                      + (f"; did you mean '{guess}'?" if guess else ""), {"got": repr(value)[:60]})
+        return value
+    try:
+        box = tuple(whole_number(v) for v in value)
+    except (TypeError, ValueError, PydanticCustomError):
+        box = ()
+    if len(box) != 4 or min(box) < 0 or box[0] >= box[2] or box[1] >= box[3]:
+        raise PydanticCustomError("mucosa", "expected auto, disc, none or a box [x0, y0, x1, y1] with "
+                                  "0 <= x0 < x1 and 0 <= y0 < y1, got {got}", {"got": repr(value)[:60]})
+    return box
+
+
+class Preprocessing(Settings):
     """How frames are turned into model input; stored in every checkpoint.
 
     Attributes:
@@ -62,32 +82,27 @@ class Preprocessing:
             The quality gate still judges the recorded intensities.
     """
 
-    size: int = 300
-    crop: str | tuple[int, int, int, int] = "auto"
-    channel: str = "auto"
-    quality_threshold: float = quality.DEFAULT_QUALITY_THRESHOLD
-    fov_frames: int = 32
-    tile: int = 0
-    normalize: str = "none"
+    model_config = ConfigDict(frozen=True)
+    SECTION: ClassVar[str] = "preprocessing"
 
-    def __post_init__(self) -> None:
-        if isinstance(self.crop, list):
-            object.__setattr__(self, "crop", tuple(int(v) for v in self.crop))
-        if not (self.crop in ("auto", "disc", "none") or (isinstance(self.crop, tuple) and len(self.crop) == 4)):
-            raise ConfigError(f"crop {self.crop!r} must be 'auto', 'disc', 'none' or a box [x0, y0, x1, y1]")
-        if self.channel not in CHANNELS:
-            raise ConfigError(f"channel {self.channel!r} is not one of {', '.join(CHANNELS)}")
-        if not 0.0 <= self.quality_threshold <= 1.0:
-            raise ConfigError(f"quality_threshold {self.quality_threshold} must be in [0, 1]")
-        if self.size < 8 or self.fov_frames < 1:
-            raise ConfigError(f"size {self.size} must be >= 8 and fov_frames {self.fov_frames} >= 1")
-        if self.tile and self.tile < 8:
-            raise ConfigError(f"tile {self.tile} must be 0 (whole image) or a side of at least 8 pixels")
-        if self.normalize not in NORMALIZE:
-            raise ConfigError(f"normalize {self.normalize!r} must be one of {', '.join(NORMALIZE)}")
+    size: Int = Field(300, ge=8)
+    crop: Annotated[str | tuple[int, int, int, int], BeforeValidator(_crop)] = "auto"
+    channel: Literal[CHANNELS] = "auto"
+    quality_threshold: Float = Field(quality.DEFAULT_QUALITY_THRESHOLD, ge=0.0, le=1.0)
+    fov_frames: Int = Field(32, ge=1)
+    tile: Int = Field(0, ge=0)
+    normalize: Literal[NORMALIZE] = "none"
+
+    @field_validator("tile")
+    @classmethod
+    def _tile_side(cls, tile: int) -> int:
+        if 0 < tile < 8:
+            raise PydanticCustomError("mucosa", "must be 0 (whole image) or a side of at least 8 pixels, got {got}",
+                                      {"got": tile})
+        return tile
 
     def to_dict(self) -> dict:
-        data = asdict(self)
+        data = self.model_dump()
         data["crop"] = list(self.crop) if isinstance(self.crop, tuple) else self.crop
         return data
 

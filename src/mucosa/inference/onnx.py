@@ -20,7 +20,7 @@ import io
 import json
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +85,7 @@ def metadata(checkpoint: LoadedCheckpoint, quantization: str = "none") -> dict[s
         "format": FORMAT, "mucosa_version": __version__, "classes": json.dumps(checkpoint.classes),
         "size": str(prep.size), "crop": json.dumps(prep.to_dict()["crop"]), "channel": prep.channel,
         "quality_threshold": repr(prep.quality_threshold), "fov_frames": str(prep.fov_frames),
-        "preprocessing": json.dumps(prep.to_dict()), "model": json.dumps(asdict(checkpoint.model_config)),
+        "preprocessing": json.dumps(prep.to_dict()), "model": json.dumps(checkpoint.model_config.to_dict()),
         "quantization": quantization, "checkpoint": checkpoint.path.name,
         "input": "image: float32 (batch, 1, size, size), preprocessed gray frame in [0, 1]",
         "outputs": "logits (batch, outputs); probabilities: (batch,) positive class for 2 classes, else "

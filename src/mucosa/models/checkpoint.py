@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import torch
 
 from mucosa._version import __version__
 from mucosa.data.preparation import Preprocessing
-from mucosa.errors import MucosaError
+from mucosa.errors import ConfigError, MucosaError
 from mucosa.models.networks import ModelConfig, create_model
 
 FORMAT = "mucosa-checkpoint"
@@ -54,10 +54,8 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 def describe(model_config: ModelConfig, classes: list[str], prep: Preprocessing, run_config: dict,
              split: dict) -> dict[str, Any]:
     """The ``"mucosa"`` entry of a checkpoint: everything needed to rebuild model and preprocessing."""
-    from dataclasses import asdict
-
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "mucosa_version": __version__,
-            "model": asdict(model_config), "classes": list(classes), "preprocessing": prep.to_dict(),
+            "model": model_config.to_dict(), "classes": list(classes), "preprocessing": prep.to_dict(),
             "config": run_config, "split": split}
 
 
@@ -66,15 +64,38 @@ def read_checkpoint_file(path: str | Path, map_location: str = "cpu") -> dict[st
     path = Path(path)
     if not path.is_file():
         raise CheckpointFileError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise CheckpointFileError(f"{path}: the checkpoint file is empty (0 bytes)")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        raise CheckpointFileError(f"{path}: not a readable PyTorch checkpoint, or it holds objects that are not "
-                                  f"plain data and were refused for safety ({type(error).__name__}: "
-                                  f"{str(error).splitlines()[0][:200]})") from None
-    if not isinstance(data, dict) or "state_dict" not in data:
+        raise CheckpointFileError(f"{path}: not a readable PyTorch checkpoint (truncated or damaged), or it holds "
+                                  f"objects that are not plain data and were refused for safety "
+                                  f"({_first_line(error)})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("state_dict"), dict):
         raise CheckpointFileError(f"{path}: not a training checkpoint (no state_dict)")
     return data
+
+
+def _first_line(error: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters), also for errors without a message."""
+    lines = str(error).strip().splitlines()
+    return type(error).__name__ + (f": {lines[0][:200]}" if lines else "")
+
+
+def non_finite_weights(state: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors in ``state`` holding NaN or infinite values."""
+    return [name for name, value in state.items()
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+
+
+def refuse_non_finite(state: dict[str, Any], path: Path) -> None:
+    """Raise CheckpointFileError when any weight of ``state`` is NaN or infinite (a diverged model)."""
+    bad = non_finite_weights(state)
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise CheckpointFileError(f"{path}: the weights hold NaN or infinite values ({shown}): the model diverged "
+                                  "in training and cannot give verdicts; retrain it (lower training.lr)")
 
 
 @dataclass
@@ -93,33 +114,59 @@ class LoadedCheckpoint:
         return self.classes[-1] if len(self.classes) == 2 else None
 
 
-def _dataclass_from(cls, values: dict, path: Path):
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in names})
+def _settings_from(cls, info: dict, key: str, path: Path):
+    """``cls`` from the checkpoint's description ``info[key]`` (keys this version does not know are left out)."""
+    values = info.get(key)
+    if not isinstance(values, dict):
+        raise CheckpointFileError(f"{path}: the checkpoint's description has no {key} settings")
+    try:
+        return cls(**{k: v for k, v in values.items() if k in cls.model_fields})
+    except ConfigError as error:
+        raise CheckpointFileError(f"{path}: invalid {key} settings in the checkpoint: "
+                                  + "; ".join(str(error).splitlines())) from None
+
+
+def _classes_from(info: dict, path: Path) -> list[str]:
+    classes = info.get("classes")
+    if (not isinstance(classes, (list, tuple)) or len(classes) < 2 or len(set(map(str, classes))) != len(classes)
+            or not all(isinstance(c, str) and c for c in classes)):
+        raise CheckpointFileError(f"{path}: the checkpoint does not name its classes (needs two or more distinct "
+                                  f"class names, found {classes!r:.80}); it cannot give verdicts")
+    return list(classes)
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedCheckpoint:
     """Rebuild the model (in eval mode) and its preprocessing from one checkpoint file.
 
     Raises:
-        CheckpointFileError: not a checkpoint, not a mucosa checkpoint, or from an incompatible version.
+        CheckpointFileError: not a checkpoint (empty, truncated), not a mucosa checkpoint, from an incompatible
+            version, without class names, or with NaN or infinite weights.
     """
     path = Path(path)
     data = read_checkpoint_file(path, map_location)
     info = data.get("mucosa")
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise CheckpointFileError(f"{path}: not a mucosa checkpoint (no 'mucosa' description inside)")
-    if info.get("format_version", 0) > FORMAT_VERSION:
+    version = info.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointFileError(f"{path}: damaged mucosa checkpoint (format_version {version!r:.40})")
+    if version > FORMAT_VERSION:
         raise CheckpointFileError(f"{path}: written by mucosa {info.get('mucosa_version')} in checkpoint format "
                                   f"{info['format_version']}; this is mucosa {__version__} (format "
                                   f"{FORMAT_VERSION}); upgrade mucosa to read it")
-    model_config = _dataclass_from(ModelConfig, info["model"], path)
-    prep = _dataclass_from(Preprocessing, info["preprocessing"], path)
+    classes = _classes_from(info, path)
+    model_config = _settings_from(ModelConfig, info, "model", path)
+    if model_config.num_classes != len(classes):
+        raise CheckpointFileError(f"{path}: the model has {model_config.num_classes} classes but the checkpoint "
+                                  f"names {len(classes)} ({', '.join(classes)})")
+    prep = _settings_from(Preprocessing, info, "preprocessing", path)
     model = create_model(model_config)
-    state = {k.removeprefix("model."): v for k, v in data["state_dict"].items() if k.startswith("model.")}
+    state = {k.removeprefix("model."): v for k, v in data["state_dict"].items()
+             if isinstance(k, str) and k.startswith("model.")}
+    refuse_non_finite(state, path)
     try:
         model.load_state_dict(state)
-    except RuntimeError as error:
+    except (RuntimeError, TypeError, ValueError, AttributeError) as error:
         raise CheckpointFileError(f"{path}: weights do not fit the described model ({str(error)[:300]})") from None
     model.eval()
-    return LoadedCheckpoint(model, model_config, list(info["classes"]), prep, info, path)
+    return LoadedCheckpoint(model, model_config, classes, prep, info, path)

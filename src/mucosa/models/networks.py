@@ -68,33 +68,46 @@ element order Keras uses.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
 from torch import nn
 
 from mucosa.errors import ConfigError
+from mucosa.settings import Float, Int, Settings
 
 KINDS = ("cnn-lstm", "cnn")
 INITS = ("keras", "torch")
 
 
-@dataclass
-class ModelConfig:
-    """Hyper-parameters of both models (a plain dataclass: ``dataclasses.asdict`` works)."""
+class ModelConfig(Settings):
+    """Hyper-parameters of both models (checked on creation; ``to_dict()`` gives plain values)."""
 
-    kind: str = "cnn-lstm"  # "cnn-lstm" or "cnn"
-    size: int = 300  # input height = width
-    num_classes: int = 2  # 2 -> one logit (sigmoid); >2 -> num_classes logits (softmax)
-    conv_dropout: float = 0.25
-    dense_dropout: float = 0.5
-    lstm_units: int = 100
-    in_channels: int = 1  # grayscale CLE frames
-    init: str = "keras"  # "keras" (glorot_uniform etc.) or "torch" (PyTorch defaults)
-    bn_momentum: float = 0.1  # PyTorch convention; Keras' default 0.99 is 0.01 here (configs/paper.yaml)
-    input_norm: str = "image"  # "image": standardise each image (gain/offset invariant); "none": as given
+    SECTION: ClassVar[str] = "model"
+
+    kind: Literal[KINDS] = "cnn-lstm"
+    size: Int = 300  # input height = width
+    num_classes: Int = Field(2, ge=2)  # 2 -> one logit (sigmoid); >2 -> num_classes logits (softmax)
+    conv_dropout: Float = Field(0.25, ge=0.0, lt=1.0)
+    dense_dropout: Float = Field(0.5, ge=0.0, lt=1.0)
+    lstm_units: Int = Field(100, ge=1)
+    in_channels: Int = Field(1, ge=1)  # grayscale CLE frames
+    init: Literal[INITS] = "keras"  # "keras" (glorot_uniform etc.) or "torch" (PyTorch defaults)
+    bn_momentum: Float = Field(0.1, ge=0.0, le=1.0)  # PyTorch convention; Keras' 0.99 is 0.01 (paper.yaml)
+    input_norm: Literal["image", "none"] = "image"  # "image": standardise each image; "none": as given
+
+    @field_validator("size")
+    @classmethod
+    def _large_enough(cls, size: int) -> int:
+        minimum = min_input_size()
+        if size < minimum:
+            raise PydanticCustomError("mucosa", "input size {size}x{size} is too small for the network: the minimum "
+                                      "is {minimum}x{minimum}", {"size": size, "minimum": minimum})
+        return size
 
     @property
     def num_outputs(self) -> int:

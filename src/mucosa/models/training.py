@@ -1,15 +1,21 @@
 """Training on PyTorch Lightning: the flow is :func:`train` → ``plan_run`` → ``fit``.
 
 A run folder holds ``config.yaml`` (the resolved configuration), ``split.csv`` (the manifest with the
-split used), ``run.json`` (inputs), ``epochs.csv`` (one row per epoch), ``best.ckpt`` (best validation
-ROC AUC) and ``last.ckpt`` (end of the latest finished epoch, for ``--resume``).
+split used), ``run.json`` (inputs), ``metrics.csv`` (Lightning's CSV logger: training and validation
+metrics per epoch, see :mod:`mucosa.models.tracking`), ``best.ckpt`` (best validation ROC AUC) and
+``last.ckpt`` (end of the latest finished epoch, for ``--resume``).
+
+Training refuses what cannot give a trustworthy model: a validation part without every class (its ROC
+AUC, which chooses ``best.ckpt``, is undefined) is refused before any frame is prepared, and a loss or
+weight that stops being finite stops training with :class:`TrainingDivergedError` before a checkpoint of
+that epoch is written.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -21,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.fabric.plugins import CheckpointIO
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader
 
 from mucosa.data.cache import FrameCache
@@ -28,8 +35,15 @@ from mucosa.data.ingest import refuse_suspicious_classes, restrict_classes
 from mucosa.data.manifest import Cohort, load_manifest
 from mucosa.data.splits import split_cohort
 from mucosa.data.table import FrameTable, assemble
-from mucosa.errors import ConfigError
-from mucosa.models.checkpoint import atomic_torch_save, describe, read_checkpoint_file
+from mucosa.errors import ConfigError, MucosaError
+from mucosa.models.checkpoint import (
+    CheckpointFileError,
+    atomic_torch_save,
+    describe,
+    non_finite_weights,
+    read_checkpoint_file,
+    refuse_non_finite,
+)
 from mucosa.models.config import RunConfig, load_config, override
 from mucosa.models.dataset import (
     CaseSampler,
@@ -38,6 +52,11 @@ from mucosa.models.dataset import (
     worker_init,
 )
 from mucosa.models.networks import create_model
+from mucosa.models.tracking import RunCheckpoint, make_loggers, require_logger
+
+
+class TrainingDivergedError(MucosaError):
+    """The loss or the weights stopped being finite: the model diverged and training was stopped."""
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +100,7 @@ class Classifier(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y, position = batch
         loss = self.loss(self(x), y)
+        self._check_loss(loss, "training loss", batch_idx)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
         if self.record_samples:
             self.seen += position.tolist()
@@ -89,16 +109,47 @@ class Classifier(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y, _ = batch
         logits = self(x)
+        loss = self.loss(logits, y)
+        self._check_loss(loss, "validation loss", batch_idx)
         probs = self.probabilities(logits)
         self.val_auc.update(probs, y)
         self.val_acc.update(probs, y)
-        self.log("val_loss", self.loss(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         self.log("val_auc", self.val_auc.compute(), prog_bar=True, sync_dist=False)
         self.log("val_acc", self.val_acc.compute(), prog_bar=True, sync_dist=False)
         self.val_auc.reset()
         self.val_acc.reset()
+
+    def _stop_if(self, bad: bool, problem: str, batch_idx: int | None = None, sync: bool = True) -> None:
+        """Raise TrainingDivergedError on every process when any process found ``bad``.
+
+        ``sync``: ask the other processes (a collective call: only at points every process reaches in the same
+        order, such as each step; not at epoch ends, where rank 0 alone syncs metrics for its progress bar).
+        """
+        if sync and self._trainer is not None:
+            bad = self.trainer.strategy.reduce_boolean_decision(bool(bad), all=False)
+        if bad:
+            where = f"epoch {self.current_epoch + 1}" + ("" if batch_idx is None else f", batch {batch_idx + 1}")
+            raise TrainingDivergedError(
+                f"training stopped at {where}: {problem}: the model diverged (training.lr = "
+                f"{self.config.training.lr:g}; try a lower one). No checkpoint of this epoch was written")
+
+    def _check_loss(self, loss: torch.Tensor, what: str, batch_idx: int) -> None:
+        value = float(loss.detach())
+        self._stop_if(not math.isfinite(value), f"the {what} is {value}", batch_idx)
+
+    def on_train_epoch_start(self) -> None:
+        self.epoch_start = time.time()
+
+    def on_train_epoch_end(self) -> None:
+        """Runs before this epoch's checkpoints are written: the weights must still be finite (they are the
+        same on every process, so each decides alone)."""
+        bad = non_finite_weights(self.model.state_dict())
+        self._stop_if(bool(bad), f"the weights of {', '.join(bad[:3])} hold NaN or infinite values", sync=False)
+        if hasattr(self, "epoch_start"):
+            self.log("epoch_seconds", time.time() - self.epoch_start, sync_dist=False)
 
     def configure_optimizers(self):
         t = self.config.training
@@ -151,38 +202,17 @@ class AtomicCheckpointIO(CheckpointIO):
     loading."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        atomic_torch_save(checkpoint, path)
+        try:
+            atomic_torch_save(checkpoint, path)
+        except OSError as error:
+            raise CheckpointFileError(f"{path}: could not write the checkpoint ({error.strerror or error}); the "
+                                      "previous file is unchanged: free space, then continue with --resume") from None
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         return read_checkpoint_file(path, map_location or "cpu")
 
     def remove_checkpoint(self, path) -> None:
         Path(path).unlink(missing_ok=True)
-
-
-class EpochLog(L.Callback):
-    """One row per finished epoch in ``epochs.csv`` (rank 0), appended across resumes."""
-
-    COLUMNS = ("epoch", "train_loss", "val_loss", "val_auc", "val_acc", "seconds")
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.start = path, time.time()
-
-    def on_train_epoch_start(self, trainer, module) -> None:
-        self.start = time.time()
-
-    def on_train_epoch_end(self, trainer, module) -> None:
-        if trainer.global_rank != 0 or trainer.sanity_checking:
-            return
-        metrics = trainer.callback_metrics
-        row = {"epoch": trainer.current_epoch + 1, "seconds": f"{time.time() - self.start:.1f}"}
-        row.update({k: f"{float(metrics[k]):.6f}" for k in self.COLUMNS[1:5] if k in metrics})
-        new = not self.path.exists()
-        with open(self.path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, self.COLUMNS, lineterminator="\n")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
 
 
 @dataclass
@@ -196,16 +226,64 @@ class RunPlan:
     out: Path
 
 
-def _check_parts(cohort: Cohort, sides: tuple[str, ...]) -> None:
-    for side in sides:
-        labels = {r.label for r in cohort.records if r.split == side}
-        if not labels:
+def _counts(classes: list[str], labels: list[str] | np.ndarray) -> str:
+    found = list(labels)
+    return ", ".join(f"{c}: {found.count(c)}" for c in classes)
+
+
+def _check_validation(classes: list[str], labels: list[str], unit: str) -> None:
+    """A validation part must hold every class: with fewer, its ROC AUC (which chooses best.ckpt) is undefined."""
+    if labels and set(classes) - set(labels):
+        raise ConfigError(f"the validation part holds {unit} of {len(set(labels))} of the {len(classes)} classes "
+                          f"({_counts(classes, labels)}): its ROC AUC, which chooses best.ckpt, would be undefined; "
+                          "choose a split whose validation patients cover every class (another split.seed, a larger "
+                          "split.val, more patients) or train without validation (split.val: 0)")
+
+
+def _check_parts(cohort: Cohort, val: bool) -> None:
+    """Before any frame is prepared: a training part with every class, a validation part with every class
+    (``val``: one is asked for)."""
+    for side in ("train", "val"):
+        labels = [r.label for r in cohort.records if r.split == side]
+        if not labels and (side == "train" or val):
             raise ConfigError(f"the {side} part of the split is empty: check the split settings "
                               f"(mode, test, val) against the cohort's {len(cohort.patients)} patients")
         missing = [c for c in cohort.classes if c not in labels]
         if side == "train" and missing:
             raise ConfigError(f"class(es) {', '.join(missing)} have no images in the training part; every class "
                               "needs training patients (use a stratified split or add patients)")
+        if side == "val":
+            _check_validation(cohort.classes, labels, "images or videos")
+
+
+def _trainer_error(error: Exception, config: RunConfig) -> ConfigError:
+    t = config.training
+    lines = str(error).strip().splitlines()
+    return ConfigError(f"training settings accelerator {t.accelerator}, devices {t.devices}, num_nodes {t.num_nodes}, "
+                       f"strategy {t.strategy}, precision {t.precision}: Lightning cannot use them here "
+                       f"({lines[0][:300] if lines else type(error).__name__})")
+
+
+_TRAINER_ERRORS = (MisconfigurationException, ValueError, TypeError, ImportError, RuntimeError)
+
+
+def check_hardware_settings(config: RunConfig) -> None:
+    """Raise ConfigError, before any work, when Lightning cannot run with these accelerator, devices,
+    strategy and precision settings on this machine (no GPU, strategy package missing...)."""
+    import logging
+
+    t = config.training
+    quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        L.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+                  precision=t.precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False)
+    except _TRAINER_ERRORS as error:
+        raise _trainer_error(error, config) from None
+    finally:
+        quiet.setLevel(level)
 
 
 def plan_run(manifest: str | Path, config: RunConfig, out: Path, cache: FrameCache | None = None,
@@ -218,6 +296,8 @@ def plan_run(manifest: str | Path, config: RunConfig, out: Path, cache: FrameCac
             without them, labels that look like typos or near-empty classes are a ConfigError.
     """
     create_model(config.model)  # size and kind problems surface here, naming the minimum size
+    require_logger(config.training.logger)
+    check_hardware_settings(config)
     cohort = load_manifest(manifest)
     if classes:
         cohort = restrict_classes(cohort, classes)
@@ -231,7 +311,7 @@ def plan_run(manifest: str | Path, config: RunConfig, out: Path, cache: FrameCac
     result = split_cohort(cohort, mode, test=s.test, val=s.val, k=s.k, fold=s.fold, seed=s.seed)
     log.info(result.report)
     split = result.cohort
-    _check_parts(split, ("train", "val") if s.val > 0 else ("train",))
+    _check_parts(split, s.val > 0)
     table = assemble(Cohort([r for r in split.records if r.split in ("train", "val")], split.classes,
                             split.source), config.preprocessing, cache, progress=progress)
     log.info(table.summary())
@@ -240,6 +320,8 @@ def plan_run(manifest: str | Path, config: RunConfig, out: Path, cache: FrameCac
     train_labels = set(table.labels[parts["train"]].tolist())
     if len(train_labels) < len(split.classes):
         raise ConfigError("after the quality gate a class has no training frames; lower quality_threshold")
+    _check_validation(split.classes, [split.classes[i] for i in table.labels[parts["val"]]],
+                      "frames (after the quality gate)")
     return RunPlan(config, split, table, parts, out)
 
 
@@ -270,25 +352,26 @@ def _description(plan: RunPlan) -> dict:
                     split)
 
 
-def _trainer(plan: RunPlan, has_val: bool, progress: bool = True) -> L.Trainer:
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+def _trainer(plan: RunPlan, has_val: bool, keep_through_epoch: int = -1, progress: bool = True) -> L.Trainer:
+    """The Lightning trainer of a run; ``keep_through_epoch``: the resumed checkpoint's epoch (-1: new run)."""
+    from lightning.pytorch.callbacks import EarlyStopping
 
     t = plan.config.training
-    monitor = {"monitor": "val_auc", "mode": "max"}
     # Two checkpoints: "best" by validation AUC and "last" after every epoch (for --resume). Lightning's own
-    # save_last only writes when the best one changed, which would lose epochs on a kill.
-    # Without validation data "best" is the last epoch's checkpoint, copied when training ends.
-    callbacks = [ModelCheckpoint(dirpath=plan.out, filename="last", save_top_k=1, enable_version_counter=False),
-                 EpochLog(plan.out / "epochs.csv")]
+    # save_last only writes when the best one changed, which would lose epochs on a kill. "best" comes
+    # first, so that last.ckpt records this epoch's best score. Without validation data "best" is the last
+    # epoch's checkpoint, copied when training ends.
+    callbacks = [RunCheckpoint(dirpath=plan.out, filename="last", save_top_k=1, enable_version_counter=False)]
     if has_val:
-        callbacks.append(ModelCheckpoint(dirpath=plan.out, filename="best", save_top_k=1,
-                                         enable_version_counter=False, **monitor))
+        callbacks.insert(0, RunCheckpoint(dirpath=plan.out, filename="best", save_top_k=1, monitor="val_auc",
+                                          mode="max", enable_version_counter=False))
     if t.early_stopping and has_val:
         callbacks.append(EarlyStopping(monitor="val_auc", mode="max", patience=t.early_stopping))
     return L.Trainer(default_root_dir=plan.out, max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices,
                      num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision, callbacks=callbacks,
-                     logger=False, plugins=[AtomicCheckpointIO()], enable_model_summary=False,
-                     num_sanity_val_steps=0, log_every_n_steps=10, enable_progress_bar=progress)
+                     logger=make_loggers(t.logger, plan.out, keep_through_epoch), plugins=[AtomicCheckpointIO()],
+                     enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
+                     enable_progress_bar=progress)
 
 
 def _quiet_lightning() -> None:
@@ -307,8 +390,13 @@ def _quiet_lightning() -> None:
 
 
 def fit(plan: RunPlan, resume: Path | None = None, init_from: Path | None = None,
-        record_samples: bool = False, progress: bool = True) -> Path:
-    """Train (or continue) and return the path of the best checkpoint."""
+        record_samples: bool = False, resumed_epoch: int = -1, progress: bool = True) -> Path:
+    """Train (or continue from ``resume``, a last.ckpt of epoch ``resumed_epoch``) and return the path of the
+    best checkpoint.
+
+    Raises:
+        TrainingDivergedError: a loss or weight stopped being finite (nothing of that epoch is saved).
+    """
     t = plan.config.training
     _quiet_lightning()
     L.seed_everything(t.seed, workers=True, verbose=False)
@@ -319,7 +407,8 @@ def fit(plan: RunPlan, resume: Path | None = None, init_from: Path | None = None
     module = Classifier(plan.config, plan.cohort.classes, counts.tolist(), _description(plan), record_samples)
     if init_from is not None:
         initialise_from(module.model, init_from)
-    trainer = _trainer(plan, val_loader is not None, progress)
+    trainer = _trainer(plan, val_loader is not None, keep_through_epoch=resumed_epoch if resume else -1,
+                       progress=progress)
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
     best = plan.out / "best.ckpt"
     if val_loader is None and trainer.is_global_zero:
@@ -327,13 +416,25 @@ def fit(plan: RunPlan, resume: Path | None = None, init_from: Path | None = None
 
         shutil.copyfile(plan.out / "last.ckpt", plan.out / ".best.ckpt.tmp")
         os.replace(plan.out / ".best.ckpt.tmp", best)
+    if trainer.is_global_zero and not best.is_file():
+        raise TrainingDivergedError(f"{plan.out}: no epoch had a defined validation ROC AUC, so no best.ckpt was "
+                                    "chosen; see metrics.csv")
     return best
+
+
+def _weights_of(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    """The model weights of a checkpoint file, refused when any is NaN or infinite."""
+    source = {k.removeprefix("model."): v for k, v in read_checkpoint_file(checkpoint)["state_dict"].items()
+              if isinstance(k, str) and k.startswith("model.") and isinstance(v, torch.Tensor)}
+    if not source:
+        raise CheckpointFileError(f"{checkpoint}: holds no model weights")
+    refuse_non_finite(source, Path(checkpoint))
+    return source
 
 
 def initialise_from(model: torch.nn.Module, checkpoint: Path) -> list[str]:
     """Copy weights of matching name and shape from another checkpoint; say which were re-initialised."""
-    source = {k.removeprefix("model."): v for k, v in read_checkpoint_file(checkpoint)["state_dict"].items()
-              if k.startswith("model.")}
+    source = _weights_of(checkpoint)
     target = model.state_dict()
     fresh = [k for k in target if k not in source or source[k].shape != target[k].shape]
     model.load_state_dict({**target, **{k: v for k, v in source.items() if k in target and k not in fresh}})
@@ -352,6 +453,8 @@ def train(manifest: str | Path, config: RunConfig, out: str | Path, init_from: s
     out = Path(out)
     if (out / "last.ckpt").exists():
         raise ConfigError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
+    if init_from is not None:
+        _weights_of(init_from)  # a damaged or diverged checkpoint is refused before any work
     plan = plan_run(manifest, config, out, cache, classes=classes, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     plan.config.save(out / "config.yaml")
@@ -370,7 +473,12 @@ def resume(run: str | Path, cache: FrameCache | None = None) -> Path:
         raise ConfigError(f"{run}: nothing to resume (needs config.yaml and last.ckpt from a run that finished "
                           "at least one epoch)")
     config = load_config(run / "config.yaml")
+    state = read_checkpoint_file(last)
+    refuse_non_finite(state["state_dict"], last)
     plan = plan_run(run / "split.csv", config, run, cache, presplit=True)
-    epoch = read_checkpoint_file(last).get("epoch", -1) + 1
-    log.info(f"resuming {run} after epoch {epoch} of {config.training.epochs}")
-    return fit(plan, resume=last)
+    epoch = state.get("epoch")
+    del state
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise CheckpointFileError(f"{last}: not a checkpoint written at the end of an epoch (epoch {epoch!r:.40})")
+    log.info(f"resuming {run} after epoch {epoch + 1} of {config.training.epochs}")
+    return fit(plan, resume=last, resumed_epoch=epoch)
