@@ -20,7 +20,7 @@ QUICK = {"model": {"size": 32}, "preprocessing": {"quality_threshold": 0.0},
 
 @pytest.fixture(scope="module")
 def tiny(train_tiny):
-    return train_tiny("cli", QUICK, patients=6, per_patient=3, seed=3)
+    return train_tiny("cli", QUICK, patients=9, per_patient=3, seed=3)
 
 
 @pytest.fixture(scope="module")
