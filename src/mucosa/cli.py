@@ -19,6 +19,11 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"{clear}warning: {message}", file=sys.stderr)
 
 
+def _add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto",
+                        help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N")
+
+
 def _add_prep_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("preprocessing")
     group.add_argument("--size", type=checks.integer(8), default=300, help="model input side in pixels (default 300)")
@@ -211,7 +216,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     result = evaluate(args.checkpoint, args.manifest, args.out, split=args.split, threshold=args.threshold,
                       aggregation=args.aggregate, n_boot=args.bootstrap, seed=args.seed,
                       pseudonymise=args.pseudonymise, pseudonym_key=args.pseudonym_key, cache=cache,
-                      gallery_size=args.gallery)
+                      gallery_size=args.gallery, device=args.device)
     p, i = result["patient"], result["image"]
     print(f"patients ({result['counts']['patients']}): accuracy {fmt(p['accuracy'])}"
           + (f", ROC AUC {fmt(p.get('roc_auc'))}" if "roc_auc" in p else ""))
@@ -248,7 +253,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_writable_folder(args.out)
     cache = _cache(args.cache) if args.cache else None
     result = predict(args.checkpoint, args.paths, args.out, runtime=args.runtime, threshold=args.threshold,
-                     cache=cache, threads=args.threads, progress=progress)
+                     cache=cache, threads=args.threads, progress=progress, device=args.device)
     print(format_cases(result))
     print(f"per frame: {args.out / 'predictions.csv'}; per file: files.csv; per case: cases.csv")
     if result.unreadable:
@@ -264,7 +269,7 @@ def cmd_stream(args: argparse.Namespace) -> None:
     check_outputs(args.video, args.timeline, args.annotate)
     summary = run(args.checkpoint, args.video, runtime=args.runtime, window=args.window, realtime=args.realtime,
                   timeline=args.timeline, annotate=args.annotate, threshold=args.threshold,
-                  gradcam=not args.no_gradcam, threads=args.threads)
+                  gradcam=not args.no_gradcam, threads=args.threads, device=args.device)
     print(summary.format())
 
 
@@ -280,7 +285,8 @@ def cmd_explain(args: argparse.Namespace) -> None:
     from mucosa.evaluation.explain import explain_paths
 
     check_writable_folder(args.out)
-    results = explain_paths(args.checkpoint, args.inputs, args.out, frames=args.frames, top=args.top)
+    results = explain_paths(args.checkpoint, args.inputs, args.out, frames=args.frames, top=args.top,
+                            device=args.device)
     for r in results:
         where = str(r.input) + ("" if r.frame is None else f" frame {r.frame}")
         print(f"{where}: {r.predicted} ({len(r.files)} figures)")
@@ -404,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_model_summary)
 
     p = sub.add_parser("evaluate", help="metrics with patient-bootstrap CIs, patient verdicts, report")
+    _add_device_option(p)
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -438,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("predict", help="predict images, folders, videos or a manifest: per frame, file and case")
+    _add_device_option(p)
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image, video, folder or manifest CSV")
     p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint, or an .onnx model from export")
     p.add_argument("--out", type=Path, default=Path("mucosa-predictions"), help="output folder")
@@ -450,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("stream", help="run a video frame by frame: live status, timeline, annotated video")
+    _add_device_option(p)
     p.add_argument("video", type=Path)
     p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint, or an .onnx model from export")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
@@ -475,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("explain", help="feature maps (the paper's Fig. 3) and Grad-CAM for images or video frames")
+    _add_device_option(p)
     p.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_VIDEO")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="folder for the PNGs and explain.csv")

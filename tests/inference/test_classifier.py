@@ -124,3 +124,12 @@ def test_train_without_out_writes_nothing_and_returns_a_classifier(tmp_path, mon
     assert len(epochs) == 2 and epochs[1] == epochs[0] + 1
     assert all(np.isfinite(row["train_loss"]) for row in result.history)
     assert result.classifier.predict(tmp_path / "cohort" / "images").cases
+
+
+def test_the_commands_run_on_the_device_they_are_given(tiny, tmp_path, capsys):
+    image = next((tiny.cohort / "images").rglob("*.png"))
+    assert main(["predict", "--checkpoint", str(tiny.best), str(image), "--out", str(tmp_path / "p"),
+                 "--device", "cpu"]) == 0
+    assert main(["explain", "--checkpoint", str(tiny.best), str(image), "--out", str(tmp_path / "e"),
+                 "--device", "cpu"]) == 0
+    assert (tmp_path / "p" / "predictions.csv").is_file() and (tmp_path / "e" / "explain.csv").is_file()

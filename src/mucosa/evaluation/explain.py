@@ -28,7 +28,7 @@ from mucosa.data.readers import (
 )
 from mucosa.errors import ConfigError, UnreadableFileError
 from mucosa.inference import verdict as verdicts
-from mucosa.inference.predictors import predict_frames
+from mucosa.inference.predictors import predict_frames, resolve_device
 from mucosa.inference.saliency import GRAD_CAM_LAYER, feature_maps, grad_cam
 from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint
 
@@ -256,7 +256,7 @@ def _explain_file(loaded: LoadedCheckpoint, path: Path, stem: str, out: Path, se
 
 
 def explain_paths(checkpoint: str | Path | LoadedCheckpoint, paths: Sequence[str | Path], out: str | Path,
-                  frames: str | None = None, top: int | None = None) -> list[ExplainedFrame]:
+                  frames: str | None = None, top: int | None = None, device: str = "auto") -> list[ExplainedFrame]:
     """Feature-map grids and Grad-CAM overlays for images and video frames, indexed in ``out/explain.csv``.
 
     Args:
@@ -268,6 +268,7 @@ def explain_paths(checkpoint: str | Path | LoadedCheckpoint, paths: Sequence[str
         frames: video frames to consider (``every:K``, ``A-B``...; default all).
         top: per video, explain only the ``top`` most confident of those frames (default
             ``DEFAULT_TOP`` when ``frames`` is not given, else every selected frame).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
 
     Raises:
         UnreadableFileError: an input is not an image or video, is missing or cannot be decoded.
@@ -285,6 +286,7 @@ def explain_paths(checkpoint: str | Path | LoadedCheckpoint, paths: Sequence[str
         top = DEFAULT_TOP
     out = atomic.check_writable_folder(out)
     loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint)
+    loaded.model.to(resolve_device(device))
     results: list[ExplainedFrame] = []
     stems: set[str] = set()
     with atomic.OutputSet(out, OUTPUTS) as staged:

@@ -233,12 +233,12 @@ def _write_summaries(path: Path, rows: list[Summary], result: PredictResult, key
 
 def predict(checkpoint: str | Path, paths: list[str | Path], out: str | Path, runtime: str = "torch",
             threshold: float = 0.5, cache: FrameCache | None = None, batch_size: int = 16,
-            threads: int | None = None, progress=None) -> PredictResult:
-    """``mucosa predict``: open the checkpoint (or ``.onnx`` model) and predict the given paths."""
+            threads: int | None = None, progress=None, device: str = "auto") -> PredictResult:
+    """``mucosa predict``: open the checkpoint (or ``.onnx`` model) on ``device`` and predict the given paths."""
     threshold = verdicts.check_threshold(threshold)
     atomic.check_writable_folder(out)
     sources = collect_sources(paths)
-    predictor = open_predictor(checkpoint, runtime, batch_size, threads)
+    predictor = open_predictor(checkpoint, runtime, batch_size, threads, device)
     return predict_sources(predictor, sources, out, threshold, cache, progress)
 
 

@@ -488,14 +488,16 @@ def default_threads() -> int:
 
 
 def run(checkpoint: str | Path, source: str | Path, runtime: str = "torch", threads: int | None = None,
-        **options) -> StreamSummary:
+        device: str = "auto", **options) -> StreamSummary:
     """Open the checkpoint (or ``.onnx`` model) and :func:`stream` the video; status on stderr.
 
     Args:
         threads: inference threads (default :func:`default_threads`).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         options: as for :func:`stream`.
     """
     check_outputs(Path(source), options.get("timeline"), options.get("annotate"))
-    predictor = open_predictor(checkpoint, runtime, batch_size=1, threads=threads or default_threads())
+    predictor = open_predictor(checkpoint, runtime, batch_size=1, threads=threads or default_threads(),
+                               device=device)
     options.setdefault("status", sys.stderr)
     return stream(predictor, source, **options)
