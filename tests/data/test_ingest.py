@@ -3,9 +3,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from media import write_video
 from PIL import Image
 
+from media import write_video
 from mucosa.cli import main
 from mucosa.data.ingest import (
     check_cohort,

@@ -2,9 +2,9 @@ import pickle
 
 import numpy as np
 import pytest
-from media import write_video
 from PIL import Image
 
+from media import write_video
 from mucosa.cli import main
 from mucosa.data.cache import FrameCache
 from mucosa.data.manifest import Cohort, Record, load_manifest

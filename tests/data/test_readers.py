@@ -4,9 +4,10 @@ import warnings
 import numpy as np
 import pytest
 import tifffile
-from media import write_video
 from PIL import Image
 
+from media import write_video
+from mucosa.data.preparation import Preprocessing, iter_frames
 from mucosa.data.readers import (
     DecodeReport,
     FrameSelection,
@@ -180,7 +181,7 @@ def test_huge_declared_tiff_is_refused_from_its_header(tmp_path):
         read_image(path)
 
 
-def test_pixel_limit_is_a_setting_for_every_format(tmp_path, monkeypatch):
+def test_pixel_limit_is_a_setting_for_every_format(tmp_path):
     _png_header_only(tmp_path / "bomb.png", 20000, 20000)  # Pillow's own limit refuses it before ours
     with pytest.raises(UnreadableFileError, match="bomb.png: image too large"):
         read_image(tmp_path / "bomb.png")
@@ -190,12 +191,12 @@ def test_pixel_limit_is_a_setting_for_every_format(tmp_path, monkeypatch):
         assert read_image(tmp_path / name).shape == (100, 100)
         with pytest.raises(UnreadableFileError, match=f"{name}: image is 100x100 pixels.*limit of 0.005 megapixels"):
             read_image(tmp_path / name, max_pixels=5000)
-    monkeypatch.setenv("MUCOSA_MAX_PIXELS", "9999")
+    prep = Preprocessing(size=32, max_pixels=9999)  # the setting (config: preprocessing.max_pixels)
     with pytest.raises(UnreadableFileError, match="limit of 0.009999 megapixels"):
-        read_image(tmp_path / "ok.png")
-    monkeypatch.setenv("MUCOSA_MAX_PIXELS", "lots")
-    with pytest.raises(ConfigError, match="MUCOSA_MAX_PIXELS='lots'"):
-        read_image(tmp_path / "ok.png")
+        list(iter_frames(tmp_path / "ok.png", prep))
+    assert prep.cache_key() == Preprocessing(size=32).cache_key()  # a limit, not a change to the frames
+    with pytest.raises(ConfigError, match="max_pixels"):
+        Preprocessing(max_pixels="lots")
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (4, 30), (30, 7)])

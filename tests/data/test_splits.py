@@ -2,8 +2,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from media import write_video
 
+from media import write_video
 from mucosa.cli import main
 from mucosa.data.manifest import Cohort, Record, load_manifest
 from mucosa.data.splits import assign, leaked_patients, patient_folds, split_cohort

@@ -30,6 +30,7 @@ from mucosa.data import fov as preprocess
 from mucosa.data import quality
 from mucosa.data.readers import (
     CHANNELS,
+    MAX_PIXELS,
     DecodeReport,
     FrameSelection,
     array_frames,
@@ -80,6 +81,8 @@ class Preprocessing(Settings):
             percentiles of a still image's field of view (before tiling) or of each video frame are
             mapped to black and white, evening out gain and background between animals or sessions.
             The quality gate still judges the recorded intensities.
+        max_pixels: images larger than this (width × height) are refused before they are decoded (a
+            60000×60000 TIFF would need 13 GiB); default 250 megapixels.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -92,6 +95,7 @@ class Preprocessing(Settings):
     fov_frames: Int = Field(32, ge=1)
     tile: Int = Field(0, ge=0)
     normalize: Literal[NORMALIZE] = "none"
+    max_pixels: Int = Field(MAX_PIXELS, ge=64)
 
     @field_validator("tile")
     @classmethod
@@ -113,6 +117,7 @@ class Preprocessing(Settings):
     def cache_key(self) -> dict:
         data = self.to_dict()
         data.pop("quality_threshold")
+        data.pop("max_pixels")  # a limit on what is decoded, not a change to the frames
         if data["normalize"] == "none":
             data.pop("normalize")  # caches made before the option existed stay valid
         return data
@@ -290,7 +295,7 @@ def iter_frames(source: str | Path | np.ndarray, prep: Preprocessing, selection:
         chosen = selection if isinstance(selection, FrameSelection) else FrameSelection.parse(selection)
         decoded: Decoded = ((i, f) for i, f in enumerate(frames) if i in chosen)
     elif not is_video(source):
-        yield from _still_frames(read_image(source, prep.channel), prep)
+        yield from _still_frames(read_image(source, prep.channel, prep.max_pixels), prep)
         return
     else:
         decoded = iter_video_frames(source, selection, prep.channel, report)

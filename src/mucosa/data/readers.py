@@ -8,7 +8,6 @@ one frame at a time, so a long recording never sits in memory.
 
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from collections.abc import Iterator
@@ -108,18 +107,6 @@ def runs_to_selections(indices: list[int], step: int = 1) -> list[FrameSelection
 
 MIN_SIDE = 8  # smaller images and video frames carry too little for the field of view and the model
 MAX_PIXELS = 250_000_000  # default limit of an image's width x height, checked before decoding
-_MAX_PIXELS_ENV = "MUCOSA_MAX_PIXELS"
-
-
-def default_max_pixels() -> int:
-    """The pixel limit: ``$MUCOSA_MAX_PIXELS`` when set, else :data:`MAX_PIXELS` (250 megapixels)."""
-    text = os.environ.get(_MAX_PIXELS_ENV, "").strip()
-    if not text:
-        return MAX_PIXELS
-    if not text.isdigit() or int(text) < MIN_SIDE * MIN_SIDE:
-        raise ConfigError(f"{_MAX_PIXELS_ENV}={text!r} must be a whole number of pixels (at least "
-                          f"{MIN_SIDE * MIN_SIDE})")
-    return int(text)
 
 
 def check_frame_size(source: str | Path, width: int, height: int, max_pixels: int | None = None,
@@ -129,14 +116,14 @@ def check_frame_size(source: str | Path, width: int, height: int, max_pixels: in
     Raises:
         UnreadableFileError: naming the file and its size.
     """
-    limit = default_max_pixels() if max_pixels is None else max_pixels
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
     if width < MIN_SIDE or height < MIN_SIDE:
         raise UnreadableFileError(f"{source}: {what} is {width}x{height} pixels; mucosa needs at least "
                                   f"{MIN_SIDE}x{MIN_SIDE}")
     if width * height > limit:
         raise UnreadableFileError(
             f"{source}: {what} is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels), more than the "
-            f"limit of {limit / 1e6:g} megapixels; not decoded (raise it with {_MAX_PIXELS_ENV} if the file is "
+            f"limit of {limit / 1e6:g} megapixels; not decoded (raise preprocessing.max_pixels if the file is "
             "genuine)")
 
 
@@ -243,7 +230,7 @@ def read_image(path: str | Path, channel: str = "auto", max_pixels: int | None =
     UnreadableFileError naming the page count, rather than silently reading page 1.
 
     Args:
-        max_pixels: refuse images with more pixels (default :func:`default_max_pixels`).
+        max_pixels: refuse images with more pixels (default :data:`MAX_PIXELS`).
 
     Raises:
         UnreadableFileError: missing, undecodable, too small, too large or multi-page, naming the file.
