@@ -146,7 +146,7 @@ def main() -> None:
     for name, (description, run) in impls.items():
         for batch in args.batches:
             frames = rng.integers(0, 256, (batch, args.size, args.size), dtype=np.uint8)
-            rate = images_per_s(lambda: run(frames), batch, args.seconds)
+            rate = images_per_s(lambda run=run, frames=frames: run(frames), batch, args.seconds)
             share = rate * flops / 1e9 / peak
             emit({"bench": "infer", "impl": name, "size": args.size, "batch": batch, "images_per_s": round(rate, 2),
                   "gflops": round(rate * flops / 1e9, 1), "share_of_matmul_peak": round(share, 3),

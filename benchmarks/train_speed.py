@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -288,9 +289,9 @@ def check(size: int = 64, batch: int = 4) -> list[tuple[str, str, str]]:
 
 
 def machine() -> dict:
-    name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                "unknown")
-    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "unknown")
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
     onednn = next((part.split()[0] for part in torch.__config__.show().split("MKL-DNN ")[1:]), "?")
     return {"bench": "machine", "cpu": name, "cpus": os.cpu_count(), "torch": torch.__version__,
             "onednn": onednn, "avx512_bf16": "avx512_bf16" in flags, "amx": "amx_bf16" in flags,

@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
+python -m ruff check src tests benchmarks  # the style rules of pyproject.toml
 python -m pytest -q "$@"

@@ -1,9 +1,9 @@
 """The whole pipeline on real frames, small enough for CI: index → split → train → evaluate → report.
 
 pCLE brain videos (a video is a case) with configs/pcle.yaml, and EGC-Z microscopy (an animal is a case)
-with configs/microscopy.yaml (256-pixel tiles, brightness stretched per image); tiny input, one epoch. Checks that every step runs on real
-data, the metrics are finite and no case is on both sides. The accuracy figures are in docs/results.md
-(benchmarks/real_data.py).
+with configs/microscopy.yaml (256-pixel tiles, brightness stretched per image); tiny input, one epoch.
+Checks that every step runs on real data, the metrics are finite and no case is on both sides. The
+accuracy figures are in docs/results.md (benchmarks/real_data.py).
 """
 
 import csv
@@ -121,7 +121,8 @@ def benchmark(name: str):
     import sys
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    source = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, source)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from sklearn.exceptions import UndefinedMetricWarning

@@ -119,7 +119,7 @@ def _corners(box):
 def _assert_square_in_circle(fov: FieldOfView, center, radius, shape) -> None:
     x0, y0, x1, y1 = fov.box
     assert x1 - x0 == y1 - y0 > 0
-    assert 0 <= x0 and 0 <= y0 and x1 <= shape[1] and y1 <= shape[0]
+    assert x0 >= 0 and y0 >= 0 and x1 <= shape[1] and y1 <= shape[0]
     for x, y in _corners(fov.box):
         assert math.hypot(x - center[0], y - center[1]) <= radius, f"corner {(x, y)} outside the circle"
 
@@ -262,7 +262,7 @@ def test_crop_refuses_a_box_from_another_frame_size():
 def test_resize_shape_and_dtype(shape, size):
     out = resize(_tissue(shape, seed=4).astype(np.float64), size)
     assert out.shape == (size, size) and out.dtype == np.float32
-    assert 0.1 - 1e-4 <= out.min() and out.max() <= 0.9 + 1e-4
+    assert out.min() >= 0.1 - 1e-4 and out.max() <= 0.9 + 1e-4
 
 
 def test_resize_averages_areas_when_shrinking_and_interpolates_when_enlarging():

@@ -124,7 +124,9 @@ def test_stretch_evens_out_gain_between_images_and_keeps_tiles_of_one_image_alik
     raw = assemble(cohort, Preprocessing(size=64, crop="none", quality_threshold=0.0), cache)
     even = assemble(cohort, Preprocessing(size=64, crop="none", quality_threshold=0.0, normalize="stretch"), cache)
     assert cache.misses == 4  # normalize is part of the cache key
-    gap = lambda frames: np.abs(frames.frame(0).astype(int) - frames.frame(1).astype(int)).mean()
+    def gap(frames):
+        return np.abs(frames.frame(0).astype(int) - frames.frame(1).astype(int)).mean()
+
     assert gap(raw) > 60 and gap(even) < 3
     assert even.frame(0).min() == 0 and even.frame(0).max() == 255
     np.testing.assert_array_equal(raw.quality, even.quality)  # the gate judges recorded intensities

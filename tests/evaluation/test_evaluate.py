@@ -130,7 +130,8 @@ def test_pseudonymised_outputs_hold_no_patient_id(trained, tmp_path):
     run, cache = trained
     evaluate(run / "best.ckpt", run / "split.csv", tmp_path / "ev", n_boot=20, pseudonymise=True,
              pseudonym_key="k", cache=cache)
-    text = "".join(p.read_text(errors="ignore") for p in (tmp_path / "ev").iterdir() if p.suffix in (".csv", ".md", ".html"))
+    text = "".join(p.read_text(errors="ignore") for p in (tmp_path / "ev").iterdir()
+                   if p.suffix in (".csv", ".md", ".html"))
     text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", text)  # embedded figures are not text
     assert "P0" in "".join(r.patient for r in load_manifest(run / "split.csv").records)  # ids look like P01
     assert not re.search(r"\bP\d\d\b", text)
@@ -151,7 +152,8 @@ def test_three_classes_end_to_end(tmp_path):
     if len({r.label for r in three}) < 3:
         pytest.skip("seed gave fewer than three groups")
     path = write_manifest(three, tmp_path / "three.csv")
-    config = config_from_dict({**QUICK, "split": {"mode": "none", "val": 0.0}, "training": {"epochs": 1, "batch_size": 8}})
+    config = config_from_dict({**QUICK, "split": {"mode": "none", "val": 0.0},
+                               "training": {"epochs": 1, "batch_size": 8}})
     best = train(path, config, tmp_path / "run", cache=FrameCache(tmp_path / "cache"),
                  classes=["active", "healing", "normal"])  # "normal" has a few rows: named, so accepted
     result = evaluate(best, path, tmp_path / "ev", split="all", n_boot=20, cache=FrameCache(tmp_path / "cache"))

@@ -113,13 +113,13 @@ def test_feature_maps_have_every_layer_and_one_tile_per_channel(tmp_path):
         png = explain.save_feature_grid(name, maps[name], tmp_path / f"{name}.png")
         rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
         scale = max(1, -(-32 // h))
-        labels, count = ndi.label((rgb.min(axis=2) < 240))
+        labels, count = ndi.label(rgb.min(axis=2) < 240)
         sizes = ndi.sum_labels(np.ones(labels.shape), labels, range(1, count + 1))
         assert int((sizes == (h * scale) * (w * scale)).sum()) == c  # title glyphs are far smaller
     # large maps (conv1 at 300 px) are shrunk, still one block per channel
     png = explain.save_feature_grid("big", np.random.default_rng(0).random((5, 298, 250)), tmp_path / "big.png")
     rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
-    labels, count = ndi.label((rgb.min(axis=2) < 240))
+    labels, count = ndi.label(rgb.min(axis=2) < 240)
     sizes = ndi.sum_labels(np.ones(labels.shape), labels, range(1, count + 1))
     assert int((sizes == 100 * 84).sum()) == 5 and rgb.shape[1] < 300
 

@@ -166,7 +166,8 @@ def test_pseudonymise_leaves_no_name_or_path_in_any_output_or_on_the_console(nam
     assert len(text) > 1000 and "ID-" in text  # the files were read, the pseudonyms are there
     stored = json.loads((out / "metrics.json").read_text())
     assert stored["pseudonymised"] and stored["checkpoint"].startswith("ID-") and stored["manifest"].startswith("ID-")
-    assert all(r["patient"].startswith("ID-") and r["path"].startswith("ID-") for r in read_csv(out / "predictions.csv"))
+    assert all(r["patient"].startswith("ID-") and r["path"].startswith("ID-")
+               for r in read_csv(out / "predictions.csv"))
 
 
 def test_pseudonymise_hides_ids_in_an_error_too(named, tmp_path, capsys):
@@ -247,7 +248,8 @@ def _copy(folder: Path, to: Path) -> Path:
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda f: (f / "metrics.json").write_text((f / "metrics.json").read_text()[:300]), "metrics.json: unreadable or truncated"),
+    (lambda f: (f / "metrics.json").write_text((f / "metrics.json").read_text()[:300]),
+     "metrics.json: unreadable or truncated"),
     (lambda f: (f / "metrics.json").write_text("[1, 2]"), "metrics.json: not the metrics"),
     (lambda f: (f / "metrics.json").write_text('{"classes": ["a", "b"]}'), "metrics.json: not the metrics"),
     (lambda f: (f / "predictions.csv").unlink(), "predictions.csv: missing"),

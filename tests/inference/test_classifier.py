@@ -7,11 +7,12 @@ import pytest
 import torch
 
 import mucosa
+from mucosa.atomic import write_torch
 from mucosa.cli import main
 from mucosa.errors import ConfigError, ModelOutputError
 from mucosa.inference.predictors import resolve_device
 from mucosa.inference.verdict import NO_VERDICT
-from mucosa.models.checkpoint import atomic_torch_save, read_checkpoint_file
+from mucosa.models.checkpoint import read_checkpoint_file
 
 QUICK = {"model": {"size": 32}, "split": {"mode": "patient", "test": 0.3, "val": 0.3, "seed": 1},
          "training": {"epochs": 2, "batch_size": 8, "threads": 1}}
@@ -93,7 +94,7 @@ def test_a_model_with_broken_weights_gives_no_verdict(tiny, tmp_path):
     data["state_dict"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
                           for k, v in data["state_dict"].items()}
     broken = tmp_path / "broken.ckpt"
-    atomic_torch_save(data, broken)
+    write_torch(data, broken)
     image = next((tiny.cohort / "images").rglob("*.png"))
     try:
         classifier = mucosa.load(broken, runtime="torch")

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from mucosa import __version__
+from mucosa.atomic import write_torch
 from mucosa.cli import main
 from mucosa.errors import ConfigError, MucosaError
 from mucosa.inference.onnx import ExportError, OnnxPredictor, export
@@ -12,7 +13,6 @@ from mucosa.inference.predict import predict
 from mucosa.inference.predictors import TorchPredictor, fold_batchnorm, predict_frames
 from mucosa.models.checkpoint import (
     CheckpointFileError,
-    atomic_torch_save,
     load_checkpoint,
     read_checkpoint_file,
 )
@@ -120,7 +120,7 @@ def test_bad_files_give_clear_errors(trained, tmp_path, capsys, monkeypatch):
     assert err.startswith("error: ") and "model.ckpt" in err and "Traceback" not in err
     future = read_checkpoint_file(checkpoint)
     future["mucosa"]["format_version"] = 99
-    atomic_torch_save(future, tmp_path / "future.ckpt")
+    write_torch(future, tmp_path / "future.ckpt")
     with pytest.raises(CheckpointFileError, match="upgrade mucosa"):
         export(tmp_path / "future.ckpt")
     not_ours = tmp_path / "other.onnx"

@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mucosa.atomic import write_torch
 from mucosa.cli import main
 from mucosa.data.cache import FrameCache
 from mucosa.data.manifest import Record, load_manifest, write_manifest
@@ -13,7 +14,6 @@ from mucosa.evaluation.evaluate import score
 from mucosa.inference.predict import collect_sources, predict
 from mucosa.inference.verdict import NO_VERDICT
 from mucosa.models.checkpoint import (
-    atomic_torch_save,
     load_checkpoint,
     read_checkpoint_file,
 )
@@ -37,7 +37,7 @@ def gated(trained, tmp_path_factory):
     data = read_checkpoint_file(run / "best.ckpt")
     data["mucosa"]["preprocessing"]["quality_threshold"] = 0.5
     path = tmp_path_factory.mktemp("gated") / "gated.ckpt"
-    atomic_torch_save(data, path)
+    write_torch(data, path)
     return path
 
 
@@ -184,7 +184,7 @@ def test_three_classes_give_one_column_per_class_and_argmax_verdicts(tmp_path):
     model = create_model(config)
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
     prep = Preprocessing(size=32, crop="none", quality_threshold=0.0)
-    atomic_torch_save({"state_dict": state, "mucosa": describe(config, ["a", "b", "c"], prep, {}, {})},
+    write_torch({"state_dict": state, "mucosa": describe(config, ["a", "b", "c"], prep, {}, {})},
                       tmp_path / "three.ckpt")
     folder = tmp_path / "case"
     folder.mkdir()

@@ -228,14 +228,14 @@ def rows_per_epoch(run: Path) -> dict[tuple[int, str], int]:
 
 
 def test_a_failed_checkpoint_write_then_resume_logs_each_epoch_once(cohort, cache, tmp_path, monkeypatch):
-    real = training.atomic_torch_save
+    real = training.atomic.write_torch
 
     def disk_full_at_second_epoch(checkpoint, path):
         if checkpoint["epoch"] == 1:
             raise OSError(28, "No space left on device")
         real(checkpoint, path)
 
-    monkeypatch.setattr(training, "atomic_torch_save", disk_full_at_second_epoch)
+    monkeypatch.setattr(training.atomic, "write_torch", disk_full_at_second_epoch)
     run = tmp_path / "run"
     with pytest.raises(CheckpointFileError, match="could not write the checkpoint \\(No space left on device\\)"):
         train(cohort, quick(training={"epochs": 2}), run, cache=cache)

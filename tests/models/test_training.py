@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from mucosa.atomic import write_torch
 from mucosa.data.cache import FrameCache
 from mucosa.data.manifest import load_manifest
 from mucosa.data.synth import synthesize_cohort
 from mucosa.errors import ConfigError
-from mucosa.models.checkpoint import atomic_torch_save, load_checkpoint
+from mucosa.models.checkpoint import load_checkpoint
 from mucosa.models.config import config_from_dict, load_config
 from mucosa.models.networks import ModelConfig, create_model
 from mucosa.models.tracking import epoch_metrics
@@ -181,7 +182,7 @@ def test_init_from_reinitialises_mismatched_head(cohort, cache, tmp_path, caplog
 
 def test_atomic_save_never_leaves_a_torn_file(tmp_path, monkeypatch):
     target = tmp_path / "last.ckpt"
-    atomic_torch_save({"state_dict": {"w": torch.ones(3)}}, target)
+    write_torch({"state_dict": {"w": torch.ones(3)}}, target)
 
     def explode(obj, handle, *args, **kwargs):
         handle.write(b"partial bytes")
@@ -189,7 +190,7 @@ def test_atomic_save_never_leaves_a_torn_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", explode)
     with pytest.raises(KeyboardInterrupt):
-        atomic_torch_save({"state_dict": {"w": torch.zeros(3)}}, target)
+        write_torch({"state_dict": {"w": torch.zeros(3)}}, target)
     monkeypatch.undo()
     assert torch.equal(torch.load(target, weights_only=True)["state_dict"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]

@@ -253,7 +253,7 @@ def _fit_circle(points: np.ndarray) -> tuple[tuple[float, float], float] | None:
     return (float(cx), float(cy)), float(radius)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triples(count: int) -> np.ndarray:
     return np.array(list(itertools.combinations(range(count), 3)))
 

@@ -206,7 +206,7 @@ def assign(labels: np.ndarray, patients: np.ndarray, mode: str, test: float = 0.
     elif mode == "kfold":
         if not 0 <= fold < k:
             raise ConfigError(f"fold {fold} is not in 0..{k - 1}")
-        if val > 0 and 2 <= k:  # each class: k or more patients, and two left beside the largest test fold
+        if val > 0 and k >= 2:  # each class: k or more patients, and two left beside the largest test fold
             _require(labels, patients, next(n for n in range(k, 10**6) if n - -(-n // k) >= 2),
                      f"a {k}-fold patient split with a validation part", "so that every test fold holds every "
                      "class and the rest still gives training and validation patients of each")

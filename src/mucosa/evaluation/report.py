@@ -220,7 +220,8 @@ td.kind{width:16rem;color:var(--muted);font-size:.82rem}
 .levels section{flex:0 1 auto;min-width:0}
 .wide{overflow-x:auto}
 .figures{display:flex;flex-wrap:wrap;gap:1rem;align-items:flex-start}
-figure{margin:0;padding:.5rem;max-width:calc(50% - .5rem);background:#fff;border:1px solid var(--line);border-radius:6px}
+figure{margin:0;padding:.5rem;max-width:calc(50% - .5rem);background:#fff;border:1px solid var(--line);
+  border-radius:6px}
 figure img{display:block;max-width:100%;height:auto}
 p.note,ul.notes{color:var(--muted);font-size:.88rem}
 @media (max-width:50rem){figure{max-width:100%}}

@@ -21,6 +21,7 @@ shows it).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import queue
@@ -321,7 +322,7 @@ class Annotator:
         image = Image.fromarray(rgb)
         draw = ImageDraw.Draw(image)
         draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(0, 190, 255))
-        probability = "skipped (quality {:.2f})".format(result.quality) if result.skipped else \
+        probability = f"skipped (quality {result.quality:.2f})" if result.skipped else \
             f"p {_short(result.probability)}  smoothed {_short(result.smoothed)}"
         names = verdicts.verdict_names(self.classes)
         colour = (200, 200, 200) if result.verdict not in names else \
@@ -452,10 +453,8 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
     finally:
         producer.stop.set()
         while producer.is_alive():  # unblock a producer waiting on a full queue
-            try:
+            with contextlib.suppress(queue.Empty):
                 producer.items.get(timeout=0.05)
-            except queue.Empty:
-                pass
         line.end()
         try:
             if writer is not None:

@@ -23,7 +23,8 @@ def make_augmentation(config, size: int, seed: int = 0):
     if config.probability > 0:
         steps.append(RandAffine(
             prob=config.probability, rotate_range=math.radians(config.rotate),
-            shear_range=(config.shear, config.shear), translate_range=(config.translate * size, config.translate * size), scale_range=(config.zoom, config.zoom),
+            shear_range=(config.shear, config.shear), scale_range=(config.zoom, config.zoom),
+            translate_range=(config.translate * size, config.translate * size),
             padding_mode="reflection", mode="bilinear", cache_grid=False))
     if config.flip:
         steps += [RandFlip(prob=0.5, spatial_axis=0), RandFlip(prob=0.5, spatial_axis=1)]

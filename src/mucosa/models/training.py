@@ -30,6 +30,7 @@ from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader
 
+from mucosa import atomic
 from mucosa.data.cache import FrameCache
 from mucosa.data.ingest import refuse_suspicious_classes, restrict_classes
 from mucosa.data.manifest import Cohort, load_manifest
@@ -38,7 +39,6 @@ from mucosa.data.table import FrameTable, assemble
 from mucosa.errors import ConfigError, MucosaError
 from mucosa.models.checkpoint import (
     CheckpointFileError,
-    atomic_torch_save,
     describe,
     non_finite_weights,
     read_checkpoint_file,
@@ -198,15 +198,15 @@ class Classifier(L.LightningModule):
 
 
 class AtomicCheckpointIO(CheckpointIO):
-    """Lightning checkpoint I/O: atomic local writes (``checkpoint.atomic_torch_save``), ``weights_only=True``
-    loading."""
+    """Lightning checkpoint I/O: atomic local writes (``atomic.write_torch``), ``weights_only=True`` loading."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         try:
-            atomic_torch_save(checkpoint, path)
-        except OSError as error:
-            raise CheckpointFileError(f"{path}: could not write the checkpoint ({error.strerror or error}); the "
-                                      "previous file is unchanged: free space, then continue with --resume") from None
+            atomic.write_torch(checkpoint, path)
+        except (OSError, atomic.WriteError) as error:
+            reason = error.strerror if isinstance(error, OSError) else str(error).rsplit(": ", 1)[-1]
+            raise CheckpointFileError(f"{path}: could not write the checkpoint ({reason or error}); the previous "
+                                      "file is unchanged: free space, then continue with --resume") from None
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         return read_checkpoint_file(path, map_location or "cpu")
