@@ -2,7 +2,8 @@
 
 Synthesise a cohort, train the paper's CNN-LSTM and its CNN baseline, each with the paper's
 within-patient split and with a patient-grouped split, evaluate all four on their test parts (threshold by
-Youden's index on each run's validation part), and compare them. It shows the paper's comparison (CNN-LSTM vs CNN) and how much a leaky split flatters a model.
+Youden's index on each run's validation part), and compare them. It shows the paper's comparison
+(CNN-LSTM vs CNN) and how much a leaky split flatters a model.
 """
 
 from __future__ import annotations
