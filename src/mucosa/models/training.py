@@ -201,12 +201,13 @@ class AtomicCheckpointIO(CheckpointIO):
     """Lightning checkpoint I/O: atomic local writes (``atomic.write_torch``), ``weights_only=True`` loading."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        hint = "the previous checkpoint is unchanged: free space, then continue with --resume"
         try:
             atomic.write_torch(checkpoint, path)
-        except (OSError, atomic.WriteError) as error:
-            reason = error.strerror if isinstance(error, OSError) else str(error).rsplit(": ", 1)[-1]
-            raise CheckpointFileError(f"{path}: could not write the checkpoint ({reason or error}); the previous "
-                                      "file is unchanged: free space, then continue with --resume") from None
+        except atomic.WriteError as error:
+            raise atomic.WriteError(f"{error}; {hint}") from None
+        except OSError as error:
+            raise atomic.WriteError(f"cannot write {path}: {error.strerror or error}; {hint}") from None
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         return read_checkpoint_file(path, map_location or "cpu")
