@@ -110,9 +110,9 @@ async def _receive(request: Request, folder: Path, settings: Settings):
         return await receive(request, folder, settings.max_upload_bytes)
     except UploadError as error:
         raise _problem(error.status, error.reason) from None
-    except ClientDisconnect:
+    except ClientDisconnect:  # nobody will read the answer; the partial files are already gone
         log.info("client disconnected mid-upload; partial files removed")
-        raise
+        raise _problem(400, "the client disconnected mid-upload") from None
 
 
 def _finalize(item: UploadedFile, index: int) -> Path:

@@ -390,7 +390,7 @@ class Engine:
         Keys: ``frame`` (video frame index, or position among the images' frames), ``time`` (seconds,
         videos only), ``quality``, ``dropped`` (below the quality gate: no probability), ``probability``
         (of the positive class for two classes, else a list), ``smoothed`` (mean of the last ``window``
-        informative frames), ``source`` (the image's position, images only) and ``case``: the running
+        informative frames), ``source`` (the image's position; None for a video) and ``case``: the running
         verdict (``state`` "running", ``label``, ``class``, ``score`` = mean probability of the informative
         frames, ``frames`` it rests on, ``total`` frames seen).
 
@@ -417,9 +417,7 @@ class Engine:
             if store is not None:
                 store.add(number, frame, model_frame, box)
             row = {"frame": number, "time": seconds, "quality": round(quality, 4), "dropped": dropped,
-                   "probability": _plain(probability), "smoothed": _plain(smoother.smoothed)}
-            if source is not None:
-                row["source"] = source
+                   "probability": _plain(probability), "smoothed": _plain(smoother.smoothed), "source": source}
             row["case"] = self.verdict(smoother.case_probability, smoother.count, seen, "running")
             yield row
 
@@ -458,7 +456,8 @@ class Engine:
         return cached.read_bytes()
 
     def _overlay(self, display: np.ndarray, model_frame: np.ndarray, box: tuple) -> np.ndarray:
-        """RGB display frame with the Grad-CAM heat map (jet colours, opacity following the heat) in ``box``."""
+        """RGB display frame with the Grad-CAM heat map (jet colours, opacity following the heat) in ``box``,
+        outlined."""
         from matplotlib import colormaps
         from PIL import Image
 
@@ -469,8 +468,11 @@ class Engine:
         heat = np.clip(heat, 0, 1)[..., None]
         rgb = np.repeat(display[..., None], 3, axis=2).astype(np.float32)
         colour = colormaps["jet"](heat[..., 0])[..., :3] * 255
-        alpha = 0.6 * heat
+        alpha = 0.65 * np.clip((heat - 0.15) / 0.85, 0, 1)  # the weakest evidence leaves the tissue untinted
         rgb[y0:y1, x0:x1] = rgb[y0:y1, x0:x1] * (1 - alpha) + colour * alpha
+        outline = np.array([120, 190, 255], np.float32)  # the part of the frame the model saw
+        rgb[y0, x0:x1] = rgb[y1 - 1, x0:x1] = outline
+        rgb[y0:y1, x0] = rgb[y0:y1, x1 - 1] = outline
         return np.round(rgb).astype(np.uint8)
 
 

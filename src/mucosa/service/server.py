@@ -70,6 +70,9 @@ def serve(checkpoint: Path, host: str = "127.0.0.1", port: int = 8000, token: st
         if token is None and host not in ("127.0.0.1", "localhost", "::1"):
             log.warning("listening on %s without --token: anyone who reaches this machine can use the API", host)
         config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=3, access_log=False)
-        uvicorn.Server(config).run(sockets=[sock])
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its clean shutdown: a normal stop
+            pass
     finally:
         sock.close()

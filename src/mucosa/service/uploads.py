@@ -141,7 +141,7 @@ class _Parser:
 
 
 async def receive(request, folder: Path, limit: int, max_files: int = 1000) -> Upload:
-    """Stream a ``multipart/form-data`` request body into ``folder`` (which must exist).
+    """Stream a ``multipart/form-data`` request body into ``folder`` (created if needed).
 
     Files are stored as ``folder/NNN.part`` in the order they come; rename them once their type is known.
 
@@ -153,6 +153,7 @@ async def receive(request, folder: Path, limit: int, max_files: int = 1000) -> U
     """
     parser = _Parser(folder, max_files)
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         content_type, params = parse_options_header(request.headers.get("content-type", ""))
         if content_type != b"multipart/form-data" or b"boundary" not in params:
             raise UploadError(415, "send the file(s) as multipart/form-data (a form with a file field)")
