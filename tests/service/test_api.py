@@ -103,6 +103,42 @@ def test_bad_threshold_is_an_error(serve_checkpoint):
             Engine(serve_checkpoint, threshold=bad)
 
 
+def test_priority_lock_serves_urgent_calls_first_and_background_in_time():
+    from mucosa.service.engine import PriorityLock
+
+    lock, order = PriorityLock(max_wait=5.0), []
+
+    def call(kind, hold=0.05):
+        with getattr(lock, kind)():
+            order.append(kind)
+            time.sleep(hold)
+
+    with lock.urgent():  # the model is busy; a background frame and then two urgent calls wait
+        waiting = [threading.Thread(target=call, args=("background",))]
+        waiting[0].start()
+        time.sleep(0.05)
+        waiting += [threading.Thread(target=call, args=("urgent",)) for _ in range(2)]
+        for thread in waiting[1:]:
+            thread.start()
+        time.sleep(0.05)
+    for thread in waiting:
+        thread.join()
+    assert order == ["urgent", "urgent", "background"]
+    # a background caller waits at most max_wait for a stream of urgent ones
+    lock.max_wait = 0.3
+    stop, order = time.monotonic() + 1.0, []
+    flood = [threading.Thread(target=lambda: [call("urgent", 0.02) for _ in range(200)
+                                              if time.monotonic() < stop]) for _ in range(3)]
+    for thread in flood:
+        thread.start()
+    time.sleep(0.05)
+    start = time.monotonic()
+    call("background", 0)
+    assert time.monotonic() - start < 0.3 + 0.3
+    for thread in flood:
+        thread.join()
+
+
 # ------------------------------------------------------------------------------------------------ predict
 
 

@@ -200,7 +200,7 @@ class CaseStore:
 
     def _process(self, case: Case) -> None:
         case.status, case.started = "running", time.time()
-        case.store = FrameStore(case.folder / "frames", self.engine.prep.size)
+        case.store = FrameStore(case.folder / "frames", self.engine.input_size)
         log.info("case %s running", case.id)
         try:
             for row in self.engine.frames(case.sources, case.store, case.cancel):

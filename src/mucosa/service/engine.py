@@ -188,6 +188,23 @@ class _DevicePredictor:
             return probabilities(self.model(x)).float().cpu().numpy()
 
 
+def _onnx_predictor(checkpoint, threads: int | None):
+    """``export.OnnxPredictor`` of the checkpoint (exported in memory, parity-checked) whose ONNX Runtime
+    threads sleep between calls instead of spinning: a server shares its cores with request parsing,
+    preprocessing and video decoding, which spinning threads would slow down."""
+    from mucosa.export import OnnxPredictor, import_onnxruntime, to_checked_onnx
+
+    model = to_checked_onnx(checkpoint)
+    predictor = OnnxPredictor(model, batch_size=8, checkpoint=checkpoint, threads=threads)
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or 0
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    predictor.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return predictor
+
+
 def _ms_per_frame(predictor, size: int, calls: int = 6) -> float:
     frame = np.random.default_rng(0).integers(0, 256, (1, size, size), dtype=np.uint8)
     predictor(frame)  # warm-up
@@ -227,6 +244,7 @@ class Engine:
         self.checkpoint = load_checkpoint(self.path)
         self.classes = list(self.checkpoint.classes)
         self.prep = self.checkpoint.preprocessing
+        self.input_size = self.prep.size
         self.threshold, self.window = float(threshold), window
         self.verdicts = verdict_names(self.classes)
         self.lock = PriorityLock()
@@ -245,10 +263,7 @@ class Engine:
             return predictor, {"torch": _ms_per_frame(predictor, self.prep.size)}
         candidates = [TorchPredictor(self.checkpoint, batch_size=8, threads=threads)]
         try:
-            from mucosa.export import OnnxPredictor, to_checked_onnx
-
-            candidates.append(OnnxPredictor(to_checked_onnx(self.checkpoint), batch_size=8,
-                                            checkpoint=self.checkpoint, threads=threads))
+            candidates.append(_onnx_predictor(self.checkpoint, threads))
         except (MucosaError, ImportError) as error:
             log.warning("ONNX runtime not used: %s", error)
         timings = {p.runtime: _ms_per_frame(p, self.prep.size) for p in candidates}
