@@ -69,6 +69,21 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def busy_seconds() -> float:
+    """CPU seconds all processes of the machine have used since boot (``/proc/stat``)."""
+    with open("/proc/stat") as handle:
+        fields = [int(v) for v in handle.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def process_seconds(pid: int | str = "self") -> float:
+    """CPU seconds (user + system) of one process and its finished children."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -211,8 +226,15 @@ async def main_async(args: argparse.Namespace) -> dict:
             tasks = [memory_sampler(process.pid, run)]
             tasks += [video_feeder(client, slot, run) for slot in range(args.videos)]
             tasks += [client_loop(client, frames, run, args.think, seed) for seed in range(args.clients)]
+            cpu = (busy_seconds(), process_seconds(process.pid), process_seconds(), time.monotonic())
             await asyncio.gather(*tasks)
-            info = {"runtime": card["runtime"], "model_input": card["input_size"], "cpus": os.cpu_count()}
+            wall = time.monotonic() - cpu[3]
+            server, benchmark = process_seconds(process.pid) - cpu[1], process_seconds() - cpu[2]
+            other = busy_seconds() - cpu[0] - server - benchmark
+            info = {"runtime": card["runtime"], "model_input": card["input_size"], "cpus": os.cpu_count(),
+                    "cores_used": {"server": round(server / wall, 2), "clients": round(benchmark / wall, 2),
+                                   "other_processes": round(max(other, 0) / wall, 2)},
+                    "load_average_after": os.getloadavg()[0]}
             return summarize(run, args, info)
     finally:
         process.send_signal(signal.SIGINT)
@@ -227,7 +249,10 @@ def report(result: dict) -> str:
     lines = [f"{result['clients']} clients x {result['seconds']} s ({result['size']}x{result['size']} PNG, think "
              f"{result['think_s']} s), {result['videos']} videos meanwhile; runtime {result['runtime']['name']} "
              f"on {result['runtime']['device']}, {result['cpus']} CPUs",
-             f"requests {result['requests']}, failed {result['failed']}, throughput {result['throughput_per_s']}/s",
+             f"cores used: server {result['cores_used']['server']}, clients {result['cores_used']['clients']}, "
+             f"other processes of the machine {result['cores_used']['other_processes']}",
+             f"requests {result['requests']}, failed {result['failed']}, throughput {result['throughput_per_s']}/s"
+             + "".join(f"\n  failed: {problem}" for problem in result["failures"]),
              f"latency ms: p50 {lat['p50']}, p95 {lat['p95']}, p99 {lat['p99']}, max {lat['max']}",
              "p95 per 10 s: " + ", ".join(f"{w['from_s']}s {w['p95_ms']}" for w in result["p95_per_10s"]),
              f"video frames processed meanwhile: {result['video_frames']} ({result['video_fps']}/s), "

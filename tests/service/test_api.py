@@ -104,7 +104,7 @@ def test_bad_threshold_is_an_error(serve_checkpoint):
 
 
 def test_priority_lock_serves_urgent_calls_first_and_background_in_time():
-    from mucosa.service.engine import PriorityLock
+    from mucosa.service.scheduling import PriorityLock
 
     lock, order = PriorityLock(max_wait=5.0), []
 

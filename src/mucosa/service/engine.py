@@ -32,7 +32,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +45,7 @@ from mucosa.frames import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, DecodeReport, is_imag
 from mucosa.infer import TorchPredictor, probabilities
 from mucosa.prepare import FramePreparer, buffered_field_of_view
 from mucosa.service.framestore import FrameStore, encode, to_uint8
+from mucosa.service.scheduling import PriorityLock
 from mucosa.stream import Smoother
 
 log = logging.getLogger(__name__)
@@ -63,51 +63,6 @@ class UnreadableMedia(MucosaError):
 
 class ModelOutputError(MucosaError):
     """The model gave a probability that is not finite: no verdict can rest on it."""
-
-
-class PriorityLock:
-    """One model call at a time; ``urgent`` callers go first, ``background`` ones after at most ``max_wait``."""
-
-    def __init__(self, max_wait: float = 0.25) -> None:
-        self.max_wait = max_wait
-        self._cond = threading.Condition()
-        self._busy = False
-        self._urgent = 0          # urgent callers waiting
-        self._overdue = False     # a background caller has waited max_wait: it goes next
-
-    @contextmanager
-    def urgent(self):
-        with self._cond:
-            self._urgent += 1
-            while self._busy or self._overdue:
-                self._cond.wait()
-            self._urgent -= 1
-            self._busy = True
-        try:
-            yield
-        finally:
-            self._release()
-
-    @contextmanager
-    def background(self):
-        with self._cond:
-            deadline = time.monotonic() + self.max_wait
-            while self._busy or (self._urgent and not self._overdue):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self._overdue = True
-                self._cond.wait(None if self._overdue else left)
-            self._overdue = False
-            self._busy = True
-        try:
-            yield
-        finally:
-            self._release()
-
-    def _release(self) -> None:
-        with self._cond:
-            self._busy = False
-            self._cond.notify_all()
 
 
 # --------------------------------------------------------------------------------------------------
