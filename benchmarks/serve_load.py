@@ -90,10 +90,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(checkpoint: Path, port: int, queue: int) -> subprocess.Popen:
+def start_server(checkpoint: Path, port: int, queue: int, parallel: int | None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     command = [sys.executable, "-m", "mucosa", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
-               "--data-root", str(BRAIN), "--queue", str(queue)]
+               "--data-root", str(BRAIN), "--queue", str(queue)] + (["--parallel", str(parallel)] if parallel else [])
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -142,7 +142,7 @@ async def client_loop(client, frames: list[bytes], run: Run, think: float, seed:
             if problem is None:
                 run.latency.append((tic - run.start, toc - tic))
             else:
-                run.failed.append(problem)
+                run.failed.append(f"at {tic - run.start:.1f} s after {toc - tic:.1f} s: {problem}")
         if think:
             await asyncio.sleep(think)
 
@@ -213,7 +213,7 @@ async def main_async(args: argparse.Namespace) -> dict:
 
     frames = real_frames(args.frames, args.size)
     port = free_port()
-    process = start_server(args.checkpoint, port, args.queue)
+    process = start_server(args.checkpoint, port, args.queue, args.parallel)
     limits = httpx.Limits(max_connections=args.clients + 8, max_keepalive_connections=args.clients + 8)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=60) as client:
@@ -274,6 +274,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=300, help="side of the posted frames")
     parser.add_argument("--frames", type=int, default=40, help="distinct real frames posted")
     parser.add_argument("--queue", type=int, default=4)
+    parser.add_argument("--parallel", type=int, default=None, help="the server's --parallel (default: its own)")
     parser.add_argument("--json", type=Path, help="write the full result (with the memory timeline) here")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))

@@ -137,6 +137,29 @@ def test_priority_lock_serves_urgent_calls_first_and_background_in_time():
     assert time.monotonic() - start < 0.3 + 0.3
     for thread in flood:
         thread.join()
+    # overdue while a slot is free (urgent callers woken but not yet in): it must take the slot, not wait
+    lock = PriorityLock(max_wait=0.05)
+    lock._urgent = 1  # an urgent caller between being woken and taking the slot
+    late = threading.Thread(target=call, args=("background", 0))
+    late.start()
+    late.join(2)
+    assert not late.is_alive(), "the background caller hung with a free slot"
+    # with two slots two calls run side by side
+    lock, running, peak = PriorityLock(slots=2), [0], [0]
+
+    def hold():
+        with lock.urgent():
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            time.sleep(0.2)
+            running[0] -= 1
+
+    pair = [threading.Thread(target=hold) for _ in range(3)]
+    for thread in pair:
+        thread.start()
+    for thread in pair:
+        thread.join()
+    assert peak[0] == 2
 
 
 # ------------------------------------------------------------------------------------------------ predict

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
 import threading
 import time
@@ -179,14 +180,17 @@ class Engine:
         device: ``auto`` (a CUDA GPU when PyTorch sees one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         threshold: a binary case (or image) is called positive when its mean probability reaches it.
         window: informative frames averaged into a frame's smoothed probability.
-        threads: inference threads (default: the runtime's own, all cores).
+        slots: model calls that may run at the same time (default: one per CPU core; 1 on a GPU).
+        threads: threads of each call (default: the cores shared out between the slots, at least 1).
+            Several single-threaded calls side by side use a small CPU better than one call spread
+            over all cores, and a busy machine slows them down less.
 
     Raises:
         CheckpointFileError: not a mucosa checkpoint. ConfigError: a bad device, threshold or window.
     """
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", threshold: float = 0.5, window: int = 16,
-                 threads: int | None = None) -> None:
+                 slots: int | None = None, threads: int | None = None) -> None:
         if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
             raise ConfigError(f"threshold {threshold!r} must be a number in [0, 1]")
         if window < 1:
@@ -202,11 +206,16 @@ class Engine:
         self.input_size = self.prep.size
         self.threshold, self.window = float(threshold), window
         self.verdicts = verdict_names(self.classes)
-        self.lock = PriorityLock()
+        cores = os.cpu_count() or 1
+        self.slots = slots or (cores if self.device == "cpu" else 1)
+        self.threads = threads or max(1, cores // self.slots)
+        self.lock = PriorityLock(self.slots)
+        self._cam_lock = threading.Lock()  # Grad-CAM hooks the model: one at a time
         self._cam_model = self.checkpoint.model
-        self.predictor, self.timings = self._fastest(threads)
+        self.predictor, self.timings = self._fastest(self.threads)
         self.runtime = self.predictor.runtime
-        log.info("model %s: %s on %s (%s ms per frame)", self.path.name, self.runtime, self.device,
+        log.info("model %s: %s on %s, %d call(s) at a time of %d thread(s) (%s ms per frame)", self.path.name,
+                 self.runtime, self.device, self.slots, self.threads,
                  ", ".join(f"{k} {v:.1f}" for k, v in self.timings.items()))
 
     # ---------------------------------------------------------------------------------------------- loading
@@ -247,7 +256,7 @@ class Engine:
                          "steps": int(data.get("global_step", 0)), "settings": config.get("training"),
                          "augmentation": config.get("augmentation")},
             "validation": validation,
-            "runtime": {"name": self.runtime, "device": self.device,
+            "runtime": {"name": self.runtime, "device": self.device, "slots": self.slots, "threads": self.threads,
                         "ms_per_frame": {k: round(v, 2) for k, v in self.timings.items()}},
         }
 
@@ -431,7 +440,7 @@ class Engine:
         from matplotlib import colormaps
         from PIL import Image
 
-        with self.lock.urgent():
+        with self._cam_lock, self.lock.urgent():
             heat = grad_cam(self._cam_model, model_frame)  # (S, S) in [0, 1]
         x0, y0, x1, y1 = box
         heat = np.asarray(Image.fromarray(heat, mode="F").resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR))

@@ -8,18 +8,21 @@ from contextlib import contextmanager
 
 
 class PriorityLock:
-    """One model call at a time; ``urgent`` callers go first, ``background`` ones after at most ``max_wait``.
+    """At most ``slots`` model calls at a time; ``urgent`` callers go first, ``background`` ones after at most
+    ``max_wait`` seconds.
 
     ``with lock.urgent():`` (a client waits for the answer: single images, Grad-CAM) is served before any
     waiting ``with lock.background():`` (the frames of a case). A background caller that has waited
-    ``max_wait`` seconds goes next, so a stream of urgent calls slows background work down but never stops
-    it, and delays each urgent call by at most one background call.
+    ``max_wait`` seconds takes the next free slot, so a stream of urgent calls slows background work down but
+    never stops it, and delays an urgent call by at most one background call.
     """
 
-    def __init__(self, max_wait: float = 0.25) -> None:
-        self.max_wait = max_wait
+    def __init__(self, slots: int = 1, max_wait: float = 0.25) -> None:
+        if slots < 1:
+            raise ValueError(f"slots {slots} must be at least 1")
+        self.slots, self.max_wait = slots, max_wait
         self._cond = threading.Condition()
-        self._busy = False
+        self._in_use = 0          # calls running
         self._urgent = 0          # urgent callers waiting
         self._overdue = False     # a background caller has waited max_wait: it goes next
 
@@ -27,10 +30,10 @@ class PriorityLock:
     def urgent(self):
         with self._cond:
             self._urgent += 1
-            while self._busy or self._overdue:
+            while self._in_use >= self.slots or self._overdue:
                 self._cond.wait()
             self._urgent -= 1
-            self._busy = True
+            self._in_use += 1
         try:
             yield
         finally:
@@ -40,13 +43,14 @@ class PriorityLock:
     def background(self):
         with self._cond:
             deadline = time.monotonic() + self.max_wait
-            while self._busy or (self._urgent and not self._overdue):
+            while self._in_use >= self.slots or (self._urgent and not self._overdue):
                 left = deadline - time.monotonic()
-                if left <= 0:
-                    self._overdue = True
+                if left <= 0 and not self._overdue:
+                    self._overdue = True  # urgent callers now wait; look again at once, a slot may be free
+                    continue
                 self._cond.wait(None if self._overdue else left)
             self._overdue = False
-            self._busy = True
+            self._in_use += 1
         try:
             yield
         finally:
@@ -54,5 +58,5 @@ class PriorityLock:
 
     def _release(self) -> None:
         with self._cond:
-            self._busy = False
+            self._in_use -= 1
             self._cond.notify_all()

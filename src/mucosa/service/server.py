@@ -33,18 +33,20 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _check(data_root: Path | None, max_upload_mb: float, queue: int) -> None:
+def _check(data_root: Path | None, max_upload_mb: float, queue: int, parallel: int | None) -> None:
     if data_root is not None and not Path(data_root).is_dir():
         raise ConfigError(f"--data-root {data_root}: not a folder")
     if not max_upload_mb > 0:
         raise ConfigError(f"--max-upload-mb {max_upload_mb} must be more than 0")
     if queue < 1:
         raise ConfigError(f"--queue {queue} must be at least 1")
+    if parallel is not None and parallel < 1:
+        raise ConfigError(f"--parallel {parallel} must be at least 1")
 
 
 def serve(checkpoint: Path, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           data_root: Path | None = None, max_upload_mb: float = 500.0, device: str = "auto", queue: int = 8,
-          threshold: float = 0.5, window: int = 16, log_level: str = "info") -> None:
+          threshold: float = 0.5, window: int = 16, parallel: int | None = None, log_level: str = "info") -> None:
     """Check the options, bind the port, load the model once, then serve until interrupted.
 
     Raises:
@@ -55,11 +57,11 @@ def serve(checkpoint: Path, host: str = "127.0.0.1", port: int = 8000, token: st
     from mucosa.service.app import Settings, create_app
     from mucosa.service.engine import Engine
 
-    _check(data_root, max_upload_mb, queue)
+    _check(data_root, max_upload_mb, queue, parallel)
     token = token or os.environ.get("MUCOSA_TOKEN") or None
     sock = bind(host, port)
     try:
-        engine = Engine(checkpoint, device=device, threshold=threshold, window=window)
+        engine = Engine(checkpoint, device=device, threshold=threshold, window=window, slots=parallel)
         settings = Settings(token=token, data_root=Path(data_root) if data_root else None,
                             max_upload_mb=max_upload_mb, queue_size=queue)
         app = create_app(engine, settings)
