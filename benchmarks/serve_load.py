@@ -128,7 +128,7 @@ class Run:
 
 async def client_loop(client, frames: list[bytes], run: Run, think: float, seed: int) -> None:
     rng = random.Random(seed)
-    while (now := time.monotonic()) < run.end:
+    while time.monotonic() < run.end:
         data = rng.choice(frames)
         tic = time.monotonic()
         try:

@@ -243,7 +243,8 @@ def test_upload_over_the_limit(engine, brain_video):
             for start in range(0, len(body), 65536):
                 yield body[start:start + 65536]
 
-        response = client.post("/v1/cases", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"})
+        response = client.post("/v1/cases", content=chunks(),
+                               headers={"content-type": "multipart/form-data; boundary=b"})
         assert response.status_code == 413
         assert leftovers(root) == [] and client.get("/v1/cases").json() == []
 

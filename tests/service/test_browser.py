@@ -55,28 +55,28 @@ def server(serve_checkpoint, pcle_brain, tmp_path_factory):
     """``mucosa serve`` in a subprocess on a free localhost port; yields (base URL, its TMPDIR)."""
     port, tmp = _free_port(), tmp_path_factory.mktemp("server-tmp")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TMPDIR": str(tmp)}
-    log = open(tmp_path_factory.mktemp("server-log") / "serve.log", "w+")
-    process = subprocess.Popen([sys.executable, "-m", "mucosa", "serve", "--checkpoint", str(serve_checkpoint),
-                                "--port", str(port), "--data-root", str(pcle_brain)], env=env, stdout=log,
-                               stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    with open(tmp_path_factory.mktemp("server-log") / "serve.log", "w+") as log:
+        process = subprocess.Popen([sys.executable, "-m", "mucosa", "serve", "--checkpoint", str(serve_checkpoint),
+                                    "--port", str(port), "--data-root", str(pcle_brain)], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+            assert process.poll() is None, "the server stopped: " + Path(log.name).read_text()
         try:
-            if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-        assert process.poll() is None, "the server stopped: " + Path(log.name).read_text()
-    try:
-        yield base, tmp
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(30)
-        log.seek(0)
-        output = log.read()
-        assert process.returncode == 0, output
-        assert not list(tmp.glob("mucosa-serve-*")), "temporary files left after the server stopped:\n" + output
+            yield base, tmp
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.wait(30)
+            log.seek(0)
+            output = log.read()
+    assert process.returncode == 0, output
+    assert not list(tmp.glob("mucosa-serve-*")), "temporary files left after the server stopped:\n" + output
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
@@ -40,15 +40,16 @@ from starlette.requests import ClientDisconnect
 
 from mucosa.service import schemas
 from mucosa.service.cases import CaseStore, QueueFull
-from mucosa.service.engine import (Engine, ModelOutputError, UnreadableMedia, UnsupportedMedia, media_kind,
-                                   media_suffix)
+from mucosa.service.engine import Engine, ModelOutputError, UnreadableMedia, UnsupportedMedia, media_kind, media_suffix
 from mucosa.service.report import report_html, timeline_csv
-from mucosa.service.uploads import UploadError, UploadedFile, receive, safe_stem
+from mucosa.service.uploads import UploadedFile, UploadError, receive, safe_stem
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 API_VERSION = "v1"
+_BEARER = HTTPBearer(auto_error=False)  # documents the token at /docs ("Authorize")
+_QUERY_TOKEN = APIKeyQuery(name="token", auto_error=False)  # for the viewer's images and event stream
 
 
 @dataclass
@@ -63,11 +64,11 @@ class Settings:
         temp_parent: where the server's temporary folder goes (default: the system's).
     """
 
-    token: Optional[str] = None
-    data_root: Optional[Path] = None
+    token: str | None = None
+    data_root: Path | None = None
     max_upload_mb: float = 500.0
     queue_size: int = 8
-    temp_parent: Optional[Path] = None
+    temp_parent: Path | None = None
 
     @property
     def max_upload_bytes(self) -> int:
@@ -190,10 +191,9 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
                   description="Computer-aided confirmation of mucosal healing from confocal laser endomicroscopy "
                   "(CLE). Research software: not a diagnosis. The viewer is at `/`.")
     app.state.engine, app.state.settings, app.state.card = engine, settings, card
-    bearer, query_token = HTTPBearer(auto_error=False), APIKeyQuery(name="token", auto_error=False)
 
-    def require_token(credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer),
-                      token: Optional[str] = Depends(query_token)) -> None:
+    def require_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+                      token: Annotated[str | None, Depends(_QUERY_TOKEN)]) -> None:
         if settings.token is None:
             return
         given = credentials.credentials if credentials is not None else token
@@ -275,7 +275,7 @@ def _case_routes(api: APIRouter, engine: Engine, settings: Settings, card: dict)
                          503: {"model": schemas.Problem, "description": "work queue full (Retry-After)"}},
               openapi_extra=_upload_body("a video, or several images of one case (multipart field `file`); or "
                                          "JSON naming files already under --data-root", many=True))
-    async def create_case(request: Request, name: Optional[str] = Query(None, description="the case's name")):
+    async def create_case(request: Request, name: str | None = Query(None, description="the case's name")):
         """Open a case: returns its id at once; frames are processed in the background (follow
         ``GET /v1/cases/{id}`` or its ``/events``)."""
         store: CaseStore = _state(request).store

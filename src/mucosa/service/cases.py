@@ -9,6 +9,7 @@ all of them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import shutil
@@ -175,10 +176,8 @@ class CaseStore:
                 self._queue.put_nowait(None)
                 return
             except queue.Full:
-                try:
+                with contextlib.suppress(queue.Empty):
                     self._queue.get_nowait()
-                except queue.Empty:
-                    pass
 
     # ---------------------------------------------------------------------------------------------- worker
 

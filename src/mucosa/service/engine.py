@@ -41,8 +41,16 @@ from mucosa.checkpoint import load_checkpoint, read_checkpoint_file
 from mucosa.errors import ConfigError, MucosaError, UnreadableFileError
 from mucosa.evaluate import verdict_names
 from mucosa.explain import grad_cam
-from mucosa.frames import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, DecodeReport, is_image, is_video, iter_video_frames,
-                           read_image, video_info)
+from mucosa.frames import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    DecodeReport,
+    is_image,
+    is_video,
+    iter_video_frames,
+    read_image,
+    video_info,
+)
 from mucosa.infer import TorchPredictor, probabilities
 from mucosa.prepare import FramePreparer, buffered_field_of_view
 from mucosa.service.framestore import FrameStore, encode, to_uint8
@@ -380,8 +388,7 @@ class Engine:
         smoother = Smoother(self.classes, self.window, self.threshold)
         items = self._video_items(sources[0]) if len(sources) == 1 and is_video(sources[0]) else \
             self._image_items(sources)
-        seen = 0
-        for number, seconds, frame, model_frame, quality, box, source in items:
+        for seen, (number, seconds, frame, model_frame, quality, box, source) in enumerate(items, start=1):
             if cancel is not None and cancel.is_set():
                 return
             dropped = quality < self.prep.quality_threshold
@@ -392,7 +399,6 @@ class Engine:
                     raise ModelOutputError(f"the model gave a non-finite probability for frame {number}; "
                                            "no verdict")
                 smoother.update(probability)
-            seen += 1
             if store is not None:
                 store.add(number, frame, model_frame, box)
             row = {"frame": number, "time": seconds, "quality": round(quality, 4), "dropped": dropped,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-Probability = Optional[Union[float, list[float]]]
+Probability = float | list[float] | None
 
 
 class Verdict(BaseModel):
@@ -14,9 +14,9 @@ class Verdict(BaseModel):
 
     state: Literal["queued", "running", "final", "error"] = Field(
         description="running while frames come in, final when the case is done, error when none can be given")
-    label: Optional[str] = Field(description="the verdict in the checkpoint's words, e.g. 'mucosal healing'; "
+    label: str | None = Field(description="the verdict in the checkpoint's words, e.g. 'mucosal healing'; "
                                  "null without informative frames or on error")
-    class_: Optional[str] = Field(alias="class", description="the class the label stands for")
+    class_: str | None = Field(alias="class", description="the class the label stands for")
     text: str = Field(description="the label, or why there is none")
     score: Probability = Field(description="mean probability of the positive class over the informative "
                                "frames (one per class for more than two classes)")
@@ -29,7 +29,7 @@ class Verdict(BaseModel):
 
 class Prediction(BaseModel):
     classes: list[str]
-    probabilities: Optional[dict[str, float]] = Field(description="per class; null when the quality gate "
+    probabilities: dict[str, float] | None = Field(description="per class; null when the quality gate "
                                                       "dropped the image")
     probability: Probability = Field(description="of the positive class (binary models)")
     verdict: Verdict
@@ -37,19 +37,19 @@ class Prediction(BaseModel):
     quality_threshold: float
     dropped: bool = Field(description="the quality gate dropped the image: no probability, no verdict")
     threshold: float
-    tiles: Optional[list[dict[str, Any]]] = None
-    gradcam: Optional[str] = Field(None, description="with ?gradcam=1: the image with the Grad-CAM heat map "
+    tiles: list[dict[str, Any]] | None = None
+    gradcam: str | None = Field(None, description="with ?gradcam=1: the image with the Grad-CAM heat map "
                                    "of the predicted class, as a data:image/png;base64 URL")
 
 
 class TimelinePoint(BaseModel):
     frame: int = Field(description="frame index in the video (position among the images' frames)")
-    time: Optional[float] = Field(description="seconds from the start of the video")
+    time: float | None = Field(description="seconds from the start of the video")
     quality: float
     dropped: bool = Field(description="below the quality gate: no probability")
     probability: Probability
     smoothed: Probability = Field(description="mean of the last `window` informative frames")
-    source: Optional[int] = Field(None, description="images: which image (0-based) the frame comes from")
+    source: int | None = Field(None, description="images: which image (0-based) the frame comes from")
 
 
 class CaseSummary(BaseModel):
@@ -62,12 +62,12 @@ class CaseSummary(BaseModel):
     frames_expected: int
     frames_done: int
     frames_dropped: int
-    fps: Optional[float]
-    verdict: Optional[Verdict]
-    error: Optional[str]
+    fps: float | None
+    verdict: Verdict | None
+    error: str | None
     created: float
-    started: Optional[float]
-    finished: Optional[float]
+    started: float | None
+    finished: float | None
 
 
 class Case(CaseSummary):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -72,9 +73,7 @@ def serve(checkpoint: Path, host: str = "127.0.0.1", port: int = 8000, token: st
         if token is None and host not in ("127.0.0.1", "localhost", "::1"):
             log.warning("listening on %s without --token: anyone who reaches this machine can use the API", host)
         config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=3, access_log=False)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after its clean shutdown
             uvicorn.Server(config).run(sockets=[sock])
-        except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its clean shutdown: a normal stop
-            pass
     finally:
         sock.close()

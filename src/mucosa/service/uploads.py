@@ -111,7 +111,7 @@ class _Parser:
         path = self.folder / f"{len(self.upload.files):04d}.part"
         item = UploadedFile(display_name(options[b"filename"].decode("utf-8", "replace")), path)
         self.upload.files.append(item)
-        self._file = (item, open(path, "wb"))
+        self._file = (item, open(path, "wb"))  # noqa: SIM115 (closed by on_part_end or close)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
