@@ -388,6 +388,8 @@ def test_case_frames_csv_report_list(client, video_case):
     assert list(table[0]) == ["frame", "time", "probability", "smoothed", "quality", "dropped"]
     report = client.get(f"{base}/report.html").text
     assert video_case["verdict"]["label"] in report.lower() and "<svg" in report
+    download = client.get(f"{base}/report.html", params={"download": 1})
+    assert download.headers["content-disposition"] == 'attachment; filename="men-09-report.html"'
     assert any(c["id"] == video_case["id"] and "timeline" not in c for c in client.get("/v1/cases").json())
     assert len(client.get(base, params={"since": 150}).json()["timeline"]) == len(video_case["timeline"]) - 150
 

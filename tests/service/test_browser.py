@@ -111,6 +111,14 @@ def test_video_upload_live_verdict_timeline_gradcam(browser, server, pcle_brain,
     assert page.inner_text("#verdict-label").lower() == label
     assert f"rests on {case['verdict']['frames']} of {decoded} frames" in page.inner_text("#verdict-frames")
     assert page.locator("#cases li").count() == 1 and label in page.inner_text("#cases li").lower()
+    with page.expect_download() as download:
+        page.click("#dl-csv")
+    assert len(Path(download.value.path()).read_text().splitlines()) == decoded + 1
+    with page.expect_download() as download:
+        page.click("#dl-report")
+    report = Path(download.value.path())
+    assert label in report.read_text().lower()
+    shutil.copyfile(report, shots / "report.html")
 
     # a frame the quality gate dropped is marked on the frame; a used one can show its Grad-CAM
     page.locator("#seek").fill(str(dropped[-1]))

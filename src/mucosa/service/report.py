@@ -84,7 +84,8 @@ def report_html(case: dict, card: dict) -> str:
             ("Frames", f"{case['frames_done']} decoded, {case['frames_dropped']} dropped by the quality gate "
                        f"(threshold {card['preprocessing']['quality_threshold']:g})"),
             ("Verdict rests on", f"{verdict.get('frames', 0)} informative frames"),
-            ("Score", (f"mean probability of {positive}: " if positive else "mean probabilities: ") + score_text
+            ("Score", (f"mean probability of {card['verdicts'][positive]}: " if positive else "mean probabilities: ")
+             + score_text
              if score_text else "—"),
             ("Decision threshold", f"{card['threshold']:g}"),
             ("Model", f"{card['name']} ({(card.get('model') or {}).get('kind', '?')}, {card['input_size']}×"

@@ -187,7 +187,7 @@ function openCase(id) {
   $("empty").hidden = true;
   $("case").hidden = false;
   $("dl-csv").href = withToken(`/v1/cases/${id}/timeline.csv`);
-  $("dl-report").href = withToken(`/v1/cases/${id}/report.html`);
+  $("dl-report").href = withToken(`/v1/cases/${id}/report.html?download=1`);
   for (const li of $("cases").children) li.classList.toggle("current", li.dataset.id === id);
   const es = new EventSource(withToken(`/v1/cases/${id}/events`));
   S.es = es;
