@@ -1,0 +1,225 @@
+"""Cases: a video or the images of one examination, processed in the background, one at a time.
+
+:class:`CaseStore` keeps every case opened since the server started, each in its own folder under the
+server's temporary folder (uploads, display frames, model frames). Work goes through a bounded queue to one
+worker thread; :meth:`CaseStore.submit` raises :class:`QueueFull` when it is full (the API answers 503 with
+Retry-After). Deleting a case stops its work and removes its folder; :meth:`CaseStore.close` does so for
+all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mucosa.service.engine import Engine, ModelOutputError, UnreadableMedia
+from mucosa.service.framestore import FrameStore
+
+log = logging.getLogger(__name__)
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+
+
+class QueueFull(Exception):
+    """The work queue is full; ``retry_after`` estimates when a place frees up (seconds)."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"the work queue is full; retry in about {retry_after} s")
+        self.retry_after = retry_after
+
+
+@dataclass
+class Case:
+    """One case and what is known about it so far."""
+
+    id: str
+    name: str
+    kind: str                      # "video" or "images"
+    files: list[str]               # names as given by the client (display only)
+    sources: list[Path]            # the files the engine reads
+    folder: Path                   # removed with the case
+    frames_expected: int
+    fps: float | None
+    created: float = field(default_factory=time.time)
+    status: str = "queued"
+    error: str | None = None
+    timeline: list[dict] = field(default_factory=list)
+    verdict: dict | None = None
+    started: float | None = None
+    finished: float | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    store: FrameStore | None = None
+
+    @property
+    def finished_work(self) -> bool:
+        return self.status in ("done", "failed", "cancelled")
+
+    @property
+    def progress(self) -> float:
+        if self.status == "done":
+            return 1.0
+        return min(0.99, len(self.timeline) / self.frames_expected) if self.frames_expected else 0.0
+
+    def summary(self) -> dict:
+        """Everything but the timeline."""
+        dropped = sum(1 for row in self.timeline if row["dropped"])
+        return {"id": self.id, "name": self.name, "kind": self.kind, "files": self.files, "status": self.status,
+                "progress": round(self.progress, 4), "frames_expected": self.frames_expected,
+                "frames_done": len(self.timeline), "frames_dropped": dropped, "fps": self.fps,
+                "verdict": self.verdict, "error": self.error, "created": self.created, "started": self.started,
+                "finished": self.finished}
+
+    def to_dict(self, since: int = 0) -> dict:
+        """The summary with the timeline (from row ``since``)."""
+        return {**self.summary(), "timeline": self.timeline[since:]}
+
+
+class CaseStore:
+    """Cases of this server, their folders and the background worker that processes them.
+
+    Args:
+        engine: the model.
+        root: folder for the cases' files (the server's temporary folder).
+        queue_size: cases that may wait for the worker besides the one it is processing.
+    """
+
+    def __init__(self, engine: Engine, root: Path, queue_size: int = 8) -> None:
+        self.engine, self.root = engine, Path(root)
+        self.cases: dict[str, Case] = {}
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._fps = 0.0  # frames per second of the last case, for Retry-After
+        self._worker = threading.Thread(target=self._work, name="mucosa-cases", daemon=True)
+        self._worker.start()
+
+    # ---------------------------------------------------------------------------------------------- API
+
+    def new_folder(self) -> tuple[str, Path]:
+        """A fresh case id and its (created) folder, for the upload to be written into."""
+        case_id = uuid.uuid4().hex[:12]
+        folder = self.root / "cases" / case_id
+        folder.mkdir(parents=True)
+        return case_id, folder
+
+    def full(self) -> bool:
+        return self._queue.full()
+
+    def retry_after(self) -> int:
+        """Seconds until the worker has probably freed a place in the queue (1 to 120)."""
+        with self._lock:
+            left = sum(max(0, c.frames_expected - len(c.timeline)) for c in self.cases.values()
+                       if c.status in ("queued", "running"))
+            waiting = self._queue.qsize() or 1
+        per_case = left / waiting
+        return int(min(120, max(1, per_case / self._fps if self._fps > 0 else 10)))
+
+    def submit(self, case_id: str, folder: Path, name: str, files: list[str], sources: list[Path],
+               info: dict) -> Case:
+        """Queue a case whose files are in place (``info`` from ``Engine.inspect``).
+
+        Raises:
+            QueueFull: no place in the queue; the caller removes the folder.
+        """
+        case = Case(case_id, name, info["kind"], files, sources, folder, int(info["frames"]), info.get("fps"))
+        case.verdict = self.engine.verdict(None, 0, 0, "queued")
+        with self._lock:
+            try:
+                self._queue.put_nowait(case)
+            except queue.Full:
+                raise QueueFull(self.retry_after()) from None
+            self.cases[case.id] = case
+        log.info("case %s queued: %s (%s, about %d frames)", case.id, name, case.kind, case.frames_expected)
+        return case
+
+    def get(self, case_id: str) -> Case | None:
+        return self.cases.get(case_id)
+
+    def list(self) -> list[Case]:
+        with self._lock:
+            return sorted(self.cases.values(), key=lambda c: c.created, reverse=True)
+
+    def delete(self, case_id: str) -> bool:
+        """Stop the case's work and remove its files; False when there is no such case."""
+        with self._lock:
+            case = self.cases.pop(case_id, None)
+        if case is None:
+            return False
+        case.cancel.set()
+        if case.status in ("queued", "done", "failed", "cancelled"):
+            shutil.rmtree(case.folder, ignore_errors=True)
+        # a running case's folder is removed by the worker when it stops (see _work)
+        log.info("case %s deleted", case_id)
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the worker (cancelling the running case) and remove every case's files."""
+        self._closed.set()
+        for case in list(self.cases.values()):
+            case.cancel.set()
+        self._queue_put_stop()
+        self._worker.join(timeout)
+        for case in list(self.cases.values()):
+            shutil.rmtree(case.folder, ignore_errors=True)
+        self.cases.clear()
+
+    def _queue_put_stop(self) -> None:
+        while True:
+            try:
+                self._queue.put_nowait(None)
+                return
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):
+                    self._queue.get_nowait()
+
+    # ---------------------------------------------------------------------------------------------- worker
+
+    def _work(self) -> None:
+        while not self._closed.is_set():
+            case = self._queue.get()
+            if case is None:
+                return
+            try:
+                if not case.cancel.is_set():
+                    self._process(case)
+            except Exception:  # never let one case stop the worker
+                log.exception("case %s failed", case.id)
+                case.status, case.error = "failed", "internal error while processing the case (see the server log)"
+            finally:
+                case.finished = time.time()
+                if case.id not in self.cases:  # deleted while it ran
+                    shutil.rmtree(case.folder, ignore_errors=True)
+
+    def _process(self, case: Case) -> None:
+        case.status, case.started = "running", time.time()
+        case.store = FrameStore(case.folder / "frames", self.engine.input_size)
+        log.info("case %s running", case.id)
+        try:
+            for row in self.engine.frames(case.sources, case.store, case.cancel):
+                case.verdict = row.pop("case")
+                case.timeline.append(row)
+        except (UnreadableMedia, ModelOutputError) as error:
+            case.status, case.error = "failed", str(error)
+            if case.verdict is not None:
+                case.verdict = {**case.verdict, "state": "error", "label": None, "class": None, "score": None,
+                                "text": "no verdict: " + str(error)}
+            log.warning("case %s failed: %s", case.id, error)
+            return
+        if case.cancel.is_set():
+            case.status = "cancelled"
+            return
+        case.frames_expected = len(case.timeline)
+        if case.verdict is None:
+            case.verdict = self.engine.verdict(None, 0, 0, "final")
+        case.verdict = {**case.verdict, "state": "final"}
+        case.status = "done"
+        seconds = time.time() - case.started
+        self._fps = len(case.timeline) / seconds if seconds > 0 else self._fps
+        log.info("case %s done: %s (%d frames, %.1f s)", case.id, case.verdict["text"], len(case.timeline), seconds)

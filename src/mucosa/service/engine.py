@@ -1,0 +1,420 @@
+"""The service's one door to the model: the only module of ``mucosa.service`` that imports mucosa internals.
+
+:class:`Engine` loads a checkpoint once, on the fastest runtime available to it, and offers what the web
+service needs, as plain Python types (JSON-ready dicts, bytes):
+
+- :meth:`Engine.card`: the model card (classes, input size, preprocessing, training cohort counts without
+  ids, validation metrics).
+- :meth:`Engine.inspect`: what an uploaded file or set of files is (raises :class:`UnsupportedMedia` or
+  :class:`UnreadableMedia`).
+- :meth:`Engine.predict_image`: one image → class probabilities, verdict, quality, whether the quality gate
+  dropped it, optionally a Grad-CAM overlay.
+- :meth:`Engine.frames`: a video or the images of one case, frame by frame: quality, probability, the
+  smoothed probability and the running case verdict (``stream.Smoother``'s rule: the mean probability of
+  the frames that passed the quality gate against the threshold); each frame is kept in a
+  :class:`~mucosa.service.framestore.FrameStore` for the viewer.
+- :meth:`Engine.frame_png`: a stored frame as PNG, with its Grad-CAM heat map when asked.
+
+Every model call holds :attr:`Engine.lock`, a :class:`PriorityLock`: single-image predictions and Grad-CAM
+(someone is waiting for them) go before the frames of background cases, which still get a turn after
+waiting ``PriorityLock.max_wait`` seconds. A probability that is not finite never becomes a verdict:
+:class:`ModelOutputError` is raised instead.
+
+It stands on mucosa's own pieces: the checkpoint, the frame iterator (``data.preparation.iter_frames``),
+the verdict rule (``inference.verdict``), the running case verdict (``inference.stream.Smoother``), Grad-CAM
+(``Classifier.grad_cam``) and the predictors; the rest of the service only sees the methods above.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from mucosa.data.preparation import iter_frames
+from mucosa.data.readers import IMAGE_SUFFIXES, VIDEO_SUFFIXES, DecodeReport, is_image, is_video, read_image, video_info
+from mucosa.errors import ConfigError, ModelOutputError, MucosaError, UnreadableFileError
+from mucosa.inference import verdict as verdicts
+from mucosa.inference.classifier import Classifier
+from mucosa.inference.onnx import OnnxPredictor, import_onnxruntime, to_checked_onnx
+from mucosa.inference.predictors import TorchPredictor, resolve_device
+from mucosa.inference.stream import Smoother
+from mucosa.models.checkpoint import load_checkpoint, read_checkpoint_file
+from mucosa.service.framestore import FrameStore, encode, to_uint8
+from mucosa.service.scheduling import PriorityLock
+
+log = logging.getLogger(__name__)
+
+class UnsupportedMedia(MucosaError):
+    """Not an image or video type the model reads (HTTP 415)."""
+
+
+class UnreadableMedia(MucosaError):
+    """A known type that cannot be decoded, or not what the route takes (HTTP 422)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Media types
+# --------------------------------------------------------------------------------------------------
+
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"),
+          (b"BM", ".bmp"), (b"\x00\x00\x01\xba", ".mpg"), (b"\x00\x00\x01\xb3", ".mpg"),
+          (b"\x1a\x45\xdf\xa3", ".mkv"))
+
+
+def media_suffix(filename: str, head: bytes) -> str | None:
+    """The suffix to store an upload under: its name's when mucosa reads that type, else one found from
+    its first bytes (``head``), else None (not a type mucosa reads)."""
+    suffix = Path(filename or "").suffix.lower()
+    if suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES:
+        return suffix
+    for magic, found in _MAGIC:
+        if head.startswith(magic):
+            return found
+    if head[4:8] == b"ftyp":
+        return ".mp4"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return ".avi"
+    return None
+
+
+def media_kind(path: Path) -> str | None:
+    """``image``, ``video`` or None, by the file's suffix."""
+    return "image" if is_image(path) else "video" if is_video(path) else None
+
+
+def _plain(value):
+    """A probability as JSON: float (binary), list of floats (K classes) or None."""
+    if value is None:
+        return None
+    return float(value) if np.ndim(value) == 0 else [float(v) for v in value]
+
+
+def _reason(error: Exception, path: Path) -> str:
+    """A reader's error message naming the file by its name only (never the server's temporary path)."""
+    return f"{path.name}: {str(error).split(': ', 1)[-1]}"
+
+
+def _finite(value) -> bool:
+    return bool(np.all(np.isfinite(np.asarray(value, np.float64))))
+
+
+def _onnx_predictor(checkpoint, threads: int | None):
+    """``export.OnnxPredictor`` of the checkpoint (exported in memory, parity-checked) whose ONNX Runtime
+    threads sleep between calls instead of spinning: a server shares its cores with request parsing,
+    preprocessing and video decoding, which spinning threads would slow down."""
+    model = to_checked_onnx(checkpoint)
+    predictor = OnnxPredictor(model, batch_size=8, checkpoint=checkpoint, threads=threads)
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or 0
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    predictor.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return predictor
+
+
+def _ms_per_frame(predictor, size: int, calls: int = 6) -> float:
+    frame = np.random.default_rng(0).integers(0, 256, (1, size, size), dtype=np.uint8)
+    predictor(frame)  # warm-up
+    times = []
+    for _ in range(calls):
+        tic = time.perf_counter()
+        predictor(frame)
+        times.append(time.perf_counter() - tic)
+    return 1000 * float(np.median(times))
+
+
+class Engine:
+    """A checkpoint loaded once for the web service (see the module docstring).
+
+    Args:
+        checkpoint: a mucosa checkpoint (``.ckpt``); Grad-CAM needs its PyTorch model.
+        device: ``auto`` (a CUDA GPU when PyTorch sees one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        threshold: a binary case (or image) is called positive when its mean probability reaches it.
+        window: informative frames averaged into a frame's smoothed probability.
+        slots: model calls that may run at the same time (default: one per CPU core; 1 on a GPU).
+        threads: threads of each call (default: the cores shared out between the slots, at least 1).
+            Several single-threaded calls side by side use a small CPU better than one call spread
+            over all cores, and a busy machine slows them down less.
+
+    Raises:
+        CheckpointFileError: not a mucosa checkpoint. ConfigError: a bad device, threshold or window.
+    """
+
+    def __init__(self, checkpoint: str | Path, device: str = "auto", threshold: float = 0.5, window: int = 16,
+                 slots: int | None = None, threads: int | None = None) -> None:
+        threshold = verdicts.check_threshold(threshold)
+        if window < 1:
+            raise ConfigError(f"window {window} must be at least 1 frame")
+        self.path = Path(checkpoint)
+        if self.path.suffix.lower() == ".onnx":
+            raise ConfigError(f"{self.path}: serve needs the PyTorch checkpoint (.ckpt), which Grad-CAM uses; it "
+                              "runs the ONNX runtime itself when that is faster")
+        self.device = str(resolve_device(device))
+        self.checkpoint = load_checkpoint(self.path)
+        self.classes = list(self.checkpoint.classes)
+        self.prep = self.checkpoint.preprocessing
+        self.input_size = self.prep.size
+        self.threshold, self.window = float(threshold), window
+        self.verdicts = verdicts.verdict_names(self.classes)
+        cores = os.cpu_count() or 1
+        self.slots = slots or (cores if self.device == "cpu" else 1)
+        self.threads = threads or max(1, cores // self.slots)
+        self.lock = PriorityLock(self.slots)
+        self._cam_lock = threading.Lock()  # Grad-CAM hooks the model: one at a time
+        self.predictor, self.timings = self._fastest(self.threads)
+        self.classifier = Classifier(self.predictor, self.threshold)
+        self.runtime = self.predictor.runtime
+        log.info("model %s: %s on %s, %d call(s) at a time of %d thread(s) (%s ms per frame)", self.path.name,
+                 self.runtime, self.device, self.slots, self.threads,
+                 ", ".join(f"{k} {v:.1f}" for k, v in self.timings.items()))
+
+    # ---------------------------------------------------------------------------------------------- loading
+
+    def _fastest(self, threads: int | None):
+        """The fastest predictor on this device: GPU PyTorch, or the faster of PyTorch and ONNX Runtime."""
+        if self.device != "cpu":
+            predictor = TorchPredictor(self.checkpoint, batch_size=8, device=self.device)
+            return predictor, {"torch": _ms_per_frame(predictor, self.prep.size)}
+        candidates = [TorchPredictor(self.checkpoint, batch_size=8, threads=threads)]
+        try:
+            candidates.append(_onnx_predictor(self.checkpoint, threads))
+        except (MucosaError, ImportError) as error:
+            log.warning("ONNX runtime not used: %s", error)
+        timings = {p.runtime: _ms_per_frame(p, self.prep.size) for p in candidates}
+        return min(candidates, key=lambda p: timings[p.runtime]), timings
+
+    def card(self) -> dict:
+        """The model card: what the checkpoint says about the model, its inputs and its training."""
+        data = read_checkpoint_file(self.path)
+        info = self.checkpoint.info
+        split = dict(info.get("split") or {})
+        patients = {side: len(ids) for side, ids in (split.pop("patients", None) or {}).items()}
+        split.pop("manifest", None)  # a path on the training machine
+        validation = {}
+        for state in (data.get("callbacks") or {}).values():
+            if isinstance(state, dict) and state.get("monitor") and state.get("best_model_score") is not None:
+                score = float(state["best_model_score"])
+                validation[state["monitor"]] = score if math.isfinite(score) else None
+        config = info.get("config") or {}
+        return {
+            "name": self.path.name, "mucosa_version": info.get("mucosa_version"),
+            "classes": self.classes, "positive": self.classes[1] if len(self.classes) == 2 else None,
+            "verdicts": dict(zip(self.classes, self.verdicts)),
+            "input_size": self.prep.size, "model": info.get("model"), "preprocessing": self.prep.to_dict(),
+            "threshold": self.threshold, "window": self.window,
+            "training": {"patients": patients, "split": split, "epochs": int(data.get("epoch", -1)) + 1,
+                         "steps": int(data.get("global_step", 0)), "settings": config.get("training"),
+                         "augmentation": config.get("augmentation")},
+            "validation": validation,
+            "runtime": {"name": self.runtime, "device": self.device, "slots": self.slots, "threads": self.threads,
+                        "ms_per_frame": {k: round(v, 2) for k, v in self.timings.items()}},
+        }
+
+    # ---------------------------------------------------------------------------------------------- media
+
+    def inspect(self, paths: list[Path]) -> dict:
+        """``{"kind": "video" | "images", "frames": estimated count, "fps": float | None}`` for a case.
+
+        Raises:
+            UnsupportedMedia: a type mucosa does not read. UnreadableMedia: a file that does not decode, or
+            a mix the service does not take (several videos, a video with images, nothing).
+        """
+        if not paths:
+            raise UnreadableMedia("no image or video was given")
+        for path in paths:
+            if not (is_image(path) or is_video(path)):
+                raise UnsupportedMedia(f"{path.name}: not an image or video type mucosa reads (images: "
+                                       f"{', '.join(sorted(IMAGE_SUFFIXES))}; videos: "
+                                       f"{', '.join(sorted(VIDEO_SUFFIXES))})")
+        videos = [p for p in paths if is_video(p)]
+        if videos and len(paths) > 1:
+            raise UnreadableMedia("a case is one video, or several images: send each video as a case of its own")
+        try:
+            if videos:
+                info = video_info(videos[0])
+                if info.frames < 1:
+                    raise UnreadableMedia(f"{videos[0].name}: the video holds no frames")
+                return {"kind": "video", "frames": info.frames, "fps": info.fps or None}
+            for path in paths:
+                read_image(path, self.prep.channel)
+        except UnreadableFileError as error:
+            raise UnreadableMedia(_reason(error, path)) from None
+        return {"kind": "images", "frames": len(paths), "fps": None}  # tiled images give more, counted as they come
+
+    def _read_still(self, path: Path) -> tuple[np.ndarray, list[tuple[np.ndarray, float]], list[tuple]]:
+        """A still image → (image, [(model frame, quality)], [box of each model frame])."""
+        try:
+            frames = list(iter_frames(path, self.prep))
+        except UnreadableFileError as error:
+            raise UnreadableMedia(_reason(error, path)) from None
+        parts = [(f.image, f.quality) for f in frames]
+        return frames[0].source, parts, _tile_boxes(frames[0].fov.box, len(parts), self.prep.tile)
+
+    # ---------------------------------------------------------------------------------------------- images
+
+    def _predict(self, frames: np.ndarray, urgent: bool) -> np.ndarray:
+        with (self.lock.urgent() if urgent else self.lock.background()):
+            return np.asarray(self.predictor(np.ascontiguousarray(frames)))
+
+    def verdict(self, mean, used: int, total: int, state: str) -> dict:
+        """A verdict as JSON: ``label`` (the clinical words for the class, or None without informative
+        frames), ``class``, ``text`` (the label, or why there is none), ``score`` (mean probability),
+        ``threshold``, ``frames`` it rests on, ``total`` frames seen, ``state`` (queued, running, final)."""
+        if mean is None:
+            label = cls = None
+        else:
+            index = verdicts.call(mean, self.threshold)
+            label, cls = self.verdicts[index], self.classes[index]
+        return {"state": state, "label": label, "class": cls, "text": label or verdicts.NO_VERDICT,
+                "score": _plain(mean),
+                "threshold": self.threshold, "frames": used, "total": total}
+
+    def predict_image(self, source: bytes | str | Path, gradcam: bool = False) -> dict:
+        """One image: class probabilities, verdict, quality score and whether the quality gate dropped it.
+
+        A tiled checkpoint averages its tiles that pass the gate (``tiles`` lists them). With ``gradcam``
+        an informative untiled image also gets ``gradcam_png``: the image with the heat map, PNG bytes.
+
+        Raises:
+            UnreadableMedia: the image does not decode. ModelOutputError: a non-finite probability.
+        """
+        if isinstance(source, bytes):
+            with tempfile.NamedTemporaryFile(suffix=media_suffix("", source[:16]) or ".png") as handle:
+                handle.write(source)
+                handle.flush()
+                return self.predict_image(Path(handle.name), gradcam)
+        path = Path(source)
+        image, parts, boxes = self._read_still(path)
+        quality = [float(np.nan_to_num(q)) for _, q in parts]
+        used = [k for k, q in enumerate(quality) if self.prep.passes(q)]
+        probs = self._predict(np.stack([parts[k][0] for k in used]), urgent=True) if used else None
+        if probs is not None and not _finite(probs):
+            raise ModelOutputError(f"{path.name}: the model gave a non-finite probability; no verdict")
+        mean = np.mean(probs, axis=0) if probs is not None else None
+        result = {"classes": self.classes, "probabilities": self._by_class(mean), "probability": _plain(mean),
+                  "verdict": self.verdict(mean, len(used), len(parts), "final"),
+                  "quality": float(np.mean(quality)), "quality_threshold": self.prep.quality_threshold,
+                  "dropped": not used, "threshold": self.threshold}
+        if len(parts) > 1:
+            by_position = dict(zip(used, probs if probs is not None else []))
+            result["tiles"] = [{"tile": k, "quality": q, "dropped": k not in by_position,
+                                "probability": _plain(by_position.get(k))} for k, q in enumerate(quality)]
+        if gradcam and used and len(parts) == 1:
+            result["gradcam_png"] = encode(self._overlay(to_uint8(image), parts[0][0], boxes[0]))
+        return result
+
+    def _by_class(self, mean) -> dict | None:
+        if mean is None:
+            return None
+        if np.ndim(mean) == 0:
+            return {self.classes[0]: 1.0 - float(mean), self.classes[1]: float(mean)}
+        return {c: float(v) for c, v in zip(self.classes, mean)}
+
+    # ---------------------------------------------------------------------------------------------- cases
+
+    def frames(self, sources: list[Path], store: FrameStore | None = None,
+               cancel: threading.Event | None = None) -> Iterator[dict]:
+        """A case frame by frame: one dict per decoded frame (video) or model frame (images).
+
+        Keys: ``frame`` (video frame index, or position among the images' frames), ``time`` (seconds,
+        videos only), ``quality``, ``dropped`` (below the quality gate: no probability), ``probability``
+        (of the positive class for two classes, else a list), ``smoothed`` (mean of the last ``window``
+        informative frames), ``source`` (the image's position; None for a video) and ``case``: the running
+        verdict (``state`` "running", ``label``, ``class``, ``score`` = mean probability of the informative
+        frames, ``frames`` it rests on, ``total`` frames seen).
+
+        Raises:
+            UnreadableMedia: a file that does not decode. ModelOutputError: a non-finite probability
+            (nothing is yielded for that frame).
+        """
+        smoother = Smoother(self.classes, self.window, self.threshold)
+        items = self._video_items(sources[0]) if len(sources) == 1 and is_video(sources[0]) else \
+            self._image_items(sources)
+        for seen, (number, seconds, frame, model_frame, quality, box, source) in enumerate(items, start=1):
+            if cancel is not None and cancel.is_set():
+                return
+            dropped = not self.prep.passes(quality)
+            probability = None
+            if not dropped:
+                probability = self._predict(model_frame[None], urgent=False)[0]
+                if not _finite(probability):
+                    raise ModelOutputError(f"the model gave a non-finite probability for frame {number}; "
+                                           "no verdict")
+                smoother.update(probability)
+            if store is not None:
+                store.add(number, frame, model_frame, box)
+            row = {"frame": number, "time": seconds, "quality": round(quality, 4), "dropped": dropped,
+                   "probability": _plain(probability), "smoothed": _plain(smoother.smoothed), "source": source}
+            row["case"] = self.verdict(smoother.case_probability, smoother.count, seen, "running")
+            yield row
+
+    def _video_items(self, path: Path) -> Iterator[tuple]:
+        fps = video_info(path).fps
+        try:
+            for frame in iter_frames(path, self.prep, report=DecodeReport()):
+                yield (frame.index, round(frame.index / fps, 4) if fps else None, frame.source, frame.image,
+                       float(np.nan_to_num(frame.quality)), tuple(frame.fov.box), None)
+        except UnreadableFileError as error:
+            raise UnreadableMedia(_reason(error, path)) from None
+
+    def _image_items(self, paths: list[Path]) -> Iterator[tuple]:
+        number = 0
+        for position, path in enumerate(paths):
+            image, parts, boxes = self._read_still(path)
+            for (model_frame, quality), box in zip(parts, boxes):
+                yield number, None, image, model_frame, float(np.nan_to_num(quality)), box, position
+                number += 1
+
+    # ---------------------------------------------------------------------------------------------- pictures
+
+    def frame_png(self, store: FrameStore, number: int, gradcam: bool = False) -> bytes:
+        """Stored frame ``number`` as PNG; with ``gradcam`` the heat map of its predicted class is laid over
+        the part the model saw (computed once, then kept in the store)."""
+        if not gradcam:
+            return encode(store.display(number))
+        cached = store.gradcam_path(number)
+        if not cached.is_file():
+            data = encode(self._overlay(store.display(number), store.model_frame(number), store.box(number)))
+            cached.write_bytes(data)
+            return data
+        return cached.read_bytes()
+
+    def _overlay(self, display: np.ndarray, model_frame: np.ndarray, box: tuple) -> np.ndarray:
+        """RGB display frame with the Grad-CAM heat map (jet colours, opacity following the heat) in ``box``,
+        outlined."""
+        from matplotlib import colormaps
+        from PIL import Image
+
+        with self._cam_lock, self.lock.urgent():
+            heat = self.classifier.grad_cam(model_frame)  # (S, S) in [0, 1]
+        x0, y0, x1, y1 = box
+        heat = np.asarray(Image.fromarray(heat, mode="F").resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR))
+        heat = np.clip(heat, 0, 1)[..., None]
+        rgb = np.repeat(display[..., None], 3, axis=2).astype(np.float32)
+        colour = colormaps["jet"](heat[..., 0])[..., :3] * 255
+        alpha = 0.65 * np.clip((heat - 0.15) / 0.85, 0, 1)  # the weakest evidence leaves the tissue untinted
+        rgb[y0:y1, x0:x1] = rgb[y0:y1, x0:x1] * (1 - alpha) + colour * alpha
+        outline = np.array([120, 190, 255], np.float32)  # the part of the frame the model saw
+        rgb[y0, x0:x1] = rgb[y1 - 1, x0:x1] = outline
+        rgb[y0:y1, x0] = rgb[y0:y1, x1 - 1] = outline
+        return np.round(rgb).astype(np.uint8)
+
+
+def _tile_boxes(box: tuple, count: int, side: int) -> list[tuple[int, int, int, int]]:
+    """Boxes of the tiles ``preprocess.tiles`` cuts from a field of view (row by row, grid centred)."""
+    x0, y0, x1, y1 = box
+    if count <= 1 or not side:
+        return [tuple(box)] * max(count, 1)
+    rows, cols = (y1 - y0) // side, (x1 - x0) // side
+    top, left = y0 + ((y1 - y0) - rows * side) // 2, x0 + ((x1 - x0) - cols * side) // 2
+    return [(left + c * side, top + r * side, left + (c + 1) * side, top + (r + 1) * side)
+            for r in range(rows) for c in range(cols)]

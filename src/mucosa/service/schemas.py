@@ -1,0 +1,94 @@
+"""The JSON the API answers with, as pydantic models (they document the routes at ``/docs``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Probability = float | list[float] | None
+
+
+class Verdict(BaseModel):
+    """A case's (or image's) verdict: the mean probability of its informative frames against the threshold."""
+
+    state: Literal["queued", "running", "final", "error"] = Field(
+        description="running while frames come in, final when the case is done, error when none can be given")
+    label: str | None = Field(description="the verdict in the checkpoint's words, e.g. 'mucosal healing'; "
+                                 "null without informative frames or on error")
+    class_: str | None = Field(alias="class", description="the class the label stands for")
+    text: str = Field(description="the label, or why there is none")
+    score: Probability = Field(description="mean probability of the positive class over the informative "
+                               "frames (one per class for more than two classes)")
+    threshold: float
+    frames: int = Field(description="informative frames the verdict rests on")
+    total: int = Field(description="frames seen")
+
+    model_config = {"populate_by_name": True}
+
+
+class Prediction(BaseModel):
+    classes: list[str]
+    probabilities: dict[str, float] | None = Field(description="per class; null when the quality gate "
+                                                      "dropped the image")
+    probability: Probability = Field(description="of the positive class (binary models)")
+    verdict: Verdict
+    quality: float = Field(description="quality score in [0, 1]")
+    quality_threshold: float
+    dropped: bool = Field(description="the quality gate dropped the image: no probability, no verdict")
+    threshold: float
+    tiles: list[dict[str, Any]] | None = None
+    gradcam: str | None = Field(None, description="with ?gradcam=1: the image with the Grad-CAM heat map "
+                                   "of the predicted class, as a data:image/png;base64 URL")
+
+
+class TimelinePoint(BaseModel):
+    frame: int = Field(description="frame index in the video (position among the images' frames)")
+    time: float | None = Field(description="seconds from the start of the video")
+    quality: float
+    dropped: bool = Field(description="below the quality gate: no probability")
+    probability: Probability
+    smoothed: Probability = Field(description="mean of the last `window` informative frames")
+    source: int | None = Field(None, description="images: which image (0-based) the frame comes from")
+
+
+class CaseSummary(BaseModel):
+    id: str
+    name: str
+    kind: Literal["video", "images"]
+    files: list[str]
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
+    progress: float = Field(description="share of the frames processed, 0 to 1")
+    frames_expected: int
+    frames_done: int
+    frames_dropped: int
+    fps: float | None
+    verdict: Verdict | None
+    error: str | None
+    created: float
+    started: float | None
+    finished: float | None
+
+
+class Case(CaseSummary):
+    timeline: list[TimelinePoint]
+
+
+class CaseCreated(BaseModel):
+    id: str
+    status: str
+    url: str
+    events: str
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class Health(BaseModel):
+    status: str
+    model: str
+    runtime: str
+    device: str
+    cases: int
+    queued: int

@@ -1,0 +1,54 @@
+"""Fixtures of the web service tests: a small checkpoint, the engine loaded once, real pCLE frames."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="the service tests need the serve extra: pip install 'mucosa[serve]'")
+
+SERVE = {"model": {"size": 64}, "preprocessing": {"fov_frames": 8},
+         "split": {"mode": "patient", "test": 0.3, "val": 0.3, "seed": 1},
+         "training": {"epochs": 3, "batch_size": 8, "lr": 0.01, "threads": 2}}
+
+
+@pytest.fixture(scope="session")
+def serve_checkpoint(train_tiny) -> Path:
+    """A tiny CNN-LSTM (64x64, quality gate 0.5, field of view from 8 frames) trained on synthetic images."""
+    return train_tiny("serve", SERVE, patients=9, per_patient=4, seed=3).best
+
+
+@pytest.fixture(scope="session")
+def engine(serve_checkpoint):
+    from mucosa.service.engine import Engine
+
+    return Engine(serve_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def brain_video(pcle_brain) -> Path:
+    """The shortest real pCLE video (162 frames, all above the quality gate)."""
+    return pcle_brain / "meningioma" / "men-09.mpg"
+
+
+@pytest.fixture(scope="session")
+def frame_png(brain_video, tmp_path_factory) -> Path:
+    """Frame 40 of a real pCLE video as a gray PNG (464x336, the whole recorded frame)."""
+    from PIL import Image
+
+    from mucosa.data.readers import iter_video_frames
+
+    (_, frame), = list(iter_video_frames(brain_video, "40"))
+    path = tmp_path_factory.mktemp("frames") / "men-09-f40.png"
+    Image.fromarray(np.round(frame * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def black_png(tmp_path_factory) -> Path:
+    """A black image: the quality gate drops it."""
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("black") / "black.png"
+    Image.fromarray(np.zeros((336, 464), np.uint8)).save(path)
+    return path
