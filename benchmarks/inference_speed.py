@@ -37,7 +37,7 @@ import torch
 
 from mucosa.data.preparation import Preprocessing
 from mucosa.inference.onnx import OnnxPredictor, quantize_int8, to_onnx
-from mucosa.inference.predictors import TorchPredictor
+from mucosa.inference.pytorch import TorchPredictor
 from mucosa.inference.stream import default_threads, stream
 from mucosa.models.checkpoint import LoadedCheckpoint
 from mucosa.models.networks import ModelConfig, create_model, feature_size

@@ -243,7 +243,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mucosa.inference.predict import format_cases, predict
+    from mucosa.inference.batch import format_cases, predict
 
     def progress(done: int, total: int, path) -> None:
         if sys.stderr.isatty():  # a line drawn in place; in a log it would run into the warnings

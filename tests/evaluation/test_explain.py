@@ -16,7 +16,7 @@ from mucosa.data.synth import synthesize_cohort
 from mucosa.errors import ConfigError, UnreadableFileError
 from mucosa.evaluation import explain
 from mucosa.inference import saliency
-from mucosa.inference.predictors import predict_frames
+from mucosa.inference.pytorch import predict_frames
 from mucosa.models.checkpoint import load_checkpoint
 from mucosa.models.config import config_from_dict
 from mucosa.models.networks import ModelConfig, create_model

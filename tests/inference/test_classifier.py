@@ -10,7 +10,7 @@ import mucosa
 from mucosa.atomic import write_torch
 from mucosa.cli import main
 from mucosa.errors import ConfigError, ModelOutputError
-from mucosa.inference.predictors import resolve_device
+from mucosa.inference.pytorch import resolve_device
 from mucosa.inference.verdict import NO_VERDICT
 from mucosa.models.checkpoint import read_checkpoint_file
 

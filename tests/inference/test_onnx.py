@@ -8,9 +8,9 @@ from mucosa import __version__
 from mucosa.atomic import write_torch
 from mucosa.cli import main
 from mucosa.errors import ConfigError, MucosaError
+from mucosa.inference.batch import predict
 from mucosa.inference.onnx import ExportError, OnnxPredictor, export
-from mucosa.inference.predict import predict
-from mucosa.inference.predictors import TorchPredictor, fold_batchnorm, predict_frames
+from mucosa.inference.pytorch import TorchPredictor, fold_batchnorm, predict_frames
 from mucosa.models.checkpoint import (
     CheckpointFileError,
     load_checkpoint,

@@ -7,8 +7,8 @@ import pytest
 
 from mucosa.cli import main
 from mucosa.data.readers import iter_video_frames, video_info
-from mucosa.inference.predict import predict
-from mucosa.inference.predictors import TorchPredictor
+from mucosa.inference.batch import predict
+from mucosa.inference.pytorch import TorchPredictor
 from mucosa.inference.stream import Smoother, stream
 from mucosa.inference.verdict import NO_VERDICT
 from mucosa.models.checkpoint import load_checkpoint

@@ -166,7 +166,7 @@ def test_priority_lock_serves_urgent_calls_first_and_background_in_time():
 
 
 def test_predict_real_frame_as_predict_does(client, frame_png, serve_checkpoint, tmp_path):
-    from mucosa.inference.predict import predict
+    from mucosa.inference.batch import predict
 
     result = upload(client, "/v1/predict", frame_png).json()
     assert not result["dropped"] and 0 <= result["quality"] <= 1
@@ -334,7 +334,7 @@ def test_video_case_timeline_and_verdict(video_case, brain_video, engine):
 
 
 def test_video_case_equals_predict(video_case, brain_video, serve_checkpoint, tmp_path):
-    from mucosa.inference.predict import predict
+    from mucosa.inference.batch import predict
 
     result = predict(serve_checkpoint, [brain_video], tmp_path / "p")
     with open(tmp_path / "p" / "predictions.csv", newline="") as handle:

@@ -71,7 +71,7 @@ class Preprocessing(Settings):
             square inside it), ``disc`` (the same detection, but a circular field is kept whole, black
             outside the circle; rectangles as ``auto``), ``none`` (whole
             frame) or a fixed box ``[x0, y0, x1, y1]``.
-        channel: ``auto``, ``luminance``, ``red``, ``green`` or ``blue`` (see ``frames.to_gray``).
+        channel: ``auto``, ``luminance``, ``red``, ``green`` or ``blue`` (see ``readers.to_gray``).
         quality_threshold: frames scoring below are dropped as uninformative (0 keeps all).
         fov_frames: frames of a video looked at together to find its field of view.
         tile: cut the field of view of a still image into tiles of this side (source pixels), each

@@ -25,7 +25,7 @@ from mucosa.evaluation.explain import gallery
 from mucosa.evaluation.privacy import Redactor, pseudonymiser
 from mucosa.evaluation.report import write_report
 from mucosa.inference import verdict as verdicts
-from mucosa.inference.predictors import predict_table, resolve_device
+from mucosa.inference.pytorch import predict_table, resolve_device
 from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint
 from mucosa.tables import write_csv
 

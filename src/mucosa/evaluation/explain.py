@@ -28,7 +28,7 @@ from mucosa.data.readers import (
 )
 from mucosa.errors import ConfigError, UnreadableFileError
 from mucosa.inference import verdict as verdicts
-from mucosa.inference.predictors import predict_frames, resolve_device
+from mucosa.inference.pytorch import predict_frames, resolve_device
 from mucosa.inference.saliency import GRAD_CAM_LAYER, feature_maps, grad_cam
 from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint
 
@@ -320,7 +320,7 @@ def _groups(y_true: np.ndarray, y_score: np.ndarray, threshold: float | None
             ) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(group name, frame positions most confident first, class index to explain per frame)."""
     if y_score.ndim == 1:  # binary: the four cells of the confusion matrix
-        called = y_score >= threshold
+        called = verdicts.calls(y_score, threshold).astype(bool)
         order = {True: np.argsort(-y_score, kind="stable"), False: np.argsort(y_score, kind="stable")}
         groups = []
         for name, truth, call in (("true positive", 1, True), ("true negative", 0, False),

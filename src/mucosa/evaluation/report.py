@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mucosa.inference import verdict as verdicts
 from mucosa.intervals import BOOTSTRAP, DESCRIPTIONS, EXACT
 
 METRIC_ORDER = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc", "pr_auc")
@@ -180,7 +181,7 @@ def make_figures(out: Path, result: dict, scored, patients: list[dict]) -> list[
     classes = result["classes"]
     figures = plot_roc_pr(scored.y_true, scored.y_score, classes, out)
     threshold = result["threshold"]["value"]
-    predicted = (scored.y_score >= threshold).astype(int) if threshold is not None else scored.y_score.argmax(1)
+    predicted = verdicts.calls(scored.y_score, threshold if threshold is not None else 0.5)
     figures.append(plot_confusion(confusion(scored.y_true, predicted, len(classes)), classes,
                                   out / "confusion.png", "Confusion matrix (frames)"))
     if "calibration" in result:

@@ -26,7 +26,7 @@ from mucosa.data.preparation import Frame, iter_frames
 from mucosa.data.readers import FrameSelection
 from mucosa.errors import ConfigError
 from mucosa.inference import verdict as verdicts
-from mucosa.inference.predict import collect_sources
+from mucosa.inference.batch import collect_sources
 from mucosa.inference.runtime import open_predictor
 from mucosa.inference.saliency import grad_cam
 

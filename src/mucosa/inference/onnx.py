@@ -2,7 +2,7 @@
 
 The exported graph takes ``image``: float32 (B, 1, S, S), a preprocessed gray frame in [0, 1] (dynamic
 batch B), and returns ``logits`` (B, num_outputs) and ``probabilities`` ((B,) positive-class probability
-for a binary model, (B, K) otherwise). Batch norms are folded first (``infer.fold_batchnorm``); the
+for a binary model, (B, K) otherwise). Batch norms are folded first (``pytorch.fold_batchnorm``); the
 model's per-image standardisation is inside the graph. Everything needed to preprocess frames as in
 training is stored in the model's ``metadata_props`` (see :func:`metadata`), so ``mucosa predict`` and
 ``mucosa stream`` run from the ``.onnx`` file alone.
@@ -35,7 +35,7 @@ from mucosa.data.splits import select_parts
 from mucosa.data.table import assemble
 from mucosa.errors import ConfigError, MucosaError
 from mucosa.inference import verdict as verdicts
-from mucosa.inference.predictors import fold_batchnorm, probabilities, resolve_device
+from mucosa.inference.pytorch import fold_batchnorm, probabilities, resolve_device
 from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint
 
 FORMAT = "mucosa-onnx"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mucosa.errors import ConfigError, MucosaError
 from mucosa.inference.onnx import OnnxPredictor, to_checked_onnx
-from mucosa.inference.predictors import TorchPredictor, resolve_device
+from mucosa.inference.pytorch import TorchPredictor, resolve_device
 from mucosa.models.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ Per frame: decode → field-of-view crop → quality gate → inference → temp
 - Smoothing: ``smoothed`` is the mean probability of the last ``window`` informative frames (what is under
   the probe now); the case verdict is the mean of *all* informative frames so far against the threshold,
   ``predict``'s and ``evaluate``'s rule, so the final verdict is the one ``predict`` gives for the file.
-- A corrupt packet in the middle of the video is skipped and counted (``frames.iter_video_frames``).
+- A corrupt packet in the middle of the video is skipped and counted (``readers.iter_video_frames``).
 
 Decoding and preprocessing run in a background thread, inference in the calling one, so the two overlap
 (PyAV, NumPy, Pillow and both runtimes release the GIL). ``realtime`` paces frames at the source frame
@@ -105,7 +105,7 @@ class StreamSummary:
     stage_seconds: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     verdict: str = verdicts.NO_VERDICT
     case_probability: object = None
-    fov: object = None  # the field of view used (``preprocess.FieldOfView``)
+    fov: object = None  # the field of view used (``fov.FieldOfView``)
     buffered: int = 0   # first frames held back to find the field of view (their latency includes the wait)
 
     @property
@@ -389,7 +389,7 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
     """Run a video through the model frame by frame (``mucosa stream``).
 
     Args:
-        predictor: ``infer.TorchPredictor`` or ``export.OnnxPredictor`` (see ``infer.open_predictor``).
+        predictor: ``pytorch.TorchPredictor`` or ``onnx.OnnxPredictor`` (see ``runtime.open_predictor``).
         source: a video file.
         window: informative frames averaged into ``smoothed``.
         realtime: pace at the source frame rate instead of as fast as possible.

@@ -44,7 +44,7 @@ from mucosa.errors import ConfigError, ModelOutputError, MucosaError, Unreadable
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.classifier import Classifier
 from mucosa.inference.onnx import OnnxPredictor, import_onnxruntime, to_checked_onnx
-from mucosa.inference.predictors import TorchPredictor, resolve_device
+from mucosa.inference.pytorch import TorchPredictor, resolve_device
 from mucosa.inference.stream import Smoother
 from mucosa.models.checkpoint import load_checkpoint, read_checkpoint_file
 from mucosa.service.framestore import FrameStore, encode, to_uint8
@@ -107,7 +107,7 @@ def _finite(value) -> bool:
 
 
 def _onnx_predictor(checkpoint, threads: int | None):
-    """``export.OnnxPredictor`` of the checkpoint (exported in memory, parity-checked) whose ONNX Runtime
+    """``onnx.OnnxPredictor`` of the checkpoint (exported in memory, parity-checked) whose ONNX Runtime
     threads sleep between calls instead of spinning: a server shares its cores with request parsing,
     preprocessing and video decoding, which spinning threads would slow down."""
     model = to_checked_onnx(checkpoint)
@@ -410,7 +410,7 @@ class Engine:
 
 
 def _tile_boxes(box: tuple, count: int, side: int) -> list[tuple[int, int, int, int]]:
-    """Boxes of the tiles ``preprocess.tiles`` cuts from a field of view (row by row, grid centred)."""
+    """Boxes of the tiles ``fov.tiles`` cuts from a field of view (row by row, grid centred)."""
     x0, y0, x1, y1 = box
     if count <= 1 or not side:
         return [tuple(box)] * max(count, 1)

@@ -11,7 +11,7 @@ from mucosa.data.manifest import Record, load_manifest, write_manifest
 from mucosa.data.readers import iter_video_frames
 from mucosa.errors import MucosaError
 from mucosa.evaluation.evaluate import score
-from mucosa.inference.predict import collect_sources, predict
+from mucosa.inference.batch import collect_sources, predict
 from mucosa.inference.verdict import NO_VERDICT
 from mucosa.models.checkpoint import (
     load_checkpoint,
@@ -241,7 +241,7 @@ def test_an_unreadable_file_is_reported_and_the_rest_predicted(trained, tmp_path
 
 def test_outputs_replace_an_earlier_result_whole_or_not_at_all(trained, tmp_path, monkeypatch):
     from mucosa.errors import ModelOutputError, MucosaWarning
-    from mucosa.inference import predict as predict_module
+    from mucosa.inference import batch as predict_module
 
     run, cohort, _ = trained
     good, broken = _case_with_a_broken_file(cohort, tmp_path / "case")
@@ -278,7 +278,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_earlier_result(trained, tmp_path,
     import errno
     import os
 
-    from mucosa.inference import predict as predict_module
+    from mucosa.inference import batch as predict_module
 
     run, cohort, _ = trained
     out = tmp_path / "p"

@@ -151,7 +151,7 @@ def predict_sources(predictor, sources: list[Source], out: str | Path, threshold
     as one set.
 
     Args:
-        predictor: ``infer.TorchPredictor`` or ``export.OnnxPredictor`` (see ``infer.open_predictor``).
+        predictor: ``pytorch.TorchPredictor`` or ``onnx.OnnxPredictor`` (see ``runtime.open_predictor``).
         sources: from :func:`collect_sources`.
         out: output folder.
         threshold: a binary case (and frame) is called positive when its probability reaches this.

@@ -3,7 +3,7 @@ and the Python API.
 
 Example:
     >>> import numpy as np
-    >>> from mucosa.inference.predictors import predict_frames, resolve_device
+    >>> from mucosa.inference.pytorch import predict_frames, resolve_device
     >>> from mucosa.models.networks import ModelConfig, create_model
     >>> model = create_model(ModelConfig(kind="cnn", size=40))
     >>> predict_frames(model, np.zeros((3, 40, 40), np.uint8)).shape
