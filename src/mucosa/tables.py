@@ -7,9 +7,9 @@ in front of it, which spreadsheets show as text; a cell that already starts with
 :func:`original_cell` undoes the rule exactly. Numbers (Python ``int``/``float``, or text that is a plain
 decimal number such as ``-0.25``) are left as they are: a spreadsheet reads them as numbers, not formulas.
 
-Every command that writes a CSV (evaluate, compare; predict, stream and explain can adopt it the same way)
-goes through :func:`write_csv`, which writes atomically (:mod:`mucosa.atomic`), and every reader of those
-files through :func:`read_csv`.
+Every command that writes a CSV goes through :func:`write_csv`, which writes atomically
+(:mod:`mucosa.atomic`), or, where rows are streamed (predict, stream), through :func:`safe_row`; every reader
+of those files through :func:`read_csv`.
 
 Example:
     >>> safe_cell('=HYPERLINK("http://x")')
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from mucosa.atomic import temporary_beside
 
-__all__ = ["original_cell", "read_csv", "safe_cell", "write_csv"]
+__all__ = ["original_cell", "read_csv", "safe_cell", "safe_row", "write_csv"]
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 """A text cell starting with one of these is run as a formula by Excel, LibreOffice or Google Sheets."""
@@ -44,6 +44,11 @@ def safe_cell(value: object) -> object:
     if value.startswith(QUOTE) or (value.startswith(FORMULA_STARTS) and not _PLAIN_NUMBER.match(value)):
         return QUOTE + value
     return value
+
+
+def safe_row(row: Iterable[object]) -> list[object]:
+    """Every cell of a row through :func:`safe_cell` (for a ``csv.writer`` that streams its rows)."""
+    return [safe_cell(cell) for cell in row]
 
 
 def original_cell(text: str) -> str:

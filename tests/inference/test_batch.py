@@ -294,3 +294,20 @@ def test_a_full_disk_is_one_line_and_keeps_the_earlier_result(trained, tmp_path,
     assert [line for line in err.splitlines() if "error" in line] == [
         f"error: cannot write {out}: No space left on device"]
     assert _outputs(out) == earlier
+
+
+def test_formula_like_case_and_file_names_are_neutralised(trained, tmp_path, monkeypatch):
+    """CSV injection: a case folder and a file named like spreadsheet formulas come out as text."""
+    run, cohort, _ = trained
+    image = next((cohort / "images").rglob("*.png"))
+    folder = tmp_path / "=HYPERLINK(x)"
+    folder.mkdir()
+    (folder / "@cmd.png").write_bytes(image.read_bytes())
+    monkeypatch.chdir(tmp_path)  # relative paths: the case and path cells start with "="
+    assert main(["predict", "--checkpoint", str(run / "best.ckpt"), "=HYPERLINK(x)", "--out", "p"]) == 0
+    assert main(["explain", "--checkpoint", str(run / "best.ckpt"), "=HYPERLINK(x)/@cmd.png", "--out", "e"]) == 0
+    for table in ("p/predictions.csv", "p/files.csv", "p/cases.csv", "e/explain.csv"):
+        with open(tmp_path / table, newline="") as handle:
+            cells = [cell for row in csv.reader(handle) for cell in row]
+        assert any("HYPERLINK" in c or "@cmd" in c for c in cells), table
+        assert not [c for c in cells if c[:1] in ("=", "+", "@") or (c[:1] == "-" and not c[1:2].isdigit())], table

@@ -31,6 +31,7 @@ from mucosa.inference import verdict as verdicts
 from mucosa.inference.pytorch import predict_frames, resolve_device
 from mucosa.inference.saliency import GRAD_CAM_LAYER, feature_maps, grad_cam
 from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint
+from mucosa.tables import safe_row
 
 DEFAULT_TOP = 4  # frames explained per video when neither --frames nor --top is given
 OUTPUTS = ("explain.csv", "*_features_*.png", "*_gradcam.png")  # what an earlier explain run left in --out
@@ -308,7 +309,7 @@ def _write_index(results: list[ExplainedFrame], classes: list[str], path: Path) 
         rows.append([str(r.input), "" if r.frame is None else r.frame, f"{r.quality:.4f}", *values, r.predicted,
                      ";".join(f.name for f in r.files)])
     with atomic.temporary_beside(path, "w", newline="", encoding="utf-8") as handle:
-        csv.writer(handle).writerows(rows)
+        csv.writer(handle).writerows(safe_row(row) for row in rows)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from mucosa.data.readers import FrameSelection, is_image, is_video
 from mucosa.errors import MucosaError, MucosaWarning, UnreadableFileError
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.runtime import open_predictor
+from mucosa.tables import safe_row
 
 OUTPUTS = ("predictions.csv", "files.csv", "cases.csv")
 
@@ -170,7 +171,7 @@ def predict_sources(predictor, sources: list[Source], out: str | Path, threshold
     with atomic.OutputSet(out, OUTPUTS) as staged:
         with open(staged.path("predictions.csv"), "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["path", "case", "frame", "quality", "used", *header, "label"])
+            writer.writerow(safe_row(["path", "case", "frame", "quality", "used", *header, "label"]))
             for done, source in enumerate(sources, start=1):
                 try:
                     prepared = _prepared(source, predictor.preprocessing, cache)
@@ -202,10 +203,12 @@ def _predict_file(predictor, source: Source, prepared: PreparedFrames, writer, t
     for position, (index, quality) in enumerate(zip(prepared.indices, prepared.quality)):
         p = by_position.get(position)
         if p is None:  # below the quality gate: listed, not predicted
-            writer.writerow([source.path, source.case, int(index), f"{quality:.4f}", 0, *[""] * width, ""])
+            writer.writerow(safe_row([str(source.path), source.case, int(index), f"{quality:.4f}", 0,
+                                      *[""] * width, ""]))
             continue
         label = classes[verdicts.call(p, threshold)]
-        writer.writerow([source.path, source.case, int(index), f"{quality:.4f}", 1, *_probability_text(p), label])
+        writer.writerow(safe_row([str(source.path), source.case, int(index), f"{quality:.4f}", 1,
+                                  *_probability_text(p), label]))
     return Summary(str(source.path), source.case, 1, len(prepared.indices), len(keep), prepared.corrupt,
                    list(probs) if probs is not None else [])
 
@@ -222,13 +225,14 @@ def _write_summaries(path: Path, rows: list[Summary], result: PredictResult, key
     mean_header = ["mean_probability"] if binary else [f"mean_probability_{c}" for c in result.classes]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow([key, *(["case"] if key == "path" else ["files"]), "frames", "used",
-                         "skipped_quality", "corrupt", *mean_header, "verdict"])
+        writer.writerow(safe_row([key, *(["case"] if key == "path" else ["files"]), "frames", "used",
+                                  "skipped_quality", "corrupt", *mean_header, "verdict"]))
         for s in rows:
             mean = s.mean()
-            writer.writerow([s.name, s.case if key == "path" else s.files, s.frames, s.used, s.skipped,
-                             s.corrupt, *(_probability_text(mean) if mean is not None else [""] * len(mean_header)),
-                             result.verdict(s)])
+            writer.writerow(safe_row([s.name, s.case if key == "path" else s.files, s.frames, s.used, s.skipped,
+                                      s.corrupt,
+                                      *(_probability_text(mean) if mean is not None else [""] * len(mean_header)),
+                                      result.verdict(s)]))
 
 
 def predict(checkpoint: str | Path, paths: list[str | Path], out: str | Path, runtime: str = "torch",

@@ -43,6 +43,7 @@ from mucosa.errors import ConfigError, UnreadableFileError
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.runtime import open_predictor
 from mucosa.inference.saliency import grad_cam
+from mucosa.tables import safe_row
 
 STAGES = ("decode", "prepare", "infer", "smooth")
 
@@ -216,15 +217,16 @@ class Timeline:
         self.pending = atomic.PendingFile(path, "w", newline="", encoding="utf-8")
         self.handle = self.pending.handle
         self.writer = csv.writer(self.handle)
-        self.writer.writerow(["frame", "time", "quality", "skipped", *_columns("probability", classes),
-                              *_columns("smoothed", classes), *_columns("case_probability", classes),
-                              "verdict", "latency_ms"])
+        self.writer.writerow(safe_row(["frame", "time", "quality", "skipped", *_columns("probability", classes),
+                                       *_columns("smoothed", classes), *_columns("case_probability", classes),
+                                       "verdict", "latency_ms"]))
 
     def write(self, r: FrameResult) -> None:
         try:
-            self.writer.writerow([r.index, f"{r.time:.3f}", f"{r.quality:.4f}", int(r.skipped),
-                                  *_values(r.probability, self.classes), *_values(r.smoothed, self.classes),
-                                  *_values(r.case_probability, self.classes), r.verdict, f"{r.latency_ms:.2f}"])
+            self.writer.writerow(safe_row([r.index, f"{r.time:.3f}", f"{r.quality:.4f}", int(r.skipped),
+                                           *_values(r.probability, self.classes), *_values(r.smoothed, self.classes),
+                                           *_values(r.case_probability, self.classes), r.verdict,
+                                           f"{r.latency_ms:.2f}"]))
         except OSError as error:
             raise atomic.write_error(error, self.pending.path) from None
 

@@ -7,6 +7,8 @@ import html
 import io
 import time
 
+from mucosa.tables import safe_row
+
 
 def _values(value, classes: list[str]) -> list[str]:
     width = 1 if len(classes) == 2 else len(classes)
@@ -25,13 +27,13 @@ def timeline_csv(case: dict, classes: list[str]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     images = case["kind"] == "images"
-    writer.writerow(["frame", "time", *_columns("probability", classes), *_columns("smoothed", classes),
-                     "quality", "dropped", *(["source"] if images else [])])
-    for row in case["timeline"]:
-        writer.writerow([row["frame"], "" if row["time"] is None else f"{row['time']:.4f}",
-                         *_values(row["probability"], classes), *_values(row["smoothed"], classes),
-                         f"{row['quality']:.4f}", int(row["dropped"]),
-                         *([case["files"][row["source"]]] if images else [])])
+    writer.writerow(safe_row(["frame", "time", *_columns("probability", classes), *_columns("smoothed", classes),
+                              "quality", "dropped", *(["source"] if images else [])]))
+    for row in case["timeline"]:  # file names are the client's: neutralised like every CSV cell of mucosa
+        writer.writerow(safe_row([row["frame"], "" if row["time"] is None else f"{row['time']:.4f}",
+                                  *_values(row["probability"], classes), *_values(row["smoothed"], classes),
+                                  f"{row['quality']:.4f}", int(row["dropped"]),
+                                  *([case["files"][row["source"]]] if images else [])]))
     return out.getvalue()
 
 
