@@ -152,13 +152,13 @@ class _DevicePredictor:
             return probabilities(self.model(x)).float().cpu().numpy()
 
 
-def _onnx_predictor(checkpoint, threads: int | None):
-    """``export.OnnxPredictor`` of the checkpoint (exported in memory, parity-checked) whose ONNX Runtime
-    threads sleep between calls instead of spinning: a server shares its cores with request parsing,
-    preprocessing and video decoding, which spinning threads would slow down."""
+def _onnx_predictor(checkpoint, threads: int | None, path: Path | None = None):
+    """``export.OnnxPredictor`` of the checkpoint (exported in memory and parity-checked, or read from
+    ``path``) whose ONNX Runtime threads sleep between calls instead of spinning: a server shares its cores
+    with request parsing, preprocessing and video decoding, which spinning threads would slow down."""
     from mucosa.export import OnnxPredictor, import_onnxruntime, to_checked_onnx
 
-    model = to_checked_onnx(checkpoint)
+    model = path.read_bytes() if path is not None else to_checked_onnx(checkpoint)
     predictor = OnnxPredictor(model, batch_size=8, checkpoint=checkpoint, threads=threads)
     ort = import_onnxruntime()
     options = ort.SessionOptions()
@@ -188,6 +188,9 @@ class Engine:
         device: ``auto`` (a CUDA GPU when PyTorch sees one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         threshold: a binary case (or image) is called positive when its mean probability reaches it.
         window: informative frames averaged into a frame's smoothed probability.
+        onnx: an ONNX model exported from this checkpoint by ``mucosa export`` (e.g. ``--int8``, whose
+            agreement with the float model export measures) to predict with instead; Grad-CAM still uses
+            the checkpoint. Its classes and preprocessing must be the checkpoint's.
         slots: model calls that may run at the same time (default: one per CPU core; 1 on a GPU).
         threads: threads of each call (default: the cores shared out between the slots, at least 1).
             Several single-threaded calls side by side use a small CPU better than one call spread
@@ -198,7 +201,7 @@ class Engine:
     """
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", threshold: float = 0.5, window: int = 16,
-                 slots: int | None = None, threads: int | None = None) -> None:
+                 onnx: str | Path | None = None, slots: int | None = None, threads: int | None = None) -> None:
         if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
             raise ConfigError(f"threshold {threshold!r} must be a number in [0, 1]")
         if window < 1:
@@ -220,7 +223,12 @@ class Engine:
         self.lock = PriorityLock(self.slots)
         self._cam_lock = threading.Lock()  # Grad-CAM hooks the model: one at a time
         self._cam_model = self.checkpoint.model
-        self.predictor, self.timings = self._fastest(self.threads)
+        if onnx is not None:
+            self.predictor = self._exported(Path(onnx), self.threads)
+            self.timings = {"onnx": _ms_per_frame(self.predictor, self.prep.size)}
+        else:
+            self.predictor, self.timings = self._fastest(self.threads)
+        self.quantization = getattr(self.predictor, "metadata", {}).get("quantization", "none")
         self.runtime = self.predictor.runtime
         log.info("model %s: %s on %s, %d call(s) at a time of %d thread(s) (%s ms per frame)", self.path.name,
                  self.runtime, self.device, self.slots, self.threads,
@@ -240,6 +248,18 @@ class Engine:
             log.warning("ONNX runtime not used: %s", error)
         timings = {p.runtime: _ms_per_frame(p, self.prep.size) for p in candidates}
         return min(candidates, key=lambda p: timings[p.runtime]), timings
+
+    def _exported(self, path: Path, threads: int):
+        """The ONNX model at ``path``, checked to be an export of this checkpoint."""
+        if self.device != "cpu":
+            raise ConfigError(f"--onnx {path.name}: ONNX models run on the CPU here; use --device cpu")
+        if not path.is_file():
+            raise ConfigError(f"--onnx {path}: not found")
+        predictor = _onnx_predictor(self.checkpoint, threads, path)
+        if predictor.classes != self.classes or predictor.preprocessing != self.prep:
+            raise ConfigError(f"--onnx {path.name}: not exported from {self.path.name} (its classes or "
+                              "preprocessing differ)")
+        return predictor
 
     def card(self) -> dict:
         """The model card: what the checkpoint says about the model, its inputs and its training."""
@@ -264,7 +284,8 @@ class Engine:
                          "steps": int(data.get("global_step", 0)), "settings": config.get("training"),
                          "augmentation": config.get("augmentation")},
             "validation": validation,
-            "runtime": {"name": self.runtime, "device": self.device, "slots": self.slots, "threads": self.threads,
+            "runtime": {"name": self.runtime, "device": self.device, "quantization": self.quantization,
+                        "slots": self.slots, "threads": self.threads,
                         "ms_per_frame": {k: round(v, 2) for k, v in self.timings.items()}},
         }
 

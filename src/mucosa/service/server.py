@@ -69,7 +69,8 @@ def _check(data_root: Path | None, max_upload_mb: float, queue: int, parallel: i
 
 def serve(checkpoint: Path, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           data_root: Path | None = None, max_upload_mb: float = 500.0, device: str = "auto", queue: int = 8,
-          threshold: float = 0.5, window: int = 16, parallel: int | None = None, log_level: str = "info") -> None:
+          threshold: float = 0.5, window: int = 16, parallel: int | None = None, onnx: Path | None = None,
+          log_level: str = "info") -> None:
     """Check the options, bind the port, load the model once, then serve until interrupted.
 
     Raises:
@@ -85,7 +86,7 @@ def serve(checkpoint: Path, host: str = "127.0.0.1", port: int = 8000, token: st
     token = token or os.environ.get("MUCOSA_TOKEN") or None
     sock = bind(host, port)
     try:
-        engine = Engine(checkpoint, device=device, threshold=threshold, window=window, slots=parallel)
+        engine = Engine(checkpoint, device=device, threshold=threshold, window=window, slots=parallel, onnx=onnx)
         settings = Settings(token=token, data_root=Path(data_root) if data_root else None,
                             max_upload_mb=max_upload_mb, queue_size=queue)
         app = create_app(engine, settings)
