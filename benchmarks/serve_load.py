@@ -16,7 +16,7 @@ processed meanwhile and the memory over time (after ``--warmup`` seconds of warm
 counted). Client and server share the machine's cores.
 
     python benchmarks/serve_load.py --checkpoint C.ckpt [--clients 50] [--seconds 60] [--videos 2] \\
-        [--think 0] [--json out.json]
+        [--think 0] [--onnx C.int8.onnx] [--json out.json]
 """
 
 from __future__ import annotations
@@ -88,10 +88,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(checkpoint: Path, port: int, queue: int, parallel: int | None) -> subprocess.Popen:
+def start_server(checkpoint: Path, port: int, queue: int, parallel: int | None, onnx: Path | None
+                 ) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     command = [sys.executable, "-m", "mucosa", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
-               "--data-root", str(BRAIN), "--queue", str(queue)] + (["--parallel", str(parallel)] if parallel else [])
+               "--data-root", str(BRAIN), "--queue", str(queue)]
+    command += (["--parallel", str(parallel)] if parallel else []) + (["--onnx", str(onnx)] if onnx else [])
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -211,7 +213,7 @@ async def main_async(args: argparse.Namespace) -> dict:
 
     frames = real_frames(args.frames, args.size)
     port = free_port()
-    process = start_server(args.checkpoint, port, args.queue, args.parallel)
+    process = start_server(args.checkpoint, port, args.queue, args.parallel, args.onnx)
     limits = httpx.Limits(max_connections=args.clients + 8, max_keepalive_connections=args.clients + 8)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=60) as client:
@@ -246,7 +248,9 @@ def report(result: dict) -> str:
     lat, mem = result["latency_ms"], result["memory_mb"]
     lines = [f"{result['clients']} clients x {result['seconds']} s ({result['size']}x{result['size']} PNG, think "
              f"{result['think_s']} s), {result['videos']} videos meanwhile; runtime {result['runtime']['name']} "
-             f"on {result['runtime']['device']}, {result['cpus']} CPUs",
+             f"({result['runtime'].get('quantization')}) on {result['runtime']['device']}, "
+             f"{result['runtime'].get('slots')} calls at a time x {result['runtime'].get('threads')} threads, "
+             f"{result['cpus']} CPUs",
              f"cores used: server {result['cores_used']['server']}, clients {result['cores_used']['clients']}, "
              f"other processes of the machine {result['cores_used']['other_processes']}",
              f"requests {result['requests']}, failed {result['failed']}, throughput {result['throughput_per_s']}/s"
@@ -273,6 +277,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=40, help="distinct real frames posted")
     parser.add_argument("--queue", type=int, default=4)
     parser.add_argument("--parallel", type=int, default=None, help="the server's --parallel (default: its own)")
+    parser.add_argument("--onnx", type=Path, default=None, help="the server's --onnx: an export of the checkpoint")
     parser.add_argument("--json", type=Path, help="write the full result (with the memory timeline) here")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))

@@ -312,7 +312,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve(args.checkpoint, host=args.host, port=args.port, token=args.token, data_root=args.data_root,
           max_upload_mb=args.max_upload_mb, device=args.device, queue=args.queue, threshold=args.threshold,
-          window=args.window, parallel=args.parallel)
+          window=args.window, parallel=args.parallel, onnx=args.onnx)
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -519,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", type=int, default=8, help="cases that may wait for the background worker")
     p.add_argument("--threshold", type=float, default=0.5, help="probability from which a case is positive")
     p.add_argument("--window", type=int, default=16, help="informative frames in the smoothed probability")
+    p.add_argument("--onnx", type=Path, default=None,
+                   help="predict with this export of the checkpoint (mucosa export, e.g. --int8); Grad-CAM "
+                   "still uses the checkpoint")
     p.add_argument("--parallel", type=int, default=None,
                    help="model calls run side by side, each on cores/N threads (default: one per CPU core)")
     p.set_defaults(func=cmd_serve)

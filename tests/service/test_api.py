@@ -97,6 +97,27 @@ def test_model_card_has_counts_not_ids(client, serve_checkpoint):
     assert not any(f'"{patient}"' in text for patient in ids) and "manifest" not in text
 
 
+def test_serves_an_onnx_export_of_its_checkpoint(serve_checkpoint, engine, frame_png, tmp_path):
+    import onnx
+
+    from mucosa.inference.onnx import export
+
+    export(serve_checkpoint, tmp_path / "model.onnx")
+    exported = Engine(serve_checkpoint, device="cpu", onnx=tmp_path / "model.onnx")
+    assert exported.card()["runtime"]["name"] == "onnx" and exported.card()["runtime"]["quantization"] == "none"
+    mine, theirs = exported.predict_image(frame_png), engine.predict_image(frame_png)
+    assert mine["probability"] == pytest.approx(theirs["probability"], abs=1e-4)
+    model = onnx.load(tmp_path / "model.onnx")
+    for entry in model.metadata_props:
+        if entry.key == "classes":
+            entry.value = json.dumps(["normal", "inflamed"])
+    onnx.save(model, tmp_path / "other.onnx")
+    with pytest.raises(ConfigError, match="not exported from"):
+        Engine(serve_checkpoint, device="cpu", onnx=tmp_path / "other.onnx")
+    with pytest.raises(ConfigError, match="not found"):
+        Engine(serve_checkpoint, device="cpu", onnx=tmp_path / "none.onnx")
+
+
 def test_bad_threshold_is_an_error(serve_checkpoint):
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ConfigError, match="threshold"):

@@ -21,7 +21,6 @@ import base64
 import hmac
 import json
 import logging
-import os
 import shutil
 import tempfile
 import uuid
@@ -178,7 +177,9 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
         root = Path(tempfile.mkdtemp(prefix="mucosa-serve-", dir=settings.temp_parent))
         app.state.root = root
         app.state.store = CaseStore(engine, root, settings.queue_size)
-        app.state.limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 1))  # image predictions at once
+        # image predictions prepared at once: a few more than the model's slots, so that under load one is
+        # always waiting at the model lock and case frames get only their overdue turns (PriorityLock)
+        app.state.limiter = anyio.CapacityLimiter(2 * engine.slots + 2)
         log.info("temporary files in %s (removed on shutdown)", root)
         try:
             yield

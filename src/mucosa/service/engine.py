@@ -106,11 +106,11 @@ def _finite(value) -> bool:
     return bool(np.all(np.isfinite(np.asarray(value, np.float64))))
 
 
-def _onnx_predictor(checkpoint, threads: int | None):
-    """``onnx.OnnxPredictor`` of the checkpoint (exported in memory, parity-checked) whose ONNX Runtime
-    threads sleep between calls instead of spinning: a server shares its cores with request parsing,
-    preprocessing and video decoding, which spinning threads would slow down."""
-    model = to_checked_onnx(checkpoint)
+def _onnx_predictor(checkpoint, threads: int | None, path: Path | None = None):
+    """``onnx.OnnxPredictor`` of the checkpoint (exported in memory and parity-checked, or read from
+    ``path``) whose ONNX Runtime threads sleep between calls instead of spinning: a server shares its cores
+    with request parsing, preprocessing and video decoding, which spinning threads would slow down."""
+    model = path.read_bytes() if path is not None else to_checked_onnx(checkpoint)
     predictor = OnnxPredictor(model, batch_size=8, checkpoint=checkpoint, threads=threads)
     ort = import_onnxruntime()
     options = ort.SessionOptions()
@@ -140,6 +140,9 @@ class Engine:
         device: ``auto`` (a CUDA GPU when PyTorch sees one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         threshold: a binary case (or image) is called positive when its mean probability reaches it.
         window: informative frames averaged into a frame's smoothed probability.
+        onnx: an ONNX model exported from this checkpoint by ``mucosa export`` (e.g. ``--int8``, whose
+            agreement with the float model export measures) to predict with instead; Grad-CAM still uses
+            the checkpoint. Its classes and preprocessing must be the checkpoint's.
         slots: model calls that may run at the same time (default: one per CPU core; 1 on a GPU).
         threads: threads of each call (default: the cores shared out between the slots, at least 1).
             Several single-threaded calls side by side use a small CPU better than one call spread
@@ -150,7 +153,7 @@ class Engine:
     """
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", threshold: float = 0.5, window: int = 16,
-                 slots: int | None = None, threads: int | None = None) -> None:
+                 onnx: str | Path | None = None, slots: int | None = None, threads: int | None = None) -> None:
         threshold = verdicts.check_threshold(threshold)
         if window < 1:
             raise ConfigError(f"window {window} must be at least 1 frame")
@@ -170,7 +173,12 @@ class Engine:
         self.threads = threads or max(1, cores // self.slots)
         self.lock = PriorityLock(self.slots)
         self._cam_lock = threading.Lock()  # Grad-CAM hooks the model: one at a time
-        self.predictor, self.timings = self._fastest(self.threads)
+        if onnx is not None:
+            self.predictor = self._exported(Path(onnx), self.threads)
+            self.timings = {"onnx": _ms_per_frame(self.predictor, self.prep.size)}
+        else:
+            self.predictor, self.timings = self._fastest(self.threads)
+        self.quantization = getattr(self.predictor, "metadata", {}).get("quantization", "none")
         self.classifier = Classifier(self.predictor, self.threshold)
         self.runtime = self.predictor.runtime
         log.info("model %s: %s on %s, %d call(s) at a time of %d thread(s) (%s ms per frame)", self.path.name,
@@ -191,6 +199,18 @@ class Engine:
             log.warning("ONNX runtime not used: %s", error)
         timings = {p.runtime: _ms_per_frame(p, self.prep.size) for p in candidates}
         return min(candidates, key=lambda p: timings[p.runtime]), timings
+
+    def _exported(self, path: Path, threads: int):
+        """The ONNX model at ``path``, checked to be an export of this checkpoint."""
+        if self.device != "cpu":
+            raise ConfigError(f"--onnx {path.name}: ONNX models run on the CPU here; use --device cpu")
+        if not path.is_file():
+            raise ConfigError(f"--onnx {path}: not found")
+        predictor = _onnx_predictor(self.checkpoint, threads, path)
+        if predictor.classes != self.classes or predictor.preprocessing != self.prep:
+            raise ConfigError(f"--onnx {path.name}: not exported from {self.path.name} (its classes or "
+                              "preprocessing differ)")
+        return predictor
 
     def card(self) -> dict:
         """The model card: what the checkpoint says about the model, its inputs and its training."""
@@ -215,7 +235,8 @@ class Engine:
                          "steps": int(data.get("global_step", 0)), "settings": config.get("training"),
                          "augmentation": config.get("augmentation")},
             "validation": validation,
-            "runtime": {"name": self.runtime, "device": self.device, "slots": self.slots, "threads": self.threads,
+            "runtime": {"name": self.runtime, "device": self.device, "quantization": self.quantization,
+                        "slots": self.slots, "threads": self.threads,
                         "ms_per_frame": {k: round(v, 2) for k, v in self.timings.items()}},
         }
 
