@@ -134,3 +134,38 @@ def test_the_commands_run_on_the_device_they_are_given(tiny, tmp_path, capsys):
     assert main(["explain", "--checkpoint", str(tiny.best), str(image), "--out", str(tmp_path / "e"),
                  "--device", "cpu"]) == 0
     assert (tmp_path / "p" / "predictions.csv").is_file() and (tmp_path / "e" / "explain.csv").is_file()
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda c: c.predict(np.zeros((0, 40, 40))), "array: shape"),
+    (lambda c: c.predict(np.zeros((40, 40, 2))), "array: shape"),
+    (lambda c: c.predict(np.array([[0.3]])), "at least 8x8"),
+    (lambda c: c.predict(""), "empty path"),
+    (lambda c: c.predict([np.zeros((40, 40))]), "list of paths"),
+    (lambda c: c.predict(5), "got int"),
+    (lambda c: c.grad_cam(np.zeros((32, 32))), "uint8"),
+    (lambda c: c.grad_cam(np.zeros((32, 32), np.uint8), target="active"), "class index"),
+])
+def test_bad_inputs_to_the_api_are_clear_errors(tiny, call, message):
+    with pytest.raises(mucosa.MucosaError, match=message):
+        call(mucosa.load(tiny.best, runtime="torch"))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"batch_size": 0}, "batch_size"), ({"batch_size": "4"}, "batch_size"), ({"threads": -2}, "threads"),
+])
+def test_bad_load_options_are_refused_at_load(tiny, options, message):
+    with pytest.raises(ConfigError, match=message):
+        mucosa.load(tiny.best, **options)
+    with pytest.raises(ConfigError, match="folder"):
+        mucosa.load(tiny.run)
+
+
+def test_an_image_whose_field_of_view_is_tiny_is_unreadable_not_a_crash(tiny, tmp_path):
+    from PIL import Image
+
+    image = np.zeros((40, 40), np.uint8)
+    image[10:17, 10:17] = 255  # a 7x7 bright square: the detected field of view
+    Image.fromarray(image).save(tmp_path / "dot.png")
+    with pytest.raises(mucosa.MucosaError, match="dot.png: the field of view found is"):
+        mucosa.load(tiny.best, runtime="torch").predict(tmp_path / "dot.png")

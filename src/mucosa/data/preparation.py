@@ -38,6 +38,7 @@ from mucosa.data.readers import (
     iter_video_frames,
     read_image,
 )
+from mucosa.errors import UnreadableFileError
 from mucosa.settings import Float, Int, Settings, closest, whole_number
 
 NORMALIZE = ("none", "stretch")
@@ -123,14 +124,17 @@ class Preprocessing(Settings):
         return data
 
 
+_MIN_FIELD = 8  # a cropped field smaller than this a side holds nothing to judge
+
+
 class FramePreparer:
     """Crop, resize and score frames of one source, once its field of view is known.
 
     Used for cohort preparation and, frame by frame, for live streams.
     """
 
-    def __init__(self, prep: Preprocessing, still: bool = False) -> None:
-        self.prep = prep
+    def __init__(self, prep: Preprocessing, still: bool = False, source: str | Path = "frame") -> None:
+        self.prep, self.source = prep, source  # the source is named in errors
         self.fov: preprocess.FieldOfView | None = None
         # still images are judged on brightness, saturation and contrast only (see STILL_COMPONENTS)
         self.components = quality.STILL_COMPONENTS if still else None
@@ -167,6 +171,11 @@ class FramePreparer:
         return preprocess.stretch_levels(field) if self.prep.normalize == "stretch" else None
 
     def _finish(self, cropped: np.ndarray, levels: tuple[float, float] | None) -> tuple[np.ndarray, float]:
+        if min(cropped.shape) < _MIN_FIELD:
+            h, w = cropped.shape
+            raise UnreadableFileError(f"{self.source}: the field of view found is {w}x{h} pixels, too small to judge"
+                                      f" (at least {_MIN_FIELD}x{_MIN_FIELD}); set "
+                                      "preprocessing.crop to none or a box if the whole image is tissue")
         score = quality.quality_score(cropped, self.components)  # on the recorded intensities
         if levels is not None:
             cropped = preprocess.stretch(cropped, levels)
@@ -290,23 +299,23 @@ def iter_frames(source: str | Path | np.ndarray, prep: Preprocessing, selection:
     if isinstance(source, np.ndarray):
         still, frames = array_frames(source, prep.channel)
         if still:
-            yield from _still_frames(frames[0], prep)
+            yield from _still_frames(frames[0], prep, "array")
             return
         chosen = selection if isinstance(selection, FrameSelection) else FrameSelection.parse(selection)
         decoded: Decoded = ((i, f) for i, f in enumerate(frames) if i in chosen)
-    elif not is_video(source):
-        yield from _still_frames(read_image(source, prep.channel, prep.max_pixels), prep)
+    elif not is_video(source := Path(source)):
+        yield from _still_frames(read_image(source, prep.channel, prep.max_pixels), prep, source)
         return
     else:
         decoded = iter_video_frames(source, selection, prep.channel, report)
-    preparer = FramePreparer(prep)
+    preparer = FramePreparer(prep, source=source if isinstance(source, Path) else "array")
     for item in buffered_field_of_view(preparer, wrap(decoded) if wrap else decoded):
         model_frame, score = preparer(item[1])
         yield Frame(item[0], model_frame, score, preparer.fov, item[1])
 
 
-def _still_frames(image: np.ndarray, prep: Preprocessing) -> Iterator[Frame]:
-    preparer = FramePreparer(prep, still=True)
+def _still_frames(image: np.ndarray, prep: Preprocessing, source: str | Path) -> Iterator[Frame]:
+    preparer = FramePreparer(prep, still=True, source=source)
     for index, (model_frame, score) in enumerate(preparer.still(image)):
         yield Frame(index, model_frame, score, preparer.fov, image)
 

@@ -172,10 +172,13 @@ def array_frames(array: np.ndarray, channel: str = "auto") -> tuple[bool, list[n
         ``(still, frames)``: whether it is one still image, and the (H, W) frames in [0, 1].
     """
     array = np.asarray(array)
-    if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4)):
+    still = array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))
+    side = array.shape[:2] if still else array.shape[1:]
+    if array.ndim not in (2, 3) or array.size == 0 or min(side) < MIN_SIDE:
+        raise UnreadableFileError(f"array: shape {array.shape}; expected a non-empty (H, W) or (H, W, C) image, "
+                                  f"or (N, H, W) frames, at least {MIN_SIDE}x{MIN_SIDE} pixels")
+    if still:
         return True, [to_gray(array, channel, "array")]
-    if array.ndim != 3:
-        raise UnreadableFileError(f"array: shape {array.shape}; expected (H, W), (H, W, C) or (N, H, W)")
     stack = _scaled(array, _divisor(array, "array"))
     return False, [np.ascontiguousarray(frame) for frame in stack]
 

@@ -64,6 +64,8 @@ def collect_sources(paths: list[str | Path]) -> list[Source]:
     """
     sources: list[Source] = []
     for given in paths:
+        if not str(given).strip():
+            raise MucosaError("an empty path was given")
         path = Path(given)
         if path.is_dir():
             found = _media(path)

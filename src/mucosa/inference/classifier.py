@@ -75,7 +75,7 @@ class Prediction:
     def verdict(self) -> str:
         """The verdict when there is one case (an array, one file); raises ValueError otherwise."""
         if len(self.cases) != 1:
-            raise ValueError(f"{len(self.cases)} cases: read .cases for each one's verdict")
+            raise ConfigError(f"{len(self.cases)} cases: read .cases for each one's verdict")
         return self.cases[0].verdict
 
     def __len__(self) -> int:
@@ -123,8 +123,9 @@ class Classifier:
         """Probabilities for every frame and a verdict for every case.
 
         Args:
-            x: an array ((H, W) or (H, W, C): one image; (N, H, W): the frames of one case; any dtype,
-               integers scaled by their type's maximum, floats by their maximum when above 1), an image,
+            x: an array ((H, W) or (H, W, C): one image; (N, H, W): the frames of one video, judged by
+               the video quality gate (pass still images one by one, or save them and pass their folder);
+               any dtype, integers scaled by their type's maximum, floats by their maximum when above 1), an image,
                a video, a folder (searched recursively: the images of one folder form a case, each video
                is a case) or a manifest CSV (cases are its patients), or a list of these.
             case: the case name of an array (default ``"array"``).
@@ -134,9 +135,9 @@ class Classifier:
             gave a non-finite probability.
         """
         if isinstance(x, np.ndarray):
-            items = [("array", case or "array", iter_frames(x, self.preprocessing))]
+            items = [("array", str(case or "array"), iter_frames(x, self.preprocessing))]
         else:
-            paths = [x] if isinstance(x, (str, Path)) else list(x)
+            paths = _paths(x)
             items = [(str(s.path), s.case, self._source_frames(s.path, s.frames))
                      for s in collect_sources(paths)]
         return self._predict(items)
@@ -191,6 +192,12 @@ class Classifier:
     def grad_cam(self, frame: np.ndarray, target: int | None = None) -> np.ndarray:
         """Grad-CAM (S, S) in [0, 1] of a prepared uint8 frame (``saliency.grad_cam``); needs the PyTorch
         model (a checkpoint, not an ``.onnx`` file)."""
+        frame, size = np.asarray(frame), self.preprocessing.size
+        if frame.dtype != np.uint8 or frame.shape != (size, size):
+            raise ConfigError(f"grad_cam takes a prepared frame: uint8 ({size}, {size}), as Classifier.frames gives; "
+                              f"got {frame.dtype} {frame.shape}")
+        if target is not None and (not isinstance(target, (int, np.integer)) or not 0 <= target < len(self.classes)):
+            raise ConfigError(f"target {target!r} must be a class index from 0 to {len(self.classes) - 1}")
         if self.checkpoint is None:
             raise ConfigError("Grad-CAM needs the PyTorch model: load a checkpoint, not an .onnx file")
         return grad_cam(self.checkpoint.model, frame, target)
@@ -214,7 +221,8 @@ class Classifier:
 
 
 def load(checkpoint: str | Path, device: str = "auto", runtime: str = "auto", threshold: float = 0.5,
-         batch_size: int = 16, threads: int | None = None, cache: FrameCache | None = None) -> Classifier:
+         batch_size: int = 16, threads: int | None = None, cache: FrameCache | str | Path | None = None
+         ) -> Classifier:
     """Load a trained model for prediction.
 
     Args:
@@ -229,5 +237,36 @@ def load(checkpoint: str | Path, device: str = "auto", runtime: str = "auto", th
     Raises:
         CheckpointFileError: not a mucosa checkpoint. ConfigError: bad device, runtime or threshold.
     """
+    _check_options(checkpoint, batch_size, threads)
+    threshold = verdicts.check_threshold(threshold)
+    cache = FrameCache(cache) if isinstance(cache, (str, Path)) else cache
     predictor = open_predictor(checkpoint, runtime, batch_size, threads, device)
     return Classifier(predictor, threshold, cache)
+
+
+def _check_options(checkpoint, batch_size, threads) -> None:
+    if not isinstance(checkpoint, (str, Path)) or not str(checkpoint).strip():
+        raise ConfigError(f"checkpoint {checkpoint!r} must be the path of a .ckpt or .onnx file")
+    if Path(checkpoint).is_dir():
+        raise ConfigError(f"{checkpoint}: a folder, not a checkpoint (a run folder holds best.ckpt)")
+    for name, value, least in (("batch_size", batch_size, 1), ("threads", threads, 1)):
+        if value is None and name == "threads":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ConfigError(f"{name} {value!r} must be a whole number of at least {least}")
+
+
+def _paths(x) -> list[str | Path]:
+    """What ``predict`` was given, as a list of paths (str, Path, or an iterable of them)."""
+    items = [x] if isinstance(x, (str, Path)) else x
+    try:
+        items = list(items)
+    except TypeError:
+        raise ConfigError(f"predict takes an array, a path or a list of paths; got {type(x).__name__}") from None
+    bad = [item for item in items if not isinstance(item, (str, Path))]
+    if bad or isinstance(x, (bytes, dict)):
+        kind = type(bad[0] if bad else x).__name__
+        raise ConfigError(f"predict takes an array, a path or a list of paths; got {kind} (arrays one at a time)")
+    if any(not str(item).strip() for item in items):
+        raise ConfigError("predict: an empty path was given")
+    return items
