@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mucosa"
 
 LAYERS = [  # lowest first
     ("ground", ("mucosa._version", "mucosa.errors", "mucosa.atomic", "mucosa.metrics", "mucosa.tables",
-                "mucosa.intervals", "mucosa.settings")),
+                "mucosa.intervals", "mucosa.settings",
+                "mucosa.allocator")),
     ("data", ("mucosa.data",)),
     ("models", ("mucosa.models",)),
     ("inference", ("mucosa.inference",)),

@@ -31,6 +31,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader
 
 from mucosa import atomic
+from mucosa.allocator import mallopt
 from mucosa.data.cache import FrameCache
 from mucosa.data.ingest import refuse_suspicious_classes, restrict_classes
 from mucosa.data.manifest import Cohort, load_manifest
@@ -173,20 +174,9 @@ class Classifier(L.LightningModule):
         only above 2 GiB) costs peak memory (1.6 -> 2.0-2.5 GB there). Returns whether the settings took
         (glibc on Linux only).
         """
-        import ctypes
-        import platform
-
-        if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-            return False
-        try:
-            mallopt = ctypes.CDLL("libc.so.6").mallopt
-        except (OSError, AttributeError):
-            return False
-        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-        m_trim_threshold, m_mmap_max = -1, -4
         if keep:
-            return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
-        return bool(mallopt(m_mmap_max, 65536)) and bool(mallopt(m_trim_threshold, 128 * 1024))
+            return mallopt(mmap_max=0, trim_threshold=2**31 - 1)
+        return mallopt(mmap_max=65536, trim_threshold=128 * 1024)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mucosa"] = self.description

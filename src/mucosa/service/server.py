@@ -8,6 +8,7 @@ import os
 import socket
 from pathlib import Path
 
+from mucosa.allocator import mallopt
 from mucosa.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -42,18 +43,7 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
     6 MB a minute under load (benchmarks/serve_load.py); with two arenas it stays flat, as fast. Returns
     False where it does not apply (not Linux with glibc).
     """
-    import ctypes
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    m_arena_max = -8
-    return bool(mallopt(m_arena_max, arenas))
+    return mallopt(arena_max=arenas)
 
 
 def _check(data_root: Path | None, max_upload_mb: float, queue: int, parallel: int | None) -> None:
