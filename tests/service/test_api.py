@@ -4,6 +4,7 @@ import base64
 import csv
 import io
 import json
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -480,6 +481,21 @@ def test_data_root_paths(engine, pcle_brain, tmp_path, frame_png):
     with serving(engine) as (client, root):
         response = client.post("/v1/cases", json={"path": "meningioma/men-09.mpg"})
         assert response.status_code == 403 and "--data-root" in response.json()["detail"]
+
+
+def test_folders_of_killed_servers_are_removed(engine, tmp_path):
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    orphan = tmp_path / f"mucosa-serve-{gone.pid}-abcd"
+    (orphan / "cases" / "x").mkdir(parents=True)
+    (orphan / "cases" / "x" / "frame.jpg").write_bytes(b"x")
+    alive = tmp_path / f"mucosa-serve-{os.getpid()}-efgh"
+    alive.mkdir()
+    with serving(engine, temp_parent=tmp_path) as (client, root):
+        assert root.parent == tmp_path and root.name.startswith(f"mucosa-serve-{os.getpid()}-")
+        assert not orphan.exists() and alive.exists()
 
 
 def test_unknown_case_is_404(client):

@@ -21,6 +21,7 @@ import base64
 import hmac
 import json
 import logging
+import os
 import shutil
 import tempfile
 import uuid
@@ -174,7 +175,9 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        root = Path(tempfile.mkdtemp(prefix="mucosa-serve-", dir=settings.temp_parent))
+        parent = Path(settings.temp_parent or tempfile.gettempdir())
+        _remove_orphans(parent)
+        root = Path(tempfile.mkdtemp(prefix=f"mucosa-serve-{os.getpid()}-", dir=parent))
         app.state.root = root
         app.state.store = CaseStore(engine, root, settings.queue_size)
         # image predictions prepared at once: a few more than the model's slots, so that under load one is
@@ -220,6 +223,21 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _remove_orphans(parent: Path) -> None:
+    """Remove the temporary folders of servers that were killed before they could (their process is gone)."""
+    for folder in parent.glob("mucosa-serve-*-*"):
+        pid = folder.name.split("-")[2]
+        if not pid.isdigit() or not folder.is_dir() or folder.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed %s, left by a server that was killed", folder)
+        except PermissionError:
+            pass  # another user's live process
 
 
 def _model_routes(api: APIRouter, card: dict) -> None:
