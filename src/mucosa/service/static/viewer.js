@@ -45,6 +45,7 @@ function askToken() {
 
 /* ------------------------------------------------------------------------------------------- words */
 
+const esc = (text) => String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 const fmt = (value, digits = 3) => (value === null || value === undefined ? "–" : Number(value).toFixed(digits));
 
 function positiveWords() {
@@ -248,9 +249,9 @@ function renderVerdict() {
     score.textContent = c.error || "";
   } else if (v && v.score !== null && typeof v.score === "number") {
     const words = positiveWords();
-    score.innerHTML = `${words ? "mean probability of " + words : "mean probability"} <b>${fmt(v.score)}</b> · threshold ${fmt(v.threshold, 2)}`;
+    score.innerHTML = `${words ? "mean probability of " + esc(words) : "mean probability"} <b>${fmt(v.score)}</b> · threshold ${fmt(v.threshold, 2)}`;
   } else if (v && Array.isArray(v.score)) {
-    score.innerHTML = S.card.classes.map((name, k) => `${name} <b>${fmt(v.score[k])}</b>`).join(" · ");
+    score.innerHTML = S.card.classes.map((name, k) => `${esc(name)} <b>${fmt(v.score[k])}</b>`).join(" · ");
   } else {
     score.textContent = "";
   }
