@@ -87,6 +87,7 @@ def metadata(checkpoint: LoadedCheckpoint, quantization: str = "none") -> dict[s
         "quality_threshold": repr(prep.quality_threshold), "fov_frames": str(prep.fov_frames),
         "preprocessing": json.dumps(prep.to_dict()), "model": json.dumps(checkpoint.model_config.to_dict()),
         "quantization": quantization, "checkpoint": checkpoint.path.name,
+        "weights_sha256": checkpoint.weights_sha256,
         "input": "image: float32 (batch, 1, size, size), preprocessed gray frame in [0, 1]",
         "outputs": "logits (batch, outputs); probabilities: (batch,) positive class for 2 classes, else "
                    "(batch, classes)",
@@ -196,13 +197,16 @@ class ManifestFrames:
 
 
 def manifest_frames(checkpoint: LoadedCheckpoint, manifest: str | Path, cache: FrameCache | None = None,
-                    calibration: int = 64, most: int = 2000) -> ManifestFrames:
-    """Evaluated frames (the part ``evaluate`` picks, at most ``most``, evenly spread) and calibration frames
-    (from the other rows when there are any, else from the same part)."""
+                    calibration: int = 64, most: int = 2000, split: str = "auto",
+                    calibrate_within: bool = False) -> ManifestFrames:
+    """Evaluated frames (the part ``split`` picks as ``evaluate`` would, at most ``most``, evenly spread) and
+    calibration frames (from the other rows when there are any and not ``calibrate_within``, else from the
+    same part)."""
     cohort = load_manifest(manifest, classes=checkpoint.classes, require_all=False)
-    part, _, why = select_parts(cohort, checkpoint.info, "auto")
+    part, _, why = select_parts(cohort, checkpoint.info, split)
     chosen = set(part.records)
-    rest = Cohort([r for r in cohort.records if r not in chosen], cohort.classes, cohort.source)
+    rest = Cohort([] if calibrate_within else [r for r in cohort.records if r not in chosen], cohort.classes,
+                  cohort.source)
     table = assemble(part, checkpoint.preprocessing, cache)
     if len(table) == 0:
         raise ConfigError(f"{manifest}: every frame of {why} was dropped by the quality gate")
