@@ -45,7 +45,8 @@ def test_deploy_writes_checked_models_and_records_them_in_the_card(deployed):
     loaded = load_checkpoint(run / "best.ckpt")
     assert loaded.info[deployment.CARD_KEY] == card
     assert card["weights_sha256"] == loaded.weights_sha256
-    assert card["bounds"] == deployment.BOUNDS == {"min_agreement": 0.99, "max_abs_auc_change": 0.005}
+    assert card["bounds"] == deployment.BOUNDS == {"min_agreement": 0.99, "max_abs_auc_change": 0.005,
+                                                    "min_frames": 100}
     assert max(card["fp32"]["parity_max_abs_logit_difference"].values()) < PARITY_TOLERANCE
     for entry, path in ((card["fp32"], run / "best.onnx"), (card["int8"], run / "best.int8.onnx")):
         assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
@@ -59,10 +60,12 @@ def test_deploy_writes_checked_models_and_records_them_in_the_card(deployed):
 
 
 def test_the_int8_bounds():
-    assert deployment.int8_gate({"agreement": 0.995, "auc_change": -0.004})[0]
-    assert not deployment.int8_gate({"agreement": 0.98, "auc_change": 0.0})[0]
-    assert not deployment.int8_gate({"agreement": 1.0, "auc_change": 0.006})[0]
-    assert not deployment.int8_gate({"agreement": 1.0, "auc_change": None})[0]  # not measurable: not used
+    enough = {"frames": deployment.MIN_FRAMES}
+    assert deployment.int8_gate({**enough, "agreement": 0.995, "auc_change": -0.004})[0]
+    assert not deployment.int8_gate({**enough, "agreement": 0.98, "auc_change": 0.0})[0]
+    assert not deployment.int8_gate({**enough, "agreement": 1.0, "auc_change": 0.006})[0]
+    assert not deployment.int8_gate({**enough, "agreement": 1.0, "auc_change": None})[0]  # not measurable: not used
+    assert not deployment.int8_gate({"frames": deployment.MIN_FRAMES - 1, "agreement": 1.0, "auc_change": 0.0})[0]
 
 
 def _set_int8_passed(run, passed: bool | None) -> None:

@@ -37,7 +37,9 @@ CARD_KEY = "deployment"
 # validation frames: the share of frames with the same verdict, and |ROC AUC int8 - ROC AUC fp32|.
 MIN_AGREEMENT = 0.99
 MAX_AUC_CHANGE = 0.005
-BOUNDS = {"min_agreement": MIN_AGREEMENT, "max_abs_auc_change": MAX_AUC_CHANGE}
+# ... on at least this many frames: 8 agreeing frames of 8 say little (agreement could well be 0.7)
+MIN_FRAMES = 100
+BOUNDS = {"min_agreement": MIN_AGREEMENT, "max_abs_auc_change": MAX_AUC_CHANGE, "min_frames": MIN_FRAMES}
 
 
 def fp32_path(checkpoint: str | Path) -> Path:
@@ -57,6 +59,9 @@ def sha256(data: bytes) -> str:
 def int8_gate(comparison: dict) -> tuple[bool, str]:
     """Whether int8 measurements (``onnx.compare_int8``) are within :data:`BOUNDS`, and a sentence why."""
     agreement, change = comparison["agreement"], comparison["auc_change"]
+    frames = comparison.get("frames", 0)
+    if frames < MIN_FRAMES:
+        return False, f"measured on {frames} validation frames (< {MIN_FRAMES}): too few to show the agreement"
     if agreement < MIN_AGREEMENT:
         return False, f"verdict agreement {agreement:.4f} < {MIN_AGREEMENT}"
     if change is None:
