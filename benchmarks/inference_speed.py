@@ -9,6 +9,12 @@ Prints, at 300x300 by default:
   ``inference_mode``, uint8 frames in);
   ``onnx-fp32`` and ``onnx-int8``: ONNX Runtime on the exported graph (``export.to_onnx`` and
   ``export.quantize_int8``, static int8 calibrated here on random frames: speed does not depend on it);
+  ``keras``: the paper's stack, the same network in Keras on TensorFlow (``benchmarks/keras_reference.py``:
+  ``model.predict_on_batch`` of the frames scaled to [0, 1], Keras defaults), run in a process of its own
+  with as many threads as PyTorch uses; every row then says how many times Keras' rate at its batch size
+  it reaches (``vs Keras``). TensorFlow is an optional extra, never a dependency of mucosa:
+  ``pip install -e '.[keras-reference]'``, or a venv of its own passed as ``--keras-python PATH``; without
+  it the benchmark says so in one line and goes on without the ratio;
 - end-to-end ``stream`` fps on a real pCLE video (decode + field-of-view crop + quality + inference +
   smoothing), with milliseconds per frame in each stage;
 - the machine's fp32 matmul GFLOPS (best of torch and NumPy 2048x2048 matmuls; measured first, and again
@@ -25,8 +31,12 @@ Prints, at 300x300 by default:
 Without ``--checkpoint`` the model has random weights (speed does not depend on them). Results vary with
 the load of the machine: the load average is printed before and after. ``--json`` prints one JSON object per line.
 
-    python benchmarks/inference_speed.py [--size 300] [--seconds 3] [--video PATH] [--json]
-        [--checkpoint RUN/best.ckpt] [--impls default onnx-int8 ...] [--batches 1 16] [--no-stream]
+    keras = {} if args.no_keras else keras_rates(args, config, peak, emit)
+    checkpoint, impls, onnx_models = implementations(args.size, args.checkpoint)
+    default = impls["default"][1]
+    emit({"bench": "default", "choice": default.choice}, f"default path (--runtime auto): {describe(default.choice)}")
+    if args.impls:
+        impls = {k: v for k, v in impls.items() if k in args.impls}
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from keras_reference import compare_params, keras_python, model_kwargs, run_keras
 
 from mucosa.data.preparation import Preprocessing
 from mucosa.inference.deployment import int8_path
@@ -136,6 +147,34 @@ def implementations(size: int, trained: Path | None = None):
     }, {"onnx-fp32": fp32, "onnx-int8": int8}
 
 
+def keras_rates(args, config: ModelConfig, peak: float, emit) -> dict[int, float]:
+    """Keras' images/s at each batch size (its own process per batch), empty when TensorFlow is missing."""
+    python, why = keras_python(args.keras_python)
+    if python is None:
+        emit({"bench": "keras", "skipped": why}, why)
+        return {}
+    rates, flops = {}, model_flops(config)
+    for batch in args.batches:
+        spec = {"mode": "infer", "size": args.size, "batch": batch, "calls": 3, "seconds": args.seconds,
+                "threads": torch.get_num_threads(), "model": model_kwargs(config)}
+        record = run_keras(python, spec)
+        if "error" in record:
+            emit({"bench": "keras", "skipped": record["error"]}, record["error"] + "; going on without it")
+            return {}
+        if not rates:
+            line = compare_params(record, create_model(config))
+            emit({"bench": "params", "size": args.size, "detail": line}, line)
+        rate = rates[batch] = record["images_per_s"]
+        share = rate * flops / 1e9 / peak
+        description = (f"Keras {record['keras']} / TensorFlow {record['tensorflow']}, predict_on_batch, "
+                       f"{record['threads']} threads")
+        emit({**record, "gflops": round(rate * flops / 1e9, 1), "share_of_matmul_peak": round(share, 3),
+              "description": description},
+             f"{'keras':<12} batch {batch:>3}: {rate:7.1f} images/s  {rate * flops / 1e9:6.1f} GFLOPS "
+             f"({100 * share:5.1f}% of matmul)  [{description}]")
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=300)
@@ -147,6 +186,9 @@ def main() -> None:
                         "--runtime auto picks for it, e.g. the int8 model training wrote beside it")
     parser.add_argument("--impls", nargs="+", default=None, help="measure only these rows (e.g. default onnx-int8)")
     parser.add_argument("--no-stream", action="store_true")
+    parser.add_argument("--no-keras", action="store_true", help="leave out the Keras/TensorFlow reference")
+    parser.add_argument("--keras-python", help="Python interpreter with TensorFlow for the Keras reference "
+                        "(default: this one, when it can import TensorFlow)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args()
     if args.checkpoint is not None:
@@ -169,6 +211,7 @@ def main() -> None:
          f"{onnxruntime.__version__}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n"
          f"fp32 matmul (best of torch and NumPy, 2048^2): {peak:.1f} GFLOPS; model: {flops / 1e9:.3f} GFLOPs per "
          f"{args.size}x{args.size} image")
+    keras = {} if args.no_keras else keras_rates(args, config, peak, emit)
     checkpoint, impls, onnx_models = implementations(args.size, args.checkpoint)
     default = impls["default"][1]
     emit({"bench": "default", "choice": default.choice}, f"default path (--runtime auto): {describe(default.choice)}")
@@ -180,11 +223,15 @@ def main() -> None:
             frames = rng.integers(0, 256, (batch, args.size, args.size), dtype=np.uint8)
             rate = images_per_s(lambda run=run, frames=frames: run(frames), batch, args.seconds)
             share = rate * flops / 1e9 / peak
-            emit({"bench": "infer", "impl": name, "size": args.size, "batch": batch, "images_per_s": round(rate, 2),
-                  "gflops": round(rate * flops / 1e9, 1), "share_of_matmul_peak": round(share, 3),
-                  "description": description},
-                 f"{name:<12} batch {batch:>3}: {rate:7.1f} images/s  {rate * flops / 1e9:6.1f} GFLOPS "
-                 f"({100 * share:5.1f}% of matmul)  [{description}]")
+            record = {"bench": "infer", "impl": name, "size": args.size, "batch": batch,
+                      "images_per_s": round(rate, 2), "gflops": round(rate * flops / 1e9, 1),
+                      "share_of_matmul_peak": round(share, 3), "description": description}
+            vs_keras = ""
+            if batch in keras:
+                record["vs_keras"] = round(rate / keras[batch], 3)
+                vs_keras = f" {rate / keras[batch]:5.2f}x Keras"
+            emit(record, f"{name:<12} batch {batch:>3}: {rate:7.1f} images/s  {rate * flops / 1e9:6.1f} GFLOPS "
+                         f"({100 * share:5.1f}% of matmul){vs_keras}  [{description}]")
     if not args.no_stream and args.video.is_file():
         threads = default_threads()
         streams = {"torch-best": lambda: TorchPredictor(checkpoint, batch_size=1, threads=threads),

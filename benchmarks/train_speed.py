@@ -1,4 +1,4 @@
-"""Training speed of the paper's CNN-LSTM: mucosa's training step vs a plain eager-PyTorch version.
+"""Training speed of the paper's CNN-LSTM: mucosa's training step vs Keras/TensorFlow and plain eager PyTorch.
 
 A training step is forward + BCE-with-logits loss + backward + Adam step on random inputs, batch 16.
 
@@ -7,19 +7,27 @@ A training step is forward + BCE-with-logits loss + backward + Adam step on rand
   passes (CPU, ``precision``); each ``training_step`` is timed from a callback (``on_train_batch_start`` to
   ``on_train_batch_end``: zero_grad, forward, loss, backward, optimizer step). ``--precision`` chooses
   ``32-true`` (the default of ``TrainingConfig``) and/or ``bf16-mixed``.
+- ``keras``: the paper's stack, the same network in Keras on TensorFlow, trained with ``model.fit`` (Adam
+  1e-3, BCE from logits, Keras defaults otherwise; ``benchmarks/keras_reference.py``), with the same number
+  of threads. Its parameter counts are checked against mucosa's model. TensorFlow is an optional extra,
+  never a dependency of mucosa: ``pip install -e '.[keras-reference]'``, or a venv of its own passed as
+  ``--keras-python /work/tfvenv/bin/python``. Without it the benchmark says so in one line and goes on
+  without the ``vs Keras`` column.
 - ``eager``: the same network written the way a newcomer would (nn.Sequential conv stack, nn.LSTM,
   nn.Dropout, contiguous NCHW, default threads, fp32) in a plain loop.
 
 Each measurement runs in its own Python process (allocator settings, thread pools and caches do not leak
-from one to the next). After ``--warmup`` steps, ``--steps`` steps are timed and images/s is batch / median
-step time. The machine is shared: a step during which other processes used more than a quarter of a core
-is repeated (at most ``--steps`` extra steps); ``other_load`` says how many cores others used on average
-during the steps kept. ``--check`` first verifies that both implementations compute the same function.
+from one to the next; TensorFlow and PyTorch never share one). After ``--warmup`` steps, ``--steps`` steps
+are timed and images/s is batch / median step time. The machine is shared: a step during which other
+processes used more than a quarter of a core is repeated (at most ``--steps`` extra steps); ``other_load``
+says how many cores others used on average during the steps kept. ``--check`` first verifies that mucosa's
+model and the eager one compute the same function.
 
     python benchmarks/train_speed.py [--sizes 300 128] [--batch 16] [--steps 5] [--json] [--check]
+        [--keras-python PATH] [--impl keras mucosa eager] [--precision 32-true bf16-mixed]
 
-Reference figures for this 2-core machine at 300x300, batch 16 (from the issue): Keras/TensorFlow, the
-paper's stack, 8.5 images/s; plain eager PyTorch 3.5 images/s. See docs/performance.md.
+For history only: the issue reported Keras/TensorFlow at 8.5 images/s (text) or 8.9 (table, TF 2.21) and
+plain eager PyTorch at 3.5 images/s, 300x300, batch 16, on the development machine. See docs/performance.md.
 """
 
 from __future__ import annotations
@@ -27,20 +35,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from keras_reference import compare_params, keras_check, keras_python, model_kwargs, run_keras
+from step_clock import StepClock
 from torch import nn
 
 from mucosa.models.networks import ModelConfig, create_model, feature_size
-
-KERAS_IMAGES_PER_S = 8.5  # Keras on TensorFlow, 300x300, batch 16, this machine (issue)
-MAX_OTHER_LOAD = 0.25  # cores used by other processes above which a step is repeated
 
 
 class EagerCNNLSTM(nn.Module):
@@ -96,51 +101,6 @@ def train_gflops(size: int) -> float:
     side = feature_size(size)
     rest += 2 * side * side * 128 * 128 + 2 * side * 4 * 100 * 228 + 2 * (100 * 50 + 50)
     return (2 * conv1 + 3 * rest) / 1e9
-
-
-class StepClock:
-    """Wall time of a step and the CPU (in cores) that other processes used meanwhile."""
-
-    def __init__(self) -> None:
-        self.ticks = os.sysconf("SC_CLK_TCK")
-        self.walls: list[float] = []
-        self.others: list[float] = []
-        self.first = 0.0
-
-    def _busy(self) -> float:
-        with open("/proc/stat") as handle:
-            v = [int(a) for a in handle.readline().split()[1:9]]
-        return (sum(v) - v[3] - v[4]) / self.ticks  # all CPUs, seconds not idle
-
-    def start(self) -> None:
-        times = os.times()
-        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy(), times.user + times.system
-
-    def stop(self, timed: bool) -> None:
-        wall = time.perf_counter() - self.t0
-        times = os.times()
-        other = max(0.0, (self._busy() - self.busy0 - (times.user + times.system - self.own0)) / wall)
-        if timed:
-            self.walls.append(wall)
-            self.others.append(other)
-        elif not self.first:
-            self.first = wall  # includes one-off work: oneDNN primitive creation, torch.compile
-
-    def enough(self, steps: int) -> bool:
-        clean = sum(o <= MAX_OTHER_LOAD for o in self.others)
-        return clean >= steps or len(self.walls) >= 2 * steps
-
-    def result(self, batch: int, steps: int) -> dict:
-        kept = [(w, o) for w, o in zip(self.walls, self.others) if o <= MAX_OTHER_LOAD]
-        contended = len(kept) < steps
-        if contended:  # not enough quiet steps: report them all, flagged
-            kept = list(zip(self.walls, self.others))
-        walls = [w for w, _ in kept]
-        median = statistics.median(walls)
-        return {"images_per_s": round(batch / median, 3), "step_s": round(median, 4),
-                "step_s_min": round(min(walls), 4), "steps": len(kept), "steps_run": len(self.walls),
-                "other_load": round(statistics.fmean(o for _, o in kept), 3), "contended": contended,
-                "first_step_s": round(self.first, 2)}
 
 
 def measure_eager(spec: dict) -> dict:
@@ -304,11 +264,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement (median)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--impl", nargs="+", choices=["mucosa", "eager"], default=["mucosa", "eager"])
+    parser.add_argument("--impl", nargs="+", choices=["keras", "mucosa", "eager"], default=["keras", "mucosa", "eager"])
     parser.add_argument("--precision", nargs="+", choices=["32-true", "bf16-mixed"],
                         default=["32-true", "bf16-mixed"], help="mucosa's precision(s); eager is always fp32")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
     parser.add_argument("--interop-threads", type=int, default=0)
+    parser.add_argument("--keras-python", help="Python interpreter with TensorFlow for the Keras reference "
+                        "(default: this one, when it can import TensorFlow)")
     parser.add_argument("--ablate", nargs="+", default=[], choices=["allocator", "dropout", "channels_last", "onednn"],
                         help="turn off these mucosa optimisations (to measure what each one brings)")
     parser.add_argument("--compile", action="store_true", help="torch.compile mucosa's model (experiment)")
@@ -327,8 +289,16 @@ def main() -> None:
     emit(info, f"{info['cpu']}, {info['cpus']} CPUs, torch {info['torch']}, oneDNN {info['onednn']}, "
                f"avx512_bf16 {'yes' if info['avx512_bf16'] else 'no'}, AMX {'yes' if info['amx'] else 'no'}; "
                f"load average {info['load']}")
+    keras = None
+    if "keras" in args.impl:
+        keras, why = keras_python(args.keras_python)
+        if keras is None:
+            emit({"bench": "keras", "skipped": why}, why)
     if args.check:
         results = check()
+        if keras is not None:
+            results.append(("Keras reference, given mucosa's weights: same logits (inference mode)",
+                            *keras_check(keras)))
         for name, status, detail in results:
             emit({"bench": "check", "check": name, "status": status, "detail": detail},
                  f"check {status:4} {name}: {detail}")
@@ -338,29 +308,60 @@ def main() -> None:
         print(f"{'size':>4}  {'impl':7} {'precision':10} {'images/s':>8} {'step s':>7} {'GFLOP/s':>7} "
               f"{'vs eager':>8} {'vs Keras':>8} {'others':>6}  first step s")
     for size in args.sizes:
-        eager = None
-        runs = [("eager", "32-true")] * ("eager" in args.impl) + [("mucosa", p) for p in args.precision] * (
-            "mucosa" in args.impl)
-        for impl, precision in runs:
-            spec = {"impl": impl, "size": size, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
-                    "precision": precision, "threads": args.threads, "interop_threads": args.interop_threads,
-                    "ablate": args.ablate if impl == "mucosa" else [], "compile": args.compile and impl == "mucosa"}
-            done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
-                                  text=True)
-            if done.returncode != 0:
-                sys.exit(f"{impl} at {size}x{size} failed:\n{done.stderr[-3000:]}")
-            record = json.loads(done.stdout.strip().splitlines()[-1])
-            eager = record["images_per_s"] if impl == "eager" else eager
-            vs_eager = f"{record['images_per_s'] / eager:7.2f}x" if eager else "       -"
-            keras = size == 300 and args.batch == 16
-            vs_keras = f"{record['images_per_s'] / KERAS_IMAGES_PER_S:7.2f}x" if keras else "       -"
-            flag = " (contended)" if record["contended"] else ""
-            emit(record, f"{size:4d}  {impl:7} {precision:10} {record['images_per_s']:8.2f} {record['step_s']:7.3f} "
-                         f"{record['gflops']:7.1f} {vs_eager} {vs_keras} {record['other_load']:6.2f}  "
-                         f"{record['first_step_s']:.1f}{flag}")
+        keras = run_size(args, size, keras, emit)
     if not args.json:
-        print(f"load average after: {[round(v, 2) for v in os.getloadavg()]}; 'vs Keras' compares with "
-              f"{KERAS_IMAGES_PER_S} images/s (Keras/TensorFlow, 300x300, batch 16, this machine)")
+        print(f"load average after: {[round(v, 2) for v in os.getloadavg()]}")
+
+
+def run_size(args: argparse.Namespace, size: int, keras: str | None, emit) -> str | None:
+    """Measure every implementation at one size, each in its own process; returns the Keras interpreter
+    still to use (None once the Keras reference failed: it is not tried again)."""
+    rates: dict[str, float] = {}
+    runs = [("eager", "32-true")] * ("eager" in args.impl) + [("keras", "32-true")] * (keras is not None) + [
+        ("mucosa", p) for p in args.precision] * ("mucosa" in args.impl)
+    for impl, precision in runs:
+        spec = {"impl": impl, "size": size, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
+                "precision": precision, "threads": args.threads, "interop_threads": args.interop_threads,
+                "ablate": args.ablate if impl == "mucosa" else [], "compile": args.compile and impl == "mucosa"}
+        record = measure_keras(spec, keras, emit) if impl == "keras" else measure_torch(spec)
+        if record is None:
+            keras = None
+            continue
+        rates.setdefault(impl, record["images_per_s"])
+        vs = {name: record["images_per_s"] / rates[name] for name in ("eager", "keras") if name in rates}
+        if "keras" in vs:
+            record["vs_keras"] = round(vs["keras"], 3)
+        columns = " ".join(f"{vs[name]:7.2f}x" if name in vs else "       -" for name in ("eager", "keras"))
+        flag = " (contended)" if record["contended"] else ""
+        emit(record, f"{size:4d}  {impl:7} {precision:10} {record['images_per_s']:8.2f} {record['step_s']:7.3f} "
+                     f"{record['gflops']:7.1f} {columns} {record['other_load']:6.2f}  "
+                     f"{record['first_step_s']:.1f}{flag}")
+    return keras
+
+
+def measure_torch(spec: dict) -> dict:
+    """One PyTorch measurement (mucosa or eager) in a fresh process of this interpreter."""
+    done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{spec['impl']} at {spec['size']}x{spec['size']} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure_keras(spec: dict, python: str, emit) -> dict | None:
+    """The Keras reference in its own process (``python``), same size, batch, steps and thread count; its
+    parameter counts checked against mucosa's model. None (after one line saying why) when it failed."""
+    config = ModelConfig(size=spec["size"])
+    keras_spec = {"mode": "train", "size": spec["size"], "batch": spec["batch"], "steps": spec["steps"],
+                  "warmup": spec["warmup"], "threads": spec["threads"] or torch.get_num_threads(),
+                  "interop_threads": spec["interop_threads"], "model": model_kwargs(config)}
+    record = run_keras(python, keras_spec)
+    if "error" in record:
+        emit({"bench": "keras", "skipped": record["error"]}, record["error"] + "; going on without it")
+        return None
+    line = compare_params(record, create_model(config))
+    emit({"bench": "params", "size": spec["size"], "detail": line}, f"{spec['size']:4d}  {line}")
+    record["gflops"] = round(train_gflops(spec["size"]) * record["images_per_s"], 1)
+    return record
 
 
 if __name__ == "__main__":
