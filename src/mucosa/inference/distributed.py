@@ -10,7 +10,9 @@ first one, so that no process waits for one that died.
 
 Processes are started by Lightning: it re-runs the command once per extra device (``ddp``), or finds those
 that SLURM (``srun``) or ``torchrun`` started. Processes that finish early wait for the slowest at the end,
-for up to :data:`WAIT` (Lightning's default of 30 minutes is too short for a large archive).
+for up to :data:`WAIT` (Lightning's default of 30 minutes is too short for a large archive). The processes
+only exchange Python objects (the file list, the results), never model tensors, so they talk over gloo (TCP)
+also on GPUs: no GPU memory for the results, and a process that exits ends the others' wait.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def _fabric(processes: Processes):
                           f"{' or '.join(STRATEGIES)}")
     try:
         fabric = Fabric(accelerator=processes.accelerator, devices=processes.devices, num_nodes=processes.num_nodes,
-                        strategy=DDPStrategy(start_method="popen", timeout=WAIT))
+                        strategy=DDPStrategy(start_method="popen", timeout=WAIT, process_group_backend="gloo"))
         strategy = fabric.strategy  # SLURM's or torchrun's process counts must match (checked again at launch)
         strategy.cluster_environment.validate_settings(num_devices=strategy.num_processes,
                                                        num_nodes=strategy.num_nodes)
