@@ -67,7 +67,7 @@ def shares(weights: Sequence[float], world: int) -> list[list[int]]:
     to the least loaded process (ties: the lower rank); each share in index order.
 
     >>> shares([5, 1, 1, 1, 4], 2)
-    [[0], [1, 2, 3, 4]]
+    [[0, 2], [1, 3, 4]]
     """
     if world < 1:
         raise ValueError(f"world size {world} must be at least 1")
