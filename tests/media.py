@@ -19,3 +19,16 @@ def write_video(path: Path, n: int = 30, size=(64, 48), fmt: str = "avi", codec:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
         container.mux(stream.encode())
     return levels / 255.0
+
+
+def write_gray_clip(path: Path, frames: list[np.ndarray], rate: int = 24) -> None:
+    """A lossless gray AVI (FFV1) of uint8 frames (H, W)."""
+    import av
+
+    with av.open(str(path), "w", format="avi") as container:
+        stream = container.add_stream("ffv1", rate=rate)
+        stream.height, stream.width = frames[0].shape
+        stream.pix_fmt = "gray"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="gray")))
+        container.mux(stream.encode())

@@ -246,18 +246,24 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"demo report (synthetic data): {report}")
 
 
+def _progress(done: int, total: int, path) -> None:
+    """``mucosa predict``'s progress: a line drawn in place on a terminal; nothing in a log, where it would run
+    into the warnings."""
+    if sys.stderr.isatty():
+        print(f"\rpredicting: {done}/{total} files", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from mucosa.inference.batch import format_cases, predict
-
-    def progress(done: int, total: int, path) -> None:
-        if sys.stderr.isatty():  # a line drawn in place; in a log it would run into the warnings
-            print(f"\rpredicting: {done}/{total} files", end="\n" if done == total else "", file=sys.stderr,
-                  flush=True)
+    from mucosa.inference.distributed import Processes
 
     check_writable_folder(args.out)
     cache = _cache(args.cache) if args.cache else None
+    processes = Processes(args.accelerator, args.devices, args.num_nodes, args.strategy)
     result = predict(args.checkpoint, args.paths, args.out, runtime=args.runtime, threshold=args.threshold,
-                     cache=cache, threads=args.threads, progress=progress, device=args.device)
+                     cache=cache, threads=args.threads, progress=_progress, device=args.device, processes=processes)
+    if result is None:  # one of several processes, not rank 0: rank 0 writes and reports
+        return checks.EXIT_OK
     print(format_cases(result))
     print(f"per frame: {args.out / 'predictions.csv'}; per file: files.csv; per case: cases.csv")
     if result.unreadable:
@@ -480,7 +486,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=checks.threshold, default=0.5,
                    help="probability in [0, 1] from which a case is positive")
     p.add_argument("--cache", type=Path, default=None, help="reuse and fill this preprocessing cache")
-    p.add_argument("--threads", type=checks.integer(1), default=None, help="inference threads (default: all cores)")
+    p.add_argument("--threads", type=checks.integer(1), default=None,
+                   help="inference threads of each process (default: all cores, shared out among the processes)")
+    g = p.add_argument_group("several processes, GPUs or nodes (Lightning DDP; README: clusters)")
+    g.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
+    g.add_argument("--devices", type=checks.devices, default=1,
+                   help="processes (devices) per node; 1 (default): this process alone")
+    g.add_argument("--num-nodes", type=checks.integer(1), default=1, help="machines (e.g. SLURM nodes)")
+    g.add_argument("--strategy", choices=["auto", "ddp"], default="auto", help="auto means ddp")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("stream", help="run a video frame by frame: live status, timeline, annotated video")

@@ -17,6 +17,10 @@ A file that cannot be read is reported (one warning naming it) and left out of e
 others are predicted; :attr:`PredictResult.unreadable` lists it (the CLI then exits with status 3). The three
 files are written as one set (``atomic.OutputSet``): an earlier result in the folder is replaced whole, or,
 when the run fails, not at all.
+
+A large archive can be shared out over several processes, GPUs or nodes (``predict(..., processes=...)``,
+``mucosa predict --devices N --num-nodes M``; see ``distributed``): each file is scored by one process, and
+rank 0 writes the same three files, row for row, as one process would.
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ from mucosa.data.cache import FrameCache
 from mucosa.data.manifest import load_manifest
 from mucosa.data.preparation import PreparedFrames, prepare_file
 from mucosa.data.readers import FrameSelection, is_image, is_video
-from mucosa.errors import MucosaError, MucosaWarning, UnreadableFileError
+from mucosa.errors import ConfigError, MucosaError, MucosaWarning, UnreadableFileError
+from mucosa.inference import distributed
 from mucosa.inference import verdict as verdicts
+from mucosa.inference.distributed import Processes
 from mucosa.inference.runtime import open_predictor
 from mucosa.tables import safe_row
 
@@ -166,23 +172,36 @@ def predict_sources(predictor, sources: list[Source], out: str | Path, threshold
         OutputError: ``out`` cannot be written.
     """
     threshold = verdicts.check_threshold(threshold)
-    header = _probability_header(predictor.classes)
+
+    def one(position: int, writer) -> Summary | str:
+        source = sources[position]
+        try:
+            prepared = _prepared(source, predictor.preprocessing, cache)
+        except (UnreadableFileError, OSError) as error:
+            return _unreadable_reason(error, source)
+        return _predict_file(predictor, source, prepared, writer, threshold)
+
+    return _write_outputs(out, predictor.classes, threshold, sources, one, progress)
+
+
+def _write_outputs(out: str | Path, classes: list[str], threshold: float, sources: list[Source], one,
+                   progress=None) -> PredictResult:
+    """Write the three files as one set, in the order of ``sources``: ``one(position, writer)`` writes a
+    source's rows of ``predictions.csv`` and returns its summary, or returns why it cannot be read."""
+    header = _probability_header(classes)
     out = Path(out)
-    result = PredictResult(predictor.classes, threshold, [], [], out)
+    result = PredictResult(classes, threshold, [], [], out)
     cases: dict[str, Summary] = {}
     with atomic.OutputSet(out, OUTPUTS) as staged:
         with open(staged.path("predictions.csv"), "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(safe_row(["path", "case", "frame", "quality", "used", *header, "label"]))
             for done, source in enumerate(sources, start=1):
-                try:
-                    prepared = _prepared(source, predictor.preprocessing, cache)
-                except (UnreadableFileError, OSError) as error:
-                    reason = _unreadable_reason(error, source)
-                    warnings.warn(f"{reason}; left out", MucosaWarning, stacklevel=2)
-                    result.unreadable.append((source.path, reason))
+                summary = one(done - 1, writer)
+                if isinstance(summary, str):
+                    warnings.warn(f"{summary}; left out", MucosaWarning, stacklevel=3)
+                    result.unreadable.append((source.path, summary))
                 else:
-                    summary = _predict_file(predictor, source, prepared, writer, threshold)
                     result.files.append(summary)
                     _add_to_case(cases.setdefault(source.case, Summary(source.case, source.case)), summary)
                 if progress is not None:
@@ -195,14 +214,32 @@ def predict_sources(predictor, sources: list[Source], out: str | Path, threshold
     return result
 
 
-def _predict_file(predictor, source: Source, prepared: PreparedFrames, writer, threshold: float) -> Summary:
-    """Predict one file's frames, write its rows of ``predictions.csv``, and return its summary."""
-    classes, prep = predictor.classes, predictor.preprocessing
-    width = len(_probability_header(classes))
-    keep = prepared.keep(prep.quality_threshold)
+@dataclass
+class FileScores:
+    """One file's frames as predicted: what ``predictions.csv`` and the summaries need (small: it travels
+    between processes in ``distributed`` prediction)."""
+
+    indices: np.ndarray  # frame numbers in the file
+    quality: np.ndarray  # quality score of each frame
+    keep: np.ndarray     # positions (in indices) of the frames that passed the quality gate
+    probs: np.ndarray | None  # their probabilities, (len(keep),) or (len(keep), K); None when none passed
+    corrupt: int
+
+
+def _score_file(predictor, prepared: PreparedFrames) -> FileScores:
+    """Run the model on the frames of one file that pass the quality gate."""
+    keep = prepared.keep(predictor.preprocessing.quality_threshold)
     probs = predictor(np.asarray(prepared.frames[keep])) if len(keep) else None
-    by_position = dict(zip(keep.tolist(), probs if probs is not None else []))
-    for position, (index, quality) in enumerate(zip(prepared.indices, prepared.quality)):
+    return FileScores(np.asarray(prepared.indices), np.asarray(prepared.quality), np.asarray(keep), probs,
+                      prepared.corrupt)
+
+
+def _write_file(writer, source: Source, scores: FileScores, classes: list[str], threshold: float) -> Summary:
+    """Write one file's rows of ``predictions.csv`` and return its summary."""
+    width = len(_probability_header(classes))
+    probs = scores.probs
+    by_position = dict(zip(scores.keep.tolist(), probs if probs is not None else []))
+    for position, (index, quality) in enumerate(zip(scores.indices, scores.quality)):
         p = by_position.get(position)
         if p is None:  # below the quality gate: listed, not predicted
             writer.writerow(safe_row([str(source.path), source.case, int(index), f"{quality:.4f}", 0,
@@ -211,8 +248,13 @@ def _predict_file(predictor, source: Source, prepared: PreparedFrames, writer, t
         label = classes[verdicts.call(p, threshold)]
         writer.writerow(safe_row([str(source.path), source.case, int(index), f"{quality:.4f}", 1,
                                   *_probability_text(p), label]))
-    return Summary(str(source.path), source.case, 1, len(prepared.indices), len(keep), prepared.corrupt,
+    return Summary(str(source.path), source.case, 1, len(scores.indices), len(scores.keep), scores.corrupt,
                    list(probs) if probs is not None else [])
+
+
+def _predict_file(predictor, source: Source, prepared: PreparedFrames, writer, threshold: float) -> Summary:
+    """Predict one file's frames, write its rows of ``predictions.csv``, and return its summary."""
+    return _write_file(writer, source, _score_file(predictor, prepared), predictor.classes, threshold)
 
 
 def _add_to_case(case: Summary, summary: Summary) -> None:
@@ -239,13 +281,83 @@ def _write_summaries(path: Path, rows: list[Summary], result: PredictResult, key
 
 def predict(checkpoint: str | Path, paths: list[str | Path], out: str | Path, runtime: str = "auto",
             threshold: float = 0.5, cache: FrameCache | None = None, batch_size: int = 16,
-            threads: int | None = None, progress=None, device: str = "auto") -> PredictResult:
-    """``mucosa predict``: open the checkpoint (or ``.onnx`` model) on ``device`` and predict the given paths."""
+            threads: int | None = None, progress=None, device: str = "auto",
+            processes: Processes | None = None) -> PredictResult | None:
+    """``mucosa predict``: open the checkpoint (or ``.onnx`` model) on ``device`` and predict the given paths.
+
+    With ``processes`` naming several devices or nodes, the files are shared out over that many processes
+    (``distributed``; ``device`` must stay ``auto``) and the outputs are the same as in one process, written
+    by rank 0, which returns the result; the other processes return None.
+    """
     threshold = verdicts.check_threshold(threshold)
+    processes = processes or Processes()
+    processes.check_launcher()
+    several = processes.several
+    if several and device != "auto":
+        raise ConfigError(f"device {device!r} names one device; on several processes choose them with the "
+                          "accelerator and devices settings (--accelerator, --devices)")
     atomic.check_writable_folder(out)
     sources = collect_sources(paths)
+    if several:
+        work = _ShareWork(checkpoint, runtime, batch_size, threads, cache, progress)
+        return _predict_shared(sources, out, threshold, processes, work)
     predictor = open_predictor(checkpoint, runtime, batch_size, threads, device)
     return predict_sources(predictor, sources, out, threshold, cache, progress)
+
+
+@dataclass
+class _ShareWork:
+    """What one process does with its share of the files: open the model on its device, score each file.
+
+    Unreadable files become the reason (a string); they are warned about once, by rank 0, when it writes.
+    """
+
+    checkpoint: str | Path
+    runtime: str
+    batch_size: int
+    threads: int | None
+    cache: FrameCache | None
+    progress: object = None
+    classes: list[str] | None = None  # the model's, once opened in this process
+
+    def __call__(self, share: list[Source], device, rank: int) -> list[FileScores | str]:
+        predictor = open_predictor(self.checkpoint, self.runtime, self.batch_size, self.threads, device)
+        self.classes = predictor.classes
+        outcomes: list[FileScores | str] = []
+        for done, source in enumerate(share, start=1):
+            try:
+                prepared = _prepared(source, predictor.preprocessing, self.cache)
+            except (UnreadableFileError, OSError) as error:
+                outcomes.append(_unreadable_reason(error, source))
+            else:
+                outcomes.append(_score_file(predictor, prepared))
+            if self.progress is not None and rank == 0:  # rank 0's share: one progress line, not one a process
+                self.progress(done, len(share), source.path)
+        return outcomes
+
+
+def _size(source: Source) -> float:
+    """A file's size in bytes (0 when it cannot be read): balances the processes' shares."""
+    try:
+        return float(source.path.stat().st_size)
+    except OSError:
+        return 0.0
+
+
+def _predict_shared(sources: list[Source], out, threshold: float, processes: Processes,
+                    work: _ShareWork) -> PredictResult | None:
+    """Score the files on several processes; rank 0 writes the outputs exactly as one process would."""
+    shared = distributed.map_files(sources, work, processes, weight=_size)
+    if shared is None:  # not rank 0
+        return None
+    sources, outcomes = shared  # rank 0's list of files, in its order
+
+    def one(position: int, writer) -> Summary | str:
+        outcome = outcomes[position]
+        return outcome if isinstance(outcome, str) else _write_file(writer, sources[position], outcome,
+                                                                    work.classes, threshold)
+
+    return _write_outputs(out, work.classes, threshold, sources, one)
 
 
 def format_cases(result: PredictResult) -> str:
