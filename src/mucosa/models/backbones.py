@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from mucosa.errors import ConfigError, MucosaError
-from mucosa.models.networks import TIMM, ModelConfig
 
+TIMM = "timm:"  # model kinds "timm:NAME" are timm backbones, e.g. timm:resnet18
+TIMM_MIN_SIZE = 32  # their total stride: smaller inputs leave no feature map
 INSTALL_HINT = "pip install 'mucosa[timm]'"
 
 
@@ -51,7 +52,7 @@ def import_timm():
     raise BackboneError(f"timm could not be imported ({_first_line(cause)}): {hint}") from None
 
 
-def _build(timm, name: str, config: ModelConfig, pretrained: bool) -> nn.Module:
+def _build(timm, name: str, config, pretrained: bool) -> nn.Module:
     """``timm.create_model`` with one clear error for an unknown name, a failed build or failed weights."""
     is_model = getattr(timm, "is_model", None)
     if callable(is_model) and not is_model(name):
@@ -70,11 +71,11 @@ def _build(timm, name: str, config: ModelConfig, pretrained: bool) -> nn.Module:
 
 
 class TimmNet(nn.Module):
-    """A timm backbone with mucosa's interface (see the module docstring)."""
+    """A timm backbone with mucosa's interface (see the module docstring); ``config`` is a ``ModelConfig``."""
 
     grad_cam_layer = "features"
 
-    def __init__(self, config: ModelConfig, pretrained: bool = False) -> None:
+    def __init__(self, config, pretrained: bool = False) -> None:
         super().__init__()
         if not config.kind.startswith(TIMM):
             raise ConfigError(f"model config has kind {config.kind!r} but a timm backbone was built")

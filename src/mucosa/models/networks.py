@@ -78,11 +78,10 @@ from pydantic_core import PydanticCustomError
 from torch import nn
 
 from mucosa.errors import ConfigError
+from mucosa.models.backbones import TIMM, TIMM_MIN_SIZE, TimmNet
 from mucosa.settings import Bool, Float, Int, Settings
 
-KINDS = ("cnn-lstm", "cnn")
-TIMM = "timm:"  # model kinds "timm:NAME" are timm backbones (mucosa.models.backbones), e.g. timm:resnet18
-TIMM_MIN_SIZE = 32  # their total stride: smaller inputs leave no feature map
+KINDS = ("cnn-lstm", "cnn")  # and timm:NAME, the timm backbones of mucosa.models.backbones
 INITS = ("keras", "torch")
 
 
@@ -109,8 +108,8 @@ class ModelConfig(Settings):
         name = kind.removeprefix(TIMM)
         if kind in KINDS or (kind.startswith(TIMM) and name and all(c.isalnum() or c in "_.-" for c in name)):
             return kind
-        raise PydanticCustomError("mucosa", "unknown model kind {got}; expected cnn-lstm, cnn or timm:NAME (a timm "
-                                  "backbone, e.g. timm:resnet18)", {"got": repr(kind)[:80]})
+        raise PydanticCustomError("mucosa", "expected one of cnn-lstm, cnn, timm:NAME (a timm backbone, e.g. "
+                                  "timm:resnet18), got {got}", {"got": repr(kind)[:80]})
 
     @field_validator("size")
     @classmethod
@@ -390,8 +389,6 @@ def create_model(config: ModelConfig, pretrained: bool | None = None) -> nn.Modu
             loaded passes False, as its own weights replace them.
     """
     if config.kind.startswith(TIMM):
-        from mucosa.models.backbones import TimmNet
-
         return TimmNet(config, config.pretrained if pretrained is None else pretrained)
     if config.kind == "cnn-lstm":
         return CNNLSTM(config)
