@@ -47,6 +47,7 @@ from mucosa.models.config import RunConfig, load_config
 from mucosa.models.dataset import CaseSampler, FrameDataset, make_augmentation, worker_init
 from mucosa.models.networks import create_model
 from mucosa.models.training import (
+    Classifier,
     RunPlan,
     TrainingDivergedError,
     _quiet_lightning,
@@ -172,6 +173,14 @@ class Contrastive(L.LightningModule):
         t = self.config.training
         return torch.optim.Adam(self.parameters(), lr=t.lr, weight_decay=t.weight_decay)
 
+    def on_fit_start(self) -> None:
+        if self.device.type == "cpu":
+            Classifier._keep_freed_memory(True)  # as training does: no page faults on every step
+
+    def on_fit_end(self) -> None:
+        if self.device.type == "cpu":
+            Classifier._keep_freed_memory(False)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mucosa"] = self.description
 
@@ -222,10 +231,14 @@ def _loader(plan: RunPlan) -> DataLoader:
 
 
 def _frames_seen(plan: RunPlan, manifest: Path, parts: list[str] | None) -> dict[str, Any]:
+    """What the encoder saw: frame and file counts and the manifest's hash (never a patient id or a path)."""
     records = plan.cohort.records
     videos = sum(r.is_video for r in records)
-    return {"frames": len(plan.table), "files": len(records), "videos": videos, "images": len(records) - videos,
-            "manifest_sha256": manifest_hash(manifest), "parts": parts or "all rows", "labels_read": False}
+    per_case = plan.config.training.frames_per_case
+    per_epoch = len(_loader(plan).sampler) if per_case else len(plan.table)
+    return {"frames": len(plan.table), "frames_per_epoch": per_epoch, "files": len(records), "videos": videos,
+            "images": len(records) - videos, "manifest_sha256": manifest_hash(manifest),
+            "parts": parts or "all rows", "labels_read": False}
 
 
 def _description(plan: RunPlan, method: dict, frames: dict) -> dict[str, Any]:
