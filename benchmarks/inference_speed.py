@@ -17,10 +17,16 @@ Prints, at 300x300 by default:
   agree with ``torch.utils.flop_counter``, which does not count the LSTM's 13 MFLOPs; int8 paths are
   counted in the same FLOPs and may exceed the fp32 peak).
 
-The model has random weights (speed does not depend on them). Results vary with the load of the machine:
-the load average is printed before and after. ``--json`` prints one JSON object per line.
+- the path ``--runtime auto`` (every command's default) chooses, printed first and measured as the
+  ``default`` row: with ``--checkpoint`` a trained checkpoint's (e.g. the validated ``best.int8.onnx``
+  training wrote beside it, which then is also the ``onnx-int8`` row), else the random model's (an fp32
+  export made in memory).
+
+Without ``--checkpoint`` the model has random weights (speed does not depend on them). Results vary with
+the load of the machine: the load average is printed before and after. ``--json`` prints one JSON object per line.
 
     python benchmarks/inference_speed.py [--size 300] [--seconds 3] [--video PATH] [--json]
+        [--checkpoint RUN/best.ckpt] [--impls default onnx-int8 ...] [--batches 1 16] [--no-stream]
 """
 
 from __future__ import annotations
@@ -36,10 +42,12 @@ import numpy as np
 import torch
 
 from mucosa.data.preparation import Preprocessing
+from mucosa.inference.deployment import int8_path
 from mucosa.inference.onnx import OnnxPredictor, quantize_int8, to_onnx
 from mucosa.inference.pytorch import TorchPredictor
+from mucosa.inference.runtime import describe, for_checkpoint, open_predictor
 from mucosa.inference.stream import default_threads, stream
-from mucosa.models.checkpoint import LoadedCheckpoint
+from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint
 from mucosa.models.networks import ModelConfig, create_model, feature_size
 
 VIDEO = Path(__file__).resolve().parents[2] / "shared" / "data" / "pcle-colon" / "s01v01.mpeg"
@@ -89,13 +97,18 @@ def images_per_s(run, batch: int, seconds: float) -> float:
     return batch / float(np.median(times))
 
 
-def implementations(size: int):
-    """name -> (description, function of uint8 frames (N, S, S)) for each path measured."""
+def implementations(size: int, trained: Path | None = None):
+    """name -> (description, function of uint8 frames (N, S, S)) for each path measured, and the path
+    ``--runtime auto`` (the default of every command) chooses for the checkpoint (``default``)."""
     torch.manual_seed(0)
-    model = create_model(ModelConfig(size=size)).eval()
-    checkpoint = LoadedCheckpoint(model, model.config, ["control", "active"], Preprocessing(size=size), {},
-                                  Path("random.ckpt"))
-    eager = create_model(ModelConfig(size=size)).eval()
+    if trained is not None:
+        checkpoint = load_checkpoint(trained)
+        model = checkpoint.model
+    else:
+        model = create_model(ModelConfig(size=size)).eval()
+        checkpoint = LoadedCheckpoint(model, model.config, ["control", "active"], Preprocessing(size=size), {},
+                                      Path("random.ckpt"))
+    eager = create_model(model.config).eval()
     eager.load_state_dict(model.state_dict())
 
     def run_eager(frames: np.ndarray) -> np.ndarray:
@@ -104,13 +117,22 @@ def implementations(size: int):
             return torch.sigmoid(eager(x)[:, 0]).numpy()
 
     fp32 = to_onnx(checkpoint)
-    calibration = np.random.default_rng(1).integers(0, 256, (16, size, size), dtype=np.uint8)
-    int8 = quantize_int8(fp32, calibration)
+    beside = int8_path(checkpoint.path)
+    if beside.is_file():  # the int8 model training wrote (calibrated on the run's validation frames)
+        int8 = beside.read_bytes()
+    else:
+        calibration = np.random.default_rng(1).integers(0, 256, (16, size, size), dtype=np.uint8)
+        int8 = quantize_int8(fp32, calibration)
+    if trained is not None:
+        default = open_predictor(trained, batch_size=16)
+    else:
+        default = for_checkpoint(checkpoint, batch_size=16, device="cpu")
     return checkpoint, {
         "torch-eager": ("mucosa model, PyTorch defaults (NCHW, no_grad)", run_eager),
         "torch-best": ("folded BN, channels_last, inference_mode", TorchPredictor(checkpoint, batch_size=16)),
         "onnx-fp32": ("ONNX Runtime fp32", OnnxPredictor(fp32, batch_size=16)),
         "onnx-int8": ("ONNX Runtime static int8 (QDQ)", OnnxPredictor(int8, batch_size=16)),
+        "default": (f"--runtime auto: {describe(default.choice)}", default),
     }, {"onnx-fp32": fp32, "onnx-int8": int8}
 
 
@@ -120,9 +142,15 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--seconds", type=float, default=3.0, help="minimum time per measurement")
     parser.add_argument("--video", type=Path, default=VIDEO)
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="a trained checkpoint (its size is used): the default row then shows the path "
+                        "--runtime auto picks for it, e.g. the int8 model training wrote beside it")
+    parser.add_argument("--impls", nargs="+", default=None, help="measure only these rows (e.g. default onnx-int8)")
     parser.add_argument("--no-stream", action="store_true")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args()
+    if args.checkpoint is not None:
+        args.size = load_checkpoint(args.checkpoint).preprocessing.size
 
     def emit(record: dict, text: str) -> None:
         print(json.dumps(record) if args.json else text, flush=True)
@@ -141,7 +169,11 @@ def main() -> None:
          f"{onnxruntime.__version__}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n"
          f"fp32 matmul (best of torch and NumPy, 2048^2): {peak:.1f} GFLOPS; model: {flops / 1e9:.3f} GFLOPs per "
          f"{args.size}x{args.size} image")
-    checkpoint, impls, onnx_models = implementations(args.size)
+    checkpoint, impls, onnx_models = implementations(args.size, args.checkpoint)
+    default = impls["default"][1]
+    emit({"bench": "default", "choice": default.choice}, f"default path (--runtime auto): {describe(default.choice)}")
+    if args.impls:
+        impls = {k: v for k, v in impls.items() if k in args.impls}
     rng = np.random.default_rng(0)
     for name, (description, run) in impls.items():
         for batch in args.batches:
@@ -157,7 +189,11 @@ def main() -> None:
         threads = default_threads()
         streams = {"torch-best": lambda: TorchPredictor(checkpoint, batch_size=1, threads=threads),
                    "onnx-fp32": lambda: OnnxPredictor(onnx_models["onnx-fp32"], batch_size=1, threads=threads),
-                   "onnx-int8": lambda: OnnxPredictor(onnx_models["onnx-int8"], batch_size=1, threads=threads)}
+                   "onnx-int8": lambda: OnnxPredictor(onnx_models["onnx-int8"], batch_size=1, threads=threads),
+                   "default": lambda: (open_predictor(args.checkpoint, batch_size=1, threads=threads)
+                                       if args.checkpoint else for_checkpoint(checkpoint, batch_size=1,
+                                                                              threads=threads, device="cpu"))}
+        streams = {k: v for k, v in streams.items() if not args.impls or k in args.impls}
         for name, make in streams.items():
             summary = stream(make(), args.video)
             stages = {k: round(v, 2) for k, v in summary.stage_ms().items()}

@@ -282,3 +282,22 @@ def test_the_file_size_limit_ends_in_one_line_not_a_killed_process(tiny, tmp_pat
     assert error_lines(done.stderr) == [f"error: cannot write {out}: File too large (the file-size limit, see "
                                         "`ulimit -f`)"]
     assert list(tmp_path.iterdir()) == []  # neither the model nor a temporary file
+
+
+@pytest.mark.parametrize("command", [["predict", "x.png"], ["stream", "x.mp4"], ["evaluate", "--manifest", "m.csv",
+                                                                                    "--out", "o"], ["explain", "x.png",
+                                                                                                    "--out", "o"]])
+def test_the_runtime_is_auto_unless_asked(command):
+    parser = cli.build_parser()
+    assert parser.parse_args([*command, "--checkpoint", "c.ckpt"]).runtime == "auto"
+    for runtime in ("torch", "onnx"):
+        assert parser.parse_args([*command, "--checkpoint", "c.ckpt", "--runtime", runtime]).runtime == runtime
+
+
+def test_explain_says_which_runtime_scores_and_that_grad_cam_runs_pytorch(tiny, tmp_path, capsys):
+    image = next((tiny.cohort / "images").rglob("*.png"))
+    assert main(["explain", str(image), "--checkpoint", str(tiny.best), "--out", str(tmp_path / "x"),
+                 "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "runtime: onnxruntime fp32 on cpu (auto; exported in memory)" in lines
+    assert "feature maps and Grad-CAM: pytorch fp32 on cpu (they need gradients)" in lines

@@ -28,6 +28,7 @@ from mucosa.data.cache import FrameCache
 from mucosa.evaluation.evaluate import EvaluationResult
 from mucosa.evaluation.evaluate import evaluate as _evaluate
 from mucosa.inference.classifier import Classifier, load
+from mucosa.inference.deployment import deploy_after_training
 from mucosa.models.config import RunConfig, config_from_dict, load_config
 from mucosa.models.training import train as _train
 
@@ -75,7 +76,7 @@ def _history(run: Path) -> list[dict[str, Any]]:
 
 def train(manifest: str | Path, config: RunConfig | str | Path | dict | None = None, out: str | Path | None = None,
           init_from: str | Path | None = None, cache_dir: str | Path | None = None, device: str = "auto",
-          runtime: str = "auto", progress: bool = True) -> TrainingResult:
+          runtime: str = "auto", progress: bool = True, onnx: bool = True) -> TrainingResult:
     """Train a model on a cohort manifest and return it, ready to predict.
 
     Args:
@@ -88,12 +89,16 @@ def train(manifest: str | Path, config: RunConfig | str | Path | dict | None = N
         cache_dir: the preprocessing cache (default ``~/.cache/mucosa``).
         device, runtime: for the returned classifier (see :func:`mucosa.load`).
         progress: show progress bars.
+        onnx: write ``best.onnx`` and ``best.int8.onnx`` beside ``best.ckpt`` (``inference.deployment``); a
+            failure to write them is a warning, not an error.
     """
     run_config = _config(config)
     cache = FrameCache(cache_dir)
     with tempfile.TemporaryDirectory(prefix="mucosa-train-") as scratch:
         folder = Path(out) if out is not None else Path(scratch) / "run"
         best = _train(manifest, run_config, folder, init_from=init_from, cache=cache, progress=progress)
+        if onnx:
+            deploy_after_training(best, folder / "split.csv", cache)
         classifier = load(best, device=device, runtime=runtime)  # weights in memory: outlives the folder
         return TrainingResult(classifier, _history(folder), Path(best) if out is not None else None,
                               folder if out is not None else None)

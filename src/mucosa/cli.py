@@ -205,6 +205,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         check_writable_folder(args.out, "run folder")
         cache = _cache(args.cache)
         best = train(args.manifest, _run_config(args), args.out, args.init_from, cache, args.record_samples, classes)
+    if not args.no_onnx:
+        from mucosa.inference.deployment import deploy_after_training
+
+        deploy_after_training(best, best.parent / "split.csv", cache)
     print(f"best checkpoint: {best}")
 
 
@@ -217,7 +221,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     result = evaluate(args.checkpoint, args.manifest, args.out, split=args.split, threshold=args.threshold,
                       aggregation=args.aggregate, n_boot=args.bootstrap, seed=args.seed,
                       pseudonymise=args.pseudonymise, pseudonym_key=args.pseudonym_key, cache=cache,
-                      gallery_size=args.gallery, device=args.device)
+                      gallery_size=args.gallery, device=args.device, runtime=args.runtime)
     p, i = result["patient"], result["image"]
     print(f"patients ({result['counts']['patients']}): accuracy {fmt(p['accuracy'])}"
           + (f", ROC AUC {fmt(p.get('roc_auc'))}" if "roc_auc" in p else ""))
@@ -287,7 +291,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
 
     check_writable_folder(args.out)
     results = explain_paths(args.checkpoint, args.inputs, args.out, frames=args.frames, top=args.top,
-                            device=args.device)
+                            device=args.device, runtime=args.runtime)
     for r in results:
         where = str(r.input) + ("" if r.frame is None else f" frame {r.frame}")
         print(f"{where}: {r.predicted} ({len(r.files)} figures)")
@@ -316,8 +320,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
           window=args.window, parallel=args.parallel, onnx=args.onnx)
 
 
+RUNTIME_HELP = ("auto (default): on a CPU, ONNX Runtime with the int8 model beside the checkpoint when its card says "
+                "it passed the agreement and AUC bounds, else best.onnx, else an export made in memory; PyTorch on a "
+                "GPU. torch, or onnx (fp32). An .onnx file always runs on ONNX Runtime")
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", type=Path, help="cohort manifest CSV")
+    p.add_argument("--no-onnx", action="store_true", help="do not write best.onnx and best.int8.onnx beside "
+                   "best.ckpt (written by default, checked, and recorded in the checkpoint's model card)")
     p.add_argument("--config", type=Path, help="YAML config, e.g. configs/paper.yaml or configs/cpu-quick.yaml")
     p.add_argument("--out", type=Path, help="run folder to create")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
@@ -441,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pseudonym-key", default=None, help="key of the hash (default: random, not stored)")
     p.add_argument("--gallery", type=checks.integer(0), default=3,
                    help="Grad-CAM examples per group (true/false positives/negatives) in the report; 0 = none")
+    p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
+                   help=RUNTIME_HELP)
     p.add_argument("--cache", type=Path, default=None)
     p.set_defaults(func=cmd_evaluate)
 
@@ -463,8 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image, video, folder or manifest CSV")
     p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint, or an .onnx model from export")
     p.add_argument("--out", type=Path, default=Path("mucosa-predictions"), help="output folder")
-    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
-                   help="onnx with a checkpoint exports it on the fly (an .onnx file always uses onnx)")
+    p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
+                   help=RUNTIME_HELP)
     p.add_argument("--threshold", type=checks.threshold, default=0.5,
                    help="probability in [0, 1] from which a case is positive")
     p.add_argument("--cache", type=Path, default=None, help="reuse and fill this preprocessing cache")
@@ -475,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_option(p)
     p.add_argument("video", type=Path)
     p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint, or an .onnx model from export")
-    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
+                   help=RUNTIME_HELP)
     p.add_argument("--realtime", action="store_true", help="pace at the video's frame rate (default: as fast "
                    "as possible)")
     p.add_argument("--window", type=checks.integer(1), default=16,
@@ -506,6 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="video frames to explain: every:K, A-B, A-B:K or K (default: the --top most confident)")
     p.add_argument("--top", type=checks.integer(1), default=None,
                    help="per video, explain the N most confident (of the --frames) frames (default 4 without --frames)")
+    p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
+                   help=RUNTIME_HELP + "; feature maps and Grad-CAM always run PyTorch (they need gradients)")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("serve", help="web service and viewer: REST API under /v1, viewer at /, docs at /docs")

@@ -227,6 +227,8 @@ def test_resume_after_sigkill_mid_epoch(tmp_path):
     assert torch.load(run / "last.ckpt", weights_only=True)["epoch"] == 3
     assert _epochs_logged(run) == [0, 1, 2, 3]  # each epoch once, in order
     assert not [p for p in run.iterdir() if p.suffix == ".tmp"]
+    best = load_checkpoint(run / "best.ckpt")  # exported again after the resumed run, from its final weights
+    assert best.info["deployment"]["weights_sha256"] == best.weights_sha256 and (run / "best.onnx").is_file()
 
 
 def test_ddp_two_cpu_processes_see_disjoint_data(tmp_path):

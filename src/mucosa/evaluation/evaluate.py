@@ -26,6 +26,7 @@ from mucosa.evaluation.privacy import Redactor, pseudonymiser
 from mucosa.evaluation.report import write_report
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.pytorch import predict_table, resolve_device
+from mucosa.inference.runtime import check_runtime, describe, for_checkpoint
 from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint
 from mucosa.tables import write_csv
 
@@ -49,10 +50,11 @@ class Scored:
     frames: FrameTable        # the preprocessed frames, in the same order
 
 
-def score(checkpoint: LoadedCheckpoint, cohort: Cohort, cache: FrameCache | None = None) -> Scored:
-    """Preprocess as the checkpoint says, predict every kept frame."""
+def score(checkpoint: LoadedCheckpoint, cohort: Cohort, cache: FrameCache | None = None, predictor=None) -> Scored:
+    """Preprocess as the checkpoint says, predict every kept frame (with ``predictor``, from
+    ``runtime.for_checkpoint``, or else the checkpoint's PyTorch model)."""
     table = assemble(cohort, checkpoint.preprocessing, cache, progress=True)
-    probs = predict_table(checkpoint, table)
+    probs = predict_table(checkpoint, table) if predictor is None else _predict_table(predictor, table)
     frame_index, quality = table.frame_index, table.quality
     rows, regions = [], []
     for i in range(len(table)):
@@ -193,6 +195,13 @@ def write_groups(path: Path, rows: list[dict], classes: list[str], key: str, reg
     write_csv(path, header, table)
 
 
+def _predict_table(predictor, table) -> np.ndarray:
+    """Probabilities of every frame of a FrameTable, read from the cache a chunk at a time."""
+    chunks = [predictor(np.stack([table.frame(i) for i in range(start, min(start + 1024, len(table)))]))
+              for start in range(0, len(table), 1024)]
+    return np.concatenate(chunks) if chunks else predictor(np.zeros((0, 1, 1), np.uint8))
+
+
 @dataclass
 class EvaluationResult:
     """What :func:`evaluate` found; ``result["patient"]`` reads ``result.metrics["patient"]``.
@@ -219,7 +228,7 @@ class EvaluationResult:
 def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path | None = None, split: str = "auto",
              threshold: str = "0.5", aggregation: str = "mean", n_boot: int = 1000, seed: int = 0,
              pseudonymise: bool = False, pseudonym_key: str | None = None, cache: FrameCache | None = None,
-             gallery_size: int = 3, device: str = "auto") -> EvaluationResult:
+             gallery_size: int = 3, device: str = "auto", runtime: str = "auto") -> EvaluationResult:
     """Evaluate a checkpoint on a cohort; with ``out``, write metrics.json, predictions.csv, patients.csv,
     regions.csv, files.csv, figures and reports, as one set (:data:`OUTPUTS`): an earlier result in ``out``
     is replaced whole or not at all. Without ``out`` nothing is written (but the preprocessing cache).
@@ -227,24 +236,28 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path | Non
     The report's gallery shows Grad-CAM of the ``gallery_size`` most confident true/false positives and
     negatives (0 = no gallery). ``pseudonymise``: patient ids and paths (of the checkpoint, the manifest and
     every file) are replaced by keyed hashes in every output, and no warning or error shows the originals.
-    ``device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    ``device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``. ``runtime``: ``auto``, ``torch`` or ``onnx``
+    (``runtime.open_predictor``); the one used is recorded in metrics.json (``runtime``). The gallery's
+    Grad-CAM always runs the PyTorch model (it needs gradients).
     """
+    check_runtime(runtime)
     if aggregation not in ("mean", "share"):
         raise ConfigError(f"aggregation {aggregation!r} must be 'mean' or 'share'")
     redact = Redactor(pseudonymiser(pseudonym_key)) if pseudonymise else None
     if redact is None:
         return _evaluate(checkpoint, manifest, out, split, threshold, aggregation, n_boot, seed, None, cache,
-                         gallery_size, device)
+                         gallery_size, device, runtime)
     redact.learn_paths(checkpoint, manifest)
     with redact.console():
         return _evaluate(checkpoint, manifest, out, split, threshold, aggregation, n_boot, seed, redact, cache,
-                         gallery_size, device)
+                         gallery_size, device, runtime)
 
 
 def _evaluate(checkpoint, manifest, out, split, threshold, aggregation, n_boot, seed, redact: Redactor | None,
-              cache, gallery_size, device) -> EvaluationResult:
+              cache, gallery_size, device, runtime) -> EvaluationResult:
     loaded = load_checkpoint(checkpoint)
     loaded.model.to(resolve_device(device))
+    predictor = for_checkpoint(loaded, runtime, batch_size=64, device=device)
     cohort = load_manifest(manifest, classes=loaded.classes, require_all=False)
     if redact is not None:
         recorded = loaded.info.get("split", {}).get("patients", {})
@@ -254,9 +267,9 @@ def _evaluate(checkpoint, manifest, out, split, threshold, aggregation, n_boot, 
     log.info(f"evaluating {len(part.records)} rows: {why if redact is None else redact(why)}")
     binary = len(loaded.classes) == 2
     needs_val = binary and not _is_number(threshold)
-    val = score(loaded, val_part, cache) if needs_val and val_part is not None else None
+    val = score(loaded, val_part, cache, predictor) if needs_val and val_part is not None else None
     chosen = resolve_threshold(threshold, val, binary)
-    scored = score(loaded, part, cache)
+    scored = score(loaded, part, cache, predictor)
     if len(scored.y_true) == 0:
         raise ConfigError("every frame of the evaluated part was dropped by the quality gate")
     where = {"checkpoint": str(Path(checkpoint).resolve()), "manifest": str(Path(manifest).resolve())}
@@ -265,7 +278,7 @@ def _evaluate(checkpoint, manifest, out, split, threshold, aggregation, n_boot, 
         where = {k: redact.name(v) for k, v in where.items()}
     result, patients, regions, files = summarise(scored, loaded.classes, chosen, aggregation, n_boot, seed)
     result.update({**where, "evaluated": why, "model": loaded.model_config.kind, "size": loaded.model_config.size,
-                   "pseudonymised": redact is not None})
+                   "pseudonymised": redact is not None, "runtime": _runtime_record(predictor.choice, redact)})
     frames = [{**row, "probability": s.tolist() if np.ndim(s) else float(s)}
               for row, s in zip(scored.rows, scored.y_score)]
     if out is None:
@@ -281,6 +294,14 @@ def _evaluate(checkpoint, manifest, out, split, threshold, aggregation, n_boot, 
                         per_group=gallery_size) if gallery_size else []
         write_report(folder, result, scored, patients, shots)
     return EvaluationResult(result, patients, regions, files, frames, Path(out))
+
+
+def _runtime_record(choice: dict, redact: Redactor | None) -> dict:
+    """How the frames were predicted, for metrics.json (the source file's name left out when pseudonymised)."""
+    record = {**choice, "line": describe(choice)}
+    if redact is not None:
+        record["source"] = record["line"] = "(pseudonymised)"
+    return record
 
 
 def _is_number(text: str) -> bool:

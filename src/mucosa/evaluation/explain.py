@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import heapq
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,9 +30,12 @@ from mucosa.data.readers import (
 from mucosa.errors import ConfigError, UnreadableFileError
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.pytorch import predict_frames, resolve_device
+from mucosa.inference.runtime import check_runtime, for_checkpoint
 from mucosa.inference.saliency import cam_layer, feature_maps, grad_cam
 from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint
 from mucosa.tables import safe_row
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TOP = 4  # frames explained per video when neither --frames nor --top is given
 OUTPUTS = ("explain.csv", "*_features_*.png", "*_gradcam.png")  # what an earlier explain run left in --out
@@ -167,8 +171,11 @@ def _title(checkpoint: LoadedCheckpoint, probs: np.ndarray, predicted: int, pref
 
 
 def explain_frame(checkpoint: LoadedCheckpoint, frame: np.ndarray, out: Path, stem: str,
-                  title_prefix: str = "") -> tuple[np.ndarray, list[Path]]:
+                  title_prefix: str = "", predictor=None) -> tuple[np.ndarray, list[Path]]:
     """Write ``<stem>_features_<layer>.png`` for every layer and ``<stem>_gradcam.png`` for one uint8 frame.
+
+    ``predictor`` (``runtime.for_checkpoint``) gives the probabilities, default the PyTorch model; feature
+    maps and Grad-CAM always run the PyTorch model (they need its activations and gradients).
 
     Returns:
         the (K,) class probabilities and the files written.
@@ -177,7 +184,8 @@ def explain_frame(checkpoint: LoadedCheckpoint, frame: np.ndarray, out: Path, st
     out.mkdir(parents=True, exist_ok=True)
     files = [save_feature_grid(name, maps, out / f"{stem}_features_{name}.png")
              for name, maps in feature_maps(model, frame).items()]
-    probs = _class_probabilities(predict_frames(model, frame[None]))[0]
+    predict = predictor or (lambda frames: predict_frames(model, frames))
+    probs = _class_probabilities(predict(frame[None]))[0]
     predicted = _predicted(probs)
     cam = grad_cam(model, frame, predicted)
     subtitle = f"Grad-CAM of {checkpoint.classes[predicted]} at {cam_layer(checkpoint.model)}"
@@ -196,15 +204,16 @@ def _check_inputs(paths: Sequence[Path]) -> None:
             raise UnreadableFileError(f"{path}: file not found")
 
 
-def most_confident(checkpoint: LoadedCheckpoint, frames: Iterable[Frame], top: int, batch: int = 64
-                   ) -> list[Frame]:
-    """The ``top`` frames with the most confident prediction, frames passing the quality gate first,
-    in frame order; streams (only ``top + batch`` frames are held)."""
+def most_confident(checkpoint: LoadedCheckpoint, frames: Iterable[Frame], top: int, batch: int = 64,
+                   predictor=None) -> list[Frame]:
+    """The ``top`` frames with the most confident prediction (``predictor``'s, default the PyTorch model's),
+    frames passing the quality gate first, in frame order; streams (only ``top + batch`` frames are held)."""
     prep = checkpoint.preprocessing
     best: list[tuple[tuple[bool, float, int], int, Frame]] = []
+    predict = predictor or (lambda frames: predict_frames(checkpoint.model, frames))
 
     def flush(chunk: list[Frame]) -> None:
-        probs = _class_probabilities(predict_frames(checkpoint.model, np.stack([f.image for f in chunk])))
+        probs = _class_probabilities(predict(np.stack([f.image for f in chunk])))
         for frame, p in zip(chunk, probs):
             item = ((bool(prep.passes(frame.quality)), float(p.max()), -frame.index), frame.index, frame)
             (heapq.heappush if len(best) < top else heapq.heappushpop)(best, item)
@@ -230,14 +239,14 @@ def _unique_stem(path: Path, stems: set[str]) -> str:
 
 
 def _explain_file(loaded: LoadedCheckpoint, path: Path, stem: str, out: Path, selection: FrameSelection,
-                  top: int | None) -> list[ExplainedFrame]:
+                  top: int | None, predictor=None) -> list[ExplainedFrame]:
     """Explain the chosen frames (or tiles) of one file; frames below the quality gate are listed only."""
     video = is_video(path)
     frames: Iterable[Frame] = iter_frames(path, loaded.preprocessing, selection if video else None)
     if not video:
         frames = list(frames)
     if top is not None and (video or len(frames) > 1):
-        frames = most_confident(loaded, frames, top)
+        frames = most_confident(loaded, frames, top, predictor=predictor)
     whole_image = not video and len(frames) == 1
     unit = "frame" if video else "tile"
     results = []
@@ -248,7 +257,7 @@ def _explain_file(loaded: LoadedCheckpoint, path: Path, stem: str, out: Path, se
         if not loaded.preprocessing.passes(frame.quality):
             results.append(ExplainedFrame(path, index, float(frame.quality), None, DROPPED))
             continue
-        probs, files = explain_frame(loaded, frame.image, out, name, title_prefix=f"{label}: ")
+        probs, files = explain_frame(loaded, frame.image, out, name, title_prefix=f"{label}: ", predictor=predictor)
         results.append(ExplainedFrame(path, index, float(frame.quality), probs, loaded.classes[_predicted(probs)],
                                       files))
     if not results:
@@ -257,7 +266,8 @@ def _explain_file(loaded: LoadedCheckpoint, path: Path, stem: str, out: Path, se
 
 
 def explain_paths(checkpoint: str | Path | LoadedCheckpoint, paths: Sequence[str | Path], out: str | Path,
-                  frames: str | None = None, top: int | None = None, device: str = "auto") -> list[ExplainedFrame]:
+                  frames: str | None = None, top: int | None = None, device: str = "auto",
+                  runtime: str = "auto") -> list[ExplainedFrame]:
     """Feature-map grids and Grad-CAM overlays for images and video frames, indexed in ``out/explain.csv``.
 
     Args:
@@ -270,6 +280,9 @@ def explain_paths(checkpoint: str | Path | LoadedCheckpoint, paths: Sequence[str
         top: per video, explain only the ``top`` most confident of those frames (default
             ``DEFAULT_TOP`` when ``frames`` is not given, else every selected frame).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        runtime: what computes the probabilities (choosing the ``top`` frames, the titles and explain.csv):
+            ``auto``, ``torch`` or ``onnx`` (``runtime.open_predictor``). Feature maps and Grad-CAM always
+            run the PyTorch model: they need its activations and gradients.
 
     Raises:
         UnreadableFileError: an input is not an image or video, is missing or cannot be decoded.
@@ -288,11 +301,14 @@ def explain_paths(checkpoint: str | Path | LoadedCheckpoint, paths: Sequence[str
     out = atomic.check_writable_folder(out)
     loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint)
     loaded.model.to(resolve_device(device))
+    predictor = for_checkpoint(loaded, check_runtime(runtime), batch_size=64, device=device)
+    log.info("feature maps and Grad-CAM: pytorch fp32 on %s (they need gradients)", resolve_device(device))
     results: list[ExplainedFrame] = []
     stems: set[str] = set()
     with atomic.OutputSet(out, OUTPUTS) as staged:
         for path in paths:
-            results += _explain_file(loaded, path, _unique_stem(path, stems), staged.staging, selection, top)
+            results += _explain_file(loaded, path, _unique_stem(path, stems), staged.staging, selection, top,
+                                     predictor)
         _write_index(results, loaded.classes, staged.path("explain.csv"))
     for result in results:  # where the figures are now
         result.files = [out / f.name for f in result.files]

@@ -237,7 +237,7 @@ def _write_summaries(path: Path, rows: list[Summary], result: PredictResult, key
                                       result.verdict(s)]))
 
 
-def predict(checkpoint: str | Path, paths: list[str | Path], out: str | Path, runtime: str = "torch",
+def predict(checkpoint: str | Path, paths: list[str | Path], out: str | Path, runtime: str = "auto",
             threshold: float = 0.5, cache: FrameCache | None = None, batch_size: int = 16,
             threads: int | None = None, progress=None, device: str = "auto") -> PredictResult:
     """``mucosa predict``: open the checkpoint (or ``.onnx`` model) on ``device`` and predict the given paths."""

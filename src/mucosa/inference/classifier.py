@@ -27,6 +27,7 @@ from mucosa.data.readers import FrameSelection
 from mucosa.errors import ConfigError
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.batch import collect_sources
+from mucosa.inference.deployment import CARD_KEY
 from mucosa.inference.runtime import open_predictor
 from mucosa.inference.saliency import grad_cam
 
@@ -207,7 +208,8 @@ class Classifier:
         prep = self.preprocessing
         card = {"classes": self.classes, "verdicts": verdicts.verdict_names(self.classes),
                 "input_size": prep.size, "preprocessing": prep.to_dict(), "runtime": self.runtime,
-                "device": str(self.device), "threshold": self.threshold}
+                "device": str(self.device), "threshold": self.threshold,
+                "runtime_choice": dict(getattr(self._predictor, "choice", {}))}
         checkpoint = self.checkpoint
         if checkpoint is not None:
             info = checkpoint.info
@@ -217,6 +219,7 @@ class Classifier:
             card["split"] = {k: v for k, v in split.items() if k in ("mode", "seed", "test", "val", "k", "fold")}
             card["validation"] = info.get("validation", {})
             card["mucosa_version"] = info.get("mucosa_version")
+            card["deployment"] = info.get(CARD_KEY)
         return card
 
 
@@ -228,7 +231,8 @@ def load(checkpoint: str | Path, device: str = "auto", runtime: str = "auto", th
     Args:
         checkpoint: a mucosa checkpoint (``best.ckpt``), or an ``.onnx`` file from ``mucosa export``.
         device: ``auto`` (a CUDA GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``.
-        runtime: ``auto`` (ONNX Runtime on the CPU, PyTorch on a GPU), ``torch`` or ``onnx``.
+        runtime: ``auto`` (ONNX Runtime on the CPU: the validated int8 or fp32 export beside the checkpoint,
+            else one made in memory; PyTorch on a GPU; ``runtime.open_predictor``), ``torch`` or ``onnx``.
         threshold: decision threshold of a binary model, in [0, 1].
         batch_size: frames per forward pass.
         threads: intra-op threads (default: all cores).

@@ -87,6 +87,7 @@ def metadata(checkpoint: LoadedCheckpoint, quantization: str = "none") -> dict[s
         "quality_threshold": repr(prep.quality_threshold), "fov_frames": str(prep.fov_frames),
         "preprocessing": json.dumps(prep.to_dict()), "model": json.dumps(checkpoint.model_config.to_dict()),
         "quantization": quantization, "checkpoint": checkpoint.path.name,
+        "weights_sha256": checkpoint.weights_sha256,
         "input": "image: float32 (batch, 1, size, size), preprocessed gray frame in [0, 1]",
         "outputs": "logits (batch, outputs); probabilities: (batch,) positive class for 2 classes, else "
                    "(batch, classes)",
@@ -132,6 +133,9 @@ def _session(model: bytes | Path, threads: int | None = None, device: str | torc
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or 0  # 0: one per physical core
     options.log_severity_level = 3  # errors only: the NCHWc layout warning is about saving, which we do not
+    # no memory pattern per input shape: batches of every size (a case's last batch, the quality gate's drops)
+    # would each keep one, and the memory of a long-running server would grow with them (1% slower at most)
+    options.enable_mem_pattern = False
     source = model if isinstance(model, bytes) else str(model)
     try:
         return ort.InferenceSession(source, options, providers=providers(device))
@@ -196,13 +200,16 @@ class ManifestFrames:
 
 
 def manifest_frames(checkpoint: LoadedCheckpoint, manifest: str | Path, cache: FrameCache | None = None,
-                    calibration: int = 64, most: int = 2000) -> ManifestFrames:
-    """Evaluated frames (the part ``evaluate`` picks, at most ``most``, evenly spread) and calibration frames
-    (from the other rows when there are any, else from the same part)."""
+                    calibration: int = 64, most: int = 2000, split: str = "auto",
+                    calibrate_within: bool = False) -> ManifestFrames:
+    """Evaluated frames (the part ``split`` picks as ``evaluate`` would, at most ``most``, evenly spread) and
+    calibration frames (from the other rows when there are any and not ``calibrate_within``, else from the
+    same part)."""
     cohort = load_manifest(manifest, classes=checkpoint.classes, require_all=False)
-    part, _, why = select_parts(cohort, checkpoint.info, "auto")
+    part, _, why = select_parts(cohort, checkpoint.info, split)
     chosen = set(part.records)
-    rest = Cohort([r for r in cohort.records if r not in chosen], cohort.classes, cohort.source)
+    rest = Cohort([] if calibrate_within else [r for r in cohort.records if r not in chosen], cohort.classes,
+                  cohort.source)
     table = assemble(part, checkpoint.preprocessing, cache)
     if len(table) == 0:
         raise ConfigError(f"{manifest}: every frame of {why} was dropped by the quality gate")

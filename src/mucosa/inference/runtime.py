@@ -1,4 +1,16 @@
-"""Choosing how a model runs: a checkpoint or an ``.onnx`` file → a predictor (PyTorch or ONNX Runtime)."""
+"""Choosing how a model runs: a checkpoint or an ``.onnx`` file → a predictor (PyTorch or ONNX Runtime).
+
+``auto`` (the default of the Python API and of every command) runs, on a CPU, the first of:
+
+1. ``best.int8.onnx`` beside the checkpoint, when the checkpoint's model card says it is an export of these
+   weights within the int8 bounds (``deployment.MIN_AGREEMENT``, ``deployment.MAX_AUC_CHANGE``);
+2. ``best.onnx`` beside it, when it is an export of these weights;
+3. an fp32 ONNX export made in memory and parity-checked against PyTorch;
+4. PyTorch (no onnxruntime, or an export that fails its check);
+
+and PyTorch on a GPU. Every predictor carries ``choice`` (a dict: runtime, precision, device, source,
+requested) and :func:`describe` turns it into the one line the commands print and record.
+"""
 
 from __future__ import annotations
 
@@ -6,53 +18,97 @@ import logging
 from pathlib import Path
 
 from mucosa.errors import ConfigError, MucosaError
+from mucosa.inference.deployment import exported_beside
 from mucosa.inference.onnx import OnnxPredictor, to_checked_onnx
 from mucosa.inference.pytorch import TorchPredictor, resolve_device
-from mucosa.models.checkpoint import load_checkpoint
+from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "torch", "onnx")
+ENGINES = {"torch": "pytorch", "onnx": "onnxruntime"}
 
 
-def open_predictor(path, runtime: str = "torch", batch_size: int = 16, threads: int | None = None,
+def open_predictor(path, runtime: str = "auto", batch_size: int = 16, threads: int | None = None,
                    device: str = "auto"):
     """A predictor (``TorchPredictor`` or ``OnnxPredictor``) for a checkpoint or an ``.onnx`` file.
 
     Args:
         path: a mucosa checkpoint, or an ONNX model written by ``mucosa export`` (then the runtime is ONNX).
-        runtime: ``torch``, ``onnx`` (a checkpoint is exported in memory first, parity-checked against
-            PyTorch), or ``auto``: ONNX Runtime on the CPU (faster there, docs/performance.md), PyTorch on
-            a GPU or where the ONNX export fails its parity check.
+        runtime: ``auto`` (see the module docstring), ``torch``, or ``onnx`` (fp32: ``best.onnx`` beside the
+            checkpoint when it is an export of its weights, else exported in memory and parity-checked).
         batch_size: frames per forward pass.
         threads: intra-op threads of the runtime (default: PyTorch's or ONNX Runtime's own, all cores).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (``resolve_device``).
 
     Raises:
         ConfigError: unknown runtime or device. CheckpointFileError: not a checkpoint. MucosaError: no
-        onnxruntime.
+        onnxruntime (``onnx`` only).
     """
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"runtime {runtime!r} must be one of {', '.join(RUNTIMES)}")
+    check_runtime(runtime)
     chosen = resolve_device(device)
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         predictor = OnnxPredictor(path, batch_size=batch_size, threads=threads, device=chosen)
-    else:
-        predictor = _for_checkpoint(load_checkpoint(path), runtime, batch_size, threads, chosen)
-    log.info("runtime: %s on %s", predictor.runtime, chosen)
+        quantization = predictor.metadata.get("quantization", "none")
+        _note(predictor, "int8" if quantization != "none" else "fp32", chosen, path.name, runtime)
+        log.info("runtime: %s", describe(predictor.choice))
+        return predictor
+    return for_checkpoint(load_checkpoint(path), runtime, batch_size, threads, device)
+
+
+def check_runtime(runtime: str) -> str:
+    """``runtime``, or a ConfigError naming the choices."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime {runtime!r} must be one of {', '.join(RUNTIMES)}")
+    return runtime
+
+
+def for_checkpoint(checkpoint: LoadedCheckpoint, runtime: str = "auto", batch_size: int = 16,
+                   threads: int | None = None, device: str = "auto"):
+    """:func:`open_predictor` for a checkpoint already loaded; logs the choice (``runtime: ...``)."""
+    check_runtime(runtime)
+    chosen = resolve_device(device)
+    predictor = _for_checkpoint(checkpoint, runtime, batch_size, threads, chosen)
+    log.info("runtime: %s", describe(predictor.choice))
     return predictor
 
 
-def _for_checkpoint(checkpoint, runtime: str, batch_size: int, threads: int | None, device):
+def describe(choice: dict) -> str:
+    """``onnxruntime int8 on cpu (auto; best.int8.onnx)``: the line the commands print."""
+    return (f"{choice['runtime']} {choice['precision']} on {choice['device']} ({choice['requested']}; "
+            f"{choice['source']})")
+
+
+def _note(predictor, precision: str, device, source: str, requested: str):
+    predictor.choice = {"runtime": ENGINES[predictor.runtime], "precision": precision, "device": str(device),
+                        "source": source, "requested": requested}
+    return predictor
+
+
+def _for_checkpoint(checkpoint: LoadedCheckpoint, runtime: str, batch_size: int, threads: int | None, device):
     if runtime == "auto":
-        runtime = "torch" if device.type == "cuda" else "onnx"
+        if device.type == "cuda":
+            return _note(TorchPredictor(checkpoint, batch_size, threads, device), "fp32", device,
+                         f"{checkpoint.path.name}, on a GPU", runtime)
         try:
-            return _for_checkpoint(checkpoint, runtime, batch_size, threads, device)
+            return _onnx(checkpoint, batch_size, threads, device, runtime, int8=True)
         except MucosaError as error:  # no onnxruntime, or an export that fails its parity check
             log.info("ONNX Runtime not used (%s); running PyTorch", error)
-            runtime = "torch"
+            return _note(TorchPredictor(checkpoint, batch_size, threads, device), "fp32", device,
+                         f"{checkpoint.path.name}, ONNX Runtime not usable", runtime)
     if runtime == "torch":
-        return TorchPredictor(checkpoint, batch_size, threads, device)
-    return OnnxPredictor(to_checked_onnx(checkpoint), batch_size=batch_size, checkpoint=checkpoint,
-                         threads=threads, device=device)
+        return _note(TorchPredictor(checkpoint, batch_size, threads, device), "fp32", device, checkpoint.path.name,
+                     runtime)
+    return _onnx(checkpoint, batch_size, threads, device, runtime, int8=False)
+
+
+def _onnx(checkpoint: LoadedCheckpoint, batch_size: int, threads: int | None, device, requested: str, int8: bool):
+    """A file beside the checkpoint when one may be used (int8 only when ``int8``), else an in-memory export."""
+    if device.type == "cpu":
+        predictor = exported_beside(checkpoint, batch_size, threads, device, int8=int8)
+        if predictor is not None:
+            return _note(predictor, predictor.precision, device, predictor.source, requested)
+    predictor = OnnxPredictor(to_checked_onnx(checkpoint), batch_size=batch_size, checkpoint=checkpoint,
+                              threads=threads, device=device)
+    return _note(predictor, "fp32", device, "exported in memory", requested)

@@ -41,7 +41,7 @@ from mucosa.data.preparation import Preprocessing, fov_buffer, iter_frames
 from mucosa.data.readers import DecodeReport, is_video, video_info
 from mucosa.errors import ConfigError, UnreadableFileError
 from mucosa.inference import verdict as verdicts
-from mucosa.inference.runtime import open_predictor
+from mucosa.inference.runtime import describe, open_predictor
 from mucosa.inference.saliency import grad_cam
 from mucosa.tables import safe_row
 
@@ -419,7 +419,8 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
     smoother = Smoother(classes, window, threshold)
     report = DecodeReport()
     prep = predictor.preprocessing
-    summary = StreamSummary(source, predictor.runtime, buffered=fov_buffer(prep))
+    choice = getattr(predictor, "choice", None)
+    summary = StreamSummary(source, describe(choice) if choice else predictor.runtime, buffered=fov_buffer(prep))
     writer = Timeline(Path(timeline), classes) if timeline else None
     video = Annotator(Path(annotate), predictor, info.fps, gradcam) if annotate else None
     line = StatusLine(status)
@@ -488,7 +489,7 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 1) - 1)
 
 
-def run(checkpoint: str | Path, source: str | Path, runtime: str = "torch", threads: int | None = None,
+def run(checkpoint: str | Path, source: str | Path, runtime: str = "auto", threads: int | None = None,
         device: str = "auto", **options) -> StreamSummary:
     """Open the checkpoint (or ``.onnx`` model) and :func:`stream` the video; status on stderr.
 

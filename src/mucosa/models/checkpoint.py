@@ -8,12 +8,14 @@ nothing a user hands us is ever unpickled.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mucosa import atomic
 from mucosa._version import __version__
 from mucosa.data.preparation import Preprocessing
 from mucosa.errors import ConfigError, MucosaError
@@ -75,6 +77,20 @@ def refuse_non_finite(state: dict[str, Any], path: Path) -> None:
                                   "in training and cannot give verdicts; retrain it (lower training.lr)")
 
 
+def weights_digest(state: dict[str, Any]) -> str:
+    """SHA-256 (hex) of a model's weights: every tensor's name, dtype, shape and bytes, in name order.
+
+    It ties a file derived from a checkpoint (an ONNX export) to the weights it came from: the rest of the
+    checkpoint (optimizer state, the model card) may change without changing it.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(k for k, v in state.items() if isinstance(v, torch.Tensor)):
+        value = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 @dataclass
 class LoadedCheckpoint:
     """A model rebuilt from a checkpoint, with what describes it."""
@@ -85,6 +101,7 @@ class LoadedCheckpoint:
     preprocessing: Preprocessing
     info: dict[str, Any]
     path: Path
+    weights_sha256: str = ""  # weights_digest of the model's weights ("" when not computed)
 
     @property
     def positive(self) -> str | None:
@@ -149,7 +166,22 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedCheckp
     except (RuntimeError, TypeError, ValueError, AttributeError) as error:
         raise CheckpointFileError(f"{path}: weights do not fit the described model ({str(error)[:300]})") from None
     model.eval()
-    return LoadedCheckpoint(model, model_config, classes, prep, info, path)
+    return LoadedCheckpoint(model, model_config, classes, prep, info, path, weights_digest(state))
+
+
+def record_in_card(path: str | Path, key: str, value: Any) -> None:
+    """Set ``key`` of the checkpoint's description (its model card) to plain data ``value``, rewriting the
+    file atomically; the weights, and so their ``weights_digest``, are unchanged.
+
+    Raises:
+        CheckpointFileError: not a mucosa checkpoint. WriteError: the file cannot be rewritten (it is unchanged).
+    """
+    path = Path(path)
+    data = read_checkpoint_file(path)
+    if not isinstance(data.get("mucosa"), dict):
+        raise CheckpointFileError(f"{path}: not a mucosa checkpoint (no 'mucosa' description inside)")
+    data["mucosa"][key] = value
+    atomic.write_torch(data, path)
 
 
 def check_encoder(path: str | Path, model_config: ModelConfig) -> dict[str, Any] | None:

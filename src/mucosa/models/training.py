@@ -3,7 +3,9 @@
 A run folder holds ``config.yaml`` (the resolved configuration), ``split.csv`` (the manifest with the
 split used), ``run.json`` (inputs), ``metrics.csv`` (Lightning's CSV logger: training and validation
 metrics per epoch, see :mod:`mucosa.models.tracking`), ``best.ckpt`` (best validation ROC AUC) and
-``last.ckpt`` (end of the latest finished epoch, for ``--resume``).
+``last.ckpt`` (end of the latest finished epoch, for ``--resume``). ``mucosa train`` and ``mucosa.train``
+then add ``best.onnx`` and ``best.int8.onnx`` (:mod:`mucosa.inference.deployment`, a layer above this one),
+recorded in ``best.ckpt``'s model card.
 
 Training refuses what cannot give a trustworthy model: a validation part without every class (its ROC
 AUC, which chooses ``best.ckpt``, is undefined) is refused before any frame is prepared, and a loss or

@@ -43,6 +43,7 @@ from mucosa.data.readers import IMAGE_SUFFIXES, VIDEO_SUFFIXES, DecodeReport, is
 from mucosa.errors import ConfigError, ModelOutputError, MucosaError, UnreadableFileError
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.classifier import Classifier
+from mucosa.inference.deployment import CARD_KEY, exported_beside
 from mucosa.inference.onnx import OnnxPredictor, import_onnxruntime, to_checked_onnx
 from mucosa.inference.pytorch import TorchPredictor, resolve_device
 from mucosa.inference.stream import Smoother
@@ -193,8 +194,10 @@ class Engine:
             predictor = TorchPredictor(self.checkpoint, batch_size=8, device=self.device)
             return predictor, {"torch": _ms_per_frame(predictor, self.prep.size)}
         candidates = [TorchPredictor(self.checkpoint, batch_size=8, threads=threads)]
-        try:
-            candidates.append(_onnx_predictor(self.checkpoint, threads))
+        try:  # the validated int8 or fp32 export beside the checkpoint when there is one (deployment)
+            beside = exported_beside(self.checkpoint, threads=threads)
+            path = None if beside is None else self.path.with_name(beside.source)
+            candidates.append(_onnx_predictor(self.checkpoint, threads, path))
         except (MucosaError, ImportError) as error:
             log.warning("ONNX runtime not used: %s", error)
         timings = {p.runtime: _ms_per_frame(p, self.prep.size) for p in candidates}
@@ -235,6 +238,7 @@ class Engine:
                          "steps": int(data.get("global_step", 0)), "settings": config.get("training"),
                          "augmentation": config.get("augmentation")},
             "validation": validation,
+            "deployment": info.get(CARD_KEY),
             "runtime": {"name": self.runtime, "device": self.device, "quantization": self.quantization,
                         "slots": self.slots, "threads": self.threads,
                         "ms_per_frame": {k: round(v, 2) for k, v in self.timings.items()}},

@@ -1,0 +1,190 @@
+"""ONNX models written beside a trained checkpoint, and which of them ``--runtime auto`` may run.
+
+After training, :func:`deploy` writes beside ``best.ckpt``:
+
+- ``best.onnx``: the fp32 graph (``onnx.to_onnx``), written only when it matches PyTorch within
+  ``onnx.PARITY_TOLERANCE`` at batch 1 and 16;
+- ``best.int8.onnx``: static int8 (``onnx.quantize_int8``), calibrated on the run's own validation frames,
+  and compared with the fp32 model on those frames (verdict agreement, ROC AUC change);
+
+and records both in the checkpoint's model card (its description, key :data:`CARD_KEY`): the SHA-256 of
+the weights they were exported from, each file's SHA-256, the parity, the int8 measurements, the bounds
+(:data:`MIN_AGREEMENT`, :data:`MAX_AUC_CHANGE`) and whether the int8 model is within them.
+
+:func:`exported_beside` then picks, for ``auto`` on a CPU: the int8 file when the card says it passed the
+bounds, else the fp32 file, else nothing (the caller exports in memory or runs PyTorch). A file exported
+from other weights (a stale ``best.onnx`` beside a retrained ``best.ckpt``), or an int8 file that is not
+the one measured, is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+from mucosa import atomic
+from mucosa.data.cache import FrameCache
+from mucosa.errors import MucosaError
+from mucosa.inference import onnx
+from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint, record_in_card
+
+log = logging.getLogger(__name__)
+
+CARD_KEY = "deployment"
+# An int8 model replaces the fp32 one under --runtime auto only within these bounds, measured on the run's
+# validation frames: the share of frames with the same verdict, and |ROC AUC int8 - ROC AUC fp32|.
+MIN_AGREEMENT = 0.99
+MAX_AUC_CHANGE = 0.005
+# ... on at least this many frames: 8 agreeing frames of 8 say little (agreement could well be 0.7)
+MIN_FRAMES = 100
+BOUNDS = {"min_agreement": MIN_AGREEMENT, "max_abs_auc_change": MAX_AUC_CHANGE, "min_frames": MIN_FRAMES}
+
+
+def fp32_path(checkpoint: str | Path) -> Path:
+    """``best.onnx`` beside ``best.ckpt``."""
+    return Path(checkpoint).with_suffix(".onnx")
+
+
+def int8_path(checkpoint: str | Path) -> Path:
+    """``best.int8.onnx`` beside ``best.ckpt``."""
+    return Path(checkpoint).with_suffix(".int8.onnx")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def int8_gate(comparison: dict) -> tuple[bool, str]:
+    """Whether int8 measurements (``onnx.compare_int8``) are within :data:`BOUNDS`, and a sentence why."""
+    agreement, change = comparison["agreement"], comparison["auc_change"]
+    frames = comparison.get("frames", 0)
+    if frames < MIN_FRAMES:
+        return False, f"measured on {frames} validation frames (< {MIN_FRAMES}): too few to show the agreement"
+    if agreement < MIN_AGREEMENT:
+        return False, f"verdict agreement {agreement:.4f} < {MIN_AGREEMENT}"
+    if change is None:
+        return False, "ROC AUC change not measurable (the validation frames hold one class)"
+    if abs(change) > MAX_AUC_CHANGE:
+        return False, f"|ROC AUC change| {abs(change):.4f} > {MAX_AUC_CHANGE}"
+    return True, f"verdict agreement {agreement:.4f} >= {MIN_AGREEMENT}, |ROC AUC change| {abs(change):.4f} " \
+                 f"<= {MAX_AUC_CHANGE}"
+
+
+def _int8_entry(loaded: LoadedCheckpoint, model: bytes, manifest: str | Path, cache: FrameCache | None,
+                out: Path) -> dict:
+    """Quantize on the validation frames, measure, write ``out``; the card's ``int8`` entry."""
+    data = onnx.manifest_frames(loaded, manifest, cache, split="val", calibrate_within=True)
+    quantized = onnx.quantize_int8(model, data.calibration)
+    comparison = onnx.compare_int8(model, quantized, data)
+    passed, why = int8_gate(comparison)
+    meta = onnx.metadata(loaded, f"int8 static QDQ, calibrated on {len(data.calibration)} validation frames; "
+                                 f"verdict agreement {comparison['agreement']:.4f}")
+    quantized = onnx._with_metadata(quantized, meta)
+    atomic.write_bytes(out, quantized)
+    return {"file": out.name, "sha256": sha256(quantized), **comparison, "passed": passed, "why": why}
+
+
+def deploy(checkpoint: str | Path, manifest: str | Path, cache: FrameCache | None = None) -> dict:
+    """Write ``best.onnx`` and ``best.int8.onnx`` beside ``checkpoint`` and record them in its model card.
+
+    Args:
+        checkpoint: the trained checkpoint (its description records the validation patients).
+        manifest: the run's manifest with its split column (``split.csv``): the int8 model is calibrated
+            and measured on its ``val`` rows.
+
+    Returns:
+        the card entry written (also under ``CARD_KEY`` in the checkpoint's description).
+
+    Raises:
+        onnx.ExportError: the fp32 graph fails its parity check (nothing is written). WriteError: a file cannot
+        be written. An int8 failure is recorded in the card (``passed``: false, ``why``), not raised.
+    """
+    checkpoint = Path(checkpoint)
+    loaded = load_checkpoint(checkpoint)
+    model = onnx.to_onnx(loaded)
+    diffs = onnx.parity(loaded, model)
+    onnx._check_parity(diffs, checkpoint)
+    atomic.write_bytes(fp32_path(checkpoint), model)
+    card = {"weights_sha256": loaded.weights_sha256, "bounds": BOUNDS,
+            "fp32": {"file": fp32_path(checkpoint).name, "sha256": sha256(model),
+                     "parity_max_abs_logit_difference": {str(b): d for b, d in diffs.items()}}}
+    try:
+        card["int8"] = _int8_entry(loaded, model, manifest, cache, int8_path(checkpoint))
+    except Exception as error:  # quantization raises its libraries' own types; fp32 stays usable
+        card["int8"] = {"file": None, "passed": False, "why": f"not exported: {_first_line(error)}"}
+    record_in_card(checkpoint, CARD_KEY, card)
+    return card
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return type(error).__name__ + (f": {lines[0][:300]}" if lines else "")
+
+
+def deploy_after_training(checkpoint: str | Path, manifest: str | Path, cache: FrameCache | None = None
+                          ) -> dict | None:
+    """:func:`deploy`, logging a warning instead of raising: the trained checkpoint stays valid without it.
+    Only the first process of a multi-process run writes (the others return None)."""
+    if any(os.environ.get(name, "0") != "0" for name in ("LOCAL_RANK", "NODE_RANK")):
+        return None
+    try:
+        card = deploy(checkpoint, manifest, cache)
+    except Exception as error:  # noqa: BLE001 - an export problem must never lose the training run
+        log.warning("%s: ONNX models not written (%s); the checkpoint is fine and runs with PyTorch or an "
+                    "in-memory export", Path(checkpoint).name, _first_line(error))
+        return None
+    int8 = card["int8"]
+    log.info("ONNX models -> %s%s; int8 %s (%s)", card["fp32"]["file"],
+             f", {int8['file']}" if int8.get("file") else "", "used by --runtime auto" if int8["passed"]
+             else "not used", int8["why"])
+    return card
+
+
+def _open(path: Path, loaded: LoadedCheckpoint, batch_size: int, threads: int | None, device, int8: bool):
+    """The ONNX model at ``path`` when it is an export of ``loaded``'s weights (int8 or fp32 as asked), else None."""
+    predictor = onnx.OnnxPredictor(path, batch_size=batch_size, checkpoint=loaded, threads=threads, device=device)
+    if (predictor.metadata.get("quantization", "none") != "none") != int8:
+        log.warning("%s: not an %s model; not used", path.name, "int8" if int8 else "fp32")
+        return None
+    same = (predictor.metadata.get("weights_sha256") == loaded.weights_sha256 and predictor.classes == loaded.classes
+            and predictor.preprocessing == loaded.preprocessing)
+    if not same:
+        log.warning("%s: not exported from the weights of %s (stale); not used", path.name, loaded.path.name)
+        return None
+    return predictor
+
+
+def exported_beside(loaded: LoadedCheckpoint, batch_size: int = 16, threads: int | None = None,
+                    device="cpu", int8: bool = True):
+    """The best ONNX predictor of the files beside the checkpoint (see the module docstring), or None.
+
+    Sets ``predictor.source`` to the file's name and ``predictor.precision`` to ``int8`` or ``fp32``.
+    """
+    card = loaded.info.get(CARD_KEY) or {}
+    current = bool(card) and card.get("weights_sha256") == loaded.weights_sha256
+    entry = card.get("int8") or {}
+    path = int8_path(loaded.path)
+    if int8 and path.is_file():
+        if not (current and entry.get("passed") and entry.get("sha256")):
+            log.info("%s: not used (%s)", path.name, entry.get("why", "the checkpoint's card does not vouch for it")
+                     if current else "the checkpoint's card does not vouch for it")
+        elif sha256(path.read_bytes()) != entry["sha256"]:
+            log.warning("%s: not the int8 model measured for the card of %s; not used", path.name, loaded.path.name)
+        else:
+            predictor = _open(path, loaded, batch_size, threads, device, True)
+            if predictor is not None:
+                predictor.source, predictor.precision = path.name, "int8"
+                return predictor
+    path = fp32_path(loaded.path)
+    if path.is_file():
+        try:
+            predictor = _open(path, loaded, batch_size, threads, device, False)
+        except MucosaError as error:
+            log.warning("%s: not used (%s)", path.name, error)
+            predictor = None
+        if predictor is not None:
+            predictor.source, predictor.precision = path.name, "fp32"
+            return predictor
+    return None

@@ -1,0 +1,150 @@
+"""ONNX models written beside a trained checkpoint (deployment) and what --runtime auto picks from them."""
+
+import hashlib
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+from mucosa.atomic import write_torch
+from mucosa.cli import main
+from mucosa.inference import deployment
+from mucosa.inference.onnx import PARITY_TOLERANCE, OnnxPredictor
+from mucosa.inference.pytorch import TorchPredictor
+from mucosa.inference.runtime import describe, open_predictor
+from mucosa.models.checkpoint import load_checkpoint, read_checkpoint_file, record_in_card
+
+QUICK = {"model": {"size": 40}, "preprocessing": {"quality_threshold": 0.0, "crop": "none", "channel": "luminance"},
+         "split": {"mode": "patient", "test": 0.25, "val": 0.25, "seed": 0},
+         "training": {"epochs": 1, "batch_size": 8, "threads": 1}}
+
+
+@pytest.fixture(scope="module")
+def deployed(train_tiny, tmp_path_factory):
+    """A tiny run (with validation patients), deployed: (run folder, card, cache)."""
+    tiny = train_tiny("deploy", QUICK, patients=8, per_patient=4, seed=6)
+    card = deployment.deploy(tiny.best, tiny.run / "split.csv", tiny.cache)
+    return tiny.run, card, tiny.cache
+
+
+@pytest.fixture
+def run(deployed, tmp_path):
+    """A fresh copy of the deployed run folder (beside its cohort, which split.csv names relatively)."""
+    shutil.copytree(deployed[0].parent, tmp_path / "copy", ignore=shutil.ignore_patterns("cache"))
+    return tmp_path / "copy" / "run"
+
+
+def frames(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 40, 40), dtype=np.uint8)
+
+
+def test_deploy_writes_checked_models_and_records_them_in_the_card(deployed):
+    run, card, _ = deployed
+    loaded = load_checkpoint(run / "best.ckpt")
+    assert loaded.info[deployment.CARD_KEY] == card
+    assert card["weights_sha256"] == loaded.weights_sha256
+    assert card["bounds"] == deployment.BOUNDS == {"min_agreement": 0.99, "max_abs_auc_change": 0.005,
+                                                    "min_frames": 100}
+    assert max(card["fp32"]["parity_max_abs_logit_difference"].values()) < PARITY_TOLERANCE
+    for entry, path in ((card["fp32"], run / "best.onnx"), (card["int8"], run / "best.int8.onnx")):
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
+        assert OnnxPredictor(path).metadata["weights_sha256"] == loaded.weights_sha256
+    int8 = card["int8"]
+    assert int8["evaluated"] == "rows whose split column is 'val'" and int8["frames"] > 0
+    assert int8["passed"] == deployment.int8_gate(int8)[0]
+    x = frames(5)
+    np.testing.assert_allclose(OnnxPredictor(run / "best.onnx")(x), TorchPredictor(loaded)(x), atol=1e-5)
+    assert not [p for p in run.iterdir() if ".tmp" in p.name]
+
+
+def test_the_int8_bounds():
+    enough = {"frames": deployment.MIN_FRAMES}
+    assert deployment.int8_gate({**enough, "agreement": 0.995, "auc_change": -0.004})[0]
+    assert not deployment.int8_gate({**enough, "agreement": 0.98, "auc_change": 0.0})[0]
+    assert not deployment.int8_gate({**enough, "agreement": 1.0, "auc_change": 0.006})[0]
+    assert not deployment.int8_gate({**enough, "agreement": 1.0, "auc_change": None})[0]  # not measurable: not used
+    assert not deployment.int8_gate({"frames": deployment.MIN_FRAMES - 1, "agreement": 1.0, "auc_change": 0.0})[0]
+
+
+def _set_int8_passed(run, passed: bool | None) -> None:
+    card = load_checkpoint(run / "best.ckpt").info[deployment.CARD_KEY]
+    if passed is None:
+        card.pop("int8")
+    else:
+        card["int8"]["passed"] = passed
+    record_in_card(run / "best.ckpt", deployment.CARD_KEY, card)
+
+
+def test_auto_prefers_int8_only_when_its_card_says_it_passed(run):
+    _set_int8_passed(run, True)
+    chosen = open_predictor(run / "best.ckpt", device="cpu").choice
+    assert (chosen["runtime"], chosen["precision"], chosen["source"]) == ("onnxruntime", "int8", "best.int8.onnx")
+    assert open_predictor(run / "best.ckpt", "onnx", device="cpu").choice["source"] == "best.onnx"  # fp32 asked
+    assert open_predictor(run / "best.ckpt", "torch", device="cpu").choice["runtime"] == "pytorch"
+    for passed in (False, None):  # failed, or no int8 entry in the card
+        _set_int8_passed(run, passed)
+        chosen = open_predictor(run / "best.ckpt", device="cpu").choice
+        assert (chosen["precision"], chosen["source"]) == ("fp32", "best.onnx")
+    (run / "best.onnx").unlink()
+    assert open_predictor(run / "best.ckpt", device="cpu").choice["source"] == "exported in memory"
+
+
+def test_an_int8_file_that_is_not_the_one_measured_is_not_used(run):
+    _set_int8_passed(run, True)
+    shutil.copyfile(run / "best.onnx", run / "best.int8.onnx")  # same weights, but not the measured file
+    assert open_predictor(run / "best.ckpt", device="cpu").choice["source"] == "best.onnx"
+
+
+def test_onnx_files_of_other_weights_are_refused(run, caplog):
+    _set_int8_passed(run, True)
+    data = read_checkpoint_file(run / "best.ckpt")
+    name = next(k for k, v in data["state_dict"].items() if k.startswith("model.") and v.is_floating_point())
+    data["state_dict"][name] = data["state_dict"][name] + 0.01  # retrained: the card and the files are stale
+    write_torch(data, run / "best.ckpt")
+    with caplog.at_level(logging.INFO, logger="mucosa"):
+        predictor = open_predictor(run / "best.ckpt", device="cpu")
+    assert predictor.choice["source"] == "exported in memory"
+    assert "best.onnx: not exported from the weights of best.ckpt (stale)" in caplog.text
+    x = frames(3, seed=1)
+    np.testing.assert_allclose(predictor(x), TorchPredictor(load_checkpoint(run / "best.ckpt"))(x), atol=1e-5)
+
+
+def test_a_failed_export_keeps_the_training_run(run, monkeypatch, caplog):
+    before = (run / "best.ckpt").read_bytes()
+    (run / "best.onnx").unlink()
+
+    def broken(checkpoint):
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr(deployment.onnx, "to_onnx", broken)
+    with caplog.at_level(logging.WARNING, logger="mucosa"):
+        assert deployment.deploy_after_training(run / "best.ckpt", run / "split.csv") is None
+    assert "ONNX models not written (RuntimeError: exporter crashed)" in caplog.text
+    assert (run / "best.ckpt").read_bytes() == before and not (run / "best.onnx").exists()
+
+
+def test_a_failed_int8_export_is_recorded_and_fp32_still_written(run, deployed, monkeypatch):
+    def broken(model, calibration):
+        raise ValueError("no calibration")
+
+    monkeypatch.setattr(deployment.onnx, "quantize_int8", broken)
+    (run / "best.int8.onnx").unlink()
+    card = deployment.deploy(run / "best.ckpt", run / "split.csv", deployed[2])
+    assert card["int8"]["passed"] is False and "ValueError: no calibration" in card["int8"]["why"]
+    assert open_predictor(run / "best.ckpt", device="cpu").choice["source"] == "best.onnx"
+
+
+def test_commands_print_and_record_the_runtime_chosen(run, tmp_path, capsys):
+    _set_int8_passed(run, True)
+    assert main(["predict", str(run / "split.csv"), "--checkpoint", str(run / "best.ckpt"), "--device", "cpu",
+                 "--out", str(tmp_path / "p")]) == 0
+    out = capsys.readouterr().out
+    assert "runtime: onnxruntime int8 on cpu (auto; best.int8.onnx)" in out.splitlines()
+    assert main(["evaluate", "--checkpoint", str(run / "best.ckpt"), "--manifest", str(run / "split.csv"),
+                 "--device", "cpu", "--out", str(tmp_path / "e"), "--bootstrap", "10", "--gallery", "0",
+                 "--runtime", "onnx"]) == 0
+    assert "runtime: onnxruntime fp32 on cpu (onnx; best.onnx)" in capsys.readouterr().out.splitlines()
+    recorded = json.loads((tmp_path / "e" / "metrics.json").read_text())["runtime"]
+    assert recorded["source"] == "best.onnx" and recorded["line"] == describe(recorded)
