@@ -12,6 +12,7 @@ from pathlib import Path
 from mucosa import cli_checks as checks
 from mucosa._version import __version__
 from mucosa.atomic import OutputError, check_writable_file, check_writable_folder
+from mucosa.cli_pretrain import add_pretrain_parser
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -337,10 +338,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML config, e.g. configs/paper.yaml or configs/cpu-quick.yaml")
     p.add_argument("--out", type=Path, help="run folder to create")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
-    p.add_argument("--init-from", type=Path, help="start from another checkpoint's weights (fine-tuning)")
+    p.add_argument("--init-from", type=Path, help="start from a checkpoint's or pretrain's encoder.ckpt weights")
     p.add_argument("--classes", help="train on these labels only, in this order, e.g. control,active (the last of "
                    "two is the positive class); also accepts classes that look like typos or are nearly empty")
-    p.add_argument("--model", choices=["cnn-lstm", "cnn"])
+    p.add_argument("--model", type=checks.model_kind, help="cnn-lstm, cnn or timm:NAME (e.g. timm:resnet18)")
     p.add_argument("--size", type=checks.integer(8), help="input side in pixels")
     p.add_argument("--quality", type=checks.number(0, 1), help="quality threshold: frames scoring below are dropped")
     g = p.add_argument_group("split (overrides the config's split section)")
@@ -434,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("model-summary", help="print a model's layer table with shapes and parameter counts")
-    p.add_argument("--model", choices=["cnn-lstm", "cnn"], default="cnn-lstm")
+    p.add_argument("--model", type=checks.model_kind, default="cnn-lstm", help="cnn-lstm, cnn or timm:NAME")
     p.add_argument("--size", type=checks.integer(8), default=300)
     p.add_argument("--classes", type=checks.integer(2), default=2)
     p.set_defaults(func=cmd_model_summary)
@@ -558,6 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on a cohort (PyTorch Lightning)")
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
+    add_pretrain_parser(sub)
     for command in sub.choices.values():  # also accepted after the command's name
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser

@@ -116,6 +116,18 @@ def threshold_rule(text: str) -> str:
     return text
 
 
+def model_kind(text: str) -> str:
+    """An argparse type: cnn-lstm, cnn or timm:NAME (a timm backbone, e.g. timm:resnet18)."""
+    name = text.removeprefix("timm:")
+    if text in ("cnn-lstm", "cnn") or (text.startswith("timm:") and name
+                                       and all(c.isalnum() or c in "_.-" for c in name)):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: expected cnn-lstm, cnn or timm:NAME (e.g. timm:resnet18)")
+
+
+model_kind.__name__ = "model kind"
+
+
 def devices(text: str) -> int | str:
     """An argparse type for ``--devices``: ``auto`` or a count >= 1."""
     return text if text == "auto" else integer(1)(text)

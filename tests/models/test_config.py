@@ -50,7 +50,8 @@ def test_every_problem_is_one_line_naming_its_key(tmp_path):
     assert found == {"training.epochs": "must be at least 1", "training.lr": "expected a number, got 'fast'",
                      "training.threads": "must be at least 0", "training.workers": "must be at least 0",
                      "training.batch_size": "expected a whole number, got 2.5",
-                     "model.kind": "expected one of cnn-lstm, cnn, got 'resnet'",
+                     "model.kind": "expected one of cnn-lstm, cnn, timm:NAME (a timm backbone, e.g. timm:resnet18), "
+                                   "got 'resnet'",
                      "model.size": "input size 8x8 is too small for the network: the minimum is 16x16",
                      "split.val": "must be less than 1.0",
                      "preprocessing.channel": "expected one of auto, luminance, red, green, blue, got 'pink'"}
@@ -72,7 +73,8 @@ def test_unknown_keys_name_the_closest_valid_one(tmp_path):
     assert f"{tmp_path / 'c.yaml'}: training.lrr: unknown setting; did you mean 'lr'?" in lines
     assert f"{tmp_path / 'c.yaml'}: augmentaton: unknown section; did you mean 'augmentation'?" in lines
     assert any(line.endswith("model.zzzz: unknown setting; known: kind, size, num_classes, conv_dropout, "
-                             "dense_dropout, lstm_units, in_channels, init, bn_momentum, input_norm") for line in lines)
+                             "dense_dropout, lstm_units, in_channels, init, bn_momentum, input_norm, pretrained")
+               for line in lines)
 
 
 def test_not_a_mapping_and_not_yaml(tmp_path):

@@ -29,6 +29,7 @@ from mucosa.data.readers import FrameSelection, is_image, is_video
 from mucosa.errors import ManifestError, MucosaWarning
 
 REQUIRED = ("path", "label", "patient")
+UNLABELLED = "unlabelled"  # the one class of a manifest read with ``unlabelled=True``
 OPTIONAL = ("region", "group", "frames", "split")
 SPLITS = ("train", "val", "test")
 REGIONS = ("rectum", "left colon", "transverse colon", "right colon", "terminal ileum")
@@ -117,7 +118,7 @@ def order_classes(labels: list[str] | set[str], positive: str | None = None) -> 
 
 
 def load_manifest(path: str | Path, classes: list[str] | None = None, positive: str | None = None,
-                  check_files: bool = True, require_all: bool = True) -> Cohort:
+                  check_files: bool = True, require_all: bool = True, unlabelled: bool = False) -> Cohort:
     """Read and validate a manifest; every problem is reported at once with its row.
 
     Args:
@@ -127,6 +128,9 @@ def load_manifest(path: str | Path, classes: list[str] | None = None, positive: 
         positive: the positive class for binary tasks (see :func:`order_classes`).
         check_files: report missing files (they are always resolved relative to the CSV).
         require_all: with ``classes``, every class must have images (off to evaluate a one-class cohort).
+        unlabelled: read the frames only (self-supervised pretraining): only ``path`` is required, the
+            ``label`` column is never read (every record gets the label :data:`UNLABELLED`), and a missing
+            ``patient`` defaults to the row's path.
 
     Raises:
         ManifestError: naming the file, the row and the problem for each error found.
@@ -135,10 +139,15 @@ def load_manifest(path: str | Path, classes: list[str] | None = None, positive: 
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
     header, rows, errors = read_table(path)
-    missing = [c for c in REQUIRED if c not in header]
+    required = ("path",) if unlabelled else REQUIRED
+    missing = [c for c in required if c not in header]
     if missing:
         raise ManifestError(f"{path}: missing column(s) {', '.join(missing)}; the header is "
-                            f"{clip(','.join(header), 200) or '(empty)'} and must include {','.join(REQUIRED)}")
+                            f"{clip(','.join(header), 200) or '(empty)'} and must include {','.join(required)}")
+    if unlabelled:  # the labels are never read: every row gets the same placeholder
+        rows = [(line, {**row, "label": UNLABELLED, "patient": row.get("patient") or row.get("path", "")})
+                for line, row in rows]
+        classes, require_all = None, False
     records, row_errors = _parse_rows(rows, path, set(classes) if classes else None, check_files)
     errors = sorted(errors + row_errors, key=_row_of)
     if not records and not errors:
@@ -150,6 +159,8 @@ def load_manifest(path: str | Path, classes: list[str] | None = None, positive: 
         shown = "\n  ".join(errors[:_MAX_LISTED])
         more = f"\n  ... and {len(errors) - _MAX_LISTED} more" if len(errors) > _MAX_LISTED else ""
         raise ManifestError(f"{path}: {len(errors)} problem(s) in the manifest:\n  {shown}{more}")
+    if unlabelled:
+        return Cohort(records, [UNLABELLED], path)
     _warn_mixed_patients(records, path)
     _warn_patient_ids(records, path)
     names = list(classes) if classes else order_classes({r.label for r in records}, positive)

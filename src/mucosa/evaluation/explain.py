@@ -31,7 +31,7 @@ from mucosa.errors import ConfigError, UnreadableFileError
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.pytorch import predict_frames, resolve_device
 from mucosa.inference.runtime import check_runtime, for_checkpoint
-from mucosa.inference.saliency import GRAD_CAM_LAYER, feature_maps, grad_cam
+from mucosa.inference.saliency import cam_layer, feature_maps, grad_cam
 from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint
 from mucosa.tables import safe_row
 
@@ -188,7 +188,7 @@ def explain_frame(checkpoint: LoadedCheckpoint, frame: np.ndarray, out: Path, st
     probs = _class_probabilities(predict(frame[None]))[0]
     predicted = _predicted(probs)
     cam = grad_cam(model, frame, predicted)
-    subtitle = f"Grad-CAM of {checkpoint.classes[predicted]} at {GRAD_CAM_LAYER}"
+    subtitle = f"Grad-CAM of {checkpoint.classes[predicted]} at {cam_layer(checkpoint.model)}"
     files.append(save_overlay(frame, cam, _title(checkpoint, probs, predicted, title_prefix),
                               out / f"{stem}_gradcam.png", subtitle))
     return probs, files
@@ -380,7 +380,7 @@ def gallery(checkpoint: LoadedCheckpoint, frames: np.ndarray, y_true: np.ndarray
             cam = grad_cam(checkpoint.model, frames[i], int(target))
             probs = np.array([1 - y_score[i], y_score[i]]) if y_score.ndim == 1 else y_score[i]
             title = _title(checkpoint, probs, int(target), f"{name}: true {checkpoint.classes[y_true[i]]}, ")
-            subtitle = f"Grad-CAM of {checkpoint.classes[int(target)]} at {GRAD_CAM_LAYER}"
+            subtitle = f"Grad-CAM of {checkpoint.classes[int(target)]} at {cam_layer(checkpoint.model)}"
             path = save_overlay(np.asarray(frames[i]), cam, title,
                                 out / f"{name.replace(' ', '-')}_{rank}_n{i}.png", subtitle)
             chosen.append((name, path))

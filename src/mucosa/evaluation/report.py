@@ -347,8 +347,9 @@ def write_report(out: Path, result: dict, scored, patients: list[dict],
         md.append(f"![{figure.stem}]({figure.name})")
     parts.append("</div>")
     if gallery:
-        parts.append("<h2>Gallery: where the model looked (Grad-CAM at conv4)</h2>")
-        md += ["", "## Gallery: where the model looked (Grad-CAM at conv4)", ""]
+        layer = "the final feature map" if str(result.get("model", "")).startswith("timm:") else "conv4"
+        parts.append(f"<h2>Gallery: where the model looked (Grad-CAM at {layer})</h2>")
+        md += ["", f"## Gallery: where the model looked (Grad-CAM at {layer})", ""]
         for group in dict.fromkeys(g for g, _ in gallery):
             parts.append(f"<h3>{html.escape(group)}</h3><div class='figures'>")
             md.append(f"### {md_escape(group)}\n")

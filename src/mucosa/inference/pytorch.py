@@ -107,6 +107,8 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     import copy
 
     folded = copy.deepcopy(model).eval()
+    if not all(isinstance(getattr(folded, name, None), torch.nn.BatchNorm2d) for name in ("bn1", "bn2")):
+        return folded  # a timm backbone: its batch norms are left as they are (ONNX Runtime fuses them itself)
     a, b = _bn_affine(folded.bn1)
     weight = folded.conv3.weight  # (64, 32, 3, 3)
     folded.conv3.bias += (weight * b[None, :, None, None]).sum((1, 2, 3))

@@ -31,9 +31,14 @@ from torch import nn
 
 from mucosa.errors import ConfigError
 
-__all__ = ["GRAD_CAM_LAYER", "feature_maps", "grad_cam", "layer_geometry", "upsample"]
+__all__ = ["GRAD_CAM_LAYER", "cam_layer", "feature_maps", "grad_cam", "layer_geometry", "upsample"]
 
 GRAD_CAM_LAYER = "conv4"
+
+
+def cam_layer(model: nn.Module) -> str:
+    """The model's Grad-CAM layer: ``conv4`` for the paper's networks, ``features`` for timm backbones."""
+    return getattr(model, "grad_cam_layer", GRAD_CAM_LAYER)
 
 
 def _input(model: nn.Module, image: np.ndarray) -> torch.Tensor:
@@ -98,7 +103,7 @@ def layer_geometry(model: nn.Module, name: str) -> tuple[float, int]:
     raise ConfigError(f"unknown layer {name!r}")
 
 
-def upsample(cam: np.ndarray, size: int, offset: float, stride: int) -> np.ndarray:
+def upsample(cam: np.ndarray, size: int, offset: float, stride: float) -> np.ndarray:
     """Bilinear map (h, w) -> (size, size), cell centres at ``offset + stride * i``; edges held constant."""
     h, w = cam.shape
     pixels = np.arange(size, dtype=np.float64)
@@ -141,7 +146,7 @@ def _cam(model: nn.Module, image: np.ndarray, target: int | None, layer: str) ->
     return cam.detach().float().cpu().numpy()
 
 
-def grad_cam(model: nn.Module, image: np.ndarray, target: int | None = None, layer: str = GRAD_CAM_LAYER
+def grad_cam(model: nn.Module, image: np.ndarray, target: int | None = None, layer: str | None = None
              ) -> np.ndarray:
     """Grad-CAM of the predicted class (or class index ``target``), upsampled to the input.
 
@@ -149,13 +154,17 @@ def grad_cam(model: nn.Module, image: np.ndarray, target: int | None = None, lay
         model: a mucosa model; a binary one's classes are 0 (negative, score ``-logit``) and 1 (positive).
         image: preprocessed frame (S, S): uint8, or float in [0, 1] as the model gets it.
         target: class index to explain; ``None`` explains the predicted class (p >= 0.5 for binary).
-        layer: feature layer (default ``conv4``, see the module docstring).
+        layer: feature layer (default :func:`cam_layer`: ``conv4``, see the module docstring).
 
     Returns:
         float32 (S, S) in [0, 1], scaled by its maximum (all zeros when nothing supports the class).
     """
+    layer = layer or cam_layer(model)
     cam = _cam(model, image, target, layer)
-    offset, stride = layer_geometry(model, layer)
+    if hasattr(model, "cam_geometry"):  # timm backbones: "same" padding, stride from the map's side
+        offset, stride = model.cam_geometry(layer, cam.shape[0])
+    else:
+        offset, stride = layer_geometry(model, layer)
     up = upsample(cam, model.config.size, offset, stride)
     peak = float(up.max())
     return (up / peak if peak > 0 else np.zeros_like(up)).astype(np.float32)

@@ -23,6 +23,7 @@ from mucosa.models.networks import ModelConfig, create_model
 
 FORMAT = "mucosa-checkpoint"
 FORMAT_VERSION = 1
+ENCODER_FORMAT = "mucosa-encoder"  # the output of mucosa pretrain (mucosa.models.pretraining)
 
 
 class CheckpointFileError(MucosaError):
@@ -138,6 +139,9 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedCheckp
     path = Path(path)
     data = read_checkpoint_file(path, map_location)
     info = data.get("mucosa")
+    if isinstance(info, dict) and info.get("format") == ENCODER_FORMAT:
+        raise CheckpointFileError(f"{path}: a pretrained encoder (mucosa pretrain), not a classifier: fine-tune it "
+                                  "first with mucosa train --init-from")
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise CheckpointFileError(f"{path}: not a mucosa checkpoint (no 'mucosa' description inside)")
     version = info.get("format_version", 0)
@@ -153,7 +157,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedCheckp
         raise CheckpointFileError(f"{path}: the model has {model_config.num_classes} classes but the checkpoint "
                                   f"names {len(classes)} ({', '.join(classes)})")
     prep = _settings_from(Preprocessing, info, "preprocessing", path)
-    model = create_model(model_config)
+    model = create_model(model_config, pretrained=False)  # the checkpoint's weights: nothing to download
     state = {k.removeprefix("model."): v for k, v in data["state_dict"].items()
              if isinstance(k, str) and k.startswith("model.")}
     refuse_non_finite(state, path)
@@ -178,3 +182,19 @@ def record_in_card(path: str | Path, key: str, value: Any) -> None:
         raise CheckpointFileError(f"{path}: not a mucosa checkpoint (no 'mucosa' description inside)")
     data["mucosa"][key] = value
     atomic.write_torch(data, path)
+
+
+def check_encoder(path: str | Path, model_config: ModelConfig) -> dict[str, Any] | None:
+    """The description of a pretrained encoder (``mucosa pretrain``) at ``path``, None for other checkpoints;
+    refused with one line when it was pretrained for another model kind, input size or channel count."""
+    info = read_checkpoint_file(path).get("mucosa")
+    if not isinstance(info, dict) or info.get("format") != ENCODER_FORMAT:
+        return None
+    model = info.get("model") if isinstance(info.get("model"), dict) else {}
+    got = (model.get("kind"), model.get("size"), model.get("in_channels"))
+    want = (model_config.kind, model_config.size, model_config.in_channels)
+    if got != want:
+        raise ConfigError(f"{path}: the encoder was pretrained for {got[0]} at {got[1]}x{got[1]} ({got[2]} "
+                          f"channel(s)); this run trains {want[0]} at {want[1]}x{want[1]} ({want[2]} channel(s)): set "
+                          "model.kind and model.size to match, or pretrain again for this model")
+    return info

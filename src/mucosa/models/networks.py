@@ -73,14 +73,15 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 from torch import nn
 
 from mucosa.errors import ConfigError
-from mucosa.settings import Float, Int, Settings
+from mucosa.models.backbones import TIMM, TIMM_MIN_SIZE, TimmNet
+from mucosa.settings import Bool, Float, Int, Settings
 
-KINDS = ("cnn-lstm", "cnn")
+KINDS = ("cnn-lstm", "cnn")  # and timm:NAME, the timm backbones of mucosa.models.backbones
 INITS = ("keras", "torch")
 
 
@@ -89,7 +90,7 @@ class ModelConfig(Settings):
 
     SECTION: ClassVar[str] = "model"
 
-    kind: Literal[KINDS] = "cnn-lstm"
+    kind: str = "cnn-lstm"  # cnn-lstm, cnn, or timm:NAME (a timm backbone, e.g. timm:resnet18)
     size: Int = 300  # input height = width
     num_classes: Int = Field(2, ge=2)  # 2 -> one logit (sigmoid); >2 -> num_classes logits (softmax)
     conv_dropout: Float = Field(0.25, ge=0.0, lt=1.0)
@@ -99,11 +100,21 @@ class ModelConfig(Settings):
     init: Literal[INITS] = "keras"  # "keras" (glorot_uniform etc.) or "torch" (PyTorch defaults)
     bn_momentum: Float = Field(0.1, ge=0.0, le=1.0)  # PyTorch convention; Keras' 0.99 is 0.01 (paper.yaml)
     input_norm: Literal["image", "none"] = "image"  # "image": standardise each image; "none": as given
+    pretrained: Bool = False  # timm kinds: start from ImageNet weights (downloaded by timm)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        name = kind.removeprefix(TIMM)
+        if kind in KINDS or (kind.startswith(TIMM) and name and all(c.isalnum() or c in "_.-" for c in name)):
+            return kind
+        raise PydanticCustomError("mucosa", "expected one of cnn-lstm, cnn, timm:NAME (a timm backbone, e.g. "
+                                  "timm:resnet18), got {got}", {"got": repr(kind)[:80]})
 
     @field_validator("size")
     @classmethod
-    def _large_enough(cls, size: int) -> int:
-        minimum = min_input_size()
+    def _large_enough(cls, size: int, info: ValidationInfo) -> int:
+        minimum = TIMM_MIN_SIZE if str(info.data.get("kind", "")).startswith(TIMM) else min_input_size()
         if size < minimum:
             raise PydanticCustomError("mucosa", "input size {size}x{size} is too small for the network: the minimum "
                                       "is {minimum}x{minimum}", {"size": size, "minimum": minimum})
@@ -370,13 +381,20 @@ class CNN(_ConvNet):
         return h if pre_logits else self.fc3(h)  # (B, num_outputs)
 
 
-def create_model(config: ModelConfig) -> nn.Module:
-    """Build the model named by ``config.kind``; raises ConfigError for an unknown kind or bad sizes."""
+def create_model(config: ModelConfig, pretrained: bool | None = None) -> nn.Module:
+    """Build the model named by ``config.kind``; raises ConfigError for an unknown kind or bad sizes.
+
+    Args:
+        pretrained: timm kinds: load ImageNet weights (``None``: ``config.pretrained``); a checkpoint being
+            loaded passes False, as its own weights replace them.
+    """
+    if config.kind.startswith(TIMM):
+        return TimmNet(config, config.pretrained if pretrained is None else pretrained)
     if config.kind == "cnn-lstm":
         return CNNLSTM(config)
     elif config.kind == "cnn":
         return CNN(config)
-    raise ConfigError(f"unknown model kind {config.kind!r}; expected one of {', '.join(KINDS)}")
+    raise ConfigError(f"unknown model kind {config.kind!r}; expected one of {', '.join(KINDS)} or timm:NAME")
 
 
 def summarize(model: nn.Module, size: int | None = None) -> str:

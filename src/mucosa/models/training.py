@@ -41,7 +41,9 @@ from mucosa.data.splits import split_cohort
 from mucosa.data.table import FrameTable, assemble
 from mucosa.errors import ConfigError, MucosaError
 from mucosa.models.checkpoint import (
+    ENCODER_FORMAT,
     CheckpointFileError,
+    check_encoder,
     describe,
     non_finite_weights,
     read_checkpoint_file,
@@ -68,12 +70,12 @@ class Classifier(L.LightningModule):
     """The model, its loss and validation metrics (ROC AUC, accuracy, loss)."""
 
     def __init__(self, config: RunConfig, classes: list[str], class_counts: list[int], description: dict,
-                 record_samples: bool = False) -> None:
+                 record_samples: bool = False, pretrained: bool | None = None) -> None:
         super().__init__()
         import torchmetrics
 
         self.config, self.classes, self.description = config, classes, description
-        self.model = create_model(config.model)
+        self.model = create_model(config.model, pretrained)
         if config.training.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         counts = torch.tensor(class_counts, dtype=torch.float32).clamp(min=1)
@@ -288,7 +290,7 @@ def plan_run(manifest: str | Path, config: RunConfig, out: Path, cache: FrameCac
         classes: train on these classes only, in this order (the last of two is the positive class);
             without them, labels that look like typos or near-empty classes are a ConfigError.
     """
-    create_model(config.model)  # size and kind problems surface here, naming the minimum size
+    create_model(config.model, pretrained=False)  # size and kind problems surface here, naming the minimum size
     require_logger(config.training.logger)
     check_hardware_settings(config)
     cohort = load_manifest(manifest)
@@ -397,7 +399,8 @@ def fit(plan: RunPlan, resume: Path | None = None, init_from: Path | None = None
         torch.set_num_threads(t.threads)
     train_loader, val_loader = _loaders(plan)
     counts = np.bincount(plan.table.labels[plan.parts["train"]], minlength=len(plan.cohort.classes))
-    module = Classifier(plan.config, plan.cohort.classes, counts.tolist(), _description(plan), record_samples)
+    module = Classifier(plan.config, plan.cohort.classes, counts.tolist(), _description(plan), record_samples,
+                        pretrained=False if resume or init_from else None)  # those weights replace ImageNet's
     if init_from is not None:
         initialise_from(module.model, init_from)
     trainer = _trainer(plan, val_loader is not None, keep_through_epoch=resumed_epoch if resume else -1,
@@ -415,9 +418,10 @@ def fit(plan: RunPlan, resume: Path | None = None, init_from: Path | None = None
     return best
 
 
-def _weights_of(checkpoint: str | Path) -> dict[str, torch.Tensor]:
-    """The model weights of a checkpoint file, refused when any is NaN or infinite."""
-    source = {k.removeprefix("model."): v for k, v in read_checkpoint_file(checkpoint)["state_dict"].items()
+def _weights_of(checkpoint: str | Path, data: dict | None = None) -> dict[str, torch.Tensor]:
+    """The model weights of a checkpoint file (or of its contents ``data``), refused when any is NaN or infinite."""
+    data = read_checkpoint_file(checkpoint) if data is None else data
+    source = {k.removeprefix("model."): v for k, v in data["state_dict"].items()
               if isinstance(k, str) and k.startswith("model.") and isinstance(v, torch.Tensor)}
     if not source:
         raise CheckpointFileError(f"{checkpoint}: holds no model weights")
@@ -426,10 +430,23 @@ def _weights_of(checkpoint: str | Path) -> dict[str, torch.Tensor]:
 
 
 def initialise_from(model: torch.nn.Module, checkpoint: Path) -> list[str]:
-    """Copy weights of matching name and shape from another checkpoint; say which were re-initialised."""
-    source = _weights_of(checkpoint)
+    """Copy weights of matching name and shape from another checkpoint, or every weight of a pretrained encoder
+    (``mucosa pretrain``: refused unless all fit); say which layers start fresh."""
+    data = read_checkpoint_file(checkpoint)
+    source = _weights_of(checkpoint, data)
     target = model.state_dict()
     fresh = [k for k in target if k not in source or source[k].shape != target[k].shape]
+    info = data.get("mucosa")
+    if isinstance(info, dict) and info.get("format") == ENCODER_FORMAT:
+        misfit = [k for k in source if k not in target or source[k].shape != target[k].shape]
+        if misfit:
+            raise ConfigError(f"{checkpoint}: encoder weights {', '.join(misfit[:3])} do not fit this model "
+                              f"({type(model).__name__} at {model.config.size}x{model.config.size})")
+        model.load_state_dict({**target, **source})
+        layers = sorted({k.rsplit(".", 1)[0] for k in fresh})
+        log.info(f"init-from {checkpoint}: pretrained encoder loaded ({len(source)} tensors); the head "
+                 f"({', '.join(layers) or 'none'}) starts fresh")
+        return fresh
     model.load_state_dict({**target, **{k: v for k, v in source.items() if k in target and k not in fresh}})
     if fresh:
         layers = sorted({k.rsplit(".", 1)[0] for k in fresh})
@@ -448,6 +465,7 @@ def train(manifest: str | Path, config: RunConfig, out: str | Path, init_from: s
         raise ConfigError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
     if init_from is not None:
         _weights_of(init_from)  # a damaged or diverged checkpoint is refused before any work
+        check_encoder(init_from, config.model)  # an encoder of another model kind or size too
     plan = plan_run(manifest, config, out, cache, classes=classes, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     plan.config.save(out / "config.yaml")
