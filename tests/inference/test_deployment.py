@@ -66,6 +66,10 @@ def test_the_int8_bounds():
     assert not deployment.int8_gate({**enough, "agreement": 1.0, "auc_change": 0.006})[0]
     assert not deployment.int8_gate({**enough, "agreement": 1.0, "auc_change": None})[0]  # not measurable: not used
     assert not deployment.int8_gate({"frames": deployment.MIN_FRAMES - 1, "agreement": 1.0, "auc_change": 0.0})[0]
+    nan = float("nan")  # a non-finite measurement never passes
+    assert not deployment.int8_gate({**enough, "agreement": nan, "auc_change": 0.0})[0]
+    assert not deployment.int8_gate({**enough, "agreement": 1.0, "auc_change": nan})[0]
+    assert not deployment.int8_gate({"frames": nan, "agreement": 1.0, "auc_change": 0.0})[0]
 
 
 def _set_int8_passed(run, passed: bool | None) -> None:

@@ -60,13 +60,14 @@ def int8_gate(comparison: dict) -> tuple[bool, str]:
     """Whether int8 measurements (``onnx.compare_int8``) are within :data:`BOUNDS`, and a sentence why."""
     agreement, change = comparison["agreement"], comparison["auc_change"]
     frames = comparison.get("frames", 0)
-    if frames < MIN_FRAMES:
+    # written as "not (x >= bound)" so that a NaN measurement fails the gate instead of slipping through it
+    if not frames >= MIN_FRAMES:
         return False, f"measured on {frames} validation frames (< {MIN_FRAMES}): too few to show the agreement"
-    if agreement < MIN_AGREEMENT:
+    if not agreement >= MIN_AGREEMENT:
         return False, f"verdict agreement {agreement:.4f} < {MIN_AGREEMENT}"
     if change is None:
         return False, "ROC AUC change not measurable (the validation frames hold one class)"
-    if abs(change) > MAX_AUC_CHANGE:
+    if not abs(change) <= MAX_AUC_CHANGE:
         return False, f"|ROC AUC change| {abs(change):.4f} > {MAX_AUC_CHANGE}"
     return True, f"verdict agreement {agreement:.4f} >= {MIN_AGREEMENT}, |ROC AUC change| {abs(change):.4f} " \
                  f"<= {MAX_AUC_CHANGE}"
