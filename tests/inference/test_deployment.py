@@ -95,6 +95,16 @@ def test_auto_prefers_int8_only_when_its_card_says_it_passed(run):
     assert open_predictor(run / "best.ckpt", device="cpu").choice["source"] == "exported in memory"
 
 
+@pytest.mark.parametrize("card", ["junk", [1, 2], None, {"int8": "x"}, {"int8": {"passed": "yes", "sha256": 12}}])
+def test_a_hand_edited_card_vouches_for_nothing(run, card):
+    loaded = load_checkpoint(run / "best.ckpt")
+    if isinstance(card, dict):
+        card = {**card, "weights_sha256": loaded.weights_sha256}
+    record_in_card(run / "best.ckpt", deployment.CARD_KEY, card)
+    chosen = open_predictor(run / "best.ckpt", device="cpu").choice
+    assert (chosen["precision"], chosen["source"]) == ("fp32", "best.onnx")
+
+
 def test_an_int8_file_that_is_not_the_one_measured_is_not_used(run):
     _set_int8_passed(run, True)
     shutil.copyfile(run / "best.onnx", run / "best.int8.onnx")  # same weights, but not the measured file

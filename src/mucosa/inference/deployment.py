@@ -157,18 +157,23 @@ def _open(path: Path, loaded: LoadedCheckpoint, batch_size: int, threads: int | 
     return predictor
 
 
+def _mapping(value) -> dict:
+    """``value`` when it is a dict, else an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
 def exported_beside(loaded: LoadedCheckpoint, batch_size: int = 16, threads: int | None = None,
                     device="cpu", int8: bool = True):
     """The best ONNX predictor of the files beside the checkpoint (see the module docstring), or None.
 
     Sets ``predictor.source`` to the file's name and ``predictor.precision`` to ``int8`` or ``fp32``.
     """
-    card = loaded.info.get(CARD_KEY) or {}
+    card = _mapping(loaded.info.get(CARD_KEY))  # a hand-edited card may hold anything: it then vouches for nothing
     current = bool(card) and card.get("weights_sha256") == loaded.weights_sha256
-    entry = card.get("int8") or {}
+    entry = _mapping(card.get("int8"))
     path = int8_path(loaded.path)
     if int8 and path.is_file():
-        if not (current and entry.get("passed") and entry.get("sha256")):
+        if not (current and entry.get("passed") is True and isinstance(entry.get("sha256"), str)):
             log.info("%s: not used (%s)", path.name, entry.get("why", "the checkpoint's card does not vouch for it")
                      if current else "the checkpoint's card does not vouch for it")
         elif sha256(path.read_bytes()) != entry["sha256"]:
