@@ -41,6 +41,9 @@ def describe(model_config: ModelConfig, classes: list[str], prep: Preprocessing,
 def read_checkpoint_file(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
     """Load a checkpoint dict safely (``weights_only=True``), with a clear error for anything else."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointFileError(f"{path}: a folder, not a checkpoint file (a run folder holds best.ckpt, a "
+                                  "pretraining folder encoder.ckpt)")
     if not path.is_file():
         raise CheckpointFileError(f"{path}: checkpoint not found")
     if path.stat().st_size == 0:
