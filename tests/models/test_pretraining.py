@@ -152,6 +152,32 @@ def test_cli_pretrain_resume_and_refusals(unlabelled, tmp_path, capsys):
     assert "would not apply" in capsys.readouterr().err
 
 
+def test_ctrl_c_mid_pretraining_is_exit_130_and_the_run_resumes(unlabelled, tmp_path, capsys, monkeypatch):
+    import signal
+
+    out, calls = tmp_path / "P", {"n": 0}
+    step = Contrastive.training_step
+
+    def interrupted_in_the_second_epoch(self, batch, index):
+        calls["n"] += 1
+        if self.current_epoch == 1:
+            raise KeyboardInterrupt
+        return step(self, batch, index)
+
+    monkeypatch.setattr(Contrastive, "training_step", interrupted_in_the_second_epoch)
+    common = ["--cache", str(tmp_path / "cache"), "--threads", "1"]
+    handler = signal.getsignal(signal.SIGINT)
+    assert main(["pretrain", "--manifest", str(unlabelled), "--out", str(out), "--model", "cnn", "--size", "32",
+                 "--epochs", "2", "--batch-size", "8", "--set", "preprocessing.quality_threshold=0", *common]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) == handler  # Lightning's SIG_IGN is undone
+    assert (out / "last.ckpt").is_file() and not (out / "encoder.ckpt").exists()
+    monkeypatch.setattr(Contrastive, "training_step", step)
+    assert main(["pretrain", "--resume", str(out), *common[:2]]) == 0
+    assert [row["epoch"] for row in epoch_metrics(out)] == [0, 1]
+    assert read_checkpoint_file(out / "encoder.ckpt")["mucosa"]["method"]["epochs_done"] == 2
+
+
 def test_init_from_starts_from_the_encoder_weights(encoder):
     model = create_model(ModelConfig(kind="cnn", size=32))
     head_before = model.fc3.weight.clone()

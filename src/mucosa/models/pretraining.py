@@ -46,6 +46,7 @@ from mucosa.models.checkpoint import ENCODER_FORMAT, CheckpointFileError, read_c
 from mucosa.models.config import RunConfig, load_config
 from mucosa.models.dataset import CaseSampler, FrameDataset, make_augmentation, worker_init
 from mucosa.models.networks import create_model
+from mucosa.models.tracking import fit_trainer
 from mucosa.models.training import (
     Classifier,
     RunPlan,
@@ -257,7 +258,7 @@ def _fit(plan: RunPlan, settings: dict, resume: Path | None = None, resumed_epoc
     description = _description(plan, settings["method"], settings["frames"])
     module = Contrastive(plan.config, settings["method"], description, pretrained=False if resume else None)
     trainer = _trainer(plan, False, keep_through_epoch=resumed_epoch if resume else -1, progress=progress)
-    trainer.fit(module, _loader(plan), ckpt_path=resume, weights_only=True)
+    fit_trainer(trainer, module, _loader(plan), ckpt_path=resume, weights_only=True)
     encoder = plan.out / ENCODER
     if trainer.is_global_zero:
         description["method"] = {**settings["method"], "epochs_done": trainer.current_epoch}

@@ -185,3 +185,26 @@ class RunCheckpoint(ModelCheckpoint):
                         self.monitor, float(current), trainer.current_epoch + 1)
             return False
         return super().check_monitor_top_k(trainer, current)
+
+
+def fit_trainer(trainer, *args, **kwargs) -> None:
+    """``trainer.fit(*args, **kwargs)``, where Ctrl-C ends as ``KeyboardInterrupt`` (the CLI's exit status 130).
+
+    Lightning answers Ctrl-C with its graceful shutdown and then ``sys.exit(1)``, which would end ``mucosa
+    train`` and ``mucosa pretrain`` with the status of a failed ``mucosa check``, and leaves SIGINT ignored
+    for the rest of the process (a Python session calling ``mucosa.train``); both are undone here.
+    """
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        trainer.fit(*args, **kwargs)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning's sys.exit(1) after a KeyboardInterrupt
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if main and handler is not None:
+            signal.signal(signal.SIGINT, handler)

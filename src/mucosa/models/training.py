@@ -57,7 +57,7 @@ from mucosa.models.dataset import (
     worker_init,
 )
 from mucosa.models.networks import create_model
-from mucosa.models.tracking import RunCheckpoint, make_loggers, require_logger
+from mucosa.models.tracking import RunCheckpoint, fit_trainer, make_loggers, require_logger
 
 
 class TrainingDivergedError(MucosaError):
@@ -405,7 +405,7 @@ def fit(plan: RunPlan, resume: Path | None = None, init_from: Path | None = None
         initialise_from(module.model, init_from)
     trainer = _trainer(plan, val_loader is not None, keep_through_epoch=resumed_epoch if resume else -1,
                        progress=progress)
-    trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
+    fit_trainer(trainer, module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
     best = plan.out / "best.ckpt"
     if val_loader is None and trainer.is_global_zero:
         import shutil
