@@ -178,6 +178,24 @@ def test_ctrl_c_mid_pretraining_is_exit_130_and_the_run_resumes(unlabelled, tmp_
     assert read_checkpoint_file(out / "encoder.ckpt")["mucosa"]["method"]["epochs_done"] == 2
 
 
+def test_resume_refuses_a_last_ckpt_of_other_settings_in_one_line(encoder, tmp_path, capsys):
+    import shutil
+
+    cases = {"size": lambda run: (run / "config.yaml").write_text(
+                 (run / "config.yaml").read_text().replace("size: 32", "size: 40")),
+             "method": lambda run: (run / "pretrain.json").write_text(
+                 (run / "pretrain.json").read_text().replace('"temperature": 0.2', '"temperature": 0.0')),
+             "classifier": lambda run: torch.save({"state_dict": {}, "epoch": 0, "mucosa": {"format": "mucosa"}},
+                                                  run / "last.ckpt")}
+    for name, damage in cases.items():
+        run = tmp_path / name
+        shutil.copytree(encoder.parent, run)
+        damage(run)
+        assert main(["pretrain", "--resume", str(run), "--cache", str(tmp_path / "cache")]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "last.ckpt" in err, err
+
+
 def test_init_from_starts_from_the_encoder_weights(encoder):
     model = create_model(ModelConfig(kind="cnn", size=32))
     head_before = model.fc3.weight.clone()

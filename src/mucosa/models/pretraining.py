@@ -59,6 +59,7 @@ from mucosa.models.training import (
 log = logging.getLogger(__name__)
 
 ENCODER = "encoder.ckpt"
+METHOD_KEYS = ("name", "loss", "temperature", "projection_dim", "projection_hidden")  # what a resume must keep
 SETTINGS = "pretrain.json"
 ENCODER_FORMAT_VERSION = 1
 
@@ -294,6 +295,24 @@ def pretrain(manifest: str | Path, config: RunConfig, out: str | Path, cache: Fr
     return _fit(plan, settings, progress=progress)
 
 
+def _check_resumable(recorded: Any, config: RunConfig, settings: dict, run: Path) -> None:
+    """Refuse, in one line, a ``last.ckpt`` that is not this run's: not a pretraining checkpoint, or trained
+    with another model or method than ``config.yaml`` and ``pretrain.json`` now say (edited, or copied over)."""
+    last = run / "last.ckpt"
+    if not isinstance(recorded, dict) or recorded.get("format") != ENCODER_FORMAT:
+        raise CheckpointFileError(f"{last}: not a checkpoint of mucosa pretrain (a classifier's, or another "
+                                  "program's); start a new run instead of --resume")
+    method = settings.get("method") if isinstance(settings.get("method"), dict) else {}
+    then = recorded.get("method") if isinstance(recorded.get("method"), dict) else {}
+    changed = [f"{name} ({where})" for name, where, now, before in (
+        ("model", "config.yaml", config.model.to_dict(), recorded.get("model")),
+        ("method", SETTINGS, {k: method.get(k) for k in METHOD_KEYS}, {k: then.get(k) for k in METHOD_KEYS}))
+        if now != before]
+    if changed:
+        raise ConfigError(f"{run}: the {' and '.join(changed)} settings differ from those {last.name} was trained "
+                          "with; restore them, or start a new run instead of --resume")
+
+
 def resume_pretraining(run: str | Path, cache: FrameCache | None = None, progress: bool = True) -> Path:
     """Continue an interrupted ``mucosa pretrain`` run from its ``last.ckpt``."""
     run = Path(run)
@@ -309,6 +328,7 @@ def resume_pretraining(run: str | Path, cache: FrameCache | None = None, progres
         raise ConfigError(f"{run / SETTINGS}: damaged (not the settings mucosa pretrain wrote)") from None
     state = read_checkpoint_file(last)
     refuse_non_finite(state["state_dict"], last)
+    _check_resumable(state.get("mucosa"), config, settings, run)
     epoch = state.get("epoch")
     del state
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
