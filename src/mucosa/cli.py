@@ -186,7 +186,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from mucosa.models.training import resume, train
 
     if args.resume:
-        given = list(_cli_settings(args)[1].values()) + ["--config"] * bool(args.config)
+        given = list(_cli_settings(args)[1].values()) + [flag for flag, value in (
+            ("--config", args.config), ("--manifest", args.manifest), ("--init-from", args.init_from),
+            ("--classes", args.classes)) if value]  # the run's own split.csv, weights and classes continue
         if given:
             raise ConfigError(f"--resume continues {args.resume} with its own config.yaml; {', '.join(given)} "
                               "would not apply (edit that file to change a setting)")

@@ -166,6 +166,16 @@ def test_bad_command_line_values_exit_2_before_any_work(tmp_path, capsys, args, 
     assert not out.exists()
 
 
+@pytest.mark.parametrize("args, named", [
+    (["--init-from", "encoder.ckpt"], "--init-from"),
+    (["--manifest", "other.csv"], "--manifest"),
+    (["--classes", "control,active"], "--classes"),
+])
+def test_resume_refuses_inputs_it_would_ignore(tmp_path, capsys, args, named):
+    code, _, err = run_cli(capsys, "--resume", tmp_path / "run", *args)
+    assert code == 2 and f"{named} would not apply" in err and len(err.strip().splitlines()) == 1
+
+
 def test_resume_refuses_settings_it_would_not_apply(tmp_path, capsys):
     code, _, err = run_cli(capsys, "--resume", tmp_path / "run", "--lr", "0.1", "--set", "training.epochs=9")
     assert code == 2 and "--lr, --set training.epochs would not apply" in err
