@@ -136,3 +136,28 @@ def test_bad_files_give_clear_errors(trained, tmp_path, capsys, monkeypatch):
     assert main(["predict", "--checkpoint", str(checkpoint), "--runtime", "onnx", str(manifest), "--out",
                  str(tmp_path / "p")]) == 2
     assert "pip install onnxruntime" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key, value", [("classes", "junk["), ("classes", '"one"'), ("classes", None),
+                                        ("preprocessing", '{"size": "big"}'), ("preprocessing", "[]")])
+def test_damaged_mucosa_metadata_is_one_line_naming_the_file(trained, tmp_path, capsys, key, value):
+    import onnx
+
+    checkpoint, _, _ = trained
+    good = export(checkpoint, tmp_path / "good.onnx").path
+    model = onnx.load(str(good))
+    kept = [p for p in model.metadata_props if p.key != key]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    if value is not None:
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(tmp_path / "damaged.onnx"))
+    with pytest.raises(ExportError, match=f"damaged.onnx: damaged mucosa metadata \\({key}"):
+        OnnxPredictor(tmp_path / "damaged.onnx")
+    from PIL import Image
+
+    Image.fromarray(frames(1)[0]).save(tmp_path / "frame.png")
+    assert main(["predict", "--checkpoint", str(tmp_path / "damaged.onnx"), str(tmp_path / "frame.png"),
+                 "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "damaged.onnx" in err and len(err.strip().splitlines()) == 1

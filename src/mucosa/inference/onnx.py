@@ -341,6 +341,23 @@ def export(checkpoint: str | Path, out: str | Path | None = None, int8: bool = F
 # --------------------------------------------------------------------------------------------------
 
 
+def _described(metadata: dict, name) -> tuple[list[str], Preprocessing]:
+    """The classes and preprocessing a mucosa ONNX model records, or an ExportError naming what is damaged."""
+    key = "classes"
+    try:
+        classes = json.loads(metadata[key])
+        if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) and c for c in classes)):
+            raise ValueError(f"expected a list of two or more class names, got {classes!r:.80}")
+        key = "preprocessing"
+        values = json.loads(metadata[key])
+        if not isinstance(values, dict):
+            raise ValueError(f"expected an object, got {values!r:.80}")
+        return classes, Preprocessing(**values)
+    except (KeyError, ValueError, TypeError, MucosaError) as error:  # ConfigError: a value out of range
+        why = "missing" if isinstance(error, KeyError) else " ".join(str(error).split())[:200]
+        raise ExportError(f"{name}: damaged mucosa metadata ({key}: {why}); export the checkpoint again") from None
+
+
 class OnnxPredictor:
     """Probabilities from an ONNX model written by mucosa, with its preprocessing read from the file.
 
@@ -364,8 +381,7 @@ class OnnxPredictor:
         name = "model" if isinstance(model, bytes) else model
         if self.metadata.get("format") != FORMAT:
             raise ExportError(f"{name}: not an ONNX model written by `mucosa export` (no mucosa metadata)")
-        self.classes = json.loads(self.metadata["classes"])
-        self.preprocessing = Preprocessing(**json.loads(self.metadata["preprocessing"]))
+        self.classes, self.preprocessing = _described(self.metadata, name)
         self.batch_size = batch_size
         self.checkpoint = checkpoint
 
