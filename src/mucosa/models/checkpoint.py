@@ -160,7 +160,10 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedCheckp
         raise CheckpointFileError(f"{path}: the model has {model_config.num_classes} classes but the checkpoint "
                                   f"names {len(classes)} ({', '.join(classes)})")
     prep = _settings_from(Preprocessing, info, "preprocessing", path)
-    model = create_model(model_config, pretrained=False)  # the checkpoint's weights: nothing to download
+    try:
+        model = create_model(model_config, pretrained=False)  # the checkpoint's weights: nothing to download
+    except MucosaError as error:  # e.g. a timm:NAME model where timm cannot be imported
+        raise CheckpointFileError(f"{path}: its {model_config.kind} model cannot be built here: {error}") from None
     state = {k.removeprefix("model."): v for k, v in data["state_dict"].items()
              if isinstance(k, str) and k.startswith("model.")}
     refuse_non_finite(state, path)
