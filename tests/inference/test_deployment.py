@@ -111,6 +111,39 @@ def test_an_int8_file_that_is_not_the_one_measured_is_not_used(run):
     assert open_predictor(run / "best.ckpt", device="cpu").choice["source"] == "best.onnx"
 
 
+def test_a_vouched_int8_file_that_does_not_load_falls_back_to_best_onnx(run, monkeypatch):
+    _set_int8_passed(run, True)
+    real = deployment.onnx.OnnxPredictor
+
+    def int8_unsupported(model, *args, **kwargs):  # as an ONNX Runtime without these int8 kernels
+        predictor = real(model, *args, **kwargs)
+        if predictor.metadata.get("quantization", "none") != "none":
+            raise deployment.onnx.ExportError("model: not a loadable ONNX model (NotImplemented: QLinearConv)")
+        return predictor
+
+    monkeypatch.setattr(deployment.onnx, "OnnxPredictor", int8_unsupported)
+    chosen = open_predictor(run / "best.ckpt", device="cpu").choice
+    assert (chosen["runtime"], chosen["precision"], chosen["source"]) == ("onnxruntime", "fp32", "best.onnx")
+
+
+def test_the_bytes_checked_are_the_bytes_run(run, monkeypatch):
+    _set_int8_passed(run, True)
+    measured = (run / "best.int8.onnx").read_bytes()
+    stale = (run / "best.onnx").read_bytes()
+    read = deployment.Path.read_bytes
+
+    def replaced_after_reading(path):  # another process replaces the file right after it was read
+        data = read(path)
+        if path.name == "best.int8.onnx":
+            (run / "best.int8.onnx").write_bytes(stale)
+        return data
+
+    monkeypatch.setattr(deployment.Path, "read_bytes", replaced_after_reading)
+    predictor = open_predictor(run / "best.ckpt", device="cpu")
+    assert predictor.choice["source"] == "best.int8.onnx" and predictor.model_bytes == measured
+    assert predictor.metadata.get("quantization", "none") != "none"
+
+
 def test_onnx_files_of_other_weights_are_refused(run, caplog):
     _set_int8_passed(run, True)
     data = read_checkpoint_file(run / "best.ckpt")

@@ -144,8 +144,19 @@ def deploy_after_training(checkpoint: str | Path, manifest: str | Path, cache: F
 
 
 def _open(path: Path, loaded: LoadedCheckpoint, batch_size: int, threads: int | None, device, int8: bool):
-    """The ONNX model at ``path`` when it is an export of ``loaded``'s weights (int8 or fp32 as asked), else None."""
-    predictor = onnx.OnnxPredictor(path, batch_size=batch_size, checkpoint=loaded, threads=threads, device=device)
+    """The ONNX model at ``path`` when it is an export of ``loaded``'s weights (int8 or fp32 as asked), else None
+    (a file that does not load is logged and skipped). The file is read once: the bytes checked are the bytes
+    run, also where it is replaced meanwhile; they are kept as ``predictor.model_bytes``."""
+    data = path.read_bytes()
+    entry = _mapping(_mapping(loaded.info.get(CARD_KEY)).get("int8"))
+    if int8 and sha256(data) != entry.get("sha256"):
+        log.warning("%s: not the int8 model measured for the card of %s; not used", path.name, loaded.path.name)
+        return None
+    try:
+        predictor = onnx.OnnxPredictor(data, batch_size=batch_size, checkpoint=loaded, threads=threads, device=device)
+    except MucosaError as error:
+        log.warning("%s: not used (%s)", path.name, str(error).replace("model: ", "", 1))
+        return None
     if (predictor.metadata.get("quantization", "none") != "none") != int8:
         log.warning("%s: not an %s model; not used", path.name, "int8" if int8 else "fp32")
         return None
@@ -154,6 +165,7 @@ def _open(path: Path, loaded: LoadedCheckpoint, batch_size: int, threads: int | 
     if not same:
         log.warning("%s: not exported from the weights of %s (stale); not used", path.name, loaded.path.name)
         return None
+    predictor.model_bytes = data
     return predictor
 
 
@@ -166,7 +178,8 @@ def exported_beside(loaded: LoadedCheckpoint, batch_size: int = 16, threads: int
                     device="cpu", int8: bool = True):
     """The best ONNX predictor of the files beside the checkpoint (see the module docstring), or None.
 
-    Sets ``predictor.source`` to the file's name and ``predictor.precision`` to ``int8`` or ``fp32``.
+    Sets ``predictor.source`` to the file's name, ``predictor.precision`` to ``int8`` or ``fp32`` and
+    ``predictor.model_bytes`` to the model checked (run those bytes, not the file again).
     """
     card = _mapping(loaded.info.get(CARD_KEY))  # a hand-edited card may hold anything: it then vouches for nothing
     current = bool(card) and card.get("weights_sha256") == loaded.weights_sha256
@@ -176,8 +189,6 @@ def exported_beside(loaded: LoadedCheckpoint, batch_size: int = 16, threads: int
         if not (current and entry.get("passed") is True and isinstance(entry.get("sha256"), str)):
             log.info("%s: not used (%s)", path.name, entry.get("why", "the checkpoint's card does not vouch for it")
                      if current else "the checkpoint's card does not vouch for it")
-        elif sha256(path.read_bytes()) != entry["sha256"]:
-            log.warning("%s: not the int8 model measured for the card of %s; not used", path.name, loaded.path.name)
         else:
             predictor = _open(path, loaded, batch_size, threads, device, True)
             if predictor is not None:
@@ -185,11 +196,7 @@ def exported_beside(loaded: LoadedCheckpoint, batch_size: int = 16, threads: int
                 return predictor
     path = fp32_path(loaded.path)
     if path.is_file():
-        try:
-            predictor = _open(path, loaded, batch_size, threads, device, False)
-        except MucosaError as error:
-            log.warning("%s: not used (%s)", path.name, error)
-            predictor = None
+        predictor = _open(path, loaded, batch_size, threads, device, False)
         if predictor is not None:
             predictor.source, predictor.precision = path.name, "fp32"
             return predictor

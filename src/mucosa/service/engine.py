@@ -107,11 +107,11 @@ def _finite(value) -> bool:
     return bool(np.all(np.isfinite(np.asarray(value, np.float64))))
 
 
-def _onnx_predictor(checkpoint, threads: int | None, path: Path | None = None):
-    """``onnx.OnnxPredictor`` of the checkpoint (exported in memory and parity-checked, or read from
-    ``path``) whose ONNX Runtime threads sleep between calls instead of spinning: a server shares its cores
-    with request parsing, preprocessing and video decoding, which spinning threads would slow down."""
-    model = path.read_bytes() if path is not None else to_checked_onnx(checkpoint)
+def _onnx_predictor(checkpoint, threads: int | None, path: Path | bytes | None = None):
+    """``onnx.OnnxPredictor`` of the checkpoint (exported in memory and parity-checked, read from ``path``, or
+    ``path`` given as bytes) whose ONNX Runtime threads sleep between calls instead of spinning: a server shares
+    its cores with request parsing, preprocessing and video decoding, which spinning threads would slow down."""
+    model = path if isinstance(path, bytes) else path.read_bytes() if path is not None else to_checked_onnx(checkpoint)
     predictor = OnnxPredictor(model, batch_size=8, checkpoint=checkpoint, threads=threads)
     ort = import_onnxruntime()
     options = ort.SessionOptions()
@@ -196,8 +196,8 @@ class Engine:
         candidates = [TorchPredictor(self.checkpoint, batch_size=8, threads=threads)]
         try:  # the validated int8 or fp32 export beside the checkpoint when there is one (deployment)
             beside = exported_beside(self.checkpoint, threads=threads)
-            path = None if beside is None else self.path.with_name(beside.source)
-            candidates.append(_onnx_predictor(self.checkpoint, threads, path))
+            model = None if beside is None else beside.model_bytes  # the bytes checked, not the file read again
+            candidates.append(_onnx_predictor(self.checkpoint, threads, model))
         except (MucosaError, ImportError) as error:
             log.warning("ONNX runtime not used: %s", error)
         timings = {p.runtime: _ms_per_frame(p, self.prep.size) for p in candidates}
