@@ -45,6 +45,21 @@ def test_one_device_is_one_process_and_a_single_device_name_is_refused(tmp_path,
     Processes(devices=2, num_nodes=2).check_launcher()  # settings that say several: Lightning checks the count
 
 
+def test_several_nodes_without_a_launcher_are_refused_instead_of_waiting_a_day(monkeypatch):
+    import os
+
+    from mucosa.inference.distributed import _fabric
+
+    for key in [k for k in os.environ if k.startswith(("SLURM_", "TORCHELASTIC_")) or k in (
+            "NODE_RANK", "MASTER_ADDR", "WORLD_SIZE", "LOCAL_RANK", "GROUP_RANK")]:
+        monkeypatch.delenv(key)
+    with pytest.raises(ConfigError, match="num_nodes 2: no SLURM job or torchrun .*NODE_RANK"):
+        _fabric(Processes("cpu", devices=1, num_nodes=2))
+    monkeypatch.setenv("NODE_RANK", "0")  # Lightning's own way: the same command on each machine, by hand
+    monkeypatch.setenv("MASTER_ADDR", "localhost")
+    assert _fabric(Processes("cpu", devices=1, num_nodes=2)).world_size == 2
+
+
 def test_settings_that_disagree_with_slurm_are_refused_before_any_work(monkeypatch):
     from mucosa.inference.distributed import _fabric
 

@@ -94,12 +94,25 @@ def _fabric(processes: Processes):
         strategy = fabric.strategy  # SLURM's or torchrun's process counts must match (checked again at launch)
         strategy.cluster_environment.validate_settings(num_devices=strategy.num_processes,
                                                        num_nodes=strategy.num_nodes)
-        return fabric
     except (ValueError, TypeError, RuntimeError, ImportError) as error:  # MisconfigurationException: ValueError
         lines = str(error).strip().splitlines()
         raise ConfigError(f"accelerator {processes.accelerator}, devices {processes.devices}, num_nodes "
                           f"{processes.num_nodes}: Lightning cannot use them here "
                           f"({lines[0][:300] if lines else type(error).__name__})") from None
+    _check_nodes_started(processes, strategy.cluster_environment)
+    return fabric
+
+
+def _check_nodes_started(processes: Processes, environment) -> None:
+    """Refuse several nodes where nothing starts the other machines: without SLURM, torchrun or Lightning's
+    NODE_RANK and MASTER_ADDR, rank 0 would wait up to :data:`WAIT` (a day) for nodes that never come."""
+    from lightning.fabric.plugins.environments import LightningEnvironment
+
+    manual = any(os.environ.get(name) for name in ("NODE_RANK", "MASTER_ADDR"))
+    if processes.num_nodes > 1 and type(environment) is LightningEnvironment and not manual:
+        raise ConfigError(f"num_nodes {processes.num_nodes}: no SLURM job or torchrun started the other machines, "
+                          "and nothing else will: run under srun or torchrun (README: Several GPUs, nodes, SLURM "
+                          "and torchrun), or set NODE_RANK and MASTER_ADDR on each machine")
 
 
 def _portable(error: BaseException, rank: int) -> BaseException:
