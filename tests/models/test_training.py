@@ -245,3 +245,19 @@ def test_ddp_two_cpu_processes_see_disjoint_data(tmp_path):
     checkpoints = sorted(p.name for p in run.glob("*.ckpt"))
     assert checkpoints == ["best.ckpt", "last.ckpt"]
     assert np.isfinite(epoch_metrics(run)[0]["train_loss"])
+
+
+def test_several_nodes_without_a_launcher_are_refused_before_training(monkeypatch):
+    import os
+
+    from mucosa.models.config import config_from_dict
+    from mucosa.models.training import check_hardware_settings
+
+    for key in [k for k in os.environ if k.startswith(("SLURM_", "TORCHELASTIC_")) or k in (
+            "NODE_RANK", "MASTER_ADDR", "WORLD_SIZE", "LOCAL_RANK", "GROUP_RANK")]:
+        monkeypatch.delenv(key)
+    config = config_from_dict({"training": {"accelerator": "cpu", "devices": 1, "num_nodes": 2}})
+    with pytest.raises(ConfigError, match="num_nodes 2: no SLURM job or torchrun"):
+        check_hardware_settings(config)  # rank 0 would otherwise wait for a node that never comes
+    monkeypatch.setenv("NODE_RANK", "0")
+    check_hardware_settings(config)

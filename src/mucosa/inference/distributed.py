@@ -27,6 +27,7 @@ from datetime import timedelta
 from typing import Any
 
 from mucosa.errors import ConfigError, MucosaError
+from mucosa.models.tracking import check_nodes_started
 
 log = logging.getLogger(__name__)
 
@@ -99,20 +100,8 @@ def _fabric(processes: Processes):
         raise ConfigError(f"accelerator {processes.accelerator}, devices {processes.devices}, num_nodes "
                           f"{processes.num_nodes}: Lightning cannot use them here "
                           f"({lines[0][:300] if lines else type(error).__name__})") from None
-    _check_nodes_started(processes, strategy.cluster_environment)
+    check_nodes_started(processes.num_nodes, strategy.cluster_environment)
     return fabric
-
-
-def _check_nodes_started(processes: Processes, environment) -> None:
-    """Refuse several nodes where nothing starts the other machines: without SLURM, torchrun or Lightning's
-    NODE_RANK and MASTER_ADDR, rank 0 would wait up to :data:`WAIT` (a day) for nodes that never come."""
-    from lightning.fabric.plugins.environments import LightningEnvironment
-
-    manual = any(os.environ.get(name) for name in ("NODE_RANK", "MASTER_ADDR"))
-    if processes.num_nodes > 1 and type(environment) is LightningEnvironment and not manual:
-        raise ConfigError(f"num_nodes {processes.num_nodes}: no SLURM job or torchrun started the other machines, "
-                          "and nothing else will: run under srun or torchrun (README: Several GPUs, nodes, SLURM "
-                          "and torchrun), or set NODE_RANK and MASTER_ADDR on each machine")
 
 
 def _portable(error: BaseException, rank: int) -> BaseException:

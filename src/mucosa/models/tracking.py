@@ -208,3 +208,22 @@ def fit_trainer(trainer, *args, **kwargs) -> None:
     finally:
         if main and handler is not None:
             signal.signal(signal.SIGINT, handler)
+
+
+def check_nodes_started(num_nodes: int, environment) -> None:
+    """Refuse several nodes where nothing starts the other machines (``environment``: Lightning's cluster
+    environment): without SLURM, torchrun or Lightning's NODE_RANK and MASTER_ADDR, rank 0 would wait for nodes
+    that never come (up to a day in ``mucosa predict``, half an hour in training), printing nothing.
+
+    Raises:
+        ConfigError: naming the ways to start them.
+    """
+    import os
+
+    from lightning.fabric.plugins.environments import LightningEnvironment
+
+    manual = any(os.environ.get(name) for name in ("NODE_RANK", "MASTER_ADDR"))
+    if num_nodes > 1 and type(environment) is LightningEnvironment and not manual:
+        raise ConfigError(f"num_nodes {num_nodes}: no SLURM job or torchrun started the other machines, and nothing "
+                          "else will: run under srun or torchrun (README: Several GPUs, nodes, SLURM and torchrun), "
+                          "or set NODE_RANK and MASTER_ADDR on each machine")

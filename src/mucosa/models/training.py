@@ -57,7 +57,7 @@ from mucosa.models.dataset import (
     worker_init,
 )
 from mucosa.models.networks import create_model
-from mucosa.models.tracking import RunCheckpoint, fit_trainer, make_loggers, require_logger
+from mucosa.models.tracking import RunCheckpoint, check_nodes_started, fit_trainer, make_loggers, require_logger
 
 
 class TrainingDivergedError(MucosaError):
@@ -272,13 +272,14 @@ def check_hardware_settings(config: RunConfig) -> None:
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:
-        L.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
-                  precision=t.precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                  enable_model_summary=False)
+        trainer = L.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+                            precision=t.precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False)
     except _TRAINER_ERRORS as error:
         raise _trainer_error(error, config) from None
     finally:
         quiet.setLevel(level)
+    check_nodes_started(t.num_nodes, getattr(trainer.strategy, "cluster_environment", None))
 
 
 def plan_run(manifest: str | Path, config: RunConfig, out: Path, cache: FrameCache | None = None,
