@@ -172,6 +172,23 @@ def test_a_failed_export_keeps_the_training_run(run, monkeypatch, caplog):
     assert (run / "best.ckpt").read_bytes() == before and not (run / "best.onnx").exists()
 
 
+def test_a_card_that_cannot_be_written_leaves_no_onnx_files(run, monkeypatch, caplog):
+    from mucosa.atomic import WriteError
+
+    for path in (run / "best.onnx", run / "best.int8.onnx"):
+        path.unlink()
+
+    def full(path, key, value):
+        raise WriteError(f"cannot write {path}: No space left on device")
+
+    monkeypatch.setattr(deployment, "record_in_card", full)
+    with caplog.at_level(logging.WARNING, logger="mucosa"):
+        assert deployment.deploy_after_training(run / "best.ckpt", run / "split.csv") is None
+    assert "ONNX models not written" in caplog.text
+    assert not (run / "best.onnx").exists() and not (run / "best.int8.onnx").exists()
+    assert not [p for p in run.iterdir() if ".tmp" in p.name]
+
+
 def test_a_failed_int8_export_is_recorded_and_fp32_still_written(run, deployed, monkeypatch):
     def broken(model, calibration):
         raise ValueError("no calibration")

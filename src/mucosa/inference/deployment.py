@@ -99,14 +99,25 @@ def deploy(checkpoint: str | Path, manifest: str | Path, cache: FrameCache | Non
         the card entry written (also under ``CARD_KEY`` in the checkpoint's description).
 
     Raises:
-        onnx.ExportError: the fp32 graph fails its parity check (nothing is written). WriteError: a file cannot
-        be written. An int8 failure is recorded in the card (``passed``: false, ``why``), not raised.
+        onnx.ExportError: the fp32 graph fails its parity check (nothing is written). WriteError: a file or the
+        card cannot be written (then neither ONNX file is left beside the checkpoint). An int8 failure is
+        recorded in the card (``passed``: false, ``why``), not raised.
     """
     checkpoint = Path(checkpoint)
     loaded = load_checkpoint(checkpoint)
     model = onnx.to_onnx(loaded)
     diffs = onnx.parity(loaded, model)
     onnx._check_parity(diffs, checkpoint)
+    try:
+        return _write_and_record(checkpoint, loaded, model, diffs, manifest, cache)
+    except BaseException:  # the card could not record them (disk full, Ctrl-C): no files that say otherwise
+        for path in (fp32_path(checkpoint), int8_path(checkpoint)):
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _write_and_record(checkpoint: Path, loaded: LoadedCheckpoint, model: bytes, diffs: dict, manifest, cache) -> dict:
+    """Write both files and record them in the card (:func:`deploy`)."""
     atomic.write_bytes(fp32_path(checkpoint), model)
     card = {"weights_sha256": loaded.weights_sha256, "bounds": BOUNDS,
             "fp32": {"file": fp32_path(checkpoint).name, "sha256": sha256(model),
