@@ -268,7 +268,7 @@ def test_frame_is_pure_function_of_rng_and_has_expected_types() -> None:
 
 
 def test_patients_differ_in_style_more_than_frames_within_a_patient(tmp_path: Path) -> None:
-    rows = _rows(synthesize_cohort(tmp_path, patients=6, per_patient=6, size=64, seed=2))
+    rows = _rows(synthesize_cohort(tmp_path, patients=6, per_patient=12, size=48, seed=2))
     means: dict[str, list[float]] = {}
     for r in rows:
         if not (r["mask"] and _load(tmp_path / r["mask"]).any()):  # style, not signs

@@ -1,9 +1,21 @@
-"""Synthetic CLE cohort generator for demos and tests.
+"""Synthetic CLE cohort generator for demos and tests (``mucosa synth``).
 
 Everything written here is *synthetic*: crypt-like tissue drawn from simple geometry and noise, loosely
-following the look described in Udristoiu et al. 2021 (normal mucosa: round, evenly spaced crypts with
-dark goblet cells and thin vessels of uniform calibre; inflamed mucosa: irregular crypts, dilated
-tortuous vessels, fluorescein leakage and infiltrating cells, here in blob-shaped lesion patches).
+following the look described in Udristoiu et al. 2021 and the CLE literature on Crohn's disease.
+
+* What separates the labels: the signs of active disease (:data:`SIGNS`), drawn in one to three patches
+  (the mask): distorted, irregularly spaced and missing crypts; dilated, tortuous capillaries of uneven
+  calibre; fluorescein leakage into the lamina propria and the crypt lumina; a dense cellular infiltrate.
+  They appear in :data:`SIGNS_SHARE` (11 in 12, rounded) of an active patient's images; its other images, one
+  run of consecutive frames from the start of a site, look like a control's. No control image shows them.
+* What does not: each patient's style (gain, offset, contrast curve, shot and read noise, crypt size,
+  blur, vessel width, vignetting, mild crypt irregularity, probe artefacts: dust specks and line banding).
+  It is drawn the same way for every patient, stratified within each label so that even a small cohort
+  holds no chance link between style and label (:func:`cohort_styles`), and recorded in ``styles.csv``.
+* Frames come in sites of :data:`FRAMES_PER_SITE`: overlapping views of one place of the mucosa, as when the
+  probe rests and drifts. A split that puts a patient's frames on both sides (the paper's within-patient
+  split) thus tests on near-duplicates of training frames, and a model that memorises a patient gains.
+
 It is not medical data and says nothing about real disease.
 """
 
@@ -37,9 +49,9 @@ __all__ = ["REGIONS", "SIGNS", "SIGNS_SHARE", "STYLE_FIELDS", "PatientStyle", "c
 REGIONS = ("rectum", "left colon", "transverse colon", "right colon", "terminal ileum")
 ACTIVE_FRACTION = 0.6  # share of patients labelled active
 NORMAL_CONTROL_FRACTION = 0.2  # share of controls in group "normal" (the rest: mucosal healing)
-FRAMES_PER_SITE = 4  # consecutive frames of one place of the mucosa (the probe resting and drifting)
+FRAMES_PER_SITE = 3  # consecutive frames of one place of the mucosa (the probe resting and drifting)
 SITE_DRIFT = 0.03  # how far the probe drifts over a site, as a share of the frame side
-SIGNS_SHARE = 0.875  # share of an active patient's images that show the signs of active disease (rounded)
+SIGNS_SHARE = 11 / 12  # share of an active patient's images that show the signs of active disease (rounded)
 OVERLAY_SCALE = 1.25  # canvas side / frame side in overlay mode
 
 
@@ -150,12 +162,12 @@ def _assign_groups(patients: int, seed: int) -> list[tuple[str, str]]:
 
 def _frames_with_signs(rng: np.random.Generator, per_patient: int, active: bool) -> np.ndarray:
     """(per_patient,) bool: which frames show the signs: ``SIGNS_SHARE`` of an active patient's (rounded, at
-    least one), all but one run of consecutive frames that starts at random (the probe off the patches); none
-    of a control's."""
+    least one), all but one run of consecutive frames that starts with a site chosen at random (the probe off
+    the patches); none of a control's."""
     if not active:
         return np.zeros(per_patient, dtype=bool)
     free = per_patient - max(1, int(math.floor(SIGNS_SHARE * per_patient + 0.5)))
-    start = int(rng.integers(0, per_patient - free + 1))
+    start = int(rng.choice(np.arange(0, per_patient - free + 1, FRAMES_PER_SITE)))
     chosen = np.ones(per_patient, dtype=bool)
     chosen[start : start + free] = False
     return chosen
@@ -314,14 +326,17 @@ Patients: {patients} ({n_active} active CD, {patients - n_active - n_normal} muc
 {per_patient} grayscale PNG frames each ({frame}). Labels are per patient (active / control).
 
 How the frames are drawn: a jittered hexagonal lattice of round crypts (dark lumen, bright epithelium
-with dark goblet-cell dots) and thin capillaries of uniform calibre between them. {SIGNS_SHARE:.0%} of an
-active patient's frames (rounded) show the signs of active Crohn's disease in one to three patches (the
+with dark goblet-cell dots) and thin capillaries of uniform calibre between them. {SIGNS_SHARE:.0%} (11 in
+12, rounded) of an active patient's frames show the signs of active Crohn's disease in one to three patches (the
 mask): distorted, irregularly spaced and missing crypts, dilated tortuous vessels, fluorescein leakage and
-a dense cellular infiltrate; its other frames look like a control's (labels are per patient). Each patient
-has its own gain, contrast, noise, crypt scale, blur and probe artefacts (dust specks, line banding),
-drawn the same way whatever the label. Regions are metadata only.
+a dense cellular infiltrate; its other frames (one run of consecutive frames) look like a control's
+(labels are per patient). Frames come in sites of {FRAMES_PER_SITE} overlapping views of one place. Each
+patient has its own gain, contrast, noise, crypt scale, blur and probe artefacts (dust specks, line
+banding), drawn the same way whatever the label and stratified within each label, so that style does not
+predict the label (styles.csv records them). Regions are metadata only.
 
 Layout: images/<label>/<patient>/<patient>_<region>_<NNN>.png, masks/<patient>/<same name>.png (lesion mask,
-0/255, active patients only), manifest.csv (path,label,patient,region,group,mask; paths relative to it).
+0/255, active patients only), manifest.csv (path,label,patient,region,group,mask; paths relative to it),
+styles.csv (each patient's label, group and style).
 """
     (out / "README.txt").write_text(text, encoding="utf-8")
