@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+import yaml
 
 from mucosa.cli import main
 from mucosa.data.cache import FrameCache
@@ -186,10 +187,24 @@ def test_compare_builds_table_iii_and_paired_test(trained, tmp_path, capsys):
 
 
 def test_demo_quick_runs_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 0
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--seed", "3"]) == 0
     out = capsys.readouterr().out
     assert "SYNTHETIC" in out and "comparison.html" in out
     rows = read_csv(tmp_path / "demo" / "report" / "table.csv")
     assert [r["run"] for r in rows] == ["cnn-lstm_within-patient", "cnn_within-patient", "cnn-lstm_patient",
                                         "cnn_patient"]
     assert "synthetic" in (tmp_path / "demo" / "report" / "comparison.md").read_text().lower()
+    # the seed reaches the cohort and the training; patients are called by the share of their frames called
+    # active, and the within-patient split tests on every patient, the patient split on unseen ones
+    assert "seed=3" in (tmp_path / "demo" / "cohort" / "README.txt").read_text()
+    assert (tmp_path / "demo" / "cohort" / "styles.csv").is_file()
+    for run in ("cnn_within-patient", "cnn_patient"):
+        metrics = json.loads((tmp_path / "demo" / "runs" / run / "evaluation" / "metrics.json").read_text())
+        assert metrics["aggregation"] == "share"
+        assert yaml.safe_load((tmp_path / "demo" / "runs" / run / "config.yaml").read_text())["training"]["seed"] == 3
+    split = {run: read_csv(tmp_path / "demo" / "runs" / run / "split.csv") for run in ("cnn_within-patient",
+                                                                                     "cnn_patient")}
+    test_patients = {run: {r["patient"] for r in rows if r["split"] == "test"} for run, rows in split.items()}
+    train_patients = {run: {r["patient"] for r in rows if r["split"] == "train"} for run, rows in split.items()}
+    assert test_patients["cnn_within-patient"] == train_patients["cnn_within-patient"]
+    assert not test_patients["cnn_patient"] & train_patients["cnn_patient"]

@@ -79,7 +79,11 @@ def test_grad_cam_points_at_the_lesions(trained, held_out):
     rng = np.random.default_rng(0)
     noise = [ndi.gaussian_filter(rng.random((SIZE, SIZE)), 4) for _ in cams]  # smooth random maps
     found = hit_rate(cams, masks)
-    mismatched = hit_rate(cams, masks[1:] + masks[:1])  # each map against another frame's lesions
+    # each map against another frame's lesions, less the part that overlaps its own (the patches are large
+    # and lie mostly in the middle of the frame, so two frames' patches often overlap)
+    others = [other & ~own for own, other in zip(masks, masks[1:] + masks[:1])]
+    kept = [i for i, other in enumerate(others) if other.any()]
+    mismatched = hit_rate([cams[i] for i in kept], [others[i] for i in kept])
     random = hit_rate(noise, masks)
     # Without localisation a map beats its lesion about half the time (the two baselines; the mismatched
     # one also absorbs any preference of the maps for some part of the frame). Seeds 0-3 of this training
