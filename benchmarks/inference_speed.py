@@ -31,12 +31,8 @@ Prints, at 300x300 by default:
 Without ``--checkpoint`` the model has random weights (speed does not depend on them). Results vary with
 the load of the machine: the load average is printed before and after. ``--json`` prints one JSON object per line.
 
-    keras = {} if args.no_keras else keras_rates(args, config, peak, emit)
-    checkpoint, impls, onnx_models = implementations(args.size, args.checkpoint)
-    default = impls["default"][1]
-    emit({"bench": "default", "choice": default.choice}, f"default path (--runtime auto): {describe(default.choice)}")
-    if args.impls:
-        impls = {k: v for k, v in impls.items() if k in args.impls}
+    python benchmarks/inference_speed.py [--size 300] [--batches 1 16] [--checkpoint C.ckpt] [--impls ...]
+        [--seconds 3] [--video PATH] [--no-stream] [--keras-python PATH | --no-keras] [--json]
 """
 
 from __future__ import annotations
