@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from media import write_gray_clip
 from mucosa.atomic import write_torch
 from mucosa.cli import main
 from mucosa.data.cache import FrameCache
@@ -90,26 +91,12 @@ def test_folder_is_one_case_and_a_single_image_its_own(trained, tmp_path):
         assert row["probability"] == from_manifest[(str(Path(row["path"]).resolve()), 0)]["probability"]
 
 
-def _clip(path: Path, frames: list[np.ndarray], rate: int = 24) -> None:
-    """A lossless gray AVI (FFV1) of float frames (H, W) in [0, 1]."""
-    import av
-
-    with av.open(str(path), "w", format="avi") as container:
-        stream = container.add_stream("ffv1", rate=rate)
-        stream.height, stream.width = frames[0].shape
-        stream.pix_fmt = "gray"
-        for frame in frames:
-            image = av.VideoFrame.from_ndarray(np.round(frame * 255).astype(np.uint8), format="gray")
-            container.mux(stream.encode(image))
-        container.mux(stream.encode())
-
-
 @pytest.mark.realdata
 def test_video_black_frame_is_reported_unused_and_the_rest_agrees_with_evaluate(gated, pcle_brain, tmp_path):
     frames = [f for _, f in iter_video_frames(pcle_brain / "glioblastoma" / "gbm-01.mpg", "0-23")]
     frames[12] = np.zeros_like(frames[12])
     video = tmp_path / "clip.avi"
-    _clip(video, frames)
+    write_gray_clip(video, [np.round(f * 255).astype(np.uint8) for f in frames])
     result = predict(gated, [video], tmp_path / "p")
     rows = read_csv(tmp_path / "p" / "predictions.csv")
     assert [int(r["frame"]) for r in rows] == list(range(24))
