@@ -212,3 +212,16 @@ def test_commands_print_and_record_the_runtime_chosen(run, tmp_path, capsys):
     assert "runtime: onnxruntime fp32 on cpu (onnx; best.onnx)" in capsys.readouterr().out.splitlines()
     recorded = json.loads((tmp_path / "e" / "metrics.json").read_text())["runtime"]
     assert recorded["source"] == "best.onnx" and recorded["line"] == describe(recorded)
+
+
+def test_only_the_first_process_writes_the_onnx_files(monkeypatch, tmp_path):
+    """Under SLURM Lightning sets SLURM_PROCID, not LOCAL_RANK: a second task must not export too."""
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert deployment._rank() == 0
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    assert deployment._rank() == 1
+    assert deployment.deploy_after_training(tmp_path / "best.ckpt", tmp_path / "split.csv") is None
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("NODE_RANK", "2")
+    assert deployment._rank() == 2

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mucosa import atomic
 from mucosa.data.cache import FrameCache
@@ -321,7 +322,9 @@ class _ShareWork:
     classes: list[str] | None = None  # the model's, once opened in this process
 
     def __call__(self, share: list[Source], device, rank: int) -> list[FileScores | str]:
-        predictor = open_predictor(self.checkpoint, self.runtime, self.batch_size, self.threads, device)
+        # default threads: the share Lightning gave this process (ONNX Runtime would take every core in each)
+        threads = self.threads or torch.get_num_threads()
+        predictor = open_predictor(self.checkpoint, self.runtime, self.batch_size, threads, device)
         self.classes = predictor.classes
         outcomes: list[FileScores | str] = []
         for done, source in enumerate(share, start=1):

@@ -135,11 +135,19 @@ def _first_line(error: BaseException) -> str:
     return type(error).__name__ + (f": {lines[0][:300]}" if lines else "")
 
 
+def _rank() -> int:
+    """This process's global rank as Lightning reads it (``RANK``, ``LOCAL_RANK``, ``SLURM_PROCID``...; 0 alone),
+    and ``NODE_RANK`` for nodes started by hand."""
+    from lightning.fabric.utilities.rank_zero import _get_rank
+
+    return (_get_rank() or 0) or int(os.environ.get("NODE_RANK", "0") or 0)
+
+
 def deploy_after_training(checkpoint: str | Path, manifest: str | Path, cache: FrameCache | None = None
                           ) -> dict | None:
     """:func:`deploy`, logging a warning instead of raising: the trained checkpoint stays valid without it.
     Only the first process of a multi-process run writes (the others return None)."""
-    if any(os.environ.get(name, "0") != "0" for name in ("LOCAL_RANK", "NODE_RANK")):
+    if _rank() != 0:
         return None
     try:
         card = deploy(checkpoint, manifest, cache)

@@ -128,10 +128,13 @@ def providers(device: str | torch.device = "cpu") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def _session(model: bytes | Path, threads: int | None = None, device: str | torch.device = "cpu"):
+def _session(model: bytes | Path, threads: int | None = None, device: str | torch.device = "cpu",
+             spinning: bool = True):
     ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or 0  # 0: one per physical core
+    if not spinning:  # threads sleep between calls instead of spinning (a server shares its cores)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only: the NCHWc layout warning is about saving, which we do not
     # no memory pattern per input shape: batches of every size (a case's last batch, the quality gate's drops)
     # would each keep one, and the memory of a long-running server would grow with them (1% slower at most)
@@ -370,12 +373,12 @@ class OnnxPredictor:
 
     def __init__(self, model: bytes | str | Path, batch_size: int = 16,
                  checkpoint: LoadedCheckpoint | None = None, threads: int | None = None,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", spinning: bool = True) -> None:
         if not isinstance(model, bytes):
             model = Path(model)
             if not model.is_file():
                 raise ExportError(f"{model}: ONNX model not found")
-        self.session = _session(model, threads, device)
+        self.session = _session(model, threads, device, spinning)
         self.device = resolve_device(device)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         name = "model" if isinstance(model, bytes) else model

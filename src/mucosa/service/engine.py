@@ -44,7 +44,7 @@ from mucosa.errors import ConfigError, ModelOutputError, MucosaError, Unreadable
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.classifier import Classifier
 from mucosa.inference.deployment import CARD_KEY, exported_beside
-from mucosa.inference.onnx import OnnxPredictor, import_onnxruntime, to_checked_onnx
+from mucosa.inference.onnx import OnnxPredictor, to_checked_onnx
 from mucosa.inference.pytorch import TorchPredictor, resolve_device
 from mucosa.inference.stream import Smoother
 from mucosa.models.checkpoint import load_checkpoint, read_checkpoint_file
@@ -112,14 +112,7 @@ def _onnx_predictor(checkpoint, threads: int | None, path: Path | bytes | None =
     ``path`` given as bytes) whose ONNX Runtime threads sleep between calls instead of spinning: a server shares
     its cores with request parsing, preprocessing and video decoding, which spinning threads would slow down."""
     model = path if isinstance(path, bytes) else path.read_bytes() if path is not None else to_checked_onnx(checkpoint)
-    predictor = OnnxPredictor(model, batch_size=8, checkpoint=checkpoint, threads=threads)
-    ort = import_onnxruntime()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or 0
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    predictor.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    return predictor
+    return OnnxPredictor(model, batch_size=8, checkpoint=checkpoint, threads=threads, spinning=False)
 
 
 def _ms_per_frame(predictor, size: int, calls: int = 6) -> float:
