@@ -113,8 +113,16 @@ def test_serves_an_onnx_export_of_its_checkpoint(serve_checkpoint, engine, frame
         if entry.key == "classes":
             entry.value = json.dumps(["normal", "inflamed"])
     onnx.save(model, tmp_path / "other.onnx")
-    with pytest.raises(ConfigError, match="not exported from"):
+    with pytest.raises(ConfigError, match="not an export of"):
         Engine(serve_checkpoint, device="cpu", onnx=tmp_path / "other.onnx")
+    for entry in model.metadata_props:  # the right classes, but exported from other weights (stale)
+        if entry.key == "classes":
+            entry.value = json.dumps(engine.classes)
+        elif entry.key == "weights_sha256":
+            entry.value = "0" * 64
+    onnx.save(model, tmp_path / "stale.onnx")
+    with pytest.raises(ConfigError, match="current weights"):
+        Engine(serve_checkpoint, device="cpu", onnx=tmp_path / "stale.onnx")
     with pytest.raises(ConfigError, match="not found"):
         Engine(serve_checkpoint, device="cpu", onnx=tmp_path / "none.onnx")
 

@@ -179,9 +179,7 @@ def _open(path: Path, loaded: LoadedCheckpoint, batch_size: int, threads: int | 
     if (predictor.metadata.get("quantization", "none") != "none") != int8:
         log.warning("%s: not an %s model; not used", path.name, "int8" if int8 else "fp32")
         return None
-    same = (predictor.metadata.get("weights_sha256") == loaded.weights_sha256 and predictor.classes == loaded.classes
-            and predictor.preprocessing == loaded.preprocessing)
-    if not same:
+    if not onnx.exported_from(predictor, loaded):
         log.warning("%s: not exported from the weights of %s (stale); not used", path.name, loaded.path.name)
         return None
     predictor.model_bytes = data

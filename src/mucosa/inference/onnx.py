@@ -78,6 +78,12 @@ class _Deployed(torch.nn.Module):
         return logits, probabilities(logits)
 
 
+def exported_from(predictor: OnnxPredictor, checkpoint: LoadedCheckpoint) -> bool:
+    """Whether an ONNX model is an export of the checkpoint's current weights, classes and preprocessing."""
+    return (predictor.metadata.get("weights_sha256") == checkpoint.weights_sha256
+            and predictor.classes == checkpoint.classes and predictor.preprocessing == checkpoint.preprocessing)
+
+
 def metadata(checkpoint: LoadedCheckpoint, quantization: str = "none") -> dict[str, str]:
     """The ``metadata_props`` of an exported model: preprocessing, classes and provenance, as strings."""
     prep = checkpoint.preprocessing

@@ -44,7 +44,7 @@ from mucosa.errors import ConfigError, ModelOutputError, MucosaError, Unreadable
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.classifier import Classifier
 from mucosa.inference.deployment import CARD_KEY, exported_beside
-from mucosa.inference.onnx import OnnxPredictor, to_checked_onnx
+from mucosa.inference.onnx import OnnxPredictor, exported_from, to_checked_onnx
 from mucosa.inference.pytorch import TorchPredictor, resolve_device
 from mucosa.inference.stream import Smoother
 from mucosa.models.checkpoint import load_checkpoint, read_checkpoint_file
@@ -203,9 +203,9 @@ class Engine:
         if not path.is_file():
             raise ConfigError(f"--onnx {path}: not found")
         predictor = _onnx_predictor(self.checkpoint, threads, path)
-        if predictor.classes != self.classes or predictor.preprocessing != self.prep:
-            raise ConfigError(f"--onnx {path.name}: not exported from {self.path.name} (its classes or "
-                              "preprocessing differ)")
+        if not exported_from(predictor, self.checkpoint):
+            raise ConfigError(f"--onnx {path.name}: not an export of {self.path.name}'s current weights, classes and "
+                              "preprocessing (or written by an older mucosa): export it again")
         return predictor
 
     def card(self) -> dict:
