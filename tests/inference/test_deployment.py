@@ -194,9 +194,10 @@ def test_a_failed_int8_export_is_recorded_and_fp32_still_written(run, deployed, 
         raise ValueError("no calibration")
 
     monkeypatch.setattr(deployment.onnx, "quantize_int8", broken)
-    (run / "best.int8.onnx").unlink()
+    assert (run / "best.int8.onnx").is_file()  # the earlier export's: it must not outlive the new card
     card = deployment.deploy(run / "best.ckpt", run / "split.csv", deployed[2])
     assert card["int8"]["passed"] is False and "ValueError: no calibration" in card["int8"]["why"]
+    assert not (run / "best.int8.onnx").exists()
     assert open_predictor(run / "best.ckpt", device="cpu").choice["source"] == "best.onnx"
 
 

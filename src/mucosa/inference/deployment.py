@@ -125,6 +125,7 @@ def _write_and_record(checkpoint: Path, loaded: LoadedCheckpoint, model: bytes, 
     try:
         card["int8"] = _int8_entry(loaded, model, manifest, cache, int8_path(checkpoint))
     except Exception as error:  # quantization raises its libraries' own types; fp32 stays usable
+        int8_path(checkpoint).unlink(missing_ok=True)  # an older run's file would only mislead
         card["int8"] = {"file": None, "passed": False, "why": f"not exported: {_first_line(error)}"}
     record_in_card(checkpoint, CARD_KEY, card)
     return card
