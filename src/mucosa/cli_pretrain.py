@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mucosa import cli_checks as checks
 from mucosa.atomic import check_writable_folder
+from mucosa.cli_inference import open_cache
 
 # flag -> (its setting, its argparse name)
 _SHORTCUTS = {"--model": ("model.kind", "model"), "--size": ("model.size", "size"),
@@ -66,7 +67,6 @@ def _settings(args: argparse.Namespace) -> tuple[dict, dict]:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from mucosa.data.cache import FrameCache
     from mucosa.errors import ConfigError
     from mucosa.models.config import apply_settings, load_config
     from mucosa.models.pretraining import pretrain, resume_pretraining
@@ -78,8 +78,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
             raise ConfigError(f"--resume continues {args.resume} with its own settings; {', '.join(given)} would not "
                               "apply")
         check_writable_folder(args.resume, "pretraining folder")
-        cache = FrameCache(args.cache)
-        check_writable_folder(cache.root, "cache folder")
+        cache = open_cache(args.cache)
         encoder = resume_pretraining(args.resume, cache)
     else:
         if not args.manifest or not args.out:
@@ -87,7 +86,6 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         config = apply_settings(load_config(args.config), settings, "command line", labels)
         parts = [p.strip() for p in args.parts.split(",") if p.strip()] if args.parts else None
         check_writable_folder(args.out, "pretraining folder")
-        cache = FrameCache(args.cache)
-        check_writable_folder(cache.root, "cache folder")
+        cache = open_cache(args.cache)
         encoder = pretrain(args.manifest, config, args.out, cache, parts, args.temperature, args.projection_dim)
     print(f"encoder: {encoder} (fine-tune it: mucosa train --init-from {encoder} ...)")

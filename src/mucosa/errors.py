@@ -23,3 +23,13 @@ class MucosaWarning(UserWarning):
 
 class ModelOutputError(MucosaError):
     """The model produced numbers that cannot support a verdict (NaN or infinite probabilities)."""
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message`` (at most ``limit`` characters), also for errors without a message.
+
+    >>> first_line(ValueError("bad value\\nmore detail"))
+    'ValueError: bad value'
+    """
+    lines = str(error).strip().splitlines()
+    return type(error).__name__ + (f": {lines[0][:limit]}" if lines else "")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from mucosa import atomic
 from mucosa.data.cache import FrameCache
-from mucosa.errors import MucosaError
+from mucosa.errors import MucosaError, first_line
 from mucosa.inference import onnx
 from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint, record_in_card
 
@@ -126,14 +126,9 @@ def _write_and_record(checkpoint: Path, loaded: LoadedCheckpoint, model: bytes, 
         card["int8"] = _int8_entry(loaded, model, manifest, cache, int8_path(checkpoint))
     except Exception as error:  # quantization raises its libraries' own types; fp32 stays usable
         int8_path(checkpoint).unlink(missing_ok=True)  # an older run's file would only mislead
-        card["int8"] = {"file": None, "passed": False, "why": f"not exported: {_first_line(error)}"}
+        card["int8"] = {"file": None, "passed": False, "why": f"not exported: {first_line(error, 300)}"}
     record_in_card(checkpoint, CARD_KEY, card)
     return card
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return type(error).__name__ + (f": {lines[0][:300]}" if lines else "")
 
 
 def _rank() -> int:
@@ -154,7 +149,7 @@ def deploy_after_training(checkpoint: str | Path, manifest: str | Path, cache: F
         card = deploy(checkpoint, manifest, cache)
     except Exception as error:  # noqa: BLE001 - an export problem must never lose the training run
         log.warning("%s: ONNX models not written (%s); the checkpoint is fine and runs with PyTorch or an "
-                    "in-memory export", Path(checkpoint).name, _first_line(error))
+                    "in-memory export", Path(checkpoint).name, first_line(error, 300))
         return None
     int8 = card["int8"]
     log.info("ONNX models -> %s%s; int8 %s (%s)", card["fp32"]["file"],

@@ -21,7 +21,7 @@ import importlib
 import torch
 from torch import nn
 
-from mucosa.errors import ConfigError, MucosaError
+from mucosa.errors import ConfigError, MucosaError, first_line
 
 TIMM = "timm:"  # model kinds "timm:NAME" are timm backbones, e.g. timm:resnet18
 TIMM_MIN_SIZE = 32  # their total stride: smaller inputs leave no feature map
@@ -30,11 +30,6 @@ INSTALL_HINT = "pip install 'mucosa[timm]'"
 
 class BackboneError(MucosaError):
     """timm cannot be imported, or the ImageNet weights of a backbone cannot be loaded."""
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return type(error).__name__ + (f": {lines[0][:200]}" if lines else "")
 
 
 def import_timm():
@@ -49,7 +44,7 @@ def import_timm():
         cause = error
     hint = ("install torch and torchvision of matching versions" if "torchvision" in str(cause)
             else f"reinstall it ({INSTALL_HINT})")
-    raise BackboneError(f"timm could not be imported ({_first_line(cause)}): {hint}") from None
+    raise BackboneError(f"timm could not be imported ({first_line(cause)}): {hint}") from None
 
 
 def _build(timm, name: str, config, pretrained: bool) -> nn.Module:
@@ -65,9 +60,9 @@ def _build(timm, name: str, config, pretrained: bool) -> nn.Module:
             raise ConfigError(f"model.kind: timm has no model {name!r} (timm.list_models() lists them)") from None
         if pretrained:
             raise BackboneError(f"model.pretrained: the ImageNet weights of {name} could not be loaded "
-                                f"({_first_line(error)}): this machine may not reach the Hugging Face hub; "
+                                f"({first_line(error)}): this machine may not reach the Hugging Face hub; "
                                 "fill timm's cache on a connected machine, or set model.pretrained: false") from None
-        raise ConfigError(f"model.kind: timm could not build {name!r} ({_first_line(error)})") from None
+        raise ConfigError(f"model.kind: timm could not build {name!r} ({first_line(error)})") from None
 
 
 class TimmNet(nn.Module):

@@ -18,7 +18,7 @@ import torch
 from mucosa import atomic
 from mucosa._version import __version__
 from mucosa.data.preparation import Preprocessing
-from mucosa.errors import ConfigError, MucosaError
+from mucosa.errors import ConfigError, MucosaError, first_line
 from mucosa.models.networks import ModelConfig, create_model
 
 FORMAT = "mucosa-checkpoint"
@@ -53,16 +53,10 @@ def read_checkpoint_file(path: str | Path, map_location: str = "cpu") -> dict[st
     except Exception as error:
         raise CheckpointFileError(f"{path}: not a readable PyTorch checkpoint (truncated or damaged), or it holds "
                                   f"objects that are not plain data and were refused for safety "
-                                  f"({_first_line(error)})") from None
+                                  f"({first_line(error)})") from None
     if not isinstance(data, dict) or not isinstance(data.get("state_dict"), dict):
         raise CheckpointFileError(f"{path}: not a training checkpoint (no state_dict)")
     return data
-
-
-def _first_line(error: BaseException) -> str:
-    """``Type: first line of the message`` (at most 200 characters), also for errors without a message."""
-    lines = str(error).strip().splitlines()
-    return type(error).__name__ + (f": {lines[0][:200]}" if lines else "")
 
 
 def non_finite_weights(state: dict[str, Any]) -> list[str]:
