@@ -8,6 +8,7 @@ machine) share the runs: a run being trained by a live process is skipped by the
 
     python benchmarks/real_data.py run pcle   [--out runs/real] [--seeds 0 1] [--only grouped within] [--threads 1]
     python benchmarks/real_data.py run egcz   [--out runs/real] [--threads 1]
+    python benchmarks/real_data.py run pcle --only disc-300 --workers 2 --deadline EPOCH_SECONDS   # a GPU
     python benchmarks/real_data.py summary    [--out runs/real] [--markdown]
 
 Experiments (``--only`` picks some):
@@ -45,6 +46,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -56,6 +58,21 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
+
+
+@dataclass
+class Sweep:
+    """How this process runs its share of the runs."""
+
+    threads: int = 0            # torch threads of each training (0 = all cores)
+    workers: int = 0            # data-loading processes of each training (a GPU needs some)
+    deadline: float = 0.0       # time.time() after which no run starts that would not finish (0 = none)
+    train_args: list[str] = field(default_factory=list)  # further mucosa train options, last (they win)
+    longest: float = 0.0        # the longest run this process finished, in seconds
+
+    def has_time(self) -> bool:
+        """Whether a run started now would end before the deadline (by the longest run so far)."""
+        return not self.deadline or time.time() + self.longest < self.deadline
 
 
 @dataclass
@@ -135,7 +152,7 @@ def manifest(cohort: str, out: Path, data: Path) -> Path:
     return path
 
 
-def run_one(exp: Experiment, model: str, seed: int, fold: int, cohort_csv: Path, out: Path, threads: int
+def run_one(exp: Experiment, model: str, seed: int, fold: int, cohort_csv: Path, out: Path, sweep: Sweep
             ) -> Path | None:
     """Train and evaluate one fold; returns the evaluation folder (skipped when it is already there)."""
     run = out / exp.cohort / exp.name / model / f"seed{seed}" / f"fold{fold}"
@@ -144,6 +161,8 @@ def run_one(exp: Experiment, model: str, seed: int, fold: int, cohort_csv: Path,
         return evaluation
     if exp.last_of:
         return evaluate_last(exp, model, seed, fold, out)
+    if not sweep.has_time():
+        return None  # would not finish before the deadline
     run.parent.mkdir(parents=True, exist_ok=True)
     claim = run.parent / f"fold{fold}.claim"
     if not _claim(claim):
@@ -156,19 +175,24 @@ def run_one(exp: Experiment, model: str, seed: int, fold: int, cohort_csv: Path,
         start = time.time()
         fold_args = ["--fold", str(fold)] if exp.folds > 1 else []
         mucosa("train", "--manifest", str(cohort_csv), "--config", exp.config, "--model", model, *exp.split,
-               *fold_args, "--split-seed", str(seed), "--seed", str(seed), *exp.extra, "--threads", str(threads),
+               *fold_args, "--split-seed", str(seed), "--seed", str(seed), *exp.extra,
+               "--threads", str(sweep.threads), "--workers", str(sweep.workers), "--no-onnx", *sweep.train_args,
                "--out", str(run), log=log)
         evaluate(run, "best.ckpt", evaluation, log)
     finally:
         claim.unlink(missing_ok=True)
-    print(f"  {exp.name} {model} seed {seed} fold {fold}: {time.time() - start:.0f} s", flush=True)
+    took = time.time() - start
+    sweep.longest = max(sweep.longest, took)
+    print(f"  {exp.name} {model} seed {seed} fold {fold}: {took:.0f} s", flush=True)
     return evaluation
 
 
 def evaluate(run: Path, checkpoint: str, evaluation: Path, log: Path) -> None:
-    """``mucosa evaluate`` of one of a run's checkpoints on its held-out part (threshold from validation)."""
+    """``mucosa evaluate`` of one of a run's checkpoints on its held-out part (threshold from validation),
+    with the trained PyTorch network itself (not an int8 export: the tables describe the network)."""
     mucosa("evaluate", "--checkpoint", str(run / checkpoint), "--manifest", str(run / "split.csv"),
-           "--threshold", "youden", "--bootstrap", "100", "--gallery", "0", "--out", str(evaluation), log=log)
+           "--runtime", "torch", "--threshold", "youden", "--bootstrap", "100", "--gallery", "0",
+           "--out", str(evaluation), log=log)
 
 
 def _claim(path: Path) -> bool:
@@ -199,7 +223,7 @@ def evaluate_last(exp: Experiment, model: str, seed: int, fold: int, out: Path) 
     return evaluation
 
 
-def run(cohort: str, out: Path, data: Path, seeds: list[int], only: list[str] | None, threads: int) -> None:
+def run(cohort: str, out: Path, data: Path, seeds: list[int], only: list[str] | None, sweep: Sweep) -> None:
     """Main experiments at the first seed, then at the other seeds, then the ablations (first seed)."""
     cohort_csv = manifest(cohort, out, data)
     chosen = [e for e in EXPERIMENTS if e.cohort == cohort and (e.name in only if only else not e.named_only)]
@@ -209,7 +233,7 @@ def run(cohort: str, out: Path, data: Path, seeds: list[int], only: list[str] | 
     for exp, seed in order:
         for model in exp.models:
             for fold in range(exp.folds):
-                run_one(exp, model, seed, fold, cohort_csv, out, threads)
+                run_one(exp, model, seed, fold, cohort_csv, out, sweep)
 
 
 # ----------------------------------------------------------------------------------------------- summary
@@ -368,6 +392,10 @@ def main() -> None:
     go.add_argument("--data", type=Path, default=DATA)
     go.add_argument("--threads", type=int, default=0, help="torch threads of each training (0 = all cores); "
                     "two sweeps side by side on 2 cores: 1 each")
+    go.add_argument("--workers", type=int, default=0, help="data-loading processes of each training")
+    go.add_argument("--deadline", type=float, default=0.0, help="time.time() after which no run starts that "
+                    "would not finish by it (judged by this process's longest run so far)")
+    go.add_argument("--train-args", default="", help="further mucosa train options, appended (quoted, one string)")
     summary = sub.add_parser("summary")
     summary.add_argument("--markdown", action="store_true")
     for p in (go, summary):
@@ -376,7 +404,8 @@ def main() -> None:
     if args.command == "run":
         if not args.data.is_dir():
             sys.exit(f"{args.data}: real data folder not found (see its README in shared/data)")
-        run(args.cohort, args.out.resolve(), args.data.resolve(), args.seeds, args.only, args.threads)
+        sweep = Sweep(args.threads, args.workers, args.deadline, shlex.split(args.train_args))
+        run(args.cohort, args.out.resolve(), args.data.resolve(), args.seeds, args.only, sweep)
         print("done; tables: python benchmarks/real_data.py summary --markdown")
         return
     rows = collect(args.out.resolve())

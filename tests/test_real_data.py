@@ -166,6 +166,24 @@ def test_benchmark_pools_held_out_folds_like_scikit_learn():
     assert result["file_correct_at_0.5"] == accuracy_score(file_truth, np.array(file_means) >= 0.5, normalize=False)
 
 
+def test_benchmark_starts_no_run_that_would_outlast_its_deadline(tmp_path):
+    """benchmarks/real_data.py --deadline (the lent GPU's minutes): a run starts only while the longest
+    run so far still fits before the deadline; a finished run is never redone; no deadline, no limit."""
+    import time
+
+    real_data = benchmark("real_data")
+    exp = real_data.EXPERIMENTS[0]
+    late = real_data.Sweep(deadline=time.time() + 60, longest=120)
+    assert not late.has_time() and real_data.Sweep(deadline=time.time() + 60, longest=30).has_time()
+    assert real_data.Sweep(deadline=0, longest=1e9).has_time()
+    assert real_data.run_one(exp, "cnn", 0, 0, tmp_path / "c.csv", tmp_path, late) is None
+    assert not (tmp_path / exp.cohort).exists()  # nothing claimed, nothing trained
+    done = tmp_path / exp.cohort / exp.name / "cnn" / "seed0" / "fold0" / "eval"
+    done.mkdir(parents=True)
+    (done / "metrics.json").write_text("{}")
+    assert real_data.run_one(exp, "cnn", 0, 0, tmp_path / "c.csv", tmp_path, late) == done
+
+
 def test_texture_baseline_lbp_codes():
     """benchmarks/texture_baseline.py: uniform LBP codes count the neighbours at least as bright as the
     centre; a histogram sums to one and does not change when the image is turned by 90 degrees."""
