@@ -69,6 +69,7 @@ class Sweep:
     deadline: float = 0.0       # time.time() after which no run starts that would not finish (0 = none)
     train_args: list[str] = field(default_factory=list)  # further mucosa train options, last (they win)
     longest: float = 0.0        # the longest run this process finished, in seconds
+    data: Path = DATA           # the real data folder (its pcle-brain and pcle-colon videos for pretraining)
 
     def has_time(self) -> bool:
         """Whether a run started now would end before the deadline (by the longest run so far)."""
@@ -90,11 +91,17 @@ class Experiment:
     main: bool = True           # main experiments run first, ablations after
     last_of: str = ""           # evaluate the last epoch's checkpoint of this experiment's runs (no training)
     named_only: bool = False    # runs only when named with --only (too slow for a CPU sweep)
+    # start from a self-supervised encoder (mucosa pretrain, labels never read) learnt on: "cohort" every
+    # image of the cohort, the test cases' too (transductive); "fold" the fold's training and validation
+    # cases only; "videos" the pCLE brain and colon videos (other data than the cohort's)
+    pretrain: str = ""
+    pretrain_args: list[str] = field(default_factory=list)  # further mucosa pretrain options
 
 
 PCLE_GROUPED = ["--split", "kfold", "--k", "5"]
 SQUARE = "benchmarks/configs/pcle-square.yaml"  # configs/pcle.yaml before crop: disc
 TILES = "benchmarks/configs/microscopy-tiles.yaml"  # configs/microscopy.yaml before normalize: stretch
+SSL_ARGS = ["--epochs", "30"]  # mucosa pretrain: the config's batch, lr and frames per case, 30 epochs
 EXPERIMENTS = [
     Experiment("pcle", "grouped", SQUARE, ("cnn-lstm", "cnn"), PCLE_GROUPED, 5, all_seeds=True),
     Experiment("pcle", "within", SQUARE, ("cnn-lstm", "cnn"),
@@ -115,9 +122,22 @@ EXPERIMENTS = [
                main=False),
     Experiment("pcle", "last-epoch", SQUARE, ("cnn-lstm",), PCLE_GROUPED, 5, main=False,
                last_of="grouped"),
+    # the fold's own videos only: pretraining never sees a test video
+    Experiment("pcle", "ssl-fold", "configs/pcle.yaml", ("cnn-lstm",), PCLE_GROUPED, 5, all_seeds=True, main=False,
+               pretrain="fold", pretrain_args=SSL_ARGS),
+    Experiment("pcle", "backbone", "configs/pcle.yaml", ("timm:resnet18",), PCLE_GROUPED, 5, all_seeds=True,
+               main=False),
     Experiment("egcz", "lopo", TILES, ("cnn-lstm",), ["--split", "lopo"], 12),
     Experiment("egcz", "stretch", "configs/microscopy.yaml", ("cnn-lstm", "cnn"), ["--split", "lopo"], 12,
                all_seeds=True),
+    # every EGC-Z image, labels unread, the left-out animal's too (transductive); then the videos only (not)
+    Experiment("egcz", "ssl-cohort", "configs/microscopy.yaml", ("cnn", "cnn-lstm"), ["--split", "lopo"], 12,
+               all_seeds=True, main=False, pretrain="cohort", pretrain_args=SSL_ARGS),
+    Experiment("egcz", "ssl-videos", "configs/microscopy.yaml", ("cnn", "cnn-lstm"), ["--split", "lopo"], 12,
+               all_seeds=True, main=False, pretrain="videos", pretrain_args=SSL_ARGS),
+    # a modern backbone from timm (needs timm, hence torchvision matching torch), from scratch: no weights here
+    Experiment("egcz", "backbone", "configs/microscopy.yaml", ("timm:resnet18",), ["--split", "lopo"], 12,
+               all_seeds=True, main=False),
     Experiment("egcz", "whole-image", "benchmarks/configs/microscopy-whole-image.yaml", ("cnn-lstm",),
                ["--split", "lopo"], 12, main=False),
     Experiment("egcz", "whole-image-long", "benchmarks/configs/microscopy-whole-image-long.yaml", ("cnn-lstm",),
@@ -174,8 +194,11 @@ def run_one(exp: Experiment, model: str, seed: int, fold: int, cohort_csv: Path,
         log.unlink(missing_ok=True)
         start = time.time()
         fold_args = ["--fold", str(fold)] if exp.folds > 1 else []
-        mucosa("train", "--manifest", str(cohort_csv), "--config", exp.config, "--model", model, *exp.split,
-               *fold_args, "--split-seed", str(seed), "--seed", str(seed), *exp.extra,
+        manifest, split_args, init = cohort_csv, [*exp.split, *fold_args], []
+        if exp.pretrain:
+            manifest, split_args, init = pretrained(exp, model, seed, fold, cohort_csv, out, sweep, log)
+        mucosa("train", "--manifest", str(manifest), "--config", exp.config, "--model", model, *split_args, *init,
+               "--split-seed", str(seed), "--seed", str(seed), *exp.extra,
                "--threads", str(sweep.threads), "--workers", str(sweep.workers), "--no-onnx", *sweep.train_args,
                "--out", str(run), log=log)
         evaluate(run, "best.ckpt", evaluation, log)
@@ -185,6 +208,55 @@ def run_one(exp: Experiment, model: str, seed: int, fold: int, cohort_csv: Path,
     sweep.longest = max(sweep.longest, took)
     print(f"  {exp.name} {model} seed {seed} fold {fold}: {took:.0f} s", flush=True)
     return evaluation
+
+
+def pretrained(exp: Experiment, model: str, seed: int, fold: int, cohort_csv: Path, out: Path, sweep: Sweep,
+               log: Path) -> tuple[Path, list[str], list[str]]:
+    """The manifest, split options and ``--init-from`` of a run that starts from a self-supervised encoder
+    (pretrained here first when it is not there yet)."""
+    import yaml
+
+    threads = ["--threads", str(sweep.threads), "--workers", str(sweep.workers)]
+    common = ["--config", exp.config, "--model", model, "--seed", str(seed), *threads, *exp.pretrain_args]
+    if exp.pretrain == "fold":  # the fold's own split, written first: its test cases never reach the encoder
+        folder = out / exp.cohort / exp.name / model / f"seed{seed}"
+        manifest = folder / f"fold{fold}.split.csv"
+        mode = exp.split[exp.split.index("--split") + 1]
+        k = ["--k", exp.split[exp.split.index("--k") + 1]] if "--k" in exp.split else []
+        val = yaml.safe_load(Path(ROOT / exp.config).read_text())["split"]["val"]
+        mucosa("split", str(cohort_csv), "--mode", mode, *k, "--fold", str(fold), "--seed", str(seed),
+               "--val", str(val), "-o", str(manifest), log=log)
+        encoder = folder / f"fold{fold}.encoder"
+        shutil.rmtree(encoder, ignore_errors=True)
+        mucosa("pretrain", "--manifest", str(manifest), "--parts", "train,val", *common, "--out", str(encoder),
+               log=log)
+        return manifest, ["--split", "manifest"], ["--init-from", str(encoder / "encoder.ckpt")]
+    source = cohort_csv if exp.pretrain == "cohort" else videos_manifest(out, sweep.data)
+    encoder = out / exp.cohort / f"encoder-{exp.pretrain}" / model / f"seed{seed}"
+    if not (encoder / "encoder.ckpt").is_file():
+        claim = encoder.parent / f"seed{seed}.claim"
+        encoder.parent.mkdir(parents=True, exist_ok=True)
+        while not _claim(claim):  # another sweep is learning it
+            time.sleep(10)
+        try:
+            if not (encoder / "encoder.ckpt").is_file():
+                shutil.rmtree(encoder, ignore_errors=True)
+                mucosa("pretrain", "--manifest", str(source), *common, "--out", str(encoder),
+                       log=encoder.parent / f"seed{seed}.log")
+        finally:
+            claim.unlink(missing_ok=True)
+    return cohort_csv, [*exp.split, *(["--fold", str(fold)] if exp.folds > 1 else [])], \
+        ["--init-from", str(encoder / "encoder.ckpt")]
+
+
+def videos_manifest(out: Path, data: Path) -> Path:
+    """A path-only manifest of the pCLE brain and colon videos (unlabelled frames for pretraining)."""
+    path = out / "videos.csv"
+    if not path.is_file():
+        videos = sorted((data / "pcle-brain").rglob("*.mpg")) + [data / "pcle-colon" / "s01v01.mpeg"]
+        with open(path, "w", newline="") as handle:
+            csv.writer(handle).writerows([["path"], *[[str(v.resolve())] for v in videos]])
+    return path
 
 
 def evaluate(run: Path, checkpoint: str, evaluation: Path, log: Path) -> None:
@@ -223,7 +295,8 @@ def evaluate_last(exp: Experiment, model: str, seed: int, fold: int, out: Path) 
     return evaluation
 
 
-def run(cohort: str, out: Path, data: Path, seeds: list[int], only: list[str] | None, sweep: Sweep) -> None:
+def run(cohort: str, out: Path, data: Path, seeds: list[int], only: list[str] | None, sweep: Sweep,
+        models: list[str] | None = None) -> None:
     """Main experiments at the first seed, then at the other seeds, then the ablations (first seed)."""
     cohort_csv = manifest(cohort, out, data)
     chosen = [e for e in EXPERIMENTS if e.cohort == cohort and (e.name in only if only else not e.named_only)]
@@ -232,6 +305,8 @@ def run(cohort: str, out: Path, data: Path, seeds: list[int], only: list[str] | 
     order += [(e, seeds[0]) for e in chosen if not e.main]
     for exp, seed in order:
         for model in exp.models:
+            if models and model not in models:
+                continue
             for fold in range(exp.folds):
                 run_one(exp, model, seed, fold, cohort_csv, out, sweep)
 
@@ -392,6 +467,7 @@ def main() -> None:
     go.add_argument("--data", type=Path, default=DATA)
     go.add_argument("--threads", type=int, default=0, help="torch threads of each training (0 = all cores); "
                     "two sweeps side by side on 2 cores: 1 each")
+    go.add_argument("--models", nargs="+", help="only these models of the experiments (e.g. cnn)")
     go.add_argument("--workers", type=int, default=0, help="data-loading processes of each training")
     go.add_argument("--deadline", type=float, default=0.0, help="time.time() after which no run starts that "
                     "would not finish by it (judged by this process's longest run so far)")
@@ -404,8 +480,9 @@ def main() -> None:
     if args.command == "run":
         if not args.data.is_dir():
             sys.exit(f"{args.data}: real data folder not found (see its README in shared/data)")
-        sweep = Sweep(args.threads, args.workers, args.deadline, shlex.split(args.train_args))
-        run(args.cohort, args.out.resolve(), args.data.resolve(), args.seeds, args.only, sweep)
+        sweep = Sweep(args.threads, args.workers, args.deadline, shlex.split(args.train_args),
+                      data=args.data.resolve())
+        run(args.cohort, args.out.resolve(), args.data.resolve(), args.seeds, args.only, sweep, args.models)
         print("done; tables: python benchmarks/real_data.py summary --markdown")
         return
     rows = collect(args.out.resolve())

@@ -184,6 +184,47 @@ def test_benchmark_starts_no_run_that_would_outlast_its_deadline(tmp_path):
     assert real_data.run_one(exp, "cnn", 0, 0, tmp_path / "c.csv", tmp_path, late) == done
 
 
+def test_benchmark_pretraining_never_shows_a_fold_its_test_cases(tmp_path, monkeypatch):
+    """benchmarks/real_data.py, runs from a self-supervised encoder: "fold" writes the fold's split first and
+    pretrains on its train and val rows only, then trains on that very split; "cohort" and "videos" learn one
+    encoder per model and seed that every fold starts from."""
+    from pathlib import Path
+
+    real_data = benchmark("real_data")
+    calls = []
+
+    def fake_mucosa(*args, log):
+        calls.append(args)
+        if args[0] == "pretrain":
+            out = Path(args[args.index("--out") + 1])
+            out.mkdir(parents=True)
+            (out / "encoder.ckpt").write_text("")
+
+    monkeypatch.setattr(real_data, "mucosa", fake_mucosa)
+    by_name = {(e.cohort, e.name): e for e in real_data.EXPERIMENTS}
+    sweep = real_data.Sweep(threads=1, data=tmp_path / "data")
+    cohort = tmp_path / "pcle.csv"
+    manifest, split, init = real_data.pretrained(by_name["pcle", "ssl-fold"], "cnn-lstm", 1, 3, cohort, tmp_path,
+                                                 sweep, tmp_path / "log")
+    (split_call, pretrain_call) = calls
+    assert split_call[:2] == ("split", str(cohort)) and split_call[split_call.index("--fold") + 1] == "3"
+    assert split_call[split_call.index("--seed") + 1] == "1" and split_call[split_call.index("-o") + 1] == str(manifest)
+    assert pretrain_call[pretrain_call.index("--manifest") + 1] == str(manifest)
+    assert pretrain_call[pretrain_call.index("--parts") + 1] == "train,val"
+    assert split == ["--split", "manifest"] and init == ["--init-from", str(
+        Path(pretrain_call[pretrain_call.index("--out") + 1]) / "encoder.ckpt")]
+    calls.clear()
+    egcz = tmp_path / "egcz.csv"
+    for fold in range(3):
+        manifest, split, init = real_data.pretrained(by_name["egcz", "ssl-cohort"], "cnn", 0, fold, egcz, tmp_path,
+                                                     sweep, tmp_path / "log")
+        assert manifest == egcz and split == ["--split", "lopo", "--fold", str(fold)]
+    assert [c[0] for c in calls] == ["pretrain"] and calls[0][calls[0].index("--manifest") + 1] == str(egcz)
+    real_data.pretrained(by_name["egcz", "ssl-videos"], "cnn", 0, 0, egcz, tmp_path, sweep, tmp_path / "log")
+    videos = Path(calls[-1][calls[-1].index("--manifest") + 1])
+    assert videos != egcz and "pcle-colon" in videos.read_text()
+
+
 def test_texture_baseline_lbp_codes():
     """benchmarks/texture_baseline.py: uniform LBP codes count the neighbours at least as bright as the
     centre; a histogram sums to one and does not change when the image is turned by 90 degrees."""
