@@ -208,3 +208,23 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     train_patients = {run: {r["patient"] for r in rows if r["split"] == "train"} for run, rows in split.items()}
     assert test_patients["cnn_within-patient"] == train_patients["cnn_within-patient"]
     assert not test_patients["cnn_patient"] & train_patients["cnn_patient"]
+    # benchmarks/demo_breakdown.py: the runs' image AUC as evaluate reports it, and the active test images
+    # without signs (empty lesion masks) counted
+    import importlib.util
+    from pathlib import Path
+
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("demo_breakdown", Path(__file__).resolve().parents[2] / "benchmarks"
+                                                  / "demo_breakdown.py")
+    breakdown = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(breakdown)
+    demo = tmp_path / "demo"
+    for row in breakdown.breakdown(demo):
+        metrics = json.loads((demo / "runs" / row["run"] / "evaluation" / "metrics.json").read_text())
+        assert row["auc"] == pytest.approx(metrics["image"]["roc_auc"]["value"])
+        frames = read_csv(demo / "runs" / row["run"] / "evaluation" / "predictions.csv")
+        active = [f for f in frames if f["label"] == "active"]
+        bare = sum(not np.asarray(Image.open(demo / "cohort" / "masks" / f["patient"] / Path(f["path"]).name)).any()
+                   for f in active)
+        assert row["without_signs"] == f"{bare}/{len(active)}"
