@@ -25,12 +25,20 @@ pcle (pCLE brain videos, a video is a case; configs/pcle.yaml):
   disc-128      configs/pcle.yaml at 128x128 instead of 64x64 (first seed)
   disc-300      configs/pcle.yaml at the paper's 300x300, CNN-LSTM and CNN, every seed; only when named
                 (``--only disc-300``): about half an hour a fold on the 2-core CPU, minutes on a GPU
+  ssl-fold      configs/pcle.yaml from a self-supervised encoder (``mucosa pretrain``, SimCLR) learnt on
+                each fold's own training and validation videos only, every seed
+  backbone      configs/pcle.yaml with timm's resnet18 (from scratch) instead of the paper's networks,
+                every seed; needs timm (torchvision matching torch: run it with such a Python)
 egcz (EGC-Z AIA microscopy, an animal is a case; configs/microscopy.yaml):
   lopo          leave one animal out (12 folds), CNN-LSTM, 256-pixel tiles each standardised on its own
                 (configs/microscopy.yaml before the next row)
   stretch       configs/microscopy.yaml: brightness evened out per image, not per tile (intensities
                 stretched before tiling, ``preprocessing.normalize: stretch``; the model's per-frame
                 standardisation off, ``model.input_norm: none``); CNN-LSTM then CNN, every seed
+  ssl-cohort    configs/microscopy.yaml from an encoder learnt on every EGC-Z image, labels unread, the
+                left-out animal's too (transductive); CNN then CNN-LSTM, every seed
+  ssl-videos    the same from an encoder learnt on the pCLE brain and colon videos only (other data)
+  backbone      configs/microscopy.yaml with timm's resnet18 (from scratch), every seed
   whole-image   ablation of lopo: the whole image downsampled instead of 256-pixel tiles
   whole-image-long  the same trained up to 40 epochs (early stopping after 10 without progress)
 
