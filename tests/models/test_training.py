@@ -261,3 +261,18 @@ def test_several_nodes_without_a_launcher_are_refused_before_training(monkeypatc
         check_hardware_settings(config)  # rank 0 would otherwise wait for a node that never comes
     monkeypatch.setenv("NODE_RANK", "0")
     check_hardware_settings(config)
+
+
+@pytest.mark.parametrize("monitor", ["val_auc", "val_loss"])
+def test_best_checkpoint_is_the_epoch_the_monitor_chooses(cohort, cache, tmp_path, monitor):
+    """training.monitor: best.ckpt holds the epoch of the highest validation AUC, or of the lowest validation
+    loss (a saturated model can rank well and still call everything one class: the loss sees it)."""
+    best = train(cohort, quick(training={"epochs": 4, "lr": 3e-3, "monitor": monitor}), tmp_path / "run",
+                 cache=cache)
+    epochs = epoch_metrics(tmp_path / "run")
+    values = [e[monitor] for e in epochs]
+    chosen = int(np.argmax(values) if monitor == "val_auc" else np.argmin(values))
+    saved = torch.load(best, weights_only=True, map_location="cpu")
+    assert saved["epoch"] == chosen
+    [state] = [s for s in saved["callbacks"].values() if isinstance(s, dict) and s.get("monitor")]
+    assert state["monitor"] == monitor and float(state["best_model_score"]) == pytest.approx(values[chosen])

@@ -85,7 +85,10 @@ class TrainingConfig(Settings):
     lr: Float = Field(1e-3, gt=0.0)
     weight_decay: Float = Field(0.0, ge=0.0)
     class_weights: Bool = False      # weight the loss by inverse class frequency
-    early_stopping: Int = Field(0, ge=0)   # patience in epochs on validation AUC; 0 = off
+    early_stopping: Int = Field(0, ge=0)   # patience in epochs on the monitored figure; 0 = off
+    # what chooses best.ckpt and stops early: validation ROC AUC (ranking only), or validation loss (a proper
+    # scoring rule: it also punishes a model whose probabilities sit at 0 or 1 whatever the frame)
+    monitor: Literal["val_auc", "val_loss"] = "val_auc"
     frames_per_case: Int = Field(0, ge=0)  # per epoch, at most this many frames of one video/patient (0 = all)
     seed: Int = SEED
     threads: Int = Field(0, ge=0)    # torch intra-op threads; 0 = all cores

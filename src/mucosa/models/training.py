@@ -353,16 +353,17 @@ def _trainer(plan: RunPlan, has_val: bool, keep_through_epoch: int = -1, progres
     from lightning.pytorch.callbacks import EarlyStopping
 
     t = plan.config.training
-    # Two checkpoints: "best" by validation AUC and "last" after every epoch (for --resume). Lightning's own
-    # save_last only writes when the best one changed, which would lose epochs on a kill. "best" comes
-    # first, so that last.ckpt records this epoch's best score. Without validation data "best" is the last
-    # epoch's checkpoint, copied when training ends.
+    # Two checkpoints: "best" by training.monitor (validation AUC or loss) and "last" after every epoch (for
+    # --resume). Lightning's own save_last only writes when the best one changed, which would lose epochs on
+    # a kill. "best" comes first, so that last.ckpt records this epoch's best score. Without validation data
+    # "best" is the last epoch's checkpoint, copied when training ends.
     callbacks = [RunCheckpoint(dirpath=plan.out, filename="last", save_top_k=1, enable_version_counter=False)]
+    mode = "max" if t.monitor == "val_auc" else "min"
     if has_val:
-        callbacks.insert(0, RunCheckpoint(dirpath=plan.out, filename="best", save_top_k=1, monitor="val_auc",
-                                          mode="max", enable_version_counter=False))
+        callbacks.insert(0, RunCheckpoint(dirpath=plan.out, filename="best", save_top_k=1, monitor=t.monitor,
+                                          mode=mode, enable_version_counter=False))
     if t.early_stopping and has_val:
-        callbacks.append(EarlyStopping(monitor="val_auc", mode="max", patience=t.early_stopping))
+        callbacks.append(EarlyStopping(monitor=t.monitor, mode=mode, patience=t.early_stopping))
     return L.Trainer(default_root_dir=plan.out, max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices,
                      num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision, callbacks=callbacks,
                      logger=make_loggers(t.logger, plan.out, keep_through_epoch), plugins=[AtomicCheckpointIO()],
