@@ -29,6 +29,8 @@ def without_signs(demo: Path, row: dict) -> bool:
 
 def breakdown(demo: Path) -> list[dict]:
     """One row per run of the demo folder."""
+    if not (demo / "cohort" / "masks").is_dir() or not (demo / "runs").is_dir():
+        raise SystemExit(f"{demo}: no cohort/masks or runs folder: not a folder written by mucosa demo")
     rows = []
     for run in sorted((demo / "runs").iterdir()):
         with open(run / "evaluation" / "predictions.csv") as handle:

@@ -63,7 +63,8 @@ PY
 
 sweep() {  # one real_data.py sweep in the background, its log under $RUNS
     python3 benchmarks/real_data.py run pcle --only disc-300 --seeds "$1" --out $RUNS --data .gpudata \
-        --threads 2 --workers 2 --deadline "$DEADLINE" --train-args "${TRAIN_ARGS:-}" >"$RUNS/sweep-$1-$2.log" 2>&1 &
+        --threads 2 --workers 2 --deadline "$DEADLINE" --expect "${EXPECT:-0}" --train-args "${TRAIN_ARGS:-}" \
+        >"$RUNS/sweep-$1-$2.log" 2>&1 &
 }
 
 run() {
@@ -79,21 +80,28 @@ run() {
     tail -n +2 $RUNS/pcle.csv | split -l 1 - $RUNS/video-
     for f in $RUNS/video-??; do cat $RUNS/header.csv "$f" >"$f.csv" && rm "$f"; done
     local t0=$SECONDS
+    # configs/pcle.yaml's preprocessing at 300x300 (keep in step with it, or training prepares again)
     ls $RUNS/video-*.csv | xargs -P "$(nproc)" -I{} python3 -m mucosa prepare {} --size 300 --crop disc \
         --channel auto --quality 0.5 >$RUNS/prepare.log 2>&1
     echo "prepared 20 videos at 300x300 in $((SECONDS - t0)) s: $(du -sh /tmp/cache | cut -f1) of cache"
-    (nvidia-smi dmon -s u -d 2 >$RUNS/gpu-util.log 2>&1 &)
+    nvidia-smi dmon -s u -d 2 >$RUNS/gpu-util.log 2>&1 &
+    local dmon=$!
     for seed in $seeds; do
+        local solo=$SECONDS
+        EXPECT=0
         sweep "$seed" 1
         local first=$!
         local done=$RUNS/pcle/disc-300/cnn-lstm/seed$seed/fold0/eval/metrics.json
         while [ ! -f "$done" ] && kill -0 $first 2>/dev/null; do sleep 2; done
-        echo "seed $seed fold 0 alone: $((SECONDS - t0)) s since preparation began"
+        EXPECT=$((SECONDS - solo))  # later sweeps start no run that this fold's time says cannot end
+        echo "seed $seed fold 0 alone: $EXPECT s"
         for i in $(seq 2 "$parallel"); do sweep "$seed" "$i"; sleep 1; done
-        wait
+        local pids
+        pids=$(jobs -p | grep -vx "$dmon")
+        [ -z "$pids" ] || wait $pids
         grep -h " s$" $RUNS/sweep-"$seed"-*.log
     done
-    pkill -f "nvidia-smi dmon" || true
+    kill $dmon 2>/dev/null || true
 }
 
 pack() {  # evaluations, logs, metrics and splits (no checkpoints, no cache)

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import shlex
@@ -218,43 +219,64 @@ def run_one(exp: Experiment, model: str, seed: int, fold: int, cohort_csv: Path,
     return evaluation
 
 
+SPLIT_OPTIONS = ("--split", "--k", "--val", "--test", "--fold", "--split-seed")
+
+
 def pretrained(exp: Experiment, model: str, seed: int, fold: int, cohort_csv: Path, out: Path, sweep: Sweep,
                log: Path) -> tuple[Path, list[str], list[str]]:
     """The manifest, split options and ``--init-from`` of a run that starts from a self-supervised encoder
-    (pretrained here first when it is not there yet)."""
-    import yaml
-
-    threads = ["--threads", str(sweep.threads), "--workers", str(sweep.workers)]
-    common = ["--config", exp.config, "--model", model, "--seed", str(seed), *threads, *exp.pretrain_args]
+    (pretrained here first when it is not there yet, or when it was learnt with other settings)."""
+    settings = ["--config", exp.config, "--model", model, "--seed", str(seed), *exp.pretrain_args]
+    common = [*settings, "--threads", str(sweep.threads), "--workers", str(sweep.workers)]
+    fold_args = ["--fold", str(fold)] if exp.folds > 1 else []
     if exp.pretrain == "fold":  # the fold's own split, written first: its test cases never reach the encoder
         folder = out / exp.cohort / exp.name / model / f"seed{seed}"
-        manifest = folder / f"fold{fold}.split.csv"
-        mode = exp.split[exp.split.index("--split") + 1]
-        k = ["--k", exp.split[exp.split.index("--k") + 1]] if "--k" in exp.split else []
-        val = yaml.safe_load(Path(ROOT / exp.config).read_text())["split"]["val"]
-        mucosa("split", str(cohort_csv), "--mode", mode, *k, "--fold", str(fold), "--seed", str(seed),
-               "--val", str(val), "-o", str(manifest), log=log)
+        manifest = fold_split(exp, seed, fold, cohort_csv, folder / f"fold{fold}.split.csv", sweep, log)
         encoder = folder / f"fold{fold}.encoder"
         shutil.rmtree(encoder, ignore_errors=True)
         mucosa("pretrain", "--manifest", str(manifest), "--parts", "train,val", *common, "--out", str(encoder),
                log=log)
-        return manifest, ["--split", "manifest"], ["--init-from", str(encoder / "encoder.ckpt")]
+        return manifest, ["--split", "manifest", *fold_args], ["--init-from", str(encoder / "encoder.ckpt")]
     source = cohort_csv if exp.pretrain == "cohort" else videos_manifest(out, sweep.data)
     encoder = out / exp.cohort / f"encoder-{exp.pretrain}" / model / f"seed{seed}"
-    if not (encoder / "encoder.ckpt").is_file():
+    stamp = json.dumps({"pretrain": settings, "config": (ROOT / exp.config).read_text(),
+                        "source": hashlib.sha256(source.read_bytes()).hexdigest()}, sort_keys=True)
+
+    def ready() -> bool:
+        marks = encoder / "stamp.json"
+        return (encoder / "encoder.ckpt").is_file() and marks.is_file() and marks.read_text() == stamp
+
+    if not ready():
         claim = encoder.parent / f"seed{seed}.claim"
         encoder.parent.mkdir(parents=True, exist_ok=True)
         while not _claim(claim):  # another sweep is learning it
             time.sleep(10)
         try:
-            if not (encoder / "encoder.ckpt").is_file():
+            if not ready():  # absent, unfinished or learnt with other settings: learn it again
                 shutil.rmtree(encoder, ignore_errors=True)
                 mucosa("pretrain", "--manifest", str(source), *common, "--out", str(encoder),
                        log=encoder.parent / f"seed{seed}.log")
+                (encoder / "stamp.json").write_text(stamp)
         finally:
             claim.unlink(missing_ok=True)
-    return cohort_csv, [*exp.split, *(["--fold", str(fold)] if exp.folds > 1 else [])], \
-        ["--init-from", str(encoder / "encoder.ckpt")]
+    return cohort_csv, [*exp.split, *fold_args], ["--init-from", str(encoder / "encoder.ckpt")]
+
+
+def fold_split(exp: Experiment, seed: int, fold: int, cohort_csv: Path, manifest: Path, sweep: Sweep,
+               log: Path) -> Path:
+    """``mucosa split`` of one fold, as ``mucosa train`` with the experiment's split options would draw it."""
+    from mucosa.models.config import load_config
+
+    extra = [*exp.extra, *sweep.train_args]
+    if any(a in SPLIT_OPTIONS or a.startswith("split.") for a in extra):
+        sys.exit(f"{exp.name}: split options in {' '.join(extra)} would not reach the fold's own split, which "
+                 f"is written from {exp.config} and the experiment's split")
+    split = load_config(ROOT / exp.config).split
+    mode = exp.split[exp.split.index("--split") + 1]
+    k = exp.split[exp.split.index("--k") + 1] if "--k" in exp.split else str(split.k)
+    mucosa("split", str(cohort_csv), "--mode", mode, "--k", k, "--fold", str(fold), "--seed", str(seed),
+           "--val", str(split.val), "-o", str(manifest), log=log)
+    return manifest
 
 
 def videos_manifest(out: Path, data: Path) -> Path:
@@ -262,8 +284,10 @@ def videos_manifest(out: Path, data: Path) -> Path:
     path = out / "videos.csv"
     if not path.is_file():
         videos = sorted((data / "pcle-brain").rglob("*.mpg")) + [data / "pcle-colon" / "s01v01.mpeg"]
-        with open(path, "w", newline="") as handle:
+        partial = path.with_suffix(f".{os.getpid()}.part")
+        with open(partial, "w", newline="") as handle:
             csv.writer(handle).writerows([["path"], *[[str(v.resolve())] for v in videos]])
+        os.replace(partial, path)  # whole or absent, for sweeps side by side
     return path
 
 
@@ -279,6 +303,10 @@ def _claim(path: Path) -> bool:
     """Mark a run as taken by this process, so that sweeps started side by side share the work."""
     try:
         owner = int(path.read_text() or 0)
+        if owner <= 0:  # no process id (yet): being written, or left by a process killed while writing it
+            if time.time() - path.stat().st_mtime < 60:
+                return False
+            raise ProcessLookupError
         os.kill(owner, 0)
         return False  # its process is alive
     except (FileNotFoundError, ValueError, ProcessLookupError):
@@ -479,6 +507,8 @@ def main() -> None:
     go.add_argument("--workers", type=int, default=0, help="data-loading processes of each training")
     go.add_argument("--deadline", type=float, default=0.0, help="time.time() after which no run starts that "
                     "would not finish by it (judged by this process's longest run so far)")
+    go.add_argument("--expect", type=float, default=0.0, help="with --deadline: seconds a run is taken to "
+                    "last until this process has finished one (a sweep started late starts nothing that cannot end)")
     go.add_argument("--train-args", default="", help="further mucosa train options, appended (quoted, one string)")
     summary = sub.add_parser("summary")
     summary.add_argument("--markdown", action="store_true")
@@ -489,7 +519,7 @@ def main() -> None:
         if not args.data.is_dir():
             sys.exit(f"{args.data}: real data folder not found (see its README in shared/data)")
         sweep = Sweep(args.threads, args.workers, args.deadline, shlex.split(args.train_args),
-                      data=args.data.resolve())
+                      longest=args.expect, data=args.data.resolve())
         run(args.cohort, args.out.resolve(), args.data.resolve(), args.seeds, args.only, sweep, args.models)
         print("done; tables: python benchmarks/real_data.py summary --markdown")
         return

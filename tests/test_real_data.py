@@ -185,16 +185,24 @@ def test_benchmark_starts_no_run_that_would_outlast_its_deadline(tmp_path):
 
 
 def test_benchmark_pretraining_never_shows_a_fold_its_test_cases(tmp_path, monkeypatch):
-    """benchmarks/real_data.py, runs from a self-supervised encoder: "fold" writes the fold's split first and
-    pretrains on its train and val rows only, then trains on that very split; "cohort" and "videos" learn one
-    encoder per model and seed that every fold starts from."""
+    """benchmarks/real_data.py, runs from a self-supervised encoder: "fold" writes the fold's split first (the
+    very split ``mucosa train --split kfold`` draws) and pretrains on its train and val rows only, then trains
+    on it; "cohort" and "videos" learn one encoder per model and seed that every fold starts from, learnt
+    again when its settings change."""
+    from dataclasses import replace
     from pathlib import Path
+
+    from mucosa.data.splits import split_cohort
+    from mucosa.data.synth import synthesize_cohort
+    from mucosa.models.config import load_config
 
     real_data = benchmark("real_data")
     calls = []
 
     def fake_mucosa(*args, log):
         calls.append(args)
+        if args[0] == "split":  # the real command
+            assert main(list(args)) == 0
         if args[0] == "pretrain":
             out = Path(args[args.index("--out") + 1])
             out.mkdir(parents=True)
@@ -203,26 +211,79 @@ def test_benchmark_pretraining_never_shows_a_fold_its_test_cases(tmp_path, monke
     monkeypatch.setattr(real_data, "mucosa", fake_mucosa)
     by_name = {(e.cohort, e.name): e for e in real_data.EXPERIMENTS}
     sweep = real_data.Sweep(threads=1, data=tmp_path / "data")
-    cohort = tmp_path / "pcle.csv"
-    manifest, split, init = real_data.pretrained(by_name["pcle", "ssl-fold"], "cnn-lstm", 1, 3, cohort, tmp_path,
-                                                 sweep, tmp_path / "log")
+    cohort = synthesize_cohort(tmp_path / "cohort", patients=14, per_patient=2, size=32, seed=1)
+    exp = by_name["pcle", "ssl-fold"]
+    (tmp_path / "pcle").mkdir()
+    manifest, split, init = real_data.pretrained(exp, "cnn-lstm", 1, 3, cohort, tmp_path, sweep, tmp_path / "log")
     (split_call, pretrain_call) = calls
-    assert split_call[:2] == ("split", str(cohort)) and split_call[split_call.index("--fold") + 1] == "3"
-    assert split_call[split_call.index("--seed") + 1] == "1" and split_call[split_call.index("-o") + 1] == str(manifest)
     assert pretrain_call[pretrain_call.index("--manifest") + 1] == str(manifest)
     assert pretrain_call[pretrain_call.index("--parts") + 1] == "train,val"
-    assert split == ["--split", "manifest"] and init == ["--init-from", str(
+    assert split == ["--split", "manifest", "--fold", "3"] and init == ["--init-from", str(
         Path(pretrain_call[pretrain_call.index("--out") + 1]) / "encoder.ckpt")]
+    s = load_config(real_data.ROOT / exp.config).split  # what mucosa train --split kfold --k 5 --fold 3 draws
+    drawn = split_cohort(load_manifest(cohort), "kfold", test=s.test, val=s.val, k=5, fold=3, seed=1).cohort
+    written = load_manifest(manifest)
+    assert [(r.path, r.split) for r in written.records] == [(r.path, r.split) for r in drawn.records]
+    assert {r.split for r in written.records} == {"train", "val", "test"}
+    with pytest.raises(SystemExit, match="split options"):  # they would change training's split, not this one
+        real_data.pretrained(exp, "cnn-lstm", 1, 3, cohort, tmp_path, replace(sweep, train_args=["--val", "0.3"]),
+                             tmp_path / "log")
     calls.clear()
     egcz = tmp_path / "egcz.csv"
+    egcz.write_text("path\n")
     for fold in range(3):
         manifest, split, init = real_data.pretrained(by_name["egcz", "ssl-cohort"], "cnn", 0, fold, egcz, tmp_path,
                                                      sweep, tmp_path / "log")
         assert manifest == egcz and split == ["--split", "lopo", "--fold", str(fold)]
     assert [c[0] for c in calls] == ["pretrain"] and calls[0][calls[0].index("--manifest") + 1] == str(egcz)
+    longer = replace(by_name["egcz", "ssl-cohort"], pretrain_args=["--epochs", "99"])
+    real_data.pretrained(longer, "cnn", 0, 0, egcz, tmp_path, sweep, tmp_path / "log")
+    assert len(calls) == 2 and "99" in calls[-1]  # other settings: not the stale encoder
     real_data.pretrained(by_name["egcz", "ssl-videos"], "cnn", 0, 0, egcz, tmp_path, sweep, tmp_path / "log")
     videos = Path(calls[-1][calls[-1].index("--manifest") + 1])
     assert videos != egcz and "pcle-colon" in videos.read_text()
+
+
+def test_benchmark_claims_are_shared_and_recovered(tmp_path):
+    """real_data.py's claim files: one process holds a run; a claim whose process is gone, or that holds no
+    process id after a minute (killed while writing it), is taken over."""
+    import os
+
+    real_data = benchmark("real_data")
+    claim = tmp_path / "fold0.claim"
+    assert real_data._claim(claim) and not real_data._claim(claim)  # held by this (live) process
+    claim.write_text("")
+    assert not real_data._claim(claim)  # being written
+    os.utime(claim, (0, 0))
+    assert real_data._claim(claim)  # an empty claim a minute old: stale
+
+
+def test_demo_breakdown_separates_active_images_without_signs(tmp_path):
+    """benchmarks/demo_breakdown.py: the AUC without the active images whose lesion mask is empty, how many
+    there are, and their rank among the controls; a folder that is no demo's is one clear line."""
+    import numpy as np
+    from PIL import Image
+
+    breakdown = benchmark("demo_breakdown")
+    with pytest.raises(SystemExit, match="not a folder written by mucosa demo"):
+        breakdown.breakdown(tmp_path)
+    frames = [("a1", "active", 0.9, True), ("a2", "active", 0.3, False), ("a3", "active", 0.8, True),
+              ("c1", "control", 0.2, False), ("c2", "control", 0.4, False)]
+    run = tmp_path / "runs" / "cnn_patient" / "evaluation"
+    run.mkdir(parents=True)
+    (tmp_path / "cohort" / "masks" / "P1").mkdir(parents=True)
+    with open(run / "predictions.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "patient", "label", "probability"])
+        for name, label, p, signs in frames:
+            writer.writerow([f"/x/{name}.png", "P1", label, p])
+            mask = np.zeros((4, 4), np.uint8)
+            mask[1, 1] = 255 if signs else 0
+            Image.fromarray(mask).save(tmp_path / "cohort" / "masks" / "P1" / f"{name}.png")
+    [row] = breakdown.breakdown(tmp_path)
+    assert row["auc"] == pytest.approx(5 / 6)  # a2 (0.3) ranks above c1 only
+    assert row["auc_with_signs"] == 1.0 and row["without_signs"] == "1/3"
+    assert row["rank_among_controls"] == pytest.approx(0.5)
 
 
 def test_texture_baseline_lbp_codes():

@@ -40,7 +40,7 @@ class TrainingResult:
     """What :func:`train` produced.
 
     Attributes:
-        classifier: the best model (by validation ROC AUC), ready to predict.
+        classifier: the best model (by ``training.monitor``: validation ROC AUC, or loss), ready to predict.
         history: one dict per epoch (train and validation loss, validation AUC and accuracy).
         checkpoint: ``out/best.ckpt`` when ``out`` was given, else None (the model lives in memory only).
         out: the run folder, or None.

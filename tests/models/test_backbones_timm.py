@@ -1,6 +1,7 @@
 """timm backbones with the real ``timm`` (the ``timm`` extra): skipped where timm cannot be imported, as beside
 torch 2.13 on the development machine (its torchvision fails). Run them in an environment with matching torch
-and torchvision, e.g. ``pip install torch==2.14.1 torchvision==0.29.1 timm`` (docs/results.md, "Backbones")."""
+and torchvision, e.g. ``pip install torch==2.14.1 torchvision==0.29.1 timm`` (docs/results.md, "Modern
+backbones")."""
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ try:
 except Exception as error:  # ImportError, or torchvision's RuntimeError beside a mismatched torch
     pytest.skip(f"real timm cannot be imported here ({str(error).splitlines()[0][:120]})", allow_module_level=True)
 
-NAMES = ("resnet18", "efficientnet_b0", "convnext_atto")  # the kinds docs/results.md names
+NAMES = ("resnet18", "efficientnet_b0", "convnext_atto")  # three families: residual, inverted bottleneck, ConvNeXt
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -276,3 +276,14 @@ def test_best_checkpoint_is_the_epoch_the_monitor_chooses(cohort, cache, tmp_pat
     assert saved["epoch"] == chosen
     [state] = [s for s in saved["callbacks"].values() if isinstance(s, dict) and s.get("monitor")]
     assert state["monitor"] == monitor and float(state["best_model_score"]) == pytest.approx(values[chosen])
+
+
+def test_resume_refuses_a_monitor_edited_after_training(cohort, cache, tmp_path):
+    """Lightning would silently drop the best score and the patience of another monitor: refused, one line."""
+    from mucosa.models.training import resume
+
+    train(cohort, quick(training={"epochs": 1, "early_stopping": 2}), tmp_path / "run", cache=cache)
+    config = tmp_path / "run" / "config.yaml"
+    config.write_text(config.read_text().replace("monitor: val_auc", "monitor: val_loss"))
+    with pytest.raises(ConfigError, match="training.monitor val_auc, but config.yaml now says val_loss"):
+        resume(tmp_path / "run", cache)

@@ -2,7 +2,8 @@
 
 A run folder holds ``config.yaml`` (the resolved configuration), ``split.csv`` (the manifest with the
 split used), ``run.json`` (inputs), ``metrics.csv`` (Lightning's CSV logger: training and validation
-metrics per epoch, see :mod:`mucosa.models.tracking`), ``best.ckpt`` (best validation ROC AUC) and
+metrics per epoch, see :mod:`mucosa.models.tracking`), ``best.ckpt`` (best ``training.monitor``: validation
+ROC AUC, or loss) and
 ``last.ckpt`` (end of the latest finished epoch, for ``--resume``). ``mucosa train`` and ``mucosa.train``
 then add ``best.onnx`` and ``best.int8.onnx`` (:mod:`mucosa.inference.deployment`, a layer above this one),
 recorded in ``best.ckpt``'s model card.
@@ -415,8 +416,8 @@ def fit(plan: RunPlan, resume: Path | None = None, init_from: Path | None = None
         shutil.copyfile(plan.out / "last.ckpt", plan.out / ".best.ckpt.tmp")
         os.replace(plan.out / ".best.ckpt.tmp", best)
     if trainer.is_global_zero and not best.is_file():
-        raise TrainingDivergedError(f"{plan.out}: no epoch had a defined validation ROC AUC, so no best.ckpt was "
-                                    "chosen; see metrics.csv")
+        raise TrainingDivergedError(f"{plan.out}: no epoch had a defined {plan.config.training.monitor}, so no "
+                                    "best.ckpt was chosen; see metrics.csv")
     return best
 
 
@@ -478,6 +479,15 @@ def train(manifest: str | Path, config: RunConfig, out: str | Path, init_from: s
                progress=progress)
 
 
+def _refuse_other_monitor(state: dict, config: RunConfig, last: Path) -> None:
+    """A ``config.yaml`` whose ``training.monitor`` was edited after ``last.ckpt`` was written would make
+    Lightning drop the best score and the patience silently (its callback states are keyed by the monitor)."""
+    monitors = {s.get("monitor") for s in (state.get("callbacks") or {}).values() if isinstance(s, dict)} - {None}
+    if monitors and config.training.monitor not in monitors:
+        raise ConfigError(f"{last}: trained with training.monitor {', '.join(sorted(map(str, monitors)))}, but "
+                          f"config.yaml now says {config.training.monitor}; restore it, or start a new run")
+
+
 def resume(run: str | Path, cache: FrameCache | None = None) -> Path:
     """Continue an interrupted run from its ``last.ckpt`` (the split is read back from ``split.csv``)."""
     run = Path(run)
@@ -488,6 +498,7 @@ def resume(run: str | Path, cache: FrameCache | None = None) -> Path:
     config = load_config(run / "config.yaml")
     state = read_checkpoint_file(last)
     refuse_non_finite(state["state_dict"], last)
+    _refuse_other_monitor(state, config, last)
     plan = plan_run(run / "split.csv", config, run, cache, presplit=True)
     epoch = state.get("epoch")
     del state
