@@ -37,7 +37,7 @@ def breakdown(demo: Path) -> list[dict]:
             frames = list(csv.DictReader(handle))
         positive = np.array([f["label"] == "active" for f in frames])
         score = np.array([float(f["probability"]) for f in frames])
-        bare = positive & np.array([f["label"] == "active" and without_signs(demo, f) for f in frames])
+        bare = np.array([active and without_signs(demo, f) for active, f in zip(positive, frames)], dtype=bool)
         controls = score[~positive]
         rank = [float(np.mean(controls < s) + 0.5 * np.mean(controls == s)) for s in score[bare]]
         rows.append({"run": run.name, "auc": roc_auc_score(positive, score),
@@ -51,13 +51,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("demos", type=Path, nargs="+", help="folders written by mucosa demo --out")
     args = parser.parse_args()
+    tables = [(demo, breakdown(demo)) for demo in args.demos]  # every folder checked before anything is printed
     print("| demo | run | image ROC AUC | without the active images lacking signs | active images lacking signs "
           "| their rank among controls |\n|---|---|---|---|---|---|")
-    for demo in args.demos:
-        for r in breakdown(demo):
+    for demo, rows in tables:
+        for r in rows:
             print(f"| {demo.name} | {r['run']} | {r['auc']:.3f} | {r['auc_with_signs']:.3f} | {r['without_signs']} "
                   f"| {r['rank_among_controls']:.2f} |")
-
 
 if __name__ == "__main__":
     main()

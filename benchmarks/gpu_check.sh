@@ -16,15 +16,4 @@ python3 -m mucosa train --manifest /tmp/syn/manifest.csv --config configs/paper.
 cat /tmp/run-bf16/metrics.csv
 python3 -m mucosa evaluate --checkpoint /tmp/run-gpu/best.ckpt --manifest /tmp/syn/manifest.csv --out /tmp/ev --bootstrap 200 2>&1 | tail -3
 [ -n "${OUT:-}" ] && cp /tmp/run-gpu/metrics.csv /tmp/ev/metrics.json "$OUT"/
-python3 - <<'PY'
-import time, torch
-from mucosa.models.networks import ModelConfig, create_model
-m = create_model(ModelConfig(size=300)).cuda().to(memory_format=torch.channels_last)
-opt = torch.optim.Adam(m.parameters(), 1e-3)
-for bs in (16, 64):
-    x = torch.rand(bs, 1, 300, 300, device="cuda").contiguous(memory_format=torch.channels_last); y = torch.rand(bs, device="cuda").round()
-    for i in range(25):
-        if i == 5: torch.cuda.synchronize(); t = time.time()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(m(x)[:, 0], y); opt.zero_grad(); loss.backward(); opt.step()
-    torch.cuda.synchronize(); print(f"GPU train step, batch {bs}: {20 * bs / (time.time() - t):.0f} images/s")
-PY
+python3 benchmarks/gpu_train_step.py --models cnn-lstm --batches 16 64 --channels-last --warmup 5

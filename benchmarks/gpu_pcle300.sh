@@ -27,32 +27,10 @@ setup() {
         || exit 1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     nproc
-    python3 - <<'PY'
-import time
-
-import av, lightning, monai, pydantic, torch
-
-from mucosa.models.networks import ModelConfig, create_model
-
-print("torch", torch.__version__, "lightning", lightning.__version__, "monai", monai.__version__, "av", av.__version__,
-      "pydantic", pydantic.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0))
-for kind in ("cnn-lstm", "cnn"):
-    model = create_model(ModelConfig(kind=kind, size=300)).cuda()
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    for batch in (32, 128):  # 32: configs/pcle.yaml's batch
-        x = torch.rand(batch, 1, 300, 300, device="cuda")
-        y = torch.rand(batch, device="cuda").round()
-        for i in range(30):
-            if i == 10:
-                torch.cuda.synchronize()
-                start = time.time()
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x)[:, 0], y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        torch.cuda.synchronize()
-        print(f"bare fp32 training step, {kind}, batch {batch}: {20 * batch / (time.time() - start):.0f} images/s")
-PY
+    python3 -c "import av, lightning, monai, pydantic, torch; print('torch', torch.__version__, 'lightning',
+lightning.__version__, 'monai', monai.__version__, 'av', av.__version__, 'pydantic', pydantic.__version__, 'cuda',
+torch.cuda.is_available(), torch.cuda.get_device_name(0))"
+    python3 benchmarks/gpu_train_step.py  # CNN-LSTM and CNN at 300x300, batch 32 and 128
     # the whole command chain once on the GPU, tiny (synthetic cohort, one epoch)
     python3 -m mucosa synth /tmp/syn --patients 8 --per-patient 8 --size 64 --seed 0 | tail -1
     python3 -m mucosa train --manifest /tmp/syn/manifest.csv --size 64 --epochs 1 --workers 2 --no-onnx \

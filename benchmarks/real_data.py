@@ -331,10 +331,10 @@ def evaluate_last(exp: Experiment, model: str, seed: int, fold: int, out: Path) 
     return evaluation
 
 
-def run(cohort: str, out: Path, data: Path, seeds: list[int], only: list[str] | None, sweep: Sweep,
+def run(cohort: str, out: Path, seeds: list[int], only: list[str] | None, sweep: Sweep,
         models: list[str] | None = None) -> None:
     """Main experiments at the first seed, then at the other seeds, then the ablations (first seed)."""
-    cohort_csv = manifest(cohort, out, data)
+    cohort_csv = manifest(cohort, out, sweep.data)
     chosen = [e for e in EXPERIMENTS if e.cohort == cohort and (e.name in only if only else not e.named_only)]
     order = [(e, seeds[0]) for e in chosen if e.main]
     order += [(e, s) for s in seeds[1:] for e in chosen if e.all_seeds]
@@ -520,7 +520,7 @@ def main() -> None:
             sys.exit(f"{args.data}: real data folder not found (see its README in shared/data)")
         sweep = Sweep(args.threads, args.workers, args.deadline, shlex.split(args.train_args),
                       longest=args.expect, data=args.data.resolve())
-        run(args.cohort, args.out.resolve(), args.data.resolve(), args.seeds, args.only, sweep, args.models)
+        run(args.cohort, args.out.resolve(), args.seeds, args.only, sweep, args.models)
         print("done; tables: python benchmarks/real_data.py summary --markdown")
         return
     rows = collect(args.out.resolve())

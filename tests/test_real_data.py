@@ -286,6 +286,16 @@ def test_demo_breakdown_separates_active_images_without_signs(tmp_path):
     assert row["rank_among_controls"] == pytest.approx(0.5)
 
 
+def test_gpu_train_step_reports_a_rate_per_model_and_batch(capsys):
+    """benchmarks/gpu_train_step.py (used by gpu_check.sh and gpu_pcle300.sh), here on the CPU and tiny."""
+    step = benchmark("gpu_train_step")
+    step.main(["--device", "cpu", "--size", "32", "--batches", "2", "3", "--steps", "1", "--warmup", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [f"bare fp32 training step, {kind}, 32x32, batch {b}"
+                                                      for kind in ("cnn-lstm", "cnn") for b in (2, 3)]
+    assert all(float(line.split(": ")[1].split()[0]) > 0 for line in lines)
+
+
 def test_texture_baseline_lbp_codes():
     """benchmarks/texture_baseline.py: uniform LBP codes count the neighbours at least as bright as the
     centre; a histogram sums to one and does not change when the image is turned by 90 degrees."""
