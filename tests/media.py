@@ -1,5 +1,7 @@
-"""Small media files written by tests (importable from every test folder: pytest's pythonpath)."""
+"""Small media files written by tests, and the files a test finds on disk (importable from every test folder:
+pytest's pythonpath)."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -32,3 +34,9 @@ def write_gray_clip(path: Path, frames: list[np.ndarray], rate: int = 24) -> Non
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="gray")))
         container.mux(stream.encode())
+
+
+def files_under(root: Path, suffix: str = "") -> list[Path]:
+    """The files below ``root`` ending in ``suffix``, listed while a live server may be deleting them:
+    ``os.walk`` passes over a folder that goes between listing and entering it, where ``Path.rglob`` raises."""
+    return [Path(top) / name for top, _, names in os.walk(root) for name in names if name.endswith(suffix)]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from media import files_under
 from mucosa.cli import main
 from mucosa.data.readers import iter_video_frames
 from mucosa.errors import ConfigError
@@ -47,7 +48,7 @@ def upload(client, url, *paths, **kwargs):
 
 
 def leftovers(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.is_file()]
+    return files_under(root)
 
 
 @pytest.fixture(scope="module")

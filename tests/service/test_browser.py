@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from media import files_under
 from mucosa.data.readers import iter_video_frames
 
 pytestmark = pytest.mark.realdata
@@ -159,7 +160,7 @@ def test_disconnect_mid_upload_over_a_socket_leaves_nothing(server, pcle_brain):
     base, tmp = server
     port = int(base.rsplit(":", 1)[1])
     (root,) = tmp.glob("mucosa-serve-*")
-    stored = lambda: [p for p in root.rglob("*.part") if p.is_file()]  # noqa: E731
+    stored = lambda: files_under(root, ".part")  # noqa: E731
     before = httpx.get(base + "/v1/cases").json()
     data = (pcle_brain / "meningioma" / "men-09.mpg").read_bytes()
     part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="v.mpg"\r\n\r\n'
