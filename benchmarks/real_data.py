@@ -333,12 +333,13 @@ def evaluate_last(exp: Experiment, model: str, seed: int, fold: int, out: Path) 
 
 def run(cohort: str, out: Path, seeds: list[int], only: list[str] | None, sweep: Sweep,
         models: list[str] | None = None) -> None:
-    """Main experiments at the first seed, then at the other seeds, then the ablations (first seed)."""
+    """Main experiments at the first seed, then at the other seeds, then the others, each at its seeds in
+    order (an ablation at the first seed only): a sweep cut short holds the first seed of what it began."""
     cohort_csv = manifest(cohort, out, sweep.data)
     chosen = [e for e in EXPERIMENTS if e.cohort == cohort and (e.name in only if only else not e.named_only)]
     order = [(e, seeds[0]) for e in chosen if e.main]
-    order += [(e, s) for s in seeds[1:] for e in chosen if e.all_seeds]
-    order += [(e, seeds[0]) for e in chosen if not e.main]
+    order += [(e, s) for s in seeds[1:] for e in chosen if e.main and e.all_seeds]
+    order += [(e, s) for e in chosen if not e.main for s in (seeds if e.all_seeds else seeds[:1])]
     for exp, seed in order:
         for model in exp.models:
             if models and model not in models:

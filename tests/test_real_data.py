@@ -184,6 +184,18 @@ def test_benchmark_starts_no_run_that_would_outlast_its_deadline(tmp_path):
     assert real_data.run_one(exp, "cnn", 0, 0, tmp_path / "c.csv", tmp_path, late) == done
 
 
+def test_benchmark_runs_each_experiment_first_seed_first(tmp_path, monkeypatch):
+    """benchmarks/real_data.py run: main experiments at the first seed, then at the others; then the rest,
+    each at its own seeds in order, so that a sweep cut short by its deadline holds the first seed."""
+    real_data = benchmark("real_data")
+    done = []
+    monkeypatch.setattr(real_data, "manifest", lambda *a: tmp_path / "c.csv")
+    monkeypatch.setattr(real_data, "run_one", lambda exp, model, seed, fold, *a: done.append((exp.name, seed)))
+    real_data.run("pcle", tmp_path, [0, 1], ["grouped", "ssl-fold", "no-crop"], real_data.Sweep(), ["cnn-lstm"])
+    order = list(dict.fromkeys(done))
+    assert order == [("grouped", 0), ("grouped", 1), ("no-crop", 0), ("ssl-fold", 0), ("ssl-fold", 1)]
+
+
 def test_benchmark_pretraining_never_shows_a_fold_its_test_cases(tmp_path, monkeypatch):
     """benchmarks/real_data.py, runs from a self-supervised encoder: "fold" writes the fold's split first (the
     very split ``mucosa train --split kfold`` draws) and pretrains on its train and val rows only, then trains

@@ -1,0 +1,19 @@
+"""The demo's settings (the whole demo runs in tests/evaluation/test_evaluate.py with --quick)."""
+
+from dataclasses import replace
+
+from mucosa.demo import FULL, RUNS, run_config
+from mucosa.models.config import load_config
+
+
+def test_full_demo_trains_without_augmentation_on_each_split():
+    """FULL trains with the affine and flips off (so memory of seen patients shows on the within-patient split),
+    one run per model and split, each with its own test share; augment=True keeps the config's augmentation."""
+    base = load_config("configs/cpu-quick.yaml")
+    for model, split in RUNS:
+        config = run_config(base, model, split, FULL)
+        assert (config.model.kind, config.split.mode) == (model, split)
+        assert config.augmentation.probability == 0 and not config.augmentation.flip
+        assert config.training.monitor == "val_loss" and config.training.epochs == FULL.epochs
+    kept = run_config(base, "cnn", "patient", replace(FULL, augment=True)).augmentation
+    assert kept == base.augmentation and kept.probability > 0 and kept.flip
