@@ -287,3 +287,18 @@ def test_resume_refuses_a_monitor_edited_after_training(cohort, cache, tmp_path)
     config.write_text(config.read_text().replace("monitor: val_auc", "monitor: val_loss"))
     with pytest.raises(ConfigError, match="training.monitor val_auc, but config.yaml now says val_loss"):
         resume(tmp_path / "run", cache)
+
+
+def test_resume_keeps_the_class_order_the_run_was_trained_with(cohort, cache, tmp_path):
+    """A run trained with --classes active,control (control the positive class) continues with that order, not
+    the manifest's default (control, active): the resumed epochs learn and name the classes as the first did."""
+    from mucosa.models.training import resume
+
+    run = tmp_path / "run"
+    train(cohort, quick(), run, cache=cache, classes=["active", "control"])
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("epochs: 1", "epochs: 2"))
+    best = resume(run, cache)
+    assert load_checkpoint(best).classes == ["active", "control"]
+    last = torch.load(run / "last.ckpt", weights_only=True, map_location="cpu")
+    assert last["epoch"] == 1 and last["mucosa"]["classes"] == ["active", "control"]

@@ -117,6 +117,12 @@ def _settings_from(cls, info: dict, key: str, path: Path):
                                   + "; ".join(str(error).splitlines())) from None
 
 
+def trained_classes(state: dict, path: Path) -> list[str]:
+    """The classes, in order, of a training checkpoint ``state`` read from ``path`` (its ``"mucosa"`` entry)."""
+    info = state.get("mucosa")
+    return _classes_from(info if isinstance(info, dict) else {}, path)
+
+
 def _classes_from(info: dict, path: Path) -> list[str]:
     classes = info.get("classes")
     if (not isinstance(classes, (list, tuple)) or len(classes) < 2 or len(set(map(str, classes))) != len(classes)

@@ -49,6 +49,7 @@ from mucosa.models.checkpoint import (
     non_finite_weights,
     read_checkpoint_file,
     refuse_non_finite,
+    trained_classes,
 )
 from mucosa.models.config import RunConfig, load_config, override
 from mucosa.models.dataset import (
@@ -499,7 +500,9 @@ def resume(run: str | Path, cache: FrameCache | None = None) -> Path:
     state = read_checkpoint_file(last)
     refuse_non_finite(state["state_dict"], last)
     _refuse_other_monitor(state, config, last)
-    plan = plan_run(run / "split.csv", config, run, cache, presplit=True)
+    # the classes in the order the run learnt them (--classes may have set another than the manifest's)
+    classes = trained_classes(state, last)
+    plan = plan_run(run / "split.csv", config, run, cache, presplit=True, classes=classes)
     epoch = state.get("epoch")
     del state
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
