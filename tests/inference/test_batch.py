@@ -1,4 +1,5 @@
 import csv
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from mucosa.cli import main
 from mucosa.data.cache import FrameCache
 from mucosa.data.manifest import Record, load_manifest, write_manifest
 from mucosa.data.readers import iter_video_frames
-from mucosa.errors import MucosaError
+from mucosa.errors import MucosaError, MucosaWarning
 from mucosa.evaluation.evaluate import score
 from mucosa.inference.batch import collect_sources, predict
 from mucosa.inference.verdict import NO_VERDICT
@@ -156,6 +157,27 @@ def test_cli_predict_and_clear_errors(trained, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(MucosaError, match="not an image, a video"):
         collect_sources([tmp_path / "notes.txt"])
+
+
+def test_a_file_given_twice_is_predicted_once_with_a_warning(tmp_path):
+    """A folder and a file in it, or a file named twice: one source each, in the case where it first appears;
+    another frame selection of the same video is not a repeat."""
+    from PIL import Image
+
+    (tmp_path / "exam").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("L", (8, 8)).save(tmp_path / "exam" / name)
+    with pytest.warns(MucosaWarning, match=r"2 of 4 files were given more than once \(e.g. .*a.png\)"):
+        sources = collect_sources([tmp_path / "exam", tmp_path / "exam" / "a.png", tmp_path / "exam" / "b.png"])
+    assert [(s.path.name, s.case) for s in sources] == [("a.png", str(tmp_path / "exam")),
+                                                      ("b.png", str(tmp_path / "exam"))]
+    clip = tmp_path / "clip.avi"
+    write_gray_clip(clip, [np.full((8, 8), 10 * i, np.uint8) for i in range(4)])
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,label,patient,frames\n{clip},active,P1,0-1\n{clip},active,P1,2-3\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MucosaWarning)
+        assert [str(s.frames) for s in collect_sources([manifest])] == ["0-1", "2-3"]
 
 
 def test_three_classes_give_one_column_per_class_and_argmax_verdicts(tmp_path):

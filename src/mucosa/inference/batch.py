@@ -88,7 +88,22 @@ def collect_sources(paths: list[str | Path]) -> list[Source]:
             raise MucosaError(f"{path}: not found")
         else:
             raise UnreadableFileError(f"{path}: not an image, a video, a folder or a manifest (.csv)")
-    return sources
+    return _once_each(sources)
+
+
+def _once_each(sources: list[Source]) -> list[Source]:
+    """The sources without repeats of the same frames of the same file (a file named and its folder too, or
+    one listed twice), the first kept, with one warning: a repeat would count twice in its case's verdict."""
+    seen: set = set()
+    kept, repeated = [], []
+    for source in sources:
+        key = (source.path.resolve(), source.frames)
+        (repeated if key in seen else kept).append(source)
+        seen.add(key)
+    if repeated:
+        warnings.warn(f"{len(repeated)} of {len(sources)} files were given more than once (e.g. {repeated[0].path}): "
+                      "each is predicted once, in the case where it first appears", MucosaWarning, stacklevel=3)
+    return kept
 
 
 @dataclass
