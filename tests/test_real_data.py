@@ -122,6 +122,8 @@ def benchmark(name: str):
     from pathlib import Path
 
     source = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    if str(source.parent) not in sys.path:  # as when run as a script: its folder's modules import
+        sys.path.insert(0, str(source.parent))
     spec = importlib.util.spec_from_file_location(name, source)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up
@@ -130,12 +132,12 @@ def benchmark(name: str):
 
 
 def test_benchmark_pools_held_out_folds_like_scikit_learn():
-    """benchmarks/real_data.py pools the folds' predictions: AUC of the pooled probabilities, accuracy of
-    each fold's own calls, case accuracy over every held-out case."""
+    """benchmarks/pooling.py (real_data.py summary) pools the folds' predictions: AUC of the pooled
+    probabilities, accuracy of each fold's own calls, case accuracy over every held-out case."""
     import numpy as np
     from sklearn.metrics import accuracy_score, roc_auc_score
 
-    real_data = benchmark("real_data")
+    pooling = benchmark("pooling")
     rng = np.random.default_rng(0)
     folds, truth, scores, calls, file_truth, file_means = [], [], [], [], [], []
     for k, threshold in enumerate((0.3, 0.7)):
@@ -156,7 +158,7 @@ def test_benchmark_pools_held_out_folds_like_scikit_learn():
         metrics = {"positive": "yes", "image": {"roc_auc": {"value": 0.5}}}
         folds.append({"frames": frames, "files": files, "cases": [{"correct": f["correct"]} for f in files],
                       "metrics": metrics})
-    result = real_data.pooled(folds, n_boot=50)
+    result = pooling.pooled(folds, n_boot=50)
     assert result["roc_auc"][0] == pytest.approx(roc_auc_score(truth, scores))
     assert result["accuracy"][0] == pytest.approx(accuracy_score(truth, calls))
     assert result["accuracy_at_0.5"] == pytest.approx(accuracy_score(truth, np.array(scores) >= 0.5))
