@@ -8,17 +8,8 @@ from PIL import Image
 
 from media import write_video
 from mucosa.data.preparation import Preprocessing, iter_frames
-from mucosa.data.readers import (
-    DecodeReport,
-    FrameSelection,
-    Gap,
-    iter_video_frames,
-    read_image,
-    runs_to_selections,
-    scan_video,
-    to_gray,
-    video_info,
-)
+from mucosa.data.readers import FrameSelection, read_image, runs_to_selections, to_gray
+from mucosa.data.video import DecodeReport, Gap, iter_video_frames, scan_video, video_info
 from mucosa.errors import ConfigError, MucosaWarning, UnreadableFileError
 
 

@@ -10,7 +10,7 @@ from mucosa.atomic import write_torch
 from mucosa.cli import main
 from mucosa.data.cache import FrameCache
 from mucosa.data.manifest import Record, load_manifest, write_manifest
-from mucosa.data.readers import iter_video_frames
+from mucosa.data.video import iter_video_frames
 from mucosa.errors import MucosaError, MucosaWarning
 from mucosa.evaluation.evaluate import score
 from mucosa.inference.batch import collect_sources, predict

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mucosa.cli import main
-from mucosa.data.readers import iter_video_frames, video_info
+from mucosa.data.video import iter_video_frames, video_info
 from mucosa.inference.batch import predict
 from mucosa.inference.pytorch import TorchPredictor
 from mucosa.inference.stream import Smoother, stream

@@ -62,7 +62,7 @@ def frame_png(brain_video, tmp_path_factory) -> Path:
     """Frame 40 of a real pCLE video as a gray PNG (464x336, the whole recorded frame)."""
     from PIL import Image
 
-    from mucosa.data.readers import iter_video_frames
+    from mucosa.data.video import iter_video_frames
 
     (_, frame), = list(iter_video_frames(brain_video, "40"))
     path = tmp_path_factory.mktemp("frames") / "men-09-f40.png"

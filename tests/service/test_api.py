@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from media import files_under
 from mucosa.cli import main
-from mucosa.data.readers import iter_video_frames
+from mucosa.data.video import iter_video_frames
 from mucosa.errors import ConfigError
 from mucosa.service.app import Settings, create_app
 from mucosa.service.engine import Engine

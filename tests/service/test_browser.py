@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from media import files_under
-from mucosa.data.readers import iter_video_frames
+from mucosa.data.video import iter_video_frames
 
 pytestmark = pytest.mark.realdata
 ROOT = Path(__file__).resolve().parents[2]

@@ -29,7 +29,8 @@ from mucosa.data.manifest import (
     label_counts,
     read_table,
 )
-from mucosa.data.readers import is_image, is_video, read_image, scan_video, video_info
+from mucosa.data.readers import is_image, is_video, read_image
+from mucosa.data.video import scan_video, video_info
 from mucosa.errors import ConfigError, ManifestError, MucosaWarning, UnreadableFileError
 
 _MAX_LISTED = 20

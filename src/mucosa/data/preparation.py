@@ -28,16 +28,8 @@ from pydantic_core import PydanticCustomError
 
 from mucosa.data import fov as preprocess
 from mucosa.data import quality
-from mucosa.data.readers import (
-    CHANNELS,
-    MAX_PIXELS,
-    DecodeReport,
-    FrameSelection,
-    array_frames,
-    is_video,
-    iter_video_frames,
-    read_image,
-)
+from mucosa.data.readers import CHANNELS, MAX_PIXELS, FrameSelection, array_frames, is_video, read_image
+from mucosa.data.video import DecodeReport, iter_video_frames
 from mucosa.errors import UnreadableFileError
 from mucosa.settings import Float, Int, Settings, closest, whole_number
 

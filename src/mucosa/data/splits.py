@@ -27,7 +27,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from mucosa.data.manifest import Cohort, Record
-from mucosa.data.readers import runs_to_selections, video_info
+from mucosa.data.readers import runs_to_selections
+from mucosa.data.video import video_info
 from mucosa.errors import ConfigError, MucosaWarning
 
 MODES = ("within-patient", "patient", "kfold", "lopo", "none", "manifest")

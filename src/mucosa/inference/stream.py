@@ -10,7 +10,7 @@ Per frame: decode → field-of-view crop → quality gate → inference → temp
 - Smoothing: ``smoothed`` is the mean probability of the last ``window`` informative frames (what is under
   the probe now); the case verdict is the mean of *all* informative frames so far against the threshold,
   ``predict``'s and ``evaluate``'s rule, so the final verdict is the one ``predict`` gives for the file.
-- A corrupt packet in the middle of the video is skipped and counted (``readers.iter_video_frames``).
+- A corrupt packet in the middle of the video is skipped and counted (``video.iter_video_frames``).
 
 Decoding and preprocessing run in a background thread, inference in the calling one, so the two overlap
 (PyAV, NumPy, Pillow and both runtimes release the GIL). ``realtime`` paces frames at the source frame
@@ -38,7 +38,8 @@ import numpy as np
 
 from mucosa import atomic
 from mucosa.data.preparation import Preprocessing, fov_buffer, iter_frames
-from mucosa.data.readers import DecodeReport, is_video, video_info
+from mucosa.data.readers import is_video
+from mucosa.data.video import DecodeReport, video_info
 from mucosa.errors import ConfigError, UnreadableFileError
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.runtime import describe, open_predictor

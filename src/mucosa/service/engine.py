@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from mucosa.data.preparation import iter_frames
-from mucosa.data.readers import IMAGE_SUFFIXES, VIDEO_SUFFIXES, DecodeReport, is_image, is_video, read_image, video_info
+from mucosa.data.readers import IMAGE_SUFFIXES, VIDEO_SUFFIXES, is_image, is_video, read_image
+from mucosa.data.video import DecodeReport, video_info
 from mucosa.errors import ConfigError, ModelOutputError, MucosaError, UnreadableFileError
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.classifier import Classifier
