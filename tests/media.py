@@ -39,4 +39,5 @@ def write_gray_clip(path: Path, frames: list[np.ndarray], rate: int = 24) -> Non
 def files_under(root: Path, suffix: str = "") -> list[Path]:
     """The files below ``root`` ending in ``suffix``, listed while a live server may be deleting them:
     ``os.walk`` passes over a folder that goes between listing and entering it, where ``Path.rglob`` raises."""
+    assert Path(root).is_dir(), f"{root} is not a folder: nothing to list"
     return [Path(top) / name for top, _, names in os.walk(root) for name in names if name.endswith(suffix)]

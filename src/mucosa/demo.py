@@ -8,10 +8,12 @@ Youden's index on each run's validation part), and compare them. It shows the pa
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mucosa.errors import MucosaError
 from mucosa.models.config import RunConfig, load_config, override
 
 RUNS = (("cnn-lstm", "within-patient"), ("cnn", "within-patient"), ("cnn-lstm", "patient"), ("cnn", "patient"))
@@ -64,6 +66,15 @@ def run_config(base: RunConfig, model: str, split: str, size: DemoSize) -> RunCo
     return override(config, "training", epochs=size.epochs, lr=size.lr, monitor=size.monitor)
 
 
+def reusable(run: Path, config: RunConfig) -> bool:
+    """Whether ``run`` is a finished training with exactly these settings (its ``config.yaml``), so that a
+    second ``mucosa demo`` into the same folder need not train it again."""
+    try:
+        return (run / "best.ckpt").is_file() and load_config(run / "config.yaml").to_dict() == config.to_dict()
+    except MucosaError:  # no config.yaml, or one this version cannot read
+        return False
+
+
 def run_demo(out: str | Path = "mucosa-demo", quick: bool = False, config: str | Path = "configs/cpu-quick.yaml",
              seed: int = 0) -> Path:
     """Run everything into ``out`` and return the comparison report's path."""
@@ -85,8 +96,11 @@ def run_demo(out: str | Path = "mucosa-demo", quick: bool = False, config: str |
         name = f"{model}_{split}"
         run = out / "runs" / name
         _stage(f"training {model} with a {split} split -> {run}", start)
-        best = (run / "best.ckpt") if (run / "best.ckpt").exists() else train(
-            manifest, run_config(base, model, split, size), run, cache=cache)
+        wanted = run_config(base, model, split, size)
+        best = run / "best.ckpt"
+        if not reusable(run, wanted):  # unfinished, or trained with other settings (another seed, version)
+            shutil.rmtree(run, ignore_errors=True)
+            best = train(manifest, wanted, run, cache=cache)
         _stage(f"evaluating {name} on its test part", start)
         # a patient is active when at least half of its frames are called active ("share"): its mean
         # probability would hold an active patient's frames without signs against a threshold set on frames

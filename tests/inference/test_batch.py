@@ -159,18 +159,20 @@ def test_cli_predict_and_clear_errors(trained, tmp_path, capsys):
         collect_sources([tmp_path / "notes.txt"])
 
 
-def test_a_file_given_twice_is_predicted_once_with_a_warning(tmp_path):
-    """A folder and a file in it, or a file named twice: one source each, in the case where it first appears;
-    another frame selection of the same video is not a repeat."""
+def test_a_file_given_twice_for_one_case_counts_once_with_a_warning(tmp_path):
+    """A folder or a file named twice: one source each (a file named on its own is its own case besides the
+    folder's, as test_folder_is_one_case_and_a_single_image_its_own wants); another frame selection of the
+    same video is not a repeat."""
     from PIL import Image
 
     (tmp_path / "exam").mkdir()
     for name in ("a.png", "b.png"):
         Image.new("L", (8, 8)).save(tmp_path / "exam" / name)
-    with pytest.warns(MucosaWarning, match=r"2 of 4 files were given more than once \(e.g. .*a.png\)"):
-        sources = collect_sources([tmp_path / "exam", tmp_path / "exam" / "a.png", tmp_path / "exam" / "b.png"])
-    assert [(s.path.name, s.case) for s in sources] == [("a.png", str(tmp_path / "exam")),
-                                                      ("b.png", str(tmp_path / "exam"))]
+    exam, single = tmp_path / "exam", tmp_path / "exam" / "a.png"
+    with pytest.warns(MucosaWarning, match=r"3 of 6 files were given more than once \(e.g. .*a.png\)"):
+        sources = collect_sources([exam, single, exam, single])
+    assert [(s.path.name, s.case) for s in sources] == [("a.png", str(exam)), ("b.png", str(exam)),
+                                                      ("a.png", str(single))]
     clip = tmp_path / "clip.avi"
     write_gray_clip(clip, [np.full((8, 8), 10 * i, np.uint8) for i in range(4)])
     manifest = tmp_path / "m.csv"

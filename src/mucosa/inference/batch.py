@@ -11,7 +11,8 @@ which drops them. A case's verdict is the mean probability of its used frames ag
 
 Cases: a manifest's ``patient``; for a folder, the images of one sub-folder form one case (one
 examination's frames) and every video is a case of its own; a file named on the command line is its own
-case.
+case. A file given twice for the same case (a folder or a file named twice, a manifest row repeated) counts once
+in it, with a warning.
 
 A file that cannot be read is reported (one warning naming it) and left out of every output, and the
 others are predicted; :attr:`PredictResult.unreadable` lists it (the CLI then exits with status 3). The three
@@ -26,6 +27,7 @@ rank 0 writes the same three files, row for row, as one process would.
 from __future__ import annotations
 
 import csv
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,17 +94,19 @@ def collect_sources(paths: list[str | Path]) -> list[Source]:
 
 
 def _once_each(sources: list[Source]) -> list[Source]:
-    """The sources without repeats of the same frames of the same file (a file named and its folder too, or
-    one listed twice), the first kept, with one warning: a repeat would count twice in its case's verdict."""
+    """The sources without repeats of the same frames at the same path in the same case (a folder or a file
+    named twice, a manifest row listed twice), the first kept, with one warning: a repeat would count twice in
+    its case's verdict. A file named on its own and within its folder is in two cases, and kept in both; two
+    paths to one file (a link) are two files, as the user named them."""
     seen: set = set()
     kept, repeated = [], []
     for source in sources:
-        key = (source.path.resolve(), source.frames)
+        key = (os.path.normpath(source.path.absolute()), source.frames, source.case)
         (repeated if key in seen else kept).append(source)
         seen.add(key)
     if repeated:
         warnings.warn(f"{len(repeated)} of {len(sources)} files were given more than once (e.g. {repeated[0].path}): "
-                      "each is predicted once, in the case where it first appears", MucosaWarning, stacklevel=3)
+                      "each counts once in its case", MucosaWarning, stacklevel=3)
     return kept
 
 
