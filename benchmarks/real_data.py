@@ -17,7 +17,8 @@ pcle (pCLE brain videos, a video is a case; configs/pcle.yaml):
   grouped       5-fold video-grouped cross-validation, CNN-LSTM and CNN, every seed
   within        the paper's within-patient split (80/20 of every video's frames), for contrast (first seed)
   no-augmentation, all-frames, no-crop, disc, no-quality, last-epoch
-                ablations of the CNN-LSTM under grouped CV (first seed): no augmentation; every frame of
+                ablations of the CNN-LSTM under grouped CV (first seed; disc, which is configs/pcle.yaml,
+                every seed): no augmentation; every frame of
                 every video in one epoch (about as many frames as 12 epochs of 64 frames a video); the
                 field-of-view crop off (whole frame with overlays); the whole circular field kept, black
                 outside it (``crop: disc``); the quality gate off; the grouped runs' last epoch instead of the
@@ -333,13 +334,14 @@ def evaluate_last(exp: Experiment, model: str, seed: int, fold: int, out: Path) 
 
 def run(cohort: str, out: Path, seeds: list[int], only: list[str] | None, sweep: Sweep,
         models: list[str] | None = None) -> None:
-    """Main experiments at the first seed, then at the other seeds, then the others, each at its seeds in
-    order (an ablation at the first seed only): a sweep cut short holds the first seed of what it began."""
+    """Main experiments at the first seed, then at the other seeds; then the others at the first seed, then
+    those of them that run every seed at the other seeds: a sweep cut short holds the first seeds."""
     cohort_csv = manifest(cohort, out, sweep.data)
     chosen = [e for e in EXPERIMENTS if e.cohort == cohort and (e.name in only if only else not e.named_only)]
     order = [(e, seeds[0]) for e in chosen if e.main]
     order += [(e, s) for s in seeds[1:] for e in chosen if e.main and e.all_seeds]
-    order += [(e, s) for e in chosen if not e.main for s in (seeds if e.all_seeds else seeds[:1])]
+    order += [(e, seeds[0]) for e in chosen if not e.main]
+    order += [(e, s) for s in seeds[1:] for e in chosen if not e.main and e.all_seeds]
     for exp, seed in order:
         for model in exp.models:
             if models and model not in models:

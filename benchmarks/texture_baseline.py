@@ -24,36 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mucosa.models.texture import texture_features  # LBP at 4 radii, as mucosa texture
+
 ROOT = Path(__file__).resolve().parents[1]
-SCALES = ((8, 1), (8, 2), (16, 3), (16, 5))  # (neighbours P, radius R) of each LBP histogram
-
-
-def lbp_histogram(image: np.ndarray, points: int, radius: int) -> np.ndarray:
-    """Rotation-invariant uniform LBP histogram (P + 2 bins) of a gray image.
-
-    Codes 0..P count the neighbours at least as bright as the centre for "uniform" patterns (at most two
-    0/1 transitions around the circle); code P + 1 collects all others (Ojala et al. 2002).
-    """
-    from scipy import ndimage
-
-    h, w = image.shape
-    centre = image[radius:h - radius, radius:w - radius]
-    bits = []
-    for k in range(points):
-        angle = 2 * np.pi * k / points
-        shifted = ndimage.shift(image, (radius * np.sin(angle), -radius * np.cos(angle)), order=1)
-        bits.append(shifted[radius:h - radius, radius:w - radius] >= centre)
-    bits = np.stack(bits).astype(np.int8)                                   # (P, H', W')
-    transitions = np.abs(np.diff(np.concatenate([bits, bits[:1]]), axis=0)).sum(0)
-    codes = np.where(transitions <= 2, bits.sum(0), points + 1)
-    return np.bincount(codes.ravel(), minlength=points + 2) / codes.size
-
-
-def texture_features(image: np.ndarray) -> np.ndarray:
-    """All scales' LBP histograms side by side."""
-    return np.concatenate([lbp_histogram(image, p, r) for p, r in SCALES])
-
-
 def load_features(data: Path, cache: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Features, labels (1 = arthritis), animals and paths of every EGC-Z image; cached in ``cache``."""
     if cache.is_file():

@@ -20,7 +20,7 @@ LAYERS = [  # lowest first
     ("inference", ("mucosa.inference",)),
     ("evaluation", ("mucosa.evaluation",)),
     ("top", ("mucosa", "mucosa.api", "mucosa.cli", "mucosa.cli_checks", "mucosa.cli_inference", "mucosa.cli_pretrain",
-             "mucosa.demo", "mucosa.__main__", "mucosa.service")),
+             "mucosa.cli_texture", "mucosa.demo", "mucosa.__main__", "mucosa.service")),
 ]
 
 

@@ -187,15 +187,17 @@ def test_benchmark_starts_no_run_that_would_outlast_its_deadline(tmp_path):
 
 
 def test_benchmark_runs_each_experiment_first_seed_first(tmp_path, monkeypatch):
-    """benchmarks/real_data.py run: main experiments at the first seed, then at the others; then the rest,
-    each at its own seeds in order, so that a sweep cut short by its deadline holds the first seed."""
+    """benchmarks/real_data.py run: main experiments at the first seed, then at the others; then the rest at
+    the first seed, then at the others, so that a sweep cut short by its deadline holds the first seeds."""
     real_data = benchmark("real_data")
     done = []
     monkeypatch.setattr(real_data, "manifest", lambda *a: tmp_path / "c.csv")
     monkeypatch.setattr(real_data, "run_one", lambda exp, model, seed, fold, *a: done.append((exp.name, seed)))
-    real_data.run("pcle", tmp_path, [0, 1], ["grouped", "ssl-fold", "no-crop"], real_data.Sweep(), ["cnn-lstm"])
+    real_data.run("pcle", tmp_path, [0, 1], ["grouped", "ssl-fold", "no-crop", "disc"], real_data.Sweep(),
+                  ["cnn-lstm"])
     order = list(dict.fromkeys(done))
-    assert order == [("grouped", 0), ("grouped", 1), ("no-crop", 0), ("ssl-fold", 0), ("ssl-fold", 1)]
+    assert order == [("grouped", 0), ("grouped", 1), ("no-crop", 0), ("disc", 0), ("ssl-fold", 0), ("disc", 1),
+                     ("ssl-fold", 1)]
 
 
 def test_benchmark_pretraining_never_shows_a_fold_its_test_cases(tmp_path, monkeypatch):
@@ -308,21 +310,3 @@ def test_gpu_train_step_reports_a_rate_per_model_and_batch(capsys):
     assert [line.split(":")[0] for line in lines] == [f"bare fp32 training step, {kind}, 32x32, batch {b}"
                                                       for kind in ("cnn-lstm", "cnn") for b in (2, 3)]
     assert all(float(line.split(": ")[1].split()[0]) > 0 for line in lines)
-
-
-def test_texture_baseline_lbp_codes():
-    """benchmarks/texture_baseline.py: uniform LBP codes count the neighbours at least as bright as the
-    centre; a histogram sums to one and does not change when the image is turned by 90 degrees."""
-    import numpy as np
-
-    texture = benchmark("texture_baseline")
-    flat = np.full((9, 9), 0.5)
-    np.testing.assert_array_equal(texture.lbp_histogram(flat, 8, 1), np.eye(10)[8])  # every neighbour >= centre
-    spot = np.zeros((9, 9))
-    spot[4, 4] = 1.0  # the centre pixel brighter than all its neighbours: code 0
-    assert texture.lbp_histogram(spot, 8, 1)[0] == 1 / 49
-    image = np.random.default_rng(0).random((40, 40))
-    hist = texture.lbp_histogram(image, 8, 1)
-    assert hist.shape == (10,) and hist.sum() == pytest.approx(1.0)
-    np.testing.assert_allclose(texture.lbp_histogram(np.rot90(image), 8, 1), hist)
-    assert texture.texture_features(image).shape == (sum(p + 2 for p, _ in texture.SCALES),)

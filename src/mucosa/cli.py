@@ -14,6 +14,7 @@ from mucosa._version import __version__
 from mucosa.atomic import OutputError, check_writable_file, check_writable_folder
 from mucosa.cli_inference import RUNTIME_HELP, add_device_option, add_inference_parsers, open_cache
 from mucosa.cli_pretrain import add_pretrain_parser
+from mucosa.cli_texture import add_texture_parser
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -440,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
     add_pretrain_parser(sub)
+    add_texture_parser(sub)
     for command in sub.choices.values():  # also accepted after the command's name
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
