@@ -133,6 +133,14 @@ BAD = [
     "train --manifest {empty} --out {new}",
     "train --resume {folder}",
     "prepare {badcsv} --cache {new}",
+    "texture --manifest {manifest} --fuse {folder} --out {new}",
+    "texture --manifest {manifest} --fuse {file} --out {new}",
+    "texture --manifest {badcsv} --out {new}",
+    "texture --manifest {empty} --out {new}",
+    "texture --manifest {folder} --out {new}",
+    "texture --manifest {manifest} --out {file}",
+    "texture --manifest {manifest} --out {new} --bootstrap 0",
+    "texture --manifest {manifest} --out {new} --channel purple",
 ]
 
 
