@@ -35,3 +35,23 @@ def test_evaluate_refuses_an_out_of_range_threshold(tiny):
     for bad in ("2", "-1", "nan", "5"):
         with pytest.raises(mucosa.MucosaError, match="threshold"):
             mucosa.evaluate(tiny.best, tiny.run / "split.csv", threshold=bad, n_boot=10, cache_dir=tiny.cache.root)
+
+
+@pytest.mark.parametrize("call, names", [
+    (lambda p: mucosa.train(None, out=p / "run"), "manifest"),
+    (lambda p: mucosa.train(123, out=p / "run"), "manifest"),
+    (lambda p: mucosa.train(p / "m.csv", config=5, out=p / "run"), "config"),
+    (lambda p: mucosa.train(p / "m.csv", config=["model"], out=p / "run"), "config"),
+    (lambda p: mucosa.train(p / "m.csv", out=3), "out"),
+    (lambda p: mucosa.train(p / "m.csv", out=p / "run", init_from=1.5), "init_from"),
+    (lambda p: mucosa.train(p / "m.csv", out=p / "run", cache_dir=object()), "cache_dir"),
+    (lambda p: mucosa.evaluate(None, p / "m.csv"), "checkpoint"),
+    (lambda p: mucosa.evaluate(p / "c.ckpt", None), "manifest"),
+    (lambda p: mucosa.evaluate(p / "c.ckpt", p / "m.csv", out=[1]), "out"),
+])
+def test_a_value_that_is_no_path_is_one_clear_error_naming_the_argument(call, names, tmp_path):
+    """Not a TypeError from deep inside: the library's own error, naming what was wrong, before any work."""
+    with pytest.raises(mucosa.MucosaError, match=rf"^{names}: expected") as caught:
+        call(tmp_path)
+    assert "\n" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []

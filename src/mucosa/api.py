@@ -19,12 +19,14 @@ Example (synthetic data, a few seconds):
 from __future__ import annotations
 
 import csv
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mucosa.data.cache import FrameCache
+from mucosa.errors import ConfigError, ManifestError, MucosaError
 from mucosa.evaluation.evaluate import EvaluationResult
 from mucosa.evaluation.evaluate import evaluate as _evaluate
 from mucosa.inference.classifier import Classifier, load
@@ -57,7 +59,18 @@ def _config(config: RunConfig | str | Path | dict | None) -> RunConfig:
         return config
     if isinstance(config, dict):
         return config_from_dict(config, "config")
+    if config is not None and not isinstance(config, (str, os.PathLike)):
+        raise ConfigError(f"config: expected a YAML file's path, a dict of settings or a RunConfig, got {config!r}")
     return load_config(config)
+
+
+def _path(value: Any, what: str, error: type[MucosaError] = ConfigError, optional: bool = False) -> Path | None:
+    """``value`` as a Path, or one clear error where it is not a path (None is allowed where optional)."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise error(f"{what}: expected a path, got {value!r}")
+    return Path(value)
 
 
 def _history(run: Path) -> list[dict[str, Any]]:
@@ -92,8 +105,10 @@ def train(manifest: str | Path, config: RunConfig | str | Path | dict | None = N
         onnx: write ``best.onnx`` and ``best.int8.onnx`` beside ``best.ckpt`` (``inference.deployment``); a
             failure to write them is a warning, not an error.
     """
+    manifest = _path(manifest, "manifest", ManifestError)
+    out, init_from = _path(out, "out", optional=True), _path(init_from, "init_from", optional=True)
     run_config = _config(config)
-    cache = FrameCache(cache_dir)
+    cache = FrameCache(_path(cache_dir, "cache_dir", optional=True))
     with tempfile.TemporaryDirectory(prefix="mucosa-train-") as scratch:
         folder = Path(out) if out is not None else Path(scratch) / "run"
         best = _train(manifest, run_config, folder, init_from=init_from, cache=cache, progress=progress)
@@ -126,5 +141,7 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path | Non
     Returns:
         an :class:`EvaluationResult`; ``result["patient"]["accuracy"]["value"]`` is the patient accuracy.
     """
+    checkpoint, manifest = _path(checkpoint, "checkpoint"), _path(manifest, "manifest", ManifestError)
+    out, cache_dir = _path(out, "out", optional=True), _path(cache_dir, "cache_dir", optional=True)
     return _evaluate(checkpoint, manifest, out, split=split, threshold=str(threshold), aggregation=aggregation,
                      n_boot=n_boot, seed=seed, cache=FrameCache(cache_dir), device=device, **options)

@@ -426,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="feature maps (the paper's Fig. 3) and Grad-CAM for images or video frames")
     add_device_option(p)
-    p.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_VIDEO")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_VIDEO_OR_FOLDER")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="folder for the PNGs and explain.csv")
     p.add_argument("--frames", default=None,

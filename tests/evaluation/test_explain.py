@@ -254,6 +254,30 @@ def test_non_image_inputs_are_clear_errors(trained, tmp_path, capsys):
     assert "--frames" in capsys.readouterr().err
 
 
+def test_a_folder_explains_each_image_and_video_in_it_once(trained, held_out, tmp_path, capsys):
+    rows = list(csv.DictReader(held_out.open()))
+    folder = tmp_path / "exam"
+    (folder / "region").mkdir(parents=True)
+    for i, row in enumerate(rows[:2]):
+        (folder / "region" / f"image{i}.png").write_bytes((held_out.parent / row["path"]).read_bytes())
+    write_video(folder / "clip.avi", [np.asarray(Image.open(held_out.parent / r["path"])) for r in rows[:3]])
+    (folder / "notes.txt").write_text("skipped: not an image")
+    (folder / ".hidden.png").write_bytes(b"skipped: hidden")
+    (tmp_path / "empty").mkdir()
+
+    # the folder and one of its files: each file once
+    assert main(["explain", str(folder), str(folder / "clip.avi"), "--checkpoint", str(trained),
+                 "--out", str(tmp_path / "a"), "--top", "1"]) == 0
+    index = list(csv.DictReader((tmp_path / "a" / "explain.csv").open()))
+    assert [(Path(r["input"]).name, r["frame"] != "") for r in index] == [
+        ("clip.avi", True), ("image0.png", False), ("image1.png", False)]
+    assert main(["explain", str(tmp_path / "empty"), "--checkpoint", str(trained), "--out",
+                 str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "empty: no images or videos in this folder" in err and "Traceback" not in err
+    assert not (tmp_path / "b").exists()
+
+
 def test_a_tiled_model_explains_the_most_confident_tiles_of_an_image(trained, tmp_path):
     from dataclasses import replace
 

@@ -29,16 +29,11 @@ from mucosa.data.manifest import (
     label_counts,
     read_table,
 )
-from mucosa.data.readers import is_image, is_video, read_image
+from mucosa.data.readers import is_image, is_video, media_in, read_image
 from mucosa.data.video import scan_video, video_info
 from mucosa.errors import ConfigError, ManifestError, MucosaWarning, UnreadableFileError
 
 _MAX_LISTED = 20
-
-
-def _media(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
-                  and (is_image(p) or is_video(p)))
 
 
 def _region_of(parts: tuple[str, ...]) -> str:
@@ -70,7 +65,7 @@ def index_directory(root: str | Path) -> list[Record]:
             elif item.is_file() and is_image(item):
                 loose.append(item)
             elif item.is_dir():
-                for media in _media(item):
+                for media in media_in(item):
                     region = _region_of(media.relative_to(item).parts[:-1])
                     records.append(Record(media.resolve(), label_dir.name, item.name, region))
     if loose:

@@ -31,6 +31,12 @@ def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
 
 
+def media_in(folder: Path) -> list[Path]:
+    """The images and videos in a folder and its subfolders, sorted; hidden files (``.name``) are skipped."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith(".")
+                  and (is_image(p) or is_video(p)))
+
+
 # --------------------------------------------------------------------------------------------------
 # Frame selection in a video: "all", "every:K", "A-B", "A-B:K" or a single index "K"
 # --------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from mucosa.data.readers import (
     FrameSelection,
     is_image,
     is_video,
+    media_in,
 )
 from mucosa.errors import ConfigError, UnreadableFileError
 from mucosa.inference import verdict as verdicts
@@ -194,6 +195,22 @@ def explain_frame(checkpoint: LoadedCheckpoint, frame: np.ndarray, out: Path, st
     return probs, files
 
 
+def _inputs(given: Sequence[str | Path]) -> list[Path]:
+    """The files to explain: each image or video given, and those in each folder given; each file once."""
+    paths: list[Path] = []
+    for path in map(Path, given):
+        if path.is_dir():
+            found = media_in(path)
+            if not found:
+                raise UnreadableFileError(f"{path}: no images or videos in this folder")
+            paths += found
+        else:
+            paths.append(path)
+    paths = list(dict.fromkeys(paths))
+    _check_inputs(paths)
+    return paths
+
+
 def _check_inputs(paths: Sequence[Path]) -> None:
     for path in paths:
         if not (is_image(path) or is_video(path)):
@@ -272,7 +289,7 @@ def explain_paths(checkpoint: str | Path | LoadedCheckpoint, paths: Sequence[str
 
     Args:
         checkpoint: a checkpoint file (or one already loaded); its preprocessing is applied to every input.
-        paths: images (each explained) and videos.
+        paths: images (each explained), videos, and folders of them.
         out: folder for ``<stem>[_fNNNN]_features_<layer>.png``, ``<stem>[_fNNNN]_gradcam.png``, explain.csv,
             written as one set (``atomic.OutputSet``): the index and figures of an earlier explain run there
             are replaced whole, or not at all when this run fails.
@@ -285,11 +302,11 @@ def explain_paths(checkpoint: str | Path | LoadedCheckpoint, paths: Sequence[str
             run the PyTorch model: they need its activations and gradients.
 
     Raises:
-        UnreadableFileError: an input is not an image or video, is missing or cannot be decoded.
+        UnreadableFileError: an input is not an image, video or folder of them, is missing or cannot be
+            decoded.
         ConfigError: a bad ``frames`` or ``top``. OutputError: ``out`` cannot be written.
     """
-    paths = [Path(p) for p in paths]
-    _check_inputs(paths)
+    paths = _inputs(paths)
     try:
         selection = FrameSelection.parse(frames)
     except ValueError as error:

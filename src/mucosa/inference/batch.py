@@ -39,7 +39,7 @@ from mucosa import atomic
 from mucosa.data.cache import FrameCache
 from mucosa.data.manifest import load_manifest
 from mucosa.data.preparation import PreparedFrames, prepare_file
-from mucosa.data.readers import FrameSelection, is_image, is_video
+from mucosa.data.readers import FrameSelection, is_image, is_video, media_in
 from mucosa.errors import ConfigError, MucosaError, MucosaWarning, UnreadableFileError
 from mucosa.inference import distributed
 from mucosa.inference import verdict as verdicts
@@ -59,11 +59,6 @@ class Source:
     frames: FrameSelection = FrameSelection()
 
 
-def _media(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
-                  and (is_image(p) or is_video(p)))
-
-
 def collect_sources(paths: list[str | Path]) -> list[Source]:
     """Images, videos, folders and manifests (``.csv``) → sources with their case (see the module doc).
 
@@ -77,7 +72,7 @@ def collect_sources(paths: list[str | Path]) -> list[Source]:
             raise MucosaError("an empty path was given")
         path = Path(given)
         if path.is_dir():
-            found = _media(path)
+            found = media_in(path)
             if not found:
                 raise MucosaError(f"{path}: no images or videos in this folder")
             sources += [Source(p, str(p) if is_video(p) else str(p.parent)) for p in found]
