@@ -24,6 +24,29 @@ def test_lbp_codes_of_flat_and_rotated_frames():
         lbp_histogram(np.zeros((8, 8)), 16, 5)
 
 
+def reference_lbp(frame, points, radius):
+    """LBP of each pixel from its neighbours sampled one by one (scipy's linear map_coordinates)."""
+    from scipy import ndimage
+
+    h, w = frame.shape
+    rows, cols = np.mgrid[radius:h - radius, radius:w - radius]
+    centre = frame[radius:h - radius, radius:w - radius]
+    bits = np.stack([ndimage.map_coordinates(frame.astype(np.float64), [rows - radius * np.sin(a),
+                                                                        cols + radius * np.cos(a)], order=1) >= centre
+                     for a in 2 * np.pi * np.arange(points) / points]).astype(int)
+    transitions = np.abs(np.diff(np.concatenate([bits, bits[:1]]), axis=0)).sum(0)
+    codes = np.where(transitions <= 2, bits.sum(0), points + 1)
+    return np.bincount(codes.ravel(), minlength=points + 2) / codes.size
+
+
+@pytest.mark.parametrize("points, radius", SCALES)
+def test_lbp_samples_its_neighbours_bilinearly_and_keeps_ties(points, radius):
+    frame = np.random.default_rng(2).random((30, 41)).astype(np.float32)
+    assert np.array_equal(lbp_histogram(frame, points, radius), reference_lbp(frame, points, radius))
+    flat = lbp_histogram(np.full((2 * radius + 5, 2 * radius + 7), 0.37, dtype=np.float32), points, radius)
+    assert flat[points] == 1.0  # interpolating a flat patch gives the centre's own value: every neighbour ties
+
+
 def test_texture_model_tells_two_textures_apart_and_needs_both_classes():
     rng = np.random.default_rng(1)
     smooth = [texture_features(np.cumsum(rng.random((32, 32)), axis=1) / 32) for _ in range(8)]
