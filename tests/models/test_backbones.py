@@ -168,8 +168,8 @@ def test_train_checkpoint_export_predict_gradcam_and_stream(timm, tmp_path):
 
 
 def test_pretrain_and_fine_tune_a_backbone(timm, tmp_path):
+    from mucosa.models.checkpoint import initialise_from
     from mucosa.models.pretraining import encoder_keys, pretrain
-    from mucosa.models.training import initialise_from
 
     model = create_model(ModelConfig(kind="timm:fakenet", size=32))
     keys, width = encoder_keys(model)

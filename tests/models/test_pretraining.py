@@ -12,12 +12,12 @@ from mucosa.cli import main
 from mucosa.data.cache import FrameCache
 from mucosa.data.synth import synthesize_cohort
 from mucosa.errors import ConfigError
-from mucosa.models.checkpoint import CheckpointFileError, load_checkpoint, read_checkpoint_file
+from mucosa.models.checkpoint import CheckpointFileError, initialise_from, load_checkpoint, read_checkpoint_file
 from mucosa.models.config import config_from_dict
 from mucosa.models.networks import ModelConfig, create_model
 from mucosa.models.pretraining import Contrastive, encoder_keys, nt_xent, pretrain
 from mucosa.models.tracking import epoch_metrics
-from mucosa.models.training import initialise_from, train
+from mucosa.models.training import train
 
 TINY = {"model": {"kind": "cnn", "size": 32}, "preprocessing": {"quality_threshold": 0.0},
         "split": {"mode": "patient", "test": 0.25, "val": 0.0},

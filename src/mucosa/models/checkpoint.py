@@ -9,6 +9,7 @@ nothing a user hands us is ever unpickled.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from mucosa._version import __version__
 from mucosa.data.preparation import Preprocessing
 from mucosa.errors import ConfigError, MucosaError, first_line
 from mucosa.models.networks import ModelConfig, create_model
+
+_log = logging.getLogger(__name__)
 
 FORMAT = "mucosa-checkpoint"
 FORMAT_VERSION = 1
@@ -204,3 +207,40 @@ def check_encoder(path: str | Path, model_config: ModelConfig) -> dict[str, Any]
                           f"channel(s)); this run trains {want[0]} at {want[1]}x{want[1]} ({want[2]} channel(s)): set "
                           "model.kind and model.size to match, or pretrain again for this model")
     return info
+
+
+def model_weights(checkpoint: str | Path, data: dict | None = None) -> dict[str, torch.Tensor]:
+    """The model weights of a checkpoint file (or of its contents ``data``), refused when any is NaN or infinite."""
+    data = read_checkpoint_file(checkpoint) if data is None else data
+    source = {k.removeprefix("model."): v for k, v in data["state_dict"].items()
+              if isinstance(k, str) and k.startswith("model.") and isinstance(v, torch.Tensor)}
+    if not source:
+        raise CheckpointFileError(f"{checkpoint}: holds no model weights")
+    refuse_non_finite(source, Path(checkpoint))
+    return source
+
+
+def initialise_from(model: torch.nn.Module, checkpoint: Path) -> list[str]:
+    """Copy weights of matching name and shape from another checkpoint, or every weight of a pretrained encoder
+    (``mucosa pretrain``: refused unless all fit); say which layers start fresh."""
+    data = read_checkpoint_file(checkpoint)
+    source = model_weights(checkpoint, data)
+    target = model.state_dict()
+    fresh = [k for k in target if k not in source or source[k].shape != target[k].shape]
+    info = data.get("mucosa")
+    if isinstance(info, dict) and info.get("format") == ENCODER_FORMAT:
+        misfit = [k for k in source if k not in target or source[k].shape != target[k].shape]
+        if misfit:
+            raise ConfigError(f"{checkpoint}: encoder weights {', '.join(misfit[:3])} do not fit this model "
+                              f"({type(model).__name__} at {model.config.size}x{model.config.size})")
+        model.load_state_dict({**target, **source})
+        layers = sorted({k.rsplit(".", 1)[0] for k in fresh})
+        _log.info(f"init-from {checkpoint}: pretrained encoder loaded ({len(source)} tensors); the head "
+                 f"({', '.join(layers) or 'none'}) starts fresh")
+        return fresh
+    model.load_state_dict({**target, **{k: v for k, v in source.items() if k in target and k not in fresh}})
+    if fresh:
+        layers = sorted({k.rsplit(".", 1)[0] for k in fresh})
+        _log.info(f"init-from {checkpoint}: layer(s) {', '.join(layers)} do not match this model "
+              "(different classes or input size) and were re-initialised")
+    return fresh

@@ -42,10 +42,11 @@ from mucosa.data.splits import split_cohort
 from mucosa.data.table import FrameTable, assemble
 from mucosa.errors import ConfigError, MucosaError
 from mucosa.models.checkpoint import (
-    ENCODER_FORMAT,
     CheckpointFileError,
     check_encoder,
     describe,
+    initialise_from,
+    model_weights,
     non_finite_weights,
     read_checkpoint_file,
     refuse_non_finite,
@@ -422,43 +423,6 @@ def fit(plan: RunPlan, resume: Path | None = None, init_from: Path | None = None
     return best
 
 
-def _weights_of(checkpoint: str | Path, data: dict | None = None) -> dict[str, torch.Tensor]:
-    """The model weights of a checkpoint file (or of its contents ``data``), refused when any is NaN or infinite."""
-    data = read_checkpoint_file(checkpoint) if data is None else data
-    source = {k.removeprefix("model."): v for k, v in data["state_dict"].items()
-              if isinstance(k, str) and k.startswith("model.") and isinstance(v, torch.Tensor)}
-    if not source:
-        raise CheckpointFileError(f"{checkpoint}: holds no model weights")
-    refuse_non_finite(source, Path(checkpoint))
-    return source
-
-
-def initialise_from(model: torch.nn.Module, checkpoint: Path) -> list[str]:
-    """Copy weights of matching name and shape from another checkpoint, or every weight of a pretrained encoder
-    (``mucosa pretrain``: refused unless all fit); say which layers start fresh."""
-    data = read_checkpoint_file(checkpoint)
-    source = _weights_of(checkpoint, data)
-    target = model.state_dict()
-    fresh = [k for k in target if k not in source or source[k].shape != target[k].shape]
-    info = data.get("mucosa")
-    if isinstance(info, dict) and info.get("format") == ENCODER_FORMAT:
-        misfit = [k for k in source if k not in target or source[k].shape != target[k].shape]
-        if misfit:
-            raise ConfigError(f"{checkpoint}: encoder weights {', '.join(misfit[:3])} do not fit this model "
-                              f"({type(model).__name__} at {model.config.size}x{model.config.size})")
-        model.load_state_dict({**target, **source})
-        layers = sorted({k.rsplit(".", 1)[0] for k in fresh})
-        log.info(f"init-from {checkpoint}: pretrained encoder loaded ({len(source)} tensors); the head "
-                 f"({', '.join(layers) or 'none'}) starts fresh")
-        return fresh
-    model.load_state_dict({**target, **{k: v for k, v in source.items() if k in target and k not in fresh}})
-    if fresh:
-        layers = sorted({k.rsplit(".", 1)[0] for k in fresh})
-        log.info(f"init-from {checkpoint}: layer(s) {', '.join(layers)} do not match this model "
-              "(different classes or input size) and were re-initialised")
-    return fresh
-
-
 def train(manifest: str | Path, config: RunConfig, out: str | Path, init_from: str | Path | None = None,
           cache: FrameCache | None = None, record_samples: bool = False, classes: list[str] | None = None,
           progress: bool = True) -> Path:
@@ -468,7 +432,7 @@ def train(manifest: str | Path, config: RunConfig, out: str | Path, init_from: s
     if (out / "last.ckpt").exists():
         raise ConfigError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
     if init_from is not None:
-        _weights_of(init_from)  # a damaged or diverged checkpoint is refused before any work
+        model_weights(init_from)  # a damaged or diverged checkpoint is refused before any work
         check_encoder(init_from, config.model)  # an encoder of another model kind or size too
     plan = plan_run(manifest, config, out, cache, classes=classes, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
