@@ -13,7 +13,7 @@ called by its probability against 0.5; an animal by its images' mean probability
 with its held-out probability from a finished ``real_data.py`` EGC-Z run (the mean over its tiles, from
 every fold's ``eval/files.csv``).
 
-Features are cached in ``OUT/features.npz`` (about 6 minutes to compute on one core).
+Features are cached in ``OUT/features.npz`` (a few minutes to compute on one core).
 """
 
 from __future__ import annotations
