@@ -55,3 +55,22 @@ def test_a_value_that_is_no_path_is_one_clear_error_naming_the_argument(call, na
         call(tmp_path)
     assert "\n" not in str(caught.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_paths_as_bytes_or_path_like_objects_and_an_empty_cache_dir(tmp_path):
+    class Spelled:  # an os.PathLike of the caller's own
+        def __init__(self, path):
+            self.path = path
+
+        def __fspath__(self):
+            return self.path
+
+    for manifest in (Spelled(str(tmp_path / "m.csv")), Spelled(bytes(tmp_path / "m.csv")), bytes(tmp_path / "m.csv")):
+        with pytest.raises(mucosa.MucosaError, match="m.csv: manifest not found"):  # read as the path it names
+            mucosa.train(manifest, out=tmp_path / "run", cache_dir="")
+    for empty in ("", "  ", Spelled("")):
+        with pytest.raises(mucosa.MucosaError, match=r"^manifest: expected a path, got an empty one"):
+            mucosa.train(empty, out=tmp_path / "run")
+    with pytest.raises(mucosa.MucosaError, match=r"^config: expected a path, got an empty one"):
+        mucosa.train(tmp_path / "m.csv", config="", out=tmp_path / "run")
+    assert list(tmp_path.iterdir()) == []

@@ -61,16 +61,26 @@ def _config(config: RunConfig | str | Path | dict | None) -> RunConfig:
         return config_from_dict(config, "config")
     if config is not None and not isinstance(config, (str, os.PathLike)):
         raise ConfigError(f"config: expected a YAML file's path, a dict of settings or a RunConfig, got {config!r}")
-    return load_config(config)
+    return load_config(_path(config, "config", optional=True))
 
 
 def _path(value: Any, what: str, error: type[MucosaError] = ConfigError, optional: bool = False) -> Path | None:
-    """``value`` as a Path, or one clear error where it is not a path (None is allowed where optional)."""
+    """``value`` (a str or ``os.PathLike``) as a Path, or one clear error naming ``what``; None passes where
+    ``optional``."""
     if value is None and optional:
         return None
-    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
-        raise error(f"{what}: expected a path, got {value!r}")
-    return Path(value)
+    try:
+        text = os.fsdecode(os.fspath(value))
+    except TypeError:
+        raise error(f"{what}: expected a path, got {value!r}") from None
+    if not text.strip():
+        raise error(f"{what}: expected a path, got an empty one ({value!r})")
+    return Path(text)
+
+
+def _cache_dir(value: Any) -> Path | None:
+    """The preprocessing cache's folder, or None for the default (given as None or "")."""
+    return None if value == "" else _path(value, "cache_dir", optional=True)
 
 
 def _history(run: Path) -> list[dict[str, Any]]:
@@ -99,7 +109,7 @@ def train(manifest: str | Path, config: RunConfig | str | Path | dict | None = N
         out: the run folder (config.yaml, split.csv, logs, best.ckpt, last.ckpt); None trains in a
             temporary folder that is removed afterwards.
         init_from: a checkpoint whose matching weights start the model.
-        cache_dir: the preprocessing cache (default ``~/.cache/mucosa``).
+        cache_dir: the preprocessing cache (None or "": the default, ``~/.cache/mucosa``).
         device, runtime: for the returned classifier (see :func:`mucosa.load`).
         progress: show progress bars.
         onnx: write ``best.onnx`` and ``best.int8.onnx`` beside ``best.ckpt`` (``inference.deployment``); a
@@ -108,7 +118,7 @@ def train(manifest: str | Path, config: RunConfig | str | Path | dict | None = N
     manifest = _path(manifest, "manifest", ManifestError)
     out, init_from = _path(out, "out", optional=True), _path(init_from, "init_from", optional=True)
     run_config = _config(config)
-    cache = FrameCache(_path(cache_dir, "cache_dir", optional=True))
+    cache = FrameCache(_cache_dir(cache_dir))
     with tempfile.TemporaryDirectory(prefix="mucosa-train-") as scratch:
         folder = Path(out) if out is not None else Path(scratch) / "run"
         best = _train(manifest, run_config, folder, init_from=init_from, cache=cache, progress=progress)
@@ -134,7 +144,7 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path | Non
             ``sensitivity=0.95``).
         aggregation: a patient's score: ``mean`` probability, or ``share`` of frames called positive.
         n_boot, seed: the patient bootstrap behind the intervals.
-        cache_dir: the preprocessing cache.
+        cache_dir: the preprocessing cache (None or "": the default).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         options: ``pseudonymise``, ``pseudonym_key``, ``gallery_size`` (see ``mucosa evaluate``).
 
@@ -142,6 +152,6 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path | Non
         an :class:`EvaluationResult`; ``result["patient"]["accuracy"]["value"]`` is the patient accuracy.
     """
     checkpoint, manifest = _path(checkpoint, "checkpoint"), _path(manifest, "manifest", ManifestError)
-    out, cache_dir = _path(out, "out", optional=True), _path(cache_dir, "cache_dir", optional=True)
+    out, cache_dir = _path(out, "out", optional=True), _cache_dir(cache_dir)
     return _evaluate(checkpoint, manifest, out, split=split, threshold=str(threshold), aggregation=aggregation,
                      n_boot=n_boot, seed=seed, cache=FrameCache(cache_dir), device=device, **options)

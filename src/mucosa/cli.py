@@ -424,9 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, default=None)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("explain", help="feature maps (the paper's Fig. 3) and Grad-CAM for images or video frames")
+    p = sub.add_parser("explain", help="feature maps (the paper's Fig. 3) and Grad-CAM for images, video frames "
+                       "or folders of them")
     add_device_option(p)
-    p.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_VIDEO_OR_FOLDER")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_VIDEO_OR_FOLDER")  # str: an empty one is refused
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="folder for the PNGs and explain.csv")
     p.add_argument("--frames", default=None,

@@ -8,7 +8,7 @@ from PIL import Image
 
 from media import write_video
 from mucosa.data.preparation import Preprocessing, iter_frames
-from mucosa.data.readers import FrameSelection, read_image, runs_to_selections, to_gray
+from mucosa.data.readers import FrameSelection, media_in, read_image, runs_to_selections, to_gray
 from mucosa.data.video import DecodeReport, Gap, iter_video_frames, scan_video, video_info
 from mucosa.errors import ConfigError, MucosaWarning, UnreadableFileError
 
@@ -307,3 +307,17 @@ def test_decode_report_counts_and_describes():
     assert text.startswith("90 frames decoded of 100 announced; 2 decode error(s)")
     assert "gap of 0.32 s (8 frames) before frame 50" in text
     assert not DecodeReport(decoded=5, expected=5).damaged
+
+
+def test_media_in_lists_images_and_videos_but_nothing_hidden(tmp_path):
+    """What ``mucosa index``, ``predict`` and ``explain`` take from a folder: its images and videos at any
+    depth, sorted; not other files, not hidden files, nothing in hidden folders (a notebook's checkpoints)."""
+    names = ["b.png", "a/x.TIF", "a/deep/clip.mp4", "notes.txt", ".hidden.png", ".ipynb_checkpoints/b.png",
+             "a/.cache/c.jpg"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "folder.png").mkdir()  # a folder, even with an image's suffix, is no image
+    assert [p.relative_to(tmp_path).as_posix() for p in media_in(tmp_path)] == ["a/deep/clip.mp4", "a/x.TIF",
+                                                                                   "b.png"]
+    assert media_in(tmp_path / ".ipynb_checkpoints") == [tmp_path / ".ipynb_checkpoints" / "b.png"]

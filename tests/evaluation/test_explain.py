@@ -242,7 +242,7 @@ def test_non_image_inputs_are_clear_errors(trained, tmp_path, capsys):
     notes.write_text("not an image")
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    with pytest.raises(UnreadableFileError, match="notes.txt: not an image or video"):
+    with pytest.raises(UnreadableFileError, match="notes.txt: not an image, a video or a folder of them"):
         explain.explain_paths(trained, [notes], tmp_path / "out")
     with pytest.raises(UnreadableFileError, match="broken.png: cannot read image"):
         explain.explain_paths(trained, [broken], tmp_path / "out")
@@ -265,17 +265,32 @@ def test_a_folder_explains_each_image_and_video_in_it_once(trained, held_out, tm
     (folder / ".hidden.png").write_bytes(b"skipped: hidden")
     (tmp_path / "empty").mkdir()
 
-    # the folder and one of its files: each file once
-    assert main(["explain", str(folder), str(folder / "clip.avi"), "--checkpoint", str(trained),
-                 "--out", str(tmp_path / "a"), "--top", "1"]) == 0
-    index = list(csv.DictReader((tmp_path / "a" / "explain.csv").open()))
-    assert [(Path(r["input"]).name, r["frame"] != "") for r in index] == [
-        ("clip.avi", True), ("image0.png", False), ("image1.png", False)]
-    assert main(["explain", str(tmp_path / "empty"), "--checkpoint", str(trained), "--out",
-                 str(tmp_path / "b")]) == 2
-    err = capsys.readouterr().err
-    assert "empty: no images or videos in this folder" in err and "Traceback" not in err
-    assert not (tmp_path / "b").exists()
+    (folder / ".ipynb_checkpoints").mkdir()
+    (folder / ".ipynb_checkpoints" / "image0.png").write_bytes((folder / "region" / "image0.png").read_bytes())
+
+    # the folder and one of its files, spelled another way: each file once; hidden folders skipped
+    again = folder / "region" / ".." / "clip.avi"
+    for _ in range(2):  # the second run must not explain the figures the first wrote inside the folder
+        assert main(["explain", str(folder), str(again), "--checkpoint", str(trained),
+                     "--out", str(folder / "explained"), "--top", "1"]) == 0
+        index = list(csv.DictReader((folder / "explained" / "explain.csv").open()))
+        assert [(Path(r["input"]).name, r["frame"] != "") for r in index] == [
+            ("clip.avi", True), ("image0.png", False), ("image1.png", False)]
+    # a still named like a video frame's figures gets names of its own
+    still = folder / f"clip_f{int(index[0]['frame']):04d}.png"
+    still.write_bytes((folder / "region" / "image0.png").read_bytes())
+    assert main(["explain", str(folder / "clip.avi"), str(still), "--checkpoint", str(trained),
+                 "--out", str(tmp_path / "c"), "--top", "1"]) == 0
+    named = [r["files"] for r in csv.DictReader((tmp_path / "c" / "explain.csv").open())]
+    assert len(set(";".join(named).split(";"))) == 14 == len(list((tmp_path / "c").glob("*.png")))
+
+    for given, message in ((tmp_path / "empty", "empty: no images or videos in this folder"),
+                           ("", "an empty path was given"), (tmp_path / "gone", "gone: not found"),
+                           (folder / "notes.txt", "notes.txt: not an image, a video or a folder of them")):
+        assert main(["explain", str(given), "--checkpoint", str(trained), "--out", str(tmp_path / "b")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "b").exists()
 
 
 def test_a_tiled_model_explains_the_most_confident_tiles_of_an_image(trained, tmp_path):

@@ -22,6 +22,9 @@ def test_lbp_codes_of_flat_and_rotated_frames():
     assert np.allclose([h.sum() for h in np.split(features, np.cumsum([p + 2 for p, _ in SCALES])[:-1])], 1.0)
     with pytest.raises(ValueError, match="too small"):
         lbp_histogram(np.zeros((8, 8)), 16, 5)
+    for points, radius in ((0, 1), (8, 0), (8, -1)):
+        with pytest.raises(ValueError, match="at least 1"):
+            lbp_histogram(frame, points, radius)
 
 
 def reference_lbp(frame, points, radius):
@@ -45,6 +48,10 @@ def test_lbp_samples_its_neighbours_bilinearly_and_keeps_ties(points, radius):
     assert np.array_equal(lbp_histogram(frame, points, radius), reference_lbp(frame, points, radius))
     flat = lbp_histogram(np.full((2 * radius + 5, 2 * radius + 7), 0.37, dtype=np.float32), points, radius)
     assert flat[points] == 1.0  # interpolating a flat patch gives the centre's own value: every neighbour ties
+    # an 8-bit diagonal ramp: the neighbours on the centre's own diagonal (2 of P, off the pixel grid where
+    # P = 16) are exactly as bright as the centre and count as brighter, with the P / 2 - 1 uphill ones
+    ramp = np.add.outer(np.arange(40), np.arange(40)).astype(np.uint8).astype(np.float32) / 255
+    assert lbp_histogram(ramp, points, radius)[points // 2 + 1] == 1.0
 
 
 def test_texture_model_tells_two_textures_apart_and_needs_both_classes():

@@ -32,9 +32,11 @@ def is_video(path: Path) -> bool:
 
 
 def media_in(folder: Path) -> list[Path]:
-    """The images and videos in a folder and its subfolders, sorted; hidden files (``.name``) are skipped."""
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith(".")
-                  and (is_image(p) or is_video(p)))
+    """The images and videos in a folder and its subfolders, sorted; hidden ones (a ``.name`` file, or in a
+    ``.name`` folder such as ``.ipynb_checkpoints``) are skipped."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if (is_image(p) or is_video(p)) and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import csv
 import heapq
 import logging
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,30 +196,37 @@ def explain_frame(checkpoint: LoadedCheckpoint, frame: np.ndarray, out: Path, st
     return probs, files
 
 
-def _inputs(given: Sequence[str | Path]) -> list[Path]:
-    """The files to explain: each image or video given, and those in each folder given; each file once."""
-    paths: list[Path] = []
-    for path in map(Path, given):
+def _inputs(given: Sequence[str | Path], out: Path) -> list[Path]:
+    """The files to explain: each image or video given, and those in each folder given (but for what an
+    earlier run wrote in ``out``); each file once, however its path is spelled."""
+    paths: dict[str, Path] = {}
+    outputs = os.path.normpath(out.absolute())
+    for text in given:
+        if not str(text).strip():
+            raise UnreadableFileError("an empty path was given")
+        path = Path(text)
         if path.is_dir():
-            found = media_in(path)
+            found = [p for p in media_in(path)
+                     if not os.path.normpath(p.absolute()).startswith(outputs + os.sep)]
             if not found:
                 raise UnreadableFileError(f"{path}: no images or videos in this folder")
-            paths += found
         else:
-            paths.append(path)
-    paths = list(dict.fromkeys(paths))
-    _check_inputs(paths)
-    return paths
+            _check_input(path)
+            found = [path]
+        for file in found:
+            paths.setdefault(os.path.normpath(file.absolute()), file)
+    return list(paths.values())
 
 
-def _check_inputs(paths: Sequence[Path]) -> None:
-    for path in paths:
-        if not (is_image(path) or is_video(path)):
-            known = " ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
-            raise UnreadableFileError(f"{path}: not an image or video (suffix {path.suffix or 'none'!r}; "
-                                      f"expected one of {known})")
-        if not path.is_file():
-            raise UnreadableFileError(f"{path}: file not found")
+def _check_input(path: Path) -> None:
+    if not path.exists():
+        raise UnreadableFileError(f"{path}: not found")
+    if not (is_image(path) or is_video(path)):
+        known = " ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
+        raise UnreadableFileError(f"{path}: not an image, a video or a folder of them (suffix "
+                                  f"{path.suffix or 'none'!r}; expected one of {known})")
+    if not path.is_file():
+        raise UnreadableFileError(f"{path}: not a file")
 
 
 def most_confident(checkpoint: LoadedCheckpoint, frames: Iterable[Frame], top: int, batch: int = 64,
@@ -246,18 +254,22 @@ def most_confident(checkpoint: LoadedCheckpoint, frames: Iterable[Frame], top: i
     return [frame for _, _, frame in sorted(best, key=lambda t: t[1])]
 
 
-def _unique_stem(path: Path, stems: set[str]) -> str:
-    stem, n = path.stem, 1
-    while stem in stems:  # the same name in two folders
+def _unique(name: str, used: set[str]) -> str:
+    """``name``, or ``name_2``, ``name_3``... where it is taken (the same file name in two folders, a still
+    named like a video's frame figure)."""
+    unique, n = name, 1
+    while unique in used:
         n += 1
-        stem = f"{path.stem}_{n}"
-    stems.add(stem)
-    return stem
+        unique = f"{name}_{n}"
+    used.add(unique)
+    return unique
 
 
-def _explain_file(loaded: LoadedCheckpoint, path: Path, stem: str, out: Path, selection: FrameSelection,
+def _explain_file(loaded: LoadedCheckpoint, path: Path, used: set[str], out: Path, selection: FrameSelection,
                   top: int | None, predictor=None) -> list[ExplainedFrame]:
-    """Explain the chosen frames (or tiles) of one file; frames below the quality gate are listed only."""
+    """Explain the chosen frames (or tiles) of one file; frames below the quality gate are listed only.
+    ``used``: the figure names taken so far, to which this file's are added."""
+    stem = _unique(path.stem, used)
     video = is_video(path)
     frames: Iterable[Frame] = iter_frames(path, loaded.preprocessing, selection if video else None)
     if not video:
@@ -269,7 +281,7 @@ def _explain_file(loaded: LoadedCheckpoint, path: Path, stem: str, out: Path, se
     results = []
     for frame in frames:
         index = None if whole_image else frame.index
-        name = stem if index is None else f"{stem}_{unit[0]}{index:04d}"
+        name = stem if index is None else _unique(f"{stem}_{unit[0]}{index:04d}", used)
         label = path.name if index is None else f"{path.name} {unit} {index}"
         if not loaded.preprocessing.passes(frame.quality):
             results.append(ExplainedFrame(path, index, float(frame.quality), None, DROPPED))
@@ -306,13 +318,13 @@ def explain_paths(checkpoint: str | Path | LoadedCheckpoint, paths: Sequence[str
             decoded.
         ConfigError: a bad ``frames`` or ``top``. OutputError: ``out`` cannot be written.
     """
-    paths = _inputs(paths)
     try:
         selection = FrameSelection.parse(frames)
     except ValueError as error:
         raise ConfigError(f"--frames: {error}") from None
     if top is not None and top < 1:
         raise ConfigError(f"--top must be at least 1, got {top}")
+    paths = _inputs(paths, Path(out))
     if top is None and frames is None:
         top = DEFAULT_TOP
     out = atomic.check_writable_folder(out)
@@ -321,10 +333,10 @@ def explain_paths(checkpoint: str | Path | LoadedCheckpoint, paths: Sequence[str
     predictor = for_checkpoint(loaded, check_runtime(runtime), batch_size=64, device=device)
     log.info("feature maps and Grad-CAM: pytorch fp32 on %s (they need gradients)", resolve_device(device))
     results: list[ExplainedFrame] = []
-    stems: set[str] = set()
+    used: set[str] = set()
     with atomic.OutputSet(out, OUTPUTS) as staged:
         for path in paths:
-            results += _explain_file(loaded, path, _unique_stem(path, stems), staged.staging, selection, top,
+            results += _explain_file(loaded, path, used, staged.staging, selection, top,
                                      predictor)
         _write_index(results, loaded.classes, staged.path("explain.csv"))
     for result in results:  # where the figures are now

@@ -29,8 +29,8 @@ def short_number(value) -> str:
 class Annotator:
     """An MP4 of the source frames with the field of view, probabilities, verdict and Grad-CAM burned in.
 
-    Grad-CAM (``mucosa.explain.grad_cam``) is drawn over the crop of informative frames when that module
-    exists and the PyTorch model is at hand (a checkpoint, not an ``.onnx`` file); otherwise it is left out.
+    Grad-CAM (``inference.saliency.grad_cam``) is drawn over the crop of informative frames when the PyTorch
+    model is at hand (a checkpoint, not an ``.onnx`` file); otherwise it is left out.
     It costs a backward pass per frame. The video is written to a temporary file beside ``path`` that
     replaces it only when the stream ends well (``close(keep=True)``).
     """

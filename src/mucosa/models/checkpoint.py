@@ -22,7 +22,7 @@ from mucosa.data.preparation import Preprocessing
 from mucosa.errors import ConfigError, MucosaError, first_line
 from mucosa.models.networks import ModelConfig, create_model
 
-_log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 FORMAT = "mucosa-checkpoint"
 FORMAT_VERSION = 1
@@ -235,12 +235,12 @@ def initialise_from(model: torch.nn.Module, checkpoint: Path) -> list[str]:
                               f"({type(model).__name__} at {model.config.size}x{model.config.size})")
         model.load_state_dict({**target, **source})
         layers = sorted({k.rsplit(".", 1)[0] for k in fresh})
-        _log.info(f"init-from {checkpoint}: pretrained encoder loaded ({len(source)} tensors); the head "
+        log.info(f"init-from {checkpoint}: pretrained encoder loaded ({len(source)} tensors); the head "
                  f"({', '.join(layers) or 'none'}) starts fresh")
         return fresh
     model.load_state_dict({**target, **{k: v for k, v in source.items() if k in target and k not in fresh}})
     if fresh:
         layers = sorted({k.rsplit(".", 1)[0] for k in fresh})
-        _log.info(f"init-from {checkpoint}: layer(s) {', '.join(layers)} do not match this model "
-              "(different classes or input size) and were re-initialised")
+        log.info(f"init-from {checkpoint}: layer(s) {', '.join(layers)} do not match this model "
+                 "(different classes or input size) and were re-initialised")
     return fresh

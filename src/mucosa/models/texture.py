@@ -32,16 +32,19 @@ def lbp_histogram(frame: np.ndarray, points: int, radius: int) -> np.ndarray:
     0/1 transitions around the circle); code P + 1 collects all others. Neighbours off the pixel grid are
     interpolated bilinearly; the border of width ``radius`` has no code.
     """
+    if points < 1 or radius < 1:
+        raise ValueError(f"LBP needs at least 1 neighbour at a radius of at least 1, got {points} at {radius}")
     h, w = frame.shape
     if min(h, w) <= 2 * radius:
         raise ValueError(f"a {h}x{w} frame is too small for LBP radius {radius}")
     frame = np.asarray(frame, dtype=np.float32)
     centre = frame[radius:h - radius, radius:w - radius]
+    exact = frame.astype(np.float64)
     bits = []
     for k in range(points):
         angle = 2 * np.pi * k / points  # neighbour k at (-R sin, R cos): counter-clockwise from the right
         offset = round(-radius * np.sin(angle), 9), round(radius * np.cos(angle), 9)
-        bits.append(_neighbours(frame, offset, radius) >= centre)
+        bits.append(_neighbours(exact, offset, radius).astype(np.float32) >= centre)
     bits = np.stack(bits).astype(np.int8)                                   # (P, H', W')
     transitions = np.abs(np.diff(np.concatenate([bits, bits[:1]]), axis=0)).sum(0)
     codes = np.where(transitions <= 2, bits.sum(0), points + 1)             # (H', W')
@@ -51,8 +54,9 @@ def lbp_histogram(frame: np.ndarray, points: int, radius: int) -> np.ndarray:
 def _neighbours(frame: np.ndarray, offset: tuple[float, float], border: int) -> np.ndarray:
     """The frame at (i + dy, j + dx) for every pixel (i, j) off the border, bilinearly (H', W').
 
-    Four shifted views of the frame, blended by linear steps, so that a neighbour on the grid is the pixel
-    itself and a flat patch stays exactly flat (a tie with the centre stays a tie).
+    Four shifted views of the frame, blended in float64 by linear steps; rounded to float32 afterwards, a
+    neighbour that lies exactly as bright as the centre (on the pixel grid, in a flat patch or on an even
+    ramp) compares equal to it, as it should.
     """
     h, w = frame.shape
     (y, fy), (x, fx) = ((int(np.floor(d)), d - np.floor(d)) for d in offset)
@@ -60,11 +64,11 @@ def _neighbours(frame: np.ndarray, offset: tuple[float, float], border: int) -> 
     def view(dy: int, dx: int) -> np.ndarray:
         return frame[border + dy:h - border + dy, border + dx:w - border + dx]
 
-    top = view(y, x) if not fx else view(y, x) + (view(y, x + 1) - view(y, x)) * np.float32(fx)
+    top = view(y, x) if not fx else view(y, x) + (view(y, x + 1) - view(y, x)) * fx
     if not fy:
         return top
-    bottom = view(y + 1, x) if not fx else view(y + 1, x) + (view(y + 1, x + 1) - view(y + 1, x)) * np.float32(fx)
-    return top + (bottom - top) * np.float32(fy)
+    bottom = view(y + 1, x) if not fx else view(y + 1, x) + (view(y + 1, x + 1) - view(y + 1, x)) * fx
+    return top + (bottom - top) * fy
 
 
 def texture_features(frame: np.ndarray) -> np.ndarray:
