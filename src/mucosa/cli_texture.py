@@ -25,8 +25,9 @@ def add_texture_parser(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for files.csv, patients.csv, metrics.json")
     p.add_argument("--channel", choices=CHANNELS, default="auto",
                    help="which channel of a colour image (e.g. red for a red stain; default auto)")
-    p.add_argument("--bootstrap", type=checks.integer(1), default=1000)
-    p.add_argument("--seed", type=checks.integer(0), default=0)
+    p.add_argument("--bootstrap", type=checks.integer(1), default=1000,
+                   help="bootstrap replicates (over patients) for the intervals")
+    p.add_argument("--seed", type=checks.integer(0), default=0, help="seed of the bootstrap")
     p.set_defaults(func=cmd_texture)
 
 
