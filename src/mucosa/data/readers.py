@@ -8,6 +8,7 @@ frame, through :func:`to_gray`; the frame selection of a manifest row is :class:
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -29,6 +30,12 @@ def is_image(path: Path) -> bool:
 
 def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def path_key(path: Path) -> str:
+    """One key for every spelling of a path (relative or absolute, with ``..``); links are not followed, so
+    two paths to one file through a link stay two, as the user named them."""
+    return os.path.normpath(Path(path).absolute())
 
 
 def media_in(folder: Path) -> list[Path]:

@@ -28,6 +28,7 @@ from mucosa.data.readers import (
     is_image,
     is_video,
     media_in,
+    path_key,
 )
 from mucosa.errors import ConfigError, UnreadableFileError
 from mucosa.inference import verdict as verdicts
@@ -200,21 +201,21 @@ def _inputs(given: Sequence[str | Path], out: Path) -> list[Path]:
     """The files to explain: each image or video given, and those in each folder given (but for what an
     earlier run wrote in ``out``); each file once, however its path is spelled."""
     paths: dict[str, Path] = {}
-    outputs = os.path.normpath(out.absolute())
+    outputs = path_key(out) + os.sep
     for text in given:
         if not str(text).strip():
             raise UnreadableFileError("an empty path was given")
         path = Path(text)
         if path.is_dir():
             found = [p for p in media_in(path)
-                     if not os.path.normpath(p.absolute()).startswith(outputs + os.sep)]
+                     if not path_key(p).startswith(outputs)]
             if not found:
                 raise UnreadableFileError(f"{path}: no images or videos in this folder")
         else:
             _check_input(path)
             found = [path]
         for file in found:
-            paths.setdefault(os.path.normpath(file.absolute()), file)
+            paths.setdefault(path_key(file), file)
     return list(paths.values())
 
 

@@ -79,10 +79,9 @@ def network_probabilities(evaluation: Path, records: list[Record], positive: str
 
 def _summary(y: np.ndarray, score: np.ndarray, patients: np.ndarray, n_boot: int, seed: int) -> dict:
     """File ROC AUC and accuracy at 0.5 with patient-bootstrap CIs; patients by mean probability at 0.5."""
-    def file_metrics(t, s):
-        both = len(set(np.asarray(t).tolist())) == 2
-        return {"roc_auc": metrics.binary_metrics(t, s)["roc_auc"] if both else float("nan"),
-                "accuracy": float(np.mean((np.asarray(s) >= 0.5) == np.asarray(t)))}
+    def file_metrics(t, s):  # ROC AUC nan where one class; accuracy of the calls score >= 0.5
+        found = metrics.binary_metrics(t, s)
+        return {"roc_auc": found["roc_auc"], "accuracy": found["accuracy"]}
 
     point, ci = file_metrics(y, score), metrics.bootstrap_ci(file_metrics, y, score, patients, n_boot, seed=seed)
     names = sorted(set(patients.tolist()))

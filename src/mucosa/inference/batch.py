@@ -27,7 +27,6 @@ rank 0 writes the same three files, row for row, as one process would.
 from __future__ import annotations
 
 import csv
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ from mucosa import atomic
 from mucosa.data.cache import FrameCache
 from mucosa.data.manifest import load_manifest
 from mucosa.data.preparation import PreparedFrames, prepare_file
-from mucosa.data.readers import FrameSelection, is_image, is_video, media_in
+from mucosa.data.readers import FrameSelection, is_image, is_video, media_in, path_key
 from mucosa.errors import ConfigError, MucosaError, MucosaWarning, UnreadableFileError
 from mucosa.inference import distributed
 from mucosa.inference import verdict as verdicts
@@ -96,7 +95,7 @@ def _once_each(sources: list[Source]) -> list[Source]:
     seen: set = set()
     kept, repeated = [], []
     for source in sources:
-        key = (os.path.normpath(source.path.absolute()), source.frames, source.case)
+        key = (path_key(source.path), source.frames, source.case)
         (repeated if key in seen else kept).append(source)
         seen.add(key)
     if repeated:
