@@ -81,3 +81,31 @@ def test_texture_refuses_inputs_it_cannot_judge_in_one_line(evaluated, tmp_path,
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "out").exists()
+
+
+def test_a_patient_with_mixed_labels_is_judged_by_the_project_rule(evaluated, tmp_path):
+    """A patient's label is its files' majority, a tie active (metrics.aggregate_patients), whatever the order
+    of its files: one test patient's first file active and the other three not is an inactive patient; another
+    split two and two, its first file inactive, is active. patients.csv and patient_accuracy both follow it."""
+    split, _ = evaluated
+    with open(split, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    (other,) = {r["label"] for r in rows} - {"active"}
+    test_patients = sorted({r["patient"] for r in rows if r["split"] == "test"})
+    majority, tie = test_patients[:2]
+    for patient, labels in ((majority, ["active", other, other, other]), (tie, [other, "active", other, "active"])):
+        mine = [r for r in rows if r["patient"] == patient]
+        assert len(mine) == 4, "each synthetic test patient has four files"
+        for row, label in zip(mine, labels):
+            row["label"] = label
+    relabelled = split.parent / "relabelled.csv"  # beside split.csv: its relative paths still resolve
+    with open(relabelled, "w", newline="") as out:
+        writer = csv.DictWriter(out, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert main(["texture", "--manifest", str(relabelled), "--out", str(tmp_path / "t"), "--bootstrap", "5"]) == 0
+    patients = {p["patient"]: p for p in read_csv(tmp_path / "t" / "patients.csv")}
+    assert patients[majority]["label"] == other and patients[tie]["label"] == "active"
+    right = sum((float(p["texture"]) >= 0.5) == (p["label"] == "active") for p in patients.values())
+    result = json.loads((tmp_path / "t" / "metrics.json").read_text())["methods"]["texture"]
+    assert result["patient_accuracy"]["count"] == [right, len(patients)]

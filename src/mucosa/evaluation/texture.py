@@ -5,7 +5,8 @@ scratch learns little (a small microscopy set), texture alone can beat it. This 
 :class:`mucosa.models.texture.TextureModel` on the training and validation files of a split manifest (a
 run's ``split.csv``), scores its test files and, given the network's evaluation of that same test part
 (a ``mucosa evaluate`` folder), averages each file's two probabilities: late fusion. Every method is
-judged the same way: a file is called at 0.5, a patient by the mean of its files' probabilities at 0.5.
+judged the same way: a file is called at 0.5, a patient by the mean of its files' probabilities at 0.5
+(:func:`mucosa.metrics.aggregate_patients`: a patient's label is its files' majority, a tie active).
 
 Writes ``files.csv`` (one row per test file: each method's probability), ``patients.csv`` and
 ``metrics.json`` (file ROC AUC and accuracy with patient-bootstrap CIs, patient accuracy with an exact
@@ -77,15 +78,15 @@ def network_probabilities(evaluation: Path, records: list[Record], positive: str
     return np.array([found[r.path.resolve()] for r in records])
 
 
-def _summary(y: np.ndarray, score: np.ndarray, patients: np.ndarray, n_boot: int, seed: int) -> dict:
-    """File ROC AUC and accuracy at 0.5 with patient-bootstrap CIs; patients by mean probability at 0.5."""
+def _summary(y: np.ndarray, score: np.ndarray, patients: np.ndarray, rows: list[dict], n_boot: int,
+             seed: int) -> dict:
+    """File ROC AUC and accuracy at 0.5 with patient-bootstrap CIs; patients (``rows``) by mean probability."""
     def file_metrics(t, s):  # ROC AUC nan where one class; accuracy of the calls score >= 0.5
         found = metrics.binary_metrics(t, s)
         return {"roc_auc": found["roc_auc"], "accuracy": found["accuracy"]}
 
     point, ci = file_metrics(y, score), metrics.bootstrap_ci(file_metrics, y, score, patients, n_boot, seed=seed)
-    names = sorted(set(patients.tolist()))
-    right = sum(bool((score[patients == p].mean() >= 0.5) == y[patients == p][0]) for p in names)
+    right = sum(int(r["score"] >= 0.5) == r["label"] for r in rows)
 
     def entry(value, low_high):  # None where undefined (one class; too few patients for an interval)
         shown = np.isfinite(value) and all(np.isfinite(low_high))
@@ -94,8 +95,8 @@ def _summary(y: np.ndarray, score: np.ndarray, patients: np.ndarray, n_boot: int
 
     return {"files": len(y), "roc_auc": entry(point["roc_auc"], ci["roc_auc"]),
             "accuracy": entry(point["accuracy"], ci["accuracy"]),
-            "patient_accuracy": {"value": right / len(names), "ci": list(intervals.clopper_pearson(right, len(names))),
-                                 "count": [right, len(names)]}}
+            "patient_accuracy": {"value": right / len(rows), "ci": list(intervals.clopper_pearson(right, len(rows))),
+                                 "count": [right, len(rows)]}}
 
 
 def texture(manifest: str | Path, out: str | Path, evaluation: str | Path | None = None, channel: str = "auto",
@@ -127,9 +128,10 @@ def texture(manifest: str | Path, out: str | Path, evaluation: str | Path | None
     if network is not None:
         scores["network"], scores["fused"] = network, (scores["texture"] + network) / 2
     y, patients = labels[len(train):], np.array([r.patient for r in test])
-    methods = {name: _summary(y, s, patients, n_boot, seed) for name, s in scores.items()}
-    _write(Path(out), test, y, patients, scores, methods, {"manifest": str(manifest), "positive": positive,
-                                                           "train_files": len(train), "channel": channel})
+    per_patient = {name: metrics.aggregate_patients(patients, s, y) for name, s in scores.items()}
+    methods = {name: _summary(y, s, patients, per_patient[name], n_boot, seed) for name, s in scores.items()}
+    about = {"manifest": str(manifest), "positive": positive, "train_files": len(train), "channel": channel}
+    _write(Path(out), test, cohort.classes, scores, per_patient, methods, about)
     return TextureResult(methods, Path(out))
 
 
@@ -139,17 +141,16 @@ def _features(records: list[Record], channel: str) -> np.ndarray:
     return np.stack([file_features(r, channel) for r in tqdm(records, desc="texture features", unit="file")])
 
 
-def _write(out: Path, test: list[Record], y: np.ndarray, patients: np.ndarray, scores: dict, methods: dict,
+def _write(out: Path, test: list[Record], classes: list[str], scores: dict, per_patient: dict, methods: dict,
            about: dict) -> None:
     names = list(scores)
     with OutputSet(out, OUTPUTS) as staged:
         write_csv(staged.path("files.csv"), ["file", "patient", "label", *names],
                   [[str(r.path), r.patient, r.label, *(f"{scores[n][i]:.4f}" for n in names)]
                    for i, r in enumerate(test)])
-        rows = []
-        for p in sorted(set(patients.tolist())):
-            mine = patients == p
-            rows.append([p, int(mine.sum()), test[int(np.argmax(mine))].label,
-                         *(f"{scores[n][mine].mean():.4f}" for n in names)])
+        per_method = [per_patient[n] for n in names]  # the same patients in the same order for every method
+        rows = [[first["patient"], first["n_frames"], classes[first["label"]],
+                 *(f"{method[i]['mean_probability']:.4f}" for method in per_method)]
+                for i, first in enumerate(per_method[0])]
         write_csv(staged.path("patients.csv"), ["patient", "files", "label", *names], rows)
         staged.path("metrics.json").write_text(json.dumps({**about, "methods": methods}, indent=1))
