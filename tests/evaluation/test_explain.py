@@ -254,6 +254,17 @@ def test_non_image_inputs_are_clear_errors(trained, tmp_path, capsys):
     assert "--frames" in capsys.readouterr().err
 
 
+def test_a_missing_checkpoint_is_named_before_any_folder_is_walked(tmp_path, monkeypatch, capsys):
+    """The checkpoint is read first: a wrong --checkpoint is the error, without first walking the inputs."""
+    walked = []
+    monkeypatch.setattr(explain, "_inputs", lambda *a: walked.append(a) or [])
+    assert main(["explain", str(tmp_path), "--checkpoint", str(tmp_path / "gone.ckpt"),
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "gone.ckpt" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not walked and not (tmp_path / "o").exists()
+
+
 def test_a_folder_explains_each_image_and_video_in_it_once(trained, held_out, tmp_path, capsys):
     rows = list(csv.DictReader(held_out.open()))
     folder = tmp_path / "exam"

@@ -325,11 +325,11 @@ def explain_paths(checkpoint: str | Path | LoadedCheckpoint, paths: Sequence[str
         raise ConfigError(f"--frames: {error}") from None
     if top is not None and top < 1:
         raise ConfigError(f"--top must be at least 1, got {top}")
-    paths = _inputs(paths, Path(out))
+    loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint)
+    paths = _inputs(paths, Path(out))  # after the checkpoint: a folder's walk can take long
     if top is None and frames is None:
         top = DEFAULT_TOP
     out = atomic.check_writable_folder(out)
-    loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint)
     loaded.model.to(resolve_device(device))
     predictor = for_checkpoint(loaded, check_runtime(runtime), batch_size=64, device=device)
     log.info("feature maps and Grad-CAM: pytorch fp32 on %s (they need gradients)", resolve_device(device))
