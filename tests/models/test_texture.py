@@ -22,6 +22,9 @@ def test_lbp_codes_of_flat_and_rotated_frames():
     assert np.allclose([h.sum() for h in np.split(features, np.cumsum([p + 2 for p, _ in SCALES])[:-1])], 1.0)
     with pytest.raises(ValueError, match="too small"):
         lbp_histogram(np.zeros((8, 8)), 16, 5)
+    for shape in ((32, 32, 3), (32,), ()):
+        with pytest.raises(ValueError, match=r"gray frame \(H, W\), got an array of shape"):
+            lbp_histogram(np.zeros(shape), 8, 1)
     for points, radius in ((0, 1), (8, 0), (8, -1)):
         with pytest.raises(ValueError, match="at least 1"):
             lbp_histogram(frame, points, radius)

@@ -34,10 +34,12 @@ def lbp_histogram(frame: np.ndarray, points: int, radius: int) -> np.ndarray:
     """
     if points < 1 or radius < 1:
         raise ValueError(f"LBP needs at least 1 neighbour at a radius of at least 1, got {points} at {radius}")
+    frame = np.asarray(frame, dtype=np.float32)
+    if frame.ndim != 2:
+        raise ValueError(f"LBP needs a gray frame (H, W), got an array of shape {frame.shape}")
     h, w = frame.shape
     if min(h, w) <= 2 * radius:
         raise ValueError(f"a {h}x{w} frame is too small for LBP radius {radius}")
-    frame = np.asarray(frame, dtype=np.float32)
     centre = frame[radius:h - radius, radius:w - radius]
     exact = frame.astype(np.float64)
     bits = []
