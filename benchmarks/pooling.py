@@ -67,7 +67,9 @@ def pooled(folds: list[dict], n_boot: int = 1000) -> dict:
     result = _with_ci(_ranking, y, score, cases, n_boot)
     result.update(_with_ci(_calls, y, called, cases, n_boot))
     result["accuracy_at_0.5"] = float(np.mean((score >= 0.5) == y))
-    case_calls = [(score[cases == c].mean() >= 0.5) == y[cases == c][0] for c in sorted(set(cases))]
+    from mucosa.metrics import aggregate_patients
+
+    case_calls = [int(r["score"] >= 0.5) == r["label"] for r in aggregate_patients(cases, score, y)]
     result["case_correct_at_0.5"] = int(np.sum(case_calls))
     owner = {f["path"]: f["patient"] for f in frames}
     files = [f for fold in folds for f in fold["files"]]

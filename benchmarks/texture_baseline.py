@@ -92,7 +92,7 @@ def summarize(y: np.ndarray, score: np.ndarray, animal: np.ndarray, n_boot: int 
     from scipy.stats import binomtest
     from sklearn.metrics import roc_auc_score
 
-    from mucosa.metrics import bootstrap_ci
+    from mucosa.metrics import aggregate_patients, bootstrap_ci
 
     def image_metrics(t, s):
         return {"roc_auc": roc_auc_score(t, s) if len(set(t.tolist())) == 2 else float("nan"),
@@ -100,8 +100,9 @@ def summarize(y: np.ndarray, score: np.ndarray, animal: np.ndarray, n_boot: int 
 
     point = image_metrics(y, score)
     ci = bootstrap_ci(image_metrics, y, score, animal, n_boot=n_boot, seed=0)
-    animals = sorted(set(animal.tolist()))
-    correct = {a: bool((score[animal == a].mean() >= 0.5) == y[animal == a][0]) for a in animals}
+    rows = aggregate_patients(animal, score, y)  # the project's rule: mean at 0.5, label the majority (tie positive)
+    animals = [r["patient"] for r in rows]
+    correct = {r["patient"]: int(r["score"] >= 0.5) == r["label"] for r in rows}
     n_right = sum(correct.values())
     low, high = binomtest(n_right, len(animals)).proportion_ci(method="exact")
     per_animal = {a: round(float(np.mean((score[animal == a] >= 0.5) == y[animal == a])), 3) for a in animals}
