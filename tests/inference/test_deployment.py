@@ -16,25 +16,6 @@ from mucosa.inference.pytorch import TorchPredictor
 from mucosa.inference.runtime import describe, open_predictor
 from mucosa.models.checkpoint import load_checkpoint, read_checkpoint_file, record_in_card
 
-QUICK = {"model": {"size": 40}, "preprocessing": {"quality_threshold": 0.0, "crop": "none", "channel": "luminance"},
-         "split": {"mode": "patient", "test": 0.25, "val": 0.25, "seed": 0},
-         "training": {"epochs": 1, "batch_size": 8, "threads": 1}}
-
-
-@pytest.fixture(scope="module")
-def deployed(train_tiny, tmp_path_factory):
-    """A tiny run (with validation patients), deployed: (run folder, card, cache)."""
-    tiny = train_tiny("deploy", QUICK, patients=8, per_patient=4, seed=6)
-    card = deployment.deploy(tiny.best, tiny.run / "split.csv", tiny.cache)
-    return tiny.run, card, tiny.cache
-
-
-@pytest.fixture
-def run(deployed, tmp_path):
-    """A fresh copy of the deployed run folder (beside its cohort, which split.csv names relatively)."""
-    shutil.copytree(deployed[0].parent, tmp_path / "copy", ignore=shutil.ignore_patterns("cache"))
-    return tmp_path / "copy" / "run"
-
 
 def frames(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 40, 40), dtype=np.uint8)
@@ -101,14 +82,15 @@ def test_a_hand_edited_card_vouches_for_nothing(run, card):
     if isinstance(card, dict):
         card = {**card, "weights_sha256": loaded.weights_sha256}
     record_in_card(run / "best.ckpt", deployment.CARD_KEY, card)
-    chosen = open_predictor(run / "best.ckpt", device="cpu").choice
-    assert (chosen["precision"], chosen["source"]) == ("fp32", "best.onnx")
+    chosen = open_predictor(run / "best.ckpt", device="cpu").choice  # vouched for by nobody: not run
+    assert (chosen["runtime"], chosen["source"]) == ("pytorch", "best.ckpt, ONNX file beside it not verified")
 
 
 def test_an_int8_file_that_is_not_the_one_measured_is_not_used(run):
     _set_int8_passed(run, True)
     shutil.copyfile(run / "best.onnx", run / "best.int8.onnx")  # same weights, but not the measured file
-    assert open_predictor(run / "best.ckpt", device="cpu").choice["source"] == "best.onnx"
+    assert open_predictor(run / "best.ckpt", device="cpu").choice["runtime"] == "pytorch"
+    assert open_predictor(run / "best.ckpt", "onnx", device="cpu").choice["source"] == "best.onnx"  # fp32 asked
 
 
 def test_a_vouched_int8_file_that_does_not_load_falls_back_to_best_onnx(run, monkeypatch):
@@ -152,8 +134,8 @@ def test_onnx_files_of_other_weights_are_refused(run, caplog):
     write_torch(data, run / "best.ckpt")
     with caplog.at_level(logging.INFO, logger="mucosa"):
         predictor = open_predictor(run / "best.ckpt", device="cpu")
-    assert predictor.choice["source"] == "exported in memory"
-    assert "best.onnx: not exported from the weights of best.ckpt (stale)" in caplog.text
+    assert predictor.choice["runtime"] == "pytorch"
+    assert "best.int8.onnx: its SHA-256 is not one that the model card of best.ckpt records" in caplog.text
     x = frames(3, seed=1)
     np.testing.assert_allclose(predictor(x), TorchPredictor(load_checkpoint(run / "best.ckpt"))(x), atol=1e-5)
 

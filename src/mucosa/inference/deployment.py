@@ -12,14 +12,14 @@ the weights they were exported from, each file's SHA-256, the parity, the int8 m
 (:data:`MIN_AGREEMENT`, :data:`MAX_AUC_CHANGE`) and whether the int8 model is within them.
 
 :func:`exported_beside` then picks, for ``auto`` on a CPU: the int8 file when the card says it passed the
-bounds, else the fp32 file, else nothing (the caller exports in memory or runs PyTorch). A file exported
-from other weights (a stale ``best.onnx`` beside a retrained ``best.ckpt``), or an int8 file that is not
-the one measured, is never used.
+bounds, else the fp32 file, else nothing (the caller exports in memory). A file is run only when its
+SHA-256 is the one the card records for the checkpoint's current weights (``provenance``): a file changed
+after it was written, another run's file, or a stale ``best.onnx`` beside a retrained ``best.ckpt`` is
+never run, whatever its metadata says.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -27,12 +27,12 @@ from pathlib import Path
 from mucosa import atomic
 from mucosa.data.cache import FrameCache
 from mucosa.errors import MucosaError, first_line
-from mucosa.inference import onnx
+from mucosa.inference import onnx, provenance
 from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint, record_in_card
 
 log = logging.getLogger(__name__)
 
-CARD_KEY = "deployment"
+CARD_KEY = provenance.CARD_KEY
 # An int8 model replaces the fp32 one under --runtime auto only within these bounds, measured on the run's
 # validation frames: the share of frames with the same verdict, and |ROC AUC int8 - ROC AUC fp32|.
 MIN_AGREEMENT = 0.99
@@ -50,10 +50,6 @@ def fp32_path(checkpoint: str | Path) -> Path:
 def int8_path(checkpoint: str | Path) -> Path:
     """``best.int8.onnx`` beside ``best.ckpt``."""
     return Path(checkpoint).with_suffix(".int8.onnx")
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def int8_gate(comparison: dict) -> tuple[bool, str]:
@@ -84,7 +80,7 @@ def _int8_entry(loaded: LoadedCheckpoint, model: bytes, manifest: str | Path, ca
                                  f"verdict agreement {comparison['agreement']:.4f}")
     quantized = onnx._with_metadata(quantized, meta)
     atomic.write_bytes(out, quantized)
-    return {"file": out.name, "sha256": sha256(quantized), **comparison, "passed": passed, "why": why}
+    return {"file": out.name, "sha256": provenance.sha256(quantized), **comparison, "passed": passed, "why": why}
 
 
 def deploy(checkpoint: str | Path, manifest: str | Path, cache: FrameCache | None = None) -> dict:
@@ -120,7 +116,7 @@ def _write_and_record(checkpoint: Path, loaded: LoadedCheckpoint, model: bytes, 
     """Write both files and record them in the card (:func:`deploy`)."""
     atomic.write_bytes(fp32_path(checkpoint), model)
     card = {"weights_sha256": loaded.weights_sha256, "bounds": BOUNDS,
-            "fp32": {"file": fp32_path(checkpoint).name, "sha256": sha256(model),
+            "fp32": {"file": fp32_path(checkpoint).name, "sha256": provenance.sha256(model),
                      "parity_max_abs_logit_difference": {str(b): d for b, d in diffs.items()}}}
     try:
         card["int8"] = _int8_entry(loaded, model, manifest, cache, int8_path(checkpoint))
@@ -158,33 +154,20 @@ def deploy_after_training(checkpoint: str | Path, manifest: str | Path, cache: F
     return card
 
 
-def _open(path: Path, loaded: LoadedCheckpoint, batch_size: int, threads: int | None, device, int8: bool):
-    """The ONNX model at ``path`` when it is an export of ``loaded``'s weights (int8 or fp32 as asked), else None
-    (a file that does not load is logged and skipped). The file is read once: the bytes checked are the bytes
-    run, also where it is replaced meanwhile; they are kept as ``predictor.model_bytes``."""
-    data = path.read_bytes()
-    entry = _mapping(_mapping(loaded.info.get(CARD_KEY)).get("int8"))
-    if int8 and sha256(data) != entry.get("sha256"):
-        log.warning("%s: not the int8 model measured for the card of %s; not used", path.name, loaded.path.name)
-        return None
+def _open(path: Path, loaded: LoadedCheckpoint, batch_size: int, threads: int | None, device, precision: str):
+    """The ONNX model at ``path``, whose bytes the card vouches for (``provenance.read_vouched``: else
+    UnverifiedModelError), or None when it does not load here (logged). The file is read once: the bytes
+    checked are the bytes run, also where it is replaced meanwhile; they are kept as ``predictor.model_bytes``."""
+    data = provenance.read_vouched(path, loaded, precision)
     try:
         predictor = onnx.OnnxPredictor(data, batch_size=batch_size, checkpoint=loaded, threads=threads, device=device)
     except MucosaError as error:
         log.warning("%s: not used (%s)", path.name, str(error).replace("model: ", "", 1))
         return None
-    if (predictor.metadata.get("quantization", "none") != "none") != int8:
-        log.warning("%s: not an %s model; not used", path.name, "int8" if int8 else "fp32")
-        return None
-    if not onnx.exported_from(predictor, loaded):
-        log.warning("%s: not exported from the weights of %s (stale); not used", path.name, loaded.path.name)
-        return None
-    predictor.model_bytes = data
+    if not onnx.exported_from(predictor, loaded):  # the card's own record disagrees with the file: trust neither
+        raise provenance.UnverifiedModelError(f"{path.name}: its metadata does not match {loaded.path.name}; not run")
+    predictor.model_bytes, predictor.source, predictor.precision = data, path.name, precision
     return predictor
-
-
-def _mapping(value) -> dict:
-    """``value`` when it is a dict, else an empty one."""
-    return value if isinstance(value, dict) else {}
 
 
 def exported_beside(loaded: LoadedCheckpoint, batch_size: int = 16, threads: int | None = None,
@@ -193,24 +176,20 @@ def exported_beside(loaded: LoadedCheckpoint, batch_size: int = 16, threads: int
 
     Sets ``predictor.source`` to the file's name, ``predictor.precision`` to ``int8`` or ``fp32`` and
     ``predictor.model_bytes`` to the model checked (run those bytes, not the file again).
+
+    Raises:
+        provenance.UnverifiedModelError: a file that would be run is not one the card vouches for (changed,
+            another run's, or stale beside a retrained checkpoint): no file beside this checkpoint is run.
     """
-    card = _mapping(loaded.info.get(CARD_KEY))  # a hand-edited card may hold anything: it then vouches for nothing
-    current = bool(card) and card.get("weights_sha256") == loaded.weights_sha256
-    entry = _mapping(card.get("int8"))
+    card = provenance.mapping(loaded.info.get(CARD_KEY))
+    entry = provenance.mapping(card.get("int8"))
     path = int8_path(loaded.path)
     if int8 and path.is_file():
-        if not (current and entry.get("passed") is True and isinstance(entry.get("sha256"), str)):
-            log.info("%s: not used (%s)", path.name, entry.get("why", "the checkpoint's card does not vouch for it")
-                     if current else "the checkpoint's card does not vouch for it")
+        if card.get("weights_sha256") == loaded.weights_sha256 and entry.get("passed") is not True:
+            log.info("%s: not used (%s)", path.name, entry.get("why", "the checkpoint's card does not vouch for it"))
         else:
-            predictor = _open(path, loaded, batch_size, threads, device, True)
+            predictor = _open(path, loaded, batch_size, threads, device, "int8")
             if predictor is not None:
-                predictor.source, predictor.precision = path.name, "int8"
                 return predictor
     path = fp32_path(loaded.path)
-    if path.is_file():
-        predictor = _open(path, loaded, batch_size, threads, device, False)
-        if predictor is not None:
-            predictor.source, predictor.precision = path.name, "fp32"
-            return predictor
-    return None
+    return _open(path, loaded, batch_size, threads, device, "fp32") if path.is_file() else None

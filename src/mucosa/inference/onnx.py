@@ -34,6 +34,7 @@ from mucosa.data.preparation import Preprocessing
 from mucosa.data.splits import select_parts
 from mucosa.data.table import assemble
 from mucosa.errors import ConfigError, MucosaError
+from mucosa.inference import provenance
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.pytorch import fold_batchnorm, probabilities, resolve_device
 from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint
@@ -135,7 +136,7 @@ def providers(device: str | torch.device = "cpu") -> list[str]:
 
 
 def _session(model: bytes | Path, threads: int | None = None, device: str | torch.device = "cpu",
-             spinning: bool = True):
+             spinning: bool = True, name: str | Path = "model"):
     ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or 0  # 0: one per physical core
@@ -149,7 +150,7 @@ def _session(model: bytes | Path, threads: int | None = None, device: str | torc
     try:
         return ort.InferenceSession(source, options, providers=providers(device))
     except Exception as error:  # onnxruntime raises its own exception types for a bad file
-        name = "model" if isinstance(model, bytes) else model
+        name = name if isinstance(model, bytes) else model
         raise ExportError(f"{name}: not a loadable ONNX model ({type(error).__name__}: "
                           f"{str(error).splitlines()[0][:200]})") from None
 
@@ -315,6 +316,9 @@ def export(checkpoint: str | Path, out: str | Path | None = None, int8: bool = F
         manifest: a cohort manifest with the checkpoint's classes.
         cache: preprocessing cache for the manifest's frames.
 
+    The file's SHA-256 is recorded in the checkpoint's model card (``provenance.record_export``), so that
+    ``serve --onnx`` and a file named alone beside its checkpoint are run only as exported.
+
     Raises:
         ExportError: parity above tolerance. ConfigError: ``int8`` without a manifest. OutputError: ``out``
             cannot be written (checked first) or is the checkpoint itself.
@@ -340,8 +344,10 @@ def export(checkpoint: str | Path, out: str | Path | None = None, int8: bool = F
         meta = metadata(loaded, f"int8 static QDQ, calibrated on {len(data.calibration)} frames of "
                                 f"{Path(manifest).name}; verdict agreement {report.int8['agreement']:.4f}")
         model = _with_metadata(quantized, meta)
+    # recorded before it is written: a hash recorded for a file never written vouches for nothing
+    provenance.record_export(checkpoint, loaded, model, out.name, "int8" if int8 else "none")
     atomic.write_bytes(out, model)
-    report.metadata = OnnxPredictor(out).metadata
+    report.metadata = OnnxPredictor(model).metadata
     return report
 
 
@@ -380,14 +386,15 @@ class OnnxPredictor:
     def __init__(self, model: bytes | str | Path, batch_size: int = 16,
                  checkpoint: LoadedCheckpoint | None = None, threads: int | None = None,
                  device: str | torch.device = "cpu", spinning: bool = True) -> None:
+        name = "model" if isinstance(model, bytes) else Path(model)
         if not isinstance(model, bytes):
-            model = Path(model)
-            if not model.is_file():
-                raise ExportError(f"{model}: ONNX model not found")
-        self.session = _session(model, threads, device, spinning)
+            if not name.is_file():
+                raise ExportError(f"{name}: ONNX model not found")
+            model = name.read_bytes()
+        self.model_bytes = model  # the bytes run: a file is read once, and what is checked is what runs
+        self.session = _session(model, threads, device, spinning, name)
         self.device = resolve_device(device)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        name = "model" if isinstance(model, bytes) else model
         if self.metadata.get("format") != FORMAT:
             raise ExportError(f"{name}: not an ONNX model written by `mucosa export` (no mucosa metadata)")
         self.classes, self.preprocessing = _described(self.metadata, name)

@@ -4,12 +4,17 @@
 
 1. ``best.int8.onnx`` beside the checkpoint, when the checkpoint's model card says it is an export of these
    weights within the int8 bounds (``deployment.MIN_AGREEMENT``, ``deployment.MAX_AUC_CHANGE``);
-2. ``best.onnx`` beside it, when it is an export of these weights;
-3. an fp32 ONNX export made in memory and parity-checked against PyTorch;
+2. ``best.onnx`` beside it;
+3. an fp32 ONNX export made in memory and parity-checked against PyTorch, when no file lies beside it;
 4. PyTorch (no onnxruntime, or an export that fails its check);
 
-and PyTorch on a GPU. Every predictor carries ``choice`` (a dict: runtime, precision, device, source,
-requested) and :func:`describe` turns it into the one line the commands print and record.
+and PyTorch on a GPU. A file beside the checkpoint runs only when its SHA-256 is one the card records for the
+current weights (``provenance``); otherwise ``auto`` warns once and runs PyTorch, and ``onnx`` refuses.
+An ``.onnx`` file named alone is checked against the checkpoint its metadata names when that lies beside it
+(a mismatch is refused), else run with a warning that nothing could check it.
+
+Every predictor carries ``choice`` (a dict: runtime, precision, device, source, requested) and
+:func:`describe` turns it into the one line the commands print and record.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 from mucosa.errors import ConfigError, MucosaError
 from mucosa.inference.deployment import exported_beside
 from mucosa.inference.onnx import OnnxPredictor, to_checked_onnx
+from mucosa.inference.provenance import UnverifiedModelError, check_vouched
 from mucosa.inference.pytorch import TorchPredictor, resolve_device
 from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint
 
@@ -50,6 +56,7 @@ def open_predictor(path, runtime: str = "auto", batch_size: int = 16, threads: i
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         predictor = OnnxPredictor(path, batch_size=batch_size, threads=threads, device=chosen)
+        _check_standalone(path, predictor)
         quantization = predictor.metadata.get("quantization", "none")
         _note(predictor, "int8" if quantization != "none" else "fp32", chosen, path.name, runtime)
         log.info("runtime: %s", describe(predictor.choice))
@@ -93,6 +100,10 @@ def _for_checkpoint(checkpoint: LoadedCheckpoint, runtime: str, batch_size: int,
                          f"{checkpoint.path.name}, on a GPU", runtime)
         try:
             return _onnx(checkpoint, batch_size, threads, device, runtime, int8=True)
+        except UnverifiedModelError as error:
+            log.warning("%s; running PyTorch (remove the file, or export again, to use ONNX Runtime)", error)
+            return _note(TorchPredictor(checkpoint, batch_size, threads, device), "fp32", device,
+                         f"{checkpoint.path.name}, ONNX file beside it not verified", runtime)
         except MucosaError as error:  # no onnxruntime, or an export that fails its parity check
             log.info("ONNX Runtime not used (%s); running PyTorch", error)
             return _note(TorchPredictor(checkpoint, batch_size, threads, device), "fp32", device,
@@ -101,6 +112,17 @@ def _for_checkpoint(checkpoint: LoadedCheckpoint, runtime: str, batch_size: int,
         return _note(TorchPredictor(checkpoint, batch_size, threads, device), "fp32", device, checkpoint.path.name,
                      runtime)
     return _onnx(checkpoint, batch_size, threads, device, runtime, int8=False)
+
+
+def _check_standalone(path: Path, predictor: OnnxPredictor) -> None:
+    """An ``.onnx`` file named alone, checked against the card of the checkpoint its metadata names when that
+    lies beside it (UnverifiedModelError on a mismatch); else a warning that nothing could check it."""
+    named = Path(predictor.metadata.get("checkpoint", "")).name
+    beside = path.parent / named if named.endswith(".ckpt") else None
+    if beside is None or not beside.is_file():
+        log.warning("%s: no checkpoint beside it to check its bytes against; it runs as given", path.name)
+        return
+    check_vouched(predictor.model_bytes, path.name, load_checkpoint(beside))
 
 
 def _onnx(checkpoint: LoadedCheckpoint, batch_size: int, threads: int | None, device, requested: str, int8: bool):

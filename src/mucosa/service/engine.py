@@ -46,6 +46,7 @@ from mucosa.inference import verdict as verdicts
 from mucosa.inference.classifier import Classifier
 from mucosa.inference.deployment import CARD_KEY, exported_beside
 from mucosa.inference.onnx import OnnxPredictor, exported_from, to_checked_onnx
+from mucosa.inference.provenance import UnverifiedModelError, read_vouched
 from mucosa.inference.pytorch import TorchPredictor, resolve_device
 from mucosa.inference.stream import Smoother
 from mucosa.models.checkpoint import load_checkpoint, read_checkpoint_file
@@ -203,7 +204,11 @@ class Engine:
             raise ConfigError(f"--onnx {path.name}: ONNX models run on the CPU here; use --device cpu")
         if not path.is_file():
             raise ConfigError(f"--onnx {path}: not found")
-        predictor = _onnx_predictor(self.checkpoint, threads, path)
+        try:  # the bytes the card vouches for, read once: metadata alone proves nothing
+            model = read_vouched(path, self.checkpoint)
+        except UnverifiedModelError as error:
+            raise ConfigError(f"--onnx {error}: export it again with `mucosa export`") from None
+        predictor = _onnx_predictor(self.checkpoint, threads, model)
         if not exported_from(predictor, self.checkpoint):
             raise ConfigError(f"--onnx {path.name}: not an export of {self.path.name}'s current weights, classes and "
                               "preprocessing (or written by an older mucosa): export it again")

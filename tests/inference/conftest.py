@@ -1,0 +1,26 @@
+"""Fixtures of the inference tests: a tiny trained run with its ONNX files written beside it."""
+
+import shutil
+
+import pytest
+
+from mucosa.inference import deployment
+
+QUICK = {"model": {"size": 40}, "preprocessing": {"quality_threshold": 0.0, "crop": "none", "channel": "luminance"},
+         "split": {"mode": "patient", "test": 0.25, "val": 0.25, "seed": 0},
+         "training": {"epochs": 1, "batch_size": 8, "threads": 1}}
+
+
+@pytest.fixture(scope="module")
+def deployed(train_tiny, tmp_path_factory):
+    """A tiny run (with validation patients), deployed: (run folder, card, cache)."""
+    tiny = train_tiny("deploy", QUICK, patients=8, per_patient=4, seed=6)
+    card = deployment.deploy(tiny.best, tiny.run / "split.csv", tiny.cache)
+    return tiny.run, card, tiny.cache
+
+
+@pytest.fixture
+def run(deployed, tmp_path):
+    """A fresh copy of the deployed run folder (beside its cohort, which split.csv names relatively)."""
+    shutil.copytree(deployed[0].parent, tmp_path / "copy", ignore=shutil.ignore_patterns("cache"))
+    return tmp_path / "copy" / "run"
