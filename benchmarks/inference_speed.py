@@ -49,8 +49,8 @@ import torch
 from keras_reference import compare_params, keras_python, model_kwargs, run_keras
 
 from mucosa.data.preparation import Preprocessing
-from mucosa.inference.deployment import int8_path
 from mucosa.inference.onnx import OnnxPredictor, quantize_int8, to_onnx
+from mucosa.inference.onnx_files import int8_path
 from mucosa.inference.pytorch import TorchPredictor
 from mucosa.inference.runtime import describe, for_checkpoint, open_predictor
 from mucosa.inference.stream import default_threads, stream

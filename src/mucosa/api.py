@@ -30,7 +30,7 @@ from mucosa.errors import ConfigError, ManifestError, MucosaError
 from mucosa.evaluation.evaluate import EvaluationResult
 from mucosa.evaluation.evaluate import evaluate as _evaluate
 from mucosa.inference.classifier import Classifier, load
-from mucosa.inference.deployment import deploy_after_training
+from mucosa.inference.onnx_files import deploy_after_training
 from mucosa.models.config import RunConfig, config_from_dict, load_config
 from mucosa.models.training import train as _train
 
@@ -112,7 +112,7 @@ def train(manifest: str | Path, config: RunConfig | str | Path | dict | None = N
         cache_dir: the preprocessing cache (None or "": the default, ``~/.cache/mucosa``).
         device, runtime: for the returned classifier (see :func:`mucosa.load`).
         progress: show progress bars.
-        onnx: write ``best.onnx`` and ``best.int8.onnx`` beside ``best.ckpt`` (``inference.deployment``); a
+        onnx: write ``best.onnx`` and ``best.int8.onnx`` beside ``best.ckpt`` (``inference.onnx_files``); a
             failure to write them is a warning, not an error.
     """
     manifest = _path(manifest, "manifest", ManifestError)

@@ -205,7 +205,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         cache = open_cache(args.cache)
         best = train(args.manifest, _run_config(args), args.out, args.init_from, cache, args.record_samples, classes)
     if not args.no_onnx:
-        from mucosa.inference.deployment import deploy_after_training
+        from mucosa.inference.onnx_files import deploy_after_training
 
         deploy_after_training(best, best.parent / "split.csv", cache)
     print(f"best checkpoint: {best}")

@@ -27,7 +27,7 @@ from mucosa.data.readers import FrameSelection
 from mucosa.errors import ConfigError
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.batch import collect_sources
-from mucosa.inference.deployment import CARD_KEY
+from mucosa.inference.onnx_files import CARD_KEY
 from mucosa.inference.runtime import open_predictor
 from mucosa.inference.saliency import grad_cam
 

@@ -175,18 +175,26 @@ def parity(checkpoint: LoadedCheckpoint, model: bytes | Path, batches: tuple[int
     return result
 
 
-def to_checked_onnx(checkpoint: LoadedCheckpoint) -> bytes:
-    """:func:`to_onnx`, checked against PyTorch at batch 2 (``--runtime onnx`` with a checkpoint)."""
+def export_checked(checkpoint: LoadedCheckpoint, batches: tuple[int, ...] = PARITY_BATCHES
+                   ) -> tuple[bytes, dict[int, float]]:
+    """The fp32 ONNX model of a checkpoint (:func:`to_onnx`) and its parity with PyTorch per batch size
+    (:func:`parity`), the one export step of ``mucosa export``, of training's files and of in-memory exports.
+
+    Raises:
+        ExportError: the largest |logit difference| is not below :data:`PARITY_TOLERANCE`.
+    """
     model = to_onnx(checkpoint)
-    _check_parity(parity(checkpoint, model, batches=(2,)), checkpoint.path)
-    return model
-
-
-def _check_parity(diffs: dict[int, float], source: Path) -> None:
+    diffs = parity(checkpoint, model, batches)
     worst = max(diffs.values())
     if not worst < PARITY_TOLERANCE:
-        raise ExportError(f"{source}: the ONNX model differs from PyTorch by {worst:.2e} (max |logit "
+        raise ExportError(f"{checkpoint.path}: the ONNX model differs from PyTorch by {worst:.2e} (max |logit "
                           f"difference|, tolerance {PARITY_TOLERANCE:g}); not writing it")
+    return model, diffs
+
+
+def to_checked_onnx(checkpoint: LoadedCheckpoint) -> bytes:
+    """:func:`export_checked` at batch 2 (``--runtime onnx`` with a checkpoint)."""
+    return export_checked(checkpoint, batches=(2,))[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,6 +287,18 @@ def compare_int8(fp32: bytes, int8: bytes, data: ManifestFrames) -> dict:
             "auc_change": None if auc_a is None or auc_b is None else auc_b - auc_a}
 
 
+def quantize_and_measure(checkpoint: LoadedCheckpoint, model: bytes, data: ManifestFrames, frames_from: str
+                         ) -> tuple[bytes, dict]:
+    """The int8 model of an fp32 export (:func:`quantize_int8` on ``data.calibration``), with its metadata,
+    and what quantization changes on ``data``'s frames (:func:`compare_int8`); ``frames_from`` says where the
+    calibration frames came from, for the metadata."""
+    quantized = quantize_int8(model, data.calibration)
+    comparison = compare_int8(model, quantized, data)
+    meta = metadata(checkpoint, f"int8 static QDQ, calibrated on {len(data.calibration)} {frames_from}; "
+                                f"verdict agreement {comparison['agreement']:.4f}")
+    return _with_metadata(quantized, meta), comparison
+
+
 @dataclass
 class ExportReport:
     """What ``export`` wrote and measured."""
@@ -333,17 +353,11 @@ def export(checkpoint: str | Path, out: str | Path | None = None, int8: bool = F
     if out.resolve() == Path(checkpoint).resolve():
         raise atomic.OutputError(f"--out {out} would overwrite the checkpoint being exported")
     loaded = load_checkpoint(checkpoint)
-    model = to_onnx(loaded)
-    diffs = parity(loaded, model)
-    _check_parity(diffs, Path(checkpoint))
+    model, diffs = export_checked(loaded)
     report = ExportReport(out, diffs)
     if int8:
         data = manifest_frames(loaded, manifest, cache)
-        quantized = quantize_int8(model, data.calibration)
-        report.int8 = compare_int8(model, quantized, data)
-        meta = metadata(loaded, f"int8 static QDQ, calibrated on {len(data.calibration)} frames of "
-                                f"{Path(manifest).name}; verdict agreement {report.int8['agreement']:.4f}")
-        model = _with_metadata(quantized, meta)
+        model, report.int8 = quantize_and_measure(loaded, model, data, f"frames of {Path(manifest).name}")
     # recorded before it is written: a hash recorded for a file never written vouches for nothing
     provenance.record_export(checkpoint, loaded, model, out.name, "int8" if int8 else "none")
     atomic.write_bytes(out, model)

@@ -3,7 +3,7 @@
 A model file's metadata (``weights_sha256`` and the rest) lives in the same bytes as its weights, so a file
 changed after export, or another run's file given this run's metadata, would still claim to be an export of
 the checkpoint. Only the checkpoint's model card can vouch for a file: it records the SHA-256 of each file
-written from its weights, by training (key :data:`CARD_KEY`, ``inference.deployment``) and by
+written from its weights, by training (key :data:`CARD_KEY`, ``inference.onnx_files``) and by
 ``mucosa export`` (key :data:`EXPORTS_KEY`). :func:`read_vouched` reads a file once and gives its bytes only
 when their SHA-256 is one the card records for the checkpoint's current weights; else it raises
 :class:`UnverifiedModelError`, and the callers run PyTorch instead (``--runtime auto``) or refuse.
@@ -26,7 +26,7 @@ __all__ = ["CARD_KEY", "EXPORTS_KEY", "UnverifiedModelError", "check_vouched", "
 
 log = logging.getLogger(__name__)
 
-CARD_KEY = "deployment"  # the files written after training (inference.deployment)
+CARD_KEY = "deployment"  # the files written after training (inference.onnx_files)
 EXPORTS_KEY = "exports"  # the files written by `mucosa export`, newest last
 _MOST_EXPORTS = 32  # the card keeps this many exports
 

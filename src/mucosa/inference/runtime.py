@@ -3,7 +3,7 @@
 ``auto`` (the default of the Python API and of every command) runs, on a CPU, the first of:
 
 1. ``best.int8.onnx`` beside the checkpoint, when the checkpoint's model card says it is an export of these
-   weights within the int8 bounds (``deployment.MIN_AGREEMENT``, ``deployment.MAX_AUC_CHANGE``);
+   weights within the int8 bounds (``onnx_files.MIN_AGREEMENT``, ``onnx_files.MAX_AUC_CHANGE``);
 2. ``best.onnx`` beside it;
 3. an fp32 ONNX export made in memory and parity-checked against PyTorch, when no file lies beside it;
 4. PyTorch (no onnxruntime, or an export that fails its check);
@@ -23,8 +23,8 @@ import logging
 from pathlib import Path
 
 from mucosa.errors import ConfigError, MucosaError
-from mucosa.inference.deployment import exported_beside
 from mucosa.inference.onnx import OnnxPredictor, to_checked_onnx
+from mucosa.inference.onnx_files import exported_beside
 from mucosa.inference.provenance import UnverifiedModelError, check_vouched
 from mucosa.inference.pytorch import TorchPredictor, resolve_device
 from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint

@@ -5,7 +5,7 @@ split used), ``run.json`` (inputs), ``metrics.csv`` (Lightning's CSV logger: tra
 metrics per epoch, see :mod:`mucosa.models.tracking`), ``best.ckpt`` (best ``training.monitor``: validation
 ROC AUC, or loss) and
 ``last.ckpt`` (end of the latest finished epoch, for ``--resume``). ``mucosa train`` and ``mucosa.train``
-then add ``best.onnx`` and ``best.int8.onnx`` (:mod:`mucosa.inference.deployment`, a layer above this one),
+then add ``best.onnx`` and ``best.int8.onnx`` (:mod:`mucosa.inference.onnx_files`, a layer above this one),
 recorded in ``best.ckpt``'s model card.
 
 Training refuses what cannot give a trustworthy model: a validation part without every class (its ROC

@@ -44,8 +44,8 @@ from mucosa.data.video import DecodeReport, video_info
 from mucosa.errors import ConfigError, ModelOutputError, MucosaError, UnreadableFileError
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.classifier import Classifier
-from mucosa.inference.deployment import CARD_KEY, exported_beside
 from mucosa.inference.onnx import OnnxPredictor, exported_from, to_checked_onnx
+from mucosa.inference.onnx_files import CARD_KEY, exported_beside
 from mucosa.inference.provenance import UnverifiedModelError, read_vouched
 from mucosa.inference.pytorch import TorchPredictor, resolve_device
 from mucosa.inference.stream import Smoother
@@ -189,7 +189,7 @@ class Engine:
             predictor = TorchPredictor(self.checkpoint, batch_size=8, device=self.device)
             return predictor, {"torch": _ms_per_frame(predictor, self.prep.size)}
         candidates = [TorchPredictor(self.checkpoint, batch_size=8, threads=threads)]
-        try:  # the validated int8 or fp32 export beside the checkpoint when there is one (deployment)
+        try:  # the validated int8 or fp32 export beside the checkpoint when there is one (onnx_files)
             beside = exported_beside(self.checkpoint, threads=threads)
             model = None if beside is None else beside.model_bytes  # the bytes checked, not the file read again
             candidates.append(_onnx_predictor(self.checkpoint, threads, model))

@@ -73,12 +73,8 @@ def _int8_entry(loaded: LoadedCheckpoint, model: bytes, manifest: str | Path, ca
                 out: Path) -> dict:
     """Quantize on the validation frames, measure, write ``out``; the card's ``int8`` entry."""
     data = onnx.manifest_frames(loaded, manifest, cache, split="val", calibrate_within=True)
-    quantized = onnx.quantize_int8(model, data.calibration)
-    comparison = onnx.compare_int8(model, quantized, data)
+    quantized, comparison = onnx.quantize_and_measure(loaded, model, data, "validation frames")
     passed, why = int8_gate(comparison)
-    meta = onnx.metadata(loaded, f"int8 static QDQ, calibrated on {len(data.calibration)} validation frames; "
-                                 f"verdict agreement {comparison['agreement']:.4f}")
-    quantized = onnx._with_metadata(quantized, meta)
     atomic.write_bytes(out, quantized)
     return {"file": out.name, "sha256": provenance.sha256(quantized), **comparison, "passed": passed, "why": why}
 
@@ -101,9 +97,7 @@ def deploy(checkpoint: str | Path, manifest: str | Path, cache: FrameCache | Non
     """
     checkpoint = Path(checkpoint)
     loaded = load_checkpoint(checkpoint)
-    model = onnx.to_onnx(loaded)
-    diffs = onnx.parity(loaded, model)
-    onnx._check_parity(diffs, checkpoint)
+    model, diffs = onnx.export_checked(loaded)
     try:
         return _write_and_record(checkpoint, loaded, model, diffs, manifest, cache)
     except BaseException:  # the card could not record them (disk full, Ctrl-C): no files that say otherwise
