@@ -97,8 +97,28 @@ Bool = Annotated[bool, BeforeValidator(_flag)]
 Text = Annotated[str, BeforeValidator(_text)]
 
 
+MAX_YAML_DEPTH = 32  # a config nests three levels; far deeper is a mistake or an attack on the parser
+
+
 class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads YAML 1.2 numbers such as ``1e-3`` (no dot) as floats."""
+    """``yaml.SafeLoader`` that also reads YAML 1.2 numbers such as ``1e-3`` (no dot) as floats, and refuses
+    aliases (``*name``: a kilobyte of nested aliases expands to gigabytes, the "billion laughs") and nesting
+    deeper than :data:`MAX_YAML_DEPTH`, before anything is expanded."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a mucosa config; "
+                                              "write the value out", self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _Loader.add_implicit_resolver(

@@ -1,5 +1,6 @@
 """Typed config: every value checked when read, one line per problem with its key path, --set, --print-config."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,23 @@ def test_not_a_mapping_and_not_yaml(tmp_path):
         load_config(write(tmp_path, "training: [1, 2]\n"))
     with pytest.raises(ConfigError, match="c.yaml: not valid YAML"):
         load_config(write(tmp_path, "training: {lr: [\n"))
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{m}'] * 9)}]\n" for m, n in zip("abcdefgh", "bcdefghi"))
+
+
+def test_yaml_aliases_and_deep_nesting_are_refused_before_they_expand(tmp_path):
+    """A 0.3 KB alias bomb expands to 9**9 strings; it must be refused at once, in a file and in --set."""
+    tic = time.perf_counter()
+    with pytest.raises(ConfigError, match="c.yaml: not valid YAML .aliases .*name. are not allowed"):
+        load_config(write(tmp_path, BOMB + "training: {lr: 1e-3}\n"))
+    with pytest.raises(ConfigError, match="--set .*aliases .*name. are not allowed"):
+        parse_setting("training.lr=[&a [1, 2], *a]")
+    with pytest.raises(ConfigError, match="nested deeper than"):
+        parse_setting("training.lr=" + "[" * 5000 + "]" * 5000)
+    assert time.perf_counter() - tic < 2
+    assert load_config(write(tmp_path, "training: &t {lr: 1e-3}\n")).training.lr == pytest.approx(1e-3)  # no alias
 
 
 def test_saved_config_reads_back_equal(tmp_path):

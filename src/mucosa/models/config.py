@@ -216,8 +216,9 @@ def parse_setting(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. training.lr=3e-4")
     try:
         return key, yaml_load(value)
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML") from None
+    except yaml.YAMLError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"--set {text[:200]!r}: the value is not valid YAML ({first})") from None
 
 
 def apply_settings(config: RunConfig, settings: dict[str, Any], where: str = "command line",
