@@ -34,12 +34,15 @@ from mucosa.data.preparation import Preprocessing
 from mucosa.data.splits import select_parts
 from mucosa.data.table import assemble
 from mucosa.errors import ConfigError, MucosaError
+from mucosa.formats import check_version, split_format
 from mucosa.inference import provenance
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.pytorch import fold_batchnorm, probabilities, resolve_device
 from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint
 
 FORMAT = "mucosa-onnx"
+FORMAT_VERSION = 1
+FORMAT_VERSIONS = (0, 1)  # 0: exported before the metadata recorded its format version
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
 PARITY_BATCHES = (1, 16)
@@ -89,7 +92,8 @@ def metadata(checkpoint: LoadedCheckpoint, quantization: str = "none") -> dict[s
     """The ``metadata_props`` of an exported model: preprocessing, classes and provenance, as strings."""
     prep = checkpoint.preprocessing
     return {
-        "format": FORMAT, "mucosa_version": __version__, "classes": json.dumps(checkpoint.classes),
+        "format": FORMAT, "format_version": str(FORMAT_VERSION), "mucosa_version": __version__,
+        "classes": json.dumps(checkpoint.classes),
         "size": str(prep.size), "crop": json.dumps(prep.to_dict()["crop"]), "channel": prep.channel,
         "quality_threshold": repr(prep.quality_threshold), "fov_frames": str(prep.fov_frames),
         "preprocessing": json.dumps(prep.to_dict()), "model": json.dumps(checkpoint.model_config.to_dict()),
@@ -387,6 +391,15 @@ def _described(metadata: dict, name) -> tuple[list[str], Preprocessing]:
         raise ExportError(f"{name}: damaged mucosa metadata ({key}: {why}); export the checkpoint again") from None
 
 
+def _check_format_version(metadata: dict, name) -> int:
+    """The ONNX metadata's format version (a ``mucosa-onnx-N`` suffix or ``format_version``), refused with the
+    version found and those known when this mucosa does not know it."""
+    suffix = split_format(metadata.get("format"), FORMAT)[1]
+    found = metadata.get("format_version", "0") if suffix is None else suffix
+    found = int(found) if isinstance(found, str) and found.isdigit() else found
+    return check_version(name, "ONNX metadata", found, FORMAT_VERSIONS, ExportError)
+
+
 class OnnxPredictor:
     """Probabilities from an ONNX model written by mucosa, with its preprocessing read from the file.
 
@@ -409,8 +422,9 @@ class OnnxPredictor:
         self.session = _session(model, threads, device, spinning, name)
         self.device = resolve_device(device)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        if self.metadata.get("format") != FORMAT:
+        if split_format(self.metadata.get("format"), FORMAT) is None:
             raise ExportError(f"{name}: not an ONNX model written by `mucosa export` (no mucosa metadata)")
+        _check_format_version(self.metadata, name)
         self.classes, self.preprocessing = _described(self.metadata, name)
         self.batch_size = batch_size
         self.checkpoint = checkpoint

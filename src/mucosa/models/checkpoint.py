@@ -20,6 +20,7 @@ from mucosa import atomic
 from mucosa._version import __version__
 from mucosa.data.preparation import Preprocessing
 from mucosa.errors import ConfigError, MucosaError, first_line
+from mucosa.formats import check_version, split_format
 from mucosa.models.networks import ModelConfig, create_model
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,31 @@ FORMAT_VERSION = 1
 ENCODER_FORMAT = "mucosa-encoder"  # the output of mucosa pretrain (mucosa.models.pretraining)
 
 
+FORMAT_VERSIONS = (0, 1)  # 0: written before checkpoints recorded their format version
+ENCODER_FORMAT_VERSIONS = (1,)
+
+
 class CheckpointFileError(MucosaError):
     """A file is not a mucosa checkpoint, or one this version cannot read."""
+
+
+def _versioned(info, family: str, what: str, known: tuple[int, ...], path, default: int | None = None) -> int | None:
+    """The format version of a description of ``family`` (``mucosa-checkpoint``, ``mucosa-encoder``), None for a
+    description of another format; a version suffix (``mucosa-encoder-99``) or ``format_version`` this mucosa
+    does not know is a CheckpointFileError naming the version found and those known."""
+    found = split_format(info.get("format") if isinstance(info, dict) else None, family)
+    if found is None:
+        return None
+    version = found[1] if found[1] is not None else info.get("format_version", default)
+    return check_version(path, what, version, known, CheckpointFileError)
+
+
+def encoder_description(info, path) -> dict | None:
+    """``info`` when it describes a pretrained encoder (``mucosa pretrain``) of a known format version, None
+    when it describes something else; CheckpointFileError for an encoder format this mucosa does not know."""
+    if _versioned(info, ENCODER_FORMAT, "encoder", ENCODER_FORMAT_VERSIONS, path) is None:
+        return None
+    return info
 
 
 def describe(model_config: ModelConfig, classes: list[str], prep: Preprocessing, run_config: dict,
@@ -145,18 +169,11 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedCheckp
     path = Path(path)
     data = read_checkpoint_file(path, map_location)
     info = data.get("mucosa")
-    if isinstance(info, dict) and info.get("format") == ENCODER_FORMAT:
+    if encoder_description(info, path) is not None:
         raise CheckpointFileError(f"{path}: a pretrained encoder (mucosa pretrain), not a classifier: fine-tune it "
                                   "first with mucosa train --init-from")
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
+    if _versioned(info, FORMAT, "checkpoint", FORMAT_VERSIONS, path, default=0) is None:
         raise CheckpointFileError(f"{path}: not a mucosa checkpoint (no 'mucosa' description inside)")
-    version = info.get("format_version", 0)
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise CheckpointFileError(f"{path}: damaged mucosa checkpoint (format_version {version!r:.40})")
-    if version > FORMAT_VERSION:
-        raise CheckpointFileError(f"{path}: written by mucosa {info.get('mucosa_version')} in checkpoint format "
-                                  f"{info['format_version']}; this is mucosa {__version__} (format "
-                                  f"{FORMAT_VERSION}); upgrade mucosa to read it")
     classes = _classes_from(info, path)
     model_config = _settings_from(ModelConfig, info, "model", path)
     if model_config.num_classes != len(classes):
@@ -196,8 +213,8 @@ def record_in_card(path: str | Path, key: str, value: Any) -> None:
 def check_encoder(path: str | Path, model_config: ModelConfig) -> dict[str, Any] | None:
     """The description of a pretrained encoder (``mucosa pretrain``) at ``path``, None for other checkpoints;
     refused with one line when it was pretrained for another model kind, input size or channel count."""
-    info = read_checkpoint_file(path).get("mucosa")
-    if not isinstance(info, dict) or info.get("format") != ENCODER_FORMAT:
+    info = encoder_description(read_checkpoint_file(path).get("mucosa"), path)
+    if info is None:
         return None
     model = info.get("model") if isinstance(info.get("model"), dict) else {}
     got = (model.get("kind"), model.get("size"), model.get("in_channels"))
@@ -227,8 +244,7 @@ def initialise_from(model: torch.nn.Module, checkpoint: Path) -> list[str]:
     source = model_weights(checkpoint, data)
     target = model.state_dict()
     fresh = [k for k in target if k not in source or source[k].shape != target[k].shape]
-    info = data.get("mucosa")
-    if isinstance(info, dict) and info.get("format") == ENCODER_FORMAT:
+    if encoder_description(data.get("mucosa"), checkpoint) is not None:
         misfit = [k for k in source if k not in target or source[k].shape != target[k].shape]
         if misfit:
             raise ConfigError(f"{checkpoint}: encoder weights {', '.join(misfit[:3])} do not fit this model "
