@@ -128,14 +128,15 @@ def measure_mucosa(spec: dict) -> dict:
 
     from mucosa.models.config import config_from_dict
     from mucosa.models.networks import FastDropout
-    from mucosa.models.training import Classifier, _quiet_lightning
+    from mucosa.models.trainer import quiet_lightning
+    from mucosa.models.training import Classifier
 
     size, batch, steps, warmup, ablate = spec["size"], spec["batch"], spec["steps"], spec["warmup"], spec["ablate"]
-    _quiet_lightning()
+    quiet_lightning()
     training = {"batch_size": batch, "precision": spec["precision"], "channels_last": "channels_last" not in ablate}
     config = config_from_dict({"model": {"size": size}, "training": training})
     if "allocator" in ablate:
-        Classifier._keep_freed_memory = staticmethod(lambda keep: False)
+        Classifier.keep_freed_memory = staticmethod(lambda keep: False)
     if "onednn" in ablate:
         torch.backends.mkldnn.enabled = False
     torch.manual_seed(0)
