@@ -24,7 +24,7 @@ from mucosa.models.checkpoint import CheckpointFileError, load_checkpoint
 from mucosa.models.config import config_from_dict, load_config
 from mucosa.models.tracking import RunCheckpoint, epoch_metrics, keep_epochs
 from mucosa.models.trainer import TrainingDivergedError
-from mucosa.models.training import Classifier, initialise_from, resume, train
+from mucosa.models.training import FrameClassifierModule, initialise_from, resume, train
 
 QUICK = {"model": {"size": 32}, "preprocessing": {"quality_threshold": 0.0},
          "split": {"mode": "patient", "test": 0.25, "val": 0.25},
@@ -79,7 +79,7 @@ def test_a_diverging_run_stops_with_a_clear_error_and_no_checkpoint(cohort, tmp_
 
 def test_non_finite_weights_stop_training_before_the_epoch_is_saved(trained):
     config = load_config(trained / "config.yaml")
-    module = Classifier(config, ["control", "active"], [1, 1], {})
+    module = FrameClassifierModule(config, ["control", "active"], [1, 1], {})
     module.on_train_epoch_end()  # finite weights: nothing happens
     with torch.no_grad():
         module.model.fc3.weight[0, 0] = float("inf")

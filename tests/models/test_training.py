@@ -22,7 +22,7 @@ from mucosa.models.config import config_from_dict, load_config
 from mucosa.models.networks import ModelConfig, create_model
 from mucosa.models.tracking import epoch_metrics
 from mucosa.models.training import (
-    Classifier,
+    FrameClassifierModule,
     initialise_from,
     make_loaders,
     plan_run,
@@ -71,7 +71,7 @@ def test_one_epoch_lowers_the_loss_and_checkpoint_round_trips(cohort, cache, tmp
     plan = plan_run(cohort, config, tmp_path / "run", cache)
     train_loader, _ = make_loaders(plan)
     L.seed_everything(0)
-    module = Classifier(config, plan.cohort.classes, [1, 1], {"format": "test"})
+    module = FrameClassifierModule(config, plan.cohort.classes, [1, 1], {"format": "test"})
     before = mean_loss(module, train_loader)
     from mucosa.models.trainer import AtomicCheckpointIO
 

@@ -59,8 +59,9 @@ from mucosa.models.trainer import (
 log = logging.getLogger(__name__)
 
 
-class Classifier(RunModule):
-    """The model, its loss and validation metrics (ROC AUC, accuracy, loss)."""
+class FrameClassifierModule(RunModule):
+    """The LightningModule that trains a frame classifier: the model, its loss and validation metrics (ROC
+    AUC, accuracy, loss). Not the :class:`mucosa.Classifier` that a trained checkpoint is loaded into."""
 
     def __init__(self, config: RunConfig, classes: list[str], class_counts: list[int], description: dict,
                  record_samples: bool = False, pretrained: bool | None = None) -> None:
@@ -233,7 +234,7 @@ def fit(plan: RunPlan, resume: Path | None = None, init_from: Path | None = None
     train_loader, val_loader = make_loaders(plan)
     counts = np.bincount(plan.table.labels[plan.parts["train"]], minlength=len(plan.cohort.classes))
     pretrained = False if resume or init_from else None  # the weights resumed or initialised from replace ImageNet's
-    module = Classifier(plan.config, plan.cohort.classes, counts.tolist(), _description(plan),
+    module = FrameClassifierModule(plan.config, plan.cohort.classes, counts.tolist(), _description(plan),
                                    record_samples, pretrained)
     if init_from is not None:
         initialise_from(module.model, init_from)
