@@ -2,7 +2,7 @@
 
 A training step is forward + BCE-with-logits loss + backward + Adam step on random inputs, batch 16.
 
-- ``mucosa``: the real thing: ``mucosa.train.Classifier`` (the model from ``create_model``, its
+- ``mucosa``: the real thing: ``mucosa.models.training.FrameClassifierModule`` (the model from ``create_model``, its
   channels_last setting, loss and Adam) run by a Lightning ``Trainer`` with the settings ``mucosa train``
   passes (CPU, ``precision``); each ``training_step`` is timed from a callback (``on_train_batch_start`` to
   ``on_train_batch_end``: zero_grad, forward, loss, backward, optimizer step). ``--precision`` chooses
@@ -128,18 +128,19 @@ def measure_mucosa(spec: dict) -> dict:
 
     from mucosa.models.config import config_from_dict
     from mucosa.models.networks import FastDropout
-    from mucosa.models.training import Classifier, _quiet_lightning
+    from mucosa.models.trainer import quiet_lightning
+    from mucosa.models.training import FrameClassifierModule
 
     size, batch, steps, warmup, ablate = spec["size"], spec["batch"], spec["steps"], spec["warmup"], spec["ablate"]
-    _quiet_lightning()
+    quiet_lightning()
     training = {"batch_size": batch, "precision": spec["precision"], "channels_last": "channels_last" not in ablate}
     config = config_from_dict({"model": {"size": size}, "training": training})
     if "allocator" in ablate:
-        Classifier._keep_freed_memory = staticmethod(lambda keep: False)
+        FrameClassifierModule.keep_freed_memory = staticmethod(lambda keep: False)
     if "onednn" in ablate:
         torch.backends.mkldnn.enabled = False
     torch.manual_seed(0)
-    module = Classifier(config, ["control", "active"], [1, 1], {})
+    module = FrameClassifierModule(config, ["control", "active"], [1, 1], {})
     if "dropout" in ablate:
         for name, layer in list(module.model.named_children()):
             if isinstance(layer, FastDropout):

@@ -11,7 +11,8 @@ from mucosa.data.manifest import Cohort, Record, load_manifest
 from mucosa.data.preparation import Preprocessing
 from mucosa.data.table import assemble
 from mucosa.errors import ConfigError
-from mucosa.models.dataset import CaseSampler, FrameDataset
+from mucosa.models.config import config_from_dict
+from mucosa.models.dataset import CaseSampler, FrameDataset, case_sampler, frame_loader
 
 
 def textured(size=64, seed=0):
@@ -95,6 +96,23 @@ def test_case_sampler_limits_frames_per_case_and_varies_by_epoch():
     assert counts == {"a": 4, "b": 3, "c": 4} and len(set(first)) == len(first)
     sampler.set_epoch(5)
     assert list(sampler) != first
+
+
+def test_case_sampler_groups_a_table_by_file_and_patient_and_the_loader_uses_it(small_cohort, tmp_path):
+    prep = Preprocessing(size=32, crop="none", quality_threshold=0.0)
+    table = assemble(small_cohort, prep, FrameCache(tmp_path / "cache"))
+    files = {(str(table.cohort.records[r].path), table.cohort.records[r].patient) for r in table.row}
+    assert len(files) < len(table)  # the video gives several frames of one case
+    assert case_sampler(table, np.arange(len(table)), per_case=0) is None  # every frame every epoch
+    sampler = case_sampler(table, np.arange(len(table)), per_case=1, seed=0)
+    assert len(sampler) == len(files)
+    assert len({(str(table.cohort.records[table.row[i]].path)) for i in sampler}) == len(files)
+    some = np.arange(2, len(table))  # the part of the table a run trains on
+    assert len(case_sampler(table, some, per_case=1)) == len({table.row[i] for i in some})
+    training = config_from_dict({"training": {"batch_size": 2}}).training
+    loader = frame_loader(FrameDataset(table, np.arange(len(table))), training, sampler, shuffle=True,
+                          drop_last=True)
+    assert loader.sampler is sampler and len(loader) == len(files) // 2
 
 
 def test_still_image_in_tiles_is_one_frame_per_tile(tmp_path):

@@ -19,11 +19,12 @@ from mucosa.data.cache import FrameCache
 from mucosa.data.manifest import load_manifest
 from mucosa.data.synth import synthesize_cohort
 from mucosa.errors import ConfigError
-from mucosa.models import training
+from mucosa.models import trainer
 from mucosa.models.checkpoint import CheckpointFileError, load_checkpoint
 from mucosa.models.config import config_from_dict, load_config
 from mucosa.models.tracking import RunCheckpoint, epoch_metrics, keep_epochs
-from mucosa.models.training import Classifier, TrainingDivergedError, initialise_from, resume, train
+from mucosa.models.trainer import TrainingDivergedError
+from mucosa.models.training import FrameClassifierModule, initialise_from, resume, train
 
 QUICK = {"model": {"size": 32}, "preprocessing": {"quality_threshold": 0.0},
          "split": {"mode": "patient", "test": 0.25, "val": 0.25},
@@ -78,7 +79,7 @@ def test_a_diverging_run_stops_with_a_clear_error_and_no_checkpoint(cohort, tmp_
 
 def test_non_finite_weights_stop_training_before_the_epoch_is_saved(trained):
     config = load_config(trained / "config.yaml")
-    module = Classifier(config, ["control", "active"], [1, 1], {})
+    module = FrameClassifierModule(config, ["control", "active"], [1, 1], {})
     module.on_train_epoch_end()  # finite weights: nothing happens
     with torch.no_grad():
         module.model.fc3.weight[0, 0] = float("inf")
@@ -229,14 +230,14 @@ def rows_per_epoch(run: Path) -> dict[tuple[int, str], int]:
 
 
 def test_a_failed_checkpoint_write_then_resume_logs_each_epoch_once(cohort, cache, tmp_path, monkeypatch):
-    real = training.atomic.write_torch
+    real = trainer.atomic.write_torch
 
     def disk_full_at_second_epoch(checkpoint, path):
         if checkpoint["epoch"] == 1:
             raise OSError(28, "No space left on device")
         real(checkpoint, path)
 
-    monkeypatch.setattr(training.atomic, "write_torch", disk_full_at_second_epoch)
+    monkeypatch.setattr(trainer.atomic, "write_torch", disk_full_at_second_epoch)
     run = tmp_path / "run"
     with pytest.raises(WriteError, match="cannot write .*No space left on device.*--resume"):
         train(cohort, quick(training={"epochs": 2}), run, cache=cache)

@@ -22,9 +22,9 @@ from mucosa.models.config import config_from_dict, load_config
 from mucosa.models.networks import ModelConfig, create_model
 from mucosa.models.tracking import epoch_metrics
 from mucosa.models.training import (
-    Classifier,
-    _loaders,
+    FrameClassifierModule,
     initialise_from,
+    make_loaders,
     plan_run,
     train,
 )
@@ -69,11 +69,11 @@ def mean_loss(module, loader):
 def test_one_epoch_lowers_the_loss_and_checkpoint_round_trips(cohort, cache, tmp_path):
     config = quick(training={"epochs": 3, "lr": 3e-3})
     plan = plan_run(cohort, config, tmp_path / "run", cache)
-    train_loader, _ = _loaders(plan)
+    train_loader, _ = make_loaders(plan)
     L.seed_everything(0)
-    module = Classifier(config, plan.cohort.classes, [1, 1], {"format": "test"})
+    module = FrameClassifierModule(config, plan.cohort.classes, [1, 1], {"format": "test"})
     before = mean_loss(module, train_loader)
-    from mucosa.models.training import AtomicCheckpointIO
+    from mucosa.models.trainer import AtomicCheckpointIO
 
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         plugins=[AtomicCheckpointIO()], enable_model_summary=False)
@@ -251,7 +251,7 @@ def test_several_nodes_without_a_launcher_are_refused_before_training(monkeypatc
     import os
 
     from mucosa.models.config import config_from_dict
-    from mucosa.models.training import check_hardware_settings
+    from mucosa.models.trainer import check_hardware_settings
 
     for key in [k for k in os.environ if k.startswith(("SLURM_", "TORCHELASTIC_")) or k in (
             "NODE_RANK", "MASTER_ADDR", "WORLD_SIZE", "LOCAL_RANK", "GROUP_RANK")]:

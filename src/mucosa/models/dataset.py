@@ -1,4 +1,5 @@
-"""The PyTorch side of a frame table: dataset, MONAI augmentation and a per-case sampler for training."""
+"""The PyTorch side of a frame table: dataset, MONAI augmentation, a per-case sampler and the data loader
+that training and pretraining share."""
 
 from __future__ import annotations
 
@@ -82,3 +83,24 @@ class CaseSampler:
         chosen = np.concatenate([rng.choice(g, min(len(g), self.per_case), replace=False) for g in self.groups])
         self.epoch += 1
         return iter(rng.permutation(chosen).tolist())
+
+
+def case_sampler(table: FrameTable, positions: np.ndarray, per_case: int, seed: int = 0) -> CaseSampler | None:
+    """A :class:`CaseSampler` over the frames at table ``positions`` (a case: one file of one patient), or None
+    when ``per_case`` is 0 (every frame every epoch)."""
+    if per_case <= 0:
+        return None
+    records = table.cohort.records
+    cases = np.array([str(records[r].path) + records[r].patient for r in table.row[positions]])
+    return CaseSampler(cases, per_case, seed)
+
+
+def frame_loader(dataset, training, sampler: CaseSampler | None = None, shuffle: bool = False,
+                 drop_last: bool = False):
+    """A ``DataLoader`` of ``dataset`` with the batch size and workers of ``training`` (a ``TrainingConfig``);
+    ``shuffle``: in random order, where no ``sampler`` chooses the frames."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(dataset, batch_size=training.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      drop_last=drop_last, num_workers=training.workers, persistent_workers=training.workers > 0,
+                      worker_init_fn=worker_init if training.workers else None)

@@ -10,9 +10,9 @@ for a timm backbone everything before its head. Its weights go to ``OUT/encoder.
 The labels are never read: the manifest is read with ``load_manifest(unlabelled=True)``, which needs only
 a ``path`` column and gives every row the same placeholder label. Frames come from the training pipeline
 (``assemble`` and its cache, ``FrameDataset``, the MONAI augmentation of ``augmentation`` in the config, to
-which each view adds a random crop, contrast, blur and noise); the loop is training's Lightning loop (its
-trainer, ``metrics.csv`` with ``train_loss`` per epoch, atomic ``last.ckpt`` for ``--resume``, the progress
-bar, divergence stop).
+which each view adds a random crop, contrast, blur and noise); the loop is training's Lightning loop
+(:mod:`mucosa.models.trainer`: its trainer, ``metrics.csv`` with ``train_loss`` per epoch, atomic
+``last.ckpt`` for ``--resume``, the progress bar, divergence stop).
 
 Why not the ``lightly`` library: lightly 1.6 imports torchvision, which cannot be imported beside the
 PyTorch build this project is developed on, and the loss it would provide is the few lines of
@@ -25,11 +25,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -42,18 +40,19 @@ from mucosa.data.cache import FrameCache
 from mucosa.data.manifest import Cohort, load_manifest
 from mucosa.data.table import assemble
 from mucosa.errors import ConfigError
-from mucosa.models.checkpoint import ENCODER_FORMAT, CheckpointFileError, read_checkpoint_file, refuse_non_finite
+from mucosa.models.checkpoint import ENCODER_FORMAT, CheckpointFileError
 from mucosa.models.config import RunConfig, load_config
-from mucosa.models.dataset import CaseSampler, FrameDataset, make_augmentation, worker_init
+from mucosa.models.dataset import FrameDataset, case_sampler, frame_loader, make_augmentation
 from mucosa.models.networks import create_model
 from mucosa.models.tracking import fit_trainer
-from mucosa.models.training import (
-    Classifier,
+from mucosa.models.trainer import (
+    RunModule,
     RunPlan,
-    TrainingDivergedError,
-    _quiet_lightning,
-    _trainer,
     check_hardware_settings,
+    check_resumable_folder,
+    make_trainer,
+    prepare_fit,
+    resumable_checkpoint,
 )
 
 log = logging.getLogger(__name__)
@@ -139,52 +138,28 @@ class TwoViews:
         return self._view(image), self._view(image), position
 
 
-class Contrastive(L.LightningModule):
+class Contrastive(RunModule):
     """The model's encoder, a projection head and the NT-Xent loss."""
+
+    activity = "pretraining"
 
     def __init__(self, config: RunConfig, method: dict[str, Any], description: dict,
                  pretrained: bool | None = None) -> None:
-        super().__init__()
-        self.config, self.method, self.description = config, method, description
-        self.model = create_model(config.model, pretrained)
+        super().__init__(config, description, pretrained)
+        self.method = method
         self.encoder_keys, width = encoder_keys(self.model)
-        if config.training.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
         hidden, out = method["projection_hidden"], method["projection_dim"]
         self.projector = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        if self.config.training.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.projector(self.model.forward_features(x).mean(dim=(2, 3)))
+        return self.projector(self.model.forward_features(self.model_input(x)).mean(dim=(2, 3)))
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x1, x2, _ = batch
         loss = nt_xent(self.embed(x1), self.embed(x2), self.method["temperature"])
-        value = float(loss.detach())
-        bad = self.trainer.strategy.reduce_boolean_decision(not math.isfinite(value), all=False)
-        if bad:
-            raise TrainingDivergedError(f"pretraining stopped at epoch {self.current_epoch + 1}, batch "
-                                        f"{batch_idx + 1}: the loss is {value}: it diverged (training.lr = "
-                                        f"{self.config.training.lr:g}; try a lower one). No checkpoint of this "
-                                        "epoch was written")
+        self.check_loss(loss, "loss", batch_idx)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x1), sync_dist=True)
         return loss
-
-    def configure_optimizers(self):
-        t = self.config.training
-        return torch.optim.Adam(self.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-
-    def on_fit_start(self) -> None:
-        if self.device.type == "cpu":
-            Classifier._keep_freed_memory(True)  # as training does: no page faults on every step
-
-    def on_fit_end(self) -> None:
-        if self.device.type == "cpu":
-            Classifier._keep_freed_memory(False)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["mucosa"] = self.description
 
     def encoder_state(self) -> dict[str, torch.Tensor]:
         """The encoder's weights, as ``model.KEY`` (the names ``train --init-from`` reads)."""
@@ -222,14 +197,9 @@ def _loader(plan: RunPlan) -> DataLoader:
     t, table = plan.config.training, plan.table
     views = TwoViews(FrameDataset(table, plan.parts["train"]),
                      view_augmentation(plan.config.augmentation, plan.config.model.size, t.seed))
-    sampler = None
-    if t.frames_per_case > 0:
-        cases = np.array([str(r.path) + r.patient for r in (table.cohort.records[i] for i in table.row)])
-        sampler = CaseSampler(cases, t.frames_per_case, t.seed)
+    sampler = case_sampler(table, plan.parts["train"], t.frames_per_case, t.seed)
     count = len(sampler) if sampler is not None else len(views)
-    return DataLoader(views, batch_size=t.batch_size, shuffle=sampler is None, sampler=sampler,
-                      drop_last=count >= max(t.batch_size, 2), num_workers=t.workers,
-                      persistent_workers=t.workers > 0, worker_init_fn=worker_init if t.workers else None)
+    return frame_loader(views, t, sampler, shuffle=True, drop_last=count >= max(t.batch_size, 2))
 
 
 def _frames_seen(plan: RunPlan, manifest: Path, parts: list[str] | None) -> dict[str, Any]:
@@ -251,14 +221,10 @@ def _description(plan: RunPlan, method: dict, frames: dict) -> dict[str, Any]:
 
 def _fit(plan: RunPlan, settings: dict, resume: Path | None = None, resumed_epoch: int = -1,
          progress: bool = True) -> Path:
-    t = plan.config.training
-    _quiet_lightning()
-    L.seed_everything(t.seed, workers=True, verbose=False)
-    if t.threads > 0:
-        torch.set_num_threads(t.threads)
+    prepare_fit(plan.config)
     description = _description(plan, settings["method"], settings["frames"])
     module = Contrastive(plan.config, settings["method"], description, pretrained=False if resume else None)
-    trainer = _trainer(plan, False, keep_through_epoch=resumed_epoch if resume else -1, progress=progress)
+    trainer = make_trainer(plan, False, keep_through_epoch=resumed_epoch if resume else -1, progress=progress)
     fit_trainer(trainer, module, _loader(plan), ckpt_path=resume, weights_only=True)
     encoder = plan.out / ENCODER
     if trainer.is_global_zero:
@@ -317,22 +283,16 @@ def resume_pretraining(run: str | Path, cache: FrameCache | None = None, progres
     """Continue an interrupted ``mucosa pretrain`` run from its ``last.ckpt``."""
     run = Path(run)
     last = run / "last.ckpt"
-    if not all((run / name).is_file() for name in ("config.yaml", SETTINGS, "last.ckpt")):
-        raise ConfigError(f"{run}: nothing to resume (needs config.yaml, {SETTINGS} and last.ckpt from a pretraining "
-                          "run that finished at least one epoch)")
+    check_resumable_folder(run, ["config.yaml", SETTINGS, "last.ckpt"], "pretraining run")
     config = load_config(run / "config.yaml")
     try:
         settings = json.loads((run / SETTINGS).read_text())
         manifest, parts = Path(settings["manifest"]), settings["parts"]
     except (ValueError, KeyError, TypeError):
         raise ConfigError(f"{run / SETTINGS}: damaged (not the settings mucosa pretrain wrote)") from None
-    state = read_checkpoint_file(last)
-    refuse_non_finite(state["state_dict"], last)
+    state, epoch = resumable_checkpoint(last)
     _check_resumable(state.get("mucosa"), config, settings, run)
-    epoch = state.get("epoch")
     del state
-    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-        raise CheckpointFileError(f"{last}: not a checkpoint written at the end of an epoch (epoch {epoch!r:.40})")
     if not manifest.is_file() or manifest_hash(manifest) != settings["frames"]["manifest_sha256"]:
         raise ConfigError(f"{manifest}: missing or changed since pretraining started; start a new run instead of "
                           "--resume")

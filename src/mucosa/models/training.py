@@ -18,69 +18,57 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.fabric.plugins import CheckpointIO
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader
 
-from mucosa import atomic
-from mucosa.allocator import mallopt
 from mucosa.data.cache import FrameCache
 from mucosa.data.ingest import refuse_suspicious_classes, restrict_classes
 from mucosa.data.manifest import Cohort, load_manifest
 from mucosa.data.splits import split_cohort
-from mucosa.data.table import FrameTable, assemble
-from mucosa.errors import ConfigError, MucosaError
+from mucosa.data.table import assemble
+from mucosa.errors import ConfigError
 from mucosa.models.checkpoint import (
-    CheckpointFileError,
     check_encoder,
     describe,
     initialise_from,
     model_weights,
     non_finite_weights,
-    read_checkpoint_file,
-    refuse_non_finite,
     trained_classes,
 )
 from mucosa.models.config import RunConfig, load_config, override
-from mucosa.models.dataset import (
-    CaseSampler,
-    FrameDataset,
-    make_augmentation,
-    worker_init,
-)
+from mucosa.models.dataset import FrameDataset, case_sampler, frame_loader, make_augmentation
 from mucosa.models.networks import create_model
-from mucosa.models.tracking import RunCheckpoint, check_nodes_started, fit_trainer, make_loggers, require_logger
-
-
-class TrainingDivergedError(MucosaError):
-    """The loss or the weights stopped being finite: the model diverged and training was stopped."""
+from mucosa.models.tracking import fit_trainer, require_logger
+from mucosa.models.trainer import (
+    RunModule,
+    RunPlan,
+    TrainingDivergedError,
+    check_hardware_settings,
+    check_resumable_folder,
+    make_trainer,
+    prepare_fit,
+    resumable_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
 
-class Classifier(L.LightningModule):
-    """The model, its loss and validation metrics (ROC AUC, accuracy, loss)."""
+class FrameClassifierModule(RunModule):
+    """The LightningModule that trains a frame classifier: the model, its loss and validation metrics (ROC
+    AUC, accuracy, loss). Not the :class:`mucosa.Classifier` that a trained checkpoint is loaded into."""
 
     def __init__(self, config: RunConfig, classes: list[str], class_counts: list[int], description: dict,
                  record_samples: bool = False, pretrained: bool | None = None) -> None:
-        super().__init__()
         import torchmetrics
 
-        self.config, self.classes, self.description = config, classes, description
-        self.model = create_model(config.model, pretrained)
-        if config.training.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        super().__init__(config, description, pretrained)
+        self.classes = classes
         counts = torch.tensor(class_counts, dtype=torch.float32).clamp(min=1)
         weights = counts.sum() / (len(counts) * counts) if config.training.class_weights else torch.ones_like(counts)
         self.register_buffer("class_weights", weights, persistent=False)
@@ -91,9 +79,7 @@ class Classifier(L.LightningModule):
         self.record_samples, self.seen = record_samples, []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.config.training.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x)
+        return self.model(self.model_input(x))
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if len(self.classes) == 2:  # one logit: BCE, with the positive class weighted against the negative
@@ -108,7 +94,7 @@ class Classifier(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y, position = batch
         loss = self.loss(self(x), y)
-        self._check_loss(loss, "training loss", batch_idx)
+        self.check_loss(loss, "training loss", batch_idx)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
         if self.record_samples:
             self.seen += position.tolist()
@@ -118,7 +104,7 @@ class Classifier(L.LightningModule):
         x, y, _ = batch
         logits = self(x)
         loss = self.loss(logits, y)
-        self._check_loss(loss, "validation loss", batch_idx)
+        self.check_loss(loss, "validation loss", batch_idx)
         probs = self.probabilities(logits)
         self.val_auc.update(probs, y)
         self.val_acc.update(probs, y)
@@ -130,24 +116,6 @@ class Classifier(L.LightningModule):
         self.val_auc.reset()
         self.val_acc.reset()
 
-    def _stop_if(self, bad: bool, problem: str, batch_idx: int | None = None, sync: bool = True) -> None:
-        """Raise TrainingDivergedError on every process when any process found ``bad``.
-
-        ``sync``: ask the other processes (a collective call: only at points every process reaches in the same
-        order, such as each step; not at epoch ends, where rank 0 alone syncs metrics for its progress bar).
-        """
-        if sync and self._trainer is not None:
-            bad = self.trainer.strategy.reduce_boolean_decision(bool(bad), all=False)
-        if bad:
-            where = f"epoch {self.current_epoch + 1}" + ("" if batch_idx is None else f", batch {batch_idx + 1}")
-            raise TrainingDivergedError(
-                f"training stopped at {where}: {problem}: the model diverged (training.lr = "
-                f"{self.config.training.lr:g}; try a lower one). No checkpoint of this epoch was written")
-
-    def _check_loss(self, loss: torch.Tensor, what: str, batch_idx: int) -> None:
-        value = float(loss.detach())
-        self._stop_if(not math.isfinite(value), f"the {what} is {value}", batch_idx)
-
     def on_train_epoch_start(self) -> None:
         self.epoch_start = time.time()
 
@@ -155,73 +123,14 @@ class Classifier(L.LightningModule):
         """Runs before this epoch's checkpoints are written: the weights must still be finite (they are the
         same on every process, so each decides alone)."""
         bad = non_finite_weights(self.model.state_dict())
-        self._stop_if(bool(bad), f"the weights of {', '.join(bad[:3])} hold NaN or infinite values", sync=False)
+        self.stop_if(bool(bad), f"the weights of {', '.join(bad[:3])} hold NaN or infinite values", sync=False)
         if hasattr(self, "epoch_start"):
             self.log("epoch_seconds", time.time() - self.epoch_start, sync_dist=False)
-
-    def configure_optimizers(self):
-        t = self.config.training
-        return torch.optim.Adam(self.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-
-    def on_fit_start(self) -> None:
-        if self.device.type == "cpu":
-            self._keep_freed_memory(True)
-
-    def on_fit_end(self) -> None:
-        if self.device.type == "cpu":
-            self._keep_freed_memory(False)
-
-    @staticmethod
-    def _keep_freed_memory(keep: bool) -> bool:
-        """Make glibc's malloc keep and reuse freed memory (``keep``), or go back to its default limits.
-
-        By default glibc serves every block over 128 KiB with a fresh ``mmap`` and unmaps it on free, so each
-        training step page-faults its ~2 GB of activations back in: over a third of a 300x300 fp32 step on
-        the 2-core VM (5.5 -> 8.7 images/s, docs/performance.md). Keeping them in the heap (no mmap, trim
-        only above 2 GiB) costs peak memory (1.6 -> 2.0-2.5 GB there). Returns whether the settings took
-        (glibc on Linux only).
-        """
-        if keep:
-            return mallopt(mmap_max=0, trim_threshold=2**31 - 1)
-        return mallopt(mmap_max=65536, trim_threshold=128 * 1024)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["mucosa"] = self.description
 
     def on_train_end(self) -> None:
         if self.record_samples:
             out = Path(self.trainer.default_root_dir) / f"samples-rank{self.global_rank}.json"
             out.write_text(json.dumps(self.seen))
-
-
-class AtomicCheckpointIO(CheckpointIO):
-    """Lightning checkpoint I/O: atomic local writes (``atomic.write_torch``), ``weights_only=True`` loading."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        hint = "the previous checkpoint is unchanged: free space, then continue with --resume"
-        try:
-            atomic.write_torch(checkpoint, path)
-        except atomic.WriteError as error:
-            raise atomic.WriteError(f"{error}; {hint}") from None
-        except OSError as error:
-            raise atomic.WriteError(f"cannot write {path}: {error.strerror or error}; {hint}") from None
-
-    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
-        return read_checkpoint_file(path, map_location or "cpu")
-
-    def remove_checkpoint(self, path) -> None:
-        Path(path).unlink(missing_ok=True)
-
-
-@dataclass
-class RunPlan:
-    """Everything a run needs, checked before any training work starts."""
-
-    config: RunConfig
-    cohort: Cohort  # with the split column
-    table: FrameTable
-    parts: dict[str, np.ndarray]  # "train"/"val" → table positions
-    out: Path
 
 
 def _counts(classes: list[str], labels: list[str] | np.ndarray) -> str:
@@ -252,37 +161,6 @@ def _check_parts(cohort: Cohort, val: bool) -> None:
                               "needs training patients (use a stratified split or add patients)")
         if side == "val":
             _check_validation(cohort.classes, labels, "images or videos")
-
-
-def _trainer_error(error: Exception, config: RunConfig) -> ConfigError:
-    t = config.training
-    lines = str(error).strip().splitlines()
-    return ConfigError(f"training settings accelerator {t.accelerator}, devices {t.devices}, num_nodes {t.num_nodes}, "
-                       f"strategy {t.strategy}, precision {t.precision}: Lightning cannot use them here "
-                       f"({lines[0][:300] if lines else type(error).__name__})")
-
-
-_TRAINER_ERRORS = (MisconfigurationException, ValueError, TypeError, ImportError, RuntimeError)
-
-
-def check_hardware_settings(config: RunConfig) -> None:
-    """Raise ConfigError, before any work, when Lightning cannot run with these accelerator, devices,
-    strategy and precision settings on this machine (no GPU, strategy package missing...)."""
-    import logging
-
-    t = config.training
-    quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)
-    try:
-        trainer = L.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
-                            precision=t.precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False)
-    except _TRAINER_ERRORS as error:
-        raise _trainer_error(error, config) from None
-    finally:
-        quiet.setLevel(level)
-    check_nodes_started(t.num_nodes, getattr(trainer.strategy, "cluster_environment", None))
 
 
 def plan_run(manifest: str | Path, config: RunConfig, out: Path, cache: FrameCache | None = None,
@@ -324,20 +202,13 @@ def plan_run(manifest: str | Path, config: RunConfig, out: Path, cache: FrameCac
     return RunPlan(config, split, table, parts, out)
 
 
-def _loaders(plan: RunPlan) -> tuple[DataLoader, DataLoader | None]:
+def make_loaders(plan: RunPlan) -> tuple[DataLoader, DataLoader | None]:
     t, table = plan.config.training, plan.table
     augment = make_augmentation(plan.config.augmentation, plan.config.model.size, t.seed)
     train_set = FrameDataset(table, plan.parts["train"], augment)
-    sampler = None
-    if t.frames_per_case > 0:
-        cases = np.array([str(table.cohort.records[r].path) + table.cohort.records[r].patient
-                          for r in table.row[plan.parts["train"]]])
-        sampler = CaseSampler(cases, t.frames_per_case, t.seed)
-    common = {"batch_size": t.batch_size, "num_workers": t.workers, "persistent_workers": t.workers > 0,
-              "worker_init_fn": worker_init if t.workers else None}
-    train = DataLoader(train_set, shuffle=sampler is None, sampler=sampler, **common)
-    val = (DataLoader(FrameDataset(table, plan.parts["val"]), shuffle=False, **common)
-           if len(plan.parts["val"]) else None)
+    sampler = case_sampler(table, plan.parts["train"], t.frames_per_case, t.seed)
+    train = frame_loader(train_set, t, sampler, shuffle=True)
+    val = frame_loader(FrameDataset(table, plan.parts["val"]), t) if len(plan.parts["val"]) else None
     return train, val
 
 
@@ -351,44 +222,6 @@ def _description(plan: RunPlan) -> dict:
                     split)
 
 
-def _trainer(plan: RunPlan, has_val: bool, keep_through_epoch: int = -1, progress: bool = True) -> L.Trainer:
-    """The Lightning trainer of a run; ``keep_through_epoch``: the resumed checkpoint's epoch (-1: new run)."""
-    from lightning.pytorch.callbacks import EarlyStopping
-
-    t = plan.config.training
-    # Two checkpoints: "best" by training.monitor (validation AUC or loss) and "last" after every epoch (for
-    # --resume). Lightning's own save_last only writes when the best one changed, which would lose epochs on
-    # a kill. "best" comes first, so that last.ckpt records this epoch's best score. Without validation data
-    # "best" is the last epoch's checkpoint, copied when training ends.
-    callbacks = [RunCheckpoint(dirpath=plan.out, filename="last", save_top_k=1, enable_version_counter=False)]
-    mode = "max" if t.monitor == "val_auc" else "min"
-    if has_val:
-        callbacks.insert(0, RunCheckpoint(dirpath=plan.out, filename="best", save_top_k=1, monitor=t.monitor,
-                                          mode=mode, enable_version_counter=False))
-    if t.early_stopping and has_val:
-        callbacks.append(EarlyStopping(monitor=t.monitor, mode=mode, patience=t.early_stopping))
-    return L.Trainer(default_root_dir=plan.out, max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices,
-                     num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision, callbacks=callbacks,
-                     logger=make_loggers(t.logger, plan.out, keep_through_epoch), plugins=[AtomicCheckpointIO()],
-                     enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
-                     enable_progress_bar=progress)
-
-
-def _quiet_lightning() -> None:
-    """Hide Lightning's advertising tips and warnings that say nothing about the user's run."""
-    import logging
-    import warnings
-
-    class NoTips(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return "Tip:" not in record.getMessage()
-
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(NoTips())
-    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-
-
 def fit(plan: RunPlan, resume: Path | None = None, init_from: Path | None = None,
         record_samples: bool = False, resumed_epoch: int = -1, progress: bool = True) -> Path:
     """Train (or continue from ``resume``, a last.ckpt of epoch ``resumed_epoch``) and return the path of the
@@ -397,19 +230,16 @@ def fit(plan: RunPlan, resume: Path | None = None, init_from: Path | None = None
     Raises:
         TrainingDivergedError: a loss or weight stopped being finite (nothing of that epoch is saved).
     """
-    t = plan.config.training
-    _quiet_lightning()
-    L.seed_everything(t.seed, workers=True, verbose=False)
-    if t.threads > 0:
-        torch.set_num_threads(t.threads)
-    train_loader, val_loader = _loaders(plan)
+    prepare_fit(plan.config)
+    train_loader, val_loader = make_loaders(plan)
     counts = np.bincount(plan.table.labels[plan.parts["train"]], minlength=len(plan.cohort.classes))
-    module = Classifier(plan.config, plan.cohort.classes, counts.tolist(), _description(plan), record_samples,
-                        pretrained=False if resume or init_from else None)  # those weights replace ImageNet's
+    pretrained = False if resume or init_from else None  # the weights resumed or initialised from replace ImageNet's
+    module = FrameClassifierModule(plan.config, plan.cohort.classes, counts.tolist(), _description(plan),
+                                   record_samples, pretrained)
     if init_from is not None:
         initialise_from(module.model, init_from)
-    trainer = _trainer(plan, val_loader is not None, keep_through_epoch=resumed_epoch if resume else -1,
-                       progress=progress)
+    trainer = make_trainer(plan, val_loader is not None, keep_through_epoch=resumed_epoch if resume else -1,
+                           progress=progress)
     fit_trainer(trainer, module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
     best = plan.out / "best.ckpt"
     if val_loader is None and trainer.is_global_zero:
@@ -457,19 +287,13 @@ def resume(run: str | Path, cache: FrameCache | None = None) -> Path:
     """Continue an interrupted run from its ``last.ckpt`` (the split is read back from ``split.csv``)."""
     run = Path(run)
     last = run / "last.ckpt"
-    if not (run / "config.yaml").is_file() or not last.is_file():
-        raise ConfigError(f"{run}: nothing to resume (needs config.yaml and last.ckpt from a run that finished "
-                          "at least one epoch)")
+    check_resumable_folder(run, ["config.yaml", "last.ckpt"])
     config = load_config(run / "config.yaml")
-    state = read_checkpoint_file(last)
-    refuse_non_finite(state["state_dict"], last)
+    state, epoch = resumable_checkpoint(last)
     _refuse_other_monitor(state, config, last)
     # the classes in the order the run learnt them (--classes may have set another than the manifest's)
     classes = trained_classes(state, last)
-    plan = plan_run(run / "split.csv", config, run, cache, presplit=True, classes=classes)
-    epoch = state.get("epoch")
     del state
-    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-        raise CheckpointFileError(f"{last}: not a checkpoint written at the end of an epoch (epoch {epoch!r:.40})")
+    plan = plan_run(run / "split.csv", config, run, cache, presplit=True, classes=classes)
     log.info(f"resuming {run} after epoch {epoch + 1} of {config.training.epochs}")
     return fit(plan, resume=last, resumed_epoch=epoch)
