@@ -12,9 +12,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mucosa"
 
 LAYERS = [  # lowest first
-    ("ground", ("mucosa._version", "mucosa.errors", "mucosa.formats", "mucosa.atomic", "mucosa.metrics", "mucosa.tables",
-                "mucosa.intervals", "mucosa.settings",
-                "mucosa.allocator")),
+    ("ground", ("mucosa._version", "mucosa.errors", "mucosa.formats", "mucosa.atomic", "mucosa.metrics",
+                "mucosa.tables", "mucosa.intervals", "mucosa.settings", "mucosa.allocator")),
     ("data", ("mucosa.data",)),
     ("models", ("mucosa.models",)),
     ("inference", ("mucosa.inference",)),

@@ -99,7 +99,8 @@ def _history(run: Path) -> list[dict[str, Any]]:
 
 def train(manifest: str | Path, config: RunConfig | str | Path | dict | None = None, out: str | Path | None = None,
           init_from: str | Path | None = None, cache_dir: str | Path | None = None, device: str = "auto",
-          runtime: str = "auto", progress: bool = True, onnx: bool = True) -> TrainingResult:
+          runtime: str = "auto", progress: bool = True, onnx: bool = True,
+          allow_partial_init: bool = False) -> TrainingResult:
     """Train a model on a cohort manifest and return it, ready to predict.
 
     Args:
@@ -108,7 +109,8 @@ def train(manifest: str | Path, config: RunConfig | str | Path | dict | None = N
             for the defaults (the paper's).
         out: the run folder (config.yaml, split.csv, logs, best.ckpt, last.ckpt); None trains in a
             temporary folder that is removed afterwards.
-        init_from: a checkpoint whose matching weights start the model.
+        init_from: a checkpoint or pretrained encoder whose matching weights start the model; refused when no
+            weight fits, or when less than half of the feature layers' weights fit unless ``allow_partial_init``.
         cache_dir: the preprocessing cache (None or "": the default, ``~/.cache/mucosa``).
         device, runtime: for the returned classifier (see :func:`mucosa.load`).
         progress: show progress bars.
@@ -121,7 +123,8 @@ def train(manifest: str | Path, config: RunConfig | str | Path | dict | None = N
     cache = FrameCache(_cache_dir(cache_dir))
     with tempfile.TemporaryDirectory(prefix="mucosa-train-") as scratch:
         folder = Path(out) if out is not None else Path(scratch) / "run"
-        best = _train(manifest, run_config, folder, init_from=init_from, cache=cache, progress=progress)
+        best = _train(manifest, run_config, folder, init_from=init_from, cache=cache, progress=progress,
+                      allow_partial_init=allow_partial_init)
         if onnx:
             deploy_after_training(best, folder / "split.csv", cache)
         classifier = load(best, device=device, runtime=runtime)  # weights in memory: outlives the folder

@@ -199,11 +199,12 @@ def test_resume_refuses_a_last_ckpt_of_other_settings_in_one_line(encoder, tmp_p
 def test_init_from_starts_from_the_encoder_weights(encoder):
     model = create_model(ModelConfig(kind="cnn", size=32))
     head_before = model.fc3.weight.clone()
-    fresh = initialise_from(model, encoder)
+    record = initialise_from(model, encoder)
     source = read_checkpoint_file(encoder)["state_dict"]
     state = model.state_dict()
     assert all(torch.equal(state[k.removeprefix("model.")], v) for k, v in source.items())
-    assert torch.equal(model.fc3.weight, head_before) and "fc3.weight" in fresh
+    assert torch.equal(model.fc3.weight, head_before) and "fc3" in record["fresh"]
+    assert record["encoder"] is True and record["feature_share"] == 1.0 and "conv1" in record["transferred"]
 
 
 def test_train_init_from_encoder_and_mismatch_refused(encoder, cohort, tmp_path):

@@ -20,11 +20,11 @@ from mucosa.data.manifest import load_manifest
 from mucosa.data.synth import synthesize_cohort
 from mucosa.errors import ConfigError
 from mucosa.models import trainer
-from mucosa.models.checkpoint import CheckpointFileError, load_checkpoint
+from mucosa.models.checkpoint import CheckpointFileError, initialise_from, load_checkpoint
 from mucosa.models.config import config_from_dict, load_config
 from mucosa.models.tracking import RunCheckpoint, epoch_metrics, keep_epochs
 from mucosa.models.trainer import TrainingDivergedError
-from mucosa.models.training import FrameClassifierModule, initialise_from, resume, train
+from mucosa.models.training import FrameClassifierModule, resume, train
 
 QUICK = {"model": {"size": 32}, "preprocessing": {"quality_threshold": 0.0},
          "split": {"mode": "patient", "test": 0.25, "val": 0.25},
@@ -242,9 +242,27 @@ def test_a_failed_checkpoint_write_then_resume_logs_each_epoch_once(cohort, cach
     with pytest.raises(WriteError, match="cannot write .*No space left on device.*--resume"):
         train(cohort, quick(training={"epochs": 2}), run, cache=cache)
     assert torch.load(run / "last.ckpt", weights_only=True)["epoch"] == 0
+    assert {int(r["epoch"]) for r in csv.DictReader((run / "metrics.csv").open())} == {0}  # none of epoch 1
     monkeypatch.undo()
     resume(run, cache)
     assert rows_per_epoch(run) == {(0, "train_loss"): 1, (0, "val_auc"): 1, (1, "train_loss"): 1, (1, "val_auc"): 1}
+
+
+def test_a_full_disk_before_any_epoch_was_saved_leaves_no_metrics_and_advice_that_works(cohort, cache, tmp_path,
+                                                                                        monkeypatch):
+    """It said "continue with --resume", which then refused, and left metrics.csv for a model never saved."""
+    def disk_full(checkpoint, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trainer.atomic, "write_torch", disk_full)
+    run = tmp_path / "run"
+    with pytest.raises(WriteError, match="No space left on device; no epoch of this run was saved: free space, "
+                                         "then start it again") as caught:
+        train(cohort, quick(training={"epochs": 2}), run, cache=cache)
+    assert "--resume" not in str(caught.value)
+    assert not (run / "metrics.csv").exists() and not (run / "last.ckpt").exists()
+    monkeypatch.undo()
+    assert train(cohort, quick(training={"epochs": 1}), run, cache=cache).is_file()  # the advice works
 
 
 def test_keep_epochs_drops_later_epochs_atomically(tmp_path):

@@ -17,13 +17,12 @@ from mucosa.data.cache import FrameCache
 from mucosa.data.manifest import load_manifest
 from mucosa.data.synth import synthesize_cohort
 from mucosa.errors import ConfigError
-from mucosa.models.checkpoint import load_checkpoint
+from mucosa.models.checkpoint import initialise_from, load_checkpoint
 from mucosa.models.config import config_from_dict, load_config
 from mucosa.models.networks import ModelConfig, create_model
 from mucosa.models.tracking import epoch_metrics
 from mucosa.models.training import (
     FrameClassifierModule,
-    initialise_from,
     make_loaders,
     plan_run,
     train,
@@ -173,11 +172,33 @@ def test_init_from_reinitialises_mismatched_head(cohort, cache, tmp_path, caplog
     best = train(cohort, quick(), tmp_path / "run", cache=cache)
     caplog.set_level("INFO", logger="mucosa")
     three = create_model(ModelConfig(size=32, num_classes=3))
-    fresh = initialise_from(three, best)
-    assert {k.split(".")[0] for k in fresh} == {"fc3"}
+    record = initialise_from(three, best)
+    assert record["fresh"] == ["fc3"] and record["encoder"] is False and record["feature_share"] == 1.0
     source = load_checkpoint(best).model
     assert torch.equal(three.conv1.weight, source.conv1.weight)
-    assert "fc3 do not match this model" in caplog.text
+    assert "; fc3 start fresh" in caplog.text
+
+
+def test_init_from_that_transfers_nothing_or_too_little_is_refused(cohort, cache, tmp_path):
+    """A fine-tune from a checkpoint none of whose layers fit used to re-initialise everything, train from
+    scratch, exit 0 and be recorded as fine-tuned; a partial fit needs --allow-partial-init."""
+    model = create_model(ModelConfig(size=32))
+    foreign = tmp_path / "foreign.ckpt"
+    write_torch({"state_dict": {"model.stem.weight": torch.ones(3, 3)}}, foreign)
+    with pytest.raises(ConfigError, match=r"foreign.ckpt: none of its weights fit this model \(CNNLSTM at 32x32; "
+                                          r"expected e.g. conv1.weight"):
+        train(cohort, quick(), tmp_path / "none", init_from=foreign, cache=cache)
+    assert cache.misses == 0 and not (tmp_path / "none").exists()  # refused before any work
+    partial = tmp_path / "partial.ckpt"
+    write_torch({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items() if k.startswith("conv1.")}},
+                partial)
+    with pytest.raises(ConfigError, match=r"partial.ckpt: only 25% of this model's feature-layer weights fit "
+                                          r"\(layers conv1\).*--allow-partial-init"):
+        train(cohort, quick(), tmp_path / "part", init_from=partial, cache=cache)
+    best = train(cohort, quick(), tmp_path / "part", init_from=partial, cache=cache, allow_partial_init=True)
+    record = load_checkpoint(best).info["init_from"]  # the run's card records what was transferred
+    assert record["transferred"] == ["conv1"] and "conv2" in record["fresh"] and "lstm" in record["fresh"]
+    assert record["feature_share"] == 0.25 and record["source"] == str(partial) and record["encoder"] is False
 
 
 def test_atomic_save_never_leaves_a_torn_file(tmp_path, monkeypatch):
@@ -286,6 +307,21 @@ def test_resume_refuses_a_monitor_edited_after_training(cohort, cache, tmp_path)
     config = tmp_path / "run" / "config.yaml"
     config.write_text(config.read_text().replace("monitor: val_auc", "monitor: val_loss"))
     with pytest.raises(ConfigError, match="training.monitor val_auc, but config.yaml now says val_loss"):
+        resume(tmp_path / "run", cache)
+
+
+@pytest.mark.parametrize(("old", "new", "setting"), [("size: 32", "size: 48", "model.size"),
+                                                     ("quality_threshold: 0.0", "quality_threshold: 0.2",
+                                                      "preprocessing.quality_threshold")])
+def test_resume_names_the_setting_edited_that_cannot_change(cohort, cache, tmp_path, old, new, setting):
+    """It used to end in exit 70, "internal error", although mucosa's own message says to edit config.yaml."""
+    from mucosa.models.training import resume
+
+    train(cohort, quick(training={"epochs": 1}), tmp_path / "run", cache=cache)
+    config = tmp_path / "run" / "config.yaml"
+    assert old in config.read_text()
+    config.write_text(config.read_text().replace(old, new))
+    with pytest.raises(ConfigError, match=f"config.yaml: {setting} is .* but the run was trained with .*restore it"):
         resume(tmp_path / "run", cache)
 
 

@@ -237,26 +237,58 @@ def model_weights(checkpoint: str | Path, data: dict | None = None) -> dict[str,
     return source
 
 
-def initialise_from(model: torch.nn.Module, checkpoint: Path) -> list[str]:
-    """Copy weights of matching name and shape from another checkpoint, or every weight of a pretrained encoder
-    (``mucosa pretrain``: refused unless all fit); say which layers start fresh."""
+# --init-from refuses (unless allow_partial) when less than this share of the feature layers' weights transfer
+MIN_FEATURE_SHARE = 0.5
+
+
+def _layers(keys) -> list[str]:
+    return sorted({k.rsplit(".", 1)[0] for k in keys})
+
+
+def transferable_weights(model: torch.nn.Module, checkpoint: Path, allow_partial: bool = False
+                         ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The weights of another checkpoint that fit ``model`` by name and shape, or every weight of a pretrained
+    encoder (``mucosa pretrain``: refused unless all fit), and the record of what transfers; ``model`` is not
+    changed (:func:`initialise_from` loads them).
+
+    Returns:
+        the weights, and the record for the run's model card: ``source``, ``encoder``, ``transferred`` and
+        ``fresh`` (layer names), ``feature_share`` (the share of the feature layers' weights transferred).
+
+    Raises:
+        ConfigError: no weight fits (the checkpoint of another model kind or size), an encoder that does not
+            fit whole, or less than :data:`MIN_FEATURE_SHARE` of the feature layers' weights fit and not
+            ``allow_partial``.
+    """
     data = read_checkpoint_file(checkpoint)
     source = model_weights(checkpoint, data)
     target = model.state_dict()
-    fresh = [k for k in target if k not in source or source[k].shape != target[k].shape]
-    if encoder_description(data.get("mucosa"), checkpoint) is not None:
-        misfit = [k for k in source if k not in target or source[k].shape != target[k].shape]
-        if misfit:
-            raise ConfigError(f"{checkpoint}: encoder weights {', '.join(misfit[:3])} do not fit this model "
-                              f"({type(model).__name__} at {model.config.size}x{model.config.size})")
-        model.load_state_dict({**target, **source})
-        layers = sorted({k.rsplit(".", 1)[0] for k in fresh})
-        log.info(f"init-from {checkpoint}: pretrained encoder loaded ({len(source)} tensors); the head "
-                 f"({', '.join(layers) or 'none'}) starts fresh")
-        return fresh
-    model.load_state_dict({**target, **{k: v for k, v in source.items() if k in target and k not in fresh}})
-    if fresh:
-        layers = sorted({k.rsplit(".", 1)[0] for k in fresh})
-        log.info(f"init-from {checkpoint}: layer(s) {', '.join(layers)} do not match this model "
-                 "(different classes or input size) and were re-initialised")
-    return fresh
+    fits = [k for k in target if k in source and source[k].shape == target[k].shape]
+    what = f"{type(model).__name__} at {model.config.size}x{model.config.size}"
+    if not fits:
+        expected = ", ".join(f"{k} {tuple(v.shape)}" for k, v in list(target.items())[:3])
+        raise ConfigError(f"{checkpoint}: none of its weights fit this model ({what}; expected e.g. {expected}): "
+                          "a checkpoint of another model kind or input size?")
+    encoder = encoder_description(data.get("mucosa"), checkpoint) is not None
+    misfit = [k for k in source if k not in target or source[k].shape != target[k].shape]
+    if encoder and misfit:
+        raise ConfigError(f"{checkpoint}: encoder weights {', '.join(misfit[:3])} do not fit this model ({what})")
+    features = [k for k in target if any(k.startswith(name + ".") for name, _ in model.feature_layers())]
+    share = sum(k in fits for k in features) / len(features) if features else 1.0
+    if share < MIN_FEATURE_SHARE and not allow_partial:
+        raise ConfigError(f"{checkpoint}: only {share:.0%} of this model's feature-layer weights fit (layers "
+                          f"{', '.join(_layers(fits)) or 'none'}): fine-tuning would start mostly fresh; give "
+                          "--allow-partial-init to do so anyway")
+    record = {"source": str(checkpoint), "encoder": encoder, "transferred": _layers(fits),
+              "fresh": _layers(k for k in target if k not in fits), "feature_share": round(share, 4)}
+    log.info("init-from %s: %s transferred (%s); %s start fresh", checkpoint,
+             "pretrained encoder" if encoder else f"{len(fits)} of {len(target)} tensors",
+             ", ".join(record["transferred"]), ", ".join(record["fresh"]) or "no layer")
+    return {k: source[k] for k in fits}, record
+
+
+def initialise_from(model: torch.nn.Module, checkpoint: Path, allow_partial: bool = False) -> dict[str, Any]:
+    """Load :func:`transferable_weights` into ``model``; returns the record of what was transferred."""
+    weights, record = transferable_weights(model, checkpoint, allow_partial)
+    model.load_state_dict({**model.state_dict(), **weights})
+    return record

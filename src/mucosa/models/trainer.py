@@ -36,10 +36,12 @@ from mucosa.errors import ConfigError, MucosaError
 from mucosa.models.checkpoint import CheckpointFileError, read_checkpoint_file, refuse_non_finite
 from mucosa.models.config import RunConfig
 from mucosa.models.networks import create_model
-from mucosa.models.tracking import RunCheckpoint, check_nodes_started, make_loggers
+from mucosa.models.tracking import METRICS, RunCheckpoint, check_nodes_started, keep_epochs, make_loggers
 
 __all__ = ["AtomicCheckpointIO", "RunModule", "RunPlan", "TrainingDivergedError", "check_hardware_settings",
            "check_resumable_folder", "make_trainer", "prepare_fit", "quiet_lightning", "resumable_checkpoint"]
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDivergedError(MucosaError):
@@ -128,16 +130,31 @@ class RunModule(L.LightningModule):
 
 
 class AtomicCheckpointIO(CheckpointIO):
-    """Lightning checkpoint I/O: atomic local writes (``atomic.write_torch``), ``weights_only=True`` loading."""
+    """Lightning checkpoint I/O: atomic local writes (``atomic.write_torch``), ``weights_only=True`` loading.
+
+    A checkpoint that cannot be written (a full disk) leaves the run as its last saved epoch: ``metrics.csv``
+    keeps no row of an epoch whose model was never saved, and the error's advice fits what is left (continue
+    with ``--resume``, or, where no epoch was saved, start again).
+    """
+
+    def __init__(self, saved_epoch: int = -1) -> None:
+        self.saved_epoch = saved_epoch  # the epoch of the run's last.ckpt (-1: none yet)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        hint = "the previous checkpoint is unchanged: free space, then continue with --resume"
+        path = Path(path)
         try:
             atomic.write_torch(checkpoint, path)
-        except atomic.WriteError as error:
-            raise atomic.WriteError(f"{error}; {hint}") from None
-        except OSError as error:
-            raise atomic.WriteError(f"cannot write {path}: {error.strerror or error}; {hint}") from None
+        except (atomic.WriteError, OSError) as error:
+            try:  # no row of an epoch whose model was never saved (the file shrinks: it fits where it was)
+                keep_epochs(path.parent / METRICS, self.saved_epoch)
+            except (atomic.WriteError, OSError) as trim:
+                log.warning("%s: rows of unsaved epochs could not be dropped (%s)", METRICS, trim)
+            hint = ("the previous checkpoint is unchanged: free space, then continue with --resume"
+                    if self.saved_epoch >= 0 else "no epoch of this run was saved: free space, then start it again")
+            why = error if isinstance(error, atomic.WriteError) else f"cannot write {path}: {error.strerror or error}"
+            raise atomic.WriteError(f"{why}; {hint}") from None
+        if path.name == "last.ckpt" and isinstance(checkpoint.get("epoch"), int):
+            self.saved_epoch = checkpoint["epoch"]
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         return read_checkpoint_file(path, map_location or "cpu")
@@ -217,7 +234,8 @@ def make_trainer(plan: RunPlan, has_val: bool, keep_through_epoch: int = -1, pro
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=mode, patience=t.early_stopping))
     return L.Trainer(default_root_dir=plan.out, max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices,
                      num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision, callbacks=callbacks,
-                     logger=make_loggers(t.logger, plan.out, keep_through_epoch), plugins=[AtomicCheckpointIO()],
+                     logger=make_loggers(t.logger, plan.out, keep_through_epoch),
+                     plugins=[AtomicCheckpointIO(keep_through_epoch)],
                      enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
                      enable_progress_bar=progress)
 

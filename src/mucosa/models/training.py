@@ -36,10 +36,9 @@ from mucosa.errors import ConfigError
 from mucosa.models.checkpoint import (
     check_encoder,
     describe,
-    initialise_from,
-    model_weights,
     non_finite_weights,
     trained_classes,
+    transferable_weights,
 )
 from mucosa.models.config import RunConfig, load_config, override
 from mucosa.models.dataset import FrameDataset, case_sampler, frame_loader, make_augmentation
@@ -222,7 +221,7 @@ def _description(plan: RunPlan) -> dict:
                     split)
 
 
-def fit(plan: RunPlan, resume: Path | None = None, init_from: Path | None = None,
+def fit(plan: RunPlan, resume: Path | None = None, initial: tuple[dict, dict] | None = None,
         record_samples: bool = False, resumed_epoch: int = -1, progress: bool = True) -> Path:
     """Train (or continue from ``resume``, a last.ckpt of epoch ``resumed_epoch``) and return the path of the
     best checkpoint.
@@ -233,11 +232,12 @@ def fit(plan: RunPlan, resume: Path | None = None, init_from: Path | None = None
     prepare_fit(plan.config)
     train_loader, val_loader = make_loaders(plan)
     counts = np.bincount(plan.table.labels[plan.parts["train"]], minlength=len(plan.cohort.classes))
-    pretrained = False if resume or init_from else None  # the weights resumed or initialised from replace ImageNet's
+    pretrained = False if resume or initial else None  # the weights resumed or initialised from replace ImageNet's
     module = FrameClassifierModule(plan.config, plan.cohort.classes, counts.tolist(), _description(plan),
                                    record_samples, pretrained)
-    if init_from is not None:
-        initialise_from(module.model, init_from)
+    if initial is not None:  # weights from --init-from (the rest keeps this run's seeded initialisation)
+        module.model.load_state_dict({**module.model.state_dict(), **initial[0]})
+        module.description["init_from"] = initial[1]  # the model card records what was transferred
     trainer = make_trainer(plan, val_loader is not None, keep_through_epoch=resumed_epoch if resume else -1,
                            progress=progress)
     fit_trainer(trainer, module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
@@ -255,23 +255,26 @@ def fit(plan: RunPlan, resume: Path | None = None, init_from: Path | None = None
 
 def train(manifest: str | Path, config: RunConfig, out: str | Path, init_from: str | Path | None = None,
           cache: FrameCache | None = None, record_samples: bool = False, classes: list[str] | None = None,
-          progress: bool = True) -> Path:
+          progress: bool = True, allow_partial_init: bool = False) -> Path:
     """Split, prepare and train (``classes``: the classes to use, in order; ``progress``: show progress
-    bars); returns the best checkpoint's path."""
+    bars); returns the best checkpoint's path. ``init_from``: a checkpoint or pretrained encoder whose
+    matching weights start the model (``checkpoint.initialise_from``; ``allow_partial_init``: also when less
+    than half of the feature layers' weights fit)."""
     out = Path(out)
     if (out / "last.ckpt").exists():
         raise ConfigError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
-    if init_from is not None:
-        model_weights(init_from)  # a damaged or diverged checkpoint is refused before any work
-        check_encoder(init_from, config.model)  # an encoder of another model kind or size too
+    initial = None
+    if init_from is not None:  # a damaged, diverged or unfitting checkpoint is refused before any work
+        check_encoder(init_from, config.model)
+        initial = transferable_weights(create_model(config.model, pretrained=False), Path(init_from),
+                                       allow_partial_init)
     plan = plan_run(manifest, config, out, cache, classes=classes, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     plan.config.save(out / "config.yaml")
     plan.cohort.to_csv(out / "split.csv")
     (out / "run.json").write_text(json.dumps({"manifest": str(Path(manifest).resolve()),
                                               "init_from": str(init_from) if init_from else None}, indent=1))
-    return fit(plan, init_from=Path(init_from) if init_from else None, record_samples=record_samples,
-               progress=progress)
+    return fit(plan, initial=initial, record_samples=record_samples, progress=progress)
 
 
 def _refuse_other_monitor(state: dict, config: RunConfig, last: Path) -> None:
@@ -283,6 +286,25 @@ def _refuse_other_monitor(state: dict, config: RunConfig, last: Path) -> None:
                           f"config.yaml now says {config.training.monitor}; restore it, or start a new run")
 
 
+FIXED_SECTIONS = ("model", "preprocessing", "split")  # what a resumed run cannot change: the model and its data
+
+
+def _refuse_changed_settings(state: dict, config: RunConfig, last: Path) -> None:
+    """A ``config.yaml`` edited after ``last.ckpt`` was written in a setting the run cannot change (the model,
+    its preprocessing or its split): one line naming the setting, both values and what to do."""
+    recorded = (state.get("mucosa") or {}).get("config")
+    if not isinstance(recorded, dict):
+        return
+    now = config.to_dict()
+    for section in FIXED_SECTIONS:
+        before, after = recorded.get(section) or {}, now.get(section) or {}
+        for key in sorted(set(before) | set(after)):
+            if before.get(key) != after.get(key):
+                raise ConfigError(f"{last.parent / 'config.yaml'}: {section}.{key} is {after.get(key)!r} but the run "
+                                  f"was trained with {before.get(key)!r}, and a resumed run cannot change its "
+                                  f"{section}: restore it, or start a new run with --out")
+
+
 def resume(run: str | Path, cache: FrameCache | None = None) -> Path:
     """Continue an interrupted run from its ``last.ckpt`` (the split is read back from ``split.csv``)."""
     run = Path(run)
@@ -291,6 +313,7 @@ def resume(run: str | Path, cache: FrameCache | None = None) -> Path:
     config = load_config(run / "config.yaml")
     state, epoch = resumable_checkpoint(last)
     _refuse_other_monitor(state, config, last)
+    _refuse_changed_settings(state, config, last)
     # the classes in the order the run learnt them (--classes may have set another than the manifest's)
     classes = trained_classes(state, last)
     del state
