@@ -18,7 +18,7 @@ from mucosa.cli import main
 from mucosa.data.cache import FrameCache
 from mucosa.data.manifest import load_manifest
 from mucosa.data.synth import synthesize_cohort
-from mucosa.errors import ConfigError
+from mucosa.errors import ConfigError, ManifestError
 from mucosa.models import trainer
 from mucosa.models.checkpoint import CheckpointFileError, initialise_from, load_checkpoint
 from mucosa.models.config import config_from_dict, load_config
@@ -194,6 +194,30 @@ def test_a_validation_class_emptied_by_the_quality_gate_is_refused(cohort, cache
 
 
 # --- resuming -----------------------------------------------------------------------------------------------
+
+def test_a_moved_run_finds_its_data_whether_moved_alone_or_with_it(tmp_path):
+    """split.csv's paths are relative to the run: moved alone they led nowhere (noted and left open twice)."""
+    from mucosa.api import evaluate
+    from mucosa.data.synth import synthesize_cohort
+
+    home = tmp_path / "home"
+    manifest = synthesize_cohort(home / "cohort", patients=8, per_patient=3, size=40, seed=3)
+    cache = FrameCache(tmp_path / "cache")
+    train(manifest, quick(), home / "runs" / "a", cache=cache)
+    assert json.loads((home / "runs" / "a" / "run.json").read_text())["run_folder"] == str(home / "runs" / "a")
+    alone = tmp_path / "elsewhere" / "deeper" / "a"  # another depth: every relative path now misses
+    shutil.copytree(home / "runs" / "a", alone)
+    assert resume(alone, cache) == alone / "best.ckpt"
+    result = evaluate(alone / "best.ckpt", alone / "split.csv", n_boot=10, cache_dir=tmp_path / "cache",
+                      device="cpu")
+    assert len(result.frames) > 0
+    together = tmp_path / "moved"  # the run with its data: the relative paths hold
+    shutil.copytree(home, together)
+    shutil.rmtree(home)
+    assert resume(together / "runs" / "a", cache) == together / "runs" / "a" / "best.ckpt"
+    with pytest.raises(ManifestError, match=r"split.csv row 2: file not found: \.\./\.\./cohort/"):
+        resume(alone, cache)  # moved alone, and its data gone too: the missing file is named
+
 
 def test_resuming_a_copied_run_keeps_its_best_score(cohort, tmp_path):
     # A learning rate far below float32 resolution and frozen batch-norm statistics: every epoch scores the same,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import json
 import unicodedata
 import warnings
 from collections import Counter, defaultdict
@@ -29,6 +30,7 @@ from mucosa.data.readers import FrameSelection, is_image, is_video
 from mucosa.errors import ManifestError, MucosaWarning
 
 REQUIRED = ("path", "label", "patient")
+RUN_RECORD = "run.json"  # written by training beside its split.csv (see recorded_origin)
 UNLABELLED = "unlabelled"  # the one class of a manifest read with ``unlabelled=True``
 OPTIONAL = ("region", "group", "frames", "split")
 SPLITS = ("train", "val", "test")
@@ -170,6 +172,7 @@ def load_manifest(path: str | Path, classes: list[str] | None = None, positive: 
 def _parse_rows(rows: list[tuple[int, dict[str, str]]], path: Path, classes: set[str] | None,
                 check_files: bool) -> tuple[list[Record], list[str]]:
     records, errors, seen = [], [], {}
+    bases = [path.parent, *recorded_origin(path)]
     for line, row in rows:
         where = f"{path.name} row {line}"
         rel = row.get("path", "").replace("\\", "/")
@@ -184,7 +187,7 @@ def _parse_rows(rows: list[tuple[int, dict[str, str]]], path: Path, classes: set
             problems.append("empty patient")
         if row.get("split") and row["split"] not in SPLITS:
             problems.append(f"split {clip(row['split'])!r} is not one of {', '.join(SPLITS)} or empty")
-        target, problem = locate(rel, path.parent, check_files) if rel else (None, None)
+        target, problem = locate_first(rel, bases, check_files) if rel else (None, None)
         if problem:
             problems.append(problem)
         if target is not None and not (is_image(target) or is_video(target)):
@@ -229,6 +232,29 @@ def locate(rel: str, base: Path, check_file: bool = True) -> tuple[Path | None, 
     except (OSError, ValueError) as error:
         return None, f"path {clip(rel)!r} cannot be used ({getattr(error, 'strerror', None) or error})"
     return target, None
+
+
+def recorded_origin(path: Path) -> list[Path]:
+    """The folder a run's manifest was written in (``run_folder`` of the ``run.json`` beside it), when it has
+    moved since; an empty list otherwise. A run folder moved alone then still finds its data there."""
+    try:
+        recorded = json.loads((path.parent / RUN_RECORD).read_text(encoding="utf-8")).get("run_folder")
+    except (OSError, ValueError, AttributeError):  # no run.json, unreadable, or not an object
+        return []
+    if not isinstance(recorded, str) or not recorded or has_control(recorded):
+        return []
+    origin = Path(recorded)
+    return [origin] if origin.is_absolute() and origin != path.parent.resolve() else []
+
+
+def locate_first(rel: str, bases: list[Path], check_file: bool = True) -> tuple[Path | None, str | None]:
+    """:func:`locate` relative to the first of ``bases`` where the file is (the first's problem otherwise)."""
+    first = locate(rel, bases[0], check_file)
+    for base in bases[1:] if first[0] is None else []:
+        found = locate(rel, base, check_file)
+        if found[0] is not None:
+            return found
+    return first
 
 
 def clip(text: str, limit: int = 80) -> str:

@@ -272,7 +272,10 @@ def train(manifest: str | Path, config: RunConfig, out: str | Path, init_from: s
     out.mkdir(parents=True, exist_ok=True)
     plan.config.save(out / "config.yaml")
     plan.cohort.to_csv(out / "split.csv")
+    # run_folder: where split.csv's relative paths were written from, so that a run moved alone still finds
+    # its data (data.manifest.load_manifest tries there after the CSV's own folder)
     (out / "run.json").write_text(json.dumps({"manifest": str(Path(manifest).resolve()),
+                                              "run_folder": str(out.resolve()),
                                               "init_from": str(init_from) if init_from else None}, indent=1))
     return fit(plan, initial=initial, record_samples=record_samples, progress=progress)
 
