@@ -215,3 +215,33 @@ def test_noise_is_dropped_from_videos_but_still_images_are_judged_on_exposure(tm
                          FrameCache(tmp_path / "c"))
     assert len(table) == 1 and table.record(0).patient == "A"
     assert table.dropped == {"control": 4, "active": 0}
+
+
+def test_overlapping_frame_ranges_count_each_frame_once_with_one_warning(tmp_path):
+    from mucosa.data.readers import FrameSelection
+    from mucosa.errors import MucosaWarning
+
+    write_video(tmp_path / "v.avi", n=12)
+    video = (tmp_path / "v.avi").resolve()
+    rows = [Record(video, "active", "P1", frames=FrameSelection.parse(f)) for f in ("0-7", "4-11", "0-11")]
+    cohort = Cohort(rows + [Record(video, "active", "P1", frames=FrameSelection.parse("9"))], ["control", "active"])
+    prep = Preprocessing(size=32, quality_threshold=0.0, crop="none")
+    with pytest.warns(MucosaWarning, match=r"^17 frame\(s\) lie in more than one row of .*each is counted once"):
+        table = assemble(cohort, prep, FrameCache(tmp_path / "cache"))
+    assert sorted(table.frame_index.tolist()) == list(range(12))  # 12 frames, not 8 + 8 + 12 + 1
+    assert [int((table.row == r).sum()) for r in range(4)] == [8, 4, 0, 0]
+
+
+def test_corrupt_packets_are_reported_with_the_files_they_came_from(small_cohort, tmp_path, monkeypatch):
+    cache = FrameCache(tmp_path / "cache")
+    real = cache.get
+
+    def damaged(path, prep, frames):
+        prepared = real(path, prep, frames)
+        if path.suffix == ".avi":
+            prepared.corrupt = 2
+        return prepared
+
+    monkeypatch.setattr(cache, "get", damaged)
+    summary = assemble(small_cohort, Preprocessing(size=32, quality_threshold=0.0), cache).summary()
+    assert summary.splitlines()[-1] == "  2 corrupt video packets skipped in v.avi (2)"

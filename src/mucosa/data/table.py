@@ -28,7 +28,7 @@ class FrameTable:
     row: np.ndarray       # (N,) index into cohort.records
     position: np.ndarray  # (N,) index into sources[row].frames
     dropped: Counter = field(default_factory=Counter)  # frames dropped by the quality gate, per label
-    corrupt: int = 0
+    corrupt: Counter = field(default_factory=Counter)  # corrupt video packets skipped, per file name
 
     def __len__(self) -> int:
         return len(self.row)
@@ -69,8 +69,11 @@ class FrameTable:
         for label in self.cohort.classes:
             lines.append(f"  {label:<20} kept {kept[label]:>7}   dropped as uninformative {self.dropped[label]:>6}")
         total = sum(self.dropped.values())
-        lines.append(f"  dropped {total} of {total + len(self)} frames by the quality gate"
-                     + (f"; {self.corrupt} corrupt video packets skipped" if self.corrupt else ""))
+        lines.append(f"  dropped {total} of {total + len(self)} frames by the quality gate")
+        if self.corrupt:
+            named = ", ".join(f"{name} ({count})" for name, count in self.corrupt.most_common(5))
+            more = f" and {len(self.corrupt) - 5} more files" if len(self.corrupt) > 5 else ""
+            lines.append(f"  {sum(self.corrupt.values())} corrupt video packets skipped in {named}{more}")
         return "\n".join(lines)
 
 
@@ -78,18 +81,28 @@ def assemble(cohort: Cohort, prep: Preprocessing, cache: FrameCache | None = Non
              progress: bool = False) -> FrameTable:
     """Prepare (or read from the cache) every row of the cohort and apply the quality gate."""
     cache = cache or FrameCache()
-    sources, rows, positions, dropped, corrupt = [], [], [], Counter(), 0
+    sources, rows, positions, dropped, corrupt = [], [], [], Counter(), Counter()
+    taken: dict = {}  # file → frame numbers already in the table: overlapping frame ranges count a frame once
+    repeated = 0
     from tqdm import tqdm
 
     for i, record in enumerate(tqdm(cohort.records, desc="preparing frames", unit="file", disable=not progress,
                                     leave=False)):
         prepared = cache.get(record.path, prep, record.frames)
-        keep = prepared.keep(prep.quality_threshold)
+        seen = taken.setdefault(record.path, set())
+        fresh = np.array([p for p, n in enumerate(prepared.indices) if int(n) not in seen], np.int64)
+        repeated += len(prepared.indices) - len(fresh)
+        seen.update(int(n) for n in np.asarray(prepared.indices)[fresh])
+        keep = np.intersect1d(prepared.keep(prep.quality_threshold), fresh)
         sources.append(prepared)
         rows.append(np.full(len(keep), i, np.int64))
         positions.append(keep)
-        dropped[record.label] += len(prepared.indices) - len(keep)
-        corrupt += prepared.corrupt
+        dropped[record.label] += len(fresh) - len(keep)
+        if prepared.corrupt:
+            corrupt[record.path.name] += prepared.corrupt
+    if repeated:
+        warnings.warn(f"{repeated} frame(s) lie in more than one row of {cohort.source} (overlapping frame ranges "
+                      "of one video): each is counted once", MucosaWarning, stacklevel=2)
     total = sum(dropped.values()) + sum(len(r) for r in rows)
     if total and sum(dropped.values()) > 0.25 * total:
         warnings.warn(f"the quality gate (threshold {prep.quality_threshold:g}) dropped {sum(dropped.values())} "
