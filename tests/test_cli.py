@@ -201,7 +201,7 @@ def test_every_exception_is_one_line_and_an_exit_status(monkeypatch, capsys, rai
     def fails(args):
         raise raised
 
-    monkeypatch.setattr(cli, "cmd_check", fails)
+    monkeypatch.setattr(cli.data, "cmd_check", fails)
     assert main(["check", "m.csv"]) == code
     captured = capsys.readouterr()
     assert captured.err.splitlines() == [line]
@@ -212,7 +212,7 @@ def test_debug_shows_the_traceback_of_an_internal_error(monkeypatch, capsys):
     def fails(args):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(cli, "cmd_check", fails)
+    monkeypatch.setattr(cli.data, "cmd_check", fails)
     assert main(["--debug", "check", "m.csv"]) == 70
     err = capsys.readouterr().err
     assert "Traceback" in err and "ZeroDivisionError" in err and "rerun with --debug" not in err

@@ -19,8 +19,7 @@ LAYERS = [  # lowest first
     ("models", ("mucosa.models",)),
     ("inference", ("mucosa.inference",)),
     ("evaluation", ("mucosa.evaluation",)),
-    ("top", ("mucosa", "mucosa.api", "mucosa.cli", "mucosa.cli_checks", "mucosa.cli_inference", "mucosa.cli_pretrain",
-             "mucosa.cli_texture", "mucosa.demo", "mucosa.__main__", "mucosa.service")),
+    ("top", ("mucosa", "mucosa.api", "mucosa.cli", "mucosa.demo", "mucosa.__main__", "mucosa.service")),
 ]
 
 
