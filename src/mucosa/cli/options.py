@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from mucosa.atomic import check_writable_folder
 from mucosa.choices import LOGGERS, RUNTIMES
@@ -43,7 +44,8 @@ def open_cache(folder: Path | None):
     return cache
 
 
-class Shortcut(NamedTuple):
+@dataclass(frozen=True)
+class Shortcut:
     """A flag that sets one config value: ``--epochs 5`` is ``--set training.epochs=5``, checked the same way."""
 
     key: str  # the setting, SECTION.KEY
@@ -92,7 +94,7 @@ SHORTCUTS = {
 def add_shortcuts(parser, flags: Iterable[str], table: dict[str, Shortcut] = SHORTCUTS) -> None:
     """Add these flags of ``table`` to a parser (or an argument group), in this order."""
     for flag in flags:
-        options = {name: value for name, value in table[flag]._asdict().items()
+        options = {name: value for name, value in asdict(table[flag]).items()
                    if value is not None and name not in ("key", "checks_set")}
         parser.add_argument(flag, **options, **({"default": None} if "action" in options else {}))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from mucosa.atomic import check_writable_folder
@@ -19,7 +20,7 @@ TRAIN = {flag: SHORTCUTS[flag] for flag in ("--model", "--size", "--quality", *T
                                             "--logger")}
 
 # a contrastive batch compares its frames with each other: at least 2, from --batch-size or --set
-PRETRAIN_BATCH = SHORTCUTS["--batch-size"]._replace(type=checks.integer(2), checks_set=True)
+PRETRAIN_BATCH = replace(SHORTCUTS["--batch-size"], type=checks.integer(2), checks_set=True)
 PRETRAIN: dict[str, Shortcut] = {flag: PRETRAIN_BATCH if flag == "--batch-size" else SHORTCUTS[flag] for flag in (
     "--model", "--size", "--quality", "--epochs", "--batch-size", "--lr", "--seed", "--threads", "--workers",
     "--frames-per-case", "--accelerator", "--devices", "--precision")}
