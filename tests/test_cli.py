@@ -86,6 +86,14 @@ BAD = [
     "prepare {manifest} --cache {new} --quality 2",
     "synth {new} --patients 1",
     "model-summary --size -1",
+    "model-summary --model resnet",
+    "train --manifest {manifest} --out {new} --model timm:",
+    "train --manifest {manifest} --out {new} --split random",
+    "train --manifest {manifest} --out {new} --logger wandb",
+    "pretrain --manifest {manifest} --out {new} --batch-size 1",
+    "pretrain --manifest {manifest} --out {new} --set training.batch_size=1",
+    "evaluate --checkpoint {ckpt} --manifest {manifest} --out {new} --aggregate median",
+    "predict --checkpoint {ckpt} {image} --out {new} --strategy fsdp",
     # output places that cannot work
     "predict --checkpoint {ckpt} {image} --out {file}",
     "predict --checkpoint {ckpt} {image} --out {file}/sub",
@@ -201,7 +209,7 @@ def test_every_exception_is_one_line_and_an_exit_status(monkeypatch, capsys, rai
     def fails(args):
         raise raised
 
-    monkeypatch.setattr(cli, "cmd_check", fails)
+    monkeypatch.setattr(cli.data, "cmd_check", fails)
     assert main(["check", "m.csv"]) == code
     captured = capsys.readouterr()
     assert captured.err.splitlines() == [line]
@@ -212,7 +220,7 @@ def test_debug_shows_the_traceback_of_an_internal_error(monkeypatch, capsys):
     def fails(args):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(cli, "cmd_check", fails)
+    monkeypatch.setattr(cli.data, "cmd_check", fails)
     assert main(["--debug", "check", "m.csv"]) == 70
     err = capsys.readouterr().err
     assert "Traceback" in err and "ZeroDivisionError" in err and "rerun with --debug" not in err
@@ -309,3 +317,29 @@ def test_explain_says_which_runtime_scores_and_that_grad_cam_runs_pytorch(tiny, 
     lines = capsys.readouterr().out.splitlines()
     assert "runtime: onnxruntime fp32 on cpu (auto; exported in memory)" in lines
     assert "feature maps and Grad-CAM: pytorch fp32 on cpu (they need gradients)" in lines
+
+
+def test_the_shortcut_flags_set_real_settings_and_each_command_keeps_its_batch_rule(capsys):
+    from mucosa.cli.options import SHORTCUTS
+    from mucosa.models.config import RunConfig
+
+    defaults = RunConfig().to_dict()
+    assert [s.key for s in SHORTCUTS.values() if s.key.partition(".")[2] not in defaults[s.key.partition(".")[0]]] \
+        == []
+    parser = cli.build_parser()
+    assert parser.parse_args(["train", "--batch-size", "1"]).batch_size == 1  # a classifier trains on one frame
+    assert main(["pretrain", "--batch-size", "1"]) == 2  # a contrastive batch compares its frames: at least 2
+    assert error_lines(capsys.readouterr().err) == ["mucosa pretrain: error: argument --batch-size: 1 must be at "
+                                                    "least 2"]
+    assert main(["pretrain", "--resume", "P", "--set", "training.batch_size=1"]) == 2  # the same rule for --set
+    assert capsys.readouterr().err.splitlines() == ["error: --set training.batch_size: 1 must be at least 2"]
+
+
+def test_the_parser_is_built_without_the_deep_learning_libraries():
+    """``mucosa --help`` and the commands that need no model start at once: no PyTorch, Lightning, scikit-learn."""
+    code = ("import sys; from mucosa.cli import build_parser; build_parser().parse_args(['check', 'm.csv']); "
+            "print(sorted({'torch', 'lightning', 'sklearn', 'onnxruntime'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

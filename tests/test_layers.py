@@ -13,13 +13,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mucosa"
 
 LAYERS = [  # lowest first
     ("ground", ("mucosa._version", "mucosa.errors", "mucosa.formats", "mucosa.atomic", "mucosa.metrics",
-                "mucosa.tables", "mucosa.intervals", "mucosa.settings", "mucosa.allocator")),
+                "mucosa.tables", "mucosa.intervals", "mucosa.settings", "mucosa.allocator", "mucosa.choices")),
     ("data", ("mucosa.data",)),
     ("models", ("mucosa.models",)),
     ("inference", ("mucosa.inference",)),
     ("evaluation", ("mucosa.evaluation",)),
-    ("top", ("mucosa", "mucosa.api", "mucosa.cli", "mucosa.cli_checks", "mucosa.cli_inference", "mucosa.cli_pretrain",
-             "mucosa.cli_texture", "mucosa.demo", "mucosa.__main__", "mucosa.service")),
+    ("top", ("mucosa", "mucosa.api", "mucosa.cli", "mucosa.demo", "mucosa.__main__", "mucosa.service")),
 ]
 
 

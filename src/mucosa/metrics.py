@@ -31,9 +31,9 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from mucosa.choices import AGGREGATION_RULES
 from mucosa.errors import ConfigError
 
-AGGREGATION_RULES = ("mean", "share")
 _TARGET_RULE = re.compile(r"^(sensitivity|specificity)\s*=\s*(\S+)$")
 
 

@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from mucosa.choices import STRATEGIES
 from mucosa.errors import ConfigError, MucosaError
 from mucosa.models.tracking import check_nodes_started
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("auto", "ddp")
 WAIT = timedelta(days=1)  # the longest a finished process waits for the others
 
 

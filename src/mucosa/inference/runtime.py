@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from mucosa.choices import RUNTIMES
 from mucosa.errors import ConfigError, MucosaError
 from mucosa.inference.onnx import OnnxPredictor, to_checked_onnx
 from mucosa.inference.onnx_files import exported_beside
@@ -31,7 +32,6 @@ from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "torch", "onnx")
 ENGINES = {"torch": "pytorch", "onnx": "onnxruntime"}
 
 

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from mucosa.choices import LOGGERS
 from mucosa.data.preparation import Preprocessing
 from mucosa.data.splits import MODES
 from mucosa.errors import ConfigError
@@ -33,7 +34,6 @@ SEED = Field(0, ge=0, le=2**32 - 1)
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 PRECISIONS = ("32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true", "64",
               "transformer-engine", "transformer-engine-float16")
-LOGGERS = ("csv", "tensorboard", "mlflow")
 
 
 class SplitConfig(Settings):

@@ -85,6 +85,19 @@ KINDS = ("cnn-lstm", "cnn")  # and timm:NAME, the timm backbones of mucosa.model
 INITS = ("keras", "torch")
 
 
+def check_kind(kind: str) -> str:
+    """``kind`` when it names a model: cnn-lstm, cnn, or timm:NAME (a timm backbone, e.g. timm:resnet18).
+
+    Raises:
+        ConfigError: any other name, e.g. ``resnet``.
+    """
+    name = kind.removeprefix(TIMM)
+    if kind in KINDS or (kind.startswith(TIMM) and name and all(c.isalnum() or c in "_.-" for c in name)):
+        return kind
+    raise ConfigError(f"expected one of cnn-lstm, cnn, timm:NAME (a timm backbone, e.g. timm:resnet18), got "
+                      f"{repr(kind)[:80]}")
+
+
 class ModelConfig(Settings):
     """Hyper-parameters of both models (checked on creation; ``to_dict()`` gives plain values)."""
 
@@ -105,11 +118,10 @@ class ModelConfig(Settings):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, kind: str) -> str:
-        name = kind.removeprefix(TIMM)
-        if kind in KINDS or (kind.startswith(TIMM) and name and all(c.isalnum() or c in "_.-" for c in name)):
-            return kind
-        raise PydanticCustomError("mucosa", "expected one of cnn-lstm, cnn, timm:NAME (a timm backbone, e.g. "
-                                  "timm:resnet18), got {got}", {"got": repr(kind)[:80]})
+        try:
+            return check_kind(kind)
+        except ConfigError as error:
+            raise PydanticCustomError("mucosa", "{problem}", {"problem": str(error)}) from None
 
     @field_validator("size")
     @classmethod

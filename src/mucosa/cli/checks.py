@@ -25,9 +25,10 @@ import re
 import sys
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 from mucosa.atomic import WriteError, is_torch_write_failure
-from mucosa.errors import MucosaError
+from mucosa.errors import ConfigError, MucosaError
 
 EXIT_OK = 0
 EXIT_CHECK_FOUND = 1
@@ -80,11 +81,15 @@ def number(low: float, high: float = math.inf, low_open: bool = False) -> Callab
 
 def threshold(text: str) -> float:
     """An argparse type: a decision threshold in [0, 1] (``inference.verdict.check_threshold``)."""
-    from mucosa.errors import ConfigError
     from mucosa.inference.verdict import check_threshold
 
+    return _by_library(check_threshold, text, "threshold")
+
+
+def _by_library(check: Callable[..., Any], *args: Any) -> Any:
+    """What a library check returns; its ConfigError as argparse's usage error."""
     try:
-        return check_threshold(text, "threshold")
+        return check(*args)
     except ConfigError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -117,12 +122,10 @@ def threshold_rule(text: str) -> str:
 
 
 def model_kind(text: str) -> str:
-    """An argparse type: cnn-lstm, cnn or timm:NAME (a timm backbone, e.g. timm:resnet18)."""
-    name = text.removeprefix("timm:")
-    if text in ("cnn-lstm", "cnn") or (text.startswith("timm:") and name
-                                       and all(c.isalnum() or c in "_.-" for c in name)):
-        return text
-    raise argparse.ArgumentTypeError(f"{text!r}: expected cnn-lstm, cnn or timm:NAME (e.g. timm:resnet18)")
+    """An argparse type: a model kind, by the model's own rule (``models.networks.check_kind``)."""
+    from mucosa.models.networks import check_kind
+
+    return _by_library(check_kind, text)
 
 
 model_kind.__name__ = "model kind"
