@@ -92,6 +92,11 @@ BAD = [
     "train --manifest {manifest} --out {new} --logger wandb",
     "pretrain --manifest {manifest} --out {new} --batch-size 1",
     "pretrain --manifest {manifest} --out {new} --set training.batch_size=1",
+    "pretrain --manifest {manifest} --out {new} --parts ,",
+    "pretrain --manifest {manifest} --out {new} --parts trian",
+    "train --manifest {manifest} --out {new} --init-from {garbage}",
+    "train --manifest {manifest} --out {new} --init-from {folder}",
+    "train --resume {folder} --allow-partial-init",
     "evaluate --checkpoint {ckpt} --manifest {manifest} --out {new} --aggregate median",
     "predict --checkpoint {ckpt} {image} --out {new} --strategy fsdp",
     # output places that cannot work

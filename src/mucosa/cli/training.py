@@ -45,7 +45,10 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--config", type=Path, help="YAML config, e.g. configs/paper.yaml or configs/cpu-quick.yaml")
     p.add_argument("--out", type=Path, help="run folder to create")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
-    p.add_argument("--init-from", type=Path, help="start from a checkpoint's or pretrain's encoder.ckpt weights")
+    p.add_argument("--init-from", type=Path, help="start from a checkpoint's or pretrain's encoder.ckpt weights "
+                   "(refused when no weight fits, or less than half of the feature layers' weights)")
+    p.add_argument("--allow-partial-init", action="store_true",
+                   help="fine-tune --init-from also when less than half of the feature layers' weights fit")
     p.add_argument("--classes", help="train on these labels only, in this order, e.g. control,active (the last of "
                    "two is the positive class); also accepts classes that look like typos or are nearly empty")
     add_shortcuts(p, ("--model", "--size", "--quality"))
@@ -104,7 +107,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     if args.resume:  # the run's own split.csv, weights and classes continue
         _refuse_beside_resume(args, TRAIN, {"--config": args.config, "--manifest": args.manifest,
-                                            "--init-from": args.init_from, "--classes": args.classes},
+                                            "--init-from": args.init_from, "--classes": args.classes,
+                                            "--allow-partial-init": args.allow_partial_init},
                               "config.yaml", " (edit that file to change a setting)")
     if args.print_config:
         config = load_config(args.resume / "config.yaml") if args.resume else _run_config(args, TRAIN)
@@ -119,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         classes = parse_classes(args.classes) if args.classes else None
         cache = _open_folder(args.out, "run folder", args.cache)
         best = train(args.manifest, _run_config(args, TRAIN), args.out, args.init_from, cache, args.record_samples,
-                     classes)
+                     classes, allow_partial_init=args.allow_partial_init)
     if not args.no_onnx:
         from mucosa.inference.onnx_files import deploy_after_training
 
@@ -138,7 +142,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         if not args.manifest or not args.out:
             raise ConfigError("mucosa pretrain needs --manifest and --out (or --resume OUT)")
         config = _run_config(args, PRETRAIN)
-        parts = [p.strip() for p in args.parts.split(",") if p.strip()] if args.parts else None
+        parts = None if args.parts is None else [p.strip() for p in args.parts.split(",") if p.strip()]
         cache = _open_folder(args.out, "pretraining folder", args.cache)
         encoder = pretrain(args.manifest, config, args.out, cache, parts, args.temperature, args.projection_dim)
     print(f"encoder: {encoder} (fine-tune it: mucosa train --init-from {encoder} ...)")

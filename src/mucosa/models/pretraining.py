@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from mucosa import atomic
 from mucosa._version import __version__
 from mucosa.data.cache import FrameCache
-from mucosa.data.manifest import Cohort, load_manifest
+from mucosa.data.manifest import SPLITS, Cohort, load_manifest
 from mucosa.data.table import assemble
 from mucosa.errors import ConfigError
 from mucosa.models.checkpoint import ENCODER_FORMAT, CheckpointFileError
@@ -178,6 +178,12 @@ def plan_pretraining(manifest: str | Path, config: RunConfig, out: Path, cache: 
     None), and prepare the frames; raises a clear error before any training."""
     create_model(config.model, pretrained=False)
     check_hardware_settings(config)
+    if config.training.batch_size < 2:  # a contrastive batch compares its frames with each other
+        raise ConfigError(f"training.batch_size {config.training.batch_size}: contrastive pretraining needs at "
+                          "least 2 frames a batch (with 1 the loss is 0 and nothing is learnt)")
+    if parts is not None and (not parts or not set(parts) <= set(SPLITS)):
+        raise ConfigError(f"--parts {','.join(parts)!r}: name split parts among {', '.join(SPLITS)} (e.g. train or "
+                          "train,val); leave --parts out to use every row")
     cohort = load_manifest(manifest, unlabelled=True)
     if parts:
         records = [r for r in cohort.records if r.split in parts]
