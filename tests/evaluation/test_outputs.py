@@ -279,3 +279,18 @@ def test_compare_shows_damaged_metric_entries_as_missing_rather_than_crashing(ev
     compare([folder], tmp_path / "cmp", n_boot=10)
     row = read_csv(tmp_path / "cmp" / "table.csv")[0]
     assert (row["Accuracy"], row["ROC AUC"], row["PR AUC"]) == ("n/a", "n/a", "0.500 (CI n/a)")
+
+
+def test_pseudonymised_comparison_holds_no_folder_path_or_run_name(evaluated, tmp_path, capsys):
+    """comparison.json kept the evaluation folders' paths verbatim; the run names are folder names."""
+    from mucosa.cli import main
+
+    folder = _copy(evaluated, tmp_path / "JaneDoe-run")
+    assert main(["compare", str(folder), "--out", str(tmp_path / "cmp"), "--bootstrap", "10", "--pseudonymise"]) == 0
+    shown = capsys.readouterr()
+    written = "".join(p.read_text(errors="ignore") for p in (tmp_path / "cmp").iterdir() if p.suffix != ".png")
+    assert "JaneDoe" not in written + shown.out + shown.err and str(tmp_path) not in written
+    summary = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert summary["pseudonymised"] is True and all(name.startswith("ID-") for name in summary["runs"])
+    assert main(["compare", str(folder), "--out", str(tmp_path / "plain"), "--bootstrap", "10"]) == 0
+    assert "JaneDoe-run" in (tmp_path / "plain" / "comparison.json").read_text()  # the names stay without it

@@ -109,3 +109,27 @@ def test_a_patient_with_mixed_labels_is_judged_by_the_project_rule(evaluated, tm
     right = sum((float(p["texture"]) >= 0.5) == (p["label"] == "active") for p in patients.values())
     result = json.loads((tmp_path / "t" / "metrics.json").read_text())["methods"]["texture"]
     assert result["patient_accuracy"]["count"] == [right, len(patients)]
+
+
+def test_pseudonymised_texture_outputs_and_console_hold_no_planted_name(evaluated, tmp_path, capsys):
+    """Patient ids and paths (a folder named after the patient) become pseudonyms everywhere it writes or shows."""
+    import shutil
+
+    from mucosa.data.manifest import write_manifest
+
+    split, _ = evaluated
+    records = []
+    for r in load_manifest(split).records:
+        target = tmp_path / "JaneDoe-cohort" / f"JaneDoe-{r.patient}" / r.path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(r.path, target)
+        records.append(r.__class__(target, r.label, f"JaneDoe-{r.patient}", split=r.split))
+    manifest = write_manifest(records, tmp_path / "JaneDoe-cohort" / "split.csv")
+    assert main(["texture", "--manifest", str(manifest), "--out", str(tmp_path / "t"), "--bootstrap", "20",
+                 "--pseudonymise", "--pseudonym-key", "k"]) == 0
+    shown = capsys.readouterr()
+    written = "".join(p.read_text() for p in (tmp_path / "t").iterdir())
+    assert "JaneDoe" not in written + shown.out + shown.err
+    assert all(r["patient"].startswith("ID-") and r["file"].startswith("ID-") for r in read_csv(tmp_path / "t" /
+                                                                                                "files.csv"))
+    assert json.loads((tmp_path / "t" / "metrics.json").read_text())["pseudonymised"] is True

@@ -9,7 +9,7 @@ from pathlib import Path
 from mucosa.atomic import check_writable_folder
 from mucosa.choices import AGGREGATION_RULES
 from mucosa.cli import checks
-from mucosa.cli.options import add_device_option, add_runtime_option, open_cache
+from mucosa.cli.options import add_device_option, add_pseudonym_options, add_runtime_option, open_cache
 from mucosa.data.readers import CHANNELS
 from mucosa.data.splits import SELECTIONS
 
@@ -32,8 +32,7 @@ def add_parser(sub) -> None:
                    help="patient score: mean frame probability, or share of frames called inflamed")
     p.add_argument("--bootstrap", type=checks.integer(1), default=1000, help="bootstrap replicates for the CIs")
     p.add_argument("--seed", type=checks.integer(0), default=0)
-    p.add_argument("--pseudonymise", action="store_true", help="replace patient ids and paths by keyed hashes")
-    p.add_argument("--pseudonym-key", default=None, help="key of the hash (default: random, not stored)")
+    add_pseudonym_options(p)
     p.add_argument("--gallery", type=checks.integer(0), default=3,
                    help="Grad-CAM examples per group (true/false positives/negatives) in the report; 0 = none")
     add_runtime_option(p)
@@ -45,6 +44,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--bootstrap", type=checks.integer(1), default=2000)
     p.add_argument("--seed", type=checks.integer(0), default=0)
+    add_pseudonym_options(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("explain", help="feature maps (the paper's Fig. 3) and Grad-CAM for images, video frames "
@@ -74,6 +74,7 @@ def add_parser(sub) -> None:
     p.add_argument("--bootstrap", type=checks.integer(1), default=1000,
                    help="bootstrap replicates (over patients) for the intervals")
     p.add_argument("--seed", type=checks.integer(0), default=0, help="seed of the bootstrap")
+    add_pseudonym_options(p)
     p.set_defaults(func=cmd_texture)
 
     p = sub.add_parser("demo", help="synthetic cohort -> 4 trainings -> evaluation -> comparison report")
@@ -102,11 +103,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from mucosa.evaluation.compare import compare, load_evaluation, table_rows
+    from mucosa.evaluation.compare import compare
 
     check_writable_folder(args.out)
-    summary = compare(args.runs, args.out, n_boot=args.bootstrap, seed=args.seed)
-    for row in table_rows([load_evaluation(f) for f in args.runs]):
+    summary = compare(args.runs, args.out, n_boot=args.bootstrap, seed=args.seed, pseudonymise=args.pseudonymise,
+                      pseudonym_key=args.pseudonym_key)
+    for row in summary["rows"]:
         print("  " + " | ".join(row))
     print(f"{len(summary['paired_tests'])} paired test(s); report: {Path(args.out) / 'comparison.html'}")
 
@@ -127,7 +129,8 @@ def cmd_texture(args: argparse.Namespace) -> None:
     from mucosa.evaluation.texture import texture
 
     check_writable_folder(args.out)
-    result = texture(args.manifest, args.out, args.fuse, args.channel, args.bootstrap, args.seed)
+    result = texture(args.manifest, args.out, args.fuse, args.channel, args.bootstrap, args.seed,
+                     args.pseudonymise, args.pseudonym_key)
     for name, m in result.methods.items():
         auc = "n/a" if m["roc_auc"]["value"] is None else f"{m['roc_auc']['value']:.3f}"
         right, total = m["patient_accuracy"]["count"]

@@ -16,8 +16,8 @@ from mucosa.cli import checks
 from mucosa.data.splits import MODES
 from mucosa.errors import ConfigError
 
-__all__ = ["RUNTIME_HELP", "SHORTCUTS", "Shortcut", "add_device_option", "add_runtime_option", "add_shortcuts",
-           "open_cache", "settings"]
+__all__ = ["RUNTIME_HELP", "SHORTCUTS", "Shortcut", "add_device_option", "add_pseudonym_options",
+           "add_runtime_option", "add_shortcuts", "open_cache", "settings"]
 
 RUNTIME_HELP = ("auto (default): on a CPU, ONNX Runtime with the int8 model beside the checkpoint when its card says "
                 "it passed the agreement and AUC bounds, else best.onnx, else an export made in memory; PyTorch on a "
@@ -28,6 +28,13 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
     """``--device``, for every command that runs a model."""
     parser.add_argument("--device", default="auto",
                         help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N")
+
+
+def add_pseudonym_options(parser: argparse.ArgumentParser) -> None:
+    """``--pseudonymise`` and ``--pseudonym-key``, for every command whose outputs may name patients or paths."""
+    parser.add_argument("--pseudonymise", action="store_true", help="replace patient ids and paths by keyed hashes "
+                        "in every output and every line shown")
+    parser.add_argument("--pseudonym-key", default=None, help="key of the hash (default: random, not stored)")
 
 
 def add_runtime_option(parser: argparse.ArgumentParser, note: str = "") -> None:

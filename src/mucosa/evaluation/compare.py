@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import html
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import combinations
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import numpy as np
 from mucosa import metrics
 from mucosa.atomic import OutputSet
 from mucosa.errors import ConfigError
+from mucosa.evaluation.privacy import redactor, shown
 from mucosa.evaluation.report import (
     _html_table,
     _md_table,
@@ -185,17 +186,28 @@ def _interval_notes(evaluations: list[Evaluation]) -> list[str]:
 
 
 def compare(folders: list[str | Path], out: str | Path, n_boot: int = 2000, seed: int = 0,
-            title: str = "mucosa comparison", notes: list[str] | None = None) -> dict:
+            title: str = "mucosa comparison", notes: list[str] | None = None, pseudonymise: bool = False,
+            pseudonym_key: str | None = None) -> dict:
     """Write table (CSV, Markdown, HTML), overlaid curves and paired tests for evaluated runs, as one set
-    (:data:`OUTPUTS`): an earlier comparison in ``out`` is replaced whole or not at all."""
+    (:data:`OUTPUTS`): an earlier comparison in ``out`` is replaced whole or not at all. Returns the summary
+    written to ``comparison.json``, with ``rows`` (the table as shown). ``pseudonymise``: each run's name and
+    folder become keyed pseudonyms (``evaluation.privacy``) in every output."""
     if not folders:
         raise ConfigError("compare needs at least one evaluation folder")
-    evaluations = [load_evaluation(f) for f in folders]
+    redact = redactor(pseudonymise, pseudonym_key)
+    if redact is not None:
+        redact.learn_paths(*folders)
+    with shown(redact):
+        evaluations = [load_evaluation(f) for f in folders]
+    if redact is not None:
+        evaluations = [replace(e, name=redact.name(e.name), folder=Path(redact.name(str(e.folder))))
+                       for e in evaluations]
     header = ["run", *[name for _, name in TABLE_METRICS], "patient accuracy", "test patients"]
     rows = table_rows(evaluations)
     tests = paired_tests(evaluations, n_boot, seed)
     summary = {"runs": {e.name: {"folder": str(e.folder), "image": e.metrics["image"],
-                                 "patient": e.metrics["patient"]} for e in evaluations}, "paired_tests": tests}
+                                 "patient": e.metrics["patient"]} for e in evaluations}, "paired_tests": tests,
+               "pseudonymised": redact is not None}
     intro = (notes or []) + [f"Values with 95% CIs. Image level: {DESCRIPTIONS[BOOTSTRAP]}. Patient accuracy: "
                              f"the per-patient verdict, {DESCRIPTIONS[EXACT]}."]
     footnotes = _interval_notes(evaluations)
@@ -208,7 +220,7 @@ def compare(folders: list[str | Path], out: str | Path, n_boot: int = 2000, seed
                                               encoding="utf-8")
         (folder / "comparison.html").write_text(_html(title, intro, header, rows, footnotes, tests, figures),
                                                 encoding="utf-8")
-    return summary
+    return {**summary, "rows": rows}
 
 
 def _markdown(title, intro, header, rows, footnotes, tests, figures) -> str:

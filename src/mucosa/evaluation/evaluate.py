@@ -22,7 +22,7 @@ from mucosa.data.splits import select_parts
 from mucosa.data.table import FrameTable, assemble
 from mucosa.errors import ConfigError
 from mucosa.evaluation.explain import gallery
-from mucosa.evaluation.privacy import Redactor, pseudonymiser
+from mucosa.evaluation.privacy import Redactor, redactor, shown
 from mucosa.evaluation.report import write_report
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.pytorch import predict_table, resolve_device
@@ -243,12 +243,10 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path | Non
     check_runtime(runtime)
     if aggregation not in ("mean", "share"):
         raise ConfigError(f"aggregation {aggregation!r} must be 'mean' or 'share'")
-    redact = Redactor(pseudonymiser(pseudonym_key)) if pseudonymise else None
-    if redact is None:
-        return _evaluate(checkpoint, manifest, out, split, threshold, aggregation, n_boot, seed, None, cache,
-                         gallery_size, device, runtime)
-    redact.learn_paths(checkpoint, manifest)
-    with redact.console():
+    redact = redactor(pseudonymise, pseudonym_key)
+    if redact is not None:
+        redact.learn_paths(checkpoint, manifest)
+    with shown(redact):
         return _evaluate(checkpoint, manifest, out, split, threshold, aggregation, n_boot, seed, redact, cache,
                          gallery_size, device, runtime)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mucosa.errors import MucosaError
 
-__all__ = ["Redactor", "pseudonymiser"]
+__all__ = ["Redactor", "pseudonymiser", "redactor", "shown"]
 
 _PATH_WORD = re.compile(r"[^\s'\"`(),;]*[/\\][^\s'\"`(),;]*")
 HINT = " (identifiers hidden by --pseudonymise; run without it to see them)"
@@ -82,3 +82,16 @@ class Redactor:
         finally:
             for warning in caught:
                 warnings.warn(self(str(warning.message)), warning.category, stacklevel=2)
+
+
+def redactor(pseudonymise: bool, key: str | None = None) -> Redactor | None:
+    """The :class:`Redactor` of a ``--pseudonymise`` run (keyed by ``key``), None otherwise."""
+    return Redactor(pseudonymiser(key)) if pseudonymise else None
+
+
+def shown(redact: Redactor | None):
+    """:meth:`Redactor.console` of a pseudonymised run, a context that changes nothing otherwise."""
+    from contextlib import nullcontext
+
+    return nullcontext() if redact is None else redact.console()
+

@@ -29,6 +29,7 @@ from mucosa.data.manifest import Record, load_manifest
 from mucosa.data.readers import read_image
 from mucosa.data.video import iter_video_frames
 from mucosa.errors import ConfigError, UnreadableFileError
+from mucosa.evaluation.privacy import Redactor, redactor, shown
 from mucosa.models.texture import TextureModel, texture_features
 from mucosa.tables import write_csv
 
@@ -100,16 +101,31 @@ def _summary(y: np.ndarray, score: np.ndarray, patients: np.ndarray, rows: list[
 
 
 def texture(manifest: str | Path, out: str | Path, evaluation: str | Path | None = None, channel: str = "auto",
-            n_boot: int = 1000, seed: int = 0) -> TextureResult:
+            n_boot: int = 1000, seed: int = 0, pseudonymise: bool = False,
+            pseudonym_key: str | None = None) -> TextureResult:
     """Fit the texture model on the manifest's train and val rows, score its test rows, fuse, write ``out``.
+
+    ``pseudonymise``: patient ids and paths become keyed pseudonyms (``evaluation.privacy``) in every output
+    and every line shown, as in ``mucosa evaluate``.
 
     Raises:
         ConfigError: no split column, a part without files, one class in training, more than two classes,
             or an evaluation that does not cover the test files.
         ManifestError, UnreadableFileError: the manifest or a file cannot be read.
     """
-    manifest = Path(manifest)
+    manifest, redact = Path(manifest), redactor(pseudonymise, pseudonym_key)
+    if redact is not None:
+        redact.learn_paths(manifest, *([evaluation] if evaluation else []))
+    with shown(redact):
+        return _texture(manifest, Path(out), evaluation, channel, n_boot, seed, redact)
+
+
+def _texture(manifest: Path, out: Path, evaluation, channel: str, n_boot: int, seed: int,
+             redact: Redactor | None) -> TextureResult:
     cohort = load_manifest(manifest)
+    if redact is not None:
+        redact.learn(*(r.patient for r in cohort.records))
+        redact.learn_paths(*(r.path for r in cohort.records))
     if len(cohort.classes) != 2:
         raise ConfigError(f"{manifest}: mucosa texture needs two classes; found {', '.join(cohort.classes)}")
     train = [r for r in cohort.records if r.split in ("train", "val")]
@@ -127,12 +143,15 @@ def texture(manifest: str | Path, out: str | Path, evaluation: str | Path | None
     scores = {"texture": model.probability(features[len(train):])}
     if network is not None:
         scores["network"], scores["fused"] = network, (scores["texture"] + network) / 2
-    y, patients = labels[len(train):], np.array([r.patient for r in test])
+    shown_as = (lambda text: text) if redact is None else redact.name  # an identifier as the outputs show it
+    y, patients = labels[len(train):], np.array([shown_as(r.patient) for r in test])
     per_patient = {name: metrics.aggregate_patients(patients, s, y) for name, s in scores.items()}
     methods = {name: _summary(y, s, patients, per_patient[name], n_boot, seed) for name, s in scores.items()}
-    about = {"manifest": str(manifest), "positive": positive, "train_files": len(train), "channel": channel}
-    _write(Path(out), test, cohort.classes, scores, per_patient, methods, about)
-    return TextureResult(methods, Path(out))
+    about = {"manifest": str(manifest) if redact is None else "(pseudonymised)", "positive": positive,
+             "train_files": len(train), "channel": channel, "pseudonymised": redact is not None}
+    files = [(shown_as(str(r.path)), shown_as(r.patient), r.label) for r in test]
+    _write(out, files, cohort.classes, scores, per_patient, methods, about)
+    return TextureResult(methods, out)
 
 
 def _features(records: list[Record], channel: str) -> np.ndarray:
@@ -141,13 +160,13 @@ def _features(records: list[Record], channel: str) -> np.ndarray:
     return np.stack([file_features(r, channel) for r in tqdm(records, desc="texture features", unit="file")])
 
 
-def _write(out: Path, test: list[Record], classes: list[str], scores: dict, per_patient: dict, methods: dict,
-           about: dict) -> None:
+def _write(out: Path, files: list[tuple[str, str, str]], classes: list[str], scores: dict, per_patient: dict,
+           methods: dict, about: dict) -> None:
+    """files.csv (``files``: each test file's path, patient and label, as shown), patients.csv, metrics.json."""
     names = list(scores)
     with OutputSet(out, OUTPUTS) as staged:
         write_csv(staged.path("files.csv"), ["file", "patient", "label", *names],
-                  [[str(r.path), r.patient, r.label, *(f"{scores[n][i]:.4f}" for n in names)]
-                   for i, r in enumerate(test)])
+                  [[*file, *(f"{scores[n][i]:.4f}" for n in names)] for i, file in enumerate(files)])
         per_method = [per_patient[n] for n in names]  # the same patients in the same order for every method
         rows = [[first["patient"], first["n_frames"], classes[first["label"]],
                  *(f"{method[i]['mean_probability']:.4f}" for method in per_method)]
