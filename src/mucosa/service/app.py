@@ -42,7 +42,7 @@ from mucosa.service import schemas
 from mucosa.service.cases import CaseStore, QueueFull
 from mucosa.service.engine import Engine, ModelOutputError, UnreadableMedia, UnsupportedMedia, media_kind, media_suffix
 from mucosa.service.report import report_html, timeline_csv
-from mucosa.service.uploads import UploadedFile, UploadError, receive, safe_stem
+from mucosa.service.uploads import UploadedFile, UploadError, discard, receive, safe_stem
 
 log = logging.getLogger(__name__)
 
@@ -211,11 +211,11 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
     app.include_router(api)
 
     @app.get("/healthz", response_model=schemas.Health, tags=["service"])
-    def healthz(request: Request) -> dict:
-        """Liveness: the model is loaded and the case worker runs (no token needed)."""
-        store = _state(request).store
+    async def healthz(request: Request) -> dict:
+        """Liveness: the model is loaded and the case worker runs (no token needed). Answered on the event
+        loop itself, so it answers while every worker thread is busy."""
         return {"status": "ok", "model": card["name"], "runtime": engine.runtime, "device": engine.device,
-                "cases": len(store.cases), "queued": sum(c.status == "queued" for c in store.cases.values())}
+                **_state(request).store.counts()}
 
     @app.get("/", include_in_schema=False)
     def viewer() -> FileResponse:
@@ -283,8 +283,7 @@ def _case_or_404(request: Request, case_id: str):
     return case
 
 
-def _busy(store: CaseStore, retry_after: int | None = None) -> HTTPException:
-    seconds = retry_after or store.retry_after()
+def _busy(seconds: int) -> HTTPException:
     return _problem(503, f"the work queue is full; retry in about {seconds} s", {"Retry-After": str(seconds)})
 
 
@@ -298,9 +297,11 @@ def _case_routes(api: APIRouter, engine: Engine, settings: Settings, card: dict)
         """Open a case: returns its id at once; frames are processed in the background (follow
         ``GET /v1/cases/{id}`` or its ``/events``)."""
         store: CaseStore = _state(request).store
-        if store.full():
-            raise _busy(store)
-        case_id, folder = store.new_folder()
+        try:
+            case_id, folder = store.reserve()  # before reading the body: no upload waits for a place
+        except QueueFull as error:
+            await discard(request)  # so that the client, still sending, reads the answer
+            raise _busy(error.retry_after) from None
         try:
             if request.headers.get("content-type", "").startswith("application/json"):
                 body = await _json_body(request)
@@ -318,11 +319,8 @@ def _case_routes(api: APIRouter, engine: Engine, settings: Settings, card: dict)
             except (UnsupportedMedia, UnreadableMedia) as error:
                 raise _media_error(error) from None
             case = store.submit(case_id, folder, (name or files[0])[:120], files, sources, info)
-        except QueueFull as error:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise _busy(store, error.retry_after) from None
         except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
+            store.release(case_id, folder)
             raise
         base = f"/{API_VERSION}/cases/{case.id}"
         return {"id": case.id, "status": case.status, "url": base, "events": base + "/events"}
