@@ -46,7 +46,7 @@ class Case:
     files: list[str]               # names as given by the client (display only)
     sources: list[Path]            # the files the engine reads
     folder: Path                   # removed with the case
-    frames_expected: int
+    frames_expected: int           # announced by the video (images: how many), kept when fewer are decoded
     fps: float | None
     created: float = field(default_factory=time.time)
     status: str = "queued"
@@ -57,6 +57,7 @@ class Case:
     finished: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     store: FrameStore | None = None
+    warnings: list[str] = field(default_factory=list)  # damage found while decoding (truncated, corrupt)
 
     @property
     def finished_work(self) -> bool:
@@ -74,7 +75,7 @@ class Case:
         return {"id": self.id, "name": self.name, "kind": self.kind, "files": self.files, "status": self.status,
                 "progress": round(self.progress, 4), "frames_expected": self.frames_expected,
                 "frames_done": len(self.timeline), "frames_dropped": dropped, "fps": self.fps,
-                "verdict": self.verdict, "error": self.error, "created": self.created,
+                "verdict": self.verdict, "error": self.error, "warnings": list(self.warnings), "created": self.created,
                 "started": self.started, "finished": self.finished}
 
     def to_dict(self, since: int = 0) -> dict:
@@ -216,7 +217,7 @@ class CaseStore:
         case.store = FrameStore(case.folder / "frames", self.engine.input_size)
         log.info("case %s running", case.id)
         try:
-            for row in self.engine.frames(case.sources, case.store, case.cancel):
+            for row in self.engine.frames(case.sources, case.store, case.cancel, warnings=case.warnings):
                 case.verdict = row.pop("case")
                 case.timeline.append(row)
         except (UnreadableMedia, ModelOutputError) as error:
@@ -229,7 +230,6 @@ class CaseStore:
         if case.cancel.is_set():
             case.status = "cancelled"
             return
-        case.frames_expected = len(case.timeline)
         if case.verdict is None:
             case.verdict = self.engine.verdict(None, 0, 0, "final")
         case.verdict = {**case.verdict, "state": "final"}

@@ -59,12 +59,15 @@ class CaseSummary(BaseModel):
     files: list[str]
     status: Literal["queued", "running", "done", "failed", "cancelled"]
     progress: float = Field(description="share of the frames processed, 0 to 1")
-    frames_expected: int
-    frames_done: int
+    frames_expected: int = Field(description="frames the video announces (images: how many were given); kept "
+                                 "when fewer are decoded")
+    frames_done: int = Field(description="frames decoded and processed so far")
     frames_dropped: int
     fps: float | None
     verdict: Verdict | None
     error: str | None
+    warnings: list[str] = Field(description="damage found while decoding (frames decoded of those announced, "
+                                "decode errors, gaps, an early end); the verdict rests on the frames that decoded")
     created: float
     started: float | None
     finished: float | None
