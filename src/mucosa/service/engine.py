@@ -30,10 +30,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -99,9 +100,22 @@ def _plain(value):
     return float(value) if np.ndim(value) == 0 else [float(v) for v in value]
 
 
+_ERRNO = re.compile(r"\s*\[(?:Errno|WinError) -?\d+\]|\s*\berrno:? -?\d+\b", re.IGNORECASE)
+
+
+def public(reason: str, folders: Iterable[Path]) -> str:
+    """``reason`` with every path inside ``folders`` shortened to its file name and error numbers removed: what
+    a client may read of a message (never the server's temporary folder, whose name holds the process id)."""
+    for folder in folders:
+        pattern = re.escape(str(folder).rstrip("/")) + r"(/[^\s'\"`]*)?(?![\w.-])"
+        reason = re.sub(pattern, lambda m: Path(m.group(1) or "").name or "the server's folder", reason)
+    return _ERRNO.sub("", reason).strip()
+
+
 def _reason(error: Exception, path: Path) -> str:
-    """A reader's error message naming the file by its name only (never the server's temporary path)."""
-    return f"{path.name}: {str(error).split(': ', 1)[-1]}"
+    """A reader's error message naming the file by its name only (libraries such as PyAV repeat the whole
+    path, and an error number, inside their messages)."""
+    return f"{path.name}: {public(str(error).split(': ', 1)[-1], [path.parent])}"
 
 
 def _finite(value) -> bool:
