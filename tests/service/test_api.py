@@ -7,44 +7,19 @@ import json
 import os
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
 from media import files_under
 from mucosa.cli import main
 from mucosa.data.video import iter_video_frames
 from mucosa.errors import ConfigError
-from mucosa.service.app import Settings, create_app
 from mucosa.service.engine import Engine
+from serving import serving, upload, wait_done
 
 pytestmark = [pytest.mark.realdata, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
-
-
-@contextmanager
-def serving(engine, **settings):
-    """A TestClient with the lifespan running; yields (client, the server's temporary folder)."""
-    app = create_app(engine, Settings(**settings))
-    with TestClient(app) as client:
-        yield client, app.state.root
-
-
-def wait_done(client, case_id, timeout=120.0, **headers):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        case = client.get(f"/v1/cases/{case_id}", headers=headers).json()
-        if case["status"] in ("done", "failed", "cancelled"):
-            return case
-        time.sleep(0.1)
-    raise AssertionError(f"case {case_id} did not finish in {timeout} s")
-
-
-def upload(client, url, *paths, **kwargs):
-    files = [("file", (Path(p).name, Path(p).read_bytes())) for p in paths]
-    return client.post(url, files=files, **kwargs)
 
 
 def leftovers(root: Path) -> list[Path]:
@@ -326,7 +301,7 @@ def test_token(engine, frame_png):
 def test_full_queue_answers_503_with_retry_after(engine, frame_png, monkeypatch):
     release = threading.Event()
 
-    def slow_frames(sources, store=None, cancel=None):
+    def slow_frames(sources, store=None, cancel=None, warnings=None):
         release.wait(30)
         yield from ()
 

@@ -124,6 +124,11 @@ class DecodeReport:
 
     def describe(self) -> str:
         """One sentence: '476 frames decoded of about 500 expected; 1 damaged frame or packet skipped; ...'."""
+        return "; ".join(self.findings())
+
+    def findings(self) -> list[str]:
+        """What :meth:`describe` says, one item per finding: the frames decoded (of how many), then each
+        kind of damage."""
         shown = self.expected and not (self.estimated and self.expected - self.decoded <= _tolerance(self))
         parts = [f"{self.decoded} frames decoded"
                  + (f" of {'about ' if self.estimated else ''}{self.expected} "
@@ -135,7 +140,7 @@ class DecodeReport:
             parts.append(f"{len(self.gaps) - 3} more gaps")
         if self.truncated:
             parts.append("the file ends early (cut short?)")
-        return "; ".join(parts)
+        return parts
 
 
 def iter_video_frames(path: str | Path, frames: FrameSelection | str | None = None, channel: str = "auto",

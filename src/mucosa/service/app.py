@@ -11,7 +11,9 @@ shutdown. Routes (the OpenAPI page at ``/docs`` documents each):
 - ``GET /v1/model`` (the model card), ``GET /healthz``.
 
 With a token, every ``/v1`` route needs ``Authorization: Bearer TOKEN`` (or ``?token=TOKEN``, for the
-viewer's images and event stream). Errors are JSON ``{"detail": reason}``.
+viewer's images and event stream). Errors are JSON ``{"detail": reason}``, one sentence that never shows the
+server's folders (:mod:`~mucosa.service.problems`); paths under ``--data-root`` are checked by
+:mod:`~mucosa.service.paths`.
 """
 
 from __future__ import annotations
@@ -35,14 +37,17 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, 
 from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
 from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from mucosa.service import schemas
 from mucosa.service.cases import CaseStore, QueueFull
 from mucosa.service.engine import Engine, ModelOutputError, UnreadableMedia, UnsupportedMedia, media_kind, media_suffix
+from mucosa.service.paths import case_sources
+from mucosa.service.problems import install, problem, readable
 from mucosa.service.report import report_html, timeline_csv
-from mucosa.service.uploads import UploadedFile, UploadError, receive, safe_stem
+from mucosa.service.uploads import UploadedFile, UploadError, discard, receive, safe_stem
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +80,6 @@ class Settings:
         return int(self.max_upload_mb * 2**20)
 
 
-def _problem(status: int, reason: str, headers: dict | None = None) -> HTTPException:
-    return HTTPException(status_code=status, detail=reason, headers=headers)
-
-
 ERRORS = {401: {"model": schemas.Problem, "description": "missing or wrong token (with --token)"}}
 MEDIA_ERRORS = {413: {"model": schemas.Problem, "description": "larger than --max-upload-mb"},
                 415: {"model": schemas.Problem, "description": "not an image or video type mucosa reads"},
@@ -91,10 +92,7 @@ def _upload_body(description: str, many: bool) -> dict:
     prop = {"type": "array", "items": file_schema} if many else file_schema
     return {"requestBody": {"required": True, "description": description, "content": {
         "multipart/form-data": {"schema": {"type": "object", "properties": {"file": prop}, "required": ["file"]}},
-        **({"application/json": {"schema": {"type": "object", "properties": {
-            "path": {"type": "string", "description": "file or folder of images under --data-root"},
-            "paths": {"type": "array", "items": {"type": "string"}},
-            "name": {"type": "string"}}}}} if many else {})}}}
+        **({"application/json": {"schema": schemas.CaseByPath.model_json_schema()}} if many else {})}}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,17 +108,17 @@ async def _receive(request: Request, folder: Path, settings: Settings):
     try:
         return await receive(request, folder, settings.max_upload_bytes)
     except UploadError as error:
-        raise _problem(error.status, error.reason) from None
+        raise problem(error.status, error.reason) from None
     except ClientDisconnect:  # nobody will read the answer; the partial files are already gone
         log.info("client disconnected mid-upload; partial files removed")
-        raise _problem(400, "the client disconnected mid-upload") from None
+        raise problem(400, "the client disconnected mid-upload") from None
 
 
 def _finalize(item: UploadedFile, index: int) -> Path:
     """Rename an uploaded part to a safe name with its media suffix; 415 when the type is unknown."""
     suffix = media_suffix(item.name, item.head)
     if suffix is None:
-        raise _problem(415, f"{item.name}: not an image or video type mucosa reads (by its name and content)")
+        raise problem(415, f"{item.name}: not an image or video type mucosa reads (by its name and content)")
     path = item.path.with_name(f"{index:04d}-{safe_stem(item.name)}{suffix}")
     item.path.rename(path)
     return path
@@ -128,39 +126,8 @@ def _finalize(item: UploadedFile, index: int) -> Path:
 
 def _media_error(error: Exception) -> HTTPException:
     if isinstance(error, UnsupportedMedia):
-        return _problem(415, str(error))
-    return _problem(422, str(error))
-
-
-def _under_root(settings: Settings, given: str) -> Path:
-    """A path named by a client, resolved inside ``--data-root``; 403 outside it, 404 when missing."""
-    if settings.data_root is None:
-        raise _problem(403, "this server takes no paths: it was started without --data-root")
-    root = settings.data_root.resolve()
-    path = (root / given).resolve()
-    if not path.is_relative_to(root):
-        raise _problem(403, f"{given}: outside the server's --data-root")
-    if not path.exists():
-        raise _problem(404, f"{given}: not found under the server's --data-root")
-    return path
-
-
-def _paths_from_json(body: dict, settings: Settings) -> tuple[list[Path], list[str]]:
-    given = body.get("paths") or ([body["path"]] if body.get("path") else [])
-    if not given or not all(isinstance(p, str) for p in given):
-        raise _problem(422, 'send {"path": "FILE_OR_FOLDER"} or {"paths": [...]}, relative to --data-root')
-    sources: list[Path] = []
-    for item in given:
-        path = _under_root(settings, item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
-                           and media_kind(p) == "image")
-            if not found:
-                raise _problem(422, f"{item}: no images in this folder (a folder is one case of images)")
-            sources += found
-        else:
-            sources.append(path)
-    return sources, [p.name for p in sources]
+        return problem(415, str(error))
+    return problem(422, str(error))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -195,6 +162,8 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
                   description="Computer-aided confirmation of mucosal healing from confocal laser endomicroscopy "
                   "(CLE). Research software: not a diagnosis. The viewer is at `/`.")
     app.state.engine, app.state.settings, app.state.card = engine, settings, card
+    data_roots = [settings.data_root, settings.data_root.resolve()] if settings.data_root else []
+    install(app, lambda: [p for p in (getattr(app.state, "root", None), *data_roots) if p is not None])
 
     def require_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
                       token: Annotated[str | None, Depends(_QUERY_TOKEN)]) -> None:
@@ -202,7 +171,7 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
             return
         given = credentials.credentials if credentials is not None else token
         if not given or not hmac.compare_digest(given.encode(), settings.token.encode()):
-            raise _problem(401, "missing or wrong token", {"WWW-Authenticate": "Bearer"})
+            raise problem(401, "missing or wrong token", {"WWW-Authenticate": "Bearer"})
 
     api = APIRouter(prefix=f"/{API_VERSION}", dependencies=[Depends(require_token)], responses=ERRORS)
     _model_routes(api, card)
@@ -211,11 +180,11 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
     app.include_router(api)
 
     @app.get("/healthz", response_model=schemas.Health, tags=["service"])
-    def healthz(request: Request) -> dict:
-        """Liveness: the model is loaded and the case worker runs (no token needed)."""
-        store = _state(request).store
+    async def healthz(request: Request) -> dict:
+        """Liveness: the model is loaded and the case worker runs (no token needed). Answered on the event
+        loop itself, so it answers while every worker thread is busy."""
         return {"status": "ok", "model": card["name"], "runtime": engine.runtime, "device": engine.device,
-                "cases": len(store.cases), "queued": sum(c.status == "queued" for c in store.cases.values())}
+                **_state(request).store.counts()}
 
     @app.get("/", include_in_schema=False)
     def viewer() -> FileResponse:
@@ -259,10 +228,10 @@ def _predict_route(api: APIRouter, engine: Engine, settings: Settings) -> None:
         try:
             upload = await _receive(request, folder, settings)
             if len(upload.files) != 1:
-                raise _problem(422, f"send exactly one image in the form's file field ({len(upload.files)} sent)")
+                raise problem(422, f"send exactly one image in the form's file field ({len(upload.files)} sent)")
             path = _finalize(upload.files[0], 0)
             if media_kind(path) == "video":
-                raise _problem(415, f"{upload.files[0].name}: a video; POST it to /{API_VERSION}/cases")
+                raise problem(415, f"{upload.files[0].name}: a video; POST it to /{API_VERSION}/cases")
             try:
                 result = await anyio.to_thread.run_sync(engine.predict_image, path, gradcam,
                                                         limiter=state.limiter)
@@ -279,13 +248,41 @@ def _predict_route(api: APIRouter, engine: Engine, settings: Settings) -> None:
 def _case_or_404(request: Request, case_id: str):
     case = _state(request).store.get(case_id)
     if case is None:
-        raise _problem(404, f"no case {case_id} (unknown, or deleted)")
+        raise problem(404, f"no case {case_id} (unknown, or deleted)")
     return case
 
 
-def _busy(store: CaseStore, retry_after: int | None = None) -> HTTPException:
-    seconds = retry_after or store.retry_after()
-    return _problem(503, f"the work queue is full; retry in about {seconds} s", {"Retry-After": str(seconds)})
+def _busy(seconds: int) -> HTTPException:
+    return problem(503, f"the work queue is full; retry in about {seconds} s", {"Retry-After": str(seconds)})
+
+
+async def _case_files(request: Request, folder: Path, settings: Settings) -> tuple[list[Path], list[str], str | None]:
+    """The files of a case being opened (uploaded into ``folder``, or named under --data-root), their names
+    to show, and the name the client gave the case."""
+    if request.headers.get("content-type", "").startswith("application/json"):
+        body = await _json_body(request)
+        sources, files = await run_in_threadpool(case_sources, body, settings.data_root)
+        return sources, files, body.name
+    upload = await _receive(request, folder / "upload", settings)
+    if not upload.files:
+        raise problem(422, "no file in the request (multipart field 'file')")
+    sources = [_finalize(item, k) for k, item in enumerate(upload.files)]
+    return sources, [item.name for item in upload.files], upload.fields.get("name")
+
+
+def _listable(cases: list) -> list[dict]:
+    """The summaries of ``cases`` that the API can answer with; one that cannot is logged and left out, so that
+    it never breaks the list."""
+    summaries = []
+    for case in cases:
+        try:
+            summary = case.summary()
+            schemas.CaseSummary.model_validate(summary)
+        except Exception as error:  # a bug's, never the client's: the others are still listed
+            log.error("case %s left out of the list: %s", case.id, error)
+            continue
+        summaries.append(summary)
+    return summaries
 
 
 def _case_routes(api: APIRouter, engine: Engine, settings: Settings, card: dict) -> None:
@@ -298,31 +295,20 @@ def _case_routes(api: APIRouter, engine: Engine, settings: Settings, card: dict)
         """Open a case: returns its id at once; frames are processed in the background (follow
         ``GET /v1/cases/{id}`` or its ``/events``)."""
         store: CaseStore = _state(request).store
-        if store.full():
-            raise _busy(store)
-        case_id, folder = store.new_folder()
         try:
-            if request.headers.get("content-type", "").startswith("application/json"):
-                body = await _json_body(request)
-                sources, files = _paths_from_json(body, settings)
-                name = name or body.get("name")
-            else:
-                upload = await _receive(request, folder / "upload", settings)
-                if not upload.files:
-                    raise _problem(422, "no file in the request (multipart field 'file')")
-                sources = [_finalize(item, k) for k, item in enumerate(upload.files)]
-                files = [item.name for item in upload.files]
-                name = name or upload.fields.get("name")
+            case_id, folder = store.reserve()  # before reading the body: no upload waits for a place
+        except QueueFull as error:
+            await discard(request)  # so that the client, still sending, reads the answer
+            raise _busy(error.retry_after) from None
+        try:
+            sources, files, given_name = await _case_files(request, folder, settings)
             try:
                 info = await run_in_threadpool(engine.inspect, sources)
             except (UnsupportedMedia, UnreadableMedia) as error:
                 raise _media_error(error) from None
-            case = store.submit(case_id, folder, (name or files[0])[:120], files, sources, info)
-        except QueueFull as error:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise _busy(store, error.retry_after) from None
+            case = store.submit(case_id, folder, (name or given_name or files[0])[:120], files, sources, info)
         except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
+            store.release(case_id, folder)
             raise
         base = f"/{API_VERSION}/cases/{case.id}"
         return {"id": case.id, "status": case.status, "url": base, "events": base + "/events"}
@@ -330,7 +316,7 @@ def _case_routes(api: APIRouter, engine: Engine, settings: Settings, card: dict)
     @api.get("/cases", response_model=list[schemas.CaseSummary], tags=["cases"])
     def list_cases(request: Request) -> list[dict]:
         """The cases opened since the server started, newest first (without timelines)."""
-        return [case.summary() for case in _state(request).store.list()]
+        return _listable(_state(request).store.list())
 
     @api.get("/cases/{case_id}", response_model=schemas.Case, tags=["cases"],
              responses={404: {"model": schemas.Problem}})
@@ -361,11 +347,11 @@ def _case_routes(api: APIRouter, engine: Engine, settings: Settings, card: dict)
         with ``?gradcam=1`` the heat map of the predicted class over the part the model saw)."""
         case = _case_or_404(request, case_id)
         if ext not in ("png", "jpg") or case.store is None or number not in case.store:
-            raise _problem(404, f"case {case_id} has no frame {number}.{ext} (yet)")
+            raise problem(404, f"case {case_id} has no frame {number}.{ext} (yet)")
         if gradcam:
             row = next((r for r in case.timeline if r["frame"] == number), None)
             if ext != "png" or row is None or row["dropped"]:
-                raise _problem(409, f"frame {number} has no Grad-CAM: " + (
+                raise problem(409, f"frame {number} has no Grad-CAM: " + (
                     "the quality gate dropped it" if row is not None and row["dropped"] else "use .png"))
         headers = {"Cache-Control": "private, max-age=3600"}
         if ext == "jpg":
@@ -394,23 +380,22 @@ def _case_routes(api: APIRouter, engine: Engine, settings: Settings, card: dict)
     def delete_case(request: Request, case_id: str) -> Response:
         """Stop the case's work and remove its files."""
         if not _state(request).store.delete(case_id):
-            raise _problem(404, f"no case {case_id} (unknown, or deleted)")
+            raise problem(404, f"no case {case_id} (unknown, or deleted)")
         return Response(status_code=204)
 
 
-async def _json_body(request: Request) -> dict:
+async def _json_body(request: Request) -> schemas.CaseByPath:
+    """The JSON body of ``POST /v1/cases`` (at most 64 KB), parsed and checked in one step by pydantic, whose
+    parser also refuses nesting too deep; 422 with one sentence saying what is wrong."""
     raw = b""
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > 64 * 1024:
-            raise _problem(413, "a JSON body is at most 64 KB")
+            raise problem(413, "a JSON body is at most 64 KB")
     try:
-        body = json.loads(raw or b"{}")
-    except ValueError as error:
-        raise _problem(422, f"the body is not valid JSON ({error})") from None
-    if not isinstance(body, dict):
-        raise _problem(422, "the JSON body must be an object")
-    return body
+        return schemas.CaseByPath.model_validate_json(raw or b"{}")
+    except ValidationError as error:
+        raise problem(422, f"the JSON body is not valid: {readable(error.errors())}") from None
 
 
 async def _events(request: Request, case_id: str, sent: int, batch: int = 500, quiet: float = 15.0):

@@ -2,14 +2,15 @@
 
 :class:`CaseStore` keeps every case opened since the server started, each in its own folder under the
 server's temporary folder (uploads, display frames, model frames). Work goes through a bounded queue to one
-worker thread; :meth:`CaseStore.submit` raises :class:`QueueFull` when it is full (the API answers 503 with
-Retry-After). Deleting a case stops its work and removes its folder; :meth:`CaseStore.close` does so for
-all of them.
+worker thread. A case takes its place in the queue before its upload is read (:meth:`CaseStore.reserve`,
+which raises :class:`QueueFull` when every place is taken or reserved: the API answers 503 with Retry-After)
+and keeps it until it is queued (:meth:`CaseStore.submit`) or given up (:meth:`CaseStore.release`). The
+store's lock guards its bookkeeping only: it is never held while computing an estimate or waiting. Deleting a
+case stops its work and removes its folder; :meth:`CaseStore.close` does so for all of them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import shutil
@@ -45,7 +46,7 @@ class Case:
     files: list[str]               # names as given by the client (display only)
     sources: list[Path]            # the files the engine reads
     folder: Path                   # removed with the case
-    frames_expected: int
+    frames_expected: int           # announced by the video (images: how many), kept when fewer are decoded
     fps: float | None
     created: float = field(default_factory=time.time)
     status: str = "queued"
@@ -56,6 +57,7 @@ class Case:
     finished: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     store: FrameStore | None = None
+    warnings: list[str] = field(default_factory=list)  # damage found while decoding (truncated, corrupt)
 
     @property
     def finished_work(self) -> bool:
@@ -73,8 +75,8 @@ class Case:
         return {"id": self.id, "name": self.name, "kind": self.kind, "files": self.files, "status": self.status,
                 "progress": round(self.progress, 4), "frames_expected": self.frames_expected,
                 "frames_done": len(self.timeline), "frames_dropped": dropped, "fps": self.fps,
-                "verdict": self.verdict, "error": self.error, "created": self.created, "started": self.started,
-                "finished": self.finished}
+                "verdict": self.verdict, "error": self.error, "warnings": list(self.warnings), "created": self.created,
+                "started": self.started, "finished": self.finished}
 
     def to_dict(self, since: int = 0) -> dict:
         """The summary with the timeline (from row ``since``)."""
@@ -93,8 +95,10 @@ class CaseStore:
     def __init__(self, engine: Engine, root: Path, queue_size: int = 8) -> None:
         self.engine, self.root = engine, Path(root)
         self.cases: dict[str, Case] = {}
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
-        self._lock = threading.Lock()
+        self.places = max(1, queue_size)
+        self._queue: queue.Queue = queue.Queue()  # bounded by the places reserved (see reserve)
+        self._reserved: set[str] = set()          # case ids whose upload is arriving
+        self._lock = threading.Lock()             # cases, _reserved and the queue's length; never held long
         self._closed = threading.Event()
         self._fps = 0.0  # frames per second of the last case, for Retry-After
         self._worker = threading.Thread(target=self._work, name="mucosa-cases", daemon=True)
@@ -102,40 +106,56 @@ class CaseStore:
 
     # ---------------------------------------------------------------------------------------------- API
 
-    def new_folder(self) -> tuple[str, Path]:
-        """A fresh case id and its (created) folder, for the upload to be written into."""
-        case_id = uuid.uuid4().hex[:12]
+    def reserve(self) -> tuple[str, Path]:
+        """A place in the queue for a case about to arrive: its id and (created) folder for the upload.
+
+        Raises:
+            QueueFull: every place is taken by a waiting case or reserved by an arriving one.
+        """
+        with self._lock:
+            free = self._queue.qsize() + len(self._reserved) < self.places
+            case_id = uuid.uuid4().hex[:12]
+            if free:
+                self._reserved.add(case_id)
+        if not free:
+            raise QueueFull(self.retry_after())
         folder = self.root / "cases" / case_id
         folder.mkdir(parents=True)
         return case_id, folder
 
-    def full(self) -> bool:
-        return self._queue.full()
+    def release(self, case_id: str, folder: Path) -> None:
+        """Give up a reserved place (the upload failed or was refused) and remove its folder."""
+        with self._lock:
+            self._reserved.discard(case_id)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def counts(self) -> dict[str, int]:
+        """``cases`` kept and ``queued`` (waiting for the worker)."""
+        with self._lock:
+            cases = list(self.cases.values())
+        return {"cases": len(cases), "queued": sum(c.status == "queued" for c in cases)}
 
     def retry_after(self) -> int:
         """Seconds until the worker has probably freed a place in the queue (1 to 120)."""
         with self._lock:
-            left = sum(max(0, c.frames_expected - len(c.timeline)) for c in self.cases.values()
-                       if c.status in ("queued", "running"))
+            cases = list(self.cases.values())
             waiting = self._queue.qsize() or 1
+        left = sum(max(0, c.frames_expected - len(c.timeline)) for c in cases if c.status in ("queued", "running"))
         per_case = left / waiting
         return int(min(120, max(1, per_case / self._fps if self._fps > 0 else 10)))
 
     def submit(self, case_id: str, folder: Path, name: str, files: list[str], sources: list[Path],
                info: dict) -> Case:
-        """Queue a case whose files are in place (``info`` from ``Engine.inspect``).
-
-        Raises:
-            QueueFull: no place in the queue; the caller removes the folder.
-        """
+        """Queue a case whose place was reserved (:meth:`reserve`) and whose files are in place (``info``
+        from ``Engine.inspect``)."""
         case = Case(case_id, name, info["kind"], files, sources, folder, int(info["frames"]), info.get("fps"))
         case.verdict = self.engine.verdict(None, 0, 0, "queued")
         with self._lock:
-            try:
-                self._queue.put_nowait(case)
-            except queue.Full:
-                raise QueueFull(self.retry_after()) from None
+            if case_id not in self._reserved:
+                raise ValueError(f"case {case_id} has no reserved place in the queue")
+            self._reserved.discard(case_id)
             self.cases[case.id] = case
+            self._queue.put_nowait(case)  # unbounded: the reservation kept a place for it
         log.info("case %s queued: %s (%s, about %d frames)", case.id, name, case.kind, case.frames_expected)
         return case
 
@@ -144,7 +164,8 @@ class CaseStore:
 
     def list(self) -> list[Case]:
         with self._lock:
-            return sorted(self.cases.values(), key=lambda c: c.created, reverse=True)
+            cases = list(self.cases.values())
+        return sorted(cases, key=lambda c: c.created, reverse=True)
 
     def delete(self, case_id: str) -> bool:
         """Stop the case's work and remove its files; False when there is no such case."""
@@ -162,22 +183,16 @@ class CaseStore:
     def close(self, timeout: float = 10.0) -> None:
         """Stop the worker (cancelling the running case) and remove every case's files."""
         self._closed.set()
-        for case in list(self.cases.values()):
+        with self._lock:
+            cases = list(self.cases.values())
+        for case in cases:
             case.cancel.set()
-        self._queue_put_stop()
+        self._queue.put_nowait(None)
         self._worker.join(timeout)
-        for case in list(self.cases.values()):
+        for case in cases:
             shutil.rmtree(case.folder, ignore_errors=True)
-        self.cases.clear()
-
-    def _queue_put_stop(self) -> None:
-        while True:
-            try:
-                self._queue.put_nowait(None)
-                return
-            except queue.Full:
-                with contextlib.suppress(queue.Empty):
-                    self._queue.get_nowait()
+        with self._lock:
+            self.cases.clear()
 
     # ---------------------------------------------------------------------------------------------- worker
 
@@ -202,7 +217,7 @@ class CaseStore:
         case.store = FrameStore(case.folder / "frames", self.engine.input_size)
         log.info("case %s running", case.id)
         try:
-            for row in self.engine.frames(case.sources, case.store, case.cancel):
+            for row in self.engine.frames(case.sources, case.store, case.cancel, warnings=case.warnings):
                 case.verdict = row.pop("case")
                 case.timeline.append(row)
         except (UnreadableMedia, ModelOutputError) as error:
@@ -215,7 +230,6 @@ class CaseStore:
         if case.cancel.is_set():
             case.status = "cancelled"
             return
-        case.frames_expected = len(case.timeline)
         if case.verdict is None:
             case.verdict = self.engine.verdict(None, 0, 0, "final")
         case.verdict = {**case.verdict, "state": "final"}

@@ -30,10 +30,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -100,9 +101,22 @@ def _plain(value):
     return float(value) if np.ndim(value) == 0 else [float(v) for v in value]
 
 
+_ERRNO = re.compile(r"\s*\[(?:Errno|WinError) -?\d+\]|\s*\berrno:? -?\d+\b", re.IGNORECASE)
+
+
+def public(reason: str, folders: Iterable[Path]) -> str:
+    """``reason`` with every path inside ``folders`` shortened to its file name and error numbers removed: what
+    a client may read of a message (never the server's temporary folder, whose name holds the process id)."""
+    for folder in folders:
+        pattern = re.escape(str(folder).rstrip("/")) + r"(/[^\s'\"`]*)?(?![\w.-])"
+        reason = re.sub(pattern, lambda m: Path(m.group(1) or "").name or "the server's folder", reason)
+    return _ERRNO.sub("", reason).strip()
+
+
 def _reason(error: Exception, path: Path) -> str:
-    """A reader's error message naming the file by its name only (never the server's temporary path)."""
-    return f"{path.name}: {str(error).split(': ', 1)[-1]}"
+    """A reader's error message naming the file by its name only (libraries such as PyAV repeat the whole
+    path, and an error number, inside their messages)."""
+    return f"{path.name}: {public(str(error).split(': ', 1)[-1], [path.parent])}"
 
 
 def _finite(value) -> bool:
@@ -345,8 +359,8 @@ class Engine:
 
     # ---------------------------------------------------------------------------------------------- cases
 
-    def frames(self, sources: list[Path], store: FrameStore | None = None,
-               cancel: threading.Event | None = None) -> Iterator[dict]:
+    def frames(self, sources: list[Path], store: FrameStore | None = None, cancel: threading.Event | None = None,
+               warnings: list[str] | None = None) -> Iterator[dict]:
         """A case frame by frame: one dict per decoded frame (video) or model frame (images).
 
         Keys: ``frame`` (video frame index, or position among the images' frames), ``time`` (seconds,
@@ -356,12 +370,15 @@ class Engine:
         verdict (``state`` "running", ``label``, ``class``, ``score`` = mean probability of the informative
         frames, ``frames`` it rests on, ``total`` frames seen).
 
+        A damaged video still gives the frames that decode; once it is read to its end, what was found
+        (frames decoded of those announced, decode errors, gaps, an early end) is appended to ``warnings``.
+
         Raises:
             UnreadableMedia: a file that does not decode. ModelOutputError: a non-finite probability
             (nothing is yielded for that frame).
         """
         smoother = Smoother(self.classes, self.window, self.threshold)
-        items = self._video_items(sources[0]) if len(sources) == 1 and is_video(sources[0]) else \
+        items = self._video_items(sources[0], warnings) if len(sources) == 1 and is_video(sources[0]) else \
             self._image_items(sources)
         for seen, (number, seconds, frame, model_frame, quality, box, source) in enumerate(items, start=1):
             if cancel is not None and cancel.is_set():
@@ -381,14 +398,18 @@ class Engine:
             row["case"] = self.verdict(smoother.case_probability, smoother.count, seen, "running")
             yield row
 
-    def _video_items(self, path: Path) -> Iterator[tuple]:
+    def _video_items(self, path: Path, warnings: list[str] | None) -> Iterator[tuple]:
         fps = video_info(path).fps
+        report = DecodeReport()
         try:
-            for frame in iter_frames(path, self.prep, report=DecodeReport()):
+            for frame in iter_frames(path, self.prep, report=report):
                 yield (frame.index, round(frame.index / fps, 4) if fps else None, frame.source, frame.image,
                        float(np.nan_to_num(frame.quality)), tuple(frame.fov.box), None)
         except UnreadableFileError as error:
             raise UnreadableMedia(_reason(error, path)) from None
+        if report.damaged and warnings is not None:
+            first, *damage = report.findings()
+            warnings += [f"video is damaged: {first}", *damage]
 
     def _image_items(self, paths: list[Path]) -> Iterator[tuple]:
         number = 0

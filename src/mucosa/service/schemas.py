@@ -1,10 +1,14 @@
-"""The JSON the API answers with, as pydantic models (they document the routes at ``/docs``)."""
+"""The JSON the API takes and answers with, as pydantic models (they document the routes at ``/docs``).
+
+Request bodies are strict: a value of the wrong JSON type (``"name": 5``, ``"paths": "."``) or an unknown
+field is refused (422), never converted.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 Probability = float | list[float] | None
 
@@ -59,12 +63,15 @@ class CaseSummary(BaseModel):
     files: list[str]
     status: Literal["queued", "running", "done", "failed", "cancelled"]
     progress: float = Field(description="share of the frames processed, 0 to 1")
-    frames_expected: int
-    frames_done: int
+    frames_expected: int = Field(description="frames the video announces (images: how many were given); kept "
+                                 "when fewer are decoded")
+    frames_done: int = Field(description="frames decoded and processed so far")
     frames_dropped: int
     fps: float | None
     verdict: Verdict | None
     error: str | None
+    warnings: list[str] = Field(description="damage found while decoding (frames decoded of those announced, "
+                                "decode errors, gaps, an early end); the verdict rests on the frames that decoded")
     created: float
     started: float | None
     finished: float | None
@@ -82,7 +89,28 @@ class CaseCreated(BaseModel):
 
 
 class Problem(BaseModel):
-    detail: str
+    detail: str = Field(description="what is wrong, in one sentence")
+
+
+PathText = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+class CaseByPath(BaseModel):
+    """``POST /v1/cases`` as JSON: files already under the server's ``--data-root``, by path."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    path: PathText | None = Field(None, description="a video, an image or a folder of images (one case), "
+                                  "relative to --data-root")
+    paths: list[PathText] | None = Field(None, min_length=1, max_length=10_000,
+                                         description="several images of one case, relative to --data-root")
+    name: str | None = Field(None, description="the case's name (default: its first file's)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CaseByPath:
+        if (self.path is None) == (self.paths is None):
+            raise ValueError('send {"path": "FILE_OR_FOLDER"} or {"paths": [...]}, relative to --data-root')
+        return self
 
 
 class Health(BaseModel):

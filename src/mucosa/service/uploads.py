@@ -183,6 +183,12 @@ async def receive(request, folder: Path, limit: int, max_files: int = 1000) -> U
         raise
 
 
+async def discard(request) -> None:
+    """Read and drop a request's body (up to ``MAX_DRAIN`` bytes) that will not be used, so that a client still
+    sending it reads the answer instead of finding the connection closed."""
+    await _drain(request.stream())
+
+
 async def _drain(stream) -> None:
     """Read (and drop) what the client still sends, up to ``MAX_DRAIN`` bytes, so it gets the answer."""
     dropped = 0

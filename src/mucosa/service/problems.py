@@ -1,0 +1,63 @@
+"""What the API answers when something is wrong: always JSON ``{"detail": "one sentence"}``.
+
+- :func:`problem`: the HTTP error a route raises (status, reason, optional headers).
+- :func:`readable`: pydantic's validation errors (a request body, a query parameter) as one sentence.
+- :func:`public` (from the engine): a reason with the server's own folders (its temporary folder, whose name
+  holds the process id; ``--data-root``) reduced to file names, and error numbers removed.
+- :func:`install`: exception handlers that give every error that shape: FastAPI's request validation errors
+  (422 with one sentence instead of a list), HTTP errors (their reason made :func:`public`) and anything
+  unexpected (500, "internal error"; the server logs the traceback).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mucosa.service.engine import public
+
+__all__ = ["install", "problem", "public", "readable"]
+
+MAX_ERRORS = 3  # validation errors named in one answer
+
+
+def problem(status: int, reason: str, headers: dict | None = None) -> HTTPException:
+    """The HTTP error to raise: the client gets ``{"detail": reason}`` with ``status``."""
+    return HTTPException(status_code=status, detail=reason, headers=headers)
+
+
+def readable(errors: Iterable[dict]) -> str:
+    """Pydantic validation errors as one sentence, e.g. ``name: input should be a valid string``."""
+    parts = []
+    for error in list(errors)[:MAX_ERRORS]:
+        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        message = message[:1].lower() + message[1:]
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts) or "the request is not valid"
+
+
+def install(app: FastAPI, folders: Callable[[], list[Path]]) -> None:
+    """Give every error of ``app`` the shape ``{"detail": "one sentence"}``; ``folders()`` lists the
+    server's folders no answer may show (called when an error is answered)."""
+
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": public(readable(error.errors()), folders())}, status_code=422)
+
+    async def http_error(request: Request, error: StarletteHTTPException):
+        if isinstance(error.detail, str):
+            error = HTTPException(error.status_code, public(error.detail, folders()), error.headers)
+        return await http_exception_handler(request, error)
+
+    async def internal_error(request: Request, error: Exception) -> JSONResponse:
+        return JSONResponse({"detail": "internal error (see the server's log)"}, status_code=500)
+
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, internal_error)

@@ -1,0 +1,65 @@
+"""The web service as the service tests run it (importable from every test folder: pytest's pythonpath):
+in process through FastAPI's TestClient, or as a real uvicorn server on a loopback port in a thread."""
+
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def serving(engine, **settings):
+    """A TestClient with the lifespan running; yields (client, the server's temporary folder)."""
+    from fastapi.testclient import TestClient
+
+    from mucosa.service.app import Settings, create_app
+
+    app = create_app(engine, Settings(**settings))
+    with TestClient(app) as client:
+        yield client, app.state.root
+
+
+@contextmanager
+def live_server(engine, startup: float = 30.0, **settings):
+    """``create_app`` under a real uvicorn server on a free 127.0.0.1 port, in a daemon thread; yields its
+    base URL. A server whose event loop hangs is left to its daemon thread when the test ends.
+
+    (The service's modules are imported when called: without the serve extra this module still imports.)"""
+    import uvicorn
+
+    from mucosa.service.app import Settings, create_app
+    from mucosa.service.server import bind
+
+    sock = bind("127.0.0.1", 0)
+    config = uvicorn.Config(create_app(engine, Settings(**settings)), log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + startup
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def wait_done(client, case_id, timeout=120.0, **headers):
+    """The case once it is done, failed or cancelled (AssertionError after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        case = client.get(f"/v1/cases/{case_id}", headers=headers).json()
+        if case["status"] in ("done", "failed", "cancelled"):
+            return case
+        time.sleep(0.1)
+    raise AssertionError(f"case {case_id} did not finish in {timeout} s")
+
+
+def upload(client, url, *paths, **kwargs):
+    """POST the files at ``paths`` as the multipart field ``file``."""
+    files = [("file", (Path(p).name, Path(p).read_bytes())) for p in paths]
+    return client.post(url, files=files, **kwargs)
