@@ -20,7 +20,8 @@ def add_parser(sub) -> None:
                    help="folder whose files clients may open by path (POST /v1/cases {\"path\": ...})")
     p.add_argument("--max-upload-mb", type=float, default=500.0, help="largest upload accepted (default 500)")
     p.add_argument("--device", default="auto", help="auto (a CUDA GPU if PyTorch sees one), cpu, cuda or cuda:N")
-    p.add_argument("--queue", type=int, default=8, help="cases that may wait for the background worker, uploads still arriving included")
+    p.add_argument("--queue", type=int, default=8,
+                   help="cases that may wait for the background worker, uploads still arriving included")
     p.add_argument("--threshold", type=float, default=0.5, help="probability from which a case is positive")
     p.add_argument("--window", type=int, default=16, help="informative frames in the smoothed probability")
     p.add_argument("--onnx", type=Path, default=None,
