@@ -298,6 +298,8 @@ def test_mpeg_corrupted_in_the_middle_keeps_the_true_frame_times(pcle_original, 
         np.testing.assert_allclose(got[index], original[index], atol=2 / 255)
     assert report.decoded == len(got) < len(original) and report.missing >= jumps[0][1] - jumps[0][0] - 1
     assert scan_video(tmp_path / "mid.mpg").gaps == report.gaps  # check sees the same damage
+    info = video_info(tmp_path / "mid.mpg")  # without decoding: frames span the last frame number, not the packets
+    assert info.announced == 0 and info.frames >= indices[-1] + 1 and info.packets < info.frames
 
 
 def test_decode_report_counts_and_describes():

@@ -21,10 +21,14 @@ from mucosa.errors import ConfigError, MucosaWarning, UnreadableFileError
 
 @dataclass(frozen=True)
 class VideoInfo:
-    frames: int  # frame count (from the container, or by counting packets when it does not say)
+    """What a video's container says, read without decoding it (:func:`video_info`)."""
+
+    frames: int  # frame numbers the video spans: the count it announces, else its packets' last timestamp + 1
     fps: float
     width: int
     height: int
+    announced: int = 0  # frames the container announces (0 when it does not say)
+    packets: int = 0  # packets holding data, when they had to be counted (the container announced nothing)
 
 
 def _open_video(path: Path):
@@ -60,11 +64,16 @@ def video_info(path: str | Path) -> VideoInfo:
     container = _open_video(path)
     try:
         stream = container.streams.video[0]
-        frames = int(stream.frames or 0)
-        if frames <= 0:
-            frames = sum(1 for packet in container.demux(stream) if packet.size > 0)
+        announced, packets, last = max(int(stream.frames or 0), 0), 0, -1
+        if not announced:  # count packets; a damaged video lost some, so its frames also span the last timestamp
+            start, rate = stream.start_time or 0, stream.average_rate
+            for packet in container.demux(stream):
+                if packet.size > 0:
+                    packets += 1
+                    last = max(last, _frame_number(packet, start, rate))
         fps = float(stream.average_rate or stream.guessed_rate or 0.0)
-        return VideoInfo(frames, fps, stream.codec_context.width, stream.codec_context.height)
+        return VideoInfo(announced or max(packets, last + 1), fps, stream.codec_context.width,
+                         stream.codec_context.height, announced, packets)
     except Exception as error:
         raise UnreadableFileError(f"{path}: cannot read video ({type(error).__name__}: {error})") from None
     finally:
@@ -274,7 +283,7 @@ def _tolerance(report: DecodeReport) -> int:
 
 
 def _frame_number(frame, start: int, rate) -> int:
-    """The frame's position in the video from its timestamp (-1 when the video has no usable timing)."""
+    """The position in the video of a frame (or packet) from its timestamp (-1 without usable timing)."""
     if frame.pts is None or frame.time_base is None or not rate:
         return -1
     return int(round(float((frame.pts - start) * frame.time_base * rate)))
