@@ -15,7 +15,8 @@ Example:
     >>> import torch
     >>> from mucosa.models.networks import ModelConfig, create_model
     >>> model = create_model(ModelConfig(kind="cnn", size=40)).eval()
-    >>> embedding = model.embed(torch.rand(3, 1, 40, 40))
+    >>> with torch.no_grad():
+    ...     embedding = model.embed(torch.rand(3, 1, 40, 40))
     >>> tuple(embedding.shape), round(float(embedding[0].norm()), 4)
     ((3, 128), 1.0)
 """
