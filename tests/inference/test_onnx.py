@@ -254,3 +254,27 @@ def test_an_export_without_the_embedding_output_predicts_but_cannot_embed(traine
     assert classifier.predict(x).probabilities.shape == (5,)
     with pytest.raises(NoEmbeddingError, match=message):
         classifier.embed(x)
+
+
+@pytest.mark.parametrize("kind, classes", [("cnn-lstm", 2), ("cnn", 3), ("timm:fakenet", 2)])
+def test_every_kind_exports_its_embedding_in_fp32_and_int8(kind, classes, timm, tmp_path):
+    from mucosa.data.preparation import Preprocessing
+    from mucosa.inference.onnx import export_checked, quantize_int8
+    from mucosa.models.checkpoint import LoadedCheckpoint
+
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(kind=kind, size=40, num_classes=classes)).eval()
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # folded, and not identities
+        bn.running_mean.uniform_(-0.2, 0.2)
+        bn.running_var.uniform_(0.5, 2)
+    loaded = LoadedCheckpoint(model, model.config, ["a", "b", "c"][:classes],
+                              Preprocessing(size=40, crop="none", quality_threshold=0.0), {}, tmp_path / "x.ckpt")
+    fp32, _ = export_checked(loaded)  # parity of logits and embedding at batch 1 and 16
+    x = frames(12, seed=3)
+    with torch.inference_mode():
+        expected = model.embed(torch.from_numpy(x[:, None] / np.float32(255))).numpy()
+    exact = OnnxPredictor(fp32).predict_and_embed(x)[1]
+    np.testing.assert_allclose(exact, expected, atol=1e-4)
+    quantized = OnnxPredictor(quantize_int8(fp32, frames(16, seed=4))).predict_and_embed(x)[1]
+    assert quantized.shape == exact.shape == (12, 8 if kind.startswith("timm:") else 128)
+    assert np.sum(quantized * exact, axis=1).mean() > 0.98
