@@ -1,6 +1,7 @@
 """Shared fixtures: the real data folder (forced on in CI with MUCOSA_REQUIRE_REAL_DATA=1), tiny trained models."""
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,16 @@ def _require_real_data() -> Path:
     if os.environ.get("MUCOSA_REQUIRE_REAL_DATA") == "1":
         pytest.fail(reason + " but MUCOSA_REQUIRE_REAL_DATA=1", pytrace=False)
     pytest.skip(reason)
+
+
+@pytest.fixture
+def timm(monkeypatch):
+    """The fake ``timm`` module of tests/fake_timm.py in place of the real one (it builds ``timm:fakenet``)."""
+    from fake_timm import fake_timm
+
+    module = fake_timm()
+    monkeypatch.setitem(sys.modules, "timm", module)
+    return module
 
 
 @pytest.fixture(scope="session")

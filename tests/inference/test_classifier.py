@@ -68,6 +68,29 @@ def test_a_stack_is_one_case_and_blank_frames_get_no_probability(tiny):
     assert blank.verdict == NO_VERDICT and blank.cases[0].score is None
 
 
+def test_embed_gives_a_unit_row_per_frame_in_the_order_of_predict(tiny):
+    from PIL import Image
+
+    classifier = mucosa.load(tiny.best, runtime="torch")
+    images = sorted((tiny.cohort / "images").rglob("*.png"))[:3]
+    embeddings = classifier.embed(images)
+    assert embeddings.shape == (3, 128) and embeddings.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-5)
+    both, alone = classifier.predict(images, embed=True), classifier.predict(images)
+    np.testing.assert_allclose(both.probabilities, alone.probabilities, rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(both.embeddings, embeddings)
+    assert alone.embeddings is None
+    np.testing.assert_allclose(mucosa.load(tiny.best, runtime="onnx").embed(images), embeddings, atol=1e-4)
+    array = np.asarray(Image.open(images[1]).convert("L"))
+    np.testing.assert_allclose(classifier.embed(array), embeddings[1:2], atol=1e-4)  # a file, as an array
+    # frames the quality gate drops get a NaN row, as they get no probability
+    stack = np.stack([array, np.zeros_like(array), array])
+    prediction = classifier.predict(stack, embed=True)
+    assert prediction.embeddings.shape == (3, 128)
+    np.testing.assert_array_equal(np.isnan(prediction.embeddings).all(axis=1), np.isnan(prediction.probabilities))
+    np.testing.assert_array_equal(np.isnan(prediction.embeddings).any(axis=1), ~prediction.used)
+
+
 def test_runtime_auto_on_the_cpu_is_onnx_and_agrees_with_torch(tiny):
     image = next((tiny.cohort / "images").rglob("*.png"))
     auto = mucosa.load(tiny.best)

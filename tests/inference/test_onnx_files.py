@@ -28,7 +28,7 @@ def test_deploy_writes_checked_models_and_records_them_in_the_card(deployed):
     assert card["weights_sha256"] == loaded.weights_sha256
     assert card["bounds"] == onnx_files.BOUNDS == {"min_agreement": 0.99, "max_abs_auc_change": 0.005,
                                                     "min_frames": 100}
-    assert max(card["fp32"]["parity_max_abs_logit_difference"].values()) < PARITY_TOLERANCE
+    assert max(card["fp32"]["parity_max_abs_difference"].values()) < PARITY_TOLERANCE
     for entry, path in ((card["fp32"], run / "best.onnx"), (card["int8"], run / "best.int8.onnx")):
         assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
         assert OnnxPredictor(path).metadata["weights_sha256"] == loaded.weights_sha256

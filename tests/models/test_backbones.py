@@ -1,13 +1,12 @@
-"""timm backbones (model kinds timm:NAME) against a small fake ``timm`` module: real timm is not imported here
-(it needs torchvision matching torch), so these check the adapter's contract, not timm itself."""
+"""timm backbones (model kinds timm:NAME) against a small fake ``timm`` module (tests/fake_timm.py, the ``timm``
+fixture): real timm is not imported here (it needs torchvision matching torch), so these check the adapter's
+contract, not timm itself."""
 
 import sys
-import types
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from mucosa.cli import main
 from mucosa.data.cache import FrameCache
@@ -18,51 +17,6 @@ from mucosa.models.checkpoint import load_checkpoint
 from mucosa.models.config import config_from_dict
 from mucosa.models.networks import ModelConfig, create_model
 from mucosa.models.training import train
-
-
-class FakeNet(nn.Module):
-    """The part of a timm model mucosa uses: forward_features, forward_head(pre_logits), num_features."""
-
-    def __init__(self, in_chans: int, num_classes: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_chans, 8, 3, stride=4, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.num_features = 8
-        self.fc = nn.Linear(8, num_classes)
-
-    def forward_features(self, x):
-        return torch.relu(self.bn(self.conv(x)))
-
-    def forward_head(self, f, pre_logits: bool = False):
-        pooled = f.mean(dim=(2, 3))
-        return pooled if pre_logits else self.fc(pooled)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.fc = nn.Linear(8, num_classes)
-
-
-def fake_timm() -> types.ModuleType:
-    module = types.ModuleType("timm")
-    module.calls = []
-
-    def create_model(name, pretrained=False, in_chans=3, num_classes=1000):
-        module.calls.append((name, pretrained, in_chans, num_classes))
-        if name != "fakenet":
-            raise RuntimeError(f"Unknown model ({name})")
-        if pretrained:
-            raise OSError("We couldn't connect to 'https://huggingface.co' to load this file")
-        return FakeNet(in_chans, num_classes)
-
-    module.create_model = create_model
-    module.is_model = lambda name: name == "fakenet"
-    return module
-
-
-@pytest.fixture
-def timm(monkeypatch):
-    module = fake_timm()
-    monkeypatch.setitem(sys.modules, "timm", module)
-    return module
 
 
 def test_missing_timm_is_one_clear_line(monkeypatch):

@@ -11,7 +11,7 @@ from mucosa.data.cache import FrameCache
 from mucosa.data.synth import synthesize_cohort
 from mucosa.models.checkpoint import load_checkpoint
 from mucosa.models.config import config_from_dict
-from mucosa.models.networks import ModelConfig, create_model
+from mucosa.models.networks import ModelConfig, create_model, embedding_size
 from mucosa.models.training import train
 
 try:
@@ -34,6 +34,9 @@ def test_real_backbone_interface_gradcam_and_encoder(name):
         logits = model.forward_head(features)
         assert features.ndim == 4 and logits.shape == (3, 1)
         assert torch.allclose(logits, model(x), atol=1e-5)
+        embedding = model.embed(x)  # the pooled feature map, unit length
+        assert embedding.shape == (3, features.shape[1]) == (3, embedding_size(model))
+        assert torch.allclose(embedding.norm(dim=1), torch.ones(3), atol=1e-5)
     cam = grad_cam(model, (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
     assert cam.shape == (64, 64) and cam.min() >= 0 and cam.max() <= 1 and cam.max() > 0
     keys, width = encoder_keys(model)

@@ -11,6 +11,12 @@ preprocessing, so a notebook gets the same frames, quality gate and verdicts as 
 
 ``predict`` takes a NumPy array ((H, W) or (H, W, C): one image; (N, H, W): the frames of one case, any
 dtype), a path (image, video, folder or manifest CSV), or a list of paths; see :meth:`Classifier.predict`.
+``embed`` takes the same and gives each frame's embedding (``models.embedding``: unit-length rows, frames
+the model sees alike have a high dot product), one row per row of ``predict``:
+
+    >>> embeddings = classifier.embed(np.random.rand(8, 96, 96))     # doctest: +SKIP
+    >>> embeddings.shape, embeddings.dtype                           # doctest: +SKIP
+    ((8, 128), dtype('float32'))
 """
 
 from __future__ import annotations
@@ -60,6 +66,8 @@ class Prediction:
         used: (N,) whether the frame passed the quality gate.
         probabilities: (N,) positive-class probability, or (N, K); NaN for frames not used.
         cases: one :class:`CaseVerdict` per case, in order of appearance.
+        embeddings: (N, D) float32 frame embeddings, unit length, NaN for frames not used; only when
+            ``predict(..., embed=True)`` (else None).
     """
 
     classes: list[str]
@@ -71,6 +79,7 @@ class Prediction:
     used: np.ndarray
     probabilities: np.ndarray
     cases: list[CaseVerdict] = field(default_factory=list)
+    embeddings: np.ndarray | None = None
 
     @property
     def verdict(self) -> str:
@@ -120,8 +129,10 @@ class Classifier:
         """The prepared frames of one image, video or array (``data.preparation.iter_frames``)."""
         return iter_frames(x, self.preprocessing, selection)
 
-    def predict(self, x: str | Path | np.ndarray | Sequence[str | Path], case: str | None = None) -> Prediction:
-        """Probabilities for every frame and a verdict for every case.
+    def predict(self, x: str | Path | np.ndarray | Sequence[str | Path], case: str | None = None,
+                embed: bool = False) -> Prediction:
+        """Probabilities for every frame and a verdict for every case (and, with ``embed``, the frames'
+        embeddings, from the same pass through the model).
 
         Args:
             x: an array ((H, W) or (H, W, C): one image; (N, H, W): the frames of one video, judged by
@@ -130,10 +141,12 @@ class Classifier:
                a video, a folder (searched recursively: the images of one folder form a case, each video
                is a case) or a manifest CSV (cases are its patients), or a list of these.
             case: the case name of an array (default ``"array"``).
+            embed: also give ``Prediction.embeddings`` (see :meth:`embed`).
 
         Raises:
             UnreadableFileError, MucosaError: a path that cannot be read; ModelOutputError: the model
-            gave a non-finite probability.
+            gave a non-finite probability; onnx.NoEmbeddingError: ``embed`` with an ``.onnx`` file exported
+            before mucosa gave embeddings.
         """
         if isinstance(x, np.ndarray):
             items = [("array", str(case or "array"), iter_frames(x, self.preprocessing))]
@@ -141,7 +154,16 @@ class Classifier:
             paths = _paths(x)
             items = [(str(s.path), s.case, self._source_frames(s.path, s.frames))
                      for s in collect_sources(paths)]
-        return self._predict(items)
+        return self._predict(items, embed)
+
+    def embed(self, x: str | Path | np.ndarray | Sequence[str | Path], case: str | None = None) -> np.ndarray:
+        """The embedding of every frame of ``x`` (what :meth:`predict` takes): (N, D) float32, each row of unit
+        length, in the order of ``predict(x)``'s rows; NaN rows for frames that fail the quality gate.
+
+        The embedding is the model's final feature map averaged over the image (``models.embedding``): frames
+        that look alike to the model have a dot product near 1. Raises as :meth:`predict` does.
+        """
+        return self.predict(x, case, embed=True).embeddings
 
     def _source_frames(self, path: Path, selection: FrameSelection) -> Iterator[tuple[int, np.ndarray, float]]:
         if self.cache is None:
@@ -150,11 +172,13 @@ class Classifier:
         return ((int(i), np.asarray(prepared.frames[k]), float(q))
                 for k, (i, q) in enumerate(zip(prepared.indices, prepared.quality)))
 
-    def _predict(self, items) -> Prediction:
-        columns: dict[str, list] = {"source": [], "case": [], "frame": [], "quality": [], "probabilities": []}
+    def _predict(self, items, embed: bool = False) -> Prediction:
+        columns: dict[str, list] = {"source": [], "case": [], "frame": [], "quality": [], "probabilities": [],
+                                    "embeddings": []}
+        embedding_width = self._predictor.embedding_size if embed else None  # an old .onnx file refuses here
         per_case: dict[str, list] = {}
         for source, case, frames in items:
-            probs = self._score(frames, columns, source, case)
+            probs = self._score(frames, columns, source, case, embedding_width)
             scores, count = per_case.setdefault(case, [[], 0])
             per_case[case][1] = count + len(probs)
             scores += [p for p in probs if not np.any(np.isnan(p))]
@@ -168,20 +192,28 @@ class Classifier:
         probabilities = (np.asarray(columns["probabilities"], np.float32) if columns["probabilities"]
                          else np.zeros((0, *width), np.float32))
         quality = np.asarray(columns["quality"], np.float32)
+        embeddings = (None if embedding_width is None
+                      else np.asarray(columns["embeddings"], np.float32).reshape(-1, embedding_width))
         return Prediction(self.classes, self.threshold, np.asarray(columns["source"], dtype=object),
                           np.asarray(columns["case"], dtype=object), np.asarray(columns["frame"], np.int64),
-                          quality, self.preprocessing.passes(quality), probabilities, cases)
+                          quality, self.preprocessing.passes(quality), probabilities, cases, embeddings)
 
-    def _score(self, frames, columns: dict[str, list], source: str, case: str) -> list:
-        """Append one source's frames to ``columns``; returns their probabilities (NaN where dropped)."""
+    def _score(self, frames, columns: dict[str, list], source: str, case: str, embedding_width: int | None) -> list:
+        """Append one source's frames to ``columns`` (and their embeddings, ``embedding_width`` wide, unless
+        None); returns their probabilities (NaN where dropped)."""
         held = [(f.index, f.image, f.quality) if isinstance(f, Frame) else f for f in frames]
         used = [k for k, (_, _, q) in enumerate(held) if self.preprocessing.passes(q)]
-        probs = self.probabilities(np.stack([held[k][1] for k in used])) if used else None
+        probs, vectors = self._run(np.stack([held[k][1] for k in used]), embedding_width) if used else ([], None)
         width = () if len(self.classes) == 2 else (len(self.classes),)
         out = [np.full(width, np.nan, np.float32) for _ in held]
-        for k, p in zip(used, probs if probs is not None else []):
+        for k, p in zip(used, probs):
             out[k] = p
         verdicts.calls(np.asarray([out[k] for k in used]).reshape(len(used), *width))  # refuse non-finite
+        if embedding_width is not None:
+            embedded = np.full((len(held), embedding_width), np.nan, np.float32)
+            if used:
+                embedded[used] = vectors
+            columns["embeddings"].extend(embedded)
         for (index, _, quality), p in zip(held, out):
             columns["source"].append(source)
             columns["case"].append(case)
@@ -189,6 +221,12 @@ class Classifier:
             columns["quality"].append(quality)
             columns["probabilities"].append(p)
         return out
+
+    def _run(self, frames: np.ndarray, embedding_width: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities of prepared frames, and their embeddings from the same pass unless the width is None."""
+        if embedding_width is None:
+            return self.probabilities(frames), None
+        return self._predictor.predict_and_embed(np.asarray(frames, np.uint8))
 
     def grad_cam(self, frame: np.ndarray, target: int | None = None) -> np.ndarray:
         """Grad-CAM (S, S) in [0, 1] of a prepared uint8 frame (``saliency.grad_cam``); needs the PyTorch

@@ -1,8 +1,10 @@
 """ONNX export of a checkpoint (fp32, or int8 with calibration), its parity check, and the ONNX predictor.
 
 The exported graph takes ``image``: float32 (B, 1, S, S), a preprocessed gray frame in [0, 1] (dynamic
-batch B), and returns ``logits`` (B, num_outputs) and ``probabilities`` ((B,) positive-class probability
-for a binary model, (B, K) otherwise). Batch norms are folded first (``pytorch.fold_batchnorm``); the
+batch B), and returns ``logits`` (B, num_outputs), ``probabilities`` ((B,) positive-class probability
+for a binary model, (B, K) otherwise) and ``embedding`` ((B, D) frame embedding, unit length:
+``models.embedding``; files exported before mucosa had it lack it, and only ``predict_and_embed`` needs it).
+Batch norms are folded first (``pytorch.fold_batchnorm``); the
 model's per-image standardisation is inside the graph. Everything needed to preprocess frames as in
 training is stored in the model's ``metadata_props`` (see :func:`metadata`), so ``mucosa predict`` and
 ``mucosa stream`` run from the ``.onnx`` file alone.
@@ -53,6 +55,10 @@ class ExportError(MucosaError):
     """An export failed its check, or an ONNX file is not one mucosa wrote."""
 
 
+class NoEmbeddingError(ExportError):
+    """An ONNX file exported before mucosa gave frame embeddings: it predicts, but cannot embed."""
+
+
 def import_onnxruntime():
     """``onnxruntime``, or a MucosaError saying how to install it."""
     try:
@@ -71,15 +77,15 @@ def _import_onnx():
 
 
 class _Deployed(torch.nn.Module):
-    """The folded model with both outputs of the exported graph."""
+    """The folded model with the three outputs of the exported graph, from one pass through the network."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = fold_batchnorm(model)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(image)
-        return logits, probabilities(logits)
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, embedding = self.model.forward_and_embed(image)
+        return logits, probabilities(logits), embedding
 
 
 def exported_from(predictor: OnnxPredictor, checkpoint: LoadedCheckpoint) -> bool:
@@ -101,7 +107,7 @@ def metadata(checkpoint: LoadedCheckpoint, quantization: str = "none") -> dict[s
         "weights_sha256": checkpoint.weights_sha256,
         "input": "image: float32 (batch, 1, size, size), preprocessed gray frame in [0, 1]",
         "outputs": "logits (batch, outputs); probabilities: (batch,) positive class for 2 classes, else "
-                   "(batch, classes)",
+                   "(batch, classes); embedding: (batch, features) frame embedding, unit length",
     }
 
 
@@ -125,9 +131,9 @@ def to_onnx(checkpoint: LoadedCheckpoint) -> bytes:
     with warnings.catch_warnings():  # the model's input-shape check is a Python branch, fixed at export
         warnings.simplefilter("ignore")
         torch.onnx.export(_Deployed(checkpoint.model), (dummy,), buffer, dynamo=False, opset_version=OPSET,
-                          input_names=["image"], output_names=["logits", "probabilities"],
-                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"},
-                                        "probabilities": {0: "batch"}})
+                          input_names=["image"], output_names=["logits", "probabilities", "embedding"],
+                          dynamic_axes={name: {0: "batch"} for name in ("image", "logits", "probabilities",
+                                                                         "embedding")})
     return _with_metadata(buffer.getvalue(), metadata(checkpoint))
 
 
@@ -161,11 +167,13 @@ def _session(model: bytes | Path, threads: int | None = None, device: str | torc
 
 def parity(checkpoint: LoadedCheckpoint, model: bytes | Path, batches: tuple[int, ...] = PARITY_BATCHES,
            seed: int = 0) -> dict[int, float]:
-    """Largest |logit difference| between ONNX Runtime and the checkpoint's PyTorch model, per batch size.
+    """Largest |difference| between the outputs of ONNX Runtime and of the checkpoint's PyTorch model, per
+    batch size: of the logits and of the frame embedding (where the graph has one).
 
     Inputs are random uint8 frames scaled to [0, 1], as predict feeds them.
     """
     session = _session(model)
+    names = [name for name in ("logits", "embedding") if name in {o.name for o in session.get_outputs()}]
     size = checkpoint.preprocessing.size
     rng = np.random.default_rng(seed)
     result = {}
@@ -173,9 +181,9 @@ def parity(checkpoint: LoadedCheckpoint, model: bytes | Path, batches: tuple[int
     for batch in batches:
         x = rng.integers(0, 256, (batch, 1, size, size)).astype(np.float32) / 255.0
         with torch.inference_mode():
-            expected = checkpoint.model(torch.from_numpy(x)).numpy()
-        got = session.run(["logits"], {"image": x})[0]
-        result[batch] = float(np.abs(got - expected).max())
+            expected = [t.numpy() for t in checkpoint.model.forward_and_embed(torch.from_numpy(x))]
+        got = session.run(names, {"image": x})
+        result[batch] = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))  # logits first, as named
     return result
 
 
@@ -185,14 +193,14 @@ def export_checked(checkpoint: LoadedCheckpoint, batches: tuple[int, ...] = PARI
     (:func:`parity`), the one export step of ``mucosa export``, of training's files and of in-memory exports.
 
     Raises:
-        ExportError: the largest |logit difference| is not below :data:`PARITY_TOLERANCE`.
+        ExportError: the largest |difference| of logits and embedding is not below :data:`PARITY_TOLERANCE`.
     """
     model = to_onnx(checkpoint)
     diffs = parity(checkpoint, model, batches)
     worst = max(diffs.values())
     if not worst < PARITY_TOLERANCE:
-        raise ExportError(f"{checkpoint.path}: the ONNX model differs from PyTorch by {worst:.2e} (max |logit "
-                          f"difference|, tolerance {PARITY_TOLERANCE:g}); not writing it")
+        raise ExportError(f"{checkpoint.path}: the ONNX model differs from PyTorch by {worst:.2e} (max |difference| "
+                          f"of logits and embedding, tolerance {PARITY_TOLERANCE:g}); not writing it")
     return model, diffs
 
 
@@ -314,7 +322,7 @@ class ExportReport:
 
     def format(self) -> str:
         lines = [f"ONNX model -> {self.path}"]
-        lines += [f"parity with PyTorch (fp32 graph), batch {b}: max |logit difference| {d:.2e}"
+        lines += [f"parity with PyTorch (fp32 graph), batch {b}: max |difference| of logits and embedding {d:.2e}"
                   for b, d in self.parity.items()]
         if self.int8:
             q = self.int8
@@ -401,10 +409,12 @@ def _check_format_version(metadata: dict, name) -> int:
 
 
 class OnnxPredictor:
-    """Probabilities from an ONNX model written by mucosa, with its preprocessing read from the file.
+    """Probabilities (and frame embeddings) from an ONNX model written by mucosa, with its preprocessing read
+    from the file.
 
     Attributes:
         classes, preprocessing: from the model's metadata.
+        source: the file the model was read from ("model" for bytes).
         checkpoint: the PyTorch checkpoint when the model was exported on the fly (for Grad-CAM), else None.
     """
 
@@ -428,14 +438,42 @@ class OnnxPredictor:
         self.classes, self.preprocessing = _described(self.metadata, name)
         self.batch_size = batch_size
         self.checkpoint = checkpoint
+        self.source = str(name)  # what errors name (onnx_files sets the name of a file it read)
+
+    @property
+    def embedding_size(self) -> int:
+        """D, the width of the model's ``embedding`` output.
+
+        Raises:
+            NoEmbeddingError: a file exported before mucosa gave embeddings.
+        """
+        output = next((o for o in self.session.get_outputs() if o.name == "embedding"), None)
+        if output is None or len(output.shape) != 2 or not isinstance(output.shape[1], int):
+            raise NoEmbeddingError(f"{self.source} has no embedding output: export it again")
+        return output.shape[1]
+
+    def _inputs(self, frames: np.ndarray):
+        for start in range(0, len(frames), self.batch_size):
+            yield {"image": np.asarray(frames[start:start + self.batch_size], dtype=np.float32)[:, None] / 255.0}
+
+    def _no_probabilities(self) -> np.ndarray:
+        k = len(self.classes)
+        return np.zeros((0,) if k == 2 else (0, k), np.float32)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """uint8 frames (N, S, S) → (N,) positive probability, or (N, K)."""
-        out = []
-        for start in range(0, len(frames), self.batch_size):
-            x = np.asarray(frames[start:start + self.batch_size], dtype=np.float32)[:, None] / 255.0
-            out.append(self.session.run(["probabilities"], {"image": x})[0])
-        if out:
-            return np.concatenate(out)
-        k = len(self.classes)
-        return np.zeros((0,) if k == 2 else (0, k), np.float32)
+        out = [self.session.run(["probabilities"], x)[0] for x in self._inputs(frames)]
+        return np.concatenate(out) if out else self._no_probabilities()
+
+    def predict_and_embed(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 frames (N, S, S) → (the probabilities of ``__call__``, frame embeddings (N, D) float32), from one
+        run of the model per batch.
+
+        Raises:
+            NoEmbeddingError: a file exported before mucosa gave embeddings (``__call__`` still runs it).
+        """
+        size = self.embedding_size
+        out = [self.session.run(["probabilities", "embedding"], x) for x in self._inputs(frames)]
+        if not out:
+            return self._no_probabilities(), np.zeros((0, size), np.float32)
+        return np.concatenate([p for p, _ in out]), np.concatenate([e for _, e in out]).astype(np.float32, copy=False)

@@ -111,7 +111,7 @@ def _write_and_record(checkpoint: Path, loaded: LoadedCheckpoint, model: bytes, 
     atomic.write_bytes(fp32_path(checkpoint), model)
     card = {"weights_sha256": loaded.weights_sha256, "bounds": BOUNDS,
             "fp32": {"file": fp32_path(checkpoint).name, "sha256": provenance.sha256(model),
-                     "parity_max_abs_logit_difference": {str(b): d for b, d in diffs.items()}}}
+                     "parity_max_abs_difference": {str(b): d for b, d in diffs.items()}}}
     try:
         card["int8"] = _int8_entry(loaded, model, manifest, cache, int8_path(checkpoint))
     except Exception as error:  # quantization raises its libraries' own types; fp32 stays usable

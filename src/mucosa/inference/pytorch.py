@@ -3,11 +3,13 @@ and the Python API.
 
 Example:
     >>> import numpy as np
-    >>> from mucosa.inference.pytorch import predict_frames, resolve_device
+    >>> from mucosa.inference.pytorch import predict_and_embed_frames, predict_frames, resolve_device
     >>> from mucosa.models.networks import ModelConfig, create_model
     >>> model = create_model(ModelConfig(kind="cnn", size=40))
     >>> predict_frames(model, np.zeros((3, 40, 40), np.uint8)).shape
     (3,)
+    >>> [a.shape for a in predict_and_embed_frames(model, np.zeros((3, 40, 40), np.uint8))]  # and embeddings
+    [(3,), (3, 128)]
     >>> resolve_device("cpu")
     device(type='cpu')
 """
@@ -20,6 +22,7 @@ import torch
 from mucosa.data.table import FrameTable
 from mucosa.errors import ConfigError
 from mucosa.models.checkpoint import LoadedCheckpoint
+from mucosa.models.networks import embedding_size
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -57,20 +60,40 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else logits.softmax(-1)
 
 
+def _inputs(frames: np.ndarray, batch_size: int, device: torch.device):
+    """uint8 frames (N, S, S) → model inputs (B, 1, S, S) in [0, 1], channels-last on ``device``, batch by batch."""
+    for start in range(0, len(frames), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(frames[start:start + batch_size], dtype=np.float32) / 255.0)
+        yield batch[:, None].to(device).contiguous(memory_format=torch.channels_last)
+
+
+def _no_probabilities(model: torch.nn.Module) -> np.ndarray:
+    classes = getattr(model, "num_outputs", 1)
+    return np.zeros((0,) if classes == 1 else (0, classes), np.float32)
+
+
 @torch.inference_mode()
 def predict_frames(model: torch.nn.Module, frames: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Probabilities for uint8 frames (N, S, S): (N,) for a binary model, (N, K) otherwise."""
     model.eval()
-    device = model_device(model)
-    out = []
-    for start in range(0, len(frames), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(frames[start:start + batch_size], dtype=np.float32) / 255.0)
-        x = batch[:, None].to(device).contiguous(memory_format=torch.channels_last)  # (B, 1, S, S)
-        out.append(probabilities(model(x)).float().cpu().numpy())
-    if out:
-        return np.concatenate(out)
-    classes = getattr(model, "num_outputs", 1)
-    return np.zeros((0,) if classes == 1 else (0, classes), np.float32)
+    out = [probabilities(model(x)).float().cpu().numpy() for x in _inputs(frames, batch_size, model_device(model))]
+    return np.concatenate(out) if out else _no_probabilities(model)
+
+
+@torch.inference_mode()
+def predict_and_embed_frames(model: torch.nn.Module, frames: np.ndarray, batch_size: int = 64
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`predict_frames`'s probabilities and the frame embeddings (N, D) float32, unit length
+    (``model.embed``), from one forward pass per batch."""
+    model.eval()
+    probs, embeddings = [], []
+    for x in _inputs(frames, batch_size, model_device(model)):
+        logits, embedding = model.forward_and_embed(x)
+        probs.append(probabilities(logits).float().cpu().numpy())
+        embeddings.append(embedding.float().cpu().numpy())
+    if not probs:
+        return _no_probabilities(model), np.zeros((0, embedding_size(model)), np.float32)
+    return np.concatenate(probs), np.concatenate(embeddings)
 
 
 def predict_table(checkpoint: LoadedCheckpoint, table: FrameTable, batch_size: int = 64) -> np.ndarray:
@@ -95,6 +118,18 @@ def _bn_affine(bn: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return a, bn.bias - a * bn.running_mean
 
 
+class _PooledAffine(torch.nn.Module):
+    """``scale * x + shift`` per channel of pooled features (B, C): a batch norm folded out of the feature map."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale.detach().clone(), persistent=False)  # not in the state_dict
+        self.register_buffer("shift", shift.detach().clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
 @torch.no_grad()
 def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     """An evaluation-mode copy of a mucosa model with both batch norms folded into the layer after them.
@@ -102,7 +137,9 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     BN1 (after Pool1) is folded into Conv3: with "valid" padding every input pixel of Conv3 is a scaled and
     shifted pixel, so ``conv3(a * x + b) == conv3'(x)`` exactly. BN2 (after Pool2) is folded into FC1, whose
     input features are the feature map's pixels in channels-last order (channel fastest). Dropout is the
-    identity in evaluation, so the copy computes the same function with two fewer passes over memory.
+    identity in evaluation, so the copy computes the same function with two fewer passes over memory. The frame
+    embedding, the pooled feature map after BN2, gets BN2 as the affine map of the pooled features (``pooled_norm``):
+    the mean of ``a * x + b`` is ``a * mean(x) + b``, so ``embed`` is unchanged too.
     """
     import copy
 
@@ -118,6 +155,7 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     repeats = weight.shape[1] // a.numel()
     folded.fc1.bias += weight @ b.repeat(repeats)
     weight.mul_(a.repeat(repeats)[None])
+    folded.pooled_norm = _PooledAffine(a, b)
     folded.bn1, folded.bn2 = torch.nn.Identity(), torch.nn.Identity()
     return folded
 
@@ -141,7 +179,13 @@ class TorchPredictor:
         self.preprocessing = checkpoint.preprocessing
         self.batch_size = batch_size
         self.model = fold_batchnorm(checkpoint.model).to(self.device, memory_format=torch.channels_last)
+        self.embedding_size = embedding_size(self.model)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """uint8 frames (N, S, S) → (N,) positive probability, or (N, K)."""
         return predict_frames(self.model, frames, self.batch_size)
+
+    def predict_and_embed(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 frames (N, S, S) → (the probabilities of ``__call__``, frame embeddings (N, D) float32), from one
+        forward pass per batch."""
+        return predict_and_embed_frames(self.model, frames, self.batch_size)

@@ -2,11 +2,11 @@
 
 :class:`TimmNet` wraps ``timm.create_model(NAME, in_chans=1, num_classes=...)`` so that it behaves like the
 paper's two networks (:mod:`mucosa.models.networks`): ``forward_features`` (images -> feature map),
-``forward_head(f, pre_logits=...)``, ``config``, ``num_outputs``, the per-image standardisation of
-``model.input_norm``, a Grad-CAM layer (``features``: the final feature map, see :meth:`TimmNet.cam_geometry`)
-and plain ``state_dict`` checkpoints, so training, checkpoints, ONNX export, ``predict`` and ``stream`` use it
-unchanged. A checkpoint names the kind, size and channel count, which is all it takes to rebuild the network
-without downloading anything (the checkpoint's weights replace ImageNet's).
+``forward_head(f, pre_logits=...)``, ``embed`` (the frame embedding), ``config``, ``num_outputs``, the per-image
+standardisation of ``model.input_norm``, a Grad-CAM layer (``features``: the final feature map, see
+:meth:`TimmNet.cam_geometry`) and plain ``state_dict`` checkpoints, so training, checkpoints, ONNX export,
+``predict`` and ``stream`` use it unchanged. A checkpoint names the kind, size and channel count, which is all
+it takes to rebuild the network without downloading anything (the checkpoint's weights replace ImageNet's).
 
 timm is an optional extra (``pip install 'mucosa[timm]'``), imported only when a timm kind is built. timm
 imports torchvision, which fails beside a PyTorch build it was not made for; either failure is one clear
@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from mucosa.errors import ConfigError, MucosaError, first_line
+from mucosa.models.embedding import FrameModel
 
 TIMM = "timm:"  # model kinds "timm:NAME" are timm backbones, e.g. timm:resnet18
 TIMM_MIN_SIZE = 32  # their total stride: smaller inputs leave no feature map
@@ -65,8 +66,9 @@ def _build(timm, name: str, config, pretrained: bool) -> nn.Module:
         raise ConfigError(f"model.kind: timm could not build {name!r} ({first_line(error)})") from None
 
 
-class TimmNet(nn.Module):
-    """A timm backbone with mucosa's interface (see the module docstring); ``config`` is a ``ModelConfig``."""
+class TimmNet(FrameModel):
+    """A timm backbone with mucosa's interface (see the module docstring); ``config`` is a ``ModelConfig``.
+    Its frame embedding (``embed``, :mod:`mucosa.models.embedding`) has ``num_features`` values."""
 
     grad_cam_layer = "features"
 
@@ -77,7 +79,7 @@ class TimmNet(nn.Module):
         self.config, self.kind, self.num_outputs = config, config.kind, config.num_outputs
         self.body = _build(import_timm(), config.kind.removeprefix(TIMM), config, pretrained)
         self.features = nn.Identity()  # the final feature map passes here: the Grad-CAM layer
-        self.num_features = int(getattr(self.body, "num_features", 0))
+        self.num_features = self.embedding_size = int(getattr(self.body, "num_features", 0))
 
     def feature_layers(self) -> list[tuple[str, nn.Module]]:
         """The layers whose outputs ``explain`` shows: the final feature map only."""
@@ -109,6 +111,3 @@ class TimmNet(nn.Module):
     def forward_head(self, f: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Feature map -> logits (B, num_outputs), or the pooled features with ``pre_logits``."""
         return self.body.forward_head(f, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))

@@ -79,6 +79,7 @@ from torch import nn
 
 from mucosa.errors import ConfigError
 from mucosa.models.backbones import TIMM, TIMM_MIN_SIZE, TimmNet
+from mucosa.models.embedding import FrameModel
 from mucosa.settings import Bool, Float, Int, Settings
 
 KINDS = ("cnn-lstm", "cnn")  # and timm:NAME, the timm backbones of mucosa.models.backbones
@@ -278,10 +279,12 @@ def _keras_init(model: nn.Module) -> None:
                     nn.init.zeros_(param)
 
 
-class _ConvNet(nn.Module):
-    """The shared convolutional stack (Conv1..Pool2 + BN + dropout) and the timm-like interface."""
+class _ConvNet(FrameModel):
+    """The shared convolutional stack (Conv1..Pool2 + BN + dropout), the timm-like interface and the frame
+    embedding (:class:`~mucosa.models.embedding.FrameModel`: the pooled feature map, 128 values)."""
 
     kind = ""
+    embedding_size = 128  # the channels of the final feature map
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -289,7 +292,7 @@ class _ConvNet(nn.Module):
         self.config = config
         self.num_outputs = config.num_outputs
         self.feature_side = feature_size(config.size)  # H' = W' of the final map
-        self.feature_channels = 128
+        self.feature_channels = self.embedding_size
         c = config.in_channels
         self.conv1 = Conv2dReLU(c, 32, 3)
         self.conv2 = Conv2dReLU(32, 32, 3)
@@ -334,13 +337,6 @@ class _ConvNet(nn.Module):
         x = self.conv4(x)  # (B, 128, ., .)
         x = self.pool2(x)  # (B, 128, H', W')
         return self.drop2(self.bn2(x))
-
-    def forward_head(self, f: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        raise NotImplementedError
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C_in, S, S) -> logits (B, num_outputs)."""
-        return self.forward_head(self.forward_features(x))
 
 
 class CNNLSTM(_ConvNet):
@@ -407,6 +403,16 @@ def create_model(config: ModelConfig, pretrained: bool | None = None) -> nn.Modu
     elif config.kind == "cnn":
         return CNN(config)
     raise ConfigError(f"unknown model kind {config.kind!r}; expected one of {', '.join(KINDS)} or timm:NAME")
+
+
+def embedding_size(model: nn.Module | ModelConfig) -> int:
+    """D, the width of the frame embedding (``model.embed``) of a model, or of the model a config builds
+    (a timm backbone is built without ImageNet weights to read it)."""
+    if isinstance(model, ModelConfig):
+        if model.kind in KINDS:
+            return _ConvNet.embedding_size
+        model = create_model(model, pretrained=False)
+    return int(model.embedding_size)
 
 
 def summarize(model: nn.Module, size: int | None = None) -> str:
