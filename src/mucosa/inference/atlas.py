@@ -170,7 +170,7 @@ class Atlas:
         _check_cases(records)
         self.model, self.embeddings, self.records, self.thumbnails = model, embeddings, records, thumbnails
         self.calibration = calibration
-        self.index = index or VectorIndex.build(embeddings)
+        self.index = VectorIndex.build(embeddings) if index is None else index
         self._label_codes = np.array([model.classes.index(label) for label in records.labels.tolist()])
         self._patient_rows: dict[str, np.ndarray] | None = None
 
