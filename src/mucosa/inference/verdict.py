@@ -7,6 +7,10 @@
   none, there is no verdict (:data:`NO_VERDICT`).
 - A probability that is not finite (a diverged model) never becomes a verdict: it raises
   :class:`~mucosa.errors.ModelOutputError`.
+- With an atlas (:mod:`mucosa.inference.atlas`) that marks each frame familiar or unfamiliar: a file or
+  case whose used frames are mostly unfamiliar (a share above :data:`UNFAMILIAR_SHARE`) gets the verdict
+  :data:`UNFAMILIAR` instead of a class (:func:`verdict_or_unfamiliar`): it is unlike every confirmed case
+  the model learnt from, and its probability means nothing.
 
 Example:
     >>> from mucosa.inference.verdict import verdict
@@ -25,9 +29,12 @@ import numpy as np
 from mucosa.data.manifest import POSITIVE_WORDS
 from mucosa.errors import ConfigError, ModelOutputError
 
-__all__ = ["NO_VERDICT", "verdict_names", "check_threshold", "call", "calls", "mean_score", "verdict"]
+__all__ = ["NO_VERDICT", "UNFAMILIAR", "UNFAMILIAR_SHARE", "verdict_names", "check_threshold", "call", "calls",
+           "mean_score", "verdict", "unfamiliar_share", "verdict_or_unfamiliar"]
 
 NO_VERDICT = "no informative frames"
+UNFAMILIAR = "unfamiliar"
+UNFAMILIAR_SHARE = 0.5  # a file or case is unfamiliar when more than this share of its used frames is
 
 
 def verdict_names(classes: list[str]) -> list[str]:
@@ -82,3 +89,36 @@ def verdict(score, classes: list[str], threshold: float = 0.5) -> str:
     if score is None:
         return NO_VERDICT
     return verdict_names(classes)[call(score, threshold)]
+
+
+def unfamiliar_share(unfamiliar) -> float | None:
+    """The share of a file's or case's used frames that the atlas marks unfamiliar (one bool a frame);
+    ``None`` when it cannot tell (no atlas calibration, given as ``None``) or there are no frames."""
+    if unfamiliar is None:
+        return None
+    flags = np.asarray(unfamiliar, dtype=bool).ravel()
+    return float(flags.mean()) if len(flags) else None
+
+
+def verdict_or_unfamiliar(score, classes: list[str], unfamiliar=None,
+                          threshold: float = 0.5) -> tuple[str, float | None]:
+    """The verdict of a file or case, and the share of its used frames that are unfamiliar.
+
+    ``unfamiliar`` holds one bool for each used frame (the frames ``score`` is the mean of), or ``None``
+    when there is no calibrated atlas to tell. More than :data:`UNFAMILIAR_SHARE` of them unfamiliar gives
+    :data:`UNFAMILIAR`; otherwise the verdict is :func:`verdict`'s.
+
+    Example:
+        >>> verdict_or_unfamiliar(0.9, ["control", "active"], [True, True, False])
+        ('unfamiliar', 0.6666666666666666)
+        >>> verdict_or_unfamiliar(0.9, ["control", "active"], [True, False, False])
+        ('active inflammation', 0.3333333333333333)
+        >>> verdict_or_unfamiliar(0.9, ["control", "active"], None)  # no atlas: it cannot tell
+        ('active inflammation', None)
+        >>> verdict_or_unfamiliar(None, ["control", "active"], [])
+        ('no informative frames', None)
+    """
+    share = unfamiliar_share(unfamiliar)
+    if score is not None and share is not None and share > UNFAMILIAR_SHARE:
+        return UNFAMILIAR, share
+    return verdict(score, classes, threshold), share

@@ -1,0 +1,380 @@
+"""The atlas: the confirmed cases' frames, to show the cases that look alike and to say when a frame is
+unlike them all.
+
+The paper's clinical use compares a patient's CLE images "with our database of thousands of normal and
+pathologic cases" (Udristoiu et al. 2021, Discussion); the Smart Atlas of André et al. (Medical Image
+Analysis 2011) retrieves the expert-annotated pCLE videos most like the one under study. An :class:`Atlas`
+holds a model's frame embeddings (float32, L2-normalised) of confirmed cases, with what each frame is (its
+case, patient, label, frame number, source file and a small gray thumbnail) and the model it belongs to.
+
+- **Similar cases** (:meth:`Atlas.similar_cases`): each query frame's :data:`NEIGHBOURS_PER_FRAME`
+  nearest atlas frames, never of the query's own patient, are pooled per atlas case. A case ranks by how
+  many query frames found it among their nearest (its ``matched`` frames), then by its ``distance``: the
+  mean, over those query frames, of the cosine distance to the case's closest frame. So a case that looks
+  like much of the recording comes before one that looks like a single frame. Each comes with its closest
+  frames (up to :data:`CLOSEST_FRAMES`, with thumbnails).
+- **The atlas's vote** (:meth:`Atlas.vote`), a second opinion beside the network's: the share of each
+  class among the query frames' nearest atlas frames (the Smart Atlas's k-nearest-neighbour vote).
+- **Unfamiliar frames** (:meth:`Atlas.unfamiliar`): a frame's score is the cosine distance to its
+  :data:`UNFAMILIAR_K`-th nearest atlas frame of another patient (deep nearest-neighbour
+  out-of-distribution detection, Sun et al., ICML 2022); it is unfamiliar above a threshold that
+  :meth:`Atlas.calibrate` sets on validation frames, so that about 5% of in-domain frames are flagged.
+  An atlas without a calibration cannot tell, and says so (``flags`` is ``None``).
+
+Distances are cosine distances, 1 - cosine similarity, from 0 to 2 (:mod:`mucosa.inference.atlas_index`);
+where fewer atlas frames than needed are left (a tiny atlas, most of it the query's own patient), a missing
+neighbour counts as the farthest possible, 2. An atlas is saved as a folder (:meth:`Atlas.save`,
+:func:`load`; :mod:`mucosa.inference.atlas_store`, which also holds the records' types) and is refused on
+loading for another model.
+
+Example:
+    >>> import numpy as np
+    >>> vectors = np.array([[1, 0], [0.99, 0.14], [0, 1], [0.14, 0.99]], dtype=np.float32)
+    >>> vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    >>> records = FrameRecords.of(cases=["a", "a", "b", "b"], patients=["p1", "p1", "p2", "p2"],
+    ...                           labels=["control", "control", "active", "active"], frames=[0, 1, 0, 1],
+    ...                           files=["a.mp4", "a.mp4", "b.mp4", "b.mp4"])
+    >>> atlas = Atlas(AtlasModel("0" * 64, ("control", "active"), 2), vectors, records,
+    ...               np.zeros((4, 8, 8), np.uint8))
+    >>> [case.case for case in atlas.similar_cases(np.array([[1.0, 0.0]]), k=2)]
+    ['a', 'b']
+    >>> atlas.vote(np.array([[0.0, 1.0]]), exclude_patient="p1").shares.tolist()
+    [0.0, 1.0]
+    >>> atlas.unfamiliar(np.array([[0.0, 1.0]])).flags is None  # not calibrated: it cannot tell
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mucosa.inference import atlas_store
+from mucosa.inference.atlas_index import HNSW, IndexFileError, VectorIndex
+from mucosa.inference.atlas_store import (
+    AtlasError,
+    AtlasFileError,
+    AtlasModel,
+    Calibration,
+    FrameRecords,
+    checked_embeddings,
+)
+
+__all__ = ["Atlas", "AtlasError", "AtlasFileError", "AtlasModel", "Calibration", "Familiarity", "FrameRecords", "Match",
+           "SimilarCase", "Vote", "CALIBRATION_QUANTILE", "CLOSEST_FRAMES", "MIN_CALIBRATION_FRAMES",
+           "NEIGHBOURS_PER_FRAME", "UNFAMILIAR_K", "load"]
+
+log = logging.getLogger(__name__)
+
+NEIGHBOURS_PER_FRAME = 10  # nearest atlas frames of each query frame, for similar cases and the vote
+CLOSEST_FRAMES = 3  # closest frames shown for each similar case
+UNFAMILIAR_K = 10  # the unfamiliarity score is the distance to this nearest atlas frame (Sun et al.)
+CALIBRATION_QUANTILE = 0.95  # share of in-domain validation frames below the threshold
+MIN_CALIBRATION_FRAMES = 20  # fewer validation frames cannot place a 95% quantile
+FARTHEST = 2.0  # the cosine distance of a missing neighbour
+
+
+@dataclass
+class Match:
+    """An atlas frame close to a query frame."""
+
+    row: int  # the atlas frame's row
+    frame: int  # its frame number in its file
+    file: str
+    distance: float  # cosine distance to the query frame
+    query_frame: int  # which query frame (row of the query) it matched
+    thumbnail: np.ndarray = field(repr=False)
+
+
+@dataclass
+class SimilarCase:
+    """An atlas case like the query: ``matched`` of ``query_frames`` query frames found it among their
+    nearest; ``distance`` is the mean, over those, of the distance to its closest frame."""
+
+    case: str
+    patient: str
+    label: str
+    distance: float
+    matched: int
+    query_frames: int
+    closest: list[Match]
+
+
+@dataclass
+class Vote:
+    """The atlas's nearest-neighbour vote: the share of each class among the query frames' neighbours
+    (``shares``, summing to 1) and each frame's own shares (``frame_shares``, (N, classes))."""
+
+    classes: tuple[str, ...]
+    shares: np.ndarray
+    frame_shares: np.ndarray
+
+    @property
+    def label(self) -> str:
+        """The class with the largest share (the first of them on a tie)."""
+        return self.classes[int(np.argmax(self.shares))]
+
+
+@dataclass
+class Familiarity:
+    """Each query frame's unfamiliarity score, and whether it is unfamiliar (``flags``: None when the atlas
+    has no calibration and cannot tell)."""
+
+    scores: np.ndarray
+    flags: np.ndarray | None
+    threshold: float | None
+
+
+def _checked_parts(model: AtlasModel, embeddings, records: FrameRecords,
+                   thumbnails) -> tuple[np.ndarray, np.ndarray]:
+    embeddings = checked_embeddings(embeddings, model.embedding_size)
+    thumbnails = np.asarray(thumbnails)  # a memory map stays one
+    if thumbnails.ndim != 3 or thumbnails.dtype != np.uint8:
+        raise AtlasError(f"thumbnails: expected (frames, h, w) uint8, got {thumbnails.dtype} {thumbnails.shape}")
+    if not len(embeddings) == len(records) == len(thumbnails):
+        raise AtlasError(f"{len(embeddings)} embeddings, {len(records)} frame records and {len(thumbnails)} "
+                         "thumbnails: one of each a frame is needed")
+    unknown = sorted(set(records.labels.tolist()) - set(model.classes))
+    if unknown:
+        raise AtlasError(f"label{'s' if len(unknown) > 1 else ''} {', '.join(unknown[:5])} not among the model's "
+                         f"classes ({', '.join(model.classes)})")
+    return embeddings, thumbnails
+
+
+def _check_cases(records: FrameRecords) -> None:
+    """Every case belongs to one patient and has one label."""
+    seen: dict[str, tuple[str, str]] = {}
+    for case, patient, label in zip(records.cases.tolist(), records.patients.tolist(), records.labels.tolist()):
+        first = seen.setdefault(case, (patient, label))
+        if first != (patient, label):
+            raise AtlasError(f"case {case!r} has frames of patient {first[0]!r} labelled {first[1]!r} and of "
+                             f"patient {patient!r} labelled {label!r}: a case is one patient's, with one label")
+
+
+class Atlas:
+    """Confirmed cases' frame embeddings with their records and thumbnails, searchable (see the module).
+
+    Searches may run from several threads at once; :meth:`add` and :meth:`calibrate` change the atlas and
+    must not run beside them.
+    """
+
+    def __init__(self, model: AtlasModel, embeddings, records: FrameRecords, thumbnails,
+                 calibration: Calibration | None = None, index: VectorIndex | None = None) -> None:
+        embeddings, thumbnails = _checked_parts(model, embeddings, records, thumbnails)
+        if not len(embeddings):
+            raise AtlasError("an atlas needs at least one frame")
+        _check_cases(records)
+        self.model, self.embeddings, self.records, self.thumbnails = model, embeddings, records, thumbnails
+        self.calibration = calibration
+        self.index = VectorIndex.build(embeddings) if index is None else index
+        self._label_codes = np.array([model.classes.index(label) for label in records.labels.tolist()])
+        self._patient_rows: dict[str, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    def add(self, model: AtlasModel, embeddings, records: FrameRecords, thumbnails) -> None:
+        """Grow the atlas by new cases' frames, of the same model.
+
+        The calibration is kept: it was set on fewer atlas frames (``Calibration.atlas_frames``), and with
+        more, in-domain frames find closer neighbours, so fewer are flagged; calibrate again to restore 5%.
+
+        Raises:
+            AtlasError: another model (weights, classes or embedding size), a case already in the atlas,
+                or arrays that do not fit (see :class:`Atlas`).
+        """
+        difference = self.model.differs(model)
+        if difference:
+            raise AtlasError(f"cannot add frames of another model to this atlas ({difference}); build an atlas "
+                             "for that model instead")
+        embeddings, thumbnails = _checked_parts(self.model, embeddings, records, thumbnails)
+        if thumbnails.shape[1:] != self.thumbnails.shape[1:]:
+            raise AtlasError(f"thumbnails of {thumbnails.shape[1:]} pixels; the atlas's are "
+                             f"{self.thumbnails.shape[1:]}")
+        again = sorted(set(records.cases.tolist()) & set(self.records.cases.tolist()))
+        if again:
+            raise AtlasError(f"case{'s' if len(again) > 1 else ''} {', '.join(map(repr, again[:5]))} already in the "
+                             "atlas: an atlas grows by new cases")
+        joined = self.records.joined(records)
+        _check_cases(joined)
+        all_embeddings = np.concatenate([self.embeddings, embeddings])
+        self.index = self.index.add(embeddings, all_embeddings)
+        self.embeddings, self.records = all_embeddings, joined
+        self.thumbnails = np.concatenate([self.thumbnails, thumbnails])
+        self._label_codes = np.concatenate([self._label_codes, [self.model.classes.index(v) for v in
+                                                                 records.labels.tolist()]]).astype(np.int64)
+        self._patient_rows = None
+        log.info("atlas grown by %d frames to %d", len(embeddings), len(self))
+
+    # --- searching ------------------------------------------------------------------------------
+
+    def patient_rows(self, patient: str | None) -> np.ndarray:
+        """The atlas rows of ``patient`` (none for None or a patient not in the atlas)."""
+        if patient is None:
+            return np.zeros(0, np.int64)
+        if self._patient_rows is None:
+            rows: dict[str, list[int]] = defaultdict(list)
+            for row, name in enumerate(self.records.patients.tolist()):
+                rows[name].append(row)
+            self._patient_rows = {name: np.array(found, np.int64) for name, found in rows.items()}
+        return self._patient_rows.get(str(patient), np.zeros(0, np.int64))
+
+    def neighbours(self, query_embeddings, k: int, exclude_patient: str | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """Each query frame's ``k`` nearest atlas frames, leaving out ``exclude_patient``'s: (distances,
+        rows), both (N, k), nearest first; a missing neighbour has distance ``inf`` and row -1."""
+        queries = checked_embeddings(query_embeddings, self.model.embedding_size, "query embeddings")
+        return self.index.search(queries, k, self.patient_rows(exclude_patient))
+
+    def similar_cases(self, query_embeddings, k: int = 5, exclude_patient: str | None = None) -> list[SimilarCase]:
+        """The ``k`` atlas cases most like the query frames (a file's or case's), never of
+        ``exclude_patient``; ranked as the module says."""
+        distances, rows = self.neighbours(query_embeddings, NEIGHBOURS_PER_FRAME, exclude_patient)
+        matches: dict[str, list[tuple[float, int, int]]] = defaultdict(list)
+        cases = self.records.cases
+        for query_frame, (frame_distances, frame_rows) in enumerate(zip(distances.tolist(), rows.tolist())):
+            for distance, row in zip(frame_distances, frame_rows):
+                if row >= 0:
+                    matches[cases[row]].append((distance, row, query_frame))
+        ranked = []
+        for case, found in matches.items():
+            closest_per_frame: dict[int, float] = {}
+            for distance, _, query_frame in found:
+                closest_per_frame[query_frame] = min(distance, closest_per_frame.get(query_frame, np.inf))
+            ranked.append((-len(closest_per_frame), float(np.mean(list(closest_per_frame.values()))), case, found))
+        ranked.sort(key=lambda item: item[:3])
+        return [self._similar_case(case, -matched, distance, found, len(rows))
+                for matched, distance, case, found in ranked[:k]]
+
+    def _similar_case(self, case: str, matched: int, distance: float, found: list, query_frames: int) -> SimilarCase:
+        closest, seen = [], set()
+        for frame_distance, row, query_frame in sorted(found):
+            if row not in seen and len(closest) < CLOSEST_FRAMES:
+                seen.add(row)
+                closest.append(Match(row, int(self.records.frames[row]), str(self.records.files[row]),
+                                     frame_distance, query_frame, np.asarray(self.thumbnails[row])))
+        first = closest[0].row
+        return SimilarCase(case, str(self.records.patients[first]), str(self.records.labels[first]), distance,
+                           matched, query_frames, closest)
+
+    def vote(self, query_embeddings, exclude_patient: str | None = None) -> Vote:
+        """The share of each class among the query frames' :data:`NEIGHBOURS_PER_FRAME` nearest atlas frames
+        (never of ``exclude_patient``).
+
+        Raises:
+            AtlasError: no atlas frame is left to vote (all of them are ``exclude_patient``'s).
+        """
+        _, rows = self.neighbours(query_embeddings, NEIGHBOURS_PER_FRAME, exclude_patient)
+        counts = np.zeros((len(rows), len(self.model.classes)))
+        found = rows >= 0
+        np.add.at(counts, (np.nonzero(found)[0], self._label_codes[rows[found]]), 1.0)
+        if len(rows) and not found.any():
+            raise AtlasError(f"the atlas has no frame of another patient than {exclude_patient!r} to vote")
+        total = counts.sum()
+        shares = counts.sum(0) / total if total else np.zeros(len(self.model.classes))
+        frame_shares = counts / np.maximum(counts.sum(1, keepdims=True), 1.0)
+        return Vote(self.model.classes, shares, frame_shares)
+
+    # --- unfamiliar frames ----------------------------------------------------------------------
+
+    def scores(self, query_embeddings, k: int | None = None, exclude_patient: str | None = None) -> np.ndarray:
+        """Each frame's unfamiliarity score: the cosine distance to its ``k``-th nearest atlas frame not of
+        ``exclude_patient`` (``k``: the calibration's, else :data:`UNFAMILIAR_K`; missing: 2)."""
+        k = k or (self.calibration.k if self.calibration else UNFAMILIAR_K)
+        distances, _ = self.neighbours(query_embeddings, k, exclude_patient)
+        return np.minimum(distances[:, k - 1], FARTHEST).astype(np.float64) if len(distances) else np.zeros(0)
+
+    def calibrate(self, val_embeddings, val_patients, quantile: float = CALIBRATION_QUANTILE,
+                  k: int = UNFAMILIAR_K) -> Calibration:
+        """Set (and return) the unfamiliarity threshold: the ``quantile`` of in-domain validation frames'
+        scores, each frame's own patient left out of the atlas, so that about ``1 - quantile`` of such frames
+        are flagged. The threshold is saved with the atlas.
+
+        Raises:
+            AtlasError: ``quantile`` not strictly between 0 and 1, fewer than :data:`MIN_CALIBRATION_FRAMES`
+                frames, or not one patient a frame.
+        """
+        if not 0.0 < float(quantile) < 1.0:
+            raise AtlasError(f"calibration quantile {quantile!r} must be between 0 and 1 (e.g. 0.95)")
+        embeddings = checked_embeddings(val_embeddings, self.model.embedding_size, "validation embeddings")
+        patients = np.array([str(p) for p in val_patients], dtype=object)
+        if len(patients) != len(embeddings):
+            raise AtlasError(f"{len(embeddings)} validation embeddings but {len(patients)} patients: one a frame")
+        if len(embeddings) < MIN_CALIBRATION_FRAMES:
+            raise AtlasError(f"{len(embeddings)} validation frames cannot calibrate the unfamiliarity threshold "
+                             f"(at least {MIN_CALIBRATION_FRAMES} are needed)")
+        scores = np.empty(len(embeddings))
+        for patient in sorted(set(patients.tolist())):
+            own = patients == patient
+            scores[own] = self.scores(embeddings[own], k, exclude_patient=patient)
+        threshold = float(np.quantile(scores, quantile))
+        self.calibration = Calibration(int(k), threshold, float(quantile), len(scores), len(set(patients.tolist())),
+                                       float(np.mean(scores > threshold)), len(self))
+        log.info("atlas calibrated: threshold %.4f (%d validation frames, %.1f%% flagged)", threshold, len(scores),
+                 100 * self.calibration.flagged_share)
+        return self.calibration
+
+    def unfamiliar(self, query_embeddings, exclude_patient: str | None = None) -> Familiarity:
+        """Each query frame's score and, when the atlas is calibrated, whether it is unfamiliar (score above
+        the threshold); ``flags`` is None when it cannot tell."""
+        scores = self.scores(query_embeddings, exclude_patient=exclude_patient)
+        if self.calibration is None:
+            return Familiarity(scores, None, None)
+        return Familiarity(scores, scores > self.calibration.threshold, self.calibration.threshold)
+
+    # --- files ----------------------------------------------------------------------------------
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the atlas as a folder (:mod:`mucosa.inference.atlas_store`), replacing an earlier one whole."""
+        description = {"model": self.model.to_dict(), "frames": len(self), "index": self.index.describe(),
+                       "calibration": None if self.calibration is None else self.calibration.to_dict()}
+        index = self.index.to_bytes() if self.index.kind == HNSW else None
+        return atlas_store.write(folder, description, self.embeddings, self.thumbnails, self.records.columns(),
+                                 index)
+
+
+def load(folder: str | Path, weights_sha256: str | None = None) -> Atlas:
+    """An atlas from its folder, every file checked (see :mod:`mucosa.inference.atlas_store`).
+
+    Args:
+        weights_sha256: when given, the atlas must belong to the model with these weights.
+
+    Raises:
+        AtlasFileError: one line naming the file: missing, damaged, changed, another format or a version
+            this mucosa does not know, counts that disagree, non-finite embeddings, or another model.
+    """
+    folder = Path(folder)
+    files = atlas_store.read(folder)
+    manifest = folder / atlas_store.MANIFEST
+    try:
+        model = AtlasModel.from_dict(files.description.get("model"))
+        calibration = Calibration.from_dict(files.description.get("calibration"))
+    except AtlasError as error:
+        raise AtlasFileError(f"{manifest}: {error}") from None
+    if weights_sha256 is not None and weights_sha256 != model.weights_sha256:
+        raise AtlasFileError(f"{folder}: an atlas of another model (weights {model.weights_sha256[:12]}…, this "
+                             f"checkpoint's {weights_sha256[:12]}…); build an atlas for this checkpoint")
+    count = files.description.get("frames")
+    for name, array in ((atlas_store.EMBEDDINGS, files.embeddings), (atlas_store.THUMBNAILS, files.thumbnails),
+                        (atlas_store.FRAMES, files.columns["frame"])):
+        if len(array) != count:
+            raise AtlasFileError(f"{folder / name}: {len(array)} frames, but {atlas_store.MANIFEST} says {count!r}")
+    try:
+        embeddings = checked_embeddings(files.embeddings, model.embedding_size, str(folder / atlas_store.EMBEDDINGS))
+    except AtlasError as error:
+        raise AtlasFileError(str(error)) from None
+    records = FrameRecords.of(*(files.columns[name] for name in atlas_store.COLUMNS))
+    index = None
+    if files.index is not None:
+        try:
+            index = VectorIndex.from_bytes(files.index, len(embeddings), model.embedding_size)
+        except IndexFileError as error:
+            raise AtlasFileError(f"{folder / atlas_store.INDEX}: {error}") from None
+    try:
+        return Atlas(model, embeddings, records, files.thumbnails, calibration, index)
+    except AtlasError as error:
+        raise AtlasFileError(f"{folder}: {error}") from None

@@ -1,0 +1,335 @@
+"""What an atlas stores (its model, what each frame is, its calibration) and the folder it is saved in.
+
+The folder is written as a set and checked on reading like a checkpoint. It holds (no pickle anywhere:
+NumPy's ``.npy`` read with ``allow_pickle=False``, JSON, CSV, and FAISS's own index format):
+
+- ``atlas.json``: ``format: "mucosa-atlas"``, ``version`` (:data:`VERSION`), the model it belongs to, the
+  frame count, the index's settings, the unfamiliarity calibration, and the SHA-256 of every other file;
+- ``embeddings.npy``: (N, D) float32, L2-normalised frame embeddings;
+- ``thumbnails.npy``: (N, h, w) uint8 gray thumbnails (read as a memory map: an atlas of a million frames
+  holds gigabytes of them);
+- ``frames.csv``: one row a frame, in the order of the embeddings: case, patient, label, frame, file;
+- ``index.faiss``: the HNSW graph, for atlases large enough to have one (an exact index is rebuilt from
+  the embeddings on loading, in a moment).
+
+:func:`write` puts them in place together (:class:`mucosa.atomic.OutputSet`): a killed run leaves the
+previous atlas whole. :func:`read` refuses, with one line naming the file, a missing or empty folder, a
+missing, changed or damaged file (its SHA-256 differs from ``atlas.json``'s), another format, a version
+this mucosa does not know, and files whose contents do not parse.
+
+Example:
+    >>> import tempfile, pathlib, numpy as np
+    >>> folder = pathlib.Path(tempfile.mkdtemp()) / "atlas"
+    >>> columns = {"case": ["c1"], "patient": ["p1"], "label": ["control"], "frame": [0], "file": ["v.mp4"]}
+    >>> _ = write(folder, {"frames": 1}, np.ones((1, 1), np.float32), np.zeros((1, 2, 2), np.uint8), columns)
+    >>> read(folder).columns["patient"]
+    ['p1']
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mucosa import tables
+from mucosa._version import __version__
+from mucosa.atomic import OutputSet
+from mucosa.data import fov
+from mucosa.errors import MucosaError, first_line
+
+__all__ = ["AtlasError", "AtlasFileError", "AtlasFiles", "AtlasModel", "Calibration", "FrameRecords", "COLUMNS",
+           "EMBEDDINGS", "FRAMES", "INDEX", "THUMBNAILS",
+           "FORMAT", "KNOWN_VERSIONS", "MANIFEST", "THUMBNAIL_SIZE", "VERSION", "checked_embeddings",
+           "make_thumbnails", "read", "write"]
+
+log = logging.getLogger(__name__)
+
+FORMAT = "mucosa-atlas"
+VERSION = 1
+KNOWN_VERSIONS = (1,)  # the versions this mucosa reads
+MANIFEST, EMBEDDINGS, THUMBNAILS, FRAMES, INDEX = ("atlas.json", "embeddings.npy", "thumbnails.npy", "frames.csv",
+                                                   "index.faiss")
+COLUMNS = ("case", "patient", "label", "frame", "file")
+THUMBNAIL_SIZE = 48  # pixels a side
+_CHUNK = 1 << 20
+_NORM_TOLERANCE = 1e-3  # |norm - 1| allowed for an L2-normalised embedding
+
+
+class AtlasError(MucosaError):
+    """An atlas cannot be built, grown or searched as asked (other model, bad arrays, no calibration data)."""
+
+
+class AtlasFileError(AtlasError):
+    """An atlas folder that cannot be read: missing, damaged or changed files, another format or version."""
+
+
+@dataclass(frozen=True)
+class AtlasModel:
+    """The model an atlas belongs to: its weights' SHA-256 (``LoadedCheckpoint.weights_sha256``), its
+    classes in order, and the size of its frame embeddings."""
+
+    weights_sha256: str
+    classes: tuple[str, ...]
+    embedding_size: int
+
+    def to_dict(self) -> dict:
+        return {"weights_sha256": self.weights_sha256, "classes": list(self.classes),
+                "embedding_size": self.embedding_size}
+
+    @classmethod
+    def from_dict(cls, values: object) -> AtlasModel:
+        values = values if isinstance(values, dict) else {}
+        sha, classes, size = values.get("weights_sha256"), values.get("classes"), values.get("embedding_size")
+        if (not isinstance(sha, str) or not isinstance(classes, list) or len(classes) < 2
+                or not all(isinstance(c, str) for c in classes) or not isinstance(size, int) or size < 1):
+            raise AtlasError("the atlas's model is not described (weights_sha256, two or more classes, "
+                             "embedding_size)")
+        return cls(sha, tuple(classes), size)
+
+    def differs(self, other: AtlasModel) -> str | None:
+        """How ``other`` differs from this model, in words (None when it is the same)."""
+        if other.weights_sha256 != self.weights_sha256:
+            return f"weights {other.weights_sha256[:12]}…, the atlas's {self.weights_sha256[:12]}…"
+        if tuple(other.classes) != tuple(self.classes):
+            return f"classes {', '.join(other.classes)}; the atlas's {', '.join(self.classes)}"
+        if other.embedding_size != self.embedding_size:
+            return f"embeddings of {other.embedding_size} numbers, the atlas's {self.embedding_size}"
+        return None
+
+
+@dataclass(frozen=True)
+class FrameRecords:
+    """What each atlas frame is, one entry a frame: columns of equal length (text as object arrays).
+
+    A case is one confirmed recording (a manifest row: a video or image), or any group of frames of one
+    patient and one label.
+    """
+
+    cases: np.ndarray
+    patients: np.ndarray
+    labels: np.ndarray
+    frames: np.ndarray  # frame numbers in their files (int64; 0 for a still image)
+    files: np.ndarray  # source file names
+
+    @classmethod
+    def of(cls, cases, patients, labels, frames, files) -> FrameRecords:
+        """Records from sequences of equal length (text is kept as ``str``)."""
+        columns = [np.array([str(v) for v in values], dtype=object) for values in (cases, patients, labels)]
+        names = np.array([str(v) for v in files], dtype=object)
+        try:
+            numbers = np.asarray(frames, dtype=np.int64).reshape(-1)
+        except (TypeError, ValueError):
+            raise AtlasError("frame numbers must be whole numbers") from None
+        lengths = {len(c) for c in (*columns, numbers, names)}
+        if len(lengths) != 1:
+            raise AtlasError(f"the frame records' columns differ in length ({sorted(lengths)})")
+        return cls(*columns, numbers, names)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def columns(self) -> dict[str, list]:
+        return {"case": self.cases.tolist(), "patient": self.patients.tolist(), "label": self.labels.tolist(),
+                "frame": self.frames.tolist(), "file": self.files.tolist()}
+
+    def joined(self, other: FrameRecords) -> FrameRecords:
+        return FrameRecords(*(np.concatenate([a, b]) for a, b in zip(
+            (self.cases, self.patients, self.labels, self.frames, self.files),
+            (other.cases, other.patients, other.labels, other.frames, other.files))))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The unfamiliarity threshold and how it was set: the ``k``-th nearest atlas frame's distance of
+    ``frames`` validation frames of ``patients`` patients (own patient left out), at ``quantile``."""
+
+    k: int
+    threshold: float
+    quantile: float
+    frames: int
+    patients: int
+    flagged_share: float  # share of those validation frames above the threshold
+    atlas_frames: int  # the atlas's size then (it may have grown since)
+    method: str = "cosine distance to the k-th nearest atlas frame of another patient (Sun et al., ICML 2022)"
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, values: object) -> Calibration | None:
+        if values is None:
+            return None
+        try:
+            calibration = cls(**values)
+        except TypeError:
+            raise AtlasError("the unfamiliarity calibration is damaged") from None
+        if (not isinstance(calibration.k, int) or calibration.k < 1
+                or not isinstance(calibration.threshold, (int, float)) or not np.isfinite(calibration.threshold)):
+            raise AtlasError("the unfamiliarity calibration is damaged (k, threshold)")
+        return calibration
+
+
+def checked_embeddings(embeddings, size: int | None, what: str = "embeddings") -> np.ndarray:
+    """``embeddings`` as a (N, size) float32 array, refused (AtlasError naming ``what``) when not finite or
+    not L2-normalised."""
+    array = np.asarray(embeddings)
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating) or (size and array.shape[1] != size):
+        raise AtlasError(f"{what}: expected a (frames, {size or 'D'}) float array, got {array.dtype} "
+                         f"{tuple(array.shape)}")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    bad = int(np.sum(~np.isfinite(array).all(1)))
+    if bad:
+        raise AtlasError(f"{what}: {bad} embedding{'s are' if bad > 1 else ' is'} NaN or infinite")
+    norms = np.linalg.norm(array, axis=1)
+    if len(array) and np.max(np.abs(norms - 1.0)) > _NORM_TOLERANCE:
+        raise AtlasError(f"{what}: embeddings must be L2-normalised (norms from {norms.min():.3g} to "
+                         f"{norms.max():.3g})")
+    return array
+
+
+def make_thumbnails(frames, size: int = THUMBNAIL_SIZE) -> np.ndarray:
+    """(N, size, size) uint8 gray thumbnails of frames (N, H, W): uint8, or floats in [0, 1]."""
+    frames = np.asarray(frames)
+    scale = 1.0 if np.issubdtype(frames.dtype, np.floating) else 1.0 / 255.0
+    return np.stack([fov.to_uint8(fov.resize(frame * scale, size)) for frame in frames]) if len(frames) else \
+        np.zeros((0, size, size), np.uint8)
+
+
+@dataclass
+class AtlasFiles:
+    """What an atlas folder holds, read and checked against ``atlas.json``'s hashes."""
+
+    folder: Path
+    description: dict  # atlas.json, less the hashes
+    embeddings: np.ndarray
+    thumbnails: np.ndarray
+    columns: dict[str, list]  # frames.csv: COLUMNS → values (``frame`` as ints)
+    index: bytes | None  # index.faiss, when the atlas has one
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write(folder: str | Path, description: dict, embeddings: np.ndarray, thumbnails: np.ndarray,
+          columns: dict[str, list], index: bytes | None = None) -> Path:
+    """Write an atlas folder as a set: the data files, then ``atlas.json`` with their SHA-256.
+
+    ``description`` is the rest of ``atlas.json`` (model, frames, index settings, calibration);
+    ``format``, ``version``, ``mucosa_version`` and ``files`` are added here.
+
+    Raises:
+        OutputError: ``folder`` cannot be written. WriteError: a write failed (the previous atlas is whole).
+    """
+    folder = Path(folder)
+    with OutputSet(folder, (MANIFEST, EMBEDDINGS, THUMBNAILS, FRAMES, INDEX), what="atlas folder") as staged:
+        np.save(staged.path(EMBEDDINGS), np.ascontiguousarray(embeddings, dtype=np.float32), allow_pickle=False)
+        np.save(staged.path(THUMBNAILS), np.ascontiguousarray(thumbnails, dtype=np.uint8), allow_pickle=False)
+        tables.write_csv(staged.path(FRAMES), COLUMNS, zip(*(columns[name] for name in COLUMNS)))
+        names = [EMBEDDINGS, THUMBNAILS, FRAMES]
+        if index is not None:
+            staged.path(INDEX).write_bytes(index)
+            names.append(INDEX)
+        manifest = {"format": FORMAT, "version": VERSION, "mucosa_version": __version__, **description,
+                    "files": {name: _sha256(staged.path(name)) for name in names}}
+        staged.path(MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    log.info("atlas written to %s (%d frames)", folder, len(embeddings))
+    return folder
+
+
+def _manifest(folder: Path) -> dict:
+    """``atlas.json``, checked for format and version."""
+    if not folder.exists():
+        raise AtlasFileError(f"{folder}: atlas not found")
+    if not folder.is_dir():
+        raise AtlasFileError(f"{folder}: a file, not an atlas folder")
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise AtlasFileError(f"{folder}: not an atlas (no {MANIFEST} in it)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise AtlasFileError(f"{path}: damaged, not readable JSON ({first_line(error)})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise AtlasFileError(f"{path}: not a mucosa atlas (format {found!r:.40}, expected {FORMAT!r})")
+    version = manifest.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version not in KNOWN_VERSIONS:
+        newer = isinstance(version, int) and not isinstance(version, bool) and version > max(KNOWN_VERSIONS)
+        raise AtlasFileError(f"{path}: atlas format version {version!r:.40}; this mucosa ({__version__}) reads "
+                             f"version{'s' if len(KNOWN_VERSIONS) > 1 else ''} "
+                             f"{', '.join(map(str, KNOWN_VERSIONS))}"
+                             + ("; upgrade mucosa to read it" if newer else ""))
+    if not isinstance(manifest.get("files"), dict):
+        raise AtlasFileError(f"{path}: damaged (no SHA-256 of the atlas's files)")
+    return manifest
+
+
+def _checked(folder: Path, manifest: dict, name: str) -> Path:
+    """The path of data file ``name``, once its SHA-256 matches ``atlas.json``'s."""
+    path, expected = folder / name, manifest["files"].get(name)
+    if not isinstance(expected, str):
+        raise AtlasFileError(f"{folder / MANIFEST}: damaged (no SHA-256 of {name})")
+    if not path.is_file():
+        raise AtlasFileError(f"{path}: missing from the atlas")
+    try:
+        found = _sha256(path)
+    except OSError as error:
+        raise AtlasFileError(f"{path}: cannot be read ({first_line(error)})") from None
+    if found != expected:
+        raise AtlasFileError(f"{path}: damaged or changed since the atlas was written (its SHA-256 differs from "
+                             f"the one in {MANIFEST}); rebuild the atlas")
+    return path
+
+
+def _array(path: Path, memory_map: bool = False) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if memory_map else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise AtlasFileError(f"{path}: not a readable NumPy array ({first_line(error)})") from None
+
+
+def _columns(path: Path) -> dict[str, list]:
+    try:
+        rows = tables.read_csv(path)
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise AtlasFileError(f"{path}: not a readable CSV table ({first_line(error)})") from None
+    if not rows:
+        raise AtlasFileError(f"{path}: no frames in it")
+    if tuple(rows[0]) != COLUMNS:
+        raise AtlasFileError(f"{path}: columns {', '.join(map(str, rows[0]))}; expected {', '.join(COLUMNS)}")
+    if any(None in row or None in row.values() for row in rows):
+        raise AtlasFileError(f"{path}: a row with missing or extra cells")
+    columns: dict[str, list] = {name: [row[name] for row in rows] for name in COLUMNS}
+    try:
+        columns["frame"] = [int(value) for value in columns["frame"]]
+    except (TypeError, ValueError):
+        raise AtlasFileError(f"{path}: a frame number that is not a whole number") from None
+    return columns
+
+
+def read(folder: str | Path) -> AtlasFiles:
+    """Read an atlas folder, every data file checked against ``atlas.json``'s SHA-256.
+
+    Raises:
+        AtlasFileError: one line naming the file: missing, damaged or changed, another format, an unknown
+            or newer version, or contents that do not parse.
+    """
+    folder = Path(folder)
+    manifest = _manifest(folder)
+    embeddings = _array(_checked(folder, manifest, EMBEDDINGS))
+    thumbnails = _array(_checked(folder, manifest, THUMBNAILS), memory_map=True)
+    columns = _columns(_checked(folder, manifest, FRAMES))
+    index = _checked(folder, manifest, INDEX).read_bytes() if INDEX in manifest["files"] else None
+    description = {key: value for key, value in manifest.items() if key != "files"}
+    return AtlasFiles(folder, description, embeddings, thumbnails, columns, index)
