@@ -28,7 +28,6 @@ import shutil
 import tempfile
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -47,6 +46,7 @@ from mucosa.service.engine import Engine, ModelOutputError, UnreadableMedia, Uns
 from mucosa.service.paths import case_sources
 from mucosa.service.problems import install, problem, readable
 from mucosa.service.report import report_html, timeline_csv
+from mucosa.service.settings import ServeSettings
 from mucosa.service.uploads import UploadedFile, UploadError, discard, receive, safe_stem
 
 log = logging.getLogger(__name__)
@@ -57,27 +57,7 @@ _BEARER = HTTPBearer(auto_error=False)  # documents the token at /docs ("Authori
 _QUERY_TOKEN = APIKeyQuery(name="token", auto_error=False)  # for the viewer's images and event stream
 
 
-@dataclass
-class Settings:
-    """Server settings (``mucosa serve`` options).
-
-    Attributes:
-        token: required on every ``/v1`` route when set.
-        data_root: folder whose files ``POST /v1/cases`` may name by path (None: none may).
-        max_upload_mb: largest request body accepted.
-        queue_size: cases that may wait for the background worker.
-        temp_parent: where the server's temporary folder goes (default: the system's).
-    """
-
-    token: str | None = None
-    data_root: Path | None = None
-    max_upload_mb: float = 500.0
-    queue_size: int = 8
-    temp_parent: Path | None = None
-
-    @property
-    def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * 2**20)
+Settings = ServeSettings  # the name this module gave the server's settings before they had their own module
 
 
 ERRORS = {401: {"model": schemas.Problem, "description": "missing or wrong token (with --token)"}}
@@ -104,7 +84,7 @@ def _state(request: Request):
     return request.app.state
 
 
-async def _receive(request: Request, folder: Path, settings: Settings):
+async def _receive(request: Request, folder: Path, settings: ServeSettings):
     try:
         return await receive(request, folder, settings.max_upload_bytes)
     except UploadError as error:
@@ -135,9 +115,9 @@ def _media_error(error: Exception) -> HTTPException:
 # --------------------------------------------------------------------------------------------------
 
 
-def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
+def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI application: API, viewer and lifespan (temporary folder, case worker)."""
-    settings = settings or Settings()
+    settings = settings or ServeSettings()
     card = engine.card()
 
     @asynccontextmanager
@@ -167,10 +147,10 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
 
     def require_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
                       token: Annotated[str | None, Depends(_QUERY_TOKEN)]) -> None:
-        if settings.token is None:
+        if settings.secret is None:
             return
         given = credentials.credentials if credentials is not None else token
-        if not given or not hmac.compare_digest(given.encode(), settings.token.encode()):
+        if not given or not hmac.compare_digest(given.encode(), settings.secret.encode()):
             raise problem(401, "missing or wrong token", {"WWW-Authenticate": "Bearer"})
 
     api = APIRouter(prefix=f"/{API_VERSION}", dependencies=[Depends(require_token)], responses=ERRORS)
@@ -217,7 +197,7 @@ def _model_routes(api: APIRouter, card: dict) -> None:
         return card
 
 
-def _predict_route(api: APIRouter, engine: Engine, settings: Settings) -> None:
+def _predict_route(api: APIRouter, engine: Engine, settings: ServeSettings) -> None:
     @api.post("/predict", response_model=schemas.Prediction, response_model_exclude_none=False, tags=["predict"],
               responses=MEDIA_ERRORS, openapi_extra=_upload_body("one image (PNG, TIFF, JPEG, BMP)", many=False))
     async def predict(request: Request, gradcam: bool = Query(False, description="add the Grad-CAM overlay")):
@@ -256,7 +236,8 @@ def _busy(seconds: int) -> HTTPException:
     return problem(503, f"the work queue is full; retry in about {seconds} s", {"Retry-After": str(seconds)})
 
 
-async def _case_files(request: Request, folder: Path, settings: Settings) -> tuple[list[Path], list[str], str | None]:
+async def _case_files(request: Request, folder: Path,
+                      settings: ServeSettings) -> tuple[list[Path], list[str], str | None]:
     """The files of a case being opened (uploaded into ``folder``, or named under --data-root), their names
     to show, and the name the client gave the case."""
     if request.headers.get("content-type", "").startswith("application/json"):
@@ -285,7 +266,7 @@ def _listable(cases: list) -> list[dict]:
     return summaries
 
 
-def _case_routes(api: APIRouter, engine: Engine, settings: Settings, card: dict) -> None:
+def _case_routes(api: APIRouter, engine: Engine, settings: ServeSettings, card: dict) -> None:
     @api.post("/cases", status_code=202, response_model=schemas.CaseCreated, tags=["cases"],
               responses={**MEDIA_ERRORS, 403: {"model": schemas.Problem, "description": "path outside --data-root"},
                          503: {"model": schemas.Problem, "description": "work queue full (Retry-After)"}},
