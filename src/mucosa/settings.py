@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
+from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import yaml
@@ -31,7 +33,8 @@ from pydantic_core import PydanticCustomError
 
 from mucosa.errors import ConfigError
 
-__all__ = ["Settings", "Int", "Float", "Bool", "Text", "whole_number", "yaml_load", "format_errors", "closest"]
+__all__ = ["Settings", "Int", "Float", "Bool", "Text", "Pathname", "whole_number", "yaml_load", "read_yaml",
+           "format_errors", "closest"]
 
 
 def _got(value: Any) -> str:
@@ -91,10 +94,17 @@ def _text(value: Any) -> str:
     return value
 
 
+def _pathname(value: Any) -> Path:
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise _fail("expected a file or folder name", value)
+    return Path(value)
+
+
 Int = Annotated[int, BeforeValidator(whole_number)]
 Float = Annotated[float, BeforeValidator(_number)]
 Bool = Annotated[bool, BeforeValidator(_flag)]
 Text = Annotated[str, BeforeValidator(_text)]
+Pathname = Annotated[Path, BeforeValidator(_pathname)]  # a file or folder; whether it exists is the user's check
 
 
 MAX_YAML_DEPTH = 32  # a config nests three levels; far deeper is a mistake or an attack on the parser
@@ -130,6 +140,17 @@ _Loader.add_implicit_resolver(
 def yaml_load(text: str) -> Any:
     """Parse YAML safely (no code runs), with ``1e-3`` read as a number."""
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content, read safely; a ConfigError naming the file when it is missing or not YAML."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        return yaml_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        first = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{path}: not valid YAML ({first})") from None
 
 
 def closest(name: str, choices: list[str]) -> str | None:

@@ -1,4 +1,9 @@
-"""``mucosa serve``: its options and command (the web service and viewer, ``mucosa.service``)."""
+"""``mucosa serve``: its options and command (the web service and viewer, ``mucosa.service``).
+
+Its settings are :class:`mucosa.service.settings.ServeSettings`: a ``--config`` file's ``serve`` section, then
+the flags below (each sets one, ``--port 8080`` is ``--set serve.port=8080``), then every ``--set``. The flags
+have no defaults of their own: ``--help`` shows the settings' own.
+"""
 
 from __future__ import annotations
 
@@ -6,41 +11,72 @@ import argparse
 import logging
 from pathlib import Path
 
-__all__ = ["add_parser"]
+from mucosa.cli.options import Shortcut, add_shortcuts, settings
+
+__all__ = ["SERVE", "add_parser"]
+
+SERVE = {
+    "--checkpoint": Shortcut("serve.checkpoint", help="a mucosa checkpoint (.ckpt)"),
+    "--host": Shortcut("serve.host", help="address to listen on (0.0.0.0: every network this machine is on; the "
+                       "default serves this machine only)"),
+    "--port": Shortcut("serve.port", help="port to listen on (0: any free one)"),
+    "--token": Shortcut("serve.token", help="require this bearer token on the API (default: the MUCOSA_TOKEN "
+                        "environment variable, else none)"),
+    "--data-root": Shortcut("serve.data_root", help="folder whose files clients may open by path "
+                            "(POST /v1/cases {\"path\": ...})"),
+    "--max-upload-mb": Shortcut("serve.max_upload_mb", help="largest upload accepted, in MB"),
+    "--device": Shortcut("serve.device", help="auto (a CUDA GPU if PyTorch sees one), cpu, cuda or cuda:N"),
+    "--queue": Shortcut("serve.queue_size", help="cases that may wait for the background worker, uploads still "
+                        "arriving included"),
+    "--threshold": Shortcut("serve.threshold", help="probability from which a case is positive"),
+    "--window": Shortcut("serve.window", help="informative frames in the smoothed probability"),
+    "--onnx": Shortcut("serve.onnx", help="predict with this export of the checkpoint (mucosa export, e.g. --int8); "
+                       "Grad-CAM still uses the checkpoint"),
+    "--parallel": Shortcut("serve.parallel", help="model calls run side by side, each on cores/N threads (unset: one "
+                           "per CPU core)"),
+}
+
+
+class _Help(argparse.HelpFormatter):
+    """Adds each setting's default to its flag's help, read from the settings when the help is printed (so that
+    building the parser imports nothing more)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        shortcut = SERVE.get(action.option_strings[0]) if action.option_strings else None
+        if shortcut is None or action.help is None:
+            return action.help
+        from mucosa.service.settings import ServeSettings
+
+        default = ServeSettings.model_fields[shortcut.key.partition(".")[2]].default
+        return action.help if default is None else f"{action.help} (default {default})"
 
 
 def add_parser(sub) -> None:
     """Add ``serve`` to the ``mucosa`` subcommands."""
-    p = sub.add_parser("serve", help="web service and viewer: REST API under /v1, viewer at /, docs at /docs")
-    p.add_argument("--checkpoint", type=Path, required=True, help="a mucosa checkpoint (.ckpt)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--token", default=None, help="require this bearer token on the API (or set MUCOSA_TOKEN)")
-    p.add_argument("--data-root", type=Path, default=None,
-                   help="folder whose files clients may open by path (POST /v1/cases {\"path\": ...})")
-    p.add_argument("--max-upload-mb", type=float, default=500.0, help="largest upload accepted (default 500)")
-    p.add_argument("--device", default="auto", help="auto (a CUDA GPU if PyTorch sees one), cpu, cuda or cuda:N")
-    p.add_argument("--queue", type=int, default=8,
-                   help="cases that may wait for the background worker, uploads still arriving included")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability from which a case is positive")
-    p.add_argument("--window", type=int, default=16, help="informative frames in the smoothed probability")
-    p.add_argument("--onnx", type=Path, default=None,
-                   help="predict with this export of the checkpoint (mucosa export, e.g. --int8); Grad-CAM "
-                   "still uses the checkpoint")
-    p.add_argument("--parallel", type=int, default=None,
-                   help="model calls run side by side, each on cores/N threads (default: one per CPU core)")
+    p = sub.add_parser("serve", formatter_class=_Help,
+                       help="web service and viewer: REST API under /v1, viewer at /, docs at /docs")
+    add_shortcuts(p, SERVE, SERVE)
+    p.add_argument("--config", type=Path, help="YAML file with a serve section, e.g. 'serve: {port: 8080, "
+                   "queue_size: 4}' (the flags and --set override it)")
+    p.add_argument("--set", action="append", metavar="serve.KEY=VALUE",
+                   help="set any serve setting, e.g. --set serve.queue_size=4 (repeatable; the value is read as YAML)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved settings (file, flags and --set; the token only as set or unset) and exit")
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from mucosa.errors import MucosaError
+    from mucosa.service.settings import load_serve_settings
 
+    found, labels = settings(args, SERVE)
+    config = load_serve_settings(args.config, found, labels)
+    if args.print_config:
+        print(config.to_yaml(), end="")
+        return
     try:
         from mucosa.service.server import serve
     except ImportError as error:
         raise MucosaError(f"mucosa serve needs FastAPI and uvicorn: pip install 'mucosa[serve]' ({error})") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(args.checkpoint, host=args.host, port=args.port, token=args.token, data_root=args.data_root,
-          max_upload_mb=args.max_upload_mb, device=args.device, queue=args.queue, threshold=args.threshold,
-          window=args.window, parallel=args.parallel, onnx=args.onnx)
-
+    serve(config)

@@ -28,7 +28,7 @@ from mucosa.data.preparation import Preprocessing
 from mucosa.data.splits import MODES
 from mucosa.errors import ConfigError
 from mucosa.models.networks import ModelConfig
-from mucosa.settings import Bool, Float, Int, Settings, Text, closest, format_errors, whole_number, yaml_load
+from mucosa.settings import Bool, Float, Int, Settings, Text, closest, format_errors, read_yaml, whole_number, yaml_load
 
 SEED = Field(0, ge=0, le=2**32 - 1)
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
@@ -199,12 +199,7 @@ def load_config(path: str | Path | None) -> RunConfig:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found (shipped configs: "
                           f"{', '.join('configs/' + p.name for p in sorted(BUILTIN.glob('*.yaml')))})")
-    try:
-        data = yaml_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        first = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"{path}: not valid YAML ({first})") from None
-    return config_from_dict(data, str(path))
+    return config_from_dict(read_yaml(path), str(path))
 
 
 def parse_setting(text: str) -> tuple[str, Any]:

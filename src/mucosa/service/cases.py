@@ -92,7 +92,7 @@ class CaseStore:
         queue_size: cases that may wait for the worker besides the one it is processing.
     """
 
-    def __init__(self, engine: Engine, root: Path, queue_size: int = 8) -> None:
+    def __init__(self, engine: Engine, root: Path, queue_size: int) -> None:
         self.engine, self.root = engine, Path(root)
         self.cases: dict[str, Case] = {}
         self.places = max(1, queue_size)

@@ -1,23 +1,21 @@
-"""Running the web service with uvicorn (``mucosa serve``): checks, socket, model, server."""
+"""Running the web service with uvicorn (``mucosa serve``): socket, model, server."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
-from pathlib import Path
 
 from mucosa.allocator import mallopt
 from mucosa.errors import ConfigError
+from mucosa.service.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port``, or a ConfigError saying why not (in use, bad address)."""
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"--port {port} must be between 0 and 65535")
+    """A listening TCP socket on ``host:port`` (port 0: any free one), or a ConfigError saying why not (in use,
+    bad address)."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except OSError as error:
@@ -46,48 +44,37 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
     return mallopt(arena_max=arenas)
 
 
-def _check(data_root: Path | None, max_upload_mb: float, queue: int, parallel: int | None) -> None:
-    if data_root is not None and not Path(data_root).is_dir():
-        raise ConfigError(f"--data-root {data_root}: not a folder")
-    if not max_upload_mb > 0:
-        raise ConfigError(f"--max-upload-mb {max_upload_mb} must be more than 0")
-    if queue < 1:
-        raise ConfigError(f"--queue {queue} must be at least 1")
-    if parallel is not None and parallel < 1:
-        raise ConfigError(f"--parallel {parallel} must be at least 1")
-
-
-def serve(checkpoint: Path, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-          data_root: Path | None = None, max_upload_mb: float = 500.0, device: str = "auto", queue: int = 8,
-          threshold: float = 0.5, window: int = 16, parallel: int | None = None, onnx: Path | None = None,
-          log_level: str = "info") -> None:
-    """Check the options, bind the port, load the model once, then serve until interrupted.
+def serve(settings: ServeSettings) -> None:
+    """Bind the port, load the model once, then serve until interrupted (the settings are checked already).
 
     Raises:
-        ConfigError, CheckpointFileError: a bad option, a port in use, a bad checkpoint (before serving).
+        ConfigError, CheckpointFileError: no checkpoint or a bad one, a port in use (before serving).
     """
+    if settings.checkpoint is None:
+        raise ConfigError("mucosa serve needs --checkpoint (or serve.checkpoint in its --config)")
     limit_malloc_arenas()
     import uvicorn
 
-    from mucosa.service.app import Settings, create_app
+    from mucosa.service.app import create_app
     from mucosa.service.engine import Engine
 
-    _check(data_root, max_upload_mb, queue, parallel)
-    token = token or os.environ.get("MUCOSA_TOKEN") or None
-    sock = bind(host, port)
+    sock = bind(settings.host, settings.port)
     try:
-        engine = Engine(checkpoint, device=device, threshold=threshold, window=window, slots=parallel, onnx=onnx)
-        settings = Settings(token=token, data_root=Path(data_root) if data_root else None,
-                            max_upload_mb=max_upload_mb, queue_size=queue)
+        engine = Engine(settings.checkpoint, device=settings.device, threshold=settings.threshold,
+                        window=settings.window, slots=settings.parallel, onnx=settings.onnx)
         app = create_app(engine, settings)
-        bound = sock.getsockname()[1]
-        shown = f"[{host}]" if ":" in host else host
-        log.info("viewer: http://%s:%d/%s  API docs: http://%s:%d/docs", shown, bound,
-                 "?token=…" if token else "", shown, bound)
-        if token is None and host not in ("127.0.0.1", "localhost", "::1"):
-            log.warning("listening on %s without --token: anyone who reaches this machine can use the API", host)
-        config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=3, access_log=False)
+        _announce(settings, sock.getsockname()[1])
+        config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=3, access_log=False)
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after its clean shutdown
             uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
+
+
+def _announce(settings: ServeSettings, port: int) -> None:
+    """Where the viewer and the API's documentation are; a warning when anyone may use the API."""
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    log.info("viewer: http://%s:%d/%s  API docs: http://%s:%d/docs", host, port,
+             "?token=…" if settings.token else "", host, port)
+    if settings.token is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s without --token: anyone who reaches this machine can use the API", settings.host)

@@ -1,0 +1,226 @@
+"""``/v1/cases``: a video or several images of one case, processed in the background.
+
+``POST /cases`` (multipart upload, or JSON naming files under --data-root) answers with the case's id at once;
+``GET /cases``, ``GET /cases/{id}``, its ``/events`` (server-sent events), ``/frames/{n}.png|jpg``,
+``/timeline.csv`` and ``/report.html`` follow it; ``DELETE /cases/{id}`` stops it and removes its files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from mucosa.service import schemas
+from mucosa.service.cases import CaseStore, QueueFull
+from mucosa.service.dependencies import CardDep, CasesDep, EngineDep, SettingsDep, case_or_404
+from mucosa.service.engine import UnreadableMedia, UnsupportedMedia
+from mucosa.service.paths import case_sources
+from mucosa.service.problems import problem, readable
+from mucosa.service.report import report_html, timeline_csv
+from mucosa.service.routes.common import API_VERSION, MEDIA_ERRORS, finalize, log, media_error, read_upload, upload_body
+from mucosa.service.settings import ServeSettings
+from mucosa.service.uploads import discard, safe_stem
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/cases", tags=["cases"])
+
+NOT_FOUND = {404: {"model": schemas.Problem}}
+MAX_JSON = 64 * 1024  # bytes of a JSON body
+
+
+@router.post("", status_code=202, response_model=schemas.CaseCreated,
+             responses={**MEDIA_ERRORS, 403: {"model": schemas.Problem, "description": "path outside --data-root"},
+                        503: {"model": schemas.Problem, "description": "work queue full (Retry-After)"}},
+             openapi_extra=upload_body("a video, or several images of one case (multipart field `file`); or JSON "
+                                       "naming files already under --data-root", many=True))
+async def create_case(request: Request, engine: EngineDep, cases: CasesDep, settings: SettingsDep,
+                      name: str | None = Query(None, description="the case's name")):
+    """Open a case: returns its id at once; frames are processed in the background (follow
+    ``GET /v1/cases/{id}`` or its ``/events``)."""
+    try:
+        case_id, folder = cases.reserve()  # before reading the body: no upload waits for a place
+    except QueueFull as error:
+        await discard(request)  # so that the client, still sending, reads the answer
+        raise _busy(error.retry_after) from None
+    try:
+        sources, files, given_name = await _case_files(request, folder, settings)
+        try:
+            info = await run_in_threadpool(engine.inspect, sources)
+        except (UnsupportedMedia, UnreadableMedia) as error:
+            raise media_error(error) from None
+        case = cases.submit(case_id, folder, (name or given_name or files[0])[:120], files, sources, info)
+    except BaseException:
+        cases.release(case_id, folder)
+        raise
+    base = f"/{API_VERSION}/cases/{case.id}"
+    return {"id": case.id, "status": case.status, "url": base, "events": base + "/events"}
+
+
+@router.get("", response_model=list[schemas.CaseSummary])
+def list_cases(cases: CasesDep) -> list[dict]:
+    """The cases opened since the server started, newest first (without timelines)."""
+    return _listable(cases.list())
+
+
+@router.get("/{case_id}", response_model=schemas.Case, responses=NOT_FOUND)
+def get_case(case_id: str, cases: CasesDep,
+             since: int = Query(0, ge=0, description="timeline rows from this one on")) -> dict:
+    """Status, progress, the per-frame timeline and the running or final verdict."""
+    return case_or_404(cases, case_id).to_dict(since)
+
+
+@router.get("/{case_id}/events", responses={
+    200: {"content": {"text/event-stream": {}}, "description": "`update` events (the case summary with the new "
+          "timeline rows in `timeline`, from row `since`), then one `end` event"}, **NOT_FOUND})
+async def case_events(request: Request, case_id: str, cases: CasesDep) -> StreamingResponse:
+    """The case as server-sent events while it runs: each ``update`` carries the summary and the new
+    timeline rows; ``end`` follows the last one. Reconnecting with ``Last-Event-ID`` resumes."""
+    case_or_404(cases, case_id)
+    start = request.headers.get("last-event-id", "0")
+    return StreamingResponse(_events(request, cases, case_id, int(start) if start.isdigit() else 0),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/{case_id}/frames/{number}.{ext}", response_class=Response, responses={
+    200: {"content": {"image/png": {}, "image/jpeg": {}}}, **NOT_FOUND,
+    409: {"model": schemas.Problem, "description": "Grad-CAM of a frame the quality gate dropped"}})
+async def frame(case_id: str, number: int, ext: str, engine: EngineDep, cases: CasesDep,
+                gradcam: bool = Query(False, description="overlay the Grad-CAM heat map (PNG only)")):
+    """Frame ``number`` of the case as the viewer shows it (``.jpg``: as stored; ``.png``: lossless, and
+    with ``?gradcam=1`` the heat map of the predicted class over the part the model saw)."""
+    case = case_or_404(cases, case_id)
+    if ext not in ("png", "jpg") or case.store is None or number not in case.store:
+        raise problem(404, f"case {case_id} has no frame {number}.{ext} (yet)")
+    if gradcam:
+        _check_gradcam(case, number, ext)
+    headers = {"Cache-Control": "private, max-age=3600"}
+    if ext == "jpg":
+        return FileResponse(case.store.display_path(number), media_type="image/jpeg", headers=headers)
+    data = await run_in_threadpool(engine.frame_png, case.store, number, gradcam)
+    return Response(data, media_type="image/png", headers=headers)
+
+
+@router.get("/{case_id}/timeline.csv", response_class=Response,
+            responses={200: {"content": {"text/csv": {}}}, **NOT_FOUND})
+def case_timeline(case_id: str, cases: CasesDep, card: CardDep) -> Response:
+    """The per-frame timeline: frame, time, probability, smoothed, quality, dropped."""
+    case = case_or_404(cases, case_id)
+    return Response(timeline_csv(case.to_dict(), card["classes"]), media_type="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{safe_stem(case.name)}-timeline.csv"'})
+
+
+@router.get("/{case_id}/report.html", response_class=HTMLResponse, responses=NOT_FOUND)
+def case_report(case_id: str, cases: CasesDep, card: CardDep, download: bool = False) -> HTMLResponse:
+    """A one-page case report: verdict, score, frames it rests on, timeline, model."""
+    case = case_or_404(cases, case_id)
+    headers = {"Content-Disposition": f'attachment; filename="{safe_stem(case.name)}-report.html"'} \
+        if download else None
+    return HTMLResponse(report_html(case.to_dict(), card), headers=headers)
+
+
+@router.delete("/{case_id}", status_code=204, responses=NOT_FOUND)
+def delete_case(case_id: str, cases: CasesDep) -> Response:
+    """Stop the case's work and remove its files."""
+    if not cases.delete(case_id):
+        raise problem(404, f"no case {case_id} (unknown, or deleted)")
+    return Response(status_code=204)
+
+
+# --------------------------------------------------------------------------------------------------
+# What the routes above share
+# --------------------------------------------------------------------------------------------------
+
+
+def _busy(seconds: int) -> HTTPException:
+    return problem(503, f"the work queue is full; retry in about {seconds} s", {"Retry-After": str(seconds)})
+
+
+def _check_gradcam(case, number: int, ext: str) -> None:
+    """409 unless the frame has a Grad-CAM: a PNG of a frame the quality gate kept."""
+    row = next((r for r in case.timeline if r["frame"] == number), None)
+    if ext != "png" or row is None or row["dropped"]:
+        raise problem(409, f"frame {number} has no Grad-CAM: " + (
+            "the quality gate dropped it" if row is not None and row["dropped"] else "use .png"))
+
+
+async def _case_files(request: Request, folder: Path, settings: ServeSettings) -> tuple[list[Path], list[str],
+                                                                                         str | None]:
+    """The files of a case being opened (uploaded into ``folder``, or named under --data-root), their names
+    to show, and the name the client gave the case."""
+    if request.headers.get("content-type", "").startswith("application/json"):
+        body = await _json_body(request)
+        sources, files = await run_in_threadpool(case_sources, body, settings.data_root)
+        return sources, files, body.name
+    upload = await read_upload(request, folder / "upload", settings)
+    if not upload.files:
+        raise problem(422, "no file in the request (multipart field 'file')")
+    sources = [finalize(item, k) for k, item in enumerate(upload.files)]
+    return sources, [item.name for item in upload.files], upload.fields.get("name")
+
+
+async def _json_body(request: Request) -> schemas.CaseByPath:
+    """The JSON body of ``POST /v1/cases`` (at most 64 KB), parsed and checked in one step by pydantic, whose
+    parser also refuses nesting too deep; 422 with one sentence saying what is wrong."""
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_JSON:
+            raise problem(413, "a JSON body is at most 64 KB")
+    try:
+        return schemas.CaseByPath.model_validate_json(raw or b"{}")
+    except ValidationError as error:
+        raise problem(422, f"the JSON body is not valid: {readable(error.errors())}") from None
+
+
+def _listable(cases: list) -> list[dict]:
+    """The summaries of ``cases`` that the API can answer with; one that cannot is logged and left out, so that
+    it never breaks the list."""
+    summaries = []
+    for case in cases:
+        try:
+            summary = case.summary()
+            schemas.CaseSummary.model_validate(summary)
+        except Exception as error:  # a bug's, never the client's: the others are still listed
+            log.error("case %s left out of the list: %s", case.id, error)
+            continue
+        summaries.append(summary)
+    return summaries
+
+
+async def _events(request: Request, cases: CaseStore, case_id: str, sent: int, batch: int = 500,
+                  quiet: float = 15.0):
+    """Server-sent events of one case: ``update`` with new rows, ``end`` when the work stops."""
+    yield "retry: 2000\n\n"
+    first, idle = True, 0.0
+    while True:
+        case = cases.get(case_id)
+        if case is None:
+            yield 'event: end\ndata: {"status": "deleted"}\n\n'
+            return
+        finished = case.finished_work  # read before the rows: a finished case has all its rows
+        rows = case.timeline[sent:sent + batch]
+        if rows or first or finished:
+            data = {**case.summary(), "since": sent, "timeline": rows}
+            sent += len(rows)
+            yield f"id: {sent}\nevent: update\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+            first, idle = False, 0.0
+            if finished and sent >= len(case.timeline):
+                yield f"event: end\ndata: {json.dumps({'status': case.status})}\n\n"
+                return
+            if len(rows) == batch:
+                continue
+        elif idle >= quiet:
+            yield ": keep-alive\n\n"
+            idle = 0.0
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(0.25)
+        idle += 0.25

@@ -1,0 +1,66 @@
+"""What the routes that take files share: the API's version, reading an upload, naming its files, the errors
+of media, and how OpenAPI documents them."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fastapi import HTTPException, Request
+from starlette.requests import ClientDisconnect
+
+from mucosa.service import schemas
+from mucosa.service.engine import UnsupportedMedia, media_suffix
+from mucosa.service.problems import problem
+from mucosa.service.settings import ServeSettings
+from mucosa.service.uploads import Upload, UploadedFile, UploadError, receive, safe_stem
+
+__all__ = ["API_VERSION", "MEDIA_ERRORS", "finalize", "log", "media_error", "read_upload", "upload_body"]
+
+log = logging.getLogger("mucosa.service.app")  # the routes' log keeps the service's one name (logging configs)
+
+API_VERSION = "v1"
+
+MEDIA_ERRORS = {413: {"model": schemas.Problem, "description": "larger than --max-upload-mb"},
+                415: {"model": schemas.Problem, "description": "not an image or video type mucosa reads"},
+                422: {"model": schemas.Problem, "description": "the file does not decode, or no verdict is "
+                      "possible (the reason says which)"}}
+
+
+def upload_body(description: str, many: bool) -> dict:
+    """OpenAPI's description of a multipart body with the field ``file`` (``many``: several files, or JSON
+    naming files under --data-root)."""
+    file_schema = {"type": "string", "format": "binary"}
+    prop = {"type": "array", "items": file_schema} if many else file_schema
+    return {"requestBody": {"required": True, "description": description, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "properties": {"file": prop}, "required": ["file"]}},
+        **({"application/json": {"schema": schemas.CaseByPath.model_json_schema()}} if many else {})}}}
+
+
+async def read_upload(request: Request, folder: Path, settings: ServeSettings) -> Upload:
+    """The request's multipart body, streamed into ``folder`` within --max-upload-mb; its problems as HTTP
+    errors."""
+    try:
+        return await receive(request, folder, settings.max_upload_bytes)
+    except UploadError as error:
+        raise problem(error.status, error.reason) from None
+    except ClientDisconnect:  # nobody will read the answer; the partial files are already gone
+        log.info("client disconnected mid-upload; partial files removed")
+        raise problem(400, "the client disconnected mid-upload") from None
+
+
+def finalize(item: UploadedFile, index: int) -> Path:
+    """Rename an uploaded part to a safe name with its media suffix; 415 when the type is unknown."""
+    suffix = media_suffix(item.name, item.head)
+    if suffix is None:
+        raise problem(415, f"{item.name}: not an image or video type mucosa reads (by its name and content)")
+    path = item.path.with_name(f"{index:04d}-{safe_stem(item.name)}{suffix}")
+    item.path.rename(path)
+    return path
+
+
+def media_error(error: Exception) -> HTTPException:
+    """A file the engine cannot use: 415 for a type it does not read, 422 for one that does not decode."""
+    if isinstance(error, UnsupportedMedia):
+        return problem(415, str(error))
+    return problem(422, str(error))

@@ -1,0 +1,156 @@
+"""The settings of ``mucosa serve``: one typed class, the one place for their defaults and their checks.
+
+They are read like a run config: a YAML file with a ``serve`` section (``mucosa serve --config serve.yaml``),
+then the command's flags (``--port 8080`` is ``--set serve.port=8080``), then every ``--set serve.KEY=VALUE``.
+Each problem is one line naming the file's key or the flag (``--port: must be at most 65535``), before the
+server binds its port or loads its model. ``mucosa serve --print-config`` prints the result::
+
+    serve:
+      checkpoint: runs/pcle/best.ckpt
+      host: 127.0.0.1
+      port: 8000
+      data_root: null
+      max_upload_mb: 500.0
+      queue_size: 8
+      ...
+    # token: unset (never printed; set it with --token or MUCOSA_TOKEN)
+
+The token is a secret: given by ``--token`` (or ``serve.token``), else read from the ``MUCOSA_TOKEN``
+environment variable, and never printed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+import yaml
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+from mucosa.errors import ConfigError
+from mucosa.inference.verdict import check_threshold
+from mucosa.settings import Float, Int, Pathname, Settings, Text, format_errors, read_yaml
+
+__all__ = ["SECTION", "TOKEN_VARIABLE", "ServeSettings", "load_serve_settings"]
+
+SECTION = "serve"
+TOKEN_VARIABLE = "MUCOSA_TOKEN"
+
+
+def _token(value: Any) -> Any:
+    """The token given, else the one in the environment; none when both are empty."""
+    value = value or os.environ.get(TOKEN_VARIABLE) or None
+    if value is not None and not isinstance(value, (str, SecretStr)):
+        raise PydanticCustomError("mucosa", "expected text")  # a secret: not shown
+    return value
+
+
+def _threshold(value: float) -> float:
+    try:
+        return check_threshold(value, "value")
+    except ConfigError as error:
+        raise PydanticCustomError("mucosa", str(error)) from None
+
+
+class ServeSettings(Settings):
+    """How ``mucosa serve`` runs: its model, its address and what its API accepts.
+
+    Attributes:
+        checkpoint: the mucosa checkpoint (.ckpt) served.
+        onnx: predict with this export of the checkpoint (Grad-CAM still uses the checkpoint).
+        host, port: where it listens (port 0: any free port).
+        token: required on every ``/v1`` route when set (default: ``MUCOSA_TOKEN``, else none).
+        data_root: folder whose files ``POST /v1/cases`` may name by path (none: no file may be named).
+        max_upload_mb: largest request body accepted.
+        queue_size: cases that may wait for the background worker, uploads still arriving included.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (checked when the model loads).
+        threshold: probability from which a case is positive.
+        window: informative frames in the smoothed probability.
+        parallel: model calls side by side (none: one per CPU core, or one on a GPU).
+        temp_parent: where the server's temporary folder goes (none: the system's).
+    """
+
+    SECTION: ClassVar[str] = SECTION
+
+    checkpoint: Pathname | None = None
+    onnx: Pathname | None = None
+    host: Text = "127.0.0.1"
+    port: Int = Field(8000, ge=0, le=65535)
+    token: Annotated[SecretStr | None, BeforeValidator(_token)] = Field(None, validate_default=True)
+    data_root: Pathname | None = None
+    max_upload_mb: Float = Field(500.0, gt=0)
+    queue_size: Int = Field(8, ge=1)
+    device: Text = "auto"
+    threshold: Annotated[Float, AfterValidator(_threshold)] = 0.5
+    window: Int = Field(16, ge=1)
+    parallel: Int | None = Field(None, ge=1)
+    temp_parent: Pathname | None = None
+
+    @field_validator("data_root")
+    @classmethod
+    def _a_folder(cls, folder: Path | None) -> Path | None:
+        if folder is not None and not folder.is_dir():
+            raise PydanticCustomError("mucosa", "{folder}: not a folder", {"folder": str(folder)})
+        return folder
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 2**20)
+
+    @property
+    def secret(self) -> str | None:
+        """The token itself (None: the API is open)."""
+        return None if self.token is None else self.token.get_secret_value()
+
+    def to_yaml(self) -> str:
+        """The settings as a config file that reads back the same, the token left out (a comment says whether
+        one is set)."""
+        values = self.model_dump(mode="json", exclude={"token"})
+        state = "set" if self.token is not None else "unset"
+        return (yaml.safe_dump({SECTION: values}, sort_keys=False)
+                + f"# token: {state} (never printed; set it with --token or {TOKEN_VARIABLE})\n")
+
+
+def load_serve_settings(path: str | Path | None = None, changes: dict[str, Any] | None = None,
+                        labels: dict[str, str] | None = None) -> ServeSettings:
+    """The settings of a YAML file's ``serve`` section (no file: the defaults), then ``{"serve.KEY": value}``
+    changes on top (the command line's).
+
+    Args:
+        labels: what to call each changed key in an error (its flag: ``{"serve.port": "--port"}``).
+
+    Raises:
+        ConfigError: one line per problem, naming the file and key, or the flag.
+    """
+    values = {} if path is None else _section(Path(path))
+    if path is not None:
+        _validate(values, f"{path}: ")
+    if not changes:
+        return _validate(values)
+    for key, value in changes.items():
+        section, _, name = key.partition(".")
+        if section != SECTION:
+            raise ConfigError(f"{(labels or {}).get(key, key)}: mucosa serve has one section, {SECTION} "
+                              f"(e.g. --set {SECTION}.port=8080)")
+        values[name] = value
+    return _validate(values, labels=labels)
+
+
+def _section(path: Path) -> dict[str, Any]:
+    data = read_yaml(path)
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or set(data) - {SECTION}:
+        raise ConfigError(f"{path}: expected one section, {SECTION} (e.g. '{SECTION}: {{port: 8080}}')")
+    section = data.get(SECTION)
+    return {} if section is None else section if not isinstance(section, dict) else dict(section)
+
+
+def _validate(values: Any, where: str = "", labels: dict[str, str] | None = None) -> ServeSettings:
+    try:
+        return ServeSettings.model_validate(values)
+    except ValidationError as error:
+        lines = format_errors(error, ServeSettings, SECTION, labels)
+        raise ConfigError("\n".join(where + line for line in lines)) from None
