@@ -124,3 +124,12 @@ def test_the_settings_are_checked_when_made_in_python_too():
     with pytest.raises(ConfigError, match="serve.data_root: .*: not a folder"):
         ServeSettings(data_root=__file__)
     assert ServeSettings(port=0).port == 0  # any free port
+
+
+def test_without_the_serve_extra_serve_says_how_to_install_it(monkeypatch, capsys, tmp_path):
+    """The import of uvicorn sat inside serve(), so a missing extra ended as an internal error (exit 70)."""
+    checkpoint = tmp_path / "best.ckpt"
+    checkpoint.write_bytes(b"not read before the check")
+    monkeypatch.setitem(__import__("sys").modules, "uvicorn", None)  # as if it were not installed
+    assert main(["serve", "--checkpoint", str(checkpoint)]) == 2
+    assert "pip install 'mucosa[serve]'" in capsys.readouterr().err

@@ -75,8 +75,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
         print(config.to_yaml(), end="")
         return
     try:
+        import fastapi  # noqa: F401 - the serve extra, imported lazily further in
+        import uvicorn  # noqa: F401
+
         from mucosa.service.server import serve
     except ImportError as error:
         raise MucosaError(f"mucosa serve needs FastAPI and uvicorn: pip install 'mucosa[serve]' ({error})") from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    timestamped = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger("mucosa").handlers:  # the command's one console handler: no second copy
+        handler.setFormatter(timestamped)
     serve(config)
