@@ -51,13 +51,14 @@ class PostgresCluster:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@/{database}?host={self.socket}"
 
-    def new_database(self) -> str:
-        """A fresh, empty database; returns its URL."""
+    def new_database(self, template: str | None = None, name: str | None = None) -> str:
+        """A fresh database, empty or a copy of the database ``template``; returns its URL."""
         import psycopg
 
-        name = "t_" + uuid.uuid4().hex[:12]
+        name = name or "t_" + uuid.uuid4().hex[:12]
+        copy = f" TEMPLATE {template}" if template else ""
         with psycopg.connect(host=str(self.socket), user="postgres", dbname="postgres", autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
+            conn.execute(f"CREATE DATABASE {name}{copy}")
         return self.url(name)
 
     def stop(self) -> None:

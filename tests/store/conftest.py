@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mucosa.store import MediaFile, Store
+from mucosa.store import MediaFile, Store, tokens, upgrade
 from postgres import start_cluster
 
 
@@ -45,6 +45,20 @@ def postgres():
     cluster.stop()
 
 
+@pytest.fixture(scope="session")
+def postgres_store_template(postgres, tmp_path_factory) -> str:
+    """A database holding a new, empty store: tests copy it rather than run the migrations each time."""
+    url = postgres.new_database(name="store_template")
+    upgrade(url, tmp_path_factory.mktemp("template-media"))
+    return "store_template"
+
+
+@pytest.fixture(autouse=True)
+def cheap_tokens(monkeypatch):
+    """Token hashes at a low scrypt cost (the cost is kept in each hash, so checking works the same)."""
+    monkeypatch.setattr(tokens, "COST", (2**10, 8, 1))
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def place(request, tmp_path) -> Place:
     """An empty place for a store, on each backend."""
@@ -60,8 +74,11 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def store(place, clock):
-    """A new store, on each backend, on a clock the test moves."""
+def store(place, clock, request):
+    """A new store, on each backend, on a clock the test moves (``place`` then holds it)."""
+    if place.backend == "postgresql":
+        place.location = request.getfixturevalue("postgres").new_database(
+            template=request.getfixturevalue("postgres_store_template"))
     opened = place.open(create=True, clock=clock, lease_seconds=60)
     yield opened
     opened.close()

@@ -15,12 +15,13 @@ in one transaction, so no case is ever seen half-written.
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from mucosa.store.auditlog import record
-from mucosa.store.records import CaseResult, CaseStatus, Job, LeaseLost
+from mucosa.store.records import CaseResult, CaseStatus, Job, LeaseLost, StoreError
 from mucosa.store.tables import CaseRow, JobRow
 
 __all__ = ["LEASE_SECONDS", "MAX_ATTEMPTS", "claim", "heartbeat", "finish", "fail", "release", "counts"]
@@ -73,6 +74,13 @@ def _fenced(session: Session, job: Job, **values) -> None:
                         "lease expired and another worker took it, or the case was deleted")
 
 
+def _json(detail: dict, case_id: str) -> dict:
+    try:
+        return json.loads(json.dumps(detail, allow_nan=False))
+    except (TypeError, ValueError) as error:
+        raise StoreError(f"case {case_id}: the result's detail cannot be stored as JSON ({error})") from None
+
+
 def heartbeat(session: Session, job: Job, at: dt.datetime, lease: float = LEASE_SECONDS,
               frames_decoded: int | None = None) -> Job:
     """Extend the lease (and record progress); raises LeaseLost when the job is no longer this worker's."""
@@ -93,7 +101,7 @@ def finish(session: Session, job: Job, result: CaseResult, at: dt.datetime) -> N
     if result.frames_announced is not None:
         case.frames_announced = result.frames_announced
     case.frames_decoded = result.frames_decoded
-    case.decode_warnings, case.detail = list(result.decode_warnings), dict(result.detail)
+    case.decode_warnings, case.detail = list(result.decode_warnings), _json(result.detail, job.case_id)
     record(session, job.worker, "case.done", at, job.case_id, result.model_version,
            {"verdict": result.verdict, "text": result.verdict_text, "attempt": job.attempt})
 

@@ -22,10 +22,10 @@ import hashlib
 import hmac
 import secrets
 
-__all__ = ["new_token", "hash_token", "verify_token", "split_token", "PREFIX"]
+__all__ = ["new_token", "hash_token", "verify_token", "split_token", "PREFIX", "COST"]
 
 PREFIX = "mucosa"
-_N, _R, _P = 2**14, 8, 1  # scrypt's "interactive" cost: ~16 MiB and tens of milliseconds per check
+COST = (2**14, 8, 1)  # scrypt's N, r, p for new hashes: ~16 MiB and tens of milliseconds per check
 _SALT_BYTES, _HASH_BYTES = 16, 32
 
 
@@ -51,8 +51,8 @@ def _scrypt(token: str, salt: bytes, n: int, r: int, p: int) -> bytes:
 
 def hash_token(token: str) -> str:
     """The stored form of a token: ``scrypt$N$r$p$salt$hash`` with a fresh random salt."""
-    salt = secrets.token_bytes(_SALT_BYTES)
-    return f"scrypt${_N}${_R}${_P}${salt.hex()}${_scrypt(token, salt, _N, _R, _P).hex()}"
+    salt, (n, r, p) = secrets.token_bytes(_SALT_BYTES), COST
+    return f"scrypt${n}${r}${p}${salt.hex()}${_scrypt(token, salt, n, r, p).hex()}"
 
 
 def verify_token(token: str, stored: str) -> bool:
