@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -95,6 +96,14 @@ def test_create_makes_a_store_at_the_current_revision_that_opens_again(place, ma
     assert _revision_and_columns(place)[0] == head_revision() == known_revisions()[-1]
     with place.open() as store:
         assert [c.name for c in store.search().cases] == ["first"]
+
+
+def test_servers_starting_together_on_a_new_store_create_it_once(place):
+    with ThreadPoolExecutor(4) as pool:
+        stores = list(pool.map(lambda _: place.open(create=True), range(4)))
+    for store in stores:
+        store.close()
+    assert _revision_and_columns(place)[0] == head_revision()
 
 
 def test_the_migrations_make_exactly_the_tables_of_the_models(store, place):

@@ -34,6 +34,7 @@ __all__ = ["MIGRATIONS", "known_revisions", "head_revision", "current_revision",
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().with_name("migrations")
+_MIGRATION_LOCK = 250_125  # the advisory lock that PostgreSQL servers migrating one database take in turn
 
 
 def _config(connection: Connection | None = None) -> Config:
@@ -105,9 +106,14 @@ def _make_folders(location: Location) -> None:
 
 
 def _migrate(location: Location, writer: Engine) -> None:
+    """Run the migrations up to the head in one transaction. Servers starting together on a new store take
+    turns (SQLite's BEGIN IMMEDIATE, a PostgreSQL advisory lock), and Alembic reads the revision again inside
+    the transaction: the second finds the work done."""
     if location.database_file is not None:
         set_wal(location.database_file)
     with writer.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
         command.upgrade(_config(connection), "head")
 
 
