@@ -33,6 +33,8 @@ def test_a_case_refuses_media_the_store_does_not_hold_and_bad_fields(store, make
         make_case("exam", kind="audio")
     with pytest.raises(StoreError, match="patient id"):
         make_case("exam", patient="x" * 101)
+    with pytest.raises(StoreError, match="exam date '12/03/2025' is not a date"):
+        make_case("exam", exam_date="12/03/2025")
     assert store.search().total == 0
 
 
@@ -79,6 +81,7 @@ def cohort(store, make_case, clock):
     ({"name": "0%_"}, [5, 4, 3, 2, 1, 0]),
     ({"name": "5_%"}, []),  # `%` and `_` are plain characters, not wildcards
     ({"patient": "P-02", "since": DAY + dt.timedelta(days=3)}, [3]),
+    ({"since": "2025-03-04", "until": dt.datetime(2025, 3, 4, 23, tzinfo=dt.timezone.utc)}, [3, 2]),
 ])
 def test_search_filters_newest_first(store, cohort, filters, expected):
     page = store.search(**filters)

@@ -35,7 +35,7 @@ def test_a_token_is_shown_once_and_only_its_hash_is_kept(store):
     assert (user.name, user.role) == ("dr smith", Role.REVIEWER)
 
 
-@pytest.mark.parametrize("wrong", ["", "mucosa_000000000000_nothing", "not a token", "x" * 300])
+@pytest.mark.parametrize("wrong", ["", "mucosa_000000000000_nothing", "not a token", "x" * 300, "\udcff"])
 def test_a_wrong_token_authenticates_nobody(store, wrong):
     token = store.add_user("dr smith", "viewer")
     assert store.authenticate(wrong) is None

@@ -112,8 +112,8 @@ def read_manifest(folder: str | Path) -> dict:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise StoreError(f"{folder}: not a mucosa store backup (cannot read {MANIFEST}: {error})") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT or not (Path(folder) / str(info.get("database"))
-                                                                         ).is_file():
+    if not isinstance(info, dict) or info.get("format") != FORMAT or info.get("database") not in (
+            DATABASE_FILE, PG_DUMP_FILE) or not (Path(folder) / info["database"]).is_file():
         raise StoreError(f"{folder}: not a complete mucosa store backup ({MANIFEST} or its database is missing)")
     if info.get("revision") not in known_revisions():
         known = known_revisions()

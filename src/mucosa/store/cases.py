@@ -16,7 +16,7 @@ from mucosa.store.records import Case, CaseStatus, MediaFile, NotFound, Page, Ro
 from mucosa.store.tables import CaseRow, JobRow, ReviewRow, UserRow
 from mucosa.store.users import check_name, require
 
-__all__ = ["KINDS", "MAX_PAGE", "new_case_id", "add", "get", "search", "delete", "live_case"]
+__all__ = ["KINDS", "MAX_PAGE", "new_case_id", "as_day", "add", "get", "search", "delete", "live_case"]
 
 KINDS = ("video", "images")
 MAX_PAGE = 500
@@ -28,12 +28,25 @@ def new_case_id() -> str:
     return secrets.token_hex(6)
 
 
+def as_day(value: dt.date | str | None, what: str) -> dt.date | None:
+    """A day given as a date, a datetime (its date) or ``YYYY-MM-DD``; StoreError for anything else."""
+    if value is None or (isinstance(value, dt.date) and not isinstance(value, dt.datetime)):
+        return value
+    if isinstance(value, dt.datetime):
+        return value.date()
+    try:
+        return dt.date.fromisoformat(str(value).strip())
+    except ValueError:
+        raise StoreError(f"{what} {str(value)[:40]!r} is not a date (YYYY-MM-DD)") from None
+
+
 def _optional(value: str | None, what: str) -> str | None:
     return None if value is None or not value.strip() else check_name(value, what)
 
 
 def add(session: Session, media_folder: MediaFolder, at: dt.datetime, by: Actor, name: str,
-        media: Sequence[MediaFile], kind: str, patient: str | None, exam_date: dt.date | None, region: str | None,
+        media: Sequence[MediaFile], kind: str, patient: str | None, exam_date: dt.date | str | None,
+        region: str | None,
         frames_announced: int | None) -> str:
     """A new queued case and its job; returns its id. Its media must be in the store already."""
     require(by, Role.VIEWER, "add cases")
@@ -46,8 +59,8 @@ def add(session: Session, media_folder: MediaFolder, at: dt.datetime, by: Actor,
         raise StoreError(f"media not in the store (put_media first): {', '.join(missing[:5])}")
     row = CaseRow(id=new_case_id(), name=check_name(name, "case name", 300), kind=kind,
                   media=[{"sha256": m.sha256, "name": m.name} for m in media],
-                  patient=_optional(patient, "patient id"), exam_date=exam_date,
-                  region=_optional(region, "region"), day=exam_date or at.date(), created_at=at,
+                  patient=_optional(patient, "patient id"), exam_date=as_day(exam_date, "exam date"),
+                  region=_optional(region, "region"), day=as_day(exam_date, "exam date") or at.date(), created_at=at,
                   created_by=by.id if isinstance(by, User) else None, status=CaseStatus.QUEUED.value,
                   frames_announced=frames_announced, decode_warnings=[])
     session.add(row)
@@ -98,9 +111,9 @@ def _filtered(query: Select, filters: dict[str, Any]) -> Select:
     if filters.get("patient") is not None:
         query = query.where(CaseRow.patient == filters["patient"])
     if filters.get("since") is not None:
-        query = query.where(CaseRow.day >= filters["since"])
+        query = query.where(CaseRow.day >= as_day(filters["since"], "since"))
     if filters.get("until") is not None:
-        query = query.where(CaseRow.day <= filters["until"])
+        query = query.where(CaseRow.day <= as_day(filters["until"], "until"))
     if filters.get("verdict") is not None:
         query = query.where(CaseRow.verdict == filters["verdict"])
     if filters.get("status") is not None:

@@ -189,14 +189,15 @@ class Store:
     # ------------------------------------------------------------------------------------------ cases
 
     def add_case(self, name: str, media: Sequence[MediaFile], *, kind: str = "video", by: Actor = None,
-                 patient: str | None = None, exam_date: dt.date | None = None, region: str | None = None,
+                 patient: str | None = None, exam_date: dt.date | str | None = None, region: str | None = None,
                  frames_announced: int | None = None) -> Case:
         """Add a case (queued, with its job) whose media are in the store already (:meth:`put_media`).
 
         Args:
             name: shown in lists; two cases may share a name (their ids differ).
             kind: ``"video"`` or ``"images"``.
-            patient, exam_date, region: the optional exam fields (a pseudonymous patient id, never a name).
+            patient, exam_date, region: the optional exam fields (a pseudonymous patient id, never a name;
+                the date as a date or ``YYYY-MM-DD``).
             frames_announced: the frames the file says it holds.
         """
         with self._session(write=True) as session:
@@ -209,14 +210,15 @@ class Store:
         with self._session(write=False) as session:
             return cases.get(session, case_id)
 
-    def search(self, *, patient: str | None = None, since: dt.date | None = None, until: dt.date | None = None,
+    def search(self, *, patient: str | None = None, since: dt.date | str | None = None,
+               until: dt.date | str | None = None,
                verdict: str | None = None, reviewed: bool | None = None, name: str | None = None,
                status: str | None = None, limit: int = 50, offset: int = 0) -> Page:
         """Cases matching every filter given, newest first, one page at a time.
 
         Args:
             patient: the pseudonymous patient id (exact).
-            since, until: the case's day (exam date, else upload day), inclusive.
+            since, until: the case's day (exam date, else upload day), inclusive; dates or ``YYYY-MM-DD``.
             verdict: the class called.
             reviewed: True for reviewed cases only, False for unreviewed ones.
             name: a part of the case's name (any case).
@@ -294,20 +296,21 @@ class Store:
 
     # ------------------------------------------------------------------------------------------ the audit
 
-    def audit(self, since: dt.date | None = None, model: str | None = None, classes: Sequence[str] | None = None,
+    def audit(self, since: dt.date | str | None = None, model: str | None = None,
+              classes: Sequence[str] | None = None,
               positive: str | None = None, bins: int = 10) -> dict:
         """The running audit of reviewed cases (:func:`mucosa.evaluation.audit.running_audit`): the latest
         review of each case is its histology; unreviewed cases are not counted.
 
         Args:
-            since: only cases from this day on (exam date, else upload day).
+            since: only cases from this day on (exam date, else upload day; a date or ``YYYY-MM-DD``).
             model: only verdicts of this model version.
             classes, positive: the model's classes and positive class (by default, those seen).
         """
         from mucosa.evaluation.audit import ReviewedCase, running_audit
 
         with self._session(write=False) as session:
-            rows = reviews.latest(session, since, model)
+            rows = reviews.latest(session, cases.as_day(since, "since"), model)
         reviewed = [ReviewedCase(r.verdict, r.histology, r.score, r.model_version, day,
                                  None if r.verdict is not None else r.verdict_text) for r, day in rows]
         return running_audit(reviewed, classes, positive, bins)

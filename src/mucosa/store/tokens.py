@@ -45,7 +45,7 @@ def split_token(token: str) -> tuple[str | None, str]:
 
 
 def _scrypt(token: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(token.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=_HASH_BYTES,
+    return hashlib.scrypt(token.encode("utf-8", "surrogatepass"), salt=salt, n=n, r=r, p=p, dklen=_HASH_BYTES,
                           maxmem=256 * n * r * p)
 
 
