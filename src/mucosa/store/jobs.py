@@ -10,6 +10,9 @@ Every later step is *fenced*: it only applies while the job's row still names th
 A worker whose lease was lost (it stalled, another worker took the job, an admin deleted the case) gets
 :class:`LeaseLost` and nothing it sends is written. :func:`finish` writes the case's results and the job's end
 in one transaction, so no case is ever seen half-written.
+
+Lease times come from each server's clock: servers sharing a PostgreSQL store should keep their clocks in step
+(NTP); a skew of a few seconds only shortens or lengthens a lease by as much.
 """
 
 from __future__ import annotations

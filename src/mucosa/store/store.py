@@ -57,6 +57,9 @@ class Store:
         Opening changes nothing; ``create=True`` makes a new, empty store where there is none.
 
         Args:
+            location: a store folder, or a PostgreSQL URL.
+            media: the media folder: required with a URL (a folder all servers share); a store folder keeps its
+                media in ``DIR/media`` unless another folder is given.
             clock: the current time, as an aware datetime (tests move it forward).
             lease_seconds: how long a claimed job stays a worker's without a heartbeat.
 
