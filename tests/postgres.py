@@ -81,6 +81,31 @@ def _runas() -> tuple[list[str], int | None]:
     return [runuser, "-u", "postgres", "--"], user.pw_uid
 
 
+_PREFIX = "mucosa-pg-"
+_OWNER = "owner.pid"  # the test process that started the cluster
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user
+        pass
+    return True
+
+
+def _stop_orphans(pg_ctl: str, runas: list[str]) -> None:
+    """Stop the clusters that killed test runs left behind (their owner process is gone)."""
+    for folder in Path(tempfile.gettempdir()).glob(_PREFIX + "*"):
+        try:
+            owner = int((folder / _OWNER).read_text())
+        except (OSError, ValueError):
+            continue
+        if not _alive(owner):
+            PostgresCluster(folder, pg_ctl, runas).stop()
+
+
 def start_cluster() -> PostgresCluster:
     """Start a cluster (skips or fails, see the module's description, when PostgreSQL is missing)."""
     initdb, pg_ctl = _server_program("initdb"), _server_program("pg_ctl")
@@ -91,7 +116,9 @@ def start_cluster() -> PostgresCluster:
     except ImportError:
         missing_postgres("psycopg (PostgreSQL's Python driver) is not installed")
     runas, uid = _runas()
-    folder = Path(tempfile.mkdtemp(prefix="mucosa-pg-"))
+    _stop_orphans(pg_ctl, runas)
+    folder = Path(tempfile.mkdtemp(prefix=_PREFIX))
+    (folder / _OWNER).write_text(str(os.getpid()))
     if uid is not None:
         os.chown(folder, uid, -1)
     steps = [[*runas, initdb, "-D", str(folder / "data"), "-A", "trust", "-U", "postgres", "-E", "UTF8",
