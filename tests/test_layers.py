@@ -1,4 +1,4 @@
-"""The package's layering rule, checked on its source: data → models → inference → evaluation → top.
+"""The package's layering rule, checked on its source: data → models → inference → evaluation → store → top.
 
 Every ``import`` of a mucosa module, at module level or inside a function, must point to the same layer or
 a lower one, and the import graph must have no circle. A new module must be given a layer here.
@@ -18,6 +18,7 @@ LAYERS = [  # lowest first
     ("models", ("mucosa.models",)),
     ("inference", ("mucosa.inference",)),
     ("evaluation", ("mucosa.evaluation",)),
+    ("store", ("mucosa.store",)),
     ("top", ("mucosa", "mucosa.api", "mucosa.cli", "mucosa.demo", "mucosa.__main__", "mucosa.service")),
 ]
 

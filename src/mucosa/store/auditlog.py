@@ -1,0 +1,44 @@
+"""The audit log: who did what and when, to which case, under which model. Lines are only ever added, in the
+same transaction as the action they record (the database itself refuses to change or remove one)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mucosa.store.records import AuditEntry, User
+from mucosa.store.tables import AuditRow
+
+__all__ = ["LOCAL", "Actor", "actor_name", "record", "entries"]
+
+LOCAL = "local"  # an action taken on the store's machine (the CLI), not through the service
+Actor = User | str | None  # a user, a worker's name, or None for LOCAL
+
+
+def actor_name(actor: Actor) -> str:
+    if actor is None:
+        return LOCAL
+    return actor.name if isinstance(actor, User) else str(actor)
+
+
+def record(session: Session, actor: Actor, action: str, at: dt.datetime, case_id: str | None = None,
+           model_version: str | None = None, detail: dict | None = None) -> None:
+    """Add a line to the log (within the caller's transaction)."""
+    session.add(AuditRow(at=at, user_id=actor.id if isinstance(actor, User) else None, actor=actor_name(actor),
+                         action=action, case_id=case_id, model_version=model_version, detail=dict(detail or {})))
+
+
+def entries(session: Session, case_id: str | None = None, actor: str | None = None, since: dt.datetime | None = None,
+            limit: int = 100, offset: int = 0) -> list[AuditEntry]:
+    """Lines of the log, newest first, optionally of one case, one actor, or since a time."""
+    query = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit).offset(offset)
+    if case_id is not None:
+        query = query.where(AuditRow.case_id == case_id)
+    if actor is not None:
+        query = query.where(AuditRow.actor == actor)
+    if since is not None:
+        query = query.where(AuditRow.at >= since)
+    return [AuditEntry(row.id, row.at, row.actor, row.action, row.case_id, row.model_version, dict(row.detail))
+            for row in session.scalars(query)]

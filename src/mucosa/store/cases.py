@@ -1,0 +1,150 @@
+"""Cases: adding them (with their job), finding them, deleting them (functions on an open transaction)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session, aliased, undefer
+
+from mucosa.store.auditlog import Actor, record
+from mucosa.store.media import MediaFolder
+from mucosa.store.records import Case, CaseStatus, MediaFile, NotFound, Page, Role, StoreError, User
+from mucosa.store.tables import CaseRow, JobRow, ReviewRow, UserRow
+from mucosa.store.users import check_name, require
+
+__all__ = ["KINDS", "MAX_PAGE", "new_case_id", "as_day", "add", "get", "search", "delete", "live_case"]
+
+KINDS = ("video", "images")
+MAX_PAGE = 500
+_Creator = aliased(UserRow)
+
+
+def new_case_id() -> str:
+    """A case id: 12 random hex digits (the viewer's link is ``/#/cases/ID``)."""
+    return secrets.token_hex(6)
+
+
+def as_day(value: dt.date | str | None, what: str) -> dt.date | None:
+    """A day given as a date, a datetime (its date) or ``YYYY-MM-DD``; StoreError for anything else."""
+    if value is None or (isinstance(value, dt.date) and not isinstance(value, dt.datetime)):
+        return value
+    if isinstance(value, dt.datetime):
+        return value.date()
+    try:
+        return dt.date.fromisoformat(str(value).strip())
+    except ValueError:
+        raise StoreError(f"{what} {str(value)[:40]!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _optional(value: str | None, what: str) -> str | None:
+    return None if value is None or not value.strip() else check_name(value, what)
+
+
+def add(session: Session, media_folder: MediaFolder, at: dt.datetime, by: Actor, name: str,
+        media: Sequence[MediaFile], kind: str, patient: str | None, exam_date: dt.date | str | None,
+        region: str | None,
+        frames_announced: int | None) -> str:
+    """A new queued case and its job; returns its id. Its media must be in the store already."""
+    require(by, Role.VIEWER, "add cases")
+    if kind not in KINDS:
+        raise StoreError(f"case kind {kind!r} is not one of {', '.join(KINDS)}")
+    if not media:
+        raise StoreError("a case needs at least one media file")
+    missing = [m.name for m in media if not media_folder.has(m.sha256, m.suffix)]
+    if missing:
+        raise StoreError(f"media not in the store (put_media first): {', '.join(missing[:5])}")
+    row = CaseRow(id=new_case_id(), name=check_name(name, "case name", 300), kind=kind,
+                  media=[{"sha256": m.sha256, "name": m.name} for m in media],
+                  patient=_optional(patient, "patient id"), exam_date=as_day(exam_date, "exam date"),
+                  region=_optional(region, "region"), day=as_day(exam_date, "exam date") or at.date(), created_at=at,
+                  created_by=by.id if isinstance(by, User) else None, status=CaseStatus.QUEUED.value,
+                  frames_announced=frames_announced, decode_warnings=[])
+    session.add(row)
+    session.flush()  # the case's row first: the job and the log line refer to it
+    session.add(JobRow(case_id=row.id, state=CaseStatus.QUEUED.value, attempts=0, created_at=at, updated_at=at))
+    record(session, by, "case.add", at, row.id, detail={"name": row.name, "kind": kind, "files": len(media)})
+    return row.id
+
+
+def _reviewed():
+    return select(ReviewRow.id).where(ReviewRow.case_id == CaseRow.id).exists()
+
+
+def _query() -> Select:
+    return (select(CaseRow, _Creator.name, _reviewed().label("reviewed"))
+            .outerjoin(_Creator, CaseRow.created_by == _Creator.id)
+            .where(CaseRow.deleted_at.is_(None)))
+
+
+def _record(row: CaseRow, creator: str | None, reviewed: bool, detail: dict | None) -> Case:
+    return Case(id=row.id, name=row.name, kind=row.kind,
+                media=tuple(MediaFile(m["sha256"], m["name"]) for m in row.media), patient=row.patient,
+                exam_date=row.exam_date, region=row.region, day=row.day, created_at=row.created_at,
+                created_by=creator, status=CaseStatus(row.status), frames_announced=row.frames_announced,
+                frames_decoded=row.frames_decoded, decode_warnings=tuple(row.decode_warnings or ()),
+                verdict=row.verdict, verdict_text=row.verdict_text, score=row.score,
+                unfamiliar_share=row.unfamiliar_share, model_version=row.model_version, error=row.error,
+                finished_at=row.finished_at, reviewed=bool(reviewed), detail=detail)
+
+
+def get(session: Session, case_id: str) -> Case:
+    """The case with its detail. Raises NotFound (also for a deleted case)."""
+    found = session.execute(_query().options(undefer(CaseRow.detail)).where(CaseRow.id == case_id)).first()
+    if found is None:
+        raise NotFound(f"no case {case_id[:40]!r}")
+    row, creator, reviewed = found
+    return _record(row, creator, reviewed, dict(row.detail or {}))
+
+
+def live_case(session: Session, case_id: str) -> CaseRow:
+    row = session.get(CaseRow, case_id)
+    if row is None or row.deleted_at is not None:
+        raise NotFound(f"no case {case_id[:40]!r}")
+    return row
+
+
+def _filtered(query: Select, filters: dict[str, Any]) -> Select:
+    if filters.get("patient") is not None:
+        query = query.where(CaseRow.patient == filters["patient"])
+    if filters.get("since") is not None:
+        query = query.where(CaseRow.day >= as_day(filters["since"], "since"))
+    if filters.get("until") is not None:
+        query = query.where(CaseRow.day <= as_day(filters["until"], "until"))
+    if filters.get("verdict") is not None:
+        query = query.where(CaseRow.verdict == filters["verdict"])
+    if filters.get("status") is not None:
+        query = query.where(CaseRow.status == CaseStatus(filters["status"]).value)
+    if filters.get("reviewed") is not None:
+        query = query.where(_reviewed() if filters["reviewed"] else ~_reviewed())
+    if filters.get("name"):
+        query = query.where(CaseRow.name.icontains(filters["name"], autoescape=True))
+    return query
+
+
+def search(session: Session, limit: int, offset: int, **filters: Any) -> Page:
+    """Cases matching every filter given (see :meth:`mucosa.store.Store.search`), newest first."""
+    if not 1 <= limit <= MAX_PAGE or offset < 0:
+        raise StoreError(f"a page holds 1 to {MAX_PAGE} cases from offset 0 or more; got {limit} from {offset}")
+    query = _filtered(_query(), filters)
+    total = session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = session.execute(query.order_by(CaseRow.created_at.desc(), CaseRow.id.desc()).limit(limit).offset(offset))
+    return Page([_record(row, creator, reviewed, None) for row, creator, reviewed in rows], int(total or 0),
+                offset, limit)
+
+
+def delete(session: Session, case_id: str, at: dt.datetime, by: Actor) -> None:
+    """Hide a case from every list and search, and cancel its work. Its row, reviews and audit lines stay
+    (the audit log must keep making sense); its media stay in the store."""
+    require(by, Role.ADMIN, "delete cases")
+    row = live_case(session, case_id)
+    row.deleted_at, row.deleted_by = at, by.id if isinstance(by, User) else None
+    if row.status in (CaseStatus.QUEUED.value, CaseStatus.RUNNING.value):
+        row.status = CaseStatus.CANCELLED.value
+    job = session.scalars(select(JobRow).where(JobRow.case_id == case_id)).one()
+    if job.state in (CaseStatus.QUEUED.value, CaseStatus.RUNNING.value):
+        job.state, job.lease_owner, job.lease_expires, job.updated_at = CaseStatus.CANCELLED.value, None, None, at
+    record(session, by, "case.delete", at, case_id, row.model_version, {"name": row.name})

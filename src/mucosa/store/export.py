@@ -1,0 +1,62 @@
+"""Reviewed cases as training data: a manifest CSV that ``mucosa train`` reads.
+
+One row per media file of every reviewed case: ``path`` (the file in the store's media folder, relative to
+the CSV), ``label`` (the latest review's histology), ``patient`` (the pseudonymous patient id; a case without
+one is its own patient, ``case-ID``), ``region`` and ``case`` (the case's id). A file stored for two cases is
+written once (the manifest refuses duplicate rows), under the earlier case.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from mucosa.atomic import PendingFile, check_writable_file, write_error
+from mucosa.data.manifest import Record, write_manifest
+from mucosa.store.media import MediaFolder
+from mucosa.store.records import Case, Review, StoreError
+
+__all__ = ["export_reviewed"]
+
+log = logging.getLogger(__name__)
+
+
+def _records(reviewed: Sequence[tuple[Case, Review]], media_folder: MediaFolder) -> list[Record]:
+    records, seen = [], {}
+    for case, review in reviewed:
+        patient = case.patient or f"case-{case.id}"
+        for media in case.media:
+            path = media_folder.path(media.sha256, media.suffix).absolute()
+            if path in seen:
+                log.warning("case %s: %s is already exported for case %s; skipped", case.id, media.name, seen[path])
+                continue
+            seen[path] = case.id
+            records.append(Record(path, review.histology, patient, case.region or "", extra={"case": case.id}))
+    return records
+
+
+def export_reviewed(reviewed: Sequence[tuple[Case, Review]], media_folder: MediaFolder, path: str | Path,
+                    where: str) -> int:
+    """Write the manifest of the reviewed cases (each with its latest review) of the store ``where`` to ``path``
+    (atomically); returns its rows.
+
+    Raises:
+        StoreError: no case has been reviewed yet.
+        OutputError, WriteError: ``path`` cannot be written.
+    """
+    path = check_writable_file(path, "manifest")
+    records = _records(reviewed, media_folder)
+    if not records:
+        raise StoreError(f"store {where}: no reviewed case to export")
+    pending = PendingFile(path, open_file=False)
+    try:
+        write_manifest(records, pending.temp)  # same folder as path: the relative paths hold
+    except BaseException as error:
+        pending.discard()
+        if isinstance(error, OSError):
+            raise write_error(error, path) from None
+        raise
+    pending.commit()
+    log.info("exported %d files of reviewed cases to %s", len(records), path)
+    return len(records)

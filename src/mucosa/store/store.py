@@ -1,0 +1,338 @@
+"""The store's one interface, the same on SQLite and PostgreSQL: :class:`Store`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from mucosa.store import auditlog, cases, jobs, reviews, users
+from mucosa.store import backup as backups
+from mucosa.store import export as exports
+from mucosa.store.auditlog import Actor
+from mucosa.store.location import Location, locate, make_engines
+from mucosa.store.media import MediaFolder
+from mucosa.store.records import AuditEntry, Case, CaseResult, Job, MediaFile, Page, Review, Role, User
+from mucosa.store.schema import database_error, head_revision, prepare
+from mucosa.store.tables import UserRow
+
+__all__ = ["Store", "utc_now"]
+
+_TRUST_SECONDS = 300.0  # a token checked by scrypt is trusted this long (the user's row is still read each time)
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Store:
+    """Cases, their jobs, reviews, users and the audit log, in SQLite or PostgreSQL, with media on disk.
+
+    Open one with :meth:`open`; it is safe to share between threads. Every method is one transaction, so
+    what it does is either all written or not at all. Methods that take ``by`` check that user's role
+    (``by=None`` is the local operator, e.g. the CLI, who may do anything) and log the action.
+    """
+
+    def __init__(self, location, reader, writer, clock: Callable[[], dt.datetime], lease_seconds: float) -> None:
+        self._location, self._reader, self._writer = location, reader, writer
+        self._clock, self.lease_seconds = clock, lease_seconds
+        self.media = MediaFolder(location.media)
+        self._trusted: dict[str, tuple[int, str, float]] = {}
+        self._trust_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, location: str | Path, media: str | Path | None = None, *, create: bool = False,
+             clock: Callable[[], dt.datetime] = utc_now, lease_seconds: float = jobs.LEASE_SECONDS) -> Store:
+        """Open the store at ``location``: a folder (SQLite, ``DIR/store.sqlite3`` and ``DIR/media``) or a
+        ``postgresql+psycopg://USER@HOST/DB`` URL, whose media go to the shared folder ``media``.
+
+        Opening changes nothing; ``create=True`` makes a new, empty store where there is none.
+
+        Args:
+            location: a store folder, or a PostgreSQL URL.
+            media: the media folder: required with a URL (a folder all servers share); a store folder keeps its
+                media in ``DIR/media`` unless another folder is given.
+            clock: the current time, as an aware datetime (tests move it forward).
+            lease_seconds: how long a claimed job stays a worker's without a heartbeat.
+
+        Raises:
+            StoreNotFound: no store there (and ``create`` is off).
+            MigrationNeeded: the store needs ``mucosa store upgrade``.
+            UnknownRevision: a newer mucosa wrote the store.
+            StoreError: the database cannot be reached or read (one line naming it).
+        """
+        place = locate(location, media)
+        reader, writer = make_engines(place)
+        try:
+            prepare(place, reader, writer, create)
+        except BaseException:
+            reader.dispose()
+            writer.dispose()
+            raise
+        return cls(place, reader, writer, clock, lease_seconds)
+
+    def close(self) -> None:
+        """Close the database connections."""
+        self._reader.dispose()
+        self._writer.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+    @property
+    def backend(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._location.backend
+
+    @property
+    def location(self) -> str:
+        """The store as messages name it (a folder, or the URL without its password)."""
+        return self._location.describe()
+
+    @property
+    def revision(self) -> str:
+        return head_revision()
+
+    def now(self) -> dt.datetime:
+        return self._clock()
+
+    @contextmanager
+    def _session(self, write: bool) -> Iterator[Session]:
+        try:
+            with Session(self._writer if write else self._reader, expire_on_commit=False) as session, \
+                    session.begin():
+                yield session
+        except SQLAlchemyError as error:
+            raise database_error(self._location, error) from None
+
+    # ------------------------------------------------------------------------------------------ media
+
+    def put_media(self, source: str | Path | bytes | BinaryIO, suffix: str | None = None) -> str:
+        """Keep a file (a path, bytes or an open binary file) in the media folder; returns its SHA-256.
+        ``suffix`` defaults to the path's. See :class:`mucosa.store.media.MediaFolder`."""
+        return self.media.put(source, suffix)
+
+    def media_path(self, media: MediaFile) -> Path:
+        """Where a case's media file lies."""
+        return self.media.path(media.sha256, media.suffix)
+
+    # ------------------------------------------------------------------------------------------ users
+
+    def add_user(self, name: str, role: Role | str, by: Actor = None) -> str:
+        """Add a user and return their token: show it once, only its hash is kept."""
+        with self._session(write=True) as session:
+            return users.add(session, name, role, self.now(), by)[1]
+
+    def use_token(self, token: str, name: str = "admin") -> User:
+        """The laptop mode, ``mucosa serve --token T`` alone: one admin user, ``name``, whose token is ``T``
+        (made, or updated when ``T`` changed)."""
+        with self._session(write=True) as session:
+            return users.use_token(session, token, name, self.now())
+
+    def renew_token(self, name: str, by: Actor = None) -> str:
+        """A new token for ``name`` (the old one stops working); returns it."""
+        with self._session(write=True) as session:
+            return users.renew_token(session, name, self.now(), by)
+
+    def set_role(self, name: str, role: Role | str, by: Actor = None) -> User:
+        with self._session(write=True) as session:
+            return users.set_role(session, name, role, self.now(), by)
+
+    def disable_user(self, name: str, by: Actor = None) -> User:
+        """Stop a user's token from working; what they did stays attributed to them."""
+        with self._session(write=True) as session:
+            return users.set_active(session, name, False, self.now(), by)
+
+    def enable_user(self, name: str, by: Actor = None) -> User:
+        with self._session(write=True) as session:
+            return users.set_active(session, name, True, self.now(), by)
+
+    def users(self) -> list[User]:
+        """Every user, by name."""
+        with self._session(write=False) as session:
+            return users.everyone(session)
+
+    def user(self, name: str) -> User:
+        """The user ``name``; raises NotFound."""
+        with self._session(write=False) as session:
+            return users.user_record(users.find(session, name))
+
+    def authenticate(self, token: str) -> User | None:
+        """The active user whose token this is, or None. A token checked once (scrypt, tens of milliseconds) is
+        trusted for five minutes by this process, as long as the user stays active and keeps that token."""
+        key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+        with self._trust_lock:
+            trusted = self._trusted.get(key)
+        with self._session(write=False) as session:
+            if trusted is not None and trusted[2] > time.monotonic():
+                row = session.get(UserRow, trusted[0])
+                if row is not None and row.active and row.token_hash == trusted[1]:
+                    return users.user_record(row)
+            found = users.authenticate(session, token)
+        with self._trust_lock:
+            if len(self._trusted) > 10_000:
+                self._trusted.clear()
+            if found is None:
+                self._trusted.pop(key, None)
+                return None
+            self._trusted[key] = (found[0].id, found[1], time.monotonic() + _TRUST_SECONDS)
+        return found[0]
+
+    # ------------------------------------------------------------------------------------------ cases
+
+    def add_case(self, name: str, media: Sequence[MediaFile], *, kind: str = "video", by: Actor = None,
+                 patient: str | None = None, exam_date: dt.date | str | None = None, region: str | None = None,
+                 frames_announced: int | None = None) -> Case:
+        """Add a case (queued, with its job) whose media are in the store already (:meth:`put_media`).
+
+        Args:
+            name: shown in lists; two cases may share a name (their ids differ).
+            kind: ``"video"`` or ``"images"``.
+            patient, exam_date, region: the optional exam fields (a pseudonymous patient id, never a name;
+                the date as a date or ``YYYY-MM-DD``).
+            frames_announced: the frames the file says it holds.
+        """
+        with self._session(write=True) as session:
+            case_id = cases.add(session, self.media, self.now(), by, name, media, kind, patient, exam_date, region,
+                                frames_announced)
+        return self.case(case_id)
+
+    def case(self, case_id: str) -> Case:
+        """The case with its detail; raises NotFound (also for a deleted case)."""
+        with self._session(write=False) as session:
+            return cases.get(session, case_id)
+
+    def search(self, *, patient: str | None = None, since: dt.date | str | None = None,
+               until: dt.date | str | None = None,
+               verdict: str | None = None, reviewed: bool | None = None, name: str | None = None,
+               status: str | None = None, limit: int = 50, offset: int = 0) -> Page:
+        """Cases matching every filter given, newest first, one page at a time.
+
+        Args:
+            patient: the pseudonymous patient id (exact).
+            since, until: the case's day (exam date, else upload day), inclusive; dates or ``YYYY-MM-DD``.
+            verdict: the class called.
+            reviewed: True for reviewed cases only, False for unreviewed ones.
+            name: a part of the case's name (any case).
+            status: queued, running, done, failed or cancelled.
+            limit, offset: the page (at most 500 cases).
+        """
+        with self._session(write=False) as session:
+            return cases.search(session, limit, offset, patient=patient, since=since, until=until, verdict=verdict,
+                                reviewed=reviewed, name=name, status=status)
+
+    def delete_case(self, case_id: str, by: Actor = None) -> None:
+        """Delete a case (admins): it leaves every list and its work stops; reviews and the log keep it."""
+        with self._session(write=True) as session:
+            cases.delete(session, case_id, self.now(), by)
+
+    # ------------------------------------------------------------------------------------------ jobs
+
+    def claim(self, worker: str) -> Job | None:
+        """Take the oldest job waiting (or one whose worker died) for ``worker``; None when there is none.
+        Call :meth:`heartbeat` well within :attr:`lease_seconds`, then :meth:`finish` or :meth:`fail`."""
+        with self._session(write=True) as session:
+            return jobs.claim(session, worker, self.now(), self.lease_seconds)
+
+    def heartbeat(self, job: Job, frames_decoded: int | None = None) -> Job:
+        """Extend the job's lease (and record progress). Raises LeaseLost: stop working on the case."""
+        with self._session(write=True) as session:
+            return jobs.heartbeat(session, job, self.now(), self.lease_seconds, frames_decoded)
+
+    def finish(self, job: Job, result: CaseResult) -> Case:
+        """Write the case's results and end its job in one transaction. Raises LeaseLost (nothing written)."""
+        with self._session(write=True) as session:
+            jobs.finish(session, job, result, self.now())
+        return self.case(job.case_id)
+
+    def fail(self, job: Job, error: str, decode_warnings: Sequence[str] = (), model_version: str | None = None) -> None:
+        """End the job as failed, saying why. Raises LeaseLost (nothing written)."""
+        with self._session(write=True) as session:
+            jobs.fail(session, job, error, self.now(), tuple(decode_warnings), model_version)
+
+    def release(self, job: Job) -> None:
+        """Give an unfinished job back (the server is stopping): it is queued again."""
+        with self._session(write=True) as session:
+            jobs.release(session, job, self.now())
+
+    def job_counts(self) -> dict[str, int]:
+        """Jobs of live cases per state, e.g. ``{"queued": 3, "running": 1, "done": 40, ...}``."""
+        with self._session(write=False) as session:
+            return jobs.counts(session)
+
+    # ------------------------------------------------------------------------------------------ reviews
+
+    def add_review(self, case_id: str, by: User, histology: str, agrees: bool, note: str = "") -> Review:
+        """Record a reviewer's judgement of a finished case (reviewers and admins). Earlier reviews stay."""
+        with self._session(write=True) as session:
+            return reviews.add(session, case_id, by, histology, agrees, note, self.now())
+
+    def reviews(self, case_id: str) -> list[Review]:
+        """The case's reviews, oldest first (the last is its histology truth)."""
+        with self._session(write=False) as session:
+            return reviews.of_case(session, case_id)
+
+    # ------------------------------------------------------------------------------------------ audit log
+
+    def record(self, actor: Actor, action: str, case_id: str | None = None, model_version: str | None = None,
+               detail: dict | None = None) -> None:
+        """Add a line to the audit log, e.g. ``record(user, "case.open", case_id)`` when a user opens a case."""
+        with self._session(write=True) as session:
+            auditlog.record(session, actor, action, self.now(), case_id, model_version, detail)
+
+    def audit_log(self, *, case_id: str | None = None, actor: str | None = None, since: dt.datetime | None = None,
+                  limit: int = 100, offset: int = 0) -> list[AuditEntry]:
+        """Lines of the audit log, newest first."""
+        with self._session(write=False) as session:
+            return auditlog.entries(session, case_id, actor, since, limit, offset)
+
+    # ------------------------------------------------------------------------------------------ the audit
+
+    def audit(self, since: dt.date | str | None = None, model: str | None = None,
+              classes: Sequence[str] | None = None,
+              positive: str | None = None, bins: int = 10) -> dict:
+        """The running audit of reviewed cases (:func:`mucosa.evaluation.audit.running_audit`): the latest
+        review of each case is its histology; unreviewed cases are not counted.
+
+        Args:
+            since: only cases from this day on (exam date, else upload day; a date or ``YYYY-MM-DD``).
+            model: only verdicts of this model version.
+            classes, positive: the model's classes and positive class (by default, those seen).
+        """
+        from mucosa.evaluation.audit import ReviewedCase, running_audit
+
+        with self._session(write=False) as session:
+            rows = reviews.latest(session, cases.as_day(since, "since"), model)
+        reviewed = [ReviewedCase(r.verdict, r.histology, r.score, r.model_version, day,
+                                 None if r.verdict is not None else r.verdict_text) for r, day in rows]
+        return running_audit(reviewed, classes, positive, bins)
+
+    def reviewed_cases(self) -> list[tuple[Case, Review]]:
+        """Every reviewed live case with its latest review, oldest day first (for exports)."""
+        with self._session(write=False) as session:
+            return [(cases.get(session, review.case_id), review) for review, _ in reviews.latest(session)]
+
+    def export_reviewed(self, path: str | Path) -> int:
+        """Write a manifest CSV of the reviewed cases, their histology labels and pseudonymous patient ids, that
+        ``mucosa train`` reads (see :mod:`mucosa.store.export`); returns its rows."""
+        return exports.export_reviewed(self.reviewed_cases(), self.media, path, self.location)
+
+    def backup(self, out: str | Path) -> Path:
+        """Back the store up into the folder ``out`` while it serves (see :mod:`mucosa.store.backup`)."""
+        return backups.backup(self._location, out, self.now())
+
+    @property
+    def place(self) -> Location:
+        """Where the store lives (its database URL holds the password: never show it; use :attr:`location`)."""
+        return self._location

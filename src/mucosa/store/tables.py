@@ -1,0 +1,164 @@
+"""The store's tables as SQLAlchemy 2 typed ORM classes (internal: the store hands out :mod:`records`).
+
+The migrations under ``migrations/versions`` create exactly these tables (a test compares them), so a change
+here needs a new migration. Times are UTC, stored without a zone on SQLite and with one on PostgreSQL, and
+always read back as aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
+
+__all__ = ["Base", "UTCDateTime", "UserRow", "CaseRow", "JobRow", "ReviewRow", "AuditRow", "ROLES", "STATES"]
+
+ROLES = ("viewer", "reviewer", "admin")
+STATES = ("queued", "running", "done", "failed", "cancelled")
+
+NAMING = {"ix": "ix_%(table_name)s_%(column_0_name)s", "uq": "uq_%(table_name)s_%(column_0_name)s",
+          "ck": "ck_%(table_name)s_%(constraint_name)s", "fk": "fk_%(table_name)s_%(column_0_name)s",
+          "pk": "pk_%(table_name)s"}
+
+
+class UTCDateTime(TypeDecorator):
+    """A point in time, always UTC: naive datetimes are refused on the way in."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"a time without a zone cannot be stored: {value}")
+        value = value.astimezone(dt.timezone.utc)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dt.datetime: UTCDateTime, dt.date: Date, dict: JSON, list: JSON}
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> CheckConstraint:
+    listed = ", ".join(f"'{v}'" for v in values)
+    return CheckConstraint(f"{column} IN ({listed})", name=column)
+
+
+class UserRow(Base):
+    """A person who uses the service. Only a hash of the token is kept (see :mod:`mucosa.store.tokens`)."""
+
+    __tablename__ = "users"
+    __table_args__ = (_one_of("role", ROLES),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_id: Mapped[str | None] = mapped_column(String(32), unique=True)  # None: a token chosen by hand
+    token_hash: Mapped[str] = mapped_column(String(200))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime]
+
+
+class CaseRow(Base):
+    """A video, or the images of one examination, and the model's result."""
+
+    __tablename__ = "cases"
+    __table_args__ = (_one_of("status", STATES),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(300))
+    kind: Mapped[str] = mapped_column(String(16))
+    media: Mapped[list] = mapped_column(JSON)  # [{"sha256": ..., "name": ...}]
+    patient: Mapped[str | None] = mapped_column(String(100), index=True)
+    exam_date: Mapped[dt.date | None]
+    region: Mapped[str | None] = mapped_column(String(100))
+    day: Mapped[dt.date] = mapped_column(Date, index=True)  # exam date, else the upload day (UTC)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    frames_announced: Mapped[int | None]
+    frames_decoded: Mapped[int | None]
+    decode_warnings: Mapped[list] = mapped_column(JSON, default=list)
+    verdict: Mapped[str | None] = mapped_column(String(100), index=True)
+    verdict_text: Mapped[str | None] = mapped_column(String(300))
+    score: Mapped[float | None] = mapped_column(Float)
+    unfamiliar_share: Mapped[float | None] = mapped_column(Float)
+    model_version: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict | None] = deferred(mapped_column(JSON))
+    finished_at: Mapped[dt.datetime | None]
+    deleted_at: Mapped[dt.datetime | None]
+    deleted_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+
+
+class JobRow(Base):
+    """The work on one case: who holds it (``lease_owner``) until when (``lease_expires``)."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (_one_of("state", STATES),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"), unique=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires: Mapped[dt.datetime | None]
+    heartbeat_at: Mapped[dt.datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+
+class ReviewRow(Base):
+    """A reviewer's judgement against histology (append-only: the database refuses updates and deletes)."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"), index=True)
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[dt.datetime]
+    histology: Mapped[str] = mapped_column(String(100))
+    agrees: Mapped[bool] = mapped_column(Boolean)
+    note: Mapped[str] = mapped_column(Text, default="")
+    model_version: Mapped[str | None] = mapped_column(String(200))
+    verdict: Mapped[str | None] = mapped_column(String(100))
+    verdict_text: Mapped[str | None] = mapped_column(String(300))
+    score: Mapped[float | None] = mapped_column(Float)
+
+
+class AuditRow(Base):
+    """Who did what and when (append-only: the database refuses updates and deletes)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(50))
+    case_id: Mapped[str | None] = mapped_column(ForeignKey("cases.id"), index=True)
+    model_version: Mapped[str | None] = mapped_column(String(200))
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)

@@ -1,0 +1,131 @@
+"""Users, their roles and tokens (functions on an open transaction; :class:`mucosa.store.Store` calls them)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mucosa.store.auditlog import Actor, record
+from mucosa.store.records import NotAllowed, NotFound, Role, StoreError, User
+from mucosa.store.tables import UserRow
+from mucosa.store.tokens import hash_token, new_token, split_token, verify_token
+
+__all__ = ["user_record", "require", "parse_role", "check_name", "find", "add", "use_token", "renew_token",
+           "set_role", "set_active", "everyone", "authenticate"]
+
+MAX_NAME = 100
+
+
+def user_record(row: UserRow) -> User:
+    return User(row.id, row.name, Role(row.role), row.active, row.created_at)
+
+
+def require(actor: Actor, needed: Role, what: str) -> None:
+    """Refuse ``what`` to a user whose role is below ``needed`` (None, the local operator, may do anything)."""
+    if isinstance(actor, User) and not actor.allows(needed):
+        state = "" if actor.active else "disabled "
+        raise NotAllowed(f"{state}user {actor.name} ({actor.role.value}) may not {what}: it needs the role "
+                         f"{needed.value}")
+
+
+def parse_role(role: Role | str) -> Role:
+    try:
+        return Role(role)
+    except ValueError:
+        raise StoreError(f"role {str(role)[:40]!r} is not one of {', '.join(r.value for r in Role)}") from None
+
+
+def check_name(name: str, what: str = "user name", limit: int = MAX_NAME) -> str:
+    """A name stripped of outer spaces; refused when empty, too long, or holding control characters."""
+    cleaned = (name or "").strip()
+    if not cleaned or len(cleaned) > limit or any(ord(c) < 32 or ord(c) == 127 for c in cleaned):
+        raise StoreError(f"{what} {name[:limit + 20]!r} must be 1 to {limit} printable characters")
+    return cleaned
+
+
+def find(session: Session, name: str) -> UserRow:
+    row = session.scalars(select(UserRow).where(UserRow.name == name)).first()
+    if row is None:
+        raise NotFound(f"no user named {name!r}")
+    return row
+
+
+def add(session: Session, name: str, role: Role | str, at: dt.datetime, by: Actor) -> tuple[User, str]:
+    """A new user with a fresh token; returns the user and the token (only its hash is kept)."""
+    require(by, Role.ADMIN, "add users")
+    name, role = check_name(name), parse_role(role)
+    if session.scalars(select(UserRow.id).where(UserRow.name == name)).first() is not None:
+        raise StoreError(f"user {name!r} exists already (`mucosa users token {name}` gives them a new token)")
+    token, token_id = new_token()
+    row = UserRow(name=name, role=role.value, token_id=token_id, token_hash=hash_token(token), active=True,
+                  created_at=at)
+    session.add(row)
+    session.flush()
+    record(session, by, "user.add", at, detail={"user": name, "role": role.value})
+    return user_record(row), token
+
+
+def use_token(session: Session, token: str, name: str, at: dt.datetime) -> User:
+    """The laptop mode: the admin ``name`` whose token is ``token`` (chosen by hand), made or updated."""
+    name = check_name(name)
+    if not token:
+        raise StoreError("the token is empty")
+    row = session.scalars(select(UserRow).where(UserRow.name == name)).first()
+    if row is not None and row.token_id is not None:
+        raise StoreError(f"user {name!r} exists with a token of its own; pick another name for the --token user")
+    if row is None:
+        row = UserRow(name=name, role=Role.ADMIN.value, token_id=None, token_hash=hash_token(token), active=True,
+                      created_at=at)
+        session.add(row)
+        session.flush()
+        record(session, None, "user.add", at, detail={"user": name, "role": Role.ADMIN.value, "token": "chosen"})
+    elif not verify_token(token, row.token_hash) or row.role != Role.ADMIN.value or not row.active:
+        row.token_hash, row.role, row.active = hash_token(token), Role.ADMIN.value, True
+        record(session, None, "user.token", at, detail={"user": name, "token": "chosen"})
+    return user_record(row)
+
+
+def renew_token(session: Session, name: str, at: dt.datetime, by: Actor) -> str:
+    """A fresh token for ``name``; the old one stops working at once."""
+    require(by, Role.ADMIN, "renew tokens")
+    row = find(session, name)
+    token, token_id = new_token()
+    row.token_id, row.token_hash = token_id, hash_token(token)
+    record(session, by, "user.token", at, detail={"user": name})
+    return token
+
+
+def set_role(session: Session, name: str, role: Role | str, at: dt.datetime, by: Actor) -> User:
+    require(by, Role.ADMIN, "change roles")
+    row, role = find(session, name), parse_role(role)
+    record(session, by, "user.role", at, detail={"user": name, "from": row.role, "to": role.value})
+    row.role = role.value
+    return user_record(row)
+
+
+def set_active(session: Session, name: str, active: bool, at: dt.datetime, by: Actor) -> User:
+    """Disable a user (their token stops working; what they did stays attributed to them) or enable them again."""
+    require(by, Role.ADMIN, "disable or enable users")
+    row = find(session, name)
+    row.active = active
+    record(session, by, "user.enable" if active else "user.disable", at, detail={"user": name})
+    return user_record(row)
+
+
+def everyone(session: Session) -> list[User]:
+    return [user_record(row) for row in session.scalars(select(UserRow).order_by(UserRow.name))]
+
+
+def authenticate(session: Session, token: str) -> tuple[User, str] | None:
+    """The active user whose token this is, with the stored hash it matched; None for any other token."""
+    token_id, _ = split_token(token)
+    if token_id is not None:
+        rows = session.scalars(select(UserRow).where(UserRow.token_id == token_id)).all()
+    else:
+        rows = session.scalars(select(UserRow).where(UserRow.token_id.is_(None))).all()
+    for row in rows:
+        if row.active and verify_token(token, row.token_hash):
+            return user_record(row), row.token_hash
+    return None

@@ -1,0 +1,75 @@
+"""Backups taken while the store serves, restored into an empty place: the same cases, reviews, users and log."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mucosa.store import CaseResult, Store, StoreError, UnknownRevision, restore
+
+
+def _contents(store: Store) -> tuple:
+    cases = store.search(limit=500).cases
+    return (cases, [store.case(c.id).detail for c in cases], [store.reviews(c.id) for c in cases],
+            store.users(), store.audit_log(limit=500))
+
+
+def _media(root) -> dict:
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def filled(store, make_case):
+    """A store with users, a reviewed case, a queued one; returns the reviewer's token."""
+    token = store.add_user("dr r", "reviewer")
+    reviewer = store.authenticate(token)
+    done = make_case("done", patient="P-1")
+    make_case("waiting")
+    store.finish(store.claim("w"), CaseResult("active", "active disease", "v1", score=0.9, detail={"t": [1, 2]}))
+    store.add_review(done.id, reviewer, "active", True, "confirmed")
+    return token
+
+
+def _empty_place(place, postgres_factory, tmp_path):
+    if place.backend == "sqlite":
+        return tmp_path / "restored", None
+    return postgres_factory.new_database(), tmp_path / "restored-media"
+
+
+def test_a_backup_restores_into_an_empty_place_as_it_was(store, place, filled, tmp_path, request):
+    out = store.backup(tmp_path / "backup")
+    info = json.loads((out / "backup.json").read_text())
+    assert (info["backend"], info["revision"], info["media_files"]) == (place.backend, store.revision, 2)
+    cluster = request.getfixturevalue("postgres") if place.backend == "postgresql" else None
+    target, media = _empty_place(place, cluster, tmp_path)
+    assert restore(out, target, media)["revision"] == store.revision
+    with Store.open(target, media) as restored:
+        assert _contents(restored) == _contents(store)
+        assert _media(restored.media.root) == _media(store.media.root)
+        assert restored.authenticate(filled).name == "dr r"
+        assert restored.claim("w2").case_id == store.search(status="queued").cases[0].id
+    with pytest.raises(StoreError, match="holds a store already|not empty"):
+        restore(out, target, media)
+
+
+def test_a_second_backup_into_the_same_folder_replaces_the_first(store, filled, make_case, tmp_path):
+    store.backup(tmp_path / "backup")
+    make_case("later")
+    out = store.backup(tmp_path / "backup")
+    assert json.loads((out / "backup.json").read_text())["media_files"] == 3
+    assert sorted(p.name for p in out.iterdir()) in (["backup.json", "media", "store.sqlite3"],
+                                                      ["backup.json", "media", "store.pgdump"])
+
+
+def test_restore_refuses_what_is_not_a_backup_of_this_backend_or_version(store, place, filled, tmp_path):
+    with pytest.raises(StoreError, match="not a mucosa store backup"):
+        restore(tmp_path, tmp_path / "x")
+    out = store.backup(tmp_path / "backup")
+    other = "postgresql+psycopg://u@/db?host=/nowhere" if place.backend == "sqlite" else tmp_path / "folder"
+    with pytest.raises(StoreError, match=f"backup of a {place.backend} store"):
+        restore(out, other, tmp_path / "m")
+    info = json.loads((out / "backup.json").read_text())
+    (out / "backup.json").write_text(json.dumps({**info, "revision": "0099"}))
+    with pytest.raises(UnknownRevision, match="revision 0099"):
+        restore(out, tmp_path / "y", tmp_path / "m")

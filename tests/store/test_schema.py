@@ -1,0 +1,189 @@
+"""The store's format version: opening checks it and changes nothing; only `upgrade` migrates."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
+
+from mucosa.store import (
+    MigrationNeeded,
+    Store,
+    StoreError,
+    StoreNotFound,
+    UnknownRevision,
+    head_revision,
+    known_revisions,
+    schema,
+    upgrade,
+)
+from mucosa.store.tables import Base
+
+SECOND = '''
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+
+
+def upgrade():
+    with op.batch_alter_table("cases") as batch:
+        batch.add_column(sa.Column("ward", sa.String(50), nullable=True))
+'''
+
+
+def _url(place) -> str:
+    if place.backend == "sqlite":
+        return f"sqlite:///{place.location}/store.sqlite3"
+    return str(place.location)
+
+
+def _revision_and_columns(place) -> tuple[str | None, set[str]]:
+    engine = create_engine(_url(place))
+    try:
+        with engine.connect() as connection:
+            revision = MigrationContext.configure(connection).get_current_revision()
+            tables = inspect(connection).get_table_names()
+            columns = {c["name"] for c in inspect(connection).get_columns("cases")} if "cases" in tables else set()
+    finally:
+        engine.dispose()
+    return revision, columns
+
+
+def _set_revision(place, revision: str) -> None:
+    engine = create_engine(_url(place))
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
+    engine.dispose()
+
+
+def _digest(place) -> str | None:
+    return hashlib.sha256((place.location / "store.sqlite3").read_bytes()).hexdigest() if place.backend == "sqlite" \
+        else None
+
+
+@pytest.fixture
+def newer_mucosa(tmp_path, monkeypatch):
+    """``newer_mucosa()`` makes this mucosa ship a second migration (revision 0002, adding a column)."""
+    def install() -> None:
+        folder = tmp_path / "migrations"
+        shutil.copytree(schema.MIGRATIONS, folder, ignore=shutil.ignore_patterns("__pycache__"))
+        (folder / "versions" / "0002_ward.py").write_text(SECOND)
+        monkeypatch.setattr(schema, "MIGRATIONS", folder)
+
+    return install
+
+
+def test_a_missing_store_is_refused_and_nothing_is_made(place):
+    with pytest.raises(StoreNotFound, match="mucosa store upgrade"):
+        place.open()
+    if place.backend == "sqlite":
+        assert not place.location.exists()
+    else:
+        assert _revision_and_columns(place) == (None, set())
+
+
+def test_create_makes_a_store_at_the_current_revision_that_opens_again(place, make_case):
+    with place.open(create=True) as store:
+        make_case("first", target=store)
+    assert _revision_and_columns(place)[0] == head_revision() == known_revisions()[-1]
+    with place.open() as store:
+        assert [c.name for c in store.search().cases] == ["first"]
+
+
+def test_servers_starting_together_on_a_new_store_create_it_once(place):
+    with ThreadPoolExecutor(4) as pool:
+        stores = list(pool.map(lambda _: place.open(create=True), range(4)))
+    for store in stores:
+        store.close()
+    assert _revision_and_columns(place)[0] == head_revision()
+
+
+def test_the_migrations_make_exactly_the_tables_of_the_models(store, place):
+    engine = create_engine(_url(place))
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    engine.dispose()
+    assert differences == []
+
+
+def test_an_older_store_needs_an_upgrade_and_opening_it_changes_nothing(place, newer_mucosa):
+    place.open(create=True).close()  # at 0001
+    newer_mucosa()
+    assert known_revisions()[-1] == "0002"
+    before = _digest(place)
+    with pytest.raises(MigrationNeeded) as refused:
+        place.open()
+    message = str(refused.value)
+    assert "revision 0001" in message and "needs 0002" in message and "mucosa store upgrade" in message
+    revision, columns = _revision_and_columns(place)
+    assert revision == "0001" and "ward" not in columns
+    assert _digest(place) == before
+    assert upgrade(place.location, place.media) == ("0001", "0002")
+    revision, columns = _revision_and_columns(place)
+    assert revision == "0002" and "ward" in columns
+    place.open().close()
+
+
+def test_a_store_from_a_newer_mucosa_is_refused_by_open_and_upgrade(place):
+    place.open(create=True).close()
+    _set_revision(place, "0042")
+    for attempt in (place.open, lambda: upgrade(place.location, place.media)):
+        with pytest.raises(UnknownRevision) as refused:
+            attempt()
+        assert "revision 0042" in str(refused.value) and "knows 0001" in str(refused.value)
+        assert refused.value.found == "0042" and refused.value.known == known_revisions()
+    assert _revision_and_columns(place)[0] == "0042"
+
+
+def test_upgrade_creates_a_store_and_then_has_nothing_to_do(place):
+    assert upgrade(place.location, place.media) == (None, head_revision())
+    assert upgrade(place.location, place.media) == (head_revision(), head_revision())
+    place.open().close()
+
+
+def test_sqlite_store_is_in_wal_mode_and_its_connections_enforce_foreign_keys(tmp_path):
+    with Store.open(tmp_path / "s", create=True) as store:
+        connection = sqlite3.connect(tmp_path / "s" / "store.sqlite3")
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        connection.close()
+        with store._reader.connect() as conn:  # noqa: SLF001 - the pool's own connection settings
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+        assert (tmp_path / "s" / "media").is_dir()
+
+
+def test_a_file_that_is_not_a_store_is_refused_in_one_line(tmp_path):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "store.sqlite3").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StoreError) as refused:
+        Store.open(folder)
+    assert "file is not a database" in str(refused.value) and "\n" not in str(refused.value)
+    with pytest.raises(StoreError, match="is a file"):
+        Store.open(folder / "store.sqlite3")
+
+
+@pytest.mark.parametrize("location, media, expected", [
+    ("mysql://u@h/db", "m", "unsupported database 'mysql'"),
+    ("postgresql+psycopg://u:secret@h/db", None, "needs the shared folder"),
+])
+def test_bad_locations_are_refused_without_showing_a_password(location, media, expected):
+    with pytest.raises(StoreError, match=expected) as refused:
+        Store.open(location, media)
+    assert "secret" not in str(refused.value)
+
+
+def test_an_unreachable_server_is_one_line_naming_the_store(tmp_path):
+    with pytest.raises(StoreError) as refused:
+        Store.open(f"postgresql+psycopg://u:secret@/db?host={tmp_path}", tmp_path)
+    message = str(refused.value)
+    assert message.startswith("store postgresql+psycopg://u:***@/db") and "\n" not in message
+    assert "secret" not in message

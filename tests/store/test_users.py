@@ -1,0 +1,106 @@
+"""Users and roles: tokens shown once and kept only as hashes; what each role may do."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+
+from mucosa.store import CaseResult, NotAllowed, NotFound, Role, StoreError
+from mucosa.store.tokens import split_token
+
+
+def _everything_stored(store) -> str:
+    """Every value of every table, as text (and, for SQLite, the database files' bytes)."""
+    url = store.place.url.render_as_string(hide_password=False)
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        rows = [repr(row) for table in inspect(connection).get_table_names()
+                for row in connection.execute(text(f"SELECT * FROM {table}"))]
+    engine.dispose()
+    text_found = "\n".join(rows)
+    if store.place.database_file is not None:
+        for path in store.place.database_file.parent.glob("store.sqlite3*"):
+            text_found += path.read_bytes().decode("latin-1")
+    return text_found
+
+
+def test_a_token_is_shown_once_and_only_its_hash_is_kept(store):
+    token = store.add_user("dr smith", "reviewer")
+    token_id, _ = split_token(token)
+    secret = token.split("_", 2)[2]
+    stored = _everything_stored(store)
+    assert "dr smith" in stored and token_id in stored and "scrypt$" in stored
+    assert secret not in stored and token not in stored
+    user = store.authenticate(token)
+    assert (user.name, user.role) == ("dr smith", Role.REVIEWER)
+
+
+@pytest.mark.parametrize("wrong", ["", "mucosa_000000000000_nothing", "not a token", "x" * 300, "\udcff"])
+def test_a_wrong_token_authenticates_nobody(store, wrong):
+    token = store.add_user("dr smith", "viewer")
+    assert store.authenticate(wrong) is None
+    assert store.authenticate(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
+
+
+def test_a_disabled_user_or_a_renewed_token_stops_the_old_token_at_once(store):
+    token = store.add_user("dr smith", "reviewer")
+    assert store.authenticate(token) is not None  # now trusted by this process for a while
+    store.disable_user("dr smith")
+    assert store.authenticate(token) is None
+    store.enable_user("dr smith")
+    assert store.authenticate(token).name == "dr smith"
+    fresh = store.renew_token("dr smith")
+    assert store.authenticate(token) is None
+    assert store.authenticate(fresh).name == "dr smith"
+
+
+def test_users_are_unique_by_name_and_roles_are_checked(store):
+    store.add_user("dr smith", "viewer")
+    with pytest.raises(StoreError, match="exists already"):
+        store.add_user("dr smith", "admin")
+    with pytest.raises(StoreError, match="is not one of viewer, reviewer, admin"):
+        store.add_user("dr jones", "surgeon")
+    with pytest.raises(StoreError, match="printable"):
+        store.add_user("  ", "viewer")
+    with pytest.raises(NotFound):
+        store.renew_token("nobody")
+    assert [u.name for u in store.users()] == ["dr smith"]
+
+
+def test_roles_allow_viewers_to_read_reviewers_to_review_admins_to_delete_and_manage(store, make_case):
+    viewer, reviewer, admin = (store.authenticate(store.add_user(name, name)) for name in Role)
+    case = make_case("exam", by=viewer)
+    job = store.claim("w")
+    store.finish(job, CaseResult("active", "active disease", "v1", score=0.9))
+    with pytest.raises(NotAllowed, match="viewer.*may not review"):
+        store.add_review(case.id, viewer, "active", True)
+    store.add_review(case.id, reviewer, "active", True)
+    for who in (viewer, reviewer):
+        with pytest.raises(NotAllowed, match="delete"):
+            store.delete_case(case.id, by=who)
+        with pytest.raises(NotAllowed, match="add users"):
+            store.add_user("intruder", "admin", by=who)
+    store.add_user("dr new", "viewer", by=admin)
+    store.set_role("dr new", "reviewer", by=admin)
+    assert store.user("dr new").role is Role.REVIEWER
+    store.delete_case(case.id, by=admin)
+    disabled = store.disable_user("dr new", by=admin)
+    with pytest.raises(NotAllowed, match="disabled user"):
+        store.add_review(case.id, disabled, "active", True)
+    actions = [(e.actor, e.action) for e in store.audit_log()]
+    assert ("admin", "case.delete") in actions and ("admin", "user.role") in actions
+    assert ("local", "user.add") in actions and ("reviewer", "case.review") in actions
+
+
+def test_the_laptop_token_alone_is_one_admin_user(store):
+    admin = store.use_token("my laptop secret")
+    assert admin.role is Role.ADMIN and admin.name == "admin"
+    assert store.authenticate("my laptop secret").name == "admin"
+    assert store.use_token("my laptop secret").id == admin.id  # the same user on the next start
+    store.use_token("a new secret")
+    assert store.authenticate("my laptop secret") is None
+    assert store.authenticate("a new secret").id == admin.id
+    assert "a new secret" not in _everything_stored(store)
+    store.add_user("dr smith", "viewer")
+    with pytest.raises(StoreError, match="token of its own"):
+        store.use_token("x", name="dr smith")
