@@ -208,8 +208,8 @@ def test_predict_and_embed_is_one_pass_with_the_probabilities_of_call(trained, t
         expected = loaded.model.eval().embed(torch.from_numpy(x[:, None] / np.float32(255))).numpy()
     onnx_model, torch_model = OnnxPredictor(tmp_path / "m.onnx"), TorchPredictor(loaded, device="cpu")
     onnx_model.session = CountingSession(onnx_model.session)
-    original, passes = torch_model.model.forward_features, []
-    torch_model.model.forward_features = lambda images: passes.append(len(images)) or original(images)
+    original, passes = torch_model.model.features_and_source, []
+    torch_model.model.features_and_source = lambda images: passes.append(len(images)) or original(images)
     for predictor in (torch_model, onnx_model):
         probs, embeddings = predictor.predict_and_embed(x)
         np.testing.assert_allclose(probs, predictor(x), rtol=0, atol=1e-7)
@@ -229,7 +229,8 @@ def test_parity_measures_the_embedding_too(trained):
     loaded = load_checkpoint(trained[0])
     model = to_onnx(loaded)
     assert max(parity(loaded, model, (2,)).values()) < 1e-4
-    loaded.model.pooled_norm = lambda pooled: pooled.flip(1)  # PyTorch's embedding changes, its logits do not
+    original = loaded.model.embedding_of
+    loaded.model.embedding_of = lambda source: original(source).flip(1)  # PyTorch's embedding changes, not its logits
     assert max(parity(loaded, model, (2,)).values()) > 1e-2
 
 

@@ -42,7 +42,17 @@ def test_the_embedding_is_the_normalised_mean_of_the_feature_map(build, kind, wi
     model = build(kind)
     x = torch.rand(4, 1, 40, 40)
     with torch.no_grad():
-        pooled = model.forward_features(x).mean(dim=(2, 3))
+        source = model.features_and_source(x)[1]  # the paper's networks: Pool2's map before BN2
+        if kind.startswith("timm:"):
+            assert source is model.features_and_source(x)[0] or torch.equal(source, model.forward_features(x))
+        else:
+            assert not torch.allclose(source, model.forward_features(x))  # not the map the head reads
+            captured = []
+            hook = model.pool2.register_forward_hook(lambda module, inputs, output: captured.append(output))
+            model(x)
+            hook.remove()
+            torch.testing.assert_close(source, captured[0])
+        pooled = source.mean(dim=(2, 3))
         expected = pooled / pooled.norm(dim=1, keepdim=True)
         torch.testing.assert_close(model.embed(x), expected)
 
@@ -65,8 +75,8 @@ def test_forward_and_embed_is_one_pass_with_the_same_results(build, kind, width)
     x = torch.rand(3, 1, 40, 40)
     with torch.no_grad():
         expected = model(x), model.embed(x)
-        original, calls = model.forward_features, []
-        model.forward_features = lambda images: calls.append(1) or original(images)
+        original, calls = model.features_and_source, []
+        model.features_and_source = lambda images: calls.append(1) or original(images)
         logits, embedding = model.forward_and_embed(x)
     assert len(calls) == 1  # the feature map is computed once for both
     torch.testing.assert_close(logits, expected[0])

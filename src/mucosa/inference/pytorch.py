@@ -118,18 +118,6 @@ def _bn_affine(bn: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return a, bn.bias - a * bn.running_mean
 
 
-class _PooledAffine(torch.nn.Module):
-    """``scale * x + shift`` per channel of pooled features (B, C): a batch norm folded out of the feature map."""
-
-    def __init__(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("scale", scale.detach().clone(), persistent=False)  # not in the state_dict
-        self.register_buffer("shift", shift.detach().clone(), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale + self.shift
-
-
 @torch.no_grad()
 def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     """An evaluation-mode copy of a mucosa model with both batch norms folded into the layer after them.
@@ -138,8 +126,7 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     shifted pixel, so ``conv3(a * x + b) == conv3'(x)`` exactly. BN2 (after Pool2) is folded into FC1, whose
     input features are the feature map's pixels in channels-last order (channel fastest). Dropout is the
     identity in evaluation, so the copy computes the same function with two fewer passes over memory. The frame
-    embedding, the pooled feature map after BN2, gets BN2 as the affine map of the pooled features (``pooled_norm``):
-    the mean of ``a * x + b`` is ``a * mean(x) + b``, so ``embed`` is unchanged too.
+    embedding pools the map before BN2 (``models.embedding``), which folding does not change.
     """
     import copy
 
@@ -155,7 +142,6 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     repeats = weight.shape[1] // a.numel()
     folded.fc1.bias += weight @ b.repeat(repeats)
     weight.mul_(a.repeat(repeats)[None])
-    folded.pooled_norm = _PooledAffine(a, b)
     folded.bn1, folded.bn2 = torch.nn.Identity(), torch.nn.Identity()
     return folded
 

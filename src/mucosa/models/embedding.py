@@ -1,10 +1,13 @@
 """The frame embedding of every mucosa model: what the network "sees" in a frame, as a unit-length vector.
 
-The embedding is the global average of the model's final feature map (``forward_features``) over its spatial
-positions, L2-normalised: (B, D) with D the feature map's channels (128 for the paper's two networks, the
-backbone's ``num_features`` for a timm kind). Frames that look alike to the model have embeddings with a
-high cosine similarity (their dot product), which is what the atlas searches. It uses the trained weights as
-they are: nothing is added to a checkpoint.
+The embedding is the global average of the model's final feature map over its spatial positions (or
+tokens), L2-normalised: (B, D) with D the feature map's channels (128 for the paper's two networks, the
+backbone's ``num_features`` for a timm kind). For the paper's networks it is the map before their last batch
+norm (Pool2's output: :meth:`FrameModel.features_and_source`): that batch norm rescales each channel for the
+head, and on the real pCLE folds it made foreign inputs look familiar (``benchmarks/atlas_real.py``: white
+noise, patterns and photographs were flagged unfamiliar 67-75%, 26% of the time with it, 100% without).
+Frames that look alike to the model have embeddings with a high cosine similarity (their dot product), which
+is what the atlas searches. It uses the trained weights as they are: nothing is added to a checkpoint.
 
 :class:`FrameModel` is the base of every model kind (``networks.CNNLSTM``, ``networks.CNN``,
 ``backbones.TimmNet``), so all of them have the same :meth:`~FrameModel.embed` and
@@ -48,18 +51,18 @@ class FrameModel(nn.Module):
 
     Attributes:
         embedding_size: D, the width of the embedding (set by the subclass).
-        pooled_norm: None, or a module applied to the pooled features before normalising: the affine map
-            of a batch norm that ``inference.pytorch.fold_batchnorm`` moved out of the feature map.
     """
 
     embedding_size: int
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.pooled_norm: nn.Module | None = None  # not a layer of the model: checkpoints are unchanged
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def features_and_source(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images -> (the feature map the head reads, the map the embedding pools): the same map unless a
+        model says otherwise (the paper's networks: the map before their last batch norm)."""
+        features = self.forward_features(x)
+        return features, features
 
     def forward_head(self, f: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         raise NotImplementedError
@@ -68,16 +71,15 @@ class FrameModel(nn.Module):
         """Images (B, C_in, S, S) -> logits (B, num_outputs)."""
         return self.forward_head(self.forward_features(x))
 
-    def embedding_of(self, features: torch.Tensor) -> torch.Tensor:
-        """The L2-normalised embedding (B, D) of a feature map from :meth:`forward_features`."""
-        pooled = global_pool(features, self.embedding_size)
-        return F.normalize(pooled if self.pooled_norm is None else self.pooled_norm(pooled), dim=1)
+    def embedding_of(self, source: torch.Tensor) -> torch.Tensor:
+        """The L2-normalised embedding (B, D) of the map :meth:`features_and_source` gives for it."""
+        return F.normalize(global_pool(source, self.embedding_size), dim=1)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C_in, S, S) -> frame embeddings (B, D), each of unit length."""
-        return self.embedding_of(self.forward_features(x))
+        return self.embedding_of(self.features_and_source(x)[1])
 
     def forward_and_embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images -> (logits (B, num_outputs), embeddings (B, D)) from one pass through the network."""
-        features = self.forward_features(x)
-        return self.forward_head(features), self.embedding_of(features)
+        features, source = self.features_and_source(x)
+        return self.forward_head(features), self.embedding_of(source)

@@ -324,6 +324,11 @@ class _ConvNet(FrameModel):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C_in, S, S) -> feature map (B, 128, H', W') after the second dropout."""
+        return self.features_and_source(x)[0]
+
+    def features_and_source(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, C_in, S, S) -> (feature map (B, 128, H', W') after the second dropout, the head's input;
+        Pool2's output before BN2, which the frame embedding pools: see ``models.embedding``)."""
         self._check_input(x)
         if self.config.input_norm == "image":  # laser power and detector gain vary between patients
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
@@ -336,7 +341,7 @@ class _ConvNet(FrameModel):
         x = self.conv3(x)  # (B, 64, ., .)
         x = self.conv4(x)  # (B, 128, ., .)
         x = self.pool2(x)  # (B, 128, H', W')
-        return self.drop2(self.bn2(x))
+        return self.drop2(self.bn2(x)), x
 
 
 class CNNLSTM(_ConvNet):
