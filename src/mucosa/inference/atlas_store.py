@@ -4,7 +4,9 @@ The folder is written as a set and checked on reading like a checkpoint. It hold
 NumPy's ``.npy`` read with ``allow_pickle=False``, JSON, CSV, and FAISS's own index format):
 
 - ``atlas.json``: ``format: "mucosa-atlas"``, ``version`` (:data:`VERSION`), the model it belongs to, the
-  frame count, the index's settings, the unfamiliarity calibration, and the SHA-256 of every other file;
+  frame count, the index's settings, the unfamiliarity calibration, how it was built (``built_from``: the
+  checkpoint's file name, the runtime, the manifests; ``inference.atlas_build``), and the SHA-256 of every
+  other file;
 - ``embeddings.npy``: (N, D) float32, L2-normalised frame embeddings;
 - ``thumbnails.npy``: (N, h, w) uint8 gray thumbnails (read as a memory map: an atlas of a million frames
   holds gigabytes of them);
