@@ -123,7 +123,8 @@ def write_search(result: SearchResult, out: str | Path) -> Path:
     """Write ``similar.csv``, ``similar.json`` and ``similar/*.png`` into ``out`` as one set."""
     out = Path(out)
     with atomic.OutputSet(out, OUTPUTS) as staged:
-        entries = []
+        entries, thumbnails = [], staged.staging / "similar"
+        thumbnails.mkdir()
         with open(staged.path("similar.csv"), "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(safe_row(["query", "rank", "case", "patient", "label", "distance", "matched_frames",
@@ -131,7 +132,7 @@ def write_search(result: SearchResult, out: str | Path) -> Path:
                                       "unfamiliar_share"]))
             for number, case in enumerate(result.cases, start=1):
                 share = case.unfamiliar_share
-                entry = similar_entry(case.view, staged.path("similar/x").parent, str(number), staged.staging)
+                entry = similar_entry(case.view, thumbnails, str(number), staged.staging)
                 entries.append({"case": case.case, "frames": case.frames, "used": case.used,
                                 "unfamiliar_share": share, **entry})
                 for rank, similar in enumerate(case.view.similar, start=1):

@@ -260,24 +260,22 @@ def _write_outputs(out: str | Path, classes: list[str], threshold: float, source
         _write_summaries(staged.path("files.csv"), result.files, result, "path")
         if atlas is not None:
             for case in result.cases:
-                case.atlas = consult(atlas, _stacked(case.embeddings, atlas), case.patient)
+                case.atlas = consult(atlas, np.concatenate(case.embeddings) if case.embeddings else None,
+                                     case.patient)
             _write_similar(staged, result)
         _write_summaries(staged.path("cases.csv"), result.cases, result, "case")
     return result
 
 
-def _stacked(embeddings: list[np.ndarray], atlas: Atlas) -> np.ndarray:
-    return np.concatenate(embeddings) if embeddings else np.zeros((0, atlas.model.embedding_size), np.float32)
-
-
 def _write_similar(staged: atomic.OutputSet, result: PredictResult) -> None:
     """``similar.json``: each case's verdict, unfamiliar share, the atlas's vote and most similar cases, their
     closest frames as PNG files in ``similar/``."""
-    entries = []
+    entries, thumbnails = [], staged.staging / "similar"
+    thumbnails.mkdir()
     for number, case in enumerate(result.cases, start=1):
         verdict, share = result.verdict_and_share(case)
         entries.append({"case": case.case, "verdict": verdict, "unfamiliar_share": share,
-                        **similar_entry(case.atlas, staged.path("similar/x").parent, str(number), staged.staging)})
+                        **similar_entry(case.atlas, thumbnails, str(number), staged.staging)})
     staged.path("similar.json").write_text(similar_json(result.atlas, entries), encoding="utf-8")
 
 
@@ -311,10 +309,7 @@ def _write_file(writer, source: Source, scores: FileScores, classes: list[str], 
     """Write one file's rows of ``predictions.csv`` and return its summary (with the atlas's view of it)."""
     width = len(_probability_header(classes))
     probs = scores.probs
-    view = None
-    if atlas is not None:
-        view = consult(atlas, _stacked([] if scores.embeddings is None else [scores.embeddings], atlas),
-                       source.patient, similar=False)
+    view = None if atlas is None else consult(atlas, scores.embeddings, source.patient, similar=False)
     by_position = {position: k for k, position in enumerate(scores.keep.tolist())}
     for position, (index, quality) in enumerate(zip(scores.indices, scores.quality)):
         k = by_position.get(position)
@@ -327,7 +322,7 @@ def _write_file(writer, source: Source, scores: FileScores, classes: list[str], 
                                                      flags_text(None if view.flags is None else view.flags[k])]
         writer.writerow(safe_row([str(source.path), source.case, int(index), f"{quality:.4f}", 1,
                                   *_probability_text(probs[k]), label, *familiarity]))
-    embedded = [] if scores.embeddings is None or atlas is None else [scores.embeddings]
+    embedded = [] if scores.embeddings is None else [scores.embeddings]
     return Summary(str(source.path), source.case, 1, len(scores.indices), len(scores.keep), scores.corrupt,
                    list(probs) if probs is not None else [], embedded, source.patient, view)
 
@@ -384,12 +379,13 @@ def predict(checkpoint: str | Path, paths: list[str | Path], out: str | Path, ru
                           "accelerator and devices settings (--accelerator, --devices)")
     atomic.check_writable_folder(out)
     sources = collect_sources(paths)
-    folder = find_atlas(checkpoint, atlas, use_atlas)
     if several:  # every process checks the atlas, so that none waits for one that refused it
+        folder = find_atlas(checkpoint, atlas, use_atlas)
         found = open_atlas(folder, file_weights(checkpoint)) if folder is not None else None
         work = _ShareWork(checkpoint, runtime, batch_size, threads, cache, progress, embed=found is not None)
         return _predict_shared(sources, out, threshold, processes, work, found)
     predictor = open_predictor(checkpoint, runtime, batch_size, threads, device)
+    folder = find_atlas(checkpoint, atlas, use_atlas)
     found = open_atlas(folder, model_weights(predictor)) if folder is not None else None
     return predict_sources(predictor, sources, out, threshold, cache, progress, found)
 

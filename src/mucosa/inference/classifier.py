@@ -367,8 +367,8 @@ def load(checkpoint: str | Path, device: str = "auto", runtime: str = "auto", th
     _check_options(checkpoint, batch_size, threads)
     threshold = verdicts.check_threshold(threshold)
     cache = FrameCache(cache) if isinstance(cache, (str, Path)) else cache
-    folder = find_atlas(checkpoint, None if atlas in (None, True) else atlas, atlas is not False)
     predictor = open_predictor(checkpoint, runtime, batch_size, threads, device)
+    folder = find_atlas(checkpoint, None if atlas in (None, True) else atlas, atlas is not False)
     found = open_atlas(folder, model_weights(predictor)) if folder is not None else None
     return Classifier(predictor, threshold, cache, found)
 

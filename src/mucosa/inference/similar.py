@@ -49,11 +49,12 @@ class AtlasView:
     similar: list[SimilarCase] = field(default_factory=list)
 
 
-def consult(atlas: Atlas, embeddings: np.ndarray, exclude_patient: str | None = None, k: int = SIMILAR_CASES,
-            similar: bool = True) -> AtlasView:
-    """Ask the atlas about frames (their embeddings, (N, D)), leaving ``exclude_patient``'s frames out: their
-    familiarity, the vote and (with ``similar``) the ``k`` most similar cases."""
-    embeddings = np.asarray(embeddings, np.float32).reshape(-1, atlas.model.embedding_size)
+def consult(atlas: Atlas, embeddings: np.ndarray | None, exclude_patient: str | None = None,
+            k: int = SIMILAR_CASES, similar: bool = True) -> AtlasView:
+    """Ask the atlas about frames (their embeddings, (N, D); None for no frame), leaving ``exclude_patient``'s
+    frames out: their familiarity, the vote and (with ``similar``) the ``k`` most similar cases."""
+    embeddings = np.asarray([] if embeddings is None else embeddings, np.float32).reshape(
+        -1, atlas.model.embedding_size)
     familiarity = atlas.unfamiliar(embeddings, exclude_patient)
     view = AtlasView(familiarity.scores, familiarity.flags)
     if len(embeddings):

@@ -427,9 +427,9 @@ def run(checkpoint: str | Path, source: str | Path, runtime: str = "auto", threa
         options: as for :func:`stream`.
     """
     check_outputs(Path(source), options.get("timeline"), options.get("annotate"))
-    folder = find_atlas(checkpoint, atlas, use_atlas)
     predictor = open_predictor(checkpoint, runtime, batch_size=1, threads=threads or default_threads(),
                                device=device)
     options.setdefault("status", sys.stderr)
+    folder = find_atlas(checkpoint, atlas, use_atlas)
     found = open_atlas(folder, model_weights(predictor)) if folder is not None else None
     return stream(predictor, source, atlas=found, **options)
