@@ -25,7 +25,6 @@ and found beside a checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ from mucosa.inference.atlas import (
     load,
     refuse_other_model,
 )
-from mucosa.inference.atlas_store import make_thumbnails
+from mucosa.inference.atlas_store import file_sha256, make_thumbnails
 from mucosa.inference.onnx import OnnxPredictor
 from mucosa.inference.onnx_files import process_rank
 from mucosa.inference.runtime import describe, for_checkpoint
@@ -132,11 +131,11 @@ class _Frames:
     validation: np.ndarray  # (N,) bool: frames of the manifest's validation rows
 
 
-def _embedded(predictor, records: list[Record], cohort: Cohort, cache: FrameCache) -> _Frames:
+def _embedded(predictor, records: list[Record], cohort: Cohort, cache: FrameCache) -> _Frames | None:
+    """The rows' usable frames embedded, with what they are; None when the quality gate drops them all."""
     table = assemble(Cohort(records, cohort.classes, cohort.source), predictor.preprocessing, cache)
     if not len(table):
-        raise AtlasError(f"{cohort.source}: every frame of its {len(records)} rows was dropped by the quality gate; "
-                         "an atlas needs frames")
+        return None
     embeddings, thumbnails = embed_frames(predictor, table)
     validation = np.array([records[r].split == "val" for r in table.row], bool)
     return _Frames(embeddings, _records(table, cache), thumbnails, validation)
@@ -148,6 +147,9 @@ def _manifest_frames(predictor, manifest: Path, parts, cache: FrameCache) -> tup
     cohort = load_manifest(manifest, classes=predictor.classes, require_all=False)
     chosen = cohort.parts(parts).records
     frames = _embedded(predictor, chosen, cohort, cache)
+    if frames is None:
+        raise AtlasError(f"{manifest}: the quality gate dropped every frame of its {len(chosen)} rows; an atlas "
+                         "needs frames")
     taken = set(chosen)
     outside = [r for r in cohort.records if r.split == "val" and r not in taken]
     return frames, _embedded(predictor, outside, cohort, cache) if outside else None
@@ -166,16 +168,11 @@ def _calibrate(atlas: Atlas, embeddings: np.ndarray, patients: np.ndarray, cases
     atlas.origin["validation_cases"] = sorted(set(cases))
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def _record(atlas: Atlas, folder: Path, checkpoint: LoadedCheckpoint) -> dict:
     """Save the atlas and record it in the checkpoint's model card; returns the card entry."""
     atlas.save(folder)
     calibration = atlas.calibration
-    entry = {"folder": folder.name, "atlas_json_sha256": _sha256(folder / atlas_store.MANIFEST),
+    entry = {"folder": folder.name, "atlas_json_sha256": file_sha256(folder / atlas_store.MANIFEST),
              "weights_sha256": atlas.model.weights_sha256, "frames": len(atlas),
              "cases": len(set(atlas.records.cases.tolist())), "threshold": None, "k": None, "quantile": None}
     if calibration is not None:
@@ -187,7 +184,7 @@ def _record(atlas: Atlas, folder: Path, checkpoint: LoadedCheckpoint) -> dict:
 
 def _origin(loaded: LoadedCheckpoint, predictor, manifest: Path, parts) -> dict:
     return {"checkpoint": loaded.path.name, "runtime": describe(predictor.choice),
-            "manifests": [{"name": manifest.name, "sha256": _sha256(manifest), "parts": list(parts or [])}]}
+            "manifests": [{"name": manifest.name, "sha256": file_sha256(manifest), "parts": list(parts or [])}]}
 
 
 def build_atlas(checkpoint: str | Path, manifest: str | Path, out: str | Path, cache: FrameCache | None = None,
