@@ -76,3 +76,28 @@ def train_tiny(tmp_path_factory):
         return TinyRun(root / "run", Path(best), root / "cohort", cache)
 
     return make
+
+
+ATLAS_RUN = {"model": {"size": 40}, "preprocessing": {"quality_threshold": 0.0, "crop": "none", "channel": "luminance"},
+             "split": {"mode": "patient", "test": 0.25, "val": 0.25, "seed": 0},
+             "training": {"epochs": 1, "batch_size": 8, "threads": 1}}
+
+
+@pytest.fixture(scope="session")
+def atlas_run(tmp_path_factory) -> TinyRun:
+    """A tiny model trained by ``mucosa train`` on 12 synthetic patients of 16 images (40x40), so with its ONNX
+    files and ``atlas/`` beside ``best.ckpt``: 6 training patients, 3 validation patients (48 frames calibrate
+    the atlas) and 3 test patients held out. Treat it as read-only (copy the run to change it)."""
+    import yaml
+
+    from mucosa.cli import main
+    from mucosa.data.cache import FrameCache
+    from mucosa.data.synth import synthesize_cohort
+
+    root = tmp_path_factory.mktemp("atlas-run")
+    manifest = synthesize_cohort(root / "cohort", patients=12, per_patient=16, size=40, seed=0)
+    (root / "config.yaml").write_text(yaml.safe_dump(ATLAS_RUN))
+    code = main(["train", "--manifest", str(manifest), "--config", str(root / "config.yaml"), "--out",
+                 str(root / "run"), "--cache", str(root / "cache")])
+    assert code == 0 and (root / "run" / "atlas" / "atlas.json").is_file()
+    return TinyRun(root / "run", root / "run" / "best.ckpt", root / "cohort", FrameCache(root / "cache"))

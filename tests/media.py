@@ -41,3 +41,23 @@ def files_under(root: Path, suffix: str = "") -> list[Path]:
     ``os.walk`` passes over a folder that goes between listing and entering it, where ``Path.rglob`` raises."""
     assert Path(root).is_dir(), f"{root} is not a folder: nothing to list"
     return [Path(top) / name for top, _, names in os.walk(root) for name in names if name.endswith(suffix)]
+
+
+def foreign_frames(kind: str, n: int = 8, size: int = 40, seed: int = 0) -> list[np.ndarray]:
+    """uint8 gray frames (size, size) unlike the synthetic mucosa: ``sine`` stripes at several angles and
+    periods, or white ``noise``."""
+    if kind == "noise":
+        rng = np.random.default_rng(seed)
+        return [rng.integers(0, 256, (size, size), dtype=np.uint8) for _ in range(n)]
+    yy, xx = np.mgrid[0:size, 0:size]
+    return [((np.sin(xx / (1 + k % 4) + yy / 3) + 1) * 127).astype(np.uint8) for k in range(n)]
+
+
+def write_images(folder: Path, frames: list[np.ndarray]) -> Path:
+    """Each frame as a PNG image in ``folder`` (created): 0.png, 1.png..."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{k}.png")
+    return folder

@@ -74,3 +74,19 @@ def test_paths_as_bytes_or_path_like_objects_and_an_empty_cache_dir(tmp_path):
     with pytest.raises(mucosa.MucosaError, match=r"^config: expected a path, got an empty one"):
         mucosa.train(tmp_path / "m.csv", config="", out=tmp_path / "run")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_train_writes_an_atlas_that_the_classifier_uses(tmp_path):
+    from mucosa.data.synth import synthesize_cohort
+
+    manifest = synthesize_cohort(tmp_path / "cohort", patients=8, per_patient=10, size=40, seed=1)
+    config = {"model": {"size": 32}, "preprocessing": {"quality_threshold": 0.0},
+              "training": {"epochs": 1, "threads": 1},
+              "split": {"mode": "patient", "test": 0.25, "val": 0.35, "seed": 0}}
+    result = mucosa.train(manifest, config, out=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False,
+                          onnx=False)
+    atlas = result.classifier.atlas
+    assert (tmp_path / "run" / "atlas" / "atlas.json").is_file() and atlas is not None
+    assert len(atlas) == 60 and atlas.calibration.frames == 20  # 6 training and validation patients, 2 of them val
+    prediction = result.classifier.predict(tmp_path / "cohort" / "images" / "active")
+    assert all(case.unfamiliar_share is not None for case in prediction.cases)

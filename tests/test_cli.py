@@ -38,12 +38,28 @@ def places(tiny, tmp_path_factory):
     (root / "weights.ckpt").write_bytes(b"\0" * 64)
     (root / "not-a-video.mpg").write_bytes(b"\0" * 1024)
     write_video(root / "clip.avi", n=12)
+    _atlas_of_other_weights(root / "other-atlas")
+    _atlas_of_other_weights(root / "damaged-atlas").joinpath("atlas.json").write_text("{not json")
     image = next((tiny.cohort / "images").rglob("*.png"))
     return {"ckpt": str(tiny.best), "manifest": str(tiny.run / "split.csv"), "image": str(image),
             "cohort": str(tiny.cohort), "run": str(tiny.run), **{k: str(root / v) for k, v in {
                 "root": ".", "folder": "folder", "file": "file.txt", "garbage": "garbage.bin",
                 "broken": "broken.png", "empty": "empty.csv", "badcsv": "bad.csv", "badckpt": "weights.ckpt",
-                "fakevideo": "not-a-video.mpg", "video": "clip.avi", "new": "new-out"}.items()}}
+                "fakevideo": "not-a-video.mpg", "video": "clip.avi", "new": "new-out", "otheratlas": "other-atlas",
+                "damagedatlas": "damaged-atlas", "noatlas": "no-atlas-here"}.items()}}
+
+
+def _atlas_of_other_weights(folder):
+    """An atlas (20 frames) of a model with the tiny model's classes and embedding size but other weights."""
+    import numpy as np
+
+    from mucosa.inference.atlas import Atlas, AtlasModel, FrameRecords
+
+    vectors = np.random.default_rng(0).normal(size=(20, 128)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    records = FrameRecords.of([f"c{i}" for i in range(20)], ["p"] * 20, ["control"] * 20, [0] * 20, ["x.png"] * 20)
+    return Atlas(AtlasModel("b" * 64, ("control", "active"), 128), vectors, records,
+                 np.zeros((20, 4, 4), np.uint8)).save(folder)
 
 
 def error_lines(text: str) -> list[str]:
@@ -164,6 +180,34 @@ BAD = [
     "texture --manifest {manifest} --out {file}",
     "texture --manifest {manifest} --out {new} --bootstrap 0",
     "texture --manifest {manifest} --out {new} --channel purple",
+    # the atlas: missing, damaged, of another model, bad options
+    "predict --checkpoint {ckpt} {image} --out {new} --atlas {noatlas}",
+    "predict --checkpoint {ckpt} {image} --out {new} --atlas {damagedatlas}",
+    "predict --checkpoint {ckpt} {image} --out {new} --atlas {otheratlas}",
+    "predict --checkpoint {ckpt} {image} --out {new} --atlas {otheratlas} --no-atlas",
+    "stream {video} --checkpoint {ckpt} --atlas {otheratlas}",
+    "stream {video} --checkpoint {ckpt} --atlas {file}",
+    "atlas search {noatlas} {image} --checkpoint {ckpt}",
+    "atlas search {damagedatlas} {image} --checkpoint {ckpt}",
+    "atlas search {otheratlas} {image} --checkpoint {ckpt}",
+    "atlas search {otheratlas} {image}",
+    "atlas search {otheratlas} {image} --checkpoint {ckpt} -k 0",
+    "atlas search {otheratlas} {image} --checkpoint {ckpt} --out {file}",
+    "atlas search {otheratlas} {file} --checkpoint {ckpt}",
+    "atlas search {otheratlas}",
+    "atlas add {otheratlas} --manifest {manifest} --checkpoint {ckpt}",
+    "atlas add {otheratlas} --manifest {manifest}",
+    "atlas add {noatlas} --manifest {manifest} --checkpoint {ckpt}",
+    "atlas add {file} --manifest {manifest} --checkpoint {ckpt}",
+    "atlas build --checkpoint {ckpt} --manifest {manifest} --out {file}",
+    "atlas build --checkpoint {ckpt} --manifest {empty} --out {new}",
+    "atlas build --checkpoint {ckpt} --manifest {badcsv} --out {new}",
+    "atlas build --checkpoint {ckpt} --manifest {manifest} --out {new} --parts trian",
+    "atlas build --checkpoint {ckpt} --manifest {manifest} --out {new} --parts ,",
+    "atlas build --checkpoint {badckpt} --manifest {manifest} --out {new}",
+    "atlas build --checkpoint {folder} --manifest {manifest} --out {new}",
+    "atlas build --checkpoint {ckpt} --manifest {manifest}",
+    "atlas",
 ]
 
 

@@ -25,10 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mucosa.data.cache import FrameCache
 from mucosa.errors import ConfigError, ManifestError, MucosaError
 from mucosa.evaluation.evaluate import EvaluationResult
 from mucosa.evaluation.evaluate import evaluate as _evaluate
+from mucosa.inference.atlas_build import atlas_after_training
 from mucosa.inference.classifier import Classifier, load
 from mucosa.inference.onnx_files import deploy_after_training
 from mucosa.models.config import RunConfig, config_from_dict, load_config
@@ -99,7 +102,7 @@ def _history(run: Path) -> list[dict[str, Any]]:
 
 def train(manifest: str | Path, config: RunConfig | str | Path | dict | None = None, out: str | Path | None = None,
           init_from: str | Path | None = None, cache_dir: str | Path | None = None, device: str = "auto",
-          runtime: str = "auto", progress: bool = True, onnx: bool = True,
+          runtime: str = "auto", progress: bool = True, onnx: bool = True, atlas: bool = True,
           allow_partial_init: bool = False) -> TrainingResult:
     """Train a model on a cohort manifest and return it, ready to predict.
 
@@ -116,6 +119,9 @@ def train(manifest: str | Path, config: RunConfig | str | Path | dict | None = N
         progress: show progress bars.
         onnx: write ``best.onnx`` and ``best.int8.onnx`` beside ``best.ckpt`` (``inference.onnx_files``); a
             failure to write them is a warning, not an error.
+        atlas: write ``atlas/`` beside ``best.ckpt`` (``inference.atlas_build``): the training and validation
+            frames, calibrated on the validation frames, so that the classifier tells unfamiliar recordings and
+            finds similar cases; a failure to write it is a warning, not an error.
     """
     manifest = _path(manifest, "manifest", ManifestError)
     out, init_from = _path(out, "out", optional=True), _path(init_from, "init_from", optional=True)
@@ -127,7 +133,11 @@ def train(manifest: str | Path, config: RunConfig | str | Path | dict | None = N
                       allow_partial_init=allow_partial_init)
         if onnx:
             deploy_after_training(best, folder / "split.csv", cache)
-        classifier = load(best, device=device, runtime=runtime)  # weights in memory: outlives the folder
+        if atlas:
+            atlas_after_training(best, folder / "split.csv", cache)
+        classifier = load(best, device=device, runtime=runtime, atlas=None if atlas else False)
+        if classifier.atlas is not None:  # weights and atlas in memory: they outlive the folder
+            classifier.atlas.thumbnails = np.array(classifier.atlas.thumbnails)
         return TrainingResult(classifier, _history(folder), Path(best) if out is not None else None,
                               folder if out is not None else None)
 

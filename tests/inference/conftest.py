@@ -24,3 +24,11 @@ def run(deployed, tmp_path):
     """A fresh copy of the deployed run folder (beside its cohort, which split.csv names relatively)."""
     shutil.copytree(deployed[0].parent, tmp_path / "copy", ignore=shutil.ignore_patterns("cache"))
     return tmp_path / "copy" / "run"
+
+
+@pytest.fixture
+def atlas_copy(atlas_run, tmp_path):
+    """A fresh copy of the run that ``mucosa train`` wrote with its atlas (beside its cohort, which split.csv
+    names relatively): the run folder."""
+    shutil.copytree(atlas_run.run.parent, tmp_path / "copy", ignore=shutil.ignore_patterns("cache"))
+    return tmp_path / "copy" / "run"

@@ -1,11 +1,13 @@
 import csv
+import json
+import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from media import write_gray_clip
+from media import foreign_frames, write_gray_clip, write_images
 from mucosa.atomic import write_torch
 from mucosa.cli import main
 from mucosa.data.cache import FrameCache
@@ -14,7 +16,7 @@ from mucosa.data.video import iter_video_frames
 from mucosa.errors import MucosaError, MucosaWarning
 from mucosa.evaluation.evaluate import score
 from mucosa.inference.batch import collect_sources, predict
-from mucosa.inference.verdict import NO_VERDICT
+from mucosa.inference.verdict import NO_VERDICT, UNFAMILIAR, verdict_names
 from mucosa.models.checkpoint import (
     load_checkpoint,
     read_checkpoint_file,
@@ -261,7 +263,7 @@ def test_outputs_replace_an_earlier_result_whole_or_not_at_all(trained, tmp_path
     earlier = _outputs(out)
     assert sorted(earlier) == ["cases.csv", "files.csv", "predictions.csv"]
 
-    original, calls = predict_module._predict_file, []
+    original, calls = predict_module._write_file, []
 
     def breaks_on_the_second_file(*args, **kwargs):
         calls.append(1)
@@ -269,7 +271,7 @@ def test_outputs_replace_an_earlier_result_whole_or_not_at_all(trained, tmp_path
             raise ModelOutputError("the model gave NaN")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(predict_module, "_predict_file", breaks_on_the_second_file)
+    monkeypatch.setattr(predict_module, "_write_file", breaks_on_the_second_file)
     with pytest.raises(ModelOutputError):
         predict(run / "best.ckpt", good, out)
     assert _outputs(out) == earlier and len(calls) == 2  # it failed midway, and nothing changed
@@ -322,3 +324,93 @@ def test_formula_like_case_and_file_names_are_neutralised(trained, tmp_path, mon
             cells = [cell for row in csv.reader(handle) for cell in row]
         assert any("HYPERLINK" in c or "@cmd" in c for c in cells), table
         assert not [c for c in cells if c[:1] in ("=", "+", "@") or (c[:1] == "-" and not c[1:2].isdigit())], table
+
+
+# --- the atlas: unfamiliar recordings, its vote, similar cases -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def foreign(tmp_path_factory):
+    """Folders of 8 images unlike the synthetic cohort: sine stripes and white noise."""
+    root = tmp_path_factory.mktemp("foreign")
+    return {kind: write_images(root / kind, foreign_frames(kind)) for kind in ("sine", "noise")}
+
+
+def patient_folder(run, split="test"):
+    """The image folder of the first patient of ``split`` (one case)."""
+    return next(r for r in load_manifest(run / "split.csv").records if r.split == split).path.parent
+
+
+def test_a_foreign_pattern_is_unfamiliar_and_a_held_out_case_keeps_its_class(atlas_run, foreign, tmp_path):
+    held_out = patient_folder(atlas_run.run)
+    result = predict(atlas_run.best, [held_out, foreign["sine"], foreign["noise"]], tmp_path / "p")
+    verdicts = {c.case: result.verdict_and_share(c) for c in result.cases}
+    assert verdicts[str(foreign["sine"])][0] == UNFAMILIAR and verdicts[str(foreign["sine"])][1] > 0.5
+    verdict, share = verdicts[str(held_out)]
+    assert verdict in verdict_names(result.classes) and share < 0.25  # a class, not unfamiliar
+    assert [c.case for c in result.unfamiliar] == [str(foreign["sine"])] + (
+        [str(foreign["noise"])] if verdicts[str(foreign["noise"])][0] == UNFAMILIAR else [])
+    noise = result.cases[2].atlas.scores
+    assert np.median(noise) > np.median(result.cases[0].atlas.scores)  # white noise: farther than the held-out case
+    frames = read_csv(tmp_path / "p" / "predictions.csv")
+    sine = [r for r in frames if r["case"] == str(foreign["sine"])]
+    assert np.mean([r["unfamiliar"] == "1" for r in sine]) == verdicts[str(foreign["sine"])][1]
+    assert all(float(r["unfamiliarity"]) > result.atlas.calibration.threshold for r in sine if r["unfamiliar"] == "1")
+    cases = {r["case"]: r for r in read_csv(tmp_path / "p" / "cases.csv")}
+    assert cases[str(foreign["sine"])]["verdict"] == UNFAMILIAR
+    assert float(cases[str(held_out)]["unfamiliar_share"]) == pytest.approx(share, abs=1e-4)
+    assert cases[str(held_out)]["atlas_vote"] in result.classes and 0.5 <= float(cases[str(held_out)]
+                                                                                  ["atlas_vote_share"]) <= 1
+    files = read_csv(tmp_path / "p" / "files.csv")
+    assert {f["verdict"] for f in files if f["case"] == str(foreign["sine"])} <= {UNFAMILIAR, *result.classes,
+                                                                                 *verdict_names(result.classes)}
+    similar = json.loads((tmp_path / "p" / "similar.json").read_text())
+    assert similar["atlas"]["frames"] == len(result.atlas) and [c["case"] for c in similar["cases"]] == \
+        [str(held_out), str(foreign["sine"]), str(foreign["noise"])]
+    first = similar["cases"][0]
+    assert first["verdict"] == verdict and len(first["similar"]) == 5
+    assert all(s["label"] in result.classes and s["distance"] >= 0 for s in first["similar"])
+    assert (tmp_path / "p" / first["similar"][0]["closest"][0]["thumbnail"]).is_file()
+
+
+def test_a_manifest_names_the_patient_whose_own_frames_are_left_out(atlas_run, tmp_path):
+    train = [r for r in load_manifest(atlas_run.run / "split.csv").records if r.split == "train"]
+    patient = train[0].patient
+    write_manifest([r for r in train if r.patient == patient], tmp_path / "one.csv")
+    predict(atlas_run.best, [tmp_path / "one.csv"], tmp_path / "p")
+    (case,) = json.loads((tmp_path / "p" / "similar.json").read_text())["cases"]
+    assert case["case"] == patient and len(case["similar"]) == 5
+    assert patient not in {s["patient"] for s in case["similar"]}  # in the atlas, but never its own match
+
+
+def test_the_exit_status_says_unfamiliar_and_unreadable_wins(atlas_run, foreign, tmp_path, capsys):
+    held_out = patient_folder(atlas_run.run)
+    assert main(["predict", "--checkpoint", str(atlas_run.best), str(held_out), "--out", str(tmp_path / "a")]) == 0
+    assert main(["predict", "--checkpoint", str(atlas_run.best), str(held_out), str(foreign["sine"]), "--out",
+                 str(tmp_path / "b")]) == 4
+    captured = capsys.readouterr()
+    assert "1 of 2 cases unfamiliar" in captured.err and "similar cases: similar.json" in captured.out
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"cut")
+    assert main(["predict", "--checkpoint", str(atlas_run.best), str(foreign["sine"]), str(broken), "--out",
+                 str(tmp_path / "c")]) == 3
+
+
+def test_without_an_atlas_one_warning_and_the_class_verdicts_as_before(atlas_run, foreign, tmp_path, capsys):
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(atlas_run.best, alone / "best.ckpt")
+    assert main(["predict", "--checkpoint", str(alone / "best.ckpt"), str(foreign["sine"]), "--out",
+                 str(tmp_path / "p"), "--runtime", "torch"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warned == ["warning: best.ckpt has no atlas beside it: mucosa cannot tell whether these recordings are "
+                      "unlike its training data (build one with mucosa atlas build)"]
+    (case,) = read_csv(tmp_path / "p" / "cases.csv")
+    assert case["verdict"] != UNFAMILIAR and case["unfamiliar_share"] == case["atlas_vote"] == ""
+    assert not (tmp_path / "p" / "similar.json").exists()
+    # the atlas named, beside another copy of the checkpoint; and none at all, without a warning
+    assert main(["predict", "--checkpoint", str(alone / "best.ckpt"), str(foreign["sine"]), "--out",
+                 str(tmp_path / "q"), "--atlas", str(atlas_run.run / "atlas")]) == 4
+    assert main(["predict", "--checkpoint", str(atlas_run.best), str(foreign["sine"]), "--out", str(tmp_path / "r"),
+                 "--no-atlas"]) == 0
+    assert "warning:" not in capsys.readouterr().err

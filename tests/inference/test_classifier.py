@@ -7,11 +7,13 @@ import pytest
 import torch
 
 import mucosa
+from media import foreign_frames
 from mucosa.atomic import write_torch
 from mucosa.cli import main
-from mucosa.errors import ConfigError, ModelOutputError
+from mucosa.data.manifest import load_manifest, write_manifest
+from mucosa.errors import ConfigError, ModelOutputError, MucosaWarning
 from mucosa.inference.pytorch import resolve_device
-from mucosa.inference.verdict import NO_VERDICT
+from mucosa.inference.verdict import NO_VERDICT, UNFAMILIAR, verdict_names
 from mucosa.models.checkpoint import read_checkpoint_file
 
 QUICK = {"model": {"size": 32}, "split": {"mode": "patient", "test": 0.3, "val": 0.3, "seed": 1},
@@ -192,3 +194,53 @@ def test_an_image_whose_field_of_view_is_tiny_is_unreadable_not_a_crash(tiny, tm
     Image.fromarray(image).save(tmp_path / "dot.png")
     with pytest.raises(mucosa.MucosaError, match="dot.png: the field of view found is"):
         mucosa.load(tiny.best, runtime="torch").predict(tmp_path / "dot.png")
+
+
+# --- the atlas ------------------------------------------------------------------------------------
+
+
+def test_load_picks_up_the_atlas_and_predict_says_unfamiliar_by_the_one_rule(atlas_run):
+    classifier = mucosa.load(atlas_run.best)
+    assert classifier.atlas is not None and len(classifier.atlas) == 144  # 9 training and validation patients
+    assert classifier.card()["atlas"]["threshold"] == classifier.atlas.calibration.threshold
+    sine = classifier.predict(np.stack(foreign_frames("sine")))
+    assert sine.verdict == UNFAMILIAR and sine.unfamiliar_share > 0.5 and sine.embeddings is None
+    assert sine.unfamiliar.shape == (8,) and sine.unfamiliar.mean() == pytest.approx(sine.unfamiliar_share)
+    assert np.all(sine.unfamiliarity[sine.unfamiliar] > classifier.atlas.calibration.threshold)
+    held_out = classifier.predict(patient_folder(atlas_run))
+    assert held_out.verdict in verdict_names(classifier.classes) and held_out.unfamiliar_share < 0.25
+    embedded = classifier.predict(patient_folder(atlas_run), embed=True)  # the same pass gives both
+    assert embedded.embeddings.shape == (16, classifier.atlas.model.embedding_size)
+    np.testing.assert_array_equal(embedded.unfamiliar, held_out.unfamiliar)
+
+
+def test_similar_cases_of_a_recording(atlas_run, tmp_path):
+    classifier = mucosa.load(atlas_run.best, runtime="torch")
+    found = classifier.similar_cases(patient_folder(atlas_run), k=3)
+    assert len(found) == 3 and all(c.label in classifier.classes and c.closest for c in found)
+    assert found[0].closest[0].thumbnail.shape == (48, 48)
+    train = [r for r in load_manifest(atlas_run.run / "split.csv").records if r.split == "train"]
+    write_manifest([r for r in train if r.patient == train[0].patient], tmp_path / "one.csv")
+    assert train[0].patient not in {c.patient for c in classifier.similar_cases(tmp_path / "one.csv", k=10)}
+    with pytest.raises(ConfigError, match="k 0 must be"):
+        classifier.similar_cases(patient_folder(atlas_run), k=0)
+
+
+def test_without_an_atlas_it_warns_once_and_gives_the_class(atlas_run, tmp_path):
+    alone = tmp_path / "best.ckpt"
+    alone.write_bytes(atlas_run.best.read_bytes())
+    with pytest.warns(MucosaWarning, match="best.ckpt has no atlas beside it"):
+        classifier = mucosa.load(alone, runtime="torch")
+    sine = classifier.predict(np.stack(foreign_frames("sine")))
+    assert classifier.atlas is None and sine.unfamiliar is None and sine.unfamiliar_share is None
+    assert sine.verdict in verdict_names(classifier.classes)
+    with pytest.raises(ConfigError, match="no atlas"):
+        classifier.similar_cases(np.stack(foreign_frames("sine")))
+    assert mucosa.load(alone, runtime="torch", atlas=atlas_run.run / "atlas").predict(
+        np.stack(foreign_frames("sine"))).verdict == UNFAMILIAR
+    assert mucosa.load(atlas_run.best, atlas=False).atlas is None
+
+
+def patient_folder(run):
+    """A held-out test patient's image folder (one case) of a tiny run."""
+    return next(r for r in load_manifest(run.run / "split.csv").records if r.split == "test").path.parent

@@ -129,7 +129,27 @@ def test_two_cpu_processes_write_what_one_process_writes(archive, tmp_path):
     assert len([line for line in lines if "c-broken.png" in line and line.startswith("warning:")]) == 1
     assert len([line for line in lines if "1 of 7 files unreadable" in line]) == 1  # reported by rank 0 alone
     assert len([line for line in lines if line.startswith("per frame:")]) == 1
+    assert len([line for line in lines if "has no atlas beside it" in line]) == 1  # said once, not once a process
     assert "Traceback" not in run.stdout
+
+
+def test_two_processes_ask_the_atlas_as_one_process_does(atlas_run, tmp_path):
+    from media import foreign_frames, write_images
+    from mucosa.data.manifest import load_manifest
+
+    held_out = next(r for r in load_manifest(atlas_run.run / "split.csv").records if r.split == "test").path.parent
+    paths = [held_out, write_images(tmp_path / "sine", foreign_frames("sine"))]
+    one = predict(atlas_run.best, paths, tmp_path / "one", threads=1)
+    assert len(one.unfamiliar) == 1
+    run = subprocess.run([sys.executable, "-m", "mucosa", "predict", "--checkpoint", str(atlas_run.best),
+                          *map(str, paths), "--out", str(tmp_path / "two"), "--threads", "1", "--accelerator",
+                          "cpu", "--devices", "2", "--strategy", "ddp"],
+                         text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=240)
+    assert run.returncode == 4, run.stdout  # done, with a case unfamiliar
+    thumbnails = sorted(p.name for p in (tmp_path / "one" / "similar").iterdir())
+    assert thumbnails and sorted(p.name for p in (tmp_path / "two" / "similar").iterdir()) == thumbnails
+    for name in ("predictions.csv", "files.csv", "cases.csv", "similar.json", f"similar/{thumbnails[0]}"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
 
 
 def test_unusable_settings_are_one_line(archive, tmp_path, capsys):

@@ -201,10 +201,10 @@ def test_only_the_first_process_writes_the_onnx_files(monkeypatch, tmp_path):
     """Under SLURM Lightning sets SLURM_PROCID, not LOCAL_RANK: a second task must not export too."""
     for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
         monkeypatch.delenv(name, raising=False)
-    assert onnx_files._rank() == 0
+    assert onnx_files.process_rank() == 0
     monkeypatch.setenv("SLURM_PROCID", "1")
-    assert onnx_files._rank() == 1
+    assert onnx_files.process_rank() == 1
     assert onnx_files.deploy_after_training(tmp_path / "best.ckpt", tmp_path / "split.csv") is None
     monkeypatch.setenv("SLURM_PROCID", "0")
     monkeypatch.setenv("NODE_RANK", "2")
-    assert onnx_files._rank() == 2
+    assert onnx_files.process_rank() == 2

@@ -5,12 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from media import write_gray_clip
 from mucosa.cli import main
 from mucosa.data.video import iter_video_frames, video_info
 from mucosa.inference.batch import predict
 from mucosa.inference.pytorch import TorchPredictor
-from mucosa.inference.stream import Smoother, stream
-from mucosa.inference.verdict import NO_VERDICT
+from mucosa.inference.stream import FrameResult, Smoother, StatusLine, stream
+from mucosa.inference.verdict import NO_VERDICT, UNFAMILIAR
 from mucosa.models.checkpoint import load_checkpoint
 
 QUICK = {"model": {"size": 32}, "preprocessing": {"fov_frames": 8},
@@ -82,7 +83,7 @@ def test_real_clip_gives_one_row_per_frame_equal_to_predict(checkpoint, predicto
     for k, row in enumerate(informative):
         assert float(row["smoothed"]) == pytest.approx(np.mean(used[max(0, k - 4):k + 1]), abs=1e-5)
         assert float(row["case_probability"]) == pytest.approx(np.mean(used[:k + 1]), abs=1e-5)
-    assert set(summary.stage_ms()) == {"decode", "prepare", "infer", "smooth"}
+    assert set(summary.stage_ms()) == {"decode", "prepare", "infer", "atlas", "smooth"}
 
 
 @pytest.mark.realdata
@@ -259,3 +260,67 @@ def test_stream_outputs_are_checked_before_the_first_frame(checkpoint, tmp_path,
         assert len([line for line in err.splitlines() if "error:" in line]) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.avi", "folder"]
     assert list((tmp_path / "folder").iterdir()) == []
+
+
+# --- the atlas: unfamiliar frames live -----------------------------------------------------------
+
+
+def test_smoother_counts_unfamiliar_frames_and_says_unfamiliar_past_half():
+    smoother = Smoother(["control", "active"], window=2)
+    assert smoother.unfamiliar_share is None
+    smoother.update(np.float32(0.9), False)
+    smoother.update(np.float32(0.8), True)
+    assert smoother.unfamiliar_share == 0.5 and smoother.verdict == "active inflammation"  # half is not most
+    smoother.update(np.float32(0.7), True)
+    assert smoother.unfamiliar_share == pytest.approx(2 / 3) and smoother.verdict == UNFAMILIAR
+    smoother.update(np.float32(0.7), None)  # a frame the atlas cannot tell: the share is unknown from then on
+    assert smoother.unfamiliar_share is None and smoother.verdict == "active inflammation"
+
+
+def test_the_status_line_shows_the_flag_and_the_running_share():
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    result = FrameResult(7, 0.3, 0.9, False, np.float32(0.8), np.float32(0.8), np.float32(0.8), UNFAMILIAR, 3.0,
+                         0.4, True, 0.75)
+    StatusLine(terminal).show(result, 30.0, force=True)
+    assert "p 0.800 unfamiliar | smoothed 0.800 | unfamiliar  75% | unfamiliar" in terminal.getvalue()
+
+
+@pytest.fixture(scope="module")
+def clips(atlas_run, tmp_path_factory):
+    """Two lossless videos for the atlas run's model: a held-out test patient's 16 images, and sine stripes."""
+    from PIL import Image
+
+    from media import foreign_frames
+    from mucosa.data.manifest import load_manifest
+
+    root = tmp_path_factory.mktemp("clips")
+    held_out = [r.path for r in load_manifest(atlas_run.run / "split.csv").records if r.split == "test"][:16]
+    write_gray_clip(root / "held-out.avi", [np.asarray(Image.open(p).convert("L")) for p in held_out])
+    write_gray_clip(root / "sine.avi", foreign_frames("sine", n=16))
+    return root / "held-out.avi", root / "sine.avi"
+
+
+def test_stream_marks_unfamiliar_frames_and_ends_as_predict_does(atlas_run, clips, tmp_path, capsys):
+    held_out, sine = clips
+    for clip, code in ((sine, 4), (held_out, 0)):
+        timeline = tmp_path / f"{clip.stem}.csv"
+        assert main(["stream", str(clip), "--checkpoint", str(atlas_run.best), "--timeline", str(timeline)]) == code
+        rows = read_csv(timeline)
+        flags = [int(r["unfamiliar"]) for r in rows]
+        assert len(rows) == 16 and all(float(r["unfamiliarity"]) >= 0 for r in rows)
+        for k, row in enumerate(rows):  # the running share, and the verdict by the one rule
+            assert float(row["unfamiliar_share"]) == pytest.approx(np.mean(flags[:k + 1]), abs=1e-4)
+            assert (row["verdict"] == UNFAMILIAR) == (np.mean(flags[:k + 1]) > 0.5)
+        printed = capsys.readouterr().out
+        assert f"{np.mean(flags):.0%} of used frames unfamiliar" in printed
+        predicted = predict(atlas_run.best, [clip], tmp_path / clip.stem)
+        assert rows[-1]["verdict"] == predicted.verdict(predicted.cases[0])
+        frames = read_csv(tmp_path / clip.stem / "predictions.csv")
+        assert [int(r["unfamiliar"]) for r in frames] == flags
+    assert rows[-1]["verdict"] != UNFAMILIAR  # the held-out patient keeps a class

@@ -338,3 +338,33 @@ def test_resume_keeps_the_class_order_the_run_was_trained_with(cohort, cache, tm
     assert load_checkpoint(best).classes == ["active", "control"]
     last = torch.load(run / "last.ckpt", weights_only=True, map_location="cpu")
     assert last["epoch"] == 1 and last["mucosa"]["classes"] == ["active", "control"]
+
+
+def test_train_writes_an_atlas_beside_best_ckpt_and_the_card_records_it(atlas_run):
+    import hashlib
+
+    from mucosa.inference.atlas import load
+
+    atlas = load(atlas_run.run / "atlas", load_checkpoint(atlas_run.best).weights_sha256)
+    rows = load_manifest(atlas_run.run / "split.csv").records
+    assert len(atlas) == sum(r.split in ("train", "val") for r in rows)  # one image a row, each passes the gate
+    assert {*atlas.records.patients.tolist()} == {r.patient for r in rows if r.split in ("train", "val")}
+    val = {r.patient for r in rows if r.split == "val"}
+    assert atlas.calibration.frames == 16 * len(val) and atlas.calibration.patients == len(val)
+    assert atlas.origin["checkpoint"] == "best.ckpt" and atlas.origin["manifests"][0]["parts"] == ["train", "val"]
+    card = load_checkpoint(atlas_run.best).info["atlas"]
+    assert card["folder"] == "atlas" and card["frames"] == len(atlas)
+    written = (atlas_run.run / "atlas" / "atlas.json").read_bytes()
+    assert card["atlas_json_sha256"] == hashlib.sha256(written).hexdigest()
+    assert (card["threshold"], card["k"], card["quantile"]) == (atlas.calibration.threshold, 10, 0.95)
+
+
+def test_train_no_atlas_writes_none(cohort, tmp_path):
+    from mucosa.cli import main
+
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps(QUICK))  # JSON is YAML
+    assert main(["train", "--manifest", str(cohort), "--config", str(config), "--out", str(tmp_path / "run"),
+                 "--cache", str(tmp_path / "cache"), "--no-onnx", "--no-atlas"]) == 0
+    assert (tmp_path / "run" / "best.ckpt").is_file() and not (tmp_path / "run" / "atlas").exists()
+    assert "atlas" not in load_checkpoint(tmp_path / "run" / "best.ckpt").info

@@ -6,7 +6,9 @@ Every command ends with one of these statuses (the README lists them):
 0     done
 1     ``mucosa check`` found unreadable files
 2     refused: a bad input file, option or output place (one ``error:`` line says which); nothing written
-3     done, but some inputs could not be read (``mucosa predict``: they are left out, and named)
+3     done, but some inputs could not be read (``mucosa predict``: they are left out, and named); it wins over 4
+4     done, but at least one case is ``unfamiliar``: unlike every confirmed case of the model's atlas
+      (``mucosa predict``, ``mucosa stream``)
 70    internal error: a bug in mucosa (one line; ``--debug`` or ``MUCOSA_DEBUG=1`` shows the traceback)
 74    a file could not be read or written during the work (disk full, file-size limit, permissions)
 130   interrupted (Ctrl-C)
@@ -34,6 +36,7 @@ EXIT_OK = 0
 EXIT_CHECK_FOUND = 1
 EXIT_REFUSED = 2
 EXIT_PARTIAL = 3
+EXIT_UNFAMILIAR = 4
 EXIT_INTERNAL = 70
 EXIT_IO = 74
 EXIT_INTERRUPTED = 130

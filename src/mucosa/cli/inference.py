@@ -25,6 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--threshold", type=checks.threshold, default=0.5,
                    help="probability in [0, 1] from which a case is positive")
     p.add_argument("--cache", type=Path, default=None, help="reuse and fill this preprocessing cache")
+    add_atlas_options(p)
     p.add_argument("--threads", type=checks.integer(1), default=None,
                    help="inference threads of each process (default: all cores, shared out among the processes)")
     g = p.add_argument_group("several processes, GPUs or nodes (Lightning DDP; README: clusters)")
@@ -48,6 +49,7 @@ def add_parser(sub) -> None:
     p.add_argument("--annotate", type=Path, metavar="OUT_MP4", help="write the video with the verdict burned in")
     p.add_argument("--no-gradcam", action="store_true", help="no Grad-CAM overlay in the annotated video")
     p.add_argument("--threshold", type=checks.threshold, default=0.5, help="probability in [0, 1]")
+    add_atlas_options(p)
     p.add_argument("--threads", type=checks.integer(1), default=None,
                    help="inference threads (default: all cores but one, which decodes the next frames)")
     p.set_defaults(func=cmd_stream)
@@ -60,6 +62,15 @@ def add_parser(sub) -> None:
     p.add_argument("--manifest", type=Path, help="frames for int8 calibration, agreement and AUC change")
     p.add_argument("--cache", type=Path, default=None)
     p.set_defaults(func=cmd_export)
+
+
+def add_atlas_options(parser: argparse.ArgumentParser) -> None:
+    """``--atlas`` and ``--no-atlas``, for the commands that give verdicts."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--atlas", type=Path, default=None, help="the atlas of confirmed cases to compare with "
+                       "(default: atlas/ beside the checkpoint): unfamiliar frames, its vote, similar cases")
+    group.add_argument("--no-atlas", action="store_true", help="ask no atlas (no warning that none is beside the "
+                       "checkpoint)")
 
 
 def _progress(done: int, total: int, path) -> None:
@@ -77,26 +88,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
     cache = open_cache(args.cache) if args.cache else None
     processes = Processes(args.accelerator, args.devices, args.num_nodes, args.strategy)
     result = predict(args.checkpoint, args.paths, args.out, runtime=args.runtime, threshold=args.threshold,
-                     cache=cache, threads=args.threads, progress=_progress, device=args.device, processes=processes)
+                     cache=cache, threads=args.threads, progress=_progress, device=args.device, processes=processes,
+                     atlas=args.atlas, use_atlas=not args.no_atlas)
     if result is None:  # one of several processes, not rank 0: rank 0 writes and reports
         return checks.EXIT_OK
     print(format_cases(result))
-    print(f"per frame: {args.out / 'predictions.csv'}; per file: files.csv; per case: cases.csv")
+    print(f"per frame: {args.out / 'predictions.csv'}; per file: files.csv; per case: cases.csv"
+          + ("; similar cases: similar.json" if result.atlas is not None else ""))
     if result.unreadable:
         print(f"{len(result.unreadable)} of {result.total} files unreadable (left out of the outputs; named "
               "above)", file=sys.stderr)
         return checks.EXIT_PARTIAL
-    return checks.EXIT_OK
+    return _unfamiliar_status(len(result.unfamiliar), len(result.cases))
 
 
-def cmd_stream(args: argparse.Namespace) -> None:
+def _unfamiliar_status(unfamiliar: int, cases: int) -> int:
+    """EXIT_UNFAMILIAR, with one line saying how many cases, when any case is unfamiliar; else EXIT_OK."""
+    if not unfamiliar:
+        return checks.EXIT_OK
+    print(f"{unfamiliar} of {cases} case{'s' if cases > 1 else ''} unfamiliar: unlike every confirmed case in the "
+          "atlas, so the model's probability says nothing about them", file=sys.stderr)
+    return checks.EXIT_UNFAMILIAR
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
     from mucosa.inference.stream import check_outputs, run
+    from mucosa.inference.verdict import UNFAMILIAR
 
     check_outputs(args.video, args.timeline, args.annotate)
     summary = run(args.checkpoint, args.video, runtime=args.runtime, window=args.window, realtime=args.realtime,
                   timeline=args.timeline, annotate=args.annotate, threshold=args.threshold,
-                  gradcam=not args.no_gradcam, threads=args.threads, device=args.device)
+                  gradcam=not args.no_gradcam, threads=args.threads, device=args.device, atlas=args.atlas,
+                  use_atlas=not args.no_atlas)
     print(summary.format())
+    return _unfamiliar_status(int(summary.verdict == UNFAMILIAR), 1)
 
 
 def cmd_export(args: argparse.Namespace) -> None:

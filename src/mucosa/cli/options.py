@@ -17,7 +17,7 @@ from mucosa.data.splits import MODES
 from mucosa.errors import ConfigError
 
 __all__ = ["RUNTIME_HELP", "SHORTCUTS", "Shortcut", "add_device_option", "add_pseudonym_options",
-           "add_runtime_option", "add_shortcuts", "open_cache", "settings"]
+           "add_runtime_option", "add_shortcuts", "open_cache", "parts", "settings"]
 
 RUNTIME_HELP = ("auto (default): on a CPU, ONNX Runtime with the int8 model beside the checkpoint when its card says "
                 "it passed the agreement and AUC bounds, else best.onnx, else an export made in memory; PyTorch on a "
@@ -49,6 +49,11 @@ def open_cache(folder: Path | None):
     cache = FrameCache(folder)
     check_writable_folder(cache.root, "cache folder")
     return cache
+
+
+def parts(text: str | None) -> list[str] | None:
+    """``--parts train,val`` as a list (None when not given; the library refuses names it does not know)."""
+    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mucosa.atomic import check_writable_folder
 from mucosa.cli import checks
-from mucosa.cli.options import SHORTCUTS, Shortcut, add_shortcuts, open_cache, settings
+from mucosa.cli.options import SHORTCUTS, Shortcut, add_shortcuts, open_cache, parts, settings
 
 __all__ = ["add_parser"]
 
@@ -42,6 +42,9 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--manifest", type=Path, help="cohort manifest CSV")
     p.add_argument("--no-onnx", action="store_true", help="do not write best.onnx and best.int8.onnx beside "
                    "best.ckpt (written by default, checked, and recorded in the checkpoint's model card)")
+    p.add_argument("--no-atlas", action="store_true", help="do not write atlas/ beside best.ckpt (the atlas of the "
+                   "training and validation frames, calibrated on the validation frames: it tells unfamiliar "
+                   "recordings and finds similar cases)")
     p.add_argument("--config", type=Path, help="YAML config, e.g. configs/paper.yaml or configs/cpu-quick.yaml")
     p.add_argument("--out", type=Path, help="run folder to create")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
@@ -128,6 +131,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         from mucosa.inference.onnx_files import deploy_after_training
 
         deploy_after_training(best, best.parent / "split.csv", cache)
+    if not args.no_atlas:  # after the ONNX files: its frames are embedded as predict runs the model
+        from mucosa.inference.atlas_build import atlas_after_training
+
+        atlas_after_training(best, best.parent / "split.csv", cache)
     print(f"best checkpoint: {best}")
 
 
@@ -142,9 +149,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         if not args.manifest or not args.out:
             raise ConfigError("mucosa pretrain needs --manifest and --out (or --resume OUT)")
         config = _run_config(args, PRETRAIN)
-        parts = None if args.parts is None else [p.strip() for p in args.parts.split(",") if p.strip()]
         cache = _open_folder(args.out, "pretraining folder", args.cache)
-        encoder = pretrain(args.manifest, config, args.out, cache, parts, args.temperature, args.projection_dim)
+        encoder = pretrain(args.manifest, config, args.out, cache, parts(args.parts), args.temperature,
+                           args.projection_dim)
     print(f"encoder: {encoder} (fine-tune it: mucosa train --init-from {encoder} ...)")
 
 

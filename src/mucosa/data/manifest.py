@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mucosa.data.readers import FrameSelection, is_image, is_video
-from mucosa.errors import ManifestError, MucosaWarning
+from mucosa.errors import ConfigError, ManifestError, MucosaWarning
 
 REQUIRED = ("path", "label", "patient")
 RUN_RECORD = "run.json"  # written by training beside its split.csv (see recorded_origin)
@@ -88,9 +88,32 @@ class Cohort:
     def subset(self, split: str) -> Cohort:
         return Cohort([r for r in self.records if r.split == split], self.classes, self.source)
 
+    def parts(self, parts: list[str] | tuple[str, ...] | None) -> Cohort:
+        """The rows whose split column is one of ``parts`` (e.g. ``["train", "val"]``); every row for None.
+
+        Raises:
+            ConfigError: ``parts`` empty or naming something other than :data:`SPLITS`, or no row in them.
+        """
+        if check_parts(parts) is None:
+            return self
+        records = [r for r in self.records if r.split in parts]
+        if not records:
+            raise ConfigError(f"{self.source}: no row has split {' or '.join(parts)} (--parts); the split column "
+                              f"holds {', '.join(sorted({r.split or '(empty)' for r in self.records}))}")
+        return Cohort(records, self.classes, self.source)
+
     def to_csv(self, path: str | Path) -> Path:
         """Write the manifest with paths relative to the new CSV's folder (forward slashes)."""
         return write_manifest(self.records, path)
+
+
+def check_parts(parts: list[str] | tuple[str, ...] | None) -> list[str] | tuple[str, ...] | None:
+    """``parts`` (split parts such as ``["train", "val"]``, or None for every row), refused with a ConfigError
+    when empty or naming something other than :data:`SPLITS`."""
+    if parts is not None and (not parts or not set(parts) <= set(SPLITS)):
+        raise ConfigError(f"--parts {','.join(parts)!r}: name split parts among {', '.join(SPLITS)} (e.g. train "
+                          "or train,val); leave --parts out to use every row")
+    return parts
 
 
 def order_classes(labels: list[str] | set[str], positive: str | None = None) -> list[str]:

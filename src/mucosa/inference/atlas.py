@@ -66,7 +66,7 @@ from mucosa.inference.atlas_store import (
 
 __all__ = ["Atlas", "AtlasError", "AtlasFileError", "AtlasModel", "Calibration", "Familiarity", "FrameRecords", "Match",
            "SimilarCase", "Vote", "CALIBRATION_QUANTILE", "CLOSEST_FRAMES", "MIN_CALIBRATION_FRAMES",
-           "NEIGHBOURS_PER_FRAME", "UNFAMILIAR_K", "load"]
+           "NEIGHBOURS_PER_FRAME", "UNFAMILIAR_K", "load", "refuse_other_model"]
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +163,15 @@ class Atlas:
     """
 
     def __init__(self, model: AtlasModel, embeddings, records: FrameRecords, thumbnails,
-                 calibration: Calibration | None = None, index: VectorIndex | None = None) -> None:
+                 calibration: Calibration | None = None, index: VectorIndex | None = None,
+                 origin: dict | None = None) -> None:
         embeddings, thumbnails = _checked_parts(model, embeddings, records, thumbnails)
         if not len(embeddings):
             raise AtlasError("an atlas needs at least one frame")
         _check_cases(records)
         self.model, self.embeddings, self.records, self.thumbnails = model, embeddings, records, thumbnails
         self.calibration = calibration
+        self.origin = dict(origin or {})  # how it was built (plain data, saved as atlas.json's built_from)
         self.index = VectorIndex.build(embeddings) if index is None else index
         self._label_codes = np.array([model.classes.index(label) for label in records.labels.tolist()])
         self._patient_rows: dict[str, np.ndarray] | None = None
@@ -331,10 +333,19 @@ class Atlas:
     def save(self, folder: str | Path) -> Path:
         """Write the atlas as a folder (:mod:`mucosa.inference.atlas_store`), replacing an earlier one whole."""
         description = {"model": self.model.to_dict(), "frames": len(self), "index": self.index.describe(),
-                       "calibration": None if self.calibration is None else self.calibration.to_dict()}
+                       "calibration": None if self.calibration is None else self.calibration.to_dict(),
+                       "built_from": self.origin}
         index = self.index.to_bytes() if self.index.kind == HNSW else None
         return atlas_store.write(folder, description, self.embeddings, self.thumbnails, self.records.columns(),
                                  index)
+
+
+def refuse_other_model(folder: str | Path, model: AtlasModel, weights_sha256: str | None) -> None:
+    """Refuse (AtlasFileError naming ``folder``) an atlas of ``model`` for other weights than ``weights_sha256``
+    (None: any)."""
+    if weights_sha256 is not None and weights_sha256 != model.weights_sha256:
+        raise AtlasFileError(f"{folder}: an atlas of another model (weights {model.weights_sha256[:12]}…, this "
+                             f"checkpoint's {weights_sha256[:12]}…); build an atlas for this checkpoint")
 
 
 def load(folder: str | Path, weights_sha256: str | None = None) -> Atlas:
@@ -355,9 +366,7 @@ def load(folder: str | Path, weights_sha256: str | None = None) -> Atlas:
         calibration = Calibration.from_dict(files.description.get("calibration"))
     except AtlasError as error:
         raise AtlasFileError(f"{manifest}: {error}") from None
-    if weights_sha256 is not None and weights_sha256 != model.weights_sha256:
-        raise AtlasFileError(f"{folder}: an atlas of another model (weights {model.weights_sha256[:12]}…, this "
-                             f"checkpoint's {weights_sha256[:12]}…); build an atlas for this checkpoint")
+    refuse_other_model(folder, model, weights_sha256)
     count = files.description.get("frames")
     for name, array in ((atlas_store.EMBEDDINGS, files.embeddings), (atlas_store.THUMBNAILS, files.thumbnails),
                         (atlas_store.FRAMES, files.columns["frame"])):
@@ -375,6 +384,8 @@ def load(folder: str | Path, weights_sha256: str | None = None) -> Atlas:
         except IndexFileError as error:
             raise AtlasFileError(f"{folder / atlas_store.INDEX}: {error}") from None
     try:
-        return Atlas(model, embeddings, records, files.thumbnails, calibration, index)
+        origin = files.description.get("built_from")
+        return Atlas(model, embeddings, records, files.thumbnails, calibration, index,
+                     origin if isinstance(origin, dict) else None)
     except AtlasError as error:
         raise AtlasFileError(f"{folder}: {error}") from None

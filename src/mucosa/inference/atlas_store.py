@@ -4,7 +4,9 @@ The folder is written as a set and checked on reading like a checkpoint. It hold
 NumPy's ``.npy`` read with ``allow_pickle=False``, JSON, CSV, and FAISS's own index format):
 
 - ``atlas.json``: ``format: "mucosa-atlas"``, ``version`` (:data:`VERSION`), the model it belongs to, the
-  frame count, the index's settings, the unfamiliarity calibration, and the SHA-256 of every other file;
+  frame count, the index's settings, the unfamiliarity calibration, how it was built (``built_from``: the
+  checkpoint's file name, the runtime, the manifests; ``inference.atlas_build``), and the SHA-256 of every
+  other file;
 - ``embeddings.npy``: (N, D) float32, L2-normalised frame embeddings;
 - ``thumbnails.npy``: (N, h, w) uint8 gray thumbnails (read as a memory map: an atlas of a million frames
   holds gigabytes of them);
@@ -46,7 +48,7 @@ from mucosa.errors import MucosaError, first_line
 __all__ = ["AtlasError", "AtlasFileError", "AtlasFiles", "AtlasModel", "Calibration", "FrameRecords", "COLUMNS",
            "EMBEDDINGS", "FRAMES", "INDEX", "THUMBNAILS",
            "FORMAT", "KNOWN_VERSIONS", "MANIFEST", "THUMBNAIL_SIZE", "VERSION", "checked_embeddings",
-           "make_thumbnails", "read", "write"]
+           "file_sha256", "make_thumbnails", "read", "write"]
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +215,8 @@ class AtlasFiles:
     index: bytes | None  # index.faiss, when the atlas has one
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 (hex) of a file, read a megabyte at a time."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
@@ -241,7 +244,7 @@ def write(folder: str | Path, description: dict, embeddings: np.ndarray, thumbna
             staged.path(INDEX).write_bytes(index)
             names.append(INDEX)
         manifest = {"format": FORMAT, "version": VERSION, "mucosa_version": __version__, **description,
-                    "files": {name: _sha256(staged.path(name)) for name in names}}
+                    "files": {name: file_sha256(staged.path(name)) for name in names}}
         staged.path(MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     log.info("atlas written to %s (%d frames)", folder, len(embeddings))
     return folder
@@ -283,7 +286,7 @@ def _checked(folder: Path, manifest: dict, name: str) -> Path:
     if not path.is_file():
         raise AtlasFileError(f"{path}: missing from the atlas")
     try:
-        found = _sha256(path)
+        found = file_sha256(path)
     except OSError as error:
         raise AtlasFileError(f"{path}: cannot be read ({first_line(error)})") from None
     if found != expected:

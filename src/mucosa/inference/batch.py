@@ -14,14 +14,24 @@ examination's frames) and every video is a case of its own; a file named on the 
 case. A file given twice for the same case (a folder or a file named twice, a manifest row repeated) counts once
 in it, with a warning.
 
+The atlas (``mucosa.inference.atlas``; ``atlas/`` beside the checkpoint, or one named): with one, every
+used frame is embedded in the same pass as its probability, and ``predictions.csv`` gives its unfamiliarity
+score and whether it is ``unfamiliar``; ``files.csv`` and ``cases.csv`` give each file's and case's share of
+unfamiliar used frames, the verdict ``unfamiliar`` when that share is above one half
+(``verdict.verdict_or_unfamiliar``, the one rule) and the atlas's nearest-neighbour vote as a second opinion
+(``atlas_vote``, ``atlas_vote_share``); ``similar.json`` lists each case's most similar confirmed cases, with
+their closest frames as PNG thumbnails in ``similar/``. A manifest names each file's patient, whose own
+frames in the atlas are left out of its answers; a file given alone has no known patient. Without an
+atlas these cells are empty and one warning says that mucosa cannot tell unfamiliar recordings.
+
 A file that cannot be read is reported (one warning naming it) and left out of every output, and the
-others are predicted; :attr:`PredictResult.unreadable` lists it (the CLI then exits with status 3). The three
+others are predicted; :attr:`PredictResult.unreadable` lists it (the CLI then exits with status 3). The
 files are written as one set (``atomic.OutputSet``): an earlier result in the folder is replaced whole, or,
 when the run fails, not at all.
 
 A large archive can be shared out over several processes, GPUs or nodes (``predict(..., processes=...)``,
 ``mucosa predict --devices N --num-nodes M``; see ``distributed``): each file is scored by one process, and
-rank 0 writes the same three files, row for row, as one process would.
+rank 0 writes the same files, row for row, as one process would.
 """
 
 from __future__ import annotations
@@ -42,11 +52,14 @@ from mucosa.data.readers import FrameSelection, is_image, is_video, media_in, pa
 from mucosa.errors import ConfigError, MucosaError, MucosaWarning, UnreadableFileError
 from mucosa.inference import distributed
 from mucosa.inference import verdict as verdicts
+from mucosa.inference.atlas import Atlas
+from mucosa.inference.atlas_build import file_weights, find_atlas, model_weights, open_atlas
 from mucosa.inference.distributed import Processes
 from mucosa.inference.runtime import open_predictor
+from mucosa.inference.similar import AtlasView, consult, flags_text, similar_entry, similar_json, vote_cells
 from mucosa.tables import safe_row
 
-OUTPUTS = ("predictions.csv", "files.csv", "cases.csv")
+OUTPUTS = ("predictions.csv", "files.csv", "cases.csv", "similar.json", "similar")
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,7 @@ class Source:
     path: Path
     case: str
     frames: FrameSelection = FrameSelection()
+    patient: str | None = None  # the manifest's patient (left out of the atlas's answers); None: unknown
 
 
 def collect_sources(paths: list[str | Path]) -> list[Source]:
@@ -77,7 +91,7 @@ def collect_sources(paths: list[str | Path]) -> list[Source]:
             sources += [Source(p, str(p) if is_video(p) else str(p.parent)) for p in found]
         elif path.suffix.lower() == ".csv":
             cohort = load_manifest(path)
-            sources += [Source(r.path, r.patient, r.frames) for r in cohort.records]
+            sources += [Source(r.path, r.patient, r.frames, r.patient) for r in cohort.records]
         elif path.is_file() and (is_image(path) or is_video(path)):
             sources.append(Source(path, str(path)))
         elif not path.exists():
@@ -115,6 +129,9 @@ class Summary:
     used: int = 0
     corrupt: int = 0
     scores: list = field(default_factory=list)  # probabilities of used frames
+    embeddings: list = field(default_factory=list)  # their embeddings, (frames, D) arrays (with an atlas)
+    patient: str | None = None  # left out of the atlas's answers
+    atlas: AtlasView | None = None  # what the atlas says about the used frames
 
     @property
     def skipped(self) -> int:
@@ -134,17 +151,29 @@ class PredictResult:
     cases: list[Summary]
     out: Path
     unreadable: list[tuple[Path, str]] = field(default_factory=list)  # (file, why), left out of the outputs
+    atlas: Atlas | None = None  # the atlas asked, if any
 
     @property
     def total(self) -> int:
         """Files given: read and unreadable."""
         return len(self.files) + len(self.unreadable)
 
+    def verdict_and_share(self, summary: Summary) -> tuple[str, float | None]:
+        """The verdict (``unfamiliar`` when most used frames are) and the share of unfamiliar used frames."""
+        flags = None if summary.atlas is None else summary.atlas.flags
+        return verdicts.verdict_or_unfamiliar(summary.mean(), self.classes, flags, self.threshold)
+
     def verdict(self, summary: Summary) -> str:
-        return verdicts.verdict(summary.mean(), self.classes, self.threshold)
+        return self.verdict_and_share(summary)[0]
+
+    @property
+    def unfamiliar(self) -> list[Summary]:
+        """The cases whose verdict is ``unfamiliar``."""
+        return [case for case in self.cases if self.verdict(case) == verdicts.UNFAMILIAR]
 
 
-def _prepared(source: Source, prep, cache: FrameCache | None) -> PreparedFrames:
+def prepared_frames(source: Source, prep, cache: FrameCache | None) -> PreparedFrames:
+    """A source's frames prepared as for training, from the cache when one is given (and filling it)."""
     path = source.path.resolve()
     return cache.get(path, prep, source.frames) if cache is not None else prepare_file(path, prep, source.frames)
 
@@ -166,8 +195,9 @@ def _unreadable_reason(error: Exception, source: Source) -> str:
 
 
 def predict_sources(predictor, sources: list[Source], out: str | Path, threshold: float = 0.5,
-                    cache: FrameCache | None = None, progress=None) -> PredictResult:
-    """Predict every frame of every source; write ``predictions.csv``, ``files.csv`` and ``cases.csv``.
+                    cache: FrameCache | None = None, progress=None, atlas: Atlas | None = None) -> PredictResult:
+    """Predict every frame of every source; write ``predictions.csv``, ``files.csv`` and ``cases.csv`` (and,
+    with an atlas, ``similar.json`` and ``similar/``).
 
     A source that cannot be read is warned about (:class:`MucosaWarning`), listed in the result's
     ``unreadable`` and left out; the others are predicted. The files replace an earlier result in ``out``
@@ -180,6 +210,7 @@ def predict_sources(predictor, sources: list[Source], out: str | Path, threshold
         threshold: a binary case (and frame) is called positive when its probability reaches this.
         cache: reuse and fill the preprocessing cache (as ``evaluate`` does); default: prepare in memory.
         progress: called with (done, total, path) after each source.
+        atlas: the model's atlas (``atlas_build.open_atlas``), to tell unfamiliar frames and find similar cases.
 
     Raises:
         MucosaError: no source could be read (nothing is written).
@@ -190,26 +221,28 @@ def predict_sources(predictor, sources: list[Source], out: str | Path, threshold
     def one(position: int, writer) -> Summary | str:
         source = sources[position]
         try:
-            prepared = _prepared(source, predictor.preprocessing, cache)
+            prepared = prepared_frames(source, predictor.preprocessing, cache)
         except (UnreadableFileError, OSError) as error:
             return _unreadable_reason(error, source)
-        return _predict_file(predictor, source, prepared, writer, threshold)
+        return _write_file(writer, source, _score_file(predictor, prepared, atlas is not None), predictor.classes,
+                           threshold, atlas)
 
-    return _write_outputs(out, predictor.classes, threshold, sources, one, progress)
+    return _write_outputs(out, predictor.classes, threshold, sources, one, progress, atlas)
 
 
 def _write_outputs(out: str | Path, classes: list[str], threshold: float, sources: list[Source], one,
-                   progress=None) -> PredictResult:
-    """Write the three files as one set, in the order of ``sources``: ``one(position, writer)`` writes a
-    source's rows of ``predictions.csv`` and returns its summary, or returns why it cannot be read."""
+                   progress=None, atlas: Atlas | None = None) -> PredictResult:
+    """Write the files as one set, in the order of ``sources``: ``one(position, writer)`` writes a source's
+    rows of ``predictions.csv`` and returns its summary, or returns why it cannot be read."""
     header = _probability_header(classes)
     out = Path(out)
-    result = PredictResult(classes, threshold, [], [], out)
+    result = PredictResult(classes, threshold, [], [], out, atlas=atlas)
     cases: dict[str, Summary] = {}
     with atomic.OutputSet(out, OUTPUTS) as staged:
         with open(staged.path("predictions.csv"), "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(safe_row(["path", "case", "frame", "quality", "used", *header, "label"]))
+            writer.writerow(safe_row(["path", "case", "frame", "quality", "used", *header, "label", "unfamiliarity",
+                                      "unfamiliar"]))
             for done, source in enumerate(sources, start=1):
                 summary = one(done - 1, writer)
                 if isinstance(summary, str):
@@ -217,15 +250,33 @@ def _write_outputs(out: str | Path, classes: list[str], threshold: float, source
                     result.unreadable.append((source.path, summary))
                 else:
                     result.files.append(summary)
-                    _add_to_case(cases.setdefault(source.case, Summary(source.case, source.case)), summary)
+                    _add_to_case(cases.setdefault(source.case, Summary(source.case, source.case,
+                                                                       patient=source.patient)), summary)
                 if progress is not None:
                     progress(done, len(sources), source.path)
         if not result.files:
             raise MucosaError(f"none of the {len(sources)} file(s) could be read; nothing written to {out}")
         result.cases = list(cases.values())
         _write_summaries(staged.path("files.csv"), result.files, result, "path")
+        if atlas is not None:
+            for case in result.cases:
+                case.atlas = consult(atlas, np.concatenate(case.embeddings) if case.embeddings else None,
+                                     case.patient)
+            _write_similar(staged, result)
         _write_summaries(staged.path("cases.csv"), result.cases, result, "case")
     return result
+
+
+def _write_similar(staged: atomic.OutputSet, result: PredictResult) -> None:
+    """``similar.json``: each case's verdict, unfamiliar share, the atlas's vote and most similar cases, their
+    closest frames as PNG files in ``similar/``."""
+    entries, thumbnails = [], staged.staging / "similar"
+    thumbnails.mkdir()
+    for number, case in enumerate(result.cases, start=1):
+        verdict, share = result.verdict_and_share(case)
+        entries.append({"case": case.case, "verdict": verdict, "unfamiliar_share": share,
+                        **similar_entry(case.atlas, thumbnails, str(number), staged.staging)})
+    staged.path("similar.json").write_text(similar_json(result.atlas, entries), encoding="utf-8")
 
 
 @dataclass
@@ -238,37 +289,42 @@ class FileScores:
     keep: np.ndarray     # positions (in indices) of the frames that passed the quality gate
     probs: np.ndarray | None  # their probabilities, (len(keep),) or (len(keep), K); None when none passed
     corrupt: int
+    embeddings: np.ndarray | None = None  # their embeddings (len(keep), D), when asked for
 
 
-def _score_file(predictor, prepared: PreparedFrames) -> FileScores:
-    """Run the model on the frames of one file that pass the quality gate."""
+def _score_file(predictor, prepared: PreparedFrames, embed: bool = False) -> FileScores:
+    """Run the model on the frames of one file that pass the quality gate (``embed``: and embed them, in the
+    same pass)."""
     keep = prepared.keep(predictor.preprocessing.quality_threshold)
-    probs = predictor(np.asarray(prepared.frames[keep])) if len(keep) else None
+    probs = embeddings = None
+    if len(keep):
+        frames = np.asarray(prepared.frames[keep])
+        probs, embeddings = predictor.predict_and_embed(frames) if embed else (predictor(frames), None)
     return FileScores(np.asarray(prepared.indices), np.asarray(prepared.quality), np.asarray(keep), probs,
-                      prepared.corrupt)
+                      prepared.corrupt, embeddings)
 
 
-def _write_file(writer, source: Source, scores: FileScores, classes: list[str], threshold: float) -> Summary:
-    """Write one file's rows of ``predictions.csv`` and return its summary."""
+def _write_file(writer, source: Source, scores: FileScores, classes: list[str], threshold: float,
+                atlas: Atlas | None = None) -> Summary:
+    """Write one file's rows of ``predictions.csv`` and return its summary (with the atlas's view of it)."""
     width = len(_probability_header(classes))
     probs = scores.probs
-    by_position = dict(zip(scores.keep.tolist(), probs if probs is not None else []))
+    view = None if atlas is None else consult(atlas, scores.embeddings, source.patient, similar=False)
+    by_position = {position: k for k, position in enumerate(scores.keep.tolist())}
     for position, (index, quality) in enumerate(zip(scores.indices, scores.quality)):
-        p = by_position.get(position)
-        if p is None:  # below the quality gate: listed, not predicted
+        k = by_position.get(position)
+        if k is None:  # below the quality gate: listed, not predicted
             writer.writerow(safe_row([str(source.path), source.case, int(index), f"{quality:.4f}", 0,
-                                      *[""] * width, ""]))
+                                      *[""] * width, "", "", ""]))
             continue
-        label = classes[verdicts.call(p, threshold)]
+        label = classes[verdicts.call(probs[k], threshold)]
+        familiarity = ["", ""] if view is None else [f"{view.scores[k]:.4f}",
+                                                     flags_text(None if view.flags is None else view.flags[k])]
         writer.writerow(safe_row([str(source.path), source.case, int(index), f"{quality:.4f}", 1,
-                                  *_probability_text(p), label]))
+                                  *_probability_text(probs[k]), label, *familiarity]))
+    embedded = [] if scores.embeddings is None else [scores.embeddings]
     return Summary(str(source.path), source.case, 1, len(scores.indices), len(scores.keep), scores.corrupt,
-                   list(probs) if probs is not None else [])
-
-
-def _predict_file(predictor, source: Source, prepared: PreparedFrames, writer, threshold: float) -> Summary:
-    """Predict one file's frames, write its rows of ``predictions.csv``, and return its summary."""
-    return _write_file(writer, source, _score_file(predictor, prepared), predictor.classes, threshold)
+                   list(probs) if probs is not None else [], embedded, source.patient, view)
 
 
 def _add_to_case(case: Summary, summary: Summary) -> None:
@@ -276,6 +332,7 @@ def _add_to_case(case: Summary, summary: Summary) -> None:
     case.frames, case.used, case.corrupt = (case.frames + summary.frames, case.used + summary.used,
                                             case.corrupt + summary.corrupt)
     case.scores += summary.scores
+    case.embeddings += summary.embeddings
 
 
 def _write_summaries(path: Path, rows: list[Summary], result: PredictResult, key: str) -> None:
@@ -284,24 +341,34 @@ def _write_summaries(path: Path, rows: list[Summary], result: PredictResult, key
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(safe_row([key, *(["case"] if key == "path" else ["files"]), "frames", "used",
-                                  "skipped_quality", "corrupt", *mean_header, "verdict"]))
+                                  "skipped_quality", "corrupt", *mean_header, "verdict", "unfamiliar_share",
+                                  "atlas_vote", "atlas_vote_share"]))
         for s in rows:
             mean = s.mean()
+            verdict, share = result.verdict_and_share(s)
             writer.writerow(safe_row([s.name, s.case if key == "path" else s.files, s.frames, s.used, s.skipped,
                                       s.corrupt,
                                       *(_probability_text(mean) if mean is not None else [""] * len(mean_header)),
-                                      result.verdict(s)]))
+                                      verdict, "" if share is None else f"{share:.4f}",
+                                      *vote_cells(None if s.atlas is None else s.atlas.vote)]))
 
 
 def predict(checkpoint: str | Path, paths: list[str | Path], out: str | Path, runtime: str = "auto",
             threshold: float = 0.5, cache: FrameCache | None = None, batch_size: int = 16,
             threads: int | None = None, progress=None, device: str = "auto",
-            processes: Processes | None = None) -> PredictResult | None:
+            processes: Processes | None = None, atlas: str | Path | None = None,
+            use_atlas: bool = True) -> PredictResult | None:
     """``mucosa predict``: open the checkpoint (or ``.onnx`` model) on ``device`` and predict the given paths.
 
     With ``processes`` naming several devices or nodes, the files are shared out over that many processes
     (``distributed``; ``device`` must stay ``auto``) and the outputs are the same as in one process, written
     by rank 0, which returns the result; the other processes return None.
+
+    The atlas is ``atlas`` when named, else ``atlas/`` beside the checkpoint (none, with a warning, when there
+    is none); ``use_atlas=False`` asks none.
+
+    Raises:
+        AtlasFileError: the atlas cannot be read, or belongs to another model (before any work).
     """
     threshold = verdicts.check_threshold(threshold)
     processes = processes or Processes()
@@ -312,11 +379,15 @@ def predict(checkpoint: str | Path, paths: list[str | Path], out: str | Path, ru
                           "accelerator and devices settings (--accelerator, --devices)")
     atomic.check_writable_folder(out)
     sources = collect_sources(paths)
-    if several:
-        work = _ShareWork(checkpoint, runtime, batch_size, threads, cache, progress)
-        return _predict_shared(sources, out, threshold, processes, work)
+    if several:  # every process checks the atlas, so that none waits for one that refused it
+        folder = find_atlas(checkpoint, atlas, use_atlas)
+        found = open_atlas(folder, file_weights(checkpoint)) if folder is not None else None
+        work = _ShareWork(checkpoint, runtime, batch_size, threads, cache, progress, embed=found is not None)
+        return _predict_shared(sources, out, threshold, processes, work, found)
     predictor = open_predictor(checkpoint, runtime, batch_size, threads, device)
-    return predict_sources(predictor, sources, out, threshold, cache, progress)
+    folder = find_atlas(checkpoint, atlas, use_atlas)
+    found = open_atlas(folder, model_weights(predictor)) if folder is not None else None
+    return predict_sources(predictor, sources, out, threshold, cache, progress, found)
 
 
 @dataclass
@@ -332,6 +403,7 @@ class _ShareWork:
     threads: int | None
     cache: FrameCache | None
     progress: object = None
+    embed: bool = False  # embed the used frames too (for the atlas)
     classes: list[str] | None = None  # the model's, once opened in this process
 
     def __call__(self, share: list[Source], device, rank: int) -> list[FileScores | str]:
@@ -342,11 +414,11 @@ class _ShareWork:
         outcomes: list[FileScores | str] = []
         for done, source in enumerate(share, start=1):
             try:
-                prepared = _prepared(source, predictor.preprocessing, self.cache)
+                prepared = prepared_frames(source, predictor.preprocessing, self.cache)
             except (UnreadableFileError, OSError) as error:
                 outcomes.append(_unreadable_reason(error, source))
             else:
-                outcomes.append(_score_file(predictor, prepared))
+                outcomes.append(_score_file(predictor, prepared, self.embed))
             if self.progress is not None and rank == 0:  # rank 0's share: one progress line, not one a process
                 self.progress(done, len(share), source.path)
         return outcomes
@@ -361,7 +433,7 @@ def _size(source: Source) -> float:
 
 
 def _predict_shared(sources: list[Source], out, threshold: float, processes: Processes,
-                    work: _ShareWork) -> PredictResult | None:
+                    work: _ShareWork, atlas: Atlas | None = None) -> PredictResult | None:
     """Score the files on several processes; rank 0 writes the outputs exactly as one process would."""
     shared = distributed.map_files(sources, work, processes, weight=_size)
     if shared is None:  # not rank 0
@@ -371,19 +443,33 @@ def _predict_shared(sources: list[Source], out, threshold: float, processes: Pro
     def one(position: int, writer) -> Summary | str:
         outcome = outcomes[position]
         return outcome if isinstance(outcome, str) else _write_file(writer, sources[position], outcome,
-                                                                    work.classes, threshold)
+                                                                    work.classes, threshold, atlas)
 
-    return _write_outputs(out, work.classes, threshold, sources, one)
+    return _write_outputs(out, work.classes, threshold, sources, one, atlas=atlas)
 
 
 def format_cases(result: PredictResult) -> str:
-    """One line per case: verdict, mean probability, frames used and skipped."""
+    """One line per case: verdict, mean probability, frames used and skipped, and with an atlas the share of
+    unfamiliar frames, the atlas's vote and the most similar case."""
     lines = []
     for s in result.cases:
         mean = s.mean()
         score = "" if mean is None else (f" (mean probability {float(mean):.3f})" if np.ndim(mean) == 0 else
                                          " (" + ", ".join(f"{c} {v:.3f}" for c, v in zip(result.classes, mean)) + ")")
-        lines.append(f"{s.case}: {result.verdict(s)}{score}; {s.used} frames used, {s.skipped} skipped by the "
-                     f"quality gate" + (f", {s.corrupt} corrupt" if s.corrupt else ""))
+        verdict, share = result.verdict_and_share(s)
+        lines.append(f"{s.case}: {verdict}{score}; {s.used} frames used, {s.skipped} skipped by the "
+                     f"quality gate" + (f", {s.corrupt} corrupt" if s.corrupt else "") + _atlas_words(s, share))
     return "\n".join(lines)
+
+
+def _atlas_words(summary: Summary, share: float | None) -> str:
+    view = summary.atlas
+    if view is None:
+        return ""
+    words = "" if share is None else f"; {share:.0%} of them unfamiliar"
+    if view.vote is not None:
+        words += f"; atlas vote {view.vote.label} {float(np.max(view.vote.shares)):.2f}"
+    if view.similar:
+        words += f"; most similar: {view.similar[0].case} ({view.similar[0].label})"
+    return words
 

@@ -17,6 +17,17 @@ the model sees alike have a high dot product), one row per row of ``predict``:
     >>> embeddings = classifier.embed(np.random.rand(8, 96, 96))     # doctest: +SKIP
     >>> embeddings.shape, embeddings.dtype                           # doctest: +SKIP
     ((8, 128), dtype('float32'))
+
+With an atlas (``atlas/`` beside the checkpoint, as ``mucosa train`` writes it, or ``load(..., atlas=A)``),
+every prediction says which used frames are unlike every confirmed case the model learnt from, and a case
+that is mostly unfamiliar gets the verdict ``unfamiliar`` instead of a class; ``similar_cases`` gives the
+confirmed cases that look alike:
+
+    >>> prediction = classifier.predict("test-pattern.png")          # doctest: +SKIP
+    >>> prediction.verdict, prediction.unfamiliar_share              # doctest: +SKIP
+    ('unfamiliar', 1.0)
+    >>> [(c.label, round(c.distance, 3)) for c in classifier.similar_cases("men-03.mpg", k=2)]  # doctest: +SKIP
+    [('meningioma', 0.012), ('meningioma', 0.019)]
 """
 
 from __future__ import annotations
@@ -32,6 +43,9 @@ from mucosa.data.preparation import Frame, iter_frames
 from mucosa.data.readers import FrameSelection
 from mucosa.errors import ConfigError
 from mucosa.inference import verdict as verdicts
+from mucosa.inference.atlas import Atlas, SimilarCase
+from mucosa.inference.atlas_build import CARD_KEY as ATLAS_CARD_KEY
+from mucosa.inference.atlas_build import find_atlas, model_weights, open_atlas
 from mucosa.inference.batch import collect_sources
 from mucosa.inference.onnx_files import CARD_KEY
 from mucosa.inference.runtime import open_predictor
@@ -43,13 +57,15 @@ __all__ = ["Classifier", "Prediction", "CaseVerdict", "load"]
 @dataclass(frozen=True)
 class CaseVerdict:
     """The verdict of one case (a patient, a video or an image set): the mean probability of its used
-    frames against the threshold (``mucosa.inference.verdict``)."""
+    frames against the threshold, or ``unfamiliar`` when the atlas finds most of them unlike every confirmed
+    case (``mucosa.inference.verdict``)."""
 
     case: str
     verdict: str
     score: float | np.ndarray | None  # mean positive probability (binary) or (K,) class means; None: no frame
     frames: int                       # frames read
     used: int                         # frames that passed the quality gate
+    unfamiliar_share: float | None = None  # share of used frames the atlas finds unfamiliar; None: cannot tell
 
 
 @dataclass
@@ -68,6 +84,10 @@ class Prediction:
         cases: one :class:`CaseVerdict` per case, in order of appearance.
         embeddings: (N, D) float32 frame embeddings, unit length, NaN for frames not used; only when
             ``predict(..., embed=True)`` (else None).
+        unfamiliar: (N,) whether the atlas finds each used frame unlike every confirmed case (False for frames
+            not used); None without a calibrated atlas (it cannot tell).
+        unfamiliarity: (N,) each used frame's unfamiliarity score, the cosine distance to its k-th nearest
+            atlas frame (NaN for frames not used); None without an atlas.
     """
 
     classes: list[str]
@@ -80,13 +100,24 @@ class Prediction:
     probabilities: np.ndarray
     cases: list[CaseVerdict] = field(default_factory=list)
     embeddings: np.ndarray | None = None
+    unfamiliar: np.ndarray | None = None
+    unfamiliarity: np.ndarray | None = None
 
     @property
     def verdict(self) -> str:
-        """The verdict when there is one case (an array, one file); raises ValueError otherwise."""
+        """The verdict when there is one case (an array, one file); raises ConfigError otherwise."""
+        return self._one_case().verdict
+
+    @property
+    def unfamiliar_share(self) -> float | None:
+        """The share of used frames the atlas finds unfamiliar, when there is one case (None: no calibrated
+        atlas, or no used frame); raises ConfigError otherwise."""
+        return self._one_case().unfamiliar_share
+
+    def _one_case(self) -> CaseVerdict:
         if len(self.cases) != 1:
             raise ConfigError(f"{len(self.cases)} cases: read .cases for each one's verdict")
-        return self.cases[0].verdict
+        return self.cases[0]
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -101,9 +132,12 @@ class Classifier:
         runtime: ``torch`` or ``onnx``.
         device: the ``torch.device`` inference runs on.
         threshold: decision threshold for binary verdicts.
+        atlas: the atlas of confirmed cases (``mucosa.inference.atlas.Atlas``) that tells unfamiliar frames and
+            finds similar cases, or None.
     """
 
-    def __init__(self, predictor, threshold: float = 0.5, cache: FrameCache | None = None) -> None:
+    def __init__(self, predictor, threshold: float = 0.5, cache: FrameCache | None = None,
+                 atlas: Atlas | None = None) -> None:
         self._predictor = predictor
         self.classes: list[str] = list(predictor.classes)
         self.preprocessing = predictor.preprocessing
@@ -111,6 +145,7 @@ class Classifier:
         self.device = predictor.device
         self.threshold = verdicts.check_threshold(threshold)
         self.cache = cache
+        self.atlas = atlas
 
     def __repr__(self) -> str:
         return (f"Classifier(classes={self.classes}, size={self.preprocessing.size}, runtime={self.runtime!r}, "
@@ -148,13 +183,14 @@ class Classifier:
             gave a non-finite probability; onnx.NoEmbeddingError: ``embed`` with an ``.onnx`` file exported
             before mucosa gave embeddings.
         """
+        return self._predict(self._items(x, case), embed)
+
+    def _items(self, x, case: str | None = None) -> list[tuple]:
+        """What ``predict`` takes, as (source, case, frames, patient) for each file (or the array)."""
         if isinstance(x, np.ndarray):
-            items = [("array", str(case or "array"), iter_frames(x, self.preprocessing))]
-        else:
-            paths = _paths(x)
-            items = [(str(s.path), s.case, self._source_frames(s.path, s.frames))
-                     for s in collect_sources(paths)]
-        return self._predict(items, embed)
+            return [("array", str(case or "array"), iter_frames(x, self.preprocessing), None)]
+        return [(str(s.path), s.case, self._source_frames(s.path, s.frames), s.patient)
+                for s in collect_sources(_paths(x))]
 
     def embed(self, x: str | Path | np.ndarray | Sequence[str | Path], case: str | None = None) -> np.ndarray:
         """The embedding of every frame of ``x`` (what :meth:`predict` takes): (N, D) float32, each row of unit
@@ -165,6 +201,26 @@ class Classifier:
         """
         return self.predict(x, case, embed=True).embeddings
 
+    def similar_cases(self, x: str | Path | np.ndarray | Sequence[str | Path], k: int = 5,
+                      exclude_patient: str | None = None) -> list[SimilarCase]:
+        """The ``k`` confirmed cases of the atlas most like the used frames of ``x`` (what :meth:`predict` takes;
+        give one case's frames), never of ``exclude_patient`` nor, for a manifest, of the patient it names;
+        each with its label, patient, distance and closest frames with thumbnails (``Atlas.similar_cases``).
+
+        Raises:
+            ConfigError: no atlas, or ``k`` below 1. As :meth:`predict` otherwise.
+        """
+        if self.atlas is None:
+            raise ConfigError("this classifier has no atlas: load it with atlas=FOLDER, or build one with mucosa "
+                              "atlas build")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ConfigError(f"k {k!r} must be a whole number of at least 1")
+        items = self._items(x)
+        patients = {patient for *_, patient in items if patient is not None}
+        exclude = exclude_patient if exclude_patient is not None else (patients.pop() if len(patients) == 1 else None)
+        embeddings = self._predict(items, embed=True).embeddings
+        return self.atlas.similar_cases(embeddings[~np.isnan(embeddings).any(1)], k, exclude)
+
     def _source_frames(self, path: Path, selection: FrameSelection) -> Iterator[tuple[int, np.ndarray, float]]:
         if self.cache is None:
             return ((f.index, f.image, f.quality) for f in iter_frames(path, self.preprocessing, selection))
@@ -174,33 +230,57 @@ class Classifier:
 
     def _predict(self, items, embed: bool = False) -> Prediction:
         columns: dict[str, list] = {"source": [], "case": [], "frame": [], "quality": [], "probabilities": [],
-                                    "embeddings": []}
-        embedding_width = self._predictor.embedding_size if embed else None  # an old .onnx file refuses here
+                                    "embeddings": [], "unfamiliarity": [], "unfamiliar": []}
+        asks_atlas = self.atlas is not None
+        embedding_width = self._predictor.embedding_size if embed or asks_atlas else None  # an old .onnx refuses
         per_case: dict[str, list] = {}
-        for source, case, frames in items:
-            probs = self._score(frames, columns, source, case, embedding_width)
-            scores, count = per_case.setdefault(case, [[], 0])
-            per_case[case][1] = count + len(probs)
+        for source, case, frames, patient in items:
+            probs, vectors = self._score(frames, columns, source, case, embedding_width)
+            scores, flags, count = per_case.setdefault(case, [[], [], 0])
+            per_case[case][2] = count + len(probs)
             scores += [p for p in probs if not np.any(np.isnan(p))]
-        cases = []
-        for name, (scores, count) in per_case.items():
-            score = verdicts.mean_score(scores)
-            cases.append(CaseVerdict(name, verdicts.verdict(score, self.classes, self.threshold),
-                                     None if score is None else (float(score) if np.ndim(score) == 0 else score),
-                                     count, len(scores)))
+            if asks_atlas:
+                flags += self._familiarity(probs, vectors, patient, columns)
+        cases = [self._case(name, scores, flags, count) for name, (scores, flags, count) in per_case.items()]
         width = () if len(self.classes) == 2 else (len(self.classes),)
         probabilities = (np.asarray(columns["probabilities"], np.float32) if columns["probabilities"]
                          else np.zeros((0, *width), np.float32))
         quality = np.asarray(columns["quality"], np.float32)
-        embeddings = (None if embedding_width is None
+        embeddings = (None if embedding_width is None or not embed
                       else np.asarray(columns["embeddings"], np.float32).reshape(-1, embedding_width))
+        told = asks_atlas and self.atlas.calibration is not None
         return Prediction(self.classes, self.threshold, np.asarray(columns["source"], dtype=object),
                           np.asarray(columns["case"], dtype=object), np.asarray(columns["frame"], np.int64),
-                          quality, self.preprocessing.passes(quality), probabilities, cases, embeddings)
+                          quality, self.preprocessing.passes(quality), probabilities, cases, embeddings,
+                          np.asarray(columns["unfamiliar"], bool) if told else None,
+                          np.asarray(columns["unfamiliarity"], np.float64) if asks_atlas else None)
 
-    def _score(self, frames, columns: dict[str, list], source: str, case: str, embedding_width: int | None) -> list:
+    def _case(self, name: str, scores: list, flags: list, count: int) -> CaseVerdict:
+        """A case's verdict by the one rule (``verdict.verdict_or_unfamiliar``), from its used frames."""
+        score = verdicts.mean_score(scores)
+        told = self.atlas is not None and self.atlas.calibration is not None
+        verdict, share = verdicts.verdict_or_unfamiliar(score, self.classes, flags if told else None, self.threshold)
+        return CaseVerdict(name, verdict, None if score is None else (float(score) if np.ndim(score) == 0 else score),
+                           count, len(scores), share)
+
+    def _familiarity(self, probs: list, vectors: np.ndarray | None, patient: str | None, columns: dict) -> list:
+        """Append each frame's unfamiliarity score and flag to ``columns`` (NaN and False for frames not used);
+        returns the used frames' flags."""
+        used = [k for k, p in enumerate(probs) if not np.any(np.isnan(p))]
+        scores, flags = np.full(len(probs), np.nan), np.zeros(len(probs), bool)
+        if used:
+            familiarity = self.atlas.unfamiliar(vectors, patient)
+            scores[used] = familiarity.scores
+            if familiarity.flags is not None:
+                flags[used] = familiarity.flags
+        columns["unfamiliarity"].extend(scores.tolist())
+        columns["unfamiliar"].extend(flags.tolist())
+        return flags[used].tolist()
+
+    def _score(self, frames, columns: dict[str, list], source: str, case: str,
+               embedding_width: int | None) -> tuple[list, np.ndarray | None]:
         """Append one source's frames to ``columns`` (and their embeddings, ``embedding_width`` wide, unless
-        None); returns their probabilities (NaN where dropped)."""
+        None); returns their probabilities (NaN where dropped) and the used frames' embeddings."""
         held = [(f.index, f.image, f.quality) if isinstance(f, Frame) else f for f in frames]
         used = [k for k, (_, _, q) in enumerate(held) if self.preprocessing.passes(q)]
         probs, vectors = self._run(np.stack([held[k][1] for k in used]), embedding_width) if used else ([], None)
@@ -220,7 +300,7 @@ class Classifier:
             columns["frame"].append(index)
             columns["quality"].append(quality)
             columns["probabilities"].append(p)
-        return out
+        return out, vectors
 
     def _run(self, frames: np.ndarray, embedding_width: int | None) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities of prepared frames, and their embeddings from the same pass unless the width is None."""
@@ -258,12 +338,13 @@ class Classifier:
             card["validation"] = info.get("validation", {})
             card["mucosa_version"] = info.get("mucosa_version")
             card["deployment"] = info.get(CARD_KEY)
+            card["atlas"] = info.get(ATLAS_CARD_KEY)
         return card
 
 
 def load(checkpoint: str | Path, device: str = "auto", runtime: str = "auto", threshold: float = 0.5,
-         batch_size: int = 16, threads: int | None = None, cache: FrameCache | str | Path | None = None
-         ) -> Classifier:
+         batch_size: int = 16, threads: int | None = None, cache: FrameCache | str | Path | None = None,
+         atlas: str | Path | bool | None = None) -> Classifier:
     """Load a trained model for prediction.
 
     Args:
@@ -275,15 +356,21 @@ def load(checkpoint: str | Path, device: str = "auto", runtime: str = "auto", th
         batch_size: frames per forward pass.
         threads: intra-op threads (default: all cores).
         cache: a preprocessing cache for files (default: prepare in memory).
+        atlas: the atlas of confirmed cases to compare with: a folder, else (None) ``atlas/`` beside the
+            checkpoint when there is one (a MucosaWarning when there is none: then it cannot tell unfamiliar
+            recordings), or False for none.
 
     Raises:
         CheckpointFileError: not a mucosa checkpoint. ConfigError: bad device, runtime or threshold.
+        AtlasFileError: the atlas cannot be read, or belongs to another model.
     """
     _check_options(checkpoint, batch_size, threads)
     threshold = verdicts.check_threshold(threshold)
     cache = FrameCache(cache) if isinstance(cache, (str, Path)) else cache
     predictor = open_predictor(checkpoint, runtime, batch_size, threads, device)
-    return Classifier(predictor, threshold, cache)
+    folder = find_atlas(checkpoint, None if atlas in (None, True) else atlas, atlas is not False)
+    found = open_atlas(folder, model_weights(predictor)) if folder is not None else None
+    return Classifier(predictor, threshold, cache, found)
 
 
 def _check_options(checkpoint, batch_size, threads) -> None:

@@ -121,7 +121,7 @@ def _write_and_record(checkpoint: Path, loaded: LoadedCheckpoint, model: bytes, 
     return card
 
 
-def _rank() -> int:
+def process_rank() -> int:
     """This process's global rank as Lightning reads it (``RANK``, ``LOCAL_RANK``, ``SLURM_PROCID``...; 0 alone),
     and ``NODE_RANK`` for nodes started by hand."""
     from lightning.fabric.utilities.rank_zero import _get_rank
@@ -133,7 +133,7 @@ def deploy_after_training(checkpoint: str | Path, manifest: str | Path, cache: F
                           ) -> dict | None:
     """:func:`deploy`, logging a warning instead of raising: the trained checkpoint stays valid without it.
     Only the first process of a multi-process run writes (the others return None)."""
-    if _rank() != 0:
+    if process_rank() != 0:
         return None
     try:
         card = deploy(checkpoint, manifest, cache)

@@ -11,6 +11,11 @@ Per frame: decode → field-of-view crop → quality gate → inference → temp
   the probe now); the case verdict is the mean of *all* informative frames so far against the threshold,
   ``predict``'s and ``evaluate``'s rule, so the final verdict is the one ``predict`` gives for the file.
 - A corrupt packet in the middle of the video is skipped and counted (``video.iter_video_frames``).
+- With an atlas (``atlas/`` beside the checkpoint, or one named), each used frame is embedded in the same
+  pass as its probability and marked unfamiliar or not (``atlas.Atlas.unfamiliar``); the status line and
+  the timeline carry the flag and the running share of unfamiliar used frames, and the running and final
+  verdicts follow ``verdict.verdict_or_unfamiliar`` (``unfamiliar`` while more than half of the used frames
+  so far are), as ``predict`` does for the file.
 
 Decoding and preprocessing run in a background thread, inference in the calling one, so the two overlap
 (PyAV, NumPy, Pillow and both runtimes release the GIL). ``realtime`` paces frames at the source frame
@@ -43,10 +48,13 @@ from mucosa.data.video import DecodeReport, video_info
 from mucosa.errors import ConfigError, UnreadableFileError
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.annotate import Annotator, short_number
+from mucosa.inference.atlas import Atlas
+from mucosa.inference.atlas_build import find_atlas, model_weights, open_atlas
 from mucosa.inference.runtime import describe, open_predictor
+from mucosa.inference.similar import flags_text
 from mucosa.tables import safe_row
 
-STAGES = ("decode", "prepare", "infer", "smooth")
+STAGES = ("decode", "prepare", "infer", "atlas", "smooth")
 
 
 @dataclass
@@ -62,10 +70,14 @@ class FrameResult:
     case_probability: object     # mean over all informative frames so far
     verdict: str
     latency_ms: float            # from arrival (decoded, or due in real time) to result
+    unfamiliarity: float | None = None  # the atlas's score of the frame (None: skipped, or no atlas)
+    unfamiliar: bool | None = None  # whether it is unfamiliar (None: skipped, or the atlas cannot tell)
+    unfamiliar_share: float | None = None  # of the used frames so far (None: the atlas cannot tell)
 
 
 class Smoother:
-    """Moving mean of the last ``window`` informative probabilities, and the running case mean and verdict."""
+    """Moving mean of the last ``window`` informative probabilities, and the running case mean, share of
+    unfamiliar frames and verdict."""
 
     def __init__(self, classes: list[str], window: int = 16, threshold: float = 0.5) -> None:
         if window < 1:
@@ -74,11 +86,22 @@ class Smoother:
         self.recent: deque = deque(maxlen=window)
         self.total = 0.0
         self.count = 0
+        self.flags: list[bool] | None = []  # unfamiliar or not, per informative frame; None: cannot tell
 
-    def update(self, probability) -> None:
+    def update(self, probability, unfamiliar: bool | None = None) -> None:
+        """Add an informative frame's probability, and whether the atlas finds it unfamiliar (None: no atlas,
+        or one that cannot tell; then the share stays unknown)."""
         self.recent.append(probability)
         self.total = self.total + np.asarray(probability, np.float64)
         self.count += 1
+        if unfamiliar is None or self.flags is None:
+            self.flags = None
+        else:
+            self.flags.append(bool(unfamiliar))
+
+    @property
+    def unfamiliar_share(self) -> float | None:
+        return verdicts.unfamiliar_share(self.flags)
 
     @property
     def smoothed(self):
@@ -90,7 +113,7 @@ class Smoother:
 
     @property
     def verdict(self) -> str:
-        return verdicts.verdict(self.case_probability, self.classes, self.threshold)
+        return verdicts.verdict_or_unfamiliar(self.case_probability, self.classes, self.flags, self.threshold)[0]
 
 
 @dataclass
@@ -107,6 +130,7 @@ class StreamSummary:
     stage_seconds: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     verdict: str = verdicts.NO_VERDICT
     case_probability: object = None
+    unfamiliar_share: float | None = None  # of the used frames (None: no atlas, or one that cannot tell)
     fov: object = None  # the field of view used (``fov.FieldOfView``)
     buffered: int = 0   # first frames held back to find the field of view (their latency includes the wait)
 
@@ -134,7 +158,8 @@ class StreamSummary:
                 f"skipped\nlatency ms after the first {self.buffered} frames (held to find the field of view): "
                 f"median {np.median(latency):.1f}, 95th percentile {np.percentile(latency, 95):.1f}\n"
                 f"ms per frame by stage: {stages}\n"
-                f"verdict: {self.verdict}{score}")
+                f"verdict: {self.verdict}{score}"
+                + ("" if self.unfamiliar_share is None else f"; {self.unfamiliar_share:.0%} of used frames unfamiliar"))
 
 
 class _Producer(threading.Thread):
@@ -206,9 +231,14 @@ def _values(value, classes: list[str]) -> list[str]:
     return [f"{float(value):.9g}"] if np.ndim(value) == 0 else [f"{float(v):.9g}" for v in value]
 
 
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
 class Timeline:
     """The per-frame CSV: frame, time, quality, skipped, probability, smoothed, case_probability, verdict,
-    latency_ms (per-class columns for more than two classes).
+    latency_ms (per-class columns for more than two classes), and the atlas's unfamiliarity, unfamiliar flag
+    and running unfamiliar_share (empty without an atlas).
 
     Rows go to a temporary file beside ``path``, which replaces it only when the stream ends well
     (``close(keep=True)``): a stopped or failed run leaves an earlier timeline as it was."""
@@ -220,14 +250,15 @@ class Timeline:
         self.writer = csv.writer(self.handle)
         self.writer.writerow(safe_row(["frame", "time", "quality", "skipped", *_columns("probability", classes),
                                        *_columns("smoothed", classes), *_columns("case_probability", classes),
-                                       "verdict", "latency_ms"]))
+                                       "verdict", "latency_ms", "unfamiliarity", "unfamiliar", "unfamiliar_share"]))
 
     def write(self, r: FrameResult) -> None:
         try:
             self.writer.writerow(safe_row([r.index, f"{r.time:.3f}", f"{r.quality:.4f}", int(r.skipped),
                                            *_values(r.probability, self.classes), *_values(r.smoothed, self.classes),
                                            *_values(r.case_probability, self.classes), r.verdict,
-                                           f"{r.latency_ms:.2f}"]))
+                                           f"{r.latency_ms:.2f}", _number(r.unfamiliarity), flags_text(r.unfamiliar),
+                                           _number(r.unfamiliar_share)]))
         except OSError as error:
             raise atomic.write_error(error, self.pending.path) from None
 
@@ -251,9 +282,10 @@ class StatusLine:
         if self.stream is None or (now - self.last < 0.1 and not force):
             return
         self.last = now
-        p = "skipped" if r.skipped else f"p {short_number(r.probability)}"
+        p = "skipped" if r.skipped else f"p {short_number(r.probability)}" + (" unfamiliar" if r.unfamiliar else "")
+        share = "" if r.unfamiliar_share is None else f" | unfamiliar {r.unfamiliar_share:4.0%}"
         line = (f"frame {r.index:>6} | {fps:5.1f} fps | latency {r.latency_ms:6.1f} ms | {p} | smoothed "
-                f"{short_number(r.smoothed)} | {r.verdict}")
+                f"{short_number(r.smoothed)}{share} | {r.verdict}")
         self.stream.write("\r" + line + "\x1b[K")
         self.stream.flush()
 
@@ -265,7 +297,7 @@ class StatusLine:
 
 def stream(predictor, source: str | Path, window: int = 16, realtime: bool = False,
            timeline: str | Path | None = None, annotate: str | Path | None = None, status: TextIO | None = None,
-           threshold: float = 0.5, gradcam: bool = True) -> StreamSummary:
+           threshold: float = 0.5, gradcam: bool = True, atlas: Atlas | None = None) -> StreamSummary:
     """Run a video through the model frame by frame (``mucosa stream``).
 
     Args:
@@ -279,6 +311,7 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
         threshold: decision threshold of a binary model.
         gradcam: overlay Grad-CAM in the annotated video when ``mucosa.evaluation.explain`` and the PyTorch model
             are available.
+        atlas: the model's atlas (``atlas_build.open_atlas``): each used frame is marked unfamiliar or not.
 
     The timeline and the annotated video replace earlier files only when the whole video was streamed.
 
@@ -311,18 +344,16 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
         for frame, arrival in producer:
             index, quality, fov = frame.index, frame.quality, frame.fov
             skipped = not prep.passes(quality)
-            probability = None
+            probability = score = flag = None
             if not skipped:
-                tic = time.perf_counter()
-                probability = predictor(frame.image[None])[0]
+                probability, score, flag = _infer(predictor, atlas, frame.image, summary.stage_seconds)
                 toc = time.perf_counter()
-                smoother.update(probability)
-                summary.stage_seconds["infer"] += toc - tic
+                smoother.update(probability, flag)
                 summary.stage_seconds["smooth"] += time.perf_counter() - toc
                 summary.used += 1
             result = FrameResult(index, index / info.fps if info.fps else 0.0, float(quality), skipped, probability,
                                  smoother.smoothed, smoother.case_probability, smoother.verdict,
-                                 1000 * (time.perf_counter() - arrival))
+                                 1000 * (time.perf_counter() - arrival), score, flag, smoother.unfamiliar_share)
             summary.frames += 1
             summary.latency_ms.append(result.latency_ms)
             if writer is not None:
@@ -346,8 +377,25 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
     summary.seconds = time.perf_counter() - start
     summary.corrupt = report.corrupt
     summary.verdict, summary.case_probability = smoother.verdict, smoother.case_probability
+    summary.unfamiliar_share = smoother.unfamiliar_share
     summary.fov = fov
     return summary
+
+
+def _infer(predictor, atlas: Atlas | None, image: np.ndarray, stage_seconds: dict):
+    """One used frame's probability and, with an atlas, its unfamiliarity score and flag (None: cannot tell)."""
+    tic = time.perf_counter()
+    if atlas is None:
+        probability = predictor(image[None])[0]
+        stage_seconds["infer"] += time.perf_counter() - tic
+        return probability, None, None
+    probabilities, embedding = predictor.predict_and_embed(image[None])
+    toc = time.perf_counter()
+    familiarity = atlas.unfamiliar(embedding)
+    stage_seconds["infer"] += toc - tic
+    stage_seconds["atlas"] += time.perf_counter() - toc
+    flag = None if familiarity.flags is None else bool(familiarity.flags[0])
+    return probabilities[0], float(familiarity.scores[0]), flag
 
 
 def check_outputs(source: Path, timeline: str | Path | None, annotate: str | Path | None) -> None:
@@ -368,16 +416,20 @@ def default_threads() -> int:
 
 
 def run(checkpoint: str | Path, source: str | Path, runtime: str = "auto", threads: int | None = None,
-        device: str = "auto", **options) -> StreamSummary:
-    """Open the checkpoint (or ``.onnx`` model) and :func:`stream` the video; status on stderr.
+        device: str = "auto", atlas: str | Path | None = None, use_atlas: bool = True, **options) -> StreamSummary:
+    """Open the checkpoint (or ``.onnx`` model) and its atlas, and :func:`stream` the video; status on stderr.
 
     Args:
         threads: inference threads (default :func:`default_threads`).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        atlas, use_atlas: the atlas to use (default: ``atlas/`` beside the checkpoint; none, with a warning,
+            when there is none), or none at all (``use_atlas=False``).
         options: as for :func:`stream`.
     """
     check_outputs(Path(source), options.get("timeline"), options.get("annotate"))
     predictor = open_predictor(checkpoint, runtime, batch_size=1, threads=threads or default_threads(),
                                device=device)
     options.setdefault("status", sys.stderr)
-    return stream(predictor, source, **options)
+    folder = find_atlas(checkpoint, atlas, use_atlas)
+    found = open_atlas(folder, model_weights(predictor)) if folder is not None else None
+    return stream(predictor, source, atlas=found, **options)

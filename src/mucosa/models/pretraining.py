@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from mucosa import atomic
 from mucosa._version import __version__
 from mucosa.data.cache import FrameCache
-from mucosa.data.manifest import SPLITS, Cohort, load_manifest
+from mucosa.data.manifest import check_parts, load_manifest
 from mucosa.data.table import assemble
 from mucosa.errors import ConfigError
 from mucosa.models.checkpoint import ENCODER_FORMAT, CheckpointFileError
@@ -181,16 +181,8 @@ def plan_pretraining(manifest: str | Path, config: RunConfig, out: Path, cache: 
     if config.training.batch_size < 2:  # a contrastive batch compares its frames with each other
         raise ConfigError(f"training.batch_size {config.training.batch_size}: contrastive pretraining needs at "
                           "least 2 frames a batch (with 1 the loss is 0 and nothing is learnt)")
-    if parts is not None and (not parts or not set(parts) <= set(SPLITS)):
-        raise ConfigError(f"--parts {','.join(parts)!r}: name split parts among {', '.join(SPLITS)} (e.g. train or "
-                          "train,val); leave --parts out to use every row")
-    cohort = load_manifest(manifest, unlabelled=True)
-    if parts:
-        records = [r for r in cohort.records if r.split in parts]
-        if not records:
-            raise ConfigError(f"{manifest}: no row has split {' or '.join(parts)} (--parts); the split column holds "
-                              f"{', '.join(sorted({r.split or '(empty)' for r in cohort.records}))}")
-        cohort = Cohort(records, cohort.classes, cohort.source)
+    check_parts(parts)  # before reading the manifest
+    cohort = load_manifest(manifest, unlabelled=True).parts(parts)
     table = assemble(cohort, config.preprocessing, cache, progress=progress)
     if len(table) < 2:
         raise ConfigError(f"{manifest}: {len(table)} frame(s) after the quality gate; contrastive pretraining needs "
