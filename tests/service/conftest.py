@@ -1,6 +1,7 @@
 """Fixtures of the web service tests: a small checkpoint, the engine loaded once, real pCLE frames."""
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,28 @@ def engine(serve_checkpoint):
     from mucosa.service.engine import Engine
 
     return Engine(serve_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def brain_checkpoint(serve_checkpoint, tmp_path_factory) -> Path:
+    """The serve checkpoint's weights under the brain data's classes (glioblastoma, meningioma: no clinical
+    verdict words, so neutral colours) and with its circular field of view kept whole (crop "disc": every
+    model frame has black corners)."""
+    from mucosa.models.checkpoint import read_checkpoint_file, record_in_card
+
+    path = tmp_path_factory.mktemp("brain-model") / "brain.ckpt"
+    shutil.copyfile(serve_checkpoint, path)
+    preprocessing = read_checkpoint_file(path)["mucosa"]["preprocessing"]
+    record_in_card(path, "classes", ["glioblastoma", "meningioma"])
+    record_in_card(path, "preprocessing", {**preprocessing, "crop": "disc"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def brain_engine(brain_checkpoint):
+    from mucosa.service.engine import Engine
+
+    return Engine(brain_checkpoint, device="cpu")
 
 
 @pytest.fixture(scope="session")

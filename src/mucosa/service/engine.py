@@ -13,7 +13,8 @@ service needs, as plain Python types (JSON-ready dicts, bytes):
   smoothed probability and the running case verdict (``stream.Smoother``'s rule: the mean probability of
   the frames that passed the quality gate against the threshold); each frame is kept in a
   :class:`~mucosa.service.framestore.FrameStore` for the viewer.
-- :meth:`Engine.frame_png`: a stored frame as PNG, with its Grad-CAM heat map when asked.
+- :meth:`Engine.frame_png`: a stored frame as PNG, with its Grad-CAM heat map when asked (masked to the field
+  of view found by preprocessing, ``data.fov.field_mask``).
 
 Every model call holds :attr:`Engine.lock`, a :class:`PriorityLock`: single-image predictions and Grad-CAM
 (someone is waiting for them) go before the frames of background cases, which still get a turn after
@@ -39,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mucosa.data.fov import FieldOfView, field_mask, tile_boxes
 from mucosa.data.preparation import iter_frames
 from mucosa.data.readers import IMAGE_SUFFIXES, VIDEO_SUFFIXES, is_image, is_video, read_image
 from mucosa.data.video import DecodeReport, video_info
@@ -288,14 +290,16 @@ class Engine:
             raise UnreadableMedia(_reason(error, path)) from None
         return {"kind": "images", "frames": len(paths), "fps": None}  # tiled images give more, counted as they come
 
-    def _read_still(self, path: Path) -> tuple[np.ndarray, list[tuple[np.ndarray, float]], list[tuple]]:
-        """A still image → (image, [(model frame, quality)], [box of each model frame])."""
+    def _read_still(self, path: Path) -> tuple[np.ndarray, list[tuple[np.ndarray, float]], list[tuple], FieldOfView]:
+        """A still image → (image, [(model frame, quality)], [box of each model frame], its field of view)."""
         try:
             frames = list(iter_frames(path, self.prep))
         except UnreadableFileError as error:
             raise UnreadableMedia(_reason(error, path)) from None
         parts = [(f.image, f.quality) for f in frames]
-        return frames[0].source, parts, _tile_boxes(frames[0].fov.box, len(parts), self.prep.tile)
+        fov = frames[0].fov
+        boxes = tile_boxes(fov.box, self.prep.tile) if len(parts) > 1 else [tuple(fov.box)]
+        return frames[0].source, parts, boxes, fov
 
     # ---------------------------------------------------------------------------------------------- images
 
@@ -331,7 +335,7 @@ class Engine:
                 handle.flush()
                 return self.predict_image(Path(handle.name), gradcam)
         path = Path(source)
-        image, parts, boxes = self._read_still(path)
+        image, parts, boxes, fov = self._read_still(path)
         quality = [float(np.nan_to_num(q)) for _, q in parts]
         used = [k for k, q in enumerate(quality) if self.prep.passes(q)]
         probs = self._predict(np.stack([parts[k][0] for k in used]), urgent=True) if used else None
@@ -347,7 +351,7 @@ class Engine:
             result["tiles"] = [{"tile": k, "quality": q, "dropped": k not in by_position,
                                 "probability": _plain(by_position.get(k))} for k, q in enumerate(quality)]
         if gradcam and used and len(parts) == 1:
-            result["gradcam_png"] = encode(self._overlay(to_uint8(image), parts[0][0], boxes[0]))
+            result["gradcam_png"] = encode(self._overlay(to_uint8(image), parts[0][0], boxes[0], (fov, boxes[0])))
         return result
 
     def _by_class(self, mean) -> dict | None:
@@ -380,7 +384,7 @@ class Engine:
         smoother = Smoother(self.classes, self.window, self.threshold)
         items = self._video_items(sources[0], warnings) if len(sources) == 1 and is_video(sources[0]) else \
             self._image_items(sources)
-        for seen, (number, seconds, frame, model_frame, quality, box, source) in enumerate(items, start=1):
+        for seen, (number, seconds, frame, model_frame, quality, box, fov, source) in enumerate(items, start=1):
             if cancel is not None and cancel.is_set():
                 return
             dropped = not self.prep.passes(quality)
@@ -392,7 +396,7 @@ class Engine:
                                            "no verdict")
                 smoother.update(probability)
             if store is not None:
-                store.add(number, frame, model_frame, box)
+                store.add(number, frame, model_frame, box, field=(fov, box))
             row = {"frame": number, "time": seconds, "quality": round(quality, 4), "dropped": dropped,
                    "probability": _plain(probability), "smoothed": _plain(smoother.smoothed), "source": source}
             row["case"] = self.verdict(smoother.case_probability, smoother.count, seen, "running")
@@ -404,7 +408,7 @@ class Engine:
         try:
             for frame in iter_frames(path, self.prep, report=report):
                 yield (frame.index, round(frame.index / fps, 4) if fps else None, frame.source, frame.image,
-                       float(np.nan_to_num(frame.quality)), tuple(frame.fov.box), None)
+                       float(np.nan_to_num(frame.quality)), tuple(frame.fov.box), frame.fov, None)
         except UnreadableFileError as error:
             raise UnreadableMedia(_reason(error, path)) from None
         if report.damaged and warnings is not None:
@@ -414,35 +418,41 @@ class Engine:
     def _image_items(self, paths: list[Path]) -> Iterator[tuple]:
         number = 0
         for position, path in enumerate(paths):
-            image, parts, boxes = self._read_still(path)
+            image, parts, boxes, fov = self._read_still(path)
             for (model_frame, quality), box in zip(parts, boxes):
-                yield number, None, image, model_frame, float(np.nan_to_num(quality)), box, position
+                yield number, None, image, model_frame, float(np.nan_to_num(quality)), box, fov, position
                 number += 1
 
     # ---------------------------------------------------------------------------------------------- pictures
 
     def frame_png(self, store: FrameStore, number: int, gradcam: bool = False) -> bytes:
         """Stored frame ``number`` as PNG; with ``gradcam`` the heat map of its predicted class is laid over
-        the part the model saw (computed once, then kept in the store)."""
+        the part the model saw, none of it outside the field of view (computed once, then kept in the store)."""
         if not gradcam:
             return encode(store.display(number))
         cached = store.gradcam_path(number)
         if not cached.is_file():
-            data = encode(self._overlay(store.display(number), store.model_frame(number), store.box(number)))
+            data = encode(self._overlay(store.display(number), store.model_frame(number), store.box(number),
+                                        store.field(number)))
             cached.write_bytes(data)
             return data
         return cached.read_bytes()
 
-    def _overlay(self, display: np.ndarray, model_frame: np.ndarray, box: tuple) -> np.ndarray:
+    def _overlay(self, display: np.ndarray, model_frame: np.ndarray, box: tuple,
+                 field: tuple[FieldOfView, tuple] | None) -> np.ndarray:
         """RGB display frame with the Grad-CAM heat map (jet colours, opacity following the heat) in ``box``,
-        outlined."""
+        outlined. ``field`` (the field of view and the model frame's box in the source frame) masks the heat:
+        none outside the field of view."""
         from matplotlib import colormaps
         from PIL import Image
 
         with self._cam_lock, self.lock.urgent():
-            heat = self.classifier.grad_cam(model_frame)  # (S, S) in [0, 1]
+            mask = None if field is None else field_mask(field[0], model_frame.shape, field[1])
+            heat = self.classifier.grad_cam(model_frame, field=mask)  # (S, S) in [0, 1], 0 outside the field
         x0, y0, x1, y1 = box
         heat = np.asarray(Image.fromarray(heat, mode="F").resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR))
+        if field is not None:  # and none at the display's resolution either, where the map was enlarged
+            heat = heat * field_mask(field[0], heat.shape, field[1])
         heat = np.clip(heat, 0, 1)[..., None]
         rgb = np.repeat(display[..., None], 3, axis=2).astype(np.float32)
         colour = colormaps["jet"](heat[..., 0])[..., :3] * 255
@@ -453,13 +463,3 @@ class Engine:
         rgb[y0:y1, x0] = rgb[y0:y1, x1 - 1] = outline
         return np.round(rgb).astype(np.uint8)
 
-
-def _tile_boxes(box: tuple, count: int, side: int) -> list[tuple[int, int, int, int]]:
-    """Boxes of the tiles ``fov.tiles`` cuts from a field of view (row by row, grid centred)."""
-    x0, y0, x1, y1 = box
-    if count <= 1 or not side:
-        return [tuple(box)] * max(count, 1)
-    rows, cols = (y1 - y0) // side, (x1 - x0) // side
-    top, left = y0 + ((y1 - y0) - rows * side) // 2, x0 + ((x1 - x0) - cols * side) // 2
-    return [(left + c * side, top + r * side, left + (c + 1) * side, top + (r + 1) * side)
-            for r in range(rows) for c in range(cols)]
