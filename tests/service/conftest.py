@@ -101,3 +101,15 @@ def black_png(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("black") / "black.png"
     Image.fromarray(np.zeros((336, 464), np.uint8)).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def damaged(brain_video, tmp_path_factory) -> Path:
+    """The real 162-frame video cut at 40 % of its bytes (cut.mpg), and with 100 KB of noise in its middle
+    (mid.mpg)."""
+    folder = tmp_path_factory.mktemp("damaged")
+    data = brain_video.read_bytes()
+    (folder / "cut.mpg").write_bytes(data[: len(data) * 4 // 10])
+    middle, junk = len(data) // 2, np.random.default_rng(0).bytes(100 * 1024)
+    (folder / "mid.mpg").write_bytes(data[:middle] + junk + data[middle + len(junk):])
+    return folder

@@ -121,6 +121,13 @@ def _reason(error: Exception, path: Path) -> str:
     return f"{path.name}: {public(str(error).split(': ', 1)[-1], [path.parent])}"
 
 
+def _counts(probabilities, classes: int, threshold: float) -> np.ndarray:
+    """How many of the frames' ``probabilities`` (None: no frame) are called each of ``classes``."""
+    if probabilities is None:
+        return np.zeros(classes, np.int64)
+    return np.bincount(verdicts.calls(probabilities, threshold), minlength=classes)
+
+
 def _finite(value) -> bool:
     return bool(np.all(np.isfinite(np.asarray(value, np.float64))))
 
@@ -245,6 +252,7 @@ class Engine:
         config = info.get("config") or {}
         return {
             "name": self.path.name, "mucosa_version": info.get("mucosa_version"),
+            "weights_sha256": self.checkpoint.weights_sha256,
             "classes": self.classes, "positive": self.classes[1] if len(self.classes) == 2 else None,
             "verdicts": dict(zip(self.classes, self.verdicts)),
             "input_size": self.prep.size, "model": info.get("model"), "preprocessing": self.prep.to_dict(),
@@ -307,18 +315,21 @@ class Engine:
         with (self.lock.urgent() if urgent else self.lock.background()):
             return np.asarray(self.predictor(np.ascontiguousarray(frames)))
 
-    def verdict(self, mean, used: int, total: int, state: str) -> dict:
+    def verdict(self, mean, used: int, total: int, state: str, calls=None) -> dict:
         """A verdict as JSON: ``label`` (the clinical words for the class, or None without informative
         frames), ``class``, ``text`` (the label, or why there is none), ``score`` (mean probability),
-        ``threshold``, ``frames`` it rests on, ``total`` frames seen, ``state`` (queued, running, final)."""
+        ``threshold``, ``frames`` it rests on, ``total`` frames seen, ``state`` (queued, running, final) and
+        ``calls``: how many of the informative frames each class was called on (``calls``, one count per
+        class; none yet when not given)."""
         if mean is None:
             label = cls = None
         else:
             index = verdicts.call(mean, self.threshold)
             label, cls = self.verdicts[index], self.classes[index]
+        counts = [0] * len(self.classes) if calls is None else calls
         return {"state": state, "label": label, "class": cls, "text": label or verdicts.NO_VERDICT,
-                "score": _plain(mean),
-                "threshold": self.threshold, "frames": used, "total": total}
+                "score": _plain(mean), "threshold": self.threshold, "frames": used, "total": total,
+                "calls": {c: int(n) for c, n in zip(self.classes, counts)}}
 
     def predict_image(self, source: bytes | str | Path, gradcam: bool = False) -> dict:
         """One image: class probabilities, verdict, quality score and whether the quality gate dropped it.
@@ -342,8 +353,9 @@ class Engine:
         if probs is not None and not _finite(probs):
             raise ModelOutputError(f"{path.name}: the model gave a non-finite probability; no verdict")
         mean = np.mean(probs, axis=0) if probs is not None else None
+        calls = _counts(probs, len(self.classes), self.threshold)
         result = {"classes": self.classes, "probabilities": self._by_class(mean), "probability": _plain(mean),
-                  "verdict": self.verdict(mean, len(used), len(parts), "final"),
+                  "verdict": self.verdict(mean, len(used), len(parts), "final", calls),
                   "quality": float(np.mean(quality)), "quality_threshold": self.prep.quality_threshold,
                   "dropped": not used, "threshold": self.threshold}
         if len(parts) > 1:
@@ -370,9 +382,10 @@ class Engine:
         Keys: ``frame`` (video frame index, or position among the images' frames), ``time`` (seconds,
         videos only), ``quality``, ``dropped`` (below the quality gate: no probability), ``probability``
         (of the positive class for two classes, else a list), ``smoothed`` (mean of the last ``window``
-        informative frames), ``source`` (the image's position; None for a video) and ``case``: the running
-        verdict (``state`` "running", ``label``, ``class``, ``score`` = mean probability of the informative
-        frames, ``frames`` it rests on, ``total`` frames seen).
+        informative frames), ``called`` (the class the frame's own probability calls; None when dropped),
+        ``source`` (the image's position; None for a video) and ``case``: the running verdict (``state``
+        "running", ``label``, ``class``, ``score`` = mean probability of the informative frames, ``frames`` it
+        rests on, ``total`` frames seen, ``calls`` per class).
 
         A damaged video still gives the frames that decode; once it is read to its end, what was found
         (frames decoded of those announced, decode errors, gaps, an early end) is appended to ``warnings``.
@@ -382,24 +395,29 @@ class Engine:
             (nothing is yielded for that frame).
         """
         smoother = Smoother(self.classes, self.window, self.threshold)
+        calls = np.zeros(len(self.classes), np.int64)  # informative frames called each class
         items = self._video_items(sources[0], warnings) if len(sources) == 1 and is_video(sources[0]) else \
             self._image_items(sources)
         for seen, (number, seconds, frame, model_frame, quality, box, fov, source) in enumerate(items, start=1):
             if cancel is not None and cancel.is_set():
                 return
             dropped = not self.prep.passes(quality)
-            probability = None
+            probability = called = None
             if not dropped:
                 probability = self._predict(model_frame[None], urgent=False)[0]
                 if not _finite(probability):
                     raise ModelOutputError(f"the model gave a non-finite probability for frame {number}; "
                                            "no verdict")
                 smoother.update(probability)
+                index = verdicts.call(probability, self.threshold)
+                calls[index] += 1
+                called = self.classes[index]
             if store is not None:
                 store.add(number, frame, model_frame, box, field=(fov, box))
             row = {"frame": number, "time": seconds, "quality": round(quality, 4), "dropped": dropped,
-                   "probability": _plain(probability), "smoothed": _plain(smoother.smoothed), "source": source}
-            row["case"] = self.verdict(smoother.case_probability, smoother.count, seen, "running")
+                   "probability": _plain(probability), "smoothed": _plain(smoother.smoothed), "called": called,
+                   "source": source}
+            row["case"] = self.verdict(smoother.case_probability, smoother.count, seen, "running", calls)
             yield row
 
     def _video_items(self, path: Path, warnings: list[str] | None) -> Iterator[tuple]:

@@ -1,8 +1,9 @@
 """``/v1/cases``: a video or several images of one case, processed in the background.
 
 ``POST /cases`` (multipart upload, or JSON naming files under --data-root) answers with the case's id at once;
-``GET /cases``, ``GET /cases/{id}``, its ``/events`` (server-sent events), ``/frames/{n}.png|jpg``,
-``/timeline.csv`` and ``/report.html`` follow it; ``DELETE /cases/{id}`` stops it and removes its files.
+``GET /cases``, ``GET /cases/{id}``, its ``/events`` (server-sent events), ``/frames/{n}.png|jpg`` and
+``/timeline.csv`` follow it (its reports: :mod:`~mucosa.service.routes.reports`); ``DELETE /cases/{id}``
+stops it and removes its files.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -22,7 +23,7 @@ from mucosa.service.dependencies import CardDep, CasesDep, EngineDep, SettingsDe
 from mucosa.service.engine import UnreadableMedia, UnsupportedMedia
 from mucosa.service.paths import case_sources
 from mucosa.service.problems import problem, readable
-from mucosa.service.report import report_html, timeline_csv
+from mucosa.service.report import timeline_csv
 from mucosa.service.routes.common import API_VERSION, MEDIA_ERRORS, finalize, log, media_error, read_upload, upload_body
 from mucosa.service.settings import ServeSettings
 from mucosa.service.uploads import discard, safe_stem
@@ -115,15 +116,6 @@ def case_timeline(case_id: str, cases: CasesDep, card: CardDep) -> Response:
     case = case_or_404(cases, case_id)
     return Response(timeline_csv(case.to_dict(), card["classes"]), media_type="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="{safe_stem(case.name)}-timeline.csv"'})
-
-
-@router.get("/{case_id}/report.html", response_class=HTMLResponse, responses=NOT_FOUND)
-def case_report(case_id: str, cases: CasesDep, card: CardDep, download: bool = False) -> HTMLResponse:
-    """A one-page case report: verdict, score, frames it rests on, timeline, model."""
-    case = case_or_404(cases, case_id)
-    headers = {"Content-Disposition": f'attachment; filename="{safe_stem(case.name)}-report.html"'} \
-        if download else None
-    return HTMLResponse(report_html(case.to_dict(), card), headers=headers)
 
 
 @router.delete("/{case_id}", status_code=204, responses=NOT_FOUND)
