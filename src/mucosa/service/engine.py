@@ -128,6 +128,11 @@ def _counts(probabilities, classes: int, threshold: float) -> np.ndarray:
     return np.bincount(verdicts.calls(probabilities, threshold), minlength=classes)
 
 
+def _count(number: int, thing: str) -> str:
+    """``1 video``, ``2 videos``."""
+    return f"{number} {thing}{'' if number == 1 else 's'}"
+
+
 def _finite(value) -> bool:
     return bool(np.all(np.isfinite(np.asarray(value, np.float64))))
 
@@ -285,7 +290,10 @@ class Engine:
                                        f"{', '.join(sorted(VIDEO_SUFFIXES))})")
         videos = [p for p in paths if is_video(p)]
         if videos and len(paths) > 1:
-            raise UnreadableMedia("a case is one video, or several images: send each video as a case of its own")
+            kinds = " and ".join(_count(n, kind) for n, kind in ((len(videos), "video"),
+                                                                 (len(paths) - len(videos), "image")) if n)
+            raise UnreadableMedia(f"{kinds} given together: a case is one video, or several images; send each "
+                                  "video as a case of its own")
         try:
             if videos:
                 info = video_info(videos[0])

@@ -91,6 +91,12 @@ class CaseCreated(BaseModel):
     events: str
 
 
+class CasesCreated(BaseModel):
+    """Several videos uploaded at once: a case each."""
+
+    cases: list[CaseCreated]
+
+
 class Problem(BaseModel):
     detail: str = Field(description="what is wrong, in one sentence")
 
