@@ -113,3 +113,28 @@ def damaged(brain_video, tmp_path_factory) -> Path:
     middle, junk = len(data) // 2, np.random.default_rng(0).bytes(100 * 1024)
     (folder / "mid.mpg").write_bytes(data[:middle] + junk + data[middle + len(junk):])
     return folder
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium, driven by Playwright (one for every browser test)."""
+    from browsing import CHROMIUM, missing
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing("playwright is not installed")
+    if not Path(CHROMIUM).is_file():
+        missing(f"chromium is not installed ({CHROMIUM})")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="session")
+def shots(tmp_path_factory) -> Path:
+    """Where the browser tests put their screenshots: $MUCOSA_SCREENSHOTS, else a temporary folder."""
+    folder = Path(os.environ.get("MUCOSA_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
