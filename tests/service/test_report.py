@@ -130,3 +130,21 @@ def _png() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.full((40, 120), 200, np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_class_colours_are_neutral_unless_the_classes_are_the_inflammation_pair(engine, brain_engine):
+    from mucosa.service.presentation import CLINICAL, NEUTRAL
+
+    inflammation = {"control": CLINICAL["mucosal healing"], "active": CLINICAL["active inflammation"]}
+    brain = {"glioblastoma": NEUTRAL[0], "meningioma": NEUTRAL[1]}  # Okabe–Ito blue and orange
+    for model, expected in ((engine, inflammation), (brain_engine, brain)):
+        with serving(model) as (client, _):
+            assert client.get("/v1/model").json()["colours"] == expected
+
+
+def test_report_errors_are_one_sentence(reported):
+    client, case, base = reported
+    for url, status in ((f"{base}/report.pdf?download=maybe", 422), ("/v1/cases/nope/report.json", 404),
+                        ("/v1/cases/nope/report.pdf", 404)):
+        response = client.get(url)
+        assert response.status_code == status and isinstance(response.json()["detail"], str)

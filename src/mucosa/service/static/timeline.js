@@ -8,7 +8,7 @@
 
 const PLOT = { left: 40, right: 22, top: 10, bottom: 34 };
 const MISSING = "#9aa3ad";
-const DROPPED = "#b3372b";
+const DROPPED = "#4f5b6a";  // neutral: red may mean a class
 
 function timelineGeometry(canvas) {
   const total = Math.max(S.rows.length, S.summary ? S.summary.frames_expected : 0, 1);
