@@ -115,9 +115,10 @@ def damaged(brain_video, tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Debian's chromium, driven by Playwright (one for every browser test)."""
+    """Debian's chromium, driven by Playwright (one per test module: Playwright's sync API holds an event loop
+    in the main thread while it runs, which asyncio.run in other tests cannot share)."""
     from browsing import CHROMIUM, missing
 
     try:

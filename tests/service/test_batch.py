@@ -32,7 +32,9 @@ def test_one_bad_video_refuses_them_all_and_leaves_nothing(engine, brain_video, 
     (tmp_path / "clip.mpg").write_bytes(b"\x00\x00\x01\xba" + b"\x00" * 4000)
     with serving(engine) as (client, root):
         response = upload(client, "/v1/cases", brain_video, tmp_path / "clip.mpg", brain_video)
-        assert response.status_code == 422 and response.json()["detail"].startswith("clip.mpg")
+        detail = response.json()["detail"]
+        assert response.status_code == 422 and detail.startswith("clip.mpg: cannot open video")
+        assert str(root) not in detail and "/" not in detail and "rrno" not in detail  # no server path, no errno
         assert client.get("/v1/cases").json() == [] and files_under(root / "cases") == []
 
 

@@ -23,8 +23,8 @@ from mucosa.service.plots import timeline_figure
 from mucosa.service.presentation import BANNER, class_colours, confidence, probability_of, share_interval, shares
 from mucosa.tables import safe_row
 
-__all__ = ["EXAM_FIELDS", "FORMAT", "ReportParts", "gather", "key_frames", "report_data", "report_html",
-           "timeline_csv"]
+__all__ = ["EXAM_FIELDS", "FORMAT", "MONOSPACED", "ReportParts", "case_rows", "gather", "key_caption", "key_frames",
+           "model_rows", "quality_line", "report_data", "report_html", "review_rows", "timeline_csv", "verdict_lines"]
 
 FORMAT = "mucosa-case-report/1"
 # exam fields a case may carry (at its top level, or in an "exam" mapping): shown when present
@@ -216,32 +216,57 @@ def verdict_lines(data: dict) -> dict[str, str]:
     return lines
 
 
+MONOSPACED = ("Case id", "Weights SHA-256")  # labels whose values print in a fixed-width font
+
+
+def case_rows(data: dict) -> list[tuple[str, str]]:
+    """The case and its exam fields as (label, text) rows, as both reports print them."""
+    case = data["case"]
+    frames = (f"{case['frames_decoded']} decoded of {case['frames_expected']} announced" if case["kind"] == "video"
+              else f"{case['frames_decoded']} from {len(case['files'])} image(s)")
+    return [("Case id", case["id"]), ("Case", case["name"]), ("Files", ", ".join(case["files"])),
+            ("Opened", case["opened"] or ""), ("Status", case["status"] + (f" — {case['error']}" if case.get("error")
+                                                                           else "")),
+            ("Frames", frames), *data["exam"].items()]
+
+
+def model_rows(data: dict) -> list[tuple[str, str]]:
+    """The model as (label, text) rows, as both reports print them."""
+    model = data["model"]
+    return [("Model", model["name"]), ("mucosa version", str(model["version"] or "unknown")),
+            ("Weights SHA-256", str(model["weights_sha256"] or "unknown")), ("Classes", ", ".join(model["classes"])),
+            ("Decision rule", data["verdict"]["rule"]),
+            ("Runtime", f"{model['kind'] or '?'}, {model['input_size']}×{model['input_size']}, {model['runtime']}")]
+
+
+def quality_line(data: dict) -> str:
+    """What the quality gate did, in one sentence."""
+    quality = data["quality"]
+    mean = "" if quality["mean"] is None else f"; mean quality {quality['mean']:.2f}"
+    return (f"{quality['frames_dropped']} frame(s) dropped by the quality gate (threshold "
+            f"{quality['threshold']:g}{mean}).")
+
+
+def _html_rows(rows: list[tuple[str, str]], colours: dict | None = None) -> str:
+    e, cells = html.escape, []
+    for label, text in rows:
+        if label in MONOSPACED:
+            cells.append((label, f"<code>{e(text)}</code>"))
+        elif label == "Classes" and colours:
+            cells.append((label, " ".join(f'<span><i class="swatch" style="background:{colour}"></i>{e(c)}</span>'
+                                          for c, colour in colours.items())))
+        else:
+            cells.append((label, e(text)))
+    return f"<table>{_rows(cells)}</table>"
+
+
 def report_html(parts: ReportParts) -> str:
     """A self-contained HTML page of the report (pictures embedded)."""
     e, data = html.escape, parts.data
-    case, model, v = data["case"], data["model"], data["verdict"]
+    case, v, colours = data["case"], data["verdict"], data["model"]["colours"]
     words = verdict_lines(data)
-    colours = model["colours"]
-    tone = colours.get(v["class"], "#8a94a3")
     bar = "".join(f'<span style="width:{100 * row["share"]:.2f}%;background:{colours[row["class"]]}"></span>'
                   for row in v["shares"] if row["share"])
-    legend = " ".join(f'<span><i class="swatch" style="background:{colours[c]}"></i>{e(c)}</span>'
-                      for c in model["classes"])
-    status = case["status"] + (f" — {case['error']}" if case.get("error") else "")
-    case_rows = [("Case id", f"<code>{e(case['id'])}</code>"), ("Case", e(case["name"])),
-                 ("Files", e(", ".join(case["files"]))), ("Opened", e(case["opened"] or "")),
-                 ("Status", e(status)),
-                 ("Frames", e(f"{case['frames_decoded']} decoded of {case['frames_expected']} announced"
-                              if case["kind"] == "video" else f"{case['frames_decoded']} from "
-                              f"{len(case['files'])} image(s)")),
-                 *((k, e(val)) for k, val in data["exam"].items())]
-    model_rows = [("Model", e(model["name"])), ("mucosa version", e(str(model["version"] or "unknown"))),
-                  ("Weights SHA-256", f"<code>{e(str(model['weights_sha256'] or 'unknown'))}</code>"),
-                  ("Classes", legend), ("Decision rule", e(v["rule"])),
-                  ("Runtime", e(f"{model['kind'] or '?'}, {model['input_size']}×{model['input_size']}, "
-                                f"{model['runtime']}"))]
-    quality = data["quality"]
-    mean_quality = "" if quality["mean"] is None else f"; mean quality {quality['mean']:.2f}"
     warnings = "".join(f"<li>{e(w)}</li>" for w in data["warnings"])
     warning_block = (f'<div class="warnings" role="note"><strong>Damaged recording: the verdict rests on the '
                      f"frames that decoded.</strong><ul>{warnings}</ul></div>") if warnings else \
@@ -255,17 +280,16 @@ def report_html(parts: ReportParts) -> str:
 <main>
 <h1>mucosa case report</h1>
 <p class="sub">{e(case['name'])} · case {e(case['id'])} · generated {e(data['generated'])}</p>
-<section class="verdict" style="--tone:{tone}" aria-label="verdict">
+<section class="verdict" style="--tone:{colours.get(v["class"], "#8a94a3")}" aria-label="verdict">
 <div class="label">{e(words['label'])}</div>
 <p>{e(words['confidence'])}</p>
 <div class="shares" role="img" aria-label="{e(words['shares'] or 'no informative frames')}">{bar}</div>
 <p>{e(words['shares'])}</p><p>{e(words['interval'])}</p><p>{e(words['frames'])}</p>
 </section>
-<h2>Case and exam</h2><table>{_rows(case_rows)}</table>
-<h2>Model</h2><table>{_rows(model_rows)}</table>
+<h2>Case and exam</h2>{_html_rows(case_rows(data))}
+<h2>Model</h2>{_html_rows(model_rows(data), colours)}
 <h2>Quality and decoding</h2>
-<p>{quality['frames_dropped']} frame(s) dropped by the quality gate (threshold
-{quality['threshold']:g}{mean_quality}).</p>
+<p>{e(quality_line(data))}</p>
 {warning_block}
 <h2>Timeline</h2>
 <figure class="timeline" role="img" aria-label="probability timeline of the case">{parts.timeline_svg}</figure>
@@ -277,10 +301,15 @@ for that class, inside the field of view).</p><div class="keys">{keys}</div>
 """
 
 
+def key_caption(key: dict) -> str:
+    """A key frame's caption: ``frame 135 (5.62 s): called meningioma, P(meningioma) 0.669``."""
+    when = "" if key["time"] is None else f" ({key['time']:.2f} s)"
+    return f"frame {key['frame']}{when}: called {key['class']}, P({key['class']}) {key['probability']:.3f}"
+
+
 def _key_figure(key: dict, images: tuple[bytes, bytes] | None) -> str:
     e = html.escape
-    when = "" if key["time"] is None else f" ({key['time']:.2f} s)"
-    caption = f"frame {key['frame']}{when}: called {key['class']}, P({key['class']}) {key['probability']:.3f}"
+    caption = key_caption(key)
     pictures = "" if images is None else (
         f'<img src="{_data_url(images[0], "jpeg")}" alt="frame {key["frame"]}">'
         f'<img src="{_data_url(images[1], "png")}" alt="Grad-CAM of {e(key["class"])} on frame {key["frame"]}"> ')

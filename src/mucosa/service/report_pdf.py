@@ -13,7 +13,16 @@ import html
 import io
 from pathlib import Path
 
-from mucosa.service.report import ReportParts, review_rows, verdict_lines
+from mucosa.service.report import (
+    MONOSPACED,
+    ReportParts,
+    case_rows,
+    key_caption,
+    model_rows,
+    quality_line,
+    review_rows,
+    verdict_lines,
+)
 
 __all__ = ["report_pdf"]
 
@@ -91,10 +100,10 @@ def _p(text: str, style) -> object:
     return Paragraph(html.escape(str(text)), style)
 
 
-def _table(rows: list[tuple[str, object]], styles, width: float):
+def _table(rows: list[tuple[str, str]], styles, width: float):
     from reportlab.platypus import Table, TableStyle
 
-    cells = [[_p(k, styles["key"]), v if not isinstance(v, str) else _p(v, styles["body"])] for k, v in rows]
+    cells = [[_p(k, styles["key"]), _p(v, styles["mono" if k in MONOSPACED else "body"])] for k, v in rows]
     table = Table(cells, colWidths=[0.28 * width, 0.72 * width], hAlign="LEFT")
     table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("LINEBELOW", (0, 0), (-1, -1), 0.4, LINE),
                                ("TOPPADDING", (0, 0), (-1, -1), 3), ("BOTTOMPADDING", (0, 0), (-1, -1), 3)]))
@@ -105,23 +114,12 @@ def _story(parts: ReportParts, styles, width: float) -> list:
     from reportlab.platypus import Spacer
 
     data = parts.data
-    case, model = data["case"], data["model"]
+    case = data["case"]
     story = [_p("mucosa case report", styles["title"]),
              _p(f"{case['name']} · case {case['id']} · generated {data['generated']}", styles["sub"]),
-             Spacer(1, 8), _verdict_box(data, styles, width)]
-    status = case["status"] + (f" — {case['error']}" if case.get("error") else "")
-    frames = (f"{case['frames_decoded']} decoded of {case['frames_expected']} announced" if case["kind"] == "video"
-              else f"{case['frames_decoded']} from {len(case['files'])} image(s)")
-    story += [_p("Case and exam", styles["h2"]),
-              _table([("Case id", case["id"]), ("Case", case["name"]), ("Files", ", ".join(case["files"])),
-                      ("Opened", case["opened"] or ""), ("Status", status), ("Frames", frames),
-                      *data["exam"].items()], styles, width)]
-    story += [_p("Model", styles["h2"]),
-              _table([("Model", model["name"]), ("mucosa version", str(model["version"] or "unknown")),
-                      ("Weights SHA-256", _p(model["weights_sha256"] or "unknown", styles["mono"])),
-                      ("Classes", ", ".join(model["classes"])), ("Decision rule", data["verdict"]["rule"]),
-                      ("Runtime", f"{model['kind'] or '?'}, {model['input_size']}×{model['input_size']}, "
-                                  f"{model['runtime']}")], styles, width)]
+             Spacer(1, 8), _verdict_box(data, styles, width),
+             _p("Case and exam", styles["h2"]), _table(case_rows(data), styles, width),
+             _p("Model", styles["h2"]), _table(model_rows(data), styles, width)]
     story += _quality(data, styles, width)
     story += _pictures(parts, styles, width)
     rows = review_rows(data["review"])
@@ -157,11 +155,7 @@ def _verdict_box(data: dict, styles, width: float):
 def _quality(data: dict, styles, width: float) -> list:
     from reportlab.platypus import Table, TableStyle
 
-    quality = data["quality"]
-    mean = "" if quality["mean"] is None else f"; mean quality {quality['mean']:.2f}"
-    story = [_p("Quality and decoding", styles["h2"]),
-             _p(f"{quality['frames_dropped']} frame(s) dropped by the quality gate (threshold "
-                f"{quality['threshold']:g}{mean}).", styles["body"])]
+    story = [_p("Quality and decoding", styles["h2"]), _p(quality_line(data), styles["body"])]
     if not data["warnings"]:
         return [*story, _p("No decode warnings: the recording decoded whole.", styles["body"])]
     cells = [[_p("Damaged recording: the verdict rests on the frames that decoded.", styles["body"])],
@@ -188,9 +182,7 @@ def _pictures(parts: ReportParts, styles, width: float) -> list:
                 "inside the field of view).", styles["small"])]
     rows = []
     for key in parts.data["key_frames"]:
-        when = "" if key["time"] is None else f" ({key['time']:.2f} s)"
-        caption = _p(f"frame {key['frame']}{when}: called {key['class']}, P({key['class']}) "
-                     f"{key['probability']:.3f}", styles["body"])
+        caption = _p(key_caption(key), styles["body"])
         images = parts.images.get(key["frame"])
         pictures = [_image(images[0], 0.36 * width), _image(images[1], 0.36 * width)] if images else ["", ""]
         rows.append([*pictures, caption])

@@ -23,6 +23,8 @@ async function loadModel() {
   if (card.positive) legend.push("<span><i class=\"lg-dash\"></i>threshold</span>");
   legend.push("<span><i class=\"lg-drop\"></i>dropped</span>", "<span><i class=\"lg-missing\"></i>not decoded</span>");
   $("legend").innerHTML = legend.join("");
+  $("timeline-head").textContent = "Probability timeline · " +
+    (card.positive ? `P(${card.positive})` : "probability of the class each frame is called");
 }
 
 function verdictWords(verdict) {
