@@ -13,3 +13,8 @@ if ! python -c "import torch" 2>/dev/null; then
   python -m pip install -q "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 fi
 python -m pip install -q -e ".[test]"
+# axe-core, the accessibility engine the viewer's browser tests inject (package.json, package-lock.json):
+# installed where npm is (CI's .ci/run installs npm first); without it those checks skip outside CI.
+if command -v npm >/dev/null 2>&1; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi

@@ -13,8 +13,10 @@ from mucosa.data.fov import (
     FieldOfView,
     crop,
     detect_field_of_view,
+    field_mask,
     fixed_field_of_view,
     resize,
+    tile_boxes,
     tiles,
     to_uint8,
     whole_disc,
@@ -274,6 +276,24 @@ def test_resize_averages_areas_when_shrinking_and_interpolates_when_enlarging():
     assert np.all(np.diff(row) >= 0) and np.sum((row > 0.05) & (row < 0.95)) >= 2  # a ramp, not a jump
 
 
+def test_field_mask_is_the_circle_of_a_disc_crop_and_all_of_a_square_inside_it():
+    center, radius = (160.0, 112.0), 100.0
+    frame = _circle_frame(center=center, radius=radius)
+    circle = detect_field_of_view(frame)
+    disc = whole_disc(circle, frame.shape)
+    part = crop(frame, disc)  # black outside the circle
+    mask = field_mask(disc, part.shape)  # at the crop's own size: the pixels crop keeps
+    assert mask.shape == part.shape and not mask[0, 0] and not mask[-1, -1] and mask[mask.shape[0] // 2].any()
+    np.testing.assert_array_equal(part[~mask], 0)
+    assert abs(mask.mean() - math.pi / 4) < 0.02  # a disc in its bounding box
+    small = field_mask(disc, (48, 48))  # resized like a model frame
+    assert not small[:4, :4].any() and not small[-4:, -4:].any() and small[20:28, 20:28].all()
+    assert field_mask(circle, (48, 48)).all()  # the square inside the circle: all tissue
+    assert field_mask(FieldOfView("full", (0, 0, 10, 10)), (5, 5)).all()
+    corner = tile_boxes(disc.box, 60)[0]  # a tile in the disc's top-left corner: partly outside
+    assert 0 < field_mask(disc, (16, 16), corner).mean() < 1
+
+
 def test_tiles_cover_a_centred_grid_row_by_row():
     field = np.arange(70 * 100, dtype=np.float32).reshape(70, 100)
     parts = tiles(field, 32)  # 2 rows x 3 columns; 6 px left over vertically, 4 horizontally
@@ -281,6 +301,9 @@ def test_tiles_cover_a_centred_grid_row_by_row():
     np.testing.assert_array_equal(parts[0], field[3:35, 2:34])
     np.testing.assert_array_equal(parts[5], field[35:67, 66:98])
     assert tiles(field, 80)[0] is field  # smaller than a tile: the field itself
+    assert tile_boxes((10, 20, 110, 90), 32) == [(12, 23, 44, 55), (44, 23, 76, 55), (76, 23, 108, 55),
+                                                 (12, 55, 44, 87), (44, 55, 76, 87), (76, 55, 108, 87)]
+    assert tile_boxes((10, 20, 110, 90), 0) == tile_boxes((10, 20, 110, 90), 80) == [(10, 20, 110, 90)]
 
 
 def test_uint8_round_trip():

@@ -317,3 +317,40 @@ def test_a_tiled_model_explains_the_most_confident_tiles_of_an_image(trained, tm
     confident = np.argsort(-np.maximum(p, 1 - p), kind="stable")[:2]
     assert sorted(r.frame for r in results) == sorted(confident.tolist())
     assert all((tmp_path / "out" / f"cells_t{r.frame:04d}_gradcam.png").is_file() for r in results)
+
+
+def black_cornered(path: Path, side: int = 160, seed: int = 3) -> Path:
+    """A circular field of tissue-like texture on black, as a pCLE frame: its corners are black."""
+    rng = np.random.default_rng(seed)
+    tissue = ndi.gaussian_filter(rng.random((side, side)), 1.5)
+    tissue = (tissue - tissue.min()) / np.ptp(tissue)
+    yy, xx = np.mgrid[:side, :side]
+    disc = (xx + 0.5 - side / 2) ** 2 + (yy + 0.5 - side / 2) ** 2 <= (0.45 * side) ** 2
+    Image.fromarray(np.round(np.where(disc, 0.15 + 0.85 * tissue, 0) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_grad_cam_has_no_heat_outside_the_field_of_view(trained, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from mucosa.data.fov import field_mask
+
+    loaded = load_checkpoint(trained)
+    disc = replace(loaded, preprocessing=loaded.preprocessing.replace(crop="disc"))  # the circle kept whole
+    path = black_cornered(tmp_path / "cle.png")
+    (prepared,) = list(explain.iter_frames(path, disc.preprocessing))
+    field = field_mask(prepared.fov, prepared.image.shape)
+    assert prepared.fov.kind == "disc" and not field[0, 0] and not field[-1, -1] and field[SIZE // 2].any()
+    outside = ~field
+    bare = saliency.grad_cam(disc.model, prepared.image, target=1)
+    assert bare[outside].max() > 0.05  # unmasked, the model's heat reaches into the black corners...
+    masked = saliency.grad_cam(disc.model, prepared.image, target=1, field=field)
+    assert masked[outside].max() == 0 and masked.max() == 1.0  # ...masked, none there; scaled on the tissue
+    with pytest.raises(ConfigError, match="mask must be 48x48"):
+        saliency.grad_cam(disc.model, prepared.image, field=field[:10])
+
+    drawn = []  # and `mucosa explain` draws the masked map
+    monkeypatch.setattr(explain, "save_overlay", lambda frame, cam, *args: drawn.append(cam) or tmp_path / "x.png")
+    explain.explain_paths(disc, [path], tmp_path / "out")
+    (cam,) = drawn
+    assert cam[outside].max() == 0 and cam.max() > 0

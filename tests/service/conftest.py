@@ -1,6 +1,7 @@
 """Fixtures of the web service tests: a small checkpoint, the engine loaded once, real pCLE frames."""
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,28 @@ def engine(serve_checkpoint):
 
 
 @pytest.fixture(scope="session")
+def brain_checkpoint(serve_checkpoint, tmp_path_factory) -> Path:
+    """The serve checkpoint's weights under the brain data's classes (glioblastoma, meningioma: no clinical
+    verdict words, so neutral colours) and with its circular field of view kept whole (crop "disc": every
+    model frame has black corners)."""
+    from mucosa.models.checkpoint import read_checkpoint_file, record_in_card
+
+    path = tmp_path_factory.mktemp("brain-model") / "brain.ckpt"
+    shutil.copyfile(serve_checkpoint, path)
+    preprocessing = read_checkpoint_file(path)["mucosa"]["preprocessing"]
+    record_in_card(path, "classes", ["glioblastoma", "meningioma"])
+    record_in_card(path, "preprocessing", {**preprocessing, "crop": "disc"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def brain_engine(brain_checkpoint):
+    from mucosa.service.engine import Engine
+
+    return Engine(brain_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def brain_video(pcle_brain) -> Path:
     """The shortest real pCLE video (162 frames, all above the quality gate)."""
     return pcle_brain / "meningioma" / "men-09.mpg"
@@ -78,3 +101,41 @@ def black_png(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("black") / "black.png"
     Image.fromarray(np.zeros((336, 464), np.uint8)).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def damaged(brain_video, tmp_path_factory) -> Path:
+    """The real 162-frame video cut at 40 % of its bytes (cut.mpg), and with 100 KB of noise in its middle
+    (mid.mpg)."""
+    folder = tmp_path_factory.mktemp("damaged")
+    data = brain_video.read_bytes()
+    (folder / "cut.mpg").write_bytes(data[: len(data) * 4 // 10])
+    middle, junk = len(data) // 2, np.random.default_rng(0).bytes(100 * 1024)
+    (folder / "mid.mpg").write_bytes(data[:middle] + junk + data[middle + len(junk):])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium, driven by Playwright (one per test module: Playwright's sync API holds an event loop
+    in the main thread while it runs, which asyncio.run in other tests cannot share)."""
+    from browsing import CHROMIUM, missing
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing("playwright is not installed")
+    if not Path(CHROMIUM).is_file():
+        missing(f"chromium is not installed ({CHROMIUM})")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="session")
+def shots(tmp_path_factory) -> Path:
+    """Where the browser tests put their screenshots: $MUCOSA_SCREENSHOTS, else a temporary folder."""
+    folder = Path(os.environ.get("MUCOSA_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -50,11 +51,16 @@ def test_health_viewer_docs(client):
     assert page.status_code == 200 and "viewer.js" in page.text
     for asset in ("viewer.js", "viewer.css", "index.html"):
         assert client.get(f"/static/{asset}").status_code == 200
-    assert client.get("/docs").status_code == 200
+    for docs in ("/docs", "/redoc"):  # their scripts and styles come from this server, not a CDN
+        page = client.get(docs)
+        links = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        assert page.status_code == 200 and links and all(link.startswith("/") for link in links), links
+        assert all(client.get(link).status_code == 200 for link in links)
     paths = client.get("/openapi.json").json()["paths"]
     for route in ("/v1/predict", "/v1/cases", "/v1/cases/{case_id}", "/v1/cases/{case_id}/events",
                   "/v1/cases/{case_id}/frames/{number}.{ext}", "/v1/cases/{case_id}/timeline.csv",
-                  "/v1/cases/{case_id}/report.html", "/v1/model", "/healthz"):
+                  "/v1/cases/{case_id}/report.html", "/v1/cases/{case_id}/report.json",
+                  "/v1/cases/{case_id}/report.pdf", "/v1/model", "/healthz"):
         assert route in paths
     assert "multipart/form-data" in paths["/v1/predict"]["post"]["requestBody"]["content"]
 

@@ -1,90 +1,31 @@
-"""The viewer in a real browser: Playwright driving Debian's chromium against ``mucosa serve`` on localhost.
+"""The viewer in a real browser: Playwright driving Debian's chromium against ``mucosa serve`` on localhost
+(:mod:`browsing`): a video's live verdict, timeline, Grad-CAM and downloads.
 
 Missing playwright or chromium skips these tests, or fails them when MUCOSA_REQUIRE_REAL_DATA=1 (CI).
 Screenshots go to $MUCOSA_SCREENSHOTS (default: the test's temporary folder).
 """
 
-import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from browsing import mucosa_serve
 from media import files_under
 from mucosa.data.video import iter_video_frames
 
 pytestmark = pytest.mark.realdata
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("MUCOSA_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-
-
-def _missing(reason: str):
-    if os.environ.get("MUCOSA_REQUIRE_REAL_DATA") == "1":
-        pytest.fail(reason + " but MUCOSA_REQUIRE_REAL_DATA=1 (install: apt-get install chromium; "
-                    "pip install playwright)", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("playwright is not installed")
-    if not Path(CHROMIUM).is_file():
-        _missing(f"chromium is not installed ({CHROMIUM})")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield browser
-        browser.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(serve_checkpoint, pcle_brain, tmp_path_factory):
     """``mucosa serve`` in a subprocess on a free localhost port; yields (base URL, its TMPDIR)."""
-    port, tmp = _free_port(), tmp_path_factory.mktemp("server-tmp")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TMPDIR": str(tmp)}
-    with open(tmp_path_factory.mktemp("server-log") / "serve.log", "w+") as log:
-        process = subprocess.Popen([sys.executable, "-m", "mucosa", "serve", "--checkpoint", str(serve_checkpoint),
-                                    "--port", str(port), "--data-root", str(pcle_brain)], env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-            assert process.poll() is None, "the server stopped: " + Path(log.name).read_text()
-        try:
-            yield base, tmp
-        finally:
-            process.send_signal(signal.SIGINT)
-            process.wait(30)
-            log.seek(0)
-            output = log.read()
-    assert process.returncode == 0, output
-    assert not list(tmp.glob("mucosa-serve-*")), "temporary files left after the server stopped:\n" + output
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory) -> Path:
-    folder = Path(os.environ.get("MUCOSA_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    tmp = tmp_path_factory.mktemp("server-tmp")
+    with mucosa_serve(serve_checkpoint, tmp, "--data-root", str(pcle_brain)) as base:
+        yield base, tmp
 
 
 def test_video_upload_live_verdict_timeline_gradcam(browser, server, pcle_brain, shots):
@@ -118,8 +59,11 @@ def test_video_upload_live_verdict_timeline_gradcam(browser, server, pcle_brain,
     with page.expect_download() as download:
         page.click("#dl-report")
     report = Path(download.value.path())
-    assert label in report.read_text().lower()
-    shutil.copyfile(report, shots / "report.html")
+    assert report.read_bytes().startswith(b"%PDF") and download.value.suggested_filename == "men-08-report.pdf"
+    shutil.copyfile(report, shots / "report.pdf")
+    page_report = httpx.get(base + page.get_attribute("#dl-html", "href")).text
+    assert label in page_report.lower()
+    (shots / "report.html").write_text(page_report)
 
     # a frame the quality gate dropped is marked on the frame; a used one can show its Grad-CAM
     page.locator("#seek").fill(str(dropped[-1]))

@@ -1,23 +1,11 @@
 """A case from a damaged video keeps what the decoder found: its warnings, and the frames the video announced
 beside those decoded."""
 
-import numpy as np
 import pytest
 
 from serving import serving, upload, wait_done
 
 pytestmark = [pytest.mark.realdata, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
-
-
-@pytest.fixture(scope="module")
-def damaged(brain_video, tmp_path_factory):
-    """The real 162-frame video cut at 40 % of its bytes, and with 100 KB of noise in its middle."""
-    folder = tmp_path_factory.mktemp("damaged")
-    data = brain_video.read_bytes()
-    (folder / "cut.mpg").write_bytes(data[: len(data) * 4 // 10])
-    middle, junk = len(data) // 2, np.random.default_rng(0).bytes(100 * 1024)
-    (folder / "mid.mpg").write_bytes(data[:middle] + junk + data[middle + len(junk):])
-    return folder
 
 
 def test_damaged_videos_carry_their_decode_warnings(engine, brain_video, damaged):

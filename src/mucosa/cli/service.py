@@ -80,7 +80,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
         from mucosa.service.server import serve
     except ImportError as error:
-        raise MucosaError(f"mucosa serve needs FastAPI and uvicorn: pip install 'mucosa[serve]' ({error})") from None
+        raise MucosaError(f"mucosa serve needs its extra (FastAPI, uvicorn, ReportLab, fastapi-offline): pip install "
+                          f"'mucosa[serve]' ({error})") from None
     timestamped = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger("mucosa").handlers:  # the command's one console handler: no second copy
         handler.setFormatter(timestamped)

@@ -153,6 +153,36 @@ def _disc_mask(box: tuple[int, int, int, int], center: tuple[float, float], radi
     return mask
 
 
+def field_mask(fov: FieldOfView, shape: tuple[int, int], box: tuple[int, int, int, int] | None = None
+               ) -> np.ndarray:
+    """Which pixels of a model frame lie inside the field of view: (h, w) bool for ``shape`` (h, w).
+
+    The model frame is ``box`` (default ``fov.box``; a tile's box for a tiled image) of the source frame,
+    resized to ``shape``. A circular field (kinds ``circle`` and ``disc``) is its circle, as :func:`crop`
+    draws it; the other kinds are rectangles that fill their box, so every pixel is inside. Grad-CAM is
+    masked with it: the black outside a ``disc`` crop is not tissue, whatever the heat there.
+    """
+    height, width = int(shape[0]), int(shape[1])
+    if fov.center is None or fov.radius is None:
+        return np.ones((height, width), bool)
+    x0, y0, x1, y1 = box or fov.box
+    xs = x0 + (np.arange(width) + 0.5) * (x1 - x0) / width  # source coordinates of the pixel centres
+    ys = y0 + (np.arange(height) + 0.5) * (y1 - y0) / height
+    return (xs[None, :] - fov.center[0]) ** 2 + (ys[:, None] - fov.center[1]) ** 2 <= fov.radius ** 2
+
+
+def tile_boxes(box: tuple[int, int, int, int], side: int) -> list[tuple[int, int, int, int]]:
+    """The boxes (x0, y0, x1, y1) of the ``side``-pixel tiles :func:`tiles` cuts from the field in ``box``,
+    row by row, the grid centred; the box itself when the field is smaller than ``side`` (or ``side`` is 0)."""
+    x0, y0, x1, y1 = box
+    rows, cols = ((y1 - y0) // side, (x1 - x0) // side) if side > 0 else (0, 0)
+    if rows == 0 or cols == 0:
+        return [tuple(box)]
+    top, left = y0 + ((y1 - y0) - rows * side) // 2, x0 + ((x1 - x0) - cols * side) // 2
+    return [(left + c * side, top + r * side, left + (c + 1) * side, top + (r + 1) * side)
+            for r in range(rows) for c in range(cols)]
+
+
 def tiles(field: np.ndarray, side: int) -> list[np.ndarray]:
     """Non-overlapping ``side``-pixel tiles (views) of a field (h, w), row by row, the grid centred.
 
@@ -160,12 +190,10 @@ def tiles(field: np.ndarray, side: int) -> list[np.ndarray]:
     being downsampled whole. A field smaller than ``side`` in either direction is one tile: itself.
     """
     height, width = field.shape[:2]
-    rows, cols = height // side, width // side
-    if rows == 0 or cols == 0:
+    boxes = tile_boxes((0, 0, width, height), side)
+    if boxes == [(0, 0, width, height)]:
         return [field]
-    top, left = (height - rows * side) // 2, (width - cols * side) // 2
-    return [field[top + r * side: top + (r + 1) * side, left + c * side: left + (c + 1) * side]
-            for r in range(rows) for c in range(cols)]
+    return [field[y0:y1, x0:x1] for x0, y0, x1, y1 in boxes]
 
 
 def _as_stack(frames: np.ndarray) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 - :func:`save_feature_grid` tiles the channels of one layer; :func:`save_overlay` draws a heat map over
   the model's input crop. The arrays come from ``mucosa.inference.saliency``.
-- :func:`explain_paths` (``mucosa explain``) and :func:`gallery` (the evaluation report) write the figures.
+- :func:`explain_paths` (``mucosa explain``) and :func:`gallery` (the evaluation report) write the figures;
+  ``mucosa explain`` keeps the heat inside the field of view found by preprocessing (``data.fov.field_mask``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from mucosa import atomic
+from mucosa.data.fov import field_mask, tile_boxes
 from mucosa.data.preparation import Frame, iter_frames
 from mucosa.data.readers import (
     IMAGE_SUFFIXES,
@@ -174,11 +176,13 @@ def _title(checkpoint: LoadedCheckpoint, probs: np.ndarray, predicted: int, pref
 
 
 def explain_frame(checkpoint: LoadedCheckpoint, frame: np.ndarray, out: Path, stem: str,
-                  title_prefix: str = "", predictor=None) -> tuple[np.ndarray, list[Path]]:
+                  title_prefix: str = "", predictor=None, field: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, list[Path]]:
     """Write ``<stem>_features_<layer>.png`` for every layer and ``<stem>_gradcam.png`` for one uint8 frame.
 
     ``predictor`` (``runtime.for_checkpoint``) gives the probabilities, default the PyTorch model; feature
-    maps and Grad-CAM always run the PyTorch model (they need its activations and gradients).
+    maps and Grad-CAM always run the PyTorch model (they need its activations and gradients). ``field``
+    (bool (S, S), ``data.fov.field_mask``) keeps the heat map inside the field of view.
 
     Returns:
         the (K,) class probabilities and the files written.
@@ -190,7 +194,7 @@ def explain_frame(checkpoint: LoadedCheckpoint, frame: np.ndarray, out: Path, st
     predict = predictor or (lambda frames: predict_frames(model, frames))
     probs = _class_probabilities(predict(frame[None]))[0]
     predicted = _predicted(probs)
-    cam = grad_cam(model, frame, predicted)
+    cam = grad_cam(model, frame, predicted, field=field)
     subtitle = f"Grad-CAM of {checkpoint.classes[predicted]} at {cam_layer(checkpoint.model)}"
     files.append(save_overlay(frame, cam, _title(checkpoint, probs, predicted, title_prefix),
                               out / f"{stem}_gradcam.png", subtitle))
@@ -287,12 +291,20 @@ def _explain_file(loaded: LoadedCheckpoint, path: Path, used: set[str], out: Pat
         if not loaded.preprocessing.passes(frame.quality):
             results.append(ExplainedFrame(path, index, float(frame.quality), None, DROPPED))
             continue
-        probs, files = explain_frame(loaded, frame.image, out, name, title_prefix=f"{label}: ", predictor=predictor)
+        probs, files = explain_frame(loaded, frame.image, out, name, title_prefix=f"{label}: ", predictor=predictor,
+                                     field=_field(frame, loaded.preprocessing.tile, video))
         results.append(ExplainedFrame(path, index, float(frame.quality), probs, loaded.classes[_predicted(probs)],
                                       files))
     if not results:
         raise UnreadableFileError(f"{path}: no frames decoded for --frames {selection}")
     return results
+
+
+def _field(frame: Frame, tile: int, video: bool) -> np.ndarray:
+    """The part of ``frame``'s model input inside its field of view (a tile's part for a tiled image)."""
+    boxes = tile_boxes(frame.fov.box, tile) if tile and not video else [frame.fov.box]
+    box = boxes[frame.index] if frame.index < len(boxes) else frame.fov.box
+    return field_mask(frame.fov, frame.image.shape, box)
 
 
 def explain_paths(checkpoint: str | Path | LoadedCheckpoint, paths: Sequence[str | Path], out: str | Path,

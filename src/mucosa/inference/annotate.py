@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from mucosa import atomic
+from mucosa.data.fov import field_mask
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.saliency import grad_cam
 
@@ -74,7 +75,8 @@ class Annotator:
         rgb = np.repeat(np.round(frame * 255).astype(np.uint8)[..., None], 3, axis=2)  # (H, W, 3)
         x0, y0, x1, y1 = fov.box
         if self.cam is not None and not result.skipped:
-            heat = self._heat(model_frame, (x1 - x0, y1 - y0))  # (h, w) in [0, 1] or None
+            field = field_mask(fov, model_frame.shape)  # no heat outside the field of view
+            heat = self._heat(model_frame, field, (x1 - x0, y1 - y0))  # (h, w) in [0, 1] or None
             if heat is not None:
                 alpha = 0.45 * heat[..., None]
                 crop = rgb[y0:y1, x0:x1].astype(np.float32)
@@ -101,11 +103,11 @@ class Annotator:
         except OSError as error:  # PyAV's errors of a failed write (disk full) are OSErrors
             raise atomic.write_error(error, self.path) from None
 
-    def _heat(self, model_frame: np.ndarray, size: tuple[int, int]) -> np.ndarray | None:
+    def _heat(self, model_frame: np.ndarray, field: np.ndarray, size: tuple[int, int]) -> np.ndarray | None:
         from PIL import Image
 
         try:
-            cam = np.asarray(self.cam(model_frame), np.float32)  # (S, S) in [0, 1]
+            cam = np.asarray(self.cam(model_frame, field), np.float32)  # (S, S) in [0, 1]
         except Exception as error:  # an optional overlay must never stop the stream
             import warnings
 
@@ -136,8 +138,8 @@ class Annotator:
 
 
 def _grad_cam_function(predictor):
-    """``frame -> heat map`` from ``saliency.grad_cam`` and the PyTorch model, or None."""
+    """``(frame, field of view mask) -> heat map`` from ``saliency.grad_cam`` and the PyTorch model, or None."""
     checkpoint = getattr(predictor, "checkpoint", None)
     if checkpoint is None:
         return None
-    return lambda frame: grad_cam(checkpoint.model, frame)
+    return lambda frame, field: grad_cam(checkpoint.model, frame, field=field)

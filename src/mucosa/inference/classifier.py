@@ -308,9 +308,11 @@ class Classifier:
             return self.probabilities(frames), None
         return self._predictor.predict_and_embed(np.asarray(frames, np.uint8))
 
-    def grad_cam(self, frame: np.ndarray, target: int | None = None) -> np.ndarray:
-        """Grad-CAM (S, S) in [0, 1] of a prepared uint8 frame (``saliency.grad_cam``); needs the PyTorch
-        model (a checkpoint, not an ``.onnx`` file)."""
+    def grad_cam(self, frame: np.ndarray, target: int | None = None, field: np.ndarray | None = None
+                 ) -> np.ndarray:
+        """Grad-CAM (S, S) in [0, 1] of a prepared uint8 frame (``saliency.grad_cam``), zero outside ``field``
+        (bool (S, S), the field of view: ``data.fov.field_mask``) when given; needs the PyTorch model (a
+        checkpoint, not an ``.onnx`` file)."""
         frame, size = np.asarray(frame), self.preprocessing.size
         if frame.dtype != np.uint8 or frame.shape != (size, size):
             raise ConfigError(f"grad_cam takes a prepared frame: uint8 ({size}, {size}), as Classifier.frames gives; "
@@ -319,7 +321,7 @@ class Classifier:
             raise ConfigError(f"target {target!r} must be a class index from 0 to {len(self.classes) - 1}")
         if self.checkpoint is None:
             raise ConfigError("Grad-CAM needs the PyTorch model: load a checkpoint, not an .onnx file")
-        return grad_cam(self.checkpoint.model, frame, target)
+        return grad_cam(self.checkpoint.model, frame, target, field=field)
 
     def card(self) -> dict:
         """The model card: classes, input size, preprocessing, model, training cohort counts (no ids)."""

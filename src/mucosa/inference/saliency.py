@@ -146,8 +146,8 @@ def _cam(model: nn.Module, image: np.ndarray, target: int | None, layer: str) ->
     return cam.detach().float().cpu().numpy()
 
 
-def grad_cam(model: nn.Module, image: np.ndarray, target: int | None = None, layer: str | None = None
-             ) -> np.ndarray:
+def grad_cam(model: nn.Module, image: np.ndarray, target: int | None = None, layer: str | None = None,
+             field: np.ndarray | None = None) -> np.ndarray:
     """Grad-CAM of the predicted class (or class index ``target``), upsampled to the input.
 
     Args:
@@ -155,16 +155,24 @@ def grad_cam(model: nn.Module, image: np.ndarray, target: int | None = None, lay
         image: preprocessed frame (S, S): uint8, or float in [0, 1] as the model gets it.
         target: class index to explain; ``None`` explains the predicted class (p >= 0.5 for binary).
         layer: feature layer (default :func:`cam_layer`: ``conv4``, see the module docstring).
+        field: bool (S, S), the part of the frame inside the field of view (``data.fov.field_mask``): the
+            heat outside it is set to 0 before scaling, so black corners outside a circular field never
+            show heat, nor set the scale of the heat on the tissue.
 
     Returns:
         float32 (S, S) in [0, 1], scaled by its maximum (all zeros when nothing supports the class).
     """
     layer = layer or cam_layer(model)
+    size = model.config.size
+    if field is not None and np.shape(field) != (size, size):
+        raise ConfigError(f"the field-of-view mask must be {size}x{size}, got shape {np.shape(field)}")
     cam = _cam(model, image, target, layer)
     if hasattr(model, "cam_geometry"):  # timm backbones: "same" padding, stride from the map's side
         offset, stride = model.cam_geometry(layer, cam.shape[0])
     else:
         offset, stride = layer_geometry(model, layer)
-    up = upsample(cam, model.config.size, offset, stride)
+    up = upsample(cam, size, offset, stride)
+    if field is not None:
+        up = np.where(field, up, 0.0)
     peak = float(up.max())
     return (up / peak if peak > 0 else np.zeros_like(up)).astype(np.float32)

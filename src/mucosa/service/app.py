@@ -8,8 +8,10 @@ per resource; the OpenAPI page at ``/docs`` documents each):
 - ``POST /v1/predict``: one image → probabilities, verdict, quality, dropped (``?gradcam=1``: the overlay).
 - ``POST /v1/cases``: a video or images (multipart), or ``{"path": ...}`` under ``--data-root`` → case id;
   ``GET /v1/cases``, ``GET /v1/cases/{id}``, ``/events`` (server-sent events), ``/frames/{n}.png|jpg``,
-  ``/timeline.csv``, ``/report.html``, ``DELETE /v1/cases/{id}``.
+  ``/timeline.csv``, ``/report.json|html|pdf`` (the case report), ``DELETE /v1/cases/{id}``.
 - ``GET /v1/model`` (the model card), ``GET /healthz``.
+- ``/docs`` and ``/redoc``: the API's pages, their scripts served from the ``fastapi-offline`` package (they
+  work without internet).
 
 With a token, every ``/v1`` route needs ``Authorization: Bearer TOKEN`` (or ``?token=TOKEN``, for the
 viewer's images and event stream): :func:`~mucosa.service.dependencies.require_token`. Errors are JSON
@@ -29,12 +31,14 @@ from pathlib import Path
 import anyio
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from mucosa.service.cases import CaseStore
 from mucosa.service.dependencies import TOKEN_ERRORS, require_token
 from mucosa.service.engine import Engine
+from mucosa.service.presentation import BANNER, class_colours
 from mucosa.service.problems import install
-from mucosa.service.routes import cases, health, model, predict
+from mucosa.service.routes import cases, health, model, predict, reports
 from mucosa.service.routes.common import API_VERSION
 from mucosa.service.settings import ServeSettings
 
@@ -49,6 +53,7 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
     """The FastAPI application: API, viewer and lifespan (temporary folder, case worker)."""
     settings = settings or ServeSettings()
     card = engine.card()
+    card["colours"] = class_colours(card)  # the viewer's and the reports' colour of each class
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -68,15 +73,16 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
             shutil.rmtree(root, ignore_errors=True)
             log.info("stopped; temporary files removed")
 
-    app = FastAPI(title="mucosa", version=card.get("mucosa_version") or "0", lifespan=lifespan,
-                  description="Computer-aided confirmation of mucosal healing from confocal laser endomicroscopy "
-                  "(CLE). Research software: not a diagnosis. The viewer is at `/`.")
+    app = FastAPIOffline(title="mucosa", version=card.get("mucosa_version") or "0", lifespan=lifespan,
+                         swagger_ui_parameters={"validatorUrl": None},  # no call to an outside validator
+                  description=f"**{BANNER}.** Computer-aided confirmation of mucosal healing from confocal laser "
+                  "endomicroscopy (CLE). Research software: not a diagnosis. The viewer is at `/`.")
     app.state.engine, app.state.settings, app.state.card = engine, settings, card
     data_roots = [settings.data_root, settings.data_root.resolve()] if settings.data_root else []
     install(app, lambda: [p for p in (getattr(app.state, "root", None), *data_roots) if p is not None])
 
     api = APIRouter(prefix=f"/{API_VERSION}", dependencies=[Depends(require_token)], responses=TOKEN_ERRORS)
-    for router in (model.router, predict.router, cases.router):
+    for router in (model.router, predict.router, cases.router, reports.router):
         api.include_router(router)
     app.include_router(api)
     app.include_router(health.router)

@@ -13,7 +13,8 @@ service needs, as plain Python types (JSON-ready dicts, bytes):
   smoothed probability and the running case verdict (``stream.Smoother``'s rule: the mean probability of
   the frames that passed the quality gate against the threshold); each frame is kept in a
   :class:`~mucosa.service.framestore.FrameStore` for the viewer.
-- :meth:`Engine.frame_png`: a stored frame as PNG, with its Grad-CAM heat map when asked.
+- :meth:`Engine.frame_png`: a stored frame as PNG, with its Grad-CAM heat map when asked (masked to the field
+  of view found by preprocessing, ``data.fov.field_mask``).
 
 Every model call holds :attr:`Engine.lock`, a :class:`PriorityLock`: single-image predictions and Grad-CAM
 (someone is waiting for them) go before the frames of background cases, which still get a turn after
@@ -39,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mucosa.data.fov import FieldOfView, field_mask, tile_boxes
 from mucosa.data.preparation import iter_frames
 from mucosa.data.readers import IMAGE_SUFFIXES, VIDEO_SUFFIXES, is_image, is_video, read_image
 from mucosa.data.video import DecodeReport, video_info
@@ -117,6 +119,18 @@ def _reason(error: Exception, path: Path) -> str:
     """A reader's error message naming the file by its name only (libraries such as PyAV repeat the whole
     path, and an error number, inside their messages)."""
     return f"{path.name}: {public(str(error).split(': ', 1)[-1], [path.parent])}"
+
+
+def _counts(probabilities, classes: int, threshold: float) -> np.ndarray:
+    """How many of the frames' ``probabilities`` (None: no frame) are called each of ``classes``."""
+    if probabilities is None:
+        return np.zeros(classes, np.int64)
+    return np.bincount(verdicts.calls(probabilities, threshold), minlength=classes)
+
+
+def _count(number: int, thing: str) -> str:
+    """``1 video``, ``2 videos``."""
+    return f"{number} {thing}{'' if number == 1 else 's'}"
 
 
 def _finite(value) -> bool:
@@ -243,6 +257,7 @@ class Engine:
         config = info.get("config") or {}
         return {
             "name": self.path.name, "mucosa_version": info.get("mucosa_version"),
+            "weights_sha256": self.checkpoint.weights_sha256,
             "classes": self.classes, "positive": self.classes[1] if len(self.classes) == 2 else None,
             "verdicts": dict(zip(self.classes, self.verdicts)),
             "input_size": self.prep.size, "model": info.get("model"), "preprocessing": self.prep.to_dict(),
@@ -275,7 +290,10 @@ class Engine:
                                        f"{', '.join(sorted(VIDEO_SUFFIXES))})")
         videos = [p for p in paths if is_video(p)]
         if videos and len(paths) > 1:
-            raise UnreadableMedia("a case is one video, or several images: send each video as a case of its own")
+            kinds = " and ".join(_count(n, kind) for n, kind in ((len(videos), "video"),
+                                                                 (len(paths) - len(videos), "image")) if n)
+            raise UnreadableMedia(f"{kinds} given together: a case is one video, or several images; send each "
+                                  "video as a case of its own")
         try:
             if videos:
                 info = video_info(videos[0])
@@ -288,14 +306,16 @@ class Engine:
             raise UnreadableMedia(_reason(error, path)) from None
         return {"kind": "images", "frames": len(paths), "fps": None}  # tiled images give more, counted as they come
 
-    def _read_still(self, path: Path) -> tuple[np.ndarray, list[tuple[np.ndarray, float]], list[tuple]]:
-        """A still image → (image, [(model frame, quality)], [box of each model frame])."""
+    def _read_still(self, path: Path) -> tuple[np.ndarray, list[tuple[np.ndarray, float]], list[tuple], FieldOfView]:
+        """A still image → (image, [(model frame, quality)], [box of each model frame], its field of view)."""
         try:
             frames = list(iter_frames(path, self.prep))
         except UnreadableFileError as error:
             raise UnreadableMedia(_reason(error, path)) from None
         parts = [(f.image, f.quality) for f in frames]
-        return frames[0].source, parts, _tile_boxes(frames[0].fov.box, len(parts), self.prep.tile)
+        fov = frames[0].fov
+        boxes = tile_boxes(fov.box, self.prep.tile) if len(parts) > 1 else [tuple(fov.box)]
+        return frames[0].source, parts, boxes, fov
 
     # ---------------------------------------------------------------------------------------------- images
 
@@ -303,18 +323,21 @@ class Engine:
         with (self.lock.urgent() if urgent else self.lock.background()):
             return np.asarray(self.predictor(np.ascontiguousarray(frames)))
 
-    def verdict(self, mean, used: int, total: int, state: str) -> dict:
+    def verdict(self, mean, used: int, total: int, state: str, calls=None) -> dict:
         """A verdict as JSON: ``label`` (the clinical words for the class, or None without informative
         frames), ``class``, ``text`` (the label, or why there is none), ``score`` (mean probability),
-        ``threshold``, ``frames`` it rests on, ``total`` frames seen, ``state`` (queued, running, final)."""
+        ``threshold``, ``frames`` it rests on, ``total`` frames seen, ``state`` (queued, running, final) and
+        ``calls``: how many of the informative frames each class was called on (``calls``, one count per
+        class; none yet when not given)."""
         if mean is None:
             label = cls = None
         else:
             index = verdicts.call(mean, self.threshold)
             label, cls = self.verdicts[index], self.classes[index]
+        counts = [0] * len(self.classes) if calls is None else calls
         return {"state": state, "label": label, "class": cls, "text": label or verdicts.NO_VERDICT,
-                "score": _plain(mean),
-                "threshold": self.threshold, "frames": used, "total": total}
+                "score": _plain(mean), "threshold": self.threshold, "frames": used, "total": total,
+                "calls": {c: int(n) for c, n in zip(self.classes, counts)}}
 
     def predict_image(self, source: bytes | str | Path, gradcam: bool = False) -> dict:
         """One image: class probabilities, verdict, quality score and whether the quality gate dropped it.
@@ -331,15 +354,16 @@ class Engine:
                 handle.flush()
                 return self.predict_image(Path(handle.name), gradcam)
         path = Path(source)
-        image, parts, boxes = self._read_still(path)
+        image, parts, boxes, fov = self._read_still(path)
         quality = [float(np.nan_to_num(q)) for _, q in parts]
         used = [k for k, q in enumerate(quality) if self.prep.passes(q)]
         probs = self._predict(np.stack([parts[k][0] for k in used]), urgent=True) if used else None
         if probs is not None and not _finite(probs):
             raise ModelOutputError(f"{path.name}: the model gave a non-finite probability; no verdict")
         mean = np.mean(probs, axis=0) if probs is not None else None
+        calls = _counts(probs, len(self.classes), self.threshold)
         result = {"classes": self.classes, "probabilities": self._by_class(mean), "probability": _plain(mean),
-                  "verdict": self.verdict(mean, len(used), len(parts), "final"),
+                  "verdict": self.verdict(mean, len(used), len(parts), "final", calls),
                   "quality": float(np.mean(quality)), "quality_threshold": self.prep.quality_threshold,
                   "dropped": not used, "threshold": self.threshold}
         if len(parts) > 1:
@@ -347,7 +371,7 @@ class Engine:
             result["tiles"] = [{"tile": k, "quality": q, "dropped": k not in by_position,
                                 "probability": _plain(by_position.get(k))} for k, q in enumerate(quality)]
         if gradcam and used and len(parts) == 1:
-            result["gradcam_png"] = encode(self._overlay(to_uint8(image), parts[0][0], boxes[0]))
+            result["gradcam_png"] = encode(self._overlay(to_uint8(image), parts[0][0], boxes[0], (fov, boxes[0])))
         return result
 
     def _by_class(self, mean) -> dict | None:
@@ -366,9 +390,10 @@ class Engine:
         Keys: ``frame`` (video frame index, or position among the images' frames), ``time`` (seconds,
         videos only), ``quality``, ``dropped`` (below the quality gate: no probability), ``probability``
         (of the positive class for two classes, else a list), ``smoothed`` (mean of the last ``window``
-        informative frames), ``source`` (the image's position; None for a video) and ``case``: the running
-        verdict (``state`` "running", ``label``, ``class``, ``score`` = mean probability of the informative
-        frames, ``frames`` it rests on, ``total`` frames seen).
+        informative frames), ``called`` (the class the frame's own probability calls; None when dropped),
+        ``source`` (the image's position; None for a video) and ``case``: the running verdict (``state``
+        "running", ``label``, ``class``, ``score`` = mean probability of the informative frames, ``frames`` it
+        rests on, ``total`` frames seen, ``calls`` per class).
 
         A damaged video still gives the frames that decode; once it is read to its end, what was found
         (frames decoded of those announced, decode errors, gaps, an early end) is appended to ``warnings``.
@@ -378,24 +403,29 @@ class Engine:
             (nothing is yielded for that frame).
         """
         smoother = Smoother(self.classes, self.window, self.threshold)
+        calls = np.zeros(len(self.classes), np.int64)  # informative frames called each class
         items = self._video_items(sources[0], warnings) if len(sources) == 1 and is_video(sources[0]) else \
             self._image_items(sources)
-        for seen, (number, seconds, frame, model_frame, quality, box, source) in enumerate(items, start=1):
+        for seen, (number, seconds, frame, model_frame, quality, box, fov, source) in enumerate(items, start=1):
             if cancel is not None and cancel.is_set():
                 return
             dropped = not self.prep.passes(quality)
-            probability = None
+            probability = called = None
             if not dropped:
                 probability = self._predict(model_frame[None], urgent=False)[0]
                 if not _finite(probability):
                     raise ModelOutputError(f"the model gave a non-finite probability for frame {number}; "
                                            "no verdict")
                 smoother.update(probability)
+                index = verdicts.call(probability, self.threshold)
+                calls[index] += 1
+                called = self.classes[index]
             if store is not None:
-                store.add(number, frame, model_frame, box)
+                store.add(number, frame, model_frame, box, field=(fov, box))
             row = {"frame": number, "time": seconds, "quality": round(quality, 4), "dropped": dropped,
-                   "probability": _plain(probability), "smoothed": _plain(smoother.smoothed), "source": source}
-            row["case"] = self.verdict(smoother.case_probability, smoother.count, seen, "running")
+                   "probability": _plain(probability), "smoothed": _plain(smoother.smoothed), "called": called,
+                   "source": source}
+            row["case"] = self.verdict(smoother.case_probability, smoother.count, seen, "running", calls)
             yield row
 
     def _video_items(self, path: Path, warnings: list[str] | None) -> Iterator[tuple]:
@@ -404,7 +434,7 @@ class Engine:
         try:
             for frame in iter_frames(path, self.prep, report=report):
                 yield (frame.index, round(frame.index / fps, 4) if fps else None, frame.source, frame.image,
-                       float(np.nan_to_num(frame.quality)), tuple(frame.fov.box), None)
+                       float(np.nan_to_num(frame.quality)), tuple(frame.fov.box), frame.fov, None)
         except UnreadableFileError as error:
             raise UnreadableMedia(_reason(error, path)) from None
         if report.damaged and warnings is not None:
@@ -414,35 +444,41 @@ class Engine:
     def _image_items(self, paths: list[Path]) -> Iterator[tuple]:
         number = 0
         for position, path in enumerate(paths):
-            image, parts, boxes = self._read_still(path)
+            image, parts, boxes, fov = self._read_still(path)
             for (model_frame, quality), box in zip(parts, boxes):
-                yield number, None, image, model_frame, float(np.nan_to_num(quality)), box, position
+                yield number, None, image, model_frame, float(np.nan_to_num(quality)), box, fov, position
                 number += 1
 
     # ---------------------------------------------------------------------------------------------- pictures
 
     def frame_png(self, store: FrameStore, number: int, gradcam: bool = False) -> bytes:
         """Stored frame ``number`` as PNG; with ``gradcam`` the heat map of its predicted class is laid over
-        the part the model saw (computed once, then kept in the store)."""
+        the part the model saw, none of it outside the field of view (computed once, then kept in the store)."""
         if not gradcam:
             return encode(store.display(number))
         cached = store.gradcam_path(number)
         if not cached.is_file():
-            data = encode(self._overlay(store.display(number), store.model_frame(number), store.box(number)))
+            data = encode(self._overlay(store.display(number), store.model_frame(number), store.box(number),
+                                        store.field(number)))
             cached.write_bytes(data)
             return data
         return cached.read_bytes()
 
-    def _overlay(self, display: np.ndarray, model_frame: np.ndarray, box: tuple) -> np.ndarray:
+    def _overlay(self, display: np.ndarray, model_frame: np.ndarray, box: tuple,
+                 field: tuple[FieldOfView, tuple] | None) -> np.ndarray:
         """RGB display frame with the Grad-CAM heat map (jet colours, opacity following the heat) in ``box``,
-        outlined."""
+        outlined. ``field`` (the field of view and the model frame's box in the source frame) masks the heat:
+        none outside the field of view."""
         from matplotlib import colormaps
         from PIL import Image
 
         with self._cam_lock, self.lock.urgent():
-            heat = self.classifier.grad_cam(model_frame)  # (S, S) in [0, 1]
+            mask = None if field is None else field_mask(field[0], model_frame.shape, field[1])
+            heat = self.classifier.grad_cam(model_frame, field=mask)  # (S, S) in [0, 1], 0 outside the field
         x0, y0, x1, y1 = box
         heat = np.asarray(Image.fromarray(heat, mode="F").resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR))
+        if field is not None:  # and none at the display's resolution either, where the map was enlarged
+            heat = heat * field_mask(field[0], heat.shape, field[1])
         heat = np.clip(heat, 0, 1)[..., None]
         rgb = np.repeat(display[..., None], 3, axis=2).astype(np.float32)
         colour = colormaps["jet"](heat[..., 0])[..., :3] * 255
@@ -453,13 +489,3 @@ class Engine:
         rgb[y0:y1, x0] = rgb[y0:y1, x1 - 1] = outline
         return np.round(rgb).astype(np.uint8)
 
-
-def _tile_boxes(box: tuple, count: int, side: int) -> list[tuple[int, int, int, int]]:
-    """Boxes of the tiles ``fov.tiles`` cuts from a field of view (row by row, grid centred)."""
-    x0, y0, x1, y1 = box
-    if count <= 1 or not side:
-        return [tuple(box)] * max(count, 1)
-    rows, cols = (y1 - y0) // side, (x1 - x0) // side
-    top, left = y0 + ((y1 - y0) - rows * side) // 2, x0 + ((x1 - x0) - cols * side) // 2
-    return [(left + c * side, top + r * side, left + (c + 1) * side, top + (r + 1) * side)
-            for r in range(rows) for c in range(cols)]

@@ -6,7 +6,8 @@ Per frame the store keeps
   viewer plays back as the video (browsers cannot play MPEG-1 pCLE recordings);
 - the model's input frame (uint8, S×S), appended to one raw file, so Grad-CAM can be computed later on
   exactly what the model saw;
-- the box of the source frame the model frame was cut from, in display pixels, where the heat map goes.
+- the box of the source frame the model frame was cut from, in display pixels, where the heat map goes;
+- what the engine gives as the frame's field (its field of view), kept as it is, to mask the heat map.
 
 Only NumPy and Pillow are used here: it knows nothing about the model.
 """
@@ -72,16 +73,20 @@ class FrameStore:
         self._model_path = self.folder / "model.u8"
         self._positions: dict[int, int] = {}
         self._boxes: dict[int, tuple[int, int, int, int]] = {}
+        self._fields: dict[int, object] = {}
         self._lock = threading.Lock()
 
-    def add(self, number: int, frame: np.ndarray, model_frame: np.ndarray, box: tuple[int, int, int, int]) -> None:
-        """Store frame ``number``: the source frame (H, W), its model frame (S, S) uint8 and its crop box."""
+    def add(self, number: int, frame: np.ndarray, model_frame: np.ndarray, box: tuple[int, int, int, int],
+            field: object = None) -> None:
+        """Store frame ``number``: the source frame (H, W), its model frame (S, S) uint8, its crop box and its
+        ``field`` (kept as given)."""
         display, display_box = _display(frame, box)
         self.display_path(number).write_bytes(encode(display, "JPEG"))
         with self._lock, open(self._model_path, "ab") as handle:
             handle.write(np.ascontiguousarray(model_frame, np.uint8).tobytes())
             self._positions[number] = len(self._positions)
             self._boxes[number] = display_box
+            self._fields[number] = field
 
     def __contains__(self, number: int) -> bool:
         return number in self._positions
@@ -98,6 +103,10 @@ class FrameStore:
 
     def box(self, number: int) -> tuple[int, int, int, int]:
         return self._boxes[number]
+
+    def field(self, number: int) -> object:
+        """What :meth:`add` was given as the frame's field (None when nothing)."""
+        return self._fields.get(number)
 
     def model_frame(self, number: int) -> np.ndarray:
         """The model's input (S, S) uint8 for frame ``number``."""

@@ -1,13 +1,34 @@
-"""A case as files to download: the per-frame timeline CSV and a one-page HTML report."""
+"""A case as files to download and to file: the per-frame timeline CSV and the case report.
+
+The report is gathered once as plain data (:func:`report_data`, served as ``report.json``) and rendered from
+it as a self-contained HTML page (:func:`report_html`) and as PDF (:mod:`mucosa.service.report_pdf`). It
+holds the case and its exam fields; the model (name, version, weights SHA-256); the verdict with the
+confidence of the class it calls, the share of frames per class and an interval; the timeline plot; key
+frames (the most confident frame called each class) with their Grad-CAM; the quality gate's work and the
+decode warnings; the reviewer's sign-off once there is one; and the banner. :func:`gather` collects the
+pictures (timeline, key frames) from a case and the engine.
+"""
 
 from __future__ import annotations
 
+import base64
 import csv
 import html
 import io
 import time
+from dataclasses import dataclass, field
+from datetime import datetime
 
+from mucosa.service.plots import timeline_figure
+from mucosa.service.presentation import BANNER, class_colours, confidence, probability_of, share_interval, shares
 from mucosa.tables import safe_row
+
+__all__ = ["EXAM_FIELDS", "FORMAT", "MONOSPACED", "ReportParts", "case_rows", "gather", "key_caption", "key_frames",
+           "model_rows", "quality_line", "report_data", "report_html", "review_rows", "timeline_csv", "verdict_lines"]
+
+FORMAT = "mucosa-case-report/1"
+# exam fields a case may carry (at its top level, or in an "exam" mapping): shown when present
+EXAM_FIELDS = ("patient", "patient_id", "exam_date", "date", "region", "site", "operator", "indication")
 
 
 def _values(value, classes: list[str]) -> list[str]:
@@ -37,87 +58,277 @@ def timeline_csv(case: dict, classes: list[str]) -> str:
     return out.getvalue()
 
 
-def _polyline(points: list[tuple[float, float]]) -> str:
-    return " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
 
 
-def timeline_svg(case: dict, threshold: float, width: int = 860, height: int = 220) -> str:
-    """The probability timeline as inline SVG: frames (dots), smoothed line, threshold, dropped frames."""
+def _when(seconds: float | None) -> str | None:
+    """A moment as ISO 8601 in the server's time zone, e.g. ``2026-03-02T14:05:09+01:00``."""
+    return None if seconds is None else datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="seconds")
+
+
+def exam_fields(case: dict) -> dict[str, str]:
+    """The exam fields the case carries, by label (``exam_date`` → "Exam date"), in :data:`EXAM_FIELDS`'
+    order and then the "exam" mapping's."""
+    found = {key: case.get(key) for key in EXAM_FIELDS}
+    if isinstance(case.get("exam"), dict):
+        found.update(case["exam"])
+    return {key.replace("_", " ").capitalize(): str(value) for key, value in found.items()
+            if value not in (None, "")}
+
+
+def key_frames(case: dict, classes: list[str]) -> list[dict]:
+    """The most confident informative frame called each class: ``[{"class", "frame", "time",
+    "probability"}]`` (probability of that class), in class order; a class no frame was called is left out."""
+    best: dict[str, dict] = {}
+    for row in case["timeline"]:
+        cls = row.get("called")
+        if cls not in classes:
+            continue
+        p = probability_of(row["probability"], cls, classes)
+        if cls not in best or p > best[cls]["probability"]:
+            best[cls] = {"class": cls, "frame": row["frame"], "time": row["time"], "probability": p}
+    return [best[c] for c in classes if c in best]
+
+
+def report_data(case: dict, card: dict, generated: float | None = None) -> dict:
+    """The case report as plain data (``report.json``); ``case`` is the API's case with its timeline."""
+    classes, verdict = card["classes"], case.get("verdict") or {}
     rows = case["timeline"]
-    left, top, plot_w, plot_h = 44, 12, width - 56, height - 52
-    count = max(len(rows), 1)
-    x = lambda k: left + plot_w * (k + 0.5) / count  # noqa: E731
-    y = lambda p: top + plot_h * (1 - p)  # noqa: E731
-    binary = all(not isinstance(r["probability"], list) for r in rows)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
-             f'aria-label="probability timeline" font-family="sans-serif" font-size="11">',
-             f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#f7f9fb" stroke="#c9d1da"/>']
-    for p in (0, 0.5, 1):
-        parts.append(f'<text x="{left - 6}" y="{y(p) + 4:.1f}" text-anchor="end" fill="#55606e">{p:g}</text>')
-    parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(threshold):.1f}" y2="{y(threshold):.1f}" '
-                 f'stroke="#8a94a3" stroke-dasharray="4 3"/>')
-    if binary:
-        dots = "".join(f'<circle cx="{x(k):.1f}" cy="{y(r["probability"]):.1f}" r="1.6"/>'
-                       for k, r in enumerate(rows) if r["probability"] is not None)
-        parts.append(f'<g fill="#4a78b5" fill-opacity="0.45">{dots}</g>')
-        line = [(x(k), y(r["smoothed"])) for k, r in enumerate(rows) if r["smoothed"] is not None]
-        parts.append(f'<polyline points="{_polyline(line)}" fill="none" stroke="#1d3f72" stroke-width="2"/>')
-    band = top + plot_h + 8
-    ticks = "".join(f'<rect x="{x(k) - plot_w / count / 2:.1f}" y="{band}" width="{max(plot_w / count, 1):.1f}" '
-                    f'height="8"/>' for k, r in enumerate(rows) if r["dropped"])
-    parts.append(f'<g fill="#c0392b">{ticks}</g>')
-    parts.append(f'<text x="{left}" y="{band + 24}" fill="#55606e">frames 0–{len(rows) - 1}; red: dropped by the '
-                 f'quality gate; dots: frame probability, line: smoothed, dashed: threshold {threshold:g}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+    quality = [r["quality"] for r in rows]
+    return {
+        "format": FORMAT, "banner": BANNER, "generated": _when(generated or time.time()),
+        "case": {"id": case["id"], "name": case["name"], "kind": case["kind"], "files": case["files"],
+                 "opened": _when(case.get("created")), "finished": _when(case.get("finished")),
+                 "status": case["status"], "error": case.get("error"), "fps": case.get("fps"),
+                 "frames_expected": case["frames_expected"], "frames_decoded": case["frames_done"]},
+        "exam": exam_fields(case),
+        "model": {"name": card["name"], "version": card.get("mucosa_version"),
+                  "weights_sha256": card.get("weights_sha256"), "kind": (card.get("model") or {}).get("kind"),
+                  "input_size": card["input_size"], "classes": classes, "verdicts": card.get("verdicts"),
+                  "colours": class_colours(card), "threshold": card["threshold"],
+                  "runtime": (card.get("runtime") or {}).get("name")},
+        "verdict": {"state": verdict.get("state"), "label": verdict.get("label"), "class": verdict.get("class"),
+                    "text": verdict.get("text"), "confidence": confidence(verdict, classes),
+                    "frames": verdict.get("frames", 0), "total": verdict.get("total", 0),
+                    "shares": shares(verdict, classes), "interval": share_interval(verdict, classes),
+                    "rule": _rule(card)},
+        "quality": {"threshold": card["preprocessing"]["quality_threshold"], "frames_dropped": case["frames_dropped"],
+                    "mean": sum(quality) / len(quality) if quality else None},
+        "warnings": list(case.get("warnings") or []),
+        "key_frames": key_frames(case, classes),
+        "review": case.get("review"),
+    }
 
 
-def report_html(case: dict, card: dict) -> str:
-    """A self-contained HTML page: verdict, counts, timeline, model and how the verdict was reached."""
-    e = html.escape
-    verdict = case.get("verdict") or {}
-    score = verdict.get("score")
-    score_text = "" if score is None else (f"{score:.3f}" if isinstance(score, float)
-                                           else ", ".join(f"{c} {v:.3f}" for c, v in zip(card["classes"], score)))
-    positive = card.get("positive")
-    created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(case["created"]))
-    rows = [("Case", case["name"]), ("Files", ", ".join(case["files"])), ("Opened", created),
-            ("Status", case["status"] + (f" — {case['error']}" if case.get("error") else "")),
-            ("Frames", f"{case['frames_done']} decoded, {case['frames_dropped']} dropped by the quality gate "
-                       f"(threshold {card['preprocessing']['quality_threshold']:g})"),
-            ("Verdict rests on", f"{verdict.get('frames', 0)} informative frames"),
-            ("Score", (f"mean probability of {card['verdicts'][positive]}: " if positive else "mean probabilities: ")
-             + score_text
-             if score_text else "—"),
-            ("Decision threshold", f"{card['threshold']:g}"),
-            ("Model", f"{card['name']} ({(card.get('model') or {}).get('kind', '?')}, {card['input_size']}×"
-                      f"{card['input_size']}, classes {', '.join(card['classes'])}; runtime "
-                      f"{card['runtime']['name']})")]
-    table = "".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in rows)
-    tone = "active" if positive and verdict.get("class") == positive else "healed" if verdict.get("label") else "none"
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>mucosa case report: {e(case['name'])}</title>
-<style>
-body {{ font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1c2430; max-width: 920px;
-  margin: 2rem auto; padding: 0 1rem; }}
-h1 {{ font-size: 1.3rem; margin: 0 0 .2rem; }} .sub {{ color: #55606e; margin: 0 0 1.2rem; }}
-.verdict {{ border-radius: 8px; padding: .9rem 1.1rem; margin-bottom: 1.2rem; font-size: 1.5rem; font-weight: 650; }}
-.verdict.active {{ background: #fbeae8; color: #9b2a1d; }} .verdict.healed {{ background: #e6f4ee; color: #1d6b47; }}
-.verdict.none {{ background: #eef1f4; color: #3b4654; }}
-.verdict small {{ display: block; font-size: .9rem; font-weight: 400; color: #3b4654; }}
-table {{ border-collapse: collapse; width: 100%; margin-bottom: 1.2rem; }}
-th, td {{ text-align: left; padding: .35rem .5rem; border-bottom: 1px solid #e3e7ec; vertical-align: top; }}
-th {{ width: 12rem; color: #55606e; font-weight: 500; }}
-.note {{ color: #55606e; font-size: .85rem; }}
-</style></head><body>
-<h1>mucosa case report</h1><p class="sub">{e(case['name'])} · {e(created)}</p>
-<div class="verdict {tone}">{e(verdict.get('text', '—').capitalize())}
-<small>{e(score_text and 'score ' + score_text + ' · ')}{verdict.get('frames', 0)} of {case['frames_done']} frames
-informative · {e(case['status'])}</small></div>
-<table>{table}</table>
-{timeline_svg(case, card['threshold'])}
-<p class="note">The verdict is the mean probability of the frames that passed the quality gate, compared with the
-threshold; frames below the gate count for nothing. Research software: not a diagnosis, and not validated for
-clinical use.</p>
-</body></html>
+def _rule(card: dict) -> str:
+    if card.get("positive"):
+        return (f"the mean probability of {card['positive']} over the frames that passed the quality gate, called "
+                f"{card['positive']} at {card['threshold']:g} or above; frames below the gate count for nothing")
+    return "the class of highest mean probability over the frames that passed the quality gate"
+
+
+@dataclass
+class ReportParts:
+    """What a report shows: its data, the timeline plot (PNG, and SVG for the HTML page) and the key
+    frames' pictures (frame number → (display JPEG, Grad-CAM PNG))."""
+
+    data: dict
+    timeline_png: bytes
+    timeline_svg: str
+    images: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+
+
+def gather(case, engine, card: dict, pictures: bool = True) -> ReportParts:
+    """The report of a case (``cases.Case``): its data and (``pictures``) its pictures, Grad-CAM from
+    ``engine`` (slow the first time for each key frame; the engine keeps them)."""
+    summary = case.to_dict()
+    data = report_data(summary, card)
+    if not pictures:
+        return ReportParts(data, b"", "")
+    images = {}
+    if case.store is not None:
+        for key in data["key_frames"]:
+            number = key["frame"]
+            images[number] = (case.store.display_path(number).read_bytes(),
+                              engine.frame_png(case.store, number, gradcam=True))
+    svg = timeline_figure(summary, card, "svg").decode()
+    return ReportParts(data, timeline_figure(summary, card, "png"), svg[svg.index("<svg"):], images)
+
+
+# --------------------------------------------------------------------------------------------------
+# HTML
+# --------------------------------------------------------------------------------------------------
+
+_STYLE = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1b2430; max-width: 940px;
+  margin: 0 auto; padding: 0 1rem 2rem; }
+.banner { background: #1d3f72; color: #fff; font-weight: 650; padding: .55rem 1rem; margin: 0 -1rem 1.2rem;
+  text-align: center; letter-spacing: .2px; }
+h1 { font-size: 1.35rem; margin: 0 0 .2rem; } h2 { font-size: 1.05rem; margin: 1.4rem 0 .5rem; }
+.sub { color: #4f5b6a; margin: 0 0 1.2rem; }
+.verdict { border: 1px solid #dde3ea; border-left: 8px solid var(--tone); border-radius: 8px; padding: .9rem 1.1rem; }
+.verdict .label { font-size: 1.5rem; font-weight: 700; }
+.verdict p { margin: .3rem 0 0; }
+.shares { display: flex; height: 14px; border-radius: 4px; overflow: hidden; margin: .6rem 0 .3rem;
+  border: 1px solid #1b2430; }
+.swatch { display: inline-block; width: .8em; height: .8em; border: 1px solid #1b2430; margin-right: .3em;
+  vertical-align: -1px; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; padding: .35rem .5rem; border-bottom: 1px solid #e3e7ec; vertical-align: top; }
+th { width: 13rem; color: #4f5b6a; font-weight: 500; }
+code { font-size: .85em; word-break: break-all; }
+.warnings { background: #fff6e0; border: 1px solid #b7791f; border-radius: 8px; padding: .6rem 1rem; }
+.warnings li { margin: .2rem 0; }
+.keys { display: grid; grid-template-columns: repeat(auto-fill, minmax(280px, 1fr)); gap: 1rem; }
+.keys figure { margin: 0; } .keys img { width: 49%; } .keys figcaption { font-size: .9rem; color: #4f5b6a; }
+.timeline svg { width: 100%; height: auto; }
+.note { color: #4f5b6a; font-size: .88rem; }
 """
+
+
+def _rows(pairs) -> str:
+    e = html.escape
+    return "".join(f"<tr><th scope='row'>{e(str(k))}</th><td>{v}</td></tr>" for k, v in pairs)
+
+
+def _data_url(data: bytes, kind: str) -> str:
+    return f"data:image/{kind};base64," + base64.b64encode(data).decode()
+
+
+def verdict_lines(data: dict) -> dict[str, str]:
+    """The verdict's words as the HTML and PDF reports print them: ``label``, ``confidence``, ``shares``,
+    ``interval`` and ``frames`` (plain text)."""
+    v = data["verdict"]
+    label = (v["label"] or v["text"] or "no verdict").capitalize()
+    if data["case"]["status"] == "failed":
+        label = "No verdict"
+    lines = {"label": label, "confidence": "", "shares": "", "interval": "",
+             "frames": f"rests on {v['frames']} of {data['case']['frames_decoded']} decoded frames "
+                       f"({data['quality']['frames_dropped']} dropped by the quality gate)"}
+    if v["confidence"] is not None:
+        lines["confidence"] = f"mean probability of {v['class']}: {v['confidence']:.3f}"
+    if any(row["share"] is not None for row in v["shares"]):
+        lines["shares"] = "frames called " + " · ".join(
+            f"{row['class']} {100 * row['share']:.0f}% ({row['frames']})" for row in v["shares"])
+    if v["interval"]:
+        i = v["interval"]
+        lines["interval"] = (f"{100 * i['share']:.0f}% of informative frames called {i['class']} (95% interval "
+                             f"{100 * i['low']:.0f}–{100 * i['high']:.0f}%, {i['method']})")
+    return lines
+
+
+MONOSPACED = ("Case id", "Weights SHA-256")  # labels whose values print in a fixed-width font
+
+
+def case_rows(data: dict) -> list[tuple[str, str]]:
+    """The case and its exam fields as (label, text) rows, as both reports print them."""
+    case = data["case"]
+    frames = (f"{case['frames_decoded']} decoded of {case['frames_expected']} announced" if case["kind"] == "video"
+              else f"{case['frames_decoded']} from {len(case['files'])} image(s)")
+    return [("Case id", case["id"]), ("Case", case["name"]), ("Files", ", ".join(case["files"])),
+            ("Opened", case["opened"] or ""), ("Status", case["status"] + (f" — {case['error']}" if case.get("error")
+                                                                           else "")),
+            ("Frames", frames), *data["exam"].items()]
+
+
+def model_rows(data: dict) -> list[tuple[str, str]]:
+    """The model as (label, text) rows, as both reports print them."""
+    model = data["model"]
+    return [("Model", model["name"]), ("mucosa version", str(model["version"] or "unknown")),
+            ("Weights SHA-256", str(model["weights_sha256"] or "unknown")), ("Classes", ", ".join(model["classes"])),
+            ("Decision rule", data["verdict"]["rule"]),
+            ("Runtime", f"{model['kind'] or '?'}, {model['input_size']}×{model['input_size']}, {model['runtime']}")]
+
+
+def quality_line(data: dict) -> str:
+    """What the quality gate did, in one sentence."""
+    quality = data["quality"]
+    mean = "" if quality["mean"] is None else f"; mean quality {quality['mean']:.2f}"
+    return (f"{quality['frames_dropped']} frame(s) dropped by the quality gate (threshold "
+            f"{quality['threshold']:g}{mean}).")
+
+
+def _html_rows(rows: list[tuple[str, str]], colours: dict | None = None) -> str:
+    e, cells = html.escape, []
+    for label, text in rows:
+        if label in MONOSPACED:
+            cells.append((label, f"<code>{e(text)}</code>"))
+        elif label == "Classes" and colours:
+            cells.append((label, " ".join(f'<span><i class="swatch" style="background:{colour}"></i>{e(c)}</span>'
+                                          for c, colour in colours.items())))
+        else:
+            cells.append((label, e(text)))
+    return f"<table>{_rows(cells)}</table>"
+
+
+def report_html(parts: ReportParts) -> str:
+    """A self-contained HTML page of the report (pictures embedded)."""
+    e, data = html.escape, parts.data
+    case, v, colours = data["case"], data["verdict"], data["model"]["colours"]
+    words = verdict_lines(data)
+    bar = "".join(f'<span style="width:{100 * row["share"]:.2f}%;background:{colours[row["class"]]}"></span>'
+                  for row in v["shares"] if row["share"])
+    warnings = "".join(f"<li>{e(w)}</li>" for w in data["warnings"])
+    warning_block = (f'<div class="warnings" role="note"><strong>Damaged recording: the verdict rests on the '
+                     f"frames that decoded.</strong><ul>{warnings}</ul></div>") if warnings else \
+        "<p>No decode warnings: the recording decoded whole.</p>"
+    keys = "".join(_key_figure(key, parts.images.get(key["frame"])) for key in data["key_frames"]) or \
+        "<p>No informative frame.</p>"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>mucosa case report: {e(case['name'])}</title><style>{_STYLE}</style></head><body>
+<header class="banner" role="note">{e(data['banner'])}</header>
+<main>
+<h1>mucosa case report</h1>
+<p class="sub">{e(case['name'])} · case {e(case['id'])} · generated {e(data['generated'])}</p>
+<section class="verdict" style="--tone:{colours.get(v["class"], "#8a94a3")}" aria-label="verdict">
+<div class="label">{e(words['label'])}</div>
+<p>{e(words['confidence'])}</p>
+<div class="shares" role="img" aria-label="{e(words['shares'] or 'no informative frames')}">{bar}</div>
+<p>{e(words['shares'])}</p><p>{e(words['interval'])}</p><p>{e(words['frames'])}</p>
+</section>
+<h2>Case and exam</h2>{_html_rows(case_rows(data))}
+<h2>Model</h2>{_html_rows(model_rows(data), colours)}
+<h2>Quality and decoding</h2>
+<p>{e(quality_line(data))}</p>
+{warning_block}
+<h2>Timeline</h2>
+<figure class="timeline" role="img" aria-label="probability timeline of the case">{parts.timeline_svg}</figure>
+<h2>Key frames</h2><p class="note">The most confident frame called each class, beside its Grad-CAM (the evidence
+for that class, inside the field of view).</p><div class="keys">{keys}</div>
+<h2>Reviewer sign-off</h2>{_review_html(data['review'])}
+<p class="note">{e(data['banner'])}. The verdict supports, and does not replace, the endoscopist's judgement.</p>
+</main></body></html>
+"""
+
+
+def key_caption(key: dict) -> str:
+    """A key frame's caption: ``frame 135 (5.62 s): called meningioma, P(meningioma) 0.669``."""
+    when = "" if key["time"] is None else f" ({key['time']:.2f} s)"
+    return f"frame {key['frame']}{when}: called {key['class']}, P({key['class']}) {key['probability']:.3f}"
+
+
+def _key_figure(key: dict, images: tuple[bytes, bytes] | None) -> str:
+    e = html.escape
+    caption = key_caption(key)
+    pictures = "" if images is None else (
+        f'<img src="{_data_url(images[0], "jpeg")}" alt="frame {key["frame"]}">'
+        f'<img src="{_data_url(images[1], "png")}" alt="Grad-CAM of {e(key["class"])} on frame {key["frame"]}"> ')
+    return f"<figure>{pictures}<figcaption>{e(caption)}</figcaption></figure>"
+
+
+def review_rows(review) -> list[tuple[str, str]]:
+    """A reviewer's sign-off (a mapping, a list of them, or text) as (label, text) rows; none without one."""
+    if not review:
+        return []
+    if isinstance(review, list):
+        return [row for item in review for row in review_rows(item)]
+    if isinstance(review, dict):
+        return [(str(k).replace("_", " ").capitalize(), str(v)) for k, v in review.items() if v not in (None, "")]
+    return [("Review", str(review))]
+
+
+def _review_html(review) -> str:
+    rows = review_rows(review)
+    if not rows:
+        return "<p>Not reviewed yet: no sign-off.</p>"
+    return f"<table>{_rows((k, html.escape(v)) for k, v in rows)}</table>"

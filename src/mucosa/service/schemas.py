@@ -27,6 +27,8 @@ class Verdict(BaseModel):
     threshold: float
     frames: int = Field(description="informative frames the verdict rests on")
     total: int = Field(description="frames seen")
+    calls: dict[str, int] = Field(default_factory=dict, description="informative frames called each class (a "
+                                  "frame's own probability against the threshold): the share of frames per class")
 
     model_config = {"populate_by_name": True}
 
@@ -53,6 +55,7 @@ class TimelinePoint(BaseModel):
     dropped: bool = Field(description="below the quality gate: no probability")
     probability: Probability
     smoothed: Probability = Field(description="mean of the last `window` informative frames")
+    called: str | None = Field(None, description="the class this frame's own probability calls (null when dropped)")
     source: int | None = Field(None, description="images: which image (0-based) the frame comes from")
 
 
@@ -86,6 +89,12 @@ class CaseCreated(BaseModel):
     status: str
     url: str
     events: str
+
+
+class CasesCreated(BaseModel):
+    """Several videos uploaded at once: a case each."""
+
+    cases: list[CaseCreated]
 
 
 class Problem(BaseModel):

@@ -1,8 +1,9 @@
 """``/v1/cases``: a video or several images of one case, processed in the background.
 
 ``POST /cases`` (multipart upload, or JSON naming files under --data-root) answers with the case's id at once;
-``GET /cases``, ``GET /cases/{id}``, its ``/events`` (server-sent events), ``/frames/{n}.png|jpg``,
-``/timeline.csv`` and ``/report.html`` follow it; ``DELETE /cases/{id}`` stops it and removes its files.
+``GET /cases``, ``GET /cases/{id}``, its ``/events`` (server-sent events), ``/frames/{n}.png|jpg`` and
+``/timeline.csv`` follow it (its reports: :mod:`~mucosa.service.routes.reports`); ``DELETE /cases/{id}``
+stops it and removes its files.
 """
 
 from __future__ import annotations
@@ -12,17 +13,17 @@ import json
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from mucosa.service import schemas
 from mucosa.service.cases import CaseStore, QueueFull
 from mucosa.service.dependencies import CardDep, CasesDep, EngineDep, SettingsDep, case_or_404
-from mucosa.service.engine import UnreadableMedia, UnsupportedMedia
+from mucosa.service.engine import UnreadableMedia, UnsupportedMedia, media_kind
 from mucosa.service.paths import case_sources
 from mucosa.service.problems import problem, readable
-from mucosa.service.report import report_html, timeline_csv
+from mucosa.service.report import timeline_csv
 from mucosa.service.routes.common import API_VERSION, MEDIA_ERRORS, finalize, log, media_error, read_upload, upload_body
 from mucosa.service.settings import ServeSettings
 from mucosa.service.uploads import discard, safe_stem
@@ -35,15 +36,17 @@ NOT_FOUND = {404: {"model": schemas.Problem}}
 MAX_JSON = 64 * 1024  # bytes of a JSON body
 
 
-@router.post("", status_code=202, response_model=schemas.CaseCreated,
+@router.post("", status_code=202, response_model=schemas.CaseCreated | schemas.CasesCreated,
              responses={**MEDIA_ERRORS, 403: {"model": schemas.Problem, "description": "path outside --data-root"},
                         503: {"model": schemas.Problem, "description": "work queue full (Retry-After)"}},
-             openapi_extra=upload_body("a video, or several images of one case (multipart field `file`); or JSON "
-                                       "naming files already under --data-root", many=True))
+             openapi_extra=upload_body("a video, several images of one case, or several videos (a case each) "
+                                       "(multipart field `file`); or JSON naming files already under --data-root",
+                                       many=True))
 async def create_case(request: Request, engine: EngineDep, cases: CasesDep, settings: SettingsDep,
                       name: str | None = Query(None, description="the case's name")):
     """Open a case: returns its id at once; frames are processed in the background (follow
-    ``GET /v1/cases/{id}`` or its ``/events``)."""
+    ``GET /v1/cases/{id}`` or its ``/events``). Several videos in one upload open a case each, all or none:
+    the answer lists them (``cases``)."""
     try:
         case_id, folder = cases.reserve()  # before reading the body: no upload waits for a place
     except QueueFull as error:
@@ -51,16 +54,18 @@ async def create_case(request: Request, engine: EngineDep, cases: CasesDep, sett
         raise _busy(error.retry_after) from None
     try:
         sources, files, given_name = await _case_files(request, folder, settings)
+        if len(sources) > 1 and all(media_kind(path) == "video" for path in sources):
+            return {"cases": await _case_per_video(engine, cases, (case_id, folder), sources, files,
+                                                   name or given_name)}
         try:
             info = await run_in_threadpool(engine.inspect, sources)
         except (UnsupportedMedia, UnreadableMedia) as error:
-            raise media_error(error) from None
+            raise media_error(error, {path.name: file for path, file in zip(sources, files)}) from None
         case = cases.submit(case_id, folder, (name or given_name or files[0])[:120], files, sources, info)
     except BaseException:
         cases.release(case_id, folder)
         raise
-    base = f"/{API_VERSION}/cases/{case.id}"
-    return {"id": case.id, "status": case.status, "url": base, "events": base + "/events"}
+    return _created(case)
 
 
 @router.get("", response_model=list[schemas.CaseSummary])
@@ -117,15 +122,6 @@ def case_timeline(case_id: str, cases: CasesDep, card: CardDep) -> Response:
                     headers={"Content-Disposition": f'attachment; filename="{safe_stem(case.name)}-timeline.csv"'})
 
 
-@router.get("/{case_id}/report.html", response_class=HTMLResponse, responses=NOT_FOUND)
-def case_report(case_id: str, cases: CasesDep, card: CardDep, download: bool = False) -> HTMLResponse:
-    """A one-page case report: verdict, score, frames it rests on, timeline, model."""
-    case = case_or_404(cases, case_id)
-    headers = {"Content-Disposition": f'attachment; filename="{safe_stem(case.name)}-report.html"'} \
-        if download else None
-    return HTMLResponse(report_html(case.to_dict(), card), headers=headers)
-
-
 @router.delete("/{case_id}", status_code=204, responses=NOT_FOUND)
 def delete_case(case_id: str, cases: CasesDep) -> Response:
     """Stop the case's work and remove its files."""
@@ -137,6 +133,41 @@ def delete_case(case_id: str, cases: CasesDep) -> Response:
 # --------------------------------------------------------------------------------------------------
 # What the routes above share
 # --------------------------------------------------------------------------------------------------
+
+
+def _created(case) -> dict:
+    base = f"/{API_VERSION}/cases/{case.id}"
+    return {"id": case.id, "status": case.status, "url": base, "events": base + "/events"}
+
+
+async def _case_per_video(engine, cases: CaseStore, first: tuple[str, Path], sources: list[Path],
+                          files: list[str], name: str | None) -> list[dict]:
+    """Open one case per uploaded video, all or none. The first video keeps the request's place (``first``: its
+    case id and folder, released by the caller on failure); each other one gets a place of its own and is moved
+    into its folder. A video that does not decode refuses them all (422 naming it), a full queue too (503)."""
+    places, moved = [first], [sources[0]]
+    try:
+        for path in sources[1:]:
+            places.append(cases.reserve())
+            (places[-1][1] / "upload").mkdir()
+            moved.append(path.rename(places[-1][1] / "upload" / path.name))
+        try:
+            infos = [await run_in_threadpool(engine.inspect, [path]) for path in moved]
+        except (UnsupportedMedia, UnreadableMedia) as error:
+            raise media_error(error, {path.name: file for path, file in zip(moved, files)}) from None
+    except BaseException as error:
+        _release(cases, places[1:])
+        if isinstance(error, QueueFull):
+            raise _busy(error.retry_after) from None
+        raise
+    return [_created(cases.submit(case_id, folder, f"{name} · {file}"[:120] if name else file[:120], [file], [path],
+                                  info))
+            for (case_id, folder), file, path, info in zip(places, files, moved, infos)]
+
+
+def _release(cases: CaseStore, places: list[tuple[str, Path]]) -> None:
+    for case_id, folder in places:
+        cases.release(case_id, folder)
 
 
 def _busy(seconds: int) -> HTTPException:

@@ -59,8 +59,10 @@ def finalize(item: UploadedFile, index: int) -> Path:
     return path
 
 
-def media_error(error: Exception) -> HTTPException:
-    """A file the engine cannot use: 415 for a type it does not read, 422 for one that does not decode."""
-    if isinstance(error, UnsupportedMedia):
-        return problem(415, str(error))
-    return problem(422, str(error))
+def media_error(error: Exception, names: dict[str, str] | None = None) -> HTTPException:
+    """A file the engine cannot use: 415 for a type it does not read, 422 for one that does not decode.
+    ``names`` maps the names the server stored files under to the client's (the reason then says the latter)."""
+    reason = str(error)
+    for stored, given in (names or {}).items():
+        reason = reason.replace(stored, given)
+    return problem(415 if isinstance(error, UnsupportedMedia) else 422, reason)

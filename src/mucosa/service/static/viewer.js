@@ -1,76 +1,11 @@
-/* mucosa viewer: plain JavaScript over the /v1 API (no build step).
+/* mucosa viewer: the case list, a case (header, decode warnings, verdict, player) and the start.
  *
  * A case's frames arrive as server-sent events (/v1/cases/{id}/events); the player shows the stored
  * display frames (/frames/{n}.jpg, or /frames/{n}.png?gradcam=1 with the heat map) in sync with the cursor
- * of the probability timeline drawn under it. With a server token, open the page as /?token=TOKEN.
+ * of the probability timeline drawn under it (timeline.js). Only the verdict is a live region: screen
+ * readers hear it change, not every frame. With a server token, open the page as /?token=TOKEN.
  */
 "use strict";
-
-const $ = (id) => document.getElementById(id);
-const S = {
-  token: null, card: null, cases: [], caseId: null, summary: null, rows: [], pos: 0, follow: true,
-  playing: false, lastStep: 0, es: null, frames: new Map(), cams: new Map(), camPending: null, shown: null,
-};
-
-/* ------------------------------------------------------------------------------------------- API */
-
-function authHeaders() { return S.token ? { Authorization: "Bearer " + S.token } : {}; }
-
-function withToken(url) {
-  if (!S.token) return url;
-  return url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(S.token);
-}
-
-async function api(path, options = {}) {
-  const response = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
-  if (response.status === 401) {
-    askToken();
-    throw new Error("this server needs a token");
-  }
-  if (!response.ok) {
-    const body = await response.json().catch(() => ({}));
-    throw new Error(body.detail || response.status + " " + response.statusText);
-  }
-  return response;
-}
-
-function askToken() {
-  const given = window.prompt("This server needs an access token:");
-  if (given) {
-    S.token = given.trim();
-    sessionStorage.setItem("mucosa-token", S.token);
-    init();
-  }
-}
-
-/* ------------------------------------------------------------------------------------------- words */
-
-const esc = (text) => String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-const fmt = (value, digits = 3) => (value === null || value === undefined ? "–" : Number(value).toFixed(digits));
-
-function positiveWords() {
-  const card = S.card;
-  return card && card.positive ? card.verdicts[card.positive] : null;
-}
-
-function tone(verdict) {
-  if (!verdict || verdict.state === "error") return verdict && verdict.state === "error" ? "error" : "pending";
-  if (!verdict.label) return "pending";
-  if (S.card && S.card.positive) return verdict.class === S.card.positive ? "active" : "healed";
-  return "healed";
-}
-
-function timeText(row) {
-  if (!row) return "–";
-  return row.time === null || row.time === undefined ? `frame ${row.frame}` : `frame ${row.frame} · ${row.time.toFixed(2)} s`;
-}
-
-function notice(text, error = false) {
-  const box = $("notice");
-  box.hidden = !text;
-  box.textContent = text || "";
-  box.classList.toggle("error", error);
-}
 
 /* ------------------------------------------------------------------------------------------- model and cases */
 
@@ -81,6 +16,19 @@ async function loadModel() {
   const runtime = card.runtime ? `${card.runtime.name.toUpperCase()} on ${card.runtime.device.toUpperCase()}` : "";
   $("model").textContent = `${card.name} · ${kind} ${card.input_size}×${card.input_size} · ` +
     `${card.classes.map((c) => card.verdicts[c]).join(" / ")} · threshold ${card.threshold} · ${runtime}`;
+  document.body.classList.toggle("clinical", clinical());
+  const legend = card.classes.map((c) => `<span><i class="swatch" style="background:${esc(colourOf(c))}"></i>` +
+    `${esc(c)}</span>`);
+  legend.push("<span><i class=\"lg-line\"></i>smoothed</span>");
+  if (card.positive) legend.push("<span><i class=\"lg-dash\"></i>threshold</span>");
+  legend.push("<span><i class=\"lg-drop\"></i>dropped</span>", "<span><i class=\"lg-missing\"></i>not decoded</span>");
+  $("legend").innerHTML = legend.join("");
+  $("timeline-head").textContent = "Probability timeline · " +
+    (card.positive ? `P(${card.positive})` : "probability of the class each frame is called");
+}
+
+function verdictWords(verdict) {
+  return verdict && verdict.label ? capital(verdict.label) : "";
 }
 
 async function refreshCases() {
@@ -97,76 +45,38 @@ async function refreshCases() {
     li.textContent = "No cases yet.";
     list.append(li);
   }
-  for (const c of S.cases) {
-    const li = document.createElement("li");
-    li.dataset.id = c.id;
-    li.classList.toggle("current", c.id === S.caseId);
-    const name = document.createElement("div");
-    name.className = "name";
-    name.textContent = c.name;
-    const line = document.createElement("div");
-    line.className = "line";
-    const status = document.createElement("span");
-    status.textContent = c.status === "running" ? `running ${Math.round(100 * c.progress)}%` : c.status;
-    const verdict = document.createElement("span");
-    const t = tone(c.verdict);
-    verdict.className = t === "active" ? "v-active" : t === "healed" ? "v-healed" : "";
-    verdict.textContent = c.verdict && c.verdict.label ? c.verdict.label : "";
-    line.append(status, verdict);
-    li.append(name, line);
-    li.addEventListener("click", () => openCase(c.id));
-    list.append(li);
-  }
+  for (const c of S.cases) list.append(caseItem(c));
+}
+
+function caseItem(c) {
+  const li = document.createElement("li");
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "case-item";
+  button.dataset.id = c.id;
+  if (c.id === S.caseId) button.setAttribute("aria-current", "true");
+  const name = document.createElement("span");
+  name.className = "name";
+  name.textContent = c.name;
+  const line = document.createElement("span");
+  line.className = "line";
+  const status = document.createElement("span");
+  status.textContent = (c.status === "running" ? `running ${Math.round(100 * c.progress)}%` : c.status) +
+    (c.warnings && c.warnings.length ? " · damaged" : "");
+  const verdict = document.createElement("span");
+  verdict.className = "called";
+  if (c.verdict && c.verdict.class) verdict.style.setProperty("--tone", colourOf(c.verdict.class));
+  verdict.textContent = verdictWords(c.verdict);
+  line.append(status, verdict);
+  button.append(name, line);
+  button.addEventListener("click", () => openCase(c.id));
+  li.append(button);
+  return li;
 }
 
 function scheduleRefresh() {
   const busy = S.cases.some((c) => c.status === "queued" || c.status === "running");
   setTimeout(async () => { await refreshCases(); scheduleRefresh(); }, busy ? 1500 : 8000);
-}
-
-/* ------------------------------------------------------------------------------------------- upload */
-
-function upload(files) {
-  if (!files.length) return;
-  const form = new FormData();
-  for (const file of files) form.append("file", file, file.name);
-  const label = files.length === 1 ? files[0].name : `${files.length} images`;
-  const xhr = new XMLHttpRequest();
-  xhr.open("POST", "/v1/cases");
-  for (const [key, value] of Object.entries(authHeaders())) xhr.setRequestHeader(key, value);
-  xhr.upload.onprogress = (e) => {
-    if (e.lengthComputable) notice(`Uploading ${label}: ${Math.round((100 * e.loaded) / e.total)}%`);
-  };
-  xhr.onload = () => {
-    let body = {};
-    try { body = JSON.parse(xhr.responseText); } catch (error) { /* not JSON */ }
-    if (xhr.status === 202) {
-      notice("");
-      refreshCases();
-      openCase(body.id);
-    } else if (xhr.status === 401) {
-      notice("");
-      askToken();
-    } else {
-      const retry = xhr.getResponseHeader("Retry-After");
-      notice(`${label}: ${body.detail || xhr.statusText} (${xhr.status})` + (retry ? ` — retry in ${retry} s` : ""), true);
-    }
-  };
-  xhr.onerror = () => notice(`${label}: the upload failed (connection lost)`, true);
-  notice(`Uploading ${label}…`);
-  xhr.send(form);
-}
-
-function setupDrop() {
-  const drop = $("drop");
-  $("file").addEventListener("change", (e) => { upload([...e.target.files]); e.target.value = ""; });
-  for (const name of ["dragenter", "dragover"]) {
-    drop.addEventListener(name, (e) => { e.preventDefault(); drop.classList.add("over"); });
-  }
-  for (const name of ["dragleave", "drop"]) drop.addEventListener(name, () => drop.classList.remove("over"));
-  drop.addEventListener("drop", (e) => { e.preventDefault(); upload([...e.dataTransfer.files]); });
-  window.addEventListener("dragover", (e) => e.preventDefault());
-  window.addEventListener("drop", (e) => e.preventDefault());
 }
 
 /* ------------------------------------------------------------------------------------------- a case */
@@ -187,10 +97,15 @@ function openCase(id) {
   S.caseId = id;
   $("empty").hidden = true;
   $("case").hidden = false;
-  $("dl-csv").href = withToken(`/v1/cases/${id}/timeline.csv`);
-  $("dl-report").href = withToken(`/v1/cases/${id}/report.html?download=1`);
-  for (const li of $("cases").children) li.classList.toggle("current", li.dataset.id === id);
-  const es = new EventSource(withToken(`/v1/cases/${id}/events`));
+  const base = `/v1/cases/${id}`;
+  $("dl-csv").href = withToken(`${base}/timeline.csv`);
+  $("dl-report").href = withToken(`${base}/report.pdf`);
+  $("dl-html").href = withToken(`${base}/report.html`);
+  $("dl-json").href = withToken(`${base}/report.json`);
+  for (const button of $("cases").querySelectorAll(".case-item")) {
+    if (button.dataset.id === id) button.setAttribute("aria-current", "true"); else button.removeAttribute("aria-current");
+  }
+  const es = new EventSource(withToken(`${base}/events`));
   S.es = es;
   es.addEventListener("update", (e) => {
     if (S.caseId !== id) return;
@@ -223,47 +138,71 @@ function renderHead() {
   const c = S.summary;
   if (!c) return;
   $("case-name").textContent = c.name;
-  const files = c.kind === "video" ? c.files[0] : `${c.files.length} images`;
+  const files = c.kind === "video" ? (c.files[0] === c.name ? "" : ` · ${c.files[0]}`) : ` · ${c.files.length} images`;
   const rate = c.fps ? ` · ${c.fps.toFixed(0)} fps` : "";
-  $("case-meta").textContent = `${c.kind === "video" ? "Video" : "Images"} · ${files}${rate} · ${c.frames_done} of ` +
-    `${c.frames_expected} frames · ${c.frames_dropped} dropped by the quality gate`;
+  const frames = c.kind === "video" ? `${c.frames_done} decoded of ${c.frames_expected} announced` :
+    `${c.frames_done} frames`;
+  $("case-meta").textContent = `${c.kind === "video" ? "Video" : "Images"}${files}${rate} · ${frames} · ` +
+    `${c.frames_dropped} dropped by the quality gate`;
+  const warnings = c.warnings || [];
+  $("case-warnings").hidden = !warnings.length;
+  const list = $("case-warnings-list");
+  if (list.childElementCount !== warnings.length) {
+    list.textContent = "";
+    for (const text of warnings) {
+      const li = document.createElement("li");
+      li.textContent = text;
+      list.append(li);
+    }
+  }
+}
+
+function verdictLabel(c, v) {
+  if (c && c.status === "failed") return "No verdict";
+  if (v && v.label) return capital(v.label);
+  if (!c) return "–";
+  if (c.status === "queued") return "Waiting in the queue";
+  return c.status === "done" ? "No informative frames" : "Waiting for informative frames";
 }
 
 function renderVerdict() {
   const c = S.summary;
   const v = c && c.verdict;
   const box = $("verdict");
-  box.className = "verdict " + tone(v);
+  box.className = "verdict" + (v && v.state === "error" ? " error" : v && v.class ? " called" : " pending");
+  box.style.setProperty("--tone", v && v.class ? colourOf(v.class) : "#aab4c1");
   box.dataset.state = v ? v.state : "none";
   box.dataset.label = v && v.label ? v.label : "";
+  box.dataset.class = v && v.class ? v.class : "";
   const state = $("verdict-state");
   state.className = v && v.state === "running" ? "live" : "";
   state.textContent = !c ? "" : { queued: "queued", running: "live", final: "final", error: "failed" }[v ? v.state : ""] || c.status;
-  let label = "–";
-  if (c && c.status === "failed") label = "No verdict";
-  else if (v && v.label) label = v.label.charAt(0).toUpperCase() + v.label.slice(1);
-  else if (c) label = c.status === "queued" ? "Waiting in the queue" : c.status === "done" ? "No informative frames" : "Waiting for informative frames";
-  $("verdict-label").textContent = label;
+  const label = verdictLabel(c, v);
+  if ($("verdict-label").textContent !== label) $("verdict-label").textContent = label;  // announced: only on change
   const score = $("verdict-score");
-  if (c && c.status === "failed") {
-    score.textContent = c.error || "";
-  } else if (v && v.score !== null && typeof v.score === "number") {
-    const words = positiveWords();
-    score.innerHTML = `${words ? "mean probability of " + esc(words) : "mean probability"} <b>${fmt(v.score)}</b> · threshold ${fmt(v.threshold, 2)}`;
-  } else if (v && Array.isArray(v.score)) {
-    score.innerHTML = S.card.classes.map((name, k) => `${esc(name)} <b>${fmt(v.score[k])}</b>`).join(" · ");
-  } else {
-    score.textContent = "";
-  }
-  const frames = $("verdict-frames");
-  if (c && v) {
-    frames.innerHTML = `rests on <b>${v.frames}</b> of ${c.frames_done} frames · <b>${c.frames_dropped}</b> dropped by the quality gate`;
-  } else {
-    frames.textContent = "";
-  }
+  const p = confidence(v);
+  if (c && c.status === "failed") score.textContent = c.error || "";
+  else if (p !== null) score.innerHTML = `mean probability of ${esc(v.class)} <b>${fmt(p)}</b>`;
+  else score.textContent = "";
+  renderShares(v);
+  $("verdict-frames").innerHTML = c && v ? `rests on <b>${v.frames}</b> of ${c.frames_done} frames · ` +
+    `<b>${c.frames_dropped}</b> dropped` : "";
   const running = c && (c.status === "running" || c.status === "queued");
   $("progress").hidden = !running;
   $("progress-bar").style.width = c ? `${Math.round(100 * c.progress)}%` : "0";
+}
+
+/* The share of the informative frames called each class: a bar in the classes' colours, and in words. */
+function renderShares(v) {
+  const calls = (v && v.calls) || {};
+  const total = classes().reduce((sum, cls) => sum + (calls[cls] || 0), 0);
+  const bar = $("verdict-shares");
+  bar.hidden = !total;
+  const text = !total ? "" : "called " + classes().map((cls) =>
+    `${cls} ${Math.round((100 * (calls[cls] || 0)) / total)}% (${calls[cls] || 0})`).join(" · ");
+  $("verdict-shares-text").textContent = text;
+  bar.innerHTML = classes().filter((cls) => calls[cls]).map((cls) =>
+    `<span style="width:${(100 * calls[cls]) / total}%;background:${esc(colourOf(cls))}"></span>`).join("");
 }
 
 /* ------------------------------------------------------------------------------------------- player */
@@ -289,13 +228,20 @@ function preload(from, count = 24) {
   for (let k = from; k < Math.min(S.rows.length, from + count); k++) frameImage(S.rows[k].frame, false);
 }
 
+/* The frame's probabilities in words, each naming its class. */
+function frameWords(row) {
+  if (row.dropped) return `dropped by the quality gate (quality ${fmt(row.quality, 2)})`;
+  const named = classes().map((cls) => `P(${cls}) ${fmt(probabilityOf(row.probability, cls))}`).join(", ");
+  return `called ${row.called}: ${named}`;
+}
+
 function showFrame() {
   const row = currentRow();
   const canvas = $("frame");
   const badge = $("frame-badge");
   $("pos").textContent = row ? `${timeText(row)} / ${S.rows.length}` : "–";
   renderCurrent(row);
-  if (!row) { badge.hidden = true; return; }
+  if (!row) { badge.hidden = true; canvas.setAttribute("aria-label", "no frame yet"); return; }
   preload(S.pos);
   const wantCam = $("gradcam").checked && !row.dropped;
   let entry = null;
@@ -316,38 +262,35 @@ function showFrame() {
     canvas.dataset.frame = row.frame;
     canvas.dataset.gradcam = showingCam ? "shown" : "off";
   }
+  canvas.setAttribute("aria-label", `${timeText(row)} of ${S.rows.length}: ${frameWords(row)}` +
+    (showingCam ? `; Grad-CAM of ${row.called} shown` : ""));
   badge.hidden = false;
   badge.classList.toggle("dropped", row.dropped);
   if (row.dropped) badge.textContent = `Dropped by the quality gate (quality ${fmt(row.quality, 2)})`;
-  else if (wantCam) badge.textContent = showingCam ? "Grad-CAM of the predicted class" : "Grad-CAM: computing…";
-  else badge.textContent = `p ${fmt(probabilityOf(row))} · smoothed ${fmt(probabilityOf(row, "smoothed"))}`;
-}
-
-function probabilityOf(row, key = "probability") {
-  const value = row[key];
-  if (value === null || value === undefined) return null;
-  return Array.isArray(value) ? Math.max(...value) : value;
+  else if (wantCam) badge.textContent = showingCam ? `Grad-CAM of ${row.called}` : "Grad-CAM: computing…";
+  else badge.textContent = `${row.called} · P(${row.called}) ${fmt(probabilityOf(row.probability, row.called))}`;
 }
 
 function renderCurrent(row) {
   const list = $("current");
   list.textContent = "";
   if (!row) return;
-  const words = positiveWords();
-  const items = [
-    ["Frame", row.time === null ? `${row.frame}` : `${row.frame} (${row.time.toFixed(2)} s)`],
-    [words ? `P(${words})` : "Probability", row.dropped ? "—" : fmt(probabilityOf(row))],
-    ["Smoothed", fmt(probabilityOf(row, "smoothed"))],
-    ["Quality", `${fmt(row.quality, 2)} · gate ${S.card ? S.card.preprocessing.quality_threshold : "?"}`],
-    ["Status", row.dropped ? "dropped by the quality gate" : "used for the verdict"],
-  ];
+  const items = [["Frame", row.time === null ? `${row.frame}` : `${row.frame} (${row.time.toFixed(2)} s)`],
+    ["Called", row.dropped ? "—" : row.called]];
+  for (const cls of classes()) {
+    items.push([`P(${cls})`, row.dropped ? "—" : fmt(probabilityOf(row.probability, cls))]);
+  }
+  const smoothed = axisClass() || (row.called || classes()[0]);
+  items.push([`Smoothed P(${smoothed})`, fmt(probabilityOf(row.smoothed, smoothed))],
+    ["Quality", `${fmt(row.quality, 2)}, ${row.dropped ? "below" : "passes"} the gate ` +
+      `${S.card ? S.card.preprocessing.quality_threshold : "?"}${row.dropped ? ": dropped" : ""}`]);
   if (S.summary && S.summary.kind === "images" && row.source !== undefined) items.splice(1, 0, ["Image", S.summary.files[row.source]]);
   for (const [key, value] of items) {
     const dt = document.createElement("dt");
     dt.textContent = key;
     const dd = document.createElement("dd");
     dd.textContent = value;
-    if (key === "Status" && row.dropped) dd.className = "dropped";
+    if (key === "Quality" && row.dropped) dd.className = "dropped";
     list.append(dt, dd);
   }
 }
@@ -398,9 +341,9 @@ function setupControls() {
     closeCase();
     refreshCases();
   });
-  document.addEventListener("keydown", (e) => {
-    if (e.target.tagName === "INPUT" && e.target.type !== "range" && e.target.type !== "checkbox") return;
-    if (!S.rows.length) return;
+  document.addEventListener("keydown", (e) => {  // shortcuts where no control of its own takes the keys
+    const free = e.target === document.body || e.target === $("main") || e.target === $("frame");
+    if (!free || !S.rows.length) return;
     if (e.key === " ") { e.preventDefault(); togglePlay(); }
     else if (e.key === "ArrowRight") { e.preventDefault(); seekTo(S.pos + 1); }
     else if (e.key === "ArrowLeft") { e.preventDefault(); seekTo(S.pos - 1); }

@@ -1,0 +1,78 @@
+"""The probability timeline of a case as a picture for its reports (matplotlib's object API, no pyplot: safe
+in the server's threads).
+
+Frames are placed by their number, so what a damaged recording lost shows as such: a gap between decoded
+frames, and the frames the video announced but that never decoded at its end, are shaded and labelled.
+"""
+
+from __future__ import annotations
+
+import io
+
+from mucosa.service.presentation import class_colours, probability_of
+
+__all__ = ["timeline_figure"]
+
+MISSING = "#9aa3ad"  # frames announced but not decoded
+DROPPED = "#55606e"  # frames below the quality gate (a tick under the plot)
+
+
+def _axis_label(card: dict) -> str:
+    positive = card.get("positive")
+    return f"P({positive})" if positive else "probability of each class"
+
+
+def timeline_figure(case: dict, card: dict, fmt: str = "png", width: float = 7.2, height: float = 2.9,
+                    dpi: int = 150) -> bytes:
+    """The case's timeline as a PNG or SVG (``fmt``): each informative frame's probability (dots, coloured by
+    the class it is called), the smoothed probability (line), the threshold (binary models), frames dropped by
+    the quality gate (ticks under the plot) and frames lost by a damaged recording (shaded)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows, classes, colours = case["timeline"], card["classes"], class_colours(card)
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.08, 0.34, 0.9, 0.62))
+    binary = card.get("positive") is not None
+    used = [r for r in rows if not r["dropped"] and r["probability"] is not None]
+    for cls in classes:
+        mine = [r for r in used if r.get("called") == cls]
+        ys = [float(r["probability"]) if binary else max(r["probability"]) for r in mine]  # P(positive), or P(cls)
+        ax.scatter([r["frame"] for r in mine], ys, s=6, color=colours[cls], alpha=0.6, linewidths=0,
+                   label=f"frame called {cls}")
+    for cls in classes if not binary else [card["positive"]]:
+        points = [(r["frame"], probability_of(r["smoothed"], cls, classes)) for r in rows
+                  if r["smoothed"] is not None]
+        if points:
+            ax.plot(*zip(*points), color="#1b2430" if binary else colours[cls], linewidth=1.4,
+                    label="smoothed" if binary else f"smoothed P({cls})")
+    if binary:
+        ax.axhline(card["threshold"], color="#55606e", linestyle="--", linewidth=0.9,
+                   label=f"threshold {card['threshold']:g}")
+    end = max(case.get("frames_expected") or 0, rows[-1]["frame"] + 1 if rows else 1)
+    _shade_losses(ax, rows, end)
+    dropped = [r["frame"] for r in rows if r["dropped"]]
+    if dropped:
+        ax.scatter(dropped, [-0.07] * len(dropped), marker="|", s=30, color=DROPPED, clip_on=False,
+                   label="dropped by the quality gate")
+    ax.set_xlim(-0.5, end - 0.5)
+    ax.set_ylim(-0.1, 1.02)
+    ax.set_xlabel("frame" if case.get("kind") == "video" else "image frame", fontsize=8)
+    ax.set_ylabel(_axis_label(card), fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(axis="y", color="#e3e7ec", linewidth=0.6)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=7, frameon=False)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt, dpi=dpi, facecolor="white", metadata={"Date": None} if fmt == "svg" else None)
+    return buffer.getvalue()
+
+
+def _shade_losses(ax, rows: list[dict], end: int) -> None:
+    """Shade the gaps between decoded frames and the announced frames after the last one."""
+    spans = [(a["frame"] + 1, b["frame"]) for a, b in zip(rows, rows[1:]) if b["frame"] - a["frame"] > 1]
+    if rows and end > rows[-1]["frame"] + 1:
+        spans.append((rows[-1]["frame"] + 1, end))
+    for k, (start, stop) in enumerate(spans):
+        ax.axvspan(start - 0.5, stop - 0.5, color=MISSING, alpha=0.3, linewidth=0,
+                   label="announced, not decoded" if k == 0 else None)

@@ -1,0 +1,112 @@
+/* mucosa viewer: what its scripts share (plain JavaScript, no build step): the state, the /v1 API with its
+ * token, and the words and colours of the model's classes (the card's `colours`: neutral Okabe–Ito colours,
+ * or green and red for the inflammation pair, whose meaning is meant).
+ */
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const S = {
+  token: null, card: null, cases: [], caseId: null, summary: null, rows: [], pos: 0, follow: true,
+  playing: false, lastStep: 0, es: null, frames: new Map(), cams: new Map(), camPending: null, shown: null,
+};
+
+/* ------------------------------------------------------------------------------------------- API */
+
+function authHeaders() { return S.token ? { Authorization: "Bearer " + S.token } : {}; }
+
+function withToken(url) {
+  if (!S.token) return url;
+  return url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(S.token);
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+  if (response.status === 401) {
+    askToken();
+    throw new Error("this server needs a token");
+  }
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    throw new Error(body.detail || response.status + " " + response.statusText);
+  }
+  return response;
+}
+
+function askToken() {
+  const given = window.prompt("This server needs an access token:");
+  if (given) {
+    S.token = given.trim();
+    sessionStorage.setItem("mucosa-token", S.token);
+    init();
+  }
+}
+
+/* ------------------------------------------------------------------------------------------- words */
+
+const esc = (text) => String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+const fmt = (value, digits = 3) => (value === null || value === undefined ? "–" : Number(value).toFixed(digits));
+const capital = (text) => text.charAt(0).toUpperCase() + text.slice(1);
+const counted = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
+function classes() { return S.card ? S.card.classes : []; }
+
+function colourOf(cls) { return (S.card && S.card.colours && S.card.colours[cls]) || "#8a94a3"; }
+
+/* Whether the classes are the inflammation pair: their colours then carry their clinical meaning. */
+function clinical() {
+  const words = S.card ? Object.values(S.card.verdicts) : [];
+  return words.includes("active inflammation") && words.includes("mucosal healing");
+}
+
+/* P(cls) from a probability as the API gives it: the positive (last) class's for two classes, else a list. */
+function probabilityOf(value, cls) {
+  if (value === null || value === undefined) return null;
+  const k = classes().indexOf(cls);
+  if (Array.isArray(value)) return value[k];
+  return k === classes().length - 1 ? value : 1 - value;
+}
+
+/* The confidence of the class a verdict calls: its mean probability. */
+function confidence(verdict) {
+  if (!verdict || !verdict.class || verdict.score === null || verdict.score === undefined) return null;
+  return probabilityOf(verdict.score, verdict.class);
+}
+
+/* The probability the timeline plots: P(positive class) for two classes, else the called class's. */
+function plotted(row, key = "probability") {
+  const value = row[key];
+  if (value === null || value === undefined) return null;
+  return Array.isArray(value) ? Math.max(...value) : value;
+}
+
+function axisClass() { return S.card && S.card.positive ? S.card.positive : null; }
+
+function timeText(row) {
+  if (!row) return "–";
+  return row.time === null || row.time === undefined ? `frame ${row.frame}` : `frame ${row.frame} · ${row.time.toFixed(2)} s`;
+}
+
+/* Several files named by their kinds: "men-09.mpg", "2 videos", "1 video and 3 images", "2 files". */
+const VIDEO = /\.(mpg|mpeg|avi|mkv|mp4|mov|m4v|wmv|webm)$/i;
+const IMAGE = /\.(png|jpe?g|tiff?|bmp|gif)$/i;
+
+function kindOf(file) {
+  if ((file.type || "").startsWith("video/") || VIDEO.test(file.name)) return "video";
+  if ((file.type || "").startsWith("image/") || IMAGE.test(file.name)) return "image";
+  return "file";
+}
+
+function describeFiles(files) {
+  if (files.length === 1) return files[0].name;
+  const count = { video: 0, image: 0, file: 0 };
+  for (const file of files) count[kindOf(file)]++;
+  return ["video", "image", "file"].filter((k) => count[k]).map((k) => counted(count[k], k)).join(" and ");
+}
+
+function notice(text, error = false) {
+  const box = $("notice");
+  box.hidden = !text;
+  box.textContent = text || "";
+  box.classList.toggle("error", error);
+  if (error && text) box.setAttribute("role", "alert"); else box.removeAttribute("role");
+}
