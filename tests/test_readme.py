@@ -1,9 +1,65 @@
-"""The README's Python example runs as written, on a tiny model and a synthetic case."""
+"""The README is true: its Python example runs as written (on a tiny model and a synthetic case), and its
+"Layout" table lists exactly the modules under src/mucosa."""
 
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mucosa"
+
+
+def section(title: str) -> str:
+    """The README's ``## title`` section, up to the next ``## `` heading."""
+    text = README.read_text(encoding="utf-8")
+    found = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    assert found, f"the README has no '## {title}' section"
+    return found.group(1)
+
+
+def listed_modules(layout: str) -> set[str]:
+    """Every module a Layout row names: its second column's `names`, under the first column's `package`
+    (plain ``mucosa`` for the rows "ground" and "top")."""
+    modules = set()
+    for line in layout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or cells[0] in ("layer", "---"):
+            continue
+        package = re.findall(r"`([\w.]+)`", cells[0]) or ["mucosa"]
+        modules |= {f"{package[0]}.{name}" for name in re.findall(r"`([\w.]+)`", cells[1])}
+    return modules
+
+
+def tree_modules() -> tuple[set[str], set[str]]:
+    """(the modules to list, every importable name) under src/mucosa. Not to list: packages themselves, private
+    modules (``_version``), ``__main__``, and the store's Alembic scripts (``store/migrations``)."""
+    names, to_list = set(), set()
+    for path in PACKAGE.rglob("*.py"):
+        parts = ("mucosa",) + path.relative_to(PACKAGE).with_suffix("").parts
+        if parts[-1] == "__init__":
+            names.add(".".join(parts[:-1]))
+            continue
+        names.add(".".join(parts))
+        if not parts[-1].startswith("_") and parts[1:3] != ("store", "migrations"):
+            to_list.add(".".join(parts))
+    return to_list, names
+
+
+def test_layout_table_lists_every_module_and_only_real_ones():
+    listed = listed_modules(section("Layout"))
+    to_list, names = tree_modules()
+    assert not to_list - listed, f"modules missing from the README's Layout table: {sorted(to_list - listed)}"
+    assert not listed - names, f"the README's Layout table lists modules that do not exist: {sorted(listed - names)}"
+
+
+@pytest.mark.parametrize("row, expected", [
+    ("| ground | `errors`, `atomic` | job `not_a_module` |", {"mucosa.errors", "mucosa.atomic"}),
+    ("| `mucosa.service` | `routes.cases` | `x` |", {"mucosa.service.routes.cases"}),
+    ("| layer | modules | job |\n| --- | --- | --- |", set()),
+])
+def test_layout_rows_are_read_as_modules(row, expected):
+    assert listed_modules(row) == expected
 
 
 def test_readme_python_example_runs(train_tiny, capsys):
