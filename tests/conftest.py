@@ -1,4 +1,7 @@
-"""Shared fixtures: the real data folder (forced on in CI with MUCOSA_REQUIRE_REAL_DATA=1), tiny trained models."""
+"""Shared fixtures: the real data folder (forced on in CI with MUCOSA_REQUIRE_REAL_DATA=1), tiny trained models.
+
+The tiny configs themselves are in tests/tiny_configs.py (``from tiny_configs import TINY, tiny_config``).
+"""
 
 import os
 import sys
@@ -6,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tiny_configs import tiny_config
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -76,3 +81,11 @@ def train_tiny(tmp_path_factory):
         return TinyRun(root / "run", Path(best), root / "cohort", cache)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_run(train_tiny) -> TinyRun:
+    """A tiny CNN-LSTM (``TINY``, two epochs) trained once per session on 10 synthetic patients of 6 images,
+    with test and validation patients. Shared by every test that asks for it: read its files, write nothing
+    into its folders (copy them first)."""
+    return train_tiny("tiny-run", tiny_config(training={"epochs": 2}), patients=10, per_patient=6, seed=5)

@@ -22,10 +22,8 @@ from mucosa.evaluation.evaluate import evaluate
 from mucosa.models.config import config_from_dict
 from mucosa.models.training import train
 from mucosa.tables import FORMULA_STARTS, original_cell, read_csv, safe_cell
+from tiny_configs import TINY
 
-QUICK = {"model": {"size": 32}, "preprocessing": {"quality_threshold": 0.0},
-         "split": {"mode": "patient", "test": 0.3, "val": 0.3, "seed": 1},
-         "training": {"epochs": 1, "batch_size": 8, "threads": 1}}
 PERSON = "Doe_John_1970"  # the folder that holds the checkpoint, the manifest and the images
 NAMES = ["Doe, John 1970-01-01", "Roe_Richard_1980", "Mueller Anna Maria", '=HYPERLINK("http://evil.example","x")',
          "<script>alert('pwned')</script>", "<img src=x onerror=alert(1)>", "+49 170 5550101", "@Smith Jane",
@@ -55,7 +53,7 @@ def named(tmp_path_factory) -> Cohort:
                        label=LABELS[r.label]) for r in synthetic.records]
     manifest = write_manifest(records, folder / "manifest.csv")
     cache = FrameCache(root / "cache")
-    best = train(manifest, config_from_dict(QUICK), folder / "run", cache=cache)
+    best = train(manifest, config_from_dict(TINY), folder / "run", cache=cache)
     return Cohort(root, Path(best), manifest, cache)
 
 

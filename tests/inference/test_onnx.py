@@ -26,10 +26,9 @@ from mucosa.models.checkpoint import (
     read_checkpoint_file,
 )
 from mucosa.models.networks import ModelConfig, create_model
+from tiny_configs import TINY_LUMINANCE, tiny_config
 
-QUICK = {"model": {"size": 40}, "preprocessing": {"quality_threshold": 0.0, "crop": "none", "channel": "luminance"},
-         "split": {"mode": "patient", "test": 0.4, "val": 0.0, "seed": 1},
-         "training": {"epochs": 2, "batch_size": 8, "threads": 1}}
+QUICK = tiny_config(TINY_LUMINANCE, split={"test": 0.4, "val": 0.0, "seed": 1}, training={"epochs": 2})  # no validation
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 resumed runs keep their best score and log each epoch once, experiment loggers."""
 
 import csv
+import functools
 import json
 import shutil
 import sys
@@ -21,22 +22,13 @@ from mucosa.data.synth import synthesize_cohort
 from mucosa.errors import ConfigError, ManifestError
 from mucosa.models import trainer
 from mucosa.models.checkpoint import CheckpointFileError, initialise_from, load_checkpoint
-from mucosa.models.config import config_from_dict, load_config
+from mucosa.models.config import load_config
 from mucosa.models.tracking import RunCheckpoint, epoch_metrics, keep_epochs
 from mucosa.models.trainer import TrainingDivergedError
 from mucosa.models.training import FrameClassifierModule, resume, train
+from tiny_configs import TINY_NO_AUGMENTATION, run_config
 
-QUICK = {"model": {"size": 32}, "preprocessing": {"quality_threshold": 0.0},
-         "split": {"mode": "patient", "test": 0.25, "val": 0.25},
-         "training": {"epochs": 1, "batch_size": 8, "threads": 1},
-         "augmentation": {"probability": 0.0, "flip": False}}
-
-
-def quick(**changes):
-    data = json.loads(json.dumps(QUICK))
-    for section, values in changes.items():
-        data.setdefault(section, {}).update(values)
-    return config_from_dict(data)
+quick = functools.partial(run_config, TINY_NO_AUGMENTATION)
 
 
 @pytest.fixture(scope="module")
