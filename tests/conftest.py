@@ -24,6 +24,17 @@ def _require_real_data() -> Path:
     pytest.skip(reason)
 
 
+SLOW_DOCTESTS = {"mucosa.api"}  # trains a model: the doctests of src/mucosa over ~5 s
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects
+def pytest_collection_modifyitems(items):
+    """Mark the slow doctests ``slow`` (a docstring cannot carry a marker)."""
+    for item in items:
+        if isinstance(item, pytest.DoctestItem) and item.name in SLOW_DOCTESTS:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def timm(monkeypatch):
     """The fake ``timm`` module of tests/fake_timm.py in place of the real one (it builds ``timm:fakenet``)."""
