@@ -29,9 +29,12 @@ SLOW_DOCTESTS = {"mucosa.api"}  # trains a model: the doctests of src/mucosa ove
 
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects
 def pytest_collection_modifyitems(items):
-    """Mark the slow doctests ``slow`` (a docstring cannot carry a marker)."""
+    """Mark ``slow`` what cannot carry the marker itself: the slow doctests, and the store's tests on
+    PostgreSQL (a database each; ``pytest -m "not slow"`` runs them on SQLite only)."""
     for item in items:
-        if isinstance(item, pytest.DoctestItem) and item.name in SLOW_DOCTESTS:
+        doctest = isinstance(item, pytest.DoctestItem) and item.name in SLOW_DOCTESTS
+        postgresql = getattr(item, "callspec", None) is not None and item.callspec.params.get("place") == "postgresql"
+        if doctest or postgresql:
             item.add_marker(pytest.mark.slow)
 
 

@@ -20,6 +20,8 @@ from mucosa.models.config import config_from_dict
 from mucosa.models.training import train
 from tiny_configs import TINY
 
+pytestmark = pytest.mark.slow  # every test here trains or loads a model
+
 
 @pytest.fixture(scope="module")
 def trained(tiny_run):

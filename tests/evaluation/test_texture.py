@@ -10,6 +10,8 @@ from mucosa.cli import main
 from mucosa.data.manifest import load_manifest
 from tiny_configs import TINY
 
+pytestmark = pytest.mark.slow  # every test here trains or loads a model
+
 
 def read_csv(path):
     with open(path, newline="") as handle:

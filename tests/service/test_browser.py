@@ -19,7 +19,7 @@ import pytest
 from media import files_under
 from mucosa.data.video import iter_video_frames
 
-pytestmark = pytest.mark.realdata
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("MUCOSA_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 
