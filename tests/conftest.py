@@ -1,4 +1,7 @@
-"""Shared fixtures: the real data folder (forced on in CI with MUCOSA_REQUIRE_REAL_DATA=1), tiny trained models."""
+"""Shared fixtures: the real data folder (forced on in CI with MUCOSA_REQUIRE_REAL_DATA=1), tiny trained models.
+
+The tiny configs themselves are in tests/tiny_configs.py (``from tiny_configs import TINY, tiny_config``).
+"""
 
 import os
 import sys
@@ -6,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tiny_configs import tiny_config
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -17,6 +22,20 @@ def _require_real_data() -> Path:
     if os.environ.get("MUCOSA_REQUIRE_REAL_DATA") == "1":
         pytest.fail(reason + " but MUCOSA_REQUIRE_REAL_DATA=1", pytrace=False)
     pytest.skip(reason)
+
+
+SLOW_DOCTESTS = {"mucosa.api"}  # trains a model: the doctests of src/mucosa over ~5 s
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects
+def pytest_collection_modifyitems(items):
+    """Mark ``slow`` what cannot carry the marker itself: the slow doctests, and the store's tests on
+    PostgreSQL (a database each; ``pytest -m "not slow"`` runs them on SQLite only)."""
+    for item in items:
+        doctest = isinstance(item, pytest.DoctestItem) and item.name in SLOW_DOCTESTS
+        postgresql = getattr(item, "callspec", None) is not None and item.callspec.params.get("place") == "postgresql"
+        if doctest or postgresql:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
@@ -101,3 +120,11 @@ def atlas_run(tmp_path_factory) -> TinyRun:
                  str(root / "run"), "--cache", str(root / "cache")])
     assert code == 0 and (root / "run" / "atlas" / "atlas.json").is_file()
     return TinyRun(root / "run", root / "run" / "best.ckpt", root / "cohort", FrameCache(root / "cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(train_tiny) -> TinyRun:
+    """A tiny CNN-LSTM (``TINY``, two epochs) trained once per session on 10 synthetic patients of 6 images,
+    with test and validation patients. Shared by every test that asks for it: read its files, write nothing
+    into its folders (copy them first)."""
+    return train_tiny("tiny-run", tiny_config(training={"epochs": 2}), patients=10, per_patient=6, seed=5)

@@ -15,6 +15,7 @@ def tiny(train_tiny):
     return train_tiny("api", QUICK, patients=8, per_patient=4, seed=3)
 
 
+@pytest.mark.slow
 def test_evaluate_without_out_writes_nothing_and_matches_the_files(tiny, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cache = tiny.cache.root
@@ -31,6 +32,7 @@ def test_evaluate_without_out_writes_nothing_and_matches_the_files(tiny, tmp_pat
     assert all(0.0 <= f["probability"] <= 1.0 for f in in_memory.frames)
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_an_out_of_range_threshold(tiny):
     for bad in ("2", "-1", "nan", "5"):
         with pytest.raises(mucosa.MucosaError, match="threshold"):

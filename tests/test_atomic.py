@@ -161,7 +161,8 @@ LIMITED = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("call", ["atomic.write_bytes(target, bytes(200_000))",
-                                  "import torch; atomic.write_torch(torch.zeros(100_000), target)"])
+                                  pytest.param("import torch; atomic.write_torch(torch.zeros(100_000), target)",
+                                               marks=pytest.mark.slow)])  # a process that imports PyTorch
 def test_the_file_size_limit_is_one_line_and_leaves_the_old_file(tmp_path, call):
     target = tmp_path / "big.bin"
     target.write_text("earlier")

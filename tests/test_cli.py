@@ -305,6 +305,7 @@ def test_synth_refuses_to_overwrite_a_cohort(tmp_path, capsys):
     assert (out / "manifest.csv").read_bytes() == manifest
 
 
+@pytest.mark.slow
 def test_explain_replaces_an_earlier_result_whole(tiny, places, tmp_path, capsys):
     out = tmp_path / "x"
     images = sorted((tiny.cohort / "images").rglob("*.png"))[:2]
@@ -324,6 +325,7 @@ def test_explain_replaces_an_earlier_result_whole(tiny, places, tmp_path, capsys
     assert not [n for n in names if n.startswith(".")]
 
 
+@pytest.mark.slow
 def test_a_failed_checkpoint_write_is_one_line(tiny, tmp_path, monkeypatch, capsys):
     import torch
 
@@ -342,6 +344,7 @@ def test_a_failed_checkpoint_write_is_one_line(tiny, tmp_path, monkeypatch, caps
     assert not list((tmp_path / "run").glob("*.ckpt"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE"), reason="no file-size limit on this system")
 def test_the_file_size_limit_ends_in_one_line_not_a_killed_process(tiny, tmp_path):
     out = tmp_path / "model.onnx"
@@ -369,6 +372,7 @@ def test_the_runtime_is_auto_unless_asked(command):
         assert parser.parse_args([*command, "--checkpoint", "c.ckpt", "--runtime", runtime]).runtime == runtime
 
 
+@pytest.mark.slow
 def test_explain_says_which_runtime_scores_and_that_grad_cam_runs_pytorch(tiny, tmp_path, capsys):
     image = next((tiny.cohort / "images").rglob("*.png"))
     assert main(["explain", str(image), "--checkpoint", str(tiny.best), "--out", str(tmp_path / "x"),

@@ -106,3 +106,58 @@ def test_the_checker_sees_imports_at_any_depth(tmp_path, source, expected, monke
     (tmp_path / "probe.py").write_text(source)
     assert expected in imported("mucosa.data._probe")
     assert layer_of(expected) > layer_of("mucosa.data._probe")
+
+
+SHARED_PRIVATE_MODULES = {"mucosa._version"}  # holds only ``__version__``, read by every layer
+
+
+def private(name: str) -> bool:
+    """``_name`` is private to its module; ``__dunder__`` names are not."""
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_uses(module: str, tree: ast.AST) -> list[str]:
+    """Underscored names that ``module`` takes from another mucosa module: ``from m import _x``, ``import
+    m._x``, and ``name._x`` where ``name`` was imported from mucosa (a module, a class, a function)."""
+    found, bound = [], {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "mucosa":
+            if node.module not in SHARED_PRIVATE_MODULES and any(private(p) for p in node.module.split(".")):
+                found.append(f"{module}:{node.lineno} imports from {node.module}")
+            for alias in node.names:
+                if private(alias.name):
+                    found.append(f"{module}:{node.lineno} imports {alias.name} from {node.module}")
+                bound[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "mucosa":
+                    if any(private(p) for p in alias.name.split(".")):
+                        found.append(f"{module}:{node.lineno} imports {alias.name}")
+                    bound[alias.asname or "mucosa"] = alias.name if alias.asname else "mucosa"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and private(node.attr) and isinstance(node.value, ast.Name) \
+                and node.value.id in bound:
+            found.append(f"{module}:{node.lineno} uses {node.value.id}.{node.attr} ({bound[node.value.id]})")
+    return found
+
+
+def test_no_module_uses_another_modules_underscored_names():
+    found = [use for module, path in MODULES.items()
+             for use in private_uses(module, ast.parse(path.read_text(encoding="utf-8")))]
+    assert not found, "underscored names used outside their module (make them public or move the code):\n" \
+        + "\n".join(found)
+
+
+@pytest.mark.parametrize("source", [
+    "from mucosa.evaluation.report import _md_table\n",
+    "def f():\n    from mucosa.models import training\n    return training._trainer()\n",
+    "from mucosa.inference.classifier import Classifier\nClassifier._keep_freed_memory()\n",
+    "import mucosa.models._hidden\n",
+])
+def test_the_private_name_check_sees_each_kind_of_use(source):
+    assert private_uses("mucosa.data.probe", ast.parse(source))
+
+
+def test_the_private_name_check_allows_own_and_dunder_names():
+    source = "import mucosa\nfrom mucosa._version import __version__\nx = mucosa.__name__\ndef _f():\n    return _f\n"
+    assert private_uses("mucosa.data.probe", ast.parse(source)) == []

@@ -129,6 +129,7 @@ def test_confusion_rows_are_truth_and_keep_absent_classes():
         confusion([0, 1], [0, 3], n_classes=3)
 
 
+@pytest.mark.slow
 def test_bootstrap_ci_contains_point_estimate_and_is_reproducible():
     y, s, groups = clustered()
     point = binary_metrics(y, s)
@@ -141,6 +142,7 @@ def test_bootstrap_ci_contains_point_estimate_and_is_reproducible():
     assert bootstrap_ci(auc, y, s, groups, n_boot=200, seed=4)["roc_auc"] != ci["roc_auc"]
 
 
+@pytest.mark.slow
 def test_cluster_bootstrap_is_wider_than_image_bootstrap():
     y, s, groups = clustered()
     auc = lambda yy, ss: {"roc_auc": roc_auc_score(yy, ss)}  # noqa: E731
@@ -158,6 +160,7 @@ def test_bootstrap_is_stratified_by_patient_label_and_skips_nan_replicates():
     assert np.isnan(ci["odd"][0]) and np.isnan(ci["odd"][1])
 
 
+@pytest.mark.slow
 def test_paired_bootstrap_auc():
     y, s, groups = clustered()
     same = paired_bootstrap_auc(y, s, s, groups, n_boot=200)
@@ -298,6 +301,7 @@ def every_patient_right(n_patients=12, per_patient=5):
     return y, s, np.repeat([f"P{i:02d}" for i in range(n_patients)], per_patient)
 
 
+@pytest.mark.slow
 def test_patient_level_proportions_get_exact_intervals_and_degenerate_bootstraps_none():
     y, s, groups = every_patient_right()
     patient_y = y[::5]
@@ -314,6 +318,7 @@ def test_patient_level_proportions_get_exact_intervals_and_degenerate_bootstraps
     assert not any(k in entries for k in ("tp", "fp", "tn", "fn"))
 
 
+@pytest.mark.slow
 def test_frame_level_bootstrap_never_gives_a_zero_width_interval():
     y, s, groups = every_patient_right()
     fn = lambda t, p: binary_metrics(t, p, 0.5)  # noqa: E731

@@ -55,6 +55,7 @@ def brain_manifest(pcle_brain, tmp_path_factory):
     return root / "six.csv"
 
 
+@pytest.mark.slow
 def test_pcle_videos_grouped_fold_end_to_end(brain_manifest, tmp_path):
     run, out, cache = tmp_path / "run", tmp_path / "eval", str(tmp_path / "cache")
     assert main(["train", "--manifest", str(brain_manifest), "--config", "configs/pcle.yaml", *TINY,
@@ -71,6 +72,7 @@ def test_pcle_videos_grouped_fold_end_to_end(brain_manifest, tmp_path):
     assert {r["patient"] for r in read_csv(out / "predictions.csv")} == parts["test"]
 
 
+@pytest.mark.slow
 def test_pcle_train_on_every_case_then_check_an_unseen_cohort(brain_manifest, tmp_path):
     """The user's flow: --split none (validation carved from the cases, grouped), then another cohort."""
     records = load_manifest(brain_manifest).records
@@ -88,6 +90,7 @@ def test_pcle_train_on_every_case_then_check_an_unseen_cohort(brain_manifest, tm
     assert {r["patient"] for r in read_csv(out / "predictions.csv")} == {"gbm-03", "men-03"}
 
 
+@pytest.mark.slow
 def test_microscopy_tiles_leave_one_animal_out_end_to_end(egcz, tmp_path):
     assert main(["index", str(egcz / "data_info.csv"), "--path-col", "sample_path", "--label-col", "label",
                  "--patient-col", "animal_tag", "--label-map", "0=control,1=arthritis",

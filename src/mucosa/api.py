@@ -2,18 +2,27 @@
 
 Everything here is re-exported by ``import mucosa``; files are written only where ``out`` is given.
 
-Example (synthetic data, a few seconds):
+Example (synthetic data, seconds): train, load, predict, embed, read the model card, evaluate.
     >>> import tempfile, mucosa
     >>> from mucosa.data.synth import synthesize_cohort
     >>> folder = tempfile.mkdtemp()
     >>> manifest = synthesize_cohort(folder + "/cohort", patients=6, per_patient=6, size=40, seed=0)
     >>> result = mucosa.train(manifest, {"model": {"size": 40}, "training": {"epochs": 1},
-    ...                                  "split": {"mode": "none"}}, cache_dir=folder + "/cache", progress=False)
-    >>> result.classifier.classes
-    ['control', 'active']
-    >>> prediction = result.classifier.predict(folder + "/cohort/images/active/P01")
+    ...                                  "split": {"mode": "none"}}, out=folder + "/run",
+    ...                       cache_dir=folder + "/cache", progress=False)
+    >>> result.classifier.classes, result.checkpoint.name, len(result.history)
+    (['control', 'active'], 'best.ckpt', 1)
+    >>> classifier = mucosa.load(result.checkpoint)
+    >>> prediction = classifier.predict(folder + "/cohort/images/active/P01")
     >>> prediction.cases[0].verdict in ("active inflammation", "mucosal healing")
     True
+    >>> classifier.embed(folder + "/cohort/images/active/P01").shape == (len(prediction), 128)
+    True
+    >>> classifier.card()["input_size"]
+    40
+    >>> evaluation = mucosa.evaluate(result.checkpoint, manifest, split="all", n_boot=20, cache_dir=folder + "/cache")
+    >>> evaluation["counts"]["patients"], 0 <= evaluation["patient"]["accuracy"]["value"] <= 1
+    (6, True)
 """
 
 from __future__ import annotations

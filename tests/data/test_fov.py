@@ -459,6 +459,7 @@ def test_quality_drops_the_noise_only_real_frames(pcle_brain, brain_fov):
         assert components["structure"] < DEFAULT_QUALITY_THRESHOLD, (key, components)
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 @pytest.mark.parametrize("name", GOOD_VIDEOS)
 def test_quality_keeps_the_tissue_frames_of_good_videos(pcle_brain, brain_fov, name):

@@ -258,6 +258,7 @@ def pcle_original(pcle_brain):
     return path.read_bytes(), frames
 
 
+@pytest.mark.slow
 def test_mpeg_cut_at_30_percent_warns_that_it_ends_early(pcle_original, tmp_path):
     data, original = pcle_original
     (tmp_path / "cut.mpg").write_bytes(data[: len(data) * 3 // 10])

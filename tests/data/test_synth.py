@@ -135,6 +135,7 @@ def _beyond(mask: np.ndarray, pixels: float) -> np.ndarray:
     return ndi.distance_transform_edt(~mask) > pixels
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sign", ["vessels", "leakage", "infiltrate"])
 def test_each_sign_brightens_its_patches_and_nothing_else(sign: str) -> None:
     size = 128
@@ -193,6 +194,7 @@ def test_unknown_sign_is_rejected() -> None:
     assert set(SIGNS) == {"crypts", "vessels", "leakage", "infiltrate"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("patients", "seed"), [(24, 0), (24, 1), (24, 2), (80, 0)])
 def test_recorded_styles_are_the_patients_and_do_not_predict_the_label(tmp_path: Path, patients: int,
                                                                         seed: int) -> None:
@@ -224,6 +226,7 @@ def _style_statistics(image: np.ndarray) -> tuple[float, float]:
     return float(image.mean()), float(np.median(lap))
 
 
+@pytest.mark.slow
 def test_image_brightness_and_noise_do_not_predict_the_label(tmp_path: Path) -> None:
     # 8 images a patient: an active patient's shows the signs in 7 (SIGNS_SHARE of 8, rounded), so every
     # patient has an image without signs; its brightness and noise are measured on the first such image

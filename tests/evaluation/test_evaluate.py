@@ -18,17 +18,15 @@ from mucosa.evaluation.evaluate import evaluate
 from mucosa.evaluation.report import fmt, interval_kind, md_escape
 from mucosa.models.config import config_from_dict
 from mucosa.models.training import train
+from tiny_configs import TINY
 
-QUICK = {"model": {"size": 32}, "preprocessing": {"quality_threshold": 0.0},
-         "split": {"mode": "patient", "test": 0.3, "val": 0.3, "seed": 1},
-         "training": {"epochs": 2, "batch_size": 8, "threads": 1}}
+pytestmark = pytest.mark.slow  # every test here trains or loads a model
 
 
 @pytest.fixture(scope="module")
-def trained(train_tiny):
-    """A tiny CNN-LSTM trained on 10 synthetic patients; returns (run folder, cache)."""
-    tiny = train_tiny("eval", QUICK, patients=10, per_patient=6, seed=5)
-    return tiny.run, tiny.cache
+def trained(tiny_run):
+    """The session's tiny CNN-LSTM, trained on 10 synthetic patients; returns (run folder, cache)."""
+    return tiny_run.run, tiny_run.cache
 
 
 def read_csv(path):
@@ -153,7 +151,7 @@ def test_three_classes_end_to_end(tmp_path):
     if len({r.label for r in three}) < 3:
         pytest.skip("seed gave fewer than three groups")
     path = write_manifest(three, tmp_path / "three.csv")
-    config = config_from_dict({**QUICK, "split": {"mode": "none", "val": 0.0},
+    config = config_from_dict({**TINY, "split": {"mode": "none", "val": 0.0},
                                "training": {"epochs": 1, "batch_size": 8}})
     best = train(path, config, tmp_path / "run", cache=FrameCache(tmp_path / "cache"),
                  classes=["active", "healing", "normal"])  # "normal" has a few rows: named, so accepted

@@ -58,6 +58,7 @@ def frame(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE), dtype=np.uint8)
 
 
+@pytest.mark.slow
 def test_grad_cam_points_at_the_lesions(trained, held_out):
     checkpoint = load_checkpoint(trained)
     cams, masks, probs = [], [], []
@@ -128,6 +129,7 @@ def test_feature_maps_have_every_layer_and_one_tile_per_channel(tmp_path):
     assert int((sizes == 100 * 84).sum()) == 5 and rgb.shape[1] < 300
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, classes", [("cnn-lstm", 2), ("cnn", 3)])
 def test_grad_cam_works_for_both_heads_and_matches_monai(kind, classes):
     from monai.visualize import GradCAM
@@ -169,6 +171,7 @@ def test_grad_cam_works_for_both_heads_and_matches_monai(kind, classes):
         saliency.grad_cam(model, np.zeros((40, 40), np.uint8))
 
 
+@pytest.mark.slow
 def test_gallery_picks_the_most_confident_of_each_group(trained, tmp_path):
     checkpoint = load_checkpoint(trained)
     frames = np.stack([frame(i) for i in range(8)])
@@ -203,6 +206,7 @@ def write_video(path: Path, frames: list[np.ndarray]) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_cli_explains_an_image_and_a_video(trained, held_out, tmp_path, capsys):
     rows = list(csv.DictReader(held_out.open()))
     image = held_out.parent / rows[0]["path"]
@@ -237,6 +241,7 @@ def test_cli_explains_an_image_and_a_video(trained, held_out, tmp_path, capsys):
     assert "explained 3 frame(s)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_non_image_inputs_are_clear_errors(trained, tmp_path, capsys):
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image")
@@ -265,6 +270,7 @@ def test_a_missing_checkpoint_is_named_before_any_folder_is_walked(tmp_path, mon
     assert not walked and not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_a_folder_explains_each_image_and_video_in_it_once(trained, held_out, tmp_path, capsys):
     rows = list(csv.DictReader(held_out.open()))
     folder = tmp_path / "exam"
@@ -304,6 +310,7 @@ def test_a_folder_explains_each_image_and_video_in_it_once(trained, held_out, tm
         assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_a_tiled_model_explains_the_most_confident_tiles_of_an_image(trained, tmp_path):
     from dataclasses import replace
 

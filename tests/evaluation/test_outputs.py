@@ -22,10 +22,8 @@ from mucosa.evaluation.evaluate import evaluate
 from mucosa.models.config import config_from_dict
 from mucosa.models.training import train
 from mucosa.tables import FORMULA_STARTS, original_cell, read_csv, safe_cell
+from tiny_configs import TINY
 
-QUICK = {"model": {"size": 32}, "preprocessing": {"quality_threshold": 0.0},
-         "split": {"mode": "patient", "test": 0.3, "val": 0.3, "seed": 1},
-         "training": {"epochs": 1, "batch_size": 8, "threads": 1}}
 PERSON = "Doe_John_1970"  # the folder that holds the checkpoint, the manifest and the images
 NAMES = ["Doe, John 1970-01-01", "Roe_Richard_1980", "Mueller Anna Maria", '=HYPERLINK("http://evil.example","x")',
          "<script>alert('pwned')</script>", "<img src=x onerror=alert(1)>", "+49 170 5550101", "@Smith Jane",
@@ -55,7 +53,7 @@ def named(tmp_path_factory) -> Cohort:
                        label=LABELS[r.label]) for r in synthetic.records]
     manifest = write_manifest(records, folder / "manifest.csv")
     cache = FrameCache(root / "cache")
-    best = train(manifest, config_from_dict(QUICK), folder / "run", cache=cache)
+    best = train(manifest, config_from_dict(TINY), folder / "run", cache=cache)
     return Cohort(root, Path(best), manifest, cache)
 
 
@@ -86,6 +84,7 @@ def test_safe_cell_leaves_plain_text_and_numbers_alone(value):
     assert safe_cell(-3) == -3 and safe_cell(0.5) == 0.5
 
 
+@pytest.mark.slow
 def test_no_csv_cell_of_evaluate_starts_like_a_formula(named, tmp_path):
     out = tmp_path / "ev"
     evaluate(named.checkpoint, named.manifest, out, split="all", n_boot=20, cache=named.cache, gallery_size=0)
@@ -110,6 +109,7 @@ def test_no_csv_cell_of_evaluate_starts_like_a_formula(named, tmp_path):
 
 # ------------------------------------------------------------------------------------------ markup, backend
 
+@pytest.mark.slow
 def test_reports_show_injected_markup_as_text(named, tmp_path):
     run = tmp_path / "<img src=y onerror=alert(2)>"  # a run's folder name becomes its name in compare
     evaluate(named.checkpoint, named.manifest, run, split="all", n_boot=20, cache=named.cache, gallery_size=0)
@@ -127,6 +127,7 @@ def test_reports_show_injected_markup_as_text(named, tmp_path):
     assert len({len(re.findall(r"(?<!\\)\|", line)) for line in table}) == 1  # every row has the header's cells
 
 
+@pytest.mark.slow
 def test_a_report_keeps_the_callers_matplotlib_backend(named, tmp_path):
     script = f"""
 import sys, matplotlib
@@ -149,6 +150,7 @@ print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
 
 # ---------------------------------------------------------------------------------------------- pseudonymise
 
+@pytest.mark.slow
 def test_pseudonymise_leaves_no_name_or_path_in_any_output_or_on_the_console(named, tmp_path, capsys):
     capsys.readouterr()  # what training printed is not evaluate's
     out = tmp_path / "ev"
@@ -170,6 +172,7 @@ def test_pseudonymise_leaves_no_name_or_path_in_any_output_or_on_the_console(nam
                for r in read_csv(out / "predictions.csv"))
 
 
+@pytest.mark.slow
 def test_pseudonymise_hides_ids_in_an_error_too(named, tmp_path, capsys):
     records = load_manifest(named.manifest).records
     broken = write_manifest([replace(records[0], path=records[0].path.with_name(f"{NAMES[0]}.png")), *records[1:]],
@@ -184,6 +187,7 @@ def test_pseudonymise_hides_ids_in_an_error_too(named, tmp_path, capsys):
 
 # --------------------------------------------------------------------------------------------- intervals
 
+@pytest.mark.slow
 def test_every_figure_says_its_interval_and_none_is_zero_width(named, tmp_path):
     result = evaluate(named.checkpoint, named.manifest, tmp_path / "ev", split="all", n_boot=50,
                       cache=named.cache, gallery_size=0)
@@ -210,6 +214,7 @@ def test_every_figure_says_its_interval_and_none_is_zero_width(named, tmp_path):
 
 # ------------------------------------------------------------------------------------------- output sets
 
+@pytest.mark.slow
 def test_outputs_are_replaced_as_one_set_or_not_at_all(named, tmp_path, monkeypatch):
     out = tmp_path / "ev"
     evaluate(named.checkpoint, named.manifest, out, split="all", n_boot=10, cache=named.cache, gallery_size=1)
@@ -247,6 +252,7 @@ def _copy(folder: Path, to: Path) -> Path:
     return to
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage, message", [
     (lambda f: (f / "metrics.json").write_text((f / "metrics.json").read_text()[:300]),
      "metrics.json: unreadable or truncated"),
@@ -271,6 +277,7 @@ def test_compare_on_a_damaged_evaluation_says_what_is_wrong_in_one_line(evaluate
     assert not (tmp_path / "cmp" / "comparison.html").exists()
 
 
+@pytest.mark.slow
 def test_compare_shows_damaged_metric_entries_as_missing_rather_than_crashing(evaluated, tmp_path):
     folder = _copy(evaluated, tmp_path / "odd")
     stored = json.loads((folder / "metrics.json").read_text())
@@ -281,6 +288,7 @@ def test_compare_shows_damaged_metric_entries_as_missing_rather_than_crashing(ev
     assert (row["Accuracy"], row["ROC AUC"], row["PR AUC"]) == ("n/a", "n/a", "0.500 (CI n/a)")
 
 
+@pytest.mark.slow
 def test_pseudonymised_comparison_holds_no_folder_path_or_run_name(evaluated, tmp_path, capsys):
     """comparison.json kept the evaluation folders' paths verbatim; the run names are folder names."""
     from mucosa.cli import main

@@ -8,10 +8,9 @@ import pytest
 
 from mucosa.cli import main
 from mucosa.data.manifest import load_manifest
+from tiny_configs import TINY
 
-QUICK = {"model": {"size": 32}, "preprocessing": {"quality_threshold": 0.0},
-         "split": {"mode": "patient", "test": 0.3, "val": 0.3, "seed": 1},
-         "training": {"epochs": 1, "batch_size": 8, "threads": 1}}
+pytestmark = pytest.mark.slow  # every test here trains or loads a model
 
 
 def read_csv(path):
@@ -22,7 +21,7 @@ def read_csv(path):
 @pytest.fixture(scope="module")
 def evaluated(train_tiny, tmp_path_factory):
     """A tiny run on 10 synthetic patients and its evaluation of the test part."""
-    tiny = train_tiny("texture", QUICK, patients=10, per_patient=4, seed=5)
+    tiny = train_tiny("texture", TINY, patients=10, per_patient=4, seed=5)
     evaluation = tmp_path_factory.mktemp("texture") / "ev"
     assert main(["evaluate", "--checkpoint", str(tiny.best), "--manifest", str(tiny.run / "split.csv"),
                  "--out", str(evaluation), "--bootstrap", "20", "--threshold", "0.5", "--gallery", "0"]) == 0

@@ -5,16 +5,13 @@ import shutil
 import pytest
 
 from mucosa.inference import onnx_files
-
-QUICK = {"model": {"size": 40}, "preprocessing": {"quality_threshold": 0.0, "crop": "none", "channel": "luminance"},
-         "split": {"mode": "patient", "test": 0.25, "val": 0.25, "seed": 0},
-         "training": {"epochs": 1, "batch_size": 8, "threads": 1}}
+from tiny_configs import TINY_LUMINANCE
 
 
 @pytest.fixture(scope="module")
 def deployed(train_tiny, tmp_path_factory):
     """A tiny run (with validation patients), deployed: (run folder, card, cache)."""
-    tiny = train_tiny("deploy", QUICK, patients=8, per_patient=4, seed=6)
+    tiny = train_tiny("deploy", TINY_LUMINANCE, patients=8, per_patient=4, seed=6)
     card = onnx_files.deploy(tiny.best, tiny.run / "split.csv", tiny.cache)
     return tiny.run, card, tiny.cache
 

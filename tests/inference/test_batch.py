@@ -54,6 +54,7 @@ def by_frame(rows):
     return {(str(Path(r["path"]).resolve()), int(r["frame"])): r for r in rows}
 
 
+@pytest.mark.slow
 def test_manifest_predictions_agree_with_evaluate_scores(trained, tmp_path):
     run, _, cache = trained
     result = predict(run / "best.ckpt", [run / "split.csv"], tmp_path / "p")
@@ -75,6 +76,7 @@ def test_manifest_predictions_agree_with_evaluate_scores(trained, tmp_path):
     assert [c.case for c in result.cases] == [c["case"] for c in cases]
 
 
+@pytest.mark.slow
 def test_folder_is_one_case_and_a_single_image_its_own(trained, tmp_path):
     run, cohort, _ = trained
     folder = next(p for p in sorted((cohort / "images").glob("*/*")) if p.is_dir())
@@ -94,6 +96,7 @@ def test_folder_is_one_case_and_a_single_image_its_own(trained, tmp_path):
         assert row["probability"] == from_manifest[(str(Path(row["path"]).resolve()), 0)]["probability"]
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_video_black_frame_is_reported_unused_and_the_rest_agrees_with_evaluate(gated, pcle_brain, tmp_path):
     frames = [f for _, f in iter_video_frames(pcle_brain / "glioblastoma" / "gbm-01.mpg", "0-23")]
@@ -117,6 +120,7 @@ def test_video_black_frame_is_reported_unused_and_the_rest_agrees_with_evaluate(
     assert float(case["mean_probability"]) == pytest.approx(np.mean(scored.y_score), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_a_case_without_informative_frames_gets_no_verdict(gated, tmp_path):
     from PIL import Image
 
@@ -129,6 +133,7 @@ def test_a_case_without_informative_frames_gets_no_verdict(gated, tmp_path):
     assert (case["used"], case["mean_probability"], case["verdict"]) == ("0", "", NO_VERDICT)
 
 
+@pytest.mark.slow
 def test_onnx_runtime_gives_the_same_predictions(trained, tmp_path):
     run, cohort, _ = trained
     predict(run / "best.ckpt", [run / "split.csv"], tmp_path / "t")
@@ -140,6 +145,7 @@ def test_onnx_runtime_gives_the_same_predictions(trained, tmp_path):
         assert float(a["probability"]) == pytest.approx(float(b["probability"]), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_cli_predict_and_clear_errors(trained, tmp_path, capsys):
     run, cohort, _ = trained
     assert main(["predict", "--checkpoint", str(run / "best.ckpt"), str(run / "split.csv"),
@@ -235,6 +241,7 @@ def _outputs(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
 
+@pytest.mark.slow
 def test_an_unreadable_file_is_reported_and_the_rest_predicted(trained, tmp_path, capsys):
     run, cohort, _ = trained
     good, broken = _case_with_a_broken_file(cohort, tmp_path / "case")
@@ -252,6 +259,7 @@ def test_an_unreadable_file_is_reported_and_the_rest_predicted(trained, tmp_path
     assert (case["files"], case["frames"]) == ("3", "3")
 
 
+@pytest.mark.slow
 def test_outputs_replace_an_earlier_result_whole_or_not_at_all(trained, tmp_path, monkeypatch):
     from mucosa.errors import ModelOutputError, MucosaWarning
     from mucosa.inference import batch as predict_module
@@ -287,6 +295,7 @@ def test_outputs_replace_an_earlier_result_whole_or_not_at_all(trained, tmp_path
         assert [r[key] for r in read_csv(out / name)] == [str(good[0])]
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_keeps_the_earlier_result(trained, tmp_path, monkeypatch, capsys):
     import errno
     import os
@@ -309,6 +318,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_earlier_result(trained, tmp_path,
     assert _outputs(out) == earlier
 
 
+@pytest.mark.slow
 def test_formula_like_case_and_file_names_are_neutralised(trained, tmp_path, monkeypatch):
     """CSV injection: a case folder and a file named like spreadsheet formulas come out as text."""
     run, cohort, _ = trained

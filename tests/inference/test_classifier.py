@@ -16,6 +16,8 @@ from mucosa.inference.pytorch import resolve_device
 from mucosa.inference.verdict import NO_VERDICT, UNFAMILIAR, verdict_names
 from mucosa.models.checkpoint import read_checkpoint_file
 
+pytestmark = pytest.mark.slow  # every test here trains or loads a model
+
 QUICK = {"model": {"size": 32}, "split": {"mode": "patient", "test": 0.3, "val": 0.3, "seed": 1},
          "training": {"epochs": 2, "batch_size": 8, "threads": 1}}
 

@@ -106,6 +106,7 @@ def archive(tmp_path_factory):
     return root / "model.ckpt", [root / "cohort" / "images", videos]
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_write_what_one_process_writes(archive, tmp_path):
     checkpoint, paths = archive
     with pytest.warns(MucosaWarning, match="c-broken.png"):

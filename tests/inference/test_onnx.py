@@ -26,10 +26,9 @@ from mucosa.models.checkpoint import (
     read_checkpoint_file,
 )
 from mucosa.models.networks import ModelConfig, create_model
+from tiny_configs import TINY_LUMINANCE, tiny_config
 
-QUICK = {"model": {"size": 40}, "preprocessing": {"quality_threshold": 0.0, "crop": "none", "channel": "luminance"},
-         "split": {"mode": "patient", "test": 0.4, "val": 0.0, "seed": 1},
-         "training": {"epochs": 2, "batch_size": 8, "threads": 1}}
+QUICK = tiny_config(TINY_LUMINANCE, split={"test": 0.4, "val": 0.0, "seed": 1}, training={"epochs": 2})  # no validation
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +62,7 @@ def test_folding_batch_norm_keeps_the_function(kind):
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
 
 
+@pytest.mark.slow
 def test_export_parity_metadata_and_dynamic_batch(trained, tmp_path, capsys):
     import onnx
 
@@ -91,6 +91,7 @@ def test_export_parity_metadata_and_dynamic_batch(trained, tmp_path, capsys):
     np.testing.assert_allclose(a, np.array([s.mean() for s in from_torch.files], float), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_int8_export_reports_agreement_and_auc_change(trained, tmp_path, capsys):
     import onnx
 
@@ -124,6 +125,7 @@ def test_int8_export_reports_agreement_and_auc_change(trained, tmp_path, capsys)
         export(checkpoint, tmp_path / "x.onnx", int8=True)
 
 
+@pytest.mark.slow
 def test_failed_parity_writes_nothing(trained, tmp_path, monkeypatch):
     checkpoint, _, _ = trained
     monkeypatch.setattr("mucosa.inference.onnx.PARITY_TOLERANCE", 0.0)
@@ -132,6 +134,7 @@ def test_failed_parity_writes_nothing(trained, tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_bad_files_give_clear_errors(trained, tmp_path, capsys, monkeypatch):
     checkpoint, manifest, _ = trained
     text = tmp_path / "model.ckpt"
@@ -159,6 +162,7 @@ def test_bad_files_give_clear_errors(trained, tmp_path, capsys, monkeypatch):
     assert "pip install onnxruntime" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key, value", [("classes", "junk["), ("classes", '"one"'), ("classes", None),
                                         ("preprocessing", '{"size": "big"}'), ("preprocessing", "[]")])
 def test_damaged_mucosa_metadata_is_one_line_naming_the_file(trained, tmp_path, capsys, key, value):
@@ -198,6 +202,7 @@ class CountingSession:
         return self.session.get_outputs()
 
 
+@pytest.mark.slow
 def test_predict_and_embed_is_one_pass_with_the_probabilities_of_call(trained, tmp_path):
     checkpoint, _, _ = trained
     loaded = load_checkpoint(checkpoint)
@@ -225,6 +230,7 @@ def test_predict_and_embed_is_one_pass_with_the_probabilities_of_call(trained, t
     assert onnx_model.session.runs == [["probabilities", "embedding"]] * 3 + [["probabilities"]] * 3
 
 
+@pytest.mark.slow
 def test_parity_measures_the_embedding_too(trained):
     loaded = load_checkpoint(trained[0])
     model = to_onnx(loaded)
@@ -234,6 +240,7 @@ def test_parity_measures_the_embedding_too(trained):
     assert max(parity(loaded, model, (2,)).values()) > 1e-2
 
 
+@pytest.mark.slow
 def test_an_export_without_the_embedding_output_predicts_but_cannot_embed(trained, tmp_path):
     import onnx
 
@@ -257,6 +264,7 @@ def test_an_export_without_the_embedding_output_predicts_but_cannot_embed(traine
         classifier.embed(x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, classes", [("cnn-lstm", 2), ("cnn", 3), ("timm:fakenet", 2)])
 def test_every_kind_exports_its_embedding_in_fp32_and_int8(kind, classes, timm, tmp_path):
     from mucosa.data.preparation import Preprocessing

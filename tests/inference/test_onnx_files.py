@@ -21,6 +21,7 @@ def frames(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 40, 40), dtype=np.uint8)
 
 
+@pytest.mark.slow
 def test_deploy_writes_checked_models_and_records_them_in_the_card(deployed):
     run, card, _ = deployed
     loaded = load_checkpoint(run / "best.ckpt")
@@ -62,6 +63,7 @@ def _set_int8_passed(run, passed: bool | None) -> None:
     record_in_card(run / "best.ckpt", onnx_files.CARD_KEY, card)
 
 
+@pytest.mark.slow
 def test_auto_prefers_int8_only_when_its_card_says_it_passed(run):
     _set_int8_passed(run, True)
     chosen = open_predictor(run / "best.ckpt", device="cpu").choice
@@ -76,6 +78,7 @@ def test_auto_prefers_int8_only_when_its_card_says_it_passed(run):
     assert open_predictor(run / "best.ckpt", device="cpu").choice["source"] == "exported in memory"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("card", ["junk", [1, 2], None, {"int8": "x"}, {"int8": {"passed": "yes", "sha256": 12}}])
 def test_a_hand_edited_card_vouches_for_nothing(run, card):
     loaded = load_checkpoint(run / "best.ckpt")
@@ -86,6 +89,7 @@ def test_a_hand_edited_card_vouches_for_nothing(run, card):
     assert (chosen["runtime"], chosen["source"]) == ("pytorch", "best.ckpt, ONNX file beside it not verified")
 
 
+@pytest.mark.slow
 def test_an_int8_file_that_is_not_the_one_measured_is_not_used(run):
     _set_int8_passed(run, True)
     shutil.copyfile(run / "best.onnx", run / "best.int8.onnx")  # same weights, but not the measured file
@@ -93,6 +97,7 @@ def test_an_int8_file_that_is_not_the_one_measured_is_not_used(run):
     assert open_predictor(run / "best.ckpt", "onnx", device="cpu").choice["source"] == "best.onnx"  # fp32 asked
 
 
+@pytest.mark.slow
 def test_a_vouched_int8_file_that_does_not_load_falls_back_to_best_onnx(run, monkeypatch):
     _set_int8_passed(run, True)
     real = onnx_files.onnx.OnnxPredictor
@@ -108,6 +113,7 @@ def test_a_vouched_int8_file_that_does_not_load_falls_back_to_best_onnx(run, mon
     assert (chosen["runtime"], chosen["precision"], chosen["source"]) == ("onnxruntime", "fp32", "best.onnx")
 
 
+@pytest.mark.slow
 def test_the_bytes_checked_are_the_bytes_run(run, monkeypatch):
     _set_int8_passed(run, True)
     measured = (run / "best.int8.onnx").read_bytes()
@@ -126,6 +132,7 @@ def test_the_bytes_checked_are_the_bytes_run(run, monkeypatch):
     assert predictor.metadata.get("quantization", "none") != "none"
 
 
+@pytest.mark.slow
 def test_onnx_files_of_other_weights_are_refused(run, caplog):
     _set_int8_passed(run, True)
     data = read_checkpoint_file(run / "best.ckpt")
@@ -140,6 +147,7 @@ def test_onnx_files_of_other_weights_are_refused(run, caplog):
     np.testing.assert_allclose(predictor(x), TorchPredictor(load_checkpoint(run / "best.ckpt"))(x), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_failed_export_keeps_the_training_run(run, monkeypatch, caplog):
     before = (run / "best.ckpt").read_bytes()
     (run / "best.onnx").unlink()
@@ -154,6 +162,7 @@ def test_a_failed_export_keeps_the_training_run(run, monkeypatch, caplog):
     assert (run / "best.ckpt").read_bytes() == before and not (run / "best.onnx").exists()
 
 
+@pytest.mark.slow
 def test_a_card_that_cannot_be_written_leaves_no_onnx_files(run, monkeypatch, caplog):
     from mucosa.atomic import WriteError
 
@@ -171,6 +180,7 @@ def test_a_card_that_cannot_be_written_leaves_no_onnx_files(run, monkeypatch, ca
     assert not [p for p in run.iterdir() if ".tmp" in p.name]
 
 
+@pytest.mark.slow
 def test_a_failed_int8_export_is_recorded_and_fp32_still_written(run, deployed, monkeypatch):
     def broken(model, calibration):
         raise ValueError("no calibration")
@@ -183,6 +193,7 @@ def test_a_failed_int8_export_is_recorded_and_fp32_still_written(run, deployed, 
     assert open_predictor(run / "best.ckpt", device="cpu").choice["source"] == "best.onnx"
 
 
+@pytest.mark.slow
 def test_commands_print_and_record_the_runtime_chosen(run, tmp_path, capsys):
     _set_int8_passed(run, True)
     assert main(["predict", str(run / "split.csv"), "--checkpoint", str(run / "best.ckpt"), "--device", "cpu",

@@ -15,6 +15,8 @@ from mucosa.inference.pytorch import TorchPredictor
 from mucosa.inference.runtime import open_predictor
 from mucosa.models.checkpoint import load_checkpoint, record_in_card
 
+pytestmark = pytest.mark.slow  # every test here trains or loads a model
+
 
 def flip(path, which: str, most: int | None = None) -> None:
     """XOR 0xFF every byte (or the first ``most``) of one initializer's raw data, in place in the file: the

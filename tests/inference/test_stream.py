@@ -61,6 +61,7 @@ def write_clip(path: Path, frames: list[np.ndarray], codec: str = "ffv1", rate: 
         container.mux(stream.encode())
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_real_clip_gives_one_row_per_frame_equal_to_predict(checkpoint, predictor, pcle_colon_video, tmp_path):
     summary = stream(predictor, pcle_colon_video, window=5, timeline=tmp_path / "t.csv")
@@ -86,6 +87,7 @@ def test_real_clip_gives_one_row_per_frame_equal_to_predict(checkpoint, predicto
     assert set(summary.stage_ms()) == {"decode", "prepare", "infer", "atlas", "smooth"}
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_black_frame_in_a_clip_is_skipped_and_counted(predictor, brain_frames, tmp_path):
     frames = list(brain_frames[:20])
@@ -100,6 +102,7 @@ def test_black_frame_in_a_clip_is_skipped_and_counted(predictor, brain_frames, t
     assert (summary.used, summary.skipped) == (19, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_corrupt_frame_mid_video_is_skipped_and_counted(predictor, brain_frames, tmp_path):
     write_clip(tmp_path / "bad.avi", brain_frames[:16], codec="mjpeg", garbage_at=8)
@@ -113,6 +116,7 @@ def test_corrupt_frame_mid_video_is_skipped_and_counted(predictor, brain_frames,
     assert summary.verdict != NO_VERDICT
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_field_of_view_is_found_again_after_a_dark_start(predictor, brain_frames, tmp_path):
     dark = [np.zeros_like(brain_frames[0])] * 12  # more than the checkpoint's 8 field-of-view frames
@@ -124,6 +128,7 @@ def test_field_of_view_is_found_again_after_a_dark_start(predictor, brain_frames
     assert rows[11]["verdict"] == NO_VERDICT and rows[12]["verdict"] != NO_VERDICT
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_annotated_video_and_realtime_pacing(predictor, brain_frames, tmp_path):
     import av
@@ -153,6 +158,7 @@ def test_smoother_window_and_case_mean():
     assert multi.verdict == "b"
 
 
+@pytest.mark.slow
 def test_cli_stream_and_clear_errors(checkpoint, tmp_path, capsys):
     from scipy import ndimage
 
@@ -244,6 +250,7 @@ def test_a_stream_that_fails_leaves_the_earlier_timeline_and_video_whole(tmp_pat
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.mp4", "t.csv"]  # no temporary files
 
 
+@pytest.mark.slow
 def test_stream_outputs_are_checked_before_the_first_frame(checkpoint, tmp_path, capsys):
     rng = np.random.default_rng(0)
     write_clip(tmp_path / "clip.avi", [rng.random((48, 64)) for _ in range(4)])

@@ -90,6 +90,7 @@ def test_unknown_name_and_unreachable_weights_are_clear(timm):
     assert "model.pretrained" in message and "couldn't connect" in message and "\n" not in message
 
 
+@pytest.mark.slow
 def test_train_checkpoint_export_predict_gradcam_and_stream(timm, tmp_path):
     from media import write_video
     from mucosa.inference.onnx import export
@@ -121,6 +122,7 @@ def test_train_checkpoint_export_predict_gradcam_and_stream(timm, tmp_path):
         assert summary is not None
 
 
+@pytest.mark.slow
 def test_pretrain_and_fine_tune_a_backbone(timm, tmp_path):
     from mucosa.models.checkpoint import initialise_from
     from mucosa.models.pretraining import encoder_keys, pretrain

@@ -154,6 +154,7 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
+@pytest.mark.slow
 def test_print_config_resolves_file_flags_and_set(tmp_path, capsys):
     path = write(tmp_path, "model: {size: 64}\ntraining: {epochs: 8, lr: 1e-3}\n")
     code, out, _ = run_cli(capsys, "--config", path, "--epochs", "3", "--set", "training.lr=3e-4", "--set",

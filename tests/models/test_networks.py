@@ -62,6 +62,7 @@ def test_output_shape_and_params_at_64(kind: str) -> None:
     assert n_params(model) == expected_params(kind, 64)
 
 
+@pytest.mark.slow
 def test_cnn_lstm_at_paper_size() -> None:
     model = create_model(ModelConfig(kind="cnn-lstm", size=300)).eval()
     assert isinstance(model, CNNLSTM)
@@ -73,6 +74,7 @@ def test_cnn_lstm_at_paper_size() -> None:
     assert n_params(model) == expected_params("cnn-lstm", 300)
 
 
+@pytest.mark.slow
 def test_cnn_at_paper_size(cnn_300: CNN) -> None:
     assert isinstance(cnn_300, CNN)
     with torch.no_grad():

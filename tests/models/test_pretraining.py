@@ -82,6 +82,7 @@ def test_encoder_is_the_part_before_the_head():
         assert "bn2.running_mean" in keys  # batch-norm statistics travel with the encoder
 
 
+@pytest.mark.slow
 def test_loss_is_finite_and_falls_on_a_fixed_batch():
     torch.manual_seed(0)
     module = Contrastive(tiny(), METHOD, {})
@@ -98,6 +99,7 @@ def test_loss_is_finite_and_falls_on_a_fixed_batch():
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 def test_pretrain_reads_no_labels_and_describes_what_it_saw(encoder, unlabelled, cohort):
     data = read_checkpoint_file(encoder)
     info = data["mucosa"]
@@ -134,6 +136,7 @@ def test_parts_keep_only_the_named_split_rows(cohort, tmp_path):
         pretrain(split, tiny(), tmp_path / "Q", FrameCache(tmp_path / "cache"), parts=["val"])
 
 
+@pytest.mark.slow
 def test_cli_pretrain_resume_and_refusals(unlabelled, tmp_path, capsys):
     out = tmp_path / "P"
     common = ["--cache", str(tmp_path / "cache"), "--threads", "1"]
@@ -152,6 +155,7 @@ def test_cli_pretrain_resume_and_refusals(unlabelled, tmp_path, capsys):
     assert "would not apply" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_pretraining_is_exit_130_and_the_run_resumes(unlabelled, tmp_path, capsys, monkeypatch):
     import signal
 
@@ -178,6 +182,7 @@ def test_ctrl_c_mid_pretraining_is_exit_130_and_the_run_resumes(unlabelled, tmp_
     assert read_checkpoint_file(out / "encoder.ckpt")["mucosa"]["method"]["epochs_done"] == 2
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_last_ckpt_of_other_settings_in_one_line(encoder, tmp_path, capsys):
     import shutil
 
@@ -196,6 +201,7 @@ def test_resume_refuses_a_last_ckpt_of_other_settings_in_one_line(encoder, tmp_p
         assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "last.ckpt" in err, err
 
 
+@pytest.mark.slow
 def test_init_from_starts_from_the_encoder_weights(encoder):
     model = create_model(ModelConfig(kind="cnn", size=32))
     head_before = model.fc3.weight.clone()
@@ -207,6 +213,7 @@ def test_init_from_starts_from_the_encoder_weights(encoder):
     assert record["encoder"] is True and record["feature_share"] == 1.0 and "conv1" in record["transferred"]
 
 
+@pytest.mark.slow
 def test_train_init_from_encoder_and_mismatch_refused(encoder, cohort, tmp_path):
     cache = FrameCache(tmp_path / "cache")
     best = train(cohort, tiny(), tmp_path / "run", init_from=encoder, cache=cache, progress=False)

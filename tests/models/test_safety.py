@@ -2,6 +2,7 @@
 resumed runs keep their best score and log each epoch once, experiment loggers."""
 
 import csv
+import functools
 import json
 import shutil
 import sys
@@ -21,22 +22,13 @@ from mucosa.data.synth import synthesize_cohort
 from mucosa.errors import ConfigError, ManifestError
 from mucosa.models import trainer
 from mucosa.models.checkpoint import CheckpointFileError, initialise_from, load_checkpoint
-from mucosa.models.config import config_from_dict, load_config
+from mucosa.models.config import load_config
 from mucosa.models.tracking import RunCheckpoint, epoch_metrics, keep_epochs
 from mucosa.models.trainer import TrainingDivergedError
 from mucosa.models.training import FrameClassifierModule, resume, train
+from tiny_configs import TINY_NO_AUGMENTATION, run_config
 
-QUICK = {"model": {"size": 32}, "preprocessing": {"quality_threshold": 0.0},
-         "split": {"mode": "patient", "test": 0.25, "val": 0.25},
-         "training": {"epochs": 1, "batch_size": 8, "threads": 1},
-         "augmentation": {"probability": 0.0, "flip": False}}
-
-
-def quick(**changes):
-    data = json.loads(json.dumps(QUICK))
-    for section, values in changes.items():
-        data.setdefault(section, {}).update(values)
-    return config_from_dict(data)
+quick = functools.partial(run_config, TINY_NO_AUGMENTATION)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +58,7 @@ def tampered(source: Path, target: Path, change) -> Path:
 
 # --- divergence ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_with_a_clear_error_and_no_checkpoint(cohort, tmp_path, capsys):
     run = tmp_path / "run"
     code = main(["train", "--manifest", str(cohort), "--size", "32", "--quality", "0", "--epochs", "2",
@@ -77,6 +70,7 @@ def test_a_diverging_run_stops_with_a_clear_error_and_no_checkpoint(cohort, tmp_
     assert not list(run.glob("*.ckpt"))  # nothing that predict or evaluate could use
 
 
+@pytest.mark.slow
 def test_non_finite_weights_stop_training_before_the_epoch_is_saved(trained):
     config = load_config(trained / "config.yaml")
     module = FrameClassifierModule(config, ["control", "active"], [1, 1], {})
@@ -97,6 +91,7 @@ def test_an_undefined_validation_score_never_chooses_a_checkpoint(tmp_path):
 
 # --- damaged checkpoints --------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_checkpoint_with_nan_weights_is_refused(trained, cohort, cache, tmp_path, capsys):
     def poison(data):
         data["state_dict"]["model.conv1.weight"].fill_(float("nan"))
@@ -116,6 +111,7 @@ def test_a_checkpoint_with_nan_weights_is_refused(trained, cohort, cache, tmp_pa
     assert code == 2 and "cannot give verdicts" in err and not (tmp_path / "pred" / "predictions.csv").exists()
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_last_checkpoint_with_nan_weights(trained, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained, run)
@@ -125,6 +121,7 @@ def test_resume_refuses_a_last_checkpoint_with_nan_weights(trained, tmp_path):
         resume(run)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage, message", [
     (lambda raw: b"", "the checkpoint file is empty"),
     (lambda raw: raw[: len(raw) // 2], "not a readable PyTorch checkpoint (truncated or damaged)"),
@@ -139,6 +136,7 @@ def test_empty_or_truncated_checkpoints_get_one_clear_line(trained, tmp_path, da
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("classes", [None, [], ["active"], ["active", "active"], "active,control"])
 def test_a_checkpoint_without_classes_is_refused(trained, tmp_path, classes):
     def drop(data):
@@ -152,6 +150,7 @@ def test_a_checkpoint_without_classes_is_refused(trained, tmp_path, classes):
         load_checkpoint(path)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_with_invalid_settings_is_refused(trained, tmp_path):
     path = tampered(trained / "best.ckpt", tmp_path / "x.ckpt",
                     lambda data: data["mucosa"]["preprocessing"].update(channel="pink"))
@@ -195,6 +194,7 @@ def test_a_validation_class_emptied_by_the_quality_gate_is_refused(cohort, cache
 
 # --- resuming -----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_moved_run_finds_its_data_whether_moved_alone_or_with_it(tmp_path):
     """split.csv's paths are relative to the run: moved alone they led nowhere (noted and left open twice)."""
     from mucosa.api import evaluate
@@ -219,6 +219,7 @@ def test_a_moved_run_finds_its_data_whether_moved_alone_or_with_it(tmp_path):
         resume(alone, cache)  # moved alone, and its data gone too: the missing file is named
 
 
+@pytest.mark.slow
 def test_resuming_a_copied_run_keeps_its_best_score(cohort, tmp_path):
     # A learning rate far below float32 resolution and frozen batch-norm statistics: every epoch scores the same,
     # so a later epoch must never replace best.ckpt (Lightning forgot the best score of a moved folder).
@@ -253,6 +254,7 @@ def rows_per_epoch(run: Path) -> dict[tuple[int, str], int]:
     return counts
 
 
+@pytest.mark.slow
 def test_a_failed_checkpoint_write_then_resume_logs_each_epoch_once(cohort, cache, tmp_path, monkeypatch):
     real = trainer.atomic.write_torch
 
@@ -272,6 +274,7 @@ def test_a_failed_checkpoint_write_then_resume_logs_each_epoch_once(cohort, cach
     assert rows_per_epoch(run) == {(0, "train_loss"): 1, (0, "val_auc"): 1, (1, "train_loss"): 1, (1, "val_auc"): 1}
 
 
+@pytest.mark.slow
 def test_a_full_disk_before_any_epoch_was_saved_leaves_no_metrics_and_advice_that_works(cohort, cache, tmp_path,
                                                                                         monkeypatch):
     """It said "continue with --resume", which then refused, and left metrics.csv for a model never saved."""

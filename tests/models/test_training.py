@@ -65,6 +65,7 @@ def mean_loss(module, loader):
     return sum(losses) / len(loader.dataset)
 
 
+@pytest.mark.slow
 def test_one_epoch_lowers_the_loss_and_checkpoint_round_trips(cohort, cache, tmp_path):
     config = quick(training={"epochs": 3, "lr": 3e-3})
     plan = plan_run(cohort, config, tmp_path / "run", cache)
@@ -226,6 +227,7 @@ def _epochs_logged(run: Path) -> list[int]:
         return [int(row["epoch"]) for row in csv.DictReader(handle) if row.get("train_loss")]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_mid_epoch(tmp_path):
     cohort = synthesize_cohort(tmp_path / "c", patients=8, per_patient=30, size=48, seed=1)
     run, cache = tmp_path / "run", tmp_path / "cache"
@@ -252,6 +254,7 @@ def test_resume_after_sigkill_mid_epoch(tmp_path):
     assert best.info["deployment"]["weights_sha256"] == best.weights_sha256 and (run / "best.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_see_disjoint_data(tmp_path):
     cohort = synthesize_cohort(tmp_path / "c", patients=4, per_patient=6, size=32, seed=2)  # 24 frames: even
     run = tmp_path / "run"
@@ -284,6 +287,7 @@ def test_several_nodes_without_a_launcher_are_refused_before_training(monkeypatc
     check_hardware_settings(config)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("monitor", ["val_auc", "val_loss"])
 def test_best_checkpoint_is_the_epoch_the_monitor_chooses(cohort, cache, tmp_path, monitor):
     """training.monitor: best.ckpt holds the epoch of the highest validation AUC, or of the lowest validation
@@ -325,6 +329,7 @@ def test_resume_names_the_setting_edited_that_cannot_change(cohort, cache, tmp_p
         resume(tmp_path / "run", cache)
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_class_order_the_run_was_trained_with(cohort, cache, tmp_path):
     """A run trained with --classes active,control (control the positive class) continues with that order, not
     the manifest's default (control, active): the resumed epochs learn and name the classes as the first did."""

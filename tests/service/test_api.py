@@ -20,7 +20,7 @@ from mucosa.errors import ConfigError
 from mucosa.service.engine import Engine
 from serving import serving, upload, wait_done
 
-pytestmark = [pytest.mark.realdata, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+pytestmark = [pytest.mark.realdata, pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 
 def leftovers(root: Path) -> list[Path]:

@@ -34,6 +34,7 @@ def data_root(tmp_path, frame_png):
     return root
 
 
+@pytest.mark.slow
 def test_a_link_inside_a_named_folder_cannot_lead_out_of_the_data_root(engine, data_root):
     (data_root / "mixed").mkdir()
     (data_root / "mixed" / "a.png").symlink_to(data_root / "images" / "a.png")  # inside: fine
@@ -70,6 +71,7 @@ def rooted(engine, frame_png, tmp_path_factory):
 DEEP = '{"path": ' + "[" * 20_000 + "]" * 20_000 + "}"  # under the 64 KB a JSON body may have
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("body, words", [
     ({"path": "images/a\x00.png"}, "NUL"),
     ({"path": "x" * 5000}, "at most 1024 characters"),
@@ -102,6 +104,7 @@ def test_malformed_case_requests_are_422_with_one_sentence(rooted, body, words):
     assert files_under(root) == []  # and no file left behind
 
 
+@pytest.mark.slow
 def test_request_validation_errors_are_one_sentence(client_with_case):
     client, case_id = client_with_case
     for method, url, words in (("get", f"/v1/cases/{case_id}?since=-1", "since"),
@@ -121,6 +124,7 @@ def client_with_case(engine, frame_png):
         yield client, case["id"]
 
 
+@pytest.mark.slow
 def test_no_stored_case_breaks_the_list(engine, frame_png):
     with serving(engine) as (client, root):
         good = wait_done(client, upload(client, "/v1/cases", frame_png).json()["id"])
@@ -134,6 +138,7 @@ def test_no_stored_case_breaks_the_list(engine, frame_png):
         assert client.get("/healthz").json()["cases"] == 2
 
 
+@pytest.mark.slow
 def test_error_details_never_show_server_paths_pids_or_errnos(engine, tmp_path, brain_video, frame_png):
     (tmp_path / "clip.mpg").write_bytes(b"\x00\x00\x01\xba" + b"\x00" * 4000)
     (tmp_path / "fragment.mpg").write_bytes(brain_video.read_bytes()[:2048])
@@ -157,6 +162,7 @@ def test_error_details_never_show_server_paths_pids_or_errnos(engine, tmp_path, 
             assert_private(response.json()["detail"], root, tmp_path)
 
 
+@pytest.mark.slow
 def test_an_unexpected_error_is_a_json_500_without_details(engine, frame_png, monkeypatch):
     def broken(paths):
         raise RuntimeError(f"{paths[0]}: something went wrong at {time.time()}")

@@ -17,7 +17,7 @@ from browsing import mucosa_serve
 from media import files_under
 from mucosa.data.video import iter_video_frames
 
-pytestmark = pytest.mark.realdata
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pytest
 
 from serving import serving, upload, wait_done
 
-pytestmark = [pytest.mark.realdata, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+pytestmark = [pytest.mark.realdata, pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 
 def test_damaged_videos_carry_their_decode_warnings(engine, brain_video, damaged):

@@ -30,6 +30,7 @@ def printed(capsys, *args: str) -> tuple[dict, str]:
     return yaml.safe_load(text)["serve"], text
 
 
+@pytest.mark.slow
 def test_print_config_shows_the_documented_defaults_and_reads_back(capsys, tmp_path):
     values, text = printed(capsys)
     assert {k: values[k] for k in ("host", "port", "max_upload_mb", "queue_size", "threshold", "window")} == {

@@ -16,12 +16,12 @@ from mucosa.atomic import OutputSet
 from mucosa.errors import ConfigError
 from mucosa.evaluation.privacy import redactor, shown
 from mucosa.evaluation.report import (
-    _html_table,
-    _md_table,
     embed,
     fmt,
     html_page,
+    html_table,
     md_escape,
+    md_table,
     plot_curves,
 )
 from mucosa.intervals import BOOTSTRAP, DESCRIPTIONS, EXACT
@@ -224,7 +224,7 @@ def compare(folders: list[str | Path], out: str | Path, n_boot: int = 2000, seed
 
 
 def _markdown(title, intro, header, rows, footnotes, tests, figures) -> str:
-    md = [f"# {md_escape(title)}", "", *[md_escape(n) + "\n" for n in intro], _md_table(header, rows), "",
+    md = [f"# {md_escape(title)}", "", *[md_escape(n) + "\n" for n in intro], md_table(header, rows), "",
           *[f"- {md_escape(n)}" for n in footnotes], "", "## Paired tests (ROC AUC)", "",
           *[f"- {md_escape(_test_line(t))}" for t in tests], "", *[f"![{p.stem}]({p.name})" for p in figures]]
     return "\n".join(md) + "\n"
@@ -233,7 +233,7 @@ def _markdown(title, intro, header, rows, footnotes, tests, figures) -> str:
 def _html(title, intro, header, rows, footnotes, tests, figures) -> str:
     numeric = tuple(range(1, len(header)))
     body = [f"<h1>{html.escape(title)}</h1>", *[f"<p>{html.escape(n)}</p>" for n in intro],
-            _html_table(header, rows, numeric=numeric)]
+            html_table(header, rows, numeric=numeric)]
     if footnotes:
         body.append("<ul class='notes'>" + "".join(f"<li>{html.escape(n)}</li>" for n in footnotes) + "</ul>")
     body += ["<h2>Paired tests (ROC AUC)</h2><ul>", *[f"<li>{html.escape(_test_line(t))}</li>" for t in tests],

@@ -255,7 +255,7 @@ def md_escape(text: object) -> str:
     return " ".join(re.sub(r"([\\`*_\[\]|#])", r"\\\1", escaped).split())
 
 
-def _html_table(header: list[str], rows: list[list[str]], numeric: tuple[int, ...] = ()) -> str:
+def html_table(header: list[str], rows: list[list[str]], numeric: tuple[int, ...] = ()) -> str:
     """An HTML table, every cell escaped; columns in ``numeric`` are right-aligned, an ``interval`` column is
     set in small type and a ``NO`` (a wrong verdict) is marked."""
     def cell(i: int, value) -> str:
@@ -269,8 +269,14 @@ def _html_table(header: list[str], rows: list[list[str]], numeric: tuple[int, ..
     return f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table, every cell escaped (:func:`md_escape`)."""
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table, every cell escaped (:func:`md_escape`).
+
+    >>> print(md_table(["patient", "verdict"], [["P|1", "active"]]))
+    | patient | verdict |
+    |---|---|
+    | P\\|1 | active |
+    """
     lines = ["| " + " | ".join(md_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(md_escape(c) for c in r) + " |" for r in rows])
 
@@ -334,12 +340,12 @@ def write_report(out: Path, result: dict, scored, patients: list[dict],
     levels = [s for s in sections if s[1] == LEVEL_HEADER]
     parts.append("<div class='levels'>")
     for heading, header, rows in levels:
-        parts += [f"<section><h2>{html.escape(heading)}</h2>", _html_table(header, rows, numeric=(1,)), "</section>"]
+        parts += [f"<section><h2>{html.escape(heading)}</h2>", html_table(header, rows, numeric=(1,)), "</section>"]
     parts.append("</div>")
     for heading, header, rows in sections:
         if (heading, header, rows) not in levels:
-            parts += [f"<h2>{html.escape(heading)}</h2>", _html_table(header, rows, numeric=(1, 2))]
-        md += [f"## {md_escape(heading)}", "", _md_table(header, rows), ""]
+            parts += [f"<h2>{html.escape(heading)}</h2>", html_table(header, rows, numeric=(1, 2))]
+        md += [f"## {md_escape(heading)}", "", md_table(header, rows), ""]
     parts.append("<h2>Figures</h2><div class='figures'>")
     md += ["## Figures", ""]
     for figure in figures:
