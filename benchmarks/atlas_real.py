@@ -37,8 +37,8 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from mucosa.data.cache import FrameCache
+from mucosa.data.frame_table import assemble
 from mucosa.data.manifest import load_manifest
-from mucosa.data.table import assemble
 from mucosa.inference.atlas import Atlas, AtlasModel, FrameRecords
 from mucosa.inference.pytorch import TorchPredictor
 from mucosa.models.checkpoint import load_checkpoint

@@ -7,9 +7,9 @@ from PIL import Image
 from media import write_video
 from mucosa.cli import main
 from mucosa.data.cache import FrameCache
+from mucosa.data.frame_table import assemble
 from mucosa.data.manifest import Cohort, Record, load_manifest
 from mucosa.data.preparation import Preprocessing
-from mucosa.data.table import assemble
 from mucosa.errors import ConfigError
 from mucosa.models.config import config_from_dict
 from mucosa.models.dataset import CaseSampler, FrameDataset, case_sampler, frame_loader

@@ -159,8 +159,8 @@ def cmd_split(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
+    from mucosa.data.frame_table import assemble
     from mucosa.data.manifest import load_manifest
-    from mucosa.data.table import assemble
 
     cache = open_cache(args.cache)
     cohort = load_manifest(args.manifest, positive=args.positive)

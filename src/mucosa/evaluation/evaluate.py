@@ -17,9 +17,9 @@ import numpy as np
 from mucosa import intervals, metrics
 from mucosa.atomic import OutputSet
 from mucosa.data.cache import FrameCache
+from mucosa.data.frame_table import FrameTable, assemble
 from mucosa.data.manifest import Cohort, load_manifest
 from mucosa.data.splits import select_parts
-from mucosa.data.table import FrameTable, assemble
 from mucosa.errors import ConfigError
 from mucosa.evaluation.explain import gallery
 from mucosa.evaluation.privacy import Redactor, redactor, shown

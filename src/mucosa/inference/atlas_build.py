@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from mucosa.data.cache import FrameCache
+from mucosa.data.frame_table import FrameTable, assemble
 from mucosa.data.manifest import Cohort, Record, check_parts, load_manifest
 from mucosa.data.readers import FrameSelection
-from mucosa.data.table import FrameTable, assemble
 from mucosa.errors import MucosaWarning, first_line
 from mucosa.inference import atlas_store
 from mucosa.inference.atlas import (

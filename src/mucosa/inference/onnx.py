@@ -31,10 +31,10 @@ import torch
 from mucosa import atomic, metrics
 from mucosa._version import __version__
 from mucosa.data.cache import FrameCache
+from mucosa.data.frame_table import assemble
 from mucosa.data.manifest import Cohort, load_manifest
 from mucosa.data.preparation import Preprocessing
 from mucosa.data.splits import select_parts
-from mucosa.data.table import assemble
 from mucosa.errors import ConfigError, MucosaError
 from mucosa.formats import check_version, split_format
 from mucosa.inference import provenance

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mucosa.data.table import FrameTable
+from mucosa.data.frame_table import FrameTable
 from mucosa.errors import ConfigError
 from mucosa.models.checkpoint import LoadedCheckpoint
 from mucosa.models.networks import embedding_size

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mucosa.data.table import FrameTable
+from mucosa.data.frame_table import FrameTable
 
 
 def make_augmentation(config, size: int, seed: int = 0):

@@ -37,8 +37,8 @@ from torch.utils.data import DataLoader
 from mucosa import atomic
 from mucosa._version import __version__
 from mucosa.data.cache import FrameCache
+from mucosa.data.frame_table import assemble
 from mucosa.data.manifest import check_parts, load_manifest
-from mucosa.data.table import assemble
 from mucosa.errors import ConfigError
 from mucosa.models.checkpoint import ENCODER_FORMAT, CheckpointFileError
 from mucosa.models.config import RunConfig, load_config

@@ -30,8 +30,8 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from mucosa import atomic
 from mucosa.allocator import mallopt
+from mucosa.data.frame_table import FrameTable
 from mucosa.data.manifest import Cohort
-from mucosa.data.table import FrameTable
 from mucosa.errors import ConfigError, MucosaError
 from mucosa.models.checkpoint import CheckpointFileError, read_checkpoint_file, refuse_non_finite
 from mucosa.models.config import RunConfig

@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from mucosa.data.cache import FrameCache
+from mucosa.data.frame_table import assemble
 from mucosa.data.ingest import refuse_suspicious_classes, restrict_classes
 from mucosa.data.manifest import Cohort, load_manifest
 from mucosa.data.splits import split_cohort
-from mucosa.data.table import assemble
 from mucosa.errors import ConfigError
 from mucosa.models.checkpoint import (
     check_encoder,
