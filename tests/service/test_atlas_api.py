@@ -2,13 +2,12 @@
 ``GET /v1/cases/{id}/similar`` (its own patient never returned, k's bounds, 404 and 409), with a tiny model that
 ``mucosa train`` wrote with its atlas; and a checkpoint without one."""
 
-import csv
 import shutil
 
 import numpy as np
 import pytest
 
-from serving import serving, upload, wait_done
+from serving import patient_images, serving, sine_png, upload, wait_done
 
 
 @pytest.fixture(scope="module")
@@ -26,24 +25,6 @@ def bare_engine(atlas_run, tmp_path_factory):
     path = tmp_path_factory.mktemp("bare") / "best.ckpt"
     shutil.copyfile(atlas_run.best, path)
     return Engine(path, device="cpu")
-
-
-def patient_images(cohort, patient):
-    """The image files of one patient of the synthetic cohort."""
-    with open(cohort / "manifest.csv", newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if row["patient"] == patient]
-    return [cohort / row["path"] for row in rows]
-
-
-def sine_png(folder):
-    """A synthetic sine pattern, nothing like the cohort's images."""
-    from PIL import Image
-
-    y, x = np.mgrid[0:120, 0:120]
-    image = np.round(127.5 + 127.5 * np.sin(x / 2.0) * np.cos(y / 3.0)).astype(np.uint8)
-    path = folder / "sine.png"
-    Image.fromarray(image).save(path)
-    return path
 
 
 def test_card_and_timeline_carry_the_atlas(atlas_engine, atlas_run):
