@@ -96,3 +96,25 @@ def test_without_an_atlas_it_says_it_cannot_tell(bare_engine, atlas_run):
         assert all(row["unfamiliar"] is None for row in case["timeline"])
         answer = client.get(f"/v1/cases/{case_id}/similar")
         assert answer.status_code == 409 and "no atlas" in answer.json()["detail"]
+
+
+def test_the_report_carries_the_vote_the_unfamiliar_share_and_the_similar_cases(atlas_engine, atlas_run):
+    images = patient_images(atlas_run.cohort, "P01")
+    with serving(atlas_engine) as (client, _):
+        case_id = upload(client, "/v1/cases", *images).json()["id"]
+        case = wait_done(client, case_id)
+        atlas = client.get(f"/v1/cases/{case_id}/report.json").json()["atlas"]
+        page = client.get(f"/v1/cases/{case_id}/report.html").text
+        pdf = client.get(f"/v1/cases/{case_id}/report.pdf")
+    assert atlas["vote"] == case["verdict"]["atlas_vote"] and atlas["unfamiliar"] == case["verdict"]["unfamiliar"]
+    assert 1 <= len(atlas["similar"]) <= 5 and all(c["patient"] != "P01" for c in atlas["similar"])
+    assert "Atlas vote (second opinion)" in page and "Similar case 1" in page
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+
+
+def test_a_report_without_an_atlas_says_it_cannot_tell(bare_engine, atlas_run):
+    with serving(bare_engine) as (client, _):
+        case_id = upload(client, "/v1/cases", *patient_images(atlas_run.cohort, "P02")[:2]).json()["id"]
+        wait_done(client, case_id)
+        atlas = client.get(f"/v1/cases/{case_id}/report.json").json()["atlas"]
+    assert not atlas["available"] and "cannot tell" in atlas["note"] and atlas["similar"] == []

@@ -26,11 +26,11 @@ from mucosa.errors import MucosaError
 from mucosa.inference.atlas import Atlas, AtlasError
 from mucosa.inference.atlas_build import find_atlas, open_atlas
 from mucosa.inference.atlas_store import file_sha256
-from mucosa.inference.similar import consult, similar_entry
+from mucosa.inference.similar import SIMILAR_CASES, consult, similar_entry
 from mucosa.service.framestore import encode
 
-__all__ = ["EMBEDDINGS", "FRAME_NUMBERS", "MAX_SIMILAR", "NO_ATLAS", "CaseFamiliarity", "NotReady", "atlas_beside",
-           "atlas_card", "own_patient", "similar_cases"]
+__all__ = ["EMBEDDINGS", "FRAME_NUMBERS", "MAX_SIMILAR", "NO_ATLAS", "SIMILAR_CASES", "CaseFamiliarity", "NotReady",
+           "atlas_beside", "atlas_card", "own_patient", "similar_cases"]
 
 log = logging.getLogger(__name__)
 
