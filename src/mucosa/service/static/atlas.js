@@ -11,7 +11,7 @@ const ATLAS = { caseId: null, similar: null, loading: false };
 function renderAtlasNote(card) {
   const note = $("atlas-note");
   note.hidden = Boolean(card.atlas);
-  note.textContent = card.atlas ? "" : card.atlas_note ||
+  note.textContent = note.title = card.atlas ? "" : card.atlas_note ||
     "no atlas: mucosa cannot tell whether this recording is unlike its training data";
 }
 
