@@ -1,6 +1,7 @@
 """The web service as the service tests run it (importable from every test folder: pytest's pythonpath):
 in process through FastAPI's TestClient, or as a real uvicorn server on a loopback port in a thread."""
 
+import csv
 import threading
 import time
 from contextlib import contextmanager
@@ -63,3 +64,22 @@ def upload(client, url, *paths, **kwargs):
     """POST the files at ``paths`` as the multipart field ``file``."""
     files = [("file", (Path(p).name, Path(p).read_bytes())) for p in paths]
     return client.post(url, files=files, **kwargs)
+
+
+def patient_images(cohort, patient):
+    """The image files of one patient of the synthetic cohort."""
+    with open(cohort / "manifest.csv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["patient"] == patient]
+    return [cohort / row["path"] for row in rows]
+
+
+def sine_png(folder):
+    """A synthetic sine pattern, nothing like the cohort's images."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:120, 0:120]
+    image = np.round(127.5 + 127.5 * np.sin(x / 2.0) * np.cos(y / 3.0)).astype(np.uint8)
+    path = folder / "sine.png"
+    Image.fromarray(image).save(path)
+    return path

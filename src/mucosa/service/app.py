@@ -38,7 +38,7 @@ from mucosa.service.dependencies import TOKEN_ERRORS, require_token
 from mucosa.service.engine import Engine
 from mucosa.service.presentation import BANNER, class_colours
 from mucosa.service.problems import install
-from mucosa.service.routes import cases, health, model, predict, reports
+from mucosa.service.routes import cases, health, model, predict, reports, similar
 from mucosa.service.routes.common import API_VERSION
 from mucosa.service.settings import ServeSettings
 
@@ -82,7 +82,7 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
     install(app, lambda: [p for p in (getattr(app.state, "root", None), *data_roots) if p is not None])
 
     api = APIRouter(prefix=f"/{API_VERSION}", dependencies=[Depends(require_token)], responses=TOKEN_ERRORS)
-    for router in (model.router, predict.router, cases.router, reports.router):
+    for router in (model.router, predict.router, cases.router, similar.router, reports.router):
         api.include_router(router)
     app.include_router(api)
     app.include_router(health.router)

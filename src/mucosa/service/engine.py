@@ -31,11 +31,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +52,9 @@ from mucosa.inference.provenance import UnverifiedModelError, read_vouched
 from mucosa.inference.pytorch import TorchPredictor, resolve_device
 from mucosa.inference.stream import Smoother
 from mucosa.models.checkpoint import load_checkpoint, read_checkpoint_file
+from mucosa.service import atlas as case_atlas
 from mucosa.service.framestore import FrameStore, encode, to_uint8
+from mucosa.service.media import media_kind, media_suffix, public  # noqa: F401  (the routes' names for them)
 from mucosa.service.scheduling import PriorityLock
 
 log = logging.getLogger(__name__)
@@ -66,53 +67,11 @@ class UnreadableMedia(MucosaError):
     """A known type that cannot be decoded, or not what the route takes (HTTP 422)."""
 
 
-# --------------------------------------------------------------------------------------------------
-# Media types
-# --------------------------------------------------------------------------------------------------
-
-_MAGIC = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"),
-          (b"BM", ".bmp"), (b"\x00\x00\x01\xba", ".mpg"), (b"\x00\x00\x01\xb3", ".mpg"),
-          (b"\x1a\x45\xdf\xa3", ".mkv"))
-
-
-def media_suffix(filename: str, head: bytes) -> str | None:
-    """The suffix to store an upload under: its name's when mucosa reads that type, else one found from
-    its first bytes (``head``), else None (not a type mucosa reads)."""
-    suffix = Path(filename or "").suffix.lower()
-    if suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES:
-        return suffix
-    for magic, found in _MAGIC:
-        if head.startswith(magic):
-            return found
-    if head[4:8] == b"ftyp":
-        return ".mp4"
-    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
-        return ".avi"
-    return None
-
-
-def media_kind(path: Path) -> str | None:
-    """``image``, ``video`` or None, by the file's suffix."""
-    return "image" if is_image(path) else "video" if is_video(path) else None
-
-
 def _plain(value):
     """A probability as JSON: float (binary), list of floats (K classes) or None."""
     if value is None:
         return None
     return float(value) if np.ndim(value) == 0 else [float(v) for v in value]
-
-
-_ERRNO = re.compile(r"\s*\[(?:Errno|WinError) -?\d+\]|\s*\berrno:? -?\d+\b", re.IGNORECASE)
-
-
-def public(reason: str, folders: Iterable[Path]) -> str:
-    """``reason`` with every path inside ``folders`` shortened to its file name and error numbers removed: what
-    a client may read of a message (never the server's temporary folder, whose name holds the process id)."""
-    for folder in folders:
-        pattern = re.escape(str(folder).rstrip("/")) + r"(/[^\s'\"`]*)?(?![\w.-])"
-        reason = re.sub(pattern, lambda m: Path(m.group(1) or "").name or "the server's folder", reason)
-    return _ERRNO.sub("", reason).strip()
 
 
 def _reason(error: Exception, path: Path) -> str:
@@ -205,6 +164,7 @@ class Engine:
         self.quantization = getattr(self.predictor, "metadata", {}).get("quantization", "none")
         self.classifier = Classifier(self.predictor, self.threshold)
         self.runtime = self.predictor.runtime
+        self.atlas, self.atlas_note = case_atlas.atlas_beside(self.path, self.checkpoint.weights_sha256)
         log.info("model %s: %s on %s, %d call(s) at a time of %d thread(s) (%s ms per frame)", self.path.name,
                  self.runtime, self.device, self.slots, self.threads,
                  ", ".join(f"{k} {v:.1f}" for k, v in self.timings.items()))
@@ -265,7 +225,8 @@ class Engine:
             "training": {"patients": patients, "split": split, "epochs": int(data.get("epoch", -1)) + 1,
                          "steps": int(data.get("global_step", 0)), "settings": config.get("training"),
                          "augmentation": config.get("augmentation")},
-            "validation": validation,
+            "validation": validation, "atlas": case_atlas.atlas_card(self.atlas, self.atlas_note),
+            "atlas_note": self.atlas_note,
             "deployment": info.get(CARD_KEY),
             "runtime": {"name": self.runtime, "device": self.device, "quantization": self.quantization,
                         "slots": self.slots, "threads": self.threads,
@@ -323,21 +284,32 @@ class Engine:
         with (self.lock.urgent() if urgent else self.lock.background()):
             return np.asarray(self.predictor(np.ascontiguousarray(frames)))
 
-    def verdict(self, mean, used: int, total: int, state: str, calls=None) -> dict:
+    def _predict_and_embed(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A background frame's probability and embedding, from one pass."""
+        with self.lock.background():
+            probabilities, embeddings = self.predictor.predict_and_embed(np.ascontiguousarray(frame[None]))
+        return np.asarray(probabilities)[0], np.asarray(embeddings)[0]
+
+    def verdict(self, mean, used: int, total: int, state: str, calls=None, flags=None) -> dict:
         """A verdict as JSON: ``label`` (the clinical words for the class, or None without informative
         frames), ``class``, ``text`` (the label, or why there is none), ``score`` (mean probability),
         ``threshold``, ``frames`` it rests on, ``total`` frames seen, ``state`` (queued, running, final) and
         ``calls``: how many of the informative frames each class was called on (``calls``, one count per
-        class; none yet when not given)."""
-        if mean is None:
-            label = cls = None
-        else:
+        class; none yet when not given) and ``unfamiliar``: the share of the informative frames the atlas finds
+        unfamiliar (``flags``, one bool a frame; None: no atlas to tell). More than half unfamiliar gives the
+        label ``unfamiliar`` and no class (``verdict.verdict_or_unfamiliar``)."""
+        label = cls = None
+        said, share = verdicts.verdict_or_unfamiliar(mean, self.classes, flags, self.threshold)
+        if said == verdicts.UNFAMILIAR:
+            label = said
+        elif mean is not None:
             index = verdicts.call(mean, self.threshold)
             label, cls = self.verdicts[index], self.classes[index]
         counts = [0] * len(self.classes) if calls is None else calls
         return {"state": state, "label": label, "class": cls, "text": label or verdicts.NO_VERDICT,
                 "score": _plain(mean), "threshold": self.threshold, "frames": used, "total": total,
-                "calls": {c: int(n) for c, n in zip(self.classes, counts)}}
+                "calls": {c: int(n) for c, n in zip(self.classes, counts)},
+                "unfamiliar": None if share is None else round(share, 4)}
 
     def predict_image(self, source: bytes | str | Path, gradcam: bool = False) -> dict:
         """One image: class probabilities, verdict, quality score and whether the quality gate dropped it.
@@ -404,19 +376,21 @@ class Engine:
         """
         smoother = Smoother(self.classes, self.window, self.threshold)
         calls = np.zeros(len(self.classes), np.int64)  # informative frames called each class
+        familiar = None if self.atlas is None else case_atlas.CaseFamiliarity(
+            self.atlas, sources, None if store is None else store.folder.parent)
         items = self._video_items(sources[0], warnings) if len(sources) == 1 and is_video(sources[0]) else \
             self._image_items(sources)
+        row = None  # each row goes out once the next is read: the last one carries the atlas's vote
         for seen, (number, seconds, frame, model_frame, quality, box, fov, source) in enumerate(items, start=1):
             if cancel is not None and cancel.is_set():
                 return
+            if row is not None:
+                yield row
             dropped = not self.prep.passes(quality)
-            probability = called = None
+            probability = called = flag = score = None
             if not dropped:
-                probability = self._predict(model_frame[None], urgent=False)[0]
-                if not _finite(probability):
-                    raise ModelOutputError(f"the model gave a non-finite probability for frame {number}; "
-                                           "no verdict")
-                smoother.update(probability)
+                probability, flag, score = self._frame(number, model_frame, familiar)
+                smoother.update(probability, flag)
                 index = verdicts.call(probability, self.threshold)
                 calls[index] += 1
                 called = self.classes[index]
@@ -424,9 +398,26 @@ class Engine:
                 store.add(number, frame, model_frame, box, field=(fov, box))
             row = {"frame": number, "time": seconds, "quality": round(quality, 4), "dropped": dropped,
                    "probability": _plain(probability), "smoothed": _plain(smoother.smoothed), "called": called,
-                   "source": source}
-            row["case"] = self.verdict(smoother.case_probability, smoother.count, seen, "running", calls)
+                   "source": source, "unfamiliar": flag, "unfamiliarity": score}
+            row["case"] = self.verdict(smoother.case_probability, smoother.count, seen, "running", calls,
+                                       smoother.flags if familiar is not None else None)
+        if familiar is not None:
+            familiar.save()
+        if row is not None:
+            row["case"]["atlas_vote"] = None if familiar is None else familiar.vote()
             yield row
+
+    def _frame(self, number: int, model_frame: np.ndarray, familiar) -> tuple:
+        """An informative frame's probability, and (with an atlas) whether it is unfamiliar and its score."""
+        if familiar is None:
+            probability, flag, score = self._predict(model_frame[None], urgent=False)[0], None, None
+        else:
+            probability, embedding = self._predict_and_embed(model_frame)
+        if not _finite(probability):
+            raise ModelOutputError(f"the model gave a non-finite probability for frame {number}; no verdict")
+        if familiar is not None:
+            flag, score = familiar.add(number, embedding)
+        return probability, flag, score
 
     def _video_items(self, path: Path, warnings: list[str] | None) -> Iterator[tuple]:
         fps = video_info(path).fps

@@ -19,12 +19,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from mucosa.service.atlas import SIMILAR_CASES, NotReady, similar_cases
 from mucosa.service.plots import timeline_figure
 from mucosa.service.presentation import BANNER, class_colours, confidence, probability_of, share_interval, shares
 from mucosa.tables import safe_row
 
-__all__ = ["EXAM_FIELDS", "FORMAT", "MONOSPACED", "ReportParts", "case_rows", "gather", "key_caption", "key_frames",
-           "model_rows", "quality_line", "report_data", "report_html", "review_rows", "timeline_csv", "verdict_lines"]
+__all__ = ["EXAM_FIELDS", "FORMAT", "MONOSPACED", "ReportParts", "atlas_rows", "case_rows", "gather", "key_caption",
+           "key_frames", "model_rows", "quality_line", "report_data", "report_html", "review_rows", "timeline_csv",
+           "verdict_lines"]
 
 FORMAT = "mucosa-case-report/1"
 # exam fields a case may carry (at its top level, or in an "exam" mapping): shown when present
@@ -89,8 +91,9 @@ def key_frames(case: dict, classes: list[str]) -> list[dict]:
     return [best[c] for c in classes if c in best]
 
 
-def report_data(case: dict, card: dict, generated: float | None = None) -> dict:
-    """The case report as plain data (``report.json``); ``case`` is the API's case with its timeline."""
+def report_data(case: dict, card: dict, generated: float | None = None, similar: list | None = None) -> dict:
+    """The case report as plain data (``report.json``); ``case`` is the API's case with its timeline, ``similar``
+    the most similar confirmed cases of the atlas (``atlas.similar_cases``)."""
     classes, verdict = card["classes"], case.get("verdict") or {}
     rows = case["timeline"]
     quality = [r["quality"] for r in rows]
@@ -116,6 +119,11 @@ def report_data(case: dict, card: dict, generated: float | None = None) -> dict:
         "warnings": list(case.get("warnings") or []),
         "key_frames": key_frames(case, classes),
         "review": case.get("review"),
+        "atlas": {"available": bool(card.get("atlas")), "note": card.get("atlas_note"),
+                  "vote": verdict.get("atlas_vote"), "unfamiliar": verdict.get("unfamiliar"),
+                  "similar": [{k: c[k] for k in ("rank", "case", "patient", "label", "distance")} |
+                              {"thumbnail": c["closest"][0]["thumbnail"] if c["closest"] else None}
+                              for c in similar or []]},
     }
 
 
@@ -124,6 +132,31 @@ def _rule(card: dict) -> str:
         return (f"the mean probability of {card['positive']} over the frames that passed the quality gate, called "
                 f"{card['positive']} at {card['threshold']:g} or above; frames below the gate count for nothing")
     return "the class of highest mean probability over the frames that passed the quality gate"
+
+
+def _similar(case, engine) -> list:
+    """The five confirmed cases most like a finished case (none without an atlas or a usable frame)."""
+    if case.status != "done":
+        return []
+    try:
+        return similar_cases(engine.atlas, case.folder, case.sources, SIMILAR_CASES)["similar"]
+    except NotReady:
+        return []
+
+
+def atlas_rows(data: dict) -> list[tuple[str, str]]:
+    """What the atlas says as (label, text) rows, as both reports print them: its vote, the unfamiliar share and
+    the similar confirmed cases (or the note that there is no atlas)."""
+    atlas = data["atlas"]
+    if not atlas["available"]:
+        return [("Atlas", atlas["note"] or "none")]
+    vote, share = atlas["vote"], atlas["unfamiliar"]
+    rows = [("Atlas vote (second opinion)", "—" if not vote else f"{vote['label']} ({100 * vote['share']:.0f}% of "
+             "the nearest confirmed frames)"),
+            ("Unfamiliar frames", "cannot tell" if share is None else f"{100 * share:.0f}% of the informative frames")]
+    rows += [(f"Similar case {c['rank']}", f"{c['label']} · {c['case']} · patient {c['patient']} · distance "
+              f"{c['distance']:.3f}") for c in atlas["similar"]]
+    return rows
 
 
 @dataclass
@@ -141,7 +174,7 @@ def gather(case, engine, card: dict, pictures: bool = True) -> ReportParts:
     """The report of a case (``cases.Case``): its data and (``pictures``) its pictures, Grad-CAM from
     ``engine`` (slow the first time for each key frame; the engine keeps them)."""
     summary = case.to_dict()
-    data = report_data(summary, card)
+    data = report_data(summary, card, similar=_similar(case, engine))
     if not pictures:
         return ReportParts(data, b"", "")
     images = {}
@@ -288,6 +321,7 @@ def report_html(parts: ReportParts) -> str:
 </section>
 <h2>Case and exam</h2>{_html_rows(case_rows(data))}
 <h2>Model</h2>{_html_rows(model_rows(data), colours)}
+<h2>Atlas of confirmed cases</h2>{_html_rows(atlas_rows(data))}
 <h2>Quality and decoding</h2>
 <p>{e(quality_line(data))}</p>
 {warning_block}

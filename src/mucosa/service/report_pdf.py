@@ -16,6 +16,7 @@ from pathlib import Path
 from mucosa.service.report import (
     MONOSPACED,
     ReportParts,
+    atlas_rows,
     case_rows,
     key_caption,
     model_rows,
@@ -119,7 +120,8 @@ def _story(parts: ReportParts, styles, width: float) -> list:
              _p(f"{case['name']} · case {case['id']} · generated {data['generated']}", styles["sub"]),
              Spacer(1, 8), _verdict_box(data, styles, width),
              _p("Case and exam", styles["h2"]), _table(case_rows(data), styles, width),
-             _p("Model", styles["h2"]), _table(model_rows(data), styles, width)]
+             _p("Model", styles["h2"]), _table(model_rows(data), styles, width),
+             _p("Atlas of confirmed cases", styles["h2"]), _table(atlas_rows(data), styles, width)]
     story += _quality(data, styles, width)
     story += _pictures(parts, styles, width)
     rows = review_rows(data["review"])

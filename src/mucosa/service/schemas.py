@@ -29,6 +29,11 @@ class Verdict(BaseModel):
     total: int = Field(description="frames seen")
     calls: dict[str, int] = Field(default_factory=dict, description="informative frames called each class (a "
                                   "frame's own probability against the threshold): the share of frames per class")
+    unfamiliar: float | None = Field(None, description="share of the informative frames the atlas finds unlike "
+                                     "its confirmed cases (more than half: the label is 'unfamiliar'); null without "
+                                     "an atlas to tell")
+    atlas_vote: dict[str, Any] | None = Field(None, description="the atlas's nearest-neighbour vote once the case "
+                                              "is done, a second opinion: {label, share}")
 
     model_config = {"populate_by_name": True}
 
@@ -57,6 +62,9 @@ class TimelinePoint(BaseModel):
     smoothed: Probability = Field(description="mean of the last `window` informative frames")
     called: str | None = Field(None, description="the class this frame's own probability calls (null when dropped)")
     source: int | None = Field(None, description="images: which image (0-based) the frame comes from")
+    unfamiliar: bool | None = Field(None, description="the atlas finds this frame unlike its confirmed cases "
+                                    "(null: dropped, or no atlas to tell)")
+    unfamiliarity: float | None = Field(None, description="its distance to its k-th nearest atlas frame")
 
 
 class CaseSummary(BaseModel):

@@ -166,6 +166,7 @@ function drawTimeline() {
   drawCursor(g, geo, band);
   Object.assign(canvas.dataset, { points: S.rows.length, dropped, total: geo.total, missing, gaps: gaps.length });
   describeTimeline(dropped, missing, gaps.length);
+  drawUnfamiliar(g, geo);
 }
 
 /* The text alternative: the slider's value in words, and a summary of the plot. */

@@ -17,6 +17,7 @@ async function loadModel() {
   $("model").textContent = `${card.name} · ${kind} ${card.input_size}×${card.input_size} · ` +
     `${card.classes.map((c) => card.verdicts[c]).join(" / ")} · threshold ${card.threshold} · ${runtime}`;
   document.body.classList.toggle("clinical", clinical());
+  renderAtlasNote(card);
   const legend = card.classes.map((c) => `<span><i class="swatch" style="background:${esc(colourOf(c))}"></i>` +
     `${esc(c)}</span>`);
   legend.push("<span><i class=\"lg-line\"></i>smoothed</span>");
@@ -185,6 +186,7 @@ function renderVerdict() {
   else if (p !== null) score.innerHTML = `mean probability of ${esc(v.class)} <b>${fmt(p)}</b>`;
   else score.textContent = "";
   renderShares(v);
+  renderAtlasVerdict(c, v);
   $("verdict-frames").innerHTML = c && v ? `rests on <b>${v.frames}</b> of ${c.frames_done} frames · ` +
     `<b>${c.frames_dropped}</b> dropped` : "";
   const running = c && (c.status === "running" || c.status === "queued");
@@ -366,5 +368,6 @@ async function init() {
   setupDrop();
   setupControls();
   setupTimeline();
+  setupAtlas();
   init().then(scheduleRefresh);
 })();

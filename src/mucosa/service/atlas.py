@@ -1,0 +1,145 @@
+"""The engine's atlas: the confirmed cases a case is compared with (part of the engine's door to mucosa).
+
+:func:`atlas_beside` opens the atlas that ``mucosa train`` wrote beside the checkpoint (``atlas_build``); without
+one, :data:`NO_ATLAS` is what the model card and the viewer say. :class:`CaseFamiliarity` follows one case frame
+by frame: each used frame's unfamiliarity score and flag (``Atlas.unfamiliar``), the frames' embeddings, kept in
+the case's own folder as ``embeddings.npy`` (with ``embedded_frames.npy``, their frame numbers) so that whatever
+stores cases can keep them, and, once the case is read, the atlas's vote. :func:`similar_cases` answers
+``GET /v1/cases/{id}/similar`` from those files (``similar.consult`` and ``similar.similar_entry``, which the
+commands use too), each closest frame's thumbnail as a PNG data URL.
+
+The query's own patient is never returned: when the case's files are files of the atlas (the same SHA-256, which
+the atlas's case ids carry), their patient is left out of the search, the vote and the unfamiliarity scores.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from mucosa.errors import MucosaError
+from mucosa.inference.atlas import Atlas, AtlasError
+from mucosa.inference.atlas_build import find_atlas, open_atlas
+from mucosa.inference.atlas_store import file_sha256
+from mucosa.inference.similar import SIMILAR_CASES, consult, similar_entry
+from mucosa.service.framestore import encode
+
+__all__ = ["EMBEDDINGS", "FRAME_NUMBERS", "MAX_SIMILAR", "NO_ATLAS", "SIMILAR_CASES", "CaseFamiliarity", "NotReady",
+           "atlas_beside", "atlas_card", "own_patient", "similar_cases"]
+
+log = logging.getLogger(__name__)
+
+NO_ATLAS = "no atlas: mucosa cannot tell whether this recording is unlike its training data"
+EMBEDDINGS, FRAME_NUMBERS = "embeddings.npy", "embedded_frames.npy"
+MAX_SIMILAR = 20  # most similar cases a request may ask for
+
+
+class NotReady(MucosaError):
+    """The case cannot be compared yet, or at all (HTTP 409): still running, no usable frame, no atlas."""
+
+
+def atlas_beside(checkpoint: Path, weights_sha256: str | None) -> tuple[Atlas | None, str | None]:
+    """The atlas beside ``checkpoint`` and None, or None and why there is none (a sentence for the model card)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the service says it in its card, and logs it once here
+        folder = find_atlas(checkpoint)
+        if folder is None:
+            log.warning("%s", NO_ATLAS)
+            return None, NO_ATLAS
+        try:
+            return open_atlas(folder, weights_sha256), None
+        except (AtlasError, MucosaError) as error:
+            log.warning("atlas not used: %s", error)
+            return None, f"{NO_ATLAS} (its atlas could not be used: {error})"
+
+
+def atlas_card(atlas: Atlas | None, note: str | None) -> dict | None:
+    """The model card's ``atlas``: its size and unfamiliarity threshold (None without an atlas)."""
+    if atlas is None:
+        return None
+    calibration = atlas.calibration
+    return {"frames": len(atlas), "cases": len(set(atlas.records.cases.tolist())),
+            "patients": len(set(atlas.records.patients.tolist())),
+            "unfamiliar_threshold": None if calibration is None else calibration.threshold,
+            "calibrated": calibration is not None, "note": note}
+
+
+def own_patient(atlas: Atlas, sources: list[Path]) -> str | None:
+    """The atlas's patient whose files these are (by SHA-256), or None when they are not the atlas's."""
+    digests = {file_sha256(path)[:12] for path in sources if path.is_file()}
+    patients = {patient for case, patient in zip(atlas.records.cases, atlas.records.patients)
+                if str(case).split("@", 1)[-1][:12] in digests}
+    return patients.pop() if len(patients) == 1 else None
+
+
+class CaseFamiliarity:
+    """One case, frame by frame, against the atlas (see the module docstring); ``folder`` keeps its embeddings."""
+
+    def __init__(self, atlas: Atlas, sources: list[Path], folder: Path | None) -> None:
+        self.atlas, self.folder = atlas, folder
+        self.patient = own_patient(atlas, sources)
+        self.vectors: list[np.ndarray] = []
+        self.numbers: list[int] = []
+
+    def add(self, number: int, vector: np.ndarray) -> tuple[bool | None, float]:
+        """A used frame's embedding: whether it is unfamiliar (None: the atlas cannot tell) and its score."""
+        self.vectors.append(np.asarray(vector, np.float32))
+        self.numbers.append(int(number))
+        found = self.atlas.unfamiliar(np.asarray(vector, np.float32)[None], self.patient)
+        return (None if found.flags is None else bool(found.flags[0])), round(float(found.scores[0]), 6)
+
+    def vote(self) -> dict | None:
+        """The atlas's vote over the case's used frames: ``{label, share}`` (None without a frame or a voter)."""
+        if not self.vectors:
+            return None
+        try:
+            vote = self.atlas.vote(np.stack(self.vectors), self.patient)
+        except AtlasError:  # every atlas frame is the patient's own
+            return None
+        return {"label": vote.label, "share": round(float(np.max(vote.shares)), 4)}
+
+    def save(self) -> None:
+        """Write the embeddings and their frame numbers into the case's folder (each file atomically)."""
+        if self.folder is None:
+            return
+        width = self.atlas.model.embedding_size
+        vectors = np.stack(self.vectors) if self.vectors else np.zeros((0, width), np.float32)
+        for name, array in ((EMBEDDINGS, vectors), (FRAME_NUMBERS, np.asarray(self.numbers, np.int64))):
+            partial = self.folder / f".{name}.partial"
+            with open(partial, "wb") as handle:
+                np.save(handle, array)
+            os.replace(partial, self.folder / name)
+
+
+def _data_url(thumbnail: np.ndarray) -> str:
+    return "data:image/png;base64," + base64.b64encode(encode(np.asarray(thumbnail, np.uint8))).decode("ascii")
+
+
+def similar_cases(atlas: Atlas | None, folder: Path, sources: list[Path], k: int) -> dict:
+    """The ``k`` confirmed cases most like a finished case (its embeddings in ``folder``): ``atlas_vote``
+    (shares by class), ``similar`` (``similar.similar_entry``'s list: rank, case, patient, label, distance, closest
+    frames, each with ``thumbnail`` as a PNG data URL and ``query_frame`` as the case's frame number).
+
+    Raises:
+        NotReady: no atlas, or no usable frame kept.
+    """
+    if atlas is None:
+        raise NotReady(NO_ATLAS)
+    path = folder / EMBEDDINGS
+    if not path.is_file():
+        raise NotReady("the case has no frame embeddings (it is not finished, or failed)")
+    vectors, numbers = np.load(path), np.load(folder / FRAME_NUMBERS)
+    if not len(vectors):
+        raise NotReady("the case has no usable frame to compare")
+    view = consult(atlas, vectors, own_patient(atlas, sources), k)
+    entry = similar_entry(view, None, "")
+    for case, found in zip(entry["similar"], view.similar):
+        for frame, match in zip(case["closest"], found.closest):
+            frame["thumbnail"] = _data_url(match.thumbnail)
+            frame["query_frame"] = int(numbers[match.query_frame])
+    return entry

@@ -1,0 +1,147 @@
+/* mucosa viewer: the atlas of confirmed cases beside a case. The verdict `unfamiliar` (neutral, with its share),
+ * the atlas's vote as a second opinion beside the network's probability, unfamiliar frames marked on the
+ * timeline, the "similar confirmed cases" panel (GET /v1/cases/{id}/similar) and the side-by-side compare view
+ * its entries open; and, for a model without an atlas, the one note that it cannot tell.
+ */
+"use strict";
+
+const UNFAMILIAR = "#7c3aed";  // the timeline's mark of an unfamiliar frame
+const ATLAS = { caseId: null, similar: null, loading: false };
+
+function renderAtlasNote(card) {
+  const note = $("atlas-note");
+  note.hidden = Boolean(card.atlas);
+  note.textContent = note.title = card.atlas ? "" : card.atlas_note ||
+    "no atlas: mucosa cannot tell whether this recording is unlike its training data";
+}
+
+function pct(share) { return `${Math.round(100 * share)}%`; }
+
+/* The verdict's atlas lines: the unfamiliar share (and the verdict `unfamiliar` in a neutral tone) and the vote. */
+function renderAtlasVerdict(c, v) {
+  const box = $("verdict");
+  const unfamiliar = Boolean(v && v.label === "unfamiliar");
+  box.classList.toggle("unfamiliar", unfamiliar);
+  if (unfamiliar) {
+    box.style.setProperty("--tone", "#6b7684");
+    $("verdict-score").textContent = `${pct(v.unfamiliar)} of the informative frames are unlike every confirmed ` +
+      "case of the atlas: no class is given";
+  }
+  const share = v && v.unfamiliar !== null && v.unfamiliar !== undefined ?
+    `unfamiliar frames ${pct(v.unfamiliar)}` : "";
+  const vote = v && v.atlas_vote ? `atlas vote (second opinion): ${v.atlas_vote.label} ${pct(v.atlas_vote.share)}` +
+    " of the nearest confirmed frames" : "";
+  $("verdict-atlas").textContent = [vote, share].filter(Boolean).join(" · ");
+  renderSimilar(c);
+}
+
+/* ------------------------------------------------------------------------------------------- similar cases */
+
+async function loadSimilar(id) {
+  ATLAS.loading = true;
+  try {
+    const answer = await (await api(`/v1/cases/${id}/similar?k=5`)).json();
+    if (S.caseId === id) ATLAS.similar = answer.similar;
+  } catch (error) {
+    if (S.caseId === id) { ATLAS.similar = []; $("similar-status").textContent = String(error.message || error); }
+  }
+  ATLAS.loading = false;
+  if (S.caseId === id) renderSimilar(S.summary);
+}
+
+function renderSimilar(c) {
+  const panel = $("similar");
+  panel.hidden = !(S.card && S.card.atlas) || !c;
+  if (panel.hidden) return;
+  if (ATLAS.caseId !== c.id) {
+    Object.assign(ATLAS, { caseId: c.id, similar: null, loading: false });
+    $("similar-list").textContent = "";
+    closeCompare();
+  }
+  const status = $("similar-status");
+  if (c.status !== "done") { status.textContent = "once the case is done"; return; }
+  if (ATLAS.similar === null) {
+    status.textContent = "searching…";
+    if (!ATLAS.loading) loadSimilar(c.id);
+    return;
+  }
+  const list = $("similar-list");
+  if (list.childElementCount || !ATLAS.similar.length) {
+    if (!ATLAS.similar.length && !status.textContent.trim()) status.textContent = "none found";
+    return;
+  }
+  status.textContent = "";
+  ATLAS.similar.forEach((found, index) => list.append(similarItem(found, index)));
+}
+
+function similarItem(found, index) {
+  const li = document.createElement("li");
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "similar-item";
+  button.dataset.index = index;
+  const frame = found.closest[0];
+  const img = document.createElement("img");
+  img.src = frame.thumbnail;
+  img.alt = `closest frame ${frame.frame} of ${found.case}`;
+  const words = document.createElement("span");
+  words.innerHTML = `<b>${esc(found.label)}</b> · distance ${fmt(found.distance, 3)}<br>` +
+    `<span class="muted">patient ${esc(found.patient)} · ${esc(frame.file)}</span>`;
+  button.append(img, words);
+  const action = document.createElement("span");
+  action.className = "sr-only";
+  action.textContent = ": compare its closest frame with this case's frame";
+  words.append(action);
+  button.addEventListener("click", () => openCompare(found));
+  li.append(button);
+  return li;
+}
+
+/* ------------------------------------------------------------------------------------------- compare view */
+
+function openCompare(found) {
+  const frame = found.closest[0];
+  const position = S.rows.findIndex((row) => row.frame === frame.query_frame);
+  if (position >= 0) seekTo(position);
+  const ours = $("compare-ours");
+  ours.src = withToken(`/v1/cases/${S.caseId}/frames/${frame.query_frame}.jpg`);
+  ours.alt = `this case, frame ${frame.query_frame}`;
+  const theirs = $("compare-theirs");
+  theirs.src = frame.thumbnail;
+  theirs.alt = `confirmed case ${found.case} (${found.label}, patient ${found.patient}), frame ${frame.frame}`;
+  $("compare-ours-caption").textContent = `This case · frame ${frame.query_frame}`;
+  $("compare-theirs-caption").textContent = `${found.label} · ${found.case} · frame ${frame.frame} · ` +
+    `distance ${fmt(frame.distance, 3)}`;
+  $("compare").hidden = false;
+  $("compare-close").focus();
+}
+
+function closeCompare() {
+  const view = $("compare");
+  if (view.hidden) return;
+  view.hidden = true;
+  const first = document.querySelector("#similar-list button");
+  if (first && view.contains(document.activeElement)) first.focus();
+}
+
+/* ------------------------------------------------------------------------------------------- timeline marks */
+
+/* A mark above the plot at each unfamiliar frame; their count joins the timeline's text alternative. */
+function drawUnfamiliar(g, geo) {
+  const step = Math.max(geo.width / geo.total, 1.5);
+  g.fillStyle = UNFAMILIAR;
+  let marked = 0;
+  for (let k = 0; k < S.rows.length; k++) {
+    if (!S.rows[k].unfamiliar) continue;
+    marked++;
+    g.fillRect(geo.x(k) - step / 2, PLOT.top, step, 5);
+  }
+  const canvas = $("timeline");
+  canvas.dataset.unfamiliar = marked;
+  if (marked) $("timeline-summary").textContent += ` ${counted(marked, "frame")} marked unfamiliar (unlike the atlas).`;
+}
+
+function setupAtlas() {
+  $("compare-close").addEventListener("click", closeCompare);
+  $("compare").addEventListener("keydown", (e) => { if (e.key === "Escape") { e.preventDefault(); closeCompare(); } });
+}

@@ -1,0 +1,120 @@
+"""The atlas in the web service: unfamiliar frames on the timeline, the verdict `unfamiliar`, the atlas's vote, and
+``GET /v1/cases/{id}/similar`` (its own patient never returned, k's bounds, 404 and 409), with a tiny model that
+``mucosa train`` wrote with its atlas; and a checkpoint without one."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from serving import patient_images, serving, sine_png, upload, wait_done
+
+
+@pytest.fixture(scope="module")
+def atlas_engine(atlas_run):
+    from mucosa.service.engine import Engine
+
+    return Engine(atlas_run.best, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def bare_engine(atlas_run, tmp_path_factory):
+    """The same checkpoint alone in a folder: no atlas beside it."""
+    from mucosa.service.engine import Engine
+
+    path = tmp_path_factory.mktemp("bare") / "best.ckpt"
+    shutil.copyfile(atlas_run.best, path)
+    return Engine(path, device="cpu")
+
+
+def test_card_and_timeline_carry_the_atlas(atlas_engine, atlas_run):
+    images = patient_images(atlas_run.cohort, "P01")
+    with serving(atlas_engine) as (client, _):
+        card = client.get("/v1/model").json()
+        assert card["atlas"]["frames"] > 0 and card["atlas"]["calibrated"] and card["atlas_note"] is None
+        case = wait_done(client, upload(client, "/v1/cases", *images).json()["id"])
+    assert case["status"] == "done"
+    rows = [row for row in case["timeline"] if not row["dropped"]]
+    assert rows and all(isinstance(row["unfamiliar"], bool) for row in rows)
+    assert all(row["unfamiliarity"] >= 0 for row in rows)
+    share = np.mean([row["unfamiliar"] for row in rows])
+    assert case["verdict"]["unfamiliar"] == pytest.approx(share, abs=1e-4)
+    vote = case["verdict"]["atlas_vote"]
+    assert vote["label"] in card["classes"] and 0 < vote["share"] <= 1
+    assert (share > 0.5) == (case["verdict"]["label"] == "unfamiliar")
+
+
+def test_similar_cases_leave_out_the_own_patient(atlas_engine, atlas_run):
+    images = patient_images(atlas_run.cohort, "P01")
+    with serving(atlas_engine) as (client, _):
+        case_id = upload(client, "/v1/cases", *images).json()["id"]
+        wait_done(client, case_id)
+        answer = client.get(f"/v1/cases/{case_id}/similar", params={"k": 3})
+        assert answer.status_code == 200, answer.text
+        found = answer.json()["similar"]
+        assert 1 <= len(found) <= 3 and all(case["patient"] != "P01" for case in found)
+        assert "P01" in set(atlas_engine.atlas.records.patients.tolist())  # so leaving it out is a choice
+        closest = found[0]["closest"][0]
+        assert closest["thumbnail"].startswith("data:image/png;base64,")
+        assert closest["query_frame"] in {row["frame"] for row in client.get(f"/v1/cases/{case_id}").json()["timeline"]}
+        for k in (0, 21, "many"):
+            bad = client.get(f"/v1/cases/{case_id}/similar", params={"k": k})
+            assert bad.status_code == 422 and "k" in bad.json()["detail"]
+        assert client.get("/v1/cases/nobody/similar").status_code == 404
+
+
+def test_similar_waits_for_a_usable_frame(atlas_engine, black_png, tmp_path):
+    with serving(atlas_engine) as (client, root):
+        case_id = upload(client, "/v1/cases", black_png).json()["id"]
+        case = client.get(f"/v1/cases/{case_id}").json()
+        if case["status"] != "done":  # still queued or running: not yet
+            assert client.get(f"/v1/cases/{case_id}/similar").status_code == 409
+        wait_done(client, case_id)
+        # the black image passes this model's gate (threshold 0): remove its embeddings to stand for no usable frame
+        for path in root.rglob("embeddings.npy"):
+            np.save(path, np.zeros((0, atlas_engine.atlas.model.embedding_size), np.float32))
+        answer = client.get(f"/v1/cases/{case_id}/similar")
+        assert answer.status_code == 409 and "usable frame" in answer.json()["detail"]
+
+
+def test_a_foreign_image_is_unfamiliar(atlas_engine, tmp_path):
+    with serving(atlas_engine) as (client, _):
+        case = wait_done(client, upload(client, "/v1/cases", sine_png(tmp_path)).json()["id"])
+    assert all(row["unfamiliar"] for row in case["timeline"])
+    assert case["verdict"]["label"] == "unfamiliar" and case["verdict"]["class"] is None
+    assert case["verdict"]["unfamiliar"] == 1.0
+
+
+def test_without_an_atlas_it_says_it_cannot_tell(bare_engine, atlas_run):
+    images = patient_images(atlas_run.cohort, "P02")[:4]
+    with serving(bare_engine) as (client, _):
+        card = client.get("/v1/model").json()
+        assert card["atlas"] is None and "cannot tell" in card["atlas_note"]
+        case_id = upload(client, "/v1/cases", *images).json()["id"]
+        case = wait_done(client, case_id)
+        assert case["verdict"]["unfamiliar"] is None and case["verdict"]["atlas_vote"] is None
+        assert all(row["unfamiliar"] is None for row in case["timeline"])
+        answer = client.get(f"/v1/cases/{case_id}/similar")
+        assert answer.status_code == 409 and "no atlas" in answer.json()["detail"]
+
+
+def test_the_report_carries_the_vote_the_unfamiliar_share_and_the_similar_cases(atlas_engine, atlas_run):
+    images = patient_images(atlas_run.cohort, "P01")
+    with serving(atlas_engine) as (client, _):
+        case_id = upload(client, "/v1/cases", *images).json()["id"]
+        case = wait_done(client, case_id)
+        atlas = client.get(f"/v1/cases/{case_id}/report.json").json()["atlas"]
+        page = client.get(f"/v1/cases/{case_id}/report.html").text
+        pdf = client.get(f"/v1/cases/{case_id}/report.pdf")
+    assert atlas["vote"] == case["verdict"]["atlas_vote"] and atlas["unfamiliar"] == case["verdict"]["unfamiliar"]
+    assert 1 <= len(atlas["similar"]) <= 5 and all(c["patient"] != "P01" for c in atlas["similar"])
+    assert "Atlas vote (second opinion)" in page and "Similar case 1" in page
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+
+
+def test_a_report_without_an_atlas_says_it_cannot_tell(bare_engine, atlas_run):
+    with serving(bare_engine) as (client, _):
+        case_id = upload(client, "/v1/cases", *patient_images(atlas_run.cohort, "P02")[:2]).json()["id"]
+        wait_done(client, case_id)
+        atlas = client.get(f"/v1/cases/{case_id}/report.json").json()["atlas"]
+    assert not atlas["available"] and "cannot tell" in atlas["note"] and atlas["similar"] == []
