@@ -27,14 +27,20 @@ def _require_real_data() -> Path:
 SLOW_DOCTESTS = {"mucosa.api"}  # trains a model: the doctests of src/mucosa over ~5 s
 
 
+# a test that uses one of these (directly or through another fixture) trains a model or drives a browser
+SLOW_FIXTURES = {"train_tiny", "atlas_run", "tiny_run", "browser"}
+
+
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects
 def pytest_collection_modifyitems(items):
-    """Mark ``slow`` what cannot carry the marker itself: the slow doctests, and the store's tests on
-    PostgreSQL (a database each; ``pytest -m "not slow"`` runs them on SQLite only)."""
+    """Mark ``slow`` what cannot carry the marker itself: the slow doctests, the store's tests on PostgreSQL
+    (a database each; ``pytest -m "not slow"`` runs them on SQLite only), and every test that needs a trained
+    model or a browser (:data:`SLOW_FIXTURES`)."""
     for item in items:
         doctest = isinstance(item, pytest.DoctestItem) and item.name in SLOW_DOCTESTS
         postgresql = getattr(item, "callspec", None) is not None and item.callspec.params.get("place") == "postgresql"
-        if doctest or postgresql:
+        trained = bool(SLOW_FIXTURES & set(getattr(item, "fixturenames", ())))
+        if doctest or postgresql or trained:
             item.add_marker(pytest.mark.slow)
 
 
