@@ -75,6 +75,25 @@ def egcz(real_data: Path) -> Path:
     return real_data / "egcz-aia"
 
 
+@pytest.fixture
+def cheap_tokens(monkeypatch):
+    """Token hashes at a low scrypt cost (the cost is kept in each hash, so checking works the same)."""
+    from mucosa.store import tokens
+
+    monkeypatch.setattr(tokens, "COST", (2**10, 8, 1))
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster for the session (tests/postgres.py): skips without PostgreSQL, unless
+    MUCOSA_REQUIRE_POSTGRES=1."""
+    from postgres import start_cluster
+
+    cluster = start_cluster()
+    yield cluster
+    cluster.stop()
+
+
 @dataclass
 class TinyRun:
     """A tiny model trained on a synthetic cohort."""

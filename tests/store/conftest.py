@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mucosa.store import MediaFile, Store, tokens, upgrade
-from postgres import start_cluster
+from mucosa.store import MediaFile, Store, upgrade
 
 
 class Clock:
@@ -39,13 +38,6 @@ class Place:
 
 
 @pytest.fixture(scope="session")
-def postgres():
-    cluster = start_cluster()
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture(scope="session")
 def postgres_store_template(postgres, tmp_path_factory) -> str:
     """A database holding a new, empty store: tests copy it rather than run the migrations each time."""
     url = postgres.new_database(name="store_template")
@@ -54,9 +46,8 @@ def postgres_store_template(postgres, tmp_path_factory) -> str:
 
 
 @pytest.fixture(autouse=True)
-def cheap_tokens(monkeypatch):
-    """Token hashes at a low scrypt cost (the cost is kept in each hash, so checking works the same)."""
-    monkeypatch.setattr(tokens, "COST", (2**10, 8, 1))
+def every_token_cheap(cheap_tokens):
+    """Every store test hashes its tokens at a low cost (``cheap_tokens``)."""
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

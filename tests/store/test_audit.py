@@ -23,7 +23,6 @@ def _finished(store, make_case, name, verdict, score, model="v1", **fields):
     return case
 
 
-@pytest.mark.slow
 def test_the_audit_counts_reviewed_cases_by_their_latest_review(store, make_case, reviewer, clock):
     changed = _finished(store, make_case, "changed", "active", 0.9, exam_date=dt.date(2025, 1, 10))
     right = _finished(store, make_case, "right", "healed", 0.2, exam_date=dt.date(2025, 2, 10))

@@ -15,7 +15,7 @@ from mucosa.store import CaseResult, CaseStatus, LeaseLost, StoreError
 from mucosa.store.jobs import MAX_ATTEMPTS
 
 RESULT = CaseResult("active", "active disease", "v2", score=0.9, frames_decoded=80, decode_warnings=("frame 3",),
-                    detail={"timeline": [0.9, 0.8]})
+                    detail={"timeline": [0.9, 0.8]}, summary={"dropped": 1})
 
 
 def test_jobs_are_claimed_oldest_first_and_each_by_one_worker(store, make_case, clock):
@@ -37,6 +37,10 @@ def test_finish_writes_the_results_and_ends_the_job_together(store, make_case):
         CaseStatus.DONE, "active", "active disease", 0.9, "v2")
     assert (done.frames_announced, done.frames_decoded, done.decode_warnings) == (100, 80, ("frame 3",))
     assert done.detail == {"timeline": [0.9, 0.8]} and done.finished_at is not None
+    assert done.summary == {"dropped": 1}
+    brief = store.case(case.id, detail=False)  # what a list needs, without the detail
+    assert (brief.detail, brief.summary, brief.verdict) == (None, {"dropped": 1}, "active")
+    assert store.search().cases[0].summary == {"dropped": 1}
     assert store.claim("b") is None
     assert store.job_counts()["done"] == 1
     assert [e.action for e in store.audit_log(case_id=case.id)][:1] == ["case.done"]
@@ -118,7 +122,6 @@ def _spawn():
     return multiprocessing.get_context("spawn")
 
 
-@pytest.mark.slow
 def test_two_processes_share_the_work_without_doing_a_case_twice_or_losing_one(place, make_case, tmp_path):
     with place.open(create=True) as store:
         made = {make_case(f"video {i}", target=store).id for i in range(40)}
@@ -144,7 +147,6 @@ def test_two_processes_share_the_work_without_doing_a_case_twice_or_losing_one(p
         assert len([e for e in store.audit_log(limit=500) if e.action == "case.done"]) == 40
 
 
-@pytest.mark.slow
 def test_a_job_whose_process_was_killed_is_claimed_again_when_its_lease_expires(place, make_case):
     with place.open(create=True, lease_seconds=1) as store:
         case = make_case("exam", target=store)

@@ -29,8 +29,8 @@ SECOND = '''
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0099"
+down_revision = "{head}"
 
 
 def upgrade():
@@ -71,11 +71,11 @@ def _digest(place) -> str | None:
 
 @pytest.fixture
 def newer_mucosa(tmp_path, monkeypatch):
-    """``newer_mucosa()`` makes this mucosa ship a second migration (revision 0002, adding a column)."""
+    """``newer_mucosa()`` makes this mucosa ship one more migration (revision 0099, adding a column)."""
     def install() -> None:
         folder = tmp_path / "migrations"
         shutil.copytree(schema.MIGRATIONS, folder, ignore=shutil.ignore_patterns("__pycache__"))
-        (folder / "versions" / "0002_ward.py").write_text(SECOND)
+        (folder / "versions" / "0099_ward.py").write_text(SECOND.format(head=head_revision()))
         monkeypatch.setattr(schema, "MIGRATIONS", folder)
 
     return install
@@ -115,20 +115,21 @@ def test_the_migrations_make_exactly_the_tables_of_the_models(store, place):
 
 
 def test_an_older_store_needs_an_upgrade_and_opening_it_changes_nothing(place, newer_mucosa):
-    place.open(create=True).close()  # at 0001
+    place.open(create=True).close()  # at today's head
+    head = head_revision()
     newer_mucosa()
-    assert known_revisions()[-1] == "0002"
+    assert known_revisions()[-1] == "0099"
     before = _digest(place)
     with pytest.raises(MigrationNeeded) as refused:
         place.open()
     message = str(refused.value)
-    assert "revision 0001" in message and "needs 0002" in message and "mucosa store upgrade" in message
+    assert f"revision {head}" in message and "needs 0099" in message and "mucosa store upgrade" in message
     revision, columns = _revision_and_columns(place)
-    assert revision == "0001" and "ward" not in columns
+    assert revision == head and "ward" not in columns
     assert _digest(place) == before
-    assert upgrade(place.location, place.media) == ("0001", "0002")
+    assert upgrade(place.location, place.media) == (head, "0099")
     revision, columns = _revision_and_columns(place)
-    assert revision == "0002" and "ward" in columns
+    assert revision == "0099" and "ward" in columns
     place.open().close()
 
 
@@ -187,3 +188,20 @@ def test_an_unreachable_server_is_one_line_naming_the_store(tmp_path):
     message = str(refused.value)
     assert message.startswith("store postgresql+psycopg://u:***@/db") and "\n" not in message
     assert "secret" not in message
+
+
+def test_a_store_of_the_first_revision_keeps_its_cases_through_the_upgrade(place):
+    from store_revisions import FIRST, first_revision_store
+
+    case_id = first_revision_store(place.location, place.media)
+    with pytest.raises(MigrationNeeded, match=f"revision {FIRST} but this mucosa needs {head_revision()}"):
+        place.open()
+    assert upgrade(place.location, place.media) == (FIRST, head_revision())
+    with place.open() as store:
+        case = store.case(case_id)
+        assert (case.name, case.status.value, case.summary, case.detail) == ("old", "queued", None, {})
+        done = store.case("ba9876543210")
+        assert (done.verdict, done.detail) == ("active", {"timeline": [1, 2]})  # moved to its own table
+        assert [c.name for c in store.search().cases] == ["old", "done"]
+    columns = _revision_and_columns(place)[1]
+    assert "summary" in columns and "detail" not in columns

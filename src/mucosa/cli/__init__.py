@@ -2,8 +2,8 @@
 
 One module per group of commands, each adding its subcommands with ``add_parser``: :mod:`~mucosa.cli.data`,
 :mod:`~mucosa.cli.training`, :mod:`~mucosa.cli.evaluation`, :mod:`~mucosa.cli.inference`,
-:mod:`~mucosa.cli.atlas` and :mod:`~mucosa.cli.service`; :mod:`~mucosa.cli.options` holds the options several
-commands share and :mod:`~mucosa.cli.checks` the option types and exit statuses.
+:mod:`~mucosa.cli.atlas`, :mod:`~mucosa.cli.service` and :mod:`~mucosa.cli.store`; :mod:`~mucosa.cli.options`
+holds the options several commands share and :mod:`~mucosa.cli.checks` the option types and exit statuses.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import sys
 import warnings
 
 from mucosa import __version__
-from mucosa.cli import atlas, checks, data, evaluation, inference, service, training
+from mucosa.cli import atlas, checks, data, evaluation, inference, service, store, training
 
 __all__ = ["build_parser", "main"]
 
-GROUPS = (data, training, evaluation, inference, atlas, service)  # in the order of the work
+GROUPS = (data, training, evaluation, inference, atlas, service, store)  # in the order of the work
 
 
 def build_parser() -> argparse.ArgumentParser:

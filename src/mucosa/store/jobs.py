@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from mucosa.store.auditlog import record
 from mucosa.store.records import CaseResult, CaseStatus, Job, LeaseLost, StoreError
-from mucosa.store.tables import CaseRow, JobRow
+from mucosa.store.tables import CaseDetailRow, CaseRow, JobRow
 
 __all__ = ["LEASE_SECONDS", "MAX_ATTEMPTS", "claim", "heartbeat", "finish", "fail", "release", "counts"]
 
@@ -104,7 +104,8 @@ def finish(session: Session, job: Job, result: CaseResult, at: dt.datetime) -> N
     if result.frames_announced is not None:
         case.frames_announced = result.frames_announced
     case.frames_decoded = result.frames_decoded
-    case.decode_warnings, case.detail = list(result.decode_warnings), _json(result.detail, job.case_id)
+    case.decode_warnings, case.summary = list(result.decode_warnings), _json(result.summary, job.case_id)
+    session.merge(CaseDetailRow(case_id=job.case_id, detail=_json(result.detail, job.case_id)))
     record(session, job.worker, "case.done", at, job.case_id, result.model_version,
            {"verdict": result.verdict, "text": result.verdict_text, "attempt": job.attempt})
 

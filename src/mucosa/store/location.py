@@ -11,6 +11,7 @@ cannot find its snapshot stale halfway.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +22,24 @@ from sqlalchemy.exc import ArgumentError
 
 from mucosa.store.records import StoreError
 
-__all__ = ["Location", "locate", "DATABASE_FILE", "MEDIA_FOLDER", "BUSY_SECONDS", "make_engines", "set_wal"]
+__all__ = ["Location", "locate", "is_url", "default_location", "DATABASE_FILE", "MEDIA_FOLDER", "BUSY_SECONDS",
+           "STORE_VARIABLE", "make_engines", "set_wal"]
 
 DATABASE_FILE = "store.sqlite3"
 MEDIA_FOLDER = "media"
 BUSY_SECONDS = 30.0
 _POSTGRES_DRIVERS = ("postgresql", "postgresql+psycopg")
+STORE_VARIABLE = "MUCOSA_STORE"
+
+
+def default_location() -> str:
+    """The store ``mucosa serve`` and ``mucosa store`` use when none is named: ``$MUCOSA_STORE``, else the folder
+    ``$XDG_DATA_HOME/mucosa/store`` (``~/.local/share/mucosa/store`` when XDG_DATA_HOME is unset)."""
+    named = os.environ.get(STORE_VARIABLE)
+    if named:
+        return named
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(data, "mucosa", "store")
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,8 @@ class Case:
 
     ``day`` is the exam date, or the upload day (UTC) when the exam date is not given: searches by date use
     it. ``detail`` (the service's full result: timeline, frames) is only filled by :meth:`Store.case`, not in
-    search results. ``reviewed`` says whether anyone has reviewed the case.
+    search results; ``summary`` (what a list shows of the result) is always there once the case is done.
+    ``reviewed`` says whether anyone has reviewed the case.
     """
 
     id: str
@@ -137,6 +138,7 @@ class Case:
     finished_at: dt.datetime | None
     reviewed: bool
     detail: dict | None = None
+    summary: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,7 @@ class CaseResult:
         unfamiliar_share: share of the frames unlike the training data, when the model measures it.
         model_version: the model that gave the verdict (the audit groups by it).
         detail: anything else the viewer needs (timeline, frame references), as JSON.
+        summary: what a list of cases shows of the result (kept small: it is read for every case listed).
     """
 
     verdict: str | None
@@ -162,6 +165,7 @@ class CaseResult:
     frames_decoded: int | None = None
     decode_warnings: tuple[str, ...] = ()
     detail: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ def add(session: Session, case_id: str, by: User, histology: str, agrees: bool, 
                     agrees=agrees, note=note, model_version=case.model_version, verdict=case.verdict,
                     verdict_text=case.verdict_text, score=case.score)
     session.add(row)
+    case.reviewed = True
     session.flush()
     record(session, by, "case.review", at, case_id, case.model_version,
            {"histology": row.histology, "agrees": agrees, "verdict": case.verdict})

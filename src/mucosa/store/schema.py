@@ -170,7 +170,10 @@ def upgrade(location: str | Path, media: str | Path | None = None) -> tuple[str 
             check_revision(found, place)
         if found != head_revision():
             _migrate(place, writer)
-            log.info("store %s upgraded from revision %s to %s", place.describe(), found, head_revision())
+            if found is None:
+                log.info("store %s made, at revision %s", place.describe(), head_revision())
+            else:
+                log.info("store %s upgraded from revision %s to %s", place.describe(), found, head_revision())
         return found, head_revision()
     except SQLAlchemyError as error:
         raise database_error(place, error) from None

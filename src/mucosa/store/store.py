@@ -193,7 +193,7 @@ class Store:
 
     def add_case(self, name: str, media: Sequence[MediaFile], *, kind: str = "video", by: Actor = None,
                  patient: str | None = None, exam_date: dt.date | str | None = None, region: str | None = None,
-                 frames_announced: int | None = None) -> Case:
+                 frames_announced: int | None = None, model_version: str | None = None) -> Case:
         """Add a case (queued, with its job) whose media are in the store already (:meth:`put_media`).
 
         Args:
@@ -202,16 +202,18 @@ class Store:
             patient, exam_date, region: the optional exam fields (a pseudonymous patient id, never a name;
                 the date as a date or ``YYYY-MM-DD``).
             frames_announced: the frames the file says it holds.
+            model_version: the model that will judge it, as the audit log records the upload.
         """
         with self._session(write=True) as session:
             case_id = cases.add(session, self.media, self.now(), by, name, media, kind, patient, exam_date, region,
-                                frames_announced)
+                                frames_announced, model_version)
         return self.case(case_id)
 
-    def case(self, case_id: str) -> Case:
-        """The case with its detail; raises NotFound (also for a deleted case)."""
+    def case(self, case_id: str, detail: bool = True) -> Case:
+        """The case with its detail (``detail=False``: without, as fast as a search); raises NotFound (also for a
+        deleted case)."""
         with self._session(write=False) as session:
-            return cases.get(session, case_id)
+            return cases.get(session, case_id, detail)
 
     def search(self, *, patient: str | None = None, since: dt.date | str | None = None,
                until: dt.date | str | None = None,

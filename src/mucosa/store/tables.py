@@ -18,15 +18,18 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     Text,
     TypeDecorator,
+    false,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "UTCDateTime", "UserRow", "CaseRow", "JobRow", "ReviewRow", "AuditRow", "ROLES", "STATES"]
+__all__ = ["Base", "UTCDateTime", "UserRow", "CaseRow", "CaseDetailRow", "JobRow", "ReviewRow", "AuditRow", "ROLES",
+           "STATES"]
 
 ROLES = ("viewer", "reviewer", "admin")
 STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -85,7 +88,7 @@ class CaseRow(Base):
     """A video, or the images of one examination, and the model's result."""
 
     __tablename__ = "cases"
-    __table_args__ = (_one_of("status", STATES),)
+    __table_args__ = (_one_of("status", STATES), Index("ix_cases_listing", "deleted_at", "created_at", "id"))
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(300))
@@ -107,10 +110,20 @@ class CaseRow(Base):
     unfamiliar_share: Mapped[float | None] = mapped_column(Float)
     model_version: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
-    detail: Mapped[dict | None] = deferred(mapped_column(JSON))
+    summary: Mapped[dict | None] = mapped_column(JSON)  # what lists show, small (revision 0002)
+    reviewed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # has a review
     finished_at: Mapped[dt.datetime | None]
     deleted_at: Mapped[dt.datetime | None]
     deleted_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+
+
+class CaseDetailRow(Base):
+    """The per-frame detail of a finished case, apart from its row: a list of cases never reads it."""
+
+    __tablename__ = "case_details"
+
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"), primary_key=True)
+    detail: Mapped[dict] = mapped_column(JSON)
 
 
 class JobRow(Base):
