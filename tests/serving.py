@@ -13,9 +13,10 @@ def serving(engine, **settings):
     """A TestClient with the lifespan running; yields (client, the server's temporary folder)."""
     from fastapi.testclient import TestClient
 
-    from mucosa.service.app import Settings, create_app
+    from mucosa.service.app import create_app
+    from mucosa.service.settings import ServeSettings
 
-    app = create_app(engine, Settings(**settings))
+    app = create_app(engine, ServeSettings(**settings))
     with TestClient(app) as client:
         yield client, app.state.root
 
@@ -28,11 +29,12 @@ def live_server(engine, startup: float = 30.0, **settings):
     (The service's modules are imported when called: without the serve extra this module still imports.)"""
     import uvicorn
 
-    from mucosa.service.app import Settings, create_app
+    from mucosa.service.app import create_app
     from mucosa.service.server import bind
+    from mucosa.service.settings import ServeSettings
 
     sock = bind("127.0.0.1", 0)
-    config = uvicorn.Config(create_app(engine, Settings(**settings)), log_level="warning", access_log=False,
+    config = uvicorn.Config(create_app(engine, ServeSettings(**settings)), log_level="warning", access_log=False,
                             timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)

@@ -9,8 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from media import files_under
-from mucosa.service.app import Settings, create_app
+from mucosa.service.app import create_app
 from mucosa.service.cases import Case
+from mucosa.service.settings import ServeSettings
 from serving import serving, upload, wait_done
 
 pytestmark = [pytest.mark.realdata, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -168,7 +169,7 @@ def test_an_unexpected_error_is_a_json_500_without_details(engine, frame_png, mo
         raise RuntimeError(f"{paths[0]}: something went wrong at {time.time()}")
 
     monkeypatch.setattr(engine, "inspect", broken)
-    with TestClient(create_app(engine, Settings()), raise_server_exceptions=False) as client:
+    with TestClient(create_app(engine, ServeSettings()), raise_server_exceptions=False) as client:
         response = upload(client, "/v1/cases", frame_png)
         assert response.status_code == 500
         assert response.json() == {"detail": "internal error (see the server's log)"}

@@ -42,11 +42,10 @@ from mucosa.service.routes import cases, health, model, predict, reports, simila
 from mucosa.service.routes.common import API_VERSION
 from mucosa.service.settings import ServeSettings
 
-__all__ = ["Settings", "create_app"]
+__all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
-Settings = ServeSettings  # the name this module gave the server's settings before they had their own module
 
 
 def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI:

@@ -38,7 +38,7 @@ class Verdict(BaseModel):
     model_config = {"populate_by_name": True}
 
 
-class Prediction(BaseModel):
+class ImagePrediction(BaseModel):
     classes: list[str]
     probabilities: dict[str, float] | None = Field(description="per class; null when the quality gate "
                                                       "dropped the image")
@@ -88,7 +88,7 @@ class CaseSummary(BaseModel):
     finished: float | None
 
 
-class Case(CaseSummary):
+class CaseDetail(CaseSummary):
     timeline: list[TimelinePoint]
 
 

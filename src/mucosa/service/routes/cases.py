@@ -74,7 +74,7 @@ def list_cases(cases: CasesDep) -> list[dict]:
     return _listable(cases.list())
 
 
-@router.get("/{case_id}", response_model=schemas.Case, responses=NOT_FOUND)
+@router.get("/{case_id}", response_model=schemas.CaseDetail, responses=NOT_FOUND)
 def get_case(case_id: str, cases: CasesDep,
              since: int = Query(0, ge=0, description="timeline rows from this one on")) -> dict:
     """Status, progress, the per-frame timeline and the running or final verdict."""

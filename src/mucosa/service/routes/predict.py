@@ -20,7 +20,7 @@ __all__ = ["router"]
 router = APIRouter(tags=["predict"])
 
 
-@router.post("/predict", response_model=schemas.Prediction, response_model_exclude_none=False,
+@router.post("/predict", response_model=schemas.ImagePrediction, response_model_exclude_none=False,
              responses=MEDIA_ERRORS, openapi_extra=upload_body("one image (PNG, TIFF, JPEG, BMP)", many=False))
 async def predict(request: Request, engine: EngineDep, settings: SettingsDep, workspace: WorkspaceDep,
                   limiter: LimiterDep, gradcam: bool = Query(False, description="add the Grad-CAM overlay")):
