@@ -133,6 +133,17 @@ def browser():
         browser.close()
 
 
+@pytest.fixture
+def page(browser):
+    """A 1280x800 page of ``browser``; the test fails on any script error the page raised."""
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    page.close()
+    assert not errors, errors
+
+
 @pytest.fixture(scope="session")
 def shots(tmp_path_factory) -> Path:
     """Where the browser tests put their screenshots: $MUCOSA_SCREENSHOTS, else a temporary folder."""

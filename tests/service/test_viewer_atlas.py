@@ -15,16 +15,6 @@ def base(atlas_run, tmp_path_factory):
         yield url
 
 
-@pytest.fixture
-def page(browser):
-    page = browser.new_page(viewport={"width": 1280, "height": 800})
-    errors = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield page
-    page.close()
-    assert not errors, errors
-
-
 def drop(page, base, *paths) -> None:
     page.goto(base + "/")
     page.wait_for_function("() => document.querySelector('#model').textContent.includes('threshold')")

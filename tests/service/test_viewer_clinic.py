@@ -27,16 +27,6 @@ def base(brain_checkpoint, tmp_path_factory):
         yield url
 
 
-@pytest.fixture
-def page(browser):
-    page = browser.new_page(viewport={"width": 1280, "height": 800})
-    errors = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield page
-    page.close()
-    assert not errors, errors
-
-
 def open_viewer(page, base: str) -> None:
     page.goto(base + "/")
     page.wait_for_selector("#model:has-text('glioblastoma / meningioma')", state="attached")  # hidden on phones
