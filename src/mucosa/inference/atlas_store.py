@@ -44,6 +44,7 @@ from mucosa._version import __version__
 from mucosa.atomic import OutputSet
 from mucosa.data import fov
 from mucosa.errors import MucosaError, first_line
+from mucosa.formats import check_version
 
 __all__ = ["AtlasError", "AtlasFileError", "AtlasFiles", "AtlasModel", "Calibration", "FrameRecords", "COLUMNS",
            "EMBEDDINGS", "FRAMES", "INDEX", "THUMBNAILS",
@@ -266,13 +267,7 @@ def _manifest(folder: Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else None
         raise AtlasFileError(f"{path}: not a mucosa atlas (format {found!r:.40}, expected {FORMAT!r})")
-    version = manifest.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version not in KNOWN_VERSIONS:
-        newer = isinstance(version, int) and not isinstance(version, bool) and version > max(KNOWN_VERSIONS)
-        raise AtlasFileError(f"{path}: atlas format version {version!r:.40}; this mucosa ({__version__}) reads "
-                             f"version{'s' if len(KNOWN_VERSIONS) > 1 else ''} "
-                             f"{', '.join(map(str, KNOWN_VERSIONS))}"
-                             + ("; upgrade mucosa to read it" if newer else ""))
+    check_version(path, "atlas", manifest.get("version"), KNOWN_VERSIONS, AtlasFileError)  # the one rule
     if not isinstance(manifest.get("files"), dict):
         raise AtlasFileError(f"{path}: damaged (no SHA-256 of the atlas's files)")
     return manifest
