@@ -324,3 +324,18 @@ def test_media_in_lists_images_and_videos_but_nothing_hidden(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in media_in(tmp_path)] == ["a/deep/clip.mp4", "a/x.TIF",
                                                                                    "b.png"]
     assert media_in(tmp_path / ".ipynb_checkpoints") == [tmp_path / ".ipynb_checkpoints" / "b.png"]
+
+
+def test_arrays_obey_max_pixels_before_anything_is_converted():
+    """A 20000x20000 array given to the Python API skipped max_pixels and ended in a raw MemoryError."""
+    from mucosa.data.preparation import Preprocessing, iter_frames
+    from mucosa.data.readers import array_frames
+
+    huge = np.broadcast_to(np.uint8(0), (20000, 20000))  # a view: no memory is taken by the test itself
+    with pytest.raises(UnreadableFileError, match=r"array: frame is 20000x20000 pixels \(400 megapixels\), more "
+                                                  r"than the limit of 250 megapixels"):
+        array_frames(huge)
+    small = np.zeros((3, 100, 100), np.uint8)
+    with pytest.raises(UnreadableFileError, match="array: frame is 100x100 pixels"):
+        list(iter_frames(small, Preprocessing(size=32, max_pixels=64 * 64)))
+    assert array_frames(np.zeros((100, 100), np.uint8))[0] is True  # within the limit: read as before

@@ -289,7 +289,7 @@ def iter_frames(source: str | Path | np.ndarray, prep: Preprocessing, selection:
         UnreadableFileError: the file cannot be decoded.
     """
     if isinstance(source, np.ndarray):
-        still, frames = array_frames(source, prep.channel)
+        still, frames = array_frames(source, prep.channel, prep.max_pixels)
         if still:
             yield from _still_frames(frames[0], prep, "array")
             return

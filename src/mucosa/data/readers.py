@@ -175,12 +175,15 @@ def to_gray(array: np.ndarray, channel: str = "auto", source: str | Path = "imag
     return _scaled(array, _divisor(array, source))
 
 
-def array_frames(array: np.ndarray, channel: str = "auto") -> tuple[bool, list[np.ndarray]]:
+def array_frames(array: np.ndarray, channel: str = "auto", max_pixels: int | None = None
+                 ) -> tuple[bool, list[np.ndarray]]:
     """An in-memory image or stack of frames, of any integer or float dtype, as gray float32 frames.
 
     Args:
         array: (H, W) or (H, W, 1|3|4): one still image; (N, H, W): N frames of one video or case,
             scaled together (one intensity range for the stack).
+        max_pixels: refuse frames with more pixels, before anything is converted (default :data:`MAX_PIXELS`),
+            as for a file (:func:`check_frame_size`).
 
     Returns:
         ``(still, frames)``: whether it is one still image, and the (H, W) frames in [0, 1].
@@ -191,6 +194,7 @@ def array_frames(array: np.ndarray, channel: str = "auto") -> tuple[bool, list[n
     if array.ndim not in (2, 3) or array.size == 0 or min(side) < MIN_SIDE:
         raise UnreadableFileError(f"array: shape {array.shape}; expected a non-empty (H, W) or (H, W, C) image, "
                                   f"or (N, H, W) frames, at least {MIN_SIDE}x{MIN_SIDE} pixels")
+    check_frame_size("array", side[1], side[0], max_pixels, "frame")
     if still:
         return True, [to_gray(array, channel, "array")]
     stack = _scaled(array, _divisor(array, "array"))
