@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import hashlib
 import os
 import shutil
 import tempfile
@@ -35,7 +36,7 @@ from mucosa.errors import MucosaError
 
 __all__ = ["OutputError", "WriteError", "check_writable_folder", "check_writable_file", "write_error",
            "write_bytes", "write_text", "write_with", "write_torch", "temporary_beside", "PendingFile",
-           "OutputSet", "remove_stale"]
+           "OutputSet", "remove_stale", "file_sha256"]
 
 STALE_SECONDS = 600  # a temporary file or staging folder untouched this long belongs to a killed run
 _PROBE_BYTES = 4096  # written (and synced) by the writability probe, so a full disk shows before the work
@@ -410,3 +411,21 @@ class OutputSet:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 (hex) of a file, read a megabyte at a time (what the atlas and pretraining record of files).
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     empty = Path(folder) / "empty"
+    ...     _ = empty.write_bytes(b"")
+    ...     file_sha256(empty)[:12]
+    'e3b0c44298fc'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+

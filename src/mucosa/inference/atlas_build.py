@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mucosa.atomic import file_sha256
 from mucosa.data.cache import FrameCache
 from mucosa.data.frame_table import FrameTable, assemble
 from mucosa.data.manifest import Cohort, Record, check_parts, load_manifest
@@ -47,7 +48,7 @@ from mucosa.inference.atlas import (
     load,
     refuse_other_model,
 )
-from mucosa.inference.atlas_store import file_sha256, make_thumbnails
+from mucosa.inference.atlas_store import make_thumbnails
 from mucosa.inference.onnx import OnnxPredictor
 from mucosa.inference.onnx_files import process_rank
 from mucosa.inference.runtime import describe, for_checkpoint

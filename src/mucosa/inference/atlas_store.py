@@ -31,7 +31,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ import numpy as np
 
 from mucosa import tables
 from mucosa._version import __version__
-from mucosa.atomic import OutputSet
+from mucosa.atomic import OutputSet, file_sha256
 from mucosa.data import fov
 from mucosa.errors import MucosaError, first_line
 from mucosa.formats import check_version
@@ -49,7 +48,7 @@ from mucosa.formats import check_version
 __all__ = ["AtlasError", "AtlasFileError", "AtlasFiles", "AtlasModel", "Calibration", "FrameRecords", "COLUMNS",
            "EMBEDDINGS", "FRAMES", "INDEX", "THUMBNAILS",
            "FORMAT", "KNOWN_VERSIONS", "MANIFEST", "THUMBNAIL_SIZE", "VERSION", "checked_embeddings",
-           "file_sha256", "make_thumbnails", "read", "write"]
+           "make_thumbnails", "read", "write"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +59,6 @@ MANIFEST, EMBEDDINGS, THUMBNAILS, FRAMES, INDEX = ("atlas.json", "embeddings.npy
                                                    "index.faiss")
 COLUMNS = ("case", "patient", "label", "frame", "file")
 THUMBNAIL_SIZE = 48  # pixels a side
-_CHUNK = 1 << 20
 _NORM_TOLERANCE = 1e-3  # |norm - 1| allowed for an L2-normalised embedding
 
 
@@ -214,15 +212,6 @@ class AtlasFiles:
     thumbnails: np.ndarray
     columns: dict[str, list]  # frames.csv: COLUMNS → values (``frame`` as ints)
     index: bytes | None  # index.faiss, when the atlas has one
-
-
-def file_sha256(path: Path) -> str:
-    """The SHA-256 (hex) of a file, read a megabyte at a time."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write(folder: str | Path, description: dict, embeddings: np.ndarray, thumbnails: np.ndarray,

@@ -22,7 +22,6 @@ dependency.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -167,11 +166,6 @@ class Contrastive(RunModule):
         return {f"model.{k}": state[k].detach().cpu().contiguous() for k in self.encoder_keys}
 
 
-def manifest_hash(path: Path) -> str:
-    """SHA-256 of the manifest file: which frames the encoder saw, without naming a patient."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def plan_pretraining(manifest: str | Path, config: RunConfig, out: Path, cache: FrameCache | None = None,
                      parts: list[str] | None = None, progress: bool = True) -> RunPlan:
     """Read the manifest without its labels, keep the rows of ``parts`` (its split column; all rows when
@@ -207,7 +201,7 @@ def _frames_seen(plan: RunPlan, manifest: Path, parts: list[str] | None) -> dict
     per_case = plan.config.training.frames_per_case
     per_epoch = len(_loader(plan).sampler) if per_case else len(plan.table)
     return {"frames": len(plan.table), "frames_per_epoch": per_epoch, "files": len(records), "videos": videos,
-            "images": len(records) - videos, "manifest_sha256": manifest_hash(manifest),
+            "images": len(records) - videos, "manifest_sha256": atomic.file_sha256(manifest),
             "parts": parts or "all rows", "labels_read": False}
 
 
@@ -291,7 +285,7 @@ def resume_pretraining(run: str | Path, cache: FrameCache | None = None, progres
     state, epoch = resumable_checkpoint(last)
     _check_resumable(state.get("mucosa"), config, settings, run)
     del state
-    if not manifest.is_file() or manifest_hash(manifest) != settings["frames"]["manifest_sha256"]:
+    if not manifest.is_file() or atomic.file_sha256(manifest) != settings["frames"]["manifest_sha256"]:
         raise ConfigError(f"{manifest}: missing or changed since pretraining started; start a new run instead of "
                           "--resume")
     plan = plan_pretraining(manifest, config, run, cache, parts, progress)

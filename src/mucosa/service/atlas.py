@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mucosa.atomic import file_sha256
 from mucosa.errors import MucosaError
 from mucosa.inference.atlas import Atlas, AtlasError
 from mucosa.inference.atlas_build import find_atlas, open_atlas
-from mucosa.inference.atlas_store import file_sha256
 from mucosa.inference.similar import SIMILAR_CASES, consult, similar_entry
 from mucosa.service.framestore import encode
 
