@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,11 +129,17 @@ def make_engines(location: Location) -> tuple[Engine, Engine]:
 
 def set_wal(database: Path) -> None:
     """Put an SQLite file in WAL mode (kept in the file): readers then never block on the writer."""
-    connection = sqlite3.connect(database, timeout=BUSY_SECONDS)
-    try:
-        mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    finally:
-        connection.close()
+    mode, deadline = None, time.monotonic() + BUSY_SECONDS
+    while mode is None:  # SQLite does not wait (busy_timeout) for the lock a change of journal mode takes
+        connection = sqlite3.connect(database, timeout=BUSY_SECONDS)
+        try:
+            mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as error:  # another server is making the same new store: try again
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise StoreError(f"store {database}: cannot set WAL mode ({error})") from None
+            time.sleep(0.05)
+        finally:
+            connection.close()
     if mode != "wal":
         raise StoreError(f"store {database}: SQLite cannot use WAL mode here (journal mode {mode}); is the folder on "
                          "a network file system? Use a local folder or PostgreSQL")
