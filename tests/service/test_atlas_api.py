@@ -3,6 +3,7 @@
 ``mucosa train`` wrote with its atlas; and a checkpoint without one."""
 
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -63,12 +64,20 @@ def test_similar_cases_leave_out_the_own_patient(atlas_engine, atlas_run):
         assert client.get("/v1/cases/nobody/similar").status_code == 404
 
 
-def test_similar_waits_for_a_usable_frame(atlas_engine, black_png, tmp_path):
+def test_similar_waits_for_a_usable_frame(atlas_engine, black_png, tmp_path, monkeypatch):
+    release = threading.Event()
+    frames = atlas_engine.frames
+
+    def held_frames(*args, **kwargs):  # the case stays running until the test has asked
+        release.wait(30)
+        yield from frames(*args, **kwargs)
+
+    monkeypatch.setattr(atlas_engine, "frames", held_frames)
     with serving(atlas_engine) as (client, root):
         case_id = upload(client, "/v1/cases", black_png).json()["id"]
-        case = client.get(f"/v1/cases/{case_id}").json()
-        if case["status"] != "done":  # still queued or running: not yet
-            assert client.get(f"/v1/cases/{case_id}/similar").status_code == 409
+        answer = client.get(f"/v1/cases/{case_id}/similar")
+        assert answer.status_code == 409 and "similar cases come once it is done" in answer.json()["detail"]
+        release.set()
         wait_done(client, case_id)
         # the black image passes this model's gate (threshold 0): remove its embeddings to stand for no usable frame
         for path in root.rglob("embeddings.npy"):
