@@ -410,6 +410,14 @@ def test_the_shortcut_flags_set_real_settings_and_each_command_keeps_its_batch_r
     assert capsys.readouterr().err.splitlines() == ["error: --set training.batch_size: 1 must be at least 2"]
 
 
+def test_train_devices_takes_every_value_its_help_offers():
+    parser = cli.build_parser()
+    for text, value in (("-1", -1), ("0,1", "0,1"), ("auto", "auto"), ("2", 2)):
+        assert parser.parse_args(["train", "--devices", text]).devices == value
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--devices", "0"])
+
+
 def test_the_parser_is_built_without_the_deep_learning_libraries():
     """``mucosa --help`` and the commands that need no model start at once: no PyTorch, Lightning, scikit-learn."""
     code = ("import sys; from mucosa.cli import build_parser; build_parser().parse_args(['check', 'm.csv']); "

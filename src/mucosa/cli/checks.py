@@ -135,8 +135,19 @@ model_kind.__name__ = "model kind"
 
 
 def devices(text: str) -> int | str:
-    """An argparse type for ``--devices``: ``auto`` or a count >= 1."""
+    """An argparse type for ``predict --devices`` (processes per node): ``auto`` or a count >= 1."""
     return text if text == "auto" else integer(1)(text)
+
+
+def training_devices(text: str) -> int | str:
+    """An argparse type for ``train --devices``: Lightning's devices, by the training settings' own rule
+    (``models.config.check_devices``): a count, -1 (all), auto or ids such as 0,1."""
+    from mucosa.models.config import check_devices
+
+    return _by_library(check_devices, text)
+
+
+training_devices.__name__ = "devices"
 
 
 # --------------------------------------------------------------------------------------------------

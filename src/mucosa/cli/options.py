@@ -93,7 +93,7 @@ SHORTCUTS = {
     "--frames-per-case": Shortcut("training.frames_per_case", checks.integer(0),
                                   "at most this many frames of a case per epoch (0 = all)"),
     "--accelerator": Shortcut("training.accelerator", help="cpu, gpu or auto"),
-    "--devices": Shortcut("training.devices", checks.devices, "device count, -1 (all), auto or ids such as 0,1"),
+    "--devices": Shortcut("training.devices", checks.training_devices, "device count, -1 (all), auto or ids such as 0,1"),
     "--num-nodes": Shortcut("training.num_nodes", checks.integer(1)),
     "--strategy": Shortcut("training.strategy", help="e.g. ddp"),
     "--precision": Shortcut("training.precision", help="Lightning precision, e.g. 32-true or bf16-mixed"),

@@ -56,8 +56,16 @@ class SplitConfig(Settings):
         return self
 
 
-def _devices(value: Any) -> int | str:
-    """Lightning's ``devices``: a count (``-1`` = all), ``auto`` or device ids such as ``0,1``."""
+def check_devices(value: Any) -> int | str:
+    """Lightning's ``devices``: a count (``-1`` = all), ``auto`` or device ids such as ``0,1``.
+
+    Example:
+        >>> check_devices("0,1"), check_devices("-1"), check_devices(2)
+        ('0,1', -1, 2)
+
+    Raises:
+        ConfigError: anything else, e.g. ``0``.
+    """
     if isinstance(value, str) and (value == "auto" or "," in value and all(p.strip().isdigit()
                                                                           for p in value.split(",") if p.strip())):
         return value
@@ -66,9 +74,16 @@ def _devices(value: Any) -> int | str:
     except PydanticCustomError:
         count = 0
     if count < 1 and count != -1:
-        raise PydanticCustomError("mucosa", "expected a device count of at least 1, -1 (all), auto or device "
-                                  "ids such as '0,1', got {got}", {"got": repr(value)[:60]})
+        raise ConfigError(f"expected a device count of at least 1, -1 (all), auto or device ids such as '0,1', "
+                          f"got {repr(value)[:60]}")
     return count
+
+
+def _devices(value: Any) -> int | str:
+    try:
+        return check_devices(value)
+    except ConfigError as error:
+        raise PydanticCustomError("mucosa", "{why}", {"why": str(error)}) from None
 
 
 def _precision(value: Any) -> Any:
