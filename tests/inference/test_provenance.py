@@ -85,6 +85,11 @@ def test_an_exported_file_runs_beside_its_checkpoint_only_as_exported(run, tmp_p
     export(run / "best.ckpt", out)
     entry = load_checkpoint(run / "best.ckpt").info[provenance.EXPORTS_KEY][-1]
     assert entry["file"] == "model.onnx" and entry["sha256"] == provenance.sha256(out.read_bytes())
+    loaded = load_checkpoint(run / "best.ckpt")
+    before = len(loaded.info[provenance.EXPORTS_KEY])
+    assert provenance.record_export(run / "best.ckpt", loaded, out.read_bytes(), "model.onnx")  # the same again
+    assert load_checkpoint(run / "best.ckpt").info[provenance.EXPORTS_KEY] == loaded.info[provenance.EXPORTS_KEY]
+    assert len(loaded.info[provenance.EXPORTS_KEY]) == before and loaded.info[provenance.EXPORTS_KEY][-1] == entry
     assert open_predictor(out).choice["source"] == "model.onnx"  # named alone, checked against best.ckpt
     flip(out, "last")
     with pytest.raises(provenance.UnverifiedModelError, match="model.onnx"):

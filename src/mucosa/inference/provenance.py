@@ -95,9 +95,11 @@ def record_export(checkpoint: str | Path, loaded: LoadedCheckpoint, model: bytes
     Returns False, with a warning, when the checkpoint cannot be rewritten (then the file runs only alone).
     """
     exports = loaded.info.get(EXPORTS_KEY)
-    exports = [e for e in (exports if isinstance(exports, list) else []) if isinstance(e, dict)]
-    exports.append({"file": name, "sha256": sha256(model), "weights_sha256": loaded.weights_sha256,
-                    "quantization": quantization})
+    entry = {"file": name, "sha256": sha256(model), "weights_sha256": loaded.weights_sha256,
+             "quantization": quantization}
+    # the same file exported again (same bytes, same weights) is one entry, moved to the end
+    exports = [e for e in (exports if isinstance(exports, list) else []) if isinstance(e, dict) and e != entry]
+    exports.append(entry)
     try:
         record_in_card(checkpoint, EXPORTS_KEY, exports[-_MOST_EXPORTS:])
     except MucosaError as error:
