@@ -15,9 +15,12 @@ run/best.ckpt: checkpoint format version 99, which this mucosa does not know (it
 
 from __future__ import annotations
 
-from mucosa.errors import MucosaError
+import json
+from pathlib import Path
 
-__all__ = ["FormatError", "check_version", "split_format"]
+from mucosa.errors import MucosaError, first_line
+
+__all__ = ["FormatError", "check_version", "read_json_object", "split_format"]
 
 
 class FormatError(MucosaError):
@@ -35,6 +38,26 @@ def check_version(where, what: str, found, known: tuple[int, ...], error: type[M
         raise error(f"{where}: {what} format version {found}, which this mucosa does not know (it knows "
                     f"{listed});{newer}".rstrip(";"))
     return found
+
+
+def read_json_object(path: str | Path, what: str, error: type[MucosaError] = FormatError, advice: str = "") -> dict:
+    """The JSON object that a file of mucosa's holds; else ``error``, one line naming ``path``: unreadable or
+    truncated, or not an object (then it is not ``what``, e.g. ``a mucosa atlas``), with ``advice`` after.
+
+    >>> try:
+    ...     read_json_object("no/such.json", "the metrics of `mucosa evaluate`")
+    ... except FormatError as error:
+    ...     print(str(error).split(" (")[0])
+    no/such.json: unreadable or truncated JSON
+    """
+    tail = f"; {advice}" if advice else ""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as problem:
+        raise error(f"{path}: unreadable or truncated JSON ({first_line(problem, 120)}){tail}") from None
+    if not isinstance(value, dict):
+        raise error(f"{path}: not {what} (a JSON object){tail}")
+    return value
 
 
 def split_format(value, family: str) -> tuple[str, int | None] | None:

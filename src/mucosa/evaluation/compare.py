@@ -24,6 +24,7 @@ from mucosa.evaluation.report import (
     md_table,
     plot_curves,
 )
+from mucosa.formats import read_json_object
 from mucosa.intervals import BOOTSTRAP, DESCRIPTIONS, EXACT
 from mucosa.tables import read_csv, write_csv
 
@@ -70,12 +71,7 @@ def _read_metrics(folder: Path) -> dict:
     rerun = f"run `mucosa evaluate --out {folder}` again"
     if not path.is_file():
         raise ConfigError(f"{folder}: no metrics.json — run `mucosa evaluate --out {folder}` first")
-    try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{path}: unreadable or truncated ({_reason(error)}); {rerun}") from None
-    if not isinstance(result, dict):
-        raise ConfigError(f"{path}: not the metrics of `mucosa evaluate` (a JSON object); {rerun}")
+    result = read_json_object(path, "the metrics of `mucosa evaluate`", ConfigError, rerun)
     kinds = {"classes": list, "image": dict, "patient": dict, "counts": dict}
     missing = [k for k, kind in kinds.items() if not isinstance(result.get(k), kind)]
     if missing or not all(isinstance(c, str) for c in result["classes"]) or len(result["classes"]) < 2:

@@ -43,7 +43,7 @@ from mucosa._version import __version__
 from mucosa.atomic import OutputSet, file_sha256
 from mucosa.data import fov
 from mucosa.errors import MucosaError, first_line
-from mucosa.formats import check_version
+from mucosa.formats import check_version, read_json_object
 
 __all__ = ["AtlasError", "AtlasFileError", "AtlasFiles", "AtlasModel", "Calibration", "FrameRecords", "COLUMNS",
            "EMBEDDINGS", "FRAMES", "INDEX", "THUMBNAILS",
@@ -249,13 +249,10 @@ def _manifest(folder: Path) -> dict:
     path = folder / MANIFEST
     if not path.is_file():
         raise AtlasFileError(f"{folder}: not an atlas (no {MANIFEST} in it)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise AtlasFileError(f"{path}: damaged, not readable JSON ({first_line(error)})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else None
-        raise AtlasFileError(f"{path}: not a mucosa atlas (format {found!r:.40}, expected {FORMAT!r})")
+    manifest = read_json_object(path, "a mucosa atlas", AtlasFileError)
+    if manifest.get("format") != FORMAT:
+        raise AtlasFileError(f"{path}: not a mucosa atlas (format {manifest.get('format')!r:.40}, expected "
+                             f"{FORMAT!r})")
     check_version(path, "atlas", manifest.get("version"), KNOWN_VERSIONS, AtlasFileError)  # the one rule
     if not isinstance(manifest.get("files"), dict):
         raise AtlasFileError(f"{path}: damaged (no SHA-256 of the atlas's files)")
