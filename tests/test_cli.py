@@ -3,6 +3,7 @@
 import csv
 import os
 import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +25,9 @@ def tiny(train_tiny):
 
 
 @pytest.fixture(scope="module")
-def places(tiny, tmp_path_factory):
-    """Inputs good and bad, and output places that cannot work, for the sweep."""
+def places(tiny, tmp_path_factory, cheap_tokens_module):
+    """Inputs good and bad, output places that cannot work, and earlier outputs (a result folder, an atlas, a
+    case store with a user, its backup), for the sweep."""
     from media import write_video
 
     root = tmp_path_factory.mktemp("places")
@@ -41,12 +43,43 @@ def places(tiny, tmp_path_factory):
     _atlas_of_other_weights(root / "other-atlas")
     _atlas_of_other_weights(root / "damaged-atlas").joinpath("atlas.json").write_text("{not json")
     image = next((tiny.cohort / "images").rglob("*.png"))
+    earlier = root / "earlier"
+    earlier.mkdir()
+    (earlier / "predictions.csv").write_text("path,probability\nearlier.png,0.5\n")
+    shutil.copyfile(tiny.best, root / "model.ckpt")  # building an atlas records it in the model's card
+    for argv in (["atlas", "build", "--checkpoint", root / "model.ckpt", "--manifest", tiny.run / "split.csv",
+                  "--out", root / "atlas", "--cache", tiny.cache.root],
+                 ["store", "upgrade", "--store", root / "store"],
+                 ["users", "add", "dr r", "--role", "reviewer", "--store", root / "store"],
+                 ["store", "backup", root / "backup", "--store", root / "store"]):
+        assert main([str(a) for a in argv]) == 0, argv
     return {"ckpt": str(tiny.best), "manifest": str(tiny.run / "split.csv"), "image": str(image),
             "cohort": str(tiny.cohort), "run": str(tiny.run), **{k: str(root / v) for k, v in {
                 "root": ".", "folder": "folder", "file": "file.txt", "garbage": "garbage.bin",
                 "broken": "broken.png", "empty": "empty.csv", "badcsv": "bad.csv", "badckpt": "weights.ckpt",
                 "fakevideo": "not-a-video.mpg", "video": "clip.avi", "new": "new-out", "otheratlas": "other-atlas",
-                "damagedatlas": "damaged-atlas", "noatlas": "no-atlas-here"}.items()}}
+                "damagedatlas": "damaged-atlas", "noatlas": "no-atlas-here", "earlier": "earlier",
+                "atlas": "atlas", "store": "store", "backup": "backup", "cache": tiny.cache.root}.items()}}
+
+
+@pytest.fixture(scope="module")
+def cheap_tokens_module():
+    """Users' tokens hashed cheaply for the module's store (as ``cheap_tokens`` does for one test)."""
+    from mucosa.store import tokens
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tokens, "COST", (2**10, 8, 1))
+        yield
+
+
+def contents(places: dict) -> dict[str, str]:
+    """The SHA-256 of every file of the earlier outputs and inputs (the places, the run, the cohort, the
+    cache), by path: a refused command must leave each as it was, and add nothing."""
+    import hashlib
+
+    folders = {Path(places[k]) for k in ("root", "run", "cohort", "cache")}
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for folder in folders for p in folder.rglob("*")
+            if p.is_file()}
 
 
 def _atlas_of_other_weights(folder):
@@ -220,12 +253,44 @@ BAD = [
     "atlas build --checkpoint {folder} --manifest {manifest} --out {new}",
     "atlas build --checkpoint {ckpt} --manifest {manifest}",
     "atlas",
+    # earlier outputs that a refused command must leave as they were
+    "predict --checkpoint {ckpt} {image} --out {earlier} --threshold 2",
+    "predict --checkpoint {badckpt} {image} --out {earlier}",
+    "evaluate --checkpoint {ckpt} --manifest {badcsv} --out {earlier}",
+    "explain --checkpoint {ckpt} {broken} --out {earlier}",
+    "train --manifest {manifest} --out {run}",
+    "train --resume {run} --epochs 3",
+    "train --resume {run} --manifest {manifest}",
+    "train --resume {run} --manifest {manifest} --pseudonymise --pseudonym-key k --cache {cache}",
+    "train --manifest {manifest} --out {new} --pseudonymise",
+    "atlas build --checkpoint {ckpt} --manifest {badcsv} --out {atlas}",
+    "atlas build --checkpoint {badckpt} --manifest {manifest} --out {atlas}",
+    "atlas add {atlas} --manifest {manifest} --checkpoint {ckpt} --cache {cache}",
+    "atlas add {atlas} --manifest {badcsv} --checkpoint {ckpt}",
+    "atlas add {atlas} --manifest {manifest} --checkpoint {badckpt}",
+    "atlas add {atlas} --manifest {manifest} --checkpoint {ckpt} --parts trian",
+    "atlas search {atlas} {broken} --checkpoint {ckpt} --out {earlier}",
+    "atlas search {atlas} {image} --checkpoint {ckpt} --out {earlier} -k 0",
+    "atlas search {atlas} {image} --checkpoint {badckpt} --out {earlier}",
+    "store upgrade --store {atlas}",
+    "store backup {new} --store {atlas}",
+    "store restore {backup} --store {store}",
+    "store restore {atlas} --store {new}",
+    "store export -o {earlier}/predictions.csv --store {store}",
+    "store export --reviewed -o {earlier} --store {store}",
+    "users add dr_r --role boss --store {store}",
+    "users disable nobody --store {store}",
+    "users enable nobody --store {store}",
+    "users token nobody --store {store}",
+    "audit --store {store} --since 2025-13-01",
+    "audit --store {atlas}",
 ]
 
 
 @pytest.mark.parametrize("template", BAD)
 def test_bad_input_is_refused_with_one_line_and_no_traceback(places, template, capsys):
     argv = template.format(**places).split()
+    before = contents(places)
     code = main(argv)
     captured = capsys.readouterr()
     text = captured.out + captured.err
@@ -233,6 +298,7 @@ def test_bad_input_is_refused_with_one_line_and_no_traceback(places, template, c
     assert code == 2, text
     assert len(error_lines(captured.err)) == 1, captured.err
     assert not Path(places["new"]).exists()  # refused before writing anything
+    assert contents(places) == before  # and every earlier output left as it was
 
 
 # Binary junk where a CSV belongs: one line and a failing status, whatever the reader makes of it (the
@@ -248,11 +314,13 @@ JUNK = [
 
 @pytest.mark.parametrize("template", JUNK)
 def test_junk_input_ends_in_one_line_and_no_traceback(places, template, capsys):
+    before = contents(places)
     code = main(template.format(**places).split())
     captured = capsys.readouterr()
     assert "Traceback" not in captured.out + captured.err
     assert code in (2, 70) and len(error_lines(captured.err)) == 1, captured.err
     assert not Path(places["new"]).exists()
+    assert contents(places) == before
 
 
 def test_exit_codes_of_the_command_itself(capsys):

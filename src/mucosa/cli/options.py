@@ -30,11 +30,11 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
                         help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N")
 
 
-def add_pseudonym_options(parser: argparse.ArgumentParser) -> None:
+def add_pseudonym_options(parser: argparse.ArgumentParser, key_help: str = "default: random, not stored") -> None:
     """``--pseudonymise`` and ``--pseudonym-key``, for every command whose outputs may name patients or paths."""
     parser.add_argument("--pseudonymise", action="store_true", help="replace patient ids and paths by keyed hashes "
                         "in every output and every line shown")
-    parser.add_argument("--pseudonym-key", default=None, help="key of the hash (default: random, not stored)")
+    parser.add_argument("--pseudonym-key", default=None, help=f"key of the hash ({key_help})")
 
 
 def add_runtime_option(parser: argparse.ArgumentParser, note: str = "") -> None:

@@ -8,7 +8,15 @@ from pathlib import Path
 
 from mucosa.atomic import check_writable_folder
 from mucosa.cli import checks
-from mucosa.cli.options import SHORTCUTS, Shortcut, add_shortcuts, open_cache, parts, settings
+from mucosa.cli.options import (
+    SHORTCUTS,
+    Shortcut,
+    add_pseudonym_options,
+    add_shortcuts,
+    open_cache,
+    parts,
+    settings,
+)
 
 __all__ = ["add_parser"]
 
@@ -64,6 +72,8 @@ def _add_train_parser(sub) -> None:
                    help="set any config value, e.g. --set training.lr=3e-4 (repeatable; the value is read as YAML)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config (file, flags and --set) and exit")
+    add_pseudonym_options(p, "required with --pseudonymise and never stored: --resume and evaluate's check of "
+                          "the patients who trained the model need it, with the original --manifest")
     p.set_defaults(func=cmd_train)
 
 
@@ -105,11 +115,16 @@ def _run_config(args: argparse.Namespace, table: dict[str, Shortcut]):
 def cmd_train(args: argparse.Namespace) -> None:
     from mucosa.data.ingest import parse_classes
     from mucosa.errors import ConfigError
+    from mucosa.evaluation.privacy import shown
     from mucosa.models.config import load_config
     from mucosa.models.training import resume, train
 
+    if args.pseudonymise and not args.pseudonym_key:
+        raise ConfigError("train --pseudonymise needs --pseudonym-key KEY: resuming the run and telling which "
+                          "evaluated patients trained it need the same key (keep it out of the run folder)")
     if args.resume:  # the run's own split.csv, weights and classes continue
-        _refuse_beside_resume(args, TRAIN, {"--config": args.config, "--manifest": args.manifest,
+        _refuse_beside_resume(args, TRAIN, {"--config": args.config,
+                                            "--manifest": args.manifest and not args.pseudonymise,
                                             "--init-from": args.init_from, "--classes": args.classes,
                                             "--allow-partial-init": args.allow_partial_init},
                               "config.yaml", " (edit that file to change a setting)")
@@ -117,25 +132,58 @@ def cmd_train(args: argparse.Namespace) -> None:
         config = load_config(args.resume / "config.yaml") if args.resume else _run_config(args, TRAIN)
         print(config.to_yaml(), end="")
         return
-    if args.resume:
-        cache = _open_folder(args.resume, "run folder", args.cache)
-        best = resume(args.resume, cache)
-    else:
-        if not args.manifest or not args.out:
-            raise ConfigError("mucosa train needs --manifest and --out (or --resume RUN_DIR)")
-        classes = parse_classes(args.classes) if args.classes else None
-        cache = _open_folder(args.out, "run folder", args.cache)
-        best = train(args.manifest, _run_config(args, TRAIN), args.out, args.init_from, cache, args.record_samples,
-                     classes, allow_partial_init=args.allow_partial_init)
-    if not args.no_onnx:
-        from mucosa.inference.onnx_files import deploy_after_training
-
-        deploy_after_training(best, best.parent / "split.csv", cache)
-    if not args.no_atlas:  # after the ONNX files: its frames are embedded as predict runs the model
-        from mucosa.inference.atlas_build import atlas_after_training
-
-        atlas_after_training(best, best.parent / "split.csv", cache)
+    if not args.resume and (not args.manifest or not args.out):
+        raise ConfigError("mucosa train needs --manifest and --out (or --resume RUN_DIR)")
+    key = args.pseudonym_key if args.pseudonymise else None
+    cache = _open_folder(args.resume or args.out, "run folder", args.cache)
+    with shown(_redactor(args.manifest, key)):
+        if args.resume:
+            best = resume(args.resume, cache, args.manifest, key)
+        else:
+            classes = parse_classes(args.classes) if args.classes else None
+            best = train(args.manifest, _run_config(args, TRAIN), args.out, args.init_from, cache,
+                         args.record_samples, classes, allow_partial_init=args.allow_partial_init, pseudonym_key=key)
+        _deploy(args, best, cache, key)
     print(f"best checkpoint: {best}")
+
+
+def _redactor(manifest: Path | None, key: str | None):
+    """The redactor of a pseudonymised run (None otherwise), knowing the manifest's patients and paths."""
+    from mucosa.data.manifest import load_manifest
+    from mucosa.evaluation.privacy import redactor
+
+    redact = redactor(key is not None, key)
+    if redact is not None and manifest is not None:
+        redact.learn_paths(manifest)
+        with redact.console():  # a manifest that cannot be read is refused without naming what it holds
+            cohort = load_manifest(manifest, check_files=False)
+        redact.learn(*(r.patient for r in cohort.records), *(r.group for r in cohort.records))
+        redact.learn_paths(*(r.path for r in cohort.records))
+    return redact
+
+
+def _deploy(args: argparse.Namespace, best: Path, cache, key: str | None) -> None:
+    """The ONNX files and the atlas beside ``best``, made from the run's split (found again in the manifest
+    with the key of a pseudonymised run, in a temporary file outside the run)."""
+    import tempfile
+
+    from mucosa.data.manifest import Cohort
+    from mucosa.models.training import run_split
+
+    if args.no_onnx and args.no_atlas:
+        return
+    split, pseudonym = run_split(best.parent, args.manifest, key)
+    with tempfile.TemporaryDirectory(prefix="mucosa-split-") as scratch:
+        if isinstance(split, Cohort):
+            split = split.to_csv(Path(scratch) / "split.csv")
+        if not args.no_onnx:
+            from mucosa.inference.onnx_files import deploy_after_training
+
+            deploy_after_training(best, split, cache)
+        if not args.no_atlas:  # after the ONNX files: its frames are embedded as predict runs the model
+            from mucosa.inference.atlas_build import atlas_after_training
+
+            atlas_after_training(best, split, cache, pseudonym)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -362,16 +363,26 @@ def describe(cohort: Cohort, mode: str, leaked: list[str]) -> str:
 SELECTIONS = ("auto", "test", "val", "all")
 
 
-def select_parts(cohort: Cohort, info: dict, split: str) -> tuple[Cohort, Cohort | None, str]:
+def select_parts(cohort: Cohort, info: dict, split: str, pseudonym: Callable[[str], str] | None = None
+                 ) -> tuple[Cohort, Cohort | None, str]:
     """The part to evaluate and the validation part (for threshold rules), with a sentence saying why.
 
     ``auto``: the manifest's split column if it has one, else the test patients the checkpoint recorded
-    when they are in this cohort, else every row (an unseen cohort).
+    when they are in this cohort, else every row (an unseen cohort). ``pseudonym``: the checkpoint records
+    its patients as these pseudonyms (``data.pseudonyms``: a run trained with ``--pseudonymise``).
     """
     if split not in SELECTIONS:
         raise ConfigError(f"--split {split!r} is not one of {', '.join(SELECTIONS)}")
     records = cohort.records
     recorded = info.get("split", {}).get("patients", {})
+    unknown = pseudonym is None and bool(info.get("split", {}).get("pseudonym_key_check"))
+    if unknown:
+        warnings.warn("the checkpoint records its patients as pseudonyms (trained with --pseudonymise): without "
+                      "its key mucosa cannot tell which evaluated patients trained it; give --pseudonymise "
+                      "--pseudonym-key with the key it was trained with", MucosaWarning, stacklevel=2)
+    if pseudonym is not None:  # the recorded pseudonyms read back as this cohort's patient ids
+        known = {pseudonym(p): p for p in {r.patient for r in records}}
+        recorded = {side: [known[p] for p in ids if p in known] for side, ids in recorded.items()}
     trained = set(recorded.get("train", []))
     sides = {r.split for r in records if r.split}
     if split == "all":
@@ -388,7 +399,8 @@ def select_parts(cohort: Cohort, info: dict, split: str) -> tuple[Cohort, Cohort
         val = [r for r in records if r.patient in set(recorded.get("val", []))]
         why = f"the {len({r.patient for r in part})} {side} patients recorded in the checkpoint"
     elif split == "auto":
-        part, val, why = records, [], "all rows (none of these patients were used in training)"
+        part, val, why = records, [], ("all rows (whether these patients trained the model is unknown)" if unknown
+                                       else "all rows (none of these patients were used in training)")
     else:
         raise ConfigError(f"--split {split}: the manifest has no split column and the checkpoint records no "
                           f"{split} patients that are in it")

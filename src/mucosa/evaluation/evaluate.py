@@ -19,6 +19,7 @@ from mucosa.atomic import OutputSet
 from mucosa.data.cache import FrameCache
 from mucosa.data.frame_table import FrameTable, assemble
 from mucosa.data.manifest import Cohort, load_manifest
+from mucosa.data.pseudonyms import key_check
 from mucosa.data.splits import select_parts
 from mucosa.errors import ConfigError
 from mucosa.evaluation.explain import gallery
@@ -257,11 +258,13 @@ def _evaluate(checkpoint, manifest, out, split, threshold, aggregation, n_boot, 
     loaded.model.to(resolve_device(device))
     predictor = for_checkpoint(loaded, runtime, batch_size=64, device=device)
     cohort = load_manifest(manifest, classes=loaded.classes, require_all=False)
+    check = loaded.info.get("split", {}).get("pseudonym_key_check")  # trained with --pseudonymise: its key's
+    pseudonym = redact.name if redact is not None and check and key_check(redact.name) == check else None
     if redact is not None:
-        recorded = loaded.info.get("split", {}).get("patients", {})
+        recorded = {} if check else loaded.info.get("split", {}).get("patients", {})  # pseudonyms stay as they are
         redact.learn(*(r.patient for r in cohort.records), *(p for ids in recorded.values() for p in ids))
         redact.learn_paths(*(r.path for r in cohort.records))
-    part, val_part, why = select_parts(cohort, loaded.info, split)
+    part, val_part, why = select_parts(cohort, loaded.info, split, pseudonym)
     log.info(f"evaluating {len(part.records)} rows: {why if redact is None else redact(why)}")
     binary = len(loaded.classes) == 2
     needs_val = binary and not _is_number(threshold)

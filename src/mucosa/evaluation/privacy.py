@@ -1,41 +1,31 @@
 """``--pseudonymise``: keyed pseudonyms for patient ids and paths, and a console that shows no original.
 
-:func:`pseudonymiser` turns an identifier into ``ID-`` and ten hex digits (HMAC-SHA256 with a key: the same
-key gives the same pseudonyms, a random key makes them irreversible). :class:`Redactor` knows the
-identifiers of one run (patient ids, the paths of the checkpoint, the manifest and every file) and replaces
-them, wherever they occur in a text, by their pseudonyms; any other path-like word becomes ``<path>``.
-:meth:`Redactor.console` holds back the warnings of a block and shows them redacted when it ends, and
+:func:`~mucosa.data.pseudonyms.pseudonymiser` turns an identifier into ``ID-`` and ten hex digits
+(HMAC-SHA256 with a key: the same key gives the same pseudonyms, a random key makes them irreversible).
+:class:`Redactor` knows the identifiers of one run (patient ids, the paths of the checkpoint, the manifest
+and every file) and replaces them, wherever they occur in a text, by their pseudonyms; any other path-like
+word becomes ``<path>``. :meth:`Redactor.console` holds back the warnings of a block and shows them redacted
+when it ends, redacts the library's log lines (``logging``, as the ``mucosa`` command shows them), and
 re-raises a :class:`~mucosa.errors.MucosaError` with a redacted message, so no patient id or path reaches
 the console.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import logging
 import re
-import secrets
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from mucosa.data.pseudonyms import pseudonymiser
 from mucosa.errors import MucosaError
 
-__all__ = ["Redactor", "pseudonymiser", "redactor", "shown"]
+__all__ = ["Redactor", "redactor", "shown"]
 
 _PATH_WORD = re.compile(r"[^\s'\"`(),;]*[/\\][^\s'\"`(),;]*")
 HINT = " (identifiers hidden by --pseudonymise; run without it to see them)"
-
-
-def pseudonymiser(key: str | None) -> Callable[[str], str]:
-    """A keyed hash (HMAC-SHA256) of identifiers; a random key when none is given (then irreversible)."""
-    secret = (key or secrets.token_hex(16)).encode()
-
-    def pseudonym(text: str) -> str:
-        return "ID-" + hmac.new(secret, str(text).encode(), hashlib.sha256).hexdigest()[:10]
-
-    return pseudonym
 
 
 class Redactor:
@@ -73,6 +63,10 @@ class Redactor:
     def console(self) -> Iterator[None]:
         """Show the block's warnings only redacted (when it ends), and its MucosaErrors redacted."""
         caught: list[warnings.WarningMessage] = []
+        shown_lines = _LogRedaction(self)
+        handlers = list(logging.getLogger("mucosa").handlers)
+        for handler in handlers:
+            handler.addFilter(shown_lines)
         try:
             with warnings.catch_warnings(record=True) as log:  # the caller's filters still apply
                 caught = log
@@ -80,8 +74,22 @@ class Redactor:
         except MucosaError as error:
             raise type(error)(self(str(error)) + HINT) from None
         finally:
+            for handler in handlers:
+                handler.removeFilter(shown_lines)
             for warning in caught:
                 warnings.warn(self(str(warning.message)), warning.category, stacklevel=2)
+
+
+class _LogRedaction(logging.Filter):
+    """Rewrites each log line a handler shows through a :class:`Redactor`."""
+
+    def __init__(self, redact: Redactor) -> None:
+        super().__init__()
+        self.redact = redact
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = self.redact(record.getMessage()), None
+        return True
 
 
 def redactor(pseudonymise: bool, key: str | None = None) -> Redactor | None:

@@ -36,6 +36,7 @@ from mucosa.atomic import file_sha256
 from mucosa.data.cache import FrameCache
 from mucosa.data.frame_table import FrameTable, assemble
 from mucosa.data.manifest import Cohort, Record, check_parts, load_manifest
+from mucosa.data.pseudonyms import Pseudonym
 from mucosa.data.readers import FrameSelection
 from mucosa.errors import MucosaWarning, first_line
 from mucosa.inference import atlas_store
@@ -115,11 +116,13 @@ def embed_frames(predictor, table: FrameTable) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(embeddings), np.concatenate(thumbnails)
 
 
-def _records(table: FrameTable, cache: FrameCache) -> FrameRecords:
-    cohort = table.cohort.records
-    ids = [case_id(r.path, r.frames, cache.content_hash(r.path)) for r in cohort]
-    return FrameRecords.of([ids[r] for r in table.row], table.patients, [cohort[r].label for r in table.row],
-                           table.frame_index, [cohort[r].path.name for r in table.row])
+def _records(table: FrameTable, cache: FrameCache, pseudonym: Pseudonym | None) -> FrameRecords:
+    """What each frame is; ``pseudonym``: its patient and file named by their pseudonyms."""
+    cohort, name = table.cohort.records, pseudonym or str
+    files = [Path(name(r.path.name)) for r in cohort]
+    ids = [case_id(file, r.frames, cache.content_hash(r.path)) for file, r in zip(files, cohort)]
+    return FrameRecords.of([ids[r] for r in table.row], [name(p) for p in table.patients],
+                           [cohort[r].label for r in table.row], table.frame_index, [files[r].name for r in table.row])
 
 
 @dataclass
@@ -132,28 +135,30 @@ class _Frames:
     validation: np.ndarray  # (N,) bool: frames of the manifest's validation rows
 
 
-def _embedded(predictor, records: list[Record], cohort: Cohort, cache: FrameCache) -> _Frames | None:
+def _embedded(predictor, records: list[Record], cohort: Cohort, cache: FrameCache,
+              pseudonym: Pseudonym | None = None) -> _Frames | None:
     """The rows' usable frames embedded, with what they are; None when the quality gate drops them all."""
     table = assemble(Cohort(records, cohort.classes, cohort.source), predictor.preprocessing, cache)
     if not len(table):
         return None
     embeddings, thumbnails = embed_frames(predictor, table)
     validation = np.array([records[r].split == "val" for r in table.row], bool)
-    return _Frames(embeddings, _records(table, cache), thumbnails, validation)
+    return _Frames(embeddings, _records(table, cache, pseudonym), thumbnails, validation)
 
 
-def _manifest_frames(predictor, manifest: Path, parts, cache: FrameCache) -> tuple[_Frames, _Frames | None]:
+def _manifest_frames(predictor, manifest: Path, parts, cache: FrameCache, pseudonym: Pseudonym | None = None
+                     ) -> tuple[_Frames, _Frames | None]:
     """The frames of the rows of ``parts``, and the validation rows' frames not among them (None if none)."""
     check_parts(parts)
     cohort = load_manifest(manifest, classes=predictor.classes, require_all=False)
     chosen = cohort.parts(parts).records
-    frames = _embedded(predictor, chosen, cohort, cache)
+    frames = _embedded(predictor, chosen, cohort, cache, pseudonym)
     if frames is None:
         raise AtlasError(f"{manifest}: the quality gate dropped every frame of its {len(chosen)} rows; an atlas "
                          "needs frames")
     taken = set(chosen)
     outside = [r for r in cohort.records if r.split == "val" and r not in taken]
-    return frames, _embedded(predictor, outside, cohort, cache) if outside else None
+    return frames, _embedded(predictor, outside, cohort, cache, pseudonym) if outside else None
 
 
 def _calibrate(atlas: Atlas, embeddings: np.ndarray, patients: np.ndarray, cases: list[str]) -> None:
@@ -190,10 +195,11 @@ def _origin(loaded: LoadedCheckpoint, predictor, manifest: Path, parts) -> dict:
 
 def build_atlas(checkpoint: str | Path, manifest: str | Path, out: str | Path, cache: FrameCache | None = None,
                 parts: list[str] | tuple[str, ...] | None = None, runtime: str = "auto", device: str = "auto",
-                batch_size: int = 64) -> AtlasReport:
+                batch_size: int = 64, pseudonym: Pseudonym | None = None) -> AtlasReport:
     """Build the atlas of a checkpoint's model from a manifest's rows (``parts``: their split; all rows for
     None), calibrate it on the manifest's validation rows, save it in ``out`` and record it in the checkpoint's
-    model card (see the module).
+    model card (see the module). ``pseudonym``: the atlas names patients and files by these pseudonyms (a run
+    trained with ``--pseudonymise``).
 
     Raises:
         CheckpointFileError, ManifestError, ConfigError: a bad checkpoint, manifest or ``parts``.
@@ -205,7 +211,7 @@ def build_atlas(checkpoint: str | Path, manifest: str | Path, out: str | Path, c
     loaded = load_checkpoint(checkpoint)
     predictor = for_checkpoint(loaded, runtime, batch_size, device=device)
     cache = cache or FrameCache()
-    frames, outside = _manifest_frames(predictor, manifest, parts, cache)
+    frames, outside = _manifest_frames(predictor, manifest, parts, cache, pseudonym)
     model = AtlasModel(loaded.weights_sha256, tuple(loaded.classes), frames.embeddings.shape[1])
     atlas = Atlas(model, frames.embeddings, frames.records, frames.thumbnails,
                   origin=_origin(loaded, predictor, manifest, parts))
@@ -256,15 +262,16 @@ def add_to_atlas(folder: str | Path, manifest: str | Path, checkpoint: str | Pat
     return AtlasReport(atlas, folder, _record(atlas, folder, loaded), added=len(frames.embeddings))
 
 
-def atlas_after_training(checkpoint: str | Path, manifest: str | Path, cache: FrameCache | None = None
-                         ) -> AtlasReport | None:
+def atlas_after_training(checkpoint: str | Path, manifest: str | Path, cache: FrameCache | None = None,
+                         pseudonym: Pseudonym | None = None) -> AtlasReport | None:
     """:func:`build_atlas` of the run's training and validation rows into ``atlas/`` beside the checkpoint,
     logging a warning instead of raising: the trained checkpoint stays valid without it. Only the first
     process of a multi-process run writes (the others return None)."""
     if process_rank() != 0:
         return None
     try:
-        report = build_atlas(checkpoint, manifest, atlas_beside(checkpoint), cache, parts=("train", "val"))
+        report = build_atlas(checkpoint, manifest, atlas_beside(checkpoint), cache, parts=("train", "val"),
+                             pseudonym=pseudonym)
     except Exception as error:  # noqa: BLE001 - an atlas problem must never lose the training run
         log.warning("%s: atlas not written (%s); the checkpoint is fine, but without an atlas mucosa cannot tell "
                     "whether recordings are unlike its training data", Path(checkpoint).name, first_line(error, 300))

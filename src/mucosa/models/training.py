@@ -27,10 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from mucosa.atomic import write_text
 from mucosa.data.cache import FrameCache
 from mucosa.data.frame_table import assemble
 from mucosa.data.ingest import refuse_suspicious_classes, restrict_classes
 from mucosa.data.manifest import Cohort, load_manifest
+from mucosa.data.pseudonyms import Pseudonym, key_check, pseudonymise_cohort, pseudonymiser, restore_split
 from mucosa.data.splits import split_cohort
 from mucosa.errors import ConfigError
 from mucosa.models.checkpoint import (
@@ -162,11 +164,12 @@ def _check_parts(cohort: Cohort, val: bool) -> None:
             _check_validation(cohort.classes, labels, "images or videos")
 
 
-def plan_run(manifest: str | Path, config: RunConfig, out: Path, cache: FrameCache | None = None,
+def plan_run(manifest: str | Path | Cohort, config: RunConfig, out: Path, cache: FrameCache | None = None,
              presplit: bool = False, classes: list[str] | None = None, progress: bool = True) -> RunPlan:
     """Validate inputs, split the cohort and prepare frames; raises a clear error before any training.
 
     Args:
+        manifest: the manifest CSV, or a cohort already read.
         presplit: take the manifest's split column as it is (a resumed run's ``split.csv``).
         classes: train on these classes only, in this order (the last of two is the positive class);
             without them, labels that look like typos or near-empty classes are a ConfigError.
@@ -174,13 +177,13 @@ def plan_run(manifest: str | Path, config: RunConfig, out: Path, cache: FrameCac
     create_model(config.model, pretrained=False)  # size and kind problems surface here, naming the minimum size
     require_logger(config.training.logger)
     check_hardware_settings(config)
-    cohort = load_manifest(manifest)
+    cohort = manifest if isinstance(manifest, Cohort) else load_manifest(manifest)
     if classes:
         cohort = restrict_classes(cohort, classes)
     elif not presplit:
         refuse_suspicious_classes(cohort)
     if len(cohort.classes) < 2:
-        raise ConfigError(f"{manifest}: training needs at least two labels; found {cohort.classes}")
+        raise ConfigError(f"{cohort.source}: training needs at least two labels; found {cohort.classes}")
     config = override(config, "model", num_classes=len(cohort.classes))  # 3+ labels: a softmax head
     s = config.split
     mode = "manifest" if presplit else s.mode
@@ -211,20 +214,25 @@ def make_loaders(plan: RunPlan) -> tuple[DataLoader, DataLoader | None]:
     return train, val
 
 
-def _description(plan: RunPlan) -> dict:
-    patients = {side: sorted({r.patient for r in plan.cohort.records if r.split == side})
+def _description(plan: RunPlan, pseudonym: Pseudonym | None) -> dict:
+    """The model card; ``pseudonym``: its patients and manifest as pseudonyms, with the key's check."""
+    name = pseudonym or str
+    patients = {side: sorted({name(r.patient) for r in plan.cohort.records if r.split == side})
                 for side in ("train", "val", "test")}
     s = plan.config.split
     split = {"mode": s.mode, "seed": s.seed, "test": s.test, "val": s.val, "k": s.k, "fold": s.fold,
-             "manifest": str(plan.cohort.source), "patients": patients}
+             "manifest": name(str(plan.cohort.source)), "patients": patients}
+    if pseudonym is not None:
+        split["pseudonym_key_check"] = key_check(pseudonym)
     return describe(plan.config.model, plan.cohort.classes, plan.config.preprocessing, plan.config.to_dict(),
                     split)
 
 
 def fit(plan: RunPlan, resume: Path | None = None, initial: tuple[dict, dict] | None = None,
-        record_samples: bool = False, resumed_epoch: int = -1, progress: bool = True) -> Path:
+        record_samples: bool = False, resumed_epoch: int = -1, progress: bool = True,
+        pseudonym: Pseudonym | None = None) -> Path:
     """Train (or continue from ``resume``, a last.ckpt of epoch ``resumed_epoch``) and return the path of the
-    best checkpoint.
+    best checkpoint (``pseudonym``: the model card names patients by these pseudonyms).
 
     Raises:
         TrainingDivergedError: a loss or weight stopped being finite (nothing of that epoch is saved).
@@ -233,7 +241,7 @@ def fit(plan: RunPlan, resume: Path | None = None, initial: tuple[dict, dict] | 
     train_loader, val_loader = make_loaders(plan)
     counts = np.bincount(plan.table.labels[plan.parts["train"]], minlength=len(plan.cohort.classes))
     pretrained = False if resume or initial else None  # the weights resumed or initialised from replace ImageNet's
-    module = FrameClassifierModule(plan.config, plan.cohort.classes, counts.tolist(), _description(plan),
+    module = FrameClassifierModule(plan.config, plan.cohort.classes, counts.tolist(), _description(plan, pseudonym),
                                    record_samples, pretrained)
     if initial is not None:  # weights from --init-from (the rest keeps this run's seeded initialisation)
         module.model.load_state_dict({**module.model.state_dict(), **initial[0]})
@@ -255,11 +263,13 @@ def fit(plan: RunPlan, resume: Path | None = None, initial: tuple[dict, dict] | 
 
 def train(manifest: str | Path, config: RunConfig, out: str | Path, init_from: str | Path | None = None,
           cache: FrameCache | None = None, record_samples: bool = False, classes: list[str] | None = None,
-          progress: bool = True, allow_partial_init: bool = False) -> Path:
+          progress: bool = True, allow_partial_init: bool = False, pseudonym_key: str | None = None) -> Path:
     """Split, prepare and train (``classes``: the classes to use, in order; ``progress``: show progress
     bars); returns the best checkpoint's path. ``init_from``: a checkpoint or pretrained encoder whose
     matching weights start the model (``checkpoint.initialise_from``; ``allow_partial_init``: also when less
-    than half of the feature layers' weights fit)."""
+    than half of the feature layers' weights fit). ``pseudonym_key``: the run's files (split.csv, run.json,
+    the model card) name patients, files and paths by keyed pseudonyms (``data.pseudonyms``); resume and
+    :func:`run_split` need the original manifest and the same key."""
     out = Path(out)
     if (out / "last.ckpt").exists():
         raise ConfigError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
@@ -271,13 +281,49 @@ def train(manifest: str | Path, config: RunConfig, out: str | Path, init_from: s
     plan = plan_run(manifest, config, out, cache, classes=classes, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     plan.config.save(out / "config.yaml")
-    plan.cohort.to_csv(out / "split.csv")
     # run_folder: where split.csv's relative paths were written from, so that a run moved alone still finds
     # its data (data.manifest.load_manifest tries there after the CSV's own folder)
-    (out / "run.json").write_text(json.dumps({"manifest": str(Path(manifest).resolve()),
-                                              "run_folder": str(out.resolve()),
-                                              "init_from": str(init_from) if init_from else None}, indent=1))
-    return fit(plan, initial=initial, record_samples=record_samples, progress=progress)
+    about = {"manifest": str(Path(manifest).resolve()), "run_folder": str(out.resolve()),
+             "init_from": str(init_from) if init_from else None}
+    pseudonym = pseudonymiser(pseudonym_key) if pseudonym_key else None
+    if pseudonym is None:
+        plan.cohort.to_csv(out / "split.csv")
+    else:  # no patient id, file or path in the run's files: the key finds them again in the manifest
+        pseudonymise_cohort(plan.cohort, pseudonym, Path(manifest).parent, out).to_csv(out / "split.csv")
+        about = {**{k: v and pseudonym(v) for k, v in about.items()}, "run_folder": None,
+                 "pseudonym_key_check": key_check(pseudonym)}
+        if initial is not None:
+            initial[1]["source"] = pseudonym(initial[1]["source"])
+    write_text(out / "run.json", json.dumps(about, indent=1))
+    return fit(plan, initial=initial, record_samples=record_samples, progress=progress, pseudonym=pseudonym)
+
+
+def run_split(run: str | Path, manifest: str | Path | None = None, pseudonym_key: str | None = None
+              ) -> tuple[Path | Cohort, Pseudonym | None]:
+    """A run's split, to read its frames: its ``split.csv``, or for a run trained with a pseudonym key, the
+    rows of the original ``manifest`` found again with that key (then the key's pseudonymiser too).
+
+    Raises:
+        ConfigError: a pseudonymised run without the manifest or the key, or with another key or manifest.
+    """
+    run = Path(run)
+    try:
+        about = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        about = {}
+    check = about.get("pseudonym_key_check") if isinstance(about, dict) else None
+    if not check:
+        if pseudonym_key:
+            raise ConfigError(f"{run} was not trained with --pseudonymise: resume it without --pseudonymise")
+        return run / "split.csv", None
+    if manifest is None or not pseudonym_key:
+        raise ConfigError(f"{run} was trained with --pseudonymise: give the manifest it was trained on (--manifest) "
+                          "and its --pseudonym-key, to find its patients again")
+    pseudonym = pseudonymiser(pseudonym_key)
+    if key_check(pseudonym) != check:
+        raise ConfigError(f"{run}: --pseudonym-key is not the key this run was trained with")
+    split = load_manifest(run / "split.csv", check_files=False)
+    return restore_split(split, load_manifest(manifest), pseudonym, str(run / "split.csv")), pseudonym
 
 
 def _refuse_other_monitor(state: dict, config: RunConfig, last: Path) -> None:
@@ -308,11 +354,14 @@ def _refuse_changed_settings(state: dict, config: RunConfig, last: Path) -> None
                                   f"{section}: restore it, or start a new run with --out")
 
 
-def resume(run: str | Path, cache: FrameCache | None = None) -> Path:
-    """Continue an interrupted run from its ``last.ckpt`` (the split is read back from ``split.csv``)."""
+def resume(run: str | Path, cache: FrameCache | None = None, manifest: str | Path | None = None,
+           pseudonym_key: str | None = None) -> Path:
+    """Continue an interrupted run from its ``last.ckpt`` (the split is read back from ``split.csv``; for a run
+    trained with a pseudonym key, found again in the original ``manifest`` with that key: :func:`run_split`)."""
     run = Path(run)
     last = run / "last.ckpt"
     check_resumable_folder(run, ["config.yaml", "last.ckpt"])
+    split, pseudonym = run_split(run, manifest, pseudonym_key)
     config = load_config(run / "config.yaml")
     state, epoch = resumable_checkpoint(last)
     _refuse_other_monitor(state, config, last)
@@ -320,6 +369,6 @@ def resume(run: str | Path, cache: FrameCache | None = None) -> Path:
     # the classes in the order the run learnt them (--classes may have set another than the manifest's)
     classes = trained_classes(state, last)
     del state
-    plan = plan_run(run / "split.csv", config, run, cache, presplit=True, classes=classes)
+    plan = plan_run(split, config, run, cache, presplit=True, classes=classes)
     log.info(f"resuming {run} after epoch {epoch + 1} of {config.training.epochs}")
-    return fit(plan, resume=last, resumed_epoch=epoch)
+    return fit(plan, resume=last, resumed_epoch=epoch, pseudonym=pseudonym)

@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mucosa.atomic import write_error
 from mucosa.errors import first_line
-from mucosa.store.location import Location, locate, make_engines, set_wal
+from mucosa.store.location import MEDIA_FOLDER, Location, locate, make_engines, set_wal
 from mucosa.store.records import MigrationNeeded, StoreError, StoreNotFound, UnknownRevision
 from mucosa.store.tables import Base
 
@@ -97,6 +97,17 @@ def _found(reader: Engine, location: Location) -> str | None:
     return found
 
 
+def _refuse_other_files(location: Location) -> None:
+    """A new store on SQLite is made in a new or empty folder, never among other files (a run, an atlas)."""
+    folder = location.folder
+    if folder is None or not folder.is_dir() or location.database_file.exists():
+        return
+    others = sorted(p.name for p in folder.iterdir() if p.name != MEDIA_FOLDER)
+    if others:
+        raise StoreError(f"store {folder}: the folder holds no store but other files ({', '.join(others[:3])}"
+                         f"{', ...' if len(others) > 3 else ''}); make a store in a new or empty folder")
+
+
 def _make_folders(location: Location) -> None:
     for folder in filter(None, (location.folder, location.media)):
         try:
@@ -162,6 +173,7 @@ def upgrade(location: str | Path, media: str | Path | None = None) -> tuple[str 
         StoreError: the database cannot be reached or migrated (one line naming the store).
     """
     place = locate(location, media)
+    _refuse_other_files(place)
     _make_folders(place)
     reader, writer = make_engines(place)
     try:
