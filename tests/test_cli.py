@@ -486,6 +486,16 @@ def test_train_devices_takes_every_value_its_help_offers():
         parser.parse_args(["train", "--devices", "0"])
 
 
+def test_the_pseudonym_key_can_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MUCOSA_PSEUDONYM_KEY", "k-from-env")
+    for command in (["train"], ["evaluate", "--checkpoint", "c", "--manifest", "m", "--out", "o"],
+                    ["texture", "--manifest", "m", "--out", "o"], ["compare", "r", "--out", "o"]):
+        assert cli.build_parser().parse_args([*command, "--pseudonymise"]).pseudonym_key == "k-from-env"
+    assert cli.build_parser().parse_args(["train", "--pseudonym-key", "given"]).pseudonym_key == "given"
+    monkeypatch.delenv("MUCOSA_PSEUDONYM_KEY")
+    assert cli.build_parser().parse_args(["train", "--pseudonymise"]).pseudonym_key is None
+
+
 def test_the_parser_is_built_without_the_deep_learning_libraries():
     """``mucosa --help`` and the commands that need no model start at once: no PyTorch, Lightning, scikit-learn."""
     code = ("import sys; from mucosa.cli import build_parser; build_parser().parse_args(['check', 'm.csv']); "

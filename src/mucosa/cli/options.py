@@ -5,6 +5,7 @@ model, and the preprocessing cache."""
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,11 +31,16 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
                         help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N")
 
 
+PSEUDONYM_KEY_ENV = "MUCOSA_PSEUDONYM_KEY"
+
+
 def add_pseudonym_options(parser: argparse.ArgumentParser, key_help: str = "default: random, not stored") -> None:
     """``--pseudonymise`` and ``--pseudonym-key``, for every command whose outputs may name patients or paths."""
     parser.add_argument("--pseudonymise", action="store_true", help="replace patient ids and paths by keyed hashes "
                         "in every output and every line shown")
-    parser.add_argument("--pseudonym-key", default=None, help=f"key of the hash ({key_help})")
+    parser.add_argument("--pseudonym-key", default=os.environ.get(PSEUDONYM_KEY_ENV) or None,
+                        help=f"key of the hash ({key_help}); default ${PSEUDONYM_KEY_ENV}, which keeps the key "
+                        "out of the process list and the shell's history")
 
 
 def add_runtime_option(parser: argparse.ArgumentParser, note: str = "") -> None:
