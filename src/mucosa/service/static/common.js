@@ -8,6 +8,7 @@ const $ = (id) => document.getElementById(id);
 const S = {
   token: null, card: null, cases: [], caseId: null, summary: null, rows: [], pos: 0, follow: true,
   playing: false, lastStep: 0, es: null, frames: new Map(), cams: new Map(), camPending: null, shown: null,
+  me: null, detail: null,
 };
 
 /* ------------------------------------------------------------------------------------------- API */
