@@ -130,7 +130,11 @@ function setupFilters() {
   const form = $("filters");
   let timer = null;
   const soon = () => { clearTimeout(timer); timer = setTimeout(refreshCases, 250); };
-  form.addEventListener("submit", (e) => { e.preventDefault(); clearTimeout(timer); refreshCases(); });
+  const now = () => { clearTimeout(timer); refreshCases(); };
+  form.addEventListener("submit", (e) => { e.preventDefault(); now(); });
+  form.addEventListener("keydown", (e) => {  // Enter in a field: at once (several fields: no implicit submission)
+    if (e.key === "Enter" && e.target.tagName === "INPUT") { e.preventDefault(); now(); }
+  });
   form.addEventListener("input", soon);
   form.addEventListener("change", soon);
   form.addEventListener("reset", () => setTimeout(refreshCases, 0));

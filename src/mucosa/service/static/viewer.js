@@ -34,8 +34,8 @@ async function loadModel() {
 
 function closeCase() {
   if (S.es) S.es.close();
-  Object.assign(S, { es: null, caseId: null, summary: null, detail: null, rows: [], pos: 0, playing: false, follow: true,
-    shown: null, camPending: null });
+  Object.assign(S, { es: null, caseId: null, summary: null, detail: null, rows: [], pos: 0, playing: false,
+    follow: true, shown: null, camPending: null });
   S.frames.clear();
   S.cams.clear();
   $("case").hidden = true;
@@ -51,14 +51,17 @@ async function openCase(id) {
   markCurrentCase();
   let detail;
   try {
-    detail = await (await api(`/v1/cases/${encodeURIComponent(id)}?since=999999999`)).json();
+    detail = await (await api(`/v1/cases/${encodeURIComponent(id)}`)).json();
   } catch (error) {
     if (S.caseId === id) notice(`Case ${id}: ${error.message}`, true);
     return;
   }
   if (S.caseId !== id) return;
   notice("");
-  S.detail = detail;
+  S.rows = detail.timeline || [];  // what is done so far; the events go on from there
+  delete detail.timeline;
+  S.detail = S.summary = detail;
+  if (S.rows.length) S.pos = S.rows.length - 1;
   loadReviews(id, detail.reviews);
   $("empty").hidden = true;
   $("case").hidden = false;
@@ -360,7 +363,8 @@ function showCase(id) {
 
 async function init() {
   try {
-    await Promise.all([loadModel(), loadMe()]);
+    await loadModel();
+    await loadMe();
     await refreshCases();
     route();
   } catch (error) {
