@@ -2,6 +2,7 @@
 in process through FastAPI's TestClient, or as a real uvicorn server on a loopback port in a thread."""
 
 import csv
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -10,15 +11,19 @@ from pathlib import Path
 
 @contextmanager
 def serving(engine, **settings):
-    """A TestClient with the lifespan running; yields (client, the server's temporary folder)."""
+    """A TestClient with the lifespan running, on a case store of its own (a temporary folder, unless
+    ``store=`` names one); yields (client, the server's temporary folder). ``client.app.state.cases`` is the
+    case service (its ``folders.final(case_id)``: where a case's files go)."""
     from fastapi.testclient import TestClient
 
     from mucosa.service.app import create_app
     from mucosa.service.settings import ServeSettings
 
-    app = create_app(engine, ServeSettings(**settings))
-    with TestClient(app) as client:
-        yield client, app.state.root
+    with tempfile.TemporaryDirectory(prefix="mucosa-test-store-") as store:
+        settings.setdefault("store", store)
+        app = create_app(engine, ServeSettings(**settings))
+        with TestClient(app) as client:
+            yield client, app.state.root
 
 
 @contextmanager
@@ -33,6 +38,8 @@ def live_server(engine, startup: float = 30.0, **settings):
     from mucosa.service.server import bind
     from mucosa.service.settings import ServeSettings
 
+    folder = tempfile.TemporaryDirectory(prefix="mucosa-test-store-")
+    settings.setdefault("store", folder.name)
     sock = bind("127.0.0.1", 0)
     config = uvicorn.Config(create_app(engine, ServeSettings(**settings)), log_level="warning", access_log=False,
                             timeout_graceful_shutdown=1)
@@ -49,6 +56,7 @@ def live_server(engine, startup: float = 30.0, **settings):
         server.should_exit = True
         thread.join(10)
         sock.close()
+        folder.cleanup()
 
 
 def wait_done(client, case_id, timeout=120.0, **headers):

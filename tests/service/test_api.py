@@ -432,16 +432,19 @@ def test_case_bad_media(client, tmp_path, brain_video, frame_png):
 
 def test_delete_removes_files(engine, brain_video):
     with serving(engine) as (client, root):
-        case_id = upload(client, "/v1/cases", brain_video).json()["id"]
-        time.sleep(0.5)  # running or done: either way its files go
-        assert (root / "cases" / case_id).exists()
-        assert client.delete(f"/v1/cases/{case_id}").status_code == 204
-        assert client.get(f"/v1/cases/{case_id}").status_code == 404
-        assert client.delete(f"/v1/cases/{case_id}").status_code == 404
+        folders = client.app.state.cases.folders
+        done = wait_done(client, upload(client, "/v1/cases", brain_video).json()["id"])["id"]
+        assert (folders.final(done) / "frames" / "index.json").is_file()
+        running = upload(client, "/v1/cases", brain_video).json()["id"]
+        time.sleep(0.5)  # running or queued: either way its files go
+        for case_id in (done, running):
+            assert client.delete(f"/v1/cases/{case_id}").status_code == 204
+            assert client.get(f"/v1/cases/{case_id}").status_code == 404
+            assert client.delete(f"/v1/cases/{case_id}").status_code == 404
         deadline = time.monotonic() + 10
-        while (root / "cases" / case_id).exists() and time.monotonic() < deadline:
+        while files_under(folders.root) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not (root / "cases" / case_id).exists()
+        assert files_under(folders.root) == []
         wait_done(client, upload(client, "/v1/cases", brain_video).json()["id"])
     assert not root.exists()  # the server's temporary folder goes when it stops
 

@@ -80,7 +80,7 @@ def test_similar_waits_for_a_usable_frame(atlas_engine, black_png, tmp_path, mon
         release.set()
         wait_done(client, case_id)
         # the black image passes this model's gate (threshold 0): remove its embeddings to stand for no usable frame
-        for path in root.rglob("embeddings.npy"):
+        for path in client.app.state.cases.folders.final(case_id).rglob("embeddings.npy"):
             np.save(path, np.zeros((0, atlas_engine.atlas.model.embedding_size), np.float32))
         answer = client.get(f"/v1/cases/{case_id}/similar")
         assert answer.status_code == 409 and "usable frame" in answer.json()["detail"]

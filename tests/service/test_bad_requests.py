@@ -10,7 +10,6 @@ from fastapi.testclient import TestClient
 
 from media import files_under
 from mucosa.service.app import create_app
-from mucosa.service.cases import Case
 from mucosa.service.settings import ServeSettings
 from serving import serving, upload, wait_done
 
@@ -127,12 +126,17 @@ def client_with_case(engine, frame_png):
 
 @pytest.mark.slow
 def test_no_stored_case_breaks_the_list(engine, frame_png):
+    from sqlalchemy import create_engine, update
+
+    from mucosa.store.tables import CaseRow
+
     with serving(engine) as (client, root):
         good = wait_done(client, upload(client, "/v1/cases", frame_png).json()["id"])
-        store = client.app.state.store
-        # a name that is not text, as a JSON request could once give a case
-        broken = Case("broken", ["a", "b"], "images", ["x.png"], [], root / "cases" / "broken", 1, None)
-        store.cases[broken.id] = broken
+        broken = wait_done(client, upload(client, "/v1/cases", frame_png).json()["id"])
+        database = create_engine(client.app.state.store.place.url)
+        with database.begin() as connection:  # a summary that is not one, as an older server could have written
+            connection.execute(update(CaseRow).where(CaseRow.id == broken["id"]).values(summary={"verdict": 5}))
+        database.dispose()
         response = client.get("/v1/cases")
         assert response.status_code == 200, response.text
         assert [c["id"] for c in response.json()] == [good["id"]]

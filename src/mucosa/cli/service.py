@@ -34,6 +34,10 @@ SERVE = {
                        "Grad-CAM still uses the checkpoint"),
     "--parallel": Shortcut("serve.parallel", help="model calls run side by side, each on cores/N threads (unset: one "
                            "per CPU core)"),
+    "--store": Shortcut("serve.store", help="the case store: a folder (SQLite) or a postgresql+psycopg://USER@HOST/DB "
+                        "URL (unset: $MUCOSA_STORE, else ~/.local/share/mucosa/store)"),
+    "--media": Shortcut("serve.media", help="the media folder the servers of a PostgreSQL store share"),
+    "--workers": Shortcut("serve.workers", help="case worker threads of this server"),
 }
 
 

@@ -1,31 +1,36 @@
-"""Cases: a video or the images of one examination, processed in the background, one at a time.
+"""Cases: a video or the images of one examination, kept in the case store and read by the job workers.
 
-:class:`CaseStore` keeps every case opened since the server started, each in its own folder under the
-server's temporary folder (uploads, display frames, model frames). Work goes through a bounded queue to one
-worker thread. A case takes its place in the queue before its upload is read (:meth:`CaseStore.reserve`,
-which raises :class:`QueueFull` when every place is taken or reserved: the API answers 503 with Retry-After)
-and keeps it until it is queued (:meth:`CaseStore.submit`) or given up (:meth:`CaseStore.release`). The
-store's lock guards its bookkeeping only: it is never held while computing an estimate or waiting. Deleting a
-case stops its work and removes its folder; :meth:`CaseStore.close` does so for all of them.
+:class:`CaseService` is what the routes use. An upload takes a place in the queue before its body is read
+(:meth:`CaseService.reserve`, which raises :class:`QueueFull` when the store's waiting jobs and the uploads
+arriving here fill every place: the API answers 503 with Retry-After), is streamed into the server's
+temporary folder, then kept in the store's media (content-addressed) and added as a case with its job
+(:meth:`CaseService.submit`); the temporary files go either way. The workers (:mod:`~mucosa.service.worker`)
+of any server sharing the store read it. Cases, verdicts, timelines, exam fields and reviews live in the
+store, the files the engine wrote in the store's ``media/shared`` (:mod:`~mucosa.service.casefolders`):
+they survive a restart, and every server of a PostgreSQL store sees them.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import shutil
 import threading
-import time
 import uuid
-from dataclasses import dataclass, field
+from collections import OrderedDict
 from pathlib import Path
 
-from mucosa.service.engine import Engine, ModelOutputError, UnreadableMedia
+from mucosa.service.casefolders import CaseFolders
+from mucosa.service.engine import Engine
 from mucosa.service.framestore import FrameStore
+from mucosa.service.views import CaseView
+from mucosa.service.worker import Workers
+from mucosa.store import Case, MediaFile, NotFound, Store, User
+
+__all__ = ["QueueFull", "CaseService", "model_version"]
 
 log = logging.getLogger(__name__)
 
-STATES = ("queued", "running", "done", "failed", "cancelled")
+_KEPT_FRAME_STORES = 64  # frame indexes of finished cases kept open
 
 
 class QueueFull(Exception):
@@ -36,204 +41,143 @@ class QueueFull(Exception):
         self.retry_after = retry_after
 
 
-@dataclass
-class Case:
-    """One case and what is known about it so far."""
-
-    id: str
-    name: str
-    kind: str                      # "video" or "images"
-    files: list[str]               # names as given by the client (display only)
-    sources: list[Path]            # the files the engine reads
-    folder: Path                   # removed with the case
-    frames_expected: int           # announced by the video (images: how many), kept when fewer are decoded
-    fps: float | None
-    created: float = field(default_factory=time.time)
-    status: str = "queued"
-    error: str | None = None
-    timeline: list[dict] = field(default_factory=list)
-    verdict: dict | None = None
-    started: float | None = None
-    finished: float | None = None
-    cancel: threading.Event = field(default_factory=threading.Event)
-    store: FrameStore | None = None
-    warnings: list[str] = field(default_factory=list)  # damage found while decoding (truncated, corrupt)
-
-    @property
-    def finished_work(self) -> bool:
-        return self.status in ("done", "failed", "cancelled")
-
-    @property
-    def progress(self) -> float:
-        if self.status == "done":
-            return 1.0
-        return min(0.99, len(self.timeline) / self.frames_expected) if self.frames_expected else 0.0
-
-    def summary(self) -> dict:
-        """Everything but the timeline."""
-        dropped = sum(1 for row in self.timeline if row["dropped"])
-        return {"id": self.id, "name": self.name, "kind": self.kind, "files": self.files, "status": self.status,
-                "progress": round(self.progress, 4), "frames_expected": self.frames_expected,
-                "frames_done": len(self.timeline), "frames_dropped": dropped, "fps": self.fps,
-                "verdict": self.verdict, "error": self.error, "warnings": list(self.warnings), "created": self.created,
-                "started": self.started, "finished": self.finished}
-
-    def to_dict(self, since: int = 0) -> dict:
-        """The summary with the timeline (from row ``since``)."""
-        return {**self.summary(), "timeline": self.timeline[since:]}
+def model_version(card: dict) -> str:
+    """How the store, the audit and the reports name the model: its file and the start of its weights' SHA-256."""
+    return f"{card['name']}:{(card.get('weights_sha256') or 'unknown')[:12]}"
 
 
-class CaseStore:
-    """Cases of this server, their folders and the background worker that processes them.
+class CaseService:
+    """The cases of a store, as this server serves and reads them.
 
     Args:
+        store: the case store (opened by the server, closed by it).
         engine: the model.
-        root: folder for the cases' files (the server's temporary folder).
-        queue_size: cases that may wait for the worker besides the one it is processing.
+        version: the model's version (:func:`model_version`).
+        root: the server's temporary folder (uploads arriving).
+        queue_size: jobs that may wait (in the whole store), uploads arriving here included.
+        workers: worker threads of this server.
     """
 
-    def __init__(self, engine: Engine, root: Path, queue_size: int) -> None:
-        self.engine, self.root = engine, Path(root)
-        self.cases: dict[str, Case] = {}
+    def __init__(self, store: Store, engine: Engine, version: str, root: Path, queue_size: int,
+                 workers: int = 1) -> None:
+        self.store, self.engine, self.model_version, self.root = store, engine, version, Path(root)
         self.places = max(1, queue_size)
-        self._queue: queue.Queue = queue.Queue()  # bounded by the places reserved (see reserve)
-        self._reserved: set[str] = set()          # case ids whose upload is arriving
-        self._lock = threading.Lock()             # cases, _reserved and the queue's length; never held long
-        self._closed = threading.Event()
-        self._fps = 0.0  # frames per second of the last case, for Retry-After
-        self._worker = threading.Thread(target=self._work, name="mucosa-cases", daemon=True)
-        self._worker.start()
+        self.folders = CaseFolders(store.media.root)
+        self._reserved: set[str] = set()
+        self._lock = threading.Lock()
+        self._frames: OrderedDict[str, FrameStore] = OrderedDict()
+        self.workers = Workers(store, engine, self.folders, version, workers)
 
-    # ---------------------------------------------------------------------------------------------- API
+    # ---------------------------------------------------------------------------------------------- uploads
 
     def reserve(self) -> tuple[str, Path]:
-        """A place in the queue for a case about to arrive: its id and (created) folder for the upload.
+        """A place in the queue for a case about to arrive, and a (created) folder for its upload.
 
         Raises:
-            QueueFull: every place is taken by a waiting case or reserved by an arriving one.
+            QueueFull: every place is taken by a waiting job or reserved by an arriving upload.
         """
         with self._lock:
-            free = self._queue.qsize() + len(self._reserved) < self.places
-            case_id = uuid.uuid4().hex[:12]
+            waiting = self.store.job_counts().get("queued", 0)
+            free = waiting + len(self._reserved) < self.places
+            token = uuid.uuid4().hex[:12]
             if free:
-                self._reserved.add(case_id)
+                self._reserved.add(token)
         if not free:
             raise QueueFull(self.retry_after())
-        folder = self.root / "cases" / case_id
+        folder = self.root / "uploads" / token
         folder.mkdir(parents=True)
-        return case_id, folder
+        return token, folder
 
-    def release(self, case_id: str, folder: Path) -> None:
-        """Give up a reserved place (the upload failed or was refused) and remove its folder."""
+    def release(self, token: str, folder: Path) -> None:
+        """Give up a reserved place and remove its upload folder (done with it, or refused)."""
         with self._lock:
-            self._reserved.discard(case_id)
+            self._reserved.discard(token)
         shutil.rmtree(folder, ignore_errors=True)
 
-    def counts(self) -> dict[str, int]:
-        """``cases`` kept and ``queued`` (waiting for the worker)."""
-        with self._lock:
-            cases = list(self.cases.values())
-        return {"cases": len(cases), "queued": sum(c.status == "queued" for c in cases)}
-
-    def retry_after(self) -> int:
-        """Seconds until the worker has probably freed a place in the queue (1 to 120)."""
-        with self._lock:
-            cases = list(self.cases.values())
-            waiting = self._queue.qsize() or 1
-        left = sum(max(0, c.frames_expected - len(c.timeline)) for c in cases if c.status in ("queued", "running"))
-        per_case = left / waiting
-        return int(min(120, max(1, per_case / self._fps if self._fps > 0 else 10)))
-
-    def submit(self, case_id: str, folder: Path, name: str, files: list[str], sources: list[Path],
-               info: dict) -> Case:
-        """Queue a case whose place was reserved (:meth:`reserve`) and whose files are in place (``info``
-        from ``Engine.inspect``)."""
-        case = Case(case_id, name, info["kind"], files, sources, folder, int(info["frames"]), info.get("fps"))
-        case.verdict = self.engine.verdict(None, 0, 0, "queued")
-        with self._lock:
-            if case_id not in self._reserved:
-                raise ValueError(f"case {case_id} has no reserved place in the queue")
-            self._reserved.discard(case_id)
-            self.cases[case.id] = case
-            self._queue.put_nowait(case)  # unbounded: the reservation kept a place for it
-        log.info("case %s queued: %s (%s, about %d frames)", case.id, name, case.kind, case.frames_expected)
+    def submit(self, name: str, files: list[str], sources: list[Path], info: dict, user: User | None,
+               exam: dict) -> Case:
+        """Keep the files in the store and add the case with its job (one transaction); the caller then releases
+        the place (:meth:`release`). ``info`` is ``Engine.inspect``'s, ``exam`` the exam fields."""
+        media = []
+        for path, given in zip(sources, files):
+            shown = given if Path(given).suffix.lower() == path.suffix.lower() else given + path.suffix.lower()
+            media.append(MediaFile(self.store.put_media(path), shown))
+        case = self.store.add_case(name, media, kind=info["kind"], by=user, frames_announced=int(info["frames"]),
+                                   model_version=self.model_version, **exam)
+        self.workers.nudge()
+        log.info("case %s queued: %s (%s, about %d frames)", case.id, name, case.kind, int(info["frames"]))
         return case
 
-    def get(self, case_id: str) -> Case | None:
-        return self.cases.get(case_id)
+    # ---------------------------------------------------------------------------------------------- reading
 
-    def list(self) -> list[Case]:
-        with self._lock:
-            cases = list(self.cases.values())
-        return sorted(cases, key=lambda c: c.created, reverse=True)
+    def view(self, case_id: str, detail: bool = True) -> CaseView | None:
+        """The case (None: unknown or deleted); ``detail``: with its timeline and every review."""
+        try:
+            record = self.store.case(case_id, detail=detail)
+            reviews = self.store.reviews(case_id) if detail and record.reviewed else [] if detail else None
+        except NotFound:
+            return None
+        latest = reviews[-1] if reviews else None
+        if not detail and record.reviewed:
+            latest = self.store.latest_reviews([case_id]).get(case_id)
+        return self._view(record, latest, reviews)
 
-    def delete(self, case_id: str) -> bool:
-        """Stop the case's work and remove its files; False when there is no such case."""
+    def page(self, **filters) -> tuple[list[CaseView], int]:
+        """A page of cases matching the filters (``Store.search``'s), newest first, and how many match."""
+        found = self.store.search(**filters)
+        latest = self.store.latest_reviews([case.id for case in found.cases if case.reviewed])
+        return [self._view(case, latest.get(case.id), None) for case in found.cases], found.total
+
+    def _view(self, record: Case, review, reviews) -> CaseView:
+        live = self.workers.live.get(record.id)
+        sources = [self.store.media_path(media) for media in record.media]
+        if live is not None:
+            return CaseView(record, live, live.folder, sources, live.frames, self._placeholder, review, reviews)
+        folder = self.folders.final(record.id)
+        if record.status.value not in ("done", "failed") or not folder.is_dir():
+            return CaseView(record, None, None, sources, None, self._placeholder, review, reviews)
+        return CaseView(record, None, folder, sources, self._frames_of(record.id, folder), self._placeholder,
+                        review, reviews)
+
+    def _placeholder(self, state: str, seen: int) -> dict:
+        return self.engine.verdict(None, 0, seen, state)
+
+    def _frames_of(self, case_id: str, folder: Path) -> FrameStore | None:
         with self._lock:
-            case = self.cases.pop(case_id, None)
-        if case is None:
-            return False
-        case.cancel.set()
-        if case.status in ("queued", "done", "failed", "cancelled"):
-            shutil.rmtree(case.folder, ignore_errors=True)
-        # a running case's folder is removed by the worker when it stops (see _work)
+            found = self._frames.get(case_id)
+            if found is not None and found.folder == folder / "frames":
+                self._frames.move_to_end(case_id)
+                return found
+        try:
+            found = FrameStore.load(folder / "frames")
+        except (OSError, ValueError, KeyError):
+            return None
+        with self._lock:
+            self._frames[case_id] = found
+            while len(self._frames) > _KEPT_FRAME_STORES:
+                self._frames.popitem(last=False)
+        return found
+
+    def counts(self) -> dict[str, int]:
+        """``cases`` in the store and ``queued`` (jobs waiting for a worker)."""
+        return {"cases": self.store.search(limit=1).total, "queued": self.store.job_counts().get("queued", 0)}
+
+    def retry_after(self) -> int:
+        """Seconds until a worker has probably freed a place in the queue (1 to 120)."""
+        seconds = self.workers.seconds_per_case
+        return int(min(120, max(1, seconds if seconds > 0 else 10)))
+
+    # ---------------------------------------------------------------------------------------------- changes
+
+    def delete(self, case_id: str, user: User | None) -> None:
+        """Delete the case (admins; raises NotAllowed, NotFound): its work stops, its files go."""
+        self.store.delete_case(case_id, by=user)
+        self.workers.cancel(case_id)
+        with self._lock:
+            self._frames.pop(case_id, None)
+        self.folders.remove(case_id)
         log.info("case %s deleted", case_id)
-        return True
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the worker (cancelling the running case) and remove every case's files."""
-        self._closed.set()
-        with self._lock:
-            cases = list(self.cases.values())
-        for case in cases:
-            case.cancel.set()
-        self._queue.put_nowait(None)
-        self._worker.join(timeout)
-        for case in cases:
-            shutil.rmtree(case.folder, ignore_errors=True)
-        with self._lock:
-            self.cases.clear()
-
-    # ---------------------------------------------------------------------------------------------- worker
-
-    def _work(self) -> None:
-        while not self._closed.is_set():
-            case = self._queue.get()
-            if case is None:
-                return
-            try:
-                if not case.cancel.is_set():
-                    self._process(case)
-            except Exception:  # never let one case stop the worker
-                log.exception("case %s failed", case.id)
-                case.status, case.error = "failed", "internal error while processing the case (see the server log)"
-            finally:
-                case.finished = time.time()
-                if case.id not in self.cases:  # deleted while it ran
-                    shutil.rmtree(case.folder, ignore_errors=True)
-
-    def _process(self, case: Case) -> None:
-        case.status, case.started = "running", time.time()
-        case.store = FrameStore(case.folder / "frames", self.engine.input_size)
-        log.info("case %s running", case.id)
-        try:
-            for row in self.engine.frames(case.sources, case.store, case.cancel, warnings=case.warnings):
-                case.verdict = row.pop("case")
-                case.timeline.append(row)
-        except (UnreadableMedia, ModelOutputError) as error:
-            case.status, case.error = "failed", str(error)
-            if case.verdict is not None:
-                case.verdict = {**case.verdict, "state": "error", "label": None, "class": None, "score": None,
-                                "text": "no verdict: " + str(error)}
-            log.warning("case %s failed: %s", case.id, error)
-            return
-        if case.cancel.is_set():
-            case.status = "cancelled"
-            return
-        if case.verdict is None:
-            case.verdict = self.engine.verdict(None, 0, 0, "final")
-        case.verdict = {**case.verdict, "state": "final"}
-        case.status = "done"
-        seconds = time.time() - case.started
-        self._fps = len(case.timeline) / seconds if seconds > 0 else self._fps
-        log.info("case %s done: %s (%d frames, %.1f s)", case.id, case.verdict["text"], len(case.timeline), seconds)
+        """Stop the workers (the cases they read go back to the queue)."""
+        self.workers.close(timeout)

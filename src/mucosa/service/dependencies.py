@@ -1,13 +1,17 @@
-"""What the routes ask FastAPI for (``Depends``): the token check, and the server's parts kept on ``app.state``.
+"""What the routes ask FastAPI for (``Depends``): the user behind the request, and the server's parts kept on
+``app.state``.
 
 :func:`~mucosa.service.app.create_app` puts the settings, the engine and the model card on ``app.state``; its
-lifespan adds the case store, the temporary folder and the limiter of image predictions. A route names what
-it needs by type, for example ``cases: CasesDep``, and never reads ``app.state`` itself, so that a part can be
-replaced in one place (another case store, a database session, the user behind a token). They are ``async``:
-FastAPI runs them on the event loop, not in a worker thread, so ``/healthz`` answers while every thread is
-busy.
+lifespan adds the case store, the case service, the temporary folder and the limiter of image predictions. A
+route names what it needs by type, for example ``cases: CasesDep`` or ``user: UserDep``, and never reads
+``app.state`` itself. They are ``async``: FastAPI runs them on the event loop, not in a worker thread, so
+``/healthz`` answers while every thread is busy (the user's check, which reads the store, runs in a thread).
 
-Example (a route of a router under ``/v1``, whose dependencies already include :func:`require_token`)::
+Every ``/v1`` request is made as a user (:func:`current_user`): the one whose token it carries
+(``Authorization: Bearer TOKEN`` or ``?token=TOKEN``, checked by :meth:`mucosa.store.Store.authenticate`), else,
+while the store has no user and the server no ``--token`` (a laptop), the built-in admin ``local``.
+
+Example (a route of a router under ``/v1``)::
 
     @router.get("/cases/{case_id}/name")
     def case_name(case_id: str, cases: CasesDep) -> str:
@@ -16,28 +20,33 @@ Example (a route of a router under ``/v1``, whose dependencies already include :
 
 from __future__ import annotations
 
-import hmac
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
 import anyio
 from fastapi import Depends, Request
 from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from mucosa.service import schemas
-from mucosa.service.cases import Case, CaseStore
+from mucosa.service.cases import CaseService
 from mucosa.service.engine import Engine
 from mucosa.service.problems import problem
 from mucosa.service.settings import ServeSettings
+from mucosa.service.views import CaseView
+from mucosa.store import NotFound, Role, Store, StoreError, User
 
-__all__ = ["TOKEN_ERRORS", "CardDep", "CasesDep", "EngineDep", "LimiterDep", "SettingsDep", "WorkspaceDep",
-           "case_or_404", "get_card", "get_cases", "get_engine", "get_limiter", "get_settings", "get_workspace",
-           "require_token"]
+__all__ = ["LOCAL_USER", "TOKEN_ERRORS", "CardDep", "CasesDep", "EngineDep", "LimiterDep", "SettingsDep", "StoreDep",
+           "UserDep", "WorkspaceDep", "case_or_404", "current_user", "get_card", "get_cases", "get_engine",
+           "get_limiter", "get_settings", "get_store", "get_workspace", "local_user"]
 
 _BEARER = HTTPBearer(auto_error=False)  # documents the token at /docs ("Authorize")
 _QUERY_TOKEN = APIKeyQuery(name="token", auto_error=False)  # for the viewer's images and event stream
 
-TOKEN_ERRORS = {401: {"model": schemas.Problem, "description": "missing or wrong token (with --token)"}}
+LOCAL_USER = "local"  # who a request without a token is made as, on a server without users or --token
+TOKEN_ERRORS = {401: {"model": schemas.Problem, "description": "missing or unknown token"},
+                403: {"model": schemas.Problem, "description": "the user's role may not do this"}}
 
 
 async def get_settings(request: Request) -> ServeSettings:
@@ -55,13 +64,18 @@ async def get_card(request: Request) -> dict:
     return request.app.state.card
 
 
-async def get_cases(request: Request) -> CaseStore:
-    """The cases opened since the server started, and their background worker."""
+async def get_cases(request: Request) -> CaseService:
+    """The store's cases as this server serves them, and its workers."""
+    return request.app.state.cases
+
+
+async def get_store(request: Request) -> Store:
+    """The case store."""
     return request.app.state.store
 
 
 async def get_workspace(request: Request) -> Path:
-    """The server's temporary folder (uploads being read, case frames)."""
+    """The server's temporary folder (uploads being read)."""
     return request.app.state.root
 
 
@@ -73,28 +87,52 @@ async def get_limiter(request: Request) -> anyio.CapacityLimiter:
 SettingsDep = Annotated[ServeSettings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 CardDep = Annotated[dict, Depends(get_card)]
-CasesDep = Annotated[CaseStore, Depends(get_cases)]
+CasesDep = Annotated[CaseService, Depends(get_cases)]
+StoreDep = Annotated[Store, Depends(get_store)]
 WorkspaceDep = Annotated[Path, Depends(get_workspace)]
 LimiterDep = Annotated[anyio.CapacityLimiter, Depends(get_limiter)]
 
 
-async def require_token(settings: SettingsDep,
-                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
-                  token: Annotated[str | None, Depends(_QUERY_TOKEN)]) -> None:
-    """401 unless the request carries the server's token (``Authorization: Bearer``, or ``?token=``); nothing
-    to check when the server has none."""
-    expected = settings.secret
-    if expected is None:
-        return
+def local_user(store: Store) -> User | None:
+    """The built-in admin ``local`` while the store has no other active user (made the first time); None once
+    it has."""
+    people = store.users()
+    if any(user.active and user.name != LOCAL_USER for user in people):
+        return None
+    for user in people:
+        if user.name == LOCAL_USER:
+            return user if user.active else None
+    with contextlib.suppress(StoreError):  # another server made it at the same moment
+        store.add_user(LOCAL_USER, Role.ADMIN)
+    try:
+        return store.user(LOCAL_USER)
+    except NotFound:
+        return None
+
+
+async def current_user(settings: SettingsDep, store: StoreDep,
+                       credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+                       token: Annotated[str | None, Depends(_QUERY_TOKEN)]) -> User:
+    """The user making the request; 401 for a missing or unknown token."""
     given = credentials.credentials if credentials is not None else token
-    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
-        raise problem(401, "missing or wrong token", {"WWW-Authenticate": "Bearer"})
+    if given:
+        user = await run_in_threadpool(store.authenticate, given)
+    elif settings.secret is None:
+        user = await run_in_threadpool(local_user, store)
+    else:
+        user = None
+    if user is None:
+        raise problem(401, "missing or unknown token", {"WWW-Authenticate": "Bearer"})
+    return user
 
 
-def case_or_404(cases: CaseStore, case_id: str) -> Case:
+UserDep = Annotated[User, Depends(current_user)]
+
+
+def case_or_404(cases: CaseService, case_id: str, detail: bool = True) -> CaseView:
     """The case, or the 404 that says there is none. Called in a route's body, after FastAPI has checked the
     route's own parameters (a malformed query stays a 422 whether or not the case exists)."""
-    case = cases.get(case_id)
+    case = cases.view(case_id, detail)
     if case is None:
         raise problem(404, f"no case {case_id} (unknown, or deleted)")
     return case

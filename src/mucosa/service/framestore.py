@@ -9,19 +9,29 @@ Per frame the store keeps
 - the box of the source frame the model frame was cut from, in display pixels, where the heat map goes;
 - what the engine gives as the frame's field (its field of view), kept as it is, to mask the heat map.
 
+Once the case is read, :meth:`FrameStore.save_index` writes the boxes and fields beside the frames
+(``index.json``, atomically), and :meth:`FrameStore.load` finds them again: in a later server process, or in
+another server sharing the store.
+
 Only NumPy and Pillow are used here: it knows nothing about the model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from mucosa.atomic import write_text
+from mucosa.data.fov import FieldOfView
+
 MAX_DISPLAY = 1024  # longer side of a display frame, in pixels
 JPEG_QUALITY = 85
+INDEX = "index.json"
 
 
 def to_uint8(frame: np.ndarray) -> np.ndarray:
@@ -115,3 +125,35 @@ class FrameStore:
             handle.seek(self._positions[number] * side)
             data = handle.read(side)
         return np.frombuffer(data, np.uint8).reshape(self.size, self.size)
+
+    def save_index(self) -> None:
+        """Write the frames' positions, boxes and fields (:data:`INDEX`, atomically) so :meth:`load` finds them."""
+        with self._lock:
+            frames = [[number, position, list(self._boxes[number]), _field_json(self._fields.get(number))]
+                      for number, position in self._positions.items()]
+        write_text(self.folder / INDEX, json.dumps({"size": self.size, "frames": frames}, separators=(",", ":")))
+
+    @classmethod
+    def load(cls, folder: Path) -> FrameStore:
+        """The frames a finished case left in ``folder`` (:meth:`save_index`). Raises OSError, ValueError."""
+        index = json.loads((Path(folder) / INDEX).read_text())
+        store = cls(folder, int(index["size"]))
+        for number, position, box, field in index["frames"]:
+            store._positions[number], store._boxes[number] = position, tuple(box)
+            store._fields[number] = _field_object(field)
+        return store
+
+
+def _field_json(field: object) -> object:
+    """A frame's field as the engine gives it, ``(FieldOfView, box)`` or None, as JSON."""
+    if field is None:
+        return None
+    fov, box = field
+    return {"fov": dataclasses.asdict(fov), "box": list(box)}
+
+
+def _field_object(data: dict | None) -> object:
+    if data is None:
+        return None
+    fov = {key: tuple(value) if isinstance(value, list) else value for key, value in data["fov"].items()}
+    return FieldOfView(**fov), tuple(data["box"])

@@ -11,7 +11,7 @@ import io
 
 from mucosa.service.presentation import class_colours, probability_of
 
-__all__ = ["timeline_figure"]
+__all__ = ["calibration_figure", "timeline_figure"]
 
 MISSING = "#9aa3ad"  # frames announced but not decoded
 DROPPED = "#55606e"  # frames below the quality gate (a tick under the plot)
@@ -76,3 +76,36 @@ def _shade_losses(ax, rows: list[dict], end: int) -> None:
     for k, (start, stop) in enumerate(spans):
         ax.axvspan(start - 0.5, stop - 0.5, color=MISSING, alpha=0.3, linewidth=0,
                    label="announced, not decoded" if k == 0 else None)
+
+
+def calibration_figure(audit: dict, card: dict, width: float = 4.8, height: float = 4.2, dpi: int = 150) -> bytes:
+    """The running audit's calibration curve as a PNG: per bin of the predicted probability of the positive
+    class, the share histology found positive with its exact interval, beside the diagonal of a calibrated
+    model; each point's size follows its cases."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    positive = audit.get("positive") or card.get("positive")
+    colour = class_colours(card).get(positive, "#1d3f72")
+    rows = [row for row in audit["overall"].get("calibration") or [] if row.get("cases")]
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.14, 0.13, 0.82, 0.8))
+    ax.plot([0, 1], [0, 1], color=MISSING, linestyle="--", linewidth=0.9, label="calibrated")
+    xs = [row["predicted"] for row in rows]
+    ys = [row["observed"] for row in rows]
+    low = [row["observed"] - row["ci"][0] for row in rows]
+    high = [row["ci"][1] - row["observed"] for row in rows]
+    ax.errorbar(xs, ys, yerr=[low, high], color=colour, linewidth=1.2, capsize=3, marker="none")
+    ax.scatter(xs, ys, s=[12 + 4 * row["cases"] for row in rows], color=colour, zorder=3,
+               label=f"reviewed cases ({sum(row['cases'] for row in rows)})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(f"predicted P({positive})", fontsize=8)
+    ax.set_ylabel(f"share with {positive} histology (exact 95% CI)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(color="#e3e7ec", linewidth=0.6)
+    ax.legend(loc="upper left", fontsize=7, frameon=False)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
+    return buffer.getvalue()

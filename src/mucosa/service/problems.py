@@ -5,8 +5,9 @@
 - :func:`public` (from the engine): a reason with the server's own folders (its temporary folder, whose name
   holds the process id; ``--data-root``) reduced to file names, and error numbers removed.
 - :func:`install`: exception handlers that give every error that shape: FastAPI's request validation errors
-  (422 with one sentence instead of a list), HTTP errors (their reason made :func:`public`) and anything
-  unexpected (500, "internal error"; the server logs the traceback).
+  (422 with one sentence instead of a list), HTTP errors (their reason made :func:`public`), the store's
+  refusals (403 for a role that may not, 404 for a case or user that is not there, 503 when the database
+  cannot be used) and anything unexpected (500, "internal error"; the server logs the traceback).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mucosa.service.engine import public
+from mucosa.store import NotAllowed, NotFound, StoreError
 
 __all__ = ["install", "problem", "public", "readable"]
 
@@ -55,9 +57,14 @@ def install(app: FastAPI, folders: Callable[[], list[Path]]) -> None:
             error = HTTPException(error.status_code, public(error.detail, folders()), error.headers)
         return await http_exception_handler(request, error)
 
+    async def store_error(request: Request, error: StoreError) -> JSONResponse:
+        status = 403 if isinstance(error, NotAllowed) else 404 if isinstance(error, NotFound) else 503
+        return JSONResponse({"detail": public(str(error), folders())}, status_code=status)
+
     async def internal_error(request: Request, error: Exception) -> JSONResponse:
         return JSONResponse({"detail": "internal error (see the server's log)"}, status_code=500)
 
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(StoreError, store_error)
     app.add_exception_handler(Exception, internal_error)

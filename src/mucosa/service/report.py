@@ -118,13 +118,20 @@ def report_data(case: dict, card: dict, generated: float | None = None, similar:
                     "mean": sum(quality) / len(quality) if quality else None},
         "warnings": list(case.get("warnings") or []),
         "key_frames": key_frames(case, classes),
-        "review": case.get("review"),
+        "review": _sign_off(case.get("review")),
         "atlas": {"available": bool(card.get("atlas")), "note": card.get("atlas_note"),
                   "vote": verdict.get("atlas_vote"), "unfamiliar": verdict.get("unfamiliar"),
                   "similar": [{k: c[k] for k in ("rank", "case", "patient", "label", "distance")} |
                               {"thumbnail": c["closest"][0]["thumbnail"] if c["closest"] else None}
                               for c in similar or []]},
     }
+
+
+def _sign_off(review):
+    """The reviewer's sign-off as the report shows it: the API's review without its ids."""
+    if isinstance(review, dict) and "case_id" in review:
+        return {key: value for key, value in review.items() if key not in ("id", "case_id")}
+    return review
 
 
 def _rule(card: dict) -> str:

@@ -67,6 +67,38 @@ class TimelinePoint(BaseModel):
     unfamiliarity: float | None = Field(None, description="its distance to its k-th nearest atlas frame")
 
 
+class ReviewIn(BaseModel):
+    """``POST /v1/cases/{id}/review``: the histology and whether the reviewer agrees with the verdict."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    histology: str = Field(min_length=1, max_length=64, description="the histology's class (one of the model's)")
+    agrees: bool = Field(description="the reviewer agrees with the verdict")
+    note: str = Field("", max_length=2000)
+
+
+class ReviewOut(BaseModel):
+    id: int
+    case_id: str
+    reviewer: str
+    histology: str
+    agrees: bool
+    note: str
+    at: str = Field(description="when, ISO 8601 (UTC)")
+    model_version: str | None
+    verdict: str | None = Field(description="the class the verdict judged called (null: none)")
+
+
+class StoreInfo(BaseModel):
+    backend: Literal["sqlite", "postgresql"]
+
+
+class Me(BaseModel):
+    name: str
+    role: Literal["viewer", "reviewer", "admin"]
+    store: StoreInfo
+
+
 class CaseSummary(BaseModel):
     id: str
     name: str
@@ -86,10 +118,17 @@ class CaseSummary(BaseModel):
     created: float
     started: float | None
     finished: float | None
+    patient: str | None = Field(None, description="pseudonymous patient id")
+    exam_date: str | None = Field(None, description="YYYY-MM-DD")
+    region: str | None = None
+    model_version: str | None = Field(None, description="the model that judged (or will judge) the case")
+    reviewed: bool = False
+    review: ReviewOut | None = Field(None, description="the latest review")
 
 
 class CaseDetail(CaseSummary):
     timeline: list[TimelinePoint]
+    reviews: list[ReviewOut] = Field(default_factory=list, description="every review, oldest first")
 
 
 class CaseCreated(BaseModel):
@@ -122,6 +161,9 @@ class CaseByPath(BaseModel):
     paths: list[PathText] | None = Field(None, min_length=1, max_length=10_000,
                                          description="several images of one case, relative to --data-root")
     name: str | None = Field(None, description="the case's name (default: its first file's)")
+    patient: str | None = Field(None, description="pseudonymous patient id (at most 64 characters, never a name)")
+    exam_date: str | None = Field(None, description="the exam's date, YYYY-MM-DD")
+    region: str | None = Field(None, description="where the images were taken, e.g. 'terminal ileum'")
 
     @model_validator(mode="after")
     def _one_source(self) -> CaseByPath:

@@ -49,32 +49,45 @@ def serve(settings: ServeSettings) -> None:
 
     Raises:
         ConfigError, CheckpointFileError: no checkpoint or a bad one, a port in use (before serving).
+        StoreError: the case store cannot be opened; MigrationNeeded: it needs ``mucosa store upgrade`` (it is
+            left as it is).
     """
     if settings.checkpoint is None:
         raise ConfigError("mucosa serve needs --checkpoint (or serve.checkpoint in its --config)")
     limit_malloc_arenas()
     import uvicorn
 
-    from mucosa.service.app import create_app
+    from mucosa.service.app import create_app, open_store
     from mucosa.service.engine import Engine
 
-    sock = bind(settings.host, settings.port)
+    store = open_store(settings)  # before anything else: a store that needs an upgrade is refused, unchanged
+    try:
+        sock = bind(settings.host, settings.port)
+    except BaseException:
+        store.close()
+        raise
     try:
         engine = Engine(settings.checkpoint, device=settings.device, threshold=settings.threshold,
                         window=settings.window, slots=settings.parallel, onnx=settings.onnx)
-        app = create_app(engine, settings)
-        _announce(settings, sock.getsockname()[1])
+        app = create_app(engine, settings, store)
+        _announce(settings, sock.getsockname()[1], store)
         config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=3, access_log=False)
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after its clean shutdown
             uvicorn.Server(config).run(sockets=[sock])
+    except BaseException:
+        store.close()  # the application closes it once it has started
+        raise
     finally:
         sock.close()
 
 
-def _announce(settings: ServeSettings, port: int) -> None:
+def _announce(settings: ServeSettings, port: int, store) -> None:
     """Where the viewer and the API's documentation are; a warning when anyone may use the API."""
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     log.info("viewer: http://%s:%d/%s  API docs: http://%s:%d/docs", host, port,
              "?token=…" if settings.token else "", host, port)
-    if settings.token is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening on %s without --token: anyone who reaches this machine can use the API", settings.host)
+    log.info("case store: %s (%s)", store.location, store.backend)
+    if settings.token is None and settings.host not in ("127.0.0.1", "localhost", "::1") and \
+            not any(user.active and user.name != "local" for user in store.users()):
+        log.warning("listening on %s without --token or users (mucosa users add): anyone who reaches this machine "
+                    "can use the API, as the admin 'local'", settings.host)

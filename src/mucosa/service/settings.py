@@ -12,6 +12,7 @@ server binds its port or loads its model. ``mucosa serve --print-config`` prints
       data_root: null
       max_upload_mb: 500.0
       queue_size: 8
+      store: null
       ...
     # token: unset (never printed; set it with --token or MUCOSA_TOKEN)
 
@@ -70,6 +71,12 @@ class ServeSettings(Settings):
         window: informative frames in the smoothed probability.
         parallel: model calls side by side (none: one per CPU core, or one on a GPU).
         temp_parent: where the server's temporary folder goes (none: the system's).
+        store: the case store, a folder (SQLite) or a ``postgresql+psycopg://`` URL (none: ``$MUCOSA_STORE``, else
+            ``~/.local/share/mucosa/store``); made when it is a new folder or an empty database.
+        media: the media folder that the servers of a PostgreSQL store share (a store folder keeps its own).
+        workers: case worker threads of this server (each takes jobs from the store's job table).
+        lease_seconds: how long a job stays a worker's without a heartbeat: after that, another worker (of any
+            server sharing the store) takes it up again.
     """
 
     SECTION: ClassVar[str] = SECTION
@@ -87,6 +94,10 @@ class ServeSettings(Settings):
     window: Int = Field(16, ge=1)
     parallel: Int | None = Field(None, ge=1)
     temp_parent: Pathname | None = None
+    store: Text | None = None
+    media: Pathname | None = None
+    workers: Int = Field(1, ge=1, le=64)
+    lease_seconds: Float = Field(60.0, ge=1.0)
 
     @field_validator("data_root")
     @classmethod

@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from mucosa.store.auditlog import Actor, record
@@ -16,10 +16,13 @@ from mucosa.store.records import Case, CaseStatus, MediaFile, NotFound, Page, Ro
 from mucosa.store.tables import CaseDetailRow, CaseRow, JobRow, UserRow
 from mucosa.store.users import check_name, require
 
-__all__ = ["KINDS", "MAX_PAGE", "new_case_id", "as_day", "add", "get", "search", "delete", "live_case"]
+__all__ = ["KINDS", "MAX_PAGE", "NO_VERDICT", "UNFAMILIAR", "new_case_id", "as_day", "add", "get", "search", "delete",
+           "live_case"]
 
 KINDS = ("video", "images")
 MAX_PAGE = 500
+UNFAMILIAR = "unfamiliar"  # the verdict's words for a case unlike every confirmed case (no class)
+NO_VERDICT = "none"  # searched as a verdict: cases without a class that are not unfamiliar
 _Creator = aliased(UserRow)
 
 
@@ -119,14 +122,27 @@ def _filtered(query: Select, filters: dict[str, Any]) -> Select:
     if filters.get("until") is not None:
         query = query.where(CaseRow.day <= as_day(filters["until"], "until"))
     if filters.get("verdict") is not None:
-        query = query.where(CaseRow.verdict == filters["verdict"])
+        query = query.where(_verdict_is(filters["verdict"]))
     if filters.get("status") is not None:
         query = query.where(CaseRow.status == CaseStatus(filters["status"]).value)
     if filters.get("reviewed") is not None:
         query = query.where(CaseRow.reviewed.is_(bool(filters["reviewed"])))
     if filters.get("name"):
         query = query.where(CaseRow.name.icontains(filters["name"], autoescape=True))
+    if filters.get("text"):
+        query = query.where(or_(CaseRow.name.icontains(filters["text"], autoescape=True),
+                                CaseRow.patient.icontains(filters["text"], autoescape=True)))
     return query
+
+
+def _verdict_is(verdict: str):
+    """A class; :data:`UNFAMILIAR` (no class, the words "unfamiliar"); :data:`NO_VERDICT` (no class otherwise)."""
+    if verdict == UNFAMILIAR:
+        return and_(CaseRow.verdict.is_(None), CaseRow.verdict_text == UNFAMILIAR)
+    if verdict == NO_VERDICT:
+        return and_(CaseRow.verdict.is_(None),
+                    or_(CaseRow.verdict_text.is_(None), CaseRow.verdict_text != UNFAMILIAR))
+    return CaseRow.verdict == verdict
 
 
 def search(session: Session, limit: int, offset: int, **filters: Any) -> Page:

@@ -18,7 +18,7 @@ from mucosa.store.records import CaseStatus, Review, Role, StoreError, User
 from mucosa.store.tables import CaseRow, ReviewRow, UserRow
 from mucosa.store.users import check_name, require
 
-__all__ = ["MAX_NOTE", "review_record", "add", "of_case", "latest"]
+__all__ = ["MAX_NOTE", "review_record", "add", "of_case", "latest", "latest_of"]
 
 MAX_NOTE = 4000
 
@@ -73,3 +73,14 @@ def latest(session: Session, since: dt.date | None = None, model: str | None = N
     if model is not None:
         query = query.where(ReviewRow.model_version == model)
     return [(review_record(row, name), day) for row, name, day in session.execute(query)]
+
+
+def latest_of(session: Session, case_ids: list[str]) -> dict[str, Review]:
+    """The latest review of each of these cases that has one (one query, for a page of cases)."""
+    if not case_ids:
+        return {}
+    newest = (select(func.max(ReviewRow.id).label("id")).where(ReviewRow.case_id.in_(case_ids))
+              .group_by(ReviewRow.case_id)).subquery()
+    rows = session.execute(select(ReviewRow, UserRow.name).join(newest, newest.c.id == ReviewRow.id)
+                           .join(UserRow, UserRow.id == ReviewRow.reviewer_id))
+    return {row.case_id: review_record(row, name) for row, name in rows}

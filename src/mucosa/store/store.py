@@ -218,21 +218,23 @@ class Store:
     def search(self, *, patient: str | None = None, since: dt.date | str | None = None,
                until: dt.date | str | None = None,
                verdict: str | None = None, reviewed: bool | None = None, name: str | None = None,
-               status: str | None = None, limit: int = 50, offset: int = 0) -> Page:
+               text: str | None = None, status: str | None = None, limit: int = 50, offset: int = 0) -> Page:
         """Cases matching every filter given, newest first, one page at a time.
 
         Args:
             patient: the pseudonymous patient id (exact).
             since, until: the case's day (exam date, else upload day), inclusive; dates or ``YYYY-MM-DD``.
-            verdict: the class called.
+            verdict: the class called; ``"unfamiliar"`` for cases unlike every confirmed case, ``"none"`` for the
+                other cases without a class (no informative frames, not done yet, failed).
             reviewed: True for reviewed cases only, False for unreviewed ones.
             name: a part of the case's name (any case).
+            text: a part of the case's name or of its patient id (any case).
             status: queued, running, done, failed or cancelled.
             limit, offset: the page (at most 500 cases).
         """
         with self._session(write=False) as session:
             return cases.search(session, limit, offset, patient=patient, since=since, until=until, verdict=verdict,
-                                reviewed=reviewed, name=name, status=status)
+                                reviewed=reviewed, name=name, text=text, status=status)
 
     def delete_case(self, case_id: str, by: Actor = None) -> None:
         """Delete a case (admins): it leaves every list and its work stops; reviews and the log keep it."""
@@ -279,6 +281,11 @@ class Store:
         """Record a reviewer's judgement of a finished case (reviewers and admins). Earlier reviews stay."""
         with self._session(write=True) as session:
             return reviews.add(session, case_id, by, histology, agrees, note, self.now())
+
+    def latest_reviews(self, case_ids: Sequence[str]) -> dict[str, Review]:
+        """The latest review of each of these cases that has one, by case id."""
+        with self._session(write=False) as session:
+            return reviews.latest_of(session, list(case_ids))
 
     def reviews(self, case_id: str) -> list[Review]:
         """The case's reviews, oldest first (the last is its histology truth)."""

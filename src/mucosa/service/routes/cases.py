@@ -9,6 +9,7 @@ stops it and removes its files.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -18,15 +19,25 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from mucosa.service import schemas
-from mucosa.service.cases import CaseStore, QueueFull
-from mucosa.service.dependencies import CardDep, CasesDep, EngineDep, SettingsDep, case_or_404
+from mucosa.service.cases import CaseService, QueueFull
+from mucosa.service.dependencies import CardDep, CasesDep, EngineDep, SettingsDep, UserDep, case_or_404
 from mucosa.service.engine import UnreadableMedia, UnsupportedMedia, media_kind
 from mucosa.service.paths import case_sources
 from mucosa.service.problems import problem, readable
 from mucosa.service.report import timeline_csv
-from mucosa.service.routes.common import API_VERSION, MEDIA_ERRORS, finalize, log, media_error, read_upload, upload_body
+from mucosa.service.routes.common import (
+    API_VERSION,
+    MEDIA_ERRORS,
+    exam_fields,
+    finalize,
+    log,
+    media_error,
+    read_upload,
+    upload_body,
+)
 from mucosa.service.settings import ServeSettings
 from mucosa.service.uploads import discard, safe_stem
+from mucosa.store.cases import MAX_PAGE
 
 __all__ = ["router"]
 
@@ -34,51 +45,82 @@ router = APIRouter(prefix="/cases", tags=["cases"])
 
 NOT_FOUND = {404: {"model": schemas.Problem}}
 MAX_JSON = 64 * 1024  # bytes of a JSON body
+SINCE = Query(None, description="from this day on (the exam date, else the upload day), YYYY-MM-DD")
+UNTIL = Query(None, description="up to this day, inclusive")
 
 
 @router.post("", status_code=202, response_model=schemas.CaseCreated | schemas.CasesCreated,
              responses={**MEDIA_ERRORS, 403: {"model": schemas.Problem, "description": "path outside --data-root"},
                         503: {"model": schemas.Problem, "description": "work queue full (Retry-After)"}},
              openapi_extra=upload_body("a video, several images of one case, or several videos (a case each) "
-                                       "(multipart field `file`); or JSON naming files already under --data-root",
-                                       many=True))
-async def create_case(request: Request, engine: EngineDep, cases: CasesDep, settings: SettingsDep,
+                                       "(multipart field `file`, with the optional fields `patient`, `exam_date`, "
+                                       "`region`); or JSON naming files already under --data-root", many=True))
+async def create_case(request: Request, engine: EngineDep, cases: CasesDep, settings: SettingsDep, user: UserDep,
                       name: str | None = Query(None, description="the case's name")):
     """Open a case: returns its id at once; frames are processed in the background (follow
     ``GET /v1/cases/{id}`` or its ``/events``). Several videos in one upload open a case each, all or none:
     the answer lists them (``cases``)."""
     try:
-        case_id, folder = cases.reserve()  # before reading the body: no upload waits for a place
+        place = cases.reserve()  # before reading the body: no upload waits for a place
     except QueueFull as error:
         await discard(request)  # so that the client, still sending, reads the answer
         raise _busy(error.retry_after) from None
+    places = [place]
     try:
-        sources, files, given_name = await _case_files(request, folder, settings)
-        if len(sources) > 1 and all(media_kind(path) == "video" for path in sources):
-            return {"cases": await _case_per_video(engine, cases, (case_id, folder), sources, files,
-                                                   name or given_name)}
-        try:
-            info = await run_in_threadpool(engine.inspect, sources)
-        except (UnsupportedMedia, UnreadableMedia) as error:
-            raise media_error(error, {path.name: file for path, file in zip(sources, files)}) from None
-        case = cases.submit(case_id, folder, (name or given_name or files[0])[:120], files, sources, info)
-    except BaseException:
-        cases.release(case_id, folder)
-        raise
-    return _created(case)
+        sources, files, given = await _case_files(request, place[1], settings)
+        exam = exam_fields(given.get("patient"), given.get("exam_date"), given.get("region"))
+        name = name or given.get("name")
+        groups = [[path] for path in sources] if len(sources) > 1 and all(
+            media_kind(path) == "video" for path in sources) else [sources]
+        for _ in groups[1:]:
+            places.append(cases.reserve())
+        infos = []
+        for group in groups:
+            try:
+                infos.append(await run_in_threadpool(engine.inspect, group))
+            except (UnsupportedMedia, UnreadableMedia) as error:
+                raise media_error(error, {path.name: file for path, file in zip(sources, files)}) from None
+        names = {path: file for path, file in zip(sources, files)}
+        created = []
+        for group, info in zip(groups, infos):
+            shown = [names[path] for path in group]
+            title = (f"{name} · {shown[0]}" if name and len(groups) > 1 else name or shown[0])[:120]
+            case = await run_in_threadpool(cases.submit, title, shown, group, info, user, exam)
+            created.append(_created(case))
+    except QueueFull as error:
+        raise _busy(error.retry_after) from None
+    finally:
+        for token, folder in places:
+            cases.release(token, folder)
+    return {"cases": created} if len(groups) > 1 else created[0]
 
 
-@router.get("", response_model=list[schemas.CaseSummary])
-def list_cases(cases: CasesDep) -> list[dict]:
-    """The cases opened since the server started, newest first (without timelines)."""
-    return _listable(cases.list())
+@router.get("", response_model=list[schemas.CaseSummary], responses={
+    200: {"headers": {"X-Total-Count": {"description": "cases matching the filters", "schema": {"type": "integer"}}}},
+    422: {"model": schemas.Problem, "description": "a filter is not valid (the parameter is named)"}})
+def list_cases(response: Response, cases: CasesDep,
+               patient: str | None = Query(None, max_length=64, description="pseudonymous patient id (exact)"),
+               since: dt.date | None = SINCE, until: dt.date | None = UNTIL,
+               verdict: str | None = Query(None, max_length=64, description="a class, `unfamiliar`, or `none`"),
+               reviewed: bool | None = Query(None, description="reviewed (true) or not (false)"),
+               q: str | None = Query(None, max_length=200, description="part of the case's name or patient id"),
+               limit: int = Query(100, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0)) -> list[dict]:
+    """The cases matching every filter given, newest first, without timelines (the total in
+    ``X-Total-Count``)."""
+    views, total = cases.page(patient=patient, since=since, until=until, verdict=verdict, reviewed=reviewed,
+                              text=q, limit=limit, offset=offset)
+    response.headers["X-Total-Count"] = str(total)
+    return _listable(views)
 
 
 @router.get("/{case_id}", response_model=schemas.CaseDetail, responses=NOT_FOUND)
-def get_case(case_id: str, cases: CasesDep,
+def get_case(case_id: str, cases: CasesDep, user: UserDep,
              since: int = Query(0, ge=0, description="timeline rows from this one on")) -> dict:
-    """Status, progress, the per-frame timeline and the running or final verdict."""
-    return case_or_404(cases, case_id).to_dict(since)
+    """Status, progress, the per-frame timeline, the running or final verdict and every review."""
+    case = case_or_404(cases, case_id)
+    if since == 0:
+        cases.store.record(user, "case.open", case_id, case.record.model_version)
+    return case.to_dict(since)
 
 
 @router.get("/{case_id}/events", responses={
@@ -87,7 +129,7 @@ def get_case(case_id: str, cases: CasesDep,
 async def case_events(request: Request, case_id: str, cases: CasesDep) -> StreamingResponse:
     """The case as server-sent events while it runs: each ``update`` carries the summary and the new
     timeline rows; ``end`` follows the last one. Reconnecting with ``Last-Event-ID`` resumes."""
-    case_or_404(cases, case_id)
+    await run_in_threadpool(case_or_404, cases, case_id, False)
     start = request.headers.get("last-event-id", "0")
     return StreamingResponse(_events(request, cases, case_id, int(start) if start.isdigit() else 0),
                              media_type="text/event-stream",
@@ -101,7 +143,7 @@ async def frame(case_id: str, number: int, ext: str, engine: EngineDep, cases: C
                 gradcam: bool = Query(False, description="overlay the Grad-CAM heat map (PNG only)")):
     """Frame ``number`` of the case as the viewer shows it (``.jpg``: as stored; ``.png``: lossless, and
     with ``?gradcam=1`` the heat map of the predicted class over the part the model saw)."""
-    case = case_or_404(cases, case_id)
+    case = await run_in_threadpool(case_or_404, cases, case_id, bool(gradcam))
     if ext not in ("png", "jpg") or case.store is None or number not in case.store:
         raise problem(404, f"case {case_id} has no frame {number}.{ext} (yet)")
     if gradcam:
@@ -123,10 +165,9 @@ def case_timeline(case_id: str, cases: CasesDep, card: CardDep) -> Response:
 
 
 @router.delete("/{case_id}", status_code=204, responses=NOT_FOUND)
-def delete_case(case_id: str, cases: CasesDep) -> Response:
-    """Stop the case's work and remove its files."""
-    if not cases.delete(case_id):
-        raise problem(404, f"no case {case_id} (unknown, or deleted)")
+def delete_case(case_id: str, cases: CasesDep, user: UserDep) -> Response:
+    """Stop the case's work and remove its files (admins). Its reviews and the audit log keep it."""
+    cases.delete(case_id, user)
     return Response(status_code=204)
 
 
@@ -137,37 +178,7 @@ def delete_case(case_id: str, cases: CasesDep) -> Response:
 
 def _created(case) -> dict:
     base = f"/{API_VERSION}/cases/{case.id}"
-    return {"id": case.id, "status": case.status, "url": base, "events": base + "/events"}
-
-
-async def _case_per_video(engine, cases: CaseStore, first: tuple[str, Path], sources: list[Path],
-                          files: list[str], name: str | None) -> list[dict]:
-    """Open one case per uploaded video, all or none. The first video keeps the request's place (``first``: its
-    case id and folder, released by the caller on failure); each other one gets a place of its own and is moved
-    into its folder. A video that does not decode refuses them all (422 naming it), a full queue too (503)."""
-    places, moved = [first], [sources[0]]
-    try:
-        for path in sources[1:]:
-            places.append(cases.reserve())
-            (places[-1][1] / "upload").mkdir()
-            moved.append(path.rename(places[-1][1] / "upload" / path.name))
-        try:
-            infos = [await run_in_threadpool(engine.inspect, [path]) for path in moved]
-        except (UnsupportedMedia, UnreadableMedia) as error:
-            raise media_error(error, {path.name: file for path, file in zip(moved, files)}) from None
-    except BaseException as error:
-        _release(cases, places[1:])
-        if isinstance(error, QueueFull):
-            raise _busy(error.retry_after) from None
-        raise
-    return [_created(cases.submit(case_id, folder, f"{name} · {file}"[:120] if name else file[:120], [file], [path],
-                                  info))
-            for (case_id, folder), file, path, info in zip(places, files, moved, infos)]
-
-
-def _release(cases: CaseStore, places: list[tuple[str, Path]]) -> None:
-    for case_id, folder in places:
-        cases.release(case_id, folder)
+    return {"id": case.id, "status": case.status.value, "url": base, "events": base + "/events"}
 
 
 def _busy(seconds: int) -> HTTPException:
@@ -183,18 +194,18 @@ def _check_gradcam(case, number: int, ext: str) -> None:
 
 
 async def _case_files(request: Request, folder: Path, settings: ServeSettings) -> tuple[list[Path], list[str],
-                                                                                         str | None]:
+                                                                                         dict[str, str]]:
     """The files of a case being opened (uploaded into ``folder``, or named under --data-root), their names
-    to show, and the name the client gave the case."""
+    to show, and the fields the client gave (``name``, ``patient``, ``exam_date``, ``region``)."""
     if request.headers.get("content-type", "").startswith("application/json"):
         body = await _json_body(request)
         sources, files = await run_in_threadpool(case_sources, body, settings.data_root)
-        return sources, files, body.name
+        return sources, files, body.model_dump(include={"name", "patient", "exam_date", "region"})
     upload = await read_upload(request, folder / "upload", settings)
     if not upload.files:
         raise problem(422, "no file in the request (multipart field 'file')")
     sources = [finalize(item, k) for k, item in enumerate(upload.files)]
-    return sources, [item.name for item in upload.files], upload.fields.get("name")
+    return sources, [item.name for item in upload.files], upload.fields
 
 
 async def _json_body(request: Request) -> schemas.CaseByPath:
@@ -226,24 +237,27 @@ def _listable(cases: list) -> list[dict]:
     return summaries
 
 
-async def _events(request: Request, cases: CaseStore, case_id: str, sent: int, batch: int = 500,
+async def _events(request: Request, cases: CaseService, case_id: str, sent: int, batch: int = 500,
                   quiet: float = 15.0):
     """Server-sent events of one case: ``update`` with new rows, ``end`` when the work stops."""
     yield "retry: 2000\n\n"
     first, idle = True, 0.0
     while True:
-        case = cases.get(case_id)
+        case = await run_in_threadpool(cases.view, case_id, False)
         if case is None:
             yield 'event: end\ndata: {"status": "deleted"}\n\n'
             return
+        if case.finished_work and case.live is None:  # read its timeline, kept with the case
+            case = await run_in_threadpool(cases.view, case_id, True) or case
         finished = case.finished_work  # read before the rows: a finished case has all its rows
-        rows = case.timeline[sent:sent + batch]
+        timeline = case.timeline
+        rows = timeline[sent:sent + batch]
         if rows or first or finished:
             data = {**case.summary(), "since": sent, "timeline": rows}
             sent += len(rows)
             yield f"id: {sent}\nevent: update\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
             first, idle = False, 0.0
-            if finished and sent >= len(case.timeline):
+            if finished and sent >= len(timeline):
                 yield f"event: end\ndata: {json.dumps({'status': case.status})}\n\n"
                 return
             if len(rows) == batch:

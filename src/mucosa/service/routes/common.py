@@ -3,7 +3,9 @@ of media, and how OpenAPI documents them."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import re
 from pathlib import Path
 
 from fastapi import HTTPException, Request
@@ -15,7 +17,8 @@ from mucosa.service.problems import problem
 from mucosa.service.settings import ServeSettings
 from mucosa.service.uploads import Upload, UploadedFile, UploadError, receive, safe_stem
 
-__all__ = ["API_VERSION", "MEDIA_ERRORS", "finalize", "log", "media_error", "read_upload", "upload_body"]
+__all__ = ["API_VERSION", "EXAM_LIMIT", "MEDIA_ERRORS", "exam_fields", "finalize", "log", "media_error", "read_upload",
+           "upload_body"]
 
 log = logging.getLogger("mucosa.service.app")  # the routes' log keeps the service's one name (logging configs)
 
@@ -66,3 +69,30 @@ def media_error(error: Exception, names: dict[str, str] | None = None) -> HTTPEx
     for stored, given in (names or {}).items():
         reason = reason.replace(stored, given)
     return problem(415 if isinstance(error, UnsupportedMedia) else 422, reason)
+
+
+EXAM_LIMIT = 64  # characters of a patient id or a region
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _text(value: str | None, what: str) -> str | None:
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if len(value) > EXAM_LIMIT or _CONTROL.search(value):
+        raise problem(422, f"{what}: at most {EXAM_LIMIT} printable characters")
+    return value
+
+
+def exam_fields(patient: str | None, exam_date: str | None, region: str | None) -> dict:
+    """The optional exam fields of a new case, checked: a pseudonymous patient id and a region (each at most
+    64 printable characters), the exam date (``YYYY-MM-DD``, not in the future); 422 naming the field."""
+    day = None
+    if exam_date is not None and exam_date.strip():
+        try:
+            day = dt.date.fromisoformat(exam_date.strip())
+        except ValueError:
+            raise problem(422, f"exam_date: {exam_date[:20]!r} is not a date (YYYY-MM-DD)") from None
+        if day > dt.date.today() + dt.timedelta(days=1):  # a day of slack for the time zones
+            raise problem(422, f"exam_date: {day} is in the future")
+    return {"patient": _text(patient, "patient"), "exam_date": day, "region": _text(region, "region")}

@@ -19,8 +19,9 @@ router = APIRouter()
 
 @router.get("/healthz", response_model=schemas.Health, tags=["service"])
 async def healthz(engine: EngineDep, card: CardDep, cases: CasesDep) -> dict:
-    """Liveness: the model is loaded and the case worker runs (no token needed). Answered on the event
-    loop itself, so it answers while every worker thread is busy."""
+    """Liveness: the model is loaded and the case store answers (no token needed): the cases it holds and
+    the jobs waiting. Answered on the event loop itself (two quick reads), so it answers while every worker
+    thread is busy."""
     return {"status": "ok", "model": card["name"], "runtime": engine.runtime, "device": engine.device,
             **cases.counts()}
 

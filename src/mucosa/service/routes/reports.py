@@ -36,7 +36,7 @@ def _attachment(case, suffix: str, download: bool = True) -> dict | None:
 async def case_report_json(case_id: str, cases: CasesDep, engine: EngineDep, card: CardDep) -> dict:
     """The case report as data: everything the PDF and HTML reports say, with the key frames' image URLs
     (``frame``: as shown; ``gradcam``: with its heat map)."""
-    case = case_or_404(cases, case_id)
+    case = await run_in_threadpool(case_or_404, cases, case_id)
     data = (await run_in_threadpool(gather, case, engine, card, False)).data
     base = f"/{API_VERSION}/cases/{case.id}/frames"
     for key in data["key_frames"]:
@@ -48,7 +48,7 @@ async def case_report_json(case_id: str, cases: CasesDep, engine: EngineDep, car
 async def case_report_html(case_id: str, cases: CasesDep, engine: EngineDep, card: CardDep,
                            download: bool = False) -> HTMLResponse:
     """The case report as one self-contained page (pictures embedded)."""
-    case = case_or_404(cases, case_id)
+    case = await run_in_threadpool(case_or_404, cases, case_id)
     parts = await run_in_threadpool(gather, case, engine, card)
     return HTMLResponse(report_html(parts), headers=_attachment(case, "html", download))
 
@@ -59,7 +59,7 @@ async def case_report_html(case_id: str, cases: CasesDep, engine: EngineDep, car
 async def case_report_pdf(case_id: str, cases: CasesDep, engine: EngineDep, card: CardDep,
                           download: bool = True) -> Response:
     """The case report as PDF (A4), to file."""
-    case = case_or_404(cases, case_id)
+    case = await run_in_threadpool(case_or_404, cases, case_id)
     parts = await run_in_threadpool(gather, case, engine, card)
     try:
         data = await run_in_threadpool(report_pdf, parts)

@@ -23,8 +23,8 @@ async def similar(case_id: str, engine: EngineDep, cases: CasesDep,
     """The ``k`` confirmed cases most like this one (never of its own patient, when its files are the atlas's):
     each with its label, patient, distance and closest frames (thumbnails as PNG data URLs, ``query_frame``: the
     case's frame it matched), and the atlas's vote (``atlas_vote``, shares by class)."""
-    case = case_or_404(cases, case_id)
-    if case.status != "done":
+    case = await run_in_threadpool(case_or_404, cases, case_id)
+    if case.status != "done" or case.folder is None:
         raise problem(409, f"case {case_id} is {case.status}: similar cases come once it is done")
     try:
         return await run_in_threadpool(similar_cases, engine.atlas, case.folder, case.sources, k)

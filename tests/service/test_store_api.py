@@ -1,0 +1,161 @@
+"""The store-backed API of the contract (/work/notes/api-contract.md): who is asking, exam fields, filters,
+reviews, roles, the running audit and the audit log; on SQLite, and the cheap parts again on PostgreSQL."""
+
+import datetime as dt
+import time
+
+import pytest
+
+from serving import serving, upload, wait_done
+
+pytestmark = [pytest.mark.realdata, pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+EXAM = {"patient": "P-0042", "exam_date": "2025-03-04", "region": "terminal ileum"}
+
+
+@pytest.fixture(autouse=True)
+def every_token_cheap(cheap_tokens):
+    """Tokens hashed at a low cost."""
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def backend(request, tmp_path_factory):
+    """``serving`` settings of a store on each backend."""
+    if request.param == "sqlite":
+        return {}
+    cluster = request.getfixturevalue("postgres")
+    return {"store": cluster.new_database(), "media": tmp_path_factory.mktemp("shared-media")}
+
+
+@pytest.fixture(scope="module")
+def served(engine, backend, frame_png, black_png):
+    """A server on its own store, with two done image cases of two patients (one with exam fields)."""
+    with serving(engine, **backend) as (client, _):
+        first = upload(client, "/v1/cases?name=biopsy%20one", frame_png, data=EXAM).json()["id"]
+        second = upload(client, "/v1/cases", black_png, frame_png, data={"patient": "P-0007"}).json()["id"]
+        yield client, wait_done(client, first), wait_done(client, second)
+
+
+def test_me_is_local_admin_without_users(served, backend):
+    client, _, _ = served
+    assert client.get("/v1/me").json() == {"name": "local", "role": "admin",
+                                           "store": {"backend": "postgresql" if backend else "sqlite"}}
+
+
+def test_exam_fields_are_kept_and_checked(served, frame_png):
+    client, first, second = served
+    assert {k: first[k] for k in EXAM} == EXAM and first["model_version"].startswith("best.ckpt:")
+    assert second["exam_date"] is None and second["region"] is None and second["patient"] == "P-0007"
+    assert first["reviewed"] is False and first["review"] is None and first["reviews"] == []
+    tomorrow = (dt.date.today() + dt.timedelta(days=3)).isoformat()
+    for fields, named in (({"exam_date": "04/03/2025"}, "exam_date"), ({"exam_date": tomorrow}, "exam_date"),
+                          ({"patient": "x" * 65}, "patient"), ({"region": "a\x01b"}, "region")):
+        answer = upload(client, "/v1/cases", frame_png, data=fields)
+        assert answer.status_code == 422 and answer.json()["detail"].startswith(named + ":"), answer.text
+    report = client.get(f"/v1/cases/{first['id']}/report.json").json()
+    assert report["exam"] == {"Patient": "P-0042", "Exam date": "2025-03-04", "Region": "terminal ileum"}
+
+
+def test_filters_and_total_count(served):
+    client, first, second = served
+
+    def ids(**params):
+        answer = client.get("/v1/cases", params=params)
+        assert answer.status_code == 200, answer.text
+        return [c["id"] for c in answer.json()], int(answer.headers["x-total-count"])
+
+    assert ids() == ([second["id"], first["id"]], 2)  # newest first
+    assert ids(patient="P-0042") == ([first["id"]], 1)
+    assert ids(q="biopsy") == ([first["id"]], 1) and ids(q="0007") == ([second["id"]], 1)
+    assert ids(since="2025-03-04", until="2025-03-04") == ([first["id"]], 1)
+    assert ids(verdict=first["verdict"]["class"])[0][-1] == first["id"] and ids(verdict="none") == ([], 0)
+    assert ids(limit=1) == ([second["id"]], 2) and ids(limit=1, offset=1) == ([first["id"]], 2)
+    for bad in ({"limit": 0}, {"limit": 501}, {"since": "March"}, {"reviewed": "maybe"}, {"offset": -1}):
+        answer = client.get("/v1/cases", params=bad)
+        assert answer.status_code == 422 and next(iter(bad)) in answer.json()["detail"]
+
+
+def test_reviews_roles_audit_and_the_log(served, backend):
+    client, first, second = served
+    store = client.app.state.store
+    card = client.get("/v1/model").json()
+    assert client.get("/v1/audit/calibration.png").status_code == 409
+    viewer, reviewer = store.add_user("vera" + str(id(backend)), "viewer"), store.add_user(
+        "rita" + str(id(backend)), "reviewer")
+    as_viewer, as_reviewer = {"Authorization": f"Bearer {viewer}"}, {"Authorization": f"Bearer {reviewer}"}
+    assert client.get("/v1/me").status_code == 401  # users now: no request without a token
+    assert client.get("/v1/me", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert client.get("/v1/me", params={"token": viewer}).json()["role"] == "viewer"
+    url = f"/v1/cases/{first['id']}/review"
+    body = {"histology": card["classes"][0], "agrees": False, "note": "biopsy 3"}
+    assert client.post(url, json=body, headers=as_viewer).status_code == 403
+    assert client.post(url, json={**body, "histology": "tumour"}, headers=as_reviewer).status_code == 422
+    assert client.post("/v1/cases/nosuch/review", json=body, headers=as_reviewer).status_code == 404
+    review = client.post(url, json=body, headers=as_reviewer)
+    assert review.status_code == 201, review.text
+    review = review.json()
+    assert set(review) == {"id", "case_id", "reviewer", "histology", "agrees", "note", "at", "model_version",
+                           "verdict"}
+    assert review["verdict"] == first["verdict"]["class"] and review["model_version"] == first["model_version"]
+    later = client.post(url, json={**body, "histology": card["classes"][1], "agrees": True},
+                        headers=as_reviewer).json()
+    case = client.get(f"/v1/cases/{first['id']}", headers=as_viewer).json()
+    assert [r["id"] for r in case["reviews"]] == [review["id"], later["id"]] and case["review"] == later
+    listed = client.get("/v1/cases", params={"reviewed": "true"}, headers=as_viewer).json()
+    assert [c["id"] for c in listed] == [first["id"]] and listed[0]["review"] == later
+    report = client.get(f"/v1/cases/{first['id']}/report.json", headers=as_viewer).json()
+    assert report["review"]["reviewer"] == later["reviewer"] and report["review"]["histology"] == card["classes"][1]
+    audit = client.get("/v1/audit", headers=as_viewer).json()
+    assert audit["classes"] == card["classes"] and audit["overall"]["cases"] == 1
+    assert list(audit["by_model"]) == [first["model_version"]] and list(audit["by_month"]) == ["2025-03"]
+    assert client.get("/v1/audit", params={"since": "2025-04-01"}, headers=as_viewer).json()["overall"]["cases"] == 0
+    picture = client.get("/v1/audit/calibration.png", headers=as_viewer)
+    assert picture.status_code == 200 and picture.content.startswith(b"\x89PNG")
+    assert client.delete(f"/v1/cases/{second['id']}", headers=as_reviewer).status_code == 403
+    admin = store.add_user("ada" + str(id(backend)), "admin")
+    assert client.delete(f"/v1/cases/{second['id']}", headers={"Authorization": f"Bearer {admin}"}).status_code == 204
+    log = {(e.action, e.actor) for e in store.audit_log(case_id=first["id"])}
+    assert {("case.add", "local"), ("case.open", "local"), ("case.review", review["reviewer"])} <= log
+    deleted = store.audit_log(case_id=second["id"])[0]
+    assert deleted.action == "case.delete" and deleted.actor.startswith("ada") and deleted.model_version
+
+
+def test_a_case_not_done_cannot_be_reviewed(engine, frame_png, monkeypatch):
+    release = __import__("threading").Event()
+
+    def held(sources, store=None, cancel=None, warnings=None):
+        release.wait(30)
+        yield from ()
+
+    monkeypatch.setattr(engine, "frames", held)
+    with serving(engine) as (client, _):
+        case_id = upload(client, "/v1/cases", frame_png).json()["id"]
+        answer = client.post(f"/v1/cases/{case_id}/review", json={"histology": "x", "agrees": True})
+        assert answer.status_code == 409 and "only a finished case" in answer.json()["detail"]
+        release.set()
+
+
+def test_token_alone_is_one_admin(engine):
+    with serving(engine, token="s3cret") as (client, _):
+        assert client.get("/v1/me").status_code == 401
+        assert client.get("/v1/me", params={"token": "s3cret"}).json()["role"] == "admin"
+
+
+def test_cases_survive_a_restart(engine, frame_png, black_png, tmp_path):
+    store = tmp_path / "store"
+    with serving(engine, store=str(store)) as (client, _):
+        case = wait_done(client, upload(client, "/v1/cases", frame_png, black_png, frame_png, data=EXAM).json()["id"])
+        frame = client.get(f"/v1/cases/{case['id']}/frames/2.jpg").content
+        cam = client.get(f"/v1/cases/{case['id']}/frames/0.png", params={"gradcam": 1}).content
+    with serving(engine, store=str(store)) as (client, _):
+        again = client.get(f"/v1/cases/{case['id']}").json()
+        for key in ("status", "verdict", "timeline", "patient", "exam_date", "region", "frames_done", "created",
+                    "finished", "files"):
+            assert again[key] == case[key], key
+        assert client.get(f"/v1/cases/{case['id']}/frames/2.jpg").content == frame
+        assert client.get(f"/v1/cases/{case['id']}/frames/0.png", params={"gradcam": 1}).content == cam
+        assert client.get(f"/v1/cases/{case['id']}/report.pdf").status_code == 200
+        assert [c["id"] for c in client.get("/v1/cases").json()] == [case["id"]]
+        start = time.monotonic()
+        events = client.get(f"/v1/cases/{case['id']}/events").text
+        assert '"status": "done"' in events and time.monotonic() - start < 10
