@@ -41,7 +41,9 @@ function cell(tag, text, attributes = {}) {
   return el;
 }
 
-function table(caption, head, rows, rowHeads = true) {
+/* A table in a box that scrolls sideways on a phone (a keyboard stop, named after the table's caption). */
+function table(caption, head, rows) {
+  const box = cell("div", "", { class: "table-scroll", tabindex: "0", role: "region", "aria-label": caption });
   const t = document.createElement("table");
   t.className = "audit-table";
   t.append(cell("caption", caption));
@@ -50,9 +52,10 @@ function table(caption, head, rows, rowHeads = true) {
   const body = t.createTBody();
   for (const row of rows) {
     const tr = body.insertRow();
-    row.forEach((text, k) => tr.append(k === 0 && rowHeads ? cell("th", text, { scope: "row" }) : cell("td", text)));
+    row.forEach((text, k) => tr.append(k === 0 ? cell("th", text, { scope: "row" }) : cell("td", text)));
   }
-  return t;
+  box.append(t);
+  return box;
 }
 
 function figuresTable(block, classes, positive) {
