@@ -126,11 +126,11 @@ async function renderAudit() {
   try {
     audit = await (await api("/v1/audit?" + query)).json();
   } catch (error) {
-    auditError(`The audit could not be made: ${error.message}`);
+    errorLine("audit-error", `The audit could not be made: ${error.message}`);
     body.textContent = "";
     return;
   }
-  auditError("");
+  errorLine("audit-error", "");
   for (const version of Object.keys(audit.by_model)) AUDIT.versions.add(version);
   fillVersions(model);
   const o = audit.overall;
@@ -138,8 +138,11 @@ async function renderAudit() {
     cell("p", `${counted(o.cases, "case")} counted. ${notCountedWords(o)}`, { id: "audit-counted" }),
     figuresTable(o, audit.classes, audit.positive), confusionTable(o.confusion),
     await calibrationFigure(query, o.calibration, audit.positive),
-    cell("h2", "By model version"), groupTable("By model version", "Model version", audit.by_model, audit.classes),
-    cell("h2", "By month"), groupTable("By month of the exam", "Month", audit.by_month, audit.classes)];
+    cell("h2", "By model version"),
+    groupTable("Cases and figures of each model version", "Model version", audit.by_model, audit.classes),
+    cell("h2", "By month"),
+    groupTable("Cases and figures of each month (of the exam date, else the upload day)", "Month", audit.by_month,
+      audit.classes)];
   if (!isAuditShown()) return;
   body.textContent = "";
   body.append(...parts);
@@ -151,13 +154,6 @@ function fillVersions(chosen) {
   for (const version of [...AUDIT.versions].sort()) select.add(new Option(version, version));
   if (chosen && !AUDIT.versions.has(chosen)) select.add(new Option(chosen, chosen));
   select.value = chosen;
-}
-
-function auditError(text) {
-  const line = $("audit-error");
-  line.hidden = !text;
-  line.textContent = text;
-  if (text) line.setAttribute("role", "alert"); else line.removeAttribute("role");
 }
 
 function isAuditShown() { return !$("audit").hidden; }

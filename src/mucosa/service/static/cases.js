@@ -35,10 +35,10 @@ async function refreshCases() {
     response = await api("/v1/cases?" + query);
     S.cases = await response.json();
   } catch (error) {
-    showFilterError(error.message);
+    errorLine("filters-error", error.message);
     return;
   }
-  showFilterError("");
+  errorLine("filters-error", "");
   const total = response.headers.get("X-Total-Count");
   const count = total === null ? S.cases.length : Number(total);
   const filtered = FILTERS.some((name) => query.has(name));
@@ -46,13 +46,6 @@ async function refreshCases() {
     (count > S.cases.length ? `, newest ${S.cases.length} shown` : "");
   $("filters-on").textContent = activeFilters();
   renderCaseList(filtered);
-}
-
-function showFilterError(text) {
-  const line = $("filters-error");
-  line.hidden = !text;
-  line.textContent = text;
-  if (text) line.setAttribute("role", "alert"); else line.removeAttribute("role");
 }
 
 function activeFilters() {

@@ -111,3 +111,11 @@ function notice(text, error = false) {
   box.classList.toggle("error", error);
   if (error && text) box.setAttribute("role", "alert"); else box.removeAttribute("role");
 }
+
+/* An error in one line under the form it concerns (announced when shown), or none. */
+function errorLine(id, text) {
+  const line = $(id);
+  line.hidden = !text;
+  line.textContent = text || "";
+  if (text) line.setAttribute("role", "alert"); else line.removeAttribute("role");
+}

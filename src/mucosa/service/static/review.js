@@ -66,13 +66,6 @@ function renderReviews() {
     `${latest.histology}, ${latest.agrees ? "agrees" : "disagrees"}` : "· none yet";
 }
 
-function reviewError(text) {
-  const line = $("review-error");
-  line.hidden = !text;
-  line.textContent = text;
-  if (text) line.setAttribute("role", "alert"); else line.removeAttribute("role");
-}
-
 function fillHistology(card) {
   const select = $("review-histology");
   select.length = 1;
@@ -85,8 +78,9 @@ async function submitReview(e) {
   const id = S.caseId;
   const histology = form.elements.histology.value;
   const agrees = form.elements.agrees.value;
-  if (!histology) { reviewError("Choose the histology."); form.elements.histology.focus(); return; }
-  if (!agrees) { reviewError("Say whether you agree with the verdict."); form.querySelector("input[name=agrees]").focus(); return; }
+  const missing = !histology ? ["Choose the histology.", form.elements.histology] :
+    !agrees ? ["Say whether you agree with the verdict.", form.querySelector("input[name=agrees]")] : null;
+  if (missing) { errorLine("review-error", missing[0]); missing[1].focus(); return; }
   $("review-submit").disabled = true;
   try {
     const body = { histology, agrees: agrees === "true", note: form.elements.note.value.trim() };
@@ -94,14 +88,14 @@ async function submitReview(e) {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     })).json();
     if (S.caseId !== id) return;
-    reviewError("");
+    errorLine("review-error", "");
     form.reset();
     REVIEW.reviews.push(review);
     renderReviews();
     $("reviews").lastElementChild.focus();
     refreshCases();
   } catch (error) {
-    reviewError(`The review was not recorded: ${error.message}`);
+    errorLine("review-error", `The review was not recorded: ${error.message}`);
   } finally {
     $("review-submit").disabled = false;
   }
