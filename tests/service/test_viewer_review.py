@@ -126,6 +126,12 @@ def test_search_and_filters_over_the_cases_from_the_keyboard(page, base, frame_p
     open_viewer(page, base + "/")
     page.click("#exam summary")
     page.fill("#exam-patient", "P-099")
+    page.fill("#exam-date", "2999-01-01")  # refused before anything is sent
+    page.set_input_files("#file", str(frame_png))
+    page.wait_for_selector("#notice.error")
+    assert page.inner_text("#notice") == "men-09-f40.png not sent: exam_date: 2999-01-01 is in the future"
+    assert len(httpx.get(base + "/v1/cases").json()) == 1
+    page.fill("#exam-date", "")
     page.set_input_files("#file", str(frame_png))
     case_shown(page, frame_png.name)
     page.wait_for_function("document.querySelectorAll('#cases .case-item').length === 2")
@@ -186,6 +192,7 @@ def test_a_viewer_sees_the_reviews_but_may_not_add_one(page, base, store):
     case_shown(page, case["name"])
     page.click("#review summary")
     assert page.is_hidden("#review-form") and page.locator("#reviews li[data-id]").count() == 2
+    assert page.inner_text("#me") == "vera · viewer" and page.is_hidden("#delete")  # only an admin deletes
     assert page.inner_text("#review-why") == ("Signed in as vera, role viewer: only a reviewer or an admin records "
                                               "reviews.")
     refused = httpx.post(f"{base}/v1/cases/{case['id']}/review", json={"histology": "meningioma", "agrees": True},

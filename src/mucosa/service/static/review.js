@@ -13,6 +13,7 @@ function reviewBlocked(c) {
   if (S.me && !MAY_REVIEW.includes(S.me.role)) {
     return `Signed in as ${S.me.name}, role ${S.me.role}: only a reviewer or an admin records reviews.`;
   }
+  if (c && c.status === "failed") return "This case failed: it has no verdict to review.";
   if (!c || c.status !== "done") return "The review opens when the case is done.";
   return "";
 }

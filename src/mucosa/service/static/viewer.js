@@ -329,6 +329,7 @@ async function loadMe() {
     S.me = null;
   }
   $("me").textContent = S.me ? `${S.me.name} · ${S.me.role}` : "";
+  $("delete").hidden = Boolean(S.me && S.me.role !== "admin");  // only an admin deletes
 }
 
 /* ------------------------------------------------------------------------------------------- addresses */
