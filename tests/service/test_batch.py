@@ -21,9 +21,11 @@ def test_several_videos_open_a_case_each(engine, brain_video, damaged):
         assert [c["name"] for c in cases] == ["left colon · men-09.mpg", "left colon · cut.mpg"]
         assert [c["kind"] for c in cases] == ["video", "video"] and all(c["status"] == "done" for c in cases)
         assert cases[0]["frames_done"] == 162 and cases[0]["warnings"] == [] and cases[1]["warnings"]
+        store = client.app.state.store
         for case, size in zip(cases, (brain_video.stat().st_size, (damaged / "cut.mpg").stat().st_size)):
-            (video,) = files_under(root / "cases" / case["id"] / "upload")  # each its own video, in its folder
-            assert video.suffix == ".mpg" and video.stat().st_size == size
+            (video,) = store.case(case["id"]).media  # each its own video, kept in the store
+            assert video.suffix == ".mpg" and store.media_path(video).stat().st_size == size
+        assert files_under(root) == []  # the uploads' temporary files are gone
         one = upload(client, "/v1/cases", brain_video).json()  # one video: one case, as before
         assert set(one) == {"id", "status", "url", "events"}
 
@@ -35,14 +37,14 @@ def test_one_bad_video_refuses_them_all_and_leaves_nothing(engine, brain_video, 
         detail = response.json()["detail"]
         assert response.status_code == 422 and detail.startswith("clip.mpg: cannot open video")
         assert str(root) not in detail and "/" not in detail and "rrno" not in detail  # no server path, no errno
-        assert client.get("/v1/cases").json() == [] and files_under(root / "cases") == []
+        assert client.get("/v1/cases").json() == [] and files_under(root) == []
 
 
 def test_a_queue_without_room_for_every_video_refuses_them_all(engine, brain_video):
     with serving(engine, queue_size=1) as (client, root):
         response = upload(client, "/v1/cases", brain_video, brain_video)
         assert response.status_code == 503 and int(response.headers["retry-after"]) >= 1
-        assert client.get("/v1/cases").json() == [] and files_under(root / "cases") == []
+        assert client.get("/v1/cases").json() == [] and files_under(root) == []
 
 
 def test_a_mix_of_videos_and_images_is_refused_naming_its_kinds(client_engine_files):

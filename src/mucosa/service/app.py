@@ -100,7 +100,7 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, store: Sto
                   "endomicroscopy (CLE). Research software: not a diagnosis. The viewer is at `/`.")
     app.state.engine, app.state.settings, app.state.card, app.state.model_version = engine, settings, card, version
     data_roots = [settings.data_root, settings.data_root.resolve()] if settings.data_root else []
-    install(app, lambda: [p for p in (getattr(app.state, "root", None), *data_roots) if p is not None])
+    install(app, lambda: [p for p in (getattr(app.state, "root", None), _media(app), *data_roots) if p is not None])
 
     api = APIRouter(prefix=f"/{API_VERSION}", dependencies=[Depends(current_user)], responses=TOKEN_ERRORS)
     for router in (me.router, model.router, predict.router, cases.router, similar.router, reports.router,
@@ -110,6 +110,11 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, store: Sto
     app.include_router(health.router)
     app.mount("/static", StaticFiles(directory=health.STATIC), name="static")
     return app
+
+
+def _media(app: FastAPI) -> Path | None:
+    store = getattr(app.state, "store", None)
+    return None if store is None else store.media.root
 
 
 def _remove_orphans(parent: Path) -> None:

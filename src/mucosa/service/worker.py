@@ -166,6 +166,8 @@ class Workers:
         live.frames.save_index()
         self.folders.commit(folder, case.id)
         if error is not None:
+            for path, media in zip(sources, case.media):  # the client's file names, not the store's
+                error = error.replace(path.name, media.name)
             self._end(job, lambda: self.store.fail(job, error, live.warnings, self.model_version))
             return
         if self._end(job, lambda: self.store.finish(job, case_result(live, self.model_version))):

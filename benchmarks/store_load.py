@@ -1,0 +1,301 @@
+"""Load test of ``mucosa serve`` on its case store: many stored cases, many clients; two servers sharing work.
+
+``--part browse`` fills a new store (SQLite folder, or a throwaway PostgreSQL cluster from tests/postgres.py)
+with ``--cases`` done cases (each with a 40-frame timeline; a fifth reviewed-looking spread of patients,
+days and verdicts), starts ``mucosa serve --store`` on it, and lets ``--clients`` concurrent clients list
+(``GET /v1/cases?offset=…``), search (``?q=…&verdict=…&since=…``) and open (``GET /v1/cases/{id}``, which also
+writes its ``case.open`` line in the audit log) cases for ``--seconds``, one request after another. It reports
+the latency of each kind (p50, p95, p99, max) and the failed requests.
+
+``--part share`` starts a PostgreSQL cluster and one, then two, ``mucosa serve`` processes on one store (a
+shared media folder), uploads ``--videos`` short clips cut from the real pCLE brain videos (``--frames``
+frames each, every clip distinct), half to each server, waits until every case is done and reports the
+time, the cases per minute, the cases each server read, and from the audit log whether any case was read
+twice (``case.done`` more than once, or ``case.retry``) or lost.
+
+    python benchmarks/store_load.py --checkpoint C.ckpt --part browse --backend sqlite [--cases 10000]
+    python benchmarks/store_load.py --checkpoint C.ckpt --part share [--videos 50]
+
+Client and servers share the machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+BRAIN = ROOT.parent / "shared" / "data" / "pcle-brain"
+sys.path.insert(0, str(ROOT / "tests"))  # the throwaway PostgreSQL cluster of the tests
+
+
+class Server:
+    """``mucosa serve`` in its own process on a free port (its log read to find the port)."""
+
+    def __init__(self, checkpoint: Path, store: str, *extra: str) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        command = [sys.executable, "-m", "mucosa", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
+                   "--device", "cpu", "--store", store, "--queue", "1000", *extra]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        self.url = f"http://127.0.0.1:{port}"
+        import httpx
+
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the server did not start")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"n": 0}
+    ms = np.asarray(values) * 1000
+    return {"n": len(values), "p50": round(float(np.percentile(ms, 50)), 1),
+            "p95": round(float(np.percentile(ms, 95)), 1), "p99": round(float(np.percentile(ms, 99)), 1),
+            "max": round(float(ms.max()), 1)}
+
+
+# ---------------------------------------------------------------------------------------------- browse
+
+
+def fill(store_location: str, media: Path | None, count: int, seed: int = 0) -> list[str]:
+    """``count`` done cases written straight into the store's tables (in batches); returns their ids."""
+    from sqlalchemy import create_engine, insert
+
+    from mucosa.store import Store
+    from mucosa.store.tables import CaseDetailRow, CaseRow, JobRow
+
+    rng = random.Random(seed)
+    with Store.open(store_location, media, create=True) as store:
+        sha = store.put_media(b"benchmark video", ".mpg")
+        url = store.place.url
+    engine = create_engine(url)
+    now = dt.datetime.now(dt.timezone.utc)
+    ids = [f"{k:012x}" for k in range(count)]
+    classes = ("mucosal healing", "active inflammation")
+    for start in range(0, count, 1000):
+        cases, jobs, details = [], [], []
+        for k in range(start, min(count, start + 1000)):
+            day = dt.date(2024, 1, 1) + dt.timedelta(days=rng.randrange(700))
+            verdict = rng.choice(("control", "active"))
+            when = now - dt.timedelta(minutes=count - k)
+            timeline = [{"frame": f, "time": f / 24, "quality": 0.9, "dropped": False,
+                         "probability": round(rng.random(), 4), "smoothed": 0.5, "called": verdict, "source": None,
+                         "unfamiliar": None, "unfamiliarity": None} for f in range(40)]
+            summary = {"verdict": {"state": "final", "label": classes[verdict == "active"], "class": verdict,
+                                   "text": classes[verdict == "active"], "score": 0.5, "threshold": 0.5,
+                                   "frames": 40, "total": 40, "calls": {}}, "fps": 24.0, "started": None,
+                       "frames_done": 40, "frames_dropped": 0}
+            cases.append({"id": ids[k], "name": f"exam {k} ileum", "kind": "video",
+                          "media": [{"sha256": sha, "name": f"exam{k}.mpg"}], "patient": f"P-{k % 2000:05d}",
+                          "exam_date": day, "region": "terminal ileum", "day": day, "created_at": when,
+                          "created_by": None, "status": "done", "frames_announced": 40, "frames_decoded": 40,
+                          "decode_warnings": [], "verdict": verdict, "verdict_text": summary["verdict"]["label"],
+                          "score": 0.5, "unfamiliar_share": None, "model_version": "bench:0", "error": None,
+                          "summary": summary, "reviewed": False, "finished_at": when})
+            jobs.append({"case_id": ids[k], "state": "done", "attempts": 1, "created_at": when, "updated_at": when})
+            details.append({"case_id": ids[k], "detail": {"timeline": timeline}})
+        with engine.begin() as connection:
+            connection.execute(insert(CaseRow.__table__), cases)
+            connection.execute(insert(JobRow.__table__), jobs)
+            connection.execute(insert(CaseDetailRow.__table__), details)
+    engine.dispose()
+    return ids
+
+
+async def browse(url: str, ids: list[str], clients: int, seconds: float) -> dict:
+    import httpx
+
+    timings: dict[str, list[float]] = {"list": [], "search": [], "open": []}
+    failures = 0
+    end = time.monotonic() + seconds
+
+    async def client(seed: int) -> None:
+        nonlocal failures
+        rng = random.Random(seed)
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            while time.monotonic() < end:
+                kind = rng.choice(("list", "search", "open"))
+                if kind == "list":
+                    request = ("/v1/cases", {"limit": 50, "offset": rng.randrange(0, len(ids) - 50)})
+                elif kind == "search":
+                    request = ("/v1/cases", {"q": f"P-{rng.randrange(2000):05d}", "verdict": "active",
+                                             "since": "2024-06-01", "limit": 50})
+                else:
+                    request = (f"/v1/cases/{rng.choice(ids)}", {})
+                start = time.monotonic()
+                try:
+                    answer = await http.get(request[0], params=request[1])
+                    ok = answer.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                timings[kind].append(time.monotonic() - start)
+                failures += not ok
+
+    await asyncio.gather(*(client(k) for k in range(clients)))
+    every = [t for values in timings.values() for t in values]
+    return {"all": percentiles(every), **{k: percentiles(v) for k, v in timings.items()}, "failed": failures,
+            "requests_per_s": round(len(every) / seconds, 1)}
+
+
+def part_browse(args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory(prefix="mucosa-store-load-") as folder:
+        cluster, media = None, None
+        if args.backend == "postgresql":
+            from postgres import start_cluster
+
+            cluster = start_cluster()
+            location, media = cluster.new_database(), Path(folder) / "media"
+        else:
+            location = str(Path(folder) / "store")
+        try:
+            start = time.monotonic()
+            ids = fill(location, media, args.cases)
+            filled = time.monotonic() - start
+            server = Server(args.checkpoint, location, *(["--media", str(media)] if media else []))
+            try:
+                result = asyncio.run(browse(server.url, ids, args.clients, args.seconds))
+            finally:
+                server.stop()
+        finally:
+            if cluster is not None:
+                cluster.stop()
+    return {"part": "browse", "backend": args.backend, "cases": args.cases, "clients": args.clients,
+            "seconds": args.seconds, "fill_seconds": round(filled, 1), **result}
+
+
+# ---------------------------------------------------------------------------------------------- share
+
+
+def clips(folder: Path, count: int, frames: int) -> list[Path]:
+    """``count`` distinct clips of ``frames`` real pCLE frames each (lossless gray AVI), cut from the brain
+    videos."""
+    import av
+
+    from mucosa.data.video import iter_video_frames
+
+    videos = sorted(BRAIN.rglob("*.mpg"))
+    paths, k = [], 0
+    for video in videos:
+        stack = [np.asarray(frame * 255 if frame.dtype != np.uint8 else frame, np.uint8)
+                 for _, frame in iter_video_frames(video)]
+        for start in range(0, len(stack) - frames + 1, frames):
+            if k == count:
+                return paths
+            path = folder / f"clip{k:03d}.avi"
+            with av.open(str(path), "w", format="avi") as container:
+                stream = container.add_stream("ffv1", rate=24)
+                stream.height, stream.width = stack[0].shape
+                stream.pix_fmt = "gray"
+                for frame in stack[start:start + frames]:
+                    container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="gray")))
+                container.mux(stream.encode())
+            paths.append(path)
+            k += 1
+    return paths
+
+
+def share_run(checkpoint: Path, cluster, media: Path, videos: list[Path], servers: int) -> dict:
+    import httpx
+
+    from mucosa.store import Store
+
+    url = cluster.new_database()
+    running = [Server(checkpoint, url, "--media", str(media / str(servers)))]
+    try:
+        running += [Server(checkpoint, url, "--media", str(media / str(servers))) for _ in range(servers - 1)]
+        start = time.monotonic()
+        ids = []
+        for k, video in enumerate(videos):
+            answer = httpx.post(running[k % servers].url + "/v1/cases", timeout=120,
+                                files=[("file", (video.name, video.read_bytes()))])
+            assert answer.status_code == 202, answer.text
+            ids.append(answer.json()["id"])
+        while True:
+            listed = httpx.get(running[0].url + "/v1/cases", params={"limit": 500}, timeout=60).json()
+            if all(case["status"] in ("done", "failed") for case in listed) and len(listed) == len(ids):
+                break
+            time.sleep(0.5)
+        seconds = time.monotonic() - start
+    finally:
+        for server in running:
+            server.stop()
+    with Store.open(url, media / str(servers)) as store:
+        log = store.audit_log(limit=10_000)
+    done = [entry for entry in log if entry.action == "case.done"]
+    readers: dict[str, int] = {}
+    for entry in done:
+        pid = entry.actor.split(":")[1]
+        readers[pid] = readers.get(pid, 0) + 1
+    return {"servers": servers, "cases": len(ids), "seconds": round(seconds, 1),
+            "cases_per_minute": round(60 * len(ids) / seconds, 1), "cases_per_server": sorted(readers.values()),
+            "read_twice": len(done) - len({e.case_id for e in done}),
+            "retried": sum(entry.action == "case.retry" for entry in log),
+            "lost": len(set(ids) - {e.case_id for e in done}),
+            "failed": sum(case["status"] == "failed" for case in listed)}
+
+
+def part_share(args: argparse.Namespace) -> dict:
+    from postgres import start_cluster
+
+    cluster = start_cluster()
+    try:
+        with tempfile.TemporaryDirectory(prefix="mucosa-store-share-") as folder:
+            videos = clips(Path(folder), args.videos, args.frames)
+            runs = [share_run(args.checkpoint, cluster, Path(folder) / "media", videos, n) for n in (1, 2)]
+    finally:
+        cluster.stop()
+    return {"part": "share", "videos": len(videos), "frames_per_video": args.frames, "runs": runs,
+            "speed_up": round(runs[1]["cases_per_minute"] / runs[0]["cases_per_minute"], 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--part", choices=("browse", "share"), required=True)
+    parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--cases", type=int, default=10_000)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--videos", type=int, default=50)
+    parser.add_argument("--frames", type=int, default=24)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    result = part_browse(args) if args.part == "browse" else part_share(args)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
