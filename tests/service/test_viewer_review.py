@@ -116,8 +116,12 @@ def test_upload_with_exam_fields_link_reload_review_and_audit(browser, page, bas
     page.select_option("#a-model", index=1)  # a model version: its filter goes into the address
     page.wait_for_function("location.hash.startsWith('#/audit?model=')")
     page.fill("#a-since", "2024-06-01")
-    page.wait_for_function("document.querySelector('#audit-counted') && "
-                           "document.querySelector('#audit-counted').textContent.startsWith('0 cases counted.')")
+    none_since = ("document.querySelector('#audit-counted') && "
+                  "document.querySelector('#audit-counted').textContent.startsWith('0 cases counted.')")
+    page.wait_for_function(none_since)
+    page.reload()  # the audit's address keeps its filters
+    page.wait_for_function(none_since)
+    assert page.input_value("#a-since") == "2024-06-01" and page.input_value("#a-model") != ""
     page.set_viewport_size({"width": 390, "height": 844})
     assert small_targets(page) == [] and axe_violations(page) == []
 
