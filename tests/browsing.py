@@ -40,12 +40,13 @@ def free_port() -> int:
 
 @contextmanager
 def mucosa_serve(checkpoint: Path, tmp: Path, *options: str):
-    """``mucosa serve`` with ``TMPDIR=tmp``; yields its base URL; checks that it stops cleanly (exit 0, no
-    temporary files left)."""
+    """``mucosa serve`` with ``TMPDIR=tmp`` and its case store in ``tmp/store`` (unless ``options`` name one:
+    never the user's own); yields its base URL; checks that it stops cleanly (exit 0, no temporary files
+    left)."""
     import httpx
 
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TMPDIR": str(tmp)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TMPDIR": str(tmp), "MUCOSA_STORE": str(tmp / "store")}
     with open(tmp / f"serve-{port}.log", "w+") as log:
         process = subprocess.Popen([sys.executable, "-m", "mucosa", "serve", "--checkpoint", str(checkpoint),
                                     "--port", str(port), *options], env=env, stdout=log, stderr=subprocess.STDOUT)

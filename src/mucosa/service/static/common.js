@@ -8,6 +8,7 @@ const $ = (id) => document.getElementById(id);
 const S = {
   token: null, card: null, cases: [], caseId: null, summary: null, rows: [], pos: 0, follow: true,
   playing: false, lastStep: 0, es: null, frames: new Map(), cams: new Map(), camPending: null, shown: null,
+  me: null, detail: null,
 };
 
 /* ------------------------------------------------------------------------------------------- API */
@@ -109,4 +110,12 @@ function notice(text, error = false) {
   box.textContent = text || "";
   box.classList.toggle("error", error);
   if (error && text) box.setAttribute("role", "alert"); else box.removeAttribute("role");
+}
+
+/* An error in one line under the form it concerns (announced when shown), or none. */
+function errorLine(id, text) {
+  const line = $(id);
+  line.hidden = !text;
+  line.textContent = text || "";
+  if (text) line.setAttribute("role", "alert"); else line.removeAttribute("role");
 }

@@ -44,9 +44,47 @@ function finishRows(rows, text, failed = false) {
   }
 }
 
+/* The exam fields given for the next upload ({patient, exam_date, region}, only those filled), or an error line. */
+function examFields() {
+  const fields = {};
+  for (const [id, name] of [["exam-patient", "patient"], ["exam-date", "exam_date"], ["exam-region", "region"]]) {
+    const value = $(id).value.trim();
+    if (value) fields[name] = value;
+  }
+  for (const name of ["patient", "region"]) {
+    if (/[\u0000-\u001f\u007f]/.test(fields[name] || "")) return { error: `${name}: control characters are not allowed` };
+  }
+  if ($("exam-date").validity.badInput) return { error: "exam_date: not a date (YYYY-MM-DD)" };
+  if (fields.exam_date && fields.exam_date > today()) return { error: `exam_date: ${fields.exam_date} is in the future` };
+  return { fields };
+}
+
+function today() {
+  const now = new Date();
+  return new Date(now.getTime() - now.getTimezoneOffset() * 60000).toISOString().slice(0, 10);
+}
+
+function showExam() {
+  const { fields } = examFields();
+  const words = fields ? examWords(fields, false) : "";
+  $("exam-now").textContent = words ? `· ${words}` : "(optional)";
+}
+
+function setupExam() {
+  $("exam-date").max = today();
+  $("exam").addEventListener("input", showExam);
+}
+
 function upload(files) {
   if (!files.length) return;
+  const exam = examFields();
+  if (exam.error) {
+    $("exam").open = true;
+    notice(`${describeFiles(files)} not sent: ${exam.error}`, true);
+    return;
+  }
   const form = new FormData();
+  for (const [name, value] of Object.entries(exam.fields)) form.append(name, value);
   for (const file of files) form.append("file", file, file.name);
   const label = describeFiles(files);
   const rows = uploadRows(files);
@@ -62,7 +100,7 @@ function upload(files) {
       finishRows(rows, created.length > 1 ? "a case each" : "case opened");
       notice("");
       refreshCases();
-      openCase(created[0].id);
+      showCase(created[0].id);
     } else if (xhr.status === 401) {
       finishRows(rows, "needs a token", true);
       notice("");

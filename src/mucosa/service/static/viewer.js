@@ -24,78 +24,45 @@ async function loadModel() {
   if (card.positive) legend.push("<span><i class=\"lg-dash\"></i>threshold</span>");
   legend.push("<span><i class=\"lg-drop\"></i>dropped</span>", "<span><i class=\"lg-missing\"></i>not decoded</span>");
   $("legend").innerHTML = legend.join("");
+  fillVerdictFilter(card);
+  fillHistology(card);
   $("timeline-head").textContent = "Probability timeline · " +
     (card.positive ? `P(${card.positive})` : "probability of the class each frame is called");
-}
-
-function verdictWords(verdict) {
-  return verdict && verdict.label ? capital(verdict.label) : "";
-}
-
-async function refreshCases() {
-  try {
-    S.cases = await (await api("/v1/cases")).json();
-  } catch (error) {
-    return;
-  }
-  const list = $("cases");
-  list.textContent = "";
-  if (!S.cases.length) {
-    const li = document.createElement("li");
-    li.className = "empty-list";
-    li.textContent = "No cases yet.";
-    list.append(li);
-  }
-  for (const c of S.cases) list.append(caseItem(c));
-}
-
-function caseItem(c) {
-  const li = document.createElement("li");
-  const button = document.createElement("button");
-  button.type = "button";
-  button.className = "case-item";
-  button.dataset.id = c.id;
-  if (c.id === S.caseId) button.setAttribute("aria-current", "true");
-  const name = document.createElement("span");
-  name.className = "name";
-  name.textContent = c.name;
-  const line = document.createElement("span");
-  line.className = "line";
-  const status = document.createElement("span");
-  status.textContent = (c.status === "running" ? `running ${Math.round(100 * c.progress)}%` : c.status) +
-    (c.warnings && c.warnings.length ? " · damaged" : "");
-  const verdict = document.createElement("span");
-  verdict.className = "called";
-  if (c.verdict && c.verdict.class) verdict.style.setProperty("--tone", colourOf(c.verdict.class));
-  verdict.textContent = verdictWords(c.verdict);
-  line.append(status, verdict);
-  button.append(name, line);
-  button.addEventListener("click", () => openCase(c.id));
-  li.append(button);
-  return li;
-}
-
-function scheduleRefresh() {
-  const busy = S.cases.some((c) => c.status === "queued" || c.status === "running");
-  setTimeout(async () => { await refreshCases(); scheduleRefresh(); }, busy ? 1500 : 8000);
 }
 
 /* ------------------------------------------------------------------------------------------- a case */
 
 function closeCase() {
   if (S.es) S.es.close();
-  Object.assign(S, { es: null, caseId: null, summary: null, rows: [], pos: 0, playing: false, follow: true,
-    shown: null, camPending: null });
+  Object.assign(S, { es: null, caseId: null, summary: null, detail: null, rows: [], pos: 0, playing: false,
+    follow: true, shown: null, camPending: null });
   S.frames.clear();
   S.cams.clear();
   $("case").hidden = true;
   $("empty").hidden = false;
   $("play").textContent = "▶";
+  markCurrentCase();
 }
 
-function openCase(id) {
+/* Open a case from its stable address (#/cases/ID): its detail first (an unknown id says so), then its events. */
+async function openCase(id) {
   closeCase();
   S.caseId = id;
+  markCurrentCase();
+  let detail;
+  try {
+    detail = await (await api(`/v1/cases/${encodeURIComponent(id)}`)).json();
+  } catch (error) {
+    if (S.caseId === id) notice(`Case ${id}: ${error.message}`, true);
+    return;
+  }
+  if (S.caseId !== id) return;
+  notice("");
+  S.rows = detail.timeline || [];  // what is done so far; the events go on from there
+  delete detail.timeline;
+  S.detail = S.summary = detail;
+  if (S.rows.length) S.pos = S.rows.length - 1;
+  loadReviews(id, detail.reviews);
   $("empty").hidden = true;
   $("case").hidden = false;
   const base = `/v1/cases/${id}`;
@@ -103,9 +70,6 @@ function openCase(id) {
   $("dl-report").href = withToken(`${base}/report.pdf`);
   $("dl-html").href = withToken(`${base}/report.html`);
   $("dl-json").href = withToken(`${base}/report.json`);
-  for (const button of $("cases").querySelectorAll(".case-item")) {
-    if (button.dataset.id === id) button.setAttribute("aria-current", "true"); else button.removeAttribute("aria-current");
-  }
   const es = new EventSource(withToken(`${base}/events`));
   S.es = es;
   es.addEventListener("update", (e) => {
@@ -118,7 +82,7 @@ function openCase(id) {
     if (S.follow && !S.playing && S.rows.length) S.pos = S.rows.length - 1;
     render();
   });
-  es.addEventListener("end", () => { es.close(); refreshCases(); });
+  es.addEventListener("end", () => { es.close(); refreshCases(); if (S.caseId === id) renderReview(); });
   es.onerror = () => {
     if (es.readyState === EventSource.CLOSED && S.caseId === id) notice("Lost the connection to this case.", true);
   };
@@ -128,6 +92,7 @@ function openCase(id) {
 function render() {
   renderHead();
   renderVerdict();
+  renderReview();
   const seek = $("seek");
   seek.max = Math.max(0, S.rows.length - 1);
   seek.value = S.pos;
@@ -139,6 +104,8 @@ function renderHead() {
   const c = S.summary;
   if (!c) return;
   $("case-name").textContent = c.name;
+  const exam = examWords({ ...S.detail, ...c }, false);
+  $("case-exam").textContent = exam ? capital(exam) : "No exam fields given";
   const files = c.kind === "video" ? (c.files[0] === c.name ? "" : ` · ${c.files[0]}`) : ` · ${c.files.length} images`;
   const rate = c.fps ? ` · ${c.fps.toFixed(0)} fps` : "";
   const frames = c.kind === "video" ? `${c.frames_done} decoded of ${c.frames_expected} announced` :
@@ -341,8 +308,10 @@ function setupControls() {
     const id = S.caseId;
     try { await api(`/v1/cases/${id}`, { method: "DELETE" }); } catch (error) { notice(error.message, true); }
     closeCase();
+    window.location.hash = "#/";
     refreshCases();
   });
+  $("skip").addEventListener("click", (e) => { e.preventDefault(); $("main").focus(); });  // keeps the address
   document.addEventListener("keydown", (e) => {  // shortcuts where no control of its own takes the keys
     const free = e.target === document.body || e.target === $("main") || e.target === $("frame");
     if (!free || !S.rows.length) return;
@@ -352,10 +321,53 @@ function setupControls() {
   });
 }
 
+/* Who is asking (GET /v1/me): their name and role; a server without users answers as one admin. */
+async function loadMe() {
+  try {
+    S.me = await (await api("/v1/me")).json();
+  } catch (error) {
+    S.me = null;
+  }
+  $("me").textContent = S.me ? `${S.me.name} · ${S.me.role}` : "";
+  $("delete").hidden = Boolean(S.me && S.me.role !== "admin");  // only an admin deletes
+}
+
+/* ------------------------------------------------------------------------------------------- addresses */
+
+/* The page's address says what it shows: #/cases/ID a case, #/audit the audit, #/ (or none) no case. */
+function route() {
+  const hash = window.location.hash;
+  const audit = hash.startsWith("#/audit");
+  const match = hash.match(/^#\/cases\/([^/?]+)/);
+  const wasAudit = !$("audit").hidden;
+  $("audit").hidden = !audit;
+  if (audit) $("nav-audit").setAttribute("aria-current", "page"); else $("nav-audit").removeAttribute("aria-current");
+  if (audit) {
+    if (S.caseId) closeCase();
+    $("empty").hidden = true;
+    renderAudit();
+    if (!wasAudit) $("audit-title").focus();
+  } else if (match) {
+    const id = decodeURIComponent(match[1]);
+    if (id !== S.caseId || $("case").hidden) openCase(id);
+  } else if (!hash || hash === "#" || hash === "#/") {
+    closeCase();
+  }
+}
+
+/* Show a case: through its address, so that the address bar, a reload and the back button agree. */
+function showCase(id) {
+  const hash = `#/cases/${encodeURIComponent(id)}`;
+  if (window.location.hash !== hash) window.location.hash = hash;
+  else if (S.caseId !== id) openCase(id);
+}
+
 async function init() {
   try {
     await loadModel();
+    await loadMe();
     await refreshCases();
+    route();
   } catch (error) {
     $("model").textContent = error.message;
   }
@@ -369,5 +381,10 @@ async function init() {
   setupControls();
   setupTimeline();
   setupAtlas();
+  setupFilters();
+  setupReview();
+  setupAudit();
+  setupExam();
+  window.addEventListener("hashchange", route);
   init().then(scheduleRefresh);
 })();
