@@ -2,6 +2,9 @@
 in process through FastAPI's TestClient, or as a real uvicorn server on a loopback port in a thread."""
 
 import csv
+import os
+import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -93,3 +96,23 @@ def sine_png(folder):
     path = folder / "sine.png"
     Image.fromarray(image).save(path)
     return path
+
+
+def poppler(tool: str) -> str:
+    """The path of a poppler-utils tool; the test skips without it (fails in CI)."""
+    import pytest
+
+    found = shutil.which(tool)
+    if found is None:
+        if os.environ.get("MUCOSA_REQUIRE_REAL_DATA") == "1":
+            pytest.fail(f"{tool} is not installed but MUCOSA_REQUIRE_REAL_DATA=1 (apt-get install poppler-utils)",
+                        pytrace=False)
+        pytest.skip(f"{tool} is not installed (poppler-utils)")
+    return found
+
+
+def pdf_text(pdf: bytes, tmp_path: Path) -> str:
+    """The text of a PDF as pdftotext reads it."""
+    (tmp_path / "report.pdf").write_bytes(pdf)
+    return subprocess.run([poppler("pdftotext"), "-layout", str(tmp_path / "report.pdf"), "-"], check=True,
+                          capture_output=True, text=True).stdout

@@ -3,8 +3,6 @@ against the case itself, and a PDF that renders to a page that is not blank (pop
 it)."""
 
 import io
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,25 +14,9 @@ from scipy.stats import binomtest
 from mucosa.service.presentation import BANNER
 from mucosa.service.report import ReportParts, report_data, report_html
 from mucosa.service.report_pdf import report_pdf
-from serving import serving, upload, wait_done
+from serving import pdf_text, poppler, serving, upload, wait_done
 
 pytestmark = [pytest.mark.realdata, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
-
-
-def poppler(tool: str) -> str:
-    found = shutil.which(tool)
-    if found is None:
-        if os.environ.get("MUCOSA_REQUIRE_REAL_DATA") == "1":
-            pytest.fail(f"{tool} is not installed but MUCOSA_REQUIRE_REAL_DATA=1 (apt-get install poppler-utils)",
-                        pytrace=False)
-        pytest.skip(f"{tool} is not installed (poppler-utils)")
-    return found
-
-
-def pdf_text(pdf: bytes, tmp_path: Path) -> str:
-    (tmp_path / "report.pdf").write_bytes(pdf)
-    return subprocess.run([poppler("pdftotext"), "-layout", str(tmp_path / "report.pdf"), "-"], check=True,
-                          capture_output=True, text=True).stdout
 
 
 def pages_as_png(pdf: bytes, tmp_path: Path) -> list[np.ndarray]:

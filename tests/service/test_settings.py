@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from mucosa.cli import main
+from mucosa.data.pseudonyms import pseudonymiser
 from mucosa.errors import ConfigError
 from mucosa.service import server
 from mucosa.service.settings import ServeSettings, load_serve_settings
@@ -13,6 +14,7 @@ from mucosa.service.settings import ServeSettings, load_serve_settings
 @pytest.fixture(autouse=True)
 def no_token_in_the_environment(monkeypatch):
     monkeypatch.delenv("MUCOSA_TOKEN", raising=False)
+    monkeypatch.delenv("MUCOSA_PSEUDONYM_KEY", raising=False)
 
 
 @pytest.fixture
@@ -36,8 +38,7 @@ def test_print_config_shows_the_documented_defaults_and_reads_back(capsys, tmp_p
     assert {k: values[k] for k in ("host", "port", "max_upload_mb", "queue_size", "threshold", "window")} == {
         "host": "127.0.0.1", "port": 8000, "max_upload_mb": 500.0, "queue_size": 8, "threshold": 0.5, "window": 16}
     assert values["checkpoint"] is values["data_root"] is values["parallel"] is None
-    assert "token" not in values and text.rstrip().endswith("# token: unset (never printed; set it with --token or "
-                                                            "MUCOSA_TOKEN)")
+    assert "token" not in values and "\n# token: unset (never printed; set it with --token or MUCOSA_TOKEN)" in text
     (tmp_path / "serve.yaml").write_text(text)
     assert load_serve_settings(tmp_path / "serve.yaml") == ServeSettings()
 
@@ -63,6 +64,19 @@ def test_the_token_comes_from_the_flag_else_mucosa_token_and_is_never_printed(ca
     for args in ([], ["--token", "given-on-the-command-line"], ["--set", "serve.token=given-by-set"]):
         values, text = printed(capsys, *args)
         assert "token" not in values and "# token: set" in text
+        assert "given" not in text and "from-the-environment" not in text
+
+
+def test_the_pseudonym_key_comes_from_the_flag_else_the_environment_and_is_never_printed(capsys, monkeypatch):
+    assert ServeSettings().pseudonym is None and ServeSettings(pseudonym_key="k").pseudonym is None  # not asked
+    monkeypatch.setenv("MUCOSA_PSEUDONYM_KEY", "from-the-environment")
+    settings = ServeSettings(pseudonymise=True)
+    assert settings.pseudonym("Roe_Richard_1980") == pseudonymiser("from-the-environment")("Roe_Richard_1980")
+    assert settings == ServeSettings(pseudonymise=True)  # its pseudonym, once made, is no setting
+    for args in (["--pseudonymise"], ["--pseudonymise", "--pseudonym-key", "given-on-the-command-line"],
+                 ["--set", "serve.pseudonymise=true", "--set", "serve.pseudonym_key=given-by-set"]):
+        values, text = printed(capsys, *args)
+        assert values["pseudonymise"] is True and "pseudonym_key" not in values and "# pseudonym_key: set" in text
         assert "given" not in text and "from-the-environment" not in text
 
 

@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 
 from mucosa.data.manifest import load_manifest
+from mucosa.data.pseudonyms import pseudonymiser
 from mucosa.store import CaseResult, MediaFile, StoreError
 
 
@@ -70,3 +71,22 @@ def test_reviewed_cases_export_as_a_manifest_that_training_reads(store, make_cas
     ])
     assert cohort.classes == ["healed", "active"]
     assert not out.read_text().count(str(tmp_path))  # paths are relative to the CSV
+
+
+@pytest.mark.parametrize("pseudonymise", [False, True])
+def test_a_pseudonymised_export_names_no_patient_and_no_file(store, reviewer, tmp_path, pseudonymise):
+    patient, file = "Roe_Richard_1980", "Doe_John_1970"
+    sha = store.put_media(b"a colonoscopy", ".mpg")
+    case = store.add_case(f"{file} exam", [MediaFile(sha, f"{file}.mpg")], patient=patient,
+                          region=f"rectum of {patient}")
+    store.finish(store.claim("w"), CaseResult("active", "active", "v1", score=0.9))
+    store.add_review(case.id, reviewer, "active", True, f"{patient}, {file}.mpg")
+    name = pseudonymiser("the unit's key")
+    out = tmp_path / "manifest.csv"
+    assert store.export_reviewed(out, name if pseudonymise else None) == 1
+    data = out.read_bytes()
+    assert (patient.encode() in data, file.encode() in data) == (not pseudonymise, False)  # files: by content
+    (row,) = load_manifest(out).records  # training still reads it, the file where it is
+    assert row.path == store.media_path(case.media[0]).resolve()
+    assert (row.patient, row.region) == ((name(patient), f"rectum of {name(patient)}") if pseudonymise else
+                                         (patient, f"rectum of {patient}"))

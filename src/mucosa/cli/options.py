@@ -14,6 +14,7 @@ from typing import Any
 from mucosa.atomic import check_writable_folder
 from mucosa.choices import LOGGERS, RUNTIMES
 from mucosa.cli import checks
+from mucosa.data.pseudonyms import KEY_VARIABLE
 from mucosa.data.splits import MODES
 from mucosa.errors import ConfigError
 
@@ -31,7 +32,7 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
                         help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N")
 
 
-PSEUDONYM_KEY_ENV = "MUCOSA_PSEUDONYM_KEY"
+PSEUDONYM_KEY_ENV = KEY_VARIABLE
 
 
 def add_pseudonym_options(parser: argparse.ArgumentParser, key_help: str = "default: random, not stored") -> None:

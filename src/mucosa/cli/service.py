@@ -38,6 +38,11 @@ SERVE = {
                         "URL (unset: $MUCOSA_STORE, else ~/.local/share/mucosa/store)"),
     "--media": Shortcut("serve.media", help="the media folder the servers of a PostgreSQL store share"),
     "--workers": Shortcut("serve.workers", help="case worker threads of this server"),
+    "--pseudonymise": Shortcut("serve.pseudonymise", action="store_true", help="every report, timeline.csv and "
+                               "similar-cases answer names patients, cases and files by keyed pseudonyms (the viewer "
+                               "still shows what was typed)"),
+    "--pseudonym-key": Shortcut("serve.pseudonym_key", help="key of the pseudonyms (default: the MUCOSA_PSEUDONYM_KEY "
+                                "environment variable, else a random key for the server's life); never printed"),
 }
 
 

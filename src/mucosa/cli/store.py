@@ -13,6 +13,8 @@ import datetime as dt
 import json
 from pathlib import Path
 
+from mucosa.cli.options import add_pseudonym_options
+
 __all__ = ["add_parser"]
 
 
@@ -51,6 +53,7 @@ def add_parser(sub) -> None:
     q.add_argument("--reviewed", action="store_true", required=True,
                    help="the cases reviewers have judged, labelled with the histology of their latest review")
     q.add_argument("-o", "--out", type=Path, required=True, help="the manifest CSV")
+    add_pseudonym_options(q, "default: random, not stored; mucosa serve's key gives the pseudonyms of its reports")
     _add_place(q)
     q.set_defaults(func=cmd_export)
 
@@ -115,8 +118,11 @@ def cmd_restore(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from mucosa.data.pseudonyms import pseudonymiser
+
+    pseudonym = pseudonymiser(args.pseudonym_key) if args.pseudonymise else None
     with _open(args) as store:
-        store.export_reviewed(args.out)  # logs how many files
+        store.export_reviewed(args.out, pseudonym)  # logs how many files
     print(f"train on them: mucosa train --manifest {args.out} --out runs/NAME")
 
 

@@ -24,9 +24,10 @@ from pathlib import Path
 from mucosa.data.manifest import Cohort, Record
 from mucosa.errors import ConfigError
 
-__all__ = ["Pseudonym", "key_check", "pseudonymise_cohort", "pseudonymiser", "restore_split"]
+__all__ = ["KEY_VARIABLE", "Pseudonym", "key_check", "pseudonymise_cohort", "pseudonymiser", "restore_split"]
 
 Pseudonym = Callable[[str], str]
+KEY_VARIABLE = "MUCOSA_PSEUDONYM_KEY"  # the environment variable that holds the key (out of the process list)
 _CHECK_TEXT = "mucosa: the key of these pseudonyms"
 
 

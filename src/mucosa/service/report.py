@@ -19,9 +19,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from mucosa.data.pseudonyms import Pseudonym
 from mucosa.service.atlas import SIMILAR_CASES, NotReady, similar_cases
 from mucosa.service.plots import timeline_figure
 from mucosa.service.presentation import BANNER, class_colours, confidence, probability_of, share_interval, shares
+from mucosa.service.privacy import private_case, private_similar
 from mucosa.tables import safe_row
 
 __all__ = ["EXAM_FIELDS", "FORMAT", "MONOSPACED", "ReportParts", "atlas_rows", "case_rows", "gather", "key_caption",
@@ -177,11 +179,15 @@ class ReportParts:
     images: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
 
 
-def gather(case, engine, card: dict, pictures: bool = True) -> ReportParts:
+def gather(case, engine, card: dict, pictures: bool = True, pseudonym: Pseudonym | None = None) -> ReportParts:
     """The report of a case (``cases.Case``): its data and (``pictures``) its pictures, Grad-CAM from
-    ``engine`` (slow the first time for each key frame; the engine keeps them)."""
-    summary = case.to_dict()
-    data = report_data(summary, card, similar=_similar(case, engine))
+    ``engine`` (slow the first time for each key frame; the engine keeps them). ``pseudonym``: the report names
+    patients, cases and files by these pseudonyms (``serve --pseudonymise``, :mod:`mucosa.service.privacy`)."""
+    summary, similar = case.to_dict(), _similar(case, engine)
+    if pseudonym is not None:
+        summary = private_case(summary, pseudonym)
+        similar = private_similar({"similar": similar}, pseudonym)["similar"]
+    data = report_data(summary, card, similar=similar)
     if not pictures:
         return ReportParts(data, b"", "")
     images = {}

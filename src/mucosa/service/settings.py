@@ -17,12 +17,14 @@ server binds its port or loads its model. ``mucosa serve --print-config`` prints
     # token: unset (never printed; set it with --token or MUCOSA_TOKEN)
 
 The token is a secret: given by ``--token`` (or ``serve.token``), else read from the ``MUCOSA_TOKEN``
-environment variable, and never printed.
+environment variable, and never printed. So is the pseudonym key (``--pseudonym-key``, else
+``MUCOSA_PSEUDONYM_KEY``), the key of ``--pseudonymise`` (:mod:`mucosa.service.privacy`).
 """
 
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
@@ -30,9 +32,10 @@ import yaml
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
+from mucosa.data.pseudonyms import KEY_VARIABLE, Pseudonym, pseudonymiser
 from mucosa.errors import ConfigError
 from mucosa.inference.verdict import check_threshold
-from mucosa.settings import Float, Int, Pathname, Settings, Text, format_errors, read_yaml
+from mucosa.settings import Bool, Float, Int, Pathname, Settings, Text, format_errors, read_yaml
 
 __all__ = ["SECTION", "TOKEN_VARIABLE", "ServeSettings", "load_serve_settings"]
 
@@ -40,12 +43,17 @@ SECTION = "serve"
 TOKEN_VARIABLE = "MUCOSA_TOKEN"
 
 
-def _token(value: Any) -> Any:
-    """The token given, else the one in the environment; none when both are empty."""
-    value = value or os.environ.get(TOKEN_VARIABLE) or None
-    if value is not None and not isinstance(value, (str, SecretStr)):
-        raise PydanticCustomError("mucosa", "expected text")  # a secret: not shown
-    return value
+def _secret(variable: str):
+    """A secret's check: the value given, else the one in the environment ``variable``; none when both are
+    empty."""
+
+    def secret(value: Any) -> Any:
+        value = value or os.environ.get(variable) or None
+        if value is not None and not isinstance(value, (str, SecretStr)):
+            raise PydanticCustomError("mucosa", "expected text")  # a secret: not shown
+        return value
+
+    return secret
 
 
 def _threshold(value: float) -> float:
@@ -77,6 +85,10 @@ class ServeSettings(Settings):
         workers: case worker threads of this server (each takes jobs from the store's job table).
         lease_seconds: how long a job stays a worker's without a heartbeat: after that, another worker (of any
             server sharing the store) takes it up again.
+        pseudonymise: every report and export the server hands out names patients, cases and files by keyed
+            pseudonyms (:mod:`mucosa.service.privacy`).
+        pseudonym_key: their key (default: ``MUCOSA_PSEUDONYM_KEY``, else a random key for the server's life);
+            never printed.
     """
 
     SECTION: ClassVar[str] = SECTION
@@ -85,7 +97,7 @@ class ServeSettings(Settings):
     onnx: Pathname | None = None
     host: Text = "127.0.0.1"
     port: Int = Field(8000, ge=0, le=65535)
-    token: Annotated[SecretStr | None, BeforeValidator(_token)] = Field(None, validate_default=True)
+    token: Annotated[SecretStr | None, BeforeValidator(_secret(TOKEN_VARIABLE))] = Field(None, validate_default=True)
     data_root: Pathname | None = None
     max_upload_mb: Float = Field(500.0, gt=0)
     queue_size: Int = Field(8, ge=1)
@@ -98,6 +110,9 @@ class ServeSettings(Settings):
     media: Pathname | None = None
     workers: Int = Field(1, ge=1, le=64)
     lease_seconds: Float = Field(60.0, ge=1.0)
+    pseudonymise: Bool = False
+    pseudonym_key: Annotated[SecretStr | None, BeforeValidator(_secret(KEY_VARIABLE))] = Field(
+        None, validate_default=True)
 
     @field_validator("data_root")
     @classmethod
@@ -115,13 +130,23 @@ class ServeSettings(Settings):
         """The token itself (None: the API is open)."""
         return None if self.token is None else self.token.get_secret_value()
 
+    @cached_property
+    def pseudonym(self) -> Pseudonym | None:
+        """The keyed pseudonym of an identifier under ``pseudonymise`` (one key for the server's life), else
+        None."""
+        if not self.pseudonymise:
+            return None
+        return pseudonymiser(None if self.pseudonym_key is None else self.pseudonym_key.get_secret_value())
+
     def to_yaml(self) -> str:
-        """The settings as a config file that reads back the same, the token left out (a comment says whether
-        one is set)."""
-        values = self.model_dump(mode="json", exclude={"token"})
-        state = "set" if self.token is not None else "unset"
+        """The settings as a config file that reads back the same, the token and the pseudonym key left out
+        (a comment says whether each is set)."""
+        values = self.model_dump(mode="json", exclude={"token", "pseudonym_key"})
+        token = "set" if self.token is not None else "unset"
+        key = "set" if self.pseudonym_key is not None else "unset"
         return (yaml.safe_dump({SECTION: values}, sort_keys=False)
-                + f"# token: {state} (never printed; set it with --token or {TOKEN_VARIABLE})\n")
+                + f"# token: {token} (never printed; set it with --token or {TOKEN_VARIABLE})\n"
+                + f"# pseudonym_key: {key} (never printed; set it with --pseudonym-key or {KEY_VARIABLE})\n")
 
 
 def load_serve_settings(path: str | Path | None = None, changes: dict[str, Any] | None = None,

@@ -4,6 +4,12 @@ One row per media file of every reviewed case: ``path`` (the file in the store's
 the CSV), ``label`` (the latest review's histology), ``patient`` (the pseudonymous patient id; a case without
 one is its own patient, ``case-ID``), ``region`` and ``case`` (the case's id). A file stored for two cases is
 written once (the manifest refuses duplicate rows), under the earlier case.
+
+Pseudonymised (``mucosa store export --pseudonymise``, the one rule of :mod:`mucosa.data.pseudonyms`), each
+patient is its keyed pseudonym (with the key of ``mucosa serve --pseudonymise``: the pseudonym its reports
+show), and the case's patient and file names are hidden wherever they occur in the region, as in the server's
+reports. The files keep their paths: the store names them by their content's SHA-256, not by what was
+uploaded, so that ``mucosa train`` still reads the manifest.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from pathlib import Path
 
 from mucosa.atomic import PendingFile, check_writable_file, write_error
 from mucosa.data.manifest import Record, write_manifest
+from mucosa.data.pseudonyms import Pseudonym
+from mucosa.evaluation.privacy import Redactor
 from mucosa.store.media import MediaFolder
 from mucosa.store.records import Case, Review, StoreError
 
@@ -22,31 +30,38 @@ __all__ = ["export_reviewed"]
 log = logging.getLogger(__name__)
 
 
-def _records(reviewed: Sequence[tuple[Case, Review]], media_folder: MediaFolder) -> list[Record]:
+def _records(reviewed: Sequence[tuple[Case, Review]], media_folder: MediaFolder,
+             pseudonym: Pseudonym | None) -> list[Record]:
     records, seen = [], {}
     for case, review in reviewed:
-        patient = case.patient or f"case-{case.id}"
-        for media in case.media:
+        patient, region = case.patient or f"case-{case.id}", case.region or ""
+        shown = [media.name for media in case.media]
+        if pseudonym is not None:
+            redact = Redactor(pseudonym)
+            redact.learn(*(text for text in (case.patient, case.name) if text), *(m.name for m in case.media))
+            patient, region, shown = pseudonym(patient), redact(region), [pseudonym(name) for name in shown]
+        for media, name in zip(case.media, shown):
             path = media_folder.path(media.sha256, media.suffix).absolute()
             if path in seen:
-                log.warning("case %s: %s is already exported for case %s; skipped", case.id, media.name, seen[path])
+                log.warning("case %s: %s is already exported for case %s; skipped", case.id, name, seen[path])
                 continue
             seen[path] = case.id
-            records.append(Record(path, review.histology, patient, case.region or "", extra={"case": case.id}))
+            records.append(Record(path, review.histology, patient, region, extra={"case": case.id}))
     return records
 
 
 def export_reviewed(reviewed: Sequence[tuple[Case, Review]], media_folder: MediaFolder, path: str | Path,
-                    where: str) -> int:
+                    where: str, pseudonym: Pseudonym | None = None) -> int:
     """Write the manifest of the reviewed cases (each with its latest review) of the store ``where`` to ``path``
-    (atomically); returns its rows.
+    (atomically); returns its rows. ``pseudonym``: patients, and the names hidden in the region, as keyed
+    pseudonyms (see the module).
 
     Raises:
         StoreError: no case has been reviewed yet.
         OutputError, WriteError: ``path`` cannot be written.
     """
     path = check_writable_file(path, "manifest")
-    records = _records(reviewed, media_folder)
+    records = _records(reviewed, media_folder, pseudonym)
     if not records:
         raise StoreError(f"store {where}: no reviewed case to export")
     pending = PendingFile(path, open_file=False)

@@ -14,6 +14,7 @@ from typing import BinaryIO
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from mucosa.data.pseudonyms import Pseudonym
 from mucosa.store import auditlog, cases, jobs, reviews, users
 from mucosa.store import backup as backups
 from mucosa.store import export as exports
@@ -332,10 +333,11 @@ class Store:
         with self._session(write=False) as session:
             return [(cases.get(session, review.case_id), review) for review, _ in reviews.latest(session)]
 
-    def export_reviewed(self, path: str | Path) -> int:
+    def export_reviewed(self, path: str | Path, pseudonym: Pseudonym | None = None) -> int:
         """Write a manifest CSV of the reviewed cases, their histology labels and pseudonymous patient ids, that
-        ``mucosa train`` reads (see :mod:`mucosa.store.export`); returns its rows."""
-        return exports.export_reviewed(self.reviewed_cases(), self.media, path, self.location)
+        ``mucosa train`` reads (see :mod:`mucosa.store.export`; ``pseudonym``: patients as keyed pseudonyms);
+        returns its rows."""
+        return exports.export_reviewed(self.reviewed_cases(), self.media, path, self.location, pseudonym)
 
     def backup(self, out: str | Path) -> Path:
         """Back the store up into the folder ``out`` while it serves (see :mod:`mucosa.store.backup`)."""

@@ -23,6 +23,7 @@ from mucosa.service.cases import CaseService, QueueFull
 from mucosa.service.dependencies import CardDep, CasesDep, EngineDep, SettingsDep, UserDep, case_or_404
 from mucosa.service.engine import UnreadableMedia, UnsupportedMedia, media_kind
 from mucosa.service.paths import case_sources
+from mucosa.service.privacy import hidden_paths, private_case, shown_name
 from mucosa.service.problems import problem, readable
 from mucosa.service.report import timeline_csv
 from mucosa.service.routes.common import (
@@ -79,7 +80,8 @@ async def create_case(request: Request, engine: EngineDep, cases: CasesDep, sett
             try:
                 infos.append(await run_in_threadpool(engine.inspect, group))
             except (UnsupportedMedia, UnreadableMedia) as error:
-                raise media_error(error, {path.name: file for path, file in zip(sources, files)}) from None
+                raise media_error(error, {path.name: shown_name(file, settings.pseudonym)
+                                          for path, file in zip(sources, files)}) from None
         names = {path: file for path, file in zip(sources, files)}
         created = []
         for group, info in zip(groups, infos):
@@ -157,11 +159,14 @@ async def frame(case_id: str, number: int, ext: str, engine: EngineDep, cases: C
 
 @router.get("/{case_id}/timeline.csv", response_class=Response,
             responses={200: {"content": {"text/csv": {}}}, **NOT_FOUND})
-def case_timeline(case_id: str, cases: CasesDep, card: CardDep) -> Response:
-    """The per-frame timeline: frame, time, probability, smoothed, quality, dropped."""
-    case = case_or_404(cases, case_id)
-    return Response(timeline_csv(case.to_dict(), card["classes"]), media_type="text/csv",
-                    headers={"Content-Disposition": f'attachment; filename="{safe_stem(case.name)}-timeline.csv"'})
+def case_timeline(case_id: str, cases: CasesDep, card: CardDep, settings: SettingsDep) -> Response:
+    """The per-frame timeline: frame, time, probability, smoothed, quality, dropped (and each image's file,
+    under ``--pseudonymise`` as its pseudonym)."""
+    case = case_or_404(cases, case_id).to_dict()
+    if settings.pseudonym is not None:
+        case = private_case(case, settings.pseudonym)
+    return Response(timeline_csv(case, card["classes"]), media_type="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{safe_stem(case["name"])}-timeline.csv"'})
 
 
 @router.delete("/{case_id}", status_code=204, responses=NOT_FOUND)
@@ -199,12 +204,18 @@ async def _case_files(request: Request, folder: Path, settings: ServeSettings) -
     to show, and the fields the client gave (``name``, ``patient``, ``exam_date``, ``region``)."""
     if request.headers.get("content-type", "").startswith("application/json"):
         body = await _json_body(request)
-        sources, files = await run_in_threadpool(case_sources, body, settings.data_root)
+        try:
+            sources, files = await run_in_threadpool(case_sources, body, settings.data_root)
+        except HTTPException as error:
+            if settings.pseudonym is None:
+                raise
+            reason = hidden_paths(str(error.detail), body.paths or [body.path], settings.pseudonym)
+            raise problem(error.status_code, reason, error.headers) from None
         return sources, files, body.model_dump(include={"name", "patient", "exam_date", "region"})
     upload = await read_upload(request, folder / "upload", settings)
     if not upload.files:
         raise problem(422, "no file in the request (multipart field 'file')")
-    sources = [finalize(item, k) for k, item in enumerate(upload.files)]
+    sources = [finalize(item, k, settings.pseudonym) for k, item in enumerate(upload.files)]
     return sources, [item.name for item in upload.files], upload.fields
 
 

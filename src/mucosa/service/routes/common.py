@@ -11,8 +11,10 @@ from pathlib import Path
 from fastapi import HTTPException, Request
 from starlette.requests import ClientDisconnect
 
+from mucosa.data.pseudonyms import Pseudonym
 from mucosa.service import schemas
 from mucosa.service.engine import UnsupportedMedia, media_suffix
+from mucosa.service.privacy import shown_name
 from mucosa.service.problems import problem
 from mucosa.service.settings import ServeSettings
 from mucosa.service.uploads import Upload, UploadedFile, UploadError, receive, safe_stem
@@ -52,11 +54,13 @@ async def read_upload(request: Request, folder: Path, settings: ServeSettings) -
         raise problem(400, "the client disconnected mid-upload") from None
 
 
-def finalize(item: UploadedFile, index: int) -> Path:
-    """Rename an uploaded part to a safe name with its media suffix; 415 when the type is unknown."""
+def finalize(item: UploadedFile, index: int, pseudonym: Pseudonym | None = None) -> Path:
+    """Rename an uploaded part to a safe name with its media suffix; 415 when the type is unknown (naming the
+    file, by its ``pseudonym`` under ``--pseudonymise``)."""
     suffix = media_suffix(item.name, item.head)
     if suffix is None:
-        raise problem(415, f"{item.name}: not an image or video type mucosa reads (by its name and content)")
+        raise problem(415, f"{shown_name(item.name, pseudonym)}: not an image or video type mucosa reads (by its "
+                      "name and content)")
     path = item.path.with_name(f"{index:04d}-{safe_stem(item.name)}{suffix}")
     item.path.rename(path)
     return path

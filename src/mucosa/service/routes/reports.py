@@ -3,7 +3,8 @@
 The three hold the same report (:mod:`mucosa.service.report`): the case and its exam fields, the model and
 its weights' SHA-256, the verdict with its confidence, shares and interval, the timeline, key frames with
 Grad-CAM, quality and decode warnings, the reviewer's sign-off once there is one, and the banner. A report
-of a case still running says so (its status); the first one computes the key frames' Grad-CAM.
+of a case still running says so (its status); the first one computes the key frames' Grad-CAM. Under
+``serve --pseudonymise`` they name patients, cases and files by keyed pseudonyms (:mod:`mucosa.service.privacy`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from mucosa.service import schemas
-from mucosa.service.dependencies import CardDep, CasesDep, EngineDep, case_or_404
+from mucosa.service.dependencies import CardDep, CasesDep, EngineDep, SettingsDep, case_or_404
 from mucosa.service.problems import problem
 from mucosa.service.report import gather, report_html
 from mucosa.service.report_pdf import report_pdf
@@ -27,17 +28,19 @@ router = APIRouter(prefix="/cases", tags=["reports"])
 NOT_FOUND = {404: {"model": schemas.Problem}}
 
 
-def _attachment(case, suffix: str, download: bool = True) -> dict | None:
-    return {"Content-Disposition": f'attachment; filename="{safe_stem(case.name)}-report.{suffix}"'} \
+def _attachment(parts, suffix: str, download: bool = True) -> dict | None:
+    """The file name to save a report under: the case's name as the report gives it."""
+    return {"Content-Disposition": f'attachment; filename="{safe_stem(parts.data["case"]["name"])}-report.{suffix}"'} \
         if download else None
 
 
 @router.get("/{case_id}/report.json", responses=NOT_FOUND)
-async def case_report_json(case_id: str, cases: CasesDep, engine: EngineDep, card: CardDep) -> dict:
+async def case_report_json(case_id: str, cases: CasesDep, engine: EngineDep, card: CardDep,
+                           settings: SettingsDep) -> dict:
     """The case report as data: everything the PDF and HTML reports say, with the key frames' image URLs
     (``frame``: as shown; ``gradcam``: with its heat map)."""
     case = await run_in_threadpool(case_or_404, cases, case_id)
-    data = (await run_in_threadpool(gather, case, engine, card, False)).data
+    data = (await run_in_threadpool(gather, case, engine, card, False, settings.pseudonym)).data
     base = f"/{API_VERSION}/cases/{case.id}/frames"
     for key in data["key_frames"]:
         key["images"] = {"frame": f"{base}/{key['frame']}.jpg", "gradcam": f"{base}/{key['frame']}.png?gradcam=1"}
@@ -45,25 +48,25 @@ async def case_report_json(case_id: str, cases: CasesDep, engine: EngineDep, car
 
 
 @router.get("/{case_id}/report.html", response_class=HTMLResponse, responses=NOT_FOUND)
-async def case_report_html(case_id: str, cases: CasesDep, engine: EngineDep, card: CardDep,
+async def case_report_html(case_id: str, cases: CasesDep, engine: EngineDep, card: CardDep, settings: SettingsDep,
                            download: bool = False) -> HTMLResponse:
     """The case report as one self-contained page (pictures embedded)."""
     case = await run_in_threadpool(case_or_404, cases, case_id)
-    parts = await run_in_threadpool(gather, case, engine, card)
-    return HTMLResponse(report_html(parts), headers=_attachment(case, "html", download))
+    parts = await run_in_threadpool(gather, case, engine, card, True, settings.pseudonym)
+    return HTMLResponse(report_html(parts), headers=_attachment(parts, "html", download))
 
 
 @router.get("/{case_id}/report.pdf", response_class=Response, responses={
     200: {"content": {"application/pdf": {}}}, **NOT_FOUND,
     501: {"model": schemas.Problem, "description": "ReportLab is not installed"}})
-async def case_report_pdf(case_id: str, cases: CasesDep, engine: EngineDep, card: CardDep,
+async def case_report_pdf(case_id: str, cases: CasesDep, engine: EngineDep, card: CardDep, settings: SettingsDep,
                           download: bool = True) -> Response:
     """The case report as PDF (A4), to file."""
     case = await run_in_threadpool(case_or_404, cases, case_id)
-    parts = await run_in_threadpool(gather, case, engine, card)
+    parts = await run_in_threadpool(gather, case, engine, card, True, settings.pseudonym)
     try:
         data = await run_in_threadpool(report_pdf, parts)
     except ImportError:  # the serve extra installs it
         raise problem(501, "the PDF report needs ReportLab: pip install 'mucosa[serve]'") from None
     log.info("case %s: PDF report, %d bytes", case.id, len(data))
-    return Response(data, media_type="application/pdf", headers=_attachment(case, "pdf", download))
+    return Response(data, media_type="application/pdf", headers=_attachment(parts, "pdf", download))
