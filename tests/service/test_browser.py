@@ -52,6 +52,8 @@ def test_video_upload_live_verdict_timeline_gradcam(browser, server, pcle_brain,
     assert label in ("active inflammation", "mucosal healing")
     assert page.inner_text("#verdict-label").lower() == label
     assert f"rests on {case['verdict']['frames']} of {decoded} frames" in page.inner_text("#verdict-frames")
+    # the list follows within moments: it is read again when the case's events end, just after its final verdict
+    page.wait_for_selector(f"#cases li:has-text('{label}')", timeout=10_000)
     assert page.locator("#cases li").count() == 1 and label in page.inner_text("#cases li").lower()
     with page.expect_download() as download:
         page.click("#dl-csv")
