@@ -22,6 +22,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from mucosa.store.records import StoreError
+
 __all__ = ["GroupCommit"]
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ class GroupCommit:
         done: Future = Future()
         with self._lock:
             if self._closed:
-                raise RuntimeError("the store is closed")
+                raise StoreError("the store is closed: its audit log takes no more lines")
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="mucosa-audit-log", daemon=True)
                 self._thread.start()
