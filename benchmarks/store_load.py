@@ -1,11 +1,16 @@
 """Load test of ``mucosa serve`` on its case store: many stored cases, many clients; two servers sharing work.
 
 ``--part browse`` fills a new store (SQLite folder, or a throwaway PostgreSQL cluster from tests/postgres.py)
-with ``--cases`` done cases (each with a 40-frame timeline; a fifth reviewed-looking spread of patients,
-days and verdicts), starts ``mucosa serve --store`` on it, and lets ``--clients`` concurrent clients list
-(``GET /v1/cases?offset=…``), search (``?q=…&verdict=…&since=…``) and open (``GET /v1/cases/{id}``, which also
-writes its ``case.open`` line in the audit log) cases for ``--seconds``, one request after another. It reports
-the latency of each kind (p50, p95, p99, max) and the failed requests.
+with ``--cases`` done cases (each with a 40-frame timeline; a spread of patients, days and verdicts) and one
+reviewer (on PostgreSQL it then gathers the planner's statistics, as autovacuum does soon after a bulk load),
+starts ``mucosa serve --store`` on it, and lets ``--clients`` concurrent clients, each with the reviewer's
+token, list (``GET /v1/cases?offset=…``), search (``?q=…&verdict=…&since=…``) and open (``GET /v1/cases/{id}``,
+which also writes its ``case.open`` line in the audit log) cases for ``--seconds``. With ``--think 0`` (the
+default) each client sends its next request as soon as the previous answer has come (a closed loop: it
+measures throughput as much as latency); ``--think S`` makes each client wait a random time (exponential,
+mean S seconds) before each request, as people reading a page do. It reports the latency of each kind (p50,
+p95, p99, max), the failed requests, the server's CPU time per request, and the machine's load average
+before and after.
 
 ``--part share`` starts a PostgreSQL cluster and one, then two, ``mucosa serve`` processes on one store (a
 shared media folder), uploads ``--videos`` short clips cut from the real pCLE brain videos (``--frames``
@@ -13,8 +18,13 @@ frames each, every clip distinct), half to each server, waits until every case i
 time, the cases per minute, the cases each server read, and from the audit log whether any case was read
 twice (``case.done`` more than once, or ``case.retry``) or lost.
 
-    python benchmarks/store_load.py --checkpoint C.ckpt --part browse --backend sqlite [--cases 10000]
-    python benchmarks/store_load.py --checkpoint C.ckpt --part share [--videos 50]
+Without ``--checkpoint``, the served model is made first by the library (:func:`tiny_checkpoint`: a tiny 64x64
+CNN-LSTM trained for one epoch on a small synthetic cohort, under a minute on two cores); browsing never runs
+it, the share part does.
+
+    python benchmarks/store_load.py --part browse --backend sqlite [--cases 10000] [--think 1]
+    python benchmarks/store_load.py --part browse --backend postgresql
+    python benchmarks/store_load.py --part share [--videos 50] [--checkpoint C.ckpt]
 
 Client and servers share the machine's cores.
 """
@@ -67,6 +77,14 @@ class Server:
                 raise SystemExit("the server did not start")
             time.sleep(0.2)
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time the server process has used so far (user and system; Linux only, else None)."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.process.send_signal(signal.SIGINT)
         try:
@@ -87,9 +105,27 @@ def percentiles(values: list[float]) -> dict:
 # ---------------------------------------------------------------------------------------------- browse
 
 
-def fill(store_location: str, media: Path | None, count: int, seed: int = 0) -> list[str]:
-    """``count`` done cases written straight into the store's tables (in batches); returns their ids."""
-    from sqlalchemy import create_engine, insert
+TINY_SERVE = {"model": {"size": 64}, "preprocessing": {"fov_frames": 8},
+              "split": {"mode": "patient", "test": 0.3, "val": 0.3, "seed": 1},
+              "training": {"epochs": 1, "batch_size": 8, "threads": 2}}
+
+
+def tiny_checkpoint(folder: Path) -> Path:
+    """A model to serve, made by the library: a tiny 64x64 CNN-LSTM (the tests' serve model, one epoch) trained on
+    9 synthetic patients of 4 images (40x40)."""
+    from mucosa.data.cache import FrameCache
+    from mucosa.data.synth import synthesize_cohort
+    from mucosa.models.config import config_from_dict
+    from mucosa.models.training import train
+
+    manifest = synthesize_cohort(folder / "cohort", patients=9, per_patient=4, size=40, seed=3)
+    return Path(train(manifest, config_from_dict(TINY_SERVE), folder / "run", cache=FrameCache(folder / "cache")))
+
+
+def fill(store_location: str, media: Path | None, count: int, seed: int = 0) -> tuple[list[str], str]:
+    """``count`` done cases written straight into the store's tables (in batches), and a reviewer; returns the
+    cases' ids and the reviewer's token."""
+    from sqlalchemy import create_engine, insert, text
 
     from mucosa.store import Store
     from mucosa.store.tables import CaseDetailRow, CaseRow, JobRow
@@ -97,6 +133,7 @@ def fill(store_location: str, media: Path | None, count: int, seed: int = 0) -> 
     rng = random.Random(seed)
     with Store.open(store_location, media, create=True) as store:
         sha = store.put_media(b"benchmark video", ".mpg")
+        token = store.add_user("benchmark reviewer", "reviewer")
         url = store.place.url
     engine = create_engine(url)
     now = dt.datetime.now(dt.timezone.utc)
@@ -128,11 +165,14 @@ def fill(store_location: str, media: Path | None, count: int, seed: int = 0) -> 
             connection.execute(insert(CaseRow.__table__), cases)
             connection.execute(insert(JobRow.__table__), jobs)
             connection.execute(insert(CaseDetailRow.__table__), details)
+    if engine.dialect.name == "postgresql":  # the statistics autovacuum gathers within a minute of a bulk load
+        with engine.connect() as connection:
+            connection.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE"))
     engine.dispose()
-    return ids
+    return ids, token
 
 
-async def browse(url: str, ids: list[str], clients: int, seconds: float) -> dict:
+async def browse(url: str, ids: list[str], token: str, clients: int, seconds: float, think: float) -> dict:
     import httpx
 
     timings: dict[str, list[float]] = {"list": [], "search": [], "open": []}
@@ -142,8 +182,10 @@ async def browse(url: str, ids: list[str], clients: int, seconds: float) -> dict
     async def client(seed: int) -> None:
         nonlocal failures
         rng = random.Random(seed)
-        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        async with httpx.AsyncClient(base_url=url, timeout=60, headers={"Authorization": f"Bearer {token}"}) as http:
             while time.monotonic() < end:
+                if think > 0:
+                    await asyncio.sleep(rng.expovariate(1 / think))
                 kind = rng.choice(("list", "search", "open"))
                 if kind == "list":
                     request = ("/v1/cases", {"limit": 50, "offset": rng.randrange(0, len(ids) - 50)})
@@ -178,19 +220,26 @@ def part_browse(args: argparse.Namespace) -> dict:
         else:
             location = str(Path(folder) / "store")
         try:
+            checkpoint = args.checkpoint or tiny_checkpoint(Path(folder) / "model")
             start = time.monotonic()
-            ids = fill(location, media, args.cases)
+            ids, token = fill(location, media, args.cases)
             filled = time.monotonic() - start
-            server = Server(args.checkpoint, location, *(["--media", str(media)] if media else []))
+            server = Server(checkpoint, location, *(["--media", str(media)] if media else []))
             try:
-                result = asyncio.run(browse(server.url, ids, args.clients, args.seconds))
+                load_before, cpu_before = os.getloadavg(), server.cpu_seconds()
+                result = asyncio.run(browse(server.url, ids, token, args.clients, args.seconds, args.think))
+                load_after, cpu_after = os.getloadavg(), server.cpu_seconds()
             finally:
                 server.stop()
         finally:
             if cluster is not None:
                 cluster.stop()
     return {"part": "browse", "backend": args.backend, "cases": args.cases, "clients": args.clients,
-            "seconds": args.seconds, "fill_seconds": round(filled, 1), **result}
+            "think_seconds": args.think, "seconds": args.seconds, "fill_seconds": round(filled, 1), **result,
+            "server_cpu_ms_per_request": None if cpu_before is None else round(
+                1000 * (cpu_after - cpu_before) / max(1, result["all"]["n"]), 2),
+            "cores": os.cpu_count(), "load_before": [round(x, 2) for x in load_before],
+            "load_after": [round(x, 2) for x in load_after]}
 
 
 # ---------------------------------------------------------------------------------------------- share
@@ -270,8 +319,9 @@ def part_share(args: argparse.Namespace) -> dict:
     cluster = start_cluster()
     try:
         with tempfile.TemporaryDirectory(prefix="mucosa-store-share-") as folder:
+            checkpoint = args.checkpoint or tiny_checkpoint(Path(folder) / "model")
             videos = clips(Path(folder), args.videos, args.frames)
-            runs = [share_run(args.checkpoint, cluster, Path(folder) / "media", videos, n) for n in (1, 2)]
+            runs = [share_run(checkpoint, cluster, Path(folder) / "media", videos, n) for n in (1, 2)]
     finally:
         cluster.stop()
     return {"part": "share", "videos": len(videos), "frames_per_video": args.frames, "runs": runs,
@@ -280,12 +330,14 @@ def part_share(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="the model to serve (default: a tiny one made first, see tiny_checkpoint)")
     parser.add_argument("--part", choices=("browse", "share"), required=True)
     parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--cases", type=int, default=10_000)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--think", type=float, default=0.0, help="mean seconds a client waits between requests")
     parser.add_argument("--videos", type=int, default=50)
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--json", type=Path, default=None)

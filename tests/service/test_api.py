@@ -501,8 +501,10 @@ def test_unknown_case_is_404(client):
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-def test_cli_errors_are_one_line_and_exit_2(serve_checkpoint, tmp_path, capsys):
+def test_cli_errors_are_one_line_and_exit_2(serve_checkpoint, tmp_path, capsys, monkeypatch):
     import socket
+
+    monkeypatch.setenv("MUCOSA_STORE", str(tmp_path / "store"))  # never the user's default store
 
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))

@@ -3,6 +3,8 @@ itself refuses to change or remove a row of either."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
@@ -75,3 +77,19 @@ def test_the_audit_log_says_who_did_what_when_with_the_model(store, reviewed, cl
                                                                      "case.add"]
     assert [e.action for e in store.audit_log(actor="dr first")] == ["case.review"]
     assert store.audit_log(since=clock.now) == newest
+
+
+def test_lines_recorded_at_once_are_each_written_before_their_call_returns(store, reviewed):
+    case, first, _ = reviewed
+    before = len(store.audit_log(limit=1000))
+
+    def open_case(k: int) -> bool:
+        store.record(first, "case.open", case.id, detail={"k": k})
+        return any(e.detail == {"k": k} for e in store.audit_log(case_id=case.id, limit=1000))
+
+    with ThreadPoolExecutor(8) as pool:
+        written = list(pool.map(open_case, range(40)))
+        refused = pool.submit(store.record, first, "case.open", "no such case")  # the database refuses it
+    assert all(written) and len(store.audit_log(limit=1000)) == before + 40
+    with pytest.raises(StoreError):
+        refused.result()

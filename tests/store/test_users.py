@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
@@ -52,6 +55,34 @@ def test_a_disabled_user_or_a_renewed_token_stops_the_old_token_at_once(store):
     fresh = store.renew_token("dr smith")
     assert store.authenticate(token) is None
     assert store.authenticate(fresh).name == "dr smith"
+
+
+def test_another_process_disabling_a_user_counts_here_within_the_trust_time(store, place, monkeypatch):
+    import mucosa.store.store as store_module
+
+    now = [1000.0]
+    monkeypatch.setattr(store_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    token = store.add_user("dr smith", "reviewer")
+    assert store.authenticate(token).name == "dr smith" and store.users(max_age=10)[0].active
+    other = place.open()  # another server, or `mucosa users disable`
+    other.disable_user("dr smith")
+    other.close()
+    now[0] += store_module.TRUST_SECONDS - 1
+    assert store.authenticate(token).name == "dr smith"  # trusted here for a while (no read of the store)
+    assert store.users(max_age=store_module.TRUST_SECONDS)[0].active and not store.users()[0].active
+    now[0] += 2
+    assert store.authenticate(token) is None and not store.users(max_age=store_module.TRUST_SECONDS)[0].active
+
+
+def test_a_token_sent_by_many_requests_at_once_is_checked_once(store, monkeypatch):
+    import mucosa.store.users as users_module
+
+    token, checks = store.add_user("dr smith", "viewer"), []
+    check = users_module.verify_token
+    monkeypatch.setattr(users_module, "verify_token", lambda *args: checks.append(1) or check(*args))
+    with ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(store.authenticate, [token] * 16))
+    assert {user.name for user in found} == {"dr smith"} and len(checks) == 1
 
 
 def test_users_are_unique_by_name_and_roles_are_checked(store):

@@ -123,10 +123,12 @@ class CaseService:
         return self._view(record, latest, reviews)
 
     def page(self, **filters) -> tuple[list[CaseView], int]:
-        """A page of cases matching the filters (``Store.search``'s), newest first, and how many match."""
+        """A page of cases matching the filters (``Store.search``'s), newest first, and how many match. The views
+        give summaries only: no file of theirs is looked up (their folder, frames and sources are left empty)."""
         found = self.store.search(**filters)
         latest = self.store.latest_reviews([case.id for case in found.cases if case.reviewed])
-        return [self._view(case, latest.get(case.id), None) for case in found.cases], found.total
+        return [CaseView(case, self.workers.live.get(case.id), None, [], None, self._placeholder,
+                         latest.get(case.id), None) for case in found.cases], found.total
 
     def _view(self, record: Case, review, reviews) -> CaseView:
         live = self.workers.live.get(record.id)

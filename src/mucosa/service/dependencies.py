@@ -35,7 +35,7 @@ from mucosa.service.engine import Engine
 from mucosa.service.problems import problem
 from mucosa.service.settings import ServeSettings
 from mucosa.service.views import CaseView
-from mucosa.store import NotFound, Role, Store, StoreError, User
+from mucosa.store import TRUST_SECONDS, NotFound, Role, Store, StoreError, User
 
 __all__ = ["LOCAL_USER", "TOKEN_ERRORS", "CardDep", "CasesDep", "EngineDep", "LimiterDep", "SettingsDep", "StoreDep",
            "UserDep", "WorkspaceDep", "case_or_404", "current_user", "get_card", "get_cases", "get_engine",
@@ -95,8 +95,10 @@ LimiterDep = Annotated[anyio.CapacityLimiter, Depends(get_limiter)]
 
 def local_user(store: Store) -> User | None:
     """The built-in admin ``local`` while the store has no other active user (made the first time); None once
-    it has."""
-    people = store.users()
+    it has. The users' list is the one this server read in the last :data:`~mucosa.store.TRUST_SECONDS`
+    (not a read of the store per request): a user added by another process ends the local mode within that
+    time, one added by this server at once."""
+    people = store.users(max_age=TRUST_SECONDS)
     if any(user.active and user.name != LOCAL_USER for user in people):
         return None
     for user in people:

@@ -46,8 +46,8 @@ from mucosa.store.records import (
     User,
 )
 from mucosa.store.schema import head_revision, known_revisions, upgrade
-from mucosa.store.store import Store
+from mucosa.store.store import TRUST_SECONDS, Store
 
 __all__ = ["Store", "upgrade", "restore", "head_revision", "known_revisions", "Role", "CaseStatus", "User",
            "MediaFile", "Case", "CaseResult", "Job", "Review", "AuditEntry", "Page", "StoreError", "StoreNotFound",
-           "MigrationNeeded", "UnknownRevision", "NotAllowed", "NotFound", "LeaseLost"]
+           "MigrationNeeded", "UnknownRevision", "NotAllowed", "NotFound", "LeaseLost", "TRUST_SECONDS"]

@@ -6,7 +6,7 @@ URL, ``postgresql+psycopg://user@host/db``, whose media live in a shared folder 
 SQLite connections wait up to :data:`BUSY_SECONDS` for a lock (``busy_timeout``) and enforce foreign keys;
 the store's file is in WAL mode (set when it is created or upgraded), so readers never wait for the writer.
 Writes begin with ``BEGIN IMMEDIATE``: one writer at a time, and a transaction that reads before it writes
-cannot find its snapshot stale halfway.
+cannot find its snapshot stale halfway. A process holds one write connection, which its threads take in turn.
 """
 
 from __future__ import annotations
@@ -120,8 +120,11 @@ def make_engines(location: Location) -> tuple[Engine, Engine]:
         engine = create_engine(location.url, pool_pre_ping=True, pool_size=10, max_overflow=20)
         return engine, engine
     args = {"timeout": BUSY_SECONDS, "check_same_thread": False}
-    reader = create_engine(location.url, connect_args=args)
-    writer = create_engine(location.url, connect_args=args)
+    reader = create_engine(location.url, connect_args=args, pool_size=10, max_overflow=20)
+    # one write connection: this process's writers queue for it in turn, instead of polling SQLite's lock
+    # (busy_timeout sleeps up to 100 ms between tries, the long tail of writes under load); other processes
+    # sharing the file still wait on the lock itself
+    writer = create_engine(location.url, connect_args=args, pool_size=1, max_overflow=0, pool_timeout=BUSY_SECONDS)
     _begin_with(reader, "BEGIN")
     _begin_with(writer, "BEGIN IMMEDIATE")
     return reader, writer

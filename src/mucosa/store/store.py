@@ -19,15 +19,18 @@ from mucosa.store import auditlog, cases, jobs, reviews, users
 from mucosa.store import backup as backups
 from mucosa.store import export as exports
 from mucosa.store.auditlog import Actor
+from mucosa.store.journal import GroupCommit
 from mucosa.store.location import Location, locate, make_engines
 from mucosa.store.media import MediaFolder
 from mucosa.store.records import AuditEntry, Case, CaseResult, Job, MediaFile, Page, Review, Role, User
 from mucosa.store.schema import database_error, head_revision, prepare
-from mucosa.store.tables import UserRow
 
-__all__ = ["Store", "utc_now"]
+__all__ = ["Store", "utc_now", "TRUST_SECONDS"]
 
-_TRUST_SECONDS = 300.0  # a token checked by scrypt is trusted this long (the user's row is still read each time)
+# A token checked by scrypt is trusted by this process for this long without reading the store again; the
+# users' list that a server without users reads on each request, likewise. A change made through this Store
+# ends both at once; one made by another process (``mucosa users disable`` or another server) within this time.
+TRUST_SECONDS = 30.0
 
 
 def utc_now() -> dt.datetime:
@@ -46,8 +49,12 @@ class Store:
         self._location, self._reader, self._writer = location, reader, writer
         self._clock, self.lease_seconds = clock, lease_seconds
         self.media = MediaFolder(location.media)
-        self._trusted: dict[str, tuple[int, str, float]] = {}
+        self._trusted: dict[str, tuple[User, float]] = {}  # SHA-256 of a token (never the token): user, until
+        self._everyone: tuple[list[User], float] | None = None  # users() as last read, and when
+        self._users_read = 0  # changes to the users made through this Store (a check read before one is not kept)
+        self._checking: dict[bytes, threading.Lock] = {}  # a lock per token being checked (its SHA-256)
         self._trust_lock = threading.Lock()
+        self._lines = GroupCommit(self._write_lines)
 
     @classmethod
     def open(cls, location: str | Path, media: str | Path | None = None, *, create: bool = False,
@@ -81,7 +88,8 @@ class Store:
         return cls(place, reader, writer, clock, lease_seconds)
 
     def close(self) -> None:
-        """Close the database connections."""
+        """Write the audit lines waiting, then close the database connections."""
+        self._lines.close()
         self._reader.dispose()
         self._writer.dispose()
 
@@ -132,37 +140,46 @@ class Store:
 
     def add_user(self, name: str, role: Role | str, by: Actor = None) -> str:
         """Add a user and return their token: show it once, only its hash is kept."""
-        with self._session(write=True) as session:
+        with self._users_changing(), self._session(write=True) as session:
             return users.add(session, name, role, self.now(), by)[1]
 
     def use_token(self, token: str, name: str = "admin") -> User:
         """The laptop mode, ``mucosa serve --token T`` alone: one admin user, ``name``, whose token is ``T``
         (made, or updated when ``T`` changed)."""
-        with self._session(write=True) as session:
+        with self._users_changing(), self._session(write=True) as session:
             return users.use_token(session, token, name, self.now())
 
     def renew_token(self, name: str, by: Actor = None) -> str:
         """A new token for ``name`` (the old one stops working); returns it."""
-        with self._session(write=True) as session:
+        with self._users_changing(), self._session(write=True) as session:
             return users.renew_token(session, name, self.now(), by)
 
     def set_role(self, name: str, role: Role | str, by: Actor = None) -> User:
-        with self._session(write=True) as session:
+        with self._users_changing(), self._session(write=True) as session:
             return users.set_role(session, name, role, self.now(), by)
 
     def disable_user(self, name: str, by: Actor = None) -> User:
         """Stop a user's token from working; what they did stays attributed to them."""
-        with self._session(write=True) as session:
+        with self._users_changing(), self._session(write=True) as session:
             return users.set_active(session, name, False, self.now(), by)
 
     def enable_user(self, name: str, by: Actor = None) -> User:
-        with self._session(write=True) as session:
+        with self._users_changing(), self._session(write=True) as session:
             return users.set_active(session, name, True, self.now(), by)
 
-    def users(self) -> list[User]:
-        """Every user, by name."""
+    def users(self, max_age: float = 0.0) -> list[User]:
+        """Every user, by name. ``max_age``: a list read by this process at most this many seconds ago will do
+        (changes made through this Store are seen at once)."""
+        with self._trust_lock:
+            kept, generation = self._everyone, self._users_read
+        if max_age > 0 and kept is not None and kept[1] + max_age > time.monotonic():
+            return list(kept[0])
         with self._session(write=False) as session:
-            return users.everyone(session)
+            found = users.everyone(session)
+        with self._trust_lock:
+            if generation == self._users_read:
+                self._everyone = (found, time.monotonic())
+        return list(found)
 
     def user(self, name: str) -> User:
         """The user ``name``; raises NotFound."""
@@ -171,24 +188,43 @@ class Store:
 
     def authenticate(self, token: str) -> User | None:
         """The active user whose token this is, or None. A token checked once (scrypt, tens of milliseconds) is
-        trusted for five minutes by this process, as long as the user stays active and keeps that token."""
-        key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+        trusted by this process for :data:`TRUST_SECONDS` without reading the store: a user disabled, a role
+        changed or a token renewed through this Store counts at once, through another process within that time.
+        Only a SHA-256 of the token is kept, never the token."""
+        key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         with self._trust_lock:
-            trusted = self._trusted.get(key)
+            if len(self._checking) > 10_000:  # unknown tokens by the thousand: start again
+                self._checking.clear()
+            checking = self._checking.setdefault(key, threading.Lock())
+        with checking:  # one check of a token at a time: the requests a new client sends at once wait for it
+            with self._trust_lock:
+                trusted, generation = self._trusted.get(key), self._users_read
+            if trusted is not None and trusted[1] > time.monotonic():
+                return trusted[0]
+            return self._check(key, token, generation)
+
+    def _check(self, key: bytes, token: str, generation: int) -> User | None:
         with self._session(write=False) as session:
-            if trusted is not None and trusted[2] > time.monotonic():
-                row = session.get(UserRow, trusted[0])
-                if row is not None and row.active and row.token_hash == trusted[1]:
-                    return users.user_record(row)
             found = users.authenticate(session, token)
         with self._trust_lock:
-            if len(self._trusted) > 10_000:
-                self._trusted.clear()
             if found is None:
                 self._trusted.pop(key, None)
-                return None
-            self._trusted[key] = (found[0].id, found[1], time.monotonic() + _TRUST_SECONDS)
-        return found[0]
+            elif generation == self._users_read:  # no change to the users since the check began
+                if len(self._trusted) > 10_000:
+                    self._trusted.clear()
+                self._trusted[key] = (found, time.monotonic() + TRUST_SECONDS)
+        return found
+
+    @contextmanager
+    def _users_changing(self) -> Iterator[None]:
+        """Forget the trusted tokens and the users' list, after a change to the users (made or failed)."""
+        try:
+            yield
+        finally:
+            with self._trust_lock:
+                self._trusted.clear()
+                self._everyone = None
+                self._users_read += 1
 
     # ------------------------------------------------------------------------------------------ cases
 
@@ -297,9 +333,15 @@ class Store:
 
     def record(self, actor: Actor, action: str, case_id: str | None = None, model_version: str | None = None,
                detail: dict | None = None) -> None:
-        """Add a line to the audit log, e.g. ``record(user, "case.open", case_id)`` when a user opens a case."""
+        """Add a line to the audit log, e.g. ``record(user, "case.open", case_id)`` when a user opens a case;
+        returns once it is written. Lines recorded at the same moment by several threads are written in one
+        transaction (:mod:`mucosa.store.journal`)."""
+        self._lines.write((actor, action, self.now(), case_id, model_version, detail))
+
+    def _write_lines(self, lines: list[tuple]) -> None:
         with self._session(write=True) as session:
-            auditlog.record(session, actor, action, self.now(), case_id, model_version, detail)
+            for line in lines:
+                auditlog.record(session, *line)
 
     def audit_log(self, *, case_id: str | None = None, actor: str | None = None, since: dt.datetime | None = None,
                   limit: int = 100, offset: int = 0) -> list[AuditEntry]:

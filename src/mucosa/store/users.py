@@ -118,8 +118,8 @@ def everyone(session: Session) -> list[User]:
     return [user_record(row) for row in session.scalars(select(UserRow).order_by(UserRow.name))]
 
 
-def authenticate(session: Session, token: str) -> tuple[User, str] | None:
-    """The active user whose token this is, with the stored hash it matched; None for any other token."""
+def authenticate(session: Session, token: str) -> User | None:
+    """The active user whose token this is; None for any other token."""
     token_id, _ = split_token(token)
     if token_id is not None:
         rows = session.scalars(select(UserRow).where(UserRow.token_id == token_id)).all()
@@ -127,5 +127,5 @@ def authenticate(session: Session, token: str) -> tuple[User, str] | None:
         rows = session.scalars(select(UserRow).where(UserRow.token_id.is_(None))).all()
     for row in rows:
         if row.active and verify_token(token, row.token_hash):
-            return user_record(row), row.token_hash
+            return user_record(row)
     return None
