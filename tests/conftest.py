@@ -15,6 +15,19 @@ from tiny_configs import tiny_config
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_store_in_the_home_folder(tmp_path_factory):
+    """The default case store (``$MUCOSA_STORE``, else under ``$XDG_DATA_HOME``) points into the test session's
+    temporary folder: no test, nor a command it runs, writes into the user's own store."""
+    saved = {name: os.environ.get(name) for name in ("MUCOSA_STORE", "XDG_DATA_HOME")}
+    home = tmp_path_factory.mktemp("data-home")
+    os.environ["XDG_DATA_HOME"] = str(home)
+    os.environ["MUCOSA_STORE"] = str(home / "mucosa" / "store")
+    yield
+    for name, value in saved.items():
+        os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+
+
 def _require_real_data() -> Path:
     if REAL_DATA.is_dir():
         return REAL_DATA
