@@ -187,6 +187,7 @@ def test_keyboard_reaches_and_operates_everything_with_a_visible_focus_ring(page
     other.focus()
     page.keyboard.press("Enter")
     page.wait_for_function(f"document.querySelector('#case-name').textContent !== {first!r}")
+    page.wait_for_function("document.activeElement.id === 'case-name'")  # the focus goes to the case opened
     page.wait_for_selector("#verdict[data-state=final]")
     page.focus("#play")
     page.keyboard.press("Space")
@@ -195,13 +196,18 @@ def test_keyboard_reaches_and_operates_everything_with_a_visible_focus_ring(page
     assert page.get_attribute("#play", "aria-label") == "play"
     page.focus("#timeline")
     page.keyboard.press("Home")
-    assert page.get_attribute("#timeline", "aria-valuenow") == "0"
+    assert page.get_attribute("#timeline", "aria-valuenow") == "1"  # frames counted from 1, as shown
     page.keyboard.press("ArrowRight")
-    assert page.get_attribute("#timeline", "aria-valuenow") == "1"
+    assert page.get_attribute("#timeline", "aria-valuenow") == "2"
     page.wait_for_selector("#frame[data-frame='1']")
     page.keyboard.press("End")
-    last = int(page.get_attribute("#timeline", "data-points")) - 1
-    assert int(page.get_attribute("#timeline", "aria-valuenow")) == last
+    count = int(page.get_attribute("#timeline", "data-points"))
+    assert int(page.get_attribute("#timeline", "aria-valuenow")) == count
+    assert page.inner_text("#pos").startswith(f"frame {count} of {count} · ")
+    page.keyboard.press("Space")  # space plays and pauses with the focus on the timeline too
+    assert page.get_attribute("#play", "aria-label") == "pause"
+    page.keyboard.press("Space")
+    assert page.get_attribute("#play", "aria-label") == "play"
     page.focus("#gradcam")
     page.keyboard.press("Space")
     assert page.is_checked("#gradcam")
@@ -220,6 +226,11 @@ def test_a_phone_shows_the_frame_and_the_verdict_at_once_and_every_target_is_44_
                                                                                    shots):
     page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     open_viewer(page, base)
+    # no case open: the upload control comes first and says "choose" (nothing is dropped on a phone)
+    assert page.is_visible("#drop >> text=Choose videos or images") and page.is_hidden("#drop >> text=Drop pCLE")
+    upload, empty = (page.locator(selector).bounding_box() for selector in ("#drop", "#empty"))
+    assert upload["y"] + upload["height"] <= 844 and upload["y"] < empty["y"]
+    assert page.is_visible("#me") and page.inner_text("#me") == "local · admin"  # who is signed in
     drop(page, brain_video)
     page.wait_for_selector("#frame[data-frame]")
     assert page.evaluate("window.scrollY") == 0
@@ -228,6 +239,8 @@ def test_a_phone_shows_the_frame_and_the_verdict_at_once_and_every_target_is_44_
         assert box["y"] >= 0 and box["y"] + box["height"] <= 844, (selector, box)
     assert page.evaluate("document.documentElement.scrollWidth <= 390")
     assert small_targets(page) == []
+    legend = page.locator("#legend > span").evaluate_all("items => items.map((i) => i.getBoundingClientRect().height)")
+    assert len(legend) >= 5 and max(legend) < 24, legend  # each entry on one line, not a word per line
     page.screenshot(path=str(shots / "viewer-390x844.png"))
     for width, height in ((768, 1024), (1280, 800)):  # a tablet, a desktop
         page.set_viewport_size({"width": width, "height": height})

@@ -1,15 +1,17 @@
 """The viewer's clinic workflow in the real Chromium (Playwright, :mod:`browsing`), against ``mucosa serve`` on a
 case store: an upload with its exam fields, the case's stable link (opened directly and after a reload), search
 and filters over the cases with their total, the review of a case against histology (every review kept), the
-audit page counting it, and a user of role viewer who sees the reviews but may not add one. axe-core stays clean
-and every target is 44 px on the new views.
+audit page counting it, a user of role viewer who sees the reviews but may not add one, and signing in and out
+with a token (the sign-in form, a rejected token). axe-core stays clean and every target is 44 px on the new views.
 
 The tests run in order on one server: the last one adds users (after which every request needs a token).
 """
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -54,8 +56,15 @@ def test_upload_with_exam_fields_link_reload_review_and_audit(browser, page, bas
     case = httpx.get(f"{base}/v1/cases/{case_id}").json()
     assert {key: case[key] for key in EXAM} == EXAM and case["reviewed"] is False and case["review"] is None
     assert page.inner_text("#case-exam") == "Patient P-017 · exam 2024-05-02 · terminal ileum"
+    # the exam fields are cleared once the server took the upload: the next patient's video starts blank
+    assert [page.input_value(f"#exam-{field}") for field in ("patient", "date", "region")] == ["", "", ""]
+    assert page.inner_text("#exam-now") == "(cleared after the last upload)"
+    assert "Filed under patient P-017 · exam 2024-05-02 · terminal ileum. Exam fields cleared" in \
+        page.inner_text("#uploads")
     item = page.locator(f"#cases a.case-item[data-id='{case_id}']")
     assert item.get_attribute("href") == f"#/cases/{case_id}" and "patient P-017" in item.inner_text()
+    exam_line = item.locator(".exam-line")  # the whole exam date, not cut at 1280 px
+    assert "exam 2024-05-02" in exam_line.inner_text() and exam_line.evaluate("el => el.scrollWidth <= el.clientWidth")
 
     # the stable link opens the case in a new page, and again after a reload
     other = browser.new_page(viewport={"width": 1280, "height": 800})
@@ -69,7 +78,7 @@ def test_upload_with_exam_fields_link_reload_review_and_audit(browser, page, bas
     # two reviews: both kept, oldest first; the list marks the case reviewed
     verdict = case["verdict"]["class"]
     page.click("#review summary")
-    assert page.inner_text("#review-summary") == "· none yet" and page.is_visible("#review-form")
+    assert page.inner_text("#review-summary") == "(none yet)" and page.is_visible("#review-form")
     assert page.locator("#review-histology option").all_inner_texts()[1:] == ["glioblastoma", "meningioma"]
     assert axe_violations(page) == []
     page.click("#review-submit")  # nothing chosen: one clear line, nothing sent
@@ -89,13 +98,14 @@ def test_upload_with_exam_fields_link_reload_review_and_audit(browser, page, bas
     assert "histology glioblastoma, disagrees" in texts[1]
     assert page.is_hidden("#review-error")
     page.wait_for_function(f"document.querySelector(\".case-item[data-id='{case_id}']\").textContent"
-                           ".includes('reviewed')")
+                           ".includes('reviewed: histology glioblastoma, disagrees')")  # the latest review
 
     # the audit page counts the case (the latest review's histology), by model version and by month
     page.click("#nav-audit")
     page.wait_for_selector("#audit-counted")
     assert page.evaluate("location.hash") == "#/audit" and page.evaluate("document.activeElement.id") == "audit-title"
     assert page.inner_text("#audit-counted").startswith("1 case counted.")
+    assert page.inner_text("#audit-positive").startswith("Sensitivity is for meningioma, the model's positive class")
     figures = page.locator("#audit-body table").first.inner_text()
     for name in ("Accuracy", "Sensitivity", "Specificity"):
         assert name in figures
@@ -135,6 +145,7 @@ def test_search_and_filters_over_the_cases_from_the_keyboard(page, base, frame_p
     page.wait_for_selector("#notice.error")
     assert page.inner_text("#notice") == "men-09-f40.png not sent: exam_date: 2999-01-01 is in the future"
     assert len(httpx.get(base + "/v1/cases").json()) == 1
+    assert page.input_value("#exam-patient") == "P-099"  # a refused upload keeps its exam fields
     page.fill("#exam-date", "")
     page.set_input_files("#file", str(frame_png))
     case_shown(page, frame_png.name)
@@ -172,7 +183,7 @@ def test_search_and_filters_over_the_cases_from_the_keyboard(page, base, frame_p
     page.keyboard.press("Enter")
     page.wait_for_function("(href) => location.hash === href", arg=first.get_attribute("href"))
     page.wait_for_function("document.querySelector('#case-exam').textContent.startsWith('Patient P-017')")
-    assert page.evaluate("document.activeElement.classList.contains('case-item')")
+    page.wait_for_function("document.activeElement.id === 'case-name'")  # the focus follows to the case
     page.goto(base + "/#/cases/nosuchcase")
     page.wait_for_selector("#notice.error")
     assert page.inner_text("#notice").startswith("Case nosuchcase: ")
@@ -184,7 +195,7 @@ def test_search_and_filters_over_the_cases_from_the_keyboard(page, base, frame_p
     assert small_targets(page) == []
 
 
-def test_a_viewer_sees_the_reviews_but_may_not_add_one(page, base, store):
+def test_a_viewer_sees_the_reviews_but_may_not_add_one(page, base, store, shots):
     case = httpx.get(base + "/v1/cases", params={"patient": "P-017"}).json()[0]
     tokens = {}
     for name, role in (("vera", "viewer"), ("rex", "reviewer")):
@@ -194,6 +205,12 @@ def test_a_viewer_sees_the_reviews_but_may_not_add_one(page, base, store):
         tokens[name] = added.stdout.split()[-1]
     open_viewer(page, f"{base}/?token={tokens['vera']}#/cases/{case['id']}")
     case_shown(page, case["name"])
+    assert page.url == f"{base}/#/cases/{case['id']}"  # the token is read, then taken out of the address bar
+    assert "token" not in page.get_attribute("#dl-json", "href")  # a download sends it as a header
+    with page.expect_download() as download:
+        page.click("#dl-json")
+    assert download.value.suggested_filename == "report.json"  # as without a token (the server names no file)
+    assert json.loads(Path(download.value.path()).read_text())["case"]["id"] == case["id"]
     page.click("#review summary")
     assert page.is_hidden("#review-form") and page.locator("#reviews li[data-id]").count() == 2
     assert page.inner_text("#me") == "vera · viewer" and page.is_hidden("#delete")  # only an admin deletes
@@ -203,10 +220,26 @@ def test_a_viewer_sees_the_reviews_but_may_not_add_one(page, base, store):
                          headers={"Authorization": f"Bearer {tokens['vera']}"})
     assert refused.status_code == 403 and set(refused.json()) == {"detail"}
 
+    # signing out forgets the token: the sign-in form alone, without the upload area or the list
+    page.click("#signout")
+    page.wait_for_selector("#signin:not([hidden])")
+    assert page.evaluate("sessionStorage.length") == 0 and page.is_hidden("#drop") and page.is_hidden("#cases")
+    assert page.evaluate("document.activeElement.id") == "signin-token" and page.is_hidden("#signout")
+    page.fill("#signin-token", "not-a-token")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#signin-error:not([hidden])")
+    assert page.inner_text("#signin-error").startswith("Token rejected") and page.is_hidden("#drop")
+    assert axe_violations(page) == []
+    page.screenshot(path=str(shots / "viewer-signin-1280x800.png"))
+    page.fill("#signin-token", tokens["rex"])
+    page.click("#signin-submit")
+    page.wait_for_function("document.querySelector('#me').textContent === 'rex · reviewer'")
+    assert page.is_visible("#drop") and page.is_hidden("#signin")
+
     # a reviewer whose histology the server refuses reads why, in one line
-    open_viewer(page, f"{base}/?token={tokens['rex']}#/cases/{case['id']}")
+    page.click(f".case-item[data-id='{case['id']}']")
     case_shown(page, case["name"])
-    page.click("#review summary")
+    page.locator("#review").evaluate("details => { details.open = true; }")  # still open from before
     page.evaluate("document.querySelector('#review-histology').add(new Option('adenoma', 'adenoma'))")
     page.select_option("#review-histology", "adenoma")
     page.check("#review-form input[name=agrees][value=true]")
@@ -216,3 +249,5 @@ def test_a_viewer_sees_the_reviews_but_may_not_add_one(page, base, store):
     assert error.startswith("The review was not recorded: ") and "adenoma" in error and "\n" not in error
     assert page.get_attribute("#review-error", "role") == "alert"
     assert page.locator("#reviews li[data-id]").count() == 2
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone shows who is signed in, and sign out
+    assert page.is_visible("#me") and page.is_visible("#signout") and small_targets(page) == []

@@ -1,6 +1,6 @@
 /* mucosa viewer: the atlas of confirmed cases beside a case. The verdict `unfamiliar` (neutral, with its share),
- * the atlas's vote as a second opinion beside the network's probability, unfamiliar frames marked on the
- * timeline, the "similar confirmed cases" panel (GET /v1/cases/{id}/similar) and the side-by-side compare view
+ * the atlas's vote as a second opinion beside the network's probability (and a notice when it names another class
+ * than the verdict), unfamiliar frames marked on the timeline, the "similar confirmed cases" panel (GET /v1/cases/{id}/similar) and the side-by-side compare view
  * its entries open; and, for a model without an atlas, the one note that it cannot tell.
  */
 "use strict";
@@ -32,7 +32,18 @@ function renderAtlasVerdict(c, v) {
   const vote = v && v.atlas_vote ? `atlas vote (second opinion): ${v.atlas_vote.label} ${pct(v.atlas_vote.share)}` +
     " of the nearest confirmed frames" : "";
   $("verdict-atlas").textContent = [vote, share].filter(Boolean).join(" · ");
+  renderDisagreement(v);
   renderSimilar(c);
+}
+
+/* The atlas's vote names another class than the verdict: said in words, with a sign, not by a colour alone. */
+function renderDisagreement(v) {
+  const note = $("verdict-disagrees");
+  const differs = Boolean(v && v.class && v.label !== "unfamiliar" && v.atlas_vote && v.atlas_vote.label !== v.class);
+  note.hidden = !differs;
+  note.textContent = !differs ? "" : `⚠ The atlas's vote disagrees with the verdict: most of the nearest confirmed ` +
+    `frames are ${v.atlas_vote.label} (${pct(v.atlas_vote.share)}), the network calls ${v.class}. Look at the ` +
+    "similar cases and the frames before relying on the verdict.";
 }
 
 /* ------------------------------------------------------------------------------------------- similar cases */
@@ -83,9 +94,9 @@ function similarItem(found, index) {
   const frame = found.closest[0];
   const img = document.createElement("img");
   img.src = frame.thumbnail;
-  img.alt = `closest frame ${frame.frame} of ${found.case}`;
+  img.alt = `closest frame ${frame.frame + 1} of ${frame.file}`;
   const words = document.createElement("span");
-  words.innerHTML = `<b>${esc(found.label)}</b> · distance ${fmt(found.distance, 3)}<br>` +
+  words.innerHTML = `<b>${esc(found.label)}</b> · ${esc(foundBy(found))} · distance ${fmt(found.distance, 3)}<br>` +
     `<span class="muted">patient ${esc(found.patient)} · ${esc(frame.file)}</span>`;
   button.append(img, words);
   const action = document.createElement("span");
@@ -97,6 +108,11 @@ function similarItem(found, index) {
   return li;
 }
 
+/* "found by 12 of 40 frames": how many of the case's frames have this case among their nearest (the order). */
+function foundBy(found) {
+  return `found by ${found.matched_frames} of ${counted(found.query_frames, "frame")}`;
+}
+
 /* ------------------------------------------------------------------------------------------- compare view */
 
 function openCompare(found) {
@@ -105,13 +121,14 @@ function openCompare(found) {
   if (position >= 0) seekTo(position);
   const ours = $("compare-ours");
   ours.src = withToken(`/v1/cases/${S.caseId}/frames/${frame.query_frame}.jpg`);
-  ours.alt = `this case, frame ${frame.query_frame}`;
+  const where = position >= 0 ? frameText(position) : `frame ${frame.query_frame + 1}`;
+  ours.alt = `this case, ${where}`;
   const theirs = $("compare-theirs");
   theirs.src = frame.thumbnail;
-  theirs.alt = `confirmed case ${found.case} (${found.label}, patient ${found.patient}), frame ${frame.frame}`;
-  $("compare-ours-caption").textContent = `This case · frame ${frame.query_frame}`;
-  $("compare-theirs-caption").textContent = `${found.label} · ${found.case} · frame ${frame.frame} · ` +
-    `distance ${fmt(frame.distance, 3)}`;
+  theirs.alt = `confirmed case ${frame.file} (${found.label}, patient ${found.patient}), frame ${frame.frame + 1}`;
+  $("compare-ours-caption").textContent = `This case · ${where}`;
+  $("compare-theirs-caption").textContent = `${found.label} · ${frame.file} · frame ${frame.frame + 1} · ` +
+    `distance ${fmt(found.distance, 3)} as listed (this pair of frames ${fmt(frame.distance, 3)})`;
   $("compare").hidden = false;
   $("compare-close").focus();
 }

@@ -131,6 +131,7 @@ async function renderAudit() {
     return;
   }
   errorLine("audit-error", "");
+  positiveWords(audit.classes, audit.positive);
   for (const version of Object.keys(audit.by_model)) AUDIT.versions.add(version);
   fillVersions(model);
   const o = audit.overall;
@@ -146,6 +147,16 @@ async function renderAudit() {
   if (!isAuditShown()) return;
   body.textContent = "";
   body.append(...parts);
+}
+
+/* Which class sensitivity is for, and why: the model's positive class (the class its probability is of). */
+function positiveWords(names, positive) {
+  const line = $("audit-positive");
+  const other = names.filter((cls) => cls !== positive);
+  line.hidden = names.length < 2;
+  line.textContent = positive ? `Sensitivity is for ${positive}, the model's positive class (the class its ` +
+    `probability is of, as its model card says); specificity is for ${other.join(", ")}.` :
+    "Sensitivity and specificity are given for each class against all the others (the model has more than two).";
 }
 
 function fillVersions(chosen) {

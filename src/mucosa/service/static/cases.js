@@ -1,6 +1,7 @@
 /* mucosa viewer: the case list. Search and filters (GET /v1/cases with patient, since, until, verdict,
  * reviewed, q: combined with AND; the total matching in the X-Total-Count header), each case a link to its
- * stable address /#/cases/ID, with its exam fields (patient, exam date, region), status and verdict.
+ * stable address /#/cases/ID, with its exam fields (patient, exam date, region), status, verdict and latest review
+ * (the summary's `review`). Opening a case from the list moves the focus to it.
  */
 "use strict";
 
@@ -50,7 +51,7 @@ async function refreshCases() {
 
 function activeFilters() {
   const n = FILTERS.filter((name) => name !== "q" && $("filters").elements[name].value).length;
-  return n ? `· ${n} on` : "";
+  return n ? `(${n} on)` : "";
 }
 
 /* Rebuild the list; the case item that had the focus keeps it (the list refreshes while one works in it). */
@@ -89,15 +90,29 @@ function caseItem(c) {
   line.className = "line";
   const status = document.createElement("span");
   status.textContent = (c.status === "running" ? `running ${Math.round(100 * c.progress)}%` : c.status) +
-    (c.warnings && c.warnings.length ? " · damaged" : "") + (c.reviewed ? " · reviewed" : "");
+    (c.warnings && c.warnings.length ? " · damaged" : "");
   const verdict = document.createElement("span");
   verdict.className = "called";
   if (c.verdict && c.verdict.class) verdict.style.setProperty("--tone", colourOf(c.verdict.class));
   verdict.textContent = c.verdict && c.verdict.label ? capital(c.verdict.label) : "";
   line.append(status, verdict);
   link.append(name, exam, line);
+  if (c.reviewed) link.append(reviewLine(c.review));
+  link.addEventListener("click", () => {  // Enter or a click: the focus goes to the case once it is open
+    S.focusCase = c.id;
+    if (c.id === S.caseId && !$("case").hidden) { S.focusCase = null; $("case-name").focus(); }
+  });
   li.append(link);
   return li;
+}
+
+/* "reviewed: histology glioblastoma, disagrees": the latest review of a case, as the list shows it. */
+function reviewLine(review) {
+  const line = document.createElement("span");
+  line.className = "review-line";
+  line.textContent = review ? `reviewed: histology ${review.histology}, ${review.agrees ? "agrees" : "disagrees"}` :
+    "reviewed";
+  return line;
 }
 
 function markCurrentCase() {

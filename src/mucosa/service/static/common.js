@@ -8,13 +8,14 @@ const $ = (id) => document.getElementById(id);
 const S = {
   token: null, card: null, cases: [], caseId: null, summary: null, rows: [], pos: 0, follow: true,
   playing: false, lastStep: 0, es: null, frames: new Map(), cams: new Map(), camPending: null, shown: null,
-  me: null, detail: null,
+  me: null, detail: null, focusCase: null,
 };
 
 /* ------------------------------------------------------------------------------------------- API */
 
 function authHeaders() { return S.token ? { Authorization: "Bearer " + S.token } : {}; }
 
+/* For what cannot send a header (a frame as an <img>, the live events as an EventSource): the token in the URL. */
 function withToken(url) {
   if (!S.token) return url;
   return url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(S.token);
@@ -23,8 +24,8 @@ function withToken(url) {
 async function api(path, options = {}) {
   const response = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
   if (response.status === 401) {
-    askToken();
-    throw new Error("this server needs a token");
+    needSignIn();
+    throw new Error("this server needs a token: sign in");
   }
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
@@ -33,12 +34,24 @@ async function api(path, options = {}) {
   return response;
 }
 
-function askToken() {
-  const given = window.prompt("This server needs an access token:");
-  if (given) {
-    S.token = given.trim();
-    sessionStorage.setItem("mucosa-token", S.token);
-    init();
+/* A file from the API saved under the name the server gives it: fetched with the token in a header (not in the
+ * link), then saved from memory; or opened in a new tab (a report page). */
+async function fetchFile(path, open = false) {
+  const tab = open ? window.open("", "_blank") : null;  // opened now: after the wait, a pop-up would be blocked
+  try {
+    const response = await api(path);
+    const url = URL.createObjectURL(await response.blob());
+    if (tab) { tab.location = url; return; }
+    const name = (response.headers.get("Content-Disposition") || "").match(/filename="([^"]+)"/);
+    const link = Object.assign(document.createElement("a"), { href: url,
+      download: name ? name[1] : path.split("/").pop() });  // as the link itself would save it
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  } catch (error) {
+    if (tab) tab.close();
+    notice(`${path.split("/").pop()}: ${error.message}`, true);
   }
 }
 
@@ -82,9 +95,12 @@ function plotted(row, key = "probability") {
 
 function axisClass() { return S.card && S.card.positive ? S.card.positive : null; }
 
-function timeText(row) {
+/* Where a frame is, counted from 1 among the decoded frames: "frame 1202 of 1202 · 50.04 s". */
+function frameText(pos) {
+  const row = S.rows[pos];
   if (!row) return "–";
-  return row.time === null || row.time === undefined ? `frame ${row.frame}` : `frame ${row.frame} · ${row.time.toFixed(2)} s`;
+  const time = row.time === null || row.time === undefined ? "" : ` · ${row.time.toFixed(2)}\u00a0s`;
+  return `frame ${pos + 1} of ${S.rows.length}${time}`;
 }
 
 /* Several files named by their kinds: "men-09.mpg", "2 videos", "1 video and 3 images", "2 files". */

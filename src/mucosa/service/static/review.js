@@ -63,8 +63,8 @@ function renderReviews() {
     list.append(li);
   }
   const latest = REVIEW.reviews[REVIEW.reviews.length - 1];
-  $("review-summary").textContent = latest ? `· ${counted(REVIEW.reviews.length, "review")}, latest: ` +
-    `${latest.histology}, ${latest.agrees ? "agrees" : "disagrees"}` : "· none yet";
+  $("review-summary").textContent = latest ? `(${counted(REVIEW.reviews.length, "review")}, latest: ` +
+    `${latest.histology}, ${latest.agrees ? "agrees" : "disagrees"})` : "(none yet)";
 }
 
 function fillHistology(card) {

@@ -1,5 +1,5 @@
 /* mucosa viewer: the probability timeline under the player (a canvas), seeking on it with the pointer or the
- * keyboard (it is a slider: arrows, Page Up/Down, Home, End), and its text alternative. Dots are the frames'
+ * keyboard (it is a slider: arrows, Page Up/Down, Home, End; space plays and pauses), and its text alternative. Dots are the frames'
  * probabilities in the colour of the class each is called; what a damaged recording lost is drawn as such:
  * frames announced but never decoded (hatched, "not decoded") and gaps between decoded frames (markers).
  * Uses the viewer's state and helpers (S, $, seekTo, plotted, colourOf from common.js and viewer.js).
@@ -120,9 +120,8 @@ function drawAxis(g, geo, band) {
   const ticks = Math.max(2, Math.floor(width / 90));
   for (let t = 0; t <= ticks; t++) {
     const k = Math.round(((total - 1) * t) / ticks);
-    const row = S.rows[k];
     const fps = S.summary && S.summary.fps;
-    const text = fps ? `${(k / fps).toFixed(k / fps >= 10 ? 0 : 1)} s` : `${row ? row.frame : k}`;
+    const text = fps ? `${(k / fps).toFixed(k / fps >= 10 ? 0 : 1)} s` : `${k + 1}`;  // frames counted from 1
     g.fillText(text, x(k), band + 22);
   }
 }
@@ -173,15 +172,17 @@ function drawTimeline() {
 function describeTimeline(dropped, missing, gaps) {
   const canvas = $("timeline");
   const row = S.rows[S.pos];
-  canvas.setAttribute("aria-valuemax", String(Math.max(0, S.rows.length - 1)));
-  canvas.setAttribute("aria-valuenow", String(S.pos));
-  canvas.setAttribute("aria-valuetext", row ? `${timeText(row)}: ${frameWords(row)}` : "no frame yet");
+  canvas.setAttribute("aria-valuemin", String(Math.min(1, S.rows.length)));  // frames counted from 1, as shown
+  canvas.setAttribute("aria-valuemax", String(S.rows.length));
+  canvas.setAttribute("aria-valuenow", String(row ? S.pos + 1 : 0));
+  canvas.setAttribute("aria-valuetext", row ? `${frameText(S.pos)}: ${frameWords(row)}` : "no frame yet");
   const axis = axisClass() ? `P(${axisClass()})` : "the probability of the class each frame is called";
   const parts = [`The timeline plots ${axis} for ${counted(S.rows.length, "decoded frame")}`,
     `${dropped} dropped by the quality gate`];
   if (missing) parts.push(`${counted(missing, "frame")} announced by the video but not decoded`);
   if (gaps) parts.push(`${counted(gaps, "gap")} between decoded frames`);
-  $("timeline-summary").textContent = parts.join("; ") + ". Use the arrow keys to move between frames.";
+  $("timeline-summary").textContent = parts.join("; ") + ". Use the arrow keys to move between frames, space to " +
+    "play or pause.";
 }
 
 function setupTimeline() {
@@ -204,6 +205,7 @@ function setupTimeline() {
     if (e.key in moves) seekTo(S.pos + moves[e.key]);
     else if (e.key === "Home") seekTo(0);
     else if (e.key === "End") seekTo(S.rows.length - 1, true);
+    else if (e.key === " ") togglePlay();  // as on the page itself: space plays and pauses
     else return;
     e.preventDefault();
   });

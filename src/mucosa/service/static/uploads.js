@@ -64,10 +64,23 @@ function today() {
   return new Date(now.getTime() - now.getTimezoneOffset() * 60000).toISOString().slice(0, 10);
 }
 
-function showExam() {
+function showExam(cleared = false) {
   const { fields } = examFields();
   const words = fields ? examWords(fields, false) : "";
-  $("exam-now").textContent = words ? `· ${words}` : "(optional)";
+  $("exam-now").textContent = words ? `(${words})` : cleared ? "(cleared after the last upload)" : "(optional)";
+}
+
+/* After an upload the server took: its exam fields are cleared, so that the next patient's video is not filed
+ * under this one; the upload's row says under what it was filed. */
+function clearExam(rows, fields) {
+  const words = examWords(fields, false);
+  if (!words) return;
+  for (const id of ["exam-patient", "exam-date", "exam-region"]) $(id).value = "";
+  showExam(true);
+  const line = document.createElement("span");
+  line.className = "upload-exam";
+  line.textContent = `Filed under ${words}. Exam fields cleared for the next patient.`;
+  rows[rows.length - 1].state.closest("li").append(line);  // the row on top
 }
 
 function setupExam() {
@@ -98,13 +111,14 @@ function upload(files) {
     if (xhr.status === 202) {
       const created = body.cases || [body];
       finishRows(rows, created.length > 1 ? "a case each" : "case opened");
+      clearExam(rows, exam.fields);
       notice("");
       refreshCases();
       showCase(created[0].id);
     } else if (xhr.status === 401) {
       finishRows(rows, "needs a token", true);
       notice("");
-      askToken();
+      needSignIn();
     } else {
       const retry = xhr.getResponseHeader("Retry-After");
       finishRows(rows, "refused", true);

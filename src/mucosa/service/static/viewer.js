@@ -3,7 +3,7 @@
  * A case's frames arrive as server-sent events (/v1/cases/{id}/events); the player shows the stored
  * display frames (/frames/{n}.jpg, or /frames/{n}.png?gradcam=1 with the heat map) in sync with the cursor
  * of the probability timeline drawn under it (timeline.js). Only the verdict is a live region: screen
- * readers hear it change, not every frame. With a server token, open the page as /?token=TOKEN.
+ * readers hear it change, not every frame. A server with a token or users asks for one (signin.js).
  */
 "use strict";
 
@@ -23,6 +23,7 @@ async function loadModel() {
   legend.push("<span><i class=\"lg-line\"></i>smoothed</span>");
   if (card.positive) legend.push("<span><i class=\"lg-dash\"></i>threshold</span>");
   legend.push("<span><i class=\"lg-drop\"></i>dropped</span>", "<span><i class=\"lg-missing\"></i>not decoded</span>");
+  if (card.atlas) legend.push("<span><i class=\"lg-unfamiliar\"></i>unfamiliar (unlike the atlas)</span>");
   $("legend").innerHTML = legend.join("");
   fillVerdictFilter(card);
   fillHistology(card);
@@ -66,10 +67,10 @@ async function openCase(id) {
   $("empty").hidden = true;
   $("case").hidden = false;
   const base = `/v1/cases/${id}`;
-  $("dl-csv").href = withToken(`${base}/timeline.csv`);
-  $("dl-report").href = withToken(`${base}/report.pdf`);
-  $("dl-html").href = withToken(`${base}/report.html`);
-  $("dl-json").href = withToken(`${base}/report.json`);
+  $("dl-csv").href = `${base}/timeline.csv`;  // with a token: fetched with it in a header (setupControls)
+  $("dl-report").href = `${base}/report.pdf`;
+  $("dl-html").href = `${base}/report.html`;
+  $("dl-json").href = `${base}/report.json`;
   const es = new EventSource(withToken(`${base}/events`));
   S.es = es;
   es.addEventListener("update", (e) => {
@@ -87,6 +88,7 @@ async function openCase(id) {
     if (es.readyState === EventSource.CLOSED && S.caseId === id) notice("Lost the connection to this case.", true);
   };
   render();
+  if (S.focusCase === id) { S.focusCase = null; $("case-name").focus(); }  // opened from the list: go to it
 }
 
 function render() {
@@ -208,7 +210,7 @@ function showFrame() {
   const row = currentRow();
   const canvas = $("frame");
   const badge = $("frame-badge");
-  $("pos").textContent = row ? `${timeText(row)} / ${S.rows.length}` : "–";
+  $("pos").textContent = frameText(S.pos);
   renderCurrent(row);
   if (!row) { badge.hidden = true; canvas.setAttribute("aria-label", "no frame yet"); return; }
   preload(S.pos);
@@ -231,7 +233,7 @@ function showFrame() {
     canvas.dataset.frame = row.frame;
     canvas.dataset.gradcam = showingCam ? "shown" : "off";
   }
-  canvas.setAttribute("aria-label", `${timeText(row)} of ${S.rows.length}: ${frameWords(row)}` +
+  canvas.setAttribute("aria-label", `${frameText(S.pos)}: ${frameWords(row)}` +
     (showingCam ? `; Grad-CAM of ${row.called} shown` : ""));
   badge.hidden = false;
   badge.classList.toggle("dropped", row.dropped);
@@ -244,8 +246,7 @@ function renderCurrent(row) {
   const list = $("current");
   list.textContent = "";
   if (!row) return;
-  const items = [["Frame", row.time === null ? `${row.frame}` : `${row.frame} (${row.time.toFixed(2)} s)`],
-    ["Called", row.dropped ? "—" : row.called]];
+  const items = [["Frame", frameText(S.pos).replace(/^frame /, "")], ["Called", row.dropped ? "—" : row.called]];
   for (const cls of classes()) {
     items.push([`P(${cls})`, row.dropped ? "—" : fmt(probabilityOf(row.probability, cls))]);
   }
@@ -311,6 +312,13 @@ function setupControls() {
     window.location.hash = "#/";
     refreshCases();
   });
+  for (const id of ["dl-csv", "dl-report", "dl-json", "dl-html"]) {  // with a token: sent as a header
+    $(id).addEventListener("click", (e) => {
+      if (!S.token) return;
+      e.preventDefault();
+      fetchFile($(id).getAttribute("href"), id === "dl-html");
+    });
+  }
   $("skip").addEventListener("click", (e) => { e.preventDefault(); $("main").focus(); });  // keeps the address
   document.addEventListener("keydown", (e) => {  // shortcuts where no control of its own takes the keys
     const free = e.target === document.body || e.target === $("main") || e.target === $("frame");
@@ -329,6 +337,7 @@ async function loadMe() {
     S.me = null;
   }
   $("me").textContent = S.me ? `${S.me.name} · ${S.me.role}` : "";
+  $("signout").hidden = !(S.me && S.token);
   $("delete").hidden = Boolean(S.me && S.me.role !== "admin");  // only an admin deletes
 }
 
@@ -369,14 +378,13 @@ async function init() {
     await refreshCases();
     route();
   } catch (error) {
-    $("model").textContent = error.message;
+    $("model").textContent = document.body.classList.contains("signed-out") ? "Signed out" : error.message;
   }
 }
 
 (function start() {
-  const params = new URLSearchParams(window.location.search);
-  S.token = params.get("token") || sessionStorage.getItem("mucosa-token");
-  if (params.get("token")) sessionStorage.setItem("mucosa-token", S.token);
+  readToken();
+  setupSignIn();
   setupDrop();
   setupControls();
   setupTimeline();
