@@ -104,6 +104,9 @@ def test_reviewed_cases_exported_are_a_manifest_train_takes(tmp_path, capsys):
         store.add_case("unreviewed", [MediaFile(sha, "x.png")], kind="images")
     manifest = tmp_path / "export" / "manifest.csv"
     assert main(["store", "export", "--reviewed", "-o", str(manifest), "--store", store_folder]) == 0
+    hint = capsys.readouterr().out
+    assert f"mucosa train --manifest {manifest} --config configs/cpu-quick.yaml" in hint, hint
+    assert "at least 3 patients of each class" in hint
     exported = load_manifest(manifest)
     assert sorted((r.label, r.patient) for r in exported.records) == sorted((r.label, r.patient)
                                                                            for r in cohort.records)

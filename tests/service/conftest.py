@@ -53,6 +53,14 @@ def engine(serve_checkpoint):
 
 
 @pytest.fixture(scope="session")
+def atlas_engine(atlas_run):
+    """The model ``mucosa train`` wrote with its atlas (``atlas_run``): similar cases and the atlas's vote."""
+    from mucosa.service.engine import Engine
+
+    return Engine(atlas_run.best, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def brain_checkpoint(serve_checkpoint, tmp_path_factory) -> Path:
     """The serve checkpoint's weights under the brain data's classes (glioblastoma, meningioma: no clinical
     verdict words, so neutral colours) and with its circular field of view kept whole (crop "disc": every

@@ -12,13 +12,6 @@ from serving import patient_images, serving, sine_png, upload, wait_done
 
 
 @pytest.fixture(scope="module")
-def atlas_engine(atlas_run):
-    from mucosa.service.engine import Engine
-
-    return Engine(atlas_run.best, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def bare_engine(atlas_run, tmp_path_factory):
     """The same checkpoint alone in a folder: no atlas beside it."""
     from mucosa.service.engine import Engine

@@ -37,7 +37,9 @@ def reported(brain_engine, damaged):
 
 def test_report_json_holds_the_case_model_verdict_interval_key_frames_and_warnings(reported, brain_engine):
     client, case, base = reported
-    report = client.get(f"{base}/report.json").json()
+    answer = client.get(f"{base}/report.json")
+    assert answer.headers["content-disposition"] == 'attachment; filename="cut-report.json"'  # as the PDF's
+    report = answer.json()
     classes = ["glioblastoma", "meningioma"]
     assert report["banner"] == BANNER == "Research use only — not a medical device"
     assert report["case"]["id"] == case["id"] and report["case"]["frames_expected"] > report["case"]["frames_decoded"]
@@ -99,13 +101,29 @@ def test_exam_fields_and_a_reviewers_sign_off_are_reported_when_present(reported
     given = {**case, "patient": "P-0042", "exam_date": "2026-03-02", "region": "sigmoid colon",
              "review": {"reviewer": "Dr. Ana Müller", "decision": "agrees with the verdict", "signed": "2026-03-03"}}
     data = report_data(given, card)
-    assert data["exam"] == {"Patient": "P-0042", "Exam date": "2026-03-02", "Region": "sigmoid colon"}
+    assert data["exam"] == {"patient": "P-0042", "exam_date": "2026-03-02", "region": "sigmoid colon"}  # the API's
     parts = ReportParts(data, timeline_png=_png(), timeline_svg="<svg></svg>")
     page = report_html(parts)
     text = " ".join(pdf_text(report_pdf(parts), tmp_path).split())
-    for words in ("P-0042", "2026-03-02", "sigmoid colon", "Dr. Ana Müller", "agrees with the verdict"):
-        assert words in page and words in text, words
+    for words in ("Patient P-0042", "Exam date 2026-03-02", "Region sigmoid colon", "Dr. Ana Müller",
+                  "agrees with the verdict"):
+        assert words in page.replace("</th><td>", " ") and words in text, words
     assert "Not reviewed yet" not in text
+
+
+def test_the_sign_off_says_yes_or_no_in_words_and_stays_on_one_page(reported, tmp_path):
+    client, case, _ = reported
+    card = client.get("/v1/model").json()
+    review = {"reviewer": "dr r", "histology": "meningioma", "agrees": False, "note": "biopsy 3",
+              "at": "2026-03-03T10:00:00+00:00", "model_version": "brain.ckpt:0123", "verdict": "glioblastoma"}
+    for warnings in range(0, 60, 5):  # the sign-off moves down a page and a bit: somewhere a page ends in it
+        data = report_data({**case, "warnings": [f"warning {n}" for n in range(warnings)], "review": review}, card)
+        parts = ReportParts(data, timeline_png=_png(), timeline_svg="<svg></svg>")
+        assert "<th scope='row'>Agrees with the verdict</th><td>no</td>" in report_html(parts)
+        pages = [" ".join(page.split()) for page in pdf_text(report_pdf(parts), tmp_path).split("\f")]
+        signed = next(page for page in pages if "Reviewer sign-off" in page)
+        assert "Agrees with the verdict no" in signed and "Verdict reviewed glioblastoma" in signed, warnings
+        assert "False" not in " ".join(pages)
 
 
 def _png() -> bytes:

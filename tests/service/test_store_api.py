@@ -44,7 +44,7 @@ def test_me_is_local_admin_without_users(served, backend):
 
 def test_exam_fields_are_kept_and_checked(served, frame_png):
     client, first, second = served
-    assert {k: first[k] for k in EXAM} == EXAM and first["model_version"].startswith("best.ckpt:")
+    assert {k: first[k] for k in EXAM} == EXAM and first["model_version"].startswith("run/best.ckpt:")
     assert second["exam_date"] is None and second["region"] is None and second["patient"] == "P-0007"
     assert first["reviewed"] is False and first["review"] is None and first["reviews"] == []
     tomorrow = (dt.date.today() + dt.timedelta(days=3)).isoformat()
@@ -53,7 +53,7 @@ def test_exam_fields_are_kept_and_checked(served, frame_png):
         answer = upload(client, "/v1/cases", frame_png, data=fields)
         assert answer.status_code == 422 and answer.json()["detail"].startswith(named + ":"), answer.text
     report = client.get(f"/v1/cases/{first['id']}/report.json").json()
-    assert report["exam"] == {"Patient": "P-0042", "Exam date": "2025-03-04", "Region": "terminal ileum"}
+    assert report["exam"] == EXAM and report["model"]["model_version"] == first["model_version"]
 
 
 def test_filters_and_total_count(served):
@@ -87,8 +87,12 @@ def test_reviews_roles_audit_and_the_log(served, backend):
     assert client.get("/v1/me", headers={"Authorization": "Bearer nope"}).status_code == 401
     assert client.get("/v1/me", params={"token": viewer}).json()["role"] == "viewer"
     url = f"/v1/cases/{first['id']}/review"
-    body = {"histology": card["classes"][0], "agrees": False, "note": "biopsy 3"}
+    called = first["verdict"]["class"]
+    body = {"histology": card["classes"][0], "agrees": card["classes"][0] == called, "note": "biopsy 3"}
     assert client.post(url, json=body, headers=as_viewer).status_code == 403
+    contradiction = client.post(url, json={**body, "agrees": not body["agrees"]}, headers=as_reviewer)
+    assert contradiction.status_code == 422 and contradiction.json()["detail"].startswith(
+        f"agrees: {str(not body['agrees']).lower()} contradicts the histology"), contradiction.text
     assert client.post(url, json={**body, "histology": "tumour"}, headers=as_reviewer).status_code == 422
     assert client.post("/v1/cases/nosuch/review", json=body, headers=as_reviewer).status_code == 404
     review = client.post(url, json=body, headers=as_reviewer)
@@ -97,7 +101,7 @@ def test_reviews_roles_audit_and_the_log(served, backend):
     assert set(review) == {"id", "case_id", "reviewer", "histology", "agrees", "note", "at", "model_version",
                            "verdict"}
     assert review["verdict"] == first["verdict"]["class"] and review["model_version"] == first["model_version"]
-    later = client.post(url, json={**body, "histology": card["classes"][1], "agrees": True},
+    later = client.post(url, json={**body, "histology": card["classes"][1], "agrees": card["classes"][1] == called},
                         headers=as_reviewer).json()
     case = client.get(f"/v1/cases/{first['id']}", headers=as_viewer).json()
     assert [r["id"] for r in case["reviews"]] == [review["id"], later["id"]] and case["review"] == later

@@ -83,7 +83,8 @@ def test_upload_with_exam_fields_link_reload_review_and_audit(browser, page, bas
     assert axe_violations(page) == []
     page.click("#review-submit")  # nothing chosen: one clear line, nothing sent
     assert page.inner_text("#review-error") == "Choose the histology."
-    for histology, agrees, note in ((verdict, "true", "biopsy 3"), ("glioblastoma", "false", "")):
+    other = "meningioma" if verdict == "glioblastoma" else "glioblastoma"
+    for histology, agrees, note in ((verdict, "true", "biopsy 3"), (other, "false", "")):
         page.select_option("#review-histology", histology)
         page.check(f"#review-form input[name=agrees][value={agrees}]")
         page.fill("#review-note", note)
@@ -92,10 +93,10 @@ def test_upload_with_exam_fields_link_reload_review_and_audit(browser, page, bas
         page.wait_for_function(f"document.querySelectorAll('#reviews li[data-id]').length === {count + 1}")
     reviews = httpx.get(f"{base}/v1/cases/{case_id}").json()["reviews"]
     assert [(r["histology"], r["agrees"], r["note"]) for r in reviews] == [(verdict, True, "biopsy 3"),
-                                                                            ("glioblastoma", False, "")]
+                                                                            (other, False, "")]
     texts = page.locator("#reviews li").all_inner_texts()
     assert f"local: histology {verdict}, agrees with the verdict {verdict}" in texts[0] and "biopsy 3" in texts[0]
-    assert "histology glioblastoma, disagrees" in texts[1]
+    assert f"histology {other}, disagrees" in texts[1]
     assert page.is_hidden("#review-error")
     page.wait_for_function(f"document.querySelector(\".case-item[data-id='{case_id}']\").textContent"
                            ".includes('reviewed: histology glioblastoma, disagrees')")  # the latest review
@@ -109,13 +110,13 @@ def test_upload_with_exam_fields_link_reload_review_and_audit(browser, page, bas
     figures = page.locator("#audit-body table").first.inner_text()
     for name in ("Accuracy", "Sensitivity", "Specificity"):
         assert name in figures
-    right = int(verdict == "glioblastoma")  # the latest review's histology
+    right = 0  # the latest review's histology is the other class
     accuracy = next(line for line in figures.splitlines() if line.startswith("Accuracy")).split("\t")
     assert accuracy[1] == f"{right:.3f}" and accuracy[3] == f"{right} of 1" and " to " in accuracy[2]
     confusion = page.locator("#audit-body table").nth(1)
     assert "histology in rows" in confusion.inner_text()
-    row = confusion.locator("tbody tr", has_text="glioblastoma").locator("td")
-    assert row.all_inner_texts() == (["1", "0"] if right else ["0", "1"])
+    row = confusion.locator("tbody tr", has_text=other).locator("td")
+    assert row.all_inner_texts() == (["1", "0"] if verdict == "glioblastoma" else ["0", "1"])
     page.wait_for_function("() => { const img = document.querySelector('#audit-calibration');"
                            " return img && img.naturalWidth > 0; }")
     assert "Calibration plot" in page.get_attribute("#audit-calibration", "alt")

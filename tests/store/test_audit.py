@@ -33,8 +33,8 @@ def test_the_audit_counts_reviewed_cases_by_their_latest_review(store, make_case
     store.add_review(changed.id, reviewer, "healed", False)
     clock.advance(60)
     store.add_review(changed.id, reviewer, "active", True, "histology revised")  # the truth now
-    for case, histology in ((right, "healed"), (empty, "active"), (older, "healed")):
-        store.add_review(case.id, reviewer, histology, histology == "active")
+    for case, histology, agrees in ((right, "healed", True), (empty, "active", False), (older, "healed", False)):
+        store.add_review(case.id, reviewer, histology, agrees)
     report = store.audit()
     overall = report["overall"]
     assert report["positive"] == "active"

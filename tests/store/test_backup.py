@@ -16,16 +16,25 @@ def _contents(store: Store) -> tuple:
 
 
 def _media(root) -> dict:
-    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under the media folder but the partial case folders (attempts still running)."""
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and ".partial" not in p.relative_to(root).parts}
 
 
 @pytest.fixture
 def filled(store, make_case):
-    """A store with users, a reviewed case, a queued one; returns the reviewer's token."""
+    """A store with users, a reviewed case with its case folder (as the engine leaves it), a queued one whose
+    attempt left a partial folder; returns the reviewer's token."""
     token = store.add_user("dr r", "reviewer")
     reviewer = store.authenticate(token)
     done = make_case("done", patient="P-1")
-    make_case("waiting")
+    waiting = make_case("waiting")
+    shared = store.media.root / "shared"
+    (shared / done.id / "frames" / "display").mkdir(parents=True)
+    (shared / done.id / "frames" / "display" / "0000000.jpg").write_bytes(b"frame 0")
+    (shared / done.id / "embeddings.npy").write_bytes(b"vectors")
+    (shared / ".partial" / f"{waiting.id}-w-1").mkdir(parents=True)
+    (shared / ".partial" / f"{waiting.id}-w-1" / "half.jpg").write_bytes(b"half")
     store.finish(store.claim("w"), CaseResult("active", "active disease", "v1", score=0.9, detail={"t": [1, 2]}))
     store.add_review(done.id, reviewer, "active", True, "confirmed")
     return token
@@ -40,13 +49,17 @@ def _empty_place(place, postgres_factory, tmp_path):
 def test_a_backup_restores_into_an_empty_place_as_it_was(store, place, filled, tmp_path, request):
     out = store.backup(tmp_path / "backup")
     info = json.loads((out / "backup.json").read_text())
-    assert (info["backend"], info["revision"], info["media_files"]) == (place.backend, store.revision, 2)
+    assert (info["backend"], info["revision"], info["media_files"], info["case_folders"]) == (
+        place.backend, store.revision, 2, 1)
+    assert not (out / "media" / "shared" / ".partial").exists()
     cluster = request.getfixturevalue("postgres") if place.backend == "postgresql" else None
     target, media = _empty_place(place, cluster, tmp_path)
     assert restore(out, target, media)["revision"] == store.revision
     with Store.open(target, media) as restored:
         assert _contents(restored) == _contents(store)
-        assert _media(restored.media.root) == _media(store.media.root)
+        assert _media(restored.media.root) == _media(store.media.root)  # the case folder with its frames too
+        done = restored.search(status="done").cases[0]
+        assert (restored.media.root / "shared" / done.id / "frames" / "display" / "0000000.jpg").is_file()
         assert restored.authenticate(filled).name == "dr r"
         assert restored.claim("w2").case_id == store.search(status="queued").cases[0].id
     with pytest.raises(StoreError, match="holds a store already|not empty"):

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from mucosa.store import CaseResult, NotFound, StoreError
+from mucosa.store import CaseResult, InvalidReview, NotFound, StoreError
 
 
 @pytest.fixture
@@ -42,9 +42,24 @@ def test_only_a_finished_live_case_can_be_reviewed(store, reviewed, make_case):
         store.add_review(waiting.id, first, "active", True)
     with pytest.raises(NotFound):
         store.add_review("nope", first, "active", True)
-    with pytest.raises(StoreError, match="agrees must be true or false"):
+    with pytest.raises(InvalidReview, match="agrees must be true or false"):
         store.add_review(case.id, first, "active", "yes")
     assert store.reviews(case.id) == []
+
+
+def test_a_review_cannot_contradict_itself_when_the_verdict_is_a_class(store, reviewed, make_case):
+    case, first, _ = reviewed  # its verdict: active
+    with pytest.raises(InvalidReview, match="agrees: false contradicts the histology: 'active' is the verdict's "
+                                            "class 'active', so agrees must be true"):
+        store.add_review(case.id, first, "active", False)
+    with pytest.raises(InvalidReview, match="'healed' is not the verdict's class 'active', so agrees must be false"):
+        store.add_review(case.id, first, "healed", True)
+    assert store.reviews(case.id) == [] and not store.case(case.id).reviewed
+    unfamiliar = make_case("unlike any")  # no class for a verdict: agrees is the reviewer's judgement of that
+    store.finish(store.claim("w"), CaseResult(None, "unfamiliar", "v7"))
+    store.add_review(unfamiliar.id, first, "active", False, "should have been called active")
+    store.add_review(unfamiliar.id, first, "healed", True, "right not to call it")
+    assert [r.agrees for r in store.reviews(unfamiliar.id)] == [False, True]
 
 
 @pytest.mark.parametrize("statement", [

@@ -114,7 +114,8 @@ def cmd_restore(args: argparse.Namespace) -> None:
     from mucosa.store.location import default_location
 
     info = restore(args.backup, args.store or default_location(), args.media)  # logs where
-    print(f"the backup was made {info['created']}, with {info['media_files']} media files")
+    print(f"the backup was made {info['created']}, with {info['media_files']} media files and "
+          f"{info.get('case_folders', 0)} case folders")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -123,7 +124,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     pseudonym = pseudonymiser(args.pseudonym_key) if args.pseudonymise else None
     with _open(args) as store:
         store.export_reviewed(args.out, pseudonym)  # logs how many files
-    print(f"train on them: mucosa train --manifest {args.out} --out runs/NAME")
+    print(f"train on them: mucosa train --manifest {args.out} --config configs/cpu-quick.yaml --out runs/NAME "
+          "(configs/pcle.yaml for pCLE videos); the split into training, validation and test patients needs at "
+          "least 3 patients of each class")
 
 
 def cmd_users_add(args: argparse.Namespace) -> None:

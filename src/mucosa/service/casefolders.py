@@ -5,7 +5,8 @@ A case's folder, ``MEDIA/shared/CASE_ID``, holds ``frames/`` (display JPEGs, the
 ever seen whole: a worker fills ``MEDIA/shared/.partial/CASE_ID-WORKER-ATTEMPT`` and renames it into place
 (:meth:`CaseFolders.commit`) before the store marks the case done, so any server sharing the store (the
 same folder on a shared file system) finds a done case's files, after a restart too. A partial folder left by
-a killed worker is removed when the job is taken again, or by :meth:`CaseFolders.remove_stale`.
+a killed worker is removed when the job is taken again, or by :meth:`CaseFolders.remove_stale`. The store's
+backups hold the cases' folders (:func:`mucosa.store.media.copy_case_folders`), not the partial ones.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import time
 import uuid
 from pathlib import Path
 
-__all__ = ["SHARED", "CaseFolders"]
+from mucosa.store.media import PARTIAL, SHARED
+
+__all__ = ["CaseFolders"]
 
 log = logging.getLogger(__name__)
 
-SHARED = "shared"
-_PARTIAL, _TRASH = ".partial", ".trash"
+_TRASH = ".trash"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -39,7 +41,7 @@ class CaseFolders:
 
     def partial(self, case_id: str, worker: str, attempt: int) -> Path:
         """A fresh folder for one attempt at a case; an earlier one of the same attempt is removed."""
-        folder = self.root / _PARTIAL / _UNSAFE.sub("_", f"{case_id}-{worker}-{attempt}")
+        folder = self.root / PARTIAL / _UNSAFE.sub("_", f"{case_id}-{worker}-{attempt}")
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         return folder
@@ -64,7 +66,7 @@ class CaseFolders:
         """Remove the partial folders of attempts that ended without a word (a killed server) more than
         ``older_than`` seconds ago; returns how many."""
         removed, now = 0, time.time()
-        for folder in [*(self.root / _PARTIAL).glob("*"), *(self.root / _TRASH).glob("*")]:
+        for folder in [*(self.root / PARTIAL).glob("*"), *(self.root / _TRASH).glob("*")]:
             try:
                 if now - folder.stat().st_mtime > older_than:
                     shutil.rmtree(folder, ignore_errors=True)

@@ -41,9 +41,17 @@ class QueueFull(Exception):
         self.retry_after = retry_after
 
 
+RUN_CHECKPOINTS = ("best.ckpt", "last.ckpt")  # what mucosa train names every run's checkpoints
+
+
 def model_version(card: dict) -> str:
-    """How the store, the audit and the reports name the model: its file and the start of its weights' SHA-256."""
-    return f"{card['name']}:{(card.get('weights_sha256') or 'unknown')[:12]}"
+    """How the store, the audit and the reports name the model: its file and the start of its weights' SHA-256,
+    e.g. ``crohn-v3.ckpt:65c45907c282``. The card names no run, and every run's checkpoint is ``best.ckpt``:
+    such a file is named with its run's folder, ``pcle-quick/best.ckpt:65c45907c282``."""
+    name = card["name"]
+    if name in RUN_CHECKPOINTS and card.get("run"):
+        name = f"{card['run']}/{name}"
+    return f"{name}:{(card.get('weights_sha256') or 'unknown')[:12]}"
 
 
 class CaseService:
@@ -134,17 +142,26 @@ class CaseService:
         live = self.workers.live.get(record.id)
         sources = [self.store.media_path(media) for media in record.media]
         if live is not None:
-            return CaseView(record, live, live.folder, sources, live.frames, self._placeholder, review, reviews)
-        folder = self.folders.final(record.id)
-        if record.status.value not in ("done", "failed") or not folder.is_dir():
-            return CaseView(record, None, None, sources, None, self._placeholder, review, reviews)
-        return CaseView(record, None, folder, sources, self._frames_of(record.id, folder), self._placeholder,
-                        review, reviews)
+            folder, frames = live.folder, live.frames
+            if not folder.is_dir():  # its worker has just moved them into the case's own folder
+                folder = self.folders.final(record.id)
+                frames = self._frames_of(record.id, folder)
+            return CaseView(record, live, folder, sources, frames, self._placeholder, review, reviews)
+        folder, done = self.folders.final(record.id), record.status.value == "done"
+        frames = self._frames_of(record.id, folder) if done or record.status.value == "failed" else None
+        if frames is None and done:
+            log.warning("case %s is done but its folder (frames, embeddings) is missing or damaged: %s", record.id,
+                        folder)
+        return CaseView(record, None, folder if frames is not None else None, sources, frames, self._placeholder,
+                        review, reviews, files_missing=frames is None and done)
 
     def _placeholder(self, state: str, seen: int) -> dict:
         return self.engine.verdict(None, 0, seen, state)
 
     def _frames_of(self, case_id: str, folder: Path) -> FrameStore | None:
+        """The frames a finished case left in ``folder`` (kept open for the next request); None: not there."""
+        if not folder.is_dir():  # gone since it was kept open (restored without it, removed by hand)
+            return None
         with self._lock:
             found = self._frames.get(case_id)
             if found is not None and found.folder == folder / "frames":

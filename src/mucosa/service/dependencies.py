@@ -38,8 +38,8 @@ from mucosa.service.views import CaseView
 from mucosa.store import TRUST_SECONDS, NotFound, Role, Store, StoreError, User
 
 __all__ = ["LOCAL_USER", "TOKEN_ERRORS", "CardDep", "CasesDep", "EngineDep", "LimiterDep", "SettingsDep", "StoreDep",
-           "UserDep", "WorkspaceDep", "case_or_404", "current_user", "get_card", "get_cases", "get_engine",
-           "get_limiter", "get_settings", "get_store", "get_workspace", "local_user"]
+           "UserDep", "WorkspaceDep", "case_or_404", "case_with_files", "current_user", "get_card", "get_cases",
+           "get_engine", "get_limiter", "get_settings", "get_store", "get_workspace", "local_user"]
 
 _BEARER = HTTPBearer(auto_error=False)  # documents the token at /docs ("Authorize")
 _QUERY_TOKEN = APIKeyQuery(name="token", auto_error=False)  # for the viewer's images and event stream
@@ -137,4 +137,15 @@ def case_or_404(cases: CaseService, case_id: str, detail: bool = True) -> CaseVi
     case = cases.view(case_id, detail)
     if case is None:
         raise problem(404, f"no case {case_id} (unknown, or deleted)")
+    return case
+
+
+def case_with_files(cases: CaseService, case_id: str, detail: bool = True) -> CaseView:
+    """The case (404 as :func:`case_or_404`), or the 409 that says a done case's files (frames, embeddings) are
+    missing from the store: its frames, similar cases and reports need them."""
+    case = case_or_404(cases, case_id, detail)
+    if case.files_missing:
+        raise problem(409, f"case {case_id} is done, but its frames and embeddings are missing from the store's "
+                      "media folder: restore them from a backup made by mucosa store backup, or upload the case "
+                      "again")
     return case

@@ -216,7 +216,8 @@ class Engine:
                 validation[state["monitor"]] = score if math.isfinite(score) else None
         config = info.get("config") or {}
         return {
-            "name": self.path.name, "mucosa_version": info.get("mucosa_version"),
+            "name": self.path.name, "run": self.path.resolve().parent.name or None,
+            "mucosa_version": info.get("mucosa_version"),
             "weights_sha256": self.checkpoint.weights_sha256,
             "classes": self.classes, "positive": self.classes[1] if len(self.classes) == 2 else None,
             "verdicts": dict(zip(self.classes, self.verdicts)),

@@ -6,8 +6,9 @@
   holds the process id; ``--data-root``) reduced to file names, and error numbers removed.
 - :func:`install`: exception handlers that give every error that shape: FastAPI's request validation errors
   (422 with one sentence instead of a list), HTTP errors (their reason made :func:`public`), the store's
-  refusals (403 for a role that may not, 404 for a case or user that is not there, 503 when the database
-  cannot be used) and anything unexpected (500, "internal error"; the server logs the traceback).
+  refusals (403 for a role that may not, 404 for a case or user that is not there, 422 for a review that
+  contradicts itself, 503 when the database cannot be used) and anything unexpected (500, "internal error";
+  the server logs the traceback).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mucosa.service.engine import public
-from mucosa.store import NotAllowed, NotFound, StoreError
+from mucosa.store import InvalidReview, NotAllowed, NotFound, StoreError
 
 __all__ = ["install", "problem", "public", "readable"]
 
@@ -58,7 +59,8 @@ def install(app: FastAPI, folders: Callable[[], list[Path]]) -> None:
         return await http_exception_handler(request, error)
 
     async def store_error(request: Request, error: StoreError) -> JSONResponse:
-        status = 403 if isinstance(error, NotAllowed) else 404 if isinstance(error, NotFound) else 503
+        status = 403 if isinstance(error, NotAllowed) else 404 if isinstance(error, NotFound) else \
+            422 if isinstance(error, InvalidReview) else 503
         return JSONResponse({"detail": public(str(error), folders())}, status_code=status)
 
     async def internal_error(request: Request, error: Exception) -> JSONResponse:

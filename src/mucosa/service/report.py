@@ -70,13 +70,17 @@ def _when(seconds: float | None) -> str | None:
 
 
 def exam_fields(case: dict) -> dict[str, str]:
-    """The exam fields the case carries, by label (``exam_date`` → "Exam date"), in :data:`EXAM_FIELDS`'
-    order and then the "exam" mapping's."""
+    """The exam fields the case carries, by the API's keys (``patient``, ``exam_date``, ``region``), in
+    :data:`EXAM_FIELDS`' order and then the "exam" mapping's."""
     found = {key: case.get(key) for key in EXAM_FIELDS}
     if isinstance(case.get("exam"), dict):
         found.update(case["exam"])
-    return {key.replace("_", " ").capitalize(): str(value) for key, value in found.items()
-            if value not in (None, "")}
+    return {str(key): str(value) for key, value in found.items() if value not in (None, "")}
+
+
+def _label(key: str) -> str:
+    """A key as the reports print it: ``exam_date`` → "Exam date"."""
+    return key.replace("_", " ").capitalize()
 
 
 def key_frames(case: dict, classes: list[str]) -> list[dict]:
@@ -106,7 +110,8 @@ def report_data(case: dict, card: dict, generated: float | None = None, similar:
                  "status": case["status"], "error": case.get("error"), "fps": case.get("fps"),
                  "frames_expected": case["frames_expected"], "frames_decoded": case["frames_done"]},
         "exam": exam_fields(case),
-        "model": {"name": card["name"], "version": card.get("mucosa_version"),
+        "model": {"name": card["name"], "model_version": case.get("model_version"),
+                  "version": card.get("mucosa_version"),
                   "weights_sha256": card.get("weights_sha256"), "kind": (card.get("model") or {}).get("kind"),
                   "input_size": card["input_size"], "classes": classes, "verdicts": card.get("verdicts"),
                   "colours": class_colours(card), "threshold": card["threshold"],
@@ -145,7 +150,7 @@ def _rule(card: dict) -> str:
 
 def _similar(case, engine) -> list:
     """The five confirmed cases most like a finished case (none without an atlas or a usable frame)."""
-    if case.status != "done":
+    if case.status != "done" or case.folder is None:
         return []
     try:
         return similar_cases(engine.atlas, case.folder, case.sources, SIMILAR_CASES)["similar"]
@@ -273,13 +278,15 @@ def case_rows(data: dict) -> list[tuple[str, str]]:
     return [("Case id", case["id"]), ("Case", case["name"]), ("Files", ", ".join(case["files"])),
             ("Opened", case["opened"] or ""), ("Status", case["status"] + (f" — {case['error']}" if case.get("error")
                                                                            else "")),
-            ("Frames", frames), *data["exam"].items()]
+            ("Frames", frames), *((_label(key), value) for key, value in data["exam"].items())]
 
 
 def model_rows(data: dict) -> list[tuple[str, str]]:
     """The model as (label, text) rows, as both reports print them."""
     model = data["model"]
-    return [("Model", model["name"]), ("mucosa version", str(model["version"] or "unknown")),
+    return [("Model", model["name"]), *([("Model version", model["model_version"])] if model.get("model_version")
+                                        else []),
+            ("mucosa version", str(model["version"] or "unknown")),
             ("Weights SHA-256", str(model["weights_sha256"] or "unknown")), ("Classes", ", ".join(model["classes"])),
             ("Decision rule", data["verdict"]["rule"]),
             ("Runtime", f"{model['kind'] or '?'}, {model['input_size']}×{model['input_size']}, {model['runtime']}")]
@@ -363,6 +370,9 @@ def _key_figure(key: dict, images: tuple[bytes, bytes] | None) -> str:
     return f"<figure>{pictures}<figcaption>{e(caption)}</figcaption></figure>"
 
 
+_REVIEW_LABELS = {"agrees": "Agrees with the verdict", "at": "Signed", "verdict": "Verdict reviewed"}
+
+
 def review_rows(review) -> list[tuple[str, str]]:
     """A reviewer's sign-off (a mapping, a list of them, or text) as (label, text) rows; none without one."""
     if not review:
@@ -370,8 +380,16 @@ def review_rows(review) -> list[tuple[str, str]]:
     if isinstance(review, list):
         return [row for item in review for row in review_rows(item)]
     if isinstance(review, dict):
-        return [(str(k).replace("_", " ").capitalize(), str(v)) for k, v in review.items() if v not in (None, "")]
+        return [(_REVIEW_LABELS.get(k) or _label(str(k)), _words(v)) for k, v in review.items()
+                if v not in (None, "")]
     return [("Review", str(review))]
+
+
+def _words(value) -> str:
+    """A value as a clinical document prints it: true and false as "yes" and "no"."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 def _review_html(review) -> str:

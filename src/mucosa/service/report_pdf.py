@@ -112,7 +112,7 @@ def _table(rows: list[tuple[str, str]], styles, width: float):
 
 
 def _story(parts: ReportParts, styles, width: float) -> list:
-    from reportlab.platypus import Spacer
+    from reportlab.platypus import KeepTogether, Spacer
 
     data = parts.data
     case = data["case"]
@@ -125,8 +125,9 @@ def _story(parts: ReportParts, styles, width: float) -> list:
     story += _quality(data, styles, width)
     story += _pictures(parts, styles, width)
     rows = review_rows(data["review"])
-    story += [_p("Reviewer sign-off", styles["h2"]),
-              _table(rows, styles, width) if rows else _p("Not reviewed yet: no sign-off.", styles["body"]),
+    story += [KeepTogether([_p("Reviewer sign-off", styles["h2"]),  # never split over two pages
+                            _table(rows, styles, width) if rows else _p("Not reviewed yet: no sign-off.",
+                                                                        styles["body"])]),
               Spacer(1, 10),
               _p(f"{data['banner']}. The verdict supports, and does not replace, the endoscopist's judgement.",
                  styles["small"])]

@@ -60,15 +60,17 @@ def serve(settings: ServeSettings) -> None:
     from mucosa.service.app import create_app, open_store
     from mucosa.service.engine import Engine
 
-    store = open_store(settings)  # before anything else: a store that needs an upgrade is refused, unchanged
+    # the checkpoint first: a missing or bad one is said as such, whatever the store's state; then the store
+    # (one that needs an upgrade is refused, unchanged), then the port
+    engine = Engine(settings.checkpoint, device=settings.device, threshold=settings.threshold,
+                    window=settings.window, slots=settings.parallel, onnx=settings.onnx)
+    store = open_store(settings)
     try:
         sock = bind(settings.host, settings.port)
     except BaseException:
         store.close()
         raise
     try:
-        engine = Engine(settings.checkpoint, device=settings.device, threshold=settings.threshold,
-                        window=settings.window, slots=settings.parallel, onnx=settings.onnx)
         app = create_app(engine, settings, store)
         _announce(settings, sock.getsockname()[1], store)
         config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=3, access_log=False)

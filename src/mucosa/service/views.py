@@ -42,6 +42,9 @@ class CaseView:
         frames: its stored frames (None: none yet, or not here).
         placeholder: the engine's verdict before any frame, ``(state, frames seen) -> verdict``.
         review, reviews: its latest review, and (detail only) every review, oldest first.
+        files_missing: the case is done but its folder (frames, embeddings) is missing or damaged: a store
+            restored from a backup that did not hold it, or a folder removed by hand. Its frames, similar cases
+            and reports cannot be given (the API answers 409).
     """
 
     record: Case
@@ -52,6 +55,7 @@ class CaseView:
     placeholder: Callable[[str, int], dict]
     review: Review | None = None
     reviews: list[Review] | None = None
+    files_missing: bool = False
 
     @property
     def id(self) -> str:

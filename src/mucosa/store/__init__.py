@@ -31,6 +31,7 @@ from mucosa.store.records import (
     Case,
     CaseResult,
     CaseStatus,
+    InvalidReview,
     Job,
     LeaseLost,
     MediaFile,
@@ -50,4 +51,5 @@ from mucosa.store.store import TRUST_SECONDS, Store
 
 __all__ = ["Store", "upgrade", "restore", "head_revision", "known_revisions", "Role", "CaseStatus", "User",
            "MediaFile", "Case", "CaseResult", "Job", "Review", "AuditEntry", "Page", "StoreError", "StoreNotFound",
-           "MigrationNeeded", "UnknownRevision", "NotAllowed", "NotFound", "LeaseLost", "TRUST_SECONDS"]
+           "MigrationNeeded", "UnknownRevision", "NotAllowed", "NotFound", "LeaseLost", "InvalidReview",
+           "TRUST_SECONDS"]

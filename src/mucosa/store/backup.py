@@ -2,8 +2,11 @@
 
 A backup is a folder: ``backup.json`` (what it is: backend, revision, time, media count), the database
 (``store.sqlite3``, made with SQLite's online backup API, or ``store.pgdump``, ``pg_dump``'s custom format)
-and ``media/``. The database is copied first, then the media: media are written before any case refers to
-them and never change, so every file the copied database names is in the backup. The backup folder is written
+and ``media/``: the uploaded files, and each case's folder ``media/shared/CASE_ID`` (the frames, model frames
+and embeddings the engine wrote, which the viewer, the similar cases and the reports read; not the folders of
+attempts still running). The database is copied first, then the media: media are written before any case
+refers to them and never change, and a case's folder is in place before the store marks it done, so every file
+the copied database names, and every done case's folder, is in the backup. The backup folder is written
 as a set (:class:`mucosa.atomic.OutputSet`): an earlier backup in ``out`` is replaced whole or not at all.
 
 :func:`restore` only fills an empty place (a new folder, or an empty PostgreSQL database): media first, then
@@ -28,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mucosa.atomic import OutputSet, PendingFile, write_error, write_text
 from mucosa.store.location import BUSY_SECONDS, DATABASE_FILE, Location, locate, make_engines, set_wal
-from mucosa.store.media import copy_media
+from mucosa.store.media import copy_case_folders, copy_media
 from mucosa.store.records import StoreError, UnknownRevision
 from mucosa.store.schema import database_error, head_revision, known_revisions
 
@@ -93,10 +96,11 @@ def backup(place: Location, out: str | Path, now: dt.datetime) -> Path:
             database = PG_DUMP_FILE
             _run("pg_dump", ["--format=custom", "--file", str(staged.path(database))], place.url, place.describe())
         media = copy_media(place.media, staged.staging / "media")
+        folders = copy_case_folders(place.media, staged.staging / "media")
         info = {"format": FORMAT, "version": 1, "backend": place.backend, "revision": head_revision(),
-                "database": database, "media_files": media, "created": now.isoformat()}
+                "database": database, "media_files": media, "case_folders": folders, "created": now.isoformat()}
         write_text(staged.path(MANIFEST), json.dumps(info, indent=2) + "\n")
-    log.info("backed up %s into %s (%d media files)", place.describe(), out, media)
+    log.info("backed up %s into %s (%d media files, %d case folders)", place.describe(), out, media, folders)
     return Path(out)
 
 
@@ -159,6 +163,7 @@ def restore(backup_folder: str | Path, target: str | Path, media: str | Path | N
                          f"{place.describe()} ({place.backend})")
     _check_empty(place)
     copy_media(folder / "media", place.media)
+    copy_case_folders(folder / "media", place.media)  # an older backup may hold none
     if place.database_file is not None:
         _copy_sqlite(folder / info["database"], place.database_file)
         set_wal(place.database_file)

@@ -5,25 +5,37 @@ name a subfolder (so no folder holds more than a few thousand files), and the su
 tell a video from an image by it. Files are written atomically (:mod:`mucosa.atomic`): a temporary file in
 ``MEDIA`` is filled and hashed in one pass, synced, then renamed into place, so a file at its address is
 always complete and right; the same content stored twice is written once.
+
+Beside them, ``MEDIA/shared`` (:data:`SHARED`) holds one folder per case, ``MEDIA/shared/CASE_ID``: the files the
+service's engine wrote for it (display frames, model frames, embeddings), which only the original upload can
+give again. A folder there whose name starts with a dot (:data:`PARTIAL`, the attempts still running, and
+folders being removed) is no case's yet. :func:`copy_case_folders` copies the cases' folders for backups and
+restores.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import re
 import shutil
+import uuid
 from pathlib import Path
 from typing import BinaryIO
 
 from mucosa.atomic import PendingFile, remove_stale, write_error, write_with
 from mucosa.store.records import StoreError
 
-__all__ = ["MediaFolder", "copy_media"]
+__all__ = ["MediaFolder", "copy_media", "copy_case_folders", "SHARED", "PARTIAL"]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SUFFIX = re.compile(r"(\.[0-9A-Za-z]{1,10})?")
 _INCOMING = "incoming"
 _CHUNK = 1 << 20
+
+SHARED = "shared"  # MEDIA/shared/CASE_ID: the files the engine wrote for each case
+PARTIAL = ".partial"  # MEDIA/shared/.partial: a case's folder while an attempt fills it (not a case's yet)
 
 
 class MediaFolder:
@@ -123,3 +135,49 @@ def copy_media(source: Path, target: Path) -> int:
         with open(item, "rb") as handle:
             write_with(destination, lambda out, handle=handle: shutil.copyfileobj(handle, out, _CHUNK))
     return count
+
+
+def copy_case_folders(source: Path, target: Path) -> int:
+    """Copy every case folder under ``source/shared`` (not the partial ones, whose names start with a dot) that
+    ``target/shared`` lacks, each whole (copied beside its place, then renamed into it); returns how many were
+    found. A folder that goes while it is copied (its case was deleted) is left out.
+
+    Raises:
+        WriteError: ``target`` cannot be written (one line naming it).
+    """
+    shared = Path(source) / SHARED
+    count = 0
+    for folder in sorted(shared.iterdir()) if shared.is_dir() else []:
+        if folder.name.startswith(".") or not folder.is_dir():
+            continue
+        destination = Path(target) / SHARED / folder.name
+        if destination.is_dir() or _copy_folder(folder, destination):
+            count += 1
+    with contextlib.suppress(OSError):  # where the copies were made, when nothing else is there
+        (Path(target) / SHARED / PARTIAL).rmdir()
+    return count
+
+
+def _copy_folder(folder: Path, destination: Path) -> bool:
+    """Copy ``folder`` to ``destination`` whole; False when ``folder`` went meanwhile (a deleted case). A copy that
+    fails while ``folder`` is still there is tried once more (the case was run again, its folder replaced)."""
+    staging = destination.parent / PARTIAL / f"copy-{destination.name}-{uuid.uuid4().hex[:8]}"
+    for last in (False, True):
+        try:
+            shutil.copytree(folder, staging)
+            os.replace(staging, destination)
+            return True
+        except OSError as error:  # shutil.Error too
+            shutil.rmtree(staging, ignore_errors=True)
+            if not folder.is_dir():
+                return False
+            if last:
+                raise write_error(_os_error(error), destination) from None
+    return False
+
+
+def _os_error(error: OSError | shutil.Error) -> OSError:
+    """The first failure of a folder copy (shutil.Error lists them all: (source, target, why))."""
+    if isinstance(error, shutil.Error) and error.args and error.args[0]:
+        return OSError(str(error.args[0][0][-1])[:200])
+    return error if isinstance(error, OSError) else OSError(str(error)[:200])

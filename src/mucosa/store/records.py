@@ -13,7 +13,8 @@ from pathlib import PurePath
 from mucosa.errors import MucosaError
 
 __all__ = ["Role", "CaseStatus", "User", "MediaFile", "Case", "CaseResult", "Job", "Review", "AuditEntry", "Page",
-           "StoreError", "StoreNotFound", "MigrationNeeded", "UnknownRevision", "NotAllowed", "NotFound", "LeaseLost"]
+           "StoreError", "StoreNotFound", "MigrationNeeded", "UnknownRevision", "NotAllowed", "NotFound", "LeaseLost",
+           "InvalidReview"]
 
 
 class StoreError(MucosaError):
@@ -46,6 +47,10 @@ class NotAllowed(StoreError):
 
 class NotFound(StoreError):
     """No such case or user (the service answers 404)."""
+
+
+class InvalidReview(StoreError):
+    """A review that contradicts itself or breaks a rule of reviews (the service answers 422)."""
 
 
 class LeaseLost(StoreError):

@@ -3,6 +3,11 @@
 Reviews are only added (the database refuses to change or remove one). Each keeps the verdict it judged
 (class, words, probability, model version) as it was then, so a case processed again later by another model
 does not change what an earlier reviewer confirmed. The latest review of a case is its histology truth.
+
+One rule keeps a review from contradicting itself (:func:`check_agreement`, for every caller: the API, the
+commands, a script): when the verdict is a class, ``agrees`` says whether histology found that class, so it
+must be ``histology == verdict``. When the case has no class for a verdict (unfamiliar images, no informative
+frames), ``agrees`` is the reviewer's judgement of that no-verdict (true: right not to call one).
 """
 
 from __future__ import annotations
@@ -14,11 +19,11 @@ from sqlalchemy.orm import Session
 
 from mucosa.store.auditlog import record
 from mucosa.store.cases import live_case
-from mucosa.store.records import CaseStatus, Review, Role, StoreError, User
+from mucosa.store.records import CaseStatus, InvalidReview, Review, Role, StoreError, User
 from mucosa.store.tables import CaseRow, ReviewRow, UserRow
 from mucosa.store.users import check_name, require
 
-__all__ = ["MAX_NOTE", "review_record", "add", "of_case", "latest", "latest_of"]
+__all__ = ["MAX_NOTE", "review_record", "check_agreement", "add", "of_case", "latest", "latest_of"]
 
 MAX_NOTE = 4000
 
@@ -28,21 +33,41 @@ def review_record(row: ReviewRow, reviewer: str) -> Review:
                   row.model_version, row.verdict, row.verdict_text, row.score)
 
 
+def check_agreement(verdict: str | None, histology: str, agrees: bool) -> None:
+    """Refuse a review that contradicts itself: when the verdict is a class, agreeing with it is histology finding
+    that class (see the module docstring).
+
+    Raises:
+        InvalidReview: ``agrees`` is not a bool, or not ``histology == verdict`` for a verdict that is a class.
+    """
+    if not isinstance(agrees, bool):
+        raise InvalidReview(f"agrees must be true or false; got {agrees!r}")
+    if verdict is not None and agrees != (histology == verdict):
+        relation = "is" if histology == verdict else "is not"
+        raise InvalidReview(f"agrees: {str(agrees).lower()} contradicts the histology: {histology!r} {relation} the "
+                            f"verdict's class {verdict!r}, so agrees must be {str(not agrees).lower()}")
+
+
 def add(session: Session, case_id: str, by: User, histology: str, agrees: bool, note: str,
         at: dt.datetime) -> Review:
-    """Record ``by``'s review of the case (a finished one) and log it."""
+    """Record ``by``'s review of the case (a finished one) and log it.
+
+    Raises:
+        NotAllowed: ``by`` is not a reviewer. NotFound: no such live case. StoreError: the case is not done.
+        InvalidReview: a histology, agreement (:func:`check_agreement`) or note that cannot be kept.
+    """
     if not isinstance(by, User):
         raise StoreError("a review needs the reviewer (a user)")
     require(by, Role.REVIEWER, "review cases")
     case = live_case(session, case_id)
     if case.status != CaseStatus.DONE.value:
         raise StoreError(f"case {case_id} is {case.status}: only a finished case can be reviewed")
-    if not isinstance(agrees, bool):
-        raise StoreError(f"agrees must be true or false; got {agrees!r}")
+    histology = check_name(histology, "histology")
+    check_agreement(case.verdict, histology, agrees)
     note = note or ""
     if len(note) > MAX_NOTE:
-        raise StoreError(f"the note is {len(note)} characters long (at most {MAX_NOTE})")
-    row = ReviewRow(case_id=case_id, reviewer_id=by.id, created_at=at, histology=check_name(histology, "histology"),
+        raise InvalidReview(f"the note is {len(note)} characters long (at most {MAX_NOTE})")
+    row = ReviewRow(case_id=case_id, reviewer_id=by.id, created_at=at, histology=histology,
                     agrees=agrees, note=note, model_version=case.model_version, verdict=case.verdict,
                     verdict_text=case.verdict_text, score=case.score)
     session.add(row)

@@ -14,14 +14,23 @@ import json
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from mucosa.service import schemas
 from mucosa.service.cases import CaseService, QueueFull
-from mucosa.service.dependencies import CardDep, CasesDep, EngineDep, SettingsDep, UserDep, case_or_404
-from mucosa.service.engine import UnreadableMedia, UnsupportedMedia, media_kind
+from mucosa.service.dependencies import (
+    CardDep,
+    CasesDep,
+    EngineDep,
+    SettingsDep,
+    UserDep,
+    case_or_404,
+    case_with_files,
+)
+from mucosa.service.engine import Engine, UnreadableMedia, UnsupportedMedia, media_kind
+from mucosa.service.framestore import FrameStore
 from mucosa.service.paths import case_sources
 from mucosa.service.privacy import hidden_paths, private_case, shown_name
 from mucosa.service.problems import problem, readable
@@ -141,21 +150,20 @@ async def case_events(request: Request, case_id: str, cases: CasesDep) -> Stream
 
 @router.get("/{case_id}/frames/{number}.{ext}", response_class=Response, responses={
     200: {"content": {"image/png": {}, "image/jpeg": {}}}, **NOT_FOUND,
-    409: {"model": schemas.Problem, "description": "Grad-CAM of a frame the quality gate dropped"}})
+    409: {"model": schemas.Problem, "description": "Grad-CAM of a frame the quality gate dropped; a done case "
+          "whose files are missing from the store"}})
 async def frame(case_id: str, number: int, ext: str, engine: EngineDep, cases: CasesDep,
                 gradcam: bool = Query(False, description="overlay the Grad-CAM heat map (PNG only)")):
     """Frame ``number`` of the case as the viewer shows it (``.jpg``: as stored; ``.png``: lossless, and
     with ``?gradcam=1`` the heat map of the predicted class over the part the model saw)."""
-    case = await run_in_threadpool(case_or_404, cases, case_id, bool(gradcam))
+    case = await run_in_threadpool(case_with_files, cases, case_id, bool(gradcam))
     if ext not in ("png", "jpg") or case.store is None or number not in case.store:
-        raise problem(404, f"case {case_id} has no frame {number}.{ext} (yet)")
+        raise _no_frame(case_id, number, ext)
     if gradcam:
         _check_gradcam(case, number, ext)
-    headers = {"Cache-Control": "private, max-age=3600"}
-    if ext == "jpg":
-        return FileResponse(case.store.display_path(number), media_type="image/jpeg", headers=headers)
-    data = await run_in_threadpool(engine.frame_png, case.store, number, gradcam)
-    return Response(data, media_type="image/png", headers=headers)
+    data = await run_in_threadpool(_frame_bytes, cases, engine, case, number, ext, gradcam)
+    return Response(data, media_type="image/jpeg" if ext == "jpg" else "image/png",
+                    headers={"Cache-Control": "private, max-age=3600"})
 
 
 @router.get("/{case_id}/timeline.csv", response_class=Response,
@@ -189,6 +197,31 @@ def _created(case) -> dict:
 
 def _busy(seconds: int) -> HTTPException:
     return problem(503, f"the work queue is full; retry in about {seconds} s", {"Retry-After": str(seconds)})
+
+
+def _no_frame(case_id: str, number: int, ext: str) -> HTTPException:
+    return problem(404, f"case {case_id} has no frame {number}.{ext} (yet)")
+
+
+def _read_frame(engine: Engine, frames: FrameStore, number: int, ext: str, gradcam: bool) -> bytes:
+    """Frame ``number`` as the route gives it: the display JPEG as stored, or a PNG (with its Grad-CAM)."""
+    return frames.display_path(number).read_bytes() if ext == "jpg" else engine.frame_png(frames, number, gradcam)
+
+
+def _frame_bytes(cases: CaseService, engine: Engine, case, number: int, ext: str, gradcam: bool) -> bytes:
+    """The frame's bytes, read whole before the answer starts. A worker that finishes the case moves its frames
+    from its attempt's folder into the case's own folder, maybe while they are read here: then the case is
+    looked up again and they are read from there."""
+    try:
+        return _read_frame(engine, case.store, number, ext, gradcam)
+    except FileNotFoundError:
+        case = case_with_files(cases, case.id, gradcam)
+    if case.store is None or number not in case.store:
+        raise _no_frame(case.id, number, ext)
+    try:
+        return _read_frame(engine, case.store, number, ext, gradcam)
+    except FileNotFoundError:  # the case was deleted meanwhile
+        raise _no_frame(case.id, number, ext) from None
 
 
 def _check_gradcam(case, number: int, ext: str) -> None:

@@ -10,13 +10,16 @@ of a case still running says so (its status); the first one computes the key fra
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from mucosa.data.pseudonyms import Pseudonym
 from mucosa.service import schemas
-from mucosa.service.dependencies import CardDep, CasesDep, EngineDep, SettingsDep, case_or_404
+from mucosa.service.cases import CaseService
+from mucosa.service.dependencies import CardDep, CasesDep, EngineDep, SettingsDep, case_with_files
+from mucosa.service.engine import Engine
 from mucosa.service.problems import problem
-from mucosa.service.report import gather, report_html
+from mucosa.service.report import ReportParts, gather, report_html
 from mucosa.service.report_pdf import report_pdf
 from mucosa.service.routes.common import API_VERSION, log
 from mucosa.service.uploads import safe_stem
@@ -25,7 +28,8 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/cases", tags=["reports"])
 
-NOT_FOUND = {404: {"model": schemas.Problem}}
+NOT_FOUND = {404: {"model": schemas.Problem},
+             409: {"model": schemas.Problem, "description": "a done case whose files are missing from the store"}}
 
 
 def _attachment(parts, suffix: str, download: bool = True) -> dict | None:
@@ -34,25 +38,34 @@ def _attachment(parts, suffix: str, download: bool = True) -> dict | None:
         if download else None
 
 
+def _report(cases: CaseService, case_id: str, engine: Engine, card: dict, pictures: bool,
+            pseudonym: Pseudonym | None) -> ReportParts:
+    """The case's report (404 unknown, 409 a done case whose files are missing). A worker that finishes the case
+    moves its frames into the case's own folder, maybe while the report reads them: then it is gathered again."""
+    try:
+        return gather(case_with_files(cases, case_id), engine, card, pictures, pseudonym)
+    except FileNotFoundError:
+        return gather(case_with_files(cases, case_id), engine, card, pictures, pseudonym)
+
+
 @router.get("/{case_id}/report.json", responses=NOT_FOUND)
 async def case_report_json(case_id: str, cases: CasesDep, engine: EngineDep, card: CardDep,
-                           settings: SettingsDep) -> dict:
+                           settings: SettingsDep, download: bool = True) -> JSONResponse:
     """The case report as data: everything the PDF and HTML reports say, with the key frames' image URLs
     (``frame``: as shown; ``gradcam``: with its heat map)."""
-    case = await run_in_threadpool(case_or_404, cases, case_id)
-    data = (await run_in_threadpool(gather, case, engine, card, False, settings.pseudonym)).data
-    base = f"/{API_VERSION}/cases/{case.id}/frames"
+    parts = await run_in_threadpool(_report, cases, case_id, engine, card, False, settings.pseudonym)
+    data = parts.data
+    base = f"/{API_VERSION}/cases/{case_id}/frames"
     for key in data["key_frames"]:
         key["images"] = {"frame": f"{base}/{key['frame']}.jpg", "gradcam": f"{base}/{key['frame']}.png?gradcam=1"}
-    return data
+    return JSONResponse(data, headers=_attachment(parts, "json", download))
 
 
 @router.get("/{case_id}/report.html", response_class=HTMLResponse, responses=NOT_FOUND)
 async def case_report_html(case_id: str, cases: CasesDep, engine: EngineDep, card: CardDep, settings: SettingsDep,
                            download: bool = False) -> HTMLResponse:
     """The case report as one self-contained page (pictures embedded)."""
-    case = await run_in_threadpool(case_or_404, cases, case_id)
-    parts = await run_in_threadpool(gather, case, engine, card, True, settings.pseudonym)
+    parts = await run_in_threadpool(_report, cases, case_id, engine, card, True, settings.pseudonym)
     return HTMLResponse(report_html(parts), headers=_attachment(parts, "html", download))
 
 
@@ -62,11 +75,10 @@ async def case_report_html(case_id: str, cases: CasesDep, engine: EngineDep, car
 async def case_report_pdf(case_id: str, cases: CasesDep, engine: EngineDep, card: CardDep, settings: SettingsDep,
                           download: bool = True) -> Response:
     """The case report as PDF (A4), to file."""
-    case = await run_in_threadpool(case_or_404, cases, case_id)
-    parts = await run_in_threadpool(gather, case, engine, card, True, settings.pseudonym)
+    parts = await run_in_threadpool(_report, cases, case_id, engine, card, True, settings.pseudonym)
     try:
         data = await run_in_threadpool(report_pdf, parts)
     except ImportError:  # the serve extra installs it
         raise problem(501, "the PDF report needs ReportLab: pip install 'mucosa[serve]'") from None
-    log.info("case %s: PDF report, %d bytes", case.id, len(data))
+    log.info("case %s: PDF report, %d bytes", case_id, len(data))
     return Response(data, media_type="application/pdf", headers=_attachment(parts, "pdf", download))

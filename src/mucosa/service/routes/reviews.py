@@ -2,7 +2,8 @@
 
 A review is kept with the reviewer, the time, the model version and the verdict it judged; a later review
 never changes an earlier one (the latest is the case's histology truth for the audit). Reviewers and admins
-review; a viewer gets 403.
+review; a viewer gets 403. A review that contradicts itself is refused by the store (422, see
+:func:`mucosa.store.reviews.check_agreement`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ router = APIRouter(prefix="/cases", tags=["reviews"])
     403: {"model": schemas.Problem, "description": "the user is a viewer"},
     404: {"model": schemas.Problem, "description": "unknown case"},
     409: {"model": schemas.Problem, "description": "the case is not done"},
-    422: {"model": schemas.Problem, "description": "histology is not one of the model's classes"}})
+    422: {"model": schemas.Problem, "description": "histology is not one of the model's classes, or agrees "
+          "contradicts it (a verdict that is a class: agrees must be histology == verdict)"}})
 def review_case(case_id: str, body: schemas.ReviewIn, cases: CasesDep, card: CardDep, user: UserDep) -> dict:
     """Record the histology of a finished case and whether the reviewer agrees with its verdict."""
     if not user.allows(Role.REVIEWER):

@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mucosa.service import schemas
 from mucosa.service.atlas import MAX_SIMILAR, NotReady, similar_cases
-from mucosa.service.dependencies import CasesDep, EngineDep, SettingsDep, case_or_404
+from mucosa.service.dependencies import CasesDep, EngineDep, SettingsDep, case_with_files
 from mucosa.service.privacy import private_similar
 from mucosa.service.problems import problem
 
@@ -18,14 +18,15 @@ router = APIRouter(prefix="/cases", tags=["cases"])
 
 @router.get("/{case_id}/similar", responses={404: {"model": schemas.Problem, "description": "unknown case"},
                                              409: {"model": schemas.Problem, "description": "the case is not done, "
-                                                   "has no usable frame, or the model has no atlas"}})
+                                                   "has no usable frame, its files are missing from the store, or "
+                                                   "the model has no atlas"}})
 async def similar(case_id: str, engine: EngineDep, cases: CasesDep, settings: SettingsDep,
                   k: int = Query(5, ge=1, le=MAX_SIMILAR, description="how many similar cases (1 to 20)")) -> dict:
     """The ``k`` confirmed cases most like this one (never of its own patient, when its files are the atlas's):
     each with its label, patient, distance and closest frames (thumbnails as PNG data URLs, ``query_frame``: the
     case's frame it matched), and the atlas's vote (``atlas_vote``, shares by class). Under ``--pseudonymise``,
     cases, patients and files are keyed pseudonyms."""
-    case = await run_in_threadpool(case_or_404, cases, case_id)
+    case = await run_in_threadpool(case_with_files, cases, case_id)
     if case.status != "done" or case.folder is None:
         raise problem(409, f"case {case_id} is {case.status}: similar cases come once it is done")
     try:
