@@ -86,7 +86,9 @@ def test_upload_with_exam_fields_link_reload_review_and_audit(browser, page, bas
     other = "meningioma" if verdict == "glioblastoma" else "glioblastoma"
     for histology, agrees, note in ((verdict, "true", "biopsy 3"), (other, "false", "")):
         page.select_option("#review-histology", histology)
-        page.check(f"#review-form input[name=agrees][value={agrees}]")
+        # the verdict is a class: agreement follows from the histology, set and not asked (the server's rule)
+        chosen = page.locator(f"#review-form input[name=agrees][value={agrees}]")
+        assert chosen.is_checked() and chosen.is_disabled() and verdict in page.inner_text("#review-agrees-why")
         page.fill("#review-note", note)
         count = page.locator("#reviews li[data-id]").count()
         page.click("#review-submit")
@@ -210,7 +212,7 @@ def test_a_viewer_sees_the_reviews_but_may_not_add_one(page, base, store, shots)
     assert "token" not in page.get_attribute("#dl-json", "href")  # a download sends it as a header
     with page.expect_download() as download:
         page.click("#dl-json")
-    assert download.value.suggested_filename == "report.json"  # as without a token (the server names no file)
+    assert download.value.suggested_filename == Path(case["name"]).stem + "-report.json"  # the server's name
     assert json.loads(Path(download.value.path()).read_text())["case"]["id"] == case["id"]
     page.click("#review summary")
     assert page.is_hidden("#review-form") and page.locator("#reviews li[data-id]").count() == 2
@@ -242,8 +244,7 @@ def test_a_viewer_sees_the_reviews_but_may_not_add_one(page, base, store, shots)
     case_shown(page, case["name"])
     page.locator("#review").evaluate("details => { details.open = true; }")  # still open from before
     page.evaluate("document.querySelector('#review-histology').add(new Option('adenoma', 'adenoma'))")
-    page.select_option("#review-histology", "adenoma")
-    page.check("#review-form input[name=agrees][value=true]")
+    page.select_option("#review-histology", "adenoma")  # agreement set from it: no
     page.click("#review-submit")
     page.wait_for_selector("#review-error:not([hidden])")
     error = page.inner_text("#review-error")

@@ -32,6 +32,22 @@ function renderReview() {
   $("review-form").hidden = Boolean(why);
   const v = c && c.verdict;
   $("review-verdict").textContent = v && v.label ? `(${v.label})` : "(no verdict)";
+  syncAgrees();
+}
+
+/* When the verdict is a class, agreement follows from the histology (the server's rule: agrees is histology ==
+   verdict), so it is set, not asked; for no verdict (unfamiliar, none) it is the reviewer's judgement. */
+function syncAgrees() {
+  const form = $("review-form");
+  const v = S.summary && S.summary.verdict;
+  const cls = v && v["class"];
+  const histology = form.elements.histology.value;
+  for (const input of form.querySelectorAll("input[name=agrees]")) {
+    input.disabled = Boolean(cls);
+    if (cls) input.checked = Boolean(histology) && (input.value === "true") === (histology === cls);
+  }
+  $("review-agrees-why").hidden = !cls;
+  $("review-agrees-why").textContent = cls ? `Set from the histology you choose: the verdict is ${cls}.` : "";
 }
 
 function reviewWords(r) {
@@ -91,6 +107,7 @@ async function submitReview(e) {
     if (S.caseId !== id) return;
     errorLine("review-error", "");
     form.reset();
+    syncAgrees();
     REVIEW.reviews.push(review);
     renderReviews();
     $("reviews").lastElementChild.focus();
@@ -104,4 +121,5 @@ async function submitReview(e) {
 
 function setupReview() {
   $("review-form").addEventListener("submit", submitReview);
+  $("review-histology").addEventListener("change", syncAgrees);
 }
