@@ -136,9 +136,9 @@ def test_a_case_not_done_cannot_be_reviewed(engine, frame_png, monkeypatch):
 
 
 def test_token_alone_is_one_admin(engine):
-    with serving(engine, token="s3cret") as (client, _):
+    with serving(engine, token="s3cret-0123456789") as (client, _):
         assert client.get("/v1/me").status_code == 401
-        assert client.get("/v1/me", params={"token": "s3cret"}).json()["role"] == "admin"
+        assert client.get("/v1/me", params={"token": "s3cret-0123456789"}).json()["role"] == "admin"
 
 
 def test_cases_survive_a_restart(engine, frame_png, black_png, tmp_path):

@@ -148,7 +148,7 @@ def _similar(case, engine) -> list:
     if case.status != "done":
         return []
     try:
-        return similar_cases(engine.atlas, case.folder, case.sources, SIMILAR_CASES)["similar"]
+        return similar_cases(engine.atlas, case.folder, case.sources, SIMILAR_CASES, case.record.patient)["similar"]
     except NotReady:
         return []
 

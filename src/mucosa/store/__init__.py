@@ -42,6 +42,7 @@ from mucosa.store.records import (
     Role,
     StoreError,
     StoreNotFound,
+    StoreUnavailable,
     UnknownRevision,
     User,
 )
@@ -50,4 +51,5 @@ from mucosa.store.store import TRUST_SECONDS, Store
 
 __all__ = ["Store", "upgrade", "restore", "head_revision", "known_revisions", "Role", "CaseStatus", "User",
            "MediaFile", "Case", "CaseResult", "Job", "Review", "AuditEntry", "Page", "StoreError", "StoreNotFound",
-           "MigrationNeeded", "UnknownRevision", "NotAllowed", "NotFound", "LeaseLost", "TRUST_SECONDS"]
+           "StoreUnavailable", "MigrationNeeded", "UnknownRevision", "NotAllowed", "NotFound", "LeaseLost",
+           "TRUST_SECONDS"]

@@ -4,7 +4,8 @@ The three hold the same report (:mod:`mucosa.service.report`): the case and its 
 its weights' SHA-256, the verdict with its confidence, shares and interval, the timeline, key frames with
 Grad-CAM, quality and decode warnings, the reviewer's sign-off once there is one, and the banner. A report
 of a case still running says so (its status); the first one computes the key frames' Grad-CAM. Under
-``serve --pseudonymise`` they name patients, cases and files by keyed pseudonyms (:mod:`mucosa.service.privacy`).
+``serve --pseudonymise`` they name patients, cases and files by keyed pseudonyms and withhold free text
+(:mod:`mucosa.service.privacy`). Each is logged as ``case.report`` by the user, with its format.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from mucosa.service import schemas
-from mucosa.service.dependencies import CardDep, CasesDep, EngineDep, SettingsDep, case_or_404
+from mucosa.service.dependencies import CardDep, CasesDep, EngineDep, SettingsDep, UserDep, case_or_404
 from mucosa.service.problems import problem
 from mucosa.service.report import gather, report_html
 from mucosa.service.report_pdf import report_pdf
@@ -28,6 +29,11 @@ router = APIRouter(prefix="/cases", tags=["reports"])
 NOT_FOUND = {404: {"model": schemas.Problem}}
 
 
+async def _logged(cases, user, case, form: str) -> None:
+    """The audit log's line: ``user`` took the case's report as ``form``."""
+    await run_in_threadpool(cases.store.record, user, "case.report", case.id, case.record.model_version, {"as": form})
+
+
 def _attachment(parts, suffix: str, download: bool = True) -> dict | None:
     """The file name to save a report under: the case's name as the report gives it."""
     return {"Content-Disposition": f'attachment; filename="{safe_stem(parts.data["case"]["name"])}-report.{suffix}"'} \
@@ -36,11 +42,12 @@ def _attachment(parts, suffix: str, download: bool = True) -> dict | None:
 
 @router.get("/{case_id}/report.json", responses=NOT_FOUND)
 async def case_report_json(case_id: str, cases: CasesDep, engine: EngineDep, card: CardDep,
-                           settings: SettingsDep) -> dict:
+                           settings: SettingsDep, user: UserDep) -> dict:
     """The case report as data: everything the PDF and HTML reports say, with the key frames' image URLs
     (``frame``: as shown; ``gradcam``: with its heat map)."""
     case = await run_in_threadpool(case_or_404, cases, case_id)
     data = (await run_in_threadpool(gather, case, engine, card, False, settings.pseudonym)).data
+    await _logged(cases, user, case, "report.json")
     base = f"/{API_VERSION}/cases/{case.id}/frames"
     for key in data["key_frames"]:
         key["images"] = {"frame": f"{base}/{key['frame']}.jpg", "gradcam": f"{base}/{key['frame']}.png?gradcam=1"}
@@ -49,10 +56,11 @@ async def case_report_json(case_id: str, cases: CasesDep, engine: EngineDep, car
 
 @router.get("/{case_id}/report.html", response_class=HTMLResponse, responses=NOT_FOUND)
 async def case_report_html(case_id: str, cases: CasesDep, engine: EngineDep, card: CardDep, settings: SettingsDep,
-                           download: bool = False) -> HTMLResponse:
+                           user: UserDep, download: bool = False) -> HTMLResponse:
     """The case report as one self-contained page (pictures embedded)."""
     case = await run_in_threadpool(case_or_404, cases, case_id)
     parts = await run_in_threadpool(gather, case, engine, card, True, settings.pseudonym)
+    await _logged(cases, user, case, "report.html")
     return HTMLResponse(report_html(parts), headers=_attachment(parts, "html", download))
 
 
@@ -60,7 +68,7 @@ async def case_report_html(case_id: str, cases: CasesDep, engine: EngineDep, car
     200: {"content": {"application/pdf": {}}}, **NOT_FOUND,
     501: {"model": schemas.Problem, "description": "ReportLab is not installed"}})
 async def case_report_pdf(case_id: str, cases: CasesDep, engine: EngineDep, card: CardDep, settings: SettingsDep,
-                          download: bool = True) -> Response:
+                          user: UserDep, download: bool = True) -> Response:
     """The case report as PDF (A4), to file."""
     case = await run_in_threadpool(case_or_404, cases, case_id)
     parts = await run_in_threadpool(gather, case, engine, card, True, settings.pseudonym)
@@ -69,4 +77,5 @@ async def case_report_pdf(case_id: str, cases: CasesDep, engine: EngineDep, card
     except ImportError:  # the serve extra installs it
         raise problem(501, "the PDF report needs ReportLab: pip install 'mucosa[serve]'") from None
     log.info("case %s: PDF report, %d bytes", case.id, len(data))
+    await _logged(cases, user, case, "report.pdf")
     return Response(data, media_type="application/pdf", headers=_attachment(parts, "pdf", download))
