@@ -45,7 +45,7 @@ __all__ = ["LOCAL_USER", "TOKEN_ERRORS", "CardDep", "CasesDep", "EngineDep", "Li
 _BEARER = HTTPBearer(auto_error=False)  # documents the token at /docs ("Authorize")
 _QUERY_TOKEN = APIKeyQuery(name="token", auto_error=False)  # for the viewer's images and event stream
 
-LOCAL_USER = "local"  # who a request without a token is made as, on a server without users or --token
+LOCAL_USER = "local"  # who a request without a token is made as: no --token, a store that never had another user
 TOKEN_ERRORS = {401: {"model": schemas.Problem, "description": "missing or unknown token"},
                 403: {"model": schemas.Problem, "description": "the user's role may not do this"}}
 
