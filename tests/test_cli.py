@@ -284,6 +284,13 @@ BAD = [
     "users token nobody --store {store}",
     "audit --store {store} --since 2025-13-01",
     "audit --store {atlas}",
+    "store export --reviewed -o {store}/store.sqlite3 --store {store}",
+    "store export --reviewed -o {store}/media/manifest.csv --store {store}",
+    "audit --store {store} --classes foo",
+    "audit --store {store} --classes ,",
+    "audit --store {store} --classes active,active",
+    "serve --checkpoint {badckpt} --store {run}",
+    "serve --checkpoint {badckpt} --store {store} --token x",
 ]
 
 

@@ -12,6 +12,8 @@ from mucosa.store import CaseResult, MediaFile, Store
 
 pytestmark = pytest.mark.usefixtures("cheap_tokens")
 
+FORMULAS = {0: "=1+1", 1: "+cmd|' /C calc'!A0", 2: "-2+3"}  # patient ids a spreadsheet would run
+
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def places(request, tmp_path):
@@ -86,6 +88,8 @@ def test_users_from_the_command_line(tmp_path, capsys):
 
 
 def test_reviewed_cases_exported_are_a_manifest_train_takes(tmp_path, capsys):
+    """...with values a spreadsheet would run as formulas written as text, and read back as they were; and never
+    into the store itself."""
     from mucosa.data.synth import synthesize_cohort
 
     cohort = load_manifest(synthesize_cohort(tmp_path / "cohort", patients=9, per_patient=3, size=40, seed=3))
@@ -94,24 +98,36 @@ def test_reviewed_cases_exported_are_a_manifest_train_takes(tmp_path, capsys):
     with Store.open(store_folder) as store:
         reviewer = store.authenticate(store.add_user("dr r", "reviewer"))
         patients = sorted({r.patient for r in cohort.records})
+        typed = {patient: FORMULAS.get(n, patient) for n, patient in enumerate(patients)}
         for patient in patients:  # one case of images per patient, reviewed with its label as histology
             records = [r for r in cohort.records if r.patient == patient]
             media = [MediaFile(store.put_media(r.path), r.path.name) for r in records]
-            case = store.add_case(f"exam {patient}", media, kind="images", patient=patient, region="ileum")
+            case = store.add_case(f"exam {patient}", media, kind="images", patient=typed[patient],
+                                  region="@SUM(A1)" if patient == patients[-1] else "ileum")
             store.finish(store.claim("w"), CaseResult("active", "active", "best@1", score=0.6))
             store.add_review(case.id, reviewer, records[0].label, records[0].label == "active")
         sha = store.put_media(b"not reviewed", ".png")
         store.add_case("unreviewed", [MediaFile(sha, "x.png")], kind="images")
+    database = tmp_path / "store" / "store.sqlite3"
+    before = database.read_bytes()
+    for inside in (database, tmp_path / "store", tmp_path / "store" / "media" / "m.csv", tmp_path / "store" / "m.csv"):
+        assert main(["store", "export", "--reviewed", "-o", str(inside), "--store", store_folder]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "would overwrite the store's own files" in err[0], err
+    assert database.read_bytes() == before and not (tmp_path / "store" / "m.csv").exists()
     manifest = tmp_path / "export" / "manifest.csv"
     assert main(["store", "export", "--reviewed", "-o", str(manifest), "--store", store_folder]) == 0
     hint = capsys.readouterr().out
     assert f"mucosa train --manifest {manifest} --config configs/cpu-quick.yaml" in hint, hint
     assert "at least 3 patients of each class" in hint
     exported = load_manifest(manifest)
-    assert sorted((r.label, r.patient) for r in exported.records) == sorted((r.label, r.patient)
+    assert sorted((r.label, r.patient) for r in exported.records) == sorted((r.label, typed[r.patient])
                                                                            for r in cohort.records)
+    assert {r.region for r in exported.records} == {"ileum", "@SUM(A1)"}
     with open(manifest, newline="") as handle:
-        assert {row["region"] for row in csv.DictReader(handle)} == {"ileum"}
+        rows = list(csv.DictReader(handle))
+    assert {row["region"] for row in rows} == {"ileum", "'@SUM(A1)"}  # text to a spreadsheet
+    assert {row["patient"] for row in rows} >= {"'" + formula for formula in FORMULAS.values()}
     config = tmp_path / "quick.yaml"
     config.write_text("model: {size: 32}\npreprocessing: {quality_threshold: 0.0}\n"
                       "split: {mode: patient, test: 0.3, val: 0.3, seed: 1}\n"

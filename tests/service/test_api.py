@@ -293,14 +293,14 @@ def test_client_disconnect_mid_upload_leaves_nothing(engine, brain_video, caplog
 
 
 def test_token(engine, frame_png):
-    with serving(engine, token="s3cret") as (client, root):
+    with serving(engine, token="s3cret-0123456789") as (client, root):
         for headers, params in (({}, {}), ({"Authorization": "Bearer wrong"}, {}), ({}, {"token": "wrong"})):
             response = client.get("/v1/model", headers=headers, params=params)
             assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
         response = upload(client, "/v1/predict", frame_png)
         assert response.status_code == 401 and leftovers(root) == []
-        assert client.get("/v1/model", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-        assert client.get("/v1/cases", params={"token": "s3cret"}).status_code == 200
+        assert client.get("/v1/model", headers={"Authorization": "Bearer s3cret-0123456789"}).status_code == 200
+        assert client.get("/v1/cases", params={"token": "s3cret-0123456789"}).status_code == 200
         assert client.get("/healthz").status_code == 200 and client.get("/").status_code == 200
 
 

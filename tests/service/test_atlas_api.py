@@ -57,6 +57,30 @@ def test_similar_cases_leave_out_the_own_patient(atlas_engine, atlas_run):
         assert client.get("/v1/cases/nobody/similar").status_code == 404
 
 
+def test_similar_cases_leave_out_the_patient_the_exam_names(atlas_engine, atlas_run, tmp_path):
+    """P01's images saved again (other bytes, so not the atlas's files): named P01 in the exam, P01 never comes
+    back; without the exam field it does, so leaving it out is the exam field's doing."""
+    from PIL import Image
+
+    copies = []
+    for n, path in enumerate(patient_images(atlas_run.cohort, "P01")):
+        pixels = np.array(Image.open(path))
+        pixels.flat[0] ^= 1
+        copies.append(tmp_path / f"copy-{n}.png")
+        Image.fromarray(pixels).save(copies[-1])
+    with serving(atlas_engine) as (client, _):
+        found = {}
+        for patient in ("P01", None):
+            case_id = upload(client, "/v1/cases", *copies, data={"patient": patient} if patient else {}).json()["id"]
+            wait_done(client, case_id)
+            answer = client.get(f"/v1/cases/{case_id}/similar", params={"k": 20})
+            found[patient] = {case["patient"] for case in answer.json()["similar"]}
+            report = client.get(f"/v1/cases/{case_id}/report.json").json()
+            found[patient, "report"] = {case["patient"] for case in report["atlas"]["similar"]}
+    assert "P01" not in found["P01"] and "P01" not in found["P01", "report"] and found["P01"]
+    assert "P01" in found[None]
+
+
 def test_similar_waits_for_a_usable_frame(atlas_engine, black_png, tmp_path, monkeypatch):
     release = threading.Event()
     frames = atlas_engine.frames

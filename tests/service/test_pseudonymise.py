@@ -1,6 +1,7 @@
-"""``mucosa serve --pseudonymise``: a patient and file names planted in a case, and the atlas's own patients and
-files, are in no byte of what the server hands out (every report format and its file name, timeline.csv, the
-similar cases, an upload's refusal); without the setting they are, so the check can fail."""
+"""``mucosa serve --pseudonymise``: a patient and file names planted in a case, a name typed in its free text
+(region, review note), and the atlas's own patients and files, are in no byte of what the server hands out
+(every report format and its file name, timeline.csv, the similar cases, an upload's refusal); without the
+setting they are, so the check can fail."""
 
 import re
 import shutil
@@ -8,11 +9,13 @@ import shutil
 import pytest
 
 from mucosa.data.pseudonyms import pseudonymiser
+from mucosa.service.privacy import WITHHELD
 from serving import patient_images, pdf_text, serving, upload, wait_done
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 PATIENT, FILE, KEY = "Roe_Richard_1980", "Doe_John_1970", "the unit's key"
+TYPED = "John Smith"  # a name typed in free text: no known identifier, so only withholding the text hides it
 
 
 def _handed_out(client, case_id: str, tmp_path) -> dict[str, bytes]:
@@ -35,12 +38,12 @@ def test_nothing_handed_out_names_the_patient_or_a_file(atlas_engine, atlas_run,
     atlas = atlas_engine.atlas.records
     atlas_names = {str(p) for p in atlas.patients} - {"P01"} | {str(f) for f in atlas.files}
     with serving(atlas_engine, pseudonymise=pseudonymise, pseudonym_key=KEY) as (client, _):
-        fields = {"patient": PATIENT, "region": f"sigmoid, seen with {PATIENT}"}
+        fields = {"patient": PATIENT, "region": f"sigmoid of {TYPED}, seen with {PATIENT}"}
         created = upload(client, f"/v1/cases?name={FILE} colonoscopy", *images, data=fields)
         case = wait_done(client, created.json()["id"])
         assert case["status"] == "done" and case["patient"] == PATIENT  # the viewer shows what was typed
         review = {"histology": "active", "agrees": case["verdict"]["class"] in (None, "active"),
-                  "note": f"{PATIENT}: biopsy of {FILE}_0.png"}
+                  "note": f"{PATIENT}: biopsy of {FILE}_0.png, Mr {TYPED}"}
         assert client.post(f"/v1/cases/{case['id']}/review", json=review).status_code == 201
         outputs = _handed_out(client, case["id"], tmp_path)
         (tmp_path / f"{FILE}.mpg").write_bytes(b"not a video at all")
@@ -49,7 +52,7 @@ def test_nothing_handed_out_names_the_patient_or_a_file(atlas_engine, atlas_run,
         outputs["refusal"] = refused.content
         similar = client.get(f"/v1/cases/{case['id']}/similar").json()["similar"]
         report = client.get(f"/v1/cases/{case['id']}/report.json").json()
-    found = {what: [name for name in (PATIENT, FILE) if name.encode() in data] for what, data in outputs.items()}
+    found = {what: [name for name in (PATIENT, FILE, TYPED) if name.encode() in data] for what, data in outputs.items()}
     pictures = re.compile(rb"data:image/\w+;base64,[A-Za-z0-9+/=]+")  # where "P10" may occur by chance
     from_atlas = {what: sorted(n for n in atlas_names if n.encode() in pictures.sub(b"", data))
                   for what, data in outputs.items() if what.startswith(("similar", "report.json"))}
@@ -61,6 +64,6 @@ def test_nothing_handed_out_names_the_patient_or_a_file(atlas_engine, atlas_run,
     assert not any(found.values()) and not any(from_atlas.values()), (found, from_atlas)
     name = pseudonymiser(KEY)
     assert report["exam"]["patient"] == name(PATIENT) and report["case"]["name"] == name(f"{FILE} colonoscopy")
-    assert report["exam"]["region"] == f"sigmoid, seen with {name(PATIENT)}"
+    assert report["exam"]["region"] == WITHHELD and report["review"]["note"] == WITHHELD
     assert similar and {c["patient"] for c in similar} <= {name(str(p)) for p in atlas.patients}
     assert [c["patient"] for c in report["atlas"]["similar"]] == [c["patient"] for c in similar]

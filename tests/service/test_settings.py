@@ -59,9 +59,9 @@ def test_the_token_comes_from_the_flag_else_mucosa_token_and_is_never_printed(ca
     assert ServeSettings().token is None
     monkeypatch.setenv("MUCOSA_TOKEN", "from-the-environment")
     assert ServeSettings().secret == "from-the-environment"
-    assert ServeSettings(token="given").secret == "given"
+    assert ServeSettings(token="given, 16 or more").secret == "given, 16 or more"
     assert "from-the-environment" not in repr(ServeSettings())
-    for args in ([], ["--token", "given-on-the-command-line"], ["--set", "serve.token=given-by-set"]):
+    for args in ([], ["--token", "given-on-the-command-line"], ["--set", "serve.token=given-by-set-16-chars"]):
         values, text = printed(capsys, *args)
         assert "token" not in values and "# token: set" in text
         assert "given" not in text and "from-the-environment" not in text
@@ -93,6 +93,8 @@ BAD = [  # the argument list, and what the one line says
     (["--set", "serve.queue=4"], "--set serve.queue: unknown setting; did you mean 'queue_size'?"),
     (["--set", "training.lr=0.1"], "--set training.lr: mucosa serve has one section, serve"),
     (["--set", "serve.token=5"], "--set serve.token: expected text"),
+    (["--token", "x"], "--token: must be 16 to 200 characters long"),
+    (["--set", "serve.token=fifteen-chars.."], "--set serve.token: must be 16 to 200 characters long"),
 ]
 
 
@@ -148,3 +150,36 @@ def test_without_the_serve_extra_serve_says_how_to_install_it(monkeypatch, capsy
     monkeypatch.setitem(__import__("sys").modules, "uvicorn", None)  # as if it were not installed
     assert main(["serve", "--checkpoint", str(checkpoint)]) == 2
     assert "pip install 'mucosa[serve]'" in capsys.readouterr().err
+
+
+def test_serve_checks_its_store_and_token_before_binding(monkeypatch, capsys, tmp_path, cheap_tokens):
+    """A --token whose user an admin disabled is refused (not silently enabled again); a store that has a user
+    named admin takes a --token all the same; a run's folder is no store (one rule with ``store upgrade``)."""
+    from mucosa.store import Store
+
+    def bind(host, port):
+        raise ConfigError("the server would bind now")
+
+    monkeypatch.setattr(server, "bind", bind)
+    store, token = tmp_path / "store", "the laptop's token, 16 or more"
+
+    def serve(*args):
+        code = main(["serve", "--checkpoint", "m.ckpt", *args])
+        err = capsys.readouterr().err.splitlines()
+        assert code == 2 and len(err) == 1, err
+        return err[0]
+
+    with Store.open(store, create=True) as opened:
+        opened.add_user("admin", "viewer")
+    assert serve("--store", str(store), "--token", token) == "error: the server would bind now"
+    with Store.open(store) as opened:
+        name = next(user.name for user in opened.users() if user.name.startswith("token-"))
+        opened.disable_user(name)
+    assert f"the user of this --token, {name}, was disabled" in serve("--store", str(store), "--token", token)
+    with Store.open(store) as opened:
+        assert not opened.user(name).active and opened.user("admin").role.value == "viewer"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.ckpt").write_bytes(b"weights")
+    assert "holds no store but other files (best.ckpt)" in serve("--store", str(run))
+    assert [p.name for p in run.iterdir()] == ["best.ckpt"]

@@ -33,9 +33,29 @@ def test_a_case_refuses_media_the_store_does_not_hold_and_bad_fields(store, make
         make_case("exam", kind="audio")
     with pytest.raises(StoreError, match="patient id"):
         make_case("exam", patient="x" * 101)
-    with pytest.raises(StoreError, match="exam date '12/03/2025' is not a date"):
-        make_case("exam", exam_date="12/03/2025")
+    for day in ("12/03/2025", "20250310", "2025-W11-1", "2025-03-10T09:00"):  # YYYY-MM-DD, nothing else
+        with pytest.raises(StoreError, match=f"exam date: '{day}' is not a date"):
+            make_case("exam", exam_date=day)
+    with pytest.raises(StoreError, match="exam date: 1899-12-31 is before 1900"):
+        make_case("exam", exam_date="1899-12-31")
+    for odd in ("a\u0085b", "ileum\u202eP01", "a\u2028b", "a\u200bb", "a\x00b"):  # invisible, or moving text
+        for field in ("patient", "region"):
+            with pytest.raises(StoreError, match="printable characters"):
+                make_case("exam", **{field: odd})
+        with pytest.raises(StoreError, match="case name"):
+            make_case(odd)
     assert store.search().total == 0
+
+
+def test_a_malformed_case_id_or_page_is_refused_without_a_query(store, make_case):
+    make_case("exam")
+    for case_id in ("\x00", "a\x00b", "../x", "x" * 5000, "ABCDEF012345"):
+        with pytest.raises(NotFound):
+            store.case(case_id)
+        with pytest.raises(NotFound):
+            store.delete_case(case_id)
+    with pytest.raises(StoreError, match="offset 0 to"):
+        store.search(offset=10**20)
 
 
 def test_a_case_keeps_its_exam_fields_and_two_cases_may_share_a_name(store, make_case, clock):
@@ -103,7 +123,7 @@ def test_search_pages_through_every_case_once(store, cohort):
 
 def test_a_deleted_case_leaves_every_list_and_its_job_is_cancelled(store, make_case):
     kept, deleted = make_case("kept"), make_case("deleted")
-    store.delete_case(deleted.id)
+    store.delete_case(deleted.id, model_version="best.ckpt:0123")  # not judged yet: the model that was to
     assert [c.id for c in store.search().cases] == [kept.id]
     with pytest.raises(NotFound):
         store.case(deleted.id)
@@ -113,3 +133,4 @@ def test_a_deleted_case_leaves_every_list_and_its_job_is_cancelled(store, make_c
     assert store.claim("w").case_id == kept.id
     assert store.claim("w") is None
     assert [e.action for e in store.audit_log(case_id=deleted.id)] == ["case.delete", "case.add"]
+    assert store.audit_log(case_id=deleted.id)[0].model_version == "best.ckpt:0123"

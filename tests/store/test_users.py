@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -9,7 +10,8 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from mucosa.store import CaseResult, NotAllowed, NotFound, Role, StoreError
-from mucosa.store.tokens import split_token
+from mucosa.store.auditlog import operator
+from mucosa.store.tokens import chosen_token_name, split_token
 
 
 def _everything_stored(store) -> str:
@@ -120,18 +122,47 @@ def test_roles_allow_viewers_to_read_reviewers_to_review_admins_to_delete_and_ma
         store.add_review(case.id, disabled, "active", True)
     actions = [(e.actor, e.action) for e in store.audit_log()]
     assert ("admin", "case.delete") in actions and ("admin", "user.role") in actions
-    assert ("local", "user.add") in actions and ("reviewer", "case.review") in actions
+    assert (operator(), "user.add") in actions and ("reviewer", "case.review") in actions
+    assert operator().startswith("cli:") and operator() != "cli:" and "local" not in {a for a, _ in actions}
 
 
-def test_the_laptop_token_alone_is_one_admin_user(store):
-    admin = store.use_token("my laptop secret")
-    assert admin.role is Role.ADMIN and admin.name == "admin"
-    assert store.authenticate("my laptop secret").name == "admin"
-    assert store.use_token("my laptop secret").id == admin.id  # the same user on the next start
-    store.use_token("a new secret")
-    assert store.authenticate("my laptop secret") is None
-    assert store.authenticate("a new secret").id == admin.id
-    assert "a new secret" not in _everything_stored(store)
-    store.add_user("dr smith", "viewer")
-    with pytest.raises(StoreError, match="token of its own"):
-        store.use_token("x", name="dr smith")
+def test_the_laptop_token_is_an_admin_only_while_a_server_runs_with_it(store, place, clock):
+    laptop, other = "my laptop secret 1", "another server's secret"
+    admin = store.use_token(laptop)
+    assert admin.role is Role.ADMIN and admin.name == chosen_token_name(laptop) and admin.name.startswith("token-")
+    assert store.authenticate(laptop).name == admin.name
+    assert laptop not in _everything_stored(store)
+    with place.open(clock=clock) as restarted:  # a server started without --token: the old token is nothing
+        assert restarted.authenticate(laptop) is None
+        second = restarted.use_token(other)  # a second server, another token: another user, nothing overwritten
+        assert second.id != admin.id and restarted.authenticate(other).id == second.id
+        assert restarted.authenticate(laptop) is None
+    assert store.authenticate(laptop).id == admin.id and store.authenticate(other) is None
+    with place.open(clock=clock) as restarted:
+        assert restarted.use_token(laptop).id == admin.id  # the same user on the next start
+        restarted.disable_user(admin.name)
+        assert restarted.authenticate(laptop) is None
+        with pytest.raises(StoreError, match=f"{admin.name}, was disabled"):  # not undone by a restart
+            restarted.use_token(laptop)
+        assert not restarted.user(admin.name).active
+    for short in ("x", "fifteen chars.."):
+        with pytest.raises(StoreError, match="--token must be 16 to 200 characters"):
+            store.use_token(short)
+    store.add_user("admin", "viewer")  # no name a --token user could collide with
+    with pytest.raises(StoreError, match="kept for the tokens"):
+        store.add_user("token-0123456789ab", "viewer")
+
+
+def test_junk_tokens_are_refused_without_a_hash(store, monkeypatch):
+    real = store.add_user("dr smith", "reviewer")
+    store.use_token("the laptop's own token")  # a user without a token id, whose token is not in the store
+    token_id = split_token(real)[0]
+    hashes = []
+    monkeypatch.setattr(hashlib, "scrypt", lambda *a, **k: hashes.append(1) or b"\0" * 32)
+    junk = ["x", "s3cret", "Bearer abc", "mucosa_" + "g" * 12 + "_" + "a" * 43, "mucosa_0123456789ab",
+            "mucosa_0123456789ab_" + "a" * 43, "mucosa_0123456789ab_" + "é" * 43, "a" * 10_000, "\x00" * 20,
+            f"mucosa_{token_id}_"]
+    assert [store.authenticate(token) for token in junk] == [None] * len(junk)
+    assert hashes == []  # malformed, or an id no user has: no scrypt
+    assert store.authenticate("the laptop's own token") is not None and hashes == []  # known in memory
+    assert store.authenticate(f"mucosa_{token_id}_{'a' * 43}") is None and hashes == [1]  # a user's id: checked

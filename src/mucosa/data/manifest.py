@@ -28,6 +28,7 @@ from pathlib import Path
 
 from mucosa.data.readers import FrameSelection, is_image, is_video
 from mucosa.errors import ConfigError, ManifestError, MucosaWarning
+from mucosa.tables import original_cell, safe_cell
 
 REQUIRED = ("path", "label", "patient")
 RUN_RECORD = "run.json"  # written by training beside its split.csv (see recorded_origin)
@@ -164,6 +165,7 @@ def load_manifest(path: str | Path, classes: list[str] | None = None, positive: 
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
     header, rows, errors = read_table(path)
+    rows = [(line, {key: original_cell(value) for key, value in row.items()}) for line, row in rows]
     required = ("path",) if unlabelled else REQUIRED
     missing = [c for c in required if c not in header]
     if missing:
@@ -285,8 +287,13 @@ def clip(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def has_control(text: str) -> bool:
-    return any(unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
+CONTROL_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")  # control and format characters, line and paragraph separators
+
+
+def has_control(text: str, allowed: str = "") -> bool:
+    """Whether ``text`` holds a character that is invisible or moves the text around (Unicode Cc, Cf, Zl, Zp: a
+    NUL, U+0085, a right-to-left override U+202E, U+2028...), other than those ``allowed``."""
+    return any(unicodedata.category(ch) in CONTROL_CATEGORIES and ch not in allowed for ch in text)
 
 
 def _row_of(message: str) -> int:
@@ -434,7 +441,9 @@ def _warn_patient_ids(records: list[Record], path: Path) -> None:
 
 
 def write_manifest(records: list[Record], path: str | Path) -> Path:
-    """Write records as a manifest CSV; paths become relative to the CSV's folder."""
+    """Write records as a manifest CSV; paths become relative to the CSV's folder. A value a spreadsheet would
+    run as a formula (a patient ``=1+1``, a region ``@SUM(A1)``) is written as text (:func:`mucosa.tables.safe_cell`),
+    and :func:`load_manifest` reads back the value itself."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     extras = list(dict.fromkeys(k for r in records for k in r.extra))
@@ -444,10 +453,9 @@ def write_manifest(records: list[Record], path: str | Path) -> Path:
         writer = csv.DictWriter(handle, columns, lineterminator="\n")
         writer.writeheader()
         for r in records:
-            writer.writerow({"path": _relative(r.path, base), "label": r.label, "patient": r.patient,
-                             "region": r.region, "group": r.group,
-                             "frames": "" if r.frames.is_all else str(r.frames), "split": r.split,
-                             **r.extra})
+            row = {"path": _relative(r.path, base), "label": r.label, "patient": r.patient, "region": r.region,
+                   "group": r.group, "frames": "" if r.frames.is_all else str(r.frames), "split": r.split, **r.extra}
+            writer.writerow({key: safe_cell(value) for key, value in row.items()})
     return path
 
 

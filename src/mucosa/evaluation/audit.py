@@ -65,6 +65,9 @@ def _cases(rows: Iterable[ReviewedCase | Sequence]) -> list[ReviewedCase]:
 def _classes(cases: list[ReviewedCase], classes: Sequence[str] | None, positive: str | None) -> list[str]:
     if classes is not None:
         classes = list(classes)
+        if len(classes) < 2 or len(set(classes)) != len(classes):
+            raise ConfigError(f"the classes must be two or more different names, e.g. control,active; got "
+                              f"{','.join(classes)[:80]!r}")
         if positive is not None and positive not in classes:
             raise ConfigError(f"the positive class {positive!r} is not one of the classes {classes}")
         if positive is not None and len(classes) == 2:

@@ -214,10 +214,12 @@ class Atlas:
 
     # --- searching ------------------------------------------------------------------------------
 
-    def patient_rows(self, patient: str | None) -> np.ndarray:
-        """The atlas rows of ``patient`` (none for None or a patient not in the atlas)."""
+    def patient_rows(self, patient: str | tuple[str, ...] | None) -> np.ndarray:
+        """The atlas rows of ``patient``, or of each of several (none for None or a patient not in the atlas)."""
         if patient is None:
             return np.zeros(0, np.int64)
+        if isinstance(patient, tuple):
+            return np.concatenate([np.zeros(0, np.int64), *(self.patient_rows(p) for p in patient)])
         if self._patient_rows is None:
             rows: dict[str, list[int]] = defaultdict(list)
             for row, name in enumerate(self.records.patients.tolist()):

@@ -18,7 +18,7 @@ Routes (:mod:`mucosa.service.routes`, one router per resource; the OpenAPI page 
 
 Every ``/v1`` request is made as a user (:func:`~mucosa.service.dependencies.current_user`): the one whose
 token it carries (``Authorization: Bearer TOKEN``, or ``?token=TOKEN`` for the viewer's images and event
-stream); without users and without ``--token``, the built-in admin ``local``. Errors are JSON
+stream); without ``--token``, while the store has never had another user, the built-in admin ``local``. Errors are JSON
 ``{"detail": reason}``, one sentence that never shows the server's folders (:mod:`~mucosa.service.problems`);
 paths under ``--data-root`` are checked by :mod:`~mucosa.service.paths`.
 """
@@ -76,7 +76,7 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, store: Sto
         parent = Path(settings.temp_parent or tempfile.gettempdir())
         _remove_orphans(parent)
         app.state.store = store or open_store(settings)
-        if settings.secret is not None:  # the laptop's one token: the admin user of this store
+        if settings.secret is not None:  # the laptop's one token: its admin user, accepted by this server only
             app.state.store.use_token(settings.secret)
         root = Path(tempfile.mkdtemp(prefix=f"mucosa-serve-{os.getpid()}-", dir=parent))
         app.state.root = root

@@ -120,10 +120,11 @@ def _data_url(thumbnail: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(encode(np.asarray(thumbnail, np.uint8))).decode("ascii")
 
 
-def similar_cases(atlas: Atlas | None, folder: Path, sources: list[Path], k: int) -> dict:
+def similar_cases(atlas: Atlas | None, folder: Path, sources: list[Path], k: int, patient: str | None = None) -> dict:
     """The ``k`` confirmed cases most like a finished case (its embeddings in ``folder``): ``atlas_vote``
     (shares by class), ``similar`` (``similar.similar_entry``'s list: rank, case, patient, label, distance, closest
-    frames, each with ``thumbnail`` as a PNG data URL and ``query_frame`` as the case's frame number).
+    frames, each with ``thumbnail`` as a PNG data URL and ``query_frame`` as the case's frame number). Never of
+    the case's own patient: the atlas's patient whose files these are, nor ``patient`` (its exam field).
 
     Raises:
         NotReady: no atlas, or no usable frame kept.
@@ -136,7 +137,8 @@ def similar_cases(atlas: Atlas | None, folder: Path, sources: list[Path], k: int
     vectors, numbers = np.load(path), np.load(folder / FRAME_NUMBERS)
     if not len(vectors):
         raise NotReady("the case has no usable frame to compare")
-    view = consult(atlas, vectors, own_patient(atlas, sources), k)
+    own = tuple(p for p in {own_patient(atlas, sources), patient} if p is not None)
+    view = consult(atlas, vectors, own or None, k)
     entry = similar_entry(view, None, "")
     for case, found in zip(entry["similar"], view.similar):
         for frame, match in zip(case["closest"], found.closest):

@@ -190,7 +190,7 @@ class CaseService:
 
     def delete(self, case_id: str, user: User | None) -> None:
         """Delete the case (admins; raises NotAllowed, NotFound): its work stops, its files go."""
-        self.store.delete_case(case_id, by=user)
+        self.store.delete_case(case_id, by=user, model_version=self.model_version)
         self.workers.cancel(case_id)
         with self._lock:
             self._frames.pop(case_id, None)

@@ -5,11 +5,12 @@
 lifespan adds the case store, the case service, the temporary folder and the limiter of image predictions. A
 route names what it needs by type, for example ``cases: CasesDep`` or ``user: UserDep``, and never reads
 ``app.state`` itself. They are ``async``: FastAPI runs them on the event loop, not in a worker thread, so
-``/healthz`` answers while every thread is busy (the user's check, which reads the store, runs in a thread).
+``/healthz`` answers while every thread is busy (the check of a token, which reads the store, runs in a thread).
 
 Every ``/v1`` request is made as a user (:func:`current_user`): the one whose token it carries
 (``Authorization: Bearer TOKEN`` or ``?token=TOKEN``, checked by :meth:`mucosa.store.Store.authenticate`), else,
-while the store has no user and the server no ``--token`` (a laptop), the built-in admin ``local``.
+while the store has never had a user other than ``local`` (disabled ones count) and the server runs without
+``--token`` (a laptop), the built-in admin ``local``.
 
 Example (a route of a router under ``/v1``)::
 
@@ -37,14 +38,15 @@ from mucosa.service.settings import ServeSettings
 from mucosa.service.views import CaseView
 from mucosa.store import TRUST_SECONDS, NotFound, Role, Store, StoreError, User
 
-__all__ = ["LOCAL_USER", "TOKEN_ERRORS", "CardDep", "CasesDep", "EngineDep", "LimiterDep", "SettingsDep", "StoreDep",
-           "UserDep", "WorkspaceDep", "case_or_404", "case_with_files", "current_user", "get_card", "get_cases",
-           "get_engine", "get_limiter", "get_settings", "get_store", "get_workspace", "local_user"]
+__all__ = ["LOCAL_USER", "TOKEN_ERRORS", "CardDep", "CasesDep", "EngineDep", "LimiterDep", "MaybeUserDep",
+           "SettingsDep", "StoreDep", "UserDep", "WorkspaceDep", "case_or_404", "case_with_files", "current_user",
+           "get_card", "get_cases", "get_engine", "get_limiter", "get_settings", "get_store", "get_workspace",
+           "local_user", "requesting_user"]
 
 _BEARER = HTTPBearer(auto_error=False)  # documents the token at /docs ("Authorize")
 _QUERY_TOKEN = APIKeyQuery(name="token", auto_error=False)  # for the viewer's images and event stream
 
-LOCAL_USER = "local"  # who a request without a token is made as, on a server without users or --token
+LOCAL_USER = "local"  # who a request without a token is made as: no --token, a store that never had another user
 TOKEN_ERRORS = {401: {"model": schemas.Problem, "description": "missing or unknown token"},
                 403: {"model": schemas.Problem, "description": "the user's role may not do this"}}
 
@@ -94,12 +96,13 @@ LimiterDep = Annotated[anyio.CapacityLimiter, Depends(get_limiter)]
 
 
 def local_user(store: Store) -> User | None:
-    """The built-in admin ``local`` while the store has no other active user (made the first time); None once
-    it has. The users' list is the one this server read in the last :data:`~mucosa.store.TRUST_SECONDS`
+    """The built-in admin ``local`` while the store has never had another user (made the first time); None
+    once it has, even when every other user is disabled since (disabling users must never open the server to
+    anyone). The users' list is the one this server read in the last :data:`~mucosa.store.TRUST_SECONDS`
     (not a read of the store per request): a user added by another process ends the local mode within that
     time, one added by this server at once."""
     people = store.users(max_age=TRUST_SECONDS)
-    if any(user.active and user.name != LOCAL_USER for user in people):
+    if any(user.name != LOCAL_USER for user in people):
         return None
     for user in people:
         if user.name == LOCAL_USER:
@@ -112,17 +115,23 @@ def local_user(store: Store) -> User | None:
         return None
 
 
-async def current_user(settings: SettingsDep, store: StoreDep,
-                       credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
-                       token: Annotated[str | None, Depends(_QUERY_TOKEN)]) -> User:
-    """The user making the request; 401 for a missing or unknown token."""
+async def requesting_user(settings: SettingsDep, store: StoreDep,
+                          credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+                          token: Annotated[str | None, Depends(_QUERY_TOKEN)]) -> User | None:
+    """The user making the request; None for a missing or unknown token."""
     given = credentials.credentials if credentials is not None else token
     if given:
-        user = await run_in_threadpool(store.authenticate, given)
-    elif settings.secret is None:
-        user = await run_in_threadpool(local_user, store)
-    else:
-        user = None
+        return await run_in_threadpool(store.authenticate, given)
+    if settings.secret is None:  # on the event loop: the users' list read at most every TRUST_SECONDS
+        return local_user(store)
+    return None
+
+
+MaybeUserDep = Annotated[User | None, Depends(requesting_user)]
+
+
+async def current_user(user: MaybeUserDep) -> User:
+    """The user making the request; 401 for a missing or unknown token."""
     if user is None:
         raise problem(401, "missing or unknown token", {"WWW-Authenticate": "Bearer"})
     return user

@@ -5,9 +5,10 @@ Under the setting (``ServeSettings.pseudonymise``, keyed by ``pseudonym_key``: `
 (:func:`~mucosa.data.pseudonyms.pseudonymiser`, :class:`~mucosa.evaluation.privacy.Redactor`) replace:
 
 - in the case report (``report.json``, ``.html``, ``.pdf`` and their file names) and ``timeline.csv`` (its
-  ``source`` column and its file name): the case's name, its files and the patient (:func:`private_case`); the
-  other free text of the case (region and the other exam fields, its error, the decode warnings, reviewers'
-  notes) has each of these identifiers replaced, and any path reduced to ``<path>``;
+  ``source`` column and its file name): the case's name, its files and the patient (:func:`private_case`).
+  Free text typed by people (the region, reviewers' notes) and the case's error are withheld whole
+  (:data:`WITHHELD`): a name in them ("ileum of John Smith") is not a known identifier and cannot be found. The
+  decode warnings, which mucosa writes, have each identifier replaced, and any path reduced to ``<path>``;
 - in the similar cases of the atlas (``/similar``, and the reports' atlas section): their case, patient and
   file names (:func:`private_similar`);
 - in an answer refusing a new case: the names of its files (:func:`shown_name`), and the paths it named under
@@ -27,9 +28,12 @@ from typing import Any
 from mucosa.data.pseudonyms import Pseudonym
 from mucosa.evaluation.privacy import Redactor
 
-__all__ = ["IDENTIFIERS", "hidden_paths", "private_case", "private_similar", "scrubbed", "shown_name"]
+__all__ = ["FREE_TEXT", "IDENTIFIERS", "WITHHELD", "hidden_paths", "private_case", "private_similar", "scrubbed",
+           "shown_name"]
 
 IDENTIFIERS = ("name", "patient", "patient_id")  # a case's values replaced whole by their pseudonyms
+FREE_TEXT = ("region", "site", "operator", "indication", "error")  # written freely (or quoting what was): withheld
+WITHHELD = "[free text withheld under --pseudonymise]"
 _KEPT = {"id", "kind", "status", "timeline"}  # a case's values that hold no free text
 
 
@@ -46,7 +50,8 @@ def scrubbed(value: Any, redact: Redactor) -> Any:
 
 def private_case(case: dict, pseudonym: Pseudonym) -> dict:
     """The API's case (``CaseView.to_dict``) as reports show it under ``--pseudonymise``: its name, files and
-    patient as pseudonyms, its other text with those identifiers (and any path) hidden."""
+    patient as pseudonyms, its free text (region, error, reviewers' notes) withheld, its other text with those
+    identifiers (and any path) hidden."""
     files = [str(f) for f in case.get("files") or []]
     redact = Redactor(pseudonym)
     redact.learn(*(case[key] for key in IDENTIFIERS if case.get(key)), *(f for f in files),
@@ -54,6 +59,10 @@ def private_case(case: dict, pseudonym: Pseudonym) -> dict:
     private = {key: value if key in _KEPT else scrubbed(value, redact) for key, value in case.items()}
     private.update({key: pseudonym(str(case[key])) for key in IDENTIFIERS if case.get(key)})
     private["files"] = [pseudonym(f) for f in files]
+    private.update({key: WITHHELD for key in FREE_TEXT if case.get(key)})
+    for review in [private.get("review"), *(private.get("reviews") or [])]:
+        if isinstance(review, dict) and review.get("note"):
+            review["note"] = WITHHELD
     return private
 
 

@@ -153,7 +153,7 @@ def _similar(case, engine) -> list:
     if case.status != "done" or case.folder is None:
         return []
     try:
-        return similar_cases(engine.atlas, case.folder, case.sources, SIMILAR_CASES)["similar"]
+        return similar_cases(engine.atlas, case.folder, case.sources, SIMILAR_CASES, case.record.patient)["similar"]
     except NotReady:
         return []
 

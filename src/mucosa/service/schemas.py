@@ -8,9 +8,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from mucosa.data.manifest import has_control
 
 Probability = float | list[float] | None
+
+
+def _no_control(value: str) -> str:
+    """Refuse control and format characters (a NUL, U+0085, U+202E...); a note keeps its lines and tabs."""
+    if has_control(value, allowed="\n\r\t"):
+        raise ValueError("control or format characters are not allowed")
+    return value
+
+
+Note = Annotated[str, AfterValidator(_no_control)]
 
 
 class Verdict(BaseModel):
@@ -74,7 +86,7 @@ class ReviewIn(BaseModel):
 
     histology: str = Field(min_length=1, max_length=64, description="the histology's class (one of the model's)")
     agrees: bool = Field(description="the reviewer agrees with the verdict")
-    note: str = Field("", max_length=2000)
+    note: Note = Field("", max_length=2000)
 
 
 class ReviewOut(BaseModel):
@@ -173,9 +185,11 @@ class CaseByPath(BaseModel):
 
 
 class Health(BaseModel):
+    """Liveness; the rest only for a request a user makes (their token, or a laptop's ``local``)."""
+
     status: str
-    model: str
-    runtime: str
-    device: str
-    cases: int
-    queued: int
+    model: str | None = None
+    runtime: str | None = None
+    device: str | None = None
+    cases: int | None = Field(None, description="cases in the store")
+    queued: int | None = Field(None, description="jobs waiting for a worker")

@@ -66,6 +66,8 @@ def serve(settings: ServeSettings) -> None:
                     window=settings.window, slots=settings.parallel, onnx=settings.onnx)
     store = open_store(settings)
     try:
+        if settings.secret is not None:  # its user disabled: refused in one line, before the port is taken
+            store.use_token(settings.secret)
         sock = bind(settings.host, settings.port)
     except BaseException:
         store.close()
@@ -90,6 +92,6 @@ def _announce(settings: ServeSettings, port: int, store) -> None:
              "?token=…" if settings.token else "", host, port)
     log.info("case store: %s (%s)", store.location, store.backend)
     if settings.token is None and settings.host not in ("127.0.0.1", "localhost", "::1") and \
-            not any(user.active and user.name != "local" for user in store.users()):
+            not any(user.name != "local" for user in store.users()):
         log.warning("listening on %s without --token or users (mucosa users add): anyone who reaches this machine "
                     "can use the API, as the admin 'local'", settings.host)

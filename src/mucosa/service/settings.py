@@ -36,6 +36,7 @@ from mucosa.data.pseudonyms import KEY_VARIABLE, Pseudonym, pseudonymiser
 from mucosa.errors import ConfigError
 from mucosa.inference.verdict import check_threshold
 from mucosa.settings import Bool, Float, Int, Pathname, Settings, Text, format_errors, read_yaml
+from mucosa.store.tokens import MIN_CHOSEN
 
 __all__ = ["SECTION", "TOKEN_VARIABLE", "ServeSettings", "load_serve_settings"]
 
@@ -43,14 +44,18 @@ SECTION = "serve"
 TOKEN_VARIABLE = "MUCOSA_TOKEN"
 
 
-def _secret(variable: str):
+def _secret(variable: str, shortest: int = 1):
     """A secret's check: the value given, else the one in the environment ``variable``; none when both are
-    empty."""
+    empty; at least ``shortest`` characters."""
 
     def secret(value: Any) -> Any:
         value = value or os.environ.get(variable) or None
         if value is not None and not isinstance(value, (str, SecretStr)):
             raise PydanticCustomError("mucosa", "expected text")  # a secret: not shown
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text is not None and not shortest <= len(text) <= 200:
+            raise PydanticCustomError("mucosa", f"must be {shortest} to 200 characters long (e.g. `openssl rand "
+                                      "-hex 16`)")  # its length only: the secret is never shown
         return value
 
     return secret
@@ -70,7 +75,9 @@ class ServeSettings(Settings):
         checkpoint: the mucosa checkpoint (.ckpt) served.
         onnx: predict with this export of the checkpoint (Grad-CAM still uses the checkpoint).
         host, port: where it listens (port 0: any free port).
-        token: required on every ``/v1`` route when set (default: ``MUCOSA_TOKEN``, else none).
+        token: required on every ``/v1`` route when set (default: ``MUCOSA_TOKEN``, else none); at least 16
+            characters. Only this server accepts it, as the admin ``token-…`` it names
+            (:meth:`mucosa.store.Store.use_token`).
         data_root: folder whose files ``POST /v1/cases`` may name by path (none: no file may be named).
         max_upload_mb: largest request body accepted.
         queue_size: cases that may wait for the background worker, uploads still arriving included.
@@ -97,7 +104,8 @@ class ServeSettings(Settings):
     onnx: Pathname | None = None
     host: Text = "127.0.0.1"
     port: Int = Field(8000, ge=0, le=65535)
-    token: Annotated[SecretStr | None, BeforeValidator(_secret(TOKEN_VARIABLE))] = Field(None, validate_default=True)
+    token: Annotated[SecretStr | None, BeforeValidator(_secret(TOKEN_VARIABLE, MIN_CHOSEN))] = Field(
+        None, validate_default=True)
     data_root: Pathname | None = None
     max_upload_mb: Float = Field(500.0, gt=0)
     queue_size: Int = Field(8, ge=1)

@@ -1,11 +1,13 @@
 """Multipart uploads streamed to disk, with the size limit enforced while they arrive.
 
-Starlette's own form parsing stores every file whole (in the system's temporary folder) before a route
-sees it. Here the request body is parsed as it streams in (``python-multipart``'s push parser) and each
-file part is written straight into the case's folder under a name the server chooses. The limit is checked
-against ``Content-Length`` before anything is read and against the bytes received while reading: past it,
-the partial files are removed and :class:`TooLarge` is raised. Whatever goes wrong (a bad body, a client
-that disconnects mid-upload), the folder given to :func:`receive` is removed: nothing is left behind.
+Starlette's own form parsing stores every file whole (in the system's temporary folder) before a route sees
+it. Here the request body is parsed as it streams in (``python-multipart``'s push parser) and each file part
+is written straight into the case's folder under a name the server chooses. The limit is checked against
+``Content-Length`` before anything is read and against the bytes received while reading: past it, the partial
+files are removed and :class:`TooLarge` is raised. Only the field ``file`` (:data:`FILE_FIELD`, the one the
+API documents) may carry a file: a file in any other field (``-F patient=@clip.avi``) is refused. Whatever
+goes wrong (a bad body, a client that disconnects mid-upload), the folder given to :func:`receive` is removed:
+nothing is left behind.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from mucosa.data.manifest import has_control
+
 try:
     import python_multipart as multipart
     from python_multipart.multipart import parse_options_header
@@ -23,6 +27,7 @@ except ModuleNotFoundError:  # python-multipart < 0.0.13
     import multipart
     from multipart.multipart import parse_options_header
 
+FILE_FIELD = "file"            # the form field of the files uploaded
 MAX_FIELD = 64 * 1024          # bytes of a plain (non-file) form field
 MAX_DRAIN = 256 * 1024 * 1024  # bytes read and discarded after the limit, so the client sees the 413
 
@@ -60,7 +65,7 @@ class Upload:
 def display_name(name: str) -> str:
     """The last part of a client's file name, without control characters, at most 120 characters."""
     base = re.split(r"[\\/]", name or "")[-1]
-    return re.sub(r"[\x00-\x1f\x7f]", "", base)[:120] or "upload"
+    return "".join(c for c in base if not has_control(c))[:120].strip() or "upload"
 
 
 def safe_stem(name: str) -> str:
@@ -106,6 +111,9 @@ class _Parser:
         if b"filename" not in options:
             self._field = (name, bytearray())
             return
+        if name != FILE_FIELD:
+            raise UploadError(422, f"form field {name[:40]!r} holds a file: send files in the field "
+                              f"{FILE_FIELD!r}, and {name[:40]!r} as text")
         if len(self.upload.files) >= self.max_files:
             raise UploadError(422, f"too many files in one request (at most {self.max_files})")
         path = self.folder / f"{len(self.upload.files):04d}.part"

@@ -43,6 +43,7 @@ from mucosa.store.records import (
     Role,
     StoreError,
     StoreNotFound,
+    StoreUnavailable,
     UnknownRevision,
     User,
 )
@@ -51,5 +52,6 @@ from mucosa.store.store import TRUST_SECONDS, Store
 
 __all__ = ["Store", "upgrade", "restore", "head_revision", "known_revisions", "Role", "CaseStatus", "User",
            "MediaFile", "Case", "CaseResult", "Job", "Review", "AuditEntry", "Page", "StoreError", "StoreNotFound",
-           "MigrationNeeded", "UnknownRevision", "NotAllowed", "NotFound", "LeaseLost", "InvalidReview",
+           "StoreUnavailable", "MigrationNeeded", "UnknownRevision", "NotAllowed", "NotFound", "LeaseLost",
+           "InvalidReview",
            "TRUST_SECONDS"]

@@ -4,6 +4,7 @@ same transaction as the action they record (the database itself refuses to chang
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -11,15 +12,25 @@ from sqlalchemy.orm import Session
 from mucosa.store.records import AuditEntry, User
 from mucosa.store.tables import AuditRow
 
-__all__ = ["LOCAL", "Actor", "actor_name", "record", "entries"]
+__all__ = ["CLI_PREFIX", "Actor", "actor_name", "operator", "record", "entries"]
 
-LOCAL = "local"  # an action taken on the store's machine (the CLI), not through the service
-Actor = User | str | None  # a user, a worker's name, or None for LOCAL
+CLI_PREFIX = "cli:"  # an action taken on the store's machine (a command), not through the service's API
+Actor = User | str | None  # a user, a worker's name, or None for the operator running a command
+
+
+def operator() -> str:
+    """How the log names the operator running a command: ``cli:`` and their login name (never a user of the
+    service, such as its built-in admin ``local``)."""
+    try:
+        login = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        login = "unknown"
+    return CLI_PREFIX + login[:80]
 
 
 def actor_name(actor: Actor) -> str:
     if actor is None:
-        return LOCAL
+        return operator()
     return actor.name if isinstance(actor, User) else str(actor)
 
 

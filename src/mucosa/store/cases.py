@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import secrets
 from collections.abc import Sequence
 from typing import Any
@@ -16,11 +17,15 @@ from mucosa.store.records import Case, CaseStatus, MediaFile, NotFound, Page, Ro
 from mucosa.store.tables import CaseDetailRow, CaseRow, JobRow, UserRow
 from mucosa.store.users import check_name, require
 
-__all__ = ["KINDS", "MAX_PAGE", "NO_VERDICT", "UNFAMILIAR", "new_case_id", "as_day", "add", "get", "search", "delete",
-           "live_case"]
+__all__ = ["KINDS", "FIRST_YEAR", "MAX_PAGE", "MAX_OFFSET", "NO_VERDICT", "UNFAMILIAR", "new_case_id", "is_case_id",
+           "as_day", "add", "get", "search", "delete", "live_case"]
 
 KINDS = ("video", "images")
 MAX_PAGE = 500
+MAX_OFFSET = 10**9  # cases skipped before a page (far beyond any store; a 64-bit integer in every database)
+FIRST_YEAR = 1900  # no exam, and no search, before it
+_CASE_ID = re.compile(r"[0-9a-f]{12}")
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 UNFAMILIAR = "unfamiliar"  # the verdict's words for a case unlike every confirmed case (no class)
 NO_VERDICT = "none"  # searched as a verdict: cases without a class that are not unfamiliar
 _Creator = aliased(UserRow)
@@ -31,16 +36,29 @@ def new_case_id() -> str:
     return secrets.token_hex(6)
 
 
+def is_case_id(text: str) -> bool:
+    """Whether ``text`` has the form of a case id (:func:`new_case_id`); anything else is no case, unread."""
+    return isinstance(text, str) and _CASE_ID.fullmatch(text) is not None
+
+
 def as_day(value: dt.date | str | None, what: str) -> dt.date | None:
-    """A day given as a date, a datetime (its date) or ``YYYY-MM-DD``; StoreError for anything else."""
-    if value is None or (isinstance(value, dt.date) and not isinstance(value, dt.datetime)):
-        return value
+    """A day given as a date, a datetime (its date) or ``YYYY-MM-DD`` exactly (no week dates, no ``20250310``),
+    from :data:`FIRST_YEAR` on; StoreError for anything else."""
     if isinstance(value, dt.datetime):
-        return value.date()
-    try:
-        return dt.date.fromisoformat(str(value).strip())
-    except ValueError:
-        raise StoreError(f"{what} {str(value)[:40]!r} is not a date (YYYY-MM-DD)") from None
+        value = value.date()
+    if value is None:
+        return value
+    if not isinstance(value, dt.date):
+        text = str(value).strip()
+        try:
+            value = dt.date.fromisoformat(text) if _DAY.fullmatch(text) else None
+        except ValueError:
+            value = None
+        if value is None:
+            raise StoreError(f"{what}: {text[:40]!r} is not a date (YYYY-MM-DD)")
+    if value.year < FIRST_YEAR:
+        raise StoreError(f"{what}: {value} is before {FIRST_YEAR}")
+    return value
 
 
 def _optional(value: str | None, what: str) -> str | None:
@@ -98,6 +116,8 @@ def _record(row, detail: dict | None) -> Case:
 
 def get(session: Session, case_id: str, detail: bool = True) -> Case:
     """The case, with its detail unless ``detail`` is False. Raises NotFound (also for a deleted case)."""
+    if not is_case_id(case_id):
+        raise NotFound(f"no case {case_id[:40]!r}")
     found = session.execute(_query().where(CaseRow.id == case_id)).first()
     if found is None:
         raise NotFound(f"no case {case_id[:40]!r}")
@@ -108,7 +128,7 @@ def get(session: Session, case_id: str, detail: bool = True) -> Case:
 
 
 def live_case(session: Session, case_id: str) -> CaseRow:
-    row = session.get(CaseRow, case_id)
+    row = session.get(CaseRow, case_id) if is_case_id(case_id) else None
     if row is None or row.deleted_at is not None:
         raise NotFound(f"no case {case_id[:40]!r}")
     return row
@@ -151,8 +171,9 @@ def search(session: Session, limit: int, offset: int, **filters: Any) -> Page:
     The page's ids and the count walk the index ``ix_cases_search`` (revision 0003), which holds every column
     a filter reads: neither reads a case's row. Only the page's rows are read, by id (a deep page no longer
     reads every row before it)."""
-    if not 1 <= limit <= MAX_PAGE or offset < 0:
-        raise StoreError(f"a page holds 1 to {MAX_PAGE} cases from offset 0 or more; got {limit} from {offset}")
+    if not 1 <= limit <= MAX_PAGE or not 0 <= offset <= MAX_OFFSET:
+        raise StoreError(f"a page holds 1 to {MAX_PAGE} cases from offset 0 to {MAX_OFFSET}; got {limit} from "
+                         f"{str(offset)[:24]}")
     ordered = (_filtered(select(CaseRow.id).where(CaseRow.deleted_at.is_(None)), filters)
                .order_by(CaseRow.created_at.desc(), CaseRow.id.desc()))
     ids = list(session.scalars(ordered.limit(limit).offset(offset)))
@@ -162,9 +183,10 @@ def search(session: Session, limit: int, offset: int, **filters: Any) -> Page:
                 limit)
 
 
-def delete(session: Session, case_id: str, at: dt.datetime, by: Actor) -> None:
+def delete(session: Session, case_id: str, at: dt.datetime, by: Actor, model_version: str | None = None) -> None:
     """Hide a case from every list and search, and cancel its work. Its row, reviews and audit lines stay
-    (the audit log must keep making sense); its media stay in the store."""
+    (the audit log must keep making sense); its media stay in the store. The log line names the model that
+    judged the case, else ``model_version`` (the one that was to judge it)."""
     require(by, Role.ADMIN, "delete cases")
     row = live_case(session, case_id)
     row.deleted_at, row.deleted_by = at, by.id if isinstance(by, User) else None
@@ -173,4 +195,4 @@ def delete(session: Session, case_id: str, at: dt.datetime, by: Actor) -> None:
     job = session.scalars(select(JobRow).where(JobRow.case_id == case_id)).one()
     if job.state in (CaseStatus.QUEUED.value, CaseStatus.RUNNING.value):
         job.state, job.lease_owner, job.lease_expires, job.updated_at = CaseStatus.CANCELLED.value, None, None, at
-    record(session, by, "case.delete", at, case_id, row.model_version, {"name": row.name})
+    record(session, by, "case.delete", at, case_id, row.model_version or model_version, {"name": row.name})

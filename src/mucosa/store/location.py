@@ -59,6 +59,13 @@ class Location:
     def database_file(self) -> Path | None:
         return None if self.folder is None else self.folder / DATABASE_FILE
 
+    def holds(self, path: str | Path) -> bool:
+        """Whether ``path`` is, or lies inside, the store: its folder (with its database file) or its media
+        folder (links followed). An output there would overwrite the store's own files."""
+        target = Path(path).expanduser().resolve()
+        return any(target == place or target.is_relative_to(place)
+                   for place in (p.expanduser().resolve() for p in (self.folder, self.media) if p is not None))
+
     def describe(self) -> str:
         """The store as people should see it in messages (never with a password)."""
         if self.folder is not None:

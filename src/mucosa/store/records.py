@@ -13,12 +13,22 @@ from pathlib import PurePath
 from mucosa.errors import MucosaError
 
 __all__ = ["Role", "CaseStatus", "User", "MediaFile", "Case", "CaseResult", "Job", "Review", "AuditEntry", "Page",
-           "StoreError", "StoreNotFound", "MigrationNeeded", "UnknownRevision", "NotAllowed", "NotFound", "LeaseLost",
-           "InvalidReview"]
+           "StoreError", "StoreUnavailable", "StoreNotFound", "MigrationNeeded", "UnknownRevision", "NotAllowed",
+           "NotFound", "LeaseLost", "InvalidReview"]
 
 
 class StoreError(MucosaError):
     """The store cannot do what was asked; the message (one line) says why. The CLI exits with status 2."""
+
+
+class StoreUnavailable(StoreError):
+    """The database failed (unreachable, locked too long, full...). The message names the store, for its
+    operator; ``reason`` does not (what the service may tell a client). ``full``: the database or its disk is
+    full."""
+
+    def __init__(self, message: str, reason: str, full: bool = False) -> None:
+        super().__init__(message)
+        self.reason, self.full = reason, full
 
 
 class StoreNotFound(StoreError):

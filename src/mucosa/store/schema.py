@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mucosa.atomic import write_error
 from mucosa.errors import first_line
 from mucosa.store.location import MEDIA_FOLDER, Location, locate, make_engines, set_wal
-from mucosa.store.records import MigrationNeeded, StoreError, StoreNotFound, UnknownRevision
+from mucosa.store.records import MigrationNeeded, StoreError, StoreNotFound, StoreUnavailable, UnknownRevision
 from mucosa.store.tables import Base
 
 __all__ = ["MIGRATIONS", "known_revisions", "head_revision", "current_revision", "check_revision", "prepare",
@@ -60,10 +60,15 @@ def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-def database_error(location: Location, error: SQLAlchemyError) -> StoreError:
-    """A database failure as one line naming the store (e.g. the server is down, the file is not SQLite)."""
+_FULL = ("database or disk is full", "no space left on device", "disk quota exceeded", "could not extend file")
+
+
+def database_error(location: Location, error: SQLAlchemyError) -> StoreUnavailable:
+    """A database failure as one line naming the store (e.g. the server is down, the file is not SQLite); its
+    ``reason`` without the store, ``full`` when the database or its disk is full."""
     reason = first_line(getattr(error, "orig", None) or error).split(": ", 1)[-1]
-    return StoreError(f"store {location.describe()}: {reason}")
+    full = any(words in reason.lower() for words in _FULL)
+    return StoreUnavailable(f"store {location.describe()}: {reason}", reason, full)
 
 
 def check_revision(found: str, location: Location) -> None:
@@ -98,7 +103,8 @@ def _found(reader: Engine, location: Location) -> str | None:
 
 
 def _refuse_other_files(location: Location) -> None:
-    """A new store on SQLite is made in a new or empty folder, never among other files (a run, an atlas)."""
+    """A new store on SQLite is made in a new or empty folder, never among other files (a run, an atlas): the
+    one rule of ``mucosa store upgrade`` and ``mucosa serve``."""
     folder = location.folder
     if folder is None or not folder.is_dir() or location.database_file.exists():
         return
@@ -142,6 +148,7 @@ def prepare(location: Location, reader: Engine, writer: Engine, create: bool) ->
         raise StoreNotFound(f"no store at {where} (no {database.name} there): {hint}")
     try:
         if database is not None and create:
+            _refuse_other_files(location)
             _make_folders(location)
         found = _found(reader, location)
         if found is None and not create:

@@ -14,6 +14,7 @@ from typing import BinaryIO
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from mucosa.atomic import OutputError
 from mucosa.data.pseudonyms import Pseudonym
 from mucosa.store import auditlog, cases, jobs, reviews, users
 from mucosa.store import backup as backups
@@ -22,8 +23,9 @@ from mucosa.store.auditlog import Actor
 from mucosa.store.journal import GroupCommit
 from mucosa.store.location import Location, locate, make_engines
 from mucosa.store.media import MediaFolder
-from mucosa.store.records import AuditEntry, Case, CaseResult, Job, MediaFile, Page, Review, Role, User
+from mucosa.store.records import AuditEntry, Case, CaseResult, Job, MediaFile, Page, Review, Role, StoreError, User
 from mucosa.store.schema import database_error, head_revision, prepare
+from mucosa.store.tokens import MIN_CHOSEN, chosen_token_name, split_token
 
 __all__ = ["Store", "utc_now", "TRUST_SECONDS"]
 
@@ -31,6 +33,8 @@ __all__ = ["Store", "utc_now", "TRUST_SECONDS"]
 # users' list that a server without users reads on each request, likewise. A change made through this Store
 # ends both at once; one made by another process (``mucosa users disable`` or another server) within this time.
 TRUST_SECONDS = 30.0
+CHECKS_AT_ONCE = 4  # scrypt checks of tokens this process runs at once (each ~16 MiB): a flood of bad tokens
+# waits its turn instead of taking every core and the memory
 
 
 def utc_now() -> dt.datetime:
@@ -53,6 +57,8 @@ class Store:
         self._everyone: tuple[list[User], float] | None = None  # users() as last read, and when
         self._users_read = 0  # changes to the users made through this Store (a check read before one is not kept)
         self._checking: dict[bytes, threading.Lock] = {}  # a lock per token being checked (its SHA-256)
+        self._chosen: dict[bytes, str] = {}  # SHA-256 of this process's --token: its user's name
+        self._slots = threading.BoundedSemaphore(CHECKS_AT_ONCE)
         self._trust_lock = threading.Lock()
         self._lines = GroupCommit(self._write_lines)
 
@@ -143,11 +149,24 @@ class Store:
         with self._users_changing(), self._session(write=True) as session:
             return users.add(session, name, role, self.now(), by)[1]
 
-    def use_token(self, token: str, name: str = "admin") -> User:
-        """The laptop mode, ``mucosa serve --token T`` alone: one admin user, ``name``, whose token is ``T``
-        (made, or updated when ``T`` changed)."""
+    def use_token(self, token: str) -> User:
+        """The laptop mode, ``mucosa serve --token T``: one admin user, ``token-`` and a hash of ``T``
+        (:func:`~mucosa.store.tokens.chosen_token_name`), made the first time. This Store then accepts ``T`` as
+        that user, and only this Store: the token is never read back from the database, so a server started
+        without it, or with another, does not accept it. A user disabled by an admin stays disabled.
+
+        Raises:
+            StoreError: ``T`` is shorter than :data:`~mucosa.store.tokens.MIN_CHOSEN` characters, or its user
+                was disabled.
+        """
+        if len(token) < MIN_CHOSEN or len(token) > 200:
+            raise StoreError(f"--token must be {MIN_CHOSEN} to 200 characters long (e.g. `openssl rand -hex 16`)")
+        name = chosen_token_name(token)
         with self._users_changing(), self._session(write=True) as session:
-            return users.use_token(session, token, name, self.now())
+            user = users.use_token(session, token, name, self.now())
+        with self._trust_lock:
+            self._chosen[self._digest(token)] = name
+        return user
 
     def renew_token(self, name: str, by: Actor = None) -> str:
         """A new token for ``name`` (the old one stops working); returns it."""
@@ -187,11 +206,18 @@ class Store:
             return users.user_record(users.find(session, name))
 
     def authenticate(self, token: str) -> User | None:
-        """The active user whose token this is, or None. A token checked once (scrypt, tens of milliseconds) is
-        trusted by this process for :data:`TRUST_SECONDS` without reading the store: a user disabled, a role
-        changed or a token renewed through this Store counts at once, through another process within that time.
-        Only a SHA-256 of the token is kept, never the token."""
-        key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        """The active user whose token this is, or None. A token not of the form ``mucosa_<12 hex>_<secret>``
+        (other than this Store's --token, :meth:`use_token`) is refused at once, without a hash or a read; a
+        well-formed one is looked up by its id, and only a user's own is checked with scrypt (tens of
+        milliseconds; at most :data:`CHECKS_AT_ONCE` at a time). A token checked once is trusted by this process
+        for :data:`TRUST_SECONDS` without reading the store: a user disabled, a role changed or a token renewed
+        through this Store counts at once, through another process within that time. Only a SHA-256 of the
+        token is kept, never the token."""
+        key = self._digest(token)
+        with self._trust_lock:
+            chosen = self._chosen.get(key)
+        if chosen is None and split_token(token)[0] is None:
+            return None
         with self._trust_lock:
             if len(self._checking) > 10_000:  # unknown tokens by the thousand: start again
                 self._checking.clear()
@@ -201,11 +227,15 @@ class Store:
                 trusted, generation = self._trusted.get(key), self._users_read
             if trusted is not None and trusted[1] > time.monotonic():
                 return trusted[0]
-            return self._check(key, token, generation)
+            return self._check(key, token, chosen, generation)
 
-    def _check(self, key: bytes, token: str, generation: int) -> User | None:
-        with self._session(write=False) as session:
-            found = users.authenticate(session, token)
+    @staticmethod
+    def _digest(token: str) -> bytes:
+        return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+    def _check(self, key: bytes, token: str, chosen: str | None, generation: int) -> User | None:
+        with self._slots, self._session(write=False) as session:
+            found = users.chosen_user(session, chosen) if chosen else users.authenticate(session, token)
         with self._trust_lock:
             if found is None:
                 self._trusted.pop(key, None)
@@ -273,10 +303,11 @@ class Store:
             return cases.search(session, limit, offset, patient=patient, since=since, until=until, verdict=verdict,
                                 reviewed=reviewed, name=name, text=text, status=status)
 
-    def delete_case(self, case_id: str, by: Actor = None) -> None:
-        """Delete a case (admins): it leaves every list and its work stops; reviews and the log keep it."""
+    def delete_case(self, case_id: str, by: Actor = None, model_version: str | None = None) -> None:
+        """Delete a case (admins): it leaves every list and its work stops; reviews and the log keep it (with
+        the model that judged it, else ``model_version``: the one that was to)."""
         with self._session(write=True) as session:
-            cases.delete(session, case_id, self.now(), by)
+            cases.delete(session, case_id, self.now(), by, model_version)
 
     # ------------------------------------------------------------------------------------------ jobs
 
@@ -378,7 +409,14 @@ class Store:
     def export_reviewed(self, path: str | Path, pseudonym: Pseudonym | None = None) -> int:
         """Write a manifest CSV of the reviewed cases, their histology labels and pseudonymous patient ids, that
         ``mucosa train`` reads (see :mod:`mucosa.store.export`; ``pseudonym``: patients as keyed pseudonyms);
-        returns its rows."""
+        returns its rows.
+
+        Raises:
+            OutputError: ``path`` is, or lies inside, the store (its folder, database or media).
+        """
+        if self._location.holds(path):
+            raise OutputError(f"-o {path} would overwrite the store's own files ({self.location}); write the "
+                              "manifest outside the store")
         return exports.export_reviewed(self.reviewed_cases(), self.media, path, self.location, pseudonym)
 
     def backup(self, out: str | Path) -> Path:

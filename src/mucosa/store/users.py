@@ -7,13 +7,14 @@ import datetime as dt
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mucosa.data.manifest import has_control
 from mucosa.store.auditlog import Actor, record
 from mucosa.store.records import NotAllowed, NotFound, Role, StoreError, User
 from mucosa.store.tables import UserRow
-from mucosa.store.tokens import hash_token, new_token, split_token, verify_token
+from mucosa.store.tokens import CHOSEN_PREFIX, hash_token, new_token, split_token, verify_token
 
 __all__ = ["user_record", "require", "parse_role", "check_name", "find", "add", "use_token", "renew_token",
-           "set_role", "set_active", "everyone", "authenticate"]
+           "set_role", "set_active", "everyone", "authenticate", "chosen_user"]
 
 MAX_NAME = 100
 
@@ -38,9 +39,10 @@ def parse_role(role: Role | str) -> Role:
 
 
 def check_name(name: str, what: str = "user name", limit: int = MAX_NAME) -> str:
-    """A name stripped of outer spaces; refused when empty, too long, or holding control characters."""
+    """A name stripped of outer spaces; refused when empty, too long, or holding control or format characters
+    (Unicode Cc, Cf, Zl, Zp: a NUL, U+0085, a right-to-left override U+202E...)."""
     cleaned = (name or "").strip()
-    if not cleaned or len(cleaned) > limit or any(ord(c) < 32 or ord(c) == 127 for c in cleaned):
+    if not cleaned or len(cleaned) > limit or has_control(cleaned):
         raise StoreError(f"{what} {name[:limit + 20]!r} must be 1 to {limit} printable characters")
     return cleaned
 
@@ -56,6 +58,8 @@ def add(session: Session, name: str, role: Role | str, at: dt.datetime, by: Acto
     """A new user with a fresh token; returns the user and the token (only its hash is kept)."""
     require(by, Role.ADMIN, "add users")
     name, role = check_name(name), parse_role(role)
+    if name.startswith(CHOSEN_PREFIX):
+        raise StoreError(f"user names beginning {CHOSEN_PREFIX!r} are kept for the tokens of mucosa serve --token")
     if session.scalars(select(UserRow.id).where(UserRow.name == name)).first() is not None:
         raise StoreError(f"user {name!r} exists already (`mucosa users token {name}` gives them a new token)")
     token, token_id = new_token()
@@ -68,22 +72,24 @@ def add(session: Session, name: str, role: Role | str, at: dt.datetime, by: Acto
 
 
 def use_token(session: Session, token: str, name: str, at: dt.datetime) -> User:
-    """The laptop mode: the admin ``name`` whose token is ``token`` (chosen by hand), made or updated."""
-    name = check_name(name)
-    if not token:
-        raise StoreError("the token is empty")
+    """The laptop mode: the user ``name`` (:func:`~mucosa.store.tokens.chosen_token_name` of ``token``), an admin
+    made the first time. Nothing an admin changed since is undone: a disabled one is refused, a role kept.
+
+    Raises:
+        StoreError: the user was disabled, or ``name`` is a user with a token of their own.
+    """
     row = session.scalars(select(UserRow).where(UserRow.name == name)).first()
     if row is not None and row.token_id is not None:
-        raise StoreError(f"user {name!r} exists with a token of its own; pick another name for the --token user")
+        raise StoreError(f"user {name!r} exists with a token of its own; choose another --token")
     if row is None:
         row = UserRow(name=name, role=Role.ADMIN.value, token_id=None, token_hash=hash_token(token), active=True,
                       created_at=at)
         session.add(row)
         session.flush()
         record(session, None, "user.add", at, detail={"user": name, "role": Role.ADMIN.value, "token": "chosen"})
-    elif not verify_token(token, row.token_hash) or row.role != Role.ADMIN.value or not row.active:
-        row.token_hash, row.role, row.active = hash_token(token), Role.ADMIN.value, True
-        record(session, None, "user.token", at, detail={"user": name, "token": "chosen"})
+    elif not row.active:
+        raise StoreError(f"the user of this --token, {name}, was disabled: `mucosa users enable {name}` lets it in "
+                         "again, or choose another token")
     return user_record(row)
 
 
@@ -119,13 +125,18 @@ def everyone(session: Session) -> list[User]:
 
 
 def authenticate(session: Session, token: str) -> User | None:
-    """The active user whose token this is; None for any other token."""
+    """The active user whose token (made by :func:`add` or :func:`renew_token`) this is; None for any other
+    token. Only a well-formed token whose id a user has is checked with scrypt."""
     token_id, _ = split_token(token)
-    if token_id is not None:
-        rows = session.scalars(select(UserRow).where(UserRow.token_id == token_id)).all()
-    else:
-        rows = session.scalars(select(UserRow).where(UserRow.token_id.is_(None))).all()
-    for row in rows:
+    if token_id is None:
+        return None
+    for row in session.scalars(select(UserRow).where(UserRow.token_id == token_id)).all():
         if row.active and verify_token(token, row.token_hash):
             return user_record(row)
     return None
+
+
+def chosen_user(session: Session, name: str) -> User | None:
+    """The user of a token chosen by hand (``serve --token``), while active; None otherwise."""
+    row = session.scalars(select(UserRow).where(UserRow.name == name, UserRow.token_id.is_(None))).first()
+    return user_record(row) if row is not None and row.active else None

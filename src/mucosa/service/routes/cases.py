@@ -38,6 +38,7 @@ from mucosa.service.report import timeline_csv
 from mucosa.service.routes.common import (
     API_VERSION,
     MEDIA_ERRORS,
+    checked_text,
     exam_fields,
     finalize,
     log,
@@ -47,7 +48,7 @@ from mucosa.service.routes.common import (
 )
 from mucosa.service.settings import ServeSettings
 from mucosa.service.uploads import discard, safe_stem
-from mucosa.store.cases import MAX_PAGE
+from mucosa.store.cases import MAX_OFFSET, MAX_PAGE, NO_VERDICT, UNFAMILIAR
 
 __all__ = ["router"]
 
@@ -79,7 +80,7 @@ async def create_case(request: Request, engine: EngineDep, cases: CasesDep, sett
     try:
         sources, files, given = await _case_files(request, place[1], settings)
         exam = exam_fields(given.get("patient"), given.get("exam_date"), given.get("region"))
-        name = name or given.get("name")
+        name = checked_text(name if name is not None else given.get("name"), "name", 120, blank=False)
         groups = [[path] for path in sources] if len(sources) > 1 and all(
             media_kind(path) == "video" for path in sources) else [sources]
         for _ in groups[1:]:
@@ -109,15 +110,19 @@ async def create_case(request: Request, engine: EngineDep, cases: CasesDep, sett
 @router.get("", response_model=list[schemas.CaseSummary], responses={
     200: {"headers": {"X-Total-Count": {"description": "cases matching the filters", "schema": {"type": "integer"}}}},
     422: {"model": schemas.Problem, "description": "a filter is not valid (the parameter is named)"}})
-def list_cases(cases: CasesDep,
+def list_cases(cases: CasesDep, card: CardDep,
                patient: str | None = Query(None, max_length=64, description="pseudonymous patient id (exact)"),
                since: dt.date | None = SINCE, until: dt.date | None = UNTIL,
                verdict: str | None = Query(None, max_length=64, description="a class, `unfamiliar`, or `none`"),
                reviewed: bool | None = Query(None, description="reviewed (true) or not (false)"),
                q: str | None = Query(None, max_length=200, description="part of the case's name or patient id"),
-               limit: int = Query(100, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0)) -> Response:
+               limit: int = Query(100, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0, le=MAX_OFFSET)) -> Response:
     """The cases matching every filter given, newest first, without timelines (the total in
     ``X-Total-Count``)."""
+    known = [*card["classes"], UNFAMILIAR, NO_VERDICT]
+    if verdict is not None and verdict not in known:
+        raise problem(422, f"verdict: {verdict[:64]!r} is not one of {', '.join(known)}")
+    patient, q = checked_text(patient, "patient", 64), checked_text(q, "q", 200)
     views, total = cases.page(patient=patient, since=since, until=until, verdict=verdict, reviewed=reviewed,
                               text=q, limit=limit, offset=offset)
     answer = _listable(views)
@@ -168,10 +173,12 @@ async def frame(case_id: str, number: int, ext: str, engine: EngineDep, cases: C
 
 @router.get("/{case_id}/timeline.csv", response_class=Response,
             responses={200: {"content": {"text/csv": {}}}, **NOT_FOUND})
-def case_timeline(case_id: str, cases: CasesDep, card: CardDep, settings: SettingsDep) -> Response:
+def case_timeline(case_id: str, cases: CasesDep, card: CardDep, settings: SettingsDep, user: UserDep) -> Response:
     """The per-frame timeline: frame, time, probability, smoothed, quality, dropped (and each image's file,
-    under ``--pseudonymise`` as its pseudonym)."""
-    case = case_or_404(cases, case_id).to_dict()
+    under ``--pseudonymise`` as its pseudonym). Logged as exported by the user."""
+    view = case_or_404(cases, case_id)
+    cases.store.record(user, "case.export", case_id, view.record.model_version, {"as": "timeline.csv"})
+    case = view.to_dict()
     if settings.pseudonym is not None:
         case = private_case(case, settings.pseudonym)
     return Response(timeline_csv(case, card["classes"]), media_type="text/csv",

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 from pathlib import Path
 
 from fastapi import HTTPException, Request
 from starlette.requests import ClientDisconnect
 
+from mucosa.data.manifest import has_control
 from mucosa.data.pseudonyms import Pseudonym
 from mucosa.service import schemas
 from mucosa.service.engine import UnsupportedMedia, media_suffix
@@ -18,9 +18,11 @@ from mucosa.service.privacy import shown_name
 from mucosa.service.problems import problem
 from mucosa.service.settings import ServeSettings
 from mucosa.service.uploads import Upload, UploadedFile, UploadError, receive, safe_stem
+from mucosa.store import StoreError
+from mucosa.store.cases import as_day
 
-__all__ = ["API_VERSION", "EXAM_LIMIT", "MEDIA_ERRORS", "exam_fields", "finalize", "log", "media_error", "read_upload",
-           "upload_body"]
+__all__ = ["API_VERSION", "EXAM_LIMIT", "MEDIA_ERRORS", "checked_text", "exam_fields", "finalize", "log", "media_error",
+           "read_upload", "upload_body"]
 
 log = logging.getLogger("mucosa.service.app")  # the routes' log keeps the service's one name (logging configs)
 
@@ -76,27 +78,30 @@ def media_error(error: Exception, names: dict[str, str] | None = None) -> HTTPEx
 
 
 EXAM_LIMIT = 64  # characters of a patient id or a region
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def _text(value: str | None, what: str) -> str | None:
-    if value is None or not value.strip():
+def checked_text(value: str | None, what: str, limit: int = EXAM_LIMIT, blank: bool = True) -> str | None:
+    """A text field or parameter of a request, stripped: None when missing (or blank, when ``blank`` allows it);
+    422 naming it when it is blank, longer than ``limit`` or holds control or format characters (a NUL, U+0085,
+    U+202E...)."""
+    if value is None or (blank and not value.strip()):
         return None
-    value = value.strip()
-    if len(value) > EXAM_LIMIT or _CONTROL.search(value):
-        raise problem(422, f"{what}: at most {EXAM_LIMIT} printable characters")
-    return value
+    cleaned = value.strip()
+    if not cleaned or len(cleaned) > limit or has_control(cleaned):
+        raise problem(422, f"{what}: 1 to {limit} printable characters (no control or format characters)")
+    return cleaned
 
 
 def exam_fields(patient: str | None, exam_date: str | None, region: str | None) -> dict:
     """The optional exam fields of a new case, checked: a pseudonymous patient id and a region (each at most
-    64 printable characters), the exam date (``YYYY-MM-DD``, not in the future); 422 naming the field."""
+    64 printable characters), the exam date (``YYYY-MM-DD``, from 1900, not in the future); 422 naming the
+    field."""
     day = None
     if exam_date is not None and exam_date.strip():
         try:
-            day = dt.date.fromisoformat(exam_date.strip())
-        except ValueError:
-            raise problem(422, f"exam_date: {exam_date[:20]!r} is not a date (YYYY-MM-DD)") from None
+            day = as_day(exam_date, "exam_date")
+        except StoreError as error:
+            raise problem(422, str(error)) from None
         if day > dt.date.today() + dt.timedelta(days=1):  # a day of slack for the time zones
             raise problem(422, f"exam_date: {day} is in the future")
-    return {"patient": _text(patient, "patient"), "exam_date": day, "region": _text(region, "region")}
+    return {"patient": checked_text(patient, "patient"), "exam_date": day, "region": checked_text(region, "region")}
