@@ -161,6 +161,7 @@ def test_serve_checks_its_store_and_token_before_binding(monkeypatch, capsys, tm
         raise ConfigError("the server would bind now")
 
     monkeypatch.setattr(server, "bind", bind)
+    monkeypatch.setattr("mucosa.service.engine.Engine", lambda *args, **kwargs: None)  # the model loads first
     store, token = tmp_path / "store", "the laptop's token, 16 or more"
 
     def serve(*args):
