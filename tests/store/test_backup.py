@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from mucosa.atomic import OutputError
 from mucosa.store import CaseResult, Store, StoreError, UnknownRevision, restore
 
 
@@ -86,3 +87,30 @@ def test_restore_refuses_what_is_not_a_backup_of_this_backend_or_version(store, 
     (out / "backup.json").write_text(json.dumps({**info, "revision": "0099"}))
     with pytest.raises(UnknownRevision, match="revision 0099"):
         restore(out, tmp_path / "y", tmp_path / "m")
+
+
+def test_a_backup_never_goes_into_around_or_over_the_store(store, filled, tmp_path):
+    place = store.place
+    inside = [p for p in (place.folder, place.media, place.media and place.media / "shared") if p is not None]
+    around = [p.parent for p in (place.folder, place.media) if p is not None]
+    before = _media(store.media.root)
+    for out in inside + around:
+        with pytest.raises(OutputError, match="the store's own files"):
+            store.backup(out)
+    assert _media(store.media.root) == before and len(store.search().cases) == 2
+
+
+def test_a_store_that_needs_an_upgrade_is_backed_up_at_its_own_revision(place, tmp_path):
+    """What the migration's message advises (back it up, then upgrade) works: the backup records the old
+    revision, and the store restored from it needs the upgrade too."""
+    from mucosa.store import MigrationNeeded, head_revision
+    from mucosa.store.backup import backup_store
+    from store_revisions import FIRST, first_revision_store
+
+    first_revision_store(place.location, place.media)
+    out = backup_store(place.location, tmp_path / "backup", place.media)
+    assert json.loads((out / "backup.json").read_text())["revision"] == FIRST != head_revision()
+    if place.backend == "sqlite":
+        restore(out, tmp_path / "restored")
+        with pytest.raises(MigrationNeeded):
+            Store.open(tmp_path / "restored")

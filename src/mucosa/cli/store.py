@@ -105,8 +105,10 @@ def cmd_upgrade(args: argparse.Namespace) -> None:
 
 
 def cmd_backup(args: argparse.Namespace) -> None:
-    with _open(args) as store:
-        store.backup(args.out)  # logs where
+    from mucosa.store.backup import backup_store
+    from mucosa.store.location import default_location
+
+    backup_store(args.store or default_location(), args.out, args.media)  # logs where; an older store too
 
 
 def cmd_restore(args: argparse.Namespace) -> None:

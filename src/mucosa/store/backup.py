@@ -29,11 +29,11 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
-from mucosa.atomic import OutputSet, PendingFile, write_error, write_text
+from mucosa.atomic import OutputError, OutputSet, PendingFile, write_error, write_text
 from mucosa.store.location import BUSY_SECONDS, DATABASE_FILE, Location, locate, make_engines, set_wal
 from mucosa.store.media import copy_case_folders, copy_media
 from mucosa.store.records import StoreError, UnknownRevision
-from mucosa.store.schema import database_error, head_revision, known_revisions
+from mucosa.store.schema import database_error, head_revision, known_revisions, stored_revision
 
 __all__ = ["backup", "restore", "read_manifest", "MANIFEST", "PG_DUMP_FILE"]
 
@@ -81,13 +81,36 @@ def _run(tool: str, arguments: list[str], url: URL, where: str) -> None:
         raise StoreError(f"{tool} failed for {where}: {lines[0][:300]}")
 
 
-def backup(place: Location, out: str | Path, now: dt.datetime) -> Path:
-    """Back the store at ``place`` up into the folder ``out`` while it keeps serving; returns ``out``.
+def backup_store(location: str | Path, out: str | Path, media: str | Path | None = None,
+                 now: dt.datetime | None = None) -> Path:
+    """Back the store at ``location`` up into the folder ``out`` (``mucosa store backup``), also a store at an
+    older revision, which needs ``mucosa store upgrade`` (back it up first) and cannot be opened until then.
+
+    Raises:
+        StoreNotFound, UnknownRevision: no store there, or one of a newer mucosa.
+        StoreError, OutputError, WriteError: see :func:`backup`.
+    """
+    place = locate(location, media)
+    reader, writer = make_engines(place)
+    try:
+        revision = stored_revision(place, reader)
+    finally:
+        reader.dispose()
+        writer.dispose()
+    return backup(place, out, now or dt.datetime.now(dt.timezone.utc), revision)
+
+
+def backup(place: Location, out: str | Path, now: dt.datetime, revision: str | None = None) -> Path:
+    """Back the store at ``place`` (at ``revision``, this mucosa's by default) up into the folder ``out`` while
+    it keeps serving; returns ``out``.
 
     Raises:
         StoreError: the database cannot be copied (pg_dump missing or failing).
+        OutputError: ``out`` is, or lies inside, the store, or holds it (a backup there would replace the store's
+            own files).
         OutputError, WriteError: ``out`` cannot be written.
     """
+    _refuse_the_store_itself(place, out)
     with OutputSet(out, (MANIFEST, DATABASE_FILE, PG_DUMP_FILE, "media"), "backup folder") as staged:
         if place.database_file is not None:
             database = DATABASE_FILE
@@ -97,11 +120,20 @@ def backup(place: Location, out: str | Path, now: dt.datetime) -> Path:
             _run("pg_dump", ["--format=custom", "--file", str(staged.path(database))], place.url, place.describe())
         media = copy_media(place.media, staged.staging / "media")
         folders = copy_case_folders(place.media, staged.staging / "media")
-        info = {"format": FORMAT, "version": 1, "backend": place.backend, "revision": head_revision(),
+        info = {"format": FORMAT, "version": 1, "backend": place.backend, "revision": revision or head_revision(),
                 "database": database, "media_files": media, "case_folders": folders, "created": now.isoformat()}
         write_text(staged.path(MANIFEST), json.dumps(info, indent=2) + "\n")
     log.info("backed up %s into %s (%d media files, %d case folders)", place.describe(), out, media, folders)
     return Path(out)
+
+
+def _refuse_the_store_itself(place: Location, out: str | Path) -> None:
+    """A backup folder is never the store, inside it, or around its folders (it would replace their files)."""
+    target = Path(out).expanduser().resolve()
+    folders = (p.expanduser().resolve() for p in (place.folder, place.media) if p is not None)
+    if place.holds(out) or any(folder.is_relative_to(target) for folder in folders):
+        raise OutputError(f"{out}: the backup folder would hold or replace the store's own files "
+                          f"({place.describe()}); back it up into a folder outside the store")
 
 
 def read_manifest(folder: str | Path) -> dict:

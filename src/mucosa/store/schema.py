@@ -163,6 +163,27 @@ def prepare(location: Location, reader: Engine, writer: Engine, create: bool) ->
     check_revision(found, location)
 
 
+def stored_revision(location: Location, reader: Engine) -> str:
+    """The revision of the store at ``location``, maybe older than this mucosa's: what a backup made before
+    ``mucosa store upgrade`` records (nothing is changed).
+
+    Raises:
+        StoreNotFound: no store there. UnknownRevision: a newer mucosa wrote it. StoreError: it cannot be read.
+    """
+    where, database = location.describe(), location.database_file
+    if database is not None and not database.exists():
+        raise StoreNotFound(f"no store at {where} (no {database.name} there)")
+    try:
+        found = _found(reader, location)
+    except SQLAlchemyError as error:
+        raise database_error(location, error) from None
+    if found is None:
+        raise StoreNotFound(f"store {where}: the database holds no mucosa store")
+    if found not in known_revisions():
+        check_revision(found, location)  # its one line: UnknownRevision
+    return found
+
+
 def upgrade(location: str | Path, media: str | Path | None = None) -> tuple[str | None, str]:
     """Bring the store at ``location`` to the current revision, creating it where there is none.
 
