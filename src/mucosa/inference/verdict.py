@@ -14,8 +14,8 @@
   from (further from them than about 95% of those cases are from the others), and its probability means
   nothing. The share of its unfamiliar frames is given beside the verdict. A case is judged as a whole
   because a few frames of any recording look unlike the atlas, and a foreign recording has familiar-looking
-  frames too: on the pCLE brain videos, the colorectal video had 26-29% of its frames above the frame
-  threshold, held-out brain videos up to 30% (docs/results.md).
+  frames too: against the pCLE brain models, the colorectal video had 26-29% of its frames above the frame
+  threshold, held-out brain videos up to 21% (docs/results.md).
 
 Example:
     >>> from mucosa.inference.verdict import verdict
