@@ -20,8 +20,8 @@ the model sees alike have a high dot product), one row per row of ``predict``:
 
 With an atlas (``atlas/`` beside the checkpoint, as ``mucosa train`` writes it, or ``load(..., atlas=A)``),
 every prediction says which used frames are unlike every confirmed case the model learnt from, and a case
-that is mostly unfamiliar gets the verdict ``unfamiliar`` instead of a class; ``similar_cases`` gives the
-confirmed cases that look alike:
+that is unfamiliar as a whole (``verdict.unfamiliar_case``) gets the verdict ``unfamiliar`` instead of a
+class; ``similar_cases`` gives the confirmed cases that look alike:
 
     >>> prediction = classifier.predict("test-pattern.png")          # doctest: +SKIP
     >>> prediction.verdict, prediction.unfamiliar_share              # doctest: +SKIP
