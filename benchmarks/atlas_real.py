@@ -72,7 +72,7 @@ def fold_atlas(loaded, table, embeddings) -> tuple[Atlas, np.ndarray]:
     """The atlas of the fold's training and validation frames, calibrated on the validation frames."""
     sides = np.array([table.record(i).split for i in range(len(table))])
     rows = np.flatnonzero(np.isin(sides, ("train", "val")))
-    records = FrameRecords.of(cases=[str(table.record(i).path.name) for i in rows],
+    records = FrameRecords.of(cases=[str(table.record(i).path) for i in rows],
                               patients=table.patients[rows], labels=[table.record(i).label for i in rows],
                               frames=table.frame_index[rows], files=[table.record(i).path.name for i in rows])
     model = AtlasModel(loaded.weights_sha256, tuple(loaded.classes), embeddings.shape[1])
