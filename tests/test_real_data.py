@@ -9,6 +9,7 @@ accuracy figures are in docs/results.md (benchmarks/real_data.py).
 import csv
 import json
 import math
+import statistics
 from dataclasses import replace
 
 import pytest
@@ -56,7 +57,8 @@ def brain_manifest(pcle_brain, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_pcle_videos_grouped_fold_end_to_end(brain_manifest, tmp_path):
+def test_pcle_videos_grouped_fold_end_to_end(brain_manifest, pcle_colon_video, tmp_path):
+    colon = pcle_colon_video
     run, out, cache = tmp_path / "run", tmp_path / "eval", str(tmp_path / "cache")
     assert main(["train", "--manifest", str(brain_manifest), "--config", "configs/pcle.yaml", *TINY,
                  "--split", "kfold", "--k", "3", "--fold", "0", "--val", "0.5", "--out", str(run),
@@ -70,6 +72,16 @@ def test_pcle_videos_grouped_fold_end_to_end(brain_manifest, tmp_path):
     result = assert_finite_report(out, len(parts["test"]))
     assert result["threshold"]["chosen_on"].startswith("validation")
     assert {r["patient"] for r in read_csv(out / "predictions.csv")} == parts["test"]
+    # the colorectal video through the atlas written after training: the case verdict is the one rule's
+    atlas = json.loads((run / "atlas" / "atlas.json").read_text())["calibration"]
+    said = main(["predict", "--checkpoint", str(run / "best.ckpt"), str(colon), "--out", str(tmp_path / "colon"),
+                 "--cache", cache])
+    frames = [r for r in read_csv(tmp_path / "colon" / "predictions.csv") if r["used"] == "1"]
+    unlike = statistics.median(float(r["unfamiliarity"]) for r in frames) > atlas["case_threshold"]
+    (case,) = read_csv(tmp_path / "colon" / "cases.csv")
+    assert (case["verdict"] == "unfamiliar") == unlike and said == (4 if unlike else 0)
+    assert float(case["unfamiliar_share"]) == pytest.approx(sum(r["unfamiliar"] == "1" for r in frames) / len(frames),
+                                                            abs=1e-4)
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from mucosa.inference.atlas import (
     load,
 )
 from mucosa.inference.atlas_store import make_thumbnails
-from mucosa.inference.verdict import NO_VERDICT, UNFAMILIAR, UNFAMILIAR_SHARE, verdict_or_unfamiliar
+from mucosa.inference.verdict import NO_VERDICT, UNFAMILIAR, verdict_or_unfamiliar
 
 D = 16
 CLASSES = ("control", "active")
@@ -72,7 +72,7 @@ def test_save_and_load_round_trip(atlas, tmp_path):
     atlas.calibrate(val, val_records.patients)
     folder = atlas.save(tmp_path / "atlas")
     manifest = json.loads((folder / "atlas.json").read_text())
-    assert manifest["format"] == "mucosa-atlas" and manifest["version"] == 1
+    assert manifest["format"] == "mucosa-atlas" and manifest["version"] == 2
     assert set(manifest["files"]) == {"embeddings.npy", "thumbnails.npy", "frames.csv"}  # exact: no index file
     loaded = load(folder, weights_sha256=MODEL.weights_sha256)
     assert loaded.model == MODEL and loaded.calibration == atlas.calibration and len(loaded) == len(atlas)
@@ -112,9 +112,11 @@ REFUSALS = {
     "missing manifest": (lambda f: (f / "atlas.json").unlink(), ["no atlas.json"]),
     "damaged manifest": (lambda f: (f / "atlas.json").write_text("{not json"),
                          ["atlas.json", "unreadable or truncated JSON"]),
-    "newer version": (lambda f: rewrite_manifest(f, version=2), ["atlas.json", "version 2", "it knows 1",
+    "newer version": (lambda f: rewrite_manifest(f, version=3), ["atlas.json", "version 3", "it knows 2",
                                                                  "upgrade"]),
-    "unknown version": (lambda f: rewrite_manifest(f, version="one"), ["version 'one'", "knows 1"]),
+    "older version": (lambda f: rewrite_manifest(f, version=1), ["atlas.json", "version 1", "case threshold",
+                                                                 "build it again"]),
+    "unknown version": (lambda f: rewrite_manifest(f, version="one"), ["version 'one'", "knows 2"]),
     "other format": (lambda f: rewrite_manifest(f, format="mucosa-checkpoint"), ["not a mucosa atlas"]),
     "count differs": (lambda f: rewrite_manifest(f, frames=7), ["embeddings.npy", "120 frames", "says 7"]),
     "no model": (lambda f: rewrite_manifest(f, model={}), ["atlas.json", "model is not described"]),
@@ -276,18 +278,35 @@ def test_calibration_refuses_what_cannot_place_a_threshold(atlas, quantile, coun
     assert atlas.calibration is None
 
 
-def test_a_mostly_unfamiliar_case_gets_the_unfamiliar_verdict(atlas):
+def test_the_case_threshold_is_the_atlas_cases_own_median_scores_95th_percentile(atlas):
     val, val_records, _ = cohort(seed=6, patients=10, prefix="V")
-    atlas.calibrate(val, val_records.patients)
+    calibration = atlas.calibrate(val, val_records.patients)
+    medians = atlas.case_scores()
+    assert calibration.cases == len(medians) == 12  # 6 patients, a control and an active case each
+    assert calibration.case_threshold == medians.max()  # 12 cases: the smallest value with 95% at or below it
+    held_out, held_records, _ = cohort(seed=7, patients=10, prefix="H")
+    called = [atlas.unfamiliar(held_out[held_records.cases == case]) for case in sorted(set(held_records.cases))]
+    assert sum(np.median(f.scores) > f.case_threshold for f in called) <= 2  # of 20 in-domain cases
+
+
+def test_a_case_unlike_the_atlas_as_a_whole_gets_the_unfamiliar_verdict(atlas):
+    """A case judged as a whole: its median score against the case threshold, not the share of its frames
+    above the frame threshold (verdict.py's doctests); the share is still given."""
+    val, val_records, _ = cohort(seed=6, patients=10, prefix="V")
+    calibration = atlas.calibrate(val, val_records.patients)
     rng = np.random.default_rng(9)
-    foreign = atlas.unfamiliar(frames_near(rng, CENTRES[2], 20)).flags
-    assert verdict_or_unfamiliar(0.97, list(CLASSES), foreign) == (UNFAMILIAR, foreign.mean())
-    familiar = atlas.unfamiliar(frames_near(rng, CENTRES[1], 20)).flags
-    assert verdict_or_unfamiliar(0.97, list(CLASSES), familiar)[0] == "active inflammation"
-    half = [True, False] * 5
-    assert verdict_or_unfamiliar(0.2, list(CLASSES), half) == ("mucosal healing", UNFAMILIAR_SHARE)
-    assert verdict_or_unfamiliar(0.2, list(CLASSES), None) == ("mucosal healing", None)
-    assert verdict_or_unfamiliar(None, list(CLASSES), []) == (NO_VERDICT, None)
+
+    def judged(frames, probability=0.97):
+        found = atlas.unfamiliar(frames)
+        return verdict_or_unfamiliar(probability, list(CLASSES), found.flags, 0.5, found.scores, found.case_threshold)
+
+    foreign = atlas.unfamiliar(frames_near(rng, CENTRES[2], 20))
+    assert judged(frames_near(rng, CENTRES[2], 20))[0] == UNFAMILIAR and foreign.flags.mean() > 0.9
+    assert judged(frames_near(rng, CENTRES[1], 20))[0] == "active inflammation"
+    mostly_familiar = np.concatenate([frames_near(rng, CENTRES[0], 14), frames_near(rng, CENTRES[2], 6)])
+    assert judged(mostly_familiar, 0.2) == ("mucosal healing", pytest.approx(0.3, abs=0.1))
+    assert verdict_or_unfamiliar(0.2, list(CLASSES), None) == ("mucosal healing", None)  # no atlas: cannot tell
+    assert verdict_or_unfamiliar(None, list(CLASSES), [], 0.5, [], calibration.case_threshold) == (NO_VERDICT, None)
 
 
 # --- the approximate index -----------------------------------------------------------------------

@@ -46,6 +46,7 @@ def test_build_add_and_search_round_trip(atlas_copy, tmp_path, capsys):
     assert card["folder"] == "atlas-train" and card["atlas_json_sha256"] == sha256(folder / "atlas.json")
     assert (card["threshold"], card["k"], card["quantile"], card["frames"]) == (
         atlas.calibration.threshold, atlas.calibration.k, 0.95, 96)
+    assert (card["case_threshold"], card["calibration_cases"]) == (atlas.calibration.case_threshold, 96)
 
     # grow it by the validation and test rows (its checkpoint: the one beside it); it is calibrated again
     grown = tmp_path / "more.csv"
@@ -54,6 +55,7 @@ def test_build_add_and_search_round_trip(atlas_copy, tmp_path, capsys):
     assert "96 frames added; atlas" in capsys.readouterr().out
     atlas = load(folder, load_checkpoint(run / "best.ckpt").weights_sha256)
     assert len(atlas) == 192 and atlas.calibration.atlas_frames == 192 and atlas.calibration.frames == 48
+    assert atlas.calibration.cases == 192  # the case threshold is set again on the grown atlas's cases
     assert len(atlas.origin["validation_cases"]) == 48 and len(atlas.origin["manifests"]) == 2
     assert load_checkpoint(run / "best.ckpt").info["atlas"]["atlas_json_sha256"] == sha256(folder / "atlas.json")
     before = sha256(folder / "atlas.json")

@@ -272,16 +272,21 @@ def test_stream_outputs_are_checked_before_the_first_frame(checkpoint, tmp_path,
 # --- the atlas: unfamiliar frames live -----------------------------------------------------------
 
 
-def test_smoother_counts_unfamiliar_frames_and_says_unfamiliar_past_half():
-    smoother = Smoother(["control", "active"], window=2)
+def test_smoother_counts_unfamiliar_frames_and_judges_the_case_by_its_median_score():
+    smoother = Smoother(["control", "active"], window=2, case_threshold=0.5)
     assert smoother.unfamiliar_share is None
-    smoother.update(np.float32(0.9), False)
-    smoother.update(np.float32(0.8), True)
-    assert smoother.unfamiliar_share == 0.5 and smoother.verdict == "active inflammation"  # half is not most
-    smoother.update(np.float32(0.7), True)
-    assert smoother.unfamiliar_share == pytest.approx(2 / 3) and smoother.verdict == UNFAMILIAR
-    smoother.update(np.float32(0.7), None)  # a frame the atlas cannot tell: the share is unknown from then on
+    smoother.update(np.float32(0.9), False, 0.2)
+    smoother.update(np.float32(0.8), True, 0.7)
+    assert smoother.unfamiliar_share == 0.5 and smoother.verdict == "active inflammation"  # median 0.45
+    smoother = Smoother(["control", "active"], window=2, case_threshold=0.5)
+    for flag, score in ((False, 0.2), (False, 0.6), (True, 0.9)):  # one frame of three past the frame threshold
+        smoother.update(np.float32(0.8), flag, score)
+    assert smoother.unfamiliar_share == pytest.approx(1 / 3) and smoother.verdict == UNFAMILIAR  # median 0.6
+    smoother.update(np.float32(0.7), None)  # a frame the atlas cannot tell: unknown from then on
     assert smoother.unfamiliar_share is None and smoother.verdict == "active inflammation"
+    uncalibrated = Smoother(["control", "active"], window=2)  # no case threshold: it cannot tell
+    uncalibrated.update(np.float32(0.8), True, 0.9)
+    assert uncalibrated.unfamiliar_share == 1.0 and uncalibrated.verdict == "active inflammation"
 
 
 def test_the_status_line_shows_the_flag_and_the_running_share():

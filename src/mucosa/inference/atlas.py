@@ -19,7 +19,10 @@ case, patient, label, frame number, source file and a small gray thumbnail) and 
   :data:`UNFAMILIAR_K`-th nearest atlas frame of another patient (deep nearest-neighbour
   out-of-distribution detection, Sun et al., ICML 2022); it is unfamiliar above a threshold that
   :meth:`Atlas.calibrate` sets on validation frames, so that about 5% of in-domain frames are flagged.
-  An atlas without a calibration cannot tell, and says so (``flags`` is ``None``).
+  A case (a file, a recording) is judged as a whole (``verdict.unfamiliar_case``): its frames' median score
+  against a case threshold that :meth:`Atlas.calibrate` sets on the atlas's own cases, each scored with its
+  patient left out, so that about 5% of in-domain cases would be called unfamiliar. An atlas without a
+  calibration cannot tell, and says so (``flags`` and ``case_threshold`` are ``None``).
 
 Distances are cosine distances, 1 - cosine similarity, from 0 to 2 (:mod:`mucosa.inference.atlas_index`);
 where fewer atlas frames than needed are left (a tiny atlas, most of it the query's own patient), a missing
@@ -65,8 +68,8 @@ from mucosa.inference.atlas_store import (
 )
 
 __all__ = ["Atlas", "AtlasError", "AtlasFileError", "AtlasModel", "Calibration", "Familiarity", "FrameRecords", "Match",
-           "SimilarCase", "Vote", "CALIBRATION_QUANTILE", "CLOSEST_FRAMES", "MIN_CALIBRATION_FRAMES",
-           "NEIGHBOURS_PER_FRAME", "UNFAMILIAR_K", "load", "refuse_other_model"]
+           "SimilarCase", "Vote", "CALIBRATION_QUANTILE", "CASE_CALIBRATION_FRAMES", "CLOSEST_FRAMES",
+           "MIN_CALIBRATION_FRAMES", "NEIGHBOURS_PER_FRAME", "UNFAMILIAR_K", "load", "refuse_other_model"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,7 @@ CLOSEST_FRAMES = 3  # closest frames shown for each similar case
 UNFAMILIAR_K = 10  # the unfamiliarity score is the distance to this nearest atlas frame (Sun et al.)
 CALIBRATION_QUANTILE = 0.95  # share of in-domain validation frames below the threshold
 MIN_CALIBRATION_FRAMES = 20  # fewer validation frames cannot place a 95% quantile
+CASE_CALIBRATION_FRAMES = 64  # frames of each atlas case (evenly spaced) whose median scores the case
 FARTHEST = 2.0  # the cosine distance of a missing neighbour
 
 
@@ -122,11 +126,12 @@ class Vote:
 @dataclass
 class Familiarity:
     """Each query frame's unfamiliarity score, and whether it is unfamiliar (``flags``: None when the atlas
-    has no calibration and cannot tell)."""
+    has no calibration and cannot tell); the thresholds of a frame and of a case (``verdict.unfamiliar_case``)."""
 
     scores: np.ndarray
     flags: np.ndarray | None
     threshold: float | None
+    case_threshold: float | None = None
 
 
 def _checked_parts(model: AtlasModel, embeddings, records: FrameRecords,
@@ -294,9 +299,11 @@ class Atlas:
 
     def calibrate(self, val_embeddings, val_patients, quantile: float = CALIBRATION_QUANTILE,
                   k: int = UNFAMILIAR_K) -> Calibration:
-        """Set (and return) the unfamiliarity threshold: the ``quantile`` of in-domain validation frames'
-        scores, each frame's own patient left out of the atlas, so that about ``1 - quantile`` of such frames
-        are flagged. The threshold is saved with the atlas.
+        """Set (and return) the unfamiliarity thresholds: a frame's, the ``quantile`` of in-domain validation
+        frames' scores, each frame's own patient left out of the atlas, so that about ``1 - quantile`` of such
+        frames are flagged; and a case's, the ``quantile`` of the atlas's own cases' scores
+        (:meth:`case_scores`; the smallest of them at or above it: their largest with 20 cases or fewer).
+        Both are saved with the atlas.
 
         Raises:
             AtlasError: ``quantile`` not strictly between 0 and 1, fewer than :data:`MIN_CALIBRATION_FRAMES`
@@ -316,11 +323,28 @@ class Atlas:
             own = patients == patient
             scores[own] = self.scores(embeddings[own], k, exclude_patient=patient)
         threshold = float(np.quantile(scores, quantile))
+        cases = self.case_scores(k)
+        case_threshold = float(np.quantile(cases, quantile, method="higher"))
         self.calibration = Calibration(int(k), threshold, float(quantile), len(scores), len(set(patients.tolist())),
-                                       float(np.mean(scores > threshold)), len(self))
-        log.info("atlas calibrated: threshold %.4f (%d validation frames, %.1f%% flagged)", threshold, len(scores),
-                 100 * self.calibration.flagged_share)
+                                       float(np.mean(scores > threshold)), len(self), case_threshold, len(cases))
+        log.info("atlas calibrated: threshold %.4f (%d validation frames, %.1f%% flagged), case threshold %.4f "
+                 "(%d atlas cases)", threshold, len(scores), 100 * self.calibration.flagged_share, case_threshold,
+                 len(cases))
         return self.calibration
+
+    def case_scores(self, k: int = UNFAMILIAR_K) -> np.ndarray:
+        """Each atlas case's score as a query case would get it: the median of its frames' scores (up to
+        :data:`CASE_CALIBRATION_FRAMES` of them, evenly spaced), its own patient left out of the atlas."""
+        rows: dict[str, list[int]] = defaultdict(list)
+        for row, case in enumerate(self.records.cases.tolist()):
+            rows[case].append(row)
+        medians = []
+        for case in sorted(rows):
+            found = np.asarray(rows[case])
+            chosen = found[np.unique(np.linspace(0, len(found) - 1, CASE_CALIBRATION_FRAMES).round().astype(int))]
+            patient = str(self.records.patients[chosen[0]])
+            medians.append(float(np.median(self.scores(self.embeddings[chosen], k, exclude_patient=patient))))
+        return np.asarray(medians)
 
     def unfamiliar(self, query_embeddings, exclude_patient: str | None = None) -> Familiarity:
         """Each query frame's score and, when the atlas is calibrated, whether it is unfamiliar (score above
@@ -328,7 +352,8 @@ class Atlas:
         scores = self.scores(query_embeddings, exclude_patient=exclude_patient)
         if self.calibration is None:
             return Familiarity(scores, None, None)
-        return Familiarity(scores, scores > self.calibration.threshold, self.calibration.threshold)
+        calibration = self.calibration
+        return Familiarity(scores, scores > calibration.threshold, calibration.threshold, calibration.case_threshold)
 
     # --- files ----------------------------------------------------------------------------------
 

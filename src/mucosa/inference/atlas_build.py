@@ -8,12 +8,14 @@ and found beside a checkpoint.
   image or a video, with its frame range), named ``FILE@SHA`` by the file's name and the start of its
   content's SHA-256, so that the same recording is the same case whatever folder or manifest names it.
 - The unfamiliarity threshold is calibrated on the manifest's validation rows (split column ``val``), each
-  frame's own patient left out (:meth:`Atlas.calibrate`); fewer than
+  frame's own patient left out, and the case threshold on the atlas's own cases (:meth:`Atlas.calibrate`);
+  fewer than
   :data:`~mucosa.inference.atlas.MIN_CALIBRATION_FRAMES` validation frames leave the atlas uncalibrated,
   with a warning (it shows similar cases but cannot tell unfamiliar frames).
 - The atlas records how it was built (``built_from``: the checkpoint's file name, the runtime, the
   manifest's name and hash, the parts, the validation cases), and the checkpoint's model card records the
-  atlas (key :data:`CARD_KEY`: folder, ``atlas.json``'s SHA-256, frames, threshold, k, quantile).
+  atlas (key :data:`CARD_KEY`: folder, ``atlas.json``'s SHA-256, frames, threshold, k, quantile, case
+  threshold).
 - :func:`add_to_atlas` grows an atlas by a manifest's new cases, with the checkpoint it was built for (its
   weights are checked), and calibrates it again on its validation cases and the new ones.
 - :func:`atlas_after_training` writes ``atlas/`` beside ``best.ckpt`` after ``mucosa train``; a failure is a
@@ -80,8 +82,10 @@ class AtlasReport:
     def format(self) -> str:
         cases = len(set(self.atlas.records.cases.tolist()))
         calibration = self.atlas.calibration
-        told = (f"unfamiliar above distance {calibration.threshold:.4f} (k {calibration.k}, set on "
-                f"{calibration.frames} validation frames of {calibration.patients} patients)" if calibration else
+        told = (f"a frame unfamiliar above distance {calibration.threshold:.4f} (k {calibration.k}, set on "
+                f"{calibration.frames} validation frames of {calibration.patients} patients), a case above a "
+                f"median of {calibration.case_threshold:.4f} (set on the atlas's {calibration.cases} cases)"
+                if calibration else
                 "not calibrated: it shows similar cases but cannot tell unfamiliar frames")
         return f"atlas {self.folder}: {len(self.atlas)} frames of {cases} cases; {told}"
 
@@ -183,7 +187,8 @@ def _record(atlas: Atlas, folder: Path, checkpoint: LoadedCheckpoint) -> dict:
              "cases": len(set(atlas.records.cases.tolist())), "threshold": None, "k": None, "quantile": None}
     if calibration is not None:
         entry.update(threshold=calibration.threshold, k=calibration.k, quantile=calibration.quantile,
-                     calibration_frames=calibration.frames, flagged_share=calibration.flagged_share)
+                     calibration_frames=calibration.frames, flagged_share=calibration.flagged_share,
+                     case_threshold=calibration.case_threshold, calibration_cases=calibration.cases)
     record_in_card(checkpoint.path, CARD_KEY, entry)
     return entry
 

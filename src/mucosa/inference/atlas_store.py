@@ -47,14 +47,15 @@ from mucosa.formats import check_version, read_json_object
 
 __all__ = ["AtlasError", "AtlasFileError", "AtlasFiles", "AtlasModel", "Calibration", "FrameRecords", "COLUMNS",
            "EMBEDDINGS", "FRAMES", "INDEX", "THUMBNAILS",
-           "FORMAT", "KNOWN_VERSIONS", "MANIFEST", "THUMBNAIL_SIZE", "VERSION", "checked_embeddings",
+           "FORMAT", "KNOWN_VERSIONS", "MANIFEST", "OLDER_VERSIONS", "THUMBNAIL_SIZE", "VERSION", "checked_embeddings",
            "make_thumbnails", "read", "write"]
 
 log = logging.getLogger(__name__)
 
 FORMAT = "mucosa-atlas"
-VERSION = 1
-KNOWN_VERSIONS = (1,)  # the versions this mucosa reads
+VERSION = 2  # 2: the calibration holds the case threshold of the unfamiliar verdict
+KNOWN_VERSIONS = (2,)  # the versions this mucosa reads
+OLDER_VERSIONS = (1,)  # versions of earlier mucosa: refused with a word on what to do
 MANIFEST, EMBEDDINGS, THUMBNAILS, FRAMES, INDEX = ("atlas.json", "embeddings.npy", "thumbnails.npy", "frames.csv",
                                                    "index.faiss")
 COLUMNS = ("case", "patient", "label", "frame", "file")
@@ -147,8 +148,13 @@ class FrameRecords:
 
 @dataclass(frozen=True)
 class Calibration:
-    """The unfamiliarity threshold and how it was set: the ``k``-th nearest atlas frame's distance of
-    ``frames`` validation frames of ``patients`` patients (own patient left out), at ``quantile``."""
+    """The unfamiliarity thresholds and how they were set.
+
+    - ``threshold``, for a frame: the ``quantile`` of ``frames`` validation frames' scores (the ``k``-th
+      nearest atlas frame's distance, own patient left out) of ``patients`` patients.
+    - ``case_threshold``, for a case: the ``quantile`` (the smallest value at or above it) of the atlas's
+      ``cases`` cases' median frame scores, each case's own patient left out of the atlas.
+    """
 
     k: int
     threshold: float
@@ -157,7 +163,10 @@ class Calibration:
     patients: int
     flagged_share: float  # share of those validation frames above the threshold
     atlas_frames: int  # the atlas's size then (it may have grown since)
-    method: str = "cosine distance to the k-th nearest atlas frame of another patient (Sun et al., ICML 2022)"
+    case_threshold: float
+    cases: int
+    method: str = ("cosine distance to the k-th nearest atlas frame of another patient (Sun et al., ICML 2022); "
+                   "a case: the median of its frames' distances")
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -170,9 +179,10 @@ class Calibration:
             calibration = cls(**values)
         except TypeError:
             raise AtlasError("the unfamiliarity calibration is damaged") from None
+        thresholds = (calibration.threshold, calibration.case_threshold)
         if (not isinstance(calibration.k, int) or calibration.k < 1
-                or not isinstance(calibration.threshold, (int, float)) or not np.isfinite(calibration.threshold)):
-            raise AtlasError("the unfamiliarity calibration is damaged (k, threshold)")
+                or not all(isinstance(t, (int, float)) and np.isfinite(t) for t in thresholds)):
+            raise AtlasError("the unfamiliarity calibration is damaged (k, threshold, case_threshold)")
         return calibration
 
 
@@ -253,6 +263,9 @@ def _manifest(folder: Path) -> dict:
     if manifest.get("format") != FORMAT:
         raise AtlasFileError(f"{path}: not a mucosa atlas (format {manifest.get('format')!r:.40}, expected "
                              f"{FORMAT!r})")
+    if manifest.get("version") in OLDER_VERSIONS:
+        raise AtlasFileError(f"{path}: atlas format version {manifest['version']}, made by an earlier mucosa without "
+                             "the case threshold of the unfamiliar verdict; build it again (mucosa atlas build)")
     check_version(path, "atlas", manifest.get("version"), KNOWN_VERSIONS, AtlasFileError)  # the one rule
     if not isinstance(manifest.get("files"), dict):
         raise AtlasFileError(f"{path}: damaged (no SHA-256 of the atlas's files)")

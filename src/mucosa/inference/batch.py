@@ -17,8 +17,8 @@ in it, with a warning.
 The atlas (``mucosa.inference.atlas``; ``atlas/`` beside the checkpoint, or one named): with one, every
 used frame is embedded in the same pass as its probability, and ``predictions.csv`` gives its unfamiliarity
 score and whether it is ``unfamiliar``; ``files.csv`` and ``cases.csv`` give each file's and case's share of
-unfamiliar used frames, the verdict ``unfamiliar`` when that share is above one half
-(``verdict.verdict_or_unfamiliar``, the one rule) and the atlas's nearest-neighbour vote as a second opinion
+unfamiliar used frames, the verdict ``unfamiliar`` when their median score is above the atlas's case
+threshold (``verdict.verdict_or_unfamiliar``, the one rule) and the atlas's nearest-neighbour vote as a second opinion
 (``atlas_vote``, ``atlas_vote_share``); ``similar.json`` lists each case's most similar confirmed cases, with
 their closest frames as PNG thumbnails in ``similar/``. A manifest names each file's patient, whose own
 frames in the atlas are left out of its answers; a file given alone has no known patient. Without an
@@ -159,9 +159,14 @@ class PredictResult:
         return len(self.files) + len(self.unreadable)
 
     def verdict_and_share(self, summary: Summary) -> tuple[str, float | None]:
-        """The verdict (``unfamiliar`` when most used frames are) and the share of unfamiliar used frames."""
-        flags = None if summary.atlas is None else summary.atlas.flags
-        return verdicts.verdict_or_unfamiliar(summary.mean(), self.classes, flags, self.threshold)
+        """The verdict (``unfamiliar`` when the case as a whole is: ``verdict.unfamiliar_case``) and the share of
+        unfamiliar used frames."""
+        view = summary.atlas
+        calibration = None if self.atlas is None else self.atlas.calibration
+        told = view is not None and view.flags is not None and calibration is not None
+        return verdicts.verdict_or_unfamiliar(summary.mean(), self.classes, None if view is None else view.flags,
+                                              self.threshold, view.scores if told else None,
+                                              calibration.case_threshold if told else None)
 
     def verdict(self, summary: Summary) -> str:
         return self.verdict_and_share(summary)[0]

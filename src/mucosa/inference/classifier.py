@@ -20,8 +20,8 @@ the model sees alike have a high dot product), one row per row of ``predict``:
 
 With an atlas (``atlas/`` beside the checkpoint, as ``mucosa train`` writes it, or ``load(..., atlas=A)``),
 every prediction says which used frames are unlike every confirmed case the model learnt from, and a case
-that is mostly unfamiliar gets the verdict ``unfamiliar`` instead of a class; ``similar_cases`` gives the
-confirmed cases that look alike:
+that is unfamiliar as a whole (``verdict.unfamiliar_case``) gets the verdict ``unfamiliar`` instead of a
+class; ``similar_cases`` gives the confirmed cases that look alike:
 
     >>> prediction = classifier.predict("test-pattern.png")          # doctest: +SKIP
     >>> prediction.verdict, prediction.unfamiliar_share              # doctest: +SKIP
@@ -236,12 +236,14 @@ class Classifier:
         per_case: dict[str, list] = {}
         for source, case, frames, patient in items:
             probs, vectors = self._score(frames, columns, source, case, embedding_width)
-            scores, flags, count = per_case.setdefault(case, [[], [], 0])
+            scores, flags, count, unfamiliarity = per_case.setdefault(case, [[], [], 0, []])
             per_case[case][2] = count + len(probs)
             scores += [p for p in probs if not np.any(np.isnan(p))]
             if asks_atlas:
-                flags += self._familiarity(probs, vectors, patient, columns)
-        cases = [self._case(name, scores, flags, count) for name, (scores, flags, count) in per_case.items()]
+                found_flags, found_scores = self._familiarity(probs, vectors, patient, columns)
+                flags += found_flags
+                unfamiliarity += found_scores
+        cases = [self._case(name, *found) for name, found in per_case.items()]
         width = () if len(self.classes) == 2 else (len(self.classes),)
         probabilities = (np.asarray(columns["probabilities"], np.float32) if columns["probabilities"]
                          else np.zeros((0, *width), np.float32))
@@ -255,17 +257,21 @@ class Classifier:
                           np.asarray(columns["unfamiliar"], bool) if told else None,
                           np.asarray(columns["unfamiliarity"], np.float64) if asks_atlas else None)
 
-    def _case(self, name: str, scores: list, flags: list, count: int) -> CaseVerdict:
+    def _case(self, name: str, scores: list, flags: list, count: int, unfamiliarity: list) -> CaseVerdict:
         """A case's verdict by the one rule (``verdict.verdict_or_unfamiliar``), from its used frames."""
         score = verdicts.mean_score(scores)
-        told = self.atlas is not None and self.atlas.calibration is not None
-        verdict, share = verdicts.verdict_or_unfamiliar(score, self.classes, flags if told else None, self.threshold)
+        calibration = None if self.atlas is None else self.atlas.calibration
+        told = calibration is not None
+        verdict, share = verdicts.verdict_or_unfamiliar(score, self.classes, flags if told else None, self.threshold,
+                                                        unfamiliarity if told else None,
+                                                        calibration.case_threshold if told else None)
         return CaseVerdict(name, verdict, None if score is None else (float(score) if np.ndim(score) == 0 else score),
                            count, len(scores), share)
 
-    def _familiarity(self, probs: list, vectors: np.ndarray | None, patient: str | None, columns: dict) -> list:
+    def _familiarity(self, probs: list, vectors: np.ndarray | None, patient: str | None,
+                     columns: dict) -> tuple[list, list]:
         """Append each frame's unfamiliarity score and flag to ``columns`` (NaN and False for frames not used);
-        returns the used frames' flags."""
+        returns the used frames' flags and scores."""
         used = [k for k, p in enumerate(probs) if not np.any(np.isnan(p))]
         scores, flags = np.full(len(probs), np.nan), np.zeros(len(probs), bool)
         if used:
@@ -275,7 +281,7 @@ class Classifier:
                 flags[used] = familiarity.flags
         columns["unfamiliarity"].extend(scores.tolist())
         columns["unfamiliar"].extend(flags.tolist())
-        return flags[used].tolist()
+        return flags[used].tolist(), scores[used].tolist()
 
     def _score(self, frames, columns: dict[str, list], source: str, case: str,
                embedding_width: int | None) -> tuple[list, np.ndarray | None]:

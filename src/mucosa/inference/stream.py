@@ -14,8 +14,8 @@ Per frame: decode → field-of-view crop → quality gate → inference → temp
 - With an atlas (``atlas/`` beside the checkpoint, or one named), each used frame is embedded in the same
   pass as its probability and marked unfamiliar or not (``atlas.Atlas.unfamiliar``); the status line and
   the timeline carry the flag and the running share of unfamiliar used frames, and the running and final
-  verdicts follow ``verdict.verdict_or_unfamiliar`` (``unfamiliar`` while more than half of the used frames
-  so far are), as ``predict`` does for the file.
+  verdicts follow ``verdict.verdict_or_unfamiliar`` (``unfamiliar`` while the median score of the used
+  frames so far is above the atlas's case threshold), as ``predict`` does for the file.
 
 Decoding and preprocessing run in a background thread, inference in the calling one, so the two overlap
 (PyAV, NumPy, Pillow and both runtimes release the GIL). ``realtime`` paces frames at the source frame
@@ -77,9 +77,10 @@ class FrameResult:
 
 class Smoother:
     """Moving mean of the last ``window`` informative probabilities, and the running case mean, share of
-    unfamiliar frames and verdict."""
+    unfamiliar frames and verdict (``case_threshold``: the atlas's, None without a calibrated atlas)."""
 
-    def __init__(self, classes: list[str], window: int = 16, threshold: float = 0.5) -> None:
+    def __init__(self, classes: list[str], window: int = 16, threshold: float = 0.5,
+                 case_threshold: float | None = None) -> None:
         if window < 1:
             raise ConfigError(f"window {window} must be at least 1 frame")
         self.classes, self.threshold = classes, verdicts.check_threshold(threshold)
@@ -87,10 +88,12 @@ class Smoother:
         self.total = 0.0
         self.count = 0
         self.flags: list[bool] | None = []  # unfamiliar or not, per informative frame; None: cannot tell
+        self.scores: list[float] = []  # their unfamiliarity scores
+        self.case_threshold = case_threshold
 
-    def update(self, probability, unfamiliar: bool | None = None) -> None:
-        """Add an informative frame's probability, and whether the atlas finds it unfamiliar (None: no atlas,
-        or one that cannot tell; then the share stays unknown)."""
+    def update(self, probability, unfamiliar: bool | None = None, unfamiliarity: float | None = None) -> None:
+        """Add an informative frame's probability, whether the atlas finds it unfamiliar and its score (None:
+        no atlas, or one that cannot tell; then the share and the unfamiliar verdict stay unknown)."""
         self.recent.append(probability)
         self.total = self.total + np.asarray(probability, np.float64)
         self.count += 1
@@ -98,6 +101,7 @@ class Smoother:
             self.flags = None
         else:
             self.flags.append(bool(unfamiliar))
+            self.scores.append(float(unfamiliarity if unfamiliarity is not None else np.nan))
 
     @property
     def unfamiliar_share(self) -> float | None:
@@ -113,7 +117,10 @@ class Smoother:
 
     @property
     def verdict(self) -> str:
-        return verdicts.verdict_or_unfamiliar(self.case_probability, self.classes, self.flags, self.threshold)[0]
+        told = self.flags is not None
+        return verdicts.verdict_or_unfamiliar(self.case_probability, self.classes, self.flags, self.threshold,
+                                              self.scores if told else None,
+                                              self.case_threshold if told else None)[0]
 
 
 @dataclass
@@ -327,7 +334,8 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
     check_outputs(source, timeline, annotate)
     info = video_info(source)
     classes = predictor.classes
-    smoother = Smoother(classes, window, threshold)
+    calibration = None if atlas is None else atlas.calibration
+    smoother = Smoother(classes, window, threshold, None if calibration is None else calibration.case_threshold)
     report = DecodeReport()
     prep = predictor.preprocessing
     choice = getattr(predictor, "choice", None)
@@ -348,7 +356,7 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
             if not skipped:
                 probability, score, flag = _infer(predictor, atlas, frame.image, summary.stage_seconds)
                 toc = time.perf_counter()
-                smoother.update(probability, flag)
+                smoother.update(probability, flag, score)
                 summary.stage_seconds["smooth"] += time.perf_counter() - toc
                 summary.used += 1
             result = FrameResult(index, index / info.fps if info.fps else 0.0, float(quality), skipped, probability,

@@ -7,10 +7,15 @@
   none, there is no verdict (:data:`NO_VERDICT`).
 - A probability that is not finite (a diverged model) never becomes a verdict: it raises
   :class:`~mucosa.errors.ModelOutputError`.
-- With an atlas (:mod:`mucosa.inference.atlas`) that marks each frame familiar or unfamiliar: a file or
-  case whose used frames are mostly unfamiliar (a share above :data:`UNFAMILIAR_SHARE`) gets the verdict
-  :data:`UNFAMILIAR` instead of a class (:func:`verdict_or_unfamiliar`): it is unlike every confirmed case
-  the model learnt from, and its probability means nothing.
+- With a calibrated atlas (:mod:`mucosa.inference.atlas`), which gives each used frame an unfamiliarity
+  score and marks it unfamiliar above the frame threshold: a file or case whose frames' median score is
+  above the atlas's case threshold (:func:`unfamiliar_case`) gets the verdict :data:`UNFAMILIAR` instead of
+  a class (:func:`verdict_or_unfamiliar`): as a whole it is unlike the confirmed cases the model learnt
+  from (further from them than about 95% of those cases are from the others), and its probability means
+  nothing. The share of its unfamiliar frames is given beside the verdict. A case is judged as a whole
+  because a few frames of any recording look unlike the atlas, and a foreign recording has familiar-looking
+  frames too: against the pCLE brain models, the colorectal video had 26-29% of its frames above the frame
+  threshold, held-out brain videos up to 21% (docs/results.md).
 
 Example:
     >>> from mucosa.inference.verdict import verdict
@@ -29,12 +34,11 @@ import numpy as np
 from mucosa.data.manifest import POSITIVE_WORDS
 from mucosa.errors import ConfigError, ModelOutputError
 
-__all__ = ["NO_VERDICT", "UNFAMILIAR", "UNFAMILIAR_SHARE", "verdict_names", "check_threshold", "call", "calls",
-           "mean_score", "verdict", "unfamiliar_share", "verdict_or_unfamiliar"]
+__all__ = ["NO_VERDICT", "UNFAMILIAR", "verdict_names", "check_threshold", "call", "calls", "mean_score", "verdict",
+           "unfamiliar_share", "unfamiliar_case", "verdict_or_unfamiliar"]
 
 NO_VERDICT = "no informative frames"
 UNFAMILIAR = "unfamiliar"
-UNFAMILIAR_SHARE = 0.5  # a file or case is unfamiliar when more than this share of its used frames is
 
 
 def verdict_names(classes: list[str]) -> list[str]:
@@ -100,25 +104,36 @@ def unfamiliar_share(unfamiliar) -> float | None:
     return float(flags.mean()) if len(flags) else None
 
 
-def verdict_or_unfamiliar(score, classes: list[str], unfamiliar=None,
-                          threshold: float = 0.5) -> tuple[str, float | None]:
+def unfamiliar_case(unfamiliarity, case_threshold: float | None) -> bool | None:
+    """Whether a file or case is unfamiliar: the median of its used frames' unfamiliarity scores (one a
+    frame) is above the atlas's ``case_threshold``. ``None`` when it cannot tell: no calibrated atlas (a
+    ``case_threshold`` or scores of ``None``) or no frames."""
+    if unfamiliarity is None or case_threshold is None:
+        return None
+    scores = np.asarray(unfamiliarity, dtype=np.float64).ravel()
+    return bool(np.median(scores) > case_threshold) if len(scores) else None
+
+
+def verdict_or_unfamiliar(score, classes: list[str], unfamiliar=None, threshold: float = 0.5,
+                          unfamiliarity=None, case_threshold: float | None = None) -> tuple[str, float | None]:
     """The verdict of a file or case, and the share of its used frames that are unfamiliar.
 
-    ``unfamiliar`` holds one bool for each used frame (the frames ``score`` is the mean of), or ``None``
-    when there is no calibrated atlas to tell. More than :data:`UNFAMILIAR_SHARE` of them unfamiliar gives
-    :data:`UNFAMILIAR`; otherwise the verdict is :func:`verdict`'s.
+    ``unfamiliar`` and ``unfamiliarity`` hold, for each used frame (the frames ``score`` is the mean of),
+    whether the atlas marks it unfamiliar and its score; ``case_threshold`` is the atlas's (all ``None`` when
+    there is no calibrated atlas to tell). :func:`unfamiliar_case` gives :data:`UNFAMILIAR`; otherwise the
+    verdict is :func:`verdict`'s.
 
     Example:
-        >>> verdict_or_unfamiliar(0.9, ["control", "active"], [True, True, False])
-        ('unfamiliar', 0.6666666666666666)
-        >>> verdict_or_unfamiliar(0.9, ["control", "active"], [True, False, False])
+        >>> verdict_or_unfamiliar(0.9, ["control", "active"], [True, False, False], 0.5, [0.9, 0.6, 0.7], 0.65)
+        ('unfamiliar', 0.3333333333333333)
+        >>> verdict_or_unfamiliar(0.9, ["control", "active"], [True, False, False], 0.5, [0.9, 0.1, 0.2], 0.65)
         ('active inflammation', 0.3333333333333333)
-        >>> verdict_or_unfamiliar(0.9, ["control", "active"], None)  # no atlas: it cannot tell
+        >>> verdict_or_unfamiliar(0.9, ["control", "active"])  # no atlas: it cannot tell
         ('active inflammation', None)
-        >>> verdict_or_unfamiliar(None, ["control", "active"], [])
+        >>> verdict_or_unfamiliar(None, ["control", "active"], [], 0.5, [], 0.65)
         ('no informative frames', None)
     """
     share = unfamiliar_share(unfamiliar)
-    if score is not None and share is not None and share > UNFAMILIAR_SHARE:
+    if score is not None and unfamiliar_case(unfamiliarity, case_threshold):
         return UNFAMILIAR, share
     return verdict(score, classes, threshold), share

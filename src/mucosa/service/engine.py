@@ -291,16 +291,19 @@ class Engine:
             probabilities, embeddings = self.predictor.predict_and_embed(np.ascontiguousarray(frame[None]))
         return np.asarray(probabilities)[0], np.asarray(embeddings)[0]
 
-    def verdict(self, mean, used: int, total: int, state: str, calls=None, flags=None) -> dict:
+    def verdict(self, mean, used: int, total: int, state: str, calls=None, flags=None, scores=None) -> dict:
         """A verdict as JSON: ``label`` (the clinical words for the class, or None without informative
         frames), ``class``, ``text`` (the label, or why there is none), ``score`` (mean probability),
         ``threshold``, ``frames`` it rests on, ``total`` frames seen, ``state`` (queued, running, final) and
         ``calls``: how many of the informative frames each class was called on (``calls``, one count per
         class; none yet when not given) and ``unfamiliar``: the share of the informative frames the atlas finds
-        unfamiliar (``flags``, one bool a frame; None: no atlas to tell). More than half unfamiliar gives the
-        label ``unfamiliar`` and no class (``verdict.verdict_or_unfamiliar``)."""
+        unfamiliar (``flags``, one bool a frame; None: no atlas to tell). Their median unfamiliarity (``scores``)
+        above the atlas's case threshold gives the label ``unfamiliar`` and no class
+        (``verdict.verdict_or_unfamiliar``)."""
         label = cls = None
-        said, share = verdicts.verdict_or_unfamiliar(mean, self.classes, flags, self.threshold)
+        calibration = None if self.atlas is None else self.atlas.calibration
+        said, share = verdicts.verdict_or_unfamiliar(mean, self.classes, flags, self.threshold, scores,
+                                                     None if calibration is None else calibration.case_threshold)
         if said == verdicts.UNFAMILIAR:
             label = said
         elif mean is not None:
@@ -391,7 +394,7 @@ class Engine:
             probability = called = flag = score = None
             if not dropped:
                 probability, flag, score = self._frame(number, model_frame, familiar)
-                smoother.update(probability, flag)
+                smoother.update(probability, flag, score)
                 index = verdicts.call(probability, self.threshold)
                 calls[index] += 1
                 called = self.classes[index]
@@ -401,7 +404,7 @@ class Engine:
                    "probability": _plain(probability), "smoothed": _plain(smoother.smoothed), "called": called,
                    "source": source, "unfamiliar": flag, "unfamiliarity": score}
             row["case"] = self.verdict(smoother.case_probability, smoother.count, seen, "running", calls,
-                                       smoother.flags if familiar is not None else None)
+                                       *((smoother.flags, smoother.scores) if familiar is not None else ()))
         if familiar is not None:
             familiar.save()
         if row is not None:
