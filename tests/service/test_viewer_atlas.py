@@ -83,7 +83,8 @@ def test_a_foreign_image_is_unfamiliar_and_marked(page, base, tmp_path):
     drop(page, base, sine_png(tmp_path))
     assert page.text_content("#verdict-label") == "Unfamiliar"
     assert "unfamiliar" in page.get_attribute("#verdict", "class")
-    assert "100%" in page.text_content("#verdict-score")
+    assert "unlike the confirmed cases" in page.text_content("#verdict-score")
+    assert "100% of its frames are marked" in page.text_content("#verdict-score")
     assert page.get_attribute("#timeline", "data-unfamiliar") == "1"
     assert "marked unfamiliar" in page.text_content("#timeline-summary")
     assert axe_violations(page) == []

@@ -24,8 +24,8 @@ function renderAtlasVerdict(c, v) {
   box.classList.toggle("unfamiliar", unfamiliar);
   if (unfamiliar) {
     box.style.setProperty("--tone", "#6b7684");
-    $("verdict-score").textContent = `${pct(v.unfamiliar)} of the informative frames are unlike every confirmed ` +
-      "case of the atlas: no class is given";
+    $("verdict-score").textContent = "as a whole, this recording is unlike the confirmed cases of the atlas " +
+      `(its frames' typical distance is beyond theirs; ${pct(v.unfamiliar)} of its frames are marked): no class is given`;
   }
   const share = v && v.unfamiliar !== null && v.unfamiliar !== undefined ?
     `unfamiliar frames ${pct(v.unfamiliar)}` : "";
