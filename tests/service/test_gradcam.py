@@ -39,12 +39,16 @@ def test_predict_gradcam_has_no_heat_outside_the_field_of_view(brain_engine, fra
     assert (inside.max(axis=1) - inside.min(axis=1) > 40).mean() > 0.05  # while the tissue is tinted
 
 
-def test_case_frame_gradcam_has_no_heat_outside_the_field_of_view(brain_engine, brain_video):
+def test_case_frame_gradcam_has_no_heat_outside_the_field_of_view(brain_engine, brain_video, tmp_path):
     first = next(iter_frames(brain_video, brain_engine.prep))
-    with serving(brain_engine) as (client, _):
+    with serving(brain_engine, store=str(tmp_path / "store")) as (client, _):
         case = wait_done(client, upload(client, "/v1/cases", brain_video).json()["id"])
         used = next(row["frame"] for row in case["timeline"][40:] if not row["dropped"])
         response = client.get(f"/v1/cases/{case['id']}/frames/{used}.png?gradcam=1")
-    assert response.status_code == 200
+        again = client.get(f"/v1/cases/{case['id']}/frames/{used}.png?gradcam=1")
+    assert response.status_code == 200 and again.content == response.content  # the second from the kept file
+    kept = [p for p in (tmp_path / "store").rglob("*.png") if case["id"] in p.parts]
+    assert kept and any(p.read_bytes() == response.content for p in kept)
+    assert not list((tmp_path / "store").rglob("*.tmp"))  # kept whole: written beside it, then renamed
     inside = untinted_outside_the_field(response.content, first.fov)
     assert (inside.max(axis=1) - inside.min(axis=1) > 40).mean() > 0.05

@@ -455,7 +455,7 @@ class Engine:
         if not cached.is_file():
             data = encode(self._overlay(store.display(number), store.model_frame(number), store.box(number),
                                         store.field(number)))
-            cached.write_bytes(data)
+            store.keep_gradcam(number, data)
             return data
         return cached.read_bytes()
 
@@ -483,4 +483,3 @@ class Engine:
         rgb[y0, x0:x1] = rgb[y1 - 1, x0:x1] = outline
         rgb[y0:y1, x0] = rgb[y0:y1, x1 - 1] = outline
         return np.round(rgb).astype(np.uint8)
-

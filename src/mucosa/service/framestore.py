@@ -18,9 +18,13 @@ Only NumPy and Pillow are used here: it knows nothing about the model.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
+import logging
+import os
+import tempfile
 import threading
 from pathlib import Path
 
@@ -28,6 +32,8 @@ import numpy as np
 
 from mucosa.atomic import write_text
 from mucosa.data.fov import FieldOfView
+
+log = logging.getLogger(__name__)
 
 MAX_DISPLAY = 1024  # longer side of a display frame, in pixels
 JPEG_QUALITY = 85
@@ -106,6 +112,23 @@ class FrameStore:
 
     def gradcam_path(self, number: int) -> Path:
         return self.folder / "gradcam" / f"{number:07d}.png"
+
+    def keep_gradcam(self, number: int, png: bytes) -> None:
+        """Keep frame ``number``'s Grad-CAM picture, whole or not at all: written beside its place, then renamed
+        over it, so a request reading it at the same moment never sees half of it. Only into a folder that
+        exists: a running case's folder may have been moved into place meanwhile (then it is computed again)."""
+        path, temp = self.gradcam_path(number), None
+        try:
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                             delete=False) as handle:
+                temp = handle.name
+                handle.write(png)
+            os.replace(temp, path)
+        except OSError as error:
+            log.debug("%s not kept: %s", path.name, error)
+            if temp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
 
     def display(self, number: int) -> np.ndarray:
         """The display frame (h, w) uint8."""
