@@ -20,8 +20,9 @@ SERVE = {
     "--host": Shortcut("serve.host", help="address to listen on (0.0.0.0: every network this machine is on; the "
                        "default serves this machine only)"),
     "--port": Shortcut("serve.port", help="port to listen on (0: any free one)"),
-    "--token": Shortcut("serve.token", help="require this bearer token on the API (default: the MUCOSA_TOKEN "
-                        "environment variable, else none)"),
+    "--token": Shortcut("serve.token", help="a bearer token (16 to 200 characters) of one admin user that only "
+                        "this server, while it runs with it, accepts: a laptop's access (default: the MUCOSA_TOKEN "
+                        "environment variable, else none; named users come from mucosa users add)"),
     "--data-root": Shortcut("serve.data_root", help="folder whose files clients may open by path "
                             "(POST /v1/cases {\"path\": ...})"),
     "--max-upload-mb": Shortcut("serve.max_upload_mb", help="largest upload accepted, in MB"),
@@ -35,7 +36,8 @@ SERVE = {
     "--parallel": Shortcut("serve.parallel", help="model calls run side by side, each on cores/N threads (unset: one "
                            "per CPU core)"),
     "--store": Shortcut("serve.store", help="the case store: a folder (SQLite) or a postgresql+psycopg://USER@HOST/DB "
-                        "URL (unset: $MUCOSA_STORE, else ~/.local/share/mucosa/store)"),
+                        "URL (unset: $MUCOSA_STORE, else $XDG_DATA_HOME/mucosa/store, ~/.local/share/mucosa/store "
+                        "without it)"),
     "--media": Shortcut("serve.media", help="the media folder the servers of a PostgreSQL store share"),
     "--workers": Shortcut("serve.workers", help="case worker threads of this server"),
     "--pseudonymise": Shortcut("serve.pseudonymise", action="store_true", help="every report, timeline.csv and "
