@@ -112,6 +112,21 @@ def test_a_foreign_image_is_unfamiliar(atlas_engine, tmp_path):
     assert case["verdict"]["unfamiliar"] == 1.0
 
 
+def test_one_still_image_is_judged_by_the_atlas_too(atlas_engine, atlas_run, tmp_path):
+    """``POST /v1/predict``: a foreign image is `unfamiliar` (no class), an in-domain one keeps its class and
+    says its share of unfamiliar frames; the rule is the cases' rule."""
+    with serving(atlas_engine) as (client, _):
+        foreign = upload(client, "/v1/predict", sine_png(tmp_path)).json()["verdict"]
+        own = [upload(client, "/v1/predict", path).json() for path in patient_images(atlas_run.cohort, "P01")[:3]]
+    assert foreign["label"] == "unfamiliar" and foreign["class"] is None and foreign["unfamiliar"] == 1.0
+    threshold = atlas_engine.atlas.calibration.case_threshold
+    for answer in own:
+        verdict = answer["verdict"]
+        assert verdict["unfamiliar"] in (0.0, 1.0)  # one frame: marked or not
+        assert (verdict["label"] == "unfamiliar") == (verdict["class"] is None)
+    assert any(answer["verdict"]["class"] is not None for answer in own), threshold
+
+
 def test_without_an_atlas_it_says_it_cannot_tell(bare_engine, atlas_run):
     images = patient_images(atlas_run.cohort, "P02")[:4]
     with serving(bare_engine) as (client, _):
@@ -121,6 +136,8 @@ def test_without_an_atlas_it_says_it_cannot_tell(bare_engine, atlas_run):
         case = wait_done(client, case_id)
         assert case["verdict"]["unfamiliar"] is None and case["verdict"]["atlas_vote"] is None
         assert all(row["unfamiliar"] is None for row in case["timeline"])
+        still = upload(client, "/v1/predict", images[0]).json()["verdict"]
+        assert still["unfamiliar"] is None and still["class"] is not None
         answer = client.get(f"/v1/cases/{case_id}/similar")
         assert answer.status_code == 409 and "no atlas" in answer.json()["detail"]
 

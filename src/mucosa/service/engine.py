@@ -287,9 +287,13 @@ class Engine:
 
     def _predict_and_embed(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A background frame's probability and embedding, from one pass."""
-        with self.lock.background():
-            probabilities, embeddings = self.predictor.predict_and_embed(np.ascontiguousarray(frame[None]))
-        return np.asarray(probabilities)[0], np.asarray(embeddings)[0]
+        probabilities, embeddings = self._predict_and_embed_all(frame[None], urgent=False)
+        return probabilities[0], embeddings[0]
+
+    def _predict_and_embed_all(self, frames: np.ndarray, urgent: bool) -> tuple[np.ndarray, np.ndarray]:
+        with (self.lock.urgent() if urgent else self.lock.background()):
+            probabilities, embeddings = self.predictor.predict_and_embed(np.ascontiguousarray(frames))
+        return np.asarray(probabilities), np.asarray(embeddings)
 
     def verdict(self, mean, used: int, total: int, state: str, calls=None, flags=None, scores=None) -> dict:
         """A verdict as JSON: ``label`` (the clinical words for the class, or None without informative
@@ -333,13 +337,11 @@ class Engine:
         image, parts, boxes, fov = self._read_still(path)
         quality = [float(np.nan_to_num(q)) for _, q in parts]
         used = [k for k, q in enumerate(quality) if self.prep.passes(q)]
-        probs = self._predict(np.stack([parts[k][0] for k in used]), urgent=True) if used else None
-        if probs is not None and not _finite(probs):
-            raise ModelOutputError(f"{path.name}: the model gave a non-finite probability; no verdict")
+        probs, familiar = self._judge_still([parts[k][0] for k in used], path)
         mean = np.mean(probs, axis=0) if probs is not None else None
         calls = _counts(probs, len(self.classes), self.threshold)
         result = {"classes": self.classes, "probabilities": self._by_class(mean), "probability": _plain(mean),
-                  "verdict": self.verdict(mean, len(used), len(parts), "final", calls),
+                  "verdict": self.verdict(mean, len(used), len(parts), "final", calls, *familiar),
                   "quality": float(np.mean(quality)), "quality_threshold": self.prep.quality_threshold,
                   "dropped": not used, "threshold": self.threshold}
         if len(parts) > 1:
@@ -349,6 +351,22 @@ class Engine:
         if gradcam and used and len(parts) == 1:
             result["gradcam_png"] = encode(self._overlay(to_uint8(image), parts[0][0], boxes[0], (fov, boxes[0])))
         return result
+
+    def _judge_still(self, frames: list[np.ndarray], path: Path) -> tuple[np.ndarray | None, tuple]:
+        """The used frames (tiles) of one still image: probabilities and, with an atlas, each frame's
+        unfamiliar flag and score (the image is a case of its own: no patient of the atlas is left out)."""
+        if not frames:
+            return None, ()
+        if self.atlas is None:
+            probs, familiar = self._predict(np.stack(frames), urgent=True), ()
+        else:
+            probs, embeddings = self._predict_and_embed_all(np.stack(frames), urgent=True)
+        if not _finite(probs):
+            raise ModelOutputError(f"{path.name}: the model gave a non-finite probability; no verdict")
+        if self.atlas is not None:
+            found = self.atlas.unfamiliar(np.asarray(embeddings, np.float32))
+            familiar = (None if found.flags is None else [bool(f) for f in found.flags], found.scores)
+        return probs, familiar
 
     def _by_class(self, mean) -> dict | None:
         if mean is None:
