@@ -51,7 +51,8 @@ def pytest_collection_modifyitems(items):
     model or a browser (:data:`SLOW_FIXTURES`)."""
     for item in items:
         doctest = isinstance(item, pytest.DoctestItem) and item.name in SLOW_DOCTESTS
-        postgresql = getattr(item, "callspec", None) is not None and item.callspec.params.get("place") == "postgresql"
+        params = item.callspec.params.values() if getattr(item, "callspec", None) is not None else ()
+        postgresql = any(isinstance(value, str) and value == "postgresql" for value in params)  # any fixture's
         trained = bool(SLOW_FIXTURES & set(getattr(item, "fixturenames", ())))
         if doctest or postgresql or trained:
             item.add_marker(pytest.mark.slow)

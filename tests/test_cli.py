@@ -13,10 +13,9 @@ import yaml
 
 from mucosa import cli
 from mucosa.cli import main
+from tiny_configs import tiny_config
 
-QUICK = {"model": {"size": 32}, "preprocessing": {"quality_threshold": 0.0},
-         "split": {"mode": "patient", "test": 0.3, "val": 0.3, "seed": 1},
-         "training": {"epochs": 1, "batch_size": 8, "threads": 1}}
+QUICK = tiny_config()
 
 
 @pytest.fixture(scope="module")

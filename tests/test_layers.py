@@ -135,10 +135,23 @@ def private_uses(module: str, tree: ast.AST) -> list[str]:
                         found.append(f"{module}:{node.lineno} imports {alias.name}")
                     bound[alias.asname or "mucosa"] = alias.name if alias.asname else "mucosa"
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and private(node.attr) and isinstance(node.value, ast.Name) \
-                and node.value.id in bound:
-            found.append(f"{module}:{node.lineno} uses {node.value.id}.{node.attr} ({bound[node.value.id]})")
+        if isinstance(node, ast.Attribute) and private(node.attr) and root_name(node.value) in bound:
+            found.append(f"{module}:{node.lineno} uses {ast.unparse(node)} ({bound[root_name(node.value)]})")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in NAME_READERS \
+                and len(node.args) > 1 and root_name(node.args[0]) in bound and isinstance(node.args[1], ast.Constant) \
+                and isinstance(node.args[1].value, str) and private(node.args[1].value):
+            found.append(f"{module}:{node.lineno} uses {ast.unparse(node)} ({bound[root_name(node.args[0])]})")
     return found
+
+
+NAME_READERS = ("getattr", "setattr", "hasattr", "delattr")
+
+
+def root_name(node: ast.AST) -> str | None:
+    """The name an attribute chain starts from (``training`` of ``training.FrameClassifierModule.x``)."""
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
 
 
 def test_no_module_uses_another_modules_underscored_names():
@@ -153,6 +166,9 @@ def test_no_module_uses_another_modules_underscored_names():
     "def f():\n    from mucosa.models import training\n    return training._trainer()\n",
     "from mucosa.inference.classifier import Classifier\nClassifier._keep_freed_memory()\n",
     "import mucosa.models._hidden\n",
+    "import mucosa.models.training\nmucosa.models.training._trainer()\n",
+    "from mucosa.models import training\ntraining.FrameClassifierModule._hook\n",
+    "from mucosa.inference import onnx\ngetattr(onnx, '_with_metadata')\n",
 ])
 def test_the_private_name_check_sees_each_kind_of_use(source):
     assert private_uses("mucosa.data.probe", ast.parse(source))

@@ -337,6 +337,7 @@ def black_cornered(path: Path, side: int = 160, seed: int = 3) -> Path:
     return path
 
 
+@pytest.mark.slow  # the module's trained model: 6 s of training when it runs first
 def test_grad_cam_has_no_heat_outside_the_field_of_view(trained, tmp_path, monkeypatch):
     from dataclasses import replace
 

@@ -21,10 +21,9 @@ from mucosa.models.checkpoint import (
     load_checkpoint,
     read_checkpoint_file,
 )
+from tiny_configs import tiny_config
 
-QUICK = {"model": {"size": 32}, "preprocessing": {"quality_threshold": 0.0},
-         "split": {"mode": "patient", "test": 0.3, "val": 0.3, "seed": 1},
-         "training": {"epochs": 2, "batch_size": 8, "threads": 1}}
+QUICK = tiny_config(training={"epochs": 2})
 
 
 @pytest.fixture(scope="module")

@@ -27,11 +27,9 @@ from mucosa.models.training import (
     plan_run,
     train,
 )
+from tiny_configs import TINY_NO_AUGMENTATION, tiny_config
 
-QUICK = {"model": {"size": 32}, "preprocessing": {"quality_threshold": 0.0},
-         "split": {"mode": "patient", "test": 0.25, "val": 0.25},
-         "training": {"epochs": 1, "batch_size": 8, "threads": 1},
-         "augmentation": {"probability": 0.0, "flip": False}}
+QUICK = tiny_config(TINY_NO_AUGMENTATION)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ the banner heads every page, axe-core finds no serious or critical WCAG 2.1 AA v
 from the keyboard and on a phone, /docs works offline, and several videos in one drop open a case each.
 
 Screenshots (1280×800 and 390×844) go to $MUCOSA_SCREENSHOTS (default: a temporary folder); docs/serve/ holds
-the ones the README shows.
+the ones the README and docs/serve.md show.
 """
 
 import re

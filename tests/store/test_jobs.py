@@ -122,6 +122,7 @@ def _spawn():
     return multiprocessing.get_context("spawn")
 
 
+@pytest.mark.slow  # starts other Python processes (seconds each on a busy machine)
 def test_two_processes_share_the_work_without_doing_a_case_twice_or_losing_one(place, make_case, tmp_path):
     with place.open(create=True) as store:
         made = {make_case(f"video {i}", target=store).id for i in range(40)}
@@ -147,6 +148,7 @@ def test_two_processes_share_the_work_without_doing_a_case_twice_or_losing_one(p
         assert len([e for e in store.audit_log(limit=500) if e.action == "case.done"]) == 40
 
 
+@pytest.mark.slow  # starts other Python processes (seconds each on a busy machine)
 def test_a_job_whose_process_was_killed_is_claimed_again_when_its_lease_expires(place, make_case):
     with place.open(create=True, lease_seconds=1) as store:
         case = make_case("exam", target=store)

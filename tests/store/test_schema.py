@@ -106,6 +106,17 @@ def test_servers_starting_together_on_a_new_store_create_it_once(place):
     assert _revision_and_columns(place)[0] == head_revision()
 
 
+def test_a_store_another_server_has_just_made_is_not_taken_for_other_files(tmp_path, monkeypatch):
+    """The race of servers starting together, made certain: the database appears after this server looked for it
+    and before it lists the folder."""
+    Store.open(tmp_path / "store", create=True).close()
+    database = tmp_path / "store" / "store.sqlite3"
+    real_exists = type(database).exists
+    monkeypatch.setattr(type(database), "exists", lambda path: path != database and real_exists(path))
+    with Store.open(tmp_path / "store", create=True) as store:
+        assert store.search().cases == []
+
+
 def test_the_migrations_make_exactly_the_tables_of_the_models(store, place):
     engine = create_engine(_url(place))
     with engine.connect() as connection:

@@ -100,6 +100,14 @@ def test_users_are_unique_by_name_and_roles_are_checked(store):
     assert [u.name for u in store.users()] == ["dr smith"]
 
 
+def test_the_roles_are_the_ones_the_command_and_the_api_offer():
+    from mucosa.choices import ROLES
+    from mucosa.service.schemas import Me
+
+    assert tuple(role.value for role in Role) == ROLES  # least first: Role.rank is the position
+    assert Me.model_json_schema()["properties"]["role"]["enum"] == list(ROLES)
+
+
 def test_roles_allow_viewers_to_read_reviewers_to_review_admins_to_delete_and_manage(store, make_case):
     viewer, reviewer, admin = (store.authenticate(store.add_user(name, name)) for name in Role)
     case = make_case("exam", by=viewer)

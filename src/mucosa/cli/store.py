@@ -13,6 +13,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
+from mucosa.choices import ROLES
 from mucosa.cli.options import add_pseudonym_options
 
 __all__ = ["add_parser"]
@@ -61,7 +62,7 @@ def add_parser(sub) -> None:
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     q = actions.add_parser("add", help="add a user and print their token (shown this once; only its hash is kept)")
     q.add_argument("name")
-    q.add_argument("--role", required=True, choices=("viewer", "reviewer", "admin"),
+    q.add_argument("--role", required=True, choices=ROLES,
                    help="viewer: reads and uploads; reviewer: also confirms cases; admin: also deletes cases and "
                    "manages users")
     _add_place(q)

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from mucosa.choices import ROLES
 from mucosa.data.manifest import has_control
 
 Probability = float | list[float] | None
@@ -107,7 +108,7 @@ class StoreInfo(BaseModel):
 
 class Me(BaseModel):
     name: str
-    role: Literal["viewer", "reviewer", "admin"]
+    role: Literal[ROLES]
     store: StoreInfo
 
 

@@ -109,6 +109,8 @@ def _refuse_other_files(location: Location) -> None:
     if folder is None or not folder.is_dir() or location.database_file.exists():
         return
     others = sorted(p.name for p in folder.iterdir() if p.name != MEDIA_FOLDER)
+    if location.database_file.name in others:  # made since it was looked for, by a server starting with this one
+        return
     if others:
         raise StoreError(f"store {folder}: the folder holds no store but other files ({', '.join(others[:3])}"
                          f"{', ...' if len(others) > 3 else ''}); make a store in a new or empty folder")

@@ -28,10 +28,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from mucosa.choices import ROLES
+
 __all__ = ["Base", "UTCDateTime", "UserRow", "CaseRow", "CaseDetailRow", "JobRow", "ReviewRow", "AuditRow", "ROLES",
            "SEARCHED", "STATES"]
 
-ROLES = ("viewer", "reviewer", "admin")
 STATES = ("queued", "running", "done", "failed", "cancelled")
 
 NAMING = {"ix": "ix_%(table_name)s_%(column_0_name)s", "uq": "uq_%(table_name)s_%(column_0_name)s",
