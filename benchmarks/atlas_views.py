@@ -102,6 +102,41 @@ def ratios(own: dict, held: dict, colon: float) -> tuple[float, float]:
     return max(held.values()) / threshold, colon / threshold
 
 
+def sampled(rows: np.ndarray) -> np.ndarray:
+    return rows[np.unique(np.linspace(0, len(rows) - 1, FRAMES).round().astype(int))]
+
+
+def frame_view(z, found: dict[str, np.ndarray]) -> tuple[dict, dict, float]:
+    """The two views joined frame by frame: each sampled frame's two scores, each over its median over the
+    atlas's own sampled frames, averaged; a case's score the median of its frames' (as the verdict rule)."""
+    sides, patients = z["sides"], z["patients"]
+    cohort = atlas_spaces.in_space({key[7:]: z[key] for key in z.files if key.startswith("cohort_")}, "embedding")
+    in_atlas = np.isin(sides, ("train", "val"))
+    atlas, owners = cohort[in_atlas], patients[in_atlas]
+    videos = sorted(np.unique(owners))
+    tex = np.concatenate([found[v] for v in videos])
+    tex_owners = np.concatenate([[v] * len(found[v]) for v in videos])
+    prefix = "colorectal-pCLE-video|"
+    colon = atlas_spaces.in_space({key[len(prefix):]: z[key] for key in z.files
+                                   if key.startswith(prefix) and not key.endswith("files")}, "embedding")
+
+    def raw(embeddings, textures, leave=None):
+        return (atlas_spaces.kth_distance(embeddings, atlas, K, owners == leave if leave else None),
+                atlas_spaces.kth_distance(textures, tex, K, tex_owners == leave if leave else None))
+
+    own = {v: raw(atlas[sampled(np.flatnonzero(owners == v))], found[v], v) for v in videos}
+    scale_e = np.median(np.concatenate([e for e, _ in own.values()]))
+    scale_t = np.median(np.concatenate([t for _, t in own.values()]))
+
+    def case(pair):
+        return float(np.median((pair[0] / scale_e + pair[1] / scale_t) / 2))
+
+    held = {v: case(raw(cohort[sampled(np.flatnonzero(patients == v))], found[v]))
+            for v in np.unique(patients[sides == "test"])}
+    return ({v: case(pair) for v, pair in own.items()}, held, case(raw(colon[sampled(np.arange(len(colon)))],
+                                                                     found[COLON.stem])))
+
+
 def judge(z, found: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
     emb = embedding_view(z)
     tex = texture_view(found, sorted(emb[0]), sorted(emb[1]))
@@ -112,7 +147,8 @@ def judge(z, found: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
 
     combined = ({v: both(emb[0][v], tex[0][v]) for v in emb[0]}, {v: both(emb[1][v], tex[1][v]) for v in emb[1]},
                 both(emb[2], tex[2]))
-    return {"embedding": ratios(*emb), "texture": ratios(*tex), "both": ratios(*combined)}
+    return {"embedding": ratios(*emb), "texture": ratios(*tex), "both": ratios(*combined),
+            "both, frame by frame": ratios(*frame_view(z, found))}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -132,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
         videos = [(runs[0][1] / row["path"]).resolve() for row in csv.DictReader(handle)]
     found = textures(videos + [COLON], load_checkpoint(runs[0][1] / "best.ckpt").preprocessing, args.size, args.work)
     print(f"| run | embedding: largest held-out, colon | texture at {args.size} px: largest held-out, colon "
-          "| both: largest held-out, colon |\n| --- | --- | --- | --- |")
+          "| both: largest held-out, colon | both, frame by frame: largest held-out, colon |\n"
+          "| --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory(prefix="mucosa-foreign-") as tmp:
         manifests = {name.replace(" ", "-"): path for name, path in atlas_real.foreign_sets("pcle", Path(tmp)).items()}
         for seed, run in runs:
