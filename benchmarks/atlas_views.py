@@ -17,7 +17,9 @@ scores are compared:
   the frames prepared at ``--size``; 64 evenly spaced used frames a video, in the atlas and in the queries;
 - ``both``: the mean of the two case scores, each divided by the median of its view's atlas case scores
   (so that neither view's scale dominates). Nothing is tuned: k, the frames and the threshold rule are the
-  shipped ones, the weights equal.
+  shipped ones, the weights equal;
+- ``both, frame by frame``: each sampled frame's two scores, each over its median over the atlas's sampled
+  frames, averaged; the case's score the median of its frames'.
 
 Printed per run: the largest held-out brain video's score and the colorectal video's, each as a ratio to the
 run's case threshold (above 1: ``unfamiliar``).
