@@ -17,9 +17,9 @@ preprocessing and quality gate (``--foreign``): for pCLE, the colorectal pCLE vi
 patterns (sine gratings, checkerboards), natural photographs (scikit-learn's sample images, cut into
 crops) and EGC-Z microscopy; for EGC-Z, pCLE frames, noise, patterns and photographs. AUROC: in-domain
 held-out frames against each foreign set, by the unfamiliarity score. Unfamiliar cases, by the verdict rule
-(``verdict.unfamiliar_case``: a case's median frame score above the atlas's case threshold): held-out
-in-domain cases called unfamiliar, and foreign cases (each file: a video, or a still image) called
-unfamiliar, counted over the folds.
+(``verdict.unfamiliar_case``: a case's median frame score, joined with its texture view's, above the atlas's
+case threshold): held-out in-domain cases called unfamiliar, and foreign cases (each file: a video, or a still
+image) called unfamiliar, counted over the folds.
 
     python benchmarks/atlas_real.py pcle --runs /work/runs-real --seeds 0 1 --out atlas-pcle.json
     python benchmarks/atlas_real.py egcz --runs /work/runs-real --seeds 0 --out atlas-egcz.json
@@ -42,9 +42,10 @@ from sklearn.metrics import roc_auc_score
 from mucosa.data.cache import FrameCache
 from mucosa.data.frame_table import assemble
 from mucosa.data.manifest import load_manifest
-from mucosa.inference.atlas import Atlas, AtlasModel, FrameRecords
+from mucosa.inference.atlas import Atlas, AtlasModel, FrameRecords, TextureView
 from mucosa.inference.pytorch import TorchPredictor
-from mucosa.inference.verdict import unfamiliar_case
+from mucosa.inference.texture_view import file_textures, spread, textured
+from mucosa.inference.verdict import case_unfamiliarity, unfamiliar_case
 from mucosa.models.checkpoint import load_checkpoint
 from mucosa.models.texture import texture_features
 
@@ -68,15 +69,46 @@ def embedded(run: Path, cache: FrameCache, batch: int = 256):
     return loaded, table, np.concatenate(probs), np.concatenate(embeddings)
 
 
+_TEXTURES: dict[tuple[str, int], np.ndarray] = {}  # (file, frame) -> texture vector, kept between folds
+
+
+def textures_of(path: Path, numbers, prep) -> np.ndarray:
+    """The texture vectors (texture_view) of some frames of a file, each computed once per run."""
+    wanted = [int(n) for n in numbers]
+    missing = [n for n in wanted if (str(path), n) not in _TEXTURES]
+    if missing:
+        for n, vector in file_textures(path, prep, missing).items():
+            _TEXTURES[str(path), n] = vector
+    return np.stack([_TEXTURES[str(path), n] for n in wanted])
+
+
+def query_textures(table, rows: np.ndarray, prep) -> np.ndarray:
+    """As a query recording gives them: the texture of every ``TEXTURE_STRIDE``-th of its used frames."""
+    chosen = rows[[textured(k) for k in range(len(rows))]]
+    paths = np.array([str(table.record(i).path) for i in chosen])
+    numbers = table.frame_index[chosen]
+    for path in np.unique(paths):  # each file decoded once
+        textures_of(Path(path), numbers[paths == path], prep)
+    return np.stack([_TEXTURES[path, int(n)] for path, n in zip(paths, numbers)])
+
+
 def fold_atlas(loaded, table, embeddings) -> tuple[Atlas, np.ndarray]:
-    """The atlas of the fold's training and validation frames, calibrated on the validation frames."""
+    """The atlas of the fold's training and validation frames (with its texture view, as ``atlas_build`` makes
+    it), calibrated on the validation frames."""
     sides = np.array([table.record(i).split for i in range(len(table))])
     rows = np.flatnonzero(np.isin(sides, ("train", "val")))
+    numbers, of_record = table.frame_index[rows], np.asarray(table.row)[rows]
+    texture_rows, vectors = [], []
+    for record in np.unique(of_record):
+        own = np.flatnonzero(of_record == record)[spread(int(np.sum(of_record == record)))]
+        texture_rows.extend(own.tolist())
+        vectors.append(textures_of(table.cohort.records[record].path, numbers[own], loaded.preprocessing))
     records = FrameRecords.of(cases=[str(table.record(i).path) for i in rows],
                               patients=table.patients[rows], labels=[table.record(i).label for i in rows],
                               frames=table.frame_index[rows], files=[table.record(i).path.name for i in rows])
     model = AtlasModel(loaded.weights_sha256, tuple(loaded.classes), embeddings.shape[1])
-    atlas = Atlas(model, embeddings[rows], records, np.zeros((len(rows), 8, 8), np.uint8))
+    atlas = Atlas(model, embeddings[rows], records, np.zeros((len(rows), 8, 8), np.uint8),
+                  textures=TextureView(np.asarray(texture_rows), np.concatenate(vectors)))
     val = np.flatnonzero(sides == "val")
     atlas.calibrate(embeddings[val], table.patients[val])
     return atlas, sides
@@ -141,9 +173,14 @@ def foreign_scores(loaded, atlas: Atlas, manifests: dict[str, Path], cache: Fram
         frames = np.stack([table.frame(i) for i in range(len(table))]) if len(table) else np.zeros((0, 1, 1))
         scores = atlas.unfamiliar(predictor.predict_and_embed(frames)[1]).scores if len(table) else np.zeros(0)
         files = np.array([str(table.record(i).path) for i in range(len(table))])
-        called = [unfamiliar_case(scores[files == f], atlas.calibration.case_threshold) for f in np.unique(files)]
+        calibration, called, ratios = atlas.calibration, [], []
+        for f in np.unique(files):
+            mine = np.flatnonzero(files == f)
+            texture = atlas.texture_scores(query_textures(table, mine, loaded.preprocessing))
+            called.append(unfamiliar_case(scores[mine], calibration.case_threshold, texture, calibration.scales))
+            ratios.append(case_unfamiliarity(scores[mine], texture, calibration.scales) / calibration.case_threshold)
         result[name] = {"offered": offered, "kept": len(table), "scores": scores, "cases": len(called),
-                        "cases_unfamiliar": int(sum(called))}
+                        "cases_unfamiliar": int(sum(called)), "case_score_to_threshold": ratios}
     return result
 
 
@@ -173,6 +210,8 @@ def fold_rows(run: Path, cache: FrameCache, manifests: dict[str, Path]) -> tuple
         label = table.record(mine[0]).label
         vote = atlas.vote(embeddings[mine], exclude_patient=patient)
         familiarity = atlas.unfamiliar(embeddings[mine], exclude_patient=patient)
+        texture = atlas.texture_scores(query_textures(table, mine, loaded.preprocessing), exclude_patient=patient)
+        calibration = atlas.calibration
         in_domain.append(familiarity.scores)
         rows.append({"case": str(patient), "label": label, "frames": len(mine),
                      "network": positive if probs[mine].mean() >= 0.5 else loaded.classes[0],
@@ -180,7 +219,10 @@ def fold_rows(run: Path, cache: FrameCache, manifests: dict[str, Path]) -> tuple
                      "precision_at_5": precision_at(atlas, embeddings[mine], label, patient),
                      "unfamiliar_share": float(np.mean(familiarity.flags)),
                      "median_score": float(np.median(familiarity.scores)),
-                     "unfamiliar_case": unfamiliar_case(familiarity.scores, familiarity.case_threshold)})
+                     "unfamiliar_case": unfamiliar_case(familiarity.scores, familiarity.case_threshold, texture,
+                                                        calibration.scales),
+                     "case_score_to_threshold": case_unfamiliarity(familiarity.scores, texture, calibration.scales)
+                     / calibration.case_threshold})
     foreign = foreign_scores(loaded, atlas, manifests, cache)
     return rows, {"in_domain": np.concatenate(in_domain), "foreign": foreign,
                   "threshold": atlas.calibration.threshold, "case_threshold": atlas.calibration.case_threshold}
@@ -202,8 +244,7 @@ def summarise(rows: list[dict], scores: list[dict], texture: dict[str, str]) -> 
                          "flagged_share": float(np.mean(flagged)) if flagged else None,
                          "cases": sum(p["cases"] for p in parts),
                          "cases_unfamiliar": sum(p["cases_unfamiliar"] for p in parts),
-                         "median_score_to_case_threshold": [float(np.median(p["scores"]) / s["case_threshold"])
-                                                            for p, s in zip(parts, scores) if p["kept"]],
+                         "case_score_to_threshold": [r for p in parts for r in p.get("case_score_to_threshold", [])],
                          "auroc": float(roc_auc_score(labels, np.r_[in_domain, pooled])) if len(pooled) else None}
     return {"cases": len(rows), "network_right": right("network"), "atlas_right": right("atlas"),
             "texture_right": sum(texture.get(r["case"]) == r["label"] for r in rows),
@@ -212,6 +253,7 @@ def summarise(rows: list[dict], scores: list[dict], texture: dict[str, str]) -> 
             "held_out_cases_unfamiliar": sum(r["unfamiliar_case"] for r in rows),
             "held_out_cases_most_frames_unfamiliar": sum(r["unfamiliar_share"] > 0.5 for r in rows),
             "held_out_max_frames_unfamiliar": max(r["unfamiliar_share"] for r in rows),
+            "held_out_largest_case_score_to_threshold": max(r["case_score_to_threshold"] for r in rows),
             "thresholds": thresholds, "case_thresholds": [s["case_threshold"] for s in scores],
             "foreign": foreign, "rows": rows}
 

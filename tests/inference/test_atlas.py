@@ -72,7 +72,7 @@ def test_save_and_load_round_trip(atlas, tmp_path):
     atlas.calibrate(val, val_records.patients)
     folder = atlas.save(tmp_path / "atlas")
     manifest = json.loads((folder / "atlas.json").read_text())
-    assert manifest["format"] == "mucosa-atlas" and manifest["version"] == 2
+    assert manifest["format"] == "mucosa-atlas" and manifest["version"] == 3
     assert set(manifest["files"]) == {"embeddings.npy", "thumbnails.npy", "frames.csv"}  # exact: no index file
     loaded = load(folder, weights_sha256=MODEL.weights_sha256)
     assert loaded.model == MODEL and loaded.calibration == atlas.calibration and len(loaded) == len(atlas)
@@ -112,11 +112,11 @@ REFUSALS = {
     "missing manifest": (lambda f: (f / "atlas.json").unlink(), ["no atlas.json"]),
     "damaged manifest": (lambda f: (f / "atlas.json").write_text("{not json"),
                          ["atlas.json", "unreadable or truncated JSON"]),
-    "newer version": (lambda f: rewrite_manifest(f, version=3), ["atlas.json", "version 3", "it knows 2",
+    "newer version": (lambda f: rewrite_manifest(f, version=4), ["atlas.json", "version 4", "it knows 3",
                                                                  "upgrade"]),
-    "older version": (lambda f: rewrite_manifest(f, version=1), ["atlas.json", "version 1", "case threshold",
+    "older version": (lambda f: rewrite_manifest(f, version=2), ["atlas.json", "version 2", "texture view",
                                                                  "build it again"]),
-    "unknown version": (lambda f: rewrite_manifest(f, version="one"), ["version 'one'", "knows 2"]),
+    "unknown version": (lambda f: rewrite_manifest(f, version="one"), ["version 'one'", "knows 3"]),
     "other format": (lambda f: rewrite_manifest(f, format="mucosa-checkpoint"), ["not a mucosa atlas"]),
     "count differs": (lambda f: rewrite_manifest(f, frames=7), ["embeddings.npy", "120 frames", "says 7"]),
     "no model": (lambda f: rewrite_manifest(f, model={}), ["atlas.json", "model is not described"]),
@@ -353,3 +353,108 @@ def test_a_graph_search_that_comes_back_short_is_done_exactly():
     distances, rows = index.search(vectors[:2], 5, excluded=np.setdiff1d(np.arange(400), left))
     assert sorted(rows[0, :3].tolist()) == left.tolist() and rows[0, 3:].tolist() == [-1, -1]
     assert np.isinf(distances[0, 3:]).all() and np.isfinite(distances[0, :3]).all()
+
+
+# --- the texture view -------------------------------------------------------------------------------------------
+
+
+def texture_view(records, rng, foreign_from=None, width=56):
+    """Texture vectors for every other frame of each case: all near one texture, or near another for the
+    cases from ``foreign_from`` on."""
+    from mucosa.inference.atlas import TextureView
+
+    rows = np.arange(0, len(records), 2)
+    centres = rng.standard_normal((2, width))
+    kinds = [1 if foreign_from is not None and case >= foreign_from else 0 for case in records.cases[rows]]
+    return TextureView(rows, normalise(np.stack([centres[k] + 0.3 * rng.standard_normal(width) for k in kinds])))
+
+
+def test_the_texture_view_joins_the_case_rule_and_survives_saving(tmp_path):
+    """Embeddings alike, textures of another kind: the case rule with the texture view calls the case
+    unfamiliar, the embedding alone does not; the view and its scales are saved, checked and loaded."""
+    from mucosa.inference.verdict import case_unfamiliarity, unfamiliar_case
+
+    rng = np.random.default_rng(5)
+    embeddings, records, thumbnails = cohort()
+    val, val_records, _ = cohort(seed=2, prefix="V")
+    view = texture_view(records, rng)
+    atlas = Atlas(MODEL, embeddings, records, thumbnails, textures=view)
+    calibration = atlas.calibrate(val, val_records.patients)
+    assert calibration.scales is not None and all(v > 0 for v in calibration.scales)
+    assert calibration.case_threshold == pytest.approx(np.quantile(atlas.case_scores(), 0.95, method="higher"))
+    query = frames_near(rng, CENTRES[0], 10)  # a control-like case by its embedding
+    scores = atlas.unfamiliar(query).scores
+    width = view.vectors.shape[1]
+    same = normalise(view.vectors[::7][:3] + 0.01 * rng.standard_normal((3, width)))  # like the atlas's textures
+    other = normalise(-view.vectors.mean(0) + 0.3 * rng.standard_normal((3, width)))  # the opposite texture
+    familiar = atlas.texture_scores(same)
+    foreign = atlas.texture_scores(other)
+    assert foreign.min() > familiar.max()
+    rule = calibration.case_threshold, calibration.scales
+    assert unfamiliar_case(scores, rule[0], familiar, rule[1]) is False
+    assert unfamiliar_case(scores, rule[0], foreign, rule[1]) is True
+    assert unfamiliar_case(scores, rule[0], None, rule[1]) is None  # no texture score: it cannot tell
+    assert case_unfamiliarity(scores) == pytest.approx(np.median(scores))
+    folder = atlas.save(tmp_path / "atlas")
+    assert {"textures.npy", "texture_rows.npy"} <= {p.name for p in folder.iterdir()}
+    loaded = load(folder, MODEL.weights_sha256)
+    assert loaded.calibration.scales == pytest.approx(calibration.scales)
+    assert np.array_equal(loaded.textures.rows, view.rows)
+    assert np.allclose(loaded.texture_scores(other), foreign)
+    tamper(folder, "textures.npy")
+    with pytest.raises(AtlasFileError, match="textures.npy: damaged or changed"):
+        load(folder)
+
+
+def rewrite_array(folder, name, array):
+    np.save(folder / name, array)
+    manifest = json.loads((folder / "atlas.json").read_text())
+    manifest["files"][name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+    (folder / "atlas.json").write_text(json.dumps(manifest))
+
+
+TEXTURE_DAMAGE = {  # (what is done to a saved atlas with a texture view, the words of its one-line refusal)
+    "other width": (lambda f: rewrite_array(f, "textures.npy", normalise(np.load(f / "textures.npy")[:, :40])),
+                    ["textures.npy", "40"]),
+    "rows repeated": (lambda f: rewrite_array(f, "texture_rows.npy", np.zeros(len(np.load(f / "texture_rows.npy")),
+                                                                              np.int64)),
+                      ["texture_rows.npy", "increase"]),
+    "rows as floats": (lambda f: rewrite_array(f, "texture_rows.npy", np.load(f / "texture_rows.npy") * 1.0),
+                       ["texture_rows.npy", "whole number"]),
+    "no rows": (lambda f: (rewrite_array(f, "texture_rows.npy", np.zeros(0, np.int64)),
+                           rewrite_array(f, "textures.npy", np.zeros((0, 56), np.float32))), ["texture_rows.npy"]),
+    "made otherwise": (lambda f: rewrite_manifest(f, texture_view={"size": 128}), ["atlas.json", "made otherwise"]),
+    "case threshold 0": (lambda f: rewrite_manifest(f, calibration={
+        **json.loads((f / "atlas.json").read_text())["calibration"], "case_threshold": 0.0}),
+        ["atlas.json", "calibration is damaged"]),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(TEXTURE_DAMAGE))
+def test_a_damaged_texture_view_is_refused_in_one_line_naming_the_file(damage, tmp_path):
+    embeddings, records, thumbnails = cohort()
+    val, val_records, _ = cohort(seed=2, prefix="V")
+    atlas = Atlas(MODEL, embeddings, records, thumbnails, textures=texture_view(records, np.random.default_rng(7)))
+    atlas.calibrate(val, val_records.patients)
+    folder = atlas.save(tmp_path / "atlas")
+    load(folder)  # whole, it loads
+    change, words = TEXTURE_DAMAGE[damage]
+    change(folder)
+    with pytest.raises(AtlasFileError) as refused:
+        load(folder)
+    message = str(refused.value)
+    assert "\n" not in message and all(word in message for word in words), message
+
+
+def test_texture_scores_leave_out_the_own_patient_and_need_the_view():
+    rng = np.random.default_rng(6)
+    embeddings, records, thumbnails = cohort()
+    view = texture_view(records, rng)
+    atlas = Atlas(MODEL, embeddings, records, thumbnails, textures=view)
+    own = view.vectors[:1]  # P0's own frame: distance 0 to itself unless P0 is left out
+    assert atlas.texture_scores(own, k=1)[0] == pytest.approx(0.0, abs=1e-6)
+    assert atlas.texture_scores(own, k=1, exclude_patient="P0")[0] > 1e-4
+    with pytest.raises(AtlasError, match="no texture view"):
+        Atlas(MODEL, embeddings, records, thumbnails).texture_scores(own)
+    with pytest.raises(AtlasError, match="texture view, or neither"):
+        atlas.add(MODEL, *cohort(seed=3, prefix="N"))

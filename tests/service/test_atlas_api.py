@@ -35,8 +35,11 @@ def test_card_and_timeline_carry_the_atlas(atlas_engine, atlas_run):
     assert case["verdict"]["unfamiliar"] == pytest.approx(share, abs=1e-4)
     vote = case["verdict"]["atlas_vote"]
     assert vote["label"] in card["classes"] and 0 < vote["share"] <= 1
-    unlike = np.median([row["unfamiliarity"] for row in rows]) > atlas_engine.atlas.calibration.case_threshold
-    assert unlike == (case["verdict"]["label"] == "unfamiliar")  # the one rule: the case as a whole
+    assert atlas_engine.atlas.textures is not None  # mucosa train wrote the texture view
+    ratio = case["verdict"]["unfamiliarity_ratio"]
+    assert ratio > 0 and (ratio > 1) == (case["verdict"]["label"] == "unfamiliar")  # the one rule: the case as a whole
+    embedding_only = np.median([row["unfamiliarity"] for row in rows]) / atlas_engine.atlas.calibration.embedding_scale
+    assert ratio != pytest.approx(embedding_only / atlas_engine.atlas.calibration.case_threshold)  # textures count
 
 
 def test_similar_cases_leave_out_the_own_patient(atlas_engine, atlas_run):

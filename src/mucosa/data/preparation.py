@@ -270,6 +270,16 @@ class Frame:
 Decoded = Iterator[tuple[int, np.ndarray]]
 
 
+def texture_image(source: np.ndarray, fov: preprocess.FieldOfView, prep: Preprocessing, size: int) -> np.ndarray:
+    """A decoded frame's field (``Frame.source`` and ``Frame.fov``) as the model's input is made (the same crop
+    and brightness), but ``size`` pixels a side instead of ``prep.size``: uint8 (size, size). Of a tiled still
+    image, the whole field."""
+    field = preprocess.crop(source, fov)
+    if prep.normalize == "stretch":
+        field = preprocess.stretch(field, preprocess.stretch_levels(field))
+    return preprocess.to_uint8(preprocess.resize(field, size))
+
+
 def iter_frames(source: str | Path | np.ndarray, prep: Preprocessing, selection: FrameSelection | str | None = None,
                 report: DecodeReport | None = None, wrap: Callable[[Decoded], Iterator[tuple]] | None = None
                 ) -> Iterator[Frame]:

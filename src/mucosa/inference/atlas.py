@@ -23,6 +23,10 @@ case, patient, label, frame number, source file and a small gray thumbnail) and 
   against a case threshold that :meth:`Atlas.calibrate` sets on the atlas's own cases, each scored with its
   patient left out, so that about 5% of in-domain cases would be called unfamiliar. An atlas without a
   calibration cannot tell, and says so (``flags`` and ``case_threshold`` are ``None``).
+- **The texture view** (:class:`TextureView`, :mod:`mucosa.inference.texture_view`): texture vectors of some
+  frames of each case at near the recording's own resolution, which the network's small input has lost. With
+  one, a case's score joins its embedding median and its texture median (:meth:`Atlas.texture_scores`), each
+  over its scale, and the case threshold is set on that (``Calibration.scales``).
 
 Distances are cosine distances, 1 - cosine similarity, from 0 to 2 (:mod:`mucosa.inference.atlas_index`);
 where fewer atlas frames than needed are left (a tiny atlas, most of it the query's own patient), a missing
@@ -56,7 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mucosa.inference import atlas_store
+from mucosa.inference import atlas_store, texture_view
 from mucosa.inference.atlas_index import HNSW, IndexFileError, VectorIndex
 from mucosa.inference.atlas_store import (
     AtlasError,
@@ -68,7 +72,7 @@ from mucosa.inference.atlas_store import (
 )
 
 __all__ = ["Atlas", "AtlasError", "AtlasFileError", "AtlasModel", "Calibration", "Familiarity", "FrameRecords", "Match",
-           "SimilarCase", "Vote", "CALIBRATION_QUANTILE", "CASE_CALIBRATION_FRAMES", "CLOSEST_FRAMES",
+           "SimilarCase", "TextureView", "Vote", "CALIBRATION_QUANTILE", "CASE_CALIBRATION_FRAMES", "CLOSEST_FRAMES",
            "MIN_CALIBRATION_FRAMES", "NEIGHBOURS_PER_FRAME", "UNFAMILIAR_K", "load", "refuse_other_model"]
 
 log = logging.getLogger(__name__)
@@ -134,6 +138,23 @@ class Familiarity:
     case_threshold: float | None = None
 
 
+@dataclass
+class TextureView:
+    """Texture vectors (M, T) float32, L2-normalised, of M atlas frames (``rows``: their rows, (M,))."""
+
+    rows: np.ndarray
+    vectors: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.rows = np.asarray(self.rows, np.int64).ravel()
+        self.vectors = checked_embeddings(self.vectors, None, "texture vectors")
+        if len(self.rows) != len(self.vectors):
+            raise AtlasError(f"{len(self.vectors)} texture vectors for {len(self.rows)} rows: one a row")
+
+    def moved(self, offset: int) -> TextureView:
+        return TextureView(self.rows + offset, self.vectors)
+
+
 def _checked_parts(model: AtlasModel, embeddings, records: FrameRecords,
                    thumbnails) -> tuple[np.ndarray, np.ndarray]:
     embeddings = checked_embeddings(embeddings, model.embedding_size)
@@ -169,11 +190,12 @@ class Atlas:
 
     def __init__(self, model: AtlasModel, embeddings, records: FrameRecords, thumbnails,
                  calibration: Calibration | None = None, index: VectorIndex | None = None,
-                 origin: dict | None = None) -> None:
+                 origin: dict | None = None, textures: TextureView | None = None) -> None:
         embeddings, thumbnails = _checked_parts(model, embeddings, records, thumbnails)
         if not len(embeddings):
             raise AtlasError("an atlas needs at least one frame")
         _check_cases(records)
+        self._set_textures(textures, len(embeddings))
         self.model, self.embeddings, self.records, self.thumbnails = model, embeddings, records, thumbnails
         self.calibration = calibration
         self.origin = dict(origin or {})  # how it was built (plain data, saved as atlas.json's built_from)
@@ -181,10 +203,17 @@ class Atlas:
         self._label_codes = np.array([model.classes.index(label) for label in records.labels.tolist()])
         self._patient_rows: dict[str, np.ndarray] | None = None
 
+    def _set_textures(self, textures: TextureView | None, frames: int) -> None:
+        if textures is not None and len(textures.rows) and (textures.rows.min() < 0 or textures.rows.max() >= frames):
+            raise AtlasError(f"texture rows outside the atlas's {frames} frames")
+        self.textures = textures
+        self._texture_index = None if textures is None else VectorIndex.build(textures.vectors)
+
     def __len__(self) -> int:
         return len(self.embeddings)
 
-    def add(self, model: AtlasModel, embeddings, records: FrameRecords, thumbnails) -> None:
+    def add(self, model: AtlasModel, embeddings, records: FrameRecords, thumbnails,
+            textures: TextureView | None = None) -> None:
         """Grow the atlas by new cases' frames, of the same model.
 
         The calibration is kept: it was set on fewer atlas frames (``Calibration.atlas_frames``), and with
@@ -192,8 +221,12 @@ class Atlas:
 
         Raises:
             AtlasError: another model (weights, classes or embedding size), a case already in the atlas,
-                or arrays that do not fit (see :class:`Atlas`).
+                arrays that do not fit (see :class:`Atlas`), or textures for one side only.
         """
+        if self.textures is None and textures is not None:
+            raise AtlasError("this atlas has no texture view; build it again (mucosa atlas build)")
+        if (textures is None) != (self.textures is None):
+            raise AtlasError("both the atlas and the new frames must have a texture view, or neither")
         difference = self.model.differs(model)
         if difference:
             raise AtlasError(f"cannot add frames of another model to this atlas ({difference}); build an atlas "
@@ -209,6 +242,11 @@ class Atlas:
         joined = self.records.joined(records)
         _check_cases(joined)
         all_embeddings = np.concatenate([self.embeddings, embeddings])
+        if textures is not None:
+            moved = textures.moved(len(self.embeddings))
+            self._set_textures(TextureView(np.concatenate([self.textures.rows, moved.rows]),
+                                           np.concatenate([self.textures.vectors, moved.vectors])),
+                               len(all_embeddings))
         self.index = self.index.add(embeddings, all_embeddings)
         self.embeddings, self.records = all_embeddings, joined
         self.thumbnails = np.concatenate([self.thumbnails, thumbnails])
@@ -297,13 +335,30 @@ class Atlas:
         distances, _ = self.neighbours(query_embeddings, k, exclude_patient)
         return np.minimum(distances[:, k - 1], FARTHEST).astype(np.float64) if len(distances) else np.zeros(0)
 
+    def texture_scores(self, query_textures, k: int | None = None, exclude_patient: str | None = None) -> np.ndarray:
+        """Each texture vector's distance to its ``k``-th nearest atlas texture not of ``exclude_patient`` (the
+        texture view's; ``k`` as :meth:`scores`; missing: 2).
+
+        Raises:
+            AtlasError: the atlas has no texture view, or vectors of another width.
+        """
+        if self.textures is None:
+            raise AtlasError("this atlas has no texture view; build it again (mucosa atlas build)")
+        k = k or (self.calibration.k if self.calibration else UNFAMILIAR_K)
+        queries = checked_embeddings(query_textures, self.textures.vectors.shape[1], "texture vectors")
+        own = self.patient_rows(exclude_patient)
+        left_out = np.flatnonzero(np.isin(self.textures.rows, own)) if len(own) else own
+        distances, _ = self._texture_index.search(queries, k, left_out)
+        return np.minimum(distances[:, k - 1], FARTHEST).astype(np.float64) if len(distances) else np.zeros(0)
+
     def calibrate(self, val_embeddings, val_patients, quantile: float = CALIBRATION_QUANTILE,
                   k: int = UNFAMILIAR_K) -> Calibration:
         """Set (and return) the unfamiliarity thresholds: a frame's, the ``quantile`` of in-domain validation
         frames' scores, each frame's own patient left out of the atlas, so that about ``1 - quantile`` of such
         frames are flagged; and a case's, the ``quantile`` of the atlas's own cases' scores
         (:meth:`case_scores`; the smallest of them at or above it: their largest with 20 cases or fewer).
-        Both are saved with the atlas.
+        With a texture view, a case's score joins its two medians, each over the median of the atlas's cases'
+        (``Calibration.scales``). All of it is saved with the atlas.
 
         Raises:
             AtlasError: ``quantile`` not strictly between 0 and 1, fewer than :data:`MIN_CALIBRATION_FRAMES`
@@ -323,28 +378,54 @@ class Atlas:
             own = patients == patient
             scores[own] = self.scores(embeddings[own], k, exclude_patient=patient)
         threshold = float(np.quantile(scores, quantile))
-        cases = self.case_scores(k)
+        medians, texture_medians = self.case_medians(k)
+        scales = None
+        if texture_medians is not None:
+            scales = (max(float(np.median(medians)), 1e-9), max(float(np.median(texture_medians)), 1e-9))
+            cases = (medians / scales[0] + texture_medians / scales[1]) / 2
+        else:
+            cases = medians
         case_threshold = float(np.quantile(cases, quantile, method="higher"))
         self.calibration = Calibration(int(k), threshold, float(quantile), len(scores), len(set(patients.tolist())),
-                                       float(np.mean(scores > threshold)), len(self), case_threshold, len(cases))
+                                       float(np.mean(scores > threshold)), len(self), case_threshold, len(cases),
+                                       embedding_scale=None if scales is None else scales[0],
+                                       texture_scale=None if scales is None else scales[1])
         log.info("atlas calibrated: threshold %.4f (%d validation frames, %.1f%% flagged), case threshold %.4f "
-                 "(%d atlas cases)", threshold, len(scores), 100 * self.calibration.flagged_share, case_threshold,
-                 len(cases))
+                 "(%d atlas cases%s)", threshold, len(scores), 100 * self.calibration.flagged_share, case_threshold,
+                 len(cases), ", with the texture view" if scales else "")
         return self.calibration
 
-    def case_scores(self, k: int = UNFAMILIAR_K) -> np.ndarray:
-        """Each atlas case's score as a query case would get it: the median of its frames' scores (up to
-        :data:`CASE_CALIBRATION_FRAMES` of them, evenly spaced), its own patient left out of the atlas."""
+    def case_medians(self, k: int = UNFAMILIAR_K) -> tuple[np.ndarray, np.ndarray | None]:
+        """Each atlas case (sorted by name) as a query case would get it, its own patient left out of the atlas:
+        the median of its frames' scores (up to :data:`CASE_CALIBRATION_FRAMES` of them, evenly spaced), and
+        with a texture view the median of its texture frames' texture scores (else None)."""
         rows: dict[str, list[int]] = defaultdict(list)
         for row, case in enumerate(self.records.cases.tolist()):
             rows[case].append(row)
-        medians = []
+        texture_rows: dict[str, list[int]] = defaultdict(list)
+        if self.textures is not None:
+            for position, row in enumerate(self.textures.rows.tolist()):
+                texture_rows[self.records.cases[row]].append(position)
+        medians, texture_medians = [], []
         for case in sorted(rows):
             found = np.asarray(rows[case])
             chosen = found[np.unique(np.linspace(0, len(found) - 1, CASE_CALIBRATION_FRAMES).round().astype(int))]
             patient = str(self.records.patients[chosen[0]])
             medians.append(float(np.median(self.scores(self.embeddings[chosen], k, exclude_patient=patient))))
-        return np.asarray(medians)
+            if self.textures is not None:
+                vectors = self.textures.vectors[texture_rows[case]]
+                scored = self.texture_scores(vectors, k, exclude_patient=patient) if len(vectors) else [FARTHEST]
+                texture_medians.append(float(np.median(scored)))
+        return np.asarray(medians), (np.asarray(texture_medians) if self.textures is not None else None)
+
+    def case_scores(self, k: int = UNFAMILIAR_K) -> np.ndarray:
+        """Each atlas case's score by the case rule (:meth:`case_medians`, joined by the calibration's scales
+        when the atlas has a texture view and a calibration)."""
+        medians, texture_medians = self.case_medians(k)
+        scales = None if self.calibration is None else self.calibration.scales
+        if texture_medians is None or scales is None:
+            return medians
+        return (medians / scales[0] + texture_medians / scales[1]) / 2
 
     def unfamiliar(self, query_embeddings, exclude_patient: str | None = None) -> Familiarity:
         """Each query frame's score and, when the atlas is calibrated, whether it is unfamiliar (score above
@@ -362,9 +443,12 @@ class Atlas:
         description = {"model": self.model.to_dict(), "frames": len(self), "index": self.index.describe(),
                        "calibration": None if self.calibration is None else self.calibration.to_dict(),
                        "built_from": self.origin}
+        if self.textures is not None:
+            description["texture_view"] = texture_view.description()
         index = self.index.to_bytes() if self.index.kind == HNSW else None
+        textures = None if self.textures is None else (self.textures.rows, self.textures.vectors)
         return atlas_store.write(folder, description, self.embeddings, self.thumbnails, self.records.columns(),
-                                 index)
+                                 index, textures)
 
 
 def refuse_other_model(folder: str | Path, model: AtlasModel, weights_sha256: str | None) -> None:
@@ -373,6 +457,25 @@ def refuse_other_model(folder: str | Path, model: AtlasModel, weights_sha256: st
     if weights_sha256 is not None and weights_sha256 != model.weights_sha256:
         raise AtlasFileError(f"{folder}: an atlas of another model (weights {model.weights_sha256[:12]}…, this "
                              f"checkpoint's {weights_sha256[:12]}…); build an atlas for this checkpoint")
+
+
+def _texture_view(folder: Path, files: atlas_store.AtlasFiles) -> TextureView | None:
+    """The atlas's texture view, checked to be made as this mucosa makes it (AtlasFileError naming the file)."""
+    made = files.description.get("texture_view")
+    if files.textures is None:
+        if made is not None:
+            raise AtlasFileError(f"{folder / atlas_store.MANIFEST}: describes a texture view, but has no "
+                                 f"{atlas_store.TEXTURES}")
+        return None
+    if made != texture_view.description():
+        raise AtlasFileError(f"{folder / atlas_store.MANIFEST}: its texture view was made otherwise than this mucosa "
+                             "makes one; build the atlas again (mucosa atlas build)")
+    try:
+        view = TextureView(*files.textures)
+        checked_embeddings(view.vectors, texture_view.TEXTURE_WIDTH, "texture vectors")
+    except AtlasError as error:
+        raise AtlasFileError(f"{folder / atlas_store.TEXTURES}: {error}") from None
+    return view
 
 
 def load(folder: str | Path, weights_sha256: str | None = None) -> Atlas:
@@ -412,7 +515,10 @@ def load(folder: str | Path, weights_sha256: str | None = None) -> Atlas:
             raise AtlasFileError(f"{folder / atlas_store.INDEX}: {error}") from None
     try:
         origin = files.description.get("built_from")
+        textures = _texture_view(folder, files)
+        if calibration is not None and (textures is None) != (calibration.scales is None):
+            raise AtlasError("the texture view and the calibration's scales disagree")
         return Atlas(model, embeddings, records, files.thumbnails, calibration, index,
-                     origin if isinstance(origin, dict) else None)
+                     origin if isinstance(origin, dict) else None, textures)
     except AtlasError as error:
         raise AtlasFileError(f"{folder}: {error}") from None

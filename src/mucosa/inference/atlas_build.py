@@ -48,6 +48,7 @@ from mucosa.inference.atlas import (
     AtlasError,
     AtlasModel,
     FrameRecords,
+    TextureView,
     load,
     refuse_other_model,
 )
@@ -55,6 +56,7 @@ from mucosa.inference.atlas_store import make_thumbnails
 from mucosa.inference.onnx import OnnxPredictor
 from mucosa.inference.onnx_files import process_rank
 from mucosa.inference.runtime import describe, for_checkpoint
+from mucosa.inference.texture_view import file_textures, spread
 from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint, record_in_card
 
 __all__ = ["ATLAS_FOLDER", "CARD_KEY", "AtlasReport", "add_to_atlas", "atlas_after_training", "atlas_beside",
@@ -83,8 +85,10 @@ class AtlasReport:
         cases = len(set(self.atlas.records.cases.tolist()))
         calibration = self.atlas.calibration
         told = (f"a frame unfamiliar above distance {calibration.threshold:.4f} (k {calibration.k}, set on "
-                f"{calibration.frames} validation frames of {calibration.patients} patients), a case above a "
-                f"median of {calibration.case_threshold:.4f} (set on the atlas's {calibration.cases} cases)"
+                f"{calibration.frames} validation frames of {calibration.patients} patients), a case above "
+                f"{calibration.case_threshold:.4f} (set on the atlas's {calibration.cases} cases"
+                + (", its frames' median joined with its texture view's)" if calibration.scales else
+                   ", its frames' median)")
                 if calibration else
                 "not calibrated: it shows similar cases but cannot tell unfamiliar frames")
         return f"atlas {self.folder}: {len(self.atlas)} frames of {cases} cases; {told}"
@@ -137,17 +141,38 @@ class _Frames:
     records: FrameRecords
     thumbnails: np.ndarray
     validation: np.ndarray  # (N,) bool: frames of the manifest's validation rows
+    textures: TextureView | None = None  # the texture view of each case's frames (rows into these frames)
+
+
+def _texture_view(table: FrameTable, records: list[Record], prep) -> TextureView:
+    """Texture vectors of up to ``TEXTURE_FRAMES`` evenly spaced frames of each row (case), decoded again."""
+    rows, vectors = [], []
+    of_record, numbers = np.asarray(table.row), table.frame_index
+    for r, record in enumerate(records):
+        own = np.flatnonzero(of_record == r)
+        chosen = own[spread(len(own))]
+        if not len(chosen):
+            continue
+        found = file_textures(record.path, prep, numbers[chosen], record.frames)
+        for row in chosen:
+            vector = found.get(int(numbers[row]))
+            if vector is not None:
+                rows.append(int(row))
+                vectors.append(vector)
+    return TextureView(np.asarray(rows, np.int64), np.stack(vectors) if vectors else np.zeros((0, 1), np.float32))
 
 
 def _embedded(predictor, records: list[Record], cohort: Cohort, cache: FrameCache,
-              pseudonym: Pseudonym | None = None) -> _Frames | None:
-    """The rows' usable frames embedded, with what they are; None when the quality gate drops them all."""
+              pseudonym: Pseudonym | None = None, textures: bool = False) -> _Frames | None:
+    """The rows' usable frames embedded, with what they are (``textures``: and their texture view); None when
+    the quality gate drops them all."""
     table = assemble(Cohort(records, cohort.classes, cohort.source), predictor.preprocessing, cache)
     if not len(table):
         return None
     embeddings, thumbnails = embed_frames(predictor, table)
     validation = np.array([records[r].split == "val" for r in table.row], bool)
-    return _Frames(embeddings, _records(table, cache, pseudonym), thumbnails, validation)
+    view = _texture_view(table, records, predictor.preprocessing) if textures else None
+    return _Frames(embeddings, _records(table, cache, pseudonym), thumbnails, validation, view)
 
 
 def _manifest_frames(predictor, manifest: Path, parts, cache: FrameCache, pseudonym: Pseudonym | None = None
@@ -156,7 +181,7 @@ def _manifest_frames(predictor, manifest: Path, parts, cache: FrameCache, pseudo
     check_parts(parts)
     cohort = load_manifest(manifest, classes=predictor.classes, require_all=False)
     chosen = cohort.parts(parts).records
-    frames = _embedded(predictor, chosen, cohort, cache, pseudonym)
+    frames = _embedded(predictor, chosen, cohort, cache, pseudonym, textures=True)
     if frames is None:
         raise AtlasError(f"{manifest}: the quality gate dropped every frame of its {len(chosen)} rows; an atlas "
                          "needs frames")
@@ -188,7 +213,8 @@ def _record(atlas: Atlas, folder: Path, checkpoint: LoadedCheckpoint) -> dict:
     if calibration is not None:
         entry.update(threshold=calibration.threshold, k=calibration.k, quantile=calibration.quantile,
                      calibration_frames=calibration.frames, flagged_share=calibration.flagged_share,
-                     case_threshold=calibration.case_threshold, calibration_cases=calibration.cases)
+                     case_threshold=calibration.case_threshold, calibration_cases=calibration.cases,
+                     texture_view=atlas.textures is not None, case_scales=calibration.scales)
     record_in_card(checkpoint.path, CARD_KEY, entry)
     return entry
 
@@ -219,7 +245,7 @@ def build_atlas(checkpoint: str | Path, manifest: str | Path, out: str | Path, c
     frames, outside = _manifest_frames(predictor, manifest, parts, cache, pseudonym)
     model = AtlasModel(loaded.weights_sha256, tuple(loaded.classes), frames.embeddings.shape[1])
     atlas = Atlas(model, frames.embeddings, frames.records, frames.thumbnails,
-                  origin=_origin(loaded, predictor, manifest, parts))
+                  origin=_origin(loaded, predictor, manifest, parts), textures=frames.textures)
     validation = [frames] + ([outside] if outside else [])
     _calibrate(atlas, np.concatenate([f.embeddings[f.validation] for f in validation]),
                np.concatenate([f.records.patients[f.validation] for f in validation]),
@@ -258,7 +284,7 @@ def add_to_atlas(folder: str | Path, manifest: str | Path, checkpoint: str | Pat
     earlier = np.isin(atlas.records.cases, list(atlas.origin.get("validation_cases", [])))  # before it grows
     validation = [(atlas.embeddings[earlier], atlas.records.patients[earlier], atlas.records.cases[earlier])]
     model = AtlasModel(loaded.weights_sha256, tuple(loaded.classes), frames.embeddings.shape[1])
-    atlas.add(model, frames.embeddings, frames.records, frames.thumbnails)
+    atlas.add(model, frames.embeddings, frames.records, frames.thumbnails, frames.textures)
     atlas.origin.setdefault("manifests", []).extend(_origin(loaded, predictor, manifest, parts)["manifests"])
     for f in [frames] + ([outside] if outside else []):
         validation.append((f.embeddings[f.validation], f.records.patients[f.validation], f.records.cases[f.validation]))

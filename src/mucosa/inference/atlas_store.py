@@ -12,7 +12,9 @@ NumPy's ``.npy`` read with ``allow_pickle=False``, JSON, CSV, and FAISS's own in
   holds gigabytes of them);
 - ``frames.csv``: one row a frame, in the order of the embeddings: case, patient, label, frame, file;
 - ``index.faiss``: the HNSW graph, for atlases large enough to have one (an exact index is rebuilt from
-  the embeddings on loading, in a moment).
+  the embeddings on loading, in a moment);
+- ``textures.npy`` and ``texture_rows.npy``: the texture view (``inference.texture_view``), (M, 56) float32
+  L2-normalised texture vectors of M atlas frames and their rows (M,) int64, for atlases that have one.
 
 :func:`write` puts them in place together (:class:`mucosa.atomic.OutputSet`): a killed run leaves the
 previous atlas whole. :func:`read` refuses, with one line naming the file, a missing or empty folder, a
@@ -46,18 +48,19 @@ from mucosa.errors import MucosaError, first_line
 from mucosa.formats import check_version, read_json_object
 
 __all__ = ["AtlasError", "AtlasFileError", "AtlasFiles", "AtlasModel", "Calibration", "FrameRecords", "COLUMNS",
-           "EMBEDDINGS", "FRAMES", "INDEX", "THUMBNAILS",
+           "EMBEDDINGS", "FRAMES", "INDEX", "TEXTURES", "TEXTURE_ROWS", "THUMBNAILS",
            "FORMAT", "KNOWN_VERSIONS", "MANIFEST", "OLDER_VERSIONS", "THUMBNAIL_SIZE", "VERSION", "checked_embeddings",
            "make_thumbnails", "read", "write"]
 
 log = logging.getLogger(__name__)
 
 FORMAT = "mucosa-atlas"
-VERSION = 2  # 2: the calibration holds the case threshold of the unfamiliar verdict
-KNOWN_VERSIONS = (2,)  # the versions this mucosa reads
-OLDER_VERSIONS = (1,)  # versions of earlier mucosa: refused with a word on what to do
+VERSION = 3  # 2: the calibration holds the case threshold of the unfamiliar verdict; 3: and the texture view
+KNOWN_VERSIONS = (3,)  # the versions this mucosa reads
+OLDER_VERSIONS = (1, 2)  # versions of earlier mucosa: refused with a word on what to do
 MANIFEST, EMBEDDINGS, THUMBNAILS, FRAMES, INDEX = ("atlas.json", "embeddings.npy", "thumbnails.npy", "frames.csv",
                                                    "index.faiss")
+TEXTURES, TEXTURE_ROWS = "textures.npy", "texture_rows.npy"
 COLUMNS = ("case", "patient", "label", "frame", "file")
 THUMBNAIL_SIZE = 48  # pixels a side
 _NORM_TOLERANCE = 1e-3  # |norm - 1| allowed for an L2-normalised embedding
@@ -153,7 +156,10 @@ class Calibration:
     - ``threshold``, for a frame: the ``quantile`` of ``frames`` validation frames' scores (the ``k``-th
       nearest atlas frame's distance, own patient left out) of ``patients`` patients.
     - ``case_threshold``, for a case: the ``quantile`` (the smallest value at or above it) of the atlas's
-      ``cases`` cases' median frame scores, each case's own patient left out of the atlas.
+      ``cases`` cases' scores, each case's own patient left out of the atlas: the median of its frames'
+      scores or, for an atlas with a texture view, the mean of that median over ``embedding_scale`` and the
+      median of its texture scores over ``texture_scale`` (each scale: the median of the atlas's cases'),
+      as ``verdict.unfamiliar_case`` computes it.
     """
 
     k: int
@@ -166,7 +172,17 @@ class Calibration:
     case_threshold: float
     cases: int
     method: str = ("cosine distance to the k-th nearest atlas frame of another patient (Sun et al., ICML 2022); "
-                   "a case: the median of its frames' distances")
+                   "a case: the median of its frames' distances, joined with the median of its texture distances "
+                   "when the atlas has a texture view")
+    embedding_scale: float | None = None  # with a texture view: the median of the atlas cases' embedding medians
+    texture_scale: float | None = None  # and of their texture medians
+
+    @property
+    def scales(self) -> tuple[float, float] | None:
+        """(embedding, texture) scales of the case rule; None without a texture view."""
+        if self.embedding_scale is None or self.texture_scale is None:
+            return None
+        return float(self.embedding_scale), float(self.texture_scale)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -180,9 +196,15 @@ class Calibration:
         except TypeError:
             raise AtlasError("the unfamiliarity calibration is damaged") from None
         thresholds = (calibration.threshold, calibration.case_threshold)
+        scales = [v for v in (calibration.embedding_scale, calibration.texture_scale) if v is not None]
+
+        def number(value) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
         if (not isinstance(calibration.k, int) or calibration.k < 1
-                or not all(isinstance(t, (int, float)) and np.isfinite(t) for t in thresholds)):
-            raise AtlasError("the unfamiliarity calibration is damaged (k, threshold, case_threshold)")
+                or not all(number(t) for t in thresholds) or not calibration.case_threshold > 0
+                or not all(number(v) and v > 0 for v in scales) or len(scales) == 1):
+            raise AtlasError("the unfamiliarity calibration is damaged (k, threshold, case_threshold, scales)")
         return calibration
 
 
@@ -196,7 +218,7 @@ def checked_embeddings(embeddings, size: int | None, what: str = "embeddings") -
     array = np.ascontiguousarray(array, dtype=np.float32)
     bad = int(np.sum(~np.isfinite(array).all(1)))
     if bad:
-        raise AtlasError(f"{what}: {bad} embedding{'s are' if bad > 1 else ' is'} NaN or infinite")
+        raise AtlasError(f"{what}: {bad} vector{'s are' if bad > 1 else ' is'} NaN or infinite")
     norms = np.linalg.norm(array, axis=1)
     if len(array) and np.max(np.abs(norms - 1.0)) > _NORM_TOLERANCE:
         raise AtlasError(f"{what}: embeddings must be L2-normalised (norms from {norms.min():.3g} to "
@@ -222,20 +244,24 @@ class AtlasFiles:
     thumbnails: np.ndarray
     columns: dict[str, list]  # frames.csv: COLUMNS → values (``frame`` as ints)
     index: bytes | None  # index.faiss, when the atlas has one
+    textures: tuple[np.ndarray, np.ndarray] | None = None  # (texture_rows, textures), when the atlas has a view
 
 
 def write(folder: str | Path, description: dict, embeddings: np.ndarray, thumbnails: np.ndarray,
-          columns: dict[str, list], index: bytes | None = None) -> Path:
+          columns: dict[str, list], index: bytes | None = None,
+          textures: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
     """Write an atlas folder as a set: the data files, then ``atlas.json`` with their SHA-256.
 
-    ``description`` is the rest of ``atlas.json`` (model, frames, index settings, calibration);
+    ``description`` is the rest of ``atlas.json`` (model, frames, index settings, calibration); ``textures``
+    the texture view (its rows, its vectors);
     ``format``, ``version``, ``mucosa_version`` and ``files`` are added here.
 
     Raises:
         OutputError: ``folder`` cannot be written. WriteError: a write failed (the previous atlas is whole).
     """
     folder = Path(folder)
-    with OutputSet(folder, (MANIFEST, EMBEDDINGS, THUMBNAILS, FRAMES, INDEX), what="atlas folder") as staged:
+    with OutputSet(folder, (MANIFEST, EMBEDDINGS, THUMBNAILS, FRAMES, INDEX, TEXTURES, TEXTURE_ROWS),
+                   what="atlas folder") as staged:
         np.save(staged.path(EMBEDDINGS), np.ascontiguousarray(embeddings, dtype=np.float32), allow_pickle=False)
         np.save(staged.path(THUMBNAILS), np.ascontiguousarray(thumbnails, dtype=np.uint8), allow_pickle=False)
         tables.write_csv(staged.path(FRAMES), COLUMNS, zip(*(columns[name] for name in COLUMNS)))
@@ -243,6 +269,10 @@ def write(folder: str | Path, description: dict, embeddings: np.ndarray, thumbna
         if index is not None:
             staged.path(INDEX).write_bytes(index)
             names.append(INDEX)
+        if textures is not None:
+            np.save(staged.path(TEXTURE_ROWS), np.asarray(textures[0], np.int64), allow_pickle=False)
+            np.save(staged.path(TEXTURES), np.ascontiguousarray(textures[1], np.float32), allow_pickle=False)
+            names += [TEXTURE_ROWS, TEXTURES]
         manifest = {"format": FORMAT, "version": VERSION, "mucosa_version": __version__, **description,
                     "files": {name: file_sha256(staged.path(name)) for name in names}}
         staged.path(MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
@@ -265,7 +295,7 @@ def _manifest(folder: Path) -> dict:
                              f"{FORMAT!r})")
     if manifest.get("version") in OLDER_VERSIONS:
         raise AtlasFileError(f"{path}: atlas format version {manifest['version']}, made by an earlier mucosa without "
-                             "the case threshold of the unfamiliar verdict; build it again (mucosa atlas build)")
+                             "the texture view of the unfamiliar verdict; build it again (mucosa atlas build)")
     check_version(path, "atlas", manifest.get("version"), KNOWN_VERSIONS, AtlasFileError)  # the one rule
     if not isinstance(manifest.get("files"), dict):
         raise AtlasFileError(f"{path}: damaged (no SHA-256 of the atlas's files)")
@@ -315,6 +345,21 @@ def _columns(path: Path) -> dict[str, list]:
     return columns
 
 
+def _texture_files(folder: Path, manifest: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``texture_rows.npy`` (1-D, whole numbers, increasing) and ``textures.npy`` (one float row each)."""
+    rows_path, vectors_path = _checked(folder, manifest, TEXTURE_ROWS), _checked(folder, manifest, TEXTURES)
+    rows, vectors = _array(rows_path), _array(vectors_path)
+    if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer) or not len(rows):
+        raise AtlasFileError(f"{rows_path}: expected the atlas rows of the texture view, one whole number each, got "
+                             f"{rows.dtype} {rows.shape}")
+    if np.any(np.diff(rows) <= 0):
+        raise AtlasFileError(f"{rows_path}: the texture view's rows must increase, each row once")
+    if vectors.ndim != 2 or not np.issubdtype(vectors.dtype, np.floating) or len(vectors) != len(rows):
+        raise AtlasFileError(f"{vectors_path}: expected ({len(rows)}, width) float texture vectors, one a row of "
+                             f"{TEXTURE_ROWS}, got {vectors.dtype} {vectors.shape}")
+    return rows, vectors
+
+
 def read(folder: str | Path) -> AtlasFiles:
     """Read an atlas folder, every data file checked against ``atlas.json``'s SHA-256.
 
@@ -328,5 +373,8 @@ def read(folder: str | Path) -> AtlasFiles:
     thumbnails = _array(_checked(folder, manifest, THUMBNAILS), memory_map=True)
     columns = _columns(_checked(folder, manifest, FRAMES))
     index = _checked(folder, manifest, INDEX).read_bytes() if INDEX in manifest["files"] else None
+    textures = None
+    if TEXTURES in manifest["files"] or TEXTURE_ROWS in manifest["files"]:
+        textures = _texture_files(folder, manifest)
     description = {key: value for key, value in manifest.items() if key != "files"}
-    return AtlasFiles(folder, description, embeddings, thumbnails, columns, index)
+    return AtlasFiles(folder, description, embeddings, thumbnails, columns, index, textures)

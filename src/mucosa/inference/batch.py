@@ -57,6 +57,7 @@ from mucosa.inference.atlas_build import file_weights, find_atlas, model_weights
 from mucosa.inference.distributed import Processes
 from mucosa.inference.runtime import open_predictor
 from mucosa.inference.similar import AtlasView, consult, flags_text, similar_entry, similar_json, vote_cells
+from mucosa.inference.texture_view import file_textures, textured
 from mucosa.tables import safe_row
 
 OUTPUTS = ("predictions.csv", "files.csv", "cases.csv", "similar.json", "similar")
@@ -130,6 +131,7 @@ class Summary:
     corrupt: int = 0
     scores: list = field(default_factory=list)  # probabilities of used frames
     embeddings: list = field(default_factory=list)  # their embeddings, (frames, D) arrays (with an atlas)
+    textures: list = field(default_factory=list)  # texture vectors of some of them (texture_view), with an atlas
     patient: str | None = None  # left out of the atlas's answers
     atlas: AtlasView | None = None  # what the atlas says about the used frames
 
@@ -166,10 +168,20 @@ class PredictResult:
         told = view is not None and view.flags is not None and calibration is not None
         return verdicts.verdict_or_unfamiliar(summary.mean(), self.classes, None if view is None else view.flags,
                                               self.threshold, view.scores if told else None,
-                                              calibration.case_threshold if told else None)
+                                              calibration.case_threshold if told else None,
+                                              view.texture_scores if told else None,
+                                              calibration.scales if told else None)
 
     def verdict(self, summary: Summary) -> str:
         return self.verdict_and_share(summary)[0]
+
+    def unfamiliarity(self, summary: Summary) -> float | None:
+        """How unlike the atlas's cases a file or case is, over the case threshold (above 1: ``unfamiliar``)."""
+        view, calibration = summary.atlas, None if self.atlas is None else self.atlas.calibration
+        if view is None or calibration is None:
+            return None
+        return verdicts.unfamiliarity_ratio(view.scores, calibration.case_threshold, view.texture_scores,
+                                            calibration.scales)
 
     @property
     def unfamiliar(self) -> list[Summary]:
@@ -229,8 +241,8 @@ def predict_sources(predictor, sources: list[Source], out: str | Path, threshold
             prepared = prepared_frames(source, predictor.preprocessing, cache)
         except (UnreadableFileError, OSError) as error:
             return _unreadable_reason(error, source)
-        return _write_file(writer, source, _score_file(predictor, prepared, atlas is not None), predictor.classes,
-                           threshold, atlas)
+        return _write_file(writer, source, _score_file(predictor, prepared, atlas is not None, source),
+                           predictor.classes, threshold, atlas)
 
     return _write_outputs(out, predictor.classes, threshold, sources, one, progress, atlas)
 
@@ -266,7 +278,7 @@ def _write_outputs(out: str | Path, classes: list[str], threshold: float, source
         if atlas is not None:
             for case in result.cases:
                 case.atlas = consult(atlas, np.concatenate(case.embeddings) if case.embeddings else None,
-                                     case.patient)
+                                     case.patient, textures=np.concatenate(case.textures) if case.textures else None)
             _write_similar(staged, result)
         _write_summaries(staged.path("cases.csv"), result.cases, result, "case")
     return result
@@ -295,18 +307,24 @@ class FileScores:
     probs: np.ndarray | None  # their probabilities, (len(keep),) or (len(keep), K); None when none passed
     corrupt: int
     embeddings: np.ndarray | None = None  # their embeddings (len(keep), D), when asked for
+    textures: np.ndarray | None = None  # texture vectors of the textured ones (texture_view), when asked for
 
 
-def _score_file(predictor, prepared: PreparedFrames, embed: bool = False) -> FileScores:
+def _score_file(predictor, prepared: PreparedFrames, embed: bool = False, source: Source | None = None
+                ) -> FileScores:
     """Run the model on the frames of one file that pass the quality gate (``embed``: and embed them, in the
-    same pass)."""
+    same pass, and take the texture of every ``TEXTURE_STRIDE``-th of them from ``source``, decoded again)."""
     keep = prepared.keep(predictor.preprocessing.quality_threshold)
-    probs = embeddings = None
+    probs = embeddings = textures = None
     if len(keep):
         frames = np.asarray(prepared.frames[keep])
         probs, embeddings = predictor.predict_and_embed(frames) if embed else (predictor(frames), None)
+        if embed and source is not None:
+            numbers = np.asarray(prepared.indices)[keep][[textured(n) for n in range(len(keep))]]
+            found = file_textures(source.path.resolve(), predictor.preprocessing, numbers, source.frames)
+            textures = np.stack([found[int(n)] for n in numbers if int(n) in found]) if found else None
     return FileScores(np.asarray(prepared.indices), np.asarray(prepared.quality), np.asarray(keep), probs,
-                      prepared.corrupt, embeddings)
+                      prepared.corrupt, embeddings, textures)
 
 
 def _write_file(writer, source: Source, scores: FileScores, classes: list[str], threshold: float,
@@ -314,7 +332,8 @@ def _write_file(writer, source: Source, scores: FileScores, classes: list[str], 
     """Write one file's rows of ``predictions.csv`` and return its summary (with the atlas's view of it)."""
     width = len(_probability_header(classes))
     probs = scores.probs
-    view = None if atlas is None else consult(atlas, scores.embeddings, source.patient, similar=False)
+    view = None if atlas is None else consult(atlas, scores.embeddings, source.patient, similar=False,
+                                              textures=scores.textures)
     by_position = {position: k for k, position in enumerate(scores.keep.tolist())}
     for position, (index, quality) in enumerate(zip(scores.indices, scores.quality)):
         k = by_position.get(position)
@@ -328,8 +347,9 @@ def _write_file(writer, source: Source, scores: FileScores, classes: list[str], 
         writer.writerow(safe_row([str(source.path), source.case, int(index), f"{quality:.4f}", 1,
                                   *_probability_text(probs[k]), label, *familiarity]))
     embedded = [] if scores.embeddings is None else [scores.embeddings]
+    textured_ = [] if scores.textures is None else [scores.textures]
     return Summary(str(source.path), source.case, 1, len(scores.indices), len(scores.keep), scores.corrupt,
-                   list(probs) if probs is not None else [], embedded, source.patient, view)
+                   list(probs) if probs is not None else [], embedded, textured_, source.patient, view)
 
 
 def _add_to_case(case: Summary, summary: Summary) -> None:
@@ -338,6 +358,7 @@ def _add_to_case(case: Summary, summary: Summary) -> None:
                                             case.corrupt + summary.corrupt)
     case.scores += summary.scores
     case.embeddings += summary.embeddings
+    case.textures += summary.textures
 
 
 def _write_summaries(path: Path, rows: list[Summary], result: PredictResult, key: str) -> None:
@@ -347,14 +368,16 @@ def _write_summaries(path: Path, rows: list[Summary], result: PredictResult, key
         writer = csv.writer(handle)
         writer.writerow(safe_row([key, *(["case"] if key == "path" else ["files"]), "frames", "used",
                                   "skipped_quality", "corrupt", *mean_header, "verdict", "unfamiliar_share",
-                                  "atlas_vote", "atlas_vote_share"]))
+                                  "unfamiliarity_ratio", "atlas_vote", "atlas_vote_share"]))
         for s in rows:
             mean = s.mean()
             verdict, share = result.verdict_and_share(s)
+            ratio = result.unfamiliarity(s)
             writer.writerow(safe_row([s.name, s.case if key == "path" else s.files, s.frames, s.used, s.skipped,
                                       s.corrupt,
                                       *(_probability_text(mean) if mean is not None else [""] * len(mean_header)),
                                       verdict, "" if share is None else f"{share:.4f}",
+                                      "" if ratio is None else f"{ratio:.4f}",
                                       *vote_cells(None if s.atlas is None else s.atlas.vote)]))
 
 
@@ -423,7 +446,7 @@ class _ShareWork:
             except (UnreadableFileError, OSError) as error:
                 outcomes.append(_unreadable_reason(error, source))
             else:
-                outcomes.append(_score_file(predictor, prepared, self.embed))
+                outcomes.append(_score_file(predictor, prepared, self.embed, source))
             if self.progress is not None and rank == 0:  # rank 0's share: one progress line, not one a process
                 self.progress(done, len(share), source.path)
         return outcomes

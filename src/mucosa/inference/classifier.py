@@ -50,6 +50,7 @@ from mucosa.inference.batch import collect_sources
 from mucosa.inference.onnx_files import CARD_KEY
 from mucosa.inference.runtime import open_predictor
 from mucosa.inference.saliency import grad_cam
+from mucosa.inference.texture_view import file_textures, textured
 
 __all__ = ["Classifier", "Prediction", "CaseVerdict", "load"]
 
@@ -186,10 +187,11 @@ class Classifier:
         return self._predict(self._items(x, case), embed)
 
     def _items(self, x, case: str | None = None) -> list[tuple]:
-        """What ``predict`` takes, as (source, case, frames, patient) for each file (or the array)."""
+        """What ``predict`` takes, as (source, case, frames, patient, (origin, selection)) for each file (or the
+        array): ``origin`` is what the frames are read from (the file, or the array)."""
         if isinstance(x, np.ndarray):
-            return [("array", str(case or "array"), iter_frames(x, self.preprocessing), None)]
-        return [(str(s.path), s.case, self._source_frames(s.path, s.frames), s.patient)
+            return [("array", str(case or "array"), iter_frames(x, self.preprocessing), None, (x, None))]
+        return [(str(s.path), s.case, self._source_frames(s.path, s.frames), s.patient, (s.path, s.frames))
                 for s in collect_sources(_paths(x))]
 
     def embed(self, x: str | Path | np.ndarray | Sequence[str | Path], case: str | None = None) -> np.ndarray:
@@ -216,7 +218,7 @@ class Classifier:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ConfigError(f"k {k!r} must be a whole number of at least 1")
         items = self._items(x)
-        patients = {patient for *_, patient in items if patient is not None}
+        patients = {item[3] for item in items if item[3] is not None}
         exclude = exclude_patient if exclude_patient is not None else (patients.pop() if len(patients) == 1 else None)
         embeddings = self._predict(items, embed=True).embeddings
         return self.atlas.similar_cases(embeddings[~np.isnan(embeddings).any(1)], k, exclude)
@@ -234,15 +236,16 @@ class Classifier:
         asks_atlas = self.atlas is not None
         embedding_width = self._predictor.embedding_size if embed or asks_atlas else None  # an old .onnx refuses
         per_case: dict[str, list] = {}
-        for source, case, frames, patient in items:
+        for source, case, frames, patient, origin in items:
             probs, vectors = self._score(frames, columns, source, case, embedding_width)
-            scores, flags, count, unfamiliarity = per_case.setdefault(case, [[], [], 0, []])
+            scores, flags, count, unfamiliarity, textures = per_case.setdefault(case, [[], [], 0, [], []])
             per_case[case][2] = count + len(probs)
             scores += [p for p in probs if not np.any(np.isnan(p))]
             if asks_atlas:
                 found_flags, found_scores = self._familiarity(probs, vectors, patient, columns)
                 flags += found_flags
                 unfamiliarity += found_scores
+                textures += self._texture_scores(probs, columns["frame"][-len(probs):], patient, *origin)
         cases = [self._case(name, *found) for name, found in per_case.items()]
         width = () if len(self.classes) == 2 else (len(self.classes),)
         probabilities = (np.asarray(columns["probabilities"], np.float32) if columns["probabilities"]
@@ -257,16 +260,29 @@ class Classifier:
                           np.asarray(columns["unfamiliar"], bool) if told else None,
                           np.asarray(columns["unfamiliarity"], np.float64) if asks_atlas else None)
 
-    def _case(self, name: str, scores: list, flags: list, count: int, unfamiliarity: list) -> CaseVerdict:
+    def _case(self, name: str, scores: list, flags: list, count: int, unfamiliarity: list,
+              textures: list) -> CaseVerdict:
         """A case's verdict by the one rule (``verdict.verdict_or_unfamiliar``), from its used frames."""
         score = verdicts.mean_score(scores)
         calibration = None if self.atlas is None else self.atlas.calibration
         told = calibration is not None
         verdict, share = verdicts.verdict_or_unfamiliar(score, self.classes, flags if told else None, self.threshold,
                                                         unfamiliarity if told else None,
-                                                        calibration.case_threshold if told else None)
+                                                        calibration.case_threshold if told else None,
+                                                        textures, calibration.scales if told else None)
         return CaseVerdict(name, verdict, None if score is None else (float(score) if np.ndim(score) == 0 else score),
                            count, len(scores), share)
+
+    def _texture_scores(self, probs: list, numbers: list, patient: str | None, origin, selection) -> list:
+        """The texture scores of every ``TEXTURE_STRIDE``-th used frame of one source (none without the
+        atlas's texture view), read again from ``origin``."""
+        if self.atlas.textures is None:
+            return []
+        used = [n for n, p in zip(numbers, probs) if not np.any(np.isnan(p))]
+        chosen = [int(n) for k, n in enumerate(used) if textured(k)]
+        found = file_textures(origin, self.preprocessing, chosen, selection)
+        vectors = [found[n] for n in chosen if n in found]
+        return self.atlas.texture_scores(np.stack(vectors), exclude_patient=patient).tolist() if vectors else []
 
     def _familiarity(self, probs: list, vectors: np.ndarray | None, patient: str | None,
                      columns: dict) -> tuple[list, list]:

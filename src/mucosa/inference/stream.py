@@ -52,6 +52,7 @@ from mucosa.inference.atlas import Atlas
 from mucosa.inference.atlas_build import find_atlas, model_weights, open_atlas
 from mucosa.inference.runtime import describe, open_predictor
 from mucosa.inference.similar import flags_text
+from mucosa.inference.texture_view import frame_texture, textured
 from mucosa.tables import safe_row
 
 STAGES = ("decode", "prepare", "infer", "atlas", "smooth")
@@ -77,10 +78,11 @@ class FrameResult:
 
 class Smoother:
     """Moving mean of the last ``window`` informative probabilities, and the running case mean, share of
-    unfamiliar frames and verdict (``case_threshold``: the atlas's, None without a calibrated atlas)."""
+    unfamiliar frames and verdict (``case_threshold``: the atlas's, None without a calibrated atlas; ``scales``:
+    its calibration's, with a texture view)."""
 
     def __init__(self, classes: list[str], window: int = 16, threshold: float = 0.5,
-                 case_threshold: float | None = None) -> None:
+                 case_threshold: float | None = None, scales: tuple[float, float] | None = None) -> None:
         if window < 1:
             raise ConfigError(f"window {window} must be at least 1 frame")
         self.classes, self.threshold = classes, verdicts.check_threshold(threshold)
@@ -89,11 +91,16 @@ class Smoother:
         self.count = 0
         self.flags: list[bool] | None = []  # unfamiliar or not, per informative frame; None: cannot tell
         self.scores: list[float] = []  # their unfamiliarity scores
-        self.case_threshold = case_threshold
+        self.textures: list[float] = []  # texture scores of the textured ones (texture_view)
+        self.case_threshold, self.scales = case_threshold, scales
 
-    def update(self, probability, unfamiliar: bool | None = None, unfamiliarity: float | None = None) -> None:
+    def update(self, probability, unfamiliar: bool | None = None, unfamiliarity: float | None = None,
+               texture: float | None = None) -> None:
         """Add an informative frame's probability, whether the atlas finds it unfamiliar and its score (None:
-        no atlas, or one that cannot tell; then the share and the unfamiliar verdict stay unknown)."""
+        no atlas, or one that cannot tell; then the share and the unfamiliar verdict stay unknown), and its
+        texture score when it has one."""
+        if texture is not None:
+            self.textures.append(float(texture))
         self.recent.append(probability)
         self.total = self.total + np.asarray(probability, np.float64)
         self.count += 1
@@ -120,7 +127,7 @@ class Smoother:
         told = self.flags is not None
         return verdicts.verdict_or_unfamiliar(self.case_probability, self.classes, self.flags, self.threshold,
                                               self.scores if told else None,
-                                              self.case_threshold if told else None)[0]
+                                              self.case_threshold if told else None, self.textures, self.scales)[0]
 
 
 @dataclass
@@ -335,7 +342,8 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
     info = video_info(source)
     classes = predictor.classes
     calibration = None if atlas is None else atlas.calibration
-    smoother = Smoother(classes, window, threshold, None if calibration is None else calibration.case_threshold)
+    smoother = Smoother(classes, window, threshold, *((calibration.case_threshold, calibration.scales)
+                                                      if calibration is not None else ()))
     report = DecodeReport()
     prep = predictor.preprocessing
     choice = getattr(predictor, "choice", None)
@@ -355,8 +363,9 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
             probability = score = flag = None
             if not skipped:
                 probability, score, flag = _infer(predictor, atlas, frame.image, summary.stage_seconds)
+                texture = _texture(atlas, frame, prep, summary.used, summary.stage_seconds)
                 toc = time.perf_counter()
-                smoother.update(probability, flag, score)
+                smoother.update(probability, flag, score, texture)
                 summary.stage_seconds["smooth"] += time.perf_counter() - toc
                 summary.used += 1
             result = FrameResult(index, index / info.fps if info.fps else 0.0, float(quality), skipped, probability,
@@ -404,6 +413,17 @@ def _infer(predictor, atlas: Atlas | None, image: np.ndarray, stage_seconds: dic
     stage_seconds["atlas"] += time.perf_counter() - toc
     flag = None if familiarity.flags is None else bool(familiarity.flags[0])
     return probabilities[0], float(familiarity.scores[0]), flag
+
+
+def _texture(atlas: Atlas | None, frame, prep, used: int, stage_seconds: dict) -> float | None:
+    """The texture score of the ``used``-th used frame, when it has one (``texture_view.textured``) and the
+    atlas a texture view."""
+    if atlas is None or atlas.textures is None or not textured(used):
+        return None
+    tic = time.perf_counter()
+    score = float(atlas.texture_scores(frame_texture(frame, prep)[None])[0])
+    stage_seconds["atlas"] += time.perf_counter() - tic
+    return score
 
 
 def check_outputs(source: Path, timeline: str | Path | None, annotate: str | Path | None) -> None:

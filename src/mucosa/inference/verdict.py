@@ -35,7 +35,7 @@ from mucosa.data.manifest import POSITIVE_WORDS
 from mucosa.errors import ConfigError, ModelOutputError
 
 __all__ = ["NO_VERDICT", "UNFAMILIAR", "verdict_names", "check_threshold", "call", "calls", "mean_score", "verdict",
-           "unfamiliar_share", "unfamiliar_case", "verdict_or_unfamiliar"]
+           "unfamiliar_share", "case_unfamiliarity", "unfamiliarity_ratio", "unfamiliar_case", "verdict_or_unfamiliar"]
 
 NO_VERDICT = "no informative frames"
 UNFAMILIAR = "unfamiliar"
@@ -104,24 +104,62 @@ def unfamiliar_share(unfamiliar) -> float | None:
     return float(flags.mean()) if len(flags) else None
 
 
-def unfamiliar_case(unfamiliarity, case_threshold: float | None) -> bool | None:
-    """Whether a file or case is unfamiliar: the median of its used frames' unfamiliarity scores (one a
-    frame) is above the atlas's ``case_threshold``. ``None`` when it cannot tell: no calibrated atlas (a
-    ``case_threshold`` or scores of ``None``) or no frames."""
-    if unfamiliarity is None or case_threshold is None:
+def case_unfamiliarity(unfamiliarity, textures=None, scales: tuple[float, float] | None = None) -> float | None:
+    """A file's or case's unfamiliarity: the median of its used frames' scores (one a frame); with the atlas's
+    texture view (``scales``: the calibration's (embedding, texture) scales), the mean of that median and the
+    median of its texture scores (``textures``, of some used frames), each over its scale. ``None`` when it
+    cannot tell: no scores, or no texture score where the atlas has a texture view.
+
+    Example:
+        >>> case_unfamiliarity([0.2, 0.4, 0.9])
+        0.4
+        >>> case_unfamiliarity([0.2, 0.4, 0.9], [0.5], (0.4, 0.25))  # (0.4 / 0.4 + 0.5 / 0.25) / 2
+        1.5
+    """
+    if unfamiliarity is None:
         return None
     scores = np.asarray(unfamiliarity, dtype=np.float64).ravel()
-    return bool(np.median(scores) > case_threshold) if len(scores) else None
+    if not len(scores):
+        return None
+    if scales is None:
+        return float(np.median(scores))
+    texture = np.asarray([] if textures is None else textures, dtype=np.float64).ravel()
+    if not len(texture):
+        return None
+    return float((np.median(scores) / scales[0] + np.median(texture) / scales[1]) / 2)
+
+
+def unfamiliarity_ratio(unfamiliarity, case_threshold: float | None, textures=None,
+                        scales: tuple[float, float] | None = None) -> float | None:
+    """A file's or case's :func:`case_unfamiliarity` over the atlas's ``case_threshold``: above 1, it is
+    unfamiliar (None when it cannot tell, as :func:`unfamiliar_case`)."""
+    if case_threshold is None or case_threshold <= 0:
+        return None
+    found = case_unfamiliarity(unfamiliarity, textures, scales)
+    return None if found is None else found / case_threshold
+
+
+def unfamiliar_case(unfamiliarity, case_threshold: float | None, textures=None,
+                    scales: tuple[float, float] | None = None) -> bool | None:
+    """Whether a file or case is unfamiliar: its :func:`case_unfamiliarity` is above the atlas's
+    ``case_threshold``. ``None`` when it cannot tell: no calibrated atlas (a ``case_threshold`` or scores of
+    ``None``) or no frames."""
+    if case_threshold is None:
+        return None
+    found = case_unfamiliarity(unfamiliarity, textures, scales)
+    return None if found is None else bool(found > case_threshold)
 
 
 def verdict_or_unfamiliar(score, classes: list[str], unfamiliar=None, threshold: float = 0.5,
-                          unfamiliarity=None, case_threshold: float | None = None) -> tuple[str, float | None]:
+                          unfamiliarity=None, case_threshold: float | None = None, textures=None,
+                          scales: tuple[float, float] | None = None) -> tuple[str, float | None]:
     """The verdict of a file or case, and the share of its used frames that are unfamiliar.
 
     ``unfamiliar`` and ``unfamiliarity`` hold, for each used frame (the frames ``score`` is the mean of),
     whether the atlas marks it unfamiliar and its score; ``case_threshold`` is the atlas's (all ``None`` when
-    there is no calibrated atlas to tell). :func:`unfamiliar_case` gives :data:`UNFAMILIAR`; otherwise the
-    verdict is :func:`verdict`'s.
+    there is no calibrated atlas to tell); ``textures`` and ``scales``: the texture scores and the
+    calibration's scales, with an atlas that has a texture view. :func:`unfamiliar_case` gives
+    :data:`UNFAMILIAR`; otherwise the verdict is :func:`verdict`'s.
 
     Example:
         >>> verdict_or_unfamiliar(0.9, ["control", "active"], [True, False, False], 0.5, [0.9, 0.6, 0.7], 0.65)
@@ -134,6 +172,6 @@ def verdict_or_unfamiliar(score, classes: list[str], unfamiliar=None, threshold:
         ('no informative frames', None)
     """
     share = unfamiliar_share(unfamiliar)
-    if score is not None and unfamiliar_case(unfamiliarity, case_threshold):
+    if score is not None and unfamiliar_case(unfamiliarity, case_threshold, textures, scales):
         return UNFAMILIAR, share
     return verdict(score, classes, threshold), share

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SCALES", "TextureModel", "lbp_histogram", "texture_features"]
+__all__ = ["SCALES", "TextureModel", "lbp_histogram", "texture_features", "texture_vector"]
 
 SCALES = ((8, 1), (8, 2), (16, 3), (16, 5))  # (neighbours P, radius R) of each histogram
 
@@ -74,8 +74,15 @@ def _neighbours(frame: np.ndarray, offset: tuple[float, float], border: int) -> 
 
 
 def texture_features(frame: np.ndarray) -> np.ndarray:
-    """Every scale's LBP histogram side by side: (sum of P + 2 over :data:`SCALES`,) = (48,)."""
+    """Every scale's LBP histogram side by side: (sum of P + 2 over :data:`SCALES`,) = (56,)."""
     return np.concatenate([lbp_histogram(frame, p, r) for p, r in SCALES])
+
+
+def texture_vector(frame: np.ndarray) -> np.ndarray:
+    """:func:`texture_features` as a point for nearest-neighbour search: square-rooted (the Hellinger
+    distance between histograms becomes a Euclidean one) and L2-normalised, float32 (56,)."""
+    vector = np.sqrt(texture_features(frame))
+    return (vector / max(float(np.linalg.norm(vector)), 1e-12)).astype(np.float32)
 
 
 class TextureModel:

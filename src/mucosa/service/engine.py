@@ -51,6 +51,7 @@ from mucosa.inference.onnx_files import CARD_KEY, exported_beside
 from mucosa.inference.provenance import UnverifiedModelError, read_vouched
 from mucosa.inference.pytorch import TorchPredictor, resolve_device
 from mucosa.inference.stream import Smoother
+from mucosa.inference.texture_view import field_texture, textured
 from mucosa.models.checkpoint import load_checkpoint, read_checkpoint_file
 from mucosa.service import atlas as case_atlas
 from mucosa.service.framestore import FrameStore, encode, to_uint8
@@ -65,6 +66,14 @@ class UnsupportedMedia(MucosaError):
 
 class UnreadableMedia(MucosaError):
     """A known type that cannot be decoded, or not what the route takes (HTTP 422)."""
+
+
+def _ratio(scores, calibration, textures) -> float | None:
+    """A case's unfamiliarity over the atlas's case threshold (``verdict.unfamiliarity_ratio``), rounded."""
+    if scores is None or calibration is None:
+        return None
+    found = verdicts.unfamiliarity_ratio(scores, calibration.case_threshold, textures, calibration.scales)
+    return None if found is None else round(found, 4)
 
 
 def _plain(value):
@@ -295,7 +304,8 @@ class Engine:
             probabilities, embeddings = self.predictor.predict_and_embed(np.ascontiguousarray(frames))
         return np.asarray(probabilities), np.asarray(embeddings)
 
-    def verdict(self, mean, used: int, total: int, state: str, calls=None, flags=None, scores=None) -> dict:
+    def verdict(self, mean, used: int, total: int, state: str, calls=None, flags=None, scores=None,
+                textures=None) -> dict:
         """A verdict as JSON: ``label`` (the clinical words for the class, or None without informative
         frames), ``class``, ``text`` (the label, or why there is none), ``score`` (mean probability),
         ``threshold``, ``frames`` it rests on, ``total`` frames seen, ``state`` (queued, running, final) and
@@ -307,7 +317,8 @@ class Engine:
         label = cls = None
         calibration = None if self.atlas is None else self.atlas.calibration
         said, share = verdicts.verdict_or_unfamiliar(mean, self.classes, flags, self.threshold, scores,
-                                                     None if calibration is None else calibration.case_threshold)
+                                                     None if calibration is None else calibration.case_threshold,
+                                                     textures, None if calibration is None else calibration.scales)
         if said == verdicts.UNFAMILIAR:
             label = said
         elif mean is not None:
@@ -317,7 +328,8 @@ class Engine:
         return {"state": state, "label": label, "class": cls, "text": label or verdicts.NO_VERDICT,
                 "score": _plain(mean), "threshold": self.threshold, "frames": used, "total": total,
                 "calls": {c: int(n) for c, n in zip(self.classes, counts)},
-                "unfamiliar": None if share is None else round(share, 4)}
+                "unfamiliar": None if share is None else round(share, 4),
+                "unfamiliarity_ratio": _ratio(scores, calibration, textures)}
 
     def predict_image(self, source: bytes | str | Path, gradcam: bool = False) -> dict:
         """One image: class probabilities, verdict, quality score and whether the quality gate dropped it.
@@ -337,7 +349,7 @@ class Engine:
         image, parts, boxes, fov = self._read_still(path)
         quality = [float(np.nan_to_num(q)) for _, q in parts]
         used = [k for k, q in enumerate(quality) if self.prep.passes(q)]
-        probs, familiar = self._judge_still([parts[k][0] for k in used], path)
+        probs, familiar = self._judge_still([parts[k][0] for k in used], path, image, fov)
         mean = np.mean(probs, axis=0) if probs is not None else None
         calls = _counts(probs, len(self.classes), self.threshold)
         result = {"classes": self.classes, "probabilities": self._by_class(mean), "probability": _plain(mean),
@@ -352,7 +364,8 @@ class Engine:
             result["gradcam_png"] = encode(self._overlay(to_uint8(image), parts[0][0], boxes[0], (fov, boxes[0])))
         return result
 
-    def _judge_still(self, frames: list[np.ndarray], path: Path) -> tuple[np.ndarray | None, tuple]:
+    def _judge_still(self, frames: list[np.ndarray], path: Path, image: np.ndarray,
+                     fov: FieldOfView) -> tuple[np.ndarray | None, tuple]:
         """The used frames (tiles) of one still image: probabilities and, with an atlas, each frame's
         unfamiliar flag and score (the image is a case of its own: no patient of the atlas is left out)."""
         if not frames:
@@ -365,8 +378,18 @@ class Engine:
             raise ModelOutputError(f"{path.name}: the model gave a non-finite probability; no verdict")
         if self.atlas is not None:
             found = self.atlas.unfamiliar(np.asarray(embeddings, np.float32))
-            familiar = (None if found.flags is None else [bool(f) for f in found.flags], found.scores)
+            familiar = (None if found.flags is None else [bool(f) for f in found.flags], found.scores,
+                        self._texture_scores([(image, fov)]))
         return probs, familiar
+
+    def _texture_scores(self, fields: list[tuple[np.ndarray, FieldOfView]], patient: str | None = None
+                        ) -> list[float] | None:
+        """The atlas's texture scores of decoded frames' fields, ``patient``'s atlas frames left out (None: the
+        atlas has no texture view)."""
+        if self.atlas is None or self.atlas.textures is None or not fields:
+            return None
+        vectors = np.stack([field_texture(source, fov, self.prep) for source, fov in fields])
+        return self.atlas.texture_scores(vectors, exclude_patient=patient).tolist()
 
     def _by_class(self, mean) -> dict | None:
         if mean is None:
@@ -403,6 +426,7 @@ class Engine:
         items = self._video_items(sources[0], warnings) if len(sources) == 1 and is_video(sources[0]) else \
             self._image_items(sources)
         row = None  # each row goes out once the next is read: the last one carries the atlas's vote
+        used_in_file: dict = {}  # used frames of each file so far: the texture view counts them file by file
         for seen, (number, seconds, frame, model_frame, quality, box, fov, source) in enumerate(items, start=1):
             if cancel is not None and cancel.is_set():
                 return
@@ -412,7 +436,11 @@ class Engine:
             probability = called = flag = score = None
             if not dropped:
                 probability, flag, score = self._frame(number, model_frame, familiar)
-                smoother.update(probability, flag, score)
+                texture, used_in_file[source] = None, used_in_file.get(source, 0) + 1
+                if familiar is not None and textured(used_in_file[source] - 1):
+                    found = self._texture_scores([(frame, fov)], familiar.patient)
+                    texture = None if found is None else found[0]
+                smoother.update(probability, flag, score, texture)
                 index = verdicts.call(probability, self.threshold)
                 calls[index] += 1
                 called = self.classes[index]
@@ -422,7 +450,8 @@ class Engine:
                    "probability": _plain(probability), "smoothed": _plain(smoother.smoothed), "called": called,
                    "source": source, "unfamiliar": flag, "unfamiliarity": score}
             row["case"] = self.verdict(smoother.case_probability, smoother.count, seen, "running", calls,
-                                       *((smoother.flags, smoother.scores) if familiar is not None else ()))
+                                       *((smoother.flags, smoother.scores, smoother.textures)
+                                         if familiar is not None else ()))
         if familiar is not None:
             familiar.save()
         if row is not None:

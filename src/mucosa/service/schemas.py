@@ -43,8 +43,12 @@ class Verdict(BaseModel):
     calls: dict[str, int] = Field(default_factory=dict, description="informative frames called each class (a "
                                   "frame's own probability against the threshold): the share of frames per class")
     unfamiliar: float | None = Field(None, description="share of the informative frames the atlas finds unlike "
-                                     "its confirmed cases (the label is 'unfamiliar' when their median unfamiliarity "
-                                     "is above the atlas's case threshold); null without an atlas to tell")
+                                     "its confirmed cases (the label is 'unfamiliar' when the case as a whole is: "
+                                     "see unfamiliarity_ratio); null without an atlas to tell")
+    unfamiliarity_ratio: float | None = Field(None, description="how unlike the atlas's confirmed cases the case "
+                                              "is (its median frame score joined with its texture view's), over the "
+                                              "atlas's case threshold: above 1 the label is 'unfamiliar'; null "
+                                              "without an atlas to tell")
     atlas_vote: dict[str, Any] | None = Field(None, description="the atlas's nearest-neighbour vote once the case "
                                               "is done, a second opinion: {label, share}")
 

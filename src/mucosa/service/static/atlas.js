@@ -25,7 +25,7 @@ function renderAtlasVerdict(c, v) {
   if (unfamiliar) {
     box.style.setProperty("--tone", "#6b7684");
     $("verdict-score").textContent = "as a whole, this recording is unlike the confirmed cases of the atlas " +
-      `(its frames' typical distance is beyond theirs; ${pct(v.unfamiliar)} of its frames are marked): no class is given`;
+      `(its frames' typical distance and texture are beyond theirs; ${pct(v.unfamiliar)} of its frames are marked): no class is given`;
   }
   const share = v && v.unfamiliar !== null && v.unfamiliar !== undefined ?
     `unfamiliar frames ${pct(v.unfamiliar)}` : "";
