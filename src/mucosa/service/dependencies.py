@@ -5,7 +5,8 @@
 lifespan adds the case store, the case service, the temporary folder and the limiter of image predictions. A
 route names what it needs by type, for example ``cases: CasesDep`` or ``user: UserDep``, and never reads
 ``app.state`` itself. They are ``async``: FastAPI runs them on the event loop, not in a worker thread, so
-``/healthz`` answers while every thread is busy (the check of a token, which reads the store, runs in a thread).
+``/healthz`` answers while every thread is busy (the check of a token, which reads the store, runs in a thread;
+a token checked in the last :data:`~mucosa.store.TRUST_SECONDS` is known without one).
 
 Every ``/v1`` request is made as a user (:func:`current_user`): the one whose token it carries
 (``Authorization: Bearer TOKEN`` or ``?token=TOKEN``, checked by :meth:`mucosa.store.Store.authenticate`), else,
@@ -120,8 +121,8 @@ async def requesting_user(settings: SettingsDep, store: StoreDep,
                           token: Annotated[str | None, Depends(_QUERY_TOKEN)]) -> User | None:
     """The user making the request; None for a missing or unknown token."""
     given = credentials.credentials if credentials is not None else token
-    if given:
-        return await run_in_threadpool(store.authenticate, given)
+    if given:  # a token trusted already is known here, without a thread; any other is checked in one
+        return store.trusted(given) or await run_in_threadpool(store.authenticate, given)
     if settings.secret is None:  # on the event loop: the users' list read at most every TRUST_SECONDS
         return local_user(store)
     return None
