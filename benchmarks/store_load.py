@@ -101,8 +101,9 @@ class Server:
 
 
 def postgres_cpu_seconds(cluster) -> float | None:
-    """CPU time used so far by the cluster's PostgreSQL processes, its postmaster and their children (Linux only,
-    else None); None without a cluster."""
+    """CPU time used so far by the cluster's PostgreSQL processes: its postmaster, its live children, and the
+    children that have ended (a connection closed; the postmaster has reaped them). Linux only, else None; None
+    without a cluster."""
     if cluster is None:
         return None
     try:
@@ -112,7 +113,9 @@ def postgres_cpu_seconds(cluster) -> float | None:
             if entry.name.isdigit():
                 with contextlib.suppress(OSError):
                     fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                    if postmaster in (int(entry.name), int(fields[1])):
+                    if int(entry.name) == postmaster:
+                        total += sum(int(value) for value in fields[11:15])  # its own and its reaped children's
+                    elif int(fields[1]) == postmaster:
                         total += int(fields[11]) + int(fields[12])
     except (OSError, ValueError, IndexError):
         return None
