@@ -2,8 +2,8 @@
 ``app.state``.
 
 :func:`~mucosa.service.app.create_app` puts the settings, the engine and the model card on ``app.state``; its
-lifespan adds the case store, the case service, the temporary folder, the limiter of image predictions and the
-one of the threads that read the store for lists and cases. A route names what it needs by type, for example
+lifespan adds the case store, the case service, the temporary folder, the limiter of image predictions and that
+of the threads that read the store for lists and cases. A route names what it needs by type, for example
 ``cases: CasesDep`` or ``user: UserDep``, and never reads ``app.state`` itself. They are ``async``: FastAPI runs
 them on the event loop, not in a worker thread, so ``/healthz`` answers while every thread is busy (the check of
 a token, which reads the store, runs in a thread; a token checked in the last
