@@ -53,8 +53,9 @@ log = logging.getLogger(__name__)
 
 # Threads that read the store for the viewer's lists, searches and cases at once; more such requests wait their
 # turn, in order. Forty threads (anyio's default for plain routes) took the Python lock in no order, and the last
-# of 50 clients waited longest (benchmarks/store_load.py: p95 270-320 ms with 40, 230-270 ms with 6; same
-# throughput). A few are enough for SQLite, whose queries run outside the lock, and for PostgreSQL's round trips.
+# of 50 clients waited longest (benchmarks/store_load.py, runs side by side: the same throughput, a lower p95
+# with six; three were no different). A few are enough for SQLite, whose queries run outside the lock, and for
+# PostgreSQL's round trips.
 READERS = 6
 
 
