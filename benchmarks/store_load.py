@@ -9,8 +9,13 @@ which also writes its ``case.open`` line in the audit log) cases for ``--seconds
 default) each client sends its next request as soon as the previous answer has come (a closed loop: it
 measures throughput as much as latency); ``--think S`` makes each client wait a random time (exponential,
 mean S seconds) before each request, as people reading a page do. It reports the latency of each kind (p50,
-p95, p99, max), the failed requests, the server's CPU time per request, and the machine's load average
-before and after.
+p95, p99, max), the failed requests, the CPU time per request of the server, of PostgreSQL's processes and of
+the clients, and the machine's load average before and after.
+
+The clients are coroutines of one asyncio process on the same machine as the server, sharing its cores. With
+``--client lean`` (the default) each keeps one HTTP/1.1 connection open and writes its requests by hand (about
+0.15 ms of CPU a request); ``--client httpx`` gives each an httpx ``AsyncClient`` (about 2 ms a request, taken
+from the cores the server needs).
 
 ``--part share`` starts a PostgreSQL cluster and one, then two, ``mucosa serve`` processes on one store (a
 shared media folder), uploads ``--videos`` short clips cut from the real pCLE brain videos (``--frames``
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -44,6 +50,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlencode, urlsplit
 
 import numpy as np
 
@@ -91,6 +98,28 @@ class Server:
             self.process.wait(60)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+def postgres_cpu_seconds(cluster) -> float | None:
+    """CPU time used so far by the cluster's PostgreSQL processes: its postmaster, its live children, and the
+    children that have ended (a connection closed; the postmaster has reaped them). Linux only, else None; None
+    without a cluster."""
+    if cluster is None:
+        return None
+    try:
+        postmaster = int((cluster.folder / "data" / "postmaster.pid").read_text().split()[0])
+        total = 0
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    if int(entry.name) == postmaster:
+                        total += sum(int(value) for value in fields[11:15])  # its own and its reaped children's
+                    elif int(fields[1]) == postmaster:
+                        total += int(fields[11]) + int(fields[12])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def percentiles(values: list[float]) -> dict:
@@ -172,7 +201,57 @@ def fill(store_location: str, media: Path | None, count: int, seed: int = 0) -> 
     return ids, token
 
 
-async def browse(url: str, ids: list[str], token: str, clients: int, seconds: float, think: float) -> dict:
+class KeptAlive:
+    """One HTTP/1.1 connection kept open, one GET at a time, written and read by hand over asyncio's streams (a
+    few tens of microseconds a request; httpx's client took 2-3 ms of CPU a request, on the cores the server
+    needs). Answers are read by their Content-Length, as the server sends them. As any HTTP client does, it
+    opens a new connection when the server has closed the one it kept (uvicorn closes a connection idle for 5 s:
+    a client that thinks may find it closed), and sends a request again on a new one when the server closed
+    the kept one before answering anything."""
+
+    def __init__(self, url: str, token: str) -> None:
+        address = urlsplit(url)
+        self.host, self.port = address.hostname, address.port
+        self.head = f"Host: {address.netloc}\r\nAuthorization: Bearer {token}\r\n\r\n"
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get(self, path: str, params: dict) -> int:
+        """The answer's status (its body read whole)."""
+        request = f"GET {f'{path}?{urlencode(params)}' if params else path} HTTP/1.1\r\n{self.head}".encode()
+        kept = self.writer is not None and not self.reader.at_eof()
+        if not kept:
+            self.close()
+        try:
+            return await self._exchange(request)
+        except (ConnectionError, asyncio.IncompleteReadError) as error:
+            if not kept or getattr(error, "partial", b""):  # a new connection, or part of an answer: it failed
+                raise
+        return await self._exchange(request)  # the kept connection was closed as the request left
+
+    async def _exchange(self, request: bytes) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        try:
+            self.writer.write(request)
+            lines = (await self.reader.readuntil(b"\r\n\r\n")).split(b"\r\n")
+            fields = dict(line.lower().split(b":", 1) for line in lines[1:] if b":" in line)
+            await self.reader.readexactly(int(fields[b"content-length"]))
+        except (OSError, asyncio.IncompleteReadError, KeyError, ValueError):
+            self.close()
+            raise
+        if fields.get(b"connection", b"").strip() == b"close":
+            self.close()
+        return int(lines[0].split()[1])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def browse(url: str, ids: list[str], token: str, clients: int, seconds: float, think: float,
+                 client_kind: str = "lean") -> dict:
     import httpx
 
     timings: dict[str, list[float]] = {"list": [], "search": [], "open": []}
@@ -182,7 +261,15 @@ async def browse(url: str, ids: list[str], token: str, clients: int, seconds: fl
     async def client(seed: int) -> None:
         nonlocal failures
         rng = random.Random(seed)
-        async with httpx.AsyncClient(base_url=url, timeout=60, headers={"Authorization": f"Bearer {token}"}) as http:
+        if client_kind == "httpx":
+            http = httpx.AsyncClient(base_url=url, timeout=60, headers={"Authorization": f"Bearer {token}"})
+
+            async def get(path: str, params: dict) -> int:
+                return (await http.get(path, params=params)).status_code
+        else:
+            http = KeptAlive(url, token)
+            get = http.get
+        try:
             while time.monotonic() < end:
                 if think > 0:
                     await asyncio.sleep(rng.expovariate(1 / think))
@@ -196,17 +283,22 @@ async def browse(url: str, ids: list[str], token: str, clients: int, seconds: fl
                     request = (f"/v1/cases/{rng.choice(ids)}", {})
                 start = time.monotonic()
                 try:
-                    answer = await http.get(request[0], params=request[1])
-                    ok = answer.status_code == 200
-                except httpx.HTTPError:
+                    ok = await asyncio.wait_for(get(*request), 60) == 200
+                except (httpx.HTTPError, OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, KeyError,
+                        ValueError):
                     ok = False
                 timings[kind].append(time.monotonic() - start)
                 failures += not ok
+        finally:
+            await http.aclose() if client_kind == "httpx" else http.close()
 
+    cpu = time.process_time()
     await asyncio.gather(*(client(k) for k in range(clients)))
+    cpu = time.process_time() - cpu
     every = [t for values in timings.values() for t in values]
     return {"all": percentiles(every), **{k: percentiles(v) for k, v in timings.items()}, "failed": failures,
-            "requests_per_s": round(len(every) / seconds, 1)}
+            "requests_per_s": round(len(every) / seconds, 1),
+            "client_cpu_ms_per_request": round(1000 * cpu / max(1, len(every)), 2)}
 
 
 def part_browse(args: argparse.Namespace) -> dict:
@@ -226,20 +318,28 @@ def part_browse(args: argparse.Namespace) -> dict:
             filled = time.monotonic() - start
             server = Server(checkpoint, location, *(["--media", str(media)] if media else []))
             try:
-                load_before, cpu_before = os.getloadavg(), server.cpu_seconds()
-                result = asyncio.run(browse(server.url, ids, token, args.clients, args.seconds, args.think))
-                load_after, cpu_after = os.getloadavg(), server.cpu_seconds()
+                load_before, cpu_before, database_before = os.getloadavg(), server.cpu_seconds(), \
+                    postgres_cpu_seconds(cluster)
+                result = asyncio.run(browse(server.url, ids, token, args.clients, args.seconds, args.think,
+                                             args.client))
+                load_after, cpu_after, database_after = os.getloadavg(), server.cpu_seconds(), \
+                    postgres_cpu_seconds(cluster)
             finally:
                 server.stop()
         finally:
             if cluster is not None:
                 cluster.stop()
     return {"part": "browse", "backend": args.backend, "cases": args.cases, "clients": args.clients,
-            "think_seconds": args.think, "seconds": args.seconds, "fill_seconds": round(filled, 1), **result,
-            "server_cpu_ms_per_request": None if cpu_before is None else round(
-                1000 * (cpu_after - cpu_before) / max(1, result["all"]["n"]), 2),
+            "think_seconds": args.think, "client": args.client, "seconds": args.seconds,
+            "fill_seconds": round(filled, 1), **result,
+            "server_cpu_ms_per_request": _per_request(cpu_before, cpu_after, result),
+            "postgres_cpu_ms_per_request": _per_request(database_before, database_after, result),
             "cores": os.cpu_count(), "load_before": [round(x, 2) for x in load_before],
             "load_after": [round(x, 2) for x in load_after]}
+
+
+def _per_request(before: float | None, after: float | None, result: dict) -> float | None:
+    return None if before is None or after is None else round(1000 * (after - before) / max(1, result["all"]["n"]), 2)
 
 
 # ---------------------------------------------------------------------------------------------- share
@@ -338,6 +438,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--think", type=float, default=0.0, help="mean seconds a client waits between requests")
+    parser.add_argument("--client", choices=("lean", "httpx"), default="lean",
+                        help="browse's clients: connections kept open and written by hand (lean), or httpx's")
     parser.add_argument("--videos", type=int, default=50)
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--json", type=Path, default=None)

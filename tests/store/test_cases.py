@@ -121,6 +121,14 @@ def test_search_pages_through_every_case_once(store, cohort):
         store.search(limit=0)
 
 
+@pytest.mark.parametrize("filters", [{}, {"name": "case"}])
+def test_every_page_counts_all_the_matches_past_the_end_too(store, cohort, filters):
+    for limit, offset in [(3, 3), (4, 4), (5, 6), (2, 50)]:  # full to the end, not full, empty, far past the end
+        page = store.search(limit=limit, offset=offset, **filters)
+        assert page.total == 6
+        assert [c.id for c in page.cases] == [c.id for c in reversed(cohort)][offset:offset + limit]
+
+
 def test_a_deleted_case_leaves_every_list_and_its_job_is_cancelled(store, make_case):
     kept, deleted = make_case("kept"), make_case("deleted")
     store.delete_case(deleted.id, model_version="best.ckpt:0123")  # not judged yet: the model that was to

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from mucosa.store import (
     schema,
     upgrade,
 )
+from mucosa.store.location import read_json
 from mucosa.store.tables import Base
 
 SECOND = '''
@@ -216,3 +218,16 @@ def test_a_store_of_the_first_revision_keeps_its_cases_through_the_upgrade(place
         assert [c.name for c in store.search().cases] == ["old", "done"]
     columns = _revision_and_columns(place)[1]
     assert "summary" in columns and "detail" not in columns
+
+
+def _loaded(read, text):
+    try:
+        return read(text)
+    except ValueError as error:  # JSONDecodeError, and the BOM's
+        return type(error), str(error)
+
+
+@pytest.mark.parametrize("text", ['{"verdict": {"score": [0.25, 1e-3], "calls": {}}, "fps": null}', ' {"a": 1}\n', "[]",
+                                  '"x"', "0", b'[{"sha256": "ab"}]', '{"a": 1} x', '{"a": 1', "", "\ufeff[]"])
+def test_json_columns_are_read_as_json_loads_reads_them(text):
+    assert _loaded(read_json, text) == _loaded(json.loads, text)

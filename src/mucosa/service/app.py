@@ -47,10 +47,16 @@ from mucosa.service.routes.common import API_VERSION
 from mucosa.service.settings import ServeSettings
 from mucosa.store import Store
 
-__all__ = ["create_app", "open_store"]
+__all__ = ["READERS", "create_app", "open_store"]
 
 log = logging.getLogger(__name__)
 
+# Threads that read the store for the viewer's lists, searches and cases at once; more such requests wait their
+# turn, in order. Forty threads (anyio's default for plain routes) took the Python lock in no order, and the last
+# of 50 clients waited longest (benchmarks/store_load.py, runs side by side: the same throughput, a lower p95
+# with six; three were no different). A few are enough for SQLite, whose queries run outside the lock, and for
+# PostgreSQL's round trips.
+READERS = 6
 
 
 def open_store(settings: ServeSettings) -> Store:
@@ -84,6 +90,7 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, store: Sto
         # image predictions prepared at once: a few more than the model's slots, so that under load one is
         # always waiting at the model lock and case frames get only their overdue turns (PriorityLock)
         app.state.limiter = anyio.CapacityLimiter(2 * engine.slots + 2)
+        app.state.readers = anyio.CapacityLimiter(READERS)
         log.info("case store %s (%s); temporary files in %s (removed on shutdown)", app.state.store.location,
                  app.state.store.backend, root)
         try:

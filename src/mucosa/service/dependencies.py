@@ -2,10 +2,12 @@
 ``app.state``.
 
 :func:`~mucosa.service.app.create_app` puts the settings, the engine and the model card on ``app.state``; its
-lifespan adds the case store, the case service, the temporary folder and the limiter of image predictions. A
-route names what it needs by type, for example ``cases: CasesDep`` or ``user: UserDep``, and never reads
-``app.state`` itself. They are ``async``: FastAPI runs them on the event loop, not in a worker thread, so
-``/healthz`` answers while every thread is busy (the check of a token, which reads the store, runs in a thread).
+lifespan adds the case store, the case service, the temporary folder, the limiter of image predictions and that
+of the threads that read the store for lists and cases. A route names what it needs by type, for example
+``cases: CasesDep`` or ``user: UserDep``, and never reads ``app.state`` itself. They are ``async``: FastAPI runs
+them on the event loop, not in a worker thread, so ``/healthz`` answers while every thread is busy (the check of
+a token, which reads the store, runs in a thread; a token checked in the last
+:data:`~mucosa.store.TRUST_SECONDS` is known without one).
 
 Every ``/v1`` request is made as a user (:func:`current_user`): the one whose token it carries
 (``Authorization: Bearer TOKEN`` or ``?token=TOKEN``, checked by :meth:`mucosa.store.Store.authenticate`), else,
@@ -39,9 +41,9 @@ from mucosa.service.views import CaseView
 from mucosa.store import TRUST_SECONDS, NotFound, Role, Store, StoreError, User
 
 __all__ = ["LOCAL_USER", "TOKEN_ERRORS", "CardDep", "CasesDep", "EngineDep", "LimiterDep", "MaybeUserDep",
-           "SettingsDep", "StoreDep", "UserDep", "WorkspaceDep", "case_or_404", "case_with_files", "current_user",
-           "get_card", "get_cases", "get_engine", "get_limiter", "get_settings", "get_store", "get_workspace",
-           "local_user", "requesting_user"]
+           "ReadersDep", "SettingsDep", "StoreDep", "UserDep", "WorkspaceDep", "case_or_404", "case_with_files",
+           "current_user", "get_card", "get_cases", "get_engine", "get_limiter", "get_readers", "get_settings",
+           "get_store", "get_workspace", "local_user", "requesting_user"]
 
 _BEARER = HTTPBearer(auto_error=False)  # documents the token at /docs ("Authorize")
 _QUERY_TOKEN = APIKeyQuery(name="token", auto_error=False)  # for the viewer's images and event stream
@@ -86,6 +88,11 @@ async def get_limiter(request: Request) -> anyio.CapacityLimiter:
     return request.app.state.limiter
 
 
+async def get_readers(request: Request) -> anyio.CapacityLimiter:
+    """The threads that read the store for lists, searches and cases (:data:`~mucosa.service.app.READERS`)."""
+    return request.app.state.readers
+
+
 SettingsDep = Annotated[ServeSettings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 CardDep = Annotated[dict, Depends(get_card)]
@@ -93,6 +100,7 @@ CasesDep = Annotated[CaseService, Depends(get_cases)]
 StoreDep = Annotated[Store, Depends(get_store)]
 WorkspaceDep = Annotated[Path, Depends(get_workspace)]
 LimiterDep = Annotated[anyio.CapacityLimiter, Depends(get_limiter)]
+ReadersDep = Annotated[anyio.CapacityLimiter, Depends(get_readers)]
 
 
 def local_user(store: Store) -> User | None:
@@ -115,13 +123,15 @@ def local_user(store: Store) -> User | None:
         return None
 
 
-async def requesting_user(settings: SettingsDep, store: StoreDep,
+async def requesting_user(request: Request,
                           credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
                           token: Annotated[str | None, Depends(_QUERY_TOKEN)]) -> User | None:
-    """The user making the request; None for a missing or unknown token."""
+    """The user making the request; None for a missing or unknown token. (The settings and the store are read
+    from ``app.state`` here, not asked for: two dependencies fewer to solve on every request.)"""
+    settings, store = request.app.state.settings, request.app.state.store
     given = credentials.credentials if credentials is not None else token
-    if given:
-        return await run_in_threadpool(store.authenticate, given)
+    if given:  # a token trusted already is known here, without a thread; any other is checked in one
+        return store.trusted(given) or await run_in_threadpool(store.authenticate, given)
     if settings.secret is None:  # on the event loop: the users' list read at most every TRUST_SECONDS
         return local_user(store)
     return None

@@ -11,6 +11,7 @@ cannot find its snapshot stale halfway. A process holds one write connection, wh
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -24,7 +25,7 @@ from sqlalchemy.exc import ArgumentError
 from mucosa.store.records import StoreError
 
 __all__ = ["Location", "locate", "is_url", "default_location", "DATABASE_FILE", "MEDIA_FOLDER", "BUSY_SECONDS",
-           "STORE_VARIABLE", "make_engines", "set_wal"]
+           "STORE_VARIABLE", "make_engines", "read_json", "set_wal"]
 
 DATABASE_FILE = "store.sqlite3"
 MEDIA_FOLDER = "media"
@@ -120,18 +121,38 @@ def _begin_with(engine: Engine, statement: str) -> None:
         connection.exec_driver_sql(statement)
 
 
+_SCAN_JSON = json.JSONDecoder().scan_once
+
+
+def read_json(text: str | bytes) -> object:
+    """``json.loads``, the same value and the same errors, about twice as fast for the compact JSON the store
+    writes (three values in each case row a list reads): the scanner is called directly, and ``json.loads`` only
+    takes over for what does not start and end a value exactly (spaces around it, an error to raise, bytes)."""
+    if isinstance(text, str):
+        try:
+            value, end = _SCAN_JSON(text, 0)
+        except StopIteration:
+            return json.loads(text)
+        if end == len(text):
+            return value
+    return json.loads(text)
+
+
 def make_engines(location: Location) -> tuple[Engine, Engine]:
     """``(reader, writer)``: the same engine on PostgreSQL; on SQLite, two pools whose transactions begin
-    ``BEGIN`` (reads, which run beside the writer) and ``BEGIN IMMEDIATE`` (writes, one at a time)."""
+    ``BEGIN`` (reads, which run beside the writer) and ``BEGIN IMMEDIATE`` (writes, one at a time). JSON columns
+    are read with :func:`read_json`."""
     if location.folder is None:
-        engine = create_engine(location.url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        engine = create_engine(location.url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                               json_deserializer=read_json)
         return engine, engine
     args = {"timeout": BUSY_SECONDS, "check_same_thread": False}
-    reader = create_engine(location.url, connect_args=args, pool_size=10, max_overflow=20)
+    reader = create_engine(location.url, connect_args=args, pool_size=10, max_overflow=20, json_deserializer=read_json)
     # one write connection: this process's writers queue for it in turn, instead of polling SQLite's lock
     # (busy_timeout sleeps up to 100 ms between tries, the long tail of writes under load); other processes
     # sharing the file still wait on the lock itself
-    writer = create_engine(location.url, connect_args=args, pool_size=1, max_overflow=0, pool_timeout=BUSY_SECONDS)
+    writer = create_engine(location.url, connect_args=args, pool_size=1, max_overflow=0, pool_timeout=BUSY_SECONDS,
+                           json_deserializer=read_json)
     _begin_with(reader, "BEGIN")
     _begin_with(writer, "BEGIN IMMEDIATE")
     return reader, writer

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -131,6 +132,16 @@ class Store:
         except SQLAlchemyError as error:
             raise database_error(self._location, error) from None
 
+    @contextmanager
+    def _connection(self, write: bool) -> Iterator[Connection]:
+        """A transaction on a plain connection, without the ORM session's bookkeeping: what the requests a viewer
+        makes on every page use (reading a case, a search; the lines of the audit log they add)."""
+        try:
+            with (self._writer if write else self._reader).connect() as connection, connection.begin():
+                yield connection
+        except SQLAlchemyError as error:
+            raise database_error(self._location, error) from None
+
     # ------------------------------------------------------------------------------------------ media
 
     def put_media(self, source: str | Path | bytes | BinaryIO, suffix: str | None = None) -> str:
@@ -224,10 +235,19 @@ class Store:
             checking = self._checking.setdefault(key, threading.Lock())
         with checking:  # one check of a token at a time: the requests a new client sends at once wait for it
             with self._trust_lock:
-                trusted, generation = self._trusted.get(key), self._users_read
-            if trusted is not None and trusted[1] > time.monotonic():
-                return trusted[0]
-            return self._check(key, token, chosen, generation)
+                generation = self._users_read
+            return self._trusted_user(key) or self._check(key, token, chosen, generation)
+
+    def trusted(self, token: str) -> User | None:
+        """The user whose token :meth:`authenticate` checked in the last :data:`TRUST_SECONDS`, without reading
+        the store or hashing with scrypt (a SHA-256 only: quick enough for an event loop); None when this
+        process trusts no user for it now (then :meth:`authenticate` tells)."""
+        return self._trusted_user(self._digest(token))
+
+    def _trusted_user(self, key: bytes) -> User | None:
+        with self._trust_lock:
+            trusted = self._trusted.get(key)
+        return trusted[0] if trusted is not None and trusted[1] > time.monotonic() else None
 
     @staticmethod
     def _digest(token: str) -> bytes:
@@ -279,8 +299,8 @@ class Store:
     def case(self, case_id: str, detail: bool = True) -> Case:
         """The case with its detail (``detail=False``: without, as fast as a search); raises NotFound (also for a
         deleted case)."""
-        with self._session(write=False) as session:
-            return cases.get(session, case_id, detail)
+        with self._connection(write=False) as connection:
+            return cases.get(connection, case_id, detail)
 
     def search(self, *, patient: str | None = None, since: dt.date | str | None = None,
                until: dt.date | str | None = None,
@@ -299,8 +319,8 @@ class Store:
             status: queued, running, done, failed or cancelled.
             limit, offset: the page (at most 500 cases).
         """
-        with self._session(write=False) as session:
-            return cases.search(session, limit, offset, patient=patient, since=since, until=until, verdict=verdict,
+        with self._connection(write=False) as connection:
+            return cases.search(connection, limit, offset, patient=patient, since=since, until=until, verdict=verdict,
                                 reviewed=reviewed, name=name, text=text, status=status)
 
     def delete_case(self, case_id: str, by: Actor = None, model_version: str | None = None) -> None:
@@ -352,6 +372,8 @@ class Store:
 
     def latest_reviews(self, case_ids: Sequence[str]) -> dict[str, Review]:
         """The latest review of each of these cases that has one, by case id."""
+        if not case_ids:
+            return {}
         with self._session(write=False) as session:
             return reviews.latest_of(session, list(case_ids))
 
@@ -370,9 +392,8 @@ class Store:
         self._lines.write((actor, action, self.now(), case_id, model_version, detail))
 
     def _write_lines(self, lines: list[tuple]) -> None:
-        with self._session(write=True) as session:
-            for line in lines:
-                auditlog.record(session, *line)
+        with self._connection(write=True) as connection:
+            auditlog.record_lines(connection, lines)
 
     def audit_log(self, *, case_id: str | None = None, actor: str | None = None, since: dt.datetime | None = None,
                   limit: int = 100, offset: int = 0) -> list[AuditEntry]:
