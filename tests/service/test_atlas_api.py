@@ -165,3 +165,20 @@ def test_a_report_without_an_atlas_says_it_cannot_tell(bare_engine, atlas_run):
         wait_done(client, case_id)
         atlas = client.get(f"/v1/cases/{case_id}/report.json").json()["atlas"]
     assert not atlas["available"] and "cannot tell" in atlas["note"] and atlas["similar"] == []
+
+
+def test_a_damaged_atlas_beside_the_checkpoint_stops_the_service(atlas_run, tmp_path):
+    """As predict and stream refuse it: the service does not start and judge without the atlas it was given."""
+    import json
+
+    from mucosa.inference.atlas import AtlasError
+    from mucosa.service.engine import Engine
+
+    shutil.copyfile(atlas_run.best, tmp_path / "best.ckpt")
+    shutil.copytree(atlas_run.best.parent / "atlas", tmp_path / "atlas")
+    manifest = json.loads((tmp_path / "atlas" / "atlas.json").read_text())
+    (tmp_path / "atlas" / "atlas.json").write_text(json.dumps({**manifest, "version": 2}))
+    with pytest.raises(AtlasError, match=r"atlas\.json: atlas format version 2.*move the folder away"):
+        Engine(tmp_path / "best.ckpt", device="cpu")
+    shutil.rmtree(tmp_path / "atlas")
+    assert Engine(tmp_path / "best.ckpt", device="cpu").atlas is None  # moved away: it serves, and says it cannot tell

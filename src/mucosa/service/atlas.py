@@ -44,7 +44,12 @@ class NotReady(MucosaError):
 
 
 def atlas_beside(checkpoint: Path, weights_sha256: str | None) -> tuple[Atlas | None, str | None]:
-    """The atlas beside ``checkpoint`` and None, or None and why there is none (a sentence for the model card)."""
+    """The atlas beside ``checkpoint`` and None, or None and why there is none (a sentence for the model card).
+
+    Raises:
+        AtlasError: an atlas is beside it but cannot be used (damaged, of another model, made otherwise): the
+            service refuses to start, as ``predict`` and ``stream`` refuse, rather than judge without it.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the service says it in its card, and logs it once here
         folder = find_atlas(checkpoint)
@@ -53,9 +58,8 @@ def atlas_beside(checkpoint: Path, weights_sha256: str | None) -> tuple[Atlas | 
             return None, NO_ATLAS
         try:
             return open_atlas(folder, weights_sha256), None
-        except (AtlasError, MucosaError) as error:
-            log.warning("atlas not used: %s", error)
-            return None, f"{NO_ATLAS} (its atlas could not be used: {error})"
+        except (AtlasError, MucosaError) as error:  # as predict and stream: a damaged atlas is refused, not skipped
+            raise AtlasError(f"{str(error).splitlines()[0]} (move the folder away to serve without an atlas)") from None
 
 
 def atlas_card(atlas: Atlas | None, note: str | None) -> dict | None:
