@@ -60,7 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mucosa.inference import atlas_store, texture_view
+from mucosa.inference import atlas_store, texture_view, verdict
 from mucosa.inference.atlas_index import HNSW, IndexFileError, VectorIndex
 from mucosa.inference.atlas_store import (
     AtlasError,
@@ -382,7 +382,7 @@ class Atlas:
         scales = None
         if texture_medians is not None:
             scales = (max(float(np.median(medians)), 1e-9), max(float(np.median(texture_medians)), 1e-9))
-            cases = (medians / scales[0] + texture_medians / scales[1]) / 2
+            cases = verdict.joined(medians, texture_medians, scales)
         else:
             cases = medians
         case_threshold = float(np.quantile(cases, quantile, method="higher"))
@@ -425,7 +425,7 @@ class Atlas:
         scales = None if self.calibration is None else self.calibration.scales
         if texture_medians is None or scales is None:
             return medians
-        return (medians / scales[0] + texture_medians / scales[1]) / 2
+        return verdict.joined(medians, texture_medians, scales)
 
     def unfamiliar(self, query_embeddings, exclude_patient: str | None = None) -> Familiarity:
         """Each query frame's score and, when the atlas is calibrated, whether it is unfamiliar (score above

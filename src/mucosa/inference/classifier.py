@@ -245,7 +245,8 @@ class Classifier:
                 found_flags, found_scores = self._familiarity(probs, vectors, patient, columns)
                 flags += found_flags
                 unfamiliarity += found_scores
-                textures += self._texture_scores(probs, columns["frame"][-len(probs):], patient, *origin)
+                numbers = columns["frame"][len(columns["frame"]) - len(probs):]  # this source's frames
+                textures += self._texture_scores(probs, numbers, patient, *origin)
         cases = [self._case(name, *found) for name, found in per_case.items()]
         width = () if len(self.classes) == 2 else (len(self.classes),)
         probabilities = (np.asarray(columns["probabilities"], np.float32) if columns["probabilities"]

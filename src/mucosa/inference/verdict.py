@@ -35,7 +35,8 @@ from mucosa.data.manifest import POSITIVE_WORDS
 from mucosa.errors import ConfigError, ModelOutputError
 
 __all__ = ["NO_VERDICT", "UNFAMILIAR", "verdict_names", "check_threshold", "call", "calls", "mean_score", "verdict",
-           "unfamiliar_share", "case_unfamiliarity", "unfamiliarity_ratio", "unfamiliar_case", "verdict_or_unfamiliar"]
+           "unfamiliar_share", "case_unfamiliarity", "joined", "unfamiliarity_ratio", "unfamiliar_case",
+           "verdict_or_unfamiliar"]
 
 NO_VERDICT = "no informative frames"
 UNFAMILIAR = "unfamiliar"
@@ -126,7 +127,18 @@ def case_unfamiliarity(unfamiliarity, textures=None, scales: tuple[float, float]
     texture = np.asarray([] if textures is None else textures, dtype=np.float64).ravel()
     if not len(texture):
         return None
-    return float((np.median(scores) / scales[0] + np.median(texture) / scales[1]) / 2)
+    return float(joined(np.median(scores), np.median(texture), scales))
+
+
+def joined(median, texture_median, scales: tuple[float, float]):
+    """The case rule's join of its two views: the mean of the embedding median and the texture median, each
+    over its scale (numbers, or arrays of them: one a case).
+
+    Example:
+        >>> joined(0.4, 0.5, (0.4, 0.25))
+        1.5
+    """
+    return (median / scales[0] + texture_median / scales[1]) / 2
 
 
 def unfamiliarity_ratio(unfamiliarity, case_threshold: float | None, textures=None,
