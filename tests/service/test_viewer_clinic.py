@@ -45,7 +45,8 @@ def opened(page, base: str) -> dict:
 
 def test_axe_finds_no_serious_or_critical_violation_on_any_view(page, base, brain_video):
     open_viewer(page, base)
-    assert page.locator("#cases .empty-list").count() == 1  # the empty list (this test runs first)
+    page.wait_for_selector("#cases .empty-list")  # the empty list (this test runs first), once the viewer has drawn it
+    assert page.locator("#cases .empty-list").count() == 1
     assert axe_violations(page) == []
     drop(page, brain_video)
     page.check("#gradcam")
