@@ -209,6 +209,12 @@ class Atlas:
         self.textures = textures
         self._texture_index = None if textures is None else VectorIndex.build(textures.vectors)
 
+    @property
+    def judges_texture(self) -> bool:
+        """Whether the case rule uses the texture view: the atlas has one and a calibration with its scales
+        (otherwise texture scores would be computed for nothing)."""
+        return self.textures is not None and self.calibration is not None and self.calibration.scales is not None
+
     def __len__(self) -> int:
         return len(self.embeddings)
 

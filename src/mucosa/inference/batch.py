@@ -241,7 +241,8 @@ def predict_sources(predictor, sources: list[Source], out: str | Path, threshold
             prepared = prepared_frames(source, predictor.preprocessing, cache)
         except (UnreadableFileError, OSError) as error:
             return _unreadable_reason(error, source)
-        return _write_file(writer, source, _score_file(predictor, prepared, atlas is not None, source),
+        textures_from = source if atlas is not None and atlas.judges_texture else None
+        return _write_file(writer, source, _score_file(predictor, prepared, atlas is not None, textures_from),
                            predictor.classes, threshold, atlas)
 
     return _write_outputs(out, predictor.classes, threshold, sources, one, progress, atlas)
@@ -410,7 +411,8 @@ def predict(checkpoint: str | Path, paths: list[str | Path], out: str | Path, ru
     if several:  # every process checks the atlas, so that none waits for one that refused it
         folder = find_atlas(checkpoint, atlas, use_atlas)
         found = open_atlas(folder, file_weights(checkpoint)) if folder is not None else None
-        work = _ShareWork(checkpoint, runtime, batch_size, threads, cache, progress, embed=found is not None)
+        work = _ShareWork(checkpoint, runtime, batch_size, threads, cache, progress, embed=found is not None,
+                           texture=found is not None and found.judges_texture)
         return _predict_shared(sources, out, threshold, processes, work, found)
     predictor = open_predictor(checkpoint, runtime, batch_size, threads, device)
     folder = find_atlas(checkpoint, atlas, use_atlas)
@@ -432,6 +434,7 @@ class _ShareWork:
     cache: FrameCache | None
     progress: object = None
     embed: bool = False  # embed the used frames too (for the atlas)
+    texture: bool = False  # and take their texture view (an atlas whose case rule uses it)
     classes: list[str] | None = None  # the model's, once opened in this process
 
     def __call__(self, share: list[Source], device, rank: int) -> list[FileScores | str]:
@@ -446,7 +449,7 @@ class _ShareWork:
             except (UnreadableFileError, OSError) as error:
                 outcomes.append(_unreadable_reason(error, source))
             else:
-                outcomes.append(_score_file(predictor, prepared, self.embed, source))
+                outcomes.append(_score_file(predictor, prepared, self.embed, source if self.texture else None))
             if self.progress is not None and rank == 0:  # rank 0's share: one progress line, not one a process
                 self.progress(done, len(share), source.path)
         return outcomes

@@ -277,7 +277,7 @@ class Classifier:
     def _texture_scores(self, probs: list, numbers: list, patient: str | None, origin, selection) -> list:
         """The texture scores of every ``TEXTURE_STRIDE``-th used frame of one source (none without the
         atlas's texture view), read again from ``origin``."""
-        if self.atlas.textures is None:
+        if not self.atlas.judges_texture:
             return []
         used = [n for n, p in zip(numbers, probs) if not np.any(np.isnan(p))]
         chosen = [int(n) for k, n in enumerate(used) if textured(k)]

@@ -59,7 +59,7 @@ def consult(atlas: Atlas, embeddings: np.ndarray | None, exclude_patient: str | 
         -1, atlas.model.embedding_size)
     familiarity = atlas.unfamiliar(embeddings, exclude_patient)
     view = AtlasView(familiarity.scores, familiarity.flags)
-    if atlas.textures is not None and textures is not None and len(textures):
+    if atlas.judges_texture and textures is not None and len(textures):
         view.texture_scores = atlas.texture_scores(textures, exclude_patient=exclude_patient)
     if len(embeddings):
         try:

@@ -418,7 +418,7 @@ def _infer(predictor, atlas: Atlas | None, image: np.ndarray, stage_seconds: dic
 def _texture(atlas: Atlas | None, frame, prep, used: int, stage_seconds: dict) -> float | None:
     """The texture score of the ``used``-th used frame, when it has one (``texture_view.textured``) and the
     atlas a texture view."""
-    if atlas is None or atlas.textures is None or not textured(used):
+    if atlas is None or not atlas.judges_texture or not textured(used):
         return None
     tic = time.perf_counter()
     score = float(atlas.texture_scores(frame_texture(frame, prep)[None])[0])

@@ -386,7 +386,7 @@ class Engine:
                         ) -> list[float] | None:
         """The atlas's texture scores of decoded frames' fields, ``patient``'s atlas frames left out (None: the
         atlas has no texture view)."""
-        if self.atlas is None or self.atlas.textures is None or not fields:
+        if self.atlas is None or not self.atlas.judges_texture or not fields:
             return None
         vectors = np.stack([field_texture(source, fov, self.prep) for source, fov in fields])
         return self.atlas.texture_scores(vectors, exclude_patient=patient).tolist()
