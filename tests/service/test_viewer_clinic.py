@@ -82,7 +82,9 @@ def test_a_damaged_recording_says_so_on_the_header_the_timeline_and_the_report(p
     assert all(text in header for text in case["warnings"])
     assert f"{case['frames_done']} decoded of {case['frames_expected']} announced" in page.inner_text("#case-meta")
     timeline = page.locator("#timeline")
-    assert int(timeline.get_attribute("data-missing")) == case["frames_expected"] - case["frames_done"]
+    missing = case["frames_expected"] - case["frames_done"]  # the timeline is drawn after the header: wait for it
+    page.wait_for_function(f"document.querySelector('#timeline').dataset.missing === '{missing}'")
+    assert int(timeline.get_attribute("data-missing")) == missing
     assert "announced by the video but not decoded" in page.inner_text("#timeline-summary")
     assert "damaged" in page.locator(f".case-item[data-id='{case['id']}']").inner_text()
     report = httpx.get(base + page.get_attribute("#dl-html", "href")).text
