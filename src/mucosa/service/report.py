@@ -191,7 +191,7 @@ def atlas_rows(data: dict) -> list[tuple[str, str]]:
     if vote and guess and vote["label"] != guess:
         rows.append(("Disagreement", f"the network's unsupported guess ({guess}) and most of the nearest atlas "
                                      f"frames ({vote['label']}) disagree; neither is a verdict"))
-    return rows + [(f"Nearest atlas case {c['rank']} (not similar)", _found(c)) for c in atlas["similar"]]
+    return rows + [(f"Nearest atlas case {c['rank']}", "not similar: " + _found(c)) for c in atlas["similar"]]
 
 
 def _found(case: dict) -> str:
