@@ -15,7 +15,7 @@ from mucosa.data.manifest import Record, load_manifest, write_manifest
 from mucosa.data.video import iter_video_frames
 from mucosa.errors import MucosaError, MucosaWarning
 from mucosa.evaluation.evaluate import score
-from mucosa.inference.batch import collect_sources, predict
+from mucosa.inference.batch import collect_sources, format_cases, predict
 from mucosa.inference.verdict import NO_VERDICT, UNFAMILIAR, verdict_names
 from mucosa.models.checkpoint import (
     load_checkpoint,
@@ -380,6 +380,15 @@ def test_a_foreign_pattern_is_unfamiliar_and_a_held_out_case_keeps_its_class(atl
     assert first["verdict"] == verdict and len(first["similar"]) == 5
     assert all(s["label"] in result.classes and s["distance"] >= 0 for s in first["similar"])
     assert (tmp_path / "p" / first["similar"][0]["closest"][0]["thumbnail"]).is_file()
+    strange = similar["cases"][1]  # the sine: why, and its vote and cases said to be no second opinion, not similar
+    ratio = result.unfamiliarity(result.cases[1])
+    assert first["reason"] is None and f"unfamiliarity ratio {ratio:.2f}, where above 1 is unfamiliar" in \
+        strange["reason"] and f"{100 * verdicts[str(foreign['sine'])][1]:.0f}% of its frames" in strange["reason"]
+    held, sine = format_cases(result).splitlines()[:2]
+    assert f"{held_out}: {verdict} (mean probability " in held and "; atlas vote " in held and "most similar" in held
+    assert sine.startswith(f"{foreign['sine']}: unfamiliar (unfamiliarity ratio {ratio:.2f}; the network alone: mean "
+                           "probability ") and "; nearest atlas frames, no second opinion: " in sine
+    assert "; nearest, not similar: " in sine and "atlas vote" not in sine and "most similar" not in sine
 
 
 def test_a_manifest_names_the_patient_whose_own_frames_are_left_out(atlas_run, tmp_path):

@@ -1,8 +1,13 @@
 """The atlas in the viewer, in the real Chromium (Playwright, :mod:`browsing`), against ``mucosa serve`` with a tiny
 model that ``mucosa train`` wrote with its atlas: a case shows its similar confirmed cases and the atlas's vote,
-a click puts a similar case's closest frame beside the case's own (keyboard operable, with alt text), a foreign
-image is called `unfamiliar` with its frames marked on the timeline (and in the legend), a vote that names another
-class than the verdict is flagged in words, and axe-core stays clean on the new panel."""
+a click puts a similar case's closest frame beside the case's own (keyboard operable, with alt text; the atlas's
+frame is its 48-pixel thumbnail, said so and not blown up), a foreign image is called `unfamiliar` with its frames
+marked on the timeline (and in the legend) and no class named as the call anywhere (badge, current frame, the
+frames' shares, the vote, the similar cases), a vote that names another class than the verdict is flagged in words
+(for a still image too, and against an unfamiliar case's unsupported guess), and axe-core stays clean on the new
+panel. What is drawn after the case's verdict is waited for before it is read."""
+
+import re
 
 import httpx
 import pytest
@@ -23,6 +28,13 @@ def drop(page, base, *paths) -> None:
     page.set_input_files("#file", [str(path) for path in paths])
     page.wait_for_function("""(name) => document.querySelector('#case-name').textContent === name
         && document.querySelector('#verdict').dataset.state === 'final'""", arg=paths[0].name, timeout=120_000)
+
+
+def expect(locator):
+    """Playwright's assertions, which wait for the element to be drawn (imported here: playwright may be missing)."""
+    from playwright.sync_api import expect
+
+    return expect(locator)
 
 
 def test_similar_cases_open_a_side_by_side_compare(page, base, atlas_run):
@@ -51,6 +63,12 @@ def test_similar_cases_open_a_side_by_side_compare(page, base, atlas_run):
         page.wait_for_function(f"() => document.querySelector('{image}').naturalWidth > 0")
         assert page.get_attribute(image, "alt")
     assert "confirmed case" in page.get_attribute("#compare-theirs", "alt")
+    # the atlas keeps 48-pixel thumbnails: shown at twice that, smoothly, and said to be one
+    expect(page.locator("#compare-theirs-size")).to_contain_text("atlas thumbnail, 48 px")
+    assert page.locator("#compare-theirs").bounding_box()["width"] == 96
+    assert page.eval_on_selector("#compare-theirs", "i => getComputedStyle(i).imageRendering") == "auto"
+    assert page.inner_text("#compare-head") == "Compare with a confirmed case"
+    assert page.text_content("#similar-title") == "Similar confirmed cases"
     caption = page.inner_text("#compare-theirs-caption")  # the list's distance, the file rather than the case id
     assert f"distance {first['distance']:.3f} as listed" in caption and first["closest"][0]["file"] in caption
     assert first["case"] not in caption + page.get_attribute("#compare-theirs", "alt")
@@ -88,3 +106,76 @@ def test_a_foreign_image_is_unfamiliar_and_marked(page, base, tmp_path):
     assert page.get_attribute("#timeline", "data-unfamiliar") == "1"
     assert "marked unfamiliar" in page.text_content("#timeline-summary")
     assert axe_violations(page) == []
+
+
+def test_an_unfamiliar_case_names_no_class_as_the_call(page, base, tmp_path):
+    """The sine image is `unfamiliar` (ratio far above 1): the verdict's words are the server's reason (the report's
+    too), the network's call is said only as what it alone would say, in greys, and the nearest atlas cases are
+    headed as not similar, the vote as no second opinion."""
+    drop(page, base, sine_png(tmp_path))
+    case_id = page.evaluate("location.hash").removeprefix("#/cases/")
+    verdict = httpx.get(f"{base}/v1/cases/{case_id}").json()["verdict"]
+    classes = httpx.get(f"{base}/v1/model").json()["classes"]
+    assert verdict["label"] == "unfamiliar" and verdict["unfamiliarity_ratio"] > 1
+    expect(page.locator("#similar-title")).to_have_text("Nearest atlas cases — this recording is unlike all of them")
+    expect(page.locator("#similar-about")).to_contain_text("Not similar")
+    expect(page.locator("#similar-list button").first).to_be_visible(timeout=30_000)
+    score = page.locator("#verdict-score")
+    expect(score).to_have_text(verdict["reason"])
+    report = httpx.get(f"{base}/v1/cases/{case_id}/report.json").json()["verdict"]
+    assert report["reason"] == verdict["reason"]  # one wording, the server's
+    assert f"unfamiliarity ratio {verdict['unfamiliarity_ratio']:.2f}" in verdict["reason"]
+    assert "100% of its frames are marked unfamiliar" in verdict["reason"]
+
+    badge = re.compile(rf"^network: P\(({'|'.join(classes)})\) \d\.\d{{3}} · frame unfamiliar$")
+    expect(page.locator("#frame-badge")).to_have_text(badge)
+    expect(page.locator("#current")).to_contain_text("Network alone")
+    terms = page.locator("#current dt").all_inner_texts()
+    assert "Called" not in terms and "Unfamiliar frame" in terms, terms
+    expect(page.locator("#verdict-shares-text")).to_have_text(verdict["network_alone"])
+    assert verdict["network_alone"].startswith("The network alone, not a verdict")
+    expect(page.locator("#verdict-shares")).to_have_class(re.compile(r"\bneutral\b"))
+    fills = page.eval_on_selector_all("#verdict-shares span", "s => s.map(e => getComputedStyle(e).backgroundColor)")
+    assert fills and set(fills) <= {"rgb(107, 118, 132)", "rgb(170, 180, 193)"}, fills
+    expect(page.locator("#verdict-atlas")).to_contain_text("no second opinion (the nearest atlas frames are not")
+    assert "atlas vote (second opinion)" not in page.inner_text("#verdict-atlas")
+    shown = " ".join(page.inner_text(where) for where in ("#verdict", "#frame-badge", "#current"))
+    shown += page.get_attribute("#frame", "aria-label") + page.get_attribute("#timeline", "aria-valuetext")
+    for cls in classes:
+        assert f"called {cls}" not in shown.lower() and f"Grad-CAM of {cls}" not in shown, cls
+    assert page.is_visible("#legend .lg-network") and not page.is_visible("#legend .lg-class")
+    assert axe_violations(page) == []
+
+    # the nearest atlas frames' vote against the network's unsupported guess: said, and neither is a verdict
+    guess = classes[1] if verdict["score"] >= verdict["threshold"] else classes[0]
+    assert page.is_visible("#verdict-disagrees") == (verdict["atlas_vote"]["label"] != guess)
+    for vote in classes:
+        page.evaluate("""(vote) => { S.summary = {...S.summary, verdict: {...S.summary.verdict,
+            atlas_vote: {label: vote, share: 0.8}}}; renderVerdict(); }""", vote)
+        assert page.is_visible("#verdict-disagrees") == (vote != guess)
+        if vote != guess:
+            assert page.inner_text("#verdict-disagrees") == (
+                f"⚠ The network's unsupported guess ({guess}) and most of the nearest atlas frames ({vote}, 80%) "
+                "disagree. Neither is a verdict: this recording is unlike the confirmed cases.")
+            assert axe_violations(page) == []
+
+    page.locator("#similar-list button").first.click()
+    expect(page.locator("#compare-head")).to_have_text("Compare with a nearest atlas case (not similar)")
+    page.check("#gradcam")  # the heat map is the network's attention for a guess, not the evidence of a call
+    expect(page.locator("#frame-badge")).to_have_text("Grad-CAM: the network's attention for its unsupported guess",
+                                                      timeout=30_000)
+
+
+def test_a_still_images_vote_against_its_class_is_flagged(page, base, atlas_run):
+    """One in-domain still image whose atlas vote names another class than its verdict (P03's: the tiny model calls
+    them all one class, the atlas votes the other): the notice is shown, as for a video."""
+    image = patient_images(atlas_run.cohort, "P03")[0]
+    drop(page, base, image)
+    case_id = page.evaluate("location.hash").removeprefix("#/cases/")
+    verdict = httpx.get(f"{base}/v1/cases/{case_id}").json()["verdict"]
+    assert verdict["class"] and verdict["reason"] is None and verdict["network_alone"] is None
+    if verdict["atlas_vote"]["label"] == verdict["class"]:
+        pytest.fail(f"the tiny model's vote agrees with its class on {image.name}: choose another image")
+    expect(page.locator("#verdict-disagrees")).to_contain_text("The atlas's vote disagrees with the verdict")
+    expect(page.locator("#frame-badge")).to_have_text(re.compile(rf"^{verdict['class']} · P\({verdict['class']}\) "))
+    assert "Called" in page.locator("#current dt").all_inner_texts()

@@ -292,7 +292,9 @@ def _write_similar(staged: atomic.OutputSet, result: PredictResult) -> None:
     thumbnails.mkdir()
     for number, case in enumerate(result.cases, start=1):
         verdict, share = result.verdict_and_share(case)
-        entries.append({"case": case.case, "verdict": verdict, "unfamiliar_share": share,
+        reason = verdicts.unfamiliar_reason(share, result.unfamiliarity(case)) if verdict == verdicts.UNFAMILIAR \
+            else None  # then the atlas_vote is no second opinion, the similar cases only the nearest
+        entries.append({"case": case.case, "verdict": verdict, "unfamiliar_share": share, "reason": reason,
                         **similar_entry(case.atlas, thumbnails, str(number), staged.staging)})
     staged.path("similar.json").write_text(similar_json(result.atlas, entries), encoding="utf-8")
 
@@ -481,26 +483,34 @@ def _predict_shared(sources: list[Source], out, threshold: float, processes: Pro
 
 def format_cases(result: PredictResult) -> str:
     """One line per case: verdict, mean probability, frames used and skipped, and with an atlas the share of
-    unfamiliar frames, the atlas's vote and the most similar case."""
+    unfamiliar frames, the atlas's vote and the most similar case. An unfamiliar case's line gives its ratio and
+    the network's mean probability as no verdict, the vote as no second opinion and the nearest case as not similar."""
     lines = []
     for s in result.cases:
         mean = s.mean()
-        score = "" if mean is None else (f" (mean probability {float(mean):.3f})" if np.ndim(mean) == 0 else
-                                         " (" + ", ".join(f"{c} {v:.3f}" for c, v in zip(result.classes, mean)) + ")")
+        score = "" if mean is None else (f"mean probability {float(mean):.3f}" if np.ndim(mean) == 0 else
+                                         ", ".join(f"{c} {v:.3f}" for c, v in zip(result.classes, mean)))
         verdict, share = result.verdict_and_share(s)
-        lines.append(f"{s.case}: {verdict}{score}; {s.used} frames used, {s.skipped} skipped by the "
-                     f"quality gate" + (f", {s.corrupt} corrupt" if s.corrupt else "") + _atlas_words(s, share))
+        unfamiliar = verdict == verdicts.UNFAMILIAR
+        if unfamiliar and score:
+            ratio = result.unfamiliarity(s)
+            score = ("" if ratio is None else f"unfamiliarity ratio {ratio:.2f}; ") + f"the network alone: {score}"
+        lines.append(f"{s.case}: {verdict}{f' ({score})' if score else ''}; {s.used} frames used, {s.skipped} skipped "
+                     "by the quality gate" + (f", {s.corrupt} corrupt" if s.corrupt else "") +
+                     _atlas_words(s, share, unfamiliar))
     return "\n".join(lines)
 
 
-def _atlas_words(summary: Summary, share: float | None) -> str:
+def _atlas_words(summary: Summary, share: float | None, unfamiliar: bool) -> str:
     view = summary.atlas
     if view is None:
         return ""
     words = "" if share is None else f"; {share:.0%} of them unfamiliar"
     if view.vote is not None:
-        words += f"; atlas vote {view.vote.label} {float(np.max(view.vote.shares)):.2f}"
+        words += (f"; nearest atlas frames, no second opinion: {view.vote.label}" if unfamiliar else
+                  f"; atlas vote {view.vote.label}") + f" {float(np.max(view.vote.shares)):.2f}"
     if view.similar:
-        words += f"; most similar: {view.similar[0].case} ({view.similar[0].label})"
+        words += (f"; {'nearest, not similar' if unfamiliar else 'most similar'}: {view.similar[0].case} "
+                  f"({view.similar[0].label})")
     return words
 

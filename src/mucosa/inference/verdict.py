@@ -36,7 +36,7 @@ from mucosa.errors import ConfigError, ModelOutputError
 
 __all__ = ["NO_VERDICT", "UNFAMILIAR", "verdict_names", "check_threshold", "call", "calls", "mean_score", "verdict",
            "unfamiliar_share", "case_unfamiliarity", "joined", "unfamiliarity_ratio", "unfamiliar_case",
-           "verdict_or_unfamiliar"]
+           "verdict_or_unfamiliar", "unfamiliar_reason", "network_alone"]
 
 NO_VERDICT = "no informative frames"
 UNFAMILIAR = "unfamiliar"
@@ -187,3 +187,31 @@ def verdict_or_unfamiliar(score, classes: list[str], unfamiliar=None, threshold:
     if score is not None and unfamiliar_case(unfamiliarity, case_threshold, textures, scales):
         return UNFAMILIAR, share
     return verdict(score, classes, threshold), share
+
+
+def unfamiliar_reason(share: float | None, ratio: float | None) -> str:
+    """Why a file or case is :data:`UNFAMILIAR`, in the words the viewer, the reports and ``predict`` print:
+    its unfamiliarity over the atlas's case threshold (``ratio``, :func:`unfamiliarity_ratio`) and the share of
+    its used frames marked unfamiliar (``share``); either may be None (not known)."""
+    how = [] if ratio is None else [f"unfamiliarity ratio {ratio:.2f}, where above 1 is unfamiliar"]
+    how += [] if share is None else [f"{100 * share:.0f}% of its frames are marked unfamiliar"]
+    return ("As a whole, this recording is unlike the confirmed cases of the atlas (its frames' typical distance "
+            f"and texture are beyond theirs{': ' + '; '.join(how) if how else ''}): no class is given.")
+
+
+def network_alone(score, classes: list[str], threshold: float = 0.5, calls: dict | None = None) -> str | None:
+    """What the network alone would have called a file or case whose verdict is :data:`UNFAMILIAR`, worded as
+    what it is, not a verdict: the class its mean probability ``score`` calls, that probability and (``calls``:
+    informative frames called each class) how many frames it calls so. None without a score."""
+    if score is None:
+        return None
+    index = call(score, threshold)
+    cls = classes[index]
+    value = np.asarray(score, dtype=np.float64)
+    p = float(value[index]) if value.ndim else (float(value) if index == len(classes) - 1 else 1 - float(value))
+    frames = ""
+    if calls:
+        frames = f"; {int(calls.get(cls, 0))} of the {sum(int(n) for n in calls.values())} informative frames alone " \
+                 "would say so too"
+    return (f"The network alone, not a verdict (the atlas does not support it): it would say {cls}, with a mean "
+            f"probability of {p:.3f}{frames}.")

@@ -313,7 +313,8 @@ class Engine:
         class; none yet when not given) and ``unfamiliar``: the share of the informative frames the atlas finds
         unfamiliar (``flags``, one bool a frame; None: no atlas to tell). Their median unfamiliarity (``scores``)
         above the atlas's case threshold gives the label ``unfamiliar`` and no class
-        (``verdict.verdict_or_unfamiliar``)."""
+        (``verdict.verdict_or_unfamiliar``), with ``reason`` (why, in words) and ``network_alone`` (what the network
+        alone would have said, worded as no verdict); both None for any other label."""
         label = cls = None
         calibration = None if self.atlas is None else self.atlas.calibration
         said, share = verdicts.verdict_or_unfamiliar(mean, self.classes, flags, self.threshold, scores,
@@ -324,12 +325,15 @@ class Engine:
         elif mean is not None:
             index = verdicts.call(mean, self.threshold)
             label, cls = self.verdicts[index], self.classes[index]
-        counts = [0] * len(self.classes) if calls is None else calls
+        counts = {c: int(n) for c, n in zip(self.classes, [0] * len(self.classes) if calls is None else calls)}
+        share = None if share is None else round(share, 4)
+        ratio, unfamiliar = _ratio(scores, calibration, textures), label == verdicts.UNFAMILIAR
         return {"state": state, "label": label, "class": cls, "text": label or verdicts.NO_VERDICT,
-                "score": _plain(mean), "threshold": self.threshold, "frames": used, "total": total,
-                "calls": {c: int(n) for c, n in zip(self.classes, counts)},
-                "unfamiliar": None if share is None else round(share, 4),
-                "unfamiliarity_ratio": _ratio(scores, calibration, textures)}
+                "score": _plain(mean), "threshold": self.threshold, "frames": used, "total": total, "calls": counts,
+                "unfamiliar": share, "unfamiliarity_ratio": ratio,
+                "reason": verdicts.unfamiliar_reason(share, ratio) if unfamiliar else None,
+                "network_alone": verdicts.network_alone(mean, self.classes, self.threshold, counts) if unfamiliar
+                else None}
 
     def predict_image(self, source: bytes | str | Path, gradcam: bool = False) -> dict:
         """One image: class probabilities, verdict, quality score and whether the quality gate dropped it.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 
-from mucosa.service.presentation import class_colours, probability_of
+from mucosa.service.presentation import GREYS, UNFAMILIAR_MARK, class_colours, is_unfamiliar, probability_of
 
 __all__ = ["calibration_figure", "timeline_figure"]
 
@@ -25,8 +25,10 @@ def _axis_label(card: dict) -> str:
 def timeline_figure(case: dict, card: dict, fmt: str = "png", width: float = 7.2, height: float = 2.9,
                     dpi: int = 150) -> bytes:
     """The case's timeline as a PNG or SVG (``fmt``): each informative frame's probability (dots, coloured by
-    the class it is called), the smoothed probability (line), the threshold (binary models), frames dropped by
-    the quality gate (ticks under the plot) and frames lost by a damaged recording (shaded)."""
+    the class it is called; grey when the case is `unfamiliar`: no class is called), the smoothed probability
+    (line), the threshold (binary models), frames the atlas finds unfamiliar (marks above the plot, as in the
+    viewer), frames dropped by the quality gate (ticks under the plot) and frames lost by a damaged recording
+    (shaded)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -36,11 +38,14 @@ def timeline_figure(case: dict, card: dict, fmt: str = "png", width: float = 7.2
     ax = fig.add_axes((0.08, 0.34, 0.9, 0.62))
     binary = card.get("positive") is not None
     used = [r for r in rows if not r["dropped"] and r["probability"] is not None]
-    for cls in classes:
-        mine = [r for r in used if r.get("called") == cls]
-        ys = [float(r["probability"]) if binary else max(r["probability"]) for r in mine]  # P(positive), or P(cls)
-        ax.scatter([r["frame"] for r in mine], ys, s=6, color=colours[cls], alpha=0.6, linewidths=0,
-                   label=f"frame called {cls}")
+    if is_unfamiliar(case.get("verdict")):
+        ax.scatter([r["frame"] for r in used], [_plotted(r, binary) for r in used], s=6, color=GREYS[0], alpha=0.6,
+                   linewidths=0, label="frame (the network's probability; no class: unfamiliar)")
+    else:
+        for cls in classes:
+            mine = [r for r in used if r.get("called") == cls]
+            ax.scatter([r["frame"] for r in mine], [_plotted(r, binary) for r in mine], s=6, color=colours[cls],
+                       alpha=0.6, linewidths=0, label=f"frame called {cls}")
     for cls in classes if not binary else [card["positive"]]:
         points = [(r["frame"], probability_of(r["smoothed"], cls, classes)) for r in rows
                   if r["smoothed"] is not None]
@@ -56,8 +61,12 @@ def timeline_figure(case: dict, card: dict, fmt: str = "png", width: float = 7.2
     if dropped:
         ax.scatter(dropped, [-0.07] * len(dropped), marker="|", s=30, color=DROPPED, clip_on=False,
                    label="dropped by the quality gate")
+    unfamiliar = [r["frame"] for r in used if r.get("unfamiliar")]
+    if unfamiliar:
+        ax.scatter(unfamiliar, [1.07] * len(unfamiliar), marker="|", s=30, color=UNFAMILIAR_MARK,
+                   label="unfamiliar frame (unlike the atlas)")
     ax.set_xlim(-0.5, end - 0.5)
-    ax.set_ylim(-0.1, 1.02)
+    ax.set_ylim(-0.1, 1.12 if unfamiliar else 1.02)
     ax.set_xlabel("frame" if case.get("kind") == "video" else "image frame", fontsize=8)
     ax.set_ylabel(_axis_label(card), fontsize=8)
     ax.tick_params(labelsize=7)
@@ -66,6 +75,11 @@ def timeline_figure(case: dict, card: dict, fmt: str = "png", width: float = 7.2
     buffer = io.BytesIO()
     fig.savefig(buffer, format=fmt, dpi=dpi, facecolor="white", metadata={"Date": None} if fmt == "svg" else None)
     return buffer.getvalue()
+
+
+def _plotted(row: dict, binary: bool) -> float:
+    """What a frame's dot plots: P(positive) for a binary model, else the probability of the class it calls."""
+    return float(row["probability"]) if binary else max(row["probability"])
 
 
 def _shade_losses(ax, rows: list[dict], end: int) -> None:

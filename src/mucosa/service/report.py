@@ -22,13 +22,23 @@ from datetime import datetime
 from mucosa.data.pseudonyms import Pseudonym
 from mucosa.service.atlas import SIMILAR_CASES, NotReady, similar_cases
 from mucosa.service.plots import timeline_figure
-from mucosa.service.presentation import BANNER, class_colours, confidence, probability_of, share_interval, shares
+from mucosa.service.presentation import (
+    BANNER,
+    GREYS,
+    class_colours,
+    confidence,
+    network_guess,
+    probability_of,
+    share_interval,
+    shares,
+    unfamiliar_words,
+)
 from mucosa.service.privacy import private_case, private_similar
 from mucosa.tables import safe_row
 
 __all__ = ["EXAM_FIELDS", "FORMAT", "MONOSPACED", "ReportParts", "atlas_rows", "case_rows", "gather", "key_caption",
-           "key_frames", "model_rows", "quality_line", "report_data", "report_html", "review_rows", "timeline_csv",
-           "verdict_lines"]
+           "key_frames", "key_frames_note", "model_rows", "quality_line", "report_data", "report_html", "review_rows",
+           "share_colours", "timeline_csv", "verdict_lines"]
 
 FORMAT = "mucosa-case-report/1"
 # exam fields a case may carry (at its top level, or in an "exam" mapping): shown when present
@@ -101,6 +111,7 @@ def report_data(case: dict, card: dict, generated: float | None = None, similar:
     """The case report as plain data (``report.json``); ``case`` is the API's case with its timeline, ``similar``
     the most similar confirmed cases of the atlas (``atlas.similar_cases``)."""
     classes, verdict = card["classes"], case.get("verdict") or {}
+    reason, alone = unfamiliar_words(verdict, classes)
     rows = case["timeline"]
     quality = [r["quality"] for r in rows]
     return {
@@ -120,7 +131,8 @@ def report_data(case: dict, card: dict, generated: float | None = None, similar:
                     "text": verdict.get("text"), "confidence": confidence(verdict, classes),
                     "frames": verdict.get("frames", 0), "total": verdict.get("total", 0),
                     "shares": shares(verdict, classes), "interval": share_interval(verdict, classes),
-                    "rule": _rule(card)},
+                    "rule": _rule(card), "unfamiliarity_ratio": verdict.get("unfamiliarity_ratio"), "reason": reason,
+                    "network_alone": alone, "network_guess": network_guess(verdict, classes) if reason else None},
         "quality": {"threshold": card["preprocessing"]["quality_threshold"], "frames_dropped": case["frames_dropped"],
                     "mean": sum(quality) / len(quality) if quality else None},
         "warnings": list(case.get("warnings") or []),
@@ -160,17 +172,39 @@ def _similar(case, engine) -> list:
 
 def atlas_rows(data: dict) -> list[tuple[str, str]]:
     """What the atlas says as (label, text) rows, as both reports print them: its vote, the unfamiliar share and
-    the similar confirmed cases (or the note that there is no atlas)."""
-    atlas = data["atlas"]
+    the similar confirmed cases (or the note that there is no atlas). For an unfamiliar case the vote is no second
+    opinion and the cases are the nearest, not similar: so named, and a vote against the network's guess said."""
+    atlas, verdict = data["atlas"], data["verdict"]
     if not atlas["available"]:
         return [("Atlas", atlas["note"] or "none")]
-    vote, share = atlas["vote"], atlas["unfamiliar"]
-    rows = [("Atlas vote (second opinion)", "—" if not vote else f"{vote['label']} ({100 * vote['share']:.0f}% of "
-             "the nearest confirmed frames)"),
-            ("Unfamiliar frames", "cannot tell" if share is None else f"{100 * share:.0f}% of the informative frames")]
-    rows += [(f"Similar case {c['rank']}", f"{c['label']} · {c['case']} · patient {c['patient']} · distance "
-              f"{c['distance']:.3f}") for c in atlas["similar"]]
-    return rows
+    vote, share, ratio = atlas["vote"], atlas["unfamiliar"], verdict.get("unfamiliarity_ratio")
+    voted = "—" if not vote else f"{vote['label']} ({100 * vote['share']:.0f}% of the nearest confirmed frames)"
+    frames = "cannot tell" if share is None else f"{100 * share:.0f}% of the informative frames"
+    if not verdict.get("reason"):
+        return [("Atlas vote (second opinion)", voted), ("Unfamiliar frames", frames),
+                *((f"Similar case {c['rank']}", _found(c)) for c in atlas["similar"])]
+    if ratio is not None:
+        frames += f"; unfamiliarity ratio {ratio:.2f} (above 1 is unfamiliar)"
+    rows = [("Nearest atlas frames", "no second opinion: this recording is unlike the atlas's cases" +
+             ("" if not vote else f"; most are {voted}")), ("Unfamiliar frames", frames)]
+    guess = verdict.get("network_guess")
+    if vote and guess and vote["label"] != guess:
+        rows.append(("Disagreement", f"the network's unsupported guess ({guess}) and most of the nearest atlas "
+                                     f"frames ({vote['label']}) disagree; neither is a verdict"))
+    return rows + [(f"Nearest atlas case {c['rank']}", "not similar: " + _found(c)) for c in atlas["similar"]]
+
+
+def _found(case: dict) -> str:
+    return f"{case['label']} · {case['case']} · patient {case['patient']} · distance {case['distance']:.3f}"
+
+
+def share_colours(data: dict) -> dict[str, str]:
+    """The colour of each class's share of frames in the verdict's bar: the class's, or for an unfamiliar case
+    greys (:data:`~mucosa.service.presentation.GREYS`), so that no class's colour stands for the verdict."""
+    classes, colours = data["model"]["classes"], data["model"]["colours"]
+    if not data["verdict"].get("reason"):
+        return colours
+    return {c: GREYS[k % len(GREYS)] for k, c in enumerate(classes)}
 
 
 @dataclass
@@ -247,7 +281,8 @@ def _data_url(data: bytes, kind: str) -> str:
 
 def verdict_lines(data: dict) -> dict[str, str]:
     """The verdict's words as the HTML and PDF reports print them: ``label``, ``confidence``, ``shares``,
-    ``interval`` and ``frames`` (plain text)."""
+    ``interval`` and ``frames`` (plain text). For an unfamiliar case ``confidence`` is why (the viewer's words, with
+    the ratio and the share of unfamiliar frames) and ``shares`` what the network alone would have said."""
     v = data["verdict"]
     label = (v["label"] or v["text"] or "no verdict").capitalize()
     if data["case"]["status"] == "failed":
@@ -257,6 +292,8 @@ def verdict_lines(data: dict) -> dict[str, str]:
                        f"({data['quality']['frames_dropped']} dropped by the quality gate)"}
     if v["confidence"] is not None:
         lines["confidence"] = f"mean probability of {v['class']}: {v['confidence']:.3f}"
+    if v.get("reason"):  # unfamiliar: why, and the network's call only as what it alone would have said
+        return {**lines, "confidence": v["reason"], "shares": v["network_alone"] or ""}
     if any(row["share"] is not None for row in v["shares"]):
         lines["shares"] = "frames called " + " · ".join(
             f"{row['class']} {100 * row['share']:.0f}% ({row['frames']})" for row in v["shares"])
@@ -317,14 +354,14 @@ def report_html(parts: ReportParts) -> str:
     """A self-contained HTML page of the report (pictures embedded)."""
     e, data = html.escape, parts.data
     case, v, colours = data["case"], data["verdict"], data["model"]["colours"]
-    words = verdict_lines(data)
-    bar = "".join(f'<span style="width:{100 * row["share"]:.2f}%;background:{colours[row["class"]]}"></span>'
-                  for row in v["shares"] if row["share"])
+    words, unfamiliar = verdict_lines(data), bool(v.get("reason"))
+    bar = "".join(f'<span style="width:{100 * row["share"]:.2f}%;background:{share_colours(data)[row["class"]]}">'
+                  "</span>" for row in v["shares"] if row["share"])
     warnings = "".join(f"<li>{e(w)}</li>" for w in data["warnings"])
     warning_block = (f'<div class="warnings" role="note"><strong>Damaged recording: the verdict rests on the '
                      f"frames that decoded.</strong><ul>{warnings}</ul></div>") if warnings else \
         "<p>No decode warnings: the recording decoded whole.</p>"
-    keys = "".join(_key_figure(key, parts.images.get(key["frame"])) for key in data["key_frames"]) or \
+    keys = "".join(_key_figure(key, parts.images.get(key["frame"]), unfamiliar) for key in data["key_frames"]) or \
         "<p>No informative frame.</p>"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -347,26 +384,41 @@ def report_html(parts: ReportParts) -> str:
 {warning_block}
 <h2>Timeline</h2>
 <figure class="timeline" role="img" aria-label="probability timeline of the case">{parts.timeline_svg}</figure>
-<h2>Key frames</h2><p class="note">The most confident frame called each class, beside its Grad-CAM (the evidence
-for that class, inside the field of view).</p><div class="keys">{keys}</div>
+<h2>Key frames</h2><p class="note">{e(key_frames_note(data))}</p><div class="keys">{keys}</div>
 <h2>Reviewer sign-off</h2>{_review_html(data['review'])}
 <p class="note">{e(data['banner'])}. The verdict supports, and does not replace, the endoscopist's judgement.</p>
 </main></body></html>
 """
 
 
-def key_caption(key: dict) -> str:
-    """A key frame's caption: ``frame 135 (5.62 s): called meningioma, P(meningioma) 0.669``."""
+def key_frames_note(data: dict) -> str:
+    """What the key frames are, above them in both reports."""
+    if data["verdict"].get("reason"):
+        return ("The case is unfamiliar: no class is given. These are the frames the network alone was most "
+                "confident about, beside its Grad-CAM: the network's attention for its unsupported guess, not "
+                "evidence for a class.")
+    return ("The most confident frame called each class, beside its Grad-CAM (the evidence for that class, inside "
+            "the field of view).")
+
+
+def key_caption(key: dict, unfamiliar: bool = False) -> str:
+    """A key frame's caption: ``frame 135 (5.62 s): called meningioma, P(meningioma) 0.669``; of an
+    ``unfamiliar`` case, no class called: ``frame 135 (5.62 s): the network's P(meningioma) 0.669; Grad-CAM: its
+    attention for its unsupported guess``."""
     when = "" if key["time"] is None else f" ({key['time']:.2f} s)"
+    if unfamiliar:
+        return (f"frame {key['frame']}{when}: the network's P({key['class']}) {key['probability']:.3f}; Grad-CAM: "
+                "its attention for its unsupported guess")
     return f"frame {key['frame']}{when}: called {key['class']}, P({key['class']}) {key['probability']:.3f}"
 
 
-def _key_figure(key: dict, images: tuple[bytes, bytes] | None) -> str:
+def _key_figure(key: dict, images: tuple[bytes, bytes] | None, unfamiliar: bool) -> str:
     e = html.escape
-    caption = key_caption(key)
+    caption = key_caption(key, unfamiliar)
+    cam = "the network's unsupported guess" if unfamiliar else e(key["class"])
     pictures = "" if images is None else (
         f'<img src="{_data_url(images[0], "jpeg")}" alt="frame {key["frame"]}">'
-        f'<img src="{_data_url(images[1], "png")}" alt="Grad-CAM of {e(key["class"])} on frame {key["frame"]}"> ')
+        f'<img src="{_data_url(images[1], "png")}" alt="Grad-CAM of {cam} on frame {key["frame"]}"> ')
     return f"<figure>{pictures}<figcaption>{e(caption)}</figcaption></figure>"
 
 

@@ -19,9 +19,11 @@ from mucosa.service.report import (
     atlas_rows,
     case_rows,
     key_caption,
+    key_frames_note,
     model_rows,
     quality_line,
     review_rows,
+    share_colours,
     verdict_lines,
 )
 
@@ -139,10 +141,10 @@ def _verdict_box(data: dict, styles, width: float):
     from reportlab.platypus import Table, TableStyle
 
     words, v, colours = verdict_lines(data), data["verdict"], data["model"]["colours"]
-    bar, x = Drawing(width - 30, 10), 0.0
+    bar, x, fills = Drawing(width - 30, 10), 0.0, share_colours(data)
     for row in v["shares"]:
         if row["share"]:
-            bar.add(Rect(x, 0, row["share"] * (width - 30), 10, fillColor=colours[row["class"]], strokeWidth=0))
+            bar.add(Rect(x, 0, row["share"] * (width - 30), 10, fillColor=fills[row["class"]], strokeWidth=0))
             x += row["share"] * (width - 30)
     bar.add(Rect(0, 0, width - 30, 10, fillColor=None, strokeColor="#1b2430", strokeWidth=0.6))
     cells = [[_p(words["label"], styles["label"])], *([[_p(words[k], styles["body"])] for k in ("confidence",)
@@ -181,11 +183,10 @@ def _pictures(parts: ReportParts, styles, width: float) -> list:
 
     story = [KeepTogether([_p("Timeline", styles["h2"]), _image(parts.timeline_png, width)]),
              _p("Key frames", styles["h2"]),
-             _p("The most confident frame called each class, beside its Grad-CAM (the evidence for that class, "
-                "inside the field of view).", styles["small"])]
-    rows = []
+             _p(key_frames_note(parts.data), styles["small"])]
+    rows, unfamiliar = [], bool(parts.data["verdict"].get("reason"))
     for key in parts.data["key_frames"]:
-        caption = _p(key_caption(key), styles["body"])
+        caption = _p(key_caption(key, unfamiliar), styles["body"])
         images = parts.images.get(key["frame"])
         pictures = [_image(images[0], 0.36 * width), _image(images[1], 0.36 * width)] if images else ["", ""]
         rows.append([*pictures, caption])

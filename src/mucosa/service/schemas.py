@@ -51,6 +51,10 @@ class Verdict(BaseModel):
                                               "without an atlas to tell")
     atlas_vote: dict[str, Any] | None = Field(None, description="the atlas's nearest-neighbour vote once the case "
                                               "is done, a second opinion: {label, share}")
+    reason: str | None = Field(None, description="why the label is 'unfamiliar', in words, with the "
+                               "unfamiliarity ratio and the share of unfamiliar frames (null for any other label)")
+    network_alone: str | None = Field(None, description="for the label 'unfamiliar': what the network alone would "
+                                      "have called, worded as no verdict (null for any other label)")
 
     model_config = {"populate_by_name": True}
 

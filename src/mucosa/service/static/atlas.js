@@ -1,7 +1,10 @@
-/* mucosa viewer: the atlas of confirmed cases beside a case. The verdict `unfamiliar` (neutral, with its share),
- * the atlas's vote as a second opinion beside the network's probability (and a notice when it names another class
- * than the verdict), unfamiliar frames marked on the timeline, the "similar confirmed cases" panel (GET /v1/cases/{id}/similar) and the side-by-side compare view
- * its entries open; and, for a model without an atlas, the one note that it cannot tell.
+/* mucosa viewer: the atlas of confirmed cases beside a case. The verdict `unfamiliar` (neutral, with the server's
+ * words for why: its ratio and share of unfamiliar frames), the atlas's vote as a second opinion beside the
+ * network's probability (and a notice when it names another class than the verdict), unfamiliar frames marked on
+ * the timeline, the "similar confirmed cases" panel (GET /v1/cases/{id}/similar) and the side-by-side compare view
+ * its entries open (the atlas's frame is its small thumbnail, said so); and, for a model without an atlas, the one
+ * note that it cannot tell. An unfamiliar case has no second opinion and no similar cases: its panel lists the
+ * nearest atlas cases under a heading that says they are not similar, and the vote is worded as what it is.
  */
 "use strict";
 
@@ -23,27 +26,38 @@ function renderAtlasVerdict(c, v) {
   const unfamiliar = Boolean(v && v.label === "unfamiliar");
   box.classList.toggle("unfamiliar", unfamiliar);
   if (unfamiliar) {
-    box.style.setProperty("--tone", "#6b7684");
-    $("verdict-score").textContent = "as a whole, this recording is unlike the confirmed cases of the atlas " +
-      `(its frames' typical distance and texture are beyond theirs; ${pct(v.unfamiliar)} of its frames are marked): no class is given`;
+    box.style.setProperty("--tone", GREYS[0]);
+    $("verdict-score").textContent = v.reason || "As a whole, this recording is unlike the confirmed cases of the " +
+      "atlas: no class is given.";  // a case kept before the server gave its reason
   }
   const share = v && v.unfamiliar !== null && v.unfamiliar !== undefined ?
     `unfamiliar frames ${pct(v.unfamiliar)}` : "";
-  const vote = v && v.atlas_vote ? `atlas vote (second opinion): ${v.atlas_vote.label} ${pct(v.atlas_vote.share)}` +
-    " of the nearest confirmed frames" : "";
+  const vote = !(v && v.atlas_vote) ? "" : (unfamiliar ? "no second opinion (the nearest atlas frames are not " +
+    "similar): " : "atlas vote (second opinion): ") + `${v.atlas_vote.label} ${pct(v.atlas_vote.share)} of the ` +
+    "nearest confirmed frames";
   $("verdict-atlas").textContent = [vote, share].filter(Boolean).join(" · ");
   renderDisagreement(v);
   renderSimilar(c);
 }
 
-/* The atlas's vote names another class than the verdict: said in words, with a sign, not by a colour alone. */
+/* The atlas's vote names another class than the verdict: said in words, with a sign, not by a colour alone. Of an
+   unfamiliar case (a still image's often is), against the network's unsupported guess: neither is a verdict. */
 function renderDisagreement(v) {
   const note = $("verdict-disagrees");
-  const differs = Boolean(v && v.class && v.label !== "unfamiliar" && v.atlas_vote && v.atlas_vote.label !== v.class);
+  const unfamiliar = Boolean(v && v.label === "unfamiliar");
+  const called = unfamiliar ? networkGuess(v) : v && v.class;
+  const differs = Boolean(called && v.atlas_vote && v.atlas_vote.label !== called);
   note.hidden = !differs;
-  note.textContent = !differs ? "" : `⚠ The atlas's vote disagrees with the verdict: most of the nearest confirmed ` +
-    `frames are ${v.atlas_vote.label} (${pct(v.atlas_vote.share)}), the network calls ${v.class}. Look at the ` +
-    "similar cases and the frames before relying on the verdict.";
+  if (!differs) note.textContent = "";
+  else if (unfamiliar) {
+    note.textContent = `⚠ The network's unsupported guess (${called}) and most of the nearest atlas frames ` +
+      `(${v.atlas_vote.label}, ${pct(v.atlas_vote.share)}) disagree. Neither is a verdict: this recording is unlike ` +
+      "the confirmed cases.";
+  } else {
+    note.textContent = `⚠ The atlas's vote disagrees with the verdict: most of the nearest confirmed ` +
+      `frames are ${v.atlas_vote.label} (${pct(v.atlas_vote.share)}), the network calls ${v.class}. Look at the ` +
+      "similar cases and the frames before relying on the verdict.";
+  }
 }
 
 /* ------------------------------------------------------------------------------------------- similar cases */
@@ -60,10 +74,24 @@ async function loadSimilar(id) {
   if (S.caseId === id) renderSimilar(S.summary);
 }
 
+/* The panel's heading and words: similar confirmed cases, or of an unfamiliar case the nearest, said not to be. */
+function renderSimilarHead(c) {
+  const unfamiliar = Boolean(c.verdict && c.verdict.label === "unfamiliar");
+  $("similar").classList.toggle("unfamiliar", unfamiliar);
+  $("similar-title").textContent = unfamiliar ? "Nearest atlas cases — this recording is unlike all of them" :
+    "Similar confirmed cases";
+  $("similar-about").textContent = (unfamiliar ? "Not similar: the confirmed cases least unlike this recording, " +
+    "for reference only. " : "") + "Listed by how many of this case's frames found each case among their nearest, " +
+    "then by distance: 0 is identical, smaller is closer.";
+  $("compare-head").textContent = unfamiliar ? "Compare with a nearest atlas case (not similar)" :
+    "Compare with a confirmed case";
+}
+
 function renderSimilar(c) {
   const panel = $("similar");
   panel.hidden = !(S.card && S.card.atlas) || !c;
   if (panel.hidden) return;
+  renderSimilarHead(c);
   if (ATLAS.caseId !== c.id) {
     Object.assign(ATLAS, { caseId: c.id, similar: null, loading: false });
     $("similar-list").textContent = "";
@@ -124,6 +152,11 @@ function openCompare(found) {
   const where = position >= 0 ? frameText(position) : `frame ${frame.query_frame + 1}`;
   ours.alt = `this case, ${where}`;
   const theirs = $("compare-theirs");
+  theirs.onload = () => {  // the atlas keeps a small thumbnail of each frame: shown at twice its size, and said so
+    theirs.style.width = `${2 * theirs.naturalWidth}px`;
+    $("compare-theirs-size").textContent = `atlas thumbnail, ${theirs.naturalWidth} px (shown at twice its size; ` +
+      "the atlas keeps no larger frame)";
+  };
   theirs.src = frame.thumbnail;
   theirs.alt = `confirmed case ${frame.file} (${found.label}, patient ${found.patient}), frame ${frame.frame + 1}`;
   $("compare-ours-caption").textContent = `This case · ${where}`;

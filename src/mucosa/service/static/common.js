@@ -86,6 +86,21 @@ function confidence(verdict) {
   return probabilityOf(verdict.score, verdict.class);
 }
 
+/* Whether the open case's verdict is `unfamiliar`: then no class is given, named as a call or drawn in its colour. */
+function unfamiliarCase() {
+  const v = S.summary && S.summary.verdict;
+  return Boolean(v && v.label === "unfamiliar");
+}
+
+/* The class the network alone calls from a verdict's mean probability: of an unfamiliar case, an unsupported guess. */
+function networkGuess(v) {
+  if (!v || v.score === null || v.score === undefined) return null;
+  if (Array.isArray(v.score)) return classes()[v.score.indexOf(Math.max(...v.score))];
+  return classes()[v.score >= v.threshold ? classes().length - 1 : 0];
+}
+
+const GREYS = ["#6b7684", "#aab4c1"];  // an unfamiliar case's share of frames per class: no class's colour
+
 /* The probability the timeline plots: P(positive class) for two classes, else the called class's. */
 function plotted(row, key = "probability") {
   const value = row[key];

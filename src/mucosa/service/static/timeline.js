@@ -69,11 +69,12 @@ function drawProbabilities(g, geo) {
   const { x, y, total } = geo;
   const rows = S.rows;
   const radius = total > 600 ? 1.4 : 2;
+  const unfamiliar = unfamiliarCase();  // no class called: no class's colour
   g.globalAlpha = 0.6;
   for (let k = 0; k < rows.length; k++) {
     const p = plotted(rows[k]);
     if (p === null) continue;
-    g.fillStyle = colourOf(rows[k].called);
+    g.fillStyle = unfamiliar ? GREYS[0] : colourOf(rows[k].called);
     g.beginPath(); g.arc(x(k), y(p), radius, 0, 2 * Math.PI); g.fill();
   }
   g.globalAlpha = 1;
@@ -159,6 +160,7 @@ function drawTimeline() {
     g.setLineDash([]);
   }
   drawProbabilities(g, geo);
+  $("legend").classList.toggle("unfamiliar", unfamiliarCase());
   const gaps = gapsIn(S.rows);
   const { band, dropped } = drawBand(g, geo, gaps);
   drawAxis(g, geo, band);
@@ -176,7 +178,8 @@ function describeTimeline(dropped, missing, gaps) {
   canvas.setAttribute("aria-valuemax", String(S.rows.length));
   canvas.setAttribute("aria-valuenow", String(row ? S.pos + 1 : 0));
   canvas.setAttribute("aria-valuetext", row ? `${frameText(S.pos)}: ${frameWords(row)}` : "no frame yet");
-  const axis = axisClass() ? `P(${axisClass()})` : "the probability of the class each frame is called";
+  const axis = axisClass() ? `P(${axisClass()})` : unfamiliarCase() ? "the network's highest class probability" :
+    "the probability of the class each frame is called";
   const parts = [`The timeline plots ${axis} for ${counted(S.rows.length, "decoded frame")}`,
     `${dropped} dropped by the quality gate`];
   if (missing) parts.push(`${counted(missing, "frame")} announced by the video but not decoded`);

@@ -18,8 +18,10 @@ async function loadModel() {
     `${card.classes.map((c) => card.verdicts[c]).join(" / ")} · threshold ${card.threshold} · ${runtime}`;
   document.body.classList.toggle("clinical", clinical());
   renderAtlasNote(card);
-  const legend = card.classes.map((c) => `<span><i class="swatch" style="background:${esc(colourOf(c))}"></i>` +
-    `${esc(c)}</span>`);
+  const legend = card.classes.map((c) => `<span class="lg-class"><i class="swatch" style="background:` +
+    `${esc(colourOf(c))}"></i>${esc(c)}</span>`);
+  legend.push(`<span class="lg-network"><i class="swatch" style="background:${GREYS[0]}"></i>the network's ` +
+    "probability (no class: unfamiliar)</span>");
   legend.push("<span><i class=\"lg-line\"></i>smoothed</span>");
   if (card.positive) legend.push("<span><i class=\"lg-dash\"></i>threshold</span>");
   legend.push("<span><i class=\"lg-drop\"></i>dropped</span>", "<span><i class=\"lg-missing\"></i>not decoded</span>");
@@ -163,17 +165,23 @@ function renderVerdict() {
   $("progress-bar").style.width = c ? `${Math.round(100 * c.progress)}%` : "0";
 }
 
-/* The share of the informative frames called each class: a bar in the classes' colours, and in words. */
+/* The share of the informative frames called each class: a bar in the classes' colours, and in words. Of an
+   unfamiliar case, no class is called: the bar is grey, and the words say what the network alone would have said. */
 function renderShares(v) {
   const calls = (v && v.calls) || {};
   const total = classes().reduce((sum, cls) => sum + (calls[cls] || 0), 0);
   const bar = $("verdict-shares");
+  const unfamiliar = Boolean(v && v.label === "unfamiliar");
   bar.hidden = !total;
-  const text = !total ? "" : "called " + classes().map((cls) =>
+  bar.classList.toggle("neutral", unfamiliar);
+  const text = !total ? "" : unfamiliar ? v.network_alone || "" : "called " + classes().map((cls) =>
     `${cls} ${Math.round((100 * (calls[cls] || 0)) / total)}% (${calls[cls] || 0})`).join(" · ");
-  $("verdict-shares-text").textContent = text;
+  const words = $("verdict-shares-text");
+  words.textContent = text;
+  words.classList.toggle("subordinate", unfamiliar);
+  const colour = (cls) => (unfamiliar ? GREYS[classes().indexOf(cls) % GREYS.length] : colourOf(cls));
   bar.innerHTML = classes().filter((cls) => calls[cls]).map((cls) =>
-    `<span style="width:${(100 * calls[cls]) / total}%;background:${esc(colourOf(cls))}"></span>`).join("");
+    `<span style="width:${(100 * calls[cls]) / total}%;background:${esc(colour(cls))}"></span>`).join("");
 }
 
 /* ------------------------------------------------------------------------------------------- player */
@@ -199,11 +207,22 @@ function preload(from, count = 24) {
   for (let k = from; k < Math.min(S.rows.length, from + count); k++) frameImage(S.rows[k].frame, false);
 }
 
-/* The frame's probabilities in words, each naming its class. */
+/* The frame's probabilities in words, each naming its class; of an unfamiliar case, no class called. */
 function frameWords(row) {
   if (row.dropped) return `dropped by the quality gate (quality ${fmt(row.quality, 2)})`;
   const named = classes().map((cls) => `P(${cls}) ${fmt(probabilityOf(row.probability, cls))}`).join(", ");
+  if (unfamiliarCase()) return `the network alone, no class called: ${named}${row.unfamiliar ? "; frame unfamiliar" : ""}`;
   return `called ${row.called}: ${named}`;
+}
+
+/* The badge on the frame: its call and probability; of an unfamiliar case, the probability alone (no call). */
+function badgeWords(row, wantCam, showingCam) {
+  if (row.dropped) return `Dropped by the quality gate (quality ${fmt(row.quality, 2)})`;
+  const unfamiliar = unfamiliarCase();
+  if (wantCam && !showingCam) return "Grad-CAM: computing…";
+  if (wantCam) return unfamiliar ? "Grad-CAM: the network's attention for its unsupported guess" : `Grad-CAM of ${row.called}`;
+  const p = `P(${row.called}) ${fmt(probabilityOf(row.probability, row.called))}`;
+  return unfamiliar ? `network: ${p}${row.unfamiliar ? " · frame unfamiliar" : ""}` : `${row.called} · ${p}`;
 }
 
 function showFrame() {
@@ -233,20 +252,26 @@ function showFrame() {
     canvas.dataset.frame = row.frame;
     canvas.dataset.gradcam = showingCam ? "shown" : "off";
   }
+  const cam = unfamiliarCase() ? "the network's unsupported guess" : row.called;
   canvas.setAttribute("aria-label", `${frameText(S.pos)}: ${frameWords(row)}` +
-    (showingCam ? `; Grad-CAM of ${row.called} shown` : ""));
+    (showingCam ? `; Grad-CAM of ${cam} shown` : ""));
   badge.hidden = false;
   badge.classList.toggle("dropped", row.dropped);
-  if (row.dropped) badge.textContent = `Dropped by the quality gate (quality ${fmt(row.quality, 2)})`;
-  else if (wantCam) badge.textContent = showingCam ? `Grad-CAM of ${row.called}` : "Grad-CAM: computing…";
-  else badge.textContent = `${row.called} · P(${row.called}) ${fmt(probabilityOf(row.probability, row.called))}`;
+  badge.classList.toggle("unfamiliar", Boolean(row.unfamiliar) && unfamiliarCase());
+  badge.textContent = badgeWords(row, wantCam, showingCam);
 }
 
 function renderCurrent(row) {
   const list = $("current");
   list.textContent = "";
   if (!row) return;
-  const items = [["Frame", frameText(S.pos).replace(/^frame /, "")], ["Called", row.dropped ? "—" : row.called]];
+  const unfamiliar = unfamiliarCase();  // no class called: what the network alone says, and whether the frame is
+  const items = [["Frame", frameText(S.pos).replace(/^frame /, "")], unfamiliar ?
+    ["Network alone", row.dropped ? "—" : `${row.called}, an unsupported guess (no class is called)`] :
+    ["Called", row.dropped ? "—" : row.called]];
+  if (unfamiliar && typeof row.unfamiliar === "boolean") {
+    items.push(["Unfamiliar frame", row.unfamiliar ? "yes, unlike the atlas" : "no"]);
+  }
   for (const cls of classes()) {
     items.push([`P(${cls})`, row.dropped ? "—" : fmt(probabilityOf(row.probability, cls))]);
   }
