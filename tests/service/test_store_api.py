@@ -189,6 +189,8 @@ def test_a_list_shows_what_another_writer_changed_and_its_kept_summaries_are_exa
     from mucosa.service.summaries import Summaries
 
     client, first, _ = served
+    token = client.app.state.store.add_user(f"lisa{time.monotonic_ns()}", "viewer")
+    client.headers["Authorization"] = f"Bearer {token}"  # users may exist already: every request names one
     before = client.get("/v1/cases")
     assert before.status_code == 200 and client.get("/v1/cases").content == before.content  # the second: kept
     fresh, total = Summaries(client.app.state.cases).page(limit=100, offset=0)
@@ -204,3 +206,4 @@ def test_a_list_shows_what_another_writer_changed_and_its_kept_summaries_are_exa
             connection.execute(text("UPDATE cases SET region = :region WHERE id = :id"),
                                {"region": first["region"], "id": first["id"]})
         other.dispose()
+        client.headers.pop("Authorization")
