@@ -179,3 +179,31 @@ def test_cases_survive_a_restart(engine, frame_png, black_png, tmp_path):
         start = time.monotonic()
         events = client.get(f"/v1/cases/{case['id']}/events").text
         assert '"status": "done"' in events and time.monotonic() - start < 10
+
+
+def test_a_list_shows_what_another_writer_changed_and_its_kept_summaries_are_exact(served):
+    """A list keeps each finished case's checked summary by its id and version: a change written by anyone else
+    (another server, plain SQL) is shown at once, and kept summaries give the very bytes a fresh build gives."""
+    from sqlalchemy import create_engine, text
+
+    from mucosa.service.summaries import Summaries
+
+    client, first, _ = served
+    token = client.app.state.store.add_user(f"lisa{time.monotonic_ns()}", "viewer")
+    client.headers["Authorization"] = f"Bearer {token}"  # users may exist already: every request names one
+    before = client.get("/v1/cases")
+    assert before.status_code == 200 and client.get("/v1/cases").content == before.content  # the second: kept
+    fresh, total = Summaries(client.app.state.cases).page(limit=100, offset=0)
+    assert fresh == before.content and total == int(before.headers["x-total-count"])
+    other = create_engine(client.app.state.store.place.url)
+    try:
+        with other.begin() as connection:
+            connection.execute(text("UPDATE cases SET region = 'sigmoid colon' WHERE id = :id"), {"id": first["id"]})
+        shown = {case["id"]: case["region"] for case in client.get("/v1/cases").json()}
+        assert shown[first["id"]] == "sigmoid colon"
+    finally:
+        with other.begin() as connection:
+            connection.execute(text("UPDATE cases SET region = :region WHERE id = :id"),
+                               {"region": first["region"], "id": first["id"]})
+        other.dispose()
+        client.headers.pop("Authorization")

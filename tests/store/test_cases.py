@@ -142,3 +142,27 @@ def test_a_deleted_case_leaves_every_list_and_its_job_is_cancelled(store, make_c
     assert store.claim("w") is None
     assert [e.action for e in store.audit_log(case_id=deleted.id)] == ["case.delete", "case.add"]
     assert store.audit_log(case_id=deleted.id)[0].model_version == "best.ckpt:0123"
+
+
+def test_the_count_of_every_case_follows_each_add_and_delete_whoever_makes_it(store, make_case):
+    """A list of every case reads its count from one row the database's triggers keep (revision 0005), not by
+    counting: adding and deleting, and deleting or undeleting by plain SQL from another writer, must move it."""
+    from sqlalchemy import create_engine, text
+
+    admin = store.authenticate(store.add_user("dr admin", "admin"))
+    made = [make_case(f"exam {k}").id for k in range(3)]
+    assert store.search(limit=1).total == 3 and store.listing(limit=1).total == 3  # a full page: the kept count
+    store.delete_case(made[0], by=admin)
+    assert store.search(limit=1).total == 2
+    other = create_engine(store.place.url)
+    try:
+        with other.begin() as connection:
+            connection.execute(text("UPDATE cases SET deleted_at = created_at WHERE id = :id"), {"id": made[1]})
+        assert store.search(limit=1).total == 1 == len(store.search().cases)
+        with other.begin() as connection:
+            connection.execute(text("UPDATE cases SET deleted_at = NULL WHERE id IN (:a, :b)"),
+                               {"a": made[0], "b": made[1]})
+            connection.execute(text("UPDATE cases SET region = 'ileum' WHERE id = :id"), {"id": made[2]})
+        assert store.search(limit=1).total == 3 == len(store.search().cases)
+    finally:
+        other.dispose()

@@ -108,3 +108,28 @@ def test_lines_recorded_at_once_are_each_written_before_their_call_returns(store
     assert all(written) and len(store.audit_log(limit=1000)) == before + 40
     with pytest.raises(StoreError):
         refused.result()
+
+
+def test_every_change_of_a_case_raises_its_version_whoever_makes_it(store, reviewed, place):
+    """Servers keep what a list shows of a finished case by its id and version (mucosa.service.summaries): the
+    version must grow with any write, a review that changes no column of the case's row and a plain SQL update
+    by another writer included, on both databases (the trigger of revision 0005)."""
+    from sqlalchemy import create_engine, text
+
+    case, first, second = reviewed
+    seen = [store.case(case.id, detail=False).version]
+    store.add_review(case.id, first, "active", True)  # sets "reviewed"
+    seen.append(store.case(case.id, detail=False).version)
+    store.add_review(case.id, second, "healed", False)  # changes no column of the case's row
+    seen.append(store.case(case.id, detail=False).version)
+    other = create_engine(store.place.url)  # another writer, without the library
+    with other.begin() as connection:
+        connection.execute(text("UPDATE cases SET region = 'sigmoid' WHERE id = :id"), {"id": case.id})
+    other.dispose()
+    seen.append(store.case(case.id, detail=False).version)
+    assert seen == sorted(set(seen)) and len(seen) == 4, seen
+    listed = store.listing(limit=5)
+    assert listed.versions == ((case.id, seen[-1]),) and listed.total == 1
+    assert store.cases([case.id, "0" * 12])[case.id].region == "sigmoid"
+    store.delete_case(case.id, by=second)
+    assert store.listing().versions == () and store.cases([case.id]) == {}

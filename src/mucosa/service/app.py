@@ -45,6 +45,7 @@ from mucosa.service.problems import install
 from mucosa.service.routes import audit, cases, health, me, model, predict, reports, reviews, similar
 from mucosa.service.routes.common import API_VERSION
 from mucosa.service.settings import ServeSettings
+from mucosa.service.summaries import Summaries
 from mucosa.store import Store
 
 __all__ = ["READERS", "create_app", "open_store"]
@@ -87,6 +88,7 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, store: Sto
         root = Path(tempfile.mkdtemp(prefix=f"mucosa-serve-{os.getpid()}-", dir=parent))
         app.state.root = root
         app.state.cases = CaseService(app.state.store, engine, version, root, settings.queue_size, settings.workers)
+        app.state.summaries = Summaries(app.state.cases)
         # image predictions prepared at once: a few more than the model's slots, so that under load one is
         # always waiting at the model lock and case frames get only their overdue turns (PriorityLock)
         app.state.limiter = anyio.CapacityLimiter(2 * engine.slots + 2)

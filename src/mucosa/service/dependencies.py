@@ -37,13 +37,14 @@ from mucosa.service.cases import CaseService
 from mucosa.service.engine import Engine
 from mucosa.service.problems import problem
 from mucosa.service.settings import ServeSettings
+from mucosa.service.summaries import Summaries
 from mucosa.service.views import CaseView
 from mucosa.store import TRUST_SECONDS, NotFound, Role, Store, StoreError, User
 
 __all__ = ["LOCAL_USER", "TOKEN_ERRORS", "CardDep", "CasesDep", "EngineDep", "LimiterDep", "MaybeUserDep",
-           "ReadersDep", "SettingsDep", "StoreDep", "UserDep", "WorkspaceDep", "case_or_404", "case_with_files",
-           "current_user", "get_card", "get_cases", "get_engine", "get_limiter", "get_readers", "get_settings",
-           "get_store", "get_workspace", "local_user", "requesting_user"]
+           "ReadersDep", "SettingsDep", "StoreDep", "SummariesDep", "UserDep", "WorkspaceDep", "case_or_404",
+           "case_with_files", "current_user", "get_card", "get_cases", "get_engine", "get_limiter", "get_readers",
+           "get_settings", "get_store", "get_summaries", "get_workspace", "local_user", "requesting_user"]
 
 _BEARER = HTTPBearer(auto_error=False)  # documents the token at /docs ("Authorize")
 _QUERY_TOKEN = APIKeyQuery(name="token", auto_error=False)  # for the viewer's images and event stream
@@ -73,6 +74,11 @@ async def get_cases(request: Request) -> CaseService:
     return request.app.state.cases
 
 
+async def get_summaries(request: Request) -> Summaries:
+    """The case summaries this server has shown, by case id and version (what lists show)."""
+    return request.app.state.summaries
+
+
 async def get_store(request: Request) -> Store:
     """The case store."""
     return request.app.state.store
@@ -98,6 +104,7 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 CardDep = Annotated[dict, Depends(get_card)]
 CasesDep = Annotated[CaseService, Depends(get_cases)]
 StoreDep = Annotated[Store, Depends(get_store)]
+SummariesDep = Annotated[Summaries, Depends(get_summaries)]
 WorkspaceDep = Annotated[Path, Depends(get_workspace)]
 LimiterDep = Annotated[anyio.CapacityLimiter, Depends(get_limiter)]
 ReadersDep = Annotated[anyio.CapacityLimiter, Depends(get_readers)]

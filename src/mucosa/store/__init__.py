@@ -34,6 +34,7 @@ from mucosa.store.records import (
     InvalidReview,
     Job,
     LeaseLost,
+    Listing,
     MediaFile,
     MigrationNeeded,
     NotAllowed,
@@ -51,7 +52,8 @@ from mucosa.store.schema import head_revision, known_revisions, upgrade
 from mucosa.store.store import TRUST_SECONDS, Store
 
 __all__ = ["Store", "upgrade", "restore", "head_revision", "known_revisions", "Role", "CaseStatus", "User",
-           "MediaFile", "Case", "CaseResult", "Job", "Review", "AuditEntry", "Page", "StoreError", "StoreNotFound",
+           "MediaFile", "Case", "CaseResult", "Job", "Review", "AuditEntry", "Page", "Listing", "StoreError",
+           "StoreNotFound",
            "StoreUnavailable", "MigrationNeeded", "UnknownRevision", "NotAllowed", "NotFound", "LeaseLost",
            "InvalidReview",
            "TRUST_SECONDS"]

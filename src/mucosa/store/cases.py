@@ -13,16 +13,17 @@ from sqlalchemy.orm import Session, aliased
 
 from mucosa.store.auditlog import Actor, record
 from mucosa.store.media import MediaFolder
-from mucosa.store.records import Case, CaseStatus, MediaFile, NotFound, Page, Role, StoreError, User
-from mucosa.store.tables import CaseDetailRow, CaseRow, JobRow, UserRow
+from mucosa.store.records import Case, CaseStatus, Listing, MediaFile, NotFound, Page, Role, StoreError, User
+from mucosa.store.tables import CaseCountRow, CaseDetailRow, CaseRow, JobRow, UserRow
 from mucosa.store.users import check_name, require
 
 __all__ = ["KINDS", "FIRST_YEAR", "MAX_PAGE", "MAX_OFFSET", "NO_VERDICT", "UNFAMILIAR", "new_case_id", "is_case_id",
-           "as_day", "add", "get", "search", "delete", "live_case"]
+           "as_day", "add", "get", "search", "listing", "records", "delete", "live_case"]
 
 KINDS = ("video", "images")
 MAX_PAGE = 500
 MAX_OFFSET = 10**9  # cases skipped before a page (far beyond any store; a 64-bit integer in every database)
+FILTERS = ("patient", "since", "until", "verdict", "reviewed", "name", "text", "status")  # what _filtered reads
 FIRST_YEAR = 1900  # no exam, and no search, before it
 _CASE_ID = re.compile(r"[0-9a-f]{12}")
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -103,11 +104,13 @@ if tuple(_CASES.selected_columns.keys()) != (  # the order _record unpacks a row
         "id", "name", "kind", "media", "patient", "exam_date", "region", "day", "created_at", "created_by", "status",
         "frames_announced", "frames_decoded", "decode_warnings", "verdict", "verdict_text", "score",
         "unfamiliar_share", "model_version", "error", "summary", "reviewed", "finished_at", "deleted_at",
-        "deleted_by", "creator"):
+        "deleted_by", "version", "creator"):
     raise RuntimeError("mucosa.store.cases: the cases table's columns changed; update _record")
 _BY_ID = _CASES.where(CaseRow.id == bindparam("case_id"))
 _BY_IDS = _CASES.where(CaseRow.id.in_(bindparam("ids", expanding=True)))
-_LIVE_COUNT = select(func.count()).select_from(CaseRow).where(CaseRow.deleted_at.is_(None))
+_VERSIONS = (select(CaseRow.id, CaseRow.version, CaseRow.deleted_at)  # deleted ones left out by _live, as above
+             .where(CaseRow.id.in_(bindparam("ids", expanding=True))))
+_LIVE_COUNT = select(CaseCountRow.live)  # kept by the database's triggers (revision 0005)
 _DETAIL = select(CaseDetailRow.detail).where(CaseDetailRow.case_id == bindparam("case_id"))
 
 
@@ -120,14 +123,14 @@ def _record(row, detail: dict | None) -> Case:
     building the Case)."""
     (case_id, name, kind, media, patient, exam_date, region, day, created_at, _created_by, status,
      frames_announced, frames_decoded, decode_warnings, verdict, verdict_text, score, unfamiliar_share,
-     model_version, error, summary, reviewed, finished_at, _deleted_at, _deleted_by, creator) = row
+     model_version, error, summary, reviewed, finished_at, _deleted_at, _deleted_by, version, creator) = row
     return Case(id=case_id, name=name, kind=kind, media=tuple(MediaFile(m["sha256"], m["name"]) for m in media),
                 patient=patient, exam_date=exam_date, region=region, day=day, created_at=created_at,
                 created_by=creator, status=CaseStatus(status), frames_announced=frames_announced,
                 frames_decoded=frames_decoded, decode_warnings=tuple(decode_warnings or ()), verdict=verdict,
                 verdict_text=verdict_text, score=score, unfamiliar_share=unfamiliar_share,
                 model_version=model_version, error=error, finished_at=finished_at, reviewed=bool(reviewed),
-                detail=detail, summary=dict(summary) if summary is not None else None)
+                detail=detail, summary=dict(summary) if summary is not None else None, version=version)
 
 
 def get(session: Reader, case_id: str, detail: bool = True) -> Case:
@@ -196,21 +199,23 @@ def _verdict_is(verdict: str):
 
 def _count(ordered: Select, filters: dict[str, Any]) -> Select:
     """How many cases ``ordered`` (the page's query, without its page) finds. Kept in its order, the count walks
-    the index that holds every filtered column; all live cases (no filter) are counted without the order, which
-    SQLite and PostgreSQL then do faster."""
+    the index that holds every filtered column; all live cases (no filter) are not counted: the database keeps
+    their count (``case_counts``)."""
     if all(value is None or value == "" for value in filters.values()):
         return _LIVE_COUNT
     return select(func.count()).select_from(ordered.subquery())
 
 
-def search(session: Reader, limit: int, offset: int, **filters: Any) -> Page:
-    """Cases matching every filter given (see :meth:`mucosa.store.Store.search`), newest first.
+def _page_ids(session: Reader, limit: int, offset: int, filters: dict[str, Any]) -> tuple[list[str], int]:
+    """The ids of the page's cases, newest first, and how many cases match.
 
-    The page's ids and the count walk an index that holds every column a filter reads (``ix_cases_search``,
-    revision 0003; on PostgreSQL ``ix_cases_live``, revision 0004): neither reads a case's row. Only the page's
-    rows are read, by id (a deep page no longer reads every row before it). A page that is not full ends the
-    matches: their count is then its offset plus its length, and is not walked again (a search for one patient
-    walks the index once, not twice)."""
+    They walk an index that holds every column a filter reads (``ix_cases_search``, revision 0003; on PostgreSQL
+    ``ix_cases_live``, revision 0004): neither reads a case's row. A page that is not full ends the matches: their
+    count is then its offset plus its length, and is not walked again (a search for one patient walks the index
+    once, not twice)."""
+    unknown = set(filters) - set(FILTERS)
+    if unknown:
+        raise TypeError(f"unknown case filter(s): {', '.join(sorted(unknown))}")
     if not 1 <= limit <= MAX_PAGE or not 0 <= offset <= MAX_OFFSET:
         raise StoreError(f"a page holds 1 to {MAX_PAGE} cases from offset 0 to {MAX_OFFSET}; got {limit} from "
                          f"{str(offset)[:24]}")
@@ -218,12 +223,32 @@ def search(session: Reader, limit: int, offset: int, **filters: Any) -> Page:
                .order_by(CaseRow.created_at.desc(), CaseRow.id.desc()))
     ids = list(session.scalars(ordered.limit(limit).offset(offset)))
     if len(ids) < limit and (ids or not offset):  # the page ends the matches
-        total = offset + len(ids)
-    else:  # a full page, or one past the end: count them all
-        total = session.scalar(_count(ordered, filters))
-    rows = {row.id: row for row in session.execute(_BY_IDS, {"ids": ids})} if ids else {}
-    return Page([_record(rows[case_id], None) for case_id in ids if _live(rows.get(case_id))], int(total or 0),
-                offset, limit)
+        return ids, offset + len(ids)
+    return ids, int(session.scalar(_count(ordered, filters)) or 0)  # a full page, or one past the end
+
+
+def search(session: Reader, limit: int, offset: int, **filters: Any) -> Page:
+    """Cases matching every filter given (see :meth:`mucosa.store.Store.search`), newest first: the page's ids
+    (:func:`_page_ids`), then only the page's rows, by id (a deep page does not read every row before it)."""
+    ids, total = _page_ids(session, limit, offset, filters)
+    found = records(session, ids)
+    return Page([found[case_id] for case_id in ids if case_id in found], total, offset, limit)
+
+
+def listing(session: Reader, limit: int, offset: int, **filters: Any) -> Listing:
+    """The page :func:`search` gives, as its cases' ids and versions (read by id, without their rows' values)."""
+    ids, total = _page_ids(session, limit, offset, filters)
+    versions = {row.id: row.version for row in session.execute(_VERSIONS, {"ids": ids}) if _live(row)} if ids else {}
+    return Listing(tuple((case_id, versions[case_id]) for case_id in ids if case_id in versions), total, offset,
+                   limit)
+
+
+def records(session: Reader, case_ids: Sequence[str]) -> dict[str, Case]:
+    """The live cases among these ids, without their detail, by id (the ids of no live case are left out)."""
+    if not case_ids:
+        return {}
+    rows = session.execute(_BY_IDS, {"ids": list(case_ids)})
+    return {row.id: _record(row, None) for row in rows if _live(row)}
 
 
 def delete(session: Session, case_id: str, at: dt.datetime, by: Actor, model_version: str | None = None) -> None:

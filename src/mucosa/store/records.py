@@ -13,8 +13,8 @@ from pathlib import PurePath
 from mucosa.errors import MucosaError
 
 __all__ = ["Role", "CaseStatus", "User", "MediaFile", "Case", "CaseResult", "Job", "Review", "AuditEntry", "Page",
-           "StoreError", "StoreUnavailable", "StoreNotFound", "MigrationNeeded", "UnknownRevision", "NotAllowed",
-           "NotFound", "LeaseLost", "InvalidReview"]
+           "Listing", "StoreError", "StoreUnavailable", "StoreNotFound", "MigrationNeeded", "UnknownRevision",
+           "NotAllowed", "NotFound", "LeaseLost", "InvalidReview"]
 
 
 class StoreError(MucosaError):
@@ -127,7 +127,8 @@ class Case:
     ``day`` is the exam date, or the upload day (UTC) when the exam date is not given: searches by date use
     it. ``detail`` (the service's full result: timeline, frames) is only filled by :meth:`Store.case`, not in
     search results; ``summary`` (what a list shows of the result) is always there once the case is done.
-    ``reviewed`` says whether anyone has reviewed the case.
+    ``reviewed`` says whether anyone has reviewed the case. ``version`` grows with every change of the case's
+    record (its status, its result, a review, its deletion), in any server sharing the store.
     """
 
     id: str
@@ -154,6 +155,18 @@ class Case:
     reviewed: bool
     detail: dict | None = None
     summary: dict | None = None
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A page of cases as their ids and versions, newest first (:meth:`Store.listing`): enough to tell which of
+    them a server has shown before, unchanged since (:attr:`Case.version`). ``total``: how many match."""
+
+    versions: tuple[tuple[str, int], ...]
+    total: int
+    offset: int
+    limit: int
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,7 @@ def add(session: Session, case_id: str, by: User, histology: str, agrees: bool, 
                     verdict_text=case.verdict_text, score=case.score)
     session.add(row)
     case.reviewed = True
+    case.version = CaseRow.version + 1  # a later review may change no column: lists must still read it again
     session.flush()
     record(session, by, "case.review", at, case_id, case.model_version,
            {"histology": row.histology, "agrees": agrees, "verdict": case.verdict})

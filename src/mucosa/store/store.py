@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
@@ -24,7 +24,19 @@ from mucosa.store.auditlog import Actor
 from mucosa.store.journal import GroupCommit
 from mucosa.store.location import Location, locate, make_engines
 from mucosa.store.media import MediaFolder
-from mucosa.store.records import AuditEntry, Case, CaseResult, Job, MediaFile, Page, Review, Role, StoreError, User
+from mucosa.store.records import (
+    AuditEntry,
+    Case,
+    CaseResult,
+    Job,
+    Listing,
+    MediaFile,
+    Page,
+    Review,
+    Role,
+    StoreError,
+    User,
+)
 from mucosa.store.schema import database_error, head_revision, prepare
 from mucosa.store.tokens import MIN_CHOSEN, chosen_token_name, split_token
 
@@ -322,6 +334,18 @@ class Store:
         with self._connection(write=False) as connection:
             return cases.search(connection, limit, offset, patient=patient, since=since, until=until, verdict=verdict,
                                 reviewed=reviewed, name=name, text=text, status=status)
+
+    def listing(self, **filters: Any) -> Listing:
+        """The page :meth:`search` gives for the same filters, as its cases' ids and versions: a server that has
+        shown a case at its version before need not read it again (:meth:`cases`)."""
+        limit, offset = filters.pop("limit", 50), filters.pop("offset", 0)
+        with self._connection(write=False) as connection:
+            return cases.listing(connection, limit, offset, **filters)
+
+    def cases(self, case_ids: Sequence[str]) -> dict[str, Case]:
+        """The live cases among these ids, without their detail, by id."""
+        with self._connection(write=False) as connection:
+            return cases.records(connection, case_ids)
 
     def delete_case(self, case_id: str, by: Actor = None, model_version: str | None = None) -> None:
         """Delete a case (admins): it leaves every list and its work stops; reviews and the log keep it (with

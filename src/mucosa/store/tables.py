@@ -126,6 +126,18 @@ class CaseRow(Base):
     finished_at: Mapped[dt.datetime | None]
     deleted_at: Mapped[dt.datetime | None]
     deleted_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    # one higher with every change of the row: kept by the database's trigger (revision 0005)
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class CaseCountRow(Base):
+    """How many cases are not deleted, in one row that the database's triggers keep (revision 0005): a list of
+    every case gives its count without counting them."""
+
+    __tablename__ = "case_counts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    live: Mapped[int] = mapped_column(Integer)
 
 
 class CaseDetailRow(Base):

@@ -27,6 +27,7 @@ from mucosa.service.dependencies import (
     EngineDep,
     ReadersDep,
     SettingsDep,
+    SummariesDep,
     UserDep,
     case_or_404,
     case_with_files,
@@ -43,12 +44,12 @@ from mucosa.service.routes.common import (
     checked_text,
     exam_fields,
     finalize,
-    log,
     media_error,
     read_upload,
     upload_body,
 )
 from mucosa.service.settings import ServeSettings
+from mucosa.service.summaries import Summaries
 from mucosa.service.uploads import discard, safe_stem
 from mucosa.store import User
 from mucosa.store.cases import MAX_OFFSET, MAX_PAGE, NO_VERDICT, UNFAMILIAR
@@ -113,7 +114,7 @@ async def create_case(request: Request, engine: EngineDep, cases: CasesDep, sett
 @router.get("", response_model=list[schemas.CaseSummary], responses={
     200: {"headers": {"X-Total-Count": {"description": "cases matching the filters", "schema": {"type": "integer"}}}},
     422: {"model": schemas.Problem, "description": "a filter is not valid (the parameter is named)"}})
-async def list_cases(cases: CasesDep, card: CardDep, readers: ReadersDep,
+async def list_cases(summaries: SummariesDep, card: CardDep, readers: ReadersDep,
                      patient: str | None = Query(None, max_length=64, description="pseudonymous patient id (exact)"),
                      since: dt.date | None = SINCE, until: dt.date | None = UNTIL,
                      verdict: str | None = Query(None, max_length=64, description="a class, `unfamiliar`, or `none`"),
@@ -129,7 +130,7 @@ async def list_cases(cases: CasesDep, card: CardDep, readers: ReadersDep,
     patient, q = checked_text(patient, "patient", 64), checked_text(q, "q", 200)
     filters = {"patient": patient, "since": since, "until": until, "verdict": verdict, "reviewed": reviewed,
                "text": q, "limit": limit, "offset": offset}
-    return await anyio.to_thread.run_sync(_page, cases, filters, limiter=readers)
+    return await anyio.to_thread.run_sync(_page, summaries, filters, limiter=readers)
 
 
 @router.get("/{case_id}", response_model=schemas.CaseDetail, responses=NOT_FOUND)
@@ -196,12 +197,11 @@ def delete_case(case_id: str, cases: CasesDep, user: UserDep) -> Response:
 # --------------------------------------------------------------------------------------------------
 
 
-def _page(cases: CaseService, filters: dict) -> Response:
-    """A page of case summaries as JSON, the count of the cases matching in ``X-Total-Count``."""
-    views, total = cases.page(**filters)
-    answer = _listable(views)
-    answer.headers["X-Total-Count"] = str(total)
-    return answer
+def _page(summaries: Summaries, filters: dict) -> Response:
+    """A page of case summaries as JSON (checked against ``CaseSummary`` once, when first shown at their version;
+    the route's ``response_model`` documents them), the count of the cases matching in ``X-Total-Count``."""
+    body, total = summaries.page(**filters)
+    return Response(body, media_type="application/json", headers={"X-Total-Count": str(total)})
 
 
 def _opened(cases: CaseService, case_id: str, user: User, since: int) -> Response:
@@ -290,7 +290,6 @@ async def _json_body(request: Request) -> schemas.CaseByPath:
         raise problem(422, f"the JSON body is not valid: {readable(error.errors())}") from None
 
 
-_SUMMARIES = TypeAdapter(list[schemas.CaseSummary])
 _DETAIL = TypeAdapter(schemas.CaseDetail)
 
 
@@ -299,19 +298,6 @@ def _detail(case: dict) -> Response:
     FastAPI writes for the route's ``response_model`` (which then only documents it), without the second thread
     FastAPI takes to check a plain route's answer (under load, a second wait for a free one)."""
     return Response(_DETAIL.dump_json(_DETAIL.validate_python(case), by_alias=True), media_type="application/json")
-
-
-def _listable(cases: list) -> Response:
-    """The summaries of ``cases`` that the API can answer with, as JSON; one that cannot is logged and left out,
-    so that it never breaks the list. Each is checked against ``CaseSummary`` once, here; the answer is the
-    JSON of the checked summaries (the route's ``response_model`` documents it, and is not checked again)."""
-    summaries = []
-    for case in cases:
-        try:
-            summaries.append(schemas.CaseSummary.model_validate(case.summary()))
-        except Exception as error:  # a bug's, never the client's: the others are still listed
-            log.error("case %s left out of the list: %s", case.id, error)
-    return Response(_SUMMARIES.dump_json(summaries, by_alias=True), media_type="application/json")
 
 
 async def _events(request: Request, cases: CaseService, case_id: str, sent: int, batch: int = 500,
