@@ -8,7 +8,8 @@ holds a model's frame embeddings (float32, L2-normalised) of confirmed cases, wi
 case, patient, label, frame number, source file and a small gray thumbnail) and the model it belongs to.
 
 - **Similar cases** (:meth:`Atlas.similar_cases`): each query frame's :data:`NEIGHBOURS_PER_FRAME`
-  nearest atlas frames, never of the query's own patient, are pooled per atlas case. A case ranks by how
+  nearest atlas frames, never of the query's own patients (``exclude_patient``: the one rule of
+  :mod:`mucosa.inference.leave_out`), are pooled per atlas case. A case ranks by how
   many query frames found it among their nearest (its ``matched`` frames), then by its ``distance``: the
   mean, over those query frames, of the cosine distance to the case's closest frame. So a case that looks
   like much of the recording comes before one that looks like a single frame. Each comes with its closest
@@ -84,6 +85,7 @@ CALIBRATION_QUANTILE = 0.95  # share of in-domain validation frames below the th
 MIN_CALIBRATION_FRAMES = 20  # fewer validation frames cannot place a 95% quantile
 CASE_CALIBRATION_FRAMES = 64  # frames of each atlas case (evenly spaced) whose median scores the case
 FARTHEST = 2.0  # the cosine distance of a missing neighbour
+Patients = str | tuple[str, ...] | None  # the patients a search leaves out (``leave_out.own_patients``)
 
 
 @dataclass
@@ -263,7 +265,7 @@ class Atlas:
 
     # --- searching ------------------------------------------------------------------------------
 
-    def patient_rows(self, patient: str | tuple[str, ...] | None) -> np.ndarray:
+    def patient_rows(self, patient: Patients) -> np.ndarray:
         """The atlas rows of ``patient``, or of each of several (none for None or a patient not in the atlas)."""
         if patient is None:
             return np.zeros(0, np.int64)
@@ -276,14 +278,14 @@ class Atlas:
             self._patient_rows = {name: np.array(found, np.int64) for name, found in rows.items()}
         return self._patient_rows.get(str(patient), np.zeros(0, np.int64))
 
-    def neighbours(self, query_embeddings, k: int, exclude_patient: str | None = None
+    def neighbours(self, query_embeddings, k: int, exclude_patient: Patients = None
                    ) -> tuple[np.ndarray, np.ndarray]:
         """Each query frame's ``k`` nearest atlas frames, leaving out ``exclude_patient``'s: (distances,
         rows), both (N, k), nearest first; a missing neighbour has distance ``inf`` and row -1."""
         queries = checked_embeddings(query_embeddings, self.model.embedding_size, "query embeddings")
         return self.index.search(queries, k, self.patient_rows(exclude_patient))
 
-    def similar_cases(self, query_embeddings, k: int = 5, exclude_patient: str | None = None) -> list[SimilarCase]:
+    def similar_cases(self, query_embeddings, k: int = 5, exclude_patient: Patients = None) -> list[SimilarCase]:
         """The ``k`` atlas cases most like the query frames (a file's or case's), never of
         ``exclude_patient``; ranked as the module says."""
         distances, rows = self.neighbours(query_embeddings, NEIGHBOURS_PER_FRAME, exclude_patient)
@@ -314,7 +316,7 @@ class Atlas:
         return SimilarCase(case, str(self.records.patients[first]), str(self.records.labels[first]), distance,
                            matched, query_frames, closest)
 
-    def vote(self, query_embeddings, exclude_patient: str | None = None) -> Vote:
+    def vote(self, query_embeddings, exclude_patient: Patients = None) -> Vote:
         """The share of each class among the query frames' :data:`NEIGHBOURS_PER_FRAME` nearest atlas frames
         (never of ``exclude_patient``).
 
@@ -334,14 +336,14 @@ class Atlas:
 
     # --- unfamiliar frames ----------------------------------------------------------------------
 
-    def scores(self, query_embeddings, k: int | None = None, exclude_patient: str | None = None) -> np.ndarray:
+    def scores(self, query_embeddings, k: int | None = None, exclude_patient: Patients = None) -> np.ndarray:
         """Each frame's unfamiliarity score: the cosine distance to its ``k``-th nearest atlas frame not of
         ``exclude_patient`` (``k``: the calibration's, else :data:`UNFAMILIAR_K`; missing: 2)."""
         k = k or (self.calibration.k if self.calibration else UNFAMILIAR_K)
         distances, _ = self.neighbours(query_embeddings, k, exclude_patient)
         return np.minimum(distances[:, k - 1], FARTHEST).astype(np.float64) if len(distances) else np.zeros(0)
 
-    def texture_scores(self, query_textures, k: int | None = None, exclude_patient: str | None = None) -> np.ndarray:
+    def texture_scores(self, query_textures, k: int | None = None, exclude_patient: Patients = None) -> np.ndarray:
         """Each texture vector's distance to its ``k``-th nearest atlas texture not of ``exclude_patient`` (the
         texture view's; ``k`` as :meth:`scores`; missing: 2).
 
@@ -433,7 +435,7 @@ class Atlas:
             return medians
         return verdict.joined(medians, texture_medians, scales)
 
-    def unfamiliar(self, query_embeddings, exclude_patient: str | None = None) -> Familiarity:
+    def unfamiliar(self, query_embeddings, exclude_patient: Patients = None) -> Familiarity:
         """Each query frame's score and, when the atlas is calibrated, whether it is unfamiliar (score above
         the threshold); ``flags`` is None when it cannot tell."""
         scores = self.scores(query_embeddings, exclude_patient=exclude_patient)

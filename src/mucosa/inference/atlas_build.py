@@ -53,6 +53,7 @@ from mucosa.inference.atlas import (
     refuse_other_model,
 )
 from mucosa.inference.atlas_store import make_thumbnails
+from mucosa.inference.leave_out import HASH_DIGITS
 from mucosa.inference.onnx import OnnxPredictor
 from mucosa.inference.onnx_files import process_rank
 from mucosa.inference.runtime import describe, for_checkpoint
@@ -100,10 +101,10 @@ def atlas_beside(model: str | Path) -> Path:
 
 
 def case_id(path: Path, selection: FrameSelection, sha256: str) -> str:
-    """A manifest row's case: ``FILE@SHA`` (the file's name, the first 12 hex digits of its content's SHA-256),
-    with ``[FRAMES]`` for a frame range."""
+    """A manifest row's case: ``FILE@SHA`` (the file's name, the first 12 hex digits of its content's SHA-256,
+    by which ``leave_out`` knows the recording), with ``[FRAMES]`` for a frame range."""
     frames = str(selection)
-    return f"{path.name}@{sha256[:12]}" + ("" if selection == FrameSelection() else f"[{frames}]")
+    return f"{path.name}@{sha256[:HASH_DIGITS]}" + ("" if selection == FrameSelection() else f"[{frames}]")
 
 
 def model_weights(predictor) -> str | None:

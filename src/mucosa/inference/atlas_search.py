@@ -4,8 +4,8 @@ Each case given (a file named alone, the images of a folder, a manifest's patien
 groups them, ``batch.collect_sources``) is prepared as for training, its used frames embedded by the
 atlas's checkpoint (as ``predict`` runs it), and the atlas asked once (``similar.consult``): the ``k`` most
 similar cases with their closest frames, the atlas's nearest-neighbour vote and the share of unfamiliar
-frames. A manifest names each case's patient, whose own frames are never returned; a file given alone has
-no known patient.
+frames. A case's own patients are never returned nor counted (``leave_out``): the atlas's patients of its
+files, when they are atlas cases, and the patient a manifest names.
 
 :func:`write_search` writes ``similar.csv`` (one row per similar case), ``similar.json`` (as
 ``predict``'s) and the closest frames' thumbnails (``similar/*.png``) as one set.
@@ -26,6 +26,7 @@ from mucosa.inference import verdict as verdicts
 from mucosa.inference.atlas import Atlas, load, refuse_other_model
 from mucosa.inference.atlas_build import atlas_checkpoint
 from mucosa.inference.batch import Source, collect_sources, prepared_frames
+from mucosa.inference.leave_out import own_patients_by_case
 from mucosa.inference.runtime import for_checkpoint
 from mucosa.inference.similar import SIMILAR_CASES, AtlasView, consult, similar_entry, similar_json, vote_cells
 from mucosa.models.checkpoint import load_checkpoint
@@ -92,10 +93,11 @@ def search_atlas(folder: str | Path, paths: list[str | Path], k: int = SIMILAR_C
     cases: dict[str, list[Source]] = {}
     for source in sources:
         cases.setdefault(source.case, []).append(source)
+    own = own_patients_by_case(atlas, [(s.case, s.path, s.patient) for s in sources], cache)
     found = []
     for case, members in cases.items():
         embeddings, frames = _embedded(predictor, members, cache)
-        view = consult(atlas, embeddings, members[0].patient, k)
+        view = consult(atlas, embeddings, own[case], k)
         found.append(CaseSearch(case, frames, len(embeddings), view))
     return SearchResult(atlas, folder, found)
 

@@ -20,8 +20,9 @@ score and whether it is ``unfamiliar``; ``files.csv`` and ``cases.csv`` give eac
 unfamiliar used frames, the verdict ``unfamiliar`` when their median score is above the atlas's case
 threshold (``verdict.verdict_or_unfamiliar``, the one rule) and the atlas's nearest-neighbour vote as a second opinion
 (``atlas_vote``, ``atlas_vote_share``); ``similar.json`` lists each case's most similar confirmed cases, with
-their closest frames as PNG thumbnails in ``similar/``. A manifest names each file's patient, whose own
-frames in the atlas are left out of its answers; a file given alone has no known patient. Without an
+their closest frames as PNG thumbnails in ``similar/``. A case's own patients are left out of every answer
+of the atlas, for each of its frames (``leave_out``): the atlas's patients of its files, when they are
+atlas cases, and the patient a manifest names. Without an
 atlas these cells are empty and one warning says that mucosa cannot tell unfamiliar recordings.
 
 A file that cannot be read is reported (one warning naming it) and left out of every output, and the
@@ -55,6 +56,7 @@ from mucosa.inference import verdict as verdicts
 from mucosa.inference.atlas import Atlas
 from mucosa.inference.atlas_build import file_weights, find_atlas, model_weights, open_atlas
 from mucosa.inference.distributed import Processes
+from mucosa.inference.leave_out import own_patients_by_case
 from mucosa.inference.runtime import open_predictor
 from mucosa.inference.similar import AtlasView, consult, flags_text, similar_entry, similar_json, vote_cells
 from mucosa.inference.texture_view import file_textures, textured
@@ -70,7 +72,7 @@ class Source:
     path: Path
     case: str
     frames: FrameSelection = FrameSelection()
-    patient: str | None = None  # the manifest's patient (left out of the atlas's answers); None: unknown
+    patient: str | None = None  # the manifest's patient (its case's, left out of the atlas's answers); None: unknown
 
 
 def collect_sources(paths: list[str | Path]) -> list[Source]:
@@ -132,7 +134,7 @@ class Summary:
     scores: list = field(default_factory=list)  # probabilities of used frames
     embeddings: list = field(default_factory=list)  # their embeddings, (frames, D) arrays (with an atlas)
     textures: list = field(default_factory=list)  # texture vectors of some of them (texture_view), with an atlas
-    patient: str | None = None  # left out of the atlas's answers
+    left_out: tuple[str, ...] | None = None  # the case's own patients, left out of the atlas's answers
     atlas: AtlasView | None = None  # what the atlas says about the used frames
 
     @property
@@ -235,7 +237,7 @@ def predict_sources(predictor, sources: list[Source], out: str | Path, threshold
     """
     threshold = verdicts.check_threshold(threshold)
 
-    def one(position: int, writer) -> Summary | str:
+    def one(position: int, writer, left_out) -> Summary | str:
         source = sources[position]
         try:
             prepared = prepared_frames(source, predictor.preprocessing, cache)
@@ -243,18 +245,20 @@ def predict_sources(predictor, sources: list[Source], out: str | Path, threshold
             return _unreadable_reason(error, source)
         textures_from = source if atlas is not None and atlas.judges_texture else None
         return _write_file(writer, source, _score_file(predictor, prepared, atlas is not None, textures_from),
-                           predictor.classes, threshold, atlas)
+                           predictor.classes, threshold, atlas, left_out)
 
-    return _write_outputs(out, predictor.classes, threshold, sources, one, progress, atlas)
+    return _write_outputs(out, predictor.classes, threshold, sources, one, progress, atlas, cache)
 
 
 def _write_outputs(out: str | Path, classes: list[str], threshold: float, sources: list[Source], one,
-                   progress=None, atlas: Atlas | None = None) -> PredictResult:
-    """Write the files as one set, in the order of ``sources``: ``one(position, writer)`` writes a source's
-    rows of ``predictions.csv`` and returns its summary, or returns why it cannot be read."""
+                   progress=None, atlas: Atlas | None = None, cache: FrameCache | None = None) -> PredictResult:
+    """Write the files as one set, in the order of ``sources``: ``one(position, writer, left_out)`` writes a
+    source's rows of ``predictions.csv`` (its case's own patients, ``left_out``, left out of the atlas's answers)
+    and returns its summary, or returns why it cannot be read."""
     header = _probability_header(classes)
     out = Path(out)
     result = PredictResult(classes, threshold, [], [], out, atlas=atlas)
+    own = {} if atlas is None else own_patients_by_case(atlas, [(s.case, s.path, s.patient) for s in sources], cache)
     cases: dict[str, Summary] = {}
     with atomic.OutputSet(out, OUTPUTS) as staged:
         with open(staged.path("predictions.csv"), "w", newline="") as handle:
@@ -262,14 +266,14 @@ def _write_outputs(out: str | Path, classes: list[str], threshold: float, source
             writer.writerow(safe_row(["path", "case", "frame", "quality", "used", *header, "label", "unfamiliarity",
                                       "unfamiliar"]))
             for done, source in enumerate(sources, start=1):
-                summary = one(done - 1, writer)
+                summary = one(done - 1, writer, own.get(source.case))
                 if isinstance(summary, str):
                     warnings.warn(f"{summary}; left out", MucosaWarning, stacklevel=3)
                     result.unreadable.append((source.path, summary))
                 else:
                     result.files.append(summary)
                     _add_to_case(cases.setdefault(source.case, Summary(source.case, source.case,
-                                                                       patient=source.patient)), summary)
+                                                                       left_out=summary.left_out)), summary)
                 if progress is not None:
                     progress(done, len(sources), source.path)
         if not result.files:
@@ -279,7 +283,7 @@ def _write_outputs(out: str | Path, classes: list[str], threshold: float, source
         if atlas is not None:
             for case in result.cases:
                 case.atlas = consult(atlas, np.concatenate(case.embeddings) if case.embeddings else None,
-                                     case.patient, textures=np.concatenate(case.textures) if case.textures else None)
+                                     case.left_out, textures=np.concatenate(case.textures) if case.textures else None)
             _write_similar(staged, result)
         _write_summaries(staged.path("cases.csv"), result.cases, result, "case")
     return result
@@ -331,11 +335,12 @@ def _score_file(predictor, prepared: PreparedFrames, embed: bool = False, source
 
 
 def _write_file(writer, source: Source, scores: FileScores, classes: list[str], threshold: float,
-                atlas: Atlas | None = None) -> Summary:
-    """Write one file's rows of ``predictions.csv`` and return its summary (with the atlas's view of it)."""
+                atlas: Atlas | None = None, left_out: tuple[str, ...] | None = None) -> Summary:
+    """Write one file's rows of ``predictions.csv`` and return its summary (with the atlas's view of it, its
+    case's own patients ``left_out``)."""
     width = len(_probability_header(classes))
     probs = scores.probs
-    view = None if atlas is None else consult(atlas, scores.embeddings, source.patient, similar=False,
+    view = None if atlas is None else consult(atlas, scores.embeddings, left_out, similar=False,
                                               textures=scores.textures)
     by_position = {position: k for k, position in enumerate(scores.keep.tolist())}
     for position, (index, quality) in enumerate(zip(scores.indices, scores.quality)):
@@ -352,7 +357,7 @@ def _write_file(writer, source: Source, scores: FileScores, classes: list[str], 
     embedded = [] if scores.embeddings is None else [scores.embeddings]
     textured_ = [] if scores.textures is None else [scores.textures]
     return Summary(str(source.path), source.case, 1, len(scores.indices), len(scores.keep), scores.corrupt,
-                   list(probs) if probs is not None else [], embedded, textured_, source.patient, view)
+                   list(probs) if probs is not None else [], embedded, textured_, left_out, view)
 
 
 def _add_to_case(case: Summary, summary: Summary) -> None:
@@ -473,12 +478,12 @@ def _predict_shared(sources: list[Source], out, threshold: float, processes: Pro
         return None
     sources, outcomes = shared  # rank 0's list of files, in its order
 
-    def one(position: int, writer) -> Summary | str:
+    def one(position: int, writer, left_out) -> Summary | str:
         outcome = outcomes[position]
         return outcome if isinstance(outcome, str) else _write_file(writer, sources[position], outcome,
-                                                                    work.classes, threshold, atlas)
+                                                                    work.classes, threshold, atlas, left_out)
 
-    return _write_outputs(out, work.classes, threshold, sources, one, atlas=atlas)
+    return _write_outputs(out, work.classes, threshold, sources, one, atlas=atlas, cache=work.cache)
 
 
 def format_cases(result: PredictResult) -> str:

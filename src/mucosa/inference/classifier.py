@@ -21,7 +21,8 @@ the model sees alike have a high dot product), one row per row of ``predict``:
 With an atlas (``atlas/`` beside the checkpoint, as ``mucosa train`` writes it, or ``load(..., atlas=A)``),
 every prediction says which used frames are unlike every confirmed case the model learnt from, and a case
 that is unfamiliar as a whole (``verdict.unfamiliar_case``) gets the verdict ``unfamiliar`` instead of a
-class; ``similar_cases`` gives the confirmed cases that look alike:
+class; ``similar_cases`` gives the confirmed cases that look alike. A case's own patients are left out of
+the atlas's answers (``leave_out``: the atlas's patients of its files, and the patient a manifest names):
 
     >>> prediction = classifier.predict("test-pattern.png")          # doctest: +SKIP
     >>> prediction.verdict, prediction.unfamiliar_share              # doctest: +SKIP
@@ -47,6 +48,7 @@ from mucosa.inference.atlas import Atlas, SimilarCase
 from mucosa.inference.atlas_build import CARD_KEY as ATLAS_CARD_KEY
 from mucosa.inference.atlas_build import find_atlas, model_weights, open_atlas
 from mucosa.inference.batch import collect_sources
+from mucosa.inference.leave_out import own_patients, own_patients_by_case
 from mucosa.inference.onnx_files import CARD_KEY
 from mucosa.inference.runtime import open_predictor
 from mucosa.inference.saliency import grad_cam
@@ -206,8 +208,9 @@ class Classifier:
     def similar_cases(self, x: str | Path | np.ndarray | Sequence[str | Path], k: int = 5,
                       exclude_patient: str | None = None) -> list[SimilarCase]:
         """The ``k`` confirmed cases of the atlas most like the used frames of ``x`` (what :meth:`predict` takes;
-        give one case's frames), never of ``exclude_patient`` nor, for a manifest, of the patient it names;
-        each with its label, patient, distance and closest frames with thumbnails (``Atlas.similar_cases``).
+        give one case's frames), never of ``exclude_patient`` nor of the query's own patients (``leave_out``:
+        the atlas's patients of its files, the patients a manifest names); each with its label, patient,
+        distance and closest frames with thumbnails (``Atlas.similar_cases``).
 
         Raises:
             ConfigError: no atlas, or ``k`` below 1. As :meth:`predict` otherwise.
@@ -218,8 +221,8 @@ class Classifier:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ConfigError(f"k {k!r} must be a whole number of at least 1")
         items = self._items(x)
-        patients = {item[3] for item in items if item[3] is not None}
-        exclude = exclude_patient if exclude_patient is not None else (patients.pop() if len(patients) == 1 else None)
+        exclude = own_patients(self.atlas, [path for _, path, _ in self._members(items) if path is not None],
+                               [exclude_patient, *(item[3] for item in items)], self.cache)
         embeddings = self._predict(items, embed=True).embeddings
         return self.atlas.similar_cases(embeddings[~np.isnan(embeddings).any(1)], k, exclude)
 
@@ -230,23 +233,30 @@ class Classifier:
         return ((int(i), np.asarray(prepared.frames[k]), float(q))
                 for k, (i, q) in enumerate(zip(prepared.indices, prepared.quality)))
 
+    @staticmethod
+    def _members(items) -> list[tuple[str, Path | None, str | None]]:
+        """(case, file or None for an array, patient named) of each item."""
+        return [(case, origin[0] if isinstance(origin[0], Path) else None, patient)
+                for _, case, _, patient, origin in items]
+
     def _predict(self, items, embed: bool = False) -> Prediction:
         columns: dict[str, list] = {"source": [], "case": [], "frame": [], "quality": [], "probabilities": [],
                                     "embeddings": [], "unfamiliarity": [], "unfamiliar": []}
         asks_atlas = self.atlas is not None
         embedding_width = self._predictor.embedding_size if embed or asks_atlas else None  # an old .onnx refuses
         per_case: dict[str, list] = {}
-        for source, case, frames, patient, origin in items:
+        own = own_patients_by_case(self.atlas, self._members(items), self.cache) if asks_atlas else {}
+        for source, case, frames, _, origin in items:
             probs, vectors = self._score(frames, columns, source, case, embedding_width)
             scores, flags, count, unfamiliarity, textures = per_case.setdefault(case, [[], [], 0, [], []])
             per_case[case][2] = count + len(probs)
             scores += [p for p in probs if not np.any(np.isnan(p))]
             if asks_atlas:
-                found_flags, found_scores = self._familiarity(probs, vectors, patient, columns)
+                found_flags, found_scores = self._familiarity(probs, vectors, own[case], columns)
                 flags += found_flags
                 unfamiliarity += found_scores
                 numbers = columns["frame"][len(columns["frame"]) - len(probs):]  # this source's frames
-                textures += self._texture_scores(probs, numbers, patient, *origin)
+                textures += self._texture_scores(probs, numbers, own[case], *origin)
         cases = [self._case(name, *found) for name, found in per_case.items()]
         width = () if len(self.classes) == 2 else (len(self.classes),)
         probabilities = (np.asarray(columns["probabilities"], np.float32) if columns["probabilities"]
@@ -274,7 +284,7 @@ class Classifier:
         return CaseVerdict(name, verdict, None if score is None else (float(score) if np.ndim(score) == 0 else score),
                            count, len(scores), share)
 
-    def _texture_scores(self, probs: list, numbers: list, patient: str | None, origin, selection) -> list:
+    def _texture_scores(self, probs: list, numbers: list, left_out: tuple | None, origin, selection) -> list:
         """The texture scores of every ``TEXTURE_STRIDE``-th used frame of one source (none without the
         atlas's texture view), read again from ``origin``."""
         if not self.atlas.judges_texture:
@@ -283,16 +293,16 @@ class Classifier:
         chosen = [int(n) for k, n in enumerate(used) if textured(k)]
         found = file_textures(origin, self.preprocessing, chosen, selection)
         vectors = [found[n] for n in chosen if n in found]
-        return self.atlas.texture_scores(np.stack(vectors), exclude_patient=patient).tolist() if vectors else []
+        return self.atlas.texture_scores(np.stack(vectors), exclude_patient=left_out).tolist() if vectors else []
 
-    def _familiarity(self, probs: list, vectors: np.ndarray | None, patient: str | None,
+    def _familiarity(self, probs: list, vectors: np.ndarray | None, left_out: tuple | None,
                      columns: dict) -> tuple[list, list]:
-        """Append each frame's unfamiliarity score and flag to ``columns`` (NaN and False for frames not used);
-        returns the used frames' flags and scores."""
+        """Append each frame's unfamiliarity score and flag to ``columns`` (NaN and False for frames not used;
+        ``left_out``: the case's own patients); returns the used frames' flags and scores."""
         used = [k for k, p in enumerate(probs) if not np.any(np.isnan(p))]
         scores, flags = np.full(len(probs), np.nan), np.zeros(len(probs), bool)
         if used:
-            familiarity = self.atlas.unfamiliar(vectors, patient)
+            familiarity = self.atlas.unfamiliar(vectors, left_out)
             scores[used] = familiarity.scores
             if familiarity.flags is not None:
                 flags[used] = familiarity.flags

@@ -50,11 +50,12 @@ class AtlasView:
     texture_scores: np.ndarray | None = None  # of the frames with a texture, when the atlas has a texture view
 
 
-def consult(atlas: Atlas, embeddings: np.ndarray | None, exclude_patient: str | None = None,
+def consult(atlas: Atlas, embeddings: np.ndarray | None, exclude_patient: str | tuple[str, ...] | None = None,
             k: int = SIMILAR_CASES, similar: bool = True, textures: np.ndarray | None = None) -> AtlasView:
     """Ask the atlas about frames (their embeddings, (N, D); None for no frame), leaving ``exclude_patient``'s
-    frames out: their familiarity, the vote and (with ``similar``) the ``k`` most similar cases; with the
-    texture vectors of some of them (``textures``) and an atlas with a texture view, their texture scores."""
+    frames out (the query's own patients, ``leave_out.own_patients``): their familiarity, the vote and (with
+    ``similar``) the ``k`` most similar cases; with the texture vectors of some of them (``textures``) and an
+    atlas with a texture view, their texture scores."""
     embeddings = np.asarray([] if embeddings is None else embeddings, np.float32).reshape(
         -1, atlas.model.embedding_size)
     familiarity = atlas.unfamiliar(embeddings, exclude_patient)

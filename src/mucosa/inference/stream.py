@@ -15,7 +15,9 @@ Per frame: decode → field-of-view crop → quality gate → inference → temp
   pass as its probability and marked unfamiliar or not (``atlas.Atlas.unfamiliar``); the status line and
   the timeline carry the flag and the running share of unfamiliar used frames, and the running and final
   verdicts follow ``verdict.verdict_or_unfamiliar`` (``unfamiliar`` while the median score of the used
-  frames so far is above the atlas's case threshold), as ``predict`` does for the file.
+  frames so far is above the atlas's case threshold), as ``predict`` does for the file. A video that is
+  one of the atlas's cases is not compared with its own patient (``leave_out``, the rule of every entry
+  point): its file is read once for its SHA-256 before the first frame.
 
 Decoding and preprocessing run in a background thread, inference in the calling one, so the two overlap
 (PyAV, NumPy, Pillow and both runtimes release the GIL). ``realtime`` paces frames at the source frame
@@ -50,6 +52,7 @@ from mucosa.inference import verdict as verdicts
 from mucosa.inference.annotate import Annotator, short_number
 from mucosa.inference.atlas import Atlas
 from mucosa.inference.atlas_build import find_atlas, model_weights, open_atlas
+from mucosa.inference.leave_out import own_patients
 from mucosa.inference.runtime import describe, open_predictor
 from mucosa.inference.similar import flags_text
 from mucosa.inference.texture_view import frame_texture, textured
@@ -115,6 +118,14 @@ class Smoother:
         return verdicts.unfamiliar_share(self.flags)
 
     @property
+    def unfamiliarity_ratio(self) -> float | None:
+        """The used frames' unfamiliarity so far over the atlas's case threshold (``verdict.unfamiliarity_ratio``:
+        above 1, ``unfamiliar``); None when it cannot tell."""
+        if self.flags is None:
+            return None
+        return verdicts.unfamiliarity_ratio(self.scores, self.case_threshold, self.textures, self.scales)
+
+    @property
     def smoothed(self):
         return np.mean(np.asarray(self.recent), axis=0) if self.recent else None
 
@@ -145,6 +156,7 @@ class StreamSummary:
     verdict: str = verdicts.NO_VERDICT
     case_probability: object = None
     unfamiliar_share: float | None = None  # of the used frames (None: no atlas, or one that cannot tell)
+    unfamiliarity_ratio: float | None = None  # as predict's files.csv (None: no atlas, or one that cannot tell)
     fov: object = None  # the field of view used (``fov.FieldOfView``)
     buffered: int = 0   # first frames held back to find the field of view (their latency includes the wait)
 
@@ -325,7 +337,9 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
         threshold: decision threshold of a binary model.
         gradcam: overlay Grad-CAM in the annotated video when ``mucosa.evaluation.explain`` and the PyTorch model
             are available.
-        atlas: the model's atlas (``atlas_build.open_atlas``): each used frame is marked unfamiliar or not.
+        atlas: the model's atlas (``atlas_build.open_atlas``): each used frame is marked unfamiliar or not, the
+            video's own patient left out of the atlas when the video is one of its cases (``leave_out``: read
+            once, before the first frame).
 
     The timeline and the annotated video replace earlier files only when the whole video was streamed.
 
@@ -342,6 +356,7 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
     info = video_info(source)
     classes = predictor.classes
     calibration = None if atlas is None else atlas.calibration
+    own = None if atlas is None else own_patients(atlas, [source])
     smoother = Smoother(classes, window, threshold, *((calibration.case_threshold, calibration.scales)
                                                       if calibration is not None else ()))
     report = DecodeReport()
@@ -362,8 +377,8 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
             skipped = not prep.passes(quality)
             probability = score = flag = None
             if not skipped:
-                probability, score, flag = _infer(predictor, atlas, frame.image, summary.stage_seconds)
-                texture = _texture(atlas, frame, prep, summary.used, summary.stage_seconds)
+                probability, score, flag = _infer(predictor, atlas, own, frame.image, summary.stage_seconds)
+                texture = _texture(atlas, own, frame, prep, summary.used, summary.stage_seconds)
                 toc = time.perf_counter()
                 smoother.update(probability, flag, score, texture)
                 summary.stage_seconds["smooth"] += time.perf_counter() - toc
@@ -394,13 +409,14 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
     summary.seconds = time.perf_counter() - start
     summary.corrupt = report.corrupt
     summary.verdict, summary.case_probability = smoother.verdict, smoother.case_probability
-    summary.unfamiliar_share = smoother.unfamiliar_share
+    summary.unfamiliar_share, summary.unfamiliarity_ratio = smoother.unfamiliar_share, smoother.unfamiliarity_ratio
     summary.fov = fov
     return summary
 
 
-def _infer(predictor, atlas: Atlas | None, image: np.ndarray, stage_seconds: dict):
-    """One used frame's probability and, with an atlas, its unfamiliarity score and flag (None: cannot tell)."""
+def _infer(predictor, atlas: Atlas | None, own: tuple[str, ...] | None, image: np.ndarray, stage_seconds: dict):
+    """One used frame's probability and, with an atlas, its unfamiliarity score and flag (None: cannot tell),
+    ``own`` patients left out."""
     tic = time.perf_counter()
     if atlas is None:
         probability = predictor(image[None])[0]
@@ -408,20 +424,21 @@ def _infer(predictor, atlas: Atlas | None, image: np.ndarray, stage_seconds: dic
         return probability, None, None
     probabilities, embedding = predictor.predict_and_embed(image[None])
     toc = time.perf_counter()
-    familiarity = atlas.unfamiliar(embedding)
+    familiarity = atlas.unfamiliar(embedding, own)
     stage_seconds["infer"] += toc - tic
     stage_seconds["atlas"] += time.perf_counter() - toc
     flag = None if familiarity.flags is None else bool(familiarity.flags[0])
     return probabilities[0], float(familiarity.scores[0]), flag
 
 
-def _texture(atlas: Atlas | None, frame, prep, used: int, stage_seconds: dict) -> float | None:
-    """The texture score of the ``used``-th used frame, when it has one (``texture_view.textured``) and the
-    atlas a texture view."""
+def _texture(atlas: Atlas | None, own: tuple[str, ...] | None, frame, prep, used: int,
+             stage_seconds: dict) -> float | None:
+    """The texture score of the ``used``-th used frame, ``own`` patients left out, when it has one
+    (``texture_view.textured``) and the atlas a texture view."""
     if atlas is None or not atlas.judges_texture or not textured(used):
         return None
     tic = time.perf_counter()
-    score = float(atlas.texture_scores(frame_texture(frame, prep)[None])[0])
+    score = float(atlas.texture_scores(frame_texture(frame, prep)[None], exclude_patient=own)[0])
     stage_seconds["atlas"] += time.perf_counter() - tic
     return score
 

@@ -8,8 +8,9 @@ stores cases can keep them, and, once the case is read, the atlas's vote. :func:
 ``GET /v1/cases/{id}/similar`` from those files (``similar.consult`` and ``similar.similar_entry``, which the
 commands use too), each closest frame's thumbnail as a PNG data URL.
 
-The query's own patient is never returned: when the case's files are files of the atlas (the same SHA-256, which
-the atlas's case ids carry), their patient is left out of the search, the vote and the unfamiliarity scores.
+The case's own patients are left out of the search, the vote and the unfamiliarity scores, frame by frame and in
+its similar cases alike (``inference.leave_out``, the rule of every entry point): the atlas's patients of its files
+(when they are atlas cases: the same SHA-256, which the atlas's case ids carry) and the patient its exam names.
 """
 
 from __future__ import annotations
@@ -22,15 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mucosa.atomic import file_sha256
 from mucosa.errors import MucosaError
 from mucosa.inference.atlas import Atlas, AtlasError
 from mucosa.inference.atlas_build import find_atlas, open_atlas
+from mucosa.inference.leave_out import own_patients
 from mucosa.inference.similar import SIMILAR_CASES, consult, similar_entry
 from mucosa.service.framestore import encode
 
 __all__ = ["EMBEDDINGS", "FRAME_NUMBERS", "MAX_SIMILAR", "NO_ATLAS", "SIMILAR_CASES", "CaseFamiliarity", "NotReady",
-           "atlas_beside", "atlas_card", "own_patient", "similar_cases"]
+           "atlas_beside", "atlas_card", "similar_cases"]
 
 log = logging.getLogger(__name__)
 
@@ -73,20 +74,13 @@ def atlas_card(atlas: Atlas | None, note: str | None) -> dict | None:
             "calibrated": calibration is not None, "note": note}
 
 
-def own_patient(atlas: Atlas, sources: list[Path]) -> str | None:
-    """The atlas's patient whose files these are (by SHA-256), or None when they are not the atlas's."""
-    digests = {file_sha256(path)[:12] for path in sources if path.is_file()}
-    patients = {patient for case, patient in zip(atlas.records.cases, atlas.records.patients)
-                if str(case).split("@", 1)[-1][:12] in digests}
-    return patients.pop() if len(patients) == 1 else None
-
-
 class CaseFamiliarity:
-    """One case, frame by frame, against the atlas (see the module docstring); ``folder`` keeps its embeddings."""
+    """One case, frame by frame, against the atlas (see the module docstring); ``folder`` keeps its embeddings,
+    ``patient`` is the one its exam names (None: not named)."""
 
-    def __init__(self, atlas: Atlas, sources: list[Path], folder: Path | None) -> None:
+    def __init__(self, atlas: Atlas, sources: list[Path], folder: Path | None, patient: str | None = None) -> None:
         self.atlas, self.folder = atlas, folder
-        self.patient = own_patient(atlas, sources)
+        self.patient = own_patients(atlas, sources, [patient])  # the case's own patients, left out
         self.vectors: list[np.ndarray] = []
         self.numbers: list[int] = []
 
@@ -128,7 +122,7 @@ def similar_cases(atlas: Atlas | None, folder: Path, sources: list[Path], k: int
     """The ``k`` confirmed cases most like a finished case (its embeddings in ``folder``): ``atlas_vote``
     (shares by class), ``similar`` (``similar.similar_entry``'s list: rank, case, patient, label, distance, closest
     frames, each with ``thumbnail`` as a PNG data URL and ``query_frame`` as the case's frame number). Never of
-    the case's own patient: the atlas's patient whose files these are, nor ``patient`` (its exam field).
+    the case's own patients (``leave_out``): the atlas's patients of its files, nor ``patient`` (its exam field).
 
     Raises:
         NotReady: no atlas, or no usable frame kept.
@@ -141,8 +135,7 @@ def similar_cases(atlas: Atlas | None, folder: Path, sources: list[Path], k: int
     vectors, numbers = np.load(path), np.load(folder / FRAME_NUMBERS)
     if not len(vectors):
         raise NotReady("the case has no usable frame to compare")
-    own = tuple(p for p in {own_patient(atlas, sources), patient} if p is not None)
-    view = consult(atlas, vectors, own or None, k)
+    view = consult(atlas, vectors, own_patients(atlas, sources, [patient]), k)
     entry = similar_entry(view, None, "")
     for case, found in zip(entry["similar"], view.similar):
         for frame, match in zip(case["closest"], found.closest):

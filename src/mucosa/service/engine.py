@@ -46,6 +46,7 @@ from mucosa.data.video import DecodeReport, video_info
 from mucosa.errors import ConfigError, ModelOutputError, MucosaError, UnreadableFileError
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.classifier import Classifier
+from mucosa.inference.leave_out import own_patients
 from mucosa.inference.onnx import OnnxPredictor, exported_from, to_checked_onnx
 from mucosa.inference.onnx_files import CARD_KEY, exported_beside
 from mucosa.inference.provenance import UnverifiedModelError, read_vouched
@@ -371,7 +372,8 @@ class Engine:
     def _judge_still(self, frames: list[np.ndarray], path: Path, image: np.ndarray,
                      fov: FieldOfView) -> tuple[np.ndarray | None, tuple]:
         """The used frames (tiles) of one still image: probabilities and, with an atlas, each frame's
-        unfamiliar flag and score (the image is a case of its own: no patient of the atlas is left out)."""
+        unfamiliar flag and score (the image is a case of its own: when it is an atlas case, its patient is
+        left out, ``leave_out``)."""
         if not frames:
             return None, ()
         if self.atlas is None:
@@ -381,19 +383,20 @@ class Engine:
         if not _finite(probs):
             raise ModelOutputError(f"{path.name}: the model gave a non-finite probability; no verdict")
         if self.atlas is not None:
-            found = self.atlas.unfamiliar(np.asarray(embeddings, np.float32))
+            own = own_patients(self.atlas, [path])
+            found = self.atlas.unfamiliar(np.asarray(embeddings, np.float32), own)
             familiar = (None if found.flags is None else [bool(f) for f in found.flags], found.scores,
-                        self._texture_scores([(image, fov)]))
+                        self._texture_scores([(image, fov)], own))
         return probs, familiar
 
-    def _texture_scores(self, fields: list[tuple[np.ndarray, FieldOfView]], patient: str | None = None
+    def _texture_scores(self, fields: list[tuple[np.ndarray, FieldOfView]], left_out: tuple | None = None
                         ) -> list[float] | None:
-        """The atlas's texture scores of decoded frames' fields, ``patient``'s atlas frames left out (None: the
-        atlas has no texture view)."""
+        """The atlas's texture scores of decoded frames' fields, the ``left_out`` patients' atlas frames left out
+        (None: the atlas has no texture view)."""
         if self.atlas is None or not self.atlas.judges_texture or not fields:
             return None
         vectors = np.stack([field_texture(source, fov, self.prep) for source, fov in fields])
-        return self.atlas.texture_scores(vectors, exclude_patient=patient).tolist()
+        return self.atlas.texture_scores(vectors, exclude_patient=left_out).tolist()
 
     def _by_class(self, mean) -> dict | None:
         if mean is None:
@@ -405,7 +408,7 @@ class Engine:
     # ---------------------------------------------------------------------------------------------- cases
 
     def frames(self, sources: list[Path], store: FrameStore | None = None, cancel: threading.Event | None = None,
-               warnings: list[str] | None = None) -> Iterator[dict]:
+               warnings: list[str] | None = None, patient: str | None = None) -> Iterator[dict]:
         """A case frame by frame: one dict per decoded frame (video) or model frame (images).
 
         Keys: ``frame`` (video frame index, or position among the images' frames), ``time`` (seconds,
@@ -418,6 +421,8 @@ class Engine:
 
         A damaged video still gives the frames that decode; once it is read to its end, what was found
         (frames decoded of those announced, decode errors, gaps, an early end) is appended to ``warnings``.
+        ``patient``: the one the case's exam names, left out of the atlas's answers with the atlas's patients
+        of its files (``leave_out``).
 
         Raises:
             UnreadableMedia: a file that does not decode. ModelOutputError: a non-finite probability
@@ -426,7 +431,7 @@ class Engine:
         smoother = Smoother(self.classes, self.window, self.threshold)
         calls = np.zeros(len(self.classes), np.int64)  # informative frames called each class
         familiar = None if self.atlas is None else case_atlas.CaseFamiliarity(
-            self.atlas, sources, None if store is None else store.folder.parent)
+            self.atlas, sources, None if store is None else store.folder.parent, patient)
         items = self._video_items(sources[0], warnings) if len(sources) == 1 and is_video(sources[0]) else \
             self._image_items(sources)
         row = None  # each row goes out once the next is read: the last one carries the atlas's vote

@@ -45,6 +45,7 @@ class LiveCase:
     frames: FrameStore
     sources: list[Path]
     fps: float | None
+    patient: str | None = None   # the one its exam names (left out of the atlas's answers)
     started: float = field(default_factory=time.time)
     timeline: list[dict] = field(default_factory=list)
     verdict: dict | None = None
@@ -144,7 +145,8 @@ class Workers:
         sources = [self.store.media_path(media) for media in case.media]
         folder = self.folders.partial(case.id, job.worker, job.attempt)
         fps = _fps(self.engine, sources) if case.kind == "video" else None
-        live = LiveCase(case.id, folder, FrameStore(folder / "frames", self.engine.input_size), sources, fps)
+        live = LiveCase(case.id, folder, FrameStore(folder / "frames", self.engine.input_size), sources, fps,
+                        patient=case.patient)
         live.verdict = self.engine.verdict(None, 0, 0, "running")
         self.live[case.id] = live
         log.info("case %s running (attempt %d): %s", case.id, job.attempt, case.name)
@@ -179,7 +181,8 @@ class Workers:
     def _read(self, live: LiveCase) -> str | None:
         """Read the case frame by frame into ``live``; the reason when its media cannot give a verdict."""
         try:
-            for row in self.engine.frames(live.sources, live.frames, live.cancel, warnings=live.warnings):
+            for row in self.engine.frames(live.sources, live.frames, live.cancel, warnings=live.warnings,
+                                          patient=live.patient):
                 live.verdict = row.pop("case")
                 live.timeline.append(row)
         except (UnreadableMedia, ModelOutputError) as error:
