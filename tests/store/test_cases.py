@@ -166,3 +166,14 @@ def test_the_count_of_every_case_follows_each_add_and_delete_whoever_makes_it(st
         assert store.search(limit=1).total == 3 == len(store.search().cases)
     finally:
         other.dispose()
+
+
+def test_a_blank_patient_or_verdict_matches_no_case_and_the_count_says_so_from_any_offset(store, make_case):
+    """A blank patient id or verdict is a condition that no case meets (``patient = ''``), not "no filter": the
+    count of a page past the matches gave every live case's count (the kept ``case_counts``) for 0 matches."""
+    for k in range(3):
+        make_case(f"exam {k}", patient="P-1")
+    for blank in ({"patient": ""}, {"verdict": ""}):
+        for offset in (0, 1, 5):
+            assert (store.search(**blank, offset=offset).total, store.listing(**blank, offset=offset).total) == (0, 0)
+    assert store.search(text="", name="", offset=5).total == 3  # empty text filters are no filter

@@ -231,3 +231,30 @@ def _loaded(read, text):
                                   '"x"', "0", b'[{"sha256": "ab"}]', '{"a": 1} x', '{"a": 1', "", "\ufeff[]"])
 def test_json_columns_are_read_as_json_loads_reads_them(text):
     assert _loaded(read_json, text) == _loaded(json.loads, text)
+
+
+def test_a_store_of_revision_0004_with_deleted_cases_counts_only_the_live_ones_after_the_upgrade(store, place,
+                                                                                                 make_case):
+    """Revision 0005 starts the kept count of live cases from the cases already there (deleted ones left out), and
+    its triggers keep it from then on (its downgrade, run here to make a 0004 store, takes them away again)."""
+    from alembic import command
+    from alembic.config import Config
+
+    from mucosa.store import schema
+
+    admin = store.authenticate(store.add_user("dr admin", "admin"))
+    made = [make_case(f"exam {k}").id for k in range(4)]
+    store.delete_case(made[0], by=admin)
+    store.close()
+    engine = create_engine(store.place.url)
+    config = Config()
+    config.set_main_option("script_location", str(schema.MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0004")
+    engine.dispose()
+    assert upgrade(place.location, place.media) == ("0004", head_revision())
+    with place.open() as upgraded:
+        assert upgraded.listing(limit=1).total == 3 and upgraded.case(made[1], detail=False).version == 0
+        upgraded.delete_case(made[1], by=admin)
+        assert upgraded.search(limit=1).total == 2 and len(upgraded.search().cases) == 2

@@ -5,12 +5,18 @@ from the index and by id), and builds, checks against ``CaseSummary`` and writes
 shown at that version before. The database raises a case's version with every change of its row, whichever
 server makes it (revision 0005), and a review raises it too: a kept summary is never older than its case. Cases
 that are still queued or running (their summary changes without their row: progress, the verdict so far) are
-never kept. Each server keeps at most :data:`KEPT` summaries, the least recently shown going first.
+never kept. Each server keeps at most :data:`KEPT` summaries and :data:`KEPT_BYTES` of them (a case of 1,000
+images lists its 1,000 file names: 0.1 MB), the least recently shown going first.
 
     >>> kept = Summaries(cases=None, size=2)
     >>> kept._keep("a", 1, b'{"id":"a"}'); kept._keep("b", 1, b'{"id":"b"}'); kept._keep("c", 1, b'{"id":"c"}')
     >>> kept._known((("a", 1), ("b", 1), ("c", 2)))
     {'b': b'{"id":"b"}'}
+    >>> small = Summaries(cases=None, most_bytes=25)  # each summary below is 10 bytes
+    >>> for case_id, version in (("a", 1), ("b", 1), ("b", 2), ("c", 1)):
+    ...     small._keep(case_id, version, b'{"id":"%s"}' % case_id.encode())
+    >>> sorted(small._known((("a", 1), ("b", 2), ("c", 1)))), small._bytes
+    (['b', 'c'], 20)
 """
 
 from __future__ import annotations
@@ -28,20 +34,22 @@ if TYPE_CHECKING:
     from mucosa.service.cases import CaseService
     from mucosa.service.views import CaseView
 
-__all__ = ["KEPT", "Summaries"]
+__all__ = ["KEPT", "KEPT_BYTES", "Summaries"]
 
 log = logging.getLogger(__name__)
 
 KEPT = 20_000  # summaries kept per server (about 0.7 KB each)
+KEPT_BYTES = 32 * 2**20  # and at most this much of them
 _SUMMARY = TypeAdapter(schemas.CaseSummary)
 
 
 class Summaries:
     """The case summaries this server has shown, by case id and version (see the module's text)."""
 
-    def __init__(self, cases: CaseService | None, size: int = KEPT) -> None:
-        self.cases, self.size = cases, size
+    def __init__(self, cases: CaseService | None, size: int = KEPT, most_bytes: int = KEPT_BYTES) -> None:
+        self.cases, self.size, self.most_bytes = cases, size, most_bytes
         self._kept: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+        self._bytes = 0  # of the summaries kept
         self._lock = threading.Lock()
 
     def page(self, **filters) -> tuple[bytes, int]:
@@ -74,10 +82,12 @@ class Summaries:
 
     def _keep(self, case_id: str, version: int, written: bytes) -> None:
         with self._lock:
+            earlier = self._kept.pop(case_id, None)
+            self._bytes -= 0 if earlier is None else len(earlier[1])
             self._kept[case_id] = (version, written)
-            self._kept.move_to_end(case_id)
-            while len(self._kept) > self.size:
-                self._kept.popitem(last=False)
+            self._bytes += len(written)
+            while len(self._kept) > self.size or self._bytes > self.most_bytes:
+                self._bytes -= len(self._kept.popitem(last=False)[1][1])
 
 
 def _written(view: CaseView) -> bytes | None:

@@ -23,7 +23,9 @@ __all__ = ["KINDS", "FIRST_YEAR", "MAX_PAGE", "MAX_OFFSET", "NO_VERDICT", "UNFAM
 KINDS = ("video", "images")
 MAX_PAGE = 500
 MAX_OFFSET = 10**9  # cases skipped before a page (far beyond any store; a 64-bit integer in every database)
-FILTERS = ("patient", "since", "until", "verdict", "reviewed", "name", "text", "status")  # what _filtered reads
+_EXACT = ("patient", "since", "until", "verdict", "reviewed", "status")  # filters that apply unless None
+_PARTS = ("name", "text")  # filters that apply unless empty
+FILTERS = _EXACT + _PARTS  # what _filtered reads
 FIRST_YEAR = 1900  # no exam, and no search, before it
 _CASE_ID = re.compile(r"[0-9a-f]{12}")
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -166,6 +168,11 @@ def _contains(column, text: str, dialect: str):
     return column.icontains(text, autoescape=True)
 
 
+def _filters_nothing(filters: dict[str, Any]) -> bool:
+    """Whether :func:`_filtered` adds no condition for ``filters`` (a blank patient id is a condition: no case)."""
+    return all(filters.get(key) is None for key in _EXACT) and not any(filters.get(key) for key in _PARTS)
+
+
 def _filtered(query: Select, filters: dict[str, Any], dialect: str) -> Select:
     if filters.get("patient") is not None:
         query = query.where(CaseRow.patient == filters["patient"])
@@ -201,7 +208,7 @@ def _count(ordered: Select, filters: dict[str, Any]) -> Select:
     """How many cases ``ordered`` (the page's query, without its page) finds. Kept in its order, the count walks
     the index that holds every filtered column; all live cases (no filter) are not counted: the database keeps
     their count (``case_counts``)."""
-    if all(value is None or value == "" for value in filters.values()):
+    if _filters_nothing(filters):
         return _LIVE_COUNT
     return select(func.count()).select_from(ordered.subquery())
 
