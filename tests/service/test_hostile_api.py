@@ -121,7 +121,7 @@ def test_store_failures_never_name_the_store_and_a_full_disk_is_507(engine, imag
             answer = upload(client, "/v1/cases", image)
         assert one_line(answer, 507) == detail
         with monkeypatch.context() as patch:
-            patch.setattr(store, "search", raises(remote))
+            patch.setattr(store, "listing", raises(remote))  # what a list reads first
             answer = client.get("/v1/cases")
         detail = one_line(answer, 503, "cannot be used")
         assert answer.headers["retry-after"]
