@@ -53,6 +53,12 @@ def unit(a: np.ndarray) -> np.ndarray:
     return a / (np.linalg.norm(a, axis=1, keepdims=True) + 1e-12)
 
 
+def frame_batches(frames: np.ndarray, batch: int = 256):
+    """The prepared frames (N, S, S) as the networks take them: batches (B, 1, S, S) of floats in [0, 1]."""
+    for start in range(0, len(frames), batch):
+        yield torch.from_numpy(np.ascontiguousarray(frames[start:start + batch], np.float32) / 255.0)[:, None]
+
+
 @torch.inference_mode()
 def network_features(model, frames: np.ndarray, batch: int = 256) -> dict[str, np.ndarray]:
     """Each frame's shipped embedding and pooled Pool1/Pool2 statistics (the paper's networks)."""
@@ -62,8 +68,7 @@ def network_features(model, frames: np.ndarray, batch: int = 256) -> dict[str, n
              model.pool2.register_forward_hook(lambda m, i, o: maps.__setitem__("pool2", o))]
     out: dict[str, list] = {"probability": [], "embedding": [], "pool1": [], "pool1_std": [], "pool2_std": []}
     try:
-        for start in range(0, len(frames), batch):
-            x = torch.from_numpy(np.ascontiguousarray(frames[start:start + batch], np.float32) / 255.0)[:, None]
+        for x in frame_batches(frames, batch):
             logits, embedding = model.forward_and_embed(x)
             out["probability"].append(probabilities(logits).numpy())
             out["embedding"].append(embedding.numpy())
@@ -85,8 +90,15 @@ def all_features(model, frames: np.ndarray, texture: np.ndarray) -> dict[str, np
 def in_space(f: dict[str, np.ndarray], name: str) -> np.ndarray:
     parts = {"embedding": ["embedding"], "pool1": ["pool1"], "pool1+embedding": ["pool1", "embedding"],
              "pool1+embedding+std": ["pool1", "embedding", "pool1_std", "pool2_std"], "texture": ["texture"],
-             "embedding+texture": ["embedding", "texture"]}[name]
+             "embedding+texture": ["embedding", "texture"]}.get(name, [name])  # else one feature of that name
     return unit(np.hstack([unit(np.sqrt(f[p]) if p == "texture" else f[p]) for p in parts]))
+
+
+def prepared_frames(manifest: Path, prep, cache: FrameCache, unlabelled: bool = False):
+    """The manifest's frame table, its used frames (N, S, S) in table order, and each frame's file."""
+    table = assemble(load_manifest(manifest, unlabelled=unlabelled), prep, cache)
+    frames = np.stack([table.frame(i) for i in range(len(table))])
+    return table, frames, np.array([str(table.record(i).path) for i in range(len(table))])
 
 
 def fold_features(run: Path, cache: FrameCache, manifests: dict[str, Path], work: Path, seed: int,
@@ -96,14 +108,11 @@ def fold_features(run: Path, cache: FrameCache, manifests: dict[str, Path], work
     if target.exists():
         return target
     loaded = load_checkpoint(run / "best.ckpt")
-    table = assemble(load_manifest(run / "split.csv"), loaded.preprocessing, cache)
+    table, frames, _ = prepared_frames(run / "split.csv", loaded.preprocessing, cache)
     if "cohort" not in shared:
-        frames = np.stack([table.frame(i) for i in range(len(table))])
         shared["cohort"] = frames, np.stack([texture_features(f) for f in frames])
         for name, manifest in manifests.items():
-            foreign = assemble(load_manifest(manifest, unlabelled=True), loaded.preprocessing, cache)
-            frames = np.stack([foreign.frame(i) for i in range(len(foreign))])
-            files = np.array([str(foreign.record(i).path) for i in range(len(foreign))])
+            _, frames, files = prepared_frames(manifest, loaded.preprocessing, cache, unlabelled=True)
             shared[name] = frames, np.stack([texture_features(f) for f in frames]), files
     arrays = {f"cohort_{k}": v for k, v in all_features(loaded.model, *shared["cohort"]).items()}
     for name in manifests:

@@ -22,7 +22,8 @@ scores are compared:
   frames, averaged; the case's score the median of its frames'.
 
 Printed per run: the largest held-out brain video's score and the colorectal video's, each as a ratio to the
-run's case threshold (above 1: ``unfamiliar``).
+run's case threshold (above 1: ``unfamiliar``). ``benchmarks/atlas_simclr.py`` puts the SimCLR encoder's
+embeddings beside these views.
 
     python benchmarks/atlas_views.py --runs /work/runs-real --seeds 0 1 --work /tmp/atlas-spaces \
         --run /work/donewhen/runs/pcle
@@ -52,18 +53,29 @@ FRAMES = 64
 COLON = atlas_real.DATA / "pcle-colon" / "s01v01.mpeg"
 
 
+def paths_in(manifest: Path) -> list[Path]:
+    """The files of a manifest, in its order (relative paths are relative to its folder)."""
+    with open(manifest, newline="") as handle:
+        return [(manifest.parent / row["path"]).resolve() for row in csv.DictReader(handle)]
+
+
 def sampled_textures(path: Path, prep) -> np.ndarray:
     """LBP texture of ``FRAMES`` evenly spaced used frames of one video, prepared with ``prep``."""
     used = [frame.image for frame in iter_frames(path, prep) if prep.passes(frame.quality)]
+    if not used:  # a still image the quality gate drops at this size
+        return np.zeros((0, 0))
     chosen = np.unique(np.linspace(0, len(used) - 1, FRAMES).round().astype(int))
     return atlas_spaces.unit(np.stack([np.sqrt(texture_features(used[i])) for i in chosen]))
 
 
-def textures(videos: list[Path], prep, size: int, work: Path) -> dict[str, np.ndarray]:
-    target = work / f"textures{size}.npz"
+def textures(videos: list[Path], prep, size: int, work: Path, name: str = "textures",
+             key=lambda path: path.stem) -> dict[str, np.ndarray]:
+    """:func:`sampled_textures` of each file at ``size`` pixels, by ``key(path)`` (the file's stem), kept in
+    ``work/NAMESIZE.npz``."""
+    target = work / f"{name}{size}.npz"
     if not target.exists():
         prep = prep.model_copy(update={"size": size})
-        np.savez(target, **{path.stem: sampled_textures(path, prep) for path in videos})
+        np.savez(target, **{key(path): sampled_textures(path, prep) for path in videos})
     found = np.load(target)
     return {name: found[name] for name in found.files}
 
@@ -72,12 +84,25 @@ def case_score(queries: np.ndarray, atlas: np.ndarray, owners: np.ndarray, leave
     return float(np.median(atlas_spaces.kth_distance(queries, atlas, K, owners == leave if leave else None)))
 
 
-def embedding_view(z) -> tuple[dict, dict, float]:
-    """(atlas videos' left-out case scores, held-out videos' case scores, the colon video's) on the embedding."""
+def atlas_of(z, space: str = "embedding") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cohort's frames in ``space`` (``atlas_spaces.in_space``), and the atlas: its training and validation
+    frames with their videos."""
+    cohort = atlas_spaces.in_space({key[7:]: z[key] for key in z.files if key.startswith("cohort_")}, space)
+    in_atlas = np.isin(z["sides"], ("train", "val"))
+    return cohort, cohort[in_atlas], z["patients"][in_atlas]
+
+
+def foreign_in_space(z, name: str, space: str = "embedding") -> np.ndarray:
+    """The frames of the foreign input ``name`` (``atlas_real.foreign_sets``, spaces for dashes) in ``space``."""
+    prefix = f"{name}|"
+    return atlas_spaces.in_space({key[len(prefix):]: z[key] for key in z.files
+                                  if key.startswith(prefix) and not key.endswith("files")}, space)
+
+
+def embedding_view(z, space: str = "embedding") -> tuple[dict, dict, float]:
+    """(atlas videos' left-out case scores, held-out videos' case scores, the colon video's) in ``space``."""
     sides, patients = z["sides"], z["patients"]
-    cohort = atlas_spaces.in_space({key[7:]: z[key] for key in z.files if key.startswith("cohort_")}, "embedding")
-    in_atlas = np.isin(sides, ("train", "val"))
-    atlas, owners = cohort[in_atlas], patients[in_atlas]
+    cohort, atlas, owners = atlas_of(z, space)
     own = {}
     for video in np.unique(owners):
         rows = np.flatnonzero(owners == video)
@@ -85,10 +110,7 @@ def embedding_view(z) -> tuple[dict, dict, float]:
         own[video] = case_score(atlas[chosen], atlas, owners, video)
     held_out = np.unique(patients[sides == "test"])
     held = {video: case_score(cohort[patients == video], atlas, owners) for video in held_out}
-    prefix = "colorectal-pCLE-video|"
-    colon = atlas_spaces.in_space({key[len(prefix):]: z[key] for key in z.files
-                                   if key.startswith(prefix) and not key.endswith("files")}, "embedding")
-    return own, held, case_score(colon, atlas, owners)
+    return own, held, case_score(foreign_in_space(z, "colorectal-pCLE-video", space), atlas, owners)
 
 
 def texture_view(found: dict[str, np.ndarray], atlas_videos, held_videos) -> tuple[dict, dict, float]:
@@ -99,8 +121,13 @@ def texture_view(found: dict[str, np.ndarray], atlas_videos, held_videos) -> tup
     return own, held, case_score(found[COLON.stem], atlas, owners)
 
 
+def case_threshold(own: dict) -> float:
+    """The case threshold of the shipped rule: the 95th percentile ("higher") of the atlas's own case scores."""
+    return float(np.quantile(list(own.values()), 0.95, method="higher"))
+
+
 def ratios(own: dict, held: dict, colon: float) -> tuple[float, float]:
-    threshold = np.quantile(list(own.values()), 0.95, method="higher")
+    threshold = case_threshold(own)
     return max(held.values()) / threshold, colon / threshold
 
 
@@ -112,15 +139,11 @@ def frame_view(z, found: dict[str, np.ndarray]) -> tuple[dict, dict, float]:
     """The two views joined frame by frame: each sampled frame's two scores, each over its median over the
     atlas's own sampled frames, averaged; a case's score the median of its frames' (as the verdict rule)."""
     sides, patients = z["sides"], z["patients"]
-    cohort = atlas_spaces.in_space({key[7:]: z[key] for key in z.files if key.startswith("cohort_")}, "embedding")
-    in_atlas = np.isin(sides, ("train", "val"))
-    atlas, owners = cohort[in_atlas], patients[in_atlas]
+    cohort, atlas, owners = atlas_of(z)
     videos = sorted(np.unique(owners))
     tex = np.concatenate([found[v] for v in videos])
     tex_owners = np.concatenate([[v] * len(found[v]) for v in videos])
-    prefix = "colorectal-pCLE-video|"
-    colon = atlas_spaces.in_space({key[len(prefix):]: z[key] for key in z.files
-                                   if key.startswith(prefix) and not key.endswith("files")}, "embedding")
+    colon = foreign_in_space(z, "colorectal-pCLE-video")
 
     def raw(embeddings, textures, leave=None):
         return (atlas_spaces.kth_distance(embeddings, atlas, K, owners == leave if leave else None),
@@ -139,17 +162,22 @@ def frame_view(z, found: dict[str, np.ndarray]) -> tuple[dict, dict, float]:
                                                                      found[COLON.stem])))
 
 
+def joined(one: tuple[dict, dict, float], other: tuple[dict, dict, float]) -> tuple[dict, dict, float]:
+    """Two views' (own, held-out, colon) case scores joined as the shipped case rule joins them: the mean of the
+    two, each over the median of its view's atlas case scores (``verdict.joined``)."""
+    scale_1, scale_2 = np.median(list(one[0].values())), np.median(list(other[0].values()))
+
+    def both(a, b):
+        return (a / scale_1 + b / scale_2) / 2
+
+    return ({v: both(one[0][v], other[0][v]) for v in one[0]}, {v: both(one[1][v], other[1][v]) for v in one[1]},
+            both(one[2], other[2]))
+
+
 def judge(z, found: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
     emb = embedding_view(z)
     tex = texture_view(found, sorted(emb[0]), sorted(emb[1]))
-    scale_e, scale_t = np.median(list(emb[0].values())), np.median(list(tex[0].values()))
-
-    def both(e, t):
-        return (e / scale_e + t / scale_t) / 2
-
-    combined = ({v: both(emb[0][v], tex[0][v]) for v in emb[0]}, {v: both(emb[1][v], tex[1][v]) for v in emb[1]},
-                both(emb[2], tex[2]))
-    return {"embedding": ratios(*emb), "texture": ratios(*tex), "both": ratios(*combined),
+    return {"embedding": ratios(*emb), "texture": ratios(*tex), "both": ratios(*joined(emb, tex)),
             "both, frame by frame": ratios(*frame_view(z, found))}
 
 
@@ -166,8 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = [(s, p) for s in args.seeds for p in sorted((folder / f"seed{s}").glob("fold*"))
             if (p / "eval" / "metrics.json").is_file()] + [("-run", p) for p in args.run]
     cache = FrameCache(None)
-    with open(runs[0][1] / "split.csv", newline="") as handle:
-        videos = [(runs[0][1] / row["path"]).resolve() for row in csv.DictReader(handle)]
+    videos = paths_in(runs[0][1] / "split.csv")
     found = textures(videos + [COLON], load_checkpoint(runs[0][1] / "best.ckpt").preprocessing, args.size, args.work)
     print(f"| run | embedding: largest held-out, colon | texture at {args.size} px: largest held-out, colon "
           "| both: largest held-out, colon | both, frame by frame: largest held-out, colon |\n"
