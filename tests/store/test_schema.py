@@ -127,6 +127,25 @@ def test_the_migrations_make_exactly_the_tables_of_the_models(store, place):
     assert differences == []
 
 
+def test_the_store_at_head_has_the_triggers_that_keep_versions_and_the_count(store, place):
+    """Lists trust ``cases.version`` and ``case_counts`` (revision 0005), which only the database's triggers keep. A
+    later migration that rebuilds ``cases`` (Alembic's batch mode on SQLite copies the table, and drops its
+    triggers) must make them again: this fails until it does."""
+    engine = create_engine(_url(place))
+    with engine.connect() as connection:
+        if place.backend == "sqlite":
+            found = connection.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger' AND "
+                                            "tbl_name = 'cases'")).scalars()
+            expected = {"cases_version", "cases_count_add", "cases_count_delete", "cases_count_remove"}
+        else:
+            found = connection.execute(text("SELECT tgname FROM pg_trigger WHERE tgrelid = 'cases'::regclass AND "
+                                            "NOT tgisinternal")).scalars()
+            expected = {"cases_version", "cases_count"}
+        names = set(found)
+    engine.dispose()
+    assert expected <= names, names
+
+
 def test_an_older_store_needs_an_upgrade_and_opening_it_changes_nothing(place, newer_mucosa):
     place.open(create=True).close()  # at today's head
     head = head_revision()

@@ -12,6 +12,9 @@
   index on each page (on PostgreSQL about 1 ms of the database's CPU a page); it reads one row now, whatever
   the store's size.
 
+A later revision that rebuilds ``cases`` (Alembic's batch mode on SQLite copies the table and drops its triggers)
+must create these triggers again: ``tests/store/test_schema.py`` checks that the store at head has them.
+
 Revision ID: 0005
 Revises: 0004
 """
