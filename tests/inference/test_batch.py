@@ -15,8 +15,16 @@ from mucosa.data.manifest import Record, load_manifest, write_manifest
 from mucosa.data.video import iter_video_frames
 from mucosa.errors import MucosaError, MucosaWarning
 from mucosa.evaluation.evaluate import score
+from mucosa.inference.atlas_search import format_search, search_atlas, write_search
 from mucosa.inference.batch import collect_sources, format_cases, predict
-from mucosa.inference.verdict import NO_VERDICT, UNFAMILIAR, verdict_names
+from mucosa.inference.verdict import (
+    NO_SECOND_OPINION,
+    NO_VERDICT,
+    NOT_SIMILAR,
+    UNFAMILIAR,
+    unfamiliar_reason,
+    verdict_names,
+)
 from mucosa.models.checkpoint import (
     load_checkpoint,
     read_checkpoint_file,
@@ -370,9 +378,15 @@ def test_a_foreign_pattern_is_unfamiliar_and_a_held_out_case_keeps_its_class(atl
     assert float(cases[str(held_out)]["unfamiliar_share"]) == pytest.approx(share, abs=1e-4)
     assert cases[str(held_out)]["atlas_vote"] in result.classes and 0.5 <= float(cases[str(held_out)]
                                                                                   ["atlas_vote_share"]) <= 1
+    assert cases[str(held_out)]["nearest_atlas_frames"] == cases[str(held_out)]["nearest_atlas_frames_share"] == ""
+    strange = cases[str(foreign["sine"])]  # unfamiliar: its vote is no second opinion, so not an atlas_vote
+    assert strange["atlas_vote"] == strange["atlas_vote_share"] == "" and strange["nearest_atlas_frames"] in \
+        result.classes and 0 < float(strange["nearest_atlas_frames_share"]) <= 1
     files = read_csv(tmp_path / "p" / "files.csv")
     assert {f["verdict"] for f in files if f["case"] == str(foreign["sine"])} <= {UNFAMILIAR, *result.classes,
                                                                                  *verdict_names(result.classes)}
+    assert all((f["atlas_vote"] == "") == (f["verdict"] == UNFAMILIAR) != (f["nearest_atlas_frames"] == "")
+               for f in files)
     similar = json.loads((tmp_path / "p" / "similar.json").read_text())
     assert similar["atlas"]["frames"] == len(result.atlas) and [c["case"] for c in similar["cases"]] == \
         [str(held_out), str(foreign["sine"]), str(foreign["noise"])]
@@ -389,6 +403,26 @@ def test_a_foreign_pattern_is_unfamiliar_and_a_held_out_case_keeps_its_class(atl
     assert sine.startswith(f"{foreign['sine']}: unfamiliar (unfamiliarity ratio {ratio:.2f}; the network alone: mean "
                            "probability ") and "; nearest atlas frames, no second opinion: " in sine
     assert "; nearest, not similar: " in sine and "atlas vote" not in sine and "most similar" not in sine
+
+
+def test_atlas_search_names_an_unfamiliar_recordings_cases_nearest_not_similar(atlas_run, foreign, tmp_path):
+    held_out = patient_folder(atlas_run.run)
+    found = search_atlas(atlas_run.run / "atlas", [held_out, foreign["sine"]], k=2)
+    held, sine = found.cases
+    assert held.unfamiliar is False and sine.unfamiliar is True and sine.ratio > 1  # predict's case rule
+    printed = format_search(found)
+    own, strange = printed.split(f"\n{foreign['sine']}: ")
+    assert "; atlas vote " in own and "nearest" not in own and "unfamiliar: " not in own
+    assert strange.startswith(f"{sine.used} of {sine.frames} frames used; {NO_SECOND_OPINION}: ")
+    assert "atlas vote" not in strange
+    assert f"\n  unfamiliar: {unfamiliar_reason(sine.unfamiliar_share, sine.ratio)}\n  {NOT_SIMILAR}:\n  1. " \
+        in strange
+    write_search(found, tmp_path / "s")
+    rows = read_csv(tmp_path / "s" / "similar.csv")
+    assert all((r["atlas_vote"] == "") == (r["query"] == str(foreign["sine"])) != (r["nearest_atlas_frames"] == "")
+               for r in rows) and len(rows) == 4
+    entries = json.loads((tmp_path / "s" / "similar.json").read_text())["cases"]
+    assert [(e["unfamiliar"], e["reason"] is None) for e in entries] == [(False, True), (True, False)]
 
 
 def test_a_manifest_names_the_patient_whose_own_frames_are_left_out(atlas_run, tmp_path):

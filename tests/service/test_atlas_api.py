@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 
+from mucosa.inference.verdict import NEAREST_NOTE
 from serving import patient_images, serving, sine_png, upload, wait_done
 
 
@@ -50,6 +51,7 @@ def test_similar_cases_leave_out_the_own_patient(atlas_engine, atlas_run):
         answer = client.get(f"/v1/cases/{case_id}/similar", params={"k": 3})
         assert answer.status_code == 200, answer.text
         found = answer.json()["similar"]
+        assert answer.json()["unfamiliar"] is False and answer.json()["reason"] is None
         assert 1 <= len(found) <= 3 and all(case["patient"] != "P01" for case in found)
         assert "P01" in set(atlas_engine.atlas.records.patients.tolist())  # so leaving it out is a choice
         closest = found[0]["closest"][0]
@@ -110,9 +112,14 @@ def test_similar_waits_for_a_usable_frame(atlas_engine, black_png, tmp_path, mon
 def test_a_foreign_image_is_unfamiliar(atlas_engine, tmp_path):
     with serving(atlas_engine) as (client, _):
         case = wait_done(client, upload(client, "/v1/cases", sine_png(tmp_path)).json()["id"])
+        nearest = client.get(f"/v1/cases/{case['id']}/similar", params={"k": 2}).json()
     assert all(row["unfamiliar"] for row in case["timeline"])
     assert case["verdict"]["label"] == "unfamiliar" and case["verdict"]["class"] is None
     assert case["verdict"]["unfamiliar"] == 1.0
+    # its similar cases say they are the nearest, not similar, and the vote no second opinion (the fields kept)
+    assert nearest["unfamiliar"] is True and len(nearest["similar"]) == 2 and nearest["atlas_vote"]
+    assert nearest["reason"] == f"{case['verdict']['reason']} {NEAREST_NOTE}"
+    assert "no second opinion" in NEAREST_NOTE and "nearest, not similar" in NEAREST_NOTE
 
 
 def test_one_still_image_is_judged_by_the_atlas_too(atlas_engine, atlas_run, tmp_path):

@@ -26,6 +26,11 @@ def reports(atlas_engine, atlas_run, tmp_path_factory):
     with serving(atlas_engine) as (client, _):
         for name, paths in (("foreign", [sine_png(folder)]), ("own", patient_images(atlas_run.cohort, "P01")[:4])):
             case = wait_done(client, upload(client, "/v1/cases", *paths).json()["id"])
+            if name == "foreign":  # signed off: the verdict judged is unfamiliar, not a class
+                classes = client.get("/v1/model").json()["classes"]
+                review = client.post(f"/v1/cases/{case['id']}/review", json={"histology": classes[0], "agrees": True})
+                assert review.status_code == 201 and review.json()["verdict"] is None, review.text
+                assert review.json()["verdict_text"] == "unfamiliar"
             base = f"/v1/cases/{case['id']}/report"
             found[name] = (case, client.get(f"{base}.json").json(), client.get(f"{base}.html").text,
                            client.get(f"{base}.pdf").content)
@@ -53,11 +58,14 @@ def test_the_report_says_why_a_case_is_unfamiliar_and_names_no_call(reports, tmp
     assert f"unfamiliarity ratio {verdict['unfamiliarity_ratio']:.2f}, where above 1 is unfamiliar" in reason
     assert f"{100 * verdict['unfamiliar']:.0f}% of its frames are marked unfamiliar" in reason
     assert data["verdict"]["network_alone"] == verdict["network_alone"]
+    assert data["review"]["verdict"] == "unfamiliar" and "verdict_text" not in data["review"]
     text = " ".join(pdf_text(pdf, tmp_path).split())
     words = " ".join(html.unescape(re.sub("<[^>]+>", " ", page)).split())
     for shown in (text, words):
         assert f"Unfamiliar {reason}" in shown  # the heading, then why
         assert verdict["network_alone"] in shown
+        assert "Agrees with the verdict yes (the verdict unfamiliar)" in shown
+        assert "Verdict reviewed unfamiliar" in shown
         assert "Nearest atlas case 1 not similar: " in shown and "Similar case" not in shown
         assert "no second opinion" in shown and "Atlas vote (second opinion)" not in shown
         assert "its attention for its unsupported guess" in shown

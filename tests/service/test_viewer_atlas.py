@@ -126,6 +126,11 @@ def test_an_unfamiliar_case_names_no_class_as_the_call(page, base, tmp_path):
     assert report["reason"] == verdict["reason"]  # one wording, the server's
     assert f"unfamiliarity ratio {verdict['unfamiliarity_ratio']:.2f}" in verdict["reason"]
     assert "100% of its frames are marked unfamiliar" in verdict["reason"]
+    # a review of it judged the verdict unfamiliar (it calls no class), and the review list says so
+    review = httpx.post(f"{base}/v1/cases/{case_id}/review", json={"histology": classes[0], "agrees": True})
+    assert review.status_code == 201, review.text
+    words = page.evaluate("(r) => reviewWords(r)", review.json())
+    assert f"histology {classes[0]}, agrees with the verdict unfamiliar (model " in words, words
 
     badge = re.compile(rf"^network: P\(({'|'.join(classes)})\) \d\.\d{{3}} · frame unfamiliar$")
     expect(page.locator("#frame-badge")).to_have_text(badge)

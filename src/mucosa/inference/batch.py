@@ -14,16 +14,17 @@ examination's frames) and every video is a case of its own; a file named on the 
 case. A file given twice for the same case (a folder or a file named twice, a manifest row repeated) counts once
 in it, with a warning.
 
-The atlas (``mucosa.inference.atlas``; ``atlas/`` beside the checkpoint, or one named): with one, every
-used frame is embedded in the same pass as its probability, and ``predictions.csv`` gives its unfamiliarity
-score and whether it is ``unfamiliar``; ``files.csv`` and ``cases.csv`` give each file's and case's share of
-unfamiliar used frames, the verdict ``unfamiliar`` when their median score is above the atlas's case
-threshold (``verdict.verdict_or_unfamiliar``, the one rule) and the atlas's nearest-neighbour vote as a second opinion
-(``atlas_vote``, ``atlas_vote_share``); ``similar.json`` lists each case's most similar confirmed cases, with
-their closest frames as PNG thumbnails in ``similar/``. A case's own patients are left out of every answer
-of the atlas, for each of its frames (``leave_out``): the atlas's patients of its files, when they are
-atlas cases, and the patient a manifest names. Without an
-atlas these cells are empty and one warning says that mucosa cannot tell unfamiliar recordings.
+The atlas (``mucosa.inference.atlas``; ``atlas/`` beside the checkpoint, or one named): with one, every used frame
+is embedded in the same pass as its probability, and ``predictions.csv`` gives its unfamiliarity score and whether
+it is ``unfamiliar``; ``files.csv`` and ``cases.csv`` give each file's and case's share of unfamiliar used frames,
+the verdict ``unfamiliar`` when their median score is above the atlas's case threshold
+(``verdict.verdict_or_unfamiliar``, the one rule) and the atlas's nearest-neighbour vote as a second opinion
+(``atlas_vote``, ``atlas_vote_share``; for an ``unfamiliar`` row these are empty and the vote is given as
+``nearest_atlas_frames``, ``nearest_atlas_frames_share``: no second opinion); ``similar.json`` lists each case's
+most similar confirmed cases, with their closest frames as PNG thumbnails in ``similar/``. A case's own patients are
+left out of every answer of the atlas, for each of its frames (``leave_out``): the atlas's patients of its files,
+when they are atlas cases, and the patient a manifest names. Without an atlas these cells are empty and one warning
+says that mucosa cannot tell unfamiliar recordings.
 
 A file that cannot be read is reported (one warning naming it) and left out of every output, and the
 others are predicted; :attr:`PredictResult.unreadable` lists it (the CLI then exits with status 3). The
@@ -58,8 +59,16 @@ from mucosa.inference.atlas_build import file_weights, find_atlas, model_weights
 from mucosa.inference.distributed import Processes
 from mucosa.inference.leave_out import own_patients_by_case
 from mucosa.inference.runtime import open_predictor
-from mucosa.inference.similar import AtlasView, consult, flags_text, similar_entry, similar_json, vote_cells
-from mucosa.inference.texture_view import file_textures, textured
+from mucosa.inference.similar import (
+    VOTE_COLUMNS,
+    AtlasView,
+    consult,
+    flags_text,
+    similar_entry,
+    similar_json,
+    vote_cells,
+)
+from mucosa.inference.texture_view import query_textures
 from mucosa.tables import safe_row
 
 OUTPUTS = ("predictions.csv", "files.csv", "cases.csv", "similar.json", "similar")
@@ -327,9 +336,8 @@ def _score_file(predictor, prepared: PreparedFrames, embed: bool = False, source
         frames = np.asarray(prepared.frames[keep])
         probs, embeddings = predictor.predict_and_embed(frames) if embed else (predictor(frames), None)
         if embed and source is not None:
-            numbers = np.asarray(prepared.indices)[keep][[textured(n) for n in range(len(keep))]]
-            found = file_textures(source.path.resolve(), predictor.preprocessing, numbers, source.frames)
-            textures = np.stack([found[int(n)] for n in numbers if int(n) in found]) if found else None
+            textures = query_textures(source.path.resolve(), predictor.preprocessing,
+                                      np.asarray(prepared.indices)[keep], source.frames)
     return FileScores(np.asarray(prepared.indices), np.asarray(prepared.quality), np.asarray(keep), probs,
                       prepared.corrupt, embeddings, textures)
 
@@ -376,7 +384,7 @@ def _write_summaries(path: Path, rows: list[Summary], result: PredictResult, key
         writer = csv.writer(handle)
         writer.writerow(safe_row([key, *(["case"] if key == "path" else ["files"]), "frames", "used",
                                   "skipped_quality", "corrupt", *mean_header, "verdict", "unfamiliar_share",
-                                  "unfamiliarity_ratio", "atlas_vote", "atlas_vote_share"]))
+                                  "unfamiliarity_ratio", *VOTE_COLUMNS]))
         for s in rows:
             mean = s.mean()
             verdict, share = result.verdict_and_share(s)
@@ -386,7 +394,8 @@ def _write_summaries(path: Path, rows: list[Summary], result: PredictResult, key
                                       *(_probability_text(mean) if mean is not None else [""] * len(mean_header)),
                                       verdict, "" if share is None else f"{share:.4f}",
                                       "" if ratio is None else f"{ratio:.4f}",
-                                      *vote_cells(None if s.atlas is None else s.atlas.vote)]))
+                                      *vote_cells(None if s.atlas is None else s.atlas.vote,
+                                                  verdict == verdicts.UNFAMILIAR)]))
 
 
 def predict(checkpoint: str | Path, paths: list[str | Path], out: str | Path, runtime: str = "auto",
@@ -512,10 +521,10 @@ def _atlas_words(summary: Summary, share: float | None, unfamiliar: bool) -> str
         return ""
     words = "" if share is None else f"; {share:.0%} of them unfamiliar"
     if view.vote is not None:
-        words += (f"; nearest atlas frames, no second opinion: {view.vote.label}" if unfamiliar else
+        words += (f"; {verdicts.NO_SECOND_OPINION}: {view.vote.label}" if unfamiliar else
                   f"; atlas vote {view.vote.label}") + f" {float(np.max(view.vote.shares)):.2f}"
     if view.similar:
-        words += (f"; {'nearest, not similar' if unfamiliar else 'most similar'}: {view.similar[0].case} "
+        words += (f"; {verdicts.NOT_SIMILAR if unfamiliar else 'most similar'}: {view.similar[0].case} "
                   f"({view.similar[0].label})")
     return words
 

@@ -4,7 +4,9 @@ nearest-neighbour vote (a second opinion beside the network's), and the confirme
 :func:`consult` asks the atlas (:mod:`mucosa.inference.atlas`) once for a file's or a case's used frames
 (their embeddings) and gives an :class:`AtlasView`. :func:`similar_entry` turns a view into plain data for
 ``similar.json``, writing each closest frame's thumbnail as a PNG file beside it; :func:`vote_cells` gives
-the ``atlas_vote`` and ``atlas_vote_share`` cells of a CSV row. ``mucosa predict``, ``mucosa atlas search``
+the :data:`VOTE_COLUMNS` cells of a CSV row: the vote as ``atlas_vote`` and ``atlas_vote_share``, or, for a
+recording whose verdict is ``unfamiliar``, as ``nearest_atlas_frames`` and ``nearest_atlas_frames_share`` (then
+no second opinion), the other two left empty. ``mucosa predict``, ``mucosa atlas search``
 and the Python API use them, so the three say the same.
 
 Example:
@@ -17,7 +19,9 @@ Example:
     >>> atlas = Atlas(AtlasModel("0" * 64, ("control", "active"), 2), vectors, records, np.zeros((24, 8, 8), np.uint8))
     >>> view = consult(atlas, np.array([[0.0, 1.0]], np.float32), k=1)
     >>> vote_cells(view.vote), [case.case for case in view.similar], view.flags is None  # not calibrated
-    (['active', '1.0000'], ['b'], True)
+    (['active', '1.0000', '', ''], ['b'], True)
+    >>> vote_cells(view.vote, unfamiliar=True)  # the recording is unfamiliar: no second opinion
+    ['', '', 'active', '1.0000']
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ from PIL import Image
 
 from mucosa.inference.atlas import Atlas, AtlasError, SimilarCase, Vote
 
-__all__ = ["SIMILAR_CASES", "AtlasView", "consult", "flags_text", "save_thumbnail", "similar_entry", "similar_json",
-           "vote_cells"]
+__all__ = ["SIMILAR_CASES", "VOTE_COLUMNS", "AtlasView", "consult", "flags_text", "save_thumbnail", "similar_entry",
+           "similar_json", "vote_cells"]
 
 SIMILAR_CASES = 5  # similar cases shown for a case, by default
+VOTE_COLUMNS = ["atlas_vote", "atlas_vote_share", "nearest_atlas_frames", "nearest_atlas_frames_share"]
 
 
 @dataclass
@@ -72,12 +77,12 @@ def consult(atlas: Atlas, embeddings: np.ndarray | None, exclude_patient: str | 
     return view
 
 
-def vote_cells(vote: Vote | None) -> list[str]:
-    """The ``atlas_vote`` and ``atlas_vote_share`` cells of a row: the class most of the nearest atlas frames
-    have, and their share (empty without a vote)."""
-    if vote is None:
-        return ["", ""]
-    return [vote.label, f"{float(np.max(vote.shares)):.4f}"]
+def vote_cells(vote: Vote | None, unfamiliar: bool = False) -> list[str]:
+    """The :data:`VOTE_COLUMNS` cells of a row: the class most of the nearest atlas frames have, and their
+    share, as the atlas's vote (a second opinion), or, when the recording is ``unfamiliar``, as its nearest atlas
+    frames' (no second opinion); the other pair empty, and all four without a vote."""
+    cells = ["", ""] if vote is None else [vote.label, f"{float(np.max(vote.shares)):.4f}"]
+    return ["", "", *cells] if unfamiliar else [*cells, "", ""]
 
 
 def flags_text(flag) -> str:

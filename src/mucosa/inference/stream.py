@@ -157,6 +157,7 @@ class StreamSummary:
     case_probability: object = None
     unfamiliar_share: float | None = None  # of the used frames (None: no atlas, or one that cannot tell)
     unfamiliarity_ratio: float | None = None  # as predict's files.csv (None: no atlas, or one that cannot tell)
+    network_alone: str | None = None  # an unfamiliar verdict: what the network alone would say (verdict.network_alone)
     fov: object = None  # the field of view used (``fov.FieldOfView``)
     buffered: int = 0   # first frames held back to find the field of view (their latency includes the wait)
 
@@ -179,13 +180,16 @@ class StreamSummary:
         score = "" if self.case_probability is None else (
             f" (mean probability {float(self.case_probability):.3f})" if np.ndim(self.case_probability) == 0
             else "")
+        if self.verdict == verdicts.UNFAMILIAR:  # its probability is no verdict's: worded as the network's alone
+            score = "" if self.unfamiliarity_ratio is None else f" (unfamiliarity ratio {self.unfamiliarity_ratio:.2f})"
         return (f"{self.source}: {self.frames} frames in {self.seconds:.1f} s = {self.fps:.1f} fps ({self.runtime}); "
                 f"{self.used} used, {self.skipped} skipped by the quality gate, {self.corrupt} corrupt packets "
                 f"skipped\nlatency ms after the first {self.buffered} frames (held to find the field of view): "
                 f"median {np.median(latency):.1f}, 95th percentile {np.percentile(latency, 95):.1f}\n"
                 f"ms per frame by stage: {stages}\n"
                 f"verdict: {self.verdict}{score}"
-                + ("" if self.unfamiliar_share is None else f"; {self.unfamiliar_share:.0%} of used frames unfamiliar"))
+                + ("" if self.unfamiliar_share is None else f"; {self.unfamiliar_share:.0%} of used frames unfamiliar")
+                + ("" if self.network_alone is None else f"\n{self.network_alone}"))
 
 
 class _Producer(threading.Thread):
@@ -410,6 +414,8 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
     summary.corrupt = report.corrupt
     summary.verdict, summary.case_probability = smoother.verdict, smoother.case_probability
     summary.unfamiliar_share, summary.unfamiliarity_ratio = smoother.unfamiliar_share, smoother.unfamiliarity_ratio
+    if summary.verdict == verdicts.UNFAMILIAR:
+        summary.network_alone = verdicts.network_alone(smoother.case_probability, smoother.classes, smoother.threshold)
     summary.fov = fov
     return summary
 

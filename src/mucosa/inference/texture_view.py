@@ -36,7 +36,7 @@ from mucosa.data.readers import FrameSelection
 from mucosa.models.texture import SCALES, texture_vector
 
 __all__ = ["TEXTURE_FRAMES", "TEXTURE_SIZE", "TEXTURE_STRIDE", "TEXTURE_WIDTH", "description", "field_texture",
-           "file_textures", "frame_texture", "spread", "textured"]
+           "file_textures", "frame_texture", "query_textures", "spread", "textured"]
 
 TEXTURE_SIZE = 256  # pixels a side of the texture view (the pCLE videos' fields are 230-400 pixels across)
 TEXTURE_FRAMES = 64  # frames of each atlas case in its texture view (as many as score a case's calibration)
@@ -88,3 +88,13 @@ def file_textures(path: str | Path, prep: Preprocessing, frames: Iterable[int],
             if len(found) == len(wanted):
                 break
     return found
+
+
+def query_textures(path: str | Path, prep: Preprocessing, used: Iterable[int],
+                   selection: FrameSelection | str | None = None) -> np.ndarray | None:
+    """A query file's texture vectors: of those of its used frames (their frame numbers, in order) that get one
+    (:func:`textured`), decoded again; None when there is none."""
+    used = np.asarray(list(used), np.int64)
+    numbers = used[[textured(n) for n in range(len(used))]] if len(used) else used
+    found = file_textures(path, prep, numbers, selection)
+    return np.stack([found[int(n)] for n in numbers if int(n) in found]) if found else None

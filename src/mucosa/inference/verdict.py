@@ -36,10 +36,17 @@ from mucosa.errors import ConfigError, ModelOutputError
 
 __all__ = ["NO_VERDICT", "UNFAMILIAR", "verdict_names", "check_threshold", "call", "calls", "mean_score", "verdict",
            "unfamiliar_share", "case_unfamiliarity", "joined", "unfamiliarity_ratio", "unfamiliar_case",
-           "verdict_or_unfamiliar", "unfamiliar_reason", "network_alone"]
+           "verdict_or_unfamiliar", "unfamiliar_reason", "network_alone", "NO_SECOND_OPINION", "NOT_SIMILAR",
+           "NEAREST_NOTE"]
 
 NO_VERDICT = "no informative frames"
 UNFAMILIAR = "unfamiliar"
+# For a file or case whose verdict is UNFAMILIAR: what the atlas's vote and its cases are then (no second opinion,
+# not similar), in the words every output uses
+NO_SECOND_OPINION = "nearest atlas frames, no second opinion"
+NOT_SIMILAR = "nearest, not similar"
+NEAREST_NOTE = (f"The atlas's vote is that of its {NO_SECOND_OPINION}, and the atlas cases listed are the "
+                f"{NOT_SIMILAR}.")
 
 
 def verdict_names(classes: list[str]) -> list[str]:

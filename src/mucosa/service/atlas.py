@@ -24,14 +24,16 @@ from pathlib import Path
 import numpy as np
 
 from mucosa.errors import MucosaError
+from mucosa.inference import verdict as verdicts
 from mucosa.inference.atlas import Atlas, AtlasError
 from mucosa.inference.atlas_build import find_atlas, open_atlas
 from mucosa.inference.leave_out import own_patients
 from mucosa.inference.similar import SIMILAR_CASES, consult, similar_entry
 from mucosa.service.framestore import encode
+from mucosa.service.presentation import is_unfamiliar
 
 __all__ = ["EMBEDDINGS", "FRAME_NUMBERS", "MAX_SIMILAR", "NO_ATLAS", "SIMILAR_CASES", "CaseFamiliarity", "NotReady",
-           "atlas_beside", "atlas_card", "similar_cases"]
+           "atlas_beside", "atlas_card", "similar_cases", "unfamiliar_note"]
 
 log = logging.getLogger(__name__)
 
@@ -142,3 +144,14 @@ def similar_cases(atlas: Atlas | None, folder: Path, sources: list[Path], k: int
             frame["thumbnail"] = _data_url(match.thumbnail)
             frame["query_frame"] = int(numbers[match.query_frame])
     return entry
+
+
+def unfamiliar_note(verdict: dict | None) -> dict:
+    """The similar cases' ``unfamiliar`` and ``reason`` for a case's ``verdict``: whether it is ``unfamiliar``
+    (None: the atlas cannot tell), and then why (``verdict.unfamiliar_reason``) and what its vote and cases are
+    (``verdict.NEAREST_NOTE``: no second opinion, the nearest, not similar); ``reason`` None for any other
+    verdict."""
+    if not is_unfamiliar(verdict):
+        return {"unfamiliar": None if not verdict or verdict.get("unfamiliar") is None else False, "reason": None}
+    why = verdicts.unfamiliar_reason(verdict.get("unfamiliar"), verdict.get("unfamiliarity_ratio"))
+    return {"unfamiliar": True, "reason": f"{why} {verdicts.NEAREST_NOTE}"}

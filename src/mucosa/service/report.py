@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from mucosa.data.pseudonyms import Pseudonym
+from mucosa.inference import verdict as verdicts
 from mucosa.service.atlas import SIMILAR_CASES, NotReady, similar_cases
 from mucosa.service.plots import timeline_figure
 from mucosa.service.presentation import (
@@ -147,9 +148,13 @@ def report_data(case: dict, card: dict, generated: float | None = None, similar:
 
 
 def _sign_off(review):
-    """The reviewer's sign-off as the report shows it: the API's review without its ids."""
+    """The reviewer's sign-off as the report shows it: the API's review without its ids; the verdict judged is the
+    class, or ``unfamiliar`` for an unfamiliar case (its ``verdict_text``)."""
     if isinstance(review, dict) and "case_id" in review:
-        return {key: value for key, value in review.items() if key not in ("id", "case_id")}
+        kept = {key: value for key, value in review.items() if key not in ("id", "case_id", "verdict_text")}
+        if kept.get("verdict") is None and review.get("verdict_text") == verdicts.UNFAMILIAR:
+            kept["verdict"] = verdicts.UNFAMILIAR
+        return kept
     return review
 
 
@@ -432,8 +437,9 @@ def review_rows(review) -> list[tuple[str, str]]:
     if isinstance(review, list):
         return [row for item in review for row in review_rows(item)]
     if isinstance(review, dict):
-        return [(_REVIEW_LABELS.get(k) or _label(str(k)), _words(v)) for k, v in review.items()
-                if v not in (None, "")]
+        judged = f" (the verdict {verdicts.UNFAMILIAR})" if review.get("verdict") == verdicts.UNFAMILIAR else ""
+        return [(_REVIEW_LABELS.get(k) or _label(str(k)), _words(v) + (judged if k == "agrees" else ""))
+                for k, v in review.items() if v not in (None, "")]
     return [("Review", str(review))]
 
 

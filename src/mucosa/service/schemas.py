@@ -108,6 +108,24 @@ class ReviewOut(BaseModel):
     at: str = Field(description="when, ISO 8601 (UTC)")
     model_version: str | None
     verdict: str | None = Field(description="the class the verdict judged called (null: none)")
+    verdict_text: str | None = Field(None, description="the verdict judged, in words: 'unfamiliar' for a case unlike "
+                                     "the atlas's, which calls no class")
+
+
+class SimilarCases(BaseModel):
+    """``GET /v1/cases/{id}/similar``: the confirmed cases of the atlas nearest a finished case."""
+
+    atlas_vote: dict[str, float] | None = Field(description="the share of each class among the nearest atlas frames "
+                                                "of other patients (null: none): a second opinion, unless the "
+                                                "case is unfamiliar")
+    similar: list[dict[str, Any]] = Field(description="the k nearest atlas cases, most alike first: rank, case, "
+                                          "patient, label, distance, matched_frames, query_frames and closest "
+                                          "frames (file, frame, distance, query_frame, thumbnail as a PNG data URL)")
+    unfamiliar: bool | None = Field(description="the case's verdict is 'unfamiliar' (null: the atlas cannot tell): "
+                                    "then atlas_vote is that of its nearest atlas frames, no second opinion, and "
+                                    "the cases listed are the nearest, not similar")
+    reason: str | None = Field(description="for an unfamiliar case, why (its unfamiliarity ratio and share of "
+                               "unfamiliar frames) and what its vote and cases are; null otherwise")
 
 
 class StoreInfo(BaseModel):

@@ -29,7 +29,7 @@ def review_json(review: Review | None) -> dict | None:
     return {"id": review.id, "case_id": review.case_id, "reviewer": review.reviewer, "histology": review.histology,
             "agrees": review.agrees, "note": review.note,
             "at": review.created_at.astimezone(dt.timezone.utc).isoformat(timespec="seconds"),
-            "model_version": review.model_version, "verdict": review.verdict}
+            "model_version": review.model_version, "verdict": review.verdict, "verdict_text": review.verdict_text}
 
 
 @dataclass

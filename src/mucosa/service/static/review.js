@@ -52,7 +52,9 @@ function syncAgrees() {
 
 function reviewWords(r) {
   const when = r.at ? r.at.replace("T", " ").slice(0, 16) + " UTC" : "";
-  const judged = r.verdict ? `the verdict ${r.verdict}` : "no verdict";
+  // an unfamiliar case calls no class (verdict null), but its verdict, unfamiliar, is what was judged
+  const judged = r.verdict ? `the verdict ${r.verdict}` :
+    r.verdict_text === "unfamiliar" ? "the verdict unfamiliar" : "no verdict";
   return `${when} · ${r.reviewer}: histology ${r.histology}, ${r.agrees ? "agrees with" : "disagrees with"} ` +
     `${judged} (model ${r.model_version || "unknown"})`;
 }
