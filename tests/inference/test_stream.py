@@ -332,7 +332,8 @@ def test_stream_marks_unfamiliar_frames_and_ends_as_predict_does(atlas_run, clip
         printed = capsys.readouterr().out
         assert f"{np.mean(flags):.0%} of used frames unfamiliar" in printed
         last = printed[printed.rindex("verdict: "):]  # an unfamiliar end gives the probability as the network's alone
-        assert ("mean probability" not in last and "\nThe network alone, not a verdict" in last) == (clip == sine)
+        old_words, new_words = "unfamiliar (mean probability" in last, "\nThe network alone, not a verdict" in last
+        assert (not old_words and new_words) == (clip == sine)
         predicted = predict(atlas_run.best, [clip], tmp_path / clip.stem)
         assert rows[-1]["verdict"] == predicted.verdict(predicted.cases[0])
         frames = read_csv(tmp_path / clip.stem / "predictions.csv")

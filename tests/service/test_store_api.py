@@ -115,7 +115,7 @@ def test_reviews_roles_audit_and_the_log(served, backend):
     assert review.status_code == 201, review.text
     review = review.json()
     assert set(review) == {"id", "case_id", "reviewer", "histology", "agrees", "note", "at", "model_version",
-                           "verdict"}
+                           "verdict", "verdict_text"}
     assert review["verdict"] == first["verdict"]["class"] and review["model_version"] == first["model_version"]
     later = client.post(url, json={**body, "histology": card["classes"][1], "agrees": card["classes"][1] == called},
                         headers=as_reviewer).json()
@@ -207,3 +207,22 @@ def test_a_list_shows_what_another_writer_changed_and_its_kept_summaries_are_exa
                                {"region": first["region"], "id": first["id"]})
         other.dispose()
         client.headers.pop("Authorization")
+
+
+def test_a_reviewer_can_say_the_tissue_is_none_of_the_model_classes(served):
+    """A colon video under a brain model: only the model's classes could be chosen, so a reviewer had to record a
+    false class, which the export then made a training label. The API takes the words for "none of them" (the
+    viewer offers them), and still refuses any other name."""
+    from mucosa.choices import OUTSIDE_CLASSES
+
+    client, first, _ = served
+    token = client.app.state.store.add_user(f"otto{time.monotonic_ns()}", "reviewer")
+    auth = {"Authorization": f"Bearer {token}"}
+    url = f"/v1/cases/{first['id']}/review"
+    refused = client.post(url, json={"histology": "colon", "agrees": False, "note": ""}, headers=auth)
+    assert refused.status_code == 422 and OUTSIDE_CLASSES in refused.json()["detail"]
+    taken = client.post(url, json={"histology": OUTSIDE_CLASSES, "agrees": False, "note": "colorectal"},
+                        headers=auth)
+    assert taken.status_code == 201 and taken.json()["histology"] == OUTSIDE_CLASSES, taken.text
+    script = client.get("/static/common.js").text  # the viewer offers the same words
+    assert f'const OUTSIDE_CLASSES = "{OUTSIDE_CLASSES}";' in script

@@ -90,3 +90,22 @@ def test_a_pseudonymised_export_names_no_patient_and_no_file(store, reviewer, tm
     assert row.path == store.media_path(case.media[0]).resolve()
     assert (row.patient, row.region) == ((name(patient), f"rectum of {name(patient)}") if pseudonymise else
                                          (patient, f"rectum of {patient}"))
+
+
+def test_tissue_outside_the_model_classes_is_reviewed_counted_apart_and_never_exported(store, make_case, reviewer,
+                                                                                      tmp_path):
+    """A colon video under a brain model: its reviewer records histology "outside the model's classes". Before,
+    only a class could be chosen, and the export then taught the next model a false label."""
+    from mucosa.choices import OUTSIDE_CLASSES
+
+    colon = _finished(store, make_case, "colon video", None, None)
+    store.add_review(colon.id, reviewer, OUTSIDE_CLASSES, True, "colorectal mucosa: not a brain tumour")
+    with pytest.raises(StoreError, match=f"1 reviewed as {OUTSIDE_CLASSES!r}"):
+        store.export_reviewed(tmp_path / "none.csv")
+    known = _finished(store, make_case, "brain video", "active", 0.9)
+    store.add_review(known.id, reviewer, "active", True)
+    out = tmp_path / "manifest.csv"
+    assert store.export_reviewed(out) == 1
+    assert [r.extra["case"] for r in load_manifest(out).records] == [known.id]
+    overall = store.audit(classes=["healed", "active"])["overall"]
+    assert overall["cases"] == 1 and sum(overall["not_counted"].values()) == 1, overall["not_counted"]

@@ -3,7 +3,9 @@
 One row per media file of every reviewed case: ``path`` (the file in the store's media folder, relative to
 the CSV), ``label`` (the latest review's histology), ``patient`` (the pseudonymous patient id; a case without
 one is its own patient, ``case-ID``), ``region`` and ``case`` (the case's id). A file stored for two cases is
-written once (the manifest refuses duplicate rows), under the earlier case.
+written once (the manifest refuses duplicate rows), under the earlier case. A case whose histology is
+:data:`mucosa.choices.OUTSIDE_CLASSES` (tissue that is none of the model's classes) is left out: it has no label
+a model can learn.
 
 Pseudonymised (``mucosa store export --pseudonymise``, the one rule of :mod:`mucosa.data.pseudonyms`), each
 patient is its keyed pseudonym (with the key of ``mucosa serve --pseudonymise``: the pseudonym its reports
@@ -19,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mucosa.atomic import PendingFile, check_writable_file, write_error
+from mucosa.choices import OUTSIDE_CLASSES
 from mucosa.data.manifest import Record, write_manifest
 from mucosa.data.pseudonyms import Pseudonym
 from mucosa.evaluation.privacy import Redactor
@@ -34,6 +37,8 @@ def _records(reviewed: Sequence[tuple[Case, Review]], media_folder: MediaFolder,
              pseudonym: Pseudonym | None) -> list[Record]:
     records, seen = [], {}
     for case, review in reviewed:
+        if review.histology == OUTSIDE_CLASSES:  # tissue the model does not know: no label to train on
+            continue
         patient, region = case.patient or f"case-{case.id}", case.region or ""
         shown = [media.name for media in case.media]
         if pseudonym is not None:
@@ -62,8 +67,12 @@ def export_reviewed(reviewed: Sequence[tuple[Case, Review]], media_folder: Media
     """
     path = check_writable_file(path, "manifest")
     records = _records(reviewed, media_folder, pseudonym)
+    outside = sum(review.histology == OUTSIDE_CLASSES for _, review in reviewed)
+    if outside:
+        log.warning("%d reviewed case(s) with histology %r left out: no class to train on", outside, OUTSIDE_CLASSES)
     if not records:
-        raise StoreError(f"store {where}: no reviewed case to export")
+        why = f" ({outside} reviewed as {OUTSIDE_CLASSES!r}, which no model can learn)" if outside else ""
+        raise StoreError(f"store {where}: no reviewed case to export{why}")
     pending = PendingFile(path, open_file=False)
     try:
         write_manifest(records, pending.temp)  # same folder as path: the relative paths hold

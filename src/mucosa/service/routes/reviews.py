@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from mucosa.choices import OUTSIDE_CLASSES
 from mucosa.service import schemas
 from mucosa.service.dependencies import CardDep, CasesDep, UserDep, case_or_404
 from mucosa.service.problems import problem
@@ -25,7 +26,8 @@ router = APIRouter(prefix="/cases", tags=["reviews"])
     403: {"model": schemas.Problem, "description": "the user is a viewer"},
     404: {"model": schemas.Problem, "description": "unknown case"},
     409: {"model": schemas.Problem, "description": "the case is not done"},
-    422: {"model": schemas.Problem, "description": "histology is not one of the model's classes, or agrees "
+    422: {"model": schemas.Problem, "description": "histology is neither one of the model's classes nor "
+          f"{OUTSIDE_CLASSES!r} (tissue the model does not know), or agrees "
           "contradicts it (a verdict that is a class: agrees must be histology == verdict)"}})
 def review_case(case_id: str, body: schemas.ReviewIn, cases: CasesDep, card: CardDep, user: UserDep) -> dict:
     """Record the histology of a finished case and whether the reviewer agrees with its verdict."""
@@ -34,7 +36,7 @@ def review_case(case_id: str, body: schemas.ReviewIn, cases: CasesDep, card: Car
     case = case_or_404(cases, case_id, detail=False)
     if case.status != "done":
         raise problem(409, f"case {case_id} is {case.status}: only a finished case can be reviewed")
-    if body.histology not in card["classes"]:
+    if body.histology not in (*card["classes"], OUTSIDE_CLASSES):
         raise problem(422, f"histology: {body.histology!r} is not one of the model's classes "
-                      f"({', '.join(card['classes'])})")
+                      f"({', '.join(card['classes'])}) nor {OUTSIDE_CLASSES!r}")
     return review_json(cases.store.add_review(case_id, user, body.histology, body.agrees, body.note))

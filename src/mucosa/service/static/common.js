@@ -99,6 +99,8 @@ function networkGuess(v) {
   return classes()[v.score >= v.threshold ? classes().length - 1 : 0];
 }
 
+// a review's histology for tissue none of the model's classes (the same words as mucosa.choices.OUTSIDE_CLASSES)
+const OUTSIDE_CLASSES = "outside the model's classes";
 const GREYS = ["#6b7684", "#aab4c1"];  // an unfamiliar case's share of frames per class: no class's colour
 
 /* The probability the timeline plots: P(positive class) for two classes, else the called class's. */

@@ -89,6 +89,8 @@ function fillHistology(card) {
   const select = $("review-histology");
   select.length = 1;
   for (const cls of card.classes) select.add(new Option(cls, cls));
+  // tissue the model does not know (a colon video for a brain model): never a training label (store export)
+  select.add(new Option("none of the model's classes (other tissue)", OUTSIDE_CLASSES));
 }
 
 async function submitReview(e) {
