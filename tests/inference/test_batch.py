@@ -22,6 +22,7 @@ from mucosa.inference.verdict import (
     NO_VERDICT,
     NOT_SIMILAR,
     UNFAMILIAR,
+    percent,
     unfamiliar_reason,
     verdict_names,
 )
@@ -397,7 +398,7 @@ def test_a_foreign_pattern_is_unfamiliar_and_a_held_out_case_keeps_its_class(atl
     strange = similar["cases"][1]  # the sine: why, and its vote and cases said to be no second opinion, not similar
     ratio = result.unfamiliarity(result.cases[1])
     assert first["reason"] is None and f"unfamiliarity ratio {ratio:.2f}, where above 1 is unfamiliar" in \
-        strange["reason"] and f"{100 * verdicts[str(foreign['sine'])][1]:.0f}% of its frames" in strange["reason"]
+        strange["reason"] and f"{percent(verdicts[str(foreign['sine'])][1])} of its frames" in strange["reason"]
     held, sine = format_cases(result).splitlines()[:2]
     assert f"{held_out}: {verdict} (mean probability " in held and "; atlas vote " in held and "most similar" in held
     assert sine.startswith(f"{foreign['sine']}: unfamiliar (unfamiliarity ratio {ratio:.2f}; the network alone: mean "

@@ -11,7 +11,7 @@ from mucosa.data.video import iter_video_frames, video_info
 from mucosa.inference.batch import predict
 from mucosa.inference.pytorch import TorchPredictor
 from mucosa.inference.stream import FrameResult, Smoother, StatusLine, stream
-from mucosa.inference.verdict import NO_VERDICT, UNFAMILIAR
+from mucosa.inference.verdict import NO_VERDICT, UNFAMILIAR, percent
 from mucosa.models.checkpoint import load_checkpoint
 
 QUICK = {"model": {"size": 32}, "preprocessing": {"fov_frames": 8},
@@ -330,7 +330,7 @@ def test_stream_marks_unfamiliar_frames_and_ends_as_predict_does(atlas_run, clip
             assert float(row["unfamiliar_share"]) == pytest.approx(np.mean(flags[:k + 1]), abs=1e-4)
             assert (row["verdict"] == UNFAMILIAR) == (np.mean(flags[:k + 1]) > 0.5)
         printed = capsys.readouterr().out
-        assert f"{np.mean(flags):.0%} of used frames unfamiliar" in printed
+        assert f"{percent(np.mean(flags))} of used frames unfamiliar" in printed
         last = printed[printed.rindex("verdict: "):]  # an unfamiliar end gives the probability as the network's alone
         old_words, new_words = "unfamiliar (mean probability" in last, "\nThe network alone, not a verdict" in last
         assert (not old_words and new_words) == (clip == sine)

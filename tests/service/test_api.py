@@ -397,7 +397,8 @@ def test_case_frames_csv_report_list(client, video_case):
     assert client.get(f"{base}/frames/10.jpg", params={"gradcam": 1}).status_code == 409
     table = list(csv.DictReader(io.StringIO(client.get(f"{base}/timeline.csv").text)))
     assert len(table) == len(video_case["timeline"])
-    assert list(table[0]) == ["frame", "time", "probability", "smoothed", "quality", "dropped"]
+    assert list(table[0]) == ["frame", "time", "probability", "smoothed", "quality", "dropped", "called",
+                              "unfamiliar"]
     report = client.get(f"{base}/report.html").text
     assert video_case["verdict"]["label"] in report.lower() and "<svg" in report
     download = client.get(f"{base}/report.html", params={"download": 1})

@@ -3,7 +3,9 @@ the verdict says why, with its unfamiliarity ratio and share of unfamiliar frame
 API's ``reason``), names no class as the call (captions, vote, similar cases), and its timeline marks the unfamiliar
 frames in the viewer's colour; an in-domain case keeps its class words."""
 
+import csv
 import html
+import io
 import re
 import subprocess
 
@@ -11,7 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mucosa.inference.verdict import percent, unfamiliar_reason
 from mucosa.service.presentation import UNFAMILIAR_MARK
+from mucosa.service.report import atlas_rows, timeline_csv
 from serving import patient_images, pdf_text, poppler, serving, sine_png, upload, wait_done
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -56,7 +60,7 @@ def test_the_report_says_why_a_case_is_unfamiliar_and_names_no_call(reports, tmp
     reason = data["verdict"]["reason"]
     assert reason == verdict["reason"]  # the API's words, which the viewer prints
     assert f"unfamiliarity ratio {verdict['unfamiliarity_ratio']:.2f}, where above 1 is unfamiliar" in reason
-    assert f"{100 * verdict['unfamiliar']:.0f}% of its frames are marked unfamiliar" in reason
+    assert f"{percent(verdict['unfamiliar'])} of its frames are marked unfamiliar" in reason
     assert data["verdict"]["network_alone"] == verdict["network_alone"]
     assert data["review"]["verdict"] == "unfamiliar" and "verdict_text" not in data["review"]
     text = " ".join(pdf_text(pdf, tmp_path).split())
@@ -97,3 +101,26 @@ def test_an_in_domain_case_keeps_its_class_words(reports, tmp_path):
         assert f"mean probability of {verdict['class']}" in shown
         assert "Atlas vote (second" in shown and "Similar case 1" in shown  # the PDF's label cell wraps
         assert "unsupported guess" not in shown and "not similar" not in shown
+
+
+def test_timeline_csv_ends_with_each_frames_call_and_whether_it_is_unfamiliar(reports):
+    found, classes = reports
+    for name, (case, *_) in found.items():
+        table = list(csv.DictReader(io.StringIO(timeline_csv(case, classes))))
+        assert list(table[0])[-2:] == ["called", "unfamiliar"], name  # appended: the old columns keep their order
+        assert [row["called"] for row in table] == [row["called"] or "" for row in case["timeline"]], name
+        assert [row["unfamiliar"] for row in table] == [
+            "" if row["unfamiliar"] is None else str(row["unfamiliar"]).lower() for row in case["timeline"]], name
+    assert "true" in [row["unfamiliar"] for row in csv.DictReader(io.StringIO(timeline_csv(found["foreign"][0],
+                                                                                           classes)))]
+
+
+def test_a_few_unfamiliar_frames_read_under_one_percent_not_none():
+    """4 unfamiliar frames of 820 (the brain case a new user saw marked on the timeline) are not "0%"."""
+    data = {"atlas": {"available": True, "vote": {"label": "glioma", "share": 0.996}, "unfamiliar": 4 / 820,
+                      "similar": []}, "verdict": {}}
+    rows = dict(atlas_rows(data))
+    assert rows["Unfamiliar frames"] == "<1% of the informative frames"
+    assert rows["Atlas vote (second opinion)"] == "glioma (>99% of the nearest confirmed frames)"
+    assert "<1% of its frames are marked unfamiliar" in unfamiliar_reason(4 / 820, 1.2)
+    assert "0% of its frames" in unfamiliar_reason(0.0, 1.2)

@@ -91,6 +91,11 @@ def test_similar_cases_open_a_side_by_side_compare(page, base, atlas_run):
             assert page.inner_text("#verdict-disagrees").startswith(
                 f"⚠ The atlas's vote disagrees with the verdict: most of the nearest confirmed frames are {vote} (80%)")
             assert axe_violations(page) == []
+    # a share of frames above 0 but under 1% is not "0%" (the brain case's 4 unfamiliar frames of 820)
+    assert page.evaluate("[0, 4 / 820, 0.5, 816 / 820, 1].map(pct)") == ["0%", "<1%", "50%", ">99%", "100%"]
+    page.evaluate("""() => { S.summary = {...S.summary, verdict: {...S.summary.verdict, unfamiliar: 4 / 820}};
+        renderVerdict(); }""")
+    assert "unfamiliar frames <1%" in page.text_content("#verdict-atlas")
 
     page.set_viewport_size({"width": 390, "height": 844})  # a phone: the similar cases as wide as the verdict
     widths = [page.locator(panel).bounding_box()["width"] for panel in ("#similar", "#verdict", ".timeline")]

@@ -84,6 +84,8 @@ def test_upload_with_exam_fields_link_reload_review_and_audit(browser, page, bas
     assert axe_violations(page) == []
     page.click("#review-submit")  # nothing chosen: one clear line, nothing sent
     assert page.inner_text("#review-error") == "Choose the histology."
+    page.select_option("#review-histology", case["verdict"]["class"])
+    assert page.is_hidden("#review-error")  # the field changed: the line that asked for it goes
     other = "meningioma" if verdict == "glioblastoma" else "glioblastoma"
     for histology, agrees, note in ((verdict, "true", "biopsy 3"), (other, "false", "")):
         page.select_option("#review-histology", histology)

@@ -144,7 +144,7 @@ def format_search(result: SearchResult) -> str:
         said = f"; {verdicts.NO_SECOND_OPINION}: " if case.unfamiliar else "; atlas vote "
         lines.append(f"{case.case}: {case.used} of {case.frames} frames used"
                      + (f"{said}{vote[0]} {float(vote[1]):.2f}" if vote[0] else "")
-                     + ("" if share is None else f"; {share:.0%} unfamiliar"))
+                     + ("" if share is None else f"; {verdicts.percent(share)} unfamiliar"))
         if case.unfamiliar:
             lines.append(f"  {verdicts.UNFAMILIAR}: {verdicts.unfamiliar_reason(share, case.ratio)}")
             lines += [f"  {verdicts.NOT_SIMILAR}:"] if case.view.similar else []

@@ -519,7 +519,7 @@ def _atlas_words(summary: Summary, share: float | None, unfamiliar: bool) -> str
     view = summary.atlas
     if view is None:
         return ""
-    words = "" if share is None else f"; {share:.0%} of them unfamiliar"
+    words = "" if share is None else f"; {verdicts.percent(share)} of them unfamiliar"
     if view.vote is not None:
         words += (f"; {verdicts.NO_SECOND_OPINION}: {view.vote.label}" if unfamiliar else
                   f"; atlas vote {view.vote.label}") + f" {float(np.max(view.vote.shares)):.2f}"

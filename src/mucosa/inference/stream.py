@@ -188,7 +188,8 @@ class StreamSummary:
                 f"median {np.median(latency):.1f}, 95th percentile {np.percentile(latency, 95):.1f}\n"
                 f"ms per frame by stage: {stages}\n"
                 f"verdict: {self.verdict}{score}"
-                + ("" if self.unfamiliar_share is None else f"; {self.unfamiliar_share:.0%} of used frames unfamiliar")
+                + ("" if self.unfamiliar_share is None
+                   else f"; {verdicts.percent(self.unfamiliar_share)} of used frames unfamiliar")
                 + ("" if self.network_alone is None else f"\n{self.network_alone}"))
 
 

@@ -36,7 +36,7 @@ from mucosa.errors import ConfigError, ModelOutputError
 
 __all__ = ["NO_VERDICT", "UNFAMILIAR", "verdict_names", "check_threshold", "call", "calls", "mean_score", "verdict",
            "unfamiliar_share", "case_unfamiliarity", "joined", "unfamiliarity_ratio", "unfamiliar_case",
-           "verdict_or_unfamiliar", "unfamiliar_reason", "network_alone", "NO_SECOND_OPINION", "NOT_SIMILAR",
+           "verdict_or_unfamiliar", "percent", "unfamiliar_reason", "network_alone", "NO_SECOND_OPINION", "NOT_SIMILAR",
            "NEAREST_NOTE"]
 
 NO_VERDICT = "no informative frames"
@@ -196,12 +196,28 @@ def verdict_or_unfamiliar(score, classes: list[str], unfamiliar=None, threshold:
     return verdict(score, classes, threshold), share
 
 
+def percent(share: float) -> str:
+    """A share (0 to 1) as a whole percentage, as every output prints a share of frames: a share above 0 but
+    under 1% reads "<1%", not 0% (4 unfamiliar frames of 820 are not none), and one under 1 but above 99% reads
+    ">99%", not 100%.
+
+    Example:
+        >>> percent(4 / 820), percent(0.0), percent(0.374), percent(816 / 820), percent(1.0)
+        ('<1%', '0%', '37%', '>99%', '100%')
+    """
+    if 0 < share < 0.01:
+        return "<1%"
+    if 0.99 < share < 1:
+        return ">99%"
+    return f"{100 * share:.0f}%"
+
+
 def unfamiliar_reason(share: float | None, ratio: float | None) -> str:
     """Why a file or case is :data:`UNFAMILIAR`, in the words the viewer, the reports and ``predict`` print:
     its unfamiliarity over the atlas's case threshold (``ratio``, :func:`unfamiliarity_ratio`) and the share of
     its used frames marked unfamiliar (``share``); either may be None (not known)."""
     how = [] if ratio is None else [f"unfamiliarity ratio {ratio:.2f}, where above 1 is unfamiliar"]
-    how += [] if share is None else [f"{100 * share:.0f}% of its frames are marked unfamiliar"]
+    how += [] if share is None else [f"{percent(share)} of its frames are marked unfamiliar"]
     return ("As a whole, this recording is unlike the confirmed cases of the atlas (its frames' typical distance "
             f"and texture are beyond theirs{': ' + '; '.join(how) if how else ''}): no class is given.")
 

@@ -26,9 +26,9 @@ def timeline_figure(case: dict, card: dict, fmt: str = "png", width: float = 7.2
                     dpi: int = 150) -> bytes:
     """The case's timeline as a PNG or SVG (``fmt``): each informative frame's probability (dots, coloured by
     the class it is called; grey when the case is `unfamiliar`: no class is called), the smoothed probability
-    (line), the threshold (binary models), frames the atlas finds unfamiliar (marks above the plot, as in the
-    viewer), frames dropped by the quality gate (ticks under the plot) and frames lost by a damaged recording
-    (shaded)."""
+    (line), the threshold (binary models), frames the atlas finds unfamiliar (marks above 1.0; the viewer draws
+    its inside the plot, just under P = 1), frames dropped by the quality gate (ticks under the plot) and frames
+    lost by a damaged recording (shaded)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

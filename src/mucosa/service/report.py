@@ -59,17 +59,20 @@ def _columns(name: str, classes: list[str]) -> list[str]:
 
 def timeline_csv(case: dict, classes: list[str]) -> str:
     """``frame, time, probability, smoothed, quality, dropped`` (per-class columns for more than two classes;
-    ``source`` for image cases), one row per frame."""
+    ``source`` for image cases), then ``called`` (the class the frame's probability calls; empty for a dropped
+    frame) and ``unfamiliar`` (``true``/``false``, empty when the atlas cannot tell), one row per frame."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     images = case["kind"] == "images"
     writer.writerow(safe_row(["frame", "time", *_columns("probability", classes), *_columns("smoothed", classes),
-                              "quality", "dropped", *(["source"] if images else [])]))
+                              "quality", "dropped", *(["source"] if images else []), "called", "unfamiliar"]))
     for row in case["timeline"]:  # file names are the client's: neutralised like every CSV cell of mucosa
+        flag = row.get("unfamiliar")
         writer.writerow(safe_row([row["frame"], "" if row["time"] is None else f"{row['time']:.4f}",
                                   *_values(row["probability"], classes), *_values(row["smoothed"], classes),
                                   f"{row['quality']:.4f}", int(row["dropped"]),
-                                  *([case["files"][row["source"]]] if images else [])]))
+                                  *([case["files"][row["source"]]] if images else []), row.get("called") or "",
+                                  "" if flag is None else str(bool(flag)).lower()]))
     return out.getvalue()
 
 
@@ -183,8 +186,8 @@ def atlas_rows(data: dict) -> list[tuple[str, str]]:
     if not atlas["available"]:
         return [("Atlas", atlas["note"] or "none")]
     vote, share, ratio = atlas["vote"], atlas["unfamiliar"], verdict.get("unfamiliarity_ratio")
-    voted = "—" if not vote else f"{vote['label']} ({100 * vote['share']:.0f}% of the nearest confirmed frames)"
-    frames = "cannot tell" if share is None else f"{100 * share:.0f}% of the informative frames"
+    voted = "—" if not vote else f"{vote['label']} ({verdicts.percent(vote['share'])} of the nearest confirmed frames)"
+    frames = "cannot tell" if share is None else f"{verdicts.percent(share)} of the informative frames"
     if not verdict.get("reason"):
         return [("Atlas vote (second opinion)", voted), ("Unfamiliar frames", frames),
                 *((f"Similar case {c['rank']}", _found(c)) for c in atlas["similar"])]
@@ -301,10 +304,10 @@ def verdict_lines(data: dict) -> dict[str, str]:
         return {**lines, "confidence": v["reason"], "shares": v["network_alone"] or ""}
     if any(row["share"] is not None for row in v["shares"]):
         lines["shares"] = "frames called " + " · ".join(
-            f"{row['class']} {100 * row['share']:.0f}% ({row['frames']})" for row in v["shares"])
+            f"{row['class']} {verdicts.percent(row['share'])} ({row['frames']})" for row in v["shares"])
     if v["interval"]:
         i = v["interval"]
-        lines["interval"] = (f"{100 * i['share']:.0f}% of informative frames called {i['class']} (95% interval "
+        lines["interval"] = (f"{verdicts.percent(i['share'])} of informative frames called {i['class']} (95% interval "
                              f"{100 * i['low']:.0f}–{100 * i['high']:.0f}%, {i['method']})")
     return lines
 

@@ -18,8 +18,6 @@ function renderAtlasNote(card) {
     "no atlas: mucosa cannot tell whether this recording is unlike its training data";
 }
 
-function pct(share) { return `${Math.round(100 * share)}%`; }
-
 /* The verdict's atlas lines: the unfamiliar share (and the verdict `unfamiliar` in a neutral tone) and the vote. */
 function renderAtlasVerdict(c, v) {
   const box = $("verdict");
@@ -176,7 +174,8 @@ function closeCompare() {
 
 /* ------------------------------------------------------------------------------------------- timeline marks */
 
-/* A mark above the plot at each unfamiliar frame; their count joins the timeline's text alternative. */
+/* A mark inside the plot, just under P = 1, at each unfamiliar frame; their count joins the timeline's text
+   alternative. */
 function drawUnfamiliar(g, geo) {
   const step = Math.max(geo.width / geo.total, 1.5);
   g.fillStyle = UNFAMILIAR;

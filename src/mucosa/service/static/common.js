@@ -59,6 +59,14 @@ async function fetchFile(path, open = false) {
 
 const esc = (text) => String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 const fmt = (value, digits = 3) => (value === null || value === undefined ? "–" : Number(value).toFixed(digits));
+/* A share (0 to 1) as a whole percentage: above 0 but under 1% reads "<1%", not 0% (4 unfamiliar frames of 820
+   are not none), under 1 but above 99% reads ">99%" (as mucosa.inference.verdict.percent); every share of
+   frames the viewer prints is written so. */
+function pct(share) {
+  if (share > 0 && share < 0.01) return "<1%";
+  if (share > 0.99 && share < 1) return ">99%";
+  return `${Math.round(100 * share)}%`;
+}
 const capital = (text) => text.charAt(0).toUpperCase() + text.slice(1);
 const counted = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 

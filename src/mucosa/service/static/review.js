@@ -126,4 +126,6 @@ async function submitReview(e) {
 function setupReview() {
   $("review-form").addEventListener("submit", submitReview);
   $("review-histology").addEventListener("change", syncAgrees);
+  // the line that asked for a field goes once a field changes (it stayed after the histology was chosen)
+  $("review-form").addEventListener("change", () => errorLine("review-error", ""));
 }

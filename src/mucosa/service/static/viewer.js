@@ -175,7 +175,7 @@ function renderShares(v) {
   bar.hidden = !total;
   bar.classList.toggle("neutral", unfamiliar);
   const text = !total ? "" : unfamiliar ? v.network_alone || "" : "called " + classes().map((cls) =>
-    `${cls} ${Math.round((100 * (calls[cls] || 0)) / total)}% (${calls[cls] || 0})`).join(" · ");
+    `${cls} ${pct((calls[cls] || 0) / total)} (${calls[cls] || 0})`).join(" · ");
   const words = $("verdict-shares-text");
   words.textContent = text;
   words.classList.toggle("subordinate", unfamiliar);
