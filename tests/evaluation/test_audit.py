@@ -94,3 +94,14 @@ def test_a_histology_outside_the_given_classes_is_counted_apart_and_three_classe
 def test_no_reviewed_case_gives_an_empty_report():
     report = running_audit([])
     assert report["overall"]["cases"] == 0 and report["by_model"] == {} and report["classes"] == []
+
+
+def test_tissue_outside_the_model_classes_is_never_taken_for_a_class():
+    """A reviewer's "none of the model's classes" (a colon video under a brain model) is counted apart, also when
+    the classes are found from the cases themselves (``mucosa audit`` without ``--classes``)."""
+    from mucosa.choices import OUTSIDE_CLASSES
+
+    report = running_audit([*CASES, (None, OUTSIDE_CLASSES, None, "v1", day(1, 9), "unfamiliar"),
+                            ("active", OUTSIDE_CLASSES, 0.9, "v1", day(1, 9))])
+    assert report["classes"] == ["healed", "active"]
+    assert report["overall"]["cases"] == 7 and report["overall"]["not_counted"][f"histology {OUTSIDE_CLASSES}"] == 1

@@ -27,6 +27,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from mucosa.choices import OUTSIDE_CLASSES
 from mucosa.data.manifest import order_classes
 from mucosa.errors import ConfigError
 from mucosa.intervals import EXACT, Interval, clopper_pearson, proportion_counts
@@ -73,13 +74,16 @@ def _classes(cases: list[ReviewedCase], classes: Sequence[str] | None, positive:
         if positive is not None and len(classes) == 2:
             classes = [c for c in classes if c != positive] + [positive]
         return classes
-    seen = {c.histology for c in cases} | {c.verdict for c in cases if c.verdict is not None}
+    seen = {c.histology for c in cases if c.histology != OUTSIDE_CLASSES} | {
+        c.verdict for c in cases if c.verdict is not None}
     return order_classes(seen, positive) if seen else []
 
 
 def _why_not_counted(case: ReviewedCase, classes: list[str]) -> str | None:
     if case.verdict is None or case.verdict not in classes:
         return case.reason or (NO_VERDICT if case.verdict is None else f"verdict {case.verdict!r} is not a class")
+    if case.histology == OUTSIDE_CLASSES:  # tissue the model does not know: not an error of its classes
+        return f"histology {OUTSIDE_CLASSES}"
     if case.histology not in classes:
         return f"histology {case.histology!r} is not one of the classes"
     return None

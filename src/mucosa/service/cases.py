@@ -130,18 +130,11 @@ class CaseService:
             latest = self.store.latest_reviews([case_id]).get(case_id)
         return self._view(record, latest, reviews)
 
-    def page(self, **filters) -> tuple[list[CaseView], int]:
-        """A page of cases matching the filters (``Store.search``'s), newest first, and how many match. The views
-        give summaries only: no file of theirs is looked up (their folder, frames and sources are left empty)."""
-        found = self.store.search(**filters)
-        return self._summarised(found.cases), found.total
-
     def views_of(self, case_ids: list[str]) -> list[CaseView]:
-        """The live cases among these ids, in their order, as :meth:`page` gives them (summaries only)."""
+        """The live cases among these ids, in their order, as a list shows them (:mod:`~mucosa.service.summaries`):
+        summaries only, no file of theirs looked up (their folder, frames and sources are left empty)."""
         found = self.store.cases(case_ids)
-        return self._summarised([found[case_id] for case_id in case_ids if case_id in found])
-
-    def _summarised(self, records: list[Case]) -> list[CaseView]:
+        records = [found[case_id] for case_id in case_ids if case_id in found]
         latest = self.store.latest_reviews([case.id for case in records if case.reviewed])
         return [CaseView(case, self.workers.live.get(case.id), None, [], None, self._placeholder,
                          latest.get(case.id), None) for case in records]
