@@ -307,7 +307,7 @@ def test_token(engine, frame_png):
 def test_full_queue_answers_503_with_retry_after(engine, frame_png, monkeypatch):
     release = threading.Event()
 
-    def slow_frames(sources, store=None, cancel=None, warnings=None):
+    def slow_frames(sources, store=None, cancel=None, warnings=None, patient=None):
         release.wait(30)
         yield from ()
 

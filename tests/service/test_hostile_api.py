@@ -146,7 +146,7 @@ def test_the_audit_log_records_reports_exports_similar_and_a_running_case_delete
 
         release = __import__("threading").Event()
 
-        def held(sources, store=None, cancel=None, warnings=None):
+        def held(sources, store=None, cancel=None, warnings=None, patient=None):
             release.wait(30)
             yield from ()
 

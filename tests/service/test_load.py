@@ -50,7 +50,7 @@ async def _flood(base: str, image: bytes, uploads: int) -> tuple[list, list]:
 def test_a_flood_of_uploads_gets_503_beyond_the_queue_and_health_answers(engine, frame_png, monkeypatch):
     release = threading.Event()
 
-    def held_frames(sources, store=None, cancel=None, warnings=None):  # the worker holds its first case
+    def held_frames(sources, store=None, cancel=None, warnings=None, patient=None):  # the worker holds a case
         release.wait(60)
         yield from ()
 

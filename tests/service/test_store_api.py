@@ -143,7 +143,7 @@ def test_reviews_roles_audit_and_the_log(served, backend):
 def test_a_case_not_done_cannot_be_reviewed(engine, frame_png, monkeypatch):
     release = __import__("threading").Event()
 
-    def held(sources, store=None, cancel=None, warnings=None):
+    def held(sources, store=None, cancel=None, warnings=None, patient=None):
         release.wait(30)
         yield from ()
 
