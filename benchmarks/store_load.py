@@ -10,7 +10,8 @@ default) each client sends its next request as soon as the previous answer has c
 measures throughput as much as latency); ``--think S`` makes each client wait a random time (exponential,
 mean S seconds) before each request, as people reading a page do. It reports the latency of each kind (p50,
 p95, p99, max), the failed requests, the CPU time per request of the server, of PostgreSQL's processes and of
-the clients, and the machine's load average before and after.
+the clients, and the machine's load average before and after. With ``--alone`` it then runs each kind by
+itself for ``--seconds`` on the same server (``alone``: what each kind costs the server and PostgreSQL).
 
 The clients are coroutines of one asyncio process on the same machine as the server, sharing its cores. With
 ``--client lean`` (the default) each keeps one HTTP/1.1 connection open and writes its requests by hand (about
@@ -120,6 +121,9 @@ def postgres_cpu_seconds(cluster) -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return total / os.sysconf("SC_CLK_TCK")
+
+
+KINDS = ("list", "search", "open")  # the requests browse's clients make
 
 
 def percentiles(values: list[float]) -> dict:
@@ -251,7 +255,7 @@ class KeptAlive:
 
 
 async def browse(url: str, ids: list[str], token: str, clients: int, seconds: float, think: float,
-                 client_kind: str = "lean") -> dict:
+                 client_kind: str = "lean", kinds: tuple[str, ...] = KINDS) -> dict:
     import httpx
 
     timings: dict[str, list[float]] = {"list": [], "search": [], "open": []}
@@ -273,7 +277,7 @@ async def browse(url: str, ids: list[str], token: str, clients: int, seconds: fl
             while time.monotonic() < end:
                 if think > 0:
                     await asyncio.sleep(rng.expovariate(1 / think))
-                kind = rng.choice(("list", "search", "open"))
+                kind = rng.choice(kinds)
                 if kind == "list":
                     request = ("/v1/cases", {"limit": 50, "offset": rng.randrange(0, len(ids) - 50)})
                 elif kind == "search":
@@ -296,7 +300,8 @@ async def browse(url: str, ids: list[str], token: str, clients: int, seconds: fl
     await asyncio.gather(*(client(k) for k in range(clients)))
     cpu = time.process_time() - cpu
     every = [t for values in timings.values() for t in values]
-    return {"all": percentiles(every), **{k: percentiles(v) for k, v in timings.items()}, "failed": failures,
+    return {"all": percentiles(every), **{k: percentiles(v) for k, v in timings.items() if k in kinds},
+            "failed": failures,
             "requests_per_s": round(len(every) / seconds, 1),
             "client_cpu_ms_per_request": round(1000 * cpu / max(1, len(every)), 2)}
 
@@ -318,12 +323,12 @@ def part_browse(args: argparse.Namespace) -> dict:
             filled = time.monotonic() - start
             server = Server(checkpoint, location, *(["--media", str(media)] if media else []))
             try:
-                load_before, cpu_before, database_before = os.getloadavg(), server.cpu_seconds(), \
-                    postgres_cpu_seconds(cluster)
-                result = asyncio.run(browse(server.url, ids, token, args.clients, args.seconds, args.think,
-                                             args.client))
-                load_after, cpu_after, database_after = os.getloadavg(), server.cpu_seconds(), \
-                    postgres_cpu_seconds(cluster)
+                load_before = os.getloadavg()
+                result = _browse_costed(server, cluster, args, ids, token, KINDS)
+                if args.alone:  # each kind by itself, one after the other, on the same server
+                    result["alone"] = {kind: _browse_costed(server, cluster, args, ids, token, (kind,))
+                                       for kind in KINDS}
+                load_after = os.getloadavg()
             finally:
                 server.stop()
         finally:
@@ -331,11 +336,17 @@ def part_browse(args: argparse.Namespace) -> dict:
                 cluster.stop()
     return {"part": "browse", "backend": args.backend, "cases": args.cases, "clients": args.clients,
             "think_seconds": args.think, "client": args.client, "seconds": args.seconds,
-            "fill_seconds": round(filled, 1), **result,
-            "server_cpu_ms_per_request": _per_request(cpu_before, cpu_after, result),
-            "postgres_cpu_ms_per_request": _per_request(database_before, database_after, result),
-            "cores": os.cpu_count(), "load_before": [round(x, 2) for x in load_before],
-            "load_after": [round(x, 2) for x in load_after]}
+            "fill_seconds": round(filled, 1), **result, "cores": os.cpu_count(),
+            "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in load_after]}
+
+
+def _browse_costed(server: Server, cluster, args: argparse.Namespace, ids: list[str], token: str,
+                   kinds: tuple[str, ...]) -> dict:
+    """:func:`browse` of ``kinds`` with the server's and PostgreSQL's CPU time per request."""
+    cpu_before, database_before = server.cpu_seconds(), postgres_cpu_seconds(cluster)
+    result = asyncio.run(browse(server.url, ids, token, args.clients, args.seconds, args.think, args.client, kinds))
+    return {**result, "server_cpu_ms_per_request": _per_request(cpu_before, server.cpu_seconds(), result),
+            "postgres_cpu_ms_per_request": _per_request(database_before, postgres_cpu_seconds(cluster), result)}
 
 
 def _per_request(before: float | None, after: float | None, result: dict) -> float | None:
@@ -438,6 +449,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--think", type=float, default=0.0, help="mean seconds a client waits between requests")
+    parser.add_argument("--alone", action="store_true",
+                        help="browse: then each kind of request by itself for --seconds (its CPU per request)")
     parser.add_argument("--client", choices=("lean", "httpx"), default="lean",
                         help="browse's clients: connections kept open and written by hand (lean), or httpx's")
     parser.add_argument("--videos", type=int, default=50)

@@ -9,7 +9,7 @@
   review, which may change no other column of the case) is left as it is.
 - ``case_counts.live``: how many cases are not deleted, one row kept by triggers on adding, deleting (setting
   ``deleted_at``) and removing a case. A list of every case read its count by walking the 10,000 entries of an
-  index on each page (on PostgreSQL about 1 ms of the database's CPU a page); it reads one row now, whatever
+  index on each page; it reads one row now, whatever
   the store's size.
 
 A later revision that rebuilds ``cases`` (Alembic's batch mode on SQLite copies the table and drops its triggers)
