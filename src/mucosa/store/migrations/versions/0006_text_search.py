@@ -3,8 +3,8 @@
 A search for part of a name or a patient id (``q``: ``ILIKE '%…%'`` on both) walked the index of every live case
 and tested each (its cost grows with the store; docs/results.md, "Text search by a trigram index").
 ``ix_cases_text`` is a GIN index of the two columns' trigrams (the ``pg_trgm`` extension, shipped with
-PostgreSQL and trusted since PostgreSQL 13: the database's owner may create it): PostgreSQL then finds the few cases that hold the text,
-and still walks the listing order for a text most cases hold.
+PostgreSQL and trusted since PostgreSQL 13: the database's owner may create it): PostgreSQL then finds the few
+cases that hold the text, and still walks the listing order for a text most cases hold.
 
 Where the extension cannot be made (not installed, or a role that may not create it), the upgrade says so in the
 log and goes on without the index: searches give the same cases, by walking them. SQLite has no such index (its
