@@ -11,11 +11,13 @@ embedding median and the texture median of
   scores the held-out animal as one case);
 - the four pCLE brain videos and the colorectal video of ``atlas_real``'s foreign sets,
 
-and how many of each the case rule calls ``unfamiliar``. Two texture views are compared: the shipped one
-(``texture_view``: the whole still image brought to 256 pixels a side, its tiles sharing that texture) and
-each tile's own texture at its own resolution (an EGC-Z tile is 256 source pixels a side; the module's own
-rule, "fine texture near the recording's own resolution", and ``fov.tiles``'s reason for tiling). Videos are
-never tiled, so a pCLE video's textures are the same in both.
+and how many of each the case rule calls ``unfamiliar``. Two texture views are compared: the whole still
+image brought to 256 pixels a side, its tiles sharing that texture (shipped until 2026-12-06), and each tile's
+own texture (``texture_view`` since then; an EGC-Z tile is 256 source pixels a side; the module's own rule,
+"fine texture near the recording's own resolution", and ``fov.tiles``'s reason for tiling). Videos are
+never tiled, so a pCLE video's textures are the same in both. The tables in docs/results.md were made at
+commit 8f5093f, when the scales were the views' medians over the atlas's cases; today they are each view's
+own case threshold (``Atlas.calibrate``).
 
     python benchmarks/atlas_egcz_guard.py /work/runs-real/egcz/stretch/cnn-lstm/seed0/fold0 \\
         /work/runs-real/egcz/stretch/cnn-lstm/seed0/fold4
@@ -33,27 +35,24 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import atlas_real  # noqa: E402
 
-from mucosa.data import fov as preprocess  # noqa: E402
 from mucosa.data.cache import FrameCache  # noqa: E402
 from mucosa.data.frame_table import assemble  # noqa: E402
 from mucosa.data.manifest import load_manifest  # noqa: E402
 from mucosa.data.preparation import iter_frames  # noqa: E402
 from mucosa.inference.pytorch import TorchPredictor  # noqa: E402
-from mucosa.models.texture import texture_vector  # noqa: E402
+from mucosa.inference.texture_view import field_texture  # noqa: E402
 
-SHIPPED, TILES = "whole image at 256 (shipped)", "each tile at its own resolution"
-_TILES: dict[str, list[np.ndarray]] = {}  # image -> its tiles' texture vectors
+WHOLE, TILES = "whole image at 256 (until 2026-12-06)", "each tile alone (shipped)"
+_WHOLE: dict[str, np.ndarray] = {}  # image -> the texture vector of its whole field
 
 
-def tile_textures(path: Path, numbers, prep) -> np.ndarray:
-    """Each tile's texture vector at its own resolution: the field stretched as the model's tiles are (levels of
-    the whole image), cut into the same tiles, not resized."""
-    if str(path) not in _TILES:
+def whole_textures(path: Path, numbers, prep) -> np.ndarray:
+    """The texture view shipped until 2026-12-06: every tile of a still image given the texture of the whole
+    field, brought to 256 pixels a side."""
+    if str(path) not in _WHOLE:
         frame = next(iter_frames(path, prep))
-        field = preprocess.crop(frame.source, frame.fov)
-        field = preprocess.stretch(field, preprocess.stretch_levels(field))
-        _TILES[str(path)] = [texture_vector(preprocess.to_uint8(t)) for t in preprocess.tiles(field, prep.tile)]
-    return np.stack([_TILES[str(path)][int(n)] for n in numbers])
+        _WHOLE[str(path)] = field_texture(frame.source, frame.fov, prep)
+    return np.stack([_WHOLE[str(path)] for _ in numbers])
 
 
 def use_view(view: str) -> None:
@@ -61,8 +60,8 @@ def use_view(view: str) -> None:
     shipped = atlas_real.__dict__.setdefault("_shipped_textures_of", atlas_real.textures_of)
 
     def textures_of(path, numbers, prep):
-        still = view == TILES and Path(path).suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff")
-        return tile_textures(Path(path), numbers, prep) if still else shipped(path, numbers, prep)
+        still = view == WHOLE and Path(path).suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+        return whole_textures(Path(path), numbers, prep) if still else shipped(path, numbers, prep)
 
     def query_textures(table, rows, prep):  # every TEXTURE_STRIDE-th used frame, as atlas_real's
         chosen = rows[[atlas_real.textured(k) for k in range(len(rows))]]
@@ -96,7 +95,7 @@ def fold_report(run: Path, cache: FrameCache, manifests: dict[str, Path]) -> lis
         frames = np.stack([frames_of.frame(i) for i in range(len(frames_of))])
         foreign[name] = (frames_of, predictor.predict_and_embed(frames)[1])
     lines = []
-    for view in (SHIPPED, TILES):
+    for view in (WHOLE, TILES):
         use_view(view)
         atlas, sides = atlas_real.fold_atlas(loaded, table, embeddings)
         scales, threshold = atlas.calibration.scales, atlas.calibration.case_threshold

@@ -18,7 +18,8 @@ patterns (sine gratings, checkerboards), natural photographs (scikit-learn's sam
 crops) and EGC-Z microscopy; for EGC-Z, pCLE frames, noise, patterns and photographs. AUROC: in-domain
 held-out frames against each foreign set, by the unfamiliarity score. Unfamiliar cases, by the verdict rule
 (``verdict.unfamiliar_case``: a case's median frame score, joined with its texture view's, above the atlas's
-case threshold): held-out in-domain cases called unfamiliar, and foreign cases (each file: a video, or a still
+case threshold): held-out in-domain cases called unfamiliar, each held-out file judged alone as ``predict``
+judges one (for EGC-Z an image, its animal left out), and foreign cases (each file: a video, or a still
 image) called unfamiliar, counted over the folds.
 
     python benchmarks/atlas_real.py pcle --runs /work/runs-real --seeds 0 1 --out atlas-pcle.json
@@ -222,10 +223,24 @@ def fold_rows(run: Path, cache: FrameCache, manifests: dict[str, Path]) -> tuple
                      "unfamiliar_case": unfamiliar_case(familiarity.scores, familiarity.case_threshold, texture,
                                                         calibration.scales),
                      "case_score_to_threshold": case_unfamiliarity(familiarity.scores, texture, calibration.scales)
-                     / calibration.case_threshold})
+                     / calibration.case_threshold,
+                     "files": file_ratios(atlas, table, mine, familiarity.scores, patient, loaded.preprocessing)})
     foreign = foreign_scores(loaded, atlas, manifests, cache)
     return rows, {"in_domain": np.concatenate(in_domain), "foreign": foreign,
                   "threshold": atlas.calibration.threshold, "case_threshold": atlas.calibration.case_threshold}
+
+
+def file_ratios(atlas: Atlas, table, mine: np.ndarray, scores: np.ndarray, patient: str, prep) -> list[float]:
+    """Each file of a held-out case judged alone, as ``mucosa predict`` judges one file (its patient left out):
+    its case score over the case threshold (above 1: ``unfamiliar``). For pCLE a case is one video, so the same;
+    for EGC-Z a case is an animal, and each of its images is a recording a user would give."""
+    files = np.array([str(table.record(i).path) for i in mine])
+    calibration, ratios = atlas.calibration, []
+    for f in np.unique(files):
+        own = files == f
+        texture = atlas.texture_scores(query_textures(table, mine[own], prep), exclude_patient=patient)
+        ratios.append(case_unfamiliarity(scores[own], texture, calibration.scales) / calibration.case_threshold)
+    return ratios
 
 
 def summarise(rows: list[dict], scores: list[dict], texture: dict[str, str]) -> dict:
@@ -254,6 +269,9 @@ def summarise(rows: list[dict], scores: list[dict], texture: dict[str, str]) -> 
             "held_out_cases_most_frames_unfamiliar": sum(r["unfamiliar_share"] > 0.5 for r in rows),
             "held_out_max_frames_unfamiliar": max(r["unfamiliar_share"] for r in rows),
             "held_out_largest_case_score_to_threshold": max(r["case_score_to_threshold"] for r in rows),
+            "held_out_files": sum(len(r["files"]) for r in rows),
+            "held_out_files_unfamiliar": sum(int(np.sum(np.asarray(r["files"]) > 1)) for r in rows),
+            "held_out_largest_file_score_to_threshold": max(max(r["files"]) for r in rows),
             "thresholds": thresholds, "case_thresholds": [s["case_threshold"] for s in scores],
             "foreign": foreign, "rows": rows}
 
@@ -269,7 +287,9 @@ def markdown(cohort: str, seed: int, s: dict) -> str:
              f"{100 * s['in_domain_flagged']:.1f}% (goal ≤ 5%; at most "
              f"{100 * s['held_out_max_frames_unfamiliar']:.0f}% of a case's); held-out cases called unfamiliar: "
              f"{s['held_out_cases_unfamiliar']}/{n} (with most of "
-             f"their frames unfamiliar: {s['held_out_cases_most_frames_unfamiliar']}/{n}).", "",
+             f"their frames unfamiliar: {s['held_out_cases_most_frames_unfamiliar']}/{n}); held-out files, each "
+             f"judged alone, called unfamiliar: {s['held_out_files_unfamiliar']}/{s['held_out_files']} (the largest "
+             f"at {s['held_out_largest_file_score_to_threshold']:.2f} times the threshold).", "",
              "| foreign input | frames offered | kept by the quality gate | kept frames flagged unfamiliar | AUROC "
              "| cases called unfamiliar |",
              "| --- | --- | --- | --- | --- | --- |"]

@@ -162,10 +162,10 @@ def frame_view(z, found: dict[str, np.ndarray]) -> tuple[dict, dict, float]:
                                                                      found[COLON.stem])))
 
 
-def joined(one: tuple[dict, dict, float], other: tuple[dict, dict, float]) -> tuple[dict, dict, float]:
+def joined(one: tuple[dict, dict, float], other: tuple[dict, dict, float], scale=np.median) -> tuple[dict, dict, float]:
     """Two views' (own, held-out, colon) case scores joined as the shipped case rule joins them: the mean of the
-    two, each over the median of its view's atlas case scores (``verdict.joined``)."""
-    scale_1, scale_2 = np.median(list(one[0].values())), np.median(list(other[0].values()))
+    two, each over ``scale`` of its view's atlas case scores (``verdict.joined``)."""
+    scale_1, scale_2 = scale(list(one[0].values())), scale(list(other[0].values()))
 
     def both(a, b):
         return (a / scale_1 + b / scale_2) / 2
@@ -178,6 +178,7 @@ def judge(z, found: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
     emb = embedding_view(z)
     tex = texture_view(found, sorted(emb[0]), sorted(emb[1]))
     return {"embedding": ratios(*emb), "texture": ratios(*tex), "both": ratios(*joined(emb, tex)),
+            "both, tail": ratios(*joined(emb, tex, lambda v: float(np.quantile(v, 0.95, method="higher")))),
             "both, frame by frame": ratios(*frame_view(z, found))}
 
 

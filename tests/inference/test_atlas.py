@@ -406,6 +406,25 @@ def test_the_texture_view_joins_the_case_rule_and_survives_saving(tmp_path):
         load(folder)
 
 
+def test_each_view_of_the_case_rule_counts_in_units_of_its_own_edge():
+    """Each view's scale is its own 95th percentile among the atlas's cases (with 20 cases or fewer, the
+    largest), so a case far past one view's edge is unfamiliar however familiar the other view finds it."""
+    from mucosa.inference.verdict import unfamiliar_case
+
+    rng = np.random.default_rng(5)
+    embeddings, records, thumbnails = cohort()
+    val, val_records, _ = cohort(seed=2, prefix="V")
+    atlas = Atlas(MODEL, embeddings, records, thumbnails, textures=texture_view(records, rng))
+    calibration = atlas.calibrate(val, val_records.patients)
+    medians, textures = atlas.case_medians()
+    edges = [np.quantile(v, 0.95, method="higher") for v in (medians, textures)]
+    assert calibration.scales == pytest.approx(edges)
+    assert calibration.case_threshold <= 1.0  # no atlas case is past either view's edge
+    familiar = np.zeros(10)  # embedding scores as familiar as can be
+    assert unfamiliar_case(familiar, calibration.case_threshold, [2.01 * edges[1]], calibration.scales) is True
+    assert unfamiliar_case(familiar, calibration.case_threshold, [0.5 * edges[1]], calibration.scales) is False
+
+
 def rewrite_array(folder, name, array):
     np.save(folder / name, array)
     manifest = json.loads((folder / "atlas.json").read_text())

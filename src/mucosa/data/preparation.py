@@ -258,6 +258,7 @@ class Frame:
         quality: quality score in [0, 1] (see :meth:`Preprocessing.passes`).
         fov: the field of view it was cropped from.
         source: the decoded frame (H, W) float in [0, 1] (a video frame, or the whole still image).
+        box: a tile's (x0, y0, x1, y1) in ``source`` (``fov.tile_boxes``), of a tiled still image; else None.
     """
 
     index: int
@@ -265,18 +266,24 @@ class Frame:
     quality: float
     fov: preprocess.FieldOfView
     source: np.ndarray
+    box: tuple[int, int, int, int] | None = None
 
 
 Decoded = Iterator[tuple[int, np.ndarray]]
 
 
-def texture_image(source: np.ndarray, fov: preprocess.FieldOfView, prep: Preprocessing, size: int) -> np.ndarray:
+def texture_image(source: np.ndarray, fov: preprocess.FieldOfView, prep: Preprocessing, size: int,
+                  box: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """A decoded frame's field (``Frame.source`` and ``Frame.fov``) as the model's input is made (the same crop
-    and brightness), but ``size`` pixels a side instead of ``prep.size``: uint8 (size, size). Of a tiled still
-    image, the whole field."""
+    and brightness), but ``size`` pixels a side instead of ``prep.size``: uint8 (size, size). Of a tile of a
+    still image (``box``, ``Frame.box``): the tile alone, brightened as the whole field is."""
     field = preprocess.crop(source, fov)
-    if prep.normalize == "stretch":
-        field = preprocess.stretch(field, preprocess.stretch_levels(field))
+    levels = preprocess.stretch_levels(field) if prep.normalize == "stretch" else None
+    if box is not None:
+        x0, y0 = fov.box[:2]
+        field = field[box[1] - y0:box[3] - y0, box[0] - x0:box[2] - x0]
+    if levels is not None:
+        field = preprocess.stretch(field, levels)
     return preprocess.to_uint8(preprocess.resize(field, size))
 
 
@@ -318,8 +325,10 @@ def iter_frames(source: str | Path | np.ndarray, prep: Preprocessing, selection:
 
 def _still_frames(image: np.ndarray, prep: Preprocessing, source: str | Path) -> Iterator[Frame]:
     preparer = FramePreparer(prep, still=True, source=source)
-    for index, (model_frame, score) in enumerate(preparer.still(image)):
-        yield Frame(index, model_frame, score, preparer.fov, image)
+    parts = preparer.still(image)
+    boxes = preprocess.tile_boxes(preparer.fov.box, prep.tile) if len(parts) > 1 else [None]
+    for index, ((model_frame, score), box) in enumerate(zip(parts, boxes, strict=True)):
+        yield Frame(index, model_frame, score, preparer.fov, image, box)
 
 
 def prepare_file(path: str | Path, prep: Preprocessing, selection: FrameSelection | str | None = None,

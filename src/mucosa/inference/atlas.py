@@ -27,7 +27,8 @@ case, patient, label, frame number, source file and a small gray thumbnail) and 
 - **The texture view** (:class:`TextureView`, :mod:`mucosa.inference.texture_view`): texture vectors of some
   frames of each case at near the recording's own resolution, which the network's small input has lost. With
   one, a case's score joins its embedding median and its texture median (:meth:`Atlas.texture_scores`), each
-  over its scale, and the case threshold is set on that (``Calibration.scales``).
+  over its scale (that view's own case threshold), and the case threshold is set on that
+  (``Calibration.scales``).
 
 Distances are cosine distances, 1 - cosine similarity, from 0 to 2 (:mod:`mucosa.inference.atlas_index`);
 where fewer atlas frames than needed are left (a tiny atlas, most of it the query's own patient), a missing
@@ -365,8 +366,10 @@ class Atlas:
         frames' scores, each frame's own patient left out of the atlas, so that about ``1 - quantile`` of such
         frames are flagged; and a case's, the ``quantile`` of the atlas's own cases' scores
         (:meth:`case_scores`; the smallest of them at or above it: their largest with 20 cases or fewer).
-        With a texture view, a case's score joins its two medians, each over the median of the atlas's cases'
-        (``Calibration.scales``). All of it is saved with the atlas.
+        With a texture view, a case's score joins its two medians, each over that view's own case threshold,
+        the same ``quantile`` of the atlas's cases' medians in that view (``Calibration.scales``): each view then
+        counts in units of its own in-domain edge, so that a view whose in-domain scores spread far (the EGC-Z
+        embedding) cannot drown what the other sees. All of it is saved with the atlas.
 
         Raises:
             AtlasError: ``quantile`` not strictly between 0 and 1, fewer than :data:`MIN_CALIBRATION_FRAMES`
@@ -389,11 +392,11 @@ class Atlas:
         medians, texture_medians = self.case_medians(k)
         scales = None
         if texture_medians is not None:
-            scales = (max(float(np.median(medians)), 1e-9), max(float(np.median(texture_medians)), 1e-9))
+            scales = (_edge(medians, quantile), _edge(texture_medians, quantile))
             cases = verdict.joined(medians, texture_medians, scales)
         else:
             cases = medians
-        case_threshold = float(np.quantile(cases, quantile, method="higher"))
+        case_threshold = _edge(cases, quantile)
         self.calibration = Calibration(int(k), threshold, float(quantile), len(scores), len(set(patients.tolist())),
                                        float(np.mean(scores > threshold)), len(self), case_threshold, len(cases),
                                        embedding_scale=None if scales is None else scales[0],
@@ -457,6 +460,12 @@ class Atlas:
         textures = None if self.textures is None else (self.textures.rows, self.textures.vectors)
         return atlas_store.write(folder, description, self.embeddings, self.thumbnails, self.records.columns(),
                                  index, textures)
+
+
+def _edge(scores: np.ndarray, quantile: float) -> float:
+    """The ``quantile`` of in-domain case scores, the smallest of them at or above it (their largest with 20 or
+    fewer at 0.95), kept above 0."""
+    return max(float(np.quantile(scores, quantile, method="higher")), 1e-9)
 
 
 def refuse_other_model(folder: str | Path, model: AtlasModel, weights_sha256: str | None) -> None:

@@ -158,8 +158,8 @@ class Calibration:
     - ``case_threshold``, for a case: the ``quantile`` (the smallest value at or above it) of the atlas's
       ``cases`` cases' scores, each case's own patient left out of the atlas: the median of its frames'
       scores or, for an atlas with a texture view, the mean of that median over ``embedding_scale`` and the
-      median of its texture scores over ``texture_scale`` (each scale: the median of the atlas's cases'),
-      as ``verdict.unfamiliar_case`` computes it.
+      median of its texture scores over ``texture_scale``, as ``verdict.unfamiliar_case`` computes it. Each
+      scale is that view's own edge: the ``quantile`` of the atlas's cases' medians in it.
     """
 
     k: int
@@ -173,8 +173,8 @@ class Calibration:
     cases: int
     method: str = ("cosine distance to the k-th nearest atlas frame of another patient (Sun et al., ICML 2022); "
                    "a case: the median of its frames' distances, joined with the median of its texture distances "
-                   "when the atlas has a texture view")
-    embedding_scale: float | None = None  # with a texture view: the median of the atlas cases' embedding medians
+                   "when the atlas has a texture view, each over that view's own case threshold")
+    embedding_scale: float | None = None  # with a texture view: the quantile of the atlas cases' embedding medians
     texture_scale: float | None = None  # and of their texture medians
 
     @property

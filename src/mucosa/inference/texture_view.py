@@ -10,8 +10,10 @@ resolution are what the Smart Atlas of André et al. (2011) searched with.
 - The atlas keeps the texture of :data:`TEXTURE_FRAMES` evenly spaced frames of each case
   (:func:`spread`).
 - A query recording gives the texture of every :data:`TEXTURE_STRIDE`-th used frame of each of its files,
-  from the file's first (:func:`textured`): a still image always; a video live, a frame at a time. The tiles
-  of a tiled still image share the texture of the whole image.
+  from the file's first (:func:`textured`): a still image always; a video live, a frame at a time. A tile of
+  a tiled still image (``preprocessing.tile``, e.g. the EGC-Z microscopy) is textured alone, as the model sees
+  it: the whole image brought to 256 pixels would lose the fine texture that tiling keeps, and pCLE passed an
+  EGC-Z model's atlas that way (``benchmarks/atlas_egcz_guard.py``).
 - A case's texture score is the median, over those frames, of the distance to the
   ``k``-th nearest atlas texture of another patient; ``verdict.unfamiliar_case`` joins it to the
   embedding's.
@@ -48,7 +50,8 @@ def description() -> dict:
     """How the texture view is made, recorded in the atlas: an atlas made otherwise is refused."""
     return {"descriptor": "rotation-invariant uniform LBP histograms, square-rooted, L2-normalised",
             "lbp_scales": [list(scale) for scale in SCALES], "size": TEXTURE_SIZE, "width": TEXTURE_WIDTH,
-            "atlas_frames_per_case": TEXTURE_FRAMES, "query_stride": TEXTURE_STRIDE}
+            "atlas_frames_per_case": TEXTURE_FRAMES, "query_stride": TEXTURE_STRIDE,
+            "still_tiles": "each tile of a tiled still image alone, brightened as the whole field"}
 
 
 def spread(count: int, most: int = TEXTURE_FRAMES) -> np.ndarray:
@@ -64,27 +67,26 @@ def textured(position: int) -> bool:
 
 
 def frame_texture(frame: Frame, prep: Preprocessing) -> np.ndarray:
-    """One prepared frame's texture vector (float32 (56,)), from its decoded source."""
-    return field_texture(frame.source, frame.fov, prep)
+    """One prepared frame's texture vector (float32 (56,)), from its decoded source (of a tile, the tile's)."""
+    return field_texture(frame.source, frame.fov, prep, frame.box)
 
 
-def field_texture(source: np.ndarray, fov: FieldOfView, prep: Preprocessing) -> np.ndarray:
-    """The texture vector of a decoded frame's field of view (``Frame.source``, ``Frame.fov``)."""
-    return texture_vector(texture_image(source, fov, prep, TEXTURE_SIZE))
+def field_texture(source: np.ndarray, fov: FieldOfView, prep: Preprocessing,
+                  box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """The texture vector of a decoded frame's field of view (``Frame.source``, ``Frame.fov``), or of the tile
+    of it in ``box`` (``Frame.box``)."""
+    return texture_vector(texture_image(source, fov, prep, TEXTURE_SIZE, box))
 
 
 def file_textures(path: str | Path, prep: Preprocessing, frames: Iterable[int],
                   selection: FrameSelection | str | None = None) -> dict[int, np.ndarray]:
-    """The texture vectors of some frames of one file (their frame numbers; a still image's tiles are 0, 1, ...
-    and share the image's texture), decoded again; a frame number the file lacks is left out."""
+    """The texture vectors of some frames of one file (their frame numbers; a tiled still image's tiles are 0,
+    1, ..., each with its own), decoded again; a frame number the file lacks is left out."""
     wanted = {int(n) for n in frames}
     found: dict[int, np.ndarray] = {}
-    source = vector = None  # the tiles of a still image share its source, and its texture
     for frame in iter_frames(path, prep, selection):
         if frame.index in wanted:
-            if frame.source is not source:
-                source, vector = frame.source, frame_texture(frame, prep)
-            found[frame.index] = vector
+            found[frame.index] = frame_texture(frame, prep)
             if len(found) == len(wanted):
                 break
     return found

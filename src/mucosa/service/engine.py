@@ -354,7 +354,8 @@ class Engine:
         image, parts, boxes, fov = self._read_still(path)
         quality = [float(np.nan_to_num(q)) for _, q in parts]
         used = [k for k, q in enumerate(quality) if self.prep.passes(q)]
-        probs, familiar = self._judge_still([parts[k][0] for k in used], path, image, fov)
+        probs, familiar = self._judge_still([parts[k][0] for k in used], path, image, fov,
+                                            [boxes[k] for k in used])
         mean = np.mean(probs, axis=0) if probs is not None else None
         calls = _counts(probs, len(self.classes), self.threshold)
         result = {"classes": self.classes, "probabilities": self._by_class(mean), "probability": _plain(mean),
@@ -369,11 +370,11 @@ class Engine:
             result["gradcam_png"] = encode(self._overlay(to_uint8(image), parts[0][0], boxes[0], (fov, boxes[0])))
         return result
 
-    def _judge_still(self, frames: list[np.ndarray], path: Path, image: np.ndarray,
-                     fov: FieldOfView) -> tuple[np.ndarray | None, tuple]:
-        """The used frames (tiles) of one still image: probabilities and, with an atlas, each frame's
-        unfamiliar flag and score (the image is a case of its own: when it is an atlas case, its patient is
-        left out, ``leave_out``)."""
+    def _judge_still(self, frames: list[np.ndarray], path: Path, image: np.ndarray, fov: FieldOfView,
+                     boxes: list[tuple]) -> tuple[np.ndarray | None, tuple]:
+        """The used frames (tiles, each in its box of ``image``) of one still image: probabilities and, with an
+        atlas, each frame's unfamiliar flag and score, and the texture scores of the textured ones (the image is
+        a case of its own: when it is an atlas case, its patient is left out, ``leave_out``)."""
         if not frames:
             return None, ()
         if self.atlas is None:
@@ -386,16 +387,18 @@ class Engine:
             own = own_patients(self.atlas, [path])
             found = self.atlas.unfamiliar(np.asarray(embeddings, np.float32), own)
             familiar = (None if found.flags is None else [bool(f) for f in found.flags], found.scores,
-                        self._texture_scores([(image, fov)], own))
+                        self._texture_scores([(image, fov, box) for k, box in enumerate(boxes) if textured(k)],
+                                             own))
         return probs, familiar
 
-    def _texture_scores(self, fields: list[tuple[np.ndarray, FieldOfView]], left_out: tuple | None = None
+    def _texture_scores(self, fields: list[tuple[np.ndarray, FieldOfView, tuple]], left_out: tuple | None = None
                         ) -> list[float] | None:
-        """The atlas's texture scores of decoded frames' fields, the ``left_out`` patients' atlas frames left out
-        (None: the atlas has no texture view)."""
+        """The atlas's texture scores of decoded frames' fields (each a source, its field of view and the box of
+        the model frame in it), the ``left_out`` patients' atlas frames left out (None: the atlas has no texture
+        view)."""
         if self.atlas is None or not self.atlas.judges_texture or not fields:
             return None
-        vectors = np.stack([field_texture(source, fov, self.prep) for source, fov in fields])
+        vectors = np.stack([field_texture(source, fov, self.prep, box) for source, fov, box in fields])
         return self.atlas.texture_scores(vectors, exclude_patient=left_out).tolist()
 
     def _by_class(self, mean) -> dict | None:
@@ -447,7 +450,7 @@ class Engine:
                 probability, flag, score = self._frame(number, model_frame, familiar)
                 texture, used_in_file[source] = None, used_in_file.get(source, 0) + 1
                 if familiar is not None and textured(used_in_file[source] - 1):
-                    found = self._texture_scores([(frame, fov)], familiar.patient)
+                    found = self._texture_scores([(frame, fov, box)], familiar.patient)
                     texture = None if found is None else found[0]
                 smoother.update(probability, flag, score, texture)
                 index = verdicts.call(probability, self.threshold)
