@@ -11,7 +11,7 @@ from mucosa.data.video import iter_video_frames, video_info
 from mucosa.inference.batch import predict
 from mucosa.inference.pytorch import TorchPredictor
 from mucosa.inference.stream import FrameResult, Smoother, StatusLine, stream
-from mucosa.inference.verdict import NO_VERDICT, UNFAMILIAR, percent
+from mucosa.inference.verdict import GATHERING, NO_VERDICT, UNFAMILIAR, percent
 from mucosa.models.checkpoint import load_checkpoint
 
 QUICK = {"model": {"size": 32}, "preprocessing": {"fov_frames": 8},
@@ -274,19 +274,39 @@ def test_stream_outputs_are_checked_before_the_first_frame(checkpoint, tmp_path,
 
 def test_smoother_counts_unfamiliar_frames_and_judges_the_case_by_its_median_score():
     smoother = Smoother(["control", "active"], window=2, case_threshold=0.5)
-    assert smoother.unfamiliar_share is None
+    assert smoother.unfamiliar_share is None and smoother.verdict == NO_VERDICT
     smoother.update(np.float32(0.9), False, 0.2)
     smoother.update(np.float32(0.8), True, 0.7)
-    assert smoother.unfamiliar_share == 0.5 and smoother.verdict == "active inflammation"  # median 0.45
+    assert smoother.unfamiliar_share == 0.5 and smoother.case_verdict == "active inflammation"  # median 0.45
+    assert smoother.gathering and smoother.verdict == GATHERING  # two frames: too few to judge live
     smoother = Smoother(["control", "active"], window=2, case_threshold=0.5)
     for flag, score in ((False, 0.2), (False, 0.6), (True, 0.9)):  # one frame of three past the frame threshold
         smoother.update(np.float32(0.8), flag, score)
-    assert smoother.unfamiliar_share == pytest.approx(1 / 3) and smoother.verdict == UNFAMILIAR  # median 0.6
+    assert smoother.unfamiliar_share == pytest.approx(1 / 3) and smoother.case_verdict == UNFAMILIAR  # median 0.6
     smoother.update(np.float32(0.7), None)  # a frame the atlas cannot tell: unknown from then on
-    assert smoother.unfamiliar_share is None and smoother.verdict == "active inflammation"
+    assert smoother.unfamiliar_share is None and smoother.case_verdict == "active inflammation"
+    assert not smoother.gathering and smoother.verdict == "active inflammation"  # nothing to wait for
     uncalibrated = Smoother(["control", "active"], window=2)  # no case threshold: it cannot tell
     uncalibrated.update(np.float32(0.8), True, 0.9)
     assert uncalibrated.unfamiliar_share == 1.0 and uncalibrated.verdict == "active inflammation"
+    assert not uncalibrated.gathering
+
+
+@pytest.mark.parametrize("textures", [False, True])
+def test_the_running_verdict_waits_for_as_many_frames_as_score_an_atlas_case(textures):
+    """A calibrated atlas's case threshold is set on case scores of CASE_CALIBRATION_FRAMES frames: live, a median
+    of fewer says 'gathering frames', neither a class nor unfamiliar; from that many on, the case rule speaks."""
+    from mucosa.inference.atlas import CASE_CALIBRATION_FRAMES
+
+    scales = (0.5, 0.25) if textures else None
+    for score, called in ((0.9, UNFAMILIAR), (0.1, "active inflammation")):  # far from the atlas, or close
+        smoother = Smoother(["control", "active"], window=4, case_threshold=1.0 if textures else 0.5, scales=scales)
+        for n in range(CASE_CALIBRATION_FRAMES):
+            smoother.update(np.float32(0.8), score > 0.5, score, score / 2 if n % 8 == 0 else None)
+            assert smoother.case_verdict == called  # the verdict of the frames so far, what a stream ends with
+            assert smoother.verdict == (called if n == CASE_CALIBRATION_FRAMES - 1 else GATHERING), n
+        smoother.update(np.float32(0.8), score > 0.5, score, None)
+        assert smoother.verdict == called and not smoother.gathering
 
 
 def test_the_status_line_shows_the_flag_and_the_running_share():
@@ -319,23 +339,30 @@ def clips(atlas_run, tmp_path_factory):
 
 
 def test_stream_marks_unfamiliar_frames_and_ends_as_predict_does(atlas_run, clips, tmp_path, capsys):
+    """16 frames, fewer than score an atlas case: live, the verdict is gathering frames to the last frame, and the
+    stream still ends with predict's verdict for the file."""
     held_out, sine = clips
+    verdicts = []
     for clip, code in ((sine, 4), (held_out, 0)):
         timeline = tmp_path / f"{clip.stem}.csv"
         assert main(["stream", str(clip), "--checkpoint", str(atlas_run.best), "--timeline", str(timeline)]) == code
         rows = read_csv(timeline)
         flags = [int(r["unfamiliar"]) for r in rows]
         assert len(rows) == 16 and all(float(r["unfamiliarity"]) >= 0 for r in rows)
-        for k, row in enumerate(rows):  # the running share, and the verdict by the one rule
+        for k, row in enumerate(rows):  # the running share; the verdict waits for more frames
             assert float(row["unfamiliar_share"]) == pytest.approx(np.mean(flags[:k + 1]), abs=1e-4)
-            assert (row["verdict"] == UNFAMILIAR) == (np.mean(flags[:k + 1]) > 0.5)
+            assert row["verdict"] == GATHERING
         printed = capsys.readouterr().out
         assert f"{percent(np.mean(flags))} of used frames unfamiliar" in printed
         last = printed[printed.rindex("verdict: "):]  # an unfamiliar end gives the probability as the network's alone
         old_words, new_words = "unfamiliar (mean probability" in last, "\nThe network alone, not a verdict" in last
         assert (not old_words and new_words) == (clip == sine)
         predicted = predict(atlas_run.best, [clip], tmp_path / clip.stem)
-        assert rows[-1]["verdict"] == predicted.verdict(predicted.cases[0])
+        verdicts.append(predicted.verdict(predicted.cases[0]))
+        assert f"verdict: {verdicts[-1]}" in last
+        ratio = predicted.unfamiliarity(predicted.cases[0])  # the running ratio ends as predict's
+        assert float(rows[-1]["unfamiliarity_ratio"]) == pytest.approx(ratio, abs=1e-4)
+        assert (ratio > 1) == (verdicts[-1] == UNFAMILIAR)
         frames = read_csv(tmp_path / clip.stem / "predictions.csv")
         assert [int(r["unfamiliar"]) for r in frames] == flags
-    assert rows[-1]["verdict"] != UNFAMILIAR  # the held-out patient keeps a class
+    assert verdicts[0] == UNFAMILIAR and verdicts[1] not in (UNFAMILIAR, GATHERING)  # the held-out patient: a class

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from mucosa.inference.verdict import NEAREST_NOTE
+from mucosa.inference.verdict import GATHERING, NEAREST_NOTE
 from serving import patient_images, serving, sine_png, upload, wait_done
 
 
@@ -41,6 +41,24 @@ def test_card_and_timeline_carry_the_atlas(atlas_engine, atlas_run):
     assert ratio > 0 and (ratio > 1) == (case["verdict"]["label"] == "unfamiliar")  # the one rule: the case as a whole
     embedding_only = np.median([row["unfamiliarity"] for row in rows]) / atlas_engine.atlas.calibration.embedding_scale
     assert ratio != pytest.approx(embedding_only / atlas_engine.atlas.calibration.case_threshold)  # textures count
+
+
+def test_a_running_case_gathers_frames_before_the_atlas_judges_it(atlas_engine, bare_engine, atlas_run):
+    """Live, a case with fewer used frames than score an atlas case has no label yet (the words 'gathering
+    frames', no class); its last frame carries its own verdict all the same, the rule of a finished case. Without
+    an atlas, every running verdict with a used frame has its label."""
+    from mucosa.inference.atlas import CASE_CALIBRATION_FRAMES
+
+    images = patient_images(atlas_run.cohort, "P01")
+    rows = list(atlas_engine.frames(images))
+    used = sum(not row["dropped"] for row in rows)
+    assert 1 < used < CASE_CALIBRATION_FRAMES
+    running = [row["case"] for row in rows[:-1] if row["case"]["frames"]]
+    assert running and all((v["label"], v["class"], v["text"]) == (None, None, GATHERING) for v in running)
+    last = rows[-1]["case"]
+    assert last["label"] and last["text"] == last["label"] != GATHERING and last["atlas_vote"]
+    bare = [row["case"] for row in bare_engine.frames(images) if row["case"]["frames"]]
+    assert len(bare) == used and all(v["label"] and v["text"] == v["label"] for v in bare)
 
 
 def test_similar_cases_leave_out_the_own_patient(atlas_engine, atlas_run):

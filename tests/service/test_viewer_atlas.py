@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from browsing import axe_violations, mucosa_serve
+from mucosa.inference.verdict import GATHERING
 from serving import patient_images, sine_png
 
 
@@ -96,6 +97,13 @@ def test_similar_cases_open_a_side_by_side_compare(page, base, atlas_run):
     page.evaluate("""() => { S.summary = {...S.summary, verdict: {...S.summary.verdict, unfamiliar: 4 / 820}};
         renderVerdict(); }""")
     assert "unfamiliar frames <1%" in page.text_content("#verdict-atlas")
+    # live, before the atlas can judge the case (too few frames): the server's words, no class nor its colour
+    page.evaluate("""(text) => { S.summary = {...S.summary, status: "running", verdict: {...S.summary.verdict,
+        state: "running", label: null, class: null, text, atlas_vote: null}}; renderVerdict(); }""", GATHERING)
+    assert page.text_content("#verdict-label") == GATHERING.capitalize()
+    assert "pending" in page.get_attribute("#verdict", "class") and page.text_content("#verdict-score") == ""
+    assert page.evaluate("getComputedStyle(document.querySelector('#verdict')).getPropertyValue('--tone')") not in [
+        page.evaluate("(cls) => colourOf(cls)", cls) for cls in card["classes"]]
 
     page.set_viewport_size({"width": 390, "height": 844})  # a phone: the similar cases as wide as the verdict
     widths = [page.locator(panel).bounding_box()["width"] for panel in ("#similar", "#verdict", ".timeline")]

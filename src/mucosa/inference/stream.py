@@ -18,6 +18,10 @@ Per frame: decode → field-of-view crop → quality gate → inference → temp
   frames so far is above the atlas's case threshold), as ``predict`` does for the file. A video that is
   one of the atlas's cases is not compared with its own patient (``leave_out``, the rule of every entry
   point): its file is read once for its SHA-256 before the first frame.
+- With a calibrated atlas, the running verdict (timeline, status line) is :data:`verdict.GATHERING`, neither a
+  class nor ``unfamiliar``, until there are as many used frames as score each atlas case in the case threshold's
+  calibration (``atlas.CASE_CALIBRATION_FRAMES``): a median of fewer is not comparable with it. The final
+  verdict is not held back (:attr:`Smoother.case_verdict`, ``predict``'s, however few the frames).
 
 Decoding and preprocessing run in a background thread, inference in the calling one, so the two overlap
 (PyAV, NumPy, Pillow and both runtimes release the GIL). ``realtime`` paces frames at the source frame
@@ -50,7 +54,7 @@ from mucosa.data.video import DecodeReport, video_info
 from mucosa.errors import ConfigError, UnreadableFileError
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.annotate import Annotator, short_number
-from mucosa.inference.atlas import Atlas
+from mucosa.inference.atlas import CASE_CALIBRATION_FRAMES, Atlas
 from mucosa.inference.atlas_build import find_atlas, model_weights, open_atlas
 from mucosa.inference.leave_out import own_patients
 from mucosa.inference.runtime import describe, open_predictor
@@ -77,6 +81,7 @@ class FrameResult:
     unfamiliarity: float | None = None  # the atlas's score of the frame (None: skipped, or no atlas)
     unfamiliar: bool | None = None  # whether it is unfamiliar (None: skipped, or the atlas cannot tell)
     unfamiliar_share: float | None = None  # of the used frames so far (None: the atlas cannot tell)
+    unfamiliarity_ratio: float | None = None  # of the used frames so far, over the case threshold (None: cannot tell)
 
 
 class Smoother:
@@ -134,7 +139,22 @@ class Smoother:
         return self.total / self.count if self.count else None
 
     @property
+    def gathering(self) -> bool:
+        """Whether the running verdict still waits for frames: an atlas that can tell (a case threshold, every
+        used frame scored) and some used frames, but fewer than score each atlas case in its calibration
+        (``atlas.CASE_CALIBRATION_FRAMES``), so that their median is not yet comparable with its threshold."""
+        told = self.case_threshold is not None and self.flags is not None
+        return told and 0 < self.count < CASE_CALIBRATION_FRAMES
+
+    @property
     def verdict(self) -> str:
+        """The running verdict: :data:`verdict.GATHERING` while :attr:`gathering`, else :attr:`case_verdict`."""
+        return verdicts.GATHERING if self.gathering else self.case_verdict
+
+    @property
+    def case_verdict(self) -> str:
+        """The verdict of the used frames so far by ``predict``'s rule (``verdict.verdict_or_unfamiliar``), however
+        few: what a stream ends with."""
         told = self.flags is not None
         return verdicts.verdict_or_unfamiliar(self.case_probability, self.classes, self.flags, self.threshold,
                                               self.scores if told else None,
@@ -268,8 +288,9 @@ def _number(value: float | None) -> str:
 
 class Timeline:
     """The per-frame CSV: frame, time, quality, skipped, probability, smoothed, case_probability, verdict,
-    latency_ms (per-class columns for more than two classes), and the atlas's unfamiliarity, unfamiliar flag
-    and running unfamiliar_share (empty without an atlas).
+    latency_ms (per-class columns for more than two classes), and the atlas's unfamiliarity, unfamiliar flag,
+    running unfamiliar_share and running unfamiliarity_ratio (``Smoother.unfamiliarity_ratio``: above 1, the
+    case rule says ``unfamiliar``), empty without an atlas (the ratio also without a calibration).
 
     Rows go to a temporary file beside ``path``, which replaces it only when the stream ends well
     (``close(keep=True)``): a stopped or failed run leaves an earlier timeline as it was."""
@@ -281,7 +302,8 @@ class Timeline:
         self.writer = csv.writer(self.handle)
         self.writer.writerow(safe_row(["frame", "time", "quality", "skipped", *_columns("probability", classes),
                                        *_columns("smoothed", classes), *_columns("case_probability", classes),
-                                       "verdict", "latency_ms", "unfamiliarity", "unfamiliar", "unfamiliar_share"]))
+                                       "verdict", "latency_ms", "unfamiliarity", "unfamiliar", "unfamiliar_share",
+                                       "unfamiliarity_ratio"]))
 
     def write(self, r: FrameResult) -> None:
         try:
@@ -289,7 +311,7 @@ class Timeline:
                                            *_values(r.probability, self.classes), *_values(r.smoothed, self.classes),
                                            *_values(r.case_probability, self.classes), r.verdict,
                                            f"{r.latency_ms:.2f}", _number(r.unfamiliarity), flags_text(r.unfamiliar),
-                                           _number(r.unfamiliar_share)]))
+                                           _number(r.unfamiliar_share), _number(r.unfamiliarity_ratio)]))
         except OSError as error:
             raise atomic.write_error(error, self.pending.path) from None
 
@@ -390,7 +412,8 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
                 summary.used += 1
             result = FrameResult(index, index / info.fps if info.fps else 0.0, float(quality), skipped, probability,
                                  smoother.smoothed, smoother.case_probability, smoother.verdict,
-                                 1000 * (time.perf_counter() - arrival), score, flag, smoother.unfamiliar_share)
+                                 1000 * (time.perf_counter() - arrival), score, flag, smoother.unfamiliar_share,
+                                 smoother.unfamiliarity_ratio)
             summary.frames += 1
             summary.latency_ms.append(result.latency_ms)
             if writer is not None:
@@ -413,7 +436,7 @@ def stream(predictor, source: str | Path, window: int = 16, realtime: bool = Fal
                 video.close(keep=finished)
     summary.seconds = time.perf_counter() - start
     summary.corrupt = report.corrupt
-    summary.verdict, summary.case_probability = smoother.verdict, smoother.case_probability
+    summary.verdict, summary.case_probability = smoother.case_verdict, smoother.case_probability
     summary.unfamiliar_share, summary.unfamiliarity_ratio = smoother.unfamiliar_share, smoother.unfamiliarity_ratio
     if summary.verdict == verdicts.UNFAMILIAR:
         summary.network_alone = verdicts.network_alone(smoother.case_probability, smoother.classes, smoother.threshold)

@@ -16,6 +16,10 @@
   because a few frames of any recording look unlike the atlas, and a foreign recording has familiar-looking
   frames too: against the pCLE brain models, the colorectal video had 26-29% of its frames above the frame
   threshold, held-out brain videos up to 21% (docs/results.md).
+- A running verdict (``mucosa stream``, the service while a case is read) with a calibrated atlas says
+  :data:`GATHERING`, neither a class nor :data:`UNFAMILIAR`, until the recording has as many used frames as
+  score each atlas case in the case threshold's calibration (``inference.stream.Smoother.gathering``); a
+  finished file or case always gets its verdict.
 
 Example:
     >>> from mucosa.inference.verdict import verdict
@@ -34,13 +38,14 @@ import numpy as np
 from mucosa.data.manifest import POSITIVE_WORDS
 from mucosa.errors import ConfigError, ModelOutputError
 
-__all__ = ["NO_VERDICT", "UNFAMILIAR", "verdict_names", "check_threshold", "call", "calls", "mean_score", "verdict",
-           "unfamiliar_share", "case_unfamiliarity", "joined", "unfamiliarity_ratio", "unfamiliar_case",
+__all__ = ["NO_VERDICT", "UNFAMILIAR", "GATHERING", "verdict_names", "check_threshold", "call", "calls", "mean_score",
+           "verdict", "unfamiliar_share", "case_unfamiliarity", "joined", "unfamiliarity_ratio", "unfamiliar_case",
            "verdict_or_unfamiliar", "percent", "unfamiliar_reason", "network_alone", "NO_SECOND_OPINION", "NOT_SIMILAR",
            "NEAREST_NOTE"]
 
 NO_VERDICT = "no informative frames"
 UNFAMILIAR = "unfamiliar"
+GATHERING = "gathering frames"  # a running verdict with an atlas, before its case score is comparable: no verdict yet
 # For a file or case whose verdict is UNFAMILIAR: what the atlas's vote and its cases are then (no second opinion,
 # not similar), in the words every output uses
 NO_SECOND_OPINION = "nearest atlas frames, no second opinion"

@@ -11,8 +11,10 @@ service needs, as plain Python types (JSON-ready dicts, bytes):
   dropped it, optionally a Grad-CAM overlay.
 - :meth:`Engine.frames`: a video or the images of one case, frame by frame: quality, probability, the
   smoothed probability and the running case verdict (``stream.Smoother``'s rule: the mean probability of
-  the frames that passed the quality gate against the threshold); each frame is kept in a
-  :class:`~mucosa.service.framestore.FrameStore` for the viewer.
+  the frames that passed the quality gate against the threshold; with a calibrated atlas, "gathering frames"
+  until there are enough to judge the case, ``Smoother.gathering``, and the case's own verdict on its last
+  frame however few they are); each frame is kept in a :class:`~mucosa.service.framestore.FrameStore` for
+  the viewer.
 - :meth:`Engine.frame_png`: a stored frame as PNG, with its Grad-CAM heat map when asked (masked to the field
   of view found by preprocessing, ``data.fov.field_mask``).
 
@@ -306,7 +308,7 @@ class Engine:
         return np.asarray(probabilities), np.asarray(embeddings)
 
     def verdict(self, mean, used: int, total: int, state: str, calls=None, flags=None, scores=None,
-                textures=None) -> dict:
+                textures=None, gathering: bool = False) -> dict:
         """A verdict as JSON: ``label`` (the clinical words for the class, or None without informative
         frames), ``class``, ``text`` (the label, or why there is none), ``score`` (mean probability),
         ``threshold``, ``frames`` it rests on, ``total`` frames seen, ``state`` (queued, running, final) and
@@ -315,13 +317,17 @@ class Engine:
         unfamiliar (``flags``, one bool a frame; None: no atlas to tell). Their median unfamiliarity (``scores``)
         above the atlas's case threshold gives the label ``unfamiliar`` and no class
         (``verdict.verdict_or_unfamiliar``), with ``reason`` (why, in words) and ``network_alone`` (what the network
-        alone would have said, worded as no verdict); both None for any other label."""
+        alone would have said, worded as no verdict); both None for any other label. ``gathering`` (a running case
+        too short for the atlas to judge, ``stream.Smoother.gathering``): no label nor class, and the text
+        ``verdict.GATHERING``."""
         label = cls = None
         calibration = None if self.atlas is None else self.atlas.calibration
         said, share = verdicts.verdict_or_unfamiliar(mean, self.classes, flags, self.threshold, scores,
                                                      None if calibration is None else calibration.case_threshold,
                                                      textures, None if calibration is None else calibration.scales)
-        if said == verdicts.UNFAMILIAR:
+        if gathering:  # no verdict yet: neither a class nor unfamiliar
+            pass
+        elif said == verdicts.UNFAMILIAR:
             label = said
         elif mean is not None:
             index = verdicts.call(mean, self.threshold)
@@ -329,7 +335,8 @@ class Engine:
         counts = {c: int(n) for c, n in zip(self.classes, [0] * len(self.classes) if calls is None else calls)}
         share = None if share is None else round(share, 4)
         ratio, unfamiliar = _ratio(scores, calibration, textures), label == verdicts.UNFAMILIAR
-        return {"state": state, "label": label, "class": cls, "text": label or verdicts.NO_VERDICT,
+        text = label or (verdicts.GATHERING if gathering else verdicts.NO_VERDICT)
+        return {"state": state, "label": label, "class": cls, "text": text,
                 "score": _plain(mean), "threshold": self.threshold, "frames": used, "total": total, "calls": counts,
                 "unfamiliar": share, "unfamiliarity_ratio": ratio,
                 "reason": verdicts.unfamiliar_reason(share, ratio) if unfamiliar else None,
@@ -420,7 +427,8 @@ class Engine:
         informative frames), ``called`` (the class the frame's own probability calls; None when dropped),
         ``source`` (the image's position; None for a video) and ``case``: the running verdict (``state``
         "running", ``label``, ``class``, ``score`` = mean probability of the informative frames, ``frames`` it
-        rests on, ``total`` frames seen, ``calls`` per class).
+        rests on, ``total`` frames seen, ``calls`` per class; no label while gathering frames, :meth:`verdict`),
+        the last row's the case's verdict.
 
         A damaged video still gives the frames that decode; once it is read to its end, what was found
         (frames decoded of those announced, decode errors, gaps, an early end) is appended to ``warnings``.
@@ -431,10 +439,12 @@ class Engine:
             UnreadableMedia: a file that does not decode. ModelOutputError: a non-finite probability
             (nothing is yielded for that frame).
         """
-        smoother = Smoother(self.classes, self.window, self.threshold)
         calls = np.zeros(len(self.classes), np.int64)  # informative frames called each class
         familiar = None if self.atlas is None else case_atlas.CaseFamiliarity(
             self.atlas, sources, None if store is None else store.folder.parent, patient)
+        calibration = None if familiar is None else self.atlas.calibration
+        smoother = Smoother(self.classes, self.window, self.threshold,
+                            *(() if calibration is None else (calibration.case_threshold, calibration.scales)))
         items = self._video_items(sources[0], warnings) if len(sources) == 1 and is_video(sources[0]) else \
             self._image_items(sources)
         row = None  # each row goes out once the next is read: the last one carries the atlas's vote
@@ -461,14 +471,19 @@ class Engine:
             row = {"frame": number, "time": seconds, "quality": round(quality, 4), "dropped": dropped,
                    "probability": _plain(probability), "smoothed": _plain(smoother.smoothed), "called": called,
                    "source": source, "unfamiliar": flag, "unfamiliarity": score}
-            row["case"] = self.verdict(smoother.case_probability, smoother.count, seen, "running", calls,
-                                       *((smoother.flags, smoother.scores, smoother.textures)
-                                         if familiar is not None else ()))
+            row["case"] = self._running(smoother, seen, calls, familiar, smoother.gathering)
         if familiar is not None:
             familiar.save()
-        if row is not None:
-            row["case"]["atlas_vote"] = None if familiar is None else familiar.vote()
+        if row is not None:  # the case's own verdict, however few its frames (no longer gathering them)
+            row["case"] = {**self._running(smoother, seen, calls, familiar, False),
+                           "atlas_vote": None if familiar is None else familiar.vote()}
             yield row
+
+    def _running(self, smoother: Smoother, seen: int, calls, familiar, gathering: bool) -> dict:
+        """The running verdict of a case read so far (:meth:`verdict`)."""
+        return self.verdict(smoother.case_probability, smoother.count, seen, "running", calls,
+                            *((smoother.flags, smoother.scores, smoother.textures) if familiar is not None else ()),
+                            gathering=gathering)
 
     def _frame(self, number: int, model_frame: np.ndarray, familiar) -> tuple:
         """An informative frame's probability, and (with an atlas) whether it is unfamiliar and its score."""

@@ -32,7 +32,8 @@ class Verdict(BaseModel):
     state: Literal["queued", "running", "final", "error"] = Field(
         description="running while frames come in, final when the case is done, error when none can be given")
     label: str | None = Field(description="the verdict in the checkpoint's words, e.g. 'mucosal healing'; "
-                                 "null without informative frames or on error")
+                                 "null without informative frames, on error, or while a running case with an atlas "
+                                 "is still gathering the frames its case score needs (then text says so)")
     class_: str | None = Field(alias="class", description="the class the label stands for")
     text: str = Field(description="the label, or why there is none")
     score: Probability = Field(description="mean probability of the positive class over the informative "
@@ -47,8 +48,8 @@ class Verdict(BaseModel):
                                      "see unfamiliarity_ratio); null without an atlas to tell")
     unfamiliarity_ratio: float | None = Field(None, description="how unlike the atlas's confirmed cases the case "
                                               "is (its median frame score joined with its texture view's), over the "
-                                              "atlas's case threshold: above 1 the label is 'unfamiliar'; null "
-                                              "without an atlas to tell")
+                                              "atlas's case threshold: above 1 the label is 'unfamiliar' (none "
+                                              "while gathering frames); null without an atlas to tell")
     atlas_vote: dict[str, Any] | None = Field(None, description="the atlas's nearest-neighbour vote once the case "
                                               "is done, a second opinion: {label, share}")
     reason: str | None = Field(None, description="why the label is 'unfamiliar', in words, with the "

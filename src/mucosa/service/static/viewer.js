@@ -129,9 +129,12 @@ function renderHead() {
   }
 }
 
+/* A running case with informative frames but no label is not judged yet (an atlas is gathering the frames its case
+   score needs): the server's words say so, and no class is shown. */
 function verdictLabel(c, v) {
   if (c && c.status === "failed") return "No verdict";
   if (v && v.label) return capital(v.label);
+  if (v && v.state === "running" && v.frames > 0 && v.text) return capital(v.text);
   if (!c) return "–";
   if (c.status === "queued") return "Waiting in the queue";
   return c.status === "done" ? "No informative frames" : "Waiting for informative frames";
