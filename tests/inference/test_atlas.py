@@ -425,6 +425,32 @@ def test_each_view_of_the_case_rule_counts_in_units_of_its_own_edge():
     assert unfamiliar_case(familiar, calibration.case_threshold, [0.5 * edges[1]], calibration.scales) is False
 
 
+def test_a_case_whose_every_frame_has_a_texture_is_calibrated_as_a_query_textures_it():
+    """The texture view holds all ten frames of each case (a tiled still's tiles): a query of that file
+    textures its first frame and every 8th, so the case's texture median is theirs, not all ten's; then an atlas
+    case given back as a query (its patient left out) gets the score the calibration gave it."""
+    from mucosa.inference.atlas import TextureView
+    from mucosa.inference.texture_view import TEXTURE_STRIDE
+    from mucosa.inference.verdict import case_unfamiliarity
+
+    rng = np.random.default_rng(7)
+    embeddings, records, thumbnails = cohort()
+    textures = TextureView(np.arange(len(records)), normalise(rng.standard_normal((len(records), 56))))
+    atlas = Atlas(MODEL, embeddings, records, thumbnails, textures=textures)
+    val, val_records, _ = cohort(seed=2, prefix="V")
+    calibration = atlas.calibrate(val, val_records.patients)
+    medians, texture_medians = atlas.case_medians()
+    for position, case in enumerate(sorted(set(records.cases.tolist()))):
+        rows = np.flatnonzero(records.cases == case)  # ten frames of one file, in order
+        patient = str(records.patients[rows[0]])
+        queried = textures.vectors[rows[::TEXTURE_STRIDE]]  # frames 0 and 8
+        assert texture_medians[position] == pytest.approx(
+            np.median(atlas.texture_scores(queried, exclude_patient=patient)))
+        as_query = case_unfamiliarity(atlas.scores(embeddings[rows], exclude_patient=patient),
+                                      atlas.texture_scores(queried, exclude_patient=patient), calibration.scales)
+        assert as_query == pytest.approx(atlas.case_scores()[position])
+
+
 def rewrite_array(folder, name, array):
     np.save(folder / name, array)
     manifest = json.loads((folder / "atlas.json").read_text())

@@ -49,6 +49,44 @@ def test_an_untiled_still_is_textured_whole(halves):
     assert not np.allclose(file_textures(halves, tiled, [0])[0], file_textures(halves, whole, [0])[0])
 
 
+def test_a_field_of_one_tile_is_textured_as_the_model_sees_it(tmp_path):
+    """A 48x48 field cut in 32-pixel tiles is one tile, its centred 32x32 (the model sees nothing else): that
+    tile is textured, not the whole field (a dark band the model never sees would change the texture)."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(60, 256, (48, 48)).astype(np.uint8)
+    image[:, :8] = 0  # outside the tile
+    path = tmp_path / "one-tile.png"
+    Image.fromarray(image).save(path)
+    tiled = Preprocessing(size=32, crop="none", quality_threshold=0.0, tile=32, normalize="stretch")
+    (frame,) = iter_frames(path, tiled)
+    assert frame.box == (8, 8, 40, 40)
+    assert np.array_equal(texture_image(frame.source, frame.fov, tiled, tiled.size, frame.box), frame.image)
+    tile = texture_image(frame.source, frame.fov, tiled, TEXTURE_SIZE, (8, 8, 40, 40))
+    assert np.allclose(file_textures(path, tiled, [0])[0], texture_vector(tile))
+    small = Preprocessing(size=32, crop="none", quality_threshold=0.0, tile=64)  # the field smaller than a tile
+    (whole,) = iter_frames(path, small)
+    assert whole.box == (0, 0, 48, 48)
+    assert np.allclose(frame_texture(whole, small), field_texture(whole.source, whole.fov, small))
+
+
+@pytest.mark.parametrize("crop", ["none", "auto", "disc", [40, 10, 170, 140]])
+def test_each_frame_textured_at_the_model_size_is_the_model_frame(tmp_path, crop):
+    """Whatever the crop, brightness and tiling, a still's frame textured at the model's size is the model's
+    input, pixel for pixel: the texture view sees what the model sees, at another size."""
+    rng = np.random.default_rng(2)
+    image = rng.integers(70, 230, (150, 230)).astype(np.uint8)
+    yy, xx = np.ogrid[:150, :230]
+    image[(yy - 75) ** 2 + (xx - 115) ** 2 > 66 ** 2] = 0  # a circular field, non-square image
+    path = tmp_path / "disc.png"
+    Image.fromarray(image).save(path)
+    for tile in (0, 40, 64, 500):  # several tiles, one tile in a larger field, a field smaller than a tile
+        for normalize in ("none", "stretch"):
+            prep = Preprocessing(size=24, crop=crop, quality_threshold=0.0, tile=tile, normalize=normalize)
+            for frame in iter_frames(path, prep):
+                made = texture_image(frame.source, frame.fov, prep, prep.size, frame.box)
+                assert np.array_equal(made, frame.image), (tile, normalize, frame.index, frame.box)
+
+
 def test_the_description_says_how_tiles_are_textured():
     assert "tile" in description()["still_tiles"]
 
@@ -82,3 +120,22 @@ def test_every_entry_point_textures_the_tiles_of_a_still_alike(atlas_run, tmp_pa
     with serving(Engine(checkpoint, device="cpu")) as (client, _):
         verdict = upload(client, "/v1/predict", image).json()["verdict"]
     assert verdict["unfamiliarity_ratio"] == pytest.approx(ratio, abs=1e-4)
+
+
+def test_the_service_keeps_the_box_of_a_field_of_one_tile(atlas_run, tmp_path):
+    """A tiled checkpoint, a 40x40 image in 32-pixel tiles: one tile, its centred 32x32. The service keeps that
+    box for the frame (Grad-CAM is laid over it), as predict cuts it."""
+    import torch
+
+    from mucosa.data.manifest import load_manifest
+    from mucosa.service.engine import Engine
+    from mucosa.service.framestore import FrameStore
+
+    data = torch.load(atlas_run.best, weights_only=True)
+    data["mucosa"]["preprocessing"]["tile"] = 32
+    checkpoint = tmp_path / "best.ckpt"
+    torch.save(data, checkpoint)
+    image = load_manifest(atlas_run.run / "split.csv").records[0].path
+    store = FrameStore(tmp_path / "frames", 40)
+    (row,) = Engine(checkpoint, device="cpu").frames([image], store=store)
+    assert store.box(0) == (4, 4, 36, 36) == store.field(0)[1]

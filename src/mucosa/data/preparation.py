@@ -258,7 +258,8 @@ class Frame:
         quality: quality score in [0, 1] (see :meth:`Preprocessing.passes`).
         fov: the field of view it was cropped from.
         source: the decoded frame (H, W) float in [0, 1] (a video frame, or the whole still image).
-        box: a tile's (x0, y0, x1, y1) in ``source`` (``fov.tile_boxes``), of a tiled still image; else None.
+        box: a tile's (x0, y0, x1, y1) in ``source`` (``fov.tile_boxes``), of a tiled still image (the whole
+            field's box when it is smaller than one tile); else None.
     """
 
     index: int
@@ -326,7 +327,7 @@ def iter_frames(source: str | Path | np.ndarray, prep: Preprocessing, selection:
 def _still_frames(image: np.ndarray, prep: Preprocessing, source: str | Path) -> Iterator[Frame]:
     preparer = FramePreparer(prep, still=True, source=source)
     parts = preparer.still(image)
-    boxes = preprocess.tile_boxes(preparer.fov.box, prep.tile) if len(parts) > 1 else [None]
+    boxes = preprocess.tile_boxes(preparer.fov.box, prep.tile) if prep.tile else [None]
     for index, ((model_frame, score), box) in enumerate(zip(parts, boxes, strict=True)):
         yield Frame(index, model_frame, score, preparer.fov, image, box)
 

@@ -409,7 +409,9 @@ class Atlas:
     def case_medians(self, k: int = UNFAMILIAR_K) -> tuple[np.ndarray, np.ndarray | None]:
         """Each atlas case (sorted by name) as a query case would get it, its own patient left out of the atlas:
         the median of its frames' scores (up to :data:`CASE_CALIBRATION_FRAMES` of them, evenly spaced), and
-        with a texture view the median of its texture frames' texture scores (else None)."""
+        with a texture view the median of its texture frames' texture scores (else None): of the frames a query
+        of its file would texture (``texture_view.textured``) when the view holds every frame of the case (a
+        still's tiles, a short recording), else of all it holds."""
         rows: dict[str, list[int]] = defaultdict(list)
         for row, case in enumerate(self.records.cases.tolist()):
             rows[case].append(row)
@@ -424,10 +426,25 @@ class Atlas:
             patient = str(self.records.patients[chosen[0]])
             medians.append(float(np.median(self.scores(self.embeddings[chosen], k, exclude_patient=patient))))
             if self.textures is not None:
-                vectors = self.textures.vectors[texture_rows[case]]
+                positions = texture_rows[case]
+                vectors = self.textures.vectors[self._as_queried(positions) if len(positions) == len(found)
+                                                else positions]
                 scored = self.texture_scores(vectors, k, exclude_patient=patient) if len(vectors) else [FARTHEST]
                 texture_medians.append(float(np.median(scored)))
         return np.asarray(medians), (np.asarray(texture_medians) if self.textures is not None else None)
+
+    def _as_queried(self, positions: list[int]) -> list[int]:
+        """Of texture-view positions that hold every frame of one case, those a query of its files textures: each
+        file's first frame, then every ``TEXTURE_STRIDE``-th (``texture_view.textured``), in frame order."""
+        rows = self.textures.rows
+        seen: dict[str, int] = defaultdict(int)
+        kept = []
+        for position in sorted(positions, key=lambda p: (self.records.files[rows[p]], self.records.frames[rows[p]])):
+            file = str(self.records.files[rows[position]])
+            if texture_view.textured(seen[file]):
+                kept.append(position)
+            seen[file] += 1
+        return kept
 
     def case_scores(self, k: int = UNFAMILIAR_K) -> np.ndarray:
         """Each atlas case's score by the case rule (:meth:`case_medians`, joined by the calibration's scales

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mucosa.data.fov import FieldOfView, field_mask, tile_boxes
+from mucosa.data.fov import FieldOfView, field_mask
 from mucosa.data.preparation import iter_frames
 from mucosa.data.readers import IMAGE_SUFFIXES, VIDEO_SUFFIXES, is_image, is_video, read_image
 from mucosa.data.video import DecodeReport, video_info
@@ -288,8 +288,7 @@ class Engine:
             raise UnreadableMedia(_reason(error, path)) from None
         parts = [(f.image, f.quality) for f in frames]
         fov = frames[0].fov
-        boxes = tile_boxes(fov.box, self.prep.tile) if len(parts) > 1 else [tuple(fov.box)]
-        return frames[0].source, parts, boxes, fov
+        return frames[0].source, parts, [f.box or tuple(fov.box) for f in frames], fov
 
     # ---------------------------------------------------------------------------------------------- images
 
