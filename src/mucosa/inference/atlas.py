@@ -62,7 +62,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mucosa.inference import atlas_store, texture_view, verdict
+from mucosa.inference import atlas_calibration, atlas_store, texture_view, verdict
+from mucosa.inference.atlas_calibration import (
+    CALIBRATION_QUANTILE,
+    CASE_CALIBRATION_FRAMES,
+    FARTHEST,
+    MIN_CALIBRATION_FRAMES,
+    UNFAMILIAR_K,
+)
 from mucosa.inference.atlas_index import HNSW, IndexFileError, VectorIndex
 from mucosa.inference.atlas_store import (
     AtlasError,
@@ -81,11 +88,6 @@ log = logging.getLogger(__name__)
 
 NEIGHBOURS_PER_FRAME = 10  # nearest atlas frames of each query frame, for similar cases and the vote
 CLOSEST_FRAMES = 3  # closest frames shown for each similar case
-UNFAMILIAR_K = 10  # the unfamiliarity score is the distance to this nearest atlas frame (Sun et al.)
-CALIBRATION_QUANTILE = 0.95  # share of in-domain validation frames below the threshold
-MIN_CALIBRATION_FRAMES = 20  # fewer validation frames cannot place a 95% quantile
-CASE_CALIBRATION_FRAMES = 64  # frames of each atlas case (evenly spaced) whose median scores the case
-FARTHEST = 2.0  # the cosine distance of a missing neighbour
 Patients = str | tuple[str, ...] | None  # the patients a search leaves out (``leave_out.own_patients``)
 
 
@@ -362,89 +364,14 @@ class Atlas:
 
     def calibrate(self, val_embeddings, val_patients, quantile: float = CALIBRATION_QUANTILE,
                   k: int = UNFAMILIAR_K) -> Calibration:
-        """Set (and return) the unfamiliarity thresholds: a frame's, the ``quantile`` of in-domain validation
-        frames' scores, each frame's own patient left out of the atlas, so that about ``1 - quantile`` of such
-        frames are flagged; and a case's, the ``quantile`` of the atlas's own cases' scores
-        (:meth:`case_scores`; the smallest of them at or above it: their largest with 20 cases or fewer).
-        With a texture view, a case's score joins its two medians, each over that view's own case threshold,
-        the same ``quantile`` of the atlas's cases' medians in that view (``Calibration.scales``): each view then
-        counts in units of its own in-domain edge, so that a view whose in-domain scores spread far (the EGC-Z
-        embedding) cannot drown what the other sees. All of it is saved with the atlas.
-
-        Raises:
-            AtlasError: ``quantile`` not strictly between 0 and 1, fewer than :data:`MIN_CALIBRATION_FRAMES`
-                frames, or not one patient a frame.
-        """
-        if not 0.0 < float(quantile) < 1.0:
-            raise AtlasError(f"calibration quantile {quantile!r} must be between 0 and 1 (e.g. 0.95)")
-        embeddings = checked_embeddings(val_embeddings, self.model.embedding_size, "validation embeddings")
-        patients = np.array([str(p) for p in val_patients], dtype=object)
-        if len(patients) != len(embeddings):
-            raise AtlasError(f"{len(embeddings)} validation embeddings but {len(patients)} patients: one a frame")
-        if len(embeddings) < MIN_CALIBRATION_FRAMES:
-            raise AtlasError(f"{len(embeddings)} validation frames cannot calibrate the unfamiliarity threshold "
-                             f"(at least {MIN_CALIBRATION_FRAMES} are needed)")
-        scores = np.empty(len(embeddings))
-        for patient in sorted(set(patients.tolist())):
-            own = patients == patient
-            scores[own] = self.scores(embeddings[own], k, exclude_patient=patient)
-        threshold = float(np.quantile(scores, quantile))
-        medians, texture_medians = self.case_medians(k)
-        scales = None
-        if texture_medians is not None:
-            scales = (_edge(medians, quantile), _edge(texture_medians, quantile))
-            cases = verdict.joined(medians, texture_medians, scales)
-        else:
-            cases = medians
-        case_threshold = _edge(cases, quantile)
-        self.calibration = Calibration(int(k), threshold, float(quantile), len(scores), len(set(patients.tolist())),
-                                       float(np.mean(scores > threshold)), len(self), case_threshold, len(cases),
-                                       embedding_scale=None if scales is None else scales[0],
-                                       texture_scale=None if scales is None else scales[1])
-        log.info("atlas calibrated: threshold %.4f (%d validation frames, %.1f%% flagged), case threshold %.4f "
-                 "(%d atlas cases%s)", threshold, len(scores), 100 * self.calibration.flagged_share, case_threshold,
-                 len(cases), ", with the texture view" if scales else "")
+        """Set (and return) the unfamiliarity thresholds (:func:`atlas_calibration.calibrate`), saved with the
+        atlas."""
+        self.calibration = atlas_calibration.calibrate(self, val_embeddings, val_patients, quantile, k)
         return self.calibration
 
     def case_medians(self, k: int = UNFAMILIAR_K) -> tuple[np.ndarray, np.ndarray | None]:
-        """Each atlas case (sorted by name) as a query case would get it, its own patient left out of the atlas:
-        the median of its frames' scores (up to :data:`CASE_CALIBRATION_FRAMES` of them, evenly spaced), and
-        with a texture view the median of its texture frames' texture scores (else None): of the frames a query
-        of its file would texture (``texture_view.textured``) when the view holds every frame of the case (a
-        still's tiles, a short recording), else of all it holds."""
-        rows: dict[str, list[int]] = defaultdict(list)
-        for row, case in enumerate(self.records.cases.tolist()):
-            rows[case].append(row)
-        texture_rows: dict[str, list[int]] = defaultdict(list)
-        if self.textures is not None:
-            for position, row in enumerate(self.textures.rows.tolist()):
-                texture_rows[self.records.cases[row]].append(position)
-        medians, texture_medians = [], []
-        for case in sorted(rows):
-            found = np.asarray(rows[case])
-            chosen = found[np.unique(np.linspace(0, len(found) - 1, CASE_CALIBRATION_FRAMES).round().astype(int))]
-            patient = str(self.records.patients[chosen[0]])
-            medians.append(float(np.median(self.scores(self.embeddings[chosen], k, exclude_patient=patient))))
-            if self.textures is not None:
-                positions = texture_rows[case]
-                vectors = self.textures.vectors[self._as_queried(positions) if len(positions) == len(found)
-                                                else positions]
-                scored = self.texture_scores(vectors, k, exclude_patient=patient) if len(vectors) else [FARTHEST]
-                texture_medians.append(float(np.median(scored)))
-        return np.asarray(medians), (np.asarray(texture_medians) if self.textures is not None else None)
-
-    def _as_queried(self, positions: list[int]) -> list[int]:
-        """Of texture-view positions that hold every frame of one case, those a query of its files textures: each
-        file's first frame, then every ``TEXTURE_STRIDE``-th (``texture_view.textured``), in frame order."""
-        rows = self.textures.rows
-        seen: dict[str, int] = defaultdict(int)
-        kept = []
-        for position in sorted(positions, key=lambda p: (self.records.files[rows[p]], self.records.frames[rows[p]])):
-            file = str(self.records.files[rows[position]])
-            if texture_view.textured(seen[file]):
-                kept.append(position)
-            seen[file] += 1
-        return kept
+        """Each atlas case's medians as a query case would get them (:func:`atlas_calibration.case_medians`)."""
+        return atlas_calibration.case_medians(self, k)
 
     def case_scores(self, k: int = UNFAMILIAR_K) -> np.ndarray:
         """Each atlas case's score by the case rule (:meth:`case_medians`, joined by the calibration's scales
@@ -477,12 +404,6 @@ class Atlas:
         textures = None if self.textures is None else (self.textures.rows, self.textures.vectors)
         return atlas_store.write(folder, description, self.embeddings, self.thumbnails, self.records.columns(),
                                  index, textures)
-
-
-def _edge(scores: np.ndarray, quantile: float) -> float:
-    """The ``quantile`` of in-domain case scores, the smallest of them at or above it (their largest with 20 or
-    fewer at 0.95), kept above 0."""
-    return max(float(np.quantile(scores, quantile, method="higher")), 1e-9)
 
 
 def refuse_other_model(folder: str | Path, model: AtlasModel, weights_sha256: str | None) -> None:

@@ -1,0 +1,132 @@
+"""How an atlas calibrates its unfamiliarity thresholds, on in-domain data only.
+
+- A frame's threshold: the :data:`CALIBRATION_QUANTILE` of validation frames' scores (each frame's own patient
+  left out of the atlas), so that about 5% of in-domain frames are flagged.
+- A case's threshold: the same quantile of the atlas's own cases' scores, each case scored as a query of it
+  would be (:func:`case_medians`: its patient left out, 64 evenly spaced frames, and the texture frames a
+  query would texture). With a texture view, each view's median is divided by that view's own edge (the same
+  quantile of the atlas's cases in that view) before the two are averaged (``verdict.joined``).
+
+``Atlas.calibrate`` and ``Atlas.case_medians`` call these with the atlas (an ``inference.atlas.Atlas``; not
+imported here, which would make a circle).
+
+Example:
+    >>> _edge(np.arange(1.0, 17.0), 0.95)  # with 20 cases or fewer, the 95th percentile is the largest
+    16.0
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+import numpy as np
+
+from mucosa.inference import texture_view, verdict
+from mucosa.inference.atlas_store import AtlasError, Calibration, checked_embeddings
+
+__all__ = ["CALIBRATION_QUANTILE", "CASE_CALIBRATION_FRAMES", "FARTHEST", "MIN_CALIBRATION_FRAMES", "UNFAMILIAR_K",
+           "calibrate", "case_medians"]
+
+log = logging.getLogger(__name__)
+
+UNFAMILIAR_K = 10  # the unfamiliarity score is the distance to this nearest atlas frame (Sun et al.)
+CALIBRATION_QUANTILE = 0.95  # share of in-domain validation frames below the threshold
+MIN_CALIBRATION_FRAMES = 20  # fewer validation frames cannot place a 95% quantile
+CASE_CALIBRATION_FRAMES = 64  # frames of each atlas case (evenly spaced) whose median scores the case
+FARTHEST = 2.0  # the cosine distance of a missing neighbour
+
+
+def calibrate(atlas, val_embeddings, val_patients, quantile: float = CALIBRATION_QUANTILE,
+              k: int = UNFAMILIAR_K) -> Calibration:
+    """The unfamiliarity thresholds of ``atlas``: a frame's, the ``quantile`` of in-domain validation
+    frames' scores, each frame's own patient left out of the atlas, so that about ``1 - quantile`` of such
+    frames are flagged; and a case's, the ``quantile`` of the atlas's own cases' scores
+    (``Atlas.case_scores``; the smallest of them at or above it: their largest with 20 cases or fewer).
+    With a texture view, a case's score joins its two medians, each over that view's own case threshold,
+    the same ``quantile`` of the atlas's cases' medians in that view (``Calibration.scales``): each view then
+    counts in units of its own in-domain edge, so that a view whose in-domain scores spread far (the EGC-Z
+    embedding) cannot drown what the other sees. ``Atlas.calibrate`` keeps it, and it is saved with the atlas.
+
+    Raises:
+        AtlasError: ``quantile`` not strictly between 0 and 1, fewer than :data:`MIN_CALIBRATION_FRAMES`
+            frames, or not one patient a frame.
+    """
+    if not 0.0 < float(quantile) < 1.0:
+        raise AtlasError(f"calibration quantile {quantile!r} must be between 0 and 1 (e.g. 0.95)")
+    embeddings = checked_embeddings(val_embeddings, atlas.model.embedding_size, "validation embeddings")
+    patients = np.array([str(p) for p in val_patients], dtype=object)
+    if len(patients) != len(embeddings):
+        raise AtlasError(f"{len(embeddings)} validation embeddings but {len(patients)} patients: one a frame")
+    if len(embeddings) < MIN_CALIBRATION_FRAMES:
+        raise AtlasError(f"{len(embeddings)} validation frames cannot calibrate the unfamiliarity threshold "
+                         f"(at least {MIN_CALIBRATION_FRAMES} are needed)")
+    scores = np.empty(len(embeddings))
+    for patient in sorted(set(patients.tolist())):
+        own = patients == patient
+        scores[own] = atlas.scores(embeddings[own], k, exclude_patient=patient)
+    threshold = float(np.quantile(scores, quantile))
+    medians, texture_medians = atlas.case_medians(k)
+    scales = None
+    if texture_medians is not None:
+        scales = (_edge(medians, quantile), _edge(texture_medians, quantile))
+        cases = verdict.joined(medians, texture_medians, scales)
+    else:
+        cases = medians
+    case_threshold = _edge(cases, quantile)
+    calibration = Calibration(int(k), threshold, float(quantile), len(scores), len(set(patients.tolist())),
+                              float(np.mean(scores > threshold)), len(atlas), case_threshold, len(cases),
+                              embedding_scale=None if scales is None else scales[0],
+                              texture_scale=None if scales is None else scales[1])
+    log.info("atlas calibrated: threshold %.4f (%d validation frames, %.1f%% flagged), case threshold %.4f "
+             "(%d atlas cases%s)", threshold, len(scores), 100 * calibration.flagged_share, case_threshold,
+             len(cases), ", with the texture view" if scales else "")
+    return calibration
+
+
+def case_medians(atlas, k: int = UNFAMILIAR_K) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each atlas case (sorted by name) as a query case would get it, its own patient left out of the atlas:
+    the median of its frames' scores (up to :data:`CASE_CALIBRATION_FRAMES` of them, evenly spaced), and
+    with a texture view the median of its texture frames' texture scores (else None): of the frames a query
+    of its file would texture (``texture_view.textured``) when the view holds every frame of the case (a
+    still's tiles, a short recording), else of all it holds."""
+    rows: dict[str, list[int]] = defaultdict(list)
+    for row, case in enumerate(atlas.records.cases.tolist()):
+        rows[case].append(row)
+    texture_rows: dict[str, list[int]] = defaultdict(list)
+    if atlas.textures is not None:
+        for position, row in enumerate(atlas.textures.rows.tolist()):
+            texture_rows[atlas.records.cases[row]].append(position)
+    medians, texture_medians = [], []
+    for case in sorted(rows):
+        found = np.asarray(rows[case])
+        chosen = found[np.unique(np.linspace(0, len(found) - 1, CASE_CALIBRATION_FRAMES).round().astype(int))]
+        patient = str(atlas.records.patients[chosen[0]])
+        medians.append(float(np.median(atlas.scores(atlas.embeddings[chosen], k, exclude_patient=patient))))
+        if atlas.textures is not None:
+            positions = texture_rows[case]
+            vectors = atlas.textures.vectors[_as_queried(atlas, positions) if len(positions) == len(found)
+                                             else positions]
+            scored = atlas.texture_scores(vectors, k, exclude_patient=patient) if len(vectors) else [FARTHEST]
+            texture_medians.append(float(np.median(scored)))
+    return np.asarray(medians), (np.asarray(texture_medians) if atlas.textures is not None else None)
+
+
+def _as_queried(atlas, positions: list[int]) -> list[int]:
+    """Of texture-view positions that hold every frame of one case, those a query of its files textures: each
+    file's first frame, then every ``TEXTURE_STRIDE``-th (``texture_view.textured``), in frame order."""
+    rows = atlas.textures.rows
+    seen: dict[str, int] = defaultdict(int)
+    kept = []
+    for position in sorted(positions, key=lambda p: (atlas.records.files[rows[p]], atlas.records.frames[rows[p]])):
+        file = str(atlas.records.files[rows[position]])
+        if texture_view.textured(seen[file]):
+            kept.append(position)
+        seen[file] += 1
+    return kept
+
+
+def _edge(scores: np.ndarray, quantile: float) -> float:
+    """The ``quantile`` of in-domain case scores, the smallest of them at or above it (their largest with 20 or
+    fewer at 0.95), kept above 0."""
+    return max(float(np.quantile(scores, quantile, method="higher")), 1e-9)
