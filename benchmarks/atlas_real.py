@@ -240,7 +240,8 @@ def _past(ratios, edge: float) -> int:
 
 
 def _edge(scores: np.ndarray, quantile: float) -> float:
-    return float(np.quantile(scores, quantile, method="higher"))
+    scores = np.asarray(scores)
+    return float(np.quantile(scores[np.isfinite(scores)], quantile, method="higher"))
 
 
 STRICTER = 0.99  # a stricter case threshold, measured beside the shipped one (not shipped)

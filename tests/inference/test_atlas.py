@@ -503,3 +503,30 @@ def test_texture_scores_leave_out_the_own_patient_and_need_the_view():
         Atlas(MODEL, embeddings, records, thumbnails).texture_scores(own)
     with pytest.raises(AtlasError, match="texture view, or neither"):
         atlas.add(MODEL, *cohort(seed=3, prefix="N"))
+
+
+def test_a_case_without_a_texture_sets_neither_the_scale_nor_the_case_threshold(caplog):
+    """One atlas case of twelve has no texture: it is left out of the calibration (with a warning), so the
+    texture scale stays the other cases' edge and a foreign texture far past it is still unfamiliar; a texture
+    view with no texture at all cannot calibrate."""
+    from mucosa.inference.atlas import TextureView
+    from mucosa.inference.verdict import unfamiliar_case
+
+    rng = np.random.default_rng(5)
+    embeddings, records, thumbnails = cohort()
+    val, val_records, _ = cohort(seed=2, prefix="V")
+    view = texture_view(records, rng)
+    bare = records.cases[view.rows] != min(records.cases.tolist())  # the first case by name loses its textures
+    atlas = Atlas(MODEL, embeddings, records, thumbnails, textures=TextureView(view.rows[bare], view.vectors[bare]))
+    with caplog.at_level("WARNING"):
+        calibration = atlas.calibrate(val, val_records.patients)
+    assert "1 of 12 atlas cases have no texture" in caplog.text
+    medians, textures = atlas.case_medians()
+    assert np.isnan(textures[0]) and np.isfinite(textures[1:]).all()
+    assert calibration.cases == 11
+    assert calibration.scales[1] == pytest.approx(np.quantile(textures[1:], 0.95, method="higher"))
+    assert unfamiliar_case(np.zeros(10), calibration.case_threshold, [3 * calibration.scales[1]],
+                           calibration.scales) is True
+    empty = Atlas(MODEL, embeddings, records, thumbnails, textures=TextureView(view.rows[:0], view.vectors[:0]))
+    with pytest.raises(AtlasError, match="no texture of any atlas case"):
+        empty.calibrate(val, val_records.patients)

@@ -66,7 +66,6 @@ from mucosa.inference import atlas_calibration, atlas_store, texture_view, verdi
 from mucosa.inference.atlas_calibration import (
     CALIBRATION_QUANTILE,
     CASE_CALIBRATION_FRAMES,
-    FARTHEST,
     MIN_CALIBRATION_FRAMES,
     UNFAMILIAR_K,
 )
@@ -85,6 +84,8 @@ __all__ = ["Atlas", "AtlasError", "AtlasFileError", "AtlasModel", "Calibration",
            "MIN_CALIBRATION_FRAMES", "NEIGHBOURS_PER_FRAME", "UNFAMILIAR_K", "load", "refuse_other_model"]
 
 log = logging.getLogger(__name__)
+
+FARTHEST = 2.0  # the cosine distance of a missing neighbour
 
 NEIGHBOURS_PER_FRAME = 10  # nearest atlas frames of each query frame, for similar cases and the vote
 CLOSEST_FRAMES = 3  # closest frames shown for each similar case
@@ -375,7 +376,7 @@ class Atlas:
 
     def case_scores(self, k: int = UNFAMILIAR_K) -> np.ndarray:
         """Each atlas case's score by the case rule (:meth:`case_medians`, joined by the calibration's scales
-        when the atlas has a texture view and a calibration)."""
+        when the atlas has a texture view and a calibration; NaN for a case without a texture)."""
         medians, texture_medians = self.case_medians(k)
         scales = None if self.calibration is None else self.calibration.scales
         if texture_medians is None or scales is None:

@@ -25,8 +25,8 @@ import numpy as np
 from mucosa.inference import texture_view, verdict
 from mucosa.inference.atlas_store import AtlasError, Calibration, checked_embeddings
 
-__all__ = ["CALIBRATION_QUANTILE", "CASE_CALIBRATION_FRAMES", "FARTHEST", "MIN_CALIBRATION_FRAMES", "UNFAMILIAR_K",
-           "calibrate", "case_medians"]
+__all__ = ["CALIBRATION_QUANTILE", "CASE_CALIBRATION_FRAMES", "MIN_CALIBRATION_FRAMES", "UNFAMILIAR_K", "calibrate",
+           "case_medians"]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,6 @@ UNFAMILIAR_K = 10  # the unfamiliarity score is the distance to this nearest atl
 CALIBRATION_QUANTILE = 0.95  # share of in-domain validation frames below the threshold
 MIN_CALIBRATION_FRAMES = 20  # fewer validation frames cannot place a 95% quantile
 CASE_CALIBRATION_FRAMES = 64  # frames of each atlas case (evenly spaced) whose median scores the case
-FARTHEST = 2.0  # the cosine distance of a missing neighbour
 
 
 def calibrate(atlas, val_embeddings, val_patients, quantile: float = CALIBRATION_QUANTILE,
@@ -48,9 +47,13 @@ def calibrate(atlas, val_embeddings, val_patients, quantile: float = CALIBRATION
     counts in units of its own in-domain edge, so that a view whose in-domain scores spread far (the EGC-Z
     embedding) cannot drown what the other sees. ``Atlas.calibrate`` keeps it, and it is saved with the atlas.
 
+    An atlas case without a texture cannot be scored as a query of it would be (a query's case rule needs
+    texture scores), so it sets neither the texture view's scale nor the case threshold (``cases`` counts
+    those that do); one such case, scored as farthest, would otherwise set the scale of a small atlas alone.
+
     Raises:
         AtlasError: ``quantile`` not strictly between 0 and 1, fewer than :data:`MIN_CALIBRATION_FRAMES`
-            frames, or not one patient a frame.
+            frames, not one patient a frame, or a texture view without a texture of any case.
     """
     if not 0.0 < float(quantile) < 1.0:
         raise AtlasError(f"calibration quantile {quantile!r} must be between 0 and 1 (e.g. 0.95)")
@@ -69,6 +72,13 @@ def calibrate(atlas, val_embeddings, val_patients, quantile: float = CALIBRATION
     medians, texture_medians = atlas.case_medians(k)
     scales = None
     if texture_medians is not None:
+        scored = np.isfinite(texture_medians)
+        if not scored.any():
+            raise AtlasError("the texture view holds no texture of any atlas case: build the atlas again")
+        if not scored.all():
+            log.warning("%d of %d atlas cases have no texture: they do not set the case threshold",
+                        int(np.sum(~scored)), len(scored))
+        medians, texture_medians = medians[scored], texture_medians[scored]
         scales = (_edge(medians, quantile), _edge(texture_medians, quantile))
         cases = verdict.joined(medians, texture_medians, scales)
     else:
@@ -87,9 +97,9 @@ def calibrate(atlas, val_embeddings, val_patients, quantile: float = CALIBRATION
 def case_medians(atlas, k: int = UNFAMILIAR_K) -> tuple[np.ndarray, np.ndarray | None]:
     """Each atlas case (sorted by name) as a query case would get it, its own patient left out of the atlas:
     the median of its frames' scores (up to :data:`CASE_CALIBRATION_FRAMES` of them, evenly spaced), and
-    with a texture view the median of its texture frames' texture scores (else None): of the frames a query
-    of its file would texture (``texture_view.textured``) when the view holds every frame of the case (a
-    still's tiles, a short recording), else of all it holds."""
+    with a texture view the median of its texture frames' texture scores (else None; NaN for a case without
+    a texture): of the frames a query of its file would texture (``texture_view.textured``) when the view
+    holds every frame of the case (a still's tiles, a short recording), else of all it holds."""
     rows: dict[str, list[int]] = defaultdict(list)
     for row, case in enumerate(atlas.records.cases.tolist()):
         rows[case].append(row)
@@ -107,7 +117,7 @@ def case_medians(atlas, k: int = UNFAMILIAR_K) -> tuple[np.ndarray, np.ndarray |
             positions = texture_rows[case]
             vectors = atlas.textures.vectors[_as_queried(atlas, positions) if len(positions) == len(found)
                                              else positions]
-            scored = atlas.texture_scores(vectors, k, exclude_patient=patient) if len(vectors) else [FARTHEST]
+            scored = atlas.texture_scores(vectors, k, exclude_patient=patient) if len(vectors) else [np.nan]
             texture_medians.append(float(np.median(scored)))
     return np.asarray(medians), (np.asarray(texture_medians) if atlas.textures is not None else None)
 
