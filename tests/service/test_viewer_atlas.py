@@ -104,6 +104,12 @@ def test_similar_cases_open_a_side_by_side_compare(page, base, atlas_run):
     assert "pending" in page.get_attribute("#verdict", "class") and page.text_content("#verdict-score") == ""
     assert page.evaluate("getComputedStyle(document.querySelector('#verdict')).getPropertyValue('--tone')") not in [
         page.evaluate("(cls) => colourOf(cls)", cls) for cls in card["classes"]]
+    page.evaluate("() => { showFrame(); drawTimeline(); }")  # nor does a frame, or the timeline, name the call
+    assert "neutral" in page.get_attribute("#verdict-shares", "class")
+    assert page.text_content("#verdict-shares-text").startswith("No class is called until")
+    assert page.text_content("#frame-badge").startswith("network: P(")
+    assert "not judged yet" in page.text_content("#current") and "Called" not in page.text_content("#current")
+    assert "unfamiliar" in page.get_attribute("#legend", "class")  # the legend's no-class style
 
     page.set_viewport_size({"width": 390, "height": 844})  # a phone: the similar cases as wide as the verdict
     widths = [page.locator(panel).bounding_box()["width"] for panel in ("#similar", "#verdict", ".timeline")]

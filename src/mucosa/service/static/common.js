@@ -100,6 +100,28 @@ function unfamiliarCase() {
   return Boolean(v && v.label === "unfamiliar");
 }
 
+/* Whether a verdict is a running case's "gathering frames": frames read, but too few for the atlas to judge the
+   case, so no label (the server's words in `text`). */
+function gatheringVerdict(v) {
+  return Boolean(v && !v.label && v.state === "running" && v.frames > 0 && v.text);
+}
+
+/* Whether the open case calls no class: unfamiliar, or still gathering frames. Then no class is named as the call
+   or drawn in its colour, neither on the verdict nor on a frame or the timeline. */
+function noClassCalled() {
+  return unfamiliarCase() || gatheringVerdict(S.summary && S.summary.verdict);
+}
+
+/* Why the network's call of a frame is not the case's: an unsupported guess (unfamiliar), or not judged yet. */
+function withheldCall() {
+  return unfamiliarCase() ? "an unsupported guess (no class is called)" : "not judged yet (no class is called yet)";
+}
+
+/* What the network's call is when the case calls no class. */
+function guessWord() {
+  return unfamiliarCase() ? "unsupported guess" : "guess, not judged yet";
+}
+
 /* The class the network alone calls from a verdict's mean probability: of an unfamiliar case, an unsupported guess. */
 function networkGuess(v) {
   if (!v || v.score === null || v.score === undefined) return null;

@@ -69,7 +69,7 @@ function drawProbabilities(g, geo) {
   const { x, y, total } = geo;
   const rows = S.rows;
   const radius = total > 600 ? 1.4 : 2;
-  const unfamiliar = unfamiliarCase();  // no class called: no class's colour
+  const unfamiliar = noClassCalled();  // no class called: no class's colour
   g.globalAlpha = 0.6;
   for (let k = 0; k < rows.length; k++) {
     const p = plotted(rows[k]);
@@ -160,7 +160,7 @@ function drawTimeline() {
     g.setLineDash([]);
   }
   drawProbabilities(g, geo);
-  $("legend").classList.toggle("unfamiliar", unfamiliarCase());
+  $("legend").classList.toggle("unfamiliar", noClassCalled());
   const gaps = gapsIn(S.rows);
   const { band, dropped } = drawBand(g, geo, gaps);
   drawAxis(g, geo, band);
@@ -178,7 +178,7 @@ function describeTimeline(dropped, missing, gaps) {
   canvas.setAttribute("aria-valuemax", String(S.rows.length));
   canvas.setAttribute("aria-valuenow", String(row ? S.pos + 1 : 0));
   canvas.setAttribute("aria-valuetext", row ? `${frameText(S.pos)}: ${frameWords(row)}` : "no frame yet");
-  const axis = axisClass() ? `P(${axisClass()})` : unfamiliarCase() ? "the network's highest class probability" :
+  const axis = axisClass() ? `P(${axisClass()})` : noClassCalled() ? "the network's highest class probability" :
     "the probability of the class each frame is called";
   const parts = [`The timeline plots ${axis} for ${counted(S.rows.length, "decoded frame")}`,
     `${dropped} dropped by the quality gate`];

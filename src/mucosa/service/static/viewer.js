@@ -134,7 +134,7 @@ function renderHead() {
 function verdictLabel(c, v) {
   if (c && c.status === "failed") return "No verdict";
   if (v && v.label) return capital(v.label);
-  if (v && v.state === "running" && v.frames > 0 && v.text) return capital(v.text);
+  if (gatheringVerdict(v)) return capital(v.text);
   if (!c) return "–";
   if (c.status === "queued") return "Waiting in the queue";
   return c.status === "done" ? "No informative frames" : "Waiting for informative frames";
@@ -169,20 +169,23 @@ function renderVerdict() {
 }
 
 /* The share of the informative frames called each class: a bar in the classes' colours, and in words. Of an
-   unfamiliar case, no class is called: the bar is grey, and the words say what the network alone would have said. */
+   unfamiliar case, no class is called: the bar is grey, and the words say what the network alone would have said;
+   while frames are gathered, grey too, and the words say why no class is called yet. */
 function renderShares(v) {
   const calls = (v && v.calls) || {};
   const total = classes().reduce((sum, cls) => sum + (calls[cls] || 0), 0);
   const bar = $("verdict-shares");
   const unfamiliar = Boolean(v && v.label === "unfamiliar");
+  const gathering = gatheringVerdict(v);
   bar.hidden = !total;
-  bar.classList.toggle("neutral", unfamiliar);
-  const text = !total ? "" : unfamiliar ? v.network_alone || "" : "called " + classes().map((cls) =>
-    `${cls} ${pct((calls[cls] || 0) / total)} (${calls[cls] || 0})`).join(" · ");
+  bar.classList.toggle("neutral", unfamiliar || gathering);
+  const text = !total ? "" : unfamiliar ? v.network_alone || "" : gathering ?
+    "No class is called until there are frames enough to compare this recording with the atlas." :
+    "called " + classes().map((cls) => `${cls} ${pct((calls[cls] || 0) / total)} (${calls[cls] || 0})`).join(" · ");
   const words = $("verdict-shares-text");
   words.textContent = text;
-  words.classList.toggle("subordinate", unfamiliar);
-  const colour = (cls) => (unfamiliar ? GREYS[classes().indexOf(cls) % GREYS.length] : colourOf(cls));
+  words.classList.toggle("subordinate", unfamiliar || gathering);
+  const colour = (cls) => (unfamiliar || gathering ? GREYS[classes().indexOf(cls) % GREYS.length] : colourOf(cls));
   bar.innerHTML = classes().filter((cls) => calls[cls]).map((cls) =>
     `<span style="width:${(100 * calls[cls]) / total}%;background:${esc(colour(cls))}"></span>`).join("");
 }
@@ -210,20 +213,20 @@ function preload(from, count = 24) {
   for (let k = from; k < Math.min(S.rows.length, from + count); k++) frameImage(S.rows[k].frame, false);
 }
 
-/* The frame's probabilities in words, each naming its class; of an unfamiliar case, no class called. */
+/* The frame's probabilities in words, each naming its class; of a case that calls no class, no class called. */
 function frameWords(row) {
   if (row.dropped) return `dropped by the quality gate (quality ${fmt(row.quality, 2)})`;
   const named = classes().map((cls) => `P(${cls}) ${fmt(probabilityOf(row.probability, cls))}`).join(", ");
-  if (unfamiliarCase()) return `the network alone, no class called: ${named}${row.unfamiliar ? "; frame unfamiliar" : ""}`;
+  if (noClassCalled()) return `the network alone, no class called: ${named}${row.unfamiliar ? "; frame unfamiliar" : ""}`;
   return `called ${row.called}: ${named}`;
 }
 
-/* The badge on the frame: its call and probability; of an unfamiliar case, the probability alone (no call). */
+/* The badge on the frame: its call and probability; of a case that calls no class, the probability alone. */
 function badgeWords(row, wantCam, showingCam) {
   if (row.dropped) return `Dropped by the quality gate (quality ${fmt(row.quality, 2)})`;
-  const unfamiliar = unfamiliarCase();
+  const unfamiliar = noClassCalled();
   if (wantCam && !showingCam) return "Grad-CAM: computing…";
-  if (wantCam) return unfamiliar ? "Grad-CAM: the network's attention for its unsupported guess" : `Grad-CAM of ${row.called}`;
+  if (wantCam) return unfamiliar ? `Grad-CAM: the network's attention for its ${guessWord()}` : `Grad-CAM of ${row.called}`;
   const p = `P(${row.called}) ${fmt(probabilityOf(row.probability, row.called))}`;
   return unfamiliar ? `network: ${p}${row.unfamiliar ? " · frame unfamiliar" : ""}` : `${row.called} · ${p}`;
 }
@@ -255,7 +258,7 @@ function showFrame() {
     canvas.dataset.frame = row.frame;
     canvas.dataset.gradcam = showingCam ? "shown" : "off";
   }
-  const cam = unfamiliarCase() ? "the network's unsupported guess" : row.called;
+  const cam = noClassCalled() ? `the network's ${guessWord()}` : row.called;
   canvas.setAttribute("aria-label", `${frameText(S.pos)}: ${frameWords(row)}` +
     (showingCam ? `; Grad-CAM of ${cam} shown` : ""));
   badge.hidden = false;
@@ -268,9 +271,9 @@ function renderCurrent(row) {
   const list = $("current");
   list.textContent = "";
   if (!row) return;
-  const unfamiliar = unfamiliarCase();  // no class called: what the network alone says, and whether the frame is
+  const unfamiliar = noClassCalled();  // no class called: what the network alone says, and whether the frame is
   const items = [["Frame", frameText(S.pos).replace(/^frame /, "")], unfamiliar ?
-    ["Network alone", row.dropped ? "—" : `${row.called}, an unsupported guess (no class is called)`] :
+    ["Network alone", row.dropped ? "—" : `${row.called}, ${withheldCall()}`] :
     ["Called", row.dropped ? "—" : row.called]];
   if (unfamiliar && typeof row.unfamiliar === "boolean") {
     items.push(["Unfamiliar frame", row.unfamiliar ? "yes, unlike the atlas" : "no"]);
