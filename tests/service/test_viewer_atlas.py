@@ -109,7 +109,9 @@ def test_similar_cases_open_a_side_by_side_compare(page, base, atlas_run):
     assert page.text_content("#verdict-shares-text").startswith("No class is called until")
     assert page.text_content("#frame-badge").startswith("network: P(")
     assert "not judged yet" in page.text_content("#current") and "Called" not in page.text_content("#current")
-    assert "unfamiliar" in page.get_attribute("#legend", "class")  # the legend's no-class style
+    assert "unfamiliar" in page.get_attribute("#legend", "class")  # the legend's no-class style, but not the word
+    assert "no class called: not judged yet" in page.text_content("#legend")
+    assert "unfamiliar frames" not in page.text_content("#verdict-atlas")  # a share of a few frames says nothing
 
     page.set_viewport_size({"width": 390, "height": 844})  # a phone: the similar cases as wide as the verdict
     widths = [page.locator(panel).bounding_box()["width"] for panel in ("#similar", "#verdict", ".timeline")]
@@ -168,6 +170,7 @@ def test_an_unfamiliar_case_names_no_class_as_the_call(page, base, tmp_path):
     for cls in classes:
         assert f"called {cls}" not in shown.lower() and f"Grad-CAM of {cls}" not in shown, cls
     assert page.is_visible("#legend .lg-network") and not page.is_visible("#legend .lg-class")
+    assert "no class called: unfamiliar" in page.inner_text("#legend")
     assert axe_violations(page) == []
 
     # the nearest atlas frames' vote against the network's unsupported guess: said, and neither is a verdict

@@ -28,8 +28,8 @@ function renderAtlasVerdict(c, v) {
     $("verdict-score").textContent = v.reason || "As a whole, this recording is unlike the confirmed cases of the " +
       "atlas: no class is given.";  // a case kept before the server gave its reason
   }
-  const share = v && v.unfamiliar !== null && v.unfamiliar !== undefined ?
-    `unfamiliar frames ${pct(v.unfamiliar)}` : "";
+  const share = v && v.unfamiliar !== null && v.unfamiliar !== undefined && !gatheringVerdict(v) ?
+    `unfamiliar frames ${pct(v.unfamiliar)}` : "";  // of the first few frames, a share says nothing yet
   const vote = !(v && v.atlas_vote) ? "" : (unfamiliar ? "no second opinion (the nearest atlas frames are not " +
     "similar): " : "atlas vote (second opinion): ") + `${v.atlas_vote.label} ${pct(v.atlas_vote.share)} of the ` +
     "nearest confirmed frames";

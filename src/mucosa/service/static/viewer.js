@@ -21,7 +21,7 @@ async function loadModel() {
   const legend = card.classes.map((c) => `<span class="lg-class"><i class="swatch" style="background:` +
     `${esc(colourOf(c))}"></i>${esc(c)}</span>`);
   legend.push(`<span class="lg-network"><i class="swatch" style="background:${GREYS[0]}"></i>the network's ` +
-    "probability (no class: unfamiliar)</span>");
+    "probability (no class called: <span id=\"legend-why\">unfamiliar</span>)</span>");
   legend.push("<span><i class=\"lg-line\"></i>smoothed</span>");
   if (card.positive) legend.push("<span><i class=\"lg-dash\"></i>threshold</span>");
   legend.push("<span><i class=\"lg-drop\"></i>dropped</span>", "<span><i class=\"lg-missing\"></i>not decoded</span>");
