@@ -112,14 +112,12 @@ function noClassCalled() {
   return unfamiliarCase() || gatheringVerdict(S.summary && S.summary.verdict);
 }
 
-/* Why the network's call of a frame is not the case's: an unsupported guess (unfamiliar), or not judged yet. */
-function withheldCall() {
-  return unfamiliarCase() ? "an unsupported guess (no class is called)" : "not judged yet (no class is called yet)";
-}
-
-/* What the network's call is when the case calls no class. */
-function guessWord() {
-  return unfamiliarCase() ? "unsupported guess" : "guess, not judged yet";
+/* The words for the network's call of a frame when the case calls no class: why none is called (the case is
+   unfamiliar, or not judged yet), what the frame's call then is, and the guess it names. */
+function withheld() {
+  return unfamiliarCase() ?
+    { why: "unfamiliar", call: "an unsupported guess (no class is called)", guess: "unsupported guess" } :
+    { why: "not judged yet", call: "not judged yet (no class is called yet)", guess: "guess, not judged yet" };
 }
 
 /* The class the network alone calls from a verdict's mean probability: of an unfamiliar case, an unsupported guess. */

@@ -161,7 +161,7 @@ function drawTimeline() {
   }
   drawProbabilities(g, geo);
   $("legend").classList.toggle("unfamiliar", noClassCalled());
-  $("legend-why").textContent = unfamiliarCase() ? "unfamiliar" : "not judged yet";
+  $("legend-why").textContent = withheld().why;
   const gaps = gapsIn(S.rows);
   const { band, dropped } = drawBand(g, geo, gaps);
   drawAxis(g, geo, band);

@@ -226,7 +226,7 @@ function badgeWords(row, wantCam, showingCam) {
   if (row.dropped) return `Dropped by the quality gate (quality ${fmt(row.quality, 2)})`;
   const unfamiliar = noClassCalled();
   if (wantCam && !showingCam) return "Grad-CAM: computing…";
-  if (wantCam) return unfamiliar ? `Grad-CAM: the network's attention for its ${guessWord()}` : `Grad-CAM of ${row.called}`;
+  if (wantCam) return unfamiliar ? `Grad-CAM: the network's attention for its ${withheld().guess}` : `Grad-CAM of ${row.called}`;
   const p = `P(${row.called}) ${fmt(probabilityOf(row.probability, row.called))}`;
   return unfamiliar ? `network: ${p}${row.unfamiliar ? " · frame unfamiliar" : ""}` : `${row.called} · ${p}`;
 }
@@ -258,7 +258,7 @@ function showFrame() {
     canvas.dataset.frame = row.frame;
     canvas.dataset.gradcam = showingCam ? "shown" : "off";
   }
-  const cam = noClassCalled() ? `the network's ${guessWord()}` : row.called;
+  const cam = noClassCalled() ? `the network's ${withheld().guess}` : row.called;
   canvas.setAttribute("aria-label", `${frameText(S.pos)}: ${frameWords(row)}` +
     (showingCam ? `; Grad-CAM of ${cam} shown` : ""));
   badge.hidden = false;
@@ -273,7 +273,7 @@ function renderCurrent(row) {
   if (!row) return;
   const unfamiliar = noClassCalled();  // no class called: what the network alone says, and whether the frame is
   const items = [["Frame", frameText(S.pos).replace(/^frame /, "")], unfamiliar ?
-    ["Network alone", row.dropped ? "—" : `${row.called}, ${withheldCall()}`] :
+    ["Network alone", row.dropped ? "—" : `${row.called}, ${withheld().call}`] :
     ["Called", row.dropped ? "—" : row.called]];
   if (unfamiliar && typeof row.unfamiliar === "boolean") {
     items.push(["Unfamiliar frame", row.unfamiliar ? "yes, unlike the atlas" : "no"]);
