@@ -55,8 +55,10 @@ def test_a_running_case_gathers_frames_before_the_atlas_judges_it(atlas_engine, 
     assert 1 < used < CASE_CALIBRATION_FRAMES
     running = [row["case"] for row in rows[:-1] if row["case"]["frames"]]
     assert running and all((v["label"], v["class"], v["text"]) == (None, None, GATHERING) for v in running)
+    assert all(v["needed"] == CASE_CALIBRATION_FRAMES for v in running)  # how many it must reach
     last = rows[-1]["case"]
     assert last["label"] and last["text"] == last["label"] != GATHERING and last["atlas_vote"]
+    assert last["needed"] is None
     bare = [row["case"] for row in bare_engine.frames(images) if row["case"]["frames"]]
     assert len(bare) == used and all(v["label"] and v["text"] == v["label"] for v in bare)
 

@@ -99,9 +99,11 @@ def test_similar_cases_open_a_side_by_side_compare(page, base, atlas_run):
     assert "unfamiliar frames <1%" in page.text_content("#verdict-atlas")
     # live, before the atlas can judge the case (too few frames): the server's words, no class nor its colour
     page.evaluate("""(text) => { S.summary = {...S.summary, status: "running", verdict: {...S.summary.verdict,
-        state: "running", label: null, class: null, text, atlas_vote: null}}; renderVerdict(); }""", GATHERING)
+        state: "running", label: null, class: null, text, atlas_vote: null, frames: 13, needed: 64}};
+        renderVerdict(); }""", GATHERING)
     assert page.text_content("#verdict-label") == GATHERING.capitalize()
-    assert "pending" in page.get_attribute("#verdict", "class") and page.text_content("#verdict-score") == ""
+    assert "pending" in page.get_attribute("#verdict", "class")
+    assert page.text_content("#verdict-score").startswith("13 of the 64 informative frames read")
     assert page.evaluate("getComputedStyle(document.querySelector('#verdict')).getPropertyValue('--tone')") not in [
         page.evaluate("(cls) => colourOf(cls)", cls) for cls in card["classes"]]
     page.evaluate("() => { showFrame(); drawTimeline(); }")  # nor does a frame, or the timeline, name the call

@@ -47,6 +47,7 @@ from mucosa.data.readers import IMAGE_SUFFIXES, VIDEO_SUFFIXES, is_image, is_vid
 from mucosa.data.video import DecodeReport, video_info
 from mucosa.errors import ConfigError, ModelOutputError, MucosaError, UnreadableFileError
 from mucosa.inference import verdict as verdicts
+from mucosa.inference.atlas import CASE_CALIBRATION_FRAMES
 from mucosa.inference.classifier import Classifier
 from mucosa.inference.leave_out import own_patients
 from mucosa.inference.onnx import OnnxPredictor, exported_from, to_checked_onnx
@@ -317,8 +318,8 @@ class Engine:
         above the atlas's case threshold gives the label ``unfamiliar`` and no class
         (``verdict.verdict_or_unfamiliar``), with ``reason`` (why, in words) and ``network_alone`` (what the network
         alone would have said, worded as no verdict); both None for any other label. ``gathering`` (a running case
-        too short for the atlas to judge, ``stream.Smoother.gathering``): no label nor class, and the text
-        ``verdict.GATHERING``."""
+        too short for the atlas to judge, ``stream.Smoother.gathering``): no label nor class, the text
+        ``verdict.GATHERING``, and ``needed``, the informative frames it must reach (None otherwise)."""
         label = cls = None
         calibration = None if self.atlas is None else self.atlas.calibration
         said, share = verdicts.verdict_or_unfamiliar(mean, self.classes, flags, self.threshold, scores,
@@ -338,6 +339,7 @@ class Engine:
         return {"state": state, "label": label, "class": cls, "text": text,
                 "score": _plain(mean), "threshold": self.threshold, "frames": used, "total": total, "calls": counts,
                 "unfamiliar": share, "unfamiliarity_ratio": ratio,
+                "needed": CASE_CALIBRATION_FRAMES if gathering else None,
                 "reason": verdicts.unfamiliar_reason(share, ratio) if unfamiliar else None,
                 "network_alone": verdicts.network_alone(mean, self.classes, self.threshold, counts) if unfamiliar
                 else None}

@@ -50,6 +50,8 @@ class Verdict(BaseModel):
                                               "is (its median frame score joined with its texture view's), over the "
                                               "atlas's case threshold: above 1 the label is 'unfamiliar' (none "
                                               "while gathering frames); null without an atlas to tell")
+    needed: int | None = Field(None, description="while a running case gathers frames: the informative frames it "
+                               "must reach before the atlas can judge it (frames is how many it has); else null")
     atlas_vote: dict[str, Any] | None = Field(None, description="the atlas's nearest-neighbour vote once the case "
                                               "is done, a second opinion: {label, share}")
     reason: str | None = Field(None, description="why the label is 'unfamiliar', in words, with the "

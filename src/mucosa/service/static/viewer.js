@@ -157,7 +157,10 @@ function renderVerdict() {
   const score = $("verdict-score");
   const p = confidence(v);
   if (c && c.status === "failed") score.textContent = c.error || "";
-  else if (p !== null) score.innerHTML = `mean probability of ${esc(v.class)} <b>${fmt(p)}</b>`;
+  else if (gatheringVerdict(v) && v.needed) {
+    score.textContent = `${v.frames} of the ${v.needed} informative frames read that the atlas needs to judge this ` +
+      "recording";
+  } else if (p !== null) score.innerHTML = `mean probability of ${esc(v.class)} <b>${fmt(p)}</b>`;
   else score.textContent = "";
   renderShares(v);
   renderAtlasVerdict(c, v);
