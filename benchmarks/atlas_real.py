@@ -46,6 +46,7 @@ from mucosa.data.cache import FrameCache
 from mucosa.data.frame_table import assemble
 from mucosa.data.manifest import load_manifest
 from mucosa.inference.atlas import Atlas, AtlasModel, FrameRecords, TextureView
+from mucosa.inference.atlas_calibration import case_edge
 from mucosa.inference.pytorch import TorchPredictor
 from mucosa.inference.texture_view import file_textures, spread, textured
 from mucosa.inference.verdict import case_unfamiliarity, unfamiliar_case
@@ -228,7 +229,7 @@ def fold_rows(run: Path, cache: FrameCache, manifests: dict[str, Path]) -> tuple
                      / calibration.case_threshold,
                      "files": file_ratios(atlas, table, mine, familiarity.scores, patient, loaded.preprocessing)})
     foreign = foreign_scores(loaded, atlas, manifests, cache)
-    stricter = _edge(atlas.case_scores(), STRICTER) / atlas.calibration.case_threshold
+    stricter = case_edge(atlas.case_scores(), STRICTER) / atlas.calibration.case_threshold
     for row in rows:
         row["stricter"] = stricter
     return rows, {"in_domain": np.concatenate(in_domain), "foreign": foreign, "stricter": stricter,
@@ -237,11 +238,6 @@ def fold_rows(run: Path, cache: FrameCache, manifests: dict[str, Path]) -> tuple
 
 def _past(ratios, edge: float) -> int:
     return int(np.sum(np.asarray(ratios) > edge))
-
-
-def _edge(scores: np.ndarray, quantile: float) -> float:
-    scores = np.asarray(scores)
-    return float(np.quantile(scores[np.isfinite(scores)], quantile, method="higher"))
 
 
 STRICTER = 0.99  # a stricter case threshold, measured beside the shipped one (not shipped)
@@ -289,7 +285,7 @@ def summarise(rows: list[dict], scores: list[dict], texture: dict[str, str]) -> 
             "held_out_max_frames_unfamiliar": max(r["unfamiliar_share"] for r in rows),
             "held_out_largest_case_score_to_threshold": max(r["case_score_to_threshold"] for r in rows),
             "held_out_files": sum(len(r["files"]) for r in rows),
-            "held_out_files_unfamiliar": sum(int(np.sum(np.asarray(r["files"]) > 1)) for r in rows),
+            "held_out_files_unfamiliar": sum(_past(r["files"], 1.0) for r in rows),
             "held_out_largest_file_score_to_threshold": max(max(r["files"]) for r in rows),
             "held_out_files_unfamiliar_stricter": sum(_past(r["files"], r["stricter"]) for r in rows),
             "stricter_over_threshold": [s["stricter"] for s in scores],

@@ -11,7 +11,7 @@
 imported here, which would make a circle).
 
 Example:
-    >>> _edge(np.arange(1.0, 17.0), 0.95)  # with 20 cases or fewer, the 95th percentile is the largest
+    >>> case_edge(np.arange(1.0, 17.0), 0.95)  # with 20 cases or fewer, the 95th percentile is the largest
     16.0
 """
 
@@ -26,7 +26,7 @@ from mucosa.inference import texture_view, verdict
 from mucosa.inference.atlas_store import AtlasError, Calibration, checked_embeddings
 
 __all__ = ["CALIBRATION_QUANTILE", "CASE_CALIBRATION_FRAMES", "MIN_CALIBRATION_FRAMES", "UNFAMILIAR_K", "calibrate",
-           "case_medians"]
+           "case_edge", "case_medians"]
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +79,11 @@ def calibrate(atlas, val_embeddings, val_patients, quantile: float = CALIBRATION
             log.warning("%d of %d atlas cases have no texture: they do not set the case threshold",
                         int(np.sum(~scored)), len(scored))
         medians, texture_medians = medians[scored], texture_medians[scored]
-        scales = (_edge(medians, quantile), _edge(texture_medians, quantile))
+        scales = (case_edge(medians, quantile), case_edge(texture_medians, quantile))
         cases = verdict.joined(medians, texture_medians, scales)
     else:
         cases = medians
-    case_threshold = _edge(cases, quantile)
+    case_threshold = case_edge(cases, quantile)
     calibration = Calibration(int(k), threshold, float(quantile), len(scores), len(set(patients.tolist())),
                               float(np.mean(scores > threshold)), len(atlas), case_threshold, len(cases),
                               embedding_scale=None if scales is None else scales[0],
@@ -136,7 +136,8 @@ def _as_queried(atlas, positions: list[int]) -> list[int]:
     return kept
 
 
-def _edge(scores: np.ndarray, quantile: float) -> float:
-    """The ``quantile`` of in-domain case scores, the smallest of them at or above it (their largest with 20 or
-    fewer at 0.95), kept above 0."""
-    return max(float(np.quantile(scores, quantile, method="higher")), 1e-9)
+def case_edge(scores, quantile: float) -> float:
+    """The ``quantile`` of in-domain case scores (those that are finite), the smallest of them at or above it
+    (their largest with 20 or fewer at 0.95), kept above 0: a case threshold, or a view's scale."""
+    scores = np.asarray(scores, np.float64)
+    return max(float(np.quantile(scores[np.isfinite(scores)], quantile, method="higher")), 1e-9)

@@ -100,10 +100,10 @@ function unfamiliarCase() {
   return Boolean(v && v.label === "unfamiliar");
 }
 
-/* Whether a verdict is a running case's "gathering frames": frames read, but too few for the atlas to judge the
-   case, so no label (the server's words in `text`). */
+/* Whether a verdict is a running case's "gathering frames": too few frames read for the atlas to judge the case,
+   so no label (the server says so with `needed`, the frames it must reach, and its words in `text`). */
 function gatheringVerdict(v) {
-  return Boolean(v && !v.label && v.state === "running" && v.frames > 0 && v.text);
+  return Boolean(v && v.state === "running" && v.needed);
 }
 
 /* Whether the open case calls no class: unfamiliar, or still gathering frames. Then no class is named as the call
