@@ -278,6 +278,37 @@ def test_calibration_refuses_what_cannot_place_a_threshold(atlas, quantile, coun
     assert atlas.calibration is None
 
 
+def test_an_atlas_of_one_patient_refuses_to_calibrate_rather_than_flag_nothing():
+    """Every frame of a one-patient atlas, its patient left out, has no neighbour: its thresholds would be the
+    farthest distance, and nothing could ever be unfamiliar. Calibrating refuses instead (CalibrationError, one
+    line); a second patient lets it calibrate, and a foreign frame is then flagged."""
+    from mucosa.inference.atlas import CalibrationError
+
+    embeddings, records, thumbnails = cohort(patients=1, per_case=30)
+    lonely = Atlas(MODEL, embeddings, records, thumbnails)
+    with pytest.raises(CalibrationError) as error:
+        lonely.calibrate(embeddings, records.patients)
+    one_line_error(error, "too few frames of other patients", "at least two patients")
+    assert lonely.calibration is None
+    two = Atlas(MODEL, *cohort(patients=2, per_case=30))
+    two.calibrate(two.embeddings, two.records.patients)
+    foreign = frames_near(np.random.default_rng(9), CENTRES[2], 5, spread=0.1)
+    assert two.calibration.threshold < 2.0 and two.unfamiliar(foreign).flags.all()
+
+
+def test_a_view_whose_cases_are_alike_to_the_last_digit_cannot_scale_the_case_rule():
+    """Identical textures in every case give that view a scale of zero, which would make any query unfamiliar:
+    calibrating refuses, naming the view."""
+    from mucosa.inference.atlas import CalibrationError, TextureView
+
+    embeddings, records, thumbnails = cohort()
+    rows = np.arange(0, len(records), 2)
+    same = TextureView(rows, np.tile(normalise(np.ones((1, 56))), (len(rows), 1)))
+    atlas = Atlas(MODEL, embeddings, records, thumbnails, textures=same)
+    with pytest.raises(CalibrationError, match="alike to the last digit in the texture view"):
+        atlas.calibrate(embeddings, records.patients)
+
+
 def test_the_case_threshold_is_the_atlas_cases_own_median_scores_95th_percentile(atlas):
     val, val_records, _ = cohort(seed=6, patients=10, prefix="V")
     calibration = atlas.calibrate(val, val_records.patients)

@@ -114,6 +114,24 @@ def test_too_few_validation_frames_leave_the_atlas_uncalibrated(atlas_copy, tmp_
         open_atlas(tmp_path / "atlas", report.atlas.model.weights_sha256)
 
 
+def test_an_atlas_of_one_patient_is_left_uncalibrated_with_a_warning(atlas_copy, tmp_path):
+    """Rows of one patient only cannot set a threshold (no other patient to compare a frame with): the atlas
+    is built, uncalibrated, and says it cannot tell, instead of thresholds that would let nothing be
+    unfamiliar."""
+    import dataclasses
+
+    rows = rows_of(atlas_copy, "train", "val")
+    one = sorted({r.patient for r in rows})[:3]
+    manifest = tmp_path / "one.csv"
+    write_manifest([dataclasses.replace(r, patient="only", split="val" if i % 2 else "train")
+                    for i, r in enumerate(r for r in rows if r.patient in one)], manifest)
+    with pytest.warns(MucosaWarning, match="too few frames of other patients .* at least two patients: the atlas "
+                                           "is not calibrated"):
+        report = atlas_build.build_atlas(atlas_copy / "best.ckpt", manifest, tmp_path / "atlas")
+    assert report.atlas.calibration is None and set(report.atlas.records.patients.tolist()) == {"only"}
+    assert load_checkpoint(atlas_copy / "best.ckpt").info["atlas"]["threshold"] is None
+
+
 def test_a_failed_atlas_after_training_is_a_warning(tmp_path, monkeypatch, caplog):
     def fails(*args, **kwargs):
         raise AtlasError("no frame")

@@ -66,6 +66,7 @@ from mucosa.inference import atlas_calibration, atlas_store, texture_view, verdi
 from mucosa.inference.atlas_calibration import (
     CALIBRATION_QUANTILE,
     CASE_CALIBRATION_FRAMES,
+    FARTHEST,
     MIN_CALIBRATION_FRAMES,
     UNFAMILIAR_K,
 )
@@ -75,17 +76,17 @@ from mucosa.inference.atlas_store import (
     AtlasFileError,
     AtlasModel,
     Calibration,
+    CalibrationError,
     FrameRecords,
     checked_embeddings,
 )
 
-__all__ = ["Atlas", "AtlasError", "AtlasFileError", "AtlasModel", "Calibration", "Familiarity", "FrameRecords", "Match",
-           "SimilarCase", "TextureView", "Vote", "CALIBRATION_QUANTILE", "CASE_CALIBRATION_FRAMES", "CLOSEST_FRAMES",
-           "MIN_CALIBRATION_FRAMES", "NEIGHBOURS_PER_FRAME", "UNFAMILIAR_K", "load", "refuse_other_model"]
+__all__ = ["Atlas", "AtlasError", "AtlasFileError", "AtlasModel", "Calibration", "CalibrationError", "Familiarity",
+           "FrameRecords", "Match", "SimilarCase", "TextureView", "Vote", "CALIBRATION_QUANTILE",
+           "CASE_CALIBRATION_FRAMES", "CLOSEST_FRAMES", "FARTHEST", "MIN_CALIBRATION_FRAMES", "NEIGHBOURS_PER_FRAME",
+           "UNFAMILIAR_K", "load", "refuse_other_model"]
 
 log = logging.getLogger(__name__)
-
-FARTHEST = 2.0  # the cosine distance of a missing neighbour
 
 NEIGHBOURS_PER_FRAME = 10  # nearest atlas frames of each query frame, for similar cases and the vote
 CLOSEST_FRAMES = 3  # closest frames shown for each similar case

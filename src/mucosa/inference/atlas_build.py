@@ -9,9 +9,9 @@ and found beside a checkpoint.
   content's SHA-256, so that the same recording is the same case whatever folder or manifest names it.
 - The unfamiliarity threshold is calibrated on the manifest's validation rows (split column ``val``), each
   frame's own patient left out, and the case threshold on the atlas's own cases (:meth:`Atlas.calibrate`);
-  fewer than
-  :data:`~mucosa.inference.atlas.MIN_CALIBRATION_FRAMES` validation frames leave the atlas uncalibrated,
-  with a warning (it shows similar cases but cannot tell unfamiliar frames).
+  data that cannot set a threshold (fewer than :data:`~mucosa.inference.atlas.MIN_CALIBRATION_FRAMES`
+  validation frames, an atlas of one patient: ``CalibrationError``) leave the atlas uncalibrated, with a
+  warning (it shows similar cases but cannot tell unfamiliar frames).
 - The atlas records how it was built (``built_from``: the checkpoint's file name, the runtime, the
   manifest's name and hash, the parts, the validation cases), and the checkpoint's model card records the
   atlas (key :data:`CARD_KEY`: folder, ``atlas.json``'s SHA-256, frames, threshold, k, quantile, case
@@ -43,10 +43,10 @@ from mucosa.data.readers import FrameSelection
 from mucosa.errors import MucosaWarning, first_line
 from mucosa.inference import atlas_store
 from mucosa.inference.atlas import (
-    MIN_CALIBRATION_FRAMES,
     Atlas,
     AtlasError,
     AtlasModel,
+    CalibrationError,
     FrameRecords,
     TextureView,
     load,
@@ -192,15 +192,15 @@ def _manifest_frames(predictor, manifest: Path, parts, cache: FrameCache, pseudo
 
 
 def _calibrate(atlas: Atlas, embeddings: np.ndarray, patients: np.ndarray, cases: list[str]) -> None:
-    """Calibrate on validation frames when there are enough; else leave the atlas as it is, with a warning."""
-    if len(embeddings) < MIN_CALIBRATION_FRAMES:
+    """Calibrate on validation frames; where the data cannot set a threshold (``CalibrationError``: too few
+    validation frames, an atlas of one patient, ...), leave the atlas as it is, with a warning."""
+    try:
+        atlas.calibrate(embeddings, patients)
+    except CalibrationError as error:
         kept = "keeps its earlier threshold" if atlas.calibration else "is not calibrated: it cannot tell " \
             "unfamiliar frames"
-        warnings.warn(f"{len(embeddings)} validation frames (rows whose split is val; at least "
-                      f"{MIN_CALIBRATION_FRAMES} are needed) cannot calibrate the unfamiliarity threshold: the atlas "
-                      f"{kept}", MucosaWarning, stacklevel=3)
+        warnings.warn(f"{error}: the atlas {kept}", MucosaWarning, stacklevel=3)
         return
-    atlas.calibrate(embeddings, patients)
     atlas.origin["validation_cases"] = sorted(set(cases))
 
 

@@ -23,10 +23,10 @@ from collections import defaultdict
 import numpy as np
 
 from mucosa.inference import texture_view, verdict
-from mucosa.inference.atlas_store import AtlasError, Calibration, checked_embeddings
+from mucosa.inference.atlas_store import AtlasError, Calibration, CalibrationError, checked_embeddings
 
-__all__ = ["CALIBRATION_QUANTILE", "CASE_CALIBRATION_FRAMES", "MIN_CALIBRATION_FRAMES", "UNFAMILIAR_K", "calibrate",
-           "case_edge", "case_medians"]
+__all__ = ["CALIBRATION_QUANTILE", "CASE_CALIBRATION_FRAMES", "FARTHEST", "MIN_CALIBRATION_FRAMES", "UNFAMILIAR_K",
+           "calibrate", "case_edge", "case_medians"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ UNFAMILIAR_K = 10  # the unfamiliarity score is the distance to this nearest atl
 CALIBRATION_QUANTILE = 0.95  # share of in-domain validation frames below the threshold
 MIN_CALIBRATION_FRAMES = 20  # fewer validation frames cannot place a 95% quantile
 CASE_CALIBRATION_FRAMES = 64  # frames of each atlas case (evenly spaced) whose median scores the case
+FARTHEST = 2.0  # the cosine distance of a missing neighbour (fewer than k atlas frames of other patients)
+_ALIKE = 1e-6  # a view's scale at or below this (float32 rounding of a cosine distance): its cases are alike
 
 
 def calibrate(atlas, val_embeddings, val_patients, quantile: float = CALIBRATION_QUANTILE,
@@ -52,8 +54,13 @@ def calibrate(atlas, val_embeddings, val_patients, quantile: float = CALIBRATION
     those that do); one such case, scored as farthest, would otherwise set the scale of a small atlas alone.
 
     Raises:
-        AtlasError: ``quantile`` not strictly between 0 and 1, fewer than :data:`MIN_CALIBRATION_FRAMES`
-            frames, not one patient a frame, or a texture view without a texture of any case.
+        AtlasError: ``quantile`` not strictly between 0 and 1, not one patient a frame, or a texture view
+            without a texture of any case.
+        CalibrationError: the data cannot set a threshold that means anything: fewer than
+            :data:`MIN_CALIBRATION_FRAMES` frames; a threshold at :data:`FARTHEST`, where too few frames of
+            other patients are left to compare with (an atlas of one patient, whose thresholds would let nothing
+            be unfamiliar); or a view whose cases are alike to the last digit (whose scale would make anything
+            unfamiliar).
     """
     if not 0.0 < float(quantile) < 1.0:
         raise AtlasError(f"calibration quantile {quantile!r} must be between 0 and 1 (e.g. 0.95)")
@@ -62,13 +69,14 @@ def calibrate(atlas, val_embeddings, val_patients, quantile: float = CALIBRATION
     if len(patients) != len(embeddings):
         raise AtlasError(f"{len(embeddings)} validation embeddings but {len(patients)} patients: one a frame")
     if len(embeddings) < MIN_CALIBRATION_FRAMES:
-        raise AtlasError(f"{len(embeddings)} validation frames cannot calibrate the unfamiliarity threshold "
-                         f"(at least {MIN_CALIBRATION_FRAMES} are needed)")
+        raise CalibrationError(f"{len(embeddings)} validation frames (rows whose split is val; at least "
+                               f"{MIN_CALIBRATION_FRAMES} are needed) cannot calibrate the unfamiliarity threshold")
     scores = np.empty(len(embeddings))
     for patient in sorted(set(patients.tolist())):
         own = patients == patient
         scores[own] = atlas.scores(embeddings[own], k, exclude_patient=patient)
     threshold = float(np.quantile(scores, quantile))
+    _check_compared(threshold, "validation frames", k)
     medians, texture_medians = atlas.case_medians(k)
     scales = None
     if texture_medians is not None:
@@ -80,10 +88,15 @@ def calibrate(atlas, val_embeddings, val_patients, quantile: float = CALIBRATION
                         int(np.sum(~scored)), len(scored))
         medians, texture_medians = medians[scored], texture_medians[scored]
         scales = (case_edge(medians, quantile), case_edge(texture_medians, quantile))
+        if min(scales) <= _ALIKE:
+            view = "embedding" if scales[0] <= _ALIKE else "texture"
+            raise CalibrationError(f"the atlas's cases are alike to the last digit in the {view} view: it cannot "
+                                   "scale the case rule (an atlas of real recordings differs)")
         cases = verdict.joined(medians, texture_medians, scales)
     else:
         cases = medians
     case_threshold = case_edge(cases, quantile)
+    _check_compared(case_threshold if scales is None else max(scales), "atlas cases", k)
     calibration = Calibration(int(k), threshold, float(quantile), len(scores), len(set(patients.tolist())),
                               float(np.mean(scores > threshold)), len(atlas), case_threshold, len(cases),
                               embedding_scale=None if scales is None else scales[0],
@@ -92,6 +105,15 @@ def calibrate(atlas, val_embeddings, val_patients, quantile: float = CALIBRATION
              "(%d atlas cases%s)", threshold, len(scores), 100 * calibration.flagged_share, case_threshold,
              len(cases), ", with the texture view" if scales else "")
     return calibration
+
+
+def _check_compared(threshold: float, what: str, k: int) -> None:
+    """Refuse a threshold set by missing neighbours: most of ``what`` found fewer than ``k`` frames of other
+    patients in the atlas, so the threshold is the farthest distance and nothing could pass it."""
+    if threshold >= FARTHEST:
+        raise CalibrationError(f"the atlas holds too few frames of other patients to compare its {what} with (each "
+                               f"needs {k} frames of patients other than its own): it needs frames of at least two "
+                               "patients")
 
 
 def case_medians(atlas, k: int = UNFAMILIAR_K) -> tuple[np.ndarray, np.ndarray | None]:

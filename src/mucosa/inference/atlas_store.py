@@ -47,8 +47,8 @@ from mucosa.data import fov
 from mucosa.errors import MucosaError, first_line
 from mucosa.formats import check_version, read_json_object
 
-__all__ = ["AtlasError", "AtlasFileError", "AtlasFiles", "AtlasModel", "Calibration", "FrameRecords", "COLUMNS",
-           "EMBEDDINGS", "FRAMES", "INDEX", "TEXTURES", "TEXTURE_ROWS", "THUMBNAILS",
+__all__ = ["AtlasError", "AtlasFileError", "AtlasFiles", "AtlasModel", "Calibration", "CalibrationError",
+           "FrameRecords", "COLUMNS", "EMBEDDINGS", "FRAMES", "INDEX", "TEXTURES", "TEXTURE_ROWS", "THUMBNAILS",
            "FORMAT", "KNOWN_VERSIONS", "MANIFEST", "OLDER_VERSIONS", "THUMBNAIL_SIZE", "VERSION", "checked_embeddings",
            "make_thumbnails", "read", "write"]
 
@@ -68,6 +68,11 @@ _NORM_TOLERANCE = 1e-3  # |norm - 1| allowed for an L2-normalised embedding
 
 class AtlasError(MucosaError):
     """An atlas cannot be built, grown or searched as asked (other model, bad arrays, no calibration data)."""
+
+
+class CalibrationError(AtlasError):
+    """An atlas's data cannot set its unfamiliarity thresholds: too few validation frames, too few frames of
+    other patients to compare them with (an atlas of one patient), or cases alike to the last digit."""
 
 
 class AtlasFileError(AtlasError):
