@@ -520,6 +520,7 @@ def test_a_damaged_texture_view_is_refused_in_one_line_naming_the_file(damage, t
         load(folder)
     message = str(refused.value)
     assert "\n" not in message and all(word in message for word in words), message
+    assert message.count(str(folder)) == 1, message  # the file, not the folder and then the file
 
 
 def test_texture_scores_leave_out_the_own_patient_and_need_the_view():

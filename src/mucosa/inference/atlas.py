@@ -477,5 +477,7 @@ def load(folder: str | Path, weights_sha256: str | None = None) -> Atlas:
             raise AtlasError("the texture view and the calibration's scales disagree")
         return Atlas(model, embeddings, records, files.thumbnails, calibration, index,
                      origin if isinstance(origin, dict) else None, textures)
+    except AtlasFileError:
+        raise  # it names its file already
     except AtlasError as error:
         raise AtlasFileError(f"{folder}: {error}") from None
