@@ -135,3 +135,18 @@ def test_reviewed_cases_exported_are_a_manifest_train_takes(tmp_path, capsys):
     assert main(["train", "--manifest", str(manifest), "--config", str(config), "--out", str(tmp_path / "run"),
                  "--no-onnx"]) == 0, capsys.readouterr().err
     assert (tmp_path / "run" / "best.ckpt").is_file()
+
+
+def test_the_audit_from_the_command_line(tmp_path, capsys):
+    """``mucosa audit`` prints the figures of the reviewed cases, counting them in words that fit one case."""
+    store_folder = str(tmp_path / "store")
+    assert main(["store", "upgrade", store_folder]) == 0
+    with Store.open(store_folder) as store:
+        reviewer = store.authenticate(store.add_user("dr r", "reviewer"))
+        case = store.add_case("exam", [MediaFile(store.put_media(b"frame", ".png"), "x.png")], kind="images")
+        store.finish(store.claim("w"), CaseResult("active", "active", "best@1", score=0.8))
+        store.add_review(case.id, reviewer, "active", True)
+    assert main(["audit", "--store", store_folder, "--classes", "healed,active"]) == 0
+    out = capsys.readouterr().out
+    assert "1 reviewed case counted, classes healed, active, positive active" in out, out
+    assert "accuracy" in out and "1/1" in out

@@ -183,7 +183,8 @@ def audit_table(report: dict, where: str) -> str:
     the confusion table and the calibration curve."""
     overall = report["overall"]
     positive = f", positive {report['positive']}" if report["positive"] else ""
-    lines = [f"running audit of store {where}: {overall['cases']} reviewed cases counted, classes "
+    counted = f"{overall['cases']} reviewed case{'' if overall['cases'] == 1 else 's'} counted"
+    lines = [f"running audit of store {where}: {counted}, classes "
              f"{', '.join(report['classes']) or '—'}{positive}"]
     if overall["not_counted"]:
         lines.append("not counted: " + ", ".join(f"{why} {n}" for why, n in overall["not_counted"].items()))
