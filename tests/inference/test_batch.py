@@ -16,7 +16,8 @@ from mucosa.data.video import iter_video_frames
 from mucosa.errors import MucosaError, MucosaWarning
 from mucosa.evaluation.evaluate import score
 from mucosa.inference.atlas_search import format_search, search_atlas, write_search
-from mucosa.inference.batch import collect_sources, format_cases, predict
+from mucosa.inference.batch import format_cases, predict
+from mucosa.inference.sources import collect_sources
 from mucosa.inference.verdict import (
     NO_SECOND_OPINION,
     NO_VERDICT,

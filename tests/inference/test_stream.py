@@ -10,7 +10,8 @@ from mucosa.cli import main
 from mucosa.data.video import iter_video_frames, video_info
 from mucosa.inference.batch import predict
 from mucosa.inference.pytorch import TorchPredictor
-from mucosa.inference.stream import FrameResult, Smoother, StatusLine, stream
+from mucosa.inference.running_verdict import Smoother
+from mucosa.inference.stream import FrameResult, StatusLine, stream
 from mucosa.inference.verdict import GATHERING, NO_VERDICT, UNFAMILIAR, percent
 from mucosa.models.checkpoint import load_checkpoint
 

@@ -1,7 +1,7 @@
 """``mucosa atlas search``: the confirmed cases of an atlas most like each recording given.
 
 Each case given (a file named alone, the images of a folder, a manifest's patient: as ``mucosa predict``
-groups them, ``batch.collect_sources``) is prepared as for training, its used frames embedded by the
+groups them, ``sources.collect_sources``) is prepared as for training, its used frames embedded by the
 atlas's checkpoint (as ``predict`` runs it), and the atlas asked once (``similar.consult``): the ``k`` most
 similar cases with their closest frames, the atlas's nearest-neighbour vote and the share of unfamiliar
 frames. A case that is unfamiliar as a whole (``verdict.unfamiliar_case``, the one rule, with the texture view
@@ -29,7 +29,6 @@ from mucosa.errors import UnreadableFileError
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.atlas import Atlas, load, refuse_other_model
 from mucosa.inference.atlas_build import atlas_checkpoint
-from mucosa.inference.batch import Source, collect_sources, prepared_frames
 from mucosa.inference.leave_out import own_patients_by_case
 from mucosa.inference.runtime import for_checkpoint
 from mucosa.inference.similar import (
@@ -41,6 +40,7 @@ from mucosa.inference.similar import (
     similar_json,
     vote_cells,
 )
+from mucosa.inference.sources import Source, collect_sources, prepared_frames
 from mucosa.inference.texture_view import query_textures
 from mucosa.models.checkpoint import load_checkpoint
 from mucosa.tables import safe_row

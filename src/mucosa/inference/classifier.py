@@ -47,11 +47,11 @@ from mucosa.inference import verdict as verdicts
 from mucosa.inference.atlas import Atlas, SimilarCase
 from mucosa.inference.atlas_build import CARD_KEY as ATLAS_CARD_KEY
 from mucosa.inference.atlas_build import find_atlas, model_weights, open_atlas
-from mucosa.inference.batch import collect_sources
 from mucosa.inference.leave_out import own_patients, own_patients_by_case
 from mucosa.inference.onnx_files import CARD_KEY
 from mucosa.inference.runtime import open_predictor
 from mucosa.inference.saliency import grad_cam
+from mucosa.inference.sources import collect_sources
 from mucosa.inference.texture_view import file_textures, textured
 
 __all__ = ["Classifier", "Prediction", "CaseVerdict", "load"]

@@ -7,9 +7,10 @@ Per frame: decode → field-of-view crop → quality gate → inference → temp
   frame iterator cohort preparation uses for ``evaluate``; if all of them are dark (the probe not yet on
   tissue), it is located again from the next frames, until a lit frame has been seen.
 - Quality gate: a frame below the model's quality threshold is skipped (counted, no probability).
-- Smoothing: ``smoothed`` is the mean probability of the last ``window`` informative frames (what is under
-  the probe now); the case verdict is the mean of *all* informative frames so far against the threshold,
-  ``predict``'s and ``evaluate``'s rule, so the final verdict is the one ``predict`` gives for the file.
+- Smoothing (``running_verdict.Smoother``): ``smoothed`` is the mean probability of the last ``window``
+  informative frames (what is under the probe now); the case verdict is the mean of *all* informative frames so
+  far against the threshold, ``predict``'s and ``evaluate``'s rule, so the final verdict is the one ``predict``
+  gives for the file.
 - A corrupt packet in the middle of the video is skipped and counted (``video.iter_video_frames``).
 - With an atlas (``atlas/`` beside the checkpoint, or one named), each used frame is embedded in the same
   pass as its probability and marked unfamiliar or not (``atlas.Atlas.unfamiliar``); the status line and
@@ -21,7 +22,7 @@ Per frame: decode → field-of-view crop → quality gate → inference → temp
 - With a calibrated atlas, the running verdict (timeline, status line) is :data:`verdict.GATHERING`, neither a
   class nor ``unfamiliar``, until there are as many used frames as score each atlas case in the case threshold's
   calibration (``atlas.CASE_CALIBRATION_FRAMES``): a median of fewer is not comparable with it. The final
-  verdict is not held back (:attr:`Smoother.case_verdict`, ``predict``'s, however few the frames).
+  verdict is not held back (``running_verdict.Smoother.case_verdict``, ``predict``'s, however few the frames).
 
 Decoding and preprocessing run in a background thread, inference in the calling one, so the two overlap
 (PyAV, NumPy, Pillow and both runtimes release the GIL). ``realtime`` paces frames at the source frame
@@ -39,7 +40,6 @@ import queue
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,12 +51,13 @@ from mucosa import atomic
 from mucosa.data.preparation import Preprocessing, fov_buffer, iter_frames
 from mucosa.data.readers import is_video
 from mucosa.data.video import DecodeReport, video_info
-from mucosa.errors import ConfigError, UnreadableFileError
+from mucosa.errors import UnreadableFileError
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.annotate import Annotator, short_number
-from mucosa.inference.atlas import CASE_CALIBRATION_FRAMES, Atlas
+from mucosa.inference.atlas import Atlas
 from mucosa.inference.atlas_build import find_atlas, model_weights, open_atlas
 from mucosa.inference.leave_out import own_patients
+from mucosa.inference.running_verdict import Smoother
 from mucosa.inference.runtime import describe, open_predictor
 from mucosa.inference.similar import flags_text
 from mucosa.inference.texture_view import frame_texture, textured
@@ -82,83 +83,6 @@ class FrameResult:
     unfamiliar: bool | None = None  # whether it is unfamiliar (None: skipped, or the atlas cannot tell)
     unfamiliar_share: float | None = None  # of the used frames so far (None: the atlas cannot tell)
     unfamiliarity_ratio: float | None = None  # of the used frames so far, over the case threshold (None: cannot tell)
-
-
-class Smoother:
-    """Moving mean of the last ``window`` informative probabilities, and the running case mean, share of
-    unfamiliar frames and verdict (``case_threshold``: the atlas's, None without a calibrated atlas; ``scales``:
-    its calibration's, with a texture view)."""
-
-    def __init__(self, classes: list[str], window: int = 16, threshold: float = 0.5,
-                 case_threshold: float | None = None, scales: tuple[float, float] | None = None) -> None:
-        if window < 1:
-            raise ConfigError(f"window {window} must be at least 1 frame")
-        self.classes, self.threshold = classes, verdicts.check_threshold(threshold)
-        self.recent: deque = deque(maxlen=window)
-        self.total = 0.0
-        self.count = 0
-        self.flags: list[bool] | None = []  # unfamiliar or not, per informative frame; None: cannot tell
-        self.scores: list[float] = []  # their unfamiliarity scores
-        self.textures: list[float] = []  # texture scores of the textured ones (texture_view)
-        self.case_threshold, self.scales = case_threshold, scales
-
-    def update(self, probability, unfamiliar: bool | None = None, unfamiliarity: float | None = None,
-               texture: float | None = None) -> None:
-        """Add an informative frame's probability, whether the atlas finds it unfamiliar and its score (None:
-        no atlas, or one that cannot tell; then the share and the unfamiliar verdict stay unknown), and its
-        texture score when it has one."""
-        if texture is not None:
-            self.textures.append(float(texture))
-        self.recent.append(probability)
-        self.total = self.total + np.asarray(probability, np.float64)
-        self.count += 1
-        if unfamiliar is None or self.flags is None:
-            self.flags = None
-        else:
-            self.flags.append(bool(unfamiliar))
-            self.scores.append(float(unfamiliarity if unfamiliarity is not None else np.nan))
-
-    @property
-    def unfamiliar_share(self) -> float | None:
-        return verdicts.unfamiliar_share(self.flags)
-
-    @property
-    def unfamiliarity_ratio(self) -> float | None:
-        """The used frames' unfamiliarity so far over the atlas's case threshold (``verdict.unfamiliarity_ratio``:
-        above 1, ``unfamiliar``); None when it cannot tell."""
-        if self.flags is None:
-            return None
-        return verdicts.unfamiliarity_ratio(self.scores, self.case_threshold, self.textures, self.scales)
-
-    @property
-    def smoothed(self):
-        return np.mean(np.asarray(self.recent), axis=0) if self.recent else None
-
-    @property
-    def case_probability(self):
-        return self.total / self.count if self.count else None
-
-    @property
-    def gathering(self) -> bool:
-        """Whether the running verdict still waits for frames: an atlas that can tell (a case threshold, every
-        used frame scored) and some used frames, but fewer than score each atlas case in its calibration
-        (``atlas.CASE_CALIBRATION_FRAMES``), so that their median is not yet comparable with its threshold."""
-        told = self.case_threshold is not None and self.flags is not None
-        return told and 0 < self.count < CASE_CALIBRATION_FRAMES
-
-    @property
-    def verdict(self) -> str:
-        """The running verdict: :data:`verdict.GATHERING` while :attr:`gathering`, else :attr:`case_verdict`."""
-        return verdicts.GATHERING if self.gathering else self.case_verdict
-
-    @property
-    def case_verdict(self) -> str:
-        """The verdict of the used frames so far by ``predict``'s rule (``verdict.verdict_or_unfamiliar``), however
-        few: what a stream ends with."""
-        told = self.flags is not None
-        return verdicts.verdict_or_unfamiliar(self.case_probability, self.classes, self.flags, self.threshold,
-                                              self.scores if told else None,
-                                              self.case_threshold if told else None, self.textures, self.scales)[0]
 
 
 @dataclass

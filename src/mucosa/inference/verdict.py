@@ -18,7 +18,7 @@
   threshold, held-out brain videos up to 21% (docs/results.md).
 - A running verdict (``mucosa stream``, the service while a case is read) with a calibrated atlas says
   :data:`GATHERING`, neither a class nor :data:`UNFAMILIAR`, until the recording has as many used frames as
-  score each atlas case in the case threshold's calibration (``inference.stream.Smoother.gathering``); a
+  score each atlas case in the case threshold's calibration (``inference.running_verdict.Smoother.gathering``); a
   finished file or case always gets its verdict.
 
 Example:

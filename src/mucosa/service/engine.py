@@ -5,12 +5,12 @@ service needs, as plain Python types (JSON-ready dicts, bytes):
 
 - :meth:`Engine.card`: the model card (classes, input size, preprocessing, training cohort counts without
   ids, validation metrics).
-- :meth:`Engine.inspect`: what an uploaded file or set of files is (raises :class:`UnsupportedMedia` or
-  :class:`UnreadableMedia`).
+- :meth:`Engine.inspect`: what an uploaded file or set of files is (raises ``reading.UnsupportedMedia`` or
+  ``reading.UnreadableMedia``).
 - :meth:`Engine.predict_image`: one image → class probabilities, verdict, quality, whether the quality gate
   dropped it, optionally a Grad-CAM overlay.
 - :meth:`Engine.frames`: a video or the images of one case, frame by frame: quality, probability, the
-  smoothed probability and the running case verdict (``stream.Smoother``'s rule: the mean probability of
+  smoothed probability and the running case verdict (``running_verdict.Smoother``'s rule: the mean probability of
   the frames that passed the quality gate against the threshold; with a calibrated atlas, "gathering frames"
   until there are enough to judge the case, ``Smoother.gathering``, and the case's own verdict on its last
   frame however few they are); each frame is kept in a :class:`~mucosa.service.framestore.FrameStore` for
@@ -23,9 +23,9 @@ Every model call holds :attr:`Engine.lock`, a :class:`PriorityLock`: single-imag
 waiting ``PriorityLock.max_wait`` seconds. A probability that is not finite never becomes a verdict:
 :class:`ModelOutputError` is raised instead.
 
-It stands on mucosa's own pieces: the checkpoint, the frame iterator (``data.preparation.iter_frames``),
-the verdict rule (``inference.verdict``), the running case verdict (``inference.stream.Smoother``), Grad-CAM
-(``Classifier.grad_cam``) and the predictors; the rest of the service only sees the methods above.
+It stands on mucosa's own pieces: the checkpoint, the frame iterator (``data.preparation.iter_frames``, via
+``reading``), the verdict rule (``inference.verdict``), the running case verdict (``running_verdict.Smoother``),
+Grad-CAM (``Classifier.grad_cam``) and the predictors; the rest of the service only sees the methods above.
 """
 
 from __future__ import annotations
@@ -42,10 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from mucosa.data.fov import FieldOfView, field_mask
-from mucosa.data.preparation import iter_frames
-from mucosa.data.readers import IMAGE_SUFFIXES, VIDEO_SUFFIXES, is_image, is_video, read_image
-from mucosa.data.video import DecodeReport, video_info
-from mucosa.errors import ConfigError, ModelOutputError, MucosaError, UnreadableFileError
+from mucosa.errors import ConfigError, ModelOutputError, MucosaError
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.atlas import CASE_CALIBRATION_FRAMES
 from mucosa.inference.classifier import Classifier
@@ -54,23 +51,16 @@ from mucosa.inference.onnx import OnnxPredictor, exported_from, to_checked_onnx
 from mucosa.inference.onnx_files import CARD_KEY, exported_beside
 from mucosa.inference.provenance import UnverifiedModelError, read_vouched
 from mucosa.inference.pytorch import TorchPredictor, resolve_device
-from mucosa.inference.stream import Smoother
+from mucosa.inference.running_verdict import Smoother
 from mucosa.inference.texture_view import field_texture, textured
 from mucosa.models.checkpoint import load_checkpoint, read_checkpoint_file
 from mucosa.service import atlas as case_atlas
 from mucosa.service.framestore import FrameStore, encode, to_uint8
 from mucosa.service.media import media_kind, media_suffix, public  # noqa: F401  (the routes' names for them)
+from mucosa.service.reading import case_frames, inspect_case, read_still
 from mucosa.service.scheduling import PriorityLock
 
 log = logging.getLogger(__name__)
-
-class UnsupportedMedia(MucosaError):
-    """Not an image or video type the model reads (HTTP 415)."""
-
-
-class UnreadableMedia(MucosaError):
-    """A known type that cannot be decoded, or not what the route takes (HTTP 422)."""
-
 
 def _ratio(scores, calibration, textures) -> float | None:
     """A case's unfamiliarity over the atlas's case threshold (``verdict.unfamiliarity_ratio``), rounded."""
@@ -87,22 +77,11 @@ def _plain(value):
     return float(value) if np.ndim(value) == 0 else [float(v) for v in value]
 
 
-def _reason(error: Exception, path: Path) -> str:
-    """A reader's error message naming the file by its name only (libraries such as PyAV repeat the whole
-    path, and an error number, inside their messages)."""
-    return f"{path.name}: {public(str(error).split(': ', 1)[-1], [path.parent])}"
-
-
 def _counts(probabilities, classes: int, threshold: float) -> np.ndarray:
     """How many of the frames' ``probabilities`` (None: no frame) are called each of ``classes``."""
     if probabilities is None:
         return np.zeros(classes, np.int64)
     return np.bincount(verdicts.calls(probabilities, threshold), minlength=classes)
-
-
-def _count(number: int, thing: str) -> str:
-    """``1 video``, ``2 videos``."""
-    return f"{number} {thing}{'' if number == 1 else 's'}"
 
 
 def _finite(value) -> bool:
@@ -250,46 +229,8 @@ class Engine:
     # ---------------------------------------------------------------------------------------------- media
 
     def inspect(self, paths: list[Path]) -> dict:
-        """``{"kind": "video" | "images", "frames": estimated count, "fps": float | None}`` for a case.
-
-        Raises:
-            UnsupportedMedia: a type mucosa does not read. UnreadableMedia: a file that does not decode, or
-            a mix the service does not take (several videos, a video with images, nothing).
-        """
-        if not paths:
-            raise UnreadableMedia("no image or video was given")
-        for path in paths:
-            if not (is_image(path) or is_video(path)):
-                raise UnsupportedMedia(f"{path.name}: not an image or video type mucosa reads (images: "
-                                       f"{', '.join(sorted(IMAGE_SUFFIXES))}; videos: "
-                                       f"{', '.join(sorted(VIDEO_SUFFIXES))})")
-        videos = [p for p in paths if is_video(p)]
-        if videos and len(paths) > 1:
-            kinds = " and ".join(_count(n, kind) for n, kind in ((len(videos), "video"),
-                                                                 (len(paths) - len(videos), "image")) if n)
-            raise UnreadableMedia(f"{kinds} given together: a case is one video, or several images; send each "
-                                  "video as a case of its own")
-        try:
-            if videos:
-                info = video_info(videos[0])
-                if info.frames < 1:
-                    raise UnreadableMedia(f"{videos[0].name}: the video holds no frames")
-                return {"kind": "video", "frames": info.frames, "fps": info.fps or None}
-            for path in paths:
-                read_image(path, self.prep.channel)
-        except UnreadableFileError as error:
-            raise UnreadableMedia(_reason(error, path)) from None
-        return {"kind": "images", "frames": len(paths), "fps": None}  # tiled images give more, counted as they come
-
-    def _read_still(self, path: Path) -> tuple[np.ndarray, list[tuple[np.ndarray, float]], list[tuple], FieldOfView]:
-        """A still image → (image, [(model frame, quality)], [box of each model frame], its field of view)."""
-        try:
-            frames = list(iter_frames(path, self.prep))
-        except UnreadableFileError as error:
-            raise UnreadableMedia(_reason(error, path)) from None
-        parts = [(f.image, f.quality) for f in frames]
-        fov = frames[0].fov
-        return frames[0].source, parts, [f.box or tuple(fov.box) for f in frames], fov
+        """What a case's files are (``reading.inspect_case``, which says what it refuses), for this model."""
+        return inspect_case(paths, self.prep)
 
     # ---------------------------------------------------------------------------------------------- images
 
@@ -318,7 +259,7 @@ class Engine:
         above the atlas's case threshold gives the label ``unfamiliar`` and no class
         (``verdict.verdict_or_unfamiliar``), with ``reason`` (why, in words) and ``network_alone`` (what the network
         alone would have said, worded as no verdict); both None for any other label. ``gathering`` (a running case
-        too short for the atlas to judge, ``stream.Smoother.gathering``): no label nor class, the text
+        too short for the atlas to judge, ``running_verdict.Smoother.gathering``): no label nor class, the text
         ``verdict.GATHERING``, and ``needed``, the informative frames it must reach (None otherwise)."""
         label = cls = None
         calibration = None if self.atlas is None else self.atlas.calibration
@@ -359,7 +300,7 @@ class Engine:
                 handle.flush()
                 return self.predict_image(Path(handle.name), gradcam)
         path = Path(source)
-        image, parts, boxes, fov = self._read_still(path)
+        image, parts, boxes, fov = read_still(path, self.prep)
         quality = [float(np.nan_to_num(q)) for _, q in parts]
         used = [k for k, q in enumerate(quality) if self.prep.passes(q)]
         probs, familiar = self._judge_still([parts[k][0] for k in used], path, image, fov,
@@ -446,8 +387,7 @@ class Engine:
         calibration = None if familiar is None else self.atlas.calibration
         smoother = Smoother(self.classes, self.window, self.threshold,
                             *(() if calibration is None else (calibration.case_threshold, calibration.scales)))
-        items = self._video_items(sources[0], warnings) if len(sources) == 1 and is_video(sources[0]) else \
-            self._image_items(sources)
+        items = case_frames(sources, self.prep, warnings)
         row = None  # each row goes out once the next is read: the last one carries the atlas's vote
         used_in_file: dict = {}  # used frames of each file so far: the texture view counts them file by file
         for seen, (number, seconds, frame, model_frame, quality, box, fov, source) in enumerate(items, start=1):
@@ -497,27 +437,6 @@ class Engine:
         if familiar is not None:
             flag, score = familiar.add(number, embedding)
         return probability, flag, score
-
-    def _video_items(self, path: Path, warnings: list[str] | None) -> Iterator[tuple]:
-        fps = video_info(path).fps
-        report = DecodeReport()
-        try:
-            for frame in iter_frames(path, self.prep, report=report):
-                yield (frame.index, round(frame.index / fps, 4) if fps else None, frame.source, frame.image,
-                       float(np.nan_to_num(frame.quality)), tuple(frame.fov.box), frame.fov, None)
-        except UnreadableFileError as error:
-            raise UnreadableMedia(_reason(error, path)) from None
-        if report.damaged and warnings is not None:
-            first, *damage = report.findings()
-            warnings += [f"video is damaged: {first}", *damage]
-
-    def _image_items(self, paths: list[Path]) -> Iterator[tuple]:
-        number = 0
-        for position, path in enumerate(paths):
-            image, parts, boxes, fov = self._read_still(path)
-            for (model_frame, quality), box in zip(parts, boxes):
-                yield number, None, image, model_frame, float(np.nan_to_num(quality)), box, fov, position
-                number += 1
 
     # ---------------------------------------------------------------------------------------------- pictures
 

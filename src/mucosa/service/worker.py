@@ -25,8 +25,9 @@ from pathlib import Path
 
 from mucosa.errors import MucosaError
 from mucosa.service.casefolders import CaseFolders
-from mucosa.service.engine import Engine, ModelOutputError, UnreadableMedia
+from mucosa.service.engine import Engine, ModelOutputError
 from mucosa.service.framestore import FrameStore
+from mucosa.service.reading import UnreadableMedia
 from mucosa.store import CaseResult, Job, LeaseLost, NotFound, Store, StoreError
 
 __all__ = ["LiveCase", "Workers", "case_result"]

@@ -32,11 +32,12 @@ from mucosa.service.dependencies import (
     case_or_404,
     case_with_files,
 )
-from mucosa.service.engine import Engine, UnreadableMedia, UnsupportedMedia, media_kind
+from mucosa.service.engine import Engine, media_kind
 from mucosa.service.framestore import FrameStore
 from mucosa.service.paths import case_sources
 from mucosa.service.privacy import hidden_paths, private_case, shown_name
 from mucosa.service.problems import problem, readable
+from mucosa.service.reading import UnreadableMedia, UnsupportedMedia
 from mucosa.service.report import timeline_csv
 from mucosa.service.routes.common import (
     API_VERSION,

@@ -13,9 +13,10 @@ from starlette.requests import ClientDisconnect
 from mucosa.data.manifest import has_control
 from mucosa.data.pseudonyms import Pseudonym
 from mucosa.service import schemas
-from mucosa.service.engine import UnsupportedMedia, media_suffix
+from mucosa.service.engine import media_suffix
 from mucosa.service.privacy import shown_name
 from mucosa.service.problems import problem
+from mucosa.service.reading import UnsupportedMedia
 from mucosa.service.settings import ServeSettings
 from mucosa.service.uploads import Upload, UploadedFile, UploadError, receive, safe_stem
 from mucosa.store import StoreError

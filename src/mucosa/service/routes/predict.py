@@ -11,8 +11,9 @@ from fastapi import APIRouter, Query, Request
 
 from mucosa.service import schemas
 from mucosa.service.dependencies import EngineDep, LimiterDep, SettingsDep, WorkspaceDep
-from mucosa.service.engine import ModelOutputError, UnreadableMedia, UnsupportedMedia, media_kind
+from mucosa.service.engine import ModelOutputError, media_kind
 from mucosa.service.problems import problem
+from mucosa.service.reading import UnreadableMedia, UnsupportedMedia
 from mucosa.service.routes.common import API_VERSION, MEDIA_ERRORS, finalize, media_error, read_upload, upload_body
 
 __all__ = ["router"]
