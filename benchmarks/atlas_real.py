@@ -233,7 +233,32 @@ def fold_rows(run: Path, cache: FrameCache, manifests: dict[str, Path]) -> tuple
     for row in rows:
         row["stricter"] = stricter
     return rows, {"in_domain": np.concatenate(in_domain), "foreign": foreign, "stricter": stricter,
-                  "threshold": atlas.calibration.threshold, "case_threshold": atlas.calibration.case_threshold}
+                  "threshold": atlas.calibration.threshold, "case_threshold": atlas.calibration.case_threshold,
+                  "frame_rules": frame_rules(atlas, embeddings, table.patients, sides)}
+
+
+def _left_out(atlas: Atlas, embeddings: np.ndarray, patients: np.ndarray) -> np.ndarray:
+    """Each frame's unfamiliarity score with its own patient left out of the atlas."""
+    scores = np.empty(len(embeddings))
+    for patient in np.unique(patients):
+        own = patients == patient
+        scores[own] = atlas.scores(embeddings[own], exclude_patient=str(patient))
+    return scores
+
+
+def frame_rules(atlas: Atlas, embeddings: np.ndarray, patients: np.ndarray, sides: np.ndarray) -> dict[str, float]:
+    """The frame threshold as other calibrations would set it (measured beside the shipped one, not shipped):
+    the validation frames' 97.5th percentile; the largest of the validation patients' own 95th percentiles
+    (no validation patient past 5%); the 95th percentile of every atlas frame's score (training frames too),
+    each with its patient left out."""
+    val = np.flatnonzero(sides == "val")
+    scores = _left_out(atlas, embeddings[val], patients[val])
+    known = np.flatnonzero(np.isin(sides, ("train", "val")))
+    return {"validation frames, 95th (shipped)": atlas.calibration.threshold,
+            "validation frames, 97.5th": float(np.quantile(scores, 0.975)),
+            "each validation patient's 95th, largest": max(float(np.quantile(scores[patients[val] == p], 0.95))
+                                                           for p in np.unique(patients[val])),
+            "atlas frames, 95th": float(np.quantile(_left_out(atlas, embeddings[known], patients[known]), 0.95))}
 
 
 def _past(ratios, edge: float) -> int:
@@ -276,7 +301,15 @@ def summarise(rows: list[dict], scores: list[dict], texture: dict[str, str]) -> 
                          "cases_unfamiliar_stricter": sum(_past(p["case_score_to_threshold"], s["stricter"])
                                                           for p, s in zip(parts, scores)),
                          "auroc": float(roc_auc_score(labels, np.r_[in_domain, pooled])) if len(pooled) else None}
+    rules = {}
+    for rule in scores[0]["frame_rules"]:
+        edges = [s["frame_rules"][rule] for s in scores]
+        rules[rule] = {"in_domain": float(np.mean([np.mean(s["in_domain"] > t) for s, t in zip(scores, edges)])),
+                       **{name: float(np.mean([np.mean(s["foreign"][name]["scores"] > t) for s, t in
+                                               zip(scores, edges) if s["foreign"][name]["kept"]] or [np.nan]))
+                          for name in scores[0]["foreign"]}}
     return {"cases": len(rows), "network_right": right("network"), "atlas_right": right("atlas"),
+            "frame_rules": rules,
             "texture_right": sum(texture.get(r["case"]) == r["label"] for r in rows),
             "precision_at_5": float(np.nanmean([r["precision_at_5"] for r in rows])),
             "in_domain_flagged": float(np.mean([np.mean(s["in_domain"] > s["threshold"]) for s in scores])),
@@ -317,6 +350,13 @@ def markdown(cohort: str, seed: int, s: dict) -> str:
         auroc = "n/a" if f["auroc"] is None else f"{f['auroc']:.3f}"
         lines.append(f"| {name} | {f['offered']} | {f['kept']} | {flagged} | {auroc} | "
                      f"{f['cases_unfamiliar']}/{f['cases']} | {f['cases_unfamiliar_stricter']}/{f['cases']} |")
+    names = list(s["foreign"])
+    lines += ["", "Frame threshold by other calibrations (frames flagged; the shipped one first):", "",
+              "| frame threshold | held-out in-domain | " + " | ".join(names) + " |",
+              "| --- | --- | " + " | ".join("---" for _ in names) + " |"]
+    for rule, shares in s["frame_rules"].items():
+        lines.append(f"| {rule} | {100 * shares['in_domain']:.1f}% | "
+                     + " | ".join(f"{100 * shares[n]:.1f}%" for n in names) + " |")
     return "\n".join(lines)
 
 

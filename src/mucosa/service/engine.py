@@ -1,4 +1,5 @@
-"""The service's one door to the model: the only module of ``mucosa.service`` that imports mucosa internals.
+"""The service's door to the model, with :mod:`~mucosa.service.reading` (a case's files as it reads them)
+and :mod:`~mucosa.service.atlas` (the atlas beside the model).
 
 :class:`Engine` loads a checkpoint once, on the fastest runtime available to it, and offers what the web
 service needs, as plain Python types (JSON-ready dicts, bytes):
