@@ -11,6 +11,7 @@ from mucosa.atomic import OutputError
 from mucosa.inference import atlas_index, atlas_store
 from mucosa.inference.atlas import (
     CLOSEST_FRAMES,
+    FRAME_QUANTILE,
     NEIGHBOURS_PER_FRAME,
     Atlas,
     AtlasError,
@@ -252,7 +253,7 @@ def test_calibration_flags_few_in_domain_frames_and_most_foreign_ones(atlas, tmp
     val, val_records, _ = cohort(seed=6, patients=10, prefix="V")
     calibration = atlas.calibrate(val, val_records.patients)
     assert calibration.frames == 200 and calibration.patients == 10 and calibration.k == 10
-    assert calibration.flagged_share == pytest.approx(0.05, abs=0.01)
+    assert calibration.flagged_share == pytest.approx(1 - FRAME_QUANTILE, abs=0.01)  # 2.5% of validation frames
     held_out, _, _ = cohort(seed=7, patients=10, prefix="H")
     in_domain = atlas.unfamiliar(held_out)
     assert in_domain.flags.mean() < 0.15
@@ -260,6 +261,20 @@ def test_calibration_flags_few_in_domain_frames_and_most_foreign_ones(atlas, tmp
     assert foreign.flags.mean() > 0.9 and foreign.threshold == calibration.threshold
     assert np.median(foreign.scores) > np.median(in_domain.scores)
     assert load(atlas.save(tmp_path / "atlas")).calibration == calibration
+
+
+def test_a_calibration_saved_before_the_case_quantile_was_recorded_still_loads(atlas):
+    """Atlases made when one quantile set both thresholds have no ``case_quantile``: they load as they were;
+    a quantile out of (0, 1) is a damaged calibration."""
+    from mucosa.inference.atlas_store import Calibration
+
+    val, val_records, _ = cohort(seed=6, patients=10, prefix="V")
+    saved = atlas.calibrate(val, val_records.patients).to_dict()
+    assert saved["case_quantile"] == 0.95 and saved["quantile"] == FRAME_QUANTILE
+    older = {key: value for key, value in saved.items() if key != "case_quantile"}
+    assert Calibration.from_dict(older).case_quantile is None
+    with pytest.raises(AtlasError, match="damaged .*quantiles"):
+        Calibration.from_dict({**saved, "case_quantile": 1.5})
 
 
 def test_calibrating_leaves_each_frames_own_patient_out(atlas):
@@ -271,7 +286,7 @@ def test_calibrating_leaves_each_frames_own_patient_out(atlas):
 
 
 @pytest.mark.parametrize(("quantile", "count", "words"), [(1.0, 40, "between 0 and 1"),
-                                                           (0.95, 5, "at least 20")])
+                                                           (0.95, 39, "at least 40")])
 def test_calibration_refuses_what_cannot_place_a_threshold(atlas, quantile, count, words):
     with pytest.raises(AtlasError, match=words):
         atlas.calibrate(atlas.embeddings[:count], atlas.records.patients[:count], quantile=quantile)

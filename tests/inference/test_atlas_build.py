@@ -44,8 +44,8 @@ def test_build_add_and_search_round_trip(atlas_copy, tmp_path, capsys):
     assert atlas.origin["checkpoint"] == "best.ckpt" and atlas.origin["manifests"][0]["parts"] == ["train"]
     card = load_checkpoint(run / "best.ckpt").info["atlas"]
     assert card["folder"] == "atlas-train" and card["atlas_json_sha256"] == sha256(folder / "atlas.json")
-    assert (card["threshold"], card["k"], card["quantile"], card["frames"]) == (
-        atlas.calibration.threshold, atlas.calibration.k, 0.95, 96)
+    assert (card["threshold"], card["k"], card["quantile"], card["case_quantile"], card["frames"]) == (
+        atlas.calibration.threshold, atlas.calibration.k, 0.975, 0.95, 96)
     assert (card["case_threshold"], card["calibration_cases"]) == (atlas.calibration.case_threshold, 96)
 
     # grow it by the validation and test rows (its checkpoint: the one beside it); it is calibrated again
@@ -121,7 +121,7 @@ def test_an_atlas_of_one_patient_is_left_uncalibrated_with_a_warning(atlas_copy,
     import dataclasses
 
     rows = rows_of(atlas_copy, "train", "val")
-    one = sorted({r.patient for r in rows})[:3]
+    one = sorted({r.patient for r in rows})[:6]  # 96 images, 48 of them validation frames
     manifest = tmp_path / "one.csv"
     write_manifest([dataclasses.replace(r, patient="only", split="val" if i % 2 else "train")
                     for i, r in enumerate(r for r in rows if r.patient in one)], manifest)

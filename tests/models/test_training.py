@@ -359,7 +359,8 @@ def test_train_writes_an_atlas_beside_best_ckpt_and_the_card_records_it(atlas_ru
     assert card["folder"] == "atlas" and card["frames"] == len(atlas)
     written = (atlas_run.run / "atlas" / "atlas.json").read_bytes()
     assert card["atlas_json_sha256"] == hashlib.sha256(written).hexdigest()
-    assert (card["threshold"], card["k"], card["quantile"]) == (atlas.calibration.threshold, 10, 0.95)
+    assert (card["threshold"], card["k"], card["quantile"], card["case_quantile"]) == (
+        atlas.calibration.threshold, 10, 0.975, 0.95)
 
 
 def test_train_no_atlas_writes_none(cohort, tmp_path):

@@ -19,7 +19,8 @@ case, patient, label, frame number, source file and a small gray thumbnail) and 
 - **Unfamiliar frames** (:meth:`Atlas.unfamiliar`): a frame's score is the cosine distance to its
   :data:`UNFAMILIAR_K`-th nearest atlas frame of another patient (deep nearest-neighbour
   out-of-distribution detection, Sun et al., ICML 2022); it is unfamiliar above a threshold that
-  :meth:`Atlas.calibrate` sets on validation frames, so that about 5% of in-domain frames are flagged.
+  :meth:`Atlas.calibrate` sets on validation frames, so that about 2.5% of them are flagged (and, on the
+  real data, under 5% of a new patient's: :mod:`~mucosa.inference.atlas_calibration`).
   A case (a file, a recording) is judged as a whole (``verdict.unfamiliar_case``): its frames' median score
   against a case threshold that :meth:`Atlas.calibrate` sets on the atlas's own cases, each scored with its
   patient left out, so that about 5% of in-domain cases would be called unfamiliar. An atlas without a
@@ -64,9 +65,10 @@ import numpy as np
 
 from mucosa.inference import atlas_calibration, atlas_store, texture_view, verdict
 from mucosa.inference.atlas_calibration import (
-    CALIBRATION_QUANTILE,
     CASE_CALIBRATION_FRAMES,
+    CASE_QUANTILE,
     FARTHEST,
+    FRAME_QUANTILE,
     MIN_CALIBRATION_FRAMES,
     UNFAMILIAR_K,
 )
@@ -82,8 +84,8 @@ from mucosa.inference.atlas_store import (
 )
 
 __all__ = ["Atlas", "AtlasError", "AtlasFileError", "AtlasModel", "Calibration", "CalibrationError", "Familiarity",
-           "FrameRecords", "Match", "SimilarCase", "TextureView", "Vote", "CALIBRATION_QUANTILE",
-           "CASE_CALIBRATION_FRAMES", "CLOSEST_FRAMES", "FARTHEST", "MIN_CALIBRATION_FRAMES", "NEIGHBOURS_PER_FRAME",
+           "FrameRecords", "Match", "SimilarCase", "TextureView", "Vote", "CASE_CALIBRATION_FRAMES", "CASE_QUANTILE",
+           "CLOSEST_FRAMES", "FARTHEST", "FRAME_QUANTILE", "MIN_CALIBRATION_FRAMES", "NEIGHBOURS_PER_FRAME",
            "UNFAMILIAR_K", "load", "refuse_other_model"]
 
 log = logging.getLogger(__name__)
@@ -364,11 +366,12 @@ class Atlas:
         distances, _ = self._texture_index.search(queries, k, left_out)
         return np.minimum(distances[:, k - 1], FARTHEST).astype(np.float64) if len(distances) else np.zeros(0)
 
-    def calibrate(self, val_embeddings, val_patients, quantile: float = CALIBRATION_QUANTILE,
-                  k: int = UNFAMILIAR_K) -> Calibration:
+    def calibrate(self, val_embeddings, val_patients, quantile: float = FRAME_QUANTILE,
+                  k: int = UNFAMILIAR_K, case_quantile: float = CASE_QUANTILE) -> Calibration:
         """Set (and return) the unfamiliarity thresholds (:func:`atlas_calibration.calibrate`), saved with the
         atlas."""
-        self.calibration = atlas_calibration.calibrate(self, val_embeddings, val_patients, quantile, k)
+        self.calibration = atlas_calibration.calibrate(self, val_embeddings, val_patients, quantile, k,
+                                                       case_quantile)
         return self.calibration
 
     def case_medians(self, k: int = UNFAMILIAR_K) -> tuple[np.ndarray, np.ndarray | None]:

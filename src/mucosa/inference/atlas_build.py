@@ -213,6 +213,7 @@ def _record(atlas: Atlas, folder: Path, checkpoint: LoadedCheckpoint) -> dict:
              "cases": len(set(atlas.records.cases.tolist())), "threshold": None, "k": None, "quantile": None}
     if calibration is not None:
         entry.update(threshold=calibration.threshold, k=calibration.k, quantile=calibration.quantile,
+                     case_quantile=calibration.case_quantile,
                      calibration_frames=calibration.frames, flagged_share=calibration.flagged_share,
                      case_threshold=calibration.case_threshold, calibration_cases=calibration.cases,
                      texture_view=atlas.textures is not None, case_scales=calibration.scales)

@@ -160,11 +160,12 @@ class Calibration:
 
     - ``threshold``, for a frame: the ``quantile`` of ``frames`` validation frames' scores (the ``k``-th
       nearest atlas frame's distance, own patient left out) of ``patients`` patients.
-    - ``case_threshold``, for a case: the ``quantile`` (the smallest value at or above it) of the atlas's
+    - ``case_threshold``, for a case: the ``case_quantile`` (the smallest value at or above it; in an atlas
+      made before the two differed, None: the same as ``quantile``) of the atlas's
       ``cases`` cases' scores, each case's own patient left out of the atlas: the median of its frames'
       scores or, for an atlas with a texture view, the mean of that median over ``embedding_scale`` and the
       median of its texture scores over ``texture_scale``, as ``verdict.unfamiliar_case`` computes it. Each
-      scale is that view's own edge: the ``quantile`` of the atlas's cases' medians in it.
+      scale is that view's own edge: the ``case_quantile`` of the atlas's cases' medians in it.
     """
 
     k: int
@@ -181,6 +182,7 @@ class Calibration:
                    "when the atlas has a texture view, each over that view's own case threshold")
     embedding_scale: float | None = None  # with a texture view: the quantile of the atlas cases' embedding medians
     texture_scale: float | None = None  # and of their texture medians
+    case_quantile: float | None = None  # of the case threshold and the scales (None: ``quantile``, made before)
 
     @property
     def scales(self) -> tuple[float, float] | None:
@@ -208,8 +210,11 @@ class Calibration:
 
         if (not isinstance(calibration.k, int) or calibration.k < 1
                 or not all(number(t) for t in thresholds) or not calibration.case_threshold > 0
-                or not all(number(v) and v > 0 for v in scales) or len(scales) == 1):
-            raise AtlasError("the unfamiliarity calibration is damaged (k, threshold, case_threshold, scales)")
+                or not all(number(v) and v > 0 for v in scales) or len(scales) == 1
+                or not all(number(q) and 0 < q < 1 for q in (calibration.quantile, calibration.case_quantile)
+                           if q is not None)):
+            raise AtlasError("the unfamiliarity calibration is damaged (k, threshold, case_threshold, scales, "
+                             "quantiles)")
         return calibration
 
 
