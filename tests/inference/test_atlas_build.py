@@ -157,3 +157,21 @@ def test_finding_the_atlas_beside_a_model(tmp_path, recwarn):
         open_atlas(tmp_path / "a", None)
     with pytest.raises(AtlasFileError, match="an atlas of another model"):
         open_atlas(tmp_path / "a", "b" * 64)
+
+
+def test_growing_a_one_patient_atlas_by_a_second_patient_calibrates_it(atlas_copy, tmp_path):
+    """An atlas of one patient (its validation rows included) cannot calibrate; growing it by a second
+    patient's training rows can: the first patient's validation frames, kept in the atlas, calibrate it."""
+    import dataclasses
+
+    rows = rows_of(atlas_copy, "train", "val")
+    patients = sorted({r.patient for r in rows})
+    first = tmp_path / "first.csv"
+    write_manifest([dataclasses.replace(r, patient="only", split="val" if i % 2 else "train")
+                    for i, r in enumerate(r for r in rows if r.patient in patients[:3])], first)
+    with pytest.warns(MucosaWarning, match="at least two patients: the atlas is not calibrated"):
+        atlas_build.build_atlas(atlas_copy / "best.ckpt", first, atlas_copy / "atlas-one")
+    second = tmp_path / "second.csv"
+    write_manifest([dataclasses.replace(r, split="train") for r in rows if r.patient in patients[3:5]], second)
+    report = atlas_build.add_to_atlas(atlas_copy / "atlas-one", second)
+    assert report.atlas.calibration is not None and report.atlas.calibration.frames == 24

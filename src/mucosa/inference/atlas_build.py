@@ -193,15 +193,15 @@ def _manifest_frames(predictor, manifest: Path, parts, cache: FrameCache, pseudo
 
 def _calibrate(atlas: Atlas, embeddings: np.ndarray, patients: np.ndarray, cases: list[str]) -> None:
     """Calibrate on validation frames; where the data cannot set a threshold (``CalibrationError``: too few
-    validation frames, an atlas of one patient, ...), leave the atlas as it is, with a warning."""
+    validation frames, an atlas of one patient, ...), leave the atlas as it is, with a warning. The validation
+    cases are recorded either way, so that growing the atlas (``add_to_atlas``) calibrates on them again."""
+    atlas.origin["validation_cases"] = sorted(set(cases))
     try:
         atlas.calibrate(embeddings, patients)
     except CalibrationError as error:
         kept = "keeps its earlier threshold" if atlas.calibration else "is not calibrated: it cannot tell " \
             "unfamiliar frames"
         warnings.warn(f"{error}: the atlas {kept}", MucosaWarning, stacklevel=3)
-        return
-    atlas.origin["validation_cases"] = sorted(set(cases))
 
 
 def _record(atlas: Atlas, folder: Path, checkpoint: LoadedCheckpoint) -> dict:
