@@ -130,6 +130,8 @@ def test_an_atlas_of_one_patient_is_left_uncalibrated_with_a_warning(atlas_copy,
         report = atlas_build.build_atlas(atlas_copy / "best.ckpt", manifest, tmp_path / "atlas")
     assert report.atlas.calibration is None and set(report.atlas.records.patients.tolist()) == {"only"}
     assert load_checkpoint(atlas_copy / "best.ckpt").info["atlas"]["threshold"] is None
+    with pytest.warns(MucosaWarning, match="not calibrated.*a manifest of several patients"):  # not 'validation rows'
+        open_atlas(tmp_path / "atlas", report.atlas.model.weights_sha256)
 
 
 def test_a_failed_atlas_after_training_is_a_warning(tmp_path, monkeypatch, caplog):

@@ -43,6 +43,7 @@ from mucosa.data.readers import FrameSelection
 from mucosa.errors import MucosaWarning, first_line
 from mucosa.inference import atlas_store
 from mucosa.inference.atlas import (
+    MIN_CALIBRATION_FRAMES,
     Atlas,
     AtlasError,
     AtlasModel,
@@ -340,7 +341,8 @@ def open_atlas(folder: Path, weights_sha256: str | None) -> Atlas:
     found = load(folder, weights_sha256)
     if found.calibration is None:
         warnings.warn(f"{folder}: the atlas is not calibrated: it shows similar cases, but cannot tell unfamiliar "
-                      "frames (build it from a manifest with validation rows)", MucosaWarning, stacklevel=2)
+                      "frames (build it from a manifest of several patients, with at least "
+                      f"{MIN_CALIBRATION_FRAMES} validation frames)", MucosaWarning, stacklevel=2)
     return found
 
 

@@ -76,7 +76,7 @@ def calibrate(atlas, val_embeddings, val_patients, quantile: float = CALIBRATION
         own = patients == patient
         scores[own] = atlas.scores(embeddings[own], k, exclude_patient=patient)
     threshold = float(np.quantile(scores, quantile))
-    _check_compared(threshold, "validation frames", k)
+    _check_compared(threshold, "validation frames", k, atlas)
     medians, texture_medians = atlas.case_medians(k)
     scales = None
     if texture_medians is not None:
@@ -96,7 +96,7 @@ def calibrate(atlas, val_embeddings, val_patients, quantile: float = CALIBRATION
     else:
         cases = medians
     case_threshold = case_edge(cases, quantile)
-    _check_compared(case_threshold if scales is None else max(scales), "atlas cases", k)
+    _check_compared(case_threshold if scales is None else max(scales), "atlas cases", k, atlas)
     calibration = Calibration(int(k), threshold, float(quantile), len(scores), len(set(patients.tolist())),
                               float(np.mean(scores > threshold)), len(atlas), case_threshold, len(cases),
                               embedding_scale=None if scales is None else scales[0],
@@ -107,13 +107,14 @@ def calibrate(atlas, val_embeddings, val_patients, quantile: float = CALIBRATION
     return calibration
 
 
-def _check_compared(threshold: float, what: str, k: int) -> None:
+def _check_compared(threshold: float, what: str, k: int, atlas) -> None:
     """Refuse a threshold set by missing neighbours: most of ``what`` found fewer than ``k`` frames of other
     patients in the atlas, so the threshold is the farthest distance and nothing could pass it."""
     if threshold >= FARTHEST:
+        lacks = ("it needs frames of at least two patients" if len(set(atlas.records.patients.tolist())) < 2 else
+                 "it needs more frames of more patients")
         raise CalibrationError(f"the atlas holds too few frames of other patients to compare its {what} with (each "
-                               f"needs {k} frames of patients other than its own): it needs frames of at least two "
-                               "patients")
+                               f"needs {k} frames of patients other than its own): {lacks}")
 
 
 def case_medians(atlas, k: int = UNFAMILIAR_K) -> tuple[np.ndarray, np.ndarray | None]:
