@@ -311,6 +311,22 @@ def test_an_atlas_of_one_patient_refuses_to_calibrate_rather_than_flag_nothing()
     assert two.calibration.threshold < 2.0 and two.unfamiliar(foreign).flags.all()
 
 
+def test_an_atlas_of_two_patients_one_of_them_nearly_empty_says_what_it_lacks():
+    """Two patients, one of them with 4 frames: the other's frames, their patient left out, have no 10
+    neighbours either. The refusal says so, and does not ask for a second patient the atlas already has."""
+    from mucosa.inference.atlas import CalibrationError
+
+    embeddings, records, thumbnails = cohort(patients=2, per_case=30)
+    keep = np.flatnonzero((records.patients == "P0") | (records.frames < 2))  # P1: 2 frames of each case
+    kept = FrameRecords.of(records.cases[keep], records.patients[keep], records.labels[keep], records.frames[keep],
+                           records.files[keep])
+    few = Atlas(MODEL, embeddings[keep], kept, thumbnails[keep])
+    with pytest.raises(CalibrationError) as error:
+        few.calibrate(embeddings[keep], few.records.patients)
+    one_line_error(error, "too few frames of other patients", "10 frames of patients other than its own")
+    assert "at least two patients" not in str(error.value)
+
+
 def test_a_view_whose_cases_are_alike_to_the_last_digit_cannot_scale_the_case_rule():
     """Identical textures in every case give that view a scale of zero, which would make any query unfamiliar:
     calibrating refuses, naming the view."""

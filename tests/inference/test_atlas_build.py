@@ -130,6 +130,8 @@ def test_an_atlas_of_one_patient_is_left_uncalibrated_with_a_warning(atlas_copy,
         report = atlas_build.build_atlas(atlas_copy / "best.ckpt", manifest, tmp_path / "atlas")
     assert report.atlas.calibration is None and set(report.atlas.records.patients.tolist()) == {"only"}
     assert load_checkpoint(atlas_copy / "best.ckpt").info["atlas"]["threshold"] is None
+    with pytest.warns(MucosaWarning, match="not calibrated.*a manifest of several patients"):  # not 'validation rows'
+        open_atlas(tmp_path / "atlas", report.atlas.model.weights_sha256)
 
 
 def test_a_failed_atlas_after_training_is_a_warning(tmp_path, monkeypatch, caplog):
@@ -157,3 +159,21 @@ def test_finding_the_atlas_beside_a_model(tmp_path, recwarn):
         open_atlas(tmp_path / "a", None)
     with pytest.raises(AtlasFileError, match="an atlas of another model"):
         open_atlas(tmp_path / "a", "b" * 64)
+
+
+def test_growing_a_one_patient_atlas_by_a_second_patient_calibrates_it(atlas_copy, tmp_path):
+    """An atlas of one patient (its validation rows included) cannot calibrate; growing it by a second
+    patient's training rows can: the first patient's validation frames, kept in the atlas, calibrate it."""
+    import dataclasses
+
+    rows = rows_of(atlas_copy, "train", "val")
+    patients = sorted({r.patient for r in rows})
+    first = tmp_path / "first.csv"
+    write_manifest([dataclasses.replace(r, patient="only", split="val" if i % 2 else "train")
+                    for i, r in enumerate(r for r in rows if r.patient in patients[:6])], first)  # 48 val
+    with pytest.warns(MucosaWarning, match="at least two patients: the atlas is not calibrated"):
+        atlas_build.build_atlas(atlas_copy / "best.ckpt", first, atlas_copy / "atlas-one")
+    second = tmp_path / "second.csv"
+    write_manifest([dataclasses.replace(r, split="train") for r in rows if r.patient in patients[6:8]], second)
+    report = atlas_build.add_to_atlas(atlas_copy / "atlas-one", second)
+    assert report.atlas.calibration is not None and report.atlas.calibration.frames == 48

@@ -209,3 +209,22 @@ def test_a_damaged_atlas_beside_the_checkpoint_stops_the_service(atlas_run, tmp_
         Engine(tmp_path / "best.ckpt", device="cpu")
     shutil.rmtree(tmp_path / "atlas")
     assert Engine(tmp_path / "best.ckpt", device="cpu").atlas is None  # moved away: it serves, and says it cannot tell
+
+
+def test_an_uncalibrated_atlas_is_said_once_to_be_unable_to_tell(atlas_run, tmp_path, caplog):
+    """An atlas that could not calibrate (one patient, too few validation frames) shows similar cases but cannot
+    tell unfamiliar frames: the service logs it once and its card carries the note, as for no atlas."""
+    import logging
+
+    from mucosa.inference.atlas import load
+    from mucosa.service.atlas import atlas_beside, atlas_card
+
+    shutil.copyfile(atlas_run.best, tmp_path / "best.ckpt")
+    atlas = load(atlas_run.best.parent / "atlas")
+    atlas.calibration = None
+    atlas.save(tmp_path / "atlas")
+    with caplog.at_level(logging.WARNING, logger="mucosa"):
+        found, note = atlas_beside(tmp_path / "best.ckpt", atlas.model.weights_sha256)
+    assert found is not None and found.calibration is None and "not calibrated" in note and "cannot tell" in note
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [note]
+    assert atlas_card(found, note)["note"] == note and not atlas_card(found, note)["calibrated"]

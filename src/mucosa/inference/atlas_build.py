@@ -43,6 +43,7 @@ from mucosa.data.readers import FrameSelection
 from mucosa.errors import MucosaWarning, first_line
 from mucosa.inference import atlas_store
 from mucosa.inference.atlas import (
+    MIN_CALIBRATION_FRAMES,
     Atlas,
     AtlasError,
     AtlasModel,
@@ -193,15 +194,15 @@ def _manifest_frames(predictor, manifest: Path, parts, cache: FrameCache, pseudo
 
 def _calibrate(atlas: Atlas, embeddings: np.ndarray, patients: np.ndarray, cases: list[str]) -> None:
     """Calibrate on validation frames; where the data cannot set a threshold (``CalibrationError``: too few
-    validation frames, an atlas of one patient, ...), leave the atlas as it is, with a warning."""
+    validation frames, an atlas of one patient, ...), leave the atlas as it is, with a warning. The validation
+    cases are recorded either way, so that growing the atlas (``add_to_atlas``) calibrates on them again."""
+    atlas.origin["validation_cases"] = sorted(set(cases))
     try:
         atlas.calibrate(embeddings, patients)
     except CalibrationError as error:
         kept = "keeps its earlier threshold" if atlas.calibration else "is not calibrated: it cannot tell " \
             "unfamiliar frames"
         warnings.warn(f"{error}: the atlas {kept}", MucosaWarning, stacklevel=3)
-        return
-    atlas.origin["validation_cases"] = sorted(set(cases))
 
 
 def _record(atlas: Atlas, folder: Path, checkpoint: LoadedCheckpoint) -> dict:
@@ -341,7 +342,8 @@ def open_atlas(folder: Path, weights_sha256: str | None) -> Atlas:
     found = load(folder, weights_sha256)
     if found.calibration is None:
         warnings.warn(f"{folder}: the atlas is not calibrated: it shows similar cases, but cannot tell unfamiliar "
-                      "frames (build it from a manifest with validation rows)", MucosaWarning, stacklevel=2)
+                      "frames (build it from a manifest of several patients, with at least "
+                      f"{MIN_CALIBRATION_FRAMES} validation frames)", MucosaWarning, stacklevel=2)
     return found
 
 

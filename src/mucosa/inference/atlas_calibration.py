@@ -72,7 +72,7 @@ def calibrate(atlas, val_embeddings, val_patients, quantile: float = FRAME_QUANT
             raise AtlasError(f"calibration quantile {value!r} must be between 0 and 1 (e.g. 0.95)")
     scores, patients = _frame_scores(atlas, val_embeddings, val_patients, k)
     threshold = float(np.quantile(scores, quantile))
-    _check_compared(threshold, "validation frames", k)
+    _check_compared(threshold, "validation frames", k, atlas)
     case_threshold, cases, scales = _case_rule(atlas, k, case_quantile)
     calibration = Calibration(int(k), threshold, float(quantile), len(scores), patients,
                               float(np.mean(scores > threshold)), len(atlas), case_threshold, cases,
@@ -123,17 +123,18 @@ def _case_rule(atlas, k: int, quantile: float) -> tuple[float, int, tuple[float,
     else:
         cases = medians
     case_threshold = case_edge(cases, quantile)
-    _check_compared(case_threshold if scales is None else max(scales), "atlas cases", k)
+    _check_compared(case_threshold if scales is None else max(scales), "atlas cases", k, atlas)
     return case_threshold, len(cases), scales
 
 
-def _check_compared(threshold: float, what: str, k: int) -> None:
+def _check_compared(threshold: float, what: str, k: int, atlas) -> None:
     """Refuse a threshold set by missing neighbours: most of ``what`` found fewer than ``k`` frames of other
     patients in the atlas, so the threshold is the farthest distance and nothing could pass it."""
     if threshold >= FARTHEST:
+        lacks = ("it needs frames of at least two patients" if len(set(atlas.records.patients.tolist())) < 2 else
+                 "it needs more frames of more patients")
         raise CalibrationError(f"the atlas holds too few frames of other patients to compare its {what} with (each "
-                               f"needs {k} frames of patients other than its own): it needs frames of at least two "
-                               "patients")
+                               f"needs {k} frames of patients other than its own): {lacks}")
 
 
 def case_medians(atlas, k: int = UNFAMILIAR_K) -> tuple[np.ndarray, np.ndarray | None]:

@@ -38,6 +38,8 @@ __all__ = ["EMBEDDINGS", "FRAME_NUMBERS", "MAX_SIMILAR", "NO_ATLAS", "SIMILAR_CA
 log = logging.getLogger(__name__)
 
 NO_ATLAS = "no atlas: mucosa cannot tell whether this recording is unlike its training data"
+NOT_CALIBRATED = ("the atlas is not calibrated: it shows similar cases, but mucosa cannot tell whether this recording "
+                  "is unlike its training data")
 EMBEDDINGS, FRAME_NUMBERS = "embeddings.npy", "embedded_frames.npy"
 MAX_SIMILAR = 20  # most similar cases a request may ask for
 
@@ -47,7 +49,8 @@ class NotReady(MucosaError):
 
 
 def atlas_beside(checkpoint: Path, weights_sha256: str | None) -> tuple[Atlas | None, str | None]:
-    """The atlas beside ``checkpoint`` and None, or None and why there is none (a sentence for the model card).
+    """The atlas beside ``checkpoint`` and None, or None and why there is none, or an atlas that is not calibrated
+    and why it cannot tell unfamiliar frames (the sentence for the model card, logged once).
 
     Raises:
         AtlasError: an atlas is beside it but cannot be used (damaged, of another model, made otherwise): the
@@ -60,9 +63,13 @@ def atlas_beside(checkpoint: Path, weights_sha256: str | None) -> tuple[Atlas | 
             log.warning("%s", NO_ATLAS)
             return None, NO_ATLAS
         try:
-            return open_atlas(folder, weights_sha256), None
+            atlas = open_atlas(folder, weights_sha256)
         except (AtlasError, MucosaError) as error:  # as predict and stream: a damaged atlas is refused, not skipped
             raise AtlasError(f"{str(error).splitlines()[0]} (move the folder away to serve without an atlas)") from None
+    if atlas.calibration is None:
+        log.warning("%s", NOT_CALIBRATED)
+        return atlas, NOT_CALIBRATED
+    return atlas, None
 
 
 def atlas_card(atlas: Atlas | None, note: str | None) -> dict | None:

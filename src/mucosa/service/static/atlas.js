@@ -2,9 +2,10 @@
  * words for why: its ratio and share of unfamiliar frames), the atlas's vote as a second opinion beside the
  * network's probability (and a notice when it names another class than the verdict), unfamiliar frames marked on
  * the timeline, the "similar confirmed cases" panel (GET /v1/cases/{id}/similar) and the side-by-side compare view
- * its entries open (the atlas's frame is its small thumbnail, said so); and, for a model without an atlas, the one
- * note that it cannot tell. An unfamiliar case has no second opinion and no similar cases: its panel lists the
- * nearest atlas cases under a heading that says they are not similar, and the vote is worded as what it is.
+ * its entries open (the atlas's frame is its small thumbnail, said so); and, for a model without an atlas or with
+ * one that is not calibrated, the one note that it cannot tell. An unfamiliar case has no second opinion and no
+ * similar cases: its panel lists the nearest atlas cases under a heading that says they are not similar, and the
+ * vote is worded as what it is.
  */
 "use strict";
 
@@ -12,10 +13,11 @@ const UNFAMILIAR = "#7c3aed";  // the timeline's mark of an unfamiliar frame
 const ATLAS = { caseId: null, similar: null, loading: false };
 
 function renderAtlasNote(card) {
-  const note = $("atlas-note");
-  note.hidden = Boolean(card.atlas);
-  note.textContent = note.title = card.atlas ? "" : card.atlas_note ||
-    "no atlas: mucosa cannot tell whether this recording is unlike its training data";
+  const note = $("atlas-note");  // no atlas, or one that is not calibrated: the server's words for it
+  const text = card.atlas_note ||
+    (card.atlas ? "" : "no atlas: mucosa cannot tell whether this recording is unlike its training data");
+  note.hidden = !text;
+  note.textContent = note.title = text;
 }
 
 /* The verdict's atlas lines: the unfamiliar share (and the verdict `unfamiliar` in a neutral tone) and the vote. */
