@@ -3,8 +3,8 @@
 For every fold of a cross-validation run by ``benchmarks/real_data.py`` (its run folders: ``best.ckpt`` and the
 fold's ``split.csv``), the fold's own model embeds every frame of the cohort (PyTorch, fp32); its training
 and validation frames make the atlas (a case is a file, a patient a video or an animal), calibrated on the
-validation frames (``Atlas.calibrate``: about 5% of in-domain frames flagged), and each held-out case is
-judged three ways:
+validation frames (``Atlas.calibrate``: its frame threshold their 97.5th percentile; the frame thresholds of
+other calibrations are measured beside it, ``frame_rules``), and each held-out case is judged three ways:
 
 - the network: the mean probability of its usable frames at 0.5 (the verdict rule);
 - the atlas's nearest-neighbour vote (``Atlas.vote``): the class with the larger share of the query frames'
@@ -46,7 +46,7 @@ from mucosa.data.cache import FrameCache
 from mucosa.data.frame_table import assemble
 from mucosa.data.manifest import load_manifest
 from mucosa.inference.atlas import Atlas, AtlasModel, FrameRecords, TextureView
-from mucosa.inference.atlas_calibration import case_edge
+from mucosa.inference.atlas_calibration import FRAME_QUANTILE, case_edge
 from mucosa.inference.pytorch import TorchPredictor
 from mucosa.inference.texture_view import file_textures, spread, textured
 from mucosa.inference.verdict import case_unfamiliarity, unfamiliar_case
@@ -247,15 +247,16 @@ def _left_out(atlas: Atlas, embeddings: np.ndarray, patients: np.ndarray) -> np.
 
 
 def frame_rules(atlas: Atlas, embeddings: np.ndarray, patients: np.ndarray, sides: np.ndarray) -> dict[str, float]:
-    """The frame threshold as other calibrations would set it (measured beside the shipped one, not shipped):
-    the validation frames' 97.5th percentile; the largest of the validation patients' own 95th percentiles
-    (no validation patient past 5%); the 95th percentile of every atlas frame's score (training frames too),
-    each with its patient left out."""
+    """The frame threshold as the shipped calibration sets it (``FRAME_QUANTILE`` of the validation frames),
+    beside other calibrations, measured and not shipped: the validation frames' 95th percentile (shipped
+    until 2026-12-06); the largest of the validation patients' own 95th percentiles (no validation patient
+    past 5%); the 95th percentile of every atlas frame's score (training frames too); each frame with its
+    patient left out."""
     val = np.flatnonzero(sides == "val")
     scores = _left_out(atlas, embeddings[val], patients[val])
     known = np.flatnonzero(np.isin(sides, ("train", "val")))
-    return {"validation frames, 95th (shipped)": atlas.calibration.threshold,
-            "validation frames, 97.5th": float(np.quantile(scores, 0.975)),
+    return {f"validation frames, {100 * FRAME_QUANTILE:g}th (shipped)": atlas.calibration.threshold,
+            "validation frames, 95th": float(np.quantile(scores, 0.95)),
             "each validation patient's 95th, largest": max(float(np.quantile(scores[patients[val] == p], 0.95))
                                                            for p in np.unique(patients[val])),
             "atlas frames, 95th": float(np.quantile(_left_out(atlas, embeddings[known], patients[known]), 0.95))}
