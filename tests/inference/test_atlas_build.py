@@ -13,7 +13,7 @@ from PIL import Image
 from mucosa.cli import main
 from mucosa.data.manifest import load_manifest, write_manifest
 from mucosa.errors import MucosaWarning
-from mucosa.inference import atlas_build
+from mucosa.inference import atlas_build, atlas_search
 from mucosa.inference.atlas import Atlas, AtlasError, AtlasFileError, AtlasModel, FrameRecords, load
 from mucosa.inference.atlas_build import atlas_after_training, find_atlas, open_atlas
 from mucosa.models.checkpoint import load_checkpoint
@@ -129,6 +129,9 @@ def test_an_atlas_of_one_patient_is_left_uncalibrated_with_a_warning(atlas_copy,
                                            "is not calibrated"):
         report = atlas_build.build_atlas(atlas_copy / "best.ckpt", manifest, tmp_path / "atlas")
     assert report.atlas.calibration is None and set(report.atlas.records.patients.tolist()) == {"only"}
+    with pytest.warns(MucosaWarning, match="not calibrated: it shows similar cases, but cannot tell"):
+        atlas_search.search_atlas(tmp_path / "atlas", [rows_of(atlas_copy, "test")[0].path], k=2,
+                                  checkpoint=atlas_copy / "best.ckpt")
     assert load_checkpoint(atlas_copy / "best.ckpt").info["atlas"]["threshold"] is None
     with pytest.warns(MucosaWarning, match="not calibrated.*a manifest of several patients"):  # not 'validation rows'
         open_atlas(tmp_path / "atlas", report.atlas.model.weights_sha256)

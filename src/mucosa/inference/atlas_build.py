@@ -63,7 +63,7 @@ from mucosa.models.checkpoint import LoadedCheckpoint, load_checkpoint, record_i
 
 __all__ = ["ATLAS_FOLDER", "CARD_KEY", "AtlasReport", "add_to_atlas", "atlas_after_training", "atlas_beside",
            "atlas_checkpoint", "build_atlas", "case_id", "embed_frames", "file_weights", "find_atlas",
-           "model_weights", "open_atlas"]
+           "model_weights", "open_atlas", "say_if_uncalibrated"]
 
 log = logging.getLogger(__name__)
 
@@ -340,11 +340,16 @@ def open_atlas(folder: Path, weights_sha256: str | None) -> Atlas:
         raise AtlasError(f"{folder}: the model does not record the SHA-256 of its weights, so this atlas cannot be "
                          "checked against it; run its checkpoint, or pass --no-atlas")
     found = load(folder, weights_sha256)
-    if found.calibration is None:
+    say_if_uncalibrated(folder, found)
+    return found
+
+
+def say_if_uncalibrated(folder: Path, atlas: Atlas) -> None:
+    """A warning, naming ``folder``, when ``atlas`` is not calibrated and so cannot tell unfamiliar frames."""
+    if atlas.calibration is None:
         warnings.warn(f"{folder}: the atlas is not calibrated: it shows similar cases, but cannot tell unfamiliar "
                       "frames (build it from a manifest of several patients, with at least "
-                      f"{MIN_CALIBRATION_FRAMES} validation frames)", MucosaWarning, stacklevel=2)
-    return found
+                      f"{MIN_CALIBRATION_FRAMES} validation frames)", MucosaWarning, stacklevel=3)
 
 
 def file_weights(model: str | Path) -> str | None:

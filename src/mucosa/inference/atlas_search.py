@@ -28,7 +28,7 @@ from mucosa.data.cache import FrameCache
 from mucosa.errors import UnreadableFileError
 from mucosa.inference import verdict as verdicts
 from mucosa.inference.atlas import Atlas, load, refuse_other_model
-from mucosa.inference.atlas_build import atlas_checkpoint
+from mucosa.inference.atlas_build import atlas_checkpoint, say_if_uncalibrated
 from mucosa.inference.leave_out import own_patients_by_case
 from mucosa.inference.runtime import for_checkpoint
 from mucosa.inference.similar import (
@@ -120,6 +120,7 @@ def search_atlas(folder: str | Path, paths: list[str | Path], k: int = SIMILAR_C
     sources = collect_sources(paths)
     loaded = load_checkpoint(atlas_checkpoint(folder, atlas, checkpoint))
     refuse_other_model(folder, atlas.model, loaded.weights_sha256)
+    say_if_uncalibrated(folder, atlas)
     predictor = for_checkpoint(loaded, runtime, device=device)
     cases: dict[str, list[Source]] = {}
     for source in sources:
