@@ -110,9 +110,10 @@ def test_timeline_csv_ends_with_each_frames_call_and_whether_it_is_unfamiliar(re
         assert list(table[0])[-2:] == ["called", "unfamiliar"], name  # appended: the old columns keep their order
         assert [row["called"] for row in table] == [row["called"] or "" for row in case["timeline"]], name
         assert [row["unfamiliar"] for row in table] == [
-            "" if row["unfamiliar"] is None else str(row["unfamiliar"]).lower() for row in case["timeline"]], name
-    assert "true" in [row["unfamiliar"] for row in csv.DictReader(io.StringIO(timeline_csv(found["foreign"][0],
-                                                                                           classes)))]
+            "" if row["unfamiliar"] is None else str(int(row["unfamiliar"])) for row in case["timeline"]], name
+        assert {row["dropped"] for row in table} <= {"0", "1"}, name  # the same 1/0 as its dropped column
+    assert "1" in [row["unfamiliar"] for row in csv.DictReader(io.StringIO(timeline_csv(found["foreign"][0],
+                                                                                        classes)))]
 
 
 def test_a_few_unfamiliar_frames_read_under_one_percent_not_none():

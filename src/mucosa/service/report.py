@@ -60,7 +60,8 @@ def _columns(name: str, classes: list[str]) -> list[str]:
 def timeline_csv(case: dict, classes: list[str]) -> str:
     """``frame, time, probability, smoothed, quality, dropped`` (per-class columns for more than two classes;
     ``source`` for image cases), then ``called`` (the class the frame's probability calls; empty for a dropped
-    frame) and ``unfamiliar`` (``true``/``false``, empty when the atlas cannot tell), one row per frame."""
+    frame) and ``unfamiliar`` (1 or 0, as ``dropped`` and the ``unfamiliar`` columns of ``predict`` and ``stream``;
+    empty when the atlas cannot tell), one row per frame."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     images = case["kind"] == "images"
@@ -72,7 +73,7 @@ def timeline_csv(case: dict, classes: list[str]) -> str:
                                   *_values(row["probability"], classes), *_values(row["smoothed"], classes),
                                   f"{row['quality']:.4f}", int(row["dropped"]),
                                   *([case["files"][row["source"]]] if images else []), row.get("called") or "",
-                                  "" if flag is None else str(bool(flag)).lower()]))
+                                  "" if flag is None else int(bool(flag))]))
     return out.getvalue()
 
 
