@@ -214,7 +214,8 @@ def test_a_still_images_vote_against_its_class_is_flagged(page, base, atlas_run)
 
 def test_an_uncalibrated_atlas_is_said_to_be_unable_to_tell(page, atlas_run, tmp_path):
     """The served model's atlas could not calibrate (one patient, too few validation frames): the viewer says, in
-    the server's words, that mucosa cannot tell whether a recording is unlike its training data."""
+    the server's words and whole (not cut short on a phone, nor crowding out the model's name), that mucosa cannot
+    tell whether a recording is unlike its training data."""
     from mucosa.inference.atlas import load
     from mucosa.service.atlas import NOT_CALIBRATED
 
@@ -229,3 +230,8 @@ def test_an_uncalibrated_atlas_is_said_to_be_unable_to_tell(page, atlas_run, tmp
         expect(page.locator("#atlas-note")).to_be_visible()
         expect(page.locator("#atlas-note")).to_have_text(NOT_CALIBRATED)
         assert axe_violations(page) == []
+        clipped = "e => e.scrollWidth > e.clientWidth || e.scrollHeight > e.clientHeight"
+        assert page.eval_on_selector("#model", "e => e.clientWidth") >= 200  # beside the note, the model is named
+        for width, height in ((1280, 800), (1024, 768), (390, 844)):  # the whole sentence, on a phone too
+            page.set_viewport_size({"width": width, "height": height})
+            assert not page.eval_on_selector("#atlas-note", clipped), width
