@@ -230,6 +230,7 @@ def test_an_uncalibrated_atlas_is_said_to_be_unable_to_tell(page, atlas_run, tmp
         expect(page.locator("#atlas-note")).to_be_visible()
         expect(page.locator("#atlas-note")).to_have_text(NOT_CALIBRATED)
         assert axe_violations(page) == []
+        assert page.locator("#legend .lg-unfamiliar").count() == 0  # no frame can be marked: the legend shows no mark
         clipped = "e => e.scrollWidth > e.clientWidth || e.scrollHeight > e.clientHeight"
         assert page.eval_on_selector("#model", "e => e.clientWidth") >= 200  # beside the note, the model is named
         for width, height in ((1280, 800), (1024, 768), (390, 844)):  # the whole sentence, on a phone too
