@@ -125,3 +125,13 @@ def test_a_few_unfamiliar_frames_read_under_one_percent_not_none():
     assert rows["Atlas vote (second opinion)"] == "glioma (>99% of the nearest confirmed frames)"
     assert "<1% of its frames are marked unfamiliar" in unfamiliar_reason(4 / 820, 1.2)
     assert "0% of its frames" in unfamiliar_reason(0.0, 1.2)
+
+
+def test_an_uncalibrated_atlas_says_in_the_report_why_it_cannot_tell():
+    """A report read away from the viewer (its header note) still says why no frame is marked: the atlas is not
+    calibrated, in the card's words."""
+    from mucosa.service.atlas import NOT_CALIBRATED
+
+    data = {"atlas": {"available": True, "note": NOT_CALIBRATED, "vote": {"label": "glioma", "share": 1.0},
+                      "unfamiliar": None, "similar": []}, "verdict": {}}
+    assert dict(atlas_rows(data))["Unfamiliar frames"] == NOT_CALIBRATED

@@ -4,10 +4,12 @@ a click puts a similar case's closest frame beside the case's own (keyboard oper
 frame is its 48-pixel thumbnail, said so and not blown up), a foreign image is called `unfamiliar` with its frames
 marked on the timeline (and in the legend) and no class named as the call anywhere (badge, current frame, the
 frames' shares, the vote, the similar cases), a vote that names another class than the verdict is flagged in words
-(for a still image too, and against an unfamiliar case's unsupported guess), and axe-core stays clean on the new
-panel. What is drawn after the case's verdict is waited for before it is read."""
+(for a still image too, and against an unfamiliar case's unsupported guess), an atlas that is not calibrated is said
+to be unable to tell unfamiliar frames, and axe-core stays clean on the new panel. What is drawn after the case's
+verdict is waited for before it is read."""
 
 import re
+import shutil
 
 import httpx
 import pytest
@@ -208,3 +210,29 @@ def test_a_still_images_vote_against_its_class_is_flagged(page, base, atlas_run)
     expect(page.locator("#verdict-disagrees")).to_contain_text("The atlas's vote disagrees with the verdict")
     expect(page.locator("#frame-badge")).to_have_text(re.compile(rf"^{verdict['class']} · P\({verdict['class']}\) "))
     assert "Called" in page.locator("#current dt").all_inner_texts()
+
+
+def test_an_uncalibrated_atlas_is_said_to_be_unable_to_tell(page, atlas_run, tmp_path):
+    """The served model's atlas could not calibrate (one patient, too few validation frames): the viewer says, in
+    the server's words and whole (not cut short on a phone, nor crowding out the model's name), that mucosa cannot
+    tell whether a recording is unlike its training data."""
+    from mucosa.inference.atlas import load
+    from mucosa.service.atlas import NOT_CALIBRATED
+
+    for model in ("best.ckpt", "best.onnx", "best.int8.onnx"):
+        shutil.copyfile(atlas_run.best.parent / model, tmp_path / model)
+    atlas = load(atlas_run.best.parent / "atlas")
+    atlas.calibration = None
+    atlas.save(tmp_path / "atlas")
+    with mucosa_serve(tmp_path / "best.ckpt", tmp_path) as url:
+        page.goto(url + "/")
+        page.wait_for_function("() => document.querySelector('#model').textContent.includes('threshold')")
+        expect(page.locator("#atlas-note")).to_be_visible()
+        expect(page.locator("#atlas-note")).to_have_text(NOT_CALIBRATED)
+        assert axe_violations(page) == []
+        assert page.locator("#legend .lg-unfamiliar").count() == 0  # no frame can be marked: the legend shows no mark
+        clipped = "e => e.scrollWidth > e.clientWidth || e.scrollHeight > e.clientHeight"
+        assert page.eval_on_selector("#model", "e => e.clientWidth") >= 200  # beside the note, the model is named
+        for width, height in ((1280, 800), (1024, 768), (390, 844)):  # the whole sentence, on a phone too
+            page.set_viewport_size({"width": width, "height": height})
+            assert not page.eval_on_selector("#atlas-note", clipped), width

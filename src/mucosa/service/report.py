@@ -188,7 +188,8 @@ def atlas_rows(data: dict) -> list[tuple[str, str]]:
         return [("Atlas", atlas["note"] or "none")]
     vote, share, ratio = atlas["vote"], atlas["unfamiliar"], verdict.get("unfamiliarity_ratio")
     voted = "—" if not vote else f"{vote['label']} ({verdicts.percent(vote['share'])} of the nearest confirmed frames)"
-    frames = "cannot tell" if share is None else f"{verdicts.percent(share)} of the informative frames"
+    frames = f"{verdicts.percent(share)} of the informative frames" if share is not None else (
+        atlas.get("note") or "cannot tell")  # an atlas that is not calibrated: its note says why
     if not verdict.get("reason"):
         return [("Atlas vote (second opinion)", voted), ("Unfamiliar frames", frames),
                 *((f"Similar case {c['rank']}", _found(c)) for c in atlas["similar"])]

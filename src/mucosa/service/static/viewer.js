@@ -25,7 +25,9 @@ async function loadModel() {
   legend.push("<span><i class=\"lg-line\"></i>smoothed</span>");
   if (card.positive) legend.push("<span><i class=\"lg-dash\"></i>threshold</span>");
   legend.push("<span><i class=\"lg-drop\"></i>dropped</span>", "<span><i class=\"lg-missing\"></i>not decoded</span>");
-  if (card.atlas) legend.push("<span><i class=\"lg-unfamiliar\"></i>unfamiliar (unlike the atlas)</span>");
+  if (card.atlas && card.atlas.calibrated) {  // an atlas that is not calibrated marks no frame
+    legend.push("<span><i class=\"lg-unfamiliar\"></i>unfamiliar (unlike the atlas)</span>");
+  }
   $("legend").innerHTML = legend.join("");
   fillVerdictFilter(card);
   fillHistology(card);
