@@ -44,6 +44,7 @@ def test_similar_cases_open_a_side_by_side_compare(page, base, atlas_run):
     drop(page, base, *patient_images(atlas_run.cohort, "P01"))
     assert page.locator("#atlas-note").is_hidden()
     assert "atlas vote (second opinion)" in page.text_content("#verdict-atlas")
+    assert "not checked" not in page.text_content("#verdict-atlas")  # a calibrated atlas checks every case
     page.wait_for_selector("#similar-list button", timeout=30_000)
     items = page.locator("#similar-list button")
     assert 1 <= items.count() <= 5
@@ -236,3 +237,6 @@ def test_an_uncalibrated_atlas_is_said_to_be_unable_to_tell(page, atlas_run, tmp
         for width, height in ((1280, 800), (1024, 768), (390, 844)):  # the whole sentence, on a phone too
             page.set_viewport_size({"width": width, "height": height})
             assert not page.eval_on_selector("#atlas-note", clipped), width
+        page.set_viewport_size({"width": 1280, "height": 800})
+        drop(page, url, *patient_images(atlas_run.cohort, "P01"))  # a case's class says it stands unchecked
+        expect(page.locator("#verdict-atlas")).to_contain_text("not checked for recordings unlike the training data")

@@ -328,8 +328,10 @@ class Atlas:
         (never of ``exclude_patient``).
 
         Raises:
-            AtlasError: no atlas frame is left to vote (all of them are ``exclude_patient``'s).
+            AtlasError: no atlas frame is left to vote (all of them are ``exclude_patient``'s), or those left are
+                all of one class: a vote that can only name that class is no second opinion.
         """
+        self._check_voters(exclude_patient)
         _, rows = self.neighbours(query_embeddings, NEIGHBOURS_PER_FRAME, exclude_patient)
         counts = np.zeros((len(rows), len(self.model.classes)))
         found = rows >= 0
@@ -340,6 +342,15 @@ class Atlas:
         shares = counts.sum(0) / total if total else np.zeros(len(self.model.classes))
         frame_shares = counts / np.maximum(counts.sum(1, keepdims=True), 1.0)
         return Vote(self.model.classes, shares, frame_shares)
+
+    def _check_voters(self, exclude_patient: Patients) -> None:
+        """Refuse a vote from atlas frames (``exclude_patient``'s left out) that hold fewer than two classes."""
+        counts = np.bincount(self._label_codes, minlength=len(self.model.classes))
+        counts -= np.bincount(self._label_codes[self.patient_rows(exclude_patient)], minlength=len(counts))
+        if 0 < np.count_nonzero(counts) < 2:
+            only = self.model.classes[int(np.argmax(counts))]
+            raise AtlasError(f"the atlas's frames of other patients are all {only}: its vote could name no other "
+                             "class, so it gives none")
 
     # --- unfamiliar frames ----------------------------------------------------------------------
 

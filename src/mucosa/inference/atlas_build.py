@@ -200,9 +200,9 @@ def _calibrate(atlas: Atlas, embeddings: np.ndarray, patients: np.ndarray, cases
     try:
         atlas.calibrate(embeddings, patients)
     except CalibrationError as error:
-        kept = "keeps its earlier threshold" if atlas.calibration else "is not calibrated: it cannot tell " \
+        kept = "keeps its earlier thresholds" if atlas.calibration else "is not calibrated, so it cannot tell " \
             "unfamiliar frames"
-        warnings.warn(f"{error}: the atlas {kept}", MucosaWarning, stacklevel=3)
+        warnings.warn(f"{error}; the atlas {kept}", MucosaWarning, stacklevel=3)
 
 
 def _record(atlas: Atlas, folder: Path, checkpoint: LoadedCheckpoint) -> dict:

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 UNFAMILIAR_K = 10  # the unfamiliarity score is the distance to this nearest atlas frame (Sun et al.)
 FRAME_QUANTILE = 0.975  # share of validation frames below the frame threshold (aiming under the 5% goal)
 CASE_QUANTILE = 0.95  # share of the atlas's cases at or below the case threshold, and each view's scale
-MIN_CALIBRATION_FRAMES = 40  # fewer validation frames cannot place a 97.5% quantile (one frame above it)
+MIN_CALIBRATION_FRAMES = 20  # fewer cannot place a threshold (with 20-39, the 97.5% one lies between the largest two)
 CASE_CALIBRATION_FRAMES = 64  # frames of each atlas case (evenly spaced) whose median scores the case
 FARTHEST = 2.0  # the cosine distance of a missing neighbour (fewer than k atlas frames of other patients)
 _ALIKE = 1e-6  # a view's scale at or below this (float32 rounding of a cosine distance): its cases are alike
@@ -131,10 +131,10 @@ def _check_compared(threshold: float, what: str, k: int, atlas) -> None:
     """Refuse a threshold set by missing neighbours: most of ``what`` found fewer than ``k`` frames of other
     patients in the atlas, so the threshold is the farthest distance and nothing could pass it."""
     if threshold >= FARTHEST:
-        lacks = ("it needs frames of at least two patients" if len(set(atlas.records.patients.tolist())) < 2 else
-                 "it needs more frames of more patients")
-        raise CalibrationError(f"the atlas holds too few frames of other patients to compare its {what} with (each "
-                               f"needs {k} frames of patients other than its own): {lacks}")
+        lacks = ("an atlas needs frames of at least two patients" if len(set(atlas.records.patients.tolist())) < 2
+                 else "it needs more frames of more patients")
+        raise CalibrationError(f"the atlas holds too few frames of other patients to compare its {what} with, each "
+                               f"with {k} frames of patients other than its own ({lacks})")
 
 
 def case_medians(atlas, k: int = UNFAMILIAR_K) -> tuple[np.ndarray, np.ndarray | None]:

@@ -35,7 +35,9 @@ function renderAtlasVerdict(c, v) {
   const vote = !(v && v.atlas_vote) ? "" : (unfamiliar ? "no second opinion (the nearest atlas frames are not " +
     "similar): " : "atlas vote (second opinion): ") + `${v.atlas_vote.label} ${pct(v.atlas_vote.share)} of the ` +
     "nearest confirmed frames";
-  $("verdict-atlas").textContent = [vote, share].filter(Boolean).join(" · ");
+  const unchecked = v && v.class && !gatheringVerdict(v) && (v.unfamiliar === null || v.unfamiliar === undefined) ?
+    "not checked for recordings unlike the training data (no calibrated atlas)" : "";  // its class stands unchecked
+  $("verdict-atlas").textContent = [vote, share, unchecked].filter(Boolean).join(" · ");
   renderDisagreement(v);
   renderSimilar(c);
 }
