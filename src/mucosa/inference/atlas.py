@@ -48,8 +48,12 @@ Example:
     ...               np.zeros((4, 8, 8), np.uint8))
     >>> [case.case for case in atlas.similar_cases(np.array([[1.0, 0.0]]), k=2)]
     ['a', 'b']
-    >>> atlas.vote(np.array([[0.0, 1.0]]), exclude_patient="p1").shares.tolist()
-    [0.0, 1.0]
+    >>> atlas.vote(np.array([[0.0, 1.0]])).shares.tolist()  # its 10 nearest frames: all four, here
+    [0.5, 0.5]
+    >>> atlas.vote(np.array([[0.0, 1.0]]), exclude_patient="p1")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mucosa.inference.atlas_store.AtlasError: the atlas's frames of other patients are all active: ...
     >>> atlas.unfamiliar(np.array([[0.0, 1.0]])).flags is None  # not calibrated: it cannot tell
     True
 """
