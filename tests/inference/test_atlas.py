@@ -262,6 +262,20 @@ def test_an_atlas_of_one_class_gives_no_vote():
     assert both.vote(query, exclude_patient="P0").label == "active"
 
 
+def test_a_patient_named_twice_is_left_out_once_when_counting_the_voters():
+    """The query's patients may be given with repeats (a tuple): the frames left to vote are counted with each
+    patient's frames taken away once, so an atlas whose other patients are all of one class still gives no vote."""
+    embeddings, records, thumbnails = cohort(patients=4)
+    keep = (records.patients == "P0") | ((records.patients == "P1") & (records.labels == "active")) | (
+        np.isin(records.patients, ["P2", "P3"]) & (records.labels == "control"))
+    atlas = Atlas(MODEL, embeddings[keep], FrameRecords(*(column[keep] for column in (
+        records.cases, records.patients, records.labels, records.frames, records.files))), thumbnails[keep])
+    query = frames_near(np.random.default_rng(5), CENTRES[1], 4)
+    for patients in (("P0", "P1"), ("P0", "P0", "P1")):  # left: P2 and P3, both control
+        with pytest.raises(AtlasError, match="all control"):
+            atlas.vote(query, exclude_patient=patients)
+
+
 # --- unfamiliar frames ---------------------------------------------------------------------------
 
 

@@ -350,7 +350,8 @@ class Atlas:
     def _check_voters(self, exclude_patient: Patients) -> None:
         """Refuse a vote from atlas frames (``exclude_patient``'s left out) that hold fewer than two classes."""
         counts = np.bincount(self._label_codes, minlength=len(self.model.classes))
-        counts -= np.bincount(self._label_codes[self.patient_rows(exclude_patient)], minlength=len(counts))
+        left_out = np.unique(self.patient_rows(exclude_patient))  # a patient named twice is left out once
+        counts -= np.bincount(self._label_codes[left_out], minlength=len(counts))
         if 0 < np.count_nonzero(counts) < 2:
             only = self.model.classes[int(np.argmax(counts))]
             raise AtlasError(f"the atlas's frames of other patients are all {only}: its vote could name no other "
