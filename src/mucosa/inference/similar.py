@@ -46,7 +46,7 @@ VOTE_COLUMNS = ["atlas_vote", "atlas_vote_share", "nearest_atlas_frames", "neare
 class AtlasView:
     """What the atlas says about some frames: each frame's unfamiliarity score and flag (``flags`` None: the
     atlas is not calibrated and cannot tell), the atlas's vote (None: no frame, or no atlas frame of another
-    patient) and the most similar cases."""
+    patient, or those all of one class) and the most similar cases."""
 
     scores: np.ndarray
     flags: np.ndarray | None
@@ -70,7 +70,7 @@ def consult(atlas: Atlas, embeddings: np.ndarray | None, exclude_patient: str | 
     if len(embeddings):
         try:
             view.vote = atlas.vote(embeddings, exclude_patient)
-        except AtlasError:  # every atlas frame is the patient's own: no one else to vote
+        except AtlasError:  # no atlas frame of another patient, or those all of one class: no second opinion
             view.vote = None
         if similar:
             view.similar = atlas.similar_cases(embeddings, k, exclude_patient)

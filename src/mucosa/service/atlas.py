@@ -106,7 +106,7 @@ class CaseFamiliarity:
             return None
         try:
             vote = self.atlas.vote(np.stack(self.vectors), self.patient)
-        except AtlasError:  # every atlas frame is the patient's own
+        except AtlasError:  # no atlas frame of another patient, or those all of one class
             return None
         return {"label": vote.label, "share": round(float(np.max(vote.shares)), 4)}
 
