@@ -38,8 +38,8 @@ __all__ = ["EMBEDDINGS", "FRAME_NUMBERS", "MAX_SIMILAR", "NO_ATLAS", "SIMILAR_CA
 log = logging.getLogger(__name__)
 
 NO_ATLAS = "no atlas: mucosa cannot tell whether this recording is unlike its training data"
-NOT_CALIBRATED = ("recordings unlike the training data are not detected: the atlas of confirmed cases holds too "
-                  "little to set its threshold (it still shows similar cases)")
+NOT_CALIBRATED = ("recordings unlike the training data are not detected: the atlas of confirmed cases was built "
+                  "with too few validation frames or patients to set its threshold (it still shows similar cases)")
 EMBEDDINGS, FRAME_NUMBERS = "embeddings.npy", "embedded_frames.npy"
 MAX_SIMILAR = 20  # most similar cases a request may ask for
 
