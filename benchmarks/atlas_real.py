@@ -46,7 +46,7 @@ from mucosa.data.cache import FrameCache
 from mucosa.data.frame_table import assemble
 from mucosa.data.manifest import load_manifest
 from mucosa.inference.atlas import Atlas, AtlasModel, FrameRecords, TextureView
-from mucosa.inference.atlas_calibration import FRAME_QUANTILE, case_edge
+from mucosa.inference.atlas_calibration import FRAME_QUANTILE, case_edge, left_out_scores
 from mucosa.inference.pytorch import TorchPredictor
 from mucosa.inference.texture_view import file_textures, spread, textured
 from mucosa.inference.verdict import case_unfamiliarity, unfamiliar_case
@@ -237,15 +237,6 @@ def fold_rows(run: Path, cache: FrameCache, manifests: dict[str, Path]) -> tuple
                   "frame_rules": frame_rules(atlas, embeddings, table.patients, sides)}
 
 
-def _left_out(atlas: Atlas, embeddings: np.ndarray, patients: np.ndarray) -> np.ndarray:
-    """Each frame's unfamiliarity score with its own patient left out of the atlas."""
-    scores = np.empty(len(embeddings))
-    for patient in np.unique(patients):
-        own = patients == patient
-        scores[own] = atlas.scores(embeddings[own], exclude_patient=str(patient))
-    return scores
-
-
 def frame_rules(atlas: Atlas, embeddings: np.ndarray, patients: np.ndarray, sides: np.ndarray) -> dict[str, float]:
     """The frame threshold as the shipped calibration sets it (``FRAME_QUANTILE`` of the validation frames),
     beside other calibrations, measured and not shipped: the validation frames' 95th percentile (shipped
@@ -253,13 +244,13 @@ def frame_rules(atlas: Atlas, embeddings: np.ndarray, patients: np.ndarray, side
     past 5%); the 95th percentile of every atlas frame's score (training frames too); each frame with its
     patient left out."""
     val = np.flatnonzero(sides == "val")
-    scores = _left_out(atlas, embeddings[val], patients[val])
+    scores = left_out_scores(atlas, embeddings[val], patients[val])
     known = np.flatnonzero(np.isin(sides, ("train", "val")))
     return {f"validation frames, {100 * FRAME_QUANTILE:g}th (shipped)": atlas.calibration.threshold,
             "validation frames, 95th": float(np.quantile(scores, 0.95)),
             "each validation patient's 95th, largest": max(float(np.quantile(scores[patients[val] == p], 0.95))
                                                            for p in np.unique(patients[val])),
-            "atlas frames, 95th": float(np.quantile(_left_out(atlas, embeddings[known], patients[known]), 0.95))}
+            "atlas frames, 95th": float(np.quantile(left_out_scores(atlas, embeddings[known], patients[known]), 0.95))}
 
 
 def _past(ratios, edge: float) -> int:

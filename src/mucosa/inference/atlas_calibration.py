@@ -29,7 +29,7 @@ from mucosa.inference import texture_view, verdict
 from mucosa.inference.atlas_store import AtlasError, Calibration, CalibrationError, checked_embeddings
 
 __all__ = ["CASE_CALIBRATION_FRAMES", "CASE_QUANTILE", "FARTHEST", "FRAME_QUANTILE", "MIN_CALIBRATION_FRAMES",
-           "UNFAMILIAR_K", "calibrate", "case_edge", "case_medians"]
+           "UNFAMILIAR_K", "calibrate", "case_edge", "case_medians", "left_out_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +94,18 @@ def _frame_scores(atlas, val_embeddings, val_patients, k: int) -> tuple[np.ndarr
     if len(embeddings) < MIN_CALIBRATION_FRAMES:
         raise CalibrationError(f"{len(embeddings)} validation frames (rows whose split is val; at least "
                                f"{MIN_CALIBRATION_FRAMES} are needed) cannot calibrate the unfamiliarity threshold")
+    return left_out_scores(atlas, embeddings, patients, k), len(set(patients.tolist()))
+
+
+def left_out_scores(atlas, embeddings: np.ndarray, patients, k: int = UNFAMILIAR_K) -> np.ndarray:
+    """Each frame's unfamiliarity score with its own patient's frames left out of the atlas (as a new patient's
+    would be scored): the scores the frame threshold is calibrated on."""
+    patients = np.asarray([str(p) for p in patients], dtype=object)
     scores = np.empty(len(embeddings))
     for patient in sorted(set(patients.tolist())):
         own = patients == patient
         scores[own] = atlas.scores(embeddings[own], k, exclude_patient=patient)
-    return scores, len(set(patients.tolist()))
+    return scores
 
 
 def _case_rule(atlas, k: int, quantile: float) -> tuple[float, int, tuple[float, float] | None]:

@@ -36,7 +36,7 @@ function renderAtlasVerdict(c, v) {
     "similar): " : "atlas vote (second opinion): ") + `${v.atlas_vote.label} ${pct(v.atlas_vote.share)} of the ` +
     "nearest confirmed frames";
   const uncalibrated = Boolean(S.card && S.card.atlas && !S.card.atlas.calibrated);  // an atlas that cannot tell
-  const unchecked = uncalibrated && v && v.class && (v.unfamiliar === null || v.unfamiliar === undefined) ?
+  const unchecked = uncalibrated && v && v.class ?
     "not checked for recordings unlike the training data (atlas not calibrated)" : "";  // its class stands unchecked
   $("verdict-atlas").textContent = [vote, share, unchecked].filter(Boolean).join(" · ");
   renderDisagreement(v);

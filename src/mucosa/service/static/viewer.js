@@ -159,7 +159,7 @@ function renderVerdict() {
   const score = $("verdict-score");
   const p = confidence(v);
   if (c && c.status === "failed") score.textContent = c.error || "";
-  else if (gatheringVerdict(v) && v.needed) {
+  else if (gatheringVerdict(v)) {  // it has `needed`
     score.textContent = `${v.frames} of the ${v.needed} informative frames read that the atlas needs to judge this ` +
       "recording";
   } else if (p !== null) score.innerHTML = `mean probability of ${esc(v.class)} <b>${fmt(p)}</b>`;
@@ -182,15 +182,16 @@ function renderShares(v) {
   const bar = $("verdict-shares");
   const unfamiliar = Boolean(v && v.label === "unfamiliar");
   const gathering = gatheringVerdict(v);
+  const noClass = unfamiliar || gathering;
   bar.hidden = !total;
-  bar.classList.toggle("neutral", unfamiliar || gathering);
+  bar.classList.toggle("neutral", noClass);
   const text = !total ? "" : unfamiliar ? v.network_alone || "" : gathering ?
     "No class is called until there are frames enough to compare this recording with the atlas." :
     "called " + classes().map((cls) => `${cls} ${pct((calls[cls] || 0) / total)} (${calls[cls] || 0})`).join(" · ");
   const words = $("verdict-shares-text");
   words.textContent = text;
-  words.classList.toggle("subordinate", unfamiliar || gathering);
-  const colour = (cls) => (unfamiliar || gathering ? GREYS[classes().indexOf(cls) % GREYS.length] : colourOf(cls));
+  words.classList.toggle("subordinate", noClass);
+  const colour = (cls) => (noClass ? GREYS[classes().indexOf(cls) % GREYS.length] : colourOf(cls));
   bar.innerHTML = classes().filter((cls) => calls[cls]).map((cls) =>
     `<span style="width:${(100 * calls[cls]) / total}%;background:${esc(colour(cls))}"></span>`).join("");
 }
